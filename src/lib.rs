@@ -1,1 +1,14 @@
-//! promised library.
+//! `promised` keeps Kratix Promises without Kubernetes.
+//!
+//! Module map:
+//! - [`model`]: the Kratix kinds as plain data.
+//! - [`config`]: reading a config repo (directory or Git ref) into classified objects.
+//! - [`validate`]: cross-object checks and request admission, producing a validated config.
+//! - [`diag`]: errors and warnings that name file, document, object and field.
+
+pub mod cli;
+pub mod config;
+pub mod diag;
+pub mod model;
+pub mod schema;
+pub mod validate;

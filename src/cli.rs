@@ -1,0 +1,224 @@
+//! The command line: clap definitions and one function per subcommand.
+//!
+//! Subcommands write results to `out` (stdout) and progress to stderr, and return the process
+//! exit code, so tests can run them without spawning a process.
+//!
+//! Exit codes: `0` success (config valid), `1` the config has errors, `2` the command could not
+//! run (unreadable source, bad flags).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::config::{self, FileFilter, Source};
+use crate::diag::{Diagnostic, Severity};
+use crate::validate::{self, ValidConfig};
+
+/// Keeps Kratix Promises without Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "promised", version, about)]
+pub struct Cli {
+    /// Log filter (tracing env-filter syntax), e.g. `info`, `promised=debug`.
+    #[arg(long, global = true, env = "PROMISED_LOG", default_value = "warn")]
+    pub log: String,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a config repo: schemas, cross-object rules, every request against its Promise.
+    Validate(ValidateArgs),
+}
+
+/// Output format of a subcommand.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable text.
+    #[default]
+    Text,
+    /// One JSON document (stable keys, for CI tools).
+    Json,
+}
+
+/// Where the config repo is and which files are read.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// Config repo directory.
+    #[arg(value_name = "DIR", conflicts_with = "git")]
+    pub dir: Option<PathBuf>,
+    /// Read the config repo from a Git repository (local path or URL) instead of a directory.
+    #[arg(long, value_name = "URL")]
+    pub git: Option<String>,
+    /// Git ref to read with --git (branch, tag or commit).
+    #[arg(
+        long = "ref",
+        value_name = "REF",
+        default_value = "HEAD",
+        requires = "git"
+    )]
+    pub reference: String,
+    /// Only read files matching these globs (repeatable; default **/*.yaml and **/*.yml).
+    #[arg(long = "include", value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Skip files matching these globs (repeatable; default .git/**).
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub exclude: Vec<String>,
+}
+
+impl SourceArgs {
+    /// The source and file filter these flags describe. Errors when neither DIR nor --git is given.
+    pub fn resolve(&self) -> Result<(Source, FileFilter), String> {
+        let source = match (&self.dir, &self.git) {
+            (Some(d), None) => Source::Dir(d.clone()),
+            (None, Some(url)) => Source::Git {
+                url: url.clone(),
+                reference: self.reference.clone(),
+            },
+            _ => return Err("give a config directory or --git URL".into()),
+        };
+        let mut filter = FileFilter::default();
+        if !self.include.is_empty() {
+            filter.include = self.include.clone();
+        }
+        filter.exclude.extend(self.exclude.iter().cloned());
+        Ok((source, filter))
+    }
+}
+
+/// `promised validate`.
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    /// The config repo.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: OutputFormat,
+    /// Treat warnings as errors.
+    #[arg(long)]
+    pub deny_warnings: bool,
+}
+
+/// Runs a parsed command line; returns the exit code.
+pub fn run(cli: Cli, out: &mut dyn Write) -> i32 {
+    match cli.command {
+        Command::Validate(a) => validate_cmd(&a, out),
+    }
+}
+
+/// Loads and validates the config repo a [`SourceArgs`] points at.
+pub fn load_valid(source: &SourceArgs) -> Result<ValidConfig, String> {
+    let (src, filter) = source.resolve()?;
+    let objects = config::load(&src, &filter, None).map_err(|e| e.to_string())?;
+    Ok(validate::validate(objects))
+}
+
+#[derive(Serialize)]
+struct ValidateReport<'a> {
+    valid: bool,
+    commit: Option<&'a str>,
+    errors: usize,
+    warnings: usize,
+    promises: Vec<&'a str>,
+    requests: Vec<RequestLine<'a>>,
+    destinations: Vec<&'a str>,
+    state_stores: Vec<String>,
+    diagnostics: &'a [Diagnostic],
+}
+
+#[derive(Serialize)]
+struct RequestLine<'a> {
+    promise: &'a str,
+    namespace: &'a str,
+    name: &'a str,
+    file: &'a str,
+    document: usize,
+}
+
+fn validate_cmd(a: &ValidateArgs, out: &mut dyn Write) -> i32 {
+    let cfg = match load_valid(&a.source) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let errors = cfg
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    let warnings = cfg.diagnostics.len() - errors;
+    let valid = errors == 0 && !(a.deny_warnings && warnings > 0);
+    let report = ValidateReport {
+        valid,
+        commit: cfg.commit.as_deref(),
+        errors,
+        warnings,
+        promises: cfg.promises.iter().map(|p| p.name()).collect(),
+        requests: cfg
+            .requests
+            .iter()
+            .map(|r| RequestLine {
+                promise: &r.promise,
+                namespace: r.namespace(),
+                name: r.name(),
+                file: &r.origin.file,
+                document: r.origin.document,
+            })
+            .collect(),
+        destinations: cfg
+            .destinations
+            .iter()
+            .map(|d| d.id.name.as_str())
+            .collect(),
+        state_stores: cfg
+            .git_state_stores
+            .iter()
+            .map(|s| format!("GitStateStore/{}", s.id.name))
+            .chain(
+                cfg.bucket_state_stores
+                    .iter()
+                    .map(|s| format!("BucketStateStore/{}", s.id.name)),
+            )
+            .collect(),
+        diagnostics: &cfg.diagnostics,
+    };
+    let res = match a.output {
+        OutputFormat::Json => serde_json::to_writer_pretty(&mut *out, &report)
+            .map_err(std::io::Error::other)
+            .and_then(|_| writeln!(out)),
+        OutputFormat::Text => write_text_report(&report, out),
+    };
+    if let Err(e) = res {
+        eprintln!("error: writing output: {e}");
+        return 2;
+    }
+    if valid { 0 } else { 1 }
+}
+
+fn write_text_report(r: &ValidateReport<'_>, out: &mut dyn Write) -> std::io::Result<()> {
+    for d in r.diagnostics {
+        let tag = match d.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        writeln!(out, "{tag}: {d}")?;
+    }
+    writeln!(
+        out,
+        "{}: {} Promises, {} requests, {} Destinations, {} state stores; {} errors, {} warnings",
+        if r.valid { "valid" } else { "invalid" },
+        r.promises.len(),
+        r.requests.len(),
+        r.destinations.len(),
+        r.state_stores.len(),
+        r.errors,
+        r.warnings
+    )
+}

@@ -1,0 +1,341 @@
+//! Reading the files of a config repo: from a directory, or from a Git commit's tree
+//! (with gix, without a checkout).
+
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use thiserror::Error;
+
+/// Where a config repo comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A directory on disk; every matching file under it is read.
+    Dir(PathBuf),
+    /// A Git repository and a ref (branch, tag, commit or `HEAD`). `url` is a local path
+    /// (work tree or bare repository) or anything gix can fetch (`file://`, `git://`,
+    /// `https://`, ssh). Remote repositories are fetched into a bare cache first.
+    Git {
+        /// Repository location.
+        url: String,
+        /// Revision to read, e.g. `main`, `refs/tags/v1`, a commit id.
+        reference: String,
+    },
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Dir(p) => write!(f, "{}", p.display()),
+            Source::Git { url, reference } => write!(f, "{url}@{reference}"),
+        }
+    }
+}
+
+/// Which files of the repo are read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileFilter {
+    /// Globs a repository-relative path must match (default `**/*.yaml`, `**/*.yml`).
+    pub include: Vec<String>,
+    /// Globs that exclude a path even when included (default `.git/**`).
+    pub exclude: Vec<String>,
+}
+
+impl Default for FileFilter {
+    fn default() -> Self {
+        FileFilter {
+            include: vec!["**/*.yaml".into(), "**/*.yml".into()],
+            exclude: vec![".git/**".into(), "**/.git/**".into()],
+        }
+    }
+}
+
+/// A compiled [`FileFilter`].
+#[derive(Debug, Clone)]
+pub struct CompiledFilter {
+    include: GlobSet,
+    exclude: GlobSet,
+}
+
+impl FileFilter {
+    /// Compiles the globs. Errors name the bad glob.
+    pub fn compile(&self) -> Result<CompiledFilter, SourceError> {
+        let build = |globs: &[String]| -> Result<GlobSet, SourceError> {
+            let mut b = GlobSetBuilder::new();
+            for g in globs {
+                let glob = Glob::new(g).map_err(|e| SourceError::Glob {
+                    glob: g.clone(),
+                    message: e.kind().to_string(),
+                })?;
+                b.add(glob);
+            }
+            b.build().map_err(|e| SourceError::Glob {
+                glob: globs.join(","),
+                message: e.to_string(),
+            })
+        };
+        Ok(CompiledFilter {
+            include: build(&self.include)?,
+            exclude: build(&self.exclude)?,
+        })
+    }
+}
+
+impl CompiledFilter {
+    /// True when the repository-relative path is read.
+    pub fn matches(&self, rel: &str) -> bool {
+        self.include.is_match(rel) && !self.exclude.is_match(rel)
+    }
+}
+
+/// One file read from the repo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFile {
+    /// Repository-relative path, `/`-separated.
+    pub path: String,
+    /// File contents.
+    pub bytes: Vec<u8>,
+}
+
+/// Files read from a source, plus the commit they came from (Git sources only).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Matching files, sorted by path.
+    pub files: Vec<RawFile>,
+    /// Full commit id for Git sources.
+    pub commit: Option<String>,
+}
+
+/// Why a config repo could not be read at all. Problems with single files are diagnostics,
+/// not errors.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// The directory does not exist or cannot be listed.
+    #[error("config directory {path}: {message}")]
+    Dir {
+        /// The directory.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+    /// An include/exclude glob is invalid.
+    #[error("invalid glob {glob:?}: {message}")]
+    Glob {
+        /// The glob.
+        glob: String,
+        /// Why.
+        message: String,
+    },
+    /// The Git repository cannot be opened or fetched.
+    #[error("git repository {url}: {message}")]
+    GitRepo {
+        /// Repository location.
+        url: String,
+        /// What failed.
+        message: String,
+    },
+    /// The ref does not resolve to a commit.
+    #[error("git repository {url}: ref {reference:?} not found: {message}")]
+    GitRef {
+        /// Repository location.
+        url: String,
+        /// The ref asked for.
+        reference: String,
+        /// Details.
+        message: String,
+    },
+}
+
+/// Reads every matching file of `source`. `cache_dir` holds bare clones of remote Git
+/// repositories (a temporary directory is used when `None`).
+pub fn read(
+    source: &Source,
+    filter: &FileFilter,
+    cache_dir: Option<&Path>,
+) -> Result<Snapshot, SourceError> {
+    let compiled = filter.compile()?;
+    match source {
+        Source::Dir(dir) => read_dir(dir, &compiled),
+        Source::Git { url, reference } => read_git(url, reference, &compiled, cache_dir),
+    }
+}
+
+fn read_dir(dir: &Path, filter: &CompiledFilter) -> Result<Snapshot, SourceError> {
+    let meta = std::fs::metadata(dir).map_err(|e| SourceError::Dir {
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    if !meta.is_dir() {
+        return Err(SourceError::Dir {
+            path: dir.display().to_string(),
+            message: "not a directory".into(),
+        });
+    }
+    let mut files = Vec::new();
+    let walker = walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .sort_by_file_name();
+    for entry in walker {
+        let entry = entry.map_err(|e| SourceError::Dir {
+            path: dir.display().to_string(),
+            message: e.to_string(),
+        })?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let rel = entry.path().strip_prefix(dir).unwrap_or(entry.path());
+        let rel = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/");
+        if !filter.matches(&rel) {
+            continue;
+        }
+        let bytes = std::fs::read(entry.path()).map_err(|e| SourceError::Dir {
+            path: entry.path().display().to_string(),
+            message: e.to_string(),
+        })?;
+        files.push(RawFile { path: rel, bytes });
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(Snapshot {
+        files,
+        commit: None,
+    })
+}
+
+fn read_git(
+    url: &str,
+    reference: &str,
+    filter: &CompiledFilter,
+    cache_dir: Option<&Path>,
+) -> Result<Snapshot, SourceError> {
+    let repo_err = |m: String| SourceError::GitRepo {
+        url: url.to_string(),
+        message: m,
+    };
+    let local = Path::new(url);
+    let _tmp;
+    let repo = if !url.contains("://") && local.exists() {
+        gix::open(local).map_err(|e| repo_err(e.to_string()))?
+    } else {
+        let dir = match cache_dir {
+            Some(d) => d.join(cache_name(url)),
+            None => {
+                _tmp = tempfile::tempdir().map_err(|e| repo_err(e.to_string()))?;
+                _tmp.path().join("repo.git")
+            }
+        };
+        fetch_bare(url, &dir).map_err(repo_err)?
+    };
+    let candidates = [
+        reference.to_string(),
+        format!("refs/remotes/origin/{reference}"),
+        format!("refs/heads/{reference}"),
+    ];
+    let mut last = String::new();
+    let mut commit = None;
+    for c in &candidates {
+        match repo.rev_parse_single(c.as_str()) {
+            Ok(id) => match id.object().and_then(|o| Ok(o.peel_to_commit())) {
+                Ok(Ok(cm)) => {
+                    commit = Some(cm);
+                    break;
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(e) => last = e.to_string(),
+            },
+            Err(e) => {
+                if last.is_empty() {
+                    last = e.to_string();
+                }
+            }
+        }
+    }
+    let commit = commit.ok_or_else(|| SourceError::GitRef {
+        url: url.to_string(),
+        reference: reference.to_string(),
+        message: last,
+    })?;
+    let tree = commit.tree().map_err(|e| repo_err(e.to_string()))?;
+    let entries = tree
+        .traverse()
+        .breadthfirst
+        .files()
+        .map_err(|e| repo_err(e.to_string()))?;
+    let mut files = Vec::new();
+    for e in entries {
+        if !e.mode.is_blob() {
+            continue;
+        }
+        let path = e.filepath.to_string();
+        if !filter.matches(&path) {
+            continue;
+        }
+        let obj = repo
+            .find_object(e.oid)
+            .map_err(|err| repo_err(format!("{path}: {err}")))?;
+        files.push(RawFile {
+            path,
+            bytes: obj.data.clone(),
+        });
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(Snapshot {
+        files,
+        commit: Some(commit.id.to_string()),
+    })
+}
+
+/// Fetches `url` into a bare repository at `dir` (cloning it first when missing) and opens it.
+fn fetch_bare(url: &str, dir: &Path) -> Result<gix::Repository, String> {
+    if dir.join("HEAD").exists() {
+        let repo = gix::open(dir).map_err(|e| e.to_string())?;
+        let remote = repo
+            .find_remote("origin")
+            .map_err(|e| e.to_string())?
+            .with_refspecs(
+                ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+                gix::remote::Direction::Fetch,
+            )
+            .map_err(|e| e.to_string())?;
+        remote
+            .connect(gix::remote::Direction::Fetch)
+            .map_err(|e| e.to_string())?
+            .prepare_fetch(gix::progress::Discard, Default::default())
+            .map_err(|e| e.to_string())?
+            .receive(
+                gix::progress::Discard,
+                &std::sync::atomic::AtomicBool::new(false),
+            )
+            .map_err(|e| e.to_string())?;
+        return Ok(repo);
+    }
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+    }
+    let mut prep = gix::prepare_clone_bare(url, dir).map_err(|e| e.to_string())?;
+    let (repo, _) = prep
+        .fetch_only(
+            gix::progress::Discard,
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(repo)
+}
+
+/// A directory name for the cache of `url`: a readable tail plus a hash of the whole URL.
+fn cache_name(url: &str) -> String {
+    use sha2::Digest;
+    let tail: String = url
+        .rsplit('/')
+        .find(|s| !s.is_empty())
+        .unwrap_or("repo")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_' || *c == '.')
+        .take(40)
+        .collect();
+    let h = hex::encode(&sha2::Sha256::digest(url.as_bytes())[..6]);
+    format!("{tail}-{h}")
+}

@@ -1,0 +1,1020 @@
+//! Cross-object checks and request admission: turns classified [`Objects`] into a
+//! [`ValidConfig`] that the pipeline runner, scheduler and state stores can trust.
+//!
+//! Pure: no I/O, no network, no processes, so `promised validate` runs offline and in CI.
+//! Every problem is reported (not just the first), and one bad object never blocks others: an
+//! invalid request or Promise is left out of [`ValidConfig`] and listed in
+//! [`ValidConfig::rejected`] with its diagnostics, everything else stays usable.
+//!
+//! Rules and their Kratix sources (kratix-contract.md):
+//! - Promise API must be a valid, `Namespaced` CRD (§1.1, `promise_webhook.go`); the storage
+//!   version's schema is used.
+//! - Every workflow entry is `platform.kratix.io/v1alpha1` `Pipeline`, decoded with unknown
+//!   fields rejected; names unique per (type, action); `<promise>-<type>-<action>-<pipeline>`
+//!   at most 60 characters; `reconciliationInterval` at least 1m (§1.1).
+//! - A missing `requiredPromises` entry is a warning, as in Kratix.
+//! - Destinations need an existing state store, and two Destinations on one store may not share
+//!   a `path` (§1.3, `destination_webhook.go`). (Kratix only warns about a missing store at
+//!   admission; promised makes it an error because nothing could ever be written.)
+//! - A resource request is admitted like the API server does for a CRD: prune unknown fields,
+//!   apply defaults, validate the storage version's `openAPIV3Schema`, `metadata.name` ≤ 63
+//!   characters, then the `kratix.io/promise-name` label is added (§2.4).
+//!
+//! Deliberate differences from Kratix: duplicate objects (same kind, namespace and name) are
+//! all rejected rather than last-applied-wins, since a Git repo has no apply order; a request
+//! without `metadata.namespace` gets `default`, as `kubectl apply` would give it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::config::{Located, Objects, from_value};
+use crate::diag::{Code, Diagnostic, Origin};
+use crate::model::{
+    BucketStateStore, Destination, GitStateStore, HealthRecord, KRATIX_API_VERSION, ObjectRef,
+    PROMISE_NAME_LABEL, Pipeline, Promise, PromiseApi, StateStoreKind, type_name_of,
+};
+use crate::schema::CrdSchema;
+
+/// Longest `<promise>-<type>-<action>-<pipeline>` Kratix accepts (promise_webhook.go).
+pub const MAX_PIPELINE_FULL_NAME: usize = 60;
+/// Longest resource request name (Kratix injects `maxLength: 63` on `metadata.name`).
+pub const MAX_REQUEST_NAME: usize = 63;
+
+/// A Promise that passed every check.
+#[derive(Debug, Clone)]
+pub struct ValidPromise {
+    /// The Promise and where it came from.
+    pub promise: Located<Promise>,
+    /// Its API, when it has one.
+    pub api: Option<PromiseApi>,
+    /// The compiled storage-version schema, when the API has one.
+    pub schema: Option<Arc<CrdSchema>>,
+}
+
+impl ValidPromise {
+    /// The Promise's name.
+    pub fn name(&self) -> &str {
+        &self.promise.object.metadata.name
+    }
+}
+
+/// A resource request admitted against its Promise.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ValidRequest {
+    /// File and document.
+    pub origin: Origin,
+    /// Kind, namespace and name.
+    pub id: ObjectRef,
+    /// Name of the Promise that serves it.
+    pub promise: String,
+    /// The object as a Kratix pipeline finds it in `/kratix/input/object.yaml`: pruned,
+    /// defaulted, namespace set, `kratix.io/promise-name` label added, `status` removed.
+    pub object: Value,
+}
+
+impl ValidRequest {
+    /// `/kratix/input/object.yaml` contents: deterministic YAML with sorted keys.
+    pub fn to_yaml(&self) -> String {
+        to_yaml(&self.object)
+    }
+
+    /// The request's namespace.
+    pub fn namespace(&self) -> &str {
+        self.id.namespace.as_deref().unwrap_or("default")
+    }
+
+    /// The request's name.
+    pub fn name(&self) -> &str {
+        &self.id.name
+    }
+}
+
+/// An object that was left out because of errors.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rejected {
+    /// Where it came from.
+    pub origin: Origin,
+    /// What it is.
+    pub id: ObjectRef,
+    /// One-line reasons (the diagnostics' text).
+    pub reasons: Vec<String>,
+}
+
+/// A config repo after validation.
+#[derive(Debug, Clone, Default)]
+pub struct ValidConfig {
+    /// Valid Promises, sorted by name.
+    pub promises: Vec<ValidPromise>,
+    /// Admitted requests, sorted by (promise, namespace, name).
+    pub requests: Vec<ValidRequest>,
+    /// Valid Destinations (with an existing state store), sorted by name.
+    pub destinations: Vec<Located<Destination>>,
+    /// Git state stores, sorted by name.
+    pub git_state_stores: Vec<Located<GitStateStore>>,
+    /// Bucket state stores, sorted by name.
+    pub bucket_state_stores: Vec<Located<BucketStateStore>>,
+    /// Health records.
+    pub health_records: Vec<Located<HealthRecord>>,
+    /// Objects left out, with why.
+    pub rejected: Vec<Rejected>,
+    /// Every error and warning, sorted by file, document, then field.
+    pub diagnostics: Vec<Diagnostic>,
+    /// Config commit (Git sources).
+    pub commit: Option<String>,
+}
+
+impl ValidConfig {
+    /// True when there is at least one error.
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+
+    /// Looks up a valid Promise by name.
+    pub fn promise(&self, name: &str) -> Option<&ValidPromise> {
+        self.promises.iter().find(|p| p.name() == name)
+    }
+}
+
+/// Serialises a JSON value as YAML with sorted keys (serde-saphyr, which quotes strings that
+/// YAML 1.1 readers would misread, such as `yes` or `on`).
+pub fn to_yaml(v: &Value) -> String {
+    serde_saphyr::to_string(v).unwrap_or_else(|e| format!("# unserialisable: {e}\n"))
+}
+
+/// Runs every check. Never fails: problems are diagnostics.
+pub fn validate(objects: Objects) -> ValidConfig {
+    let Objects {
+        promises,
+        destinations,
+        git_state_stores,
+        bucket_state_stores,
+        health_records,
+        candidates,
+        mut diagnostics,
+        commit,
+    } = objects;
+    let mut rejected_keys: BTreeSet<(String, usize)> = BTreeSet::new();
+
+    // Duplicate identities, across every kind (group + kind + namespace + name).
+    let mut seen: HashMap<(String, String, Option<String>, String), Vec<Origin>> = HashMap::new();
+    let mut note = |api: &str, id: &ObjectRef, origin: &Origin| {
+        let group = api.split('/').next().unwrap_or_default().to_string();
+        seen.entry((
+            group,
+            id.kind.clone(),
+            id.namespace.clone(),
+            id.name.clone(),
+        ))
+        .or_default()
+        .push(origin.clone());
+    };
+    for p in &promises {
+        note(KRATIX_API_VERSION, &p.id, &p.origin);
+    }
+    for d in &destinations {
+        note(KRATIX_API_VERSION, &d.id, &d.origin);
+    }
+    for s in &git_state_stores {
+        note(KRATIX_API_VERSION, &s.id, &s.origin);
+    }
+    for s in &bucket_state_stores {
+        note(KRATIX_API_VERSION, &s.id, &s.origin);
+    }
+    for h in &health_records {
+        note(KRATIX_API_VERSION, &h.id, &h.origin);
+    }
+    for c in &candidates {
+        let api = c
+            .raw
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let mut id = c.id.clone();
+        if id.namespace.is_none() {
+            id.namespace = Some("default".into());
+        }
+        note(&api, &id, &c.origin);
+    }
+    let mut dup_entries: Vec<_> = seen.into_iter().filter(|(_, v)| v.len() > 1).collect();
+    dup_entries.sort();
+    for ((_, kind, ns, name), origins) in dup_entries {
+        let id = ObjectRef {
+            kind,
+            namespace: ns,
+            name,
+        };
+        for o in &origins {
+            let others: Vec<String> = origins
+                .iter()
+                .filter(|x| *x != o)
+                .map(|x| x.to_string())
+                .collect();
+            diagnostics.push(o.diag(
+                Code::DuplicateIdentity,
+                Some(&id),
+                "metadata.name",
+                format!("duplicate object: also defined at {}", others.join(", ")),
+            ));
+            rejected_keys.insert((o.file.clone(), o.document));
+        }
+    }
+    let not_dup = |o: &Origin| !rejected_keys.contains(&(o.file.clone(), o.document));
+
+    // State stores.
+    let git_state_stores: Vec<_> = sorted(
+        git_state_stores
+            .into_iter()
+            .filter(|s| not_dup(&s.origin))
+            .collect(),
+    );
+    let bucket_state_stores: Vec<_> = sorted(
+        bucket_state_stores
+            .into_iter()
+            .filter(|s| not_dup(&s.origin))
+            .collect(),
+    );
+    for s in &git_state_stores {
+        diagnostics.extend(check_git_store(s));
+    }
+    for s in &bucket_state_stores {
+        if s.object.spec.bucket_name.is_empty() {
+            diagnostics.push(s.origin.diag(
+                Code::InvalidField,
+                Some(&s.id),
+                "spec.bucketName",
+                "must not be empty",
+            ));
+        }
+        if s.object.spec.endpoint.contains("://") {
+            diagnostics.push(s.origin.diag(
+                Code::InvalidField,
+                Some(&s.id),
+                "spec.endpoint",
+                format!(
+                    "{:?} must be host[:port] without a scheme (use insecure: true for plain HTTP)",
+                    s.object.spec.endpoint
+                ),
+            ));
+        }
+    }
+
+    // Destinations.
+    let mut rejected = Vec::new();
+    let mut valid_destinations = Vec::new();
+    let mut paths: BTreeMap<(StateStoreKind, String, String), Origin> = BTreeMap::new();
+    for d in sorted(
+        destinations
+            .into_iter()
+            .filter(|d| not_dup(&d.origin))
+            .collect(),
+    ) {
+        let r = &d.object.spec.state_store_ref;
+        let exists = match r.kind {
+            StateStoreKind::GitStateStore => git_state_stores.iter().any(|s| s.id.name == r.name),
+            StateStoreKind::BucketStateStore => {
+                bucket_state_stores.iter().any(|s| s.id.name == r.name)
+            }
+        };
+        let mut errs = Vec::new();
+        if !exists {
+            errs.push(d.origin.diag(
+                Code::MissingStateStore,
+                Some(&d.id),
+                "spec.stateStoreRef.name",
+                format!("{} {:?} does not exist", r.kind.as_str(), r.name),
+            ));
+        }
+        if d.object.spec.path.trim().is_empty() {
+            errs.push(d.origin.diag(
+                Code::InvalidField,
+                Some(&d.id),
+                "spec.path",
+                "path field is required",
+            ));
+        } else if let Err(m) = check_relative_path(&d.object.spec.path) {
+            errs.push(
+                d.origin
+                    .diag(Code::InvalidField, Some(&d.id), "spec.path", m),
+            );
+        } else {
+            let key = (r.kind, r.name.clone(), normalise_path(&d.object.spec.path));
+            if let Some(first) = paths.get(&key) {
+                errs.push(d.origin.diag(
+                    Code::DuplicateDestinationPath,
+                    Some(&d.id),
+                    "spec.path",
+                    format!(
+                        "path {:?} on {} {:?} is already used by the Destination at {first}",
+                        d.object.spec.path,
+                        r.kind.as_str(),
+                        r.name
+                    ),
+                ));
+            } else {
+                paths.insert(key, d.origin.clone());
+            }
+        }
+        if errs.is_empty() {
+            valid_destinations.push(d);
+        } else {
+            rejected.push(Rejected {
+                origin: d.origin.clone(),
+                id: d.id.clone(),
+                reasons: errs.iter().map(|e| e.message.clone()).collect(),
+            });
+            diagnostics.extend(errs);
+        }
+    }
+
+    // Promises.
+    let mut valid_promises = Vec::new();
+    // (group, kind, promise) of Promises rejected for other reasons, to word request errors.
+    let mut rejected_apis: Vec<(String, String, String)> = Vec::new();
+    let promise_names: BTreeSet<String> = promises.iter().map(|p| p.id.name.clone()).collect();
+    for p in sorted(
+        promises
+            .into_iter()
+            .filter(|p| not_dup(&p.origin))
+            .collect(),
+    ) {
+        let (errs, warns, api, schema) = check_promise(&p, &promise_names);
+        diagnostics.extend(warns);
+        if errs.is_empty() {
+            valid_promises.push(ValidPromise {
+                promise: p,
+                api,
+                schema,
+            });
+        } else {
+            if let Some(Ok(Some(a))) = p.object.spec.api.as_ref().map(PromiseApi::from_crd) {
+                rejected_apis.push((a.group, a.kind, p.id.name.clone()));
+            }
+            rejected.push(Rejected {
+                origin: p.origin.clone(),
+                id: p.id.clone(),
+                reasons: errs.iter().map(|e| e.message.clone()).collect(),
+            });
+            diagnostics.extend(errs);
+        }
+    }
+    // Two Promises serving one API: both are unusable (kratix #867).
+    let mut by_gk: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+    for (i, p) in valid_promises.iter().enumerate() {
+        if let Some(api) = &p.api {
+            by_gk
+                .entry((api.group.clone(), api.kind.clone()))
+                .or_default()
+                .push(i);
+        }
+    }
+    let mut drop_idx = BTreeSet::new();
+    for ((group, kind), idx) in by_gk.iter().filter(|(_, v)| v.len() > 1) {
+        for &i in idx {
+            let p = &valid_promises[i];
+            let others: Vec<String> = idx
+                .iter()
+                .filter(|&&j| j != i)
+                .map(|&j| valid_promises[j].name().to_string())
+                .collect();
+            let d = p.promise.origin.diag(
+                Code::DuplicateApi,
+                Some(&p.promise.id),
+                "spec.api.spec.names.kind",
+                format!(
+                    "{group}/{kind} is also served by Promise {}",
+                    others.join(", ")
+                ),
+            );
+            rejected.push(Rejected {
+                origin: p.promise.origin.clone(),
+                id: p.promise.id.clone(),
+                reasons: vec![d.message.clone()],
+            });
+            rejected_apis.push((group.clone(), kind.clone(), p.name().to_string()));
+            diagnostics.push(d);
+            drop_idx.insert(i);
+        }
+    }
+    let valid_promises: Vec<ValidPromise> = valid_promises
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !drop_idx.contains(i))
+        .map(|(_, p)| p)
+        .collect();
+
+    // Requests: served by which Promise? A kind served by a Promise that was rejected is
+    // reported as such, not as "unserved".
+    let mut requests = Vec::new();
+    for c in candidates.into_iter().filter(|c| not_dup(&c.origin)) {
+        let api_version = c
+            .raw
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let served = valid_promises.iter().find(|p| {
+            p.api
+                .as_ref()
+                .is_some_and(|a| a.group == group && a.kind == c.id.kind)
+        });
+        let Some(promise) = served else {
+            let msg = match rejected_apis
+                .iter()
+                .find(|(g, k, _)| g == group && *k == c.id.kind)
+            {
+                Some((_, _, pname)) => format!(
+                    "{api_version} {} is served by Promise {pname}, which is invalid",
+                    c.id.kind
+                ),
+                None => format!("no Promise serves {api_version} {}", c.id.kind),
+            };
+            let d = c.origin.diag(Code::UnservedKind, Some(&c.id), "kind", msg);
+            rejected.push(Rejected {
+                origin: c.origin.clone(),
+                id: c.id.clone(),
+                reasons: vec![d.message.clone()],
+            });
+            diagnostics.push(d);
+            continue;
+        };
+        let api = promise.api.as_ref().expect("served promises have an API");
+        if !api.served_versions.iter().any(|v| v == version) {
+            let d = c.origin.diag(
+                Code::UnservedKind,
+                Some(&c.id),
+                "apiVersion",
+                format!(
+                    "version {version:?} is not served by Promise {} (served: {})",
+                    promise.name(),
+                    api.served_versions.join(", ")
+                ),
+            );
+            rejected.push(Rejected {
+                origin: c.origin.clone(),
+                id: c.id.clone(),
+                reasons: vec![d.message.clone()],
+            });
+            diagnostics.push(d);
+            continue;
+        }
+        match admit_request(&c, promise, api) {
+            Ok(r) => requests.push(r),
+            Err(errs) => {
+                rejected.push(Rejected {
+                    origin: c.origin.clone(),
+                    id: c.id.clone(),
+                    reasons: errs
+                        .iter()
+                        .map(|e| format!("{}: {}", e.field.clone().unwrap_or_default(), e.message))
+                        .collect(),
+                });
+                diagnostics.extend(errs);
+            }
+        }
+    }
+    requests.sort_by(|a, b| {
+        (&a.promise, a.namespace(), a.name()).cmp(&(&b.promise, b.namespace(), b.name()))
+    });
+
+    // Health records must name a Promise and a request (warnings: they only feed status).
+    for h in &health_records {
+        let pname = h
+            .object
+            .data
+            .promise_ref
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !valid_promises.iter().any(|p| p.name() == pname) {
+            diagnostics.push(
+                h.origin
+                    .diag(
+                        Code::InvalidField,
+                        Some(&h.id),
+                        "data.promiseRef.name",
+                        format!("Promise {pname:?} does not exist"),
+                    )
+                    .warning(),
+            );
+        }
+    }
+
+    diagnostics.sort_by(|a, b| {
+        (&a.file, a.document, &a.field, &a.message)
+            .cmp(&(&b.file, b.document, &b.field, &b.message))
+    });
+    diagnostics.dedup();
+    ValidConfig {
+        promises: valid_promises,
+        requests,
+        destinations: valid_destinations,
+        git_state_stores,
+        bucket_state_stores,
+        health_records: health_records
+            .into_iter()
+            .filter(|h| not_dup(&h.origin))
+            .collect(),
+        rejected,
+        diagnostics,
+        commit,
+    }
+}
+
+fn sorted<T>(mut v: Vec<Located<T>>) -> Vec<Located<T>> {
+    v.sort_by(|a, b| a.id.cmp(&b.id));
+    v
+}
+
+/// `a/b/` → `a/b`; `/`, `.` and `./` → `` (the store root).
+pub fn normalise_path(p: &str) -> String {
+    p.split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Rejects `..` segments and backslashes in a store path.
+fn check_relative_path(p: &str) -> Result<(), String> {
+    if p.split('/').any(|s| s == "..") {
+        return Err(format!("{p:?} must not contain \"..\""));
+    }
+    if p.contains('\\') {
+        return Err(format!("{p:?} must use \"/\" as separator"));
+    }
+    Ok(())
+}
+
+fn check_git_store(s: &Located<GitStateStore>) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let url = &s.object.spec.url;
+    if url.trim().is_empty() {
+        out.push(s.origin.diag(
+            Code::InvalidField,
+            Some(&s.id),
+            "spec.url",
+            "must not be empty",
+        ));
+    } else if url.starts_with("http://") {
+        out.push(
+            s.origin
+                .diag(
+                    Code::InvalidField,
+                    Some(&s.id),
+                    "spec.url",
+                    "plain http:// sends credentials unencrypted (Kratix only accepts https://)",
+                )
+                .warning(),
+        );
+    }
+    if s.object.spec.branch.is_empty() {
+        out.push(s.origin.diag(
+            Code::InvalidField,
+            Some(&s.id),
+            "spec.branch",
+            "must not be empty",
+        ));
+    }
+    if let Err(m) = check_relative_path(&s.object.spec.path) {
+        out.push(
+            s.origin
+                .diag(Code::InvalidField, Some(&s.id), "spec.path", m),
+        );
+    }
+    out
+}
+
+type PromiseCheck = (
+    Vec<Diagnostic>,
+    Vec<Diagnostic>,
+    Option<PromiseApi>,
+    Option<Arc<CrdSchema>>,
+);
+
+fn check_promise(p: &Located<Promise>, all: &BTreeSet<String>) -> PromiseCheck {
+    let mut errs = Vec::new();
+    let mut warns = Vec::new();
+    let o = &p.origin;
+    let id = Some(&p.id);
+    let name = &p.object.metadata.name;
+
+    // Pipelines are re-decoded from the raw document so every bad pipeline is reported with
+    // its full field path, not only the first one serde meets.
+    let raw_wf = p
+        .raw
+        .pointer("/spec/workflows")
+        .cloned()
+        .unwrap_or(Value::Null);
+    for ty in ["resource", "promise"] {
+        for action in ["configure", "delete"] {
+            let base = format!("spec.workflows.{ty}.{action}");
+            let Some(list) = raw_wf.get(ty).and_then(|t| t.get(action)) else {
+                continue;
+            };
+            let Value::Array(items) = list else {
+                if !list.is_null() {
+                    errs.push(o.diag(
+                        Code::InvalidPipeline,
+                        id,
+                        &base,
+                        format!("expected a list of Pipelines, found {}", type_name_of(list)),
+                    ));
+                }
+                continue;
+            };
+            let mut names: BTreeMap<String, usize> = BTreeMap::new();
+            for (i, item) in items.iter().enumerate() {
+                let at = format!("{base}[{i}]");
+                let pl: Pipeline = match from_value(item) {
+                    Ok(pl) => pl,
+                    Err((path, msg)) => {
+                        errs.push(o.diag(Code::InvalidPipeline, id, join_path(&at, &path), msg));
+                        continue;
+                    }
+                };
+                if pl.api_version != KRATIX_API_VERSION {
+                    errs.push(o.diag(
+                        Code::InvalidPipeline,
+                        id,
+                        format!("{at}.apiVersion"),
+                        format!(
+                            "expected {KRATIX_API_VERSION:?}, found {:?}",
+                            pl.api_version
+                        ),
+                    ));
+                }
+                if pl.kind != "Pipeline" {
+                    errs.push(o.diag(
+                        Code::InvalidPipeline,
+                        id,
+                        format!("{at}.kind"),
+                        format!("expected \"Pipeline\", found {:?}", pl.kind),
+                    ));
+                }
+                let pname = &pl.metadata.name;
+                if pname.is_empty() {
+                    errs.push(o.diag(
+                        Code::InvalidPipeline,
+                        id,
+                        format!("{at}.metadata.name"),
+                        "required field is missing",
+                    ));
+                    continue;
+                }
+                let full = format!("{name}-{ty}-{action}-{pname}");
+                if full.len() > MAX_PIPELINE_FULL_NAME {
+                    errs.push(o.diag(
+                        Code::PipelineNameTooLong,
+                        id,
+                        format!("{at}.metadata.name"),
+                        format!("{full:?} is {} characters; <promise>-<type>-<action>-<pipeline> must be at most {MAX_PIPELINE_FULL_NAME}", full.len()),
+                    ));
+                }
+                if let Some(first) = names.insert(pname.clone(), i) {
+                    errs.push(o.diag(
+                        Code::DuplicatePipelineName,
+                        id,
+                        format!("{at}.metadata.name"),
+                        format!("pipeline name {pname:?} is already used by {base}[{first}]"),
+                    ));
+                }
+                if pl.spec.containers.is_empty() {
+                    errs.push(o.diag(
+                        Code::InvalidPipeline,
+                        id,
+                        format!("{at}.spec.containers"),
+                        "at least one container is required",
+                    ));
+                }
+                for (ci, c) in pl.spec.containers.iter().enumerate() {
+                    if c.name.is_empty() {
+                        errs.push(o.diag(
+                            Code::InvalidPipeline,
+                            id,
+                            format!("{at}.spec.containers[{ci}].name"),
+                            "required field is missing",
+                        ));
+                    }
+                    if c.image.is_empty() {
+                        errs.push(o.diag(
+                            Code::InvalidPipeline,
+                            id,
+                            format!("{at}.spec.containers[{ci}].image"),
+                            "required field is missing",
+                        ));
+                    }
+                }
+            }
+            if action == "delete" && items.len() > 1 {
+                warns.push(
+                    o.diag(
+                        Code::InvalidPipeline,
+                        id,
+                        &base,
+                        format!(
+                            "{} delete pipelines given; only the first is ever run (as in Kratix)",
+                            items.len()
+                        ),
+                    )
+                    .warning(),
+                );
+            }
+        }
+    }
+    if let Some(iv) = p
+        .object
+        .spec
+        .workflows
+        .config
+        .as_ref()
+        .and_then(|c| c.reconciliation_interval.as_ref())
+    {
+        match parse_go_duration(iv) {
+            Ok(d) if d < std::time::Duration::from_secs(60) => errs.push(o.diag(
+                Code::InvalidField,
+                id,
+                "spec.workflows.config.reconciliationInterval",
+                format!("{iv:?} is shorter than the 1m minimum"),
+            )),
+            Ok(_) => {}
+            Err(m) => errs.push(o.diag(
+                Code::InvalidField,
+                id,
+                "spec.workflows.config.reconciliationInterval",
+                m,
+            )),
+        }
+    }
+    for (i, s) in p.object.spec.destination_selectors.iter().enumerate() {
+        if s.match_labels.is_empty() {
+            warns.push(
+                o.diag(
+                    Code::InvalidField,
+                    id,
+                    format!("spec.destinationSelectors[{i}].matchLabels"),
+                    "empty selector matches every Destination without strictMatchLabels",
+                )
+                .warning(),
+            );
+        }
+    }
+    for (i, r) in p.object.spec.required_promises.iter().enumerate() {
+        if !all.contains(&r.name) {
+            warns.push(
+                o.diag(
+                    Code::MissingRequiredPromise,
+                    id,
+                    format!("spec.requiredPromises[{i}].name"),
+                    format!("required Promise {:?} is not in the config repo; requests will wait until it is available", r.name),
+                )
+                .warning(),
+            );
+        }
+    }
+
+    // The API.
+    let mut api = None;
+    let mut schema = None;
+    if let Some(raw_api) = &p.object.spec.api {
+        match PromiseApi::from_crd(raw_api) {
+            Ok(None) => {}
+            Ok(Some(a)) => {
+                if a.scope != "Namespaced" {
+                    errs.push(o.diag(
+                        Code::ClusterScopedApi,
+                        id,
+                        "spec.api.spec.scope",
+                        format!("{:?}: Promise APIs must be Namespaced", a.scope),
+                    ));
+                }
+                match &a.schema {
+                    Some(s) => match CrdSchema::new(s) {
+                        Ok(c) => schema = Some(Arc::new(c)),
+                        Err(e) => errs.push(o.diag(
+                            Code::InvalidApi,
+                            id,
+                            format!("spec.api.spec.versions[{}].schema.openAPIV3Schema", storage_index(raw_api)),
+                            e.to_string(),
+                        )),
+                    },
+                    None => warns.push(
+                        o.diag(Code::InvalidApi, id, "spec.api.spec.versions", "the storage version has no openAPIV3Schema; requests are not validated")
+                            .warning(),
+                    ),
+                }
+                api = Some(a);
+            }
+            Err((field, msg)) => {
+                errs.push(o.diag(Code::InvalidApi, id, join_path("spec.api", &field), msg))
+            }
+        }
+    }
+    (errs, warns, api, schema)
+}
+
+fn storage_index(api: &Value) -> usize {
+    api.pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .and_then(|v| {
+            v.iter()
+                .position(|x| x.get("storage").and_then(Value::as_bool) == Some(true))
+        })
+        .unwrap_or(0)
+}
+
+fn join_path(base: &str, rest: &str) -> String {
+    match (base.is_empty(), rest.is_empty()) {
+        (_, true) => base.to_string(),
+        (true, false) => rest.to_string(),
+        (false, false) if rest.starts_with('[') => format!("{base}{rest}"),
+        _ => format!("{base}.{rest}"),
+    }
+}
+
+/// Admits one request: namespace, name length, prune/default/validate, Kratix label.
+fn admit_request(
+    c: &Located<Value>,
+    promise: &ValidPromise,
+    api: &PromiseApi,
+) -> Result<ValidRequest, Vec<Diagnostic>> {
+    let o = &c.origin;
+    let mut id = c.id.clone();
+    let mut obj = c.raw.clone();
+    let mut errs = Vec::new();
+    let Some(map) = obj.as_object_mut() else {
+        return Err(vec![o.diag(
+            Code::NotAnObject,
+            Some(&id),
+            "",
+            "expected a mapping",
+        )]);
+    };
+    // Status is a subresource: the API server ignores it on create.
+    map.remove("status");
+    let meta = map
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Some(meta) = meta.as_object_mut() else {
+        return Err(vec![o.diag(
+            Code::InvalidRequest,
+            Some(&id),
+            "metadata",
+            format!("expected object, found {}", type_name_of(meta)),
+        )]);
+    };
+    match meta.get("name") {
+        Some(Value::String(n)) if !n.is_empty() => {
+            if n.len() > MAX_REQUEST_NAME {
+                errs.push(o.diag(
+                    Code::InvalidRequest,
+                    Some(&id),
+                    "metadata.name",
+                    format!("{} characters; must be at most {MAX_REQUEST_NAME}", n.len()),
+                ));
+            } else if !is_dns_subdomain(n) {
+                errs.push(o.diag(Code::InvalidRequest, Some(&id), "metadata.name", format!("{n:?} must consist of lower case alphanumeric characters, '-' or '.', and start and end with an alphanumeric character")));
+            }
+        }
+        Some(other) if !other.is_string() => errs.push(o.diag(
+            Code::InvalidRequest,
+            Some(&id),
+            "metadata.name",
+            format!("expected string, found {}", type_name_of(other)),
+        )),
+        _ => errs.push(o.diag(
+            Code::InvalidRequest,
+            Some(&id),
+            "metadata.name",
+            "required field is missing",
+        )),
+    }
+    match meta.get("namespace") {
+        None => {
+            meta.insert("namespace".into(), Value::String("default".into()));
+            id.namespace = Some("default".into());
+        }
+        Some(Value::String(ns)) if is_dns_label(ns) => {}
+        Some(v) => errs.push(o.diag(
+            Code::InvalidRequest,
+            Some(&id),
+            "metadata.namespace",
+            format!("{v} is not a valid namespace name"),
+        )),
+    }
+    let labels = meta
+        .entry("labels")
+        .or_insert_with(|| Value::Object(Map::new()));
+    match labels.as_object_mut() {
+        Some(l) => {
+            for (k, v) in l.iter() {
+                if !v.is_string() {
+                    errs.push(o.diag(
+                        Code::InvalidRequest,
+                        Some(&id),
+                        format!("metadata.labels[{k:?}]"),
+                        format!("expected string, found {}", type_name_of(v)),
+                    ));
+                }
+            }
+            l.insert(
+                PROMISE_NAME_LABEL.into(),
+                Value::String(promise.name().to_string()),
+            );
+        }
+        None => errs.push(o.diag(
+            Code::InvalidRequest,
+            Some(&id),
+            "metadata.labels",
+            "expected object",
+        )),
+    }
+    if let Some(a) = meta.get("annotations")
+        && !a
+            .as_object()
+            .is_some_and(|m| m.values().all(Value::is_string))
+    {
+        errs.push(o.diag(
+            Code::InvalidRequest,
+            Some(&id),
+            "metadata.annotations",
+            "expected a map of strings",
+        ));
+    }
+    // The API server stores the object at the storage version.
+    map.insert("apiVersion".into(), Value::String(api.api_version()));
+    if let Some(schema) = &promise.schema {
+        for fe in schema.admit(&mut obj) {
+            errs.push(o.diag(Code::InvalidRequest, Some(&id), fe.path, fe.message));
+        }
+    }
+    if errs.is_empty() {
+        Ok(ValidRequest {
+            origin: o.clone(),
+            id,
+            promise: promise.name().to_string(),
+            object: obj,
+        })
+    } else {
+        Err(errs)
+    }
+}
+
+/// RFC 1123 subdomain: what Kubernetes requires of most object names.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(|l| !l.is_empty() && is_label_chars(l))
+}
+
+/// RFC 1123 label: namespaces.
+fn is_dns_label(s: &str) -> bool {
+    s.len() <= 63 && is_label_chars(s)
+}
+
+fn is_label_chars(l: &str) -> bool {
+    let b = l.as_bytes();
+    !b.is_empty()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// Parses a Go `time.ParseDuration` string (`1h30m`, `90s`, `10h`). Errors quote the input.
+pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{s:?} is not a duration (expected e.g. \"10h\", \"30m\", \"1h30m\")");
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    if rest == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        if num_end == 0 {
+            return Err(bad());
+        }
+        let n: f64 = rest[..num_end].parse().map_err(|_| bad())?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let mult = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += n * mult;
+        rest = &rest[unit_end..];
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
+}
