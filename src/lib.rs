@@ -9,6 +9,8 @@
 pub mod cli;
 pub mod config;
 pub mod diag;
+pub mod layout;
 pub mod model;
+pub mod scheduler;
 pub mod schema;
 pub mod validate;
