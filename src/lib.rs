@@ -1,1 +1,3 @@
 //! promised library.
+
+pub mod schema;
