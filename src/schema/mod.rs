@@ -25,6 +25,7 @@
 //! ```
 
 mod defaults;
+mod kubernetes;
 mod prune;
 mod structural;
 mod validate;
@@ -150,13 +151,21 @@ impl CrdSchema {
     /// Validates `obj` against the schema without changing it.
     ///
     /// Returns every violation, sorted by path then message and deduplicated; empty
-    /// means valid. Formats (`format: date-time`, ...), `x-kubernetes-validations` (CEL)
-    /// and `x-kubernetes-list-type` uniqueness are not checked.
+    /// means valid. Besides the schema's value validations this checks
+    /// `x-kubernetes-list-type: set|map` uniqueness and, for
+    /// `x-kubernetes-embedded-resource` objects below the root, non-empty `apiVersion` and
+    /// `kind`. Formats (`format: date-time`, ...) and `x-kubernetes-validations` (CEL
+    /// rules) are not checked.
     ///
-    /// Kubernetes: apiextensions-apiserver `validation/validation.go` and kube-openapi's
-    /// Draft 4 validator; messages are this crate's own.
+    /// Kubernetes: apiextensions-apiserver `validation/validation.go`, kube-openapi's
+    /// Draft 4 validator, `schema/listtype/validation.go` and
+    /// `schema/objectmeta/validation.go`; messages are this crate's own.
     pub fn validate(&self, obj: &Value) -> Vec<FieldError> {
-        validate::validate(&self.validator, obj)
+        let mut errors = validate::validate(&self.validator, obj);
+        kubernetes::check_root(obj, &self.structural, &mut errors);
+        errors.sort();
+        errors.dedup();
+        errors
     }
 
     /// Prunes, defaults, prunes the defaulted result again (the apiserver requires

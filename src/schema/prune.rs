@@ -45,8 +45,8 @@ pub(crate) fn prune_root(obj: &mut Value, root: &Structural) {
     }
 }
 
-/// Kubernetes: `prune` in pruning/algorithm.go. `embedded` is `s.XEmbeddedResource`
-/// (forced on for the resource root).
+/// Kubernetes: `prune` in pruning/algorithm.go. `root` marks the resource root, which is
+/// treated as an embedded resource (its `apiVersion`, `kind`, `metadata` are kept).
 fn prune(x: &mut Value, s: Node<'_>, root: bool) {
     let s = match s {
         Node::Anything => return,

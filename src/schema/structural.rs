@@ -42,6 +42,10 @@ pub(crate) struct Structural {
     pub(crate) preserve_unknown_fields: bool,
     /// `x-kubernetes-embedded-resource: true`.
     pub(crate) embedded_resource: bool,
+    /// `x-kubernetes-list-type` (`atomic`, `set` or `map`).
+    pub(crate) list_type: Option<String>,
+    /// `x-kubernetes-list-map-keys`, for `x-kubernetes-list-type: map`.
+    pub(crate) list_map_keys: Vec<String>,
 }
 
 impl Structural {
@@ -61,6 +65,20 @@ impl Structural {
             default: obj.get("default").filter(|v| !v.is_null()).cloned(),
             preserve_unknown_fields: flag(obj, "x-kubernetes-preserve-unknown-fields"),
             embedded_resource: flag(obj, "x-kubernetes-embedded-resource"),
+            list_type: obj
+                .get("x-kubernetes-list-type")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            list_map_keys: obj
+                .get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .map(|keys| {
+                    keys.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
             ..Structural::default()
         };
         if let Some(props) = obj.get("properties") {

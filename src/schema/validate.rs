@@ -222,10 +222,15 @@ pub(crate) fn compile(draft4_root: Value) -> Result<Validator, SchemaError> {
                 .strip_prefix("allOf[0]")
                 .map(|s| s.trim_start_matches('.').to_owned())
                 .unwrap_or(loc);
-            SchemaError::InvalidSchema {
-                path: loc,
-                message: e.to_string(),
-            }
+            // Describe meta-schema violations like instance errors; anything else
+            // (e.g. an unresolvable reference) keeps the crate's sentence.
+            let mut mapped = Vec::new();
+            map_error(&e, &wrapped, &mut mapped);
+            let message = match mapped.as_slice() {
+                [one] => one.message.clone(),
+                _ => e.to_string(),
+            };
+            SchemaError::InvalidSchema { path: loc, message }
         })
 }
 
@@ -242,15 +247,12 @@ fn pointer_to_dotted_schema_path(pointer: &str) -> String {
     out
 }
 
-/// Runs `validator` on `obj` and maps every error to [`FieldError`]s, sorted and
-/// deduplicated.
+/// Runs `validator` on `obj` and maps every error to [`FieldError`]s (unsorted).
 pub(crate) fn validate(validator: &Validator, obj: &Value) -> Vec<FieldError> {
     let mut out = Vec::new();
     for err in validator.iter_errors(obj) {
         map_error(&err, obj, &mut out);
     }
-    out.sort();
-    out.dedup();
     out
 }
 
@@ -367,12 +369,12 @@ fn map_error(err: &ValidationError<'_>, root: &Value, out: &mut Vec<FieldError>)
         ValidationErrorKind::AnyOf { context } => format!(
             "{} matches none of the allowed alternatives{}",
             describe(instance),
-            alternatives(context, root),
+            alternatives(context, root, &path),
         ),
         ValidationErrorKind::OneOfNotValid { context } => format!(
             "{} matches none of the oneOf alternatives, expected exactly one{}",
             describe(instance),
-            alternatives(context, root),
+            alternatives(context, root, &path),
         ),
         ValidationErrorKind::OneOfMultipleValid { .. } => format!(
             "{} matches more than one of the oneOf alternatives, expected exactly one",
@@ -392,8 +394,9 @@ fn map_error(err: &ValidationError<'_>, root: &Value, out: &mut Vec<FieldError>)
     out.push(FieldError { path, message });
 }
 
-/// ` : [1] msg; [2] msg` for the first error of each alternative, or empty.
-fn alternatives(context: &[Vec<ValidationError<'static>>], root: &Value) -> String {
+/// `: [1] msg; [2] field: msg` listing why each alternative failed, or empty. Paths
+/// are shown relative to `outer`, the path of the value the alternatives apply to.
+fn alternatives(context: &[Vec<ValidationError<'static>>], root: &Value, outer: &str) -> String {
     let mut parts = Vec::new();
     for (i, branch) in context.iter().enumerate() {
         let mut mapped = Vec::new();
@@ -404,12 +407,12 @@ fn alternatives(context: &[Vec<ValidationError<'static>>], root: &Value) -> Stri
         mapped.dedup();
         let text = mapped
             .iter()
-            .map(|f| {
-                if f.path.is_empty() {
-                    f.message.clone()
-                } else {
-                    format!("{}: {}", f.path, f.message)
+            .map(|f| match f.path.strip_prefix(outer) {
+                Some("") => f.message.clone(),
+                Some(rest) if rest.starts_with('.') || rest.starts_with('[') => {
+                    format!("{}: {}", rest.trim_start_matches('.'), f.message)
                 }
+                _ => format!("{}: {}", f.path, f.message),
             })
             .collect::<Vec<_>>()
             .join(", ");
