@@ -553,11 +553,26 @@ fn arb_json() -> impl Strategy<Value = Value> {
     })
 }
 
+/// A resource-like root: usually an object with a `spec`, sometimes anything.
+fn arb_resource() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        1 => arb_json(),
+        4 => (arb_json(), arb_json()).prop_map(|(spec, rest)| {
+            let mut root = match rest {
+                Value::Object(m) => m,
+                _ => serde_json::Map::new(),
+            };
+            root.insert("spec".to_owned(), spec);
+            Value::Object(root)
+        }),
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
-    fn admission_is_idempotent(obj in arb_json()) {
+    fn admission_is_idempotent(obj in arb_resource()) {
         for s in property_schemas() {
             let mut once = obj.clone();
             let errs_once = s.admit(&mut once);
@@ -576,4 +591,17 @@ proptest! {
             prop_assert_eq!(&once, &again);
         }
     }
+}
+
+#[test]
+fn integral_float_is_an_integer() {
+    // kube-openapi accepts `1.0` where an integer is expected.
+    let s = schema(json!({"type": "object", "properties": {"r": {"type": "integer"}}}));
+    let v: Value = serde_saphyr::from_str("r: 1.0\n").expect("yaml");
+    assert_eq!(v, json!({"r": 1.0}));
+    assert_eq!(s.validate(&v), vec![]);
+    assert_eq!(
+        s.validate(&json!({"r": 1.5})),
+        vec![fe("r", "expected integer, found number 1.5")]
+    );
 }

@@ -6,7 +6,7 @@
 //! kube-openapi's Draft 4 based validator.
 
 use jsonschema::error::{TypeKind, ValidationErrorKind};
-use jsonschema::{Draft, ValidationError, Validator};
+use jsonschema::{Draft, JsonType, ValidationError, Validator};
 use serde_json::{Map, Value, json};
 
 use super::FieldError;
@@ -283,6 +283,15 @@ fn map_error(err: &ValidationError<'_>, root: &Value, out: &mut Vec<FieldError>)
             return;
         }
         ValidationErrorKind::Type { kind: k } => {
+            // kube-openapi accepts a float with an integral value (`1.0`) as an integer
+            // (`swag.IsFloat64AJSONInteger`); Draft 4 does not.
+            let allows_integer = match k {
+                TypeKind::Single(t) => *t == JsonType::Integer,
+                TypeKind::Multiple(set) => set.contains(JsonType::Integer),
+            };
+            if allows_integer && is_integral_float(instance) {
+                return;
+            }
             let expected = match k {
                 TypeKind::Single(t) => t.as_str().to_owned(),
                 TypeKind::Multiple(set) => {
@@ -424,6 +433,17 @@ fn alternatives(context: &[Vec<ValidationError<'static>>], root: &Value, outer: 
         String::new()
     } else {
         format!(": {}", parts.join("; "))
+    }
+}
+
+/// A JSON number stored as a float whose value is a whole number within ±2^53.
+fn is_integral_float(v: &Value) -> bool {
+    const MAX_SAFE: f64 = 9_007_199_254_740_992.0;
+    match v {
+        Value::Number(n) if n.is_f64() => n
+            .as_f64()
+            .is_some_and(|f| f.fract() == 0.0 && f.abs() <= MAX_SAFE),
+        _ => false,
     }
 }
 
