@@ -12,6 +12,6 @@ pub mod diag;
 pub mod layout;
 pub mod model;
 pub mod scheduler;
-pub mod status;
 pub mod schema;
+pub mod status;
 pub mod validate;

@@ -188,7 +188,7 @@ pub fn matches(selector: &BTreeMap<String, String>, dest: &DestinationInfo) -> b
         return false;
     }
     if selector.is_empty() {
-        return !(dest.strict_match_labels && !dest.labels.is_empty());
+        return !dest.strict_match_labels || dest.labels.is_empty();
     }
     selector.iter().all(|(k, v)| dest.labels.get(k) == Some(v))
 }
@@ -328,7 +328,8 @@ mod tests {
     /// The Kratix docs' label table (multidestination-management.md).
     #[test]
     fn kratix_label_table() {
-        let cases: &[(&[(&str, &str)], &[(&str, &str)], bool)] = &[
+        type Labels<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(Labels, Labels, bool)] = &[
             (&[], &[], true),
             (&[("env", "dev")], &[], true),
             (&[("env", "dev")], &[("env", "dev")], true),

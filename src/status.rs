@@ -195,7 +195,9 @@ impl ObjectStatus {
 
     /// `Reconciled` summarised as one word for tables: `Reconciled`, `Pending`, `Failing`, ….
     pub fn summary(&self) -> &str {
-        self.condition("Reconciled").map(|c| c.message.as_str()).unwrap_or("Pending")
+        self.condition("Reconciled")
+            .map(|c| c.message.as_str())
+            .unwrap_or("Pending")
     }
 }
 
@@ -228,14 +230,46 @@ mod tests {
 
     #[test]
     fn transition_time_moves_only_on_status_change() {
-        let mut s = ObjectStatus::new(ObjectRef { kind: "redis".into(), namespace: Some("default".into()), name: "a".into() }, "redis");
-        s.set(cond::RECONCILED, ConditionStatus::Unknown, "WorkflowPending", "Pending");
-        let t0 = s.condition(cond::RECONCILED).unwrap().last_transition_time.clone();
+        let mut s = ObjectStatus::new(
+            ObjectRef {
+                kind: "redis".into(),
+                namespace: Some("default".into()),
+                name: "a".into(),
+            },
+            "redis",
+        );
+        s.set(
+            cond::RECONCILED,
+            ConditionStatus::Unknown,
+            "WorkflowPending",
+            "Pending",
+        );
+        let t0 = s
+            .condition(cond::RECONCILED)
+            .unwrap()
+            .last_transition_time
+            .clone();
         s.conditions[0].last_transition_time = "2000-01-01T00:00:00Z".into();
-        s.set(cond::RECONCILED, ConditionStatus::Unknown, "WorksPending", "Pending");
-        assert_eq!(s.condition(cond::RECONCILED).unwrap().last_transition_time, "2000-01-01T00:00:00Z");
-        s.set(cond::RECONCILED, ConditionStatus::True, "Reconciled", "Reconciled");
-        assert_ne!(s.condition(cond::RECONCILED).unwrap().last_transition_time, "2000-01-01T00:00:00Z");
+        s.set(
+            cond::RECONCILED,
+            ConditionStatus::Unknown,
+            "WorksPending",
+            "Pending",
+        );
+        assert_eq!(
+            s.condition(cond::RECONCILED).unwrap().last_transition_time,
+            "2000-01-01T00:00:00Z"
+        );
+        s.set(
+            cond::RECONCILED,
+            ConditionStatus::True,
+            "Reconciled",
+            "Reconciled",
+        );
+        assert_ne!(
+            s.condition(cond::RECONCILED).unwrap().last_transition_time,
+            "2000-01-01T00:00:00Z"
+        );
         assert!(t0.ends_with('Z'));
         assert_eq!(s.summary(), "Reconciled");
     }

@@ -867,7 +867,9 @@ fn admit_request(
     };
     match meta.get("name") {
         Some(Value::String(n)) if !n.is_empty() => {
-            if n.len() > MAX_REQUEST_NAME {
+            // The schema (when there is one) reports the length itself, as Kratix's injected
+            // `maxLength: 63` does.
+            if n.len() > MAX_REQUEST_NAME && promise.schema.is_none() {
                 errs.push(o.diag(
                     Code::InvalidRequest,
                     Some(&id),
