@@ -13,5 +13,7 @@ pub mod layout;
 pub mod model;
 pub mod scheduler;
 pub mod schema;
+pub mod settings;
+pub mod state;
 pub mod status;
 pub mod validate;

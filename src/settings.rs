@@ -1,0 +1,293 @@
+//! The daemon config, `promised.yaml`: runtime settings that are not part of the Git config
+//! repo (where state lives, how pipelines run, image overrides, daemon endpoints).
+//!
+//! Layered, later wins: built-in defaults → the YAML file (`--daemon-config`) → `PROMISED_*`
+//! environment variables → command-line flags. Environment names are the key in upper snake
+//! case, nested keys joined with `__`: `stateDir` is `PROMISED_STATE_DIR`,
+//! `git.maxPushAttempts` is `PROMISED_GIT__MAX_PUSH_ATTEMPTS`. Every key is listed in the
+//! README. Unknown keys are errors, so a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized};
+use serde::{Deserialize, Serialize};
+
+/// How pipeline containers are isolated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sandbox {
+    /// bubblewrap: private mount, PID, IPC, UTS and network namespaces (default).
+    #[default]
+    Bwrap,
+    /// No isolation: an explicit opt-in for machines without user namespaces.
+    None,
+}
+
+/// An image reference mapped to a host command (kratix images cannot be pulled here).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageOverride {
+    /// argv run when the container has no `command` of its own (the image's entrypoint).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Extra read-only mounts: host folder → path inside the sandbox (the image's assets,
+    /// e.g. `/tmp/transfer`). Relative host paths are resolved against the daemon config file.
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    /// Let containers of this image use the network.
+    #[serde(default)]
+    pub network: bool,
+}
+
+/// A read-only bind mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Mount {
+    /// Host path.
+    pub host: PathBuf,
+    /// Path inside the sandbox.
+    pub target: String,
+}
+
+/// Git state store options.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct GitSettings {
+    /// Skip TLS certificate verification for https remotes (Kratix always skips; we never do
+    /// unless told). Default false.
+    pub insecure_skip_tls_verify: bool,
+    /// Push attempts before giving up on a contended branch. Default 5.
+    pub max_push_attempts: u32,
+    /// Commit subject template; placeholders `{updated}`, `{deleted}`, `{unchanged}`,
+    /// `{restored}`, `{placements}`, `{config}`, `{config_short}`.
+    pub commit_subject: Option<String>,
+}
+
+impl Default for GitSettings {
+    fn default() -> Self {
+        GitSettings {
+            insecure_skip_tls_verify: false,
+            max_push_attempts: 5,
+            commit_subject: None,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The daemon config. Field docs are the user docs (see README, "Daemon config").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Settings {
+    /// State directory (state.json, blob cache, state store clones). Default: `$STATE_DIRECTORY`
+    /// (systemd `StateDirectory=`), else `./.promised`.
+    pub state_dir: PathBuf,
+    /// Secrets directory laid out as `<dir>/<secret name>/<key>`. Default:
+    /// `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`), else none (environment only).
+    pub secrets_dir: Option<PathBuf>,
+    /// Pipelines running at once (different requests). `0` = one per CPU core.
+    pub concurrency: usize,
+    /// Pipeline sandbox: `bwrap` (default) or `none`.
+    pub sandbox: Sandbox,
+    /// Let every pipeline use the network. Default false (a Pipeline can opt in with the
+    /// annotation `promised.dev/network: "true"`).
+    pub allow_network: bool,
+    /// Kill a container's whole process group after this long. Default `10m`.
+    #[serde(with = "humantime_serde")]
+    pub pipeline_timeout: Duration,
+    /// Largest total output of one Pipeline, in bytes. Default 50 MiB.
+    pub max_output_bytes: u64,
+    /// Captured stdout/stderr per container, in bytes (the tail is kept). Default 1 MiB.
+    pub max_log_bytes: usize,
+    /// Image reference → host command and mounts.
+    pub image_overrides: BTreeMap<String, ImageOverride>,
+    /// Config repo files read (globs). Default `**/*.yaml`, `**/*.yml`.
+    pub include: Vec<String>,
+    /// Config repo files skipped (globs), in addition to `.git/**`.
+    pub exclude: Vec<String>,
+    /// Git state store options.
+    pub git: GitSettings,
+    /// HTTP listen address of `promised run`. Default `127.0.0.1:8473`.
+    pub listen: String,
+    /// How often `promised run` checks a Git config remote for new commits. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Full re-write of every placement, repairing drift (Kratix
+    /// `stateStoreReconciliationInterval`). Default `10h`.
+    #[serde(with = "humantime_serde")]
+    pub resync_interval: Duration,
+    /// File holding the webhook secret for `POST /hooks/git` (GitHub/Gitea HMAC, GitLab token).
+    pub webhook_secret_file: Option<PathBuf>,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            state_dir: std::env::var_os("STATE_DIRECTORY")
+                .map(|s| {
+                    PathBuf::from(
+                        s.to_string_lossy()
+                            .split(':')
+                            .next()
+                            .unwrap_or(".promised")
+                            .to_string(),
+                    )
+                })
+                .unwrap_or_else(|| PathBuf::from(".promised")),
+            secrets_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+            concurrency: 0,
+            sandbox: Sandbox::Bwrap,
+            allow_network: false,
+            pipeline_timeout: Duration::from_secs(600),
+            max_output_bytes: 50 * 1024 * 1024,
+            max_log_bytes: 1024 * 1024,
+            image_overrides: BTreeMap::new(),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            git: GitSettings::default(),
+            listen: "127.0.0.1:8473".into(),
+            poll_interval: Duration::from_secs(30),
+            resync_interval: Duration::from_secs(10 * 3600),
+            webhook_secret_file: None,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Why the daemon config cannot be used; the message names the key or file.
+#[derive(Debug, thiserror::Error)]
+#[error("daemon config: {0}")]
+pub struct SettingsError(pub String);
+
+impl Settings {
+    /// Loads defaults, then `file` (if given), then `PROMISED_*` from the environment, then
+    /// `overrides` (flag values, as a partial `Settings` map). Relative paths in the file are
+    /// resolved against the file's directory.
+    pub fn load(
+        file: Option<&Path>,
+        overrides: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Settings, SettingsError> {
+        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(f) = file {
+            if !f.is_file() {
+                return Err(SettingsError(format!("{}: no such file", f.display())));
+            }
+            fig = fig.merge(serde_saphyr::figment::Yaml::file_exact(f));
+        }
+        fig = fig.merge(
+            Env::prefixed("PROMISED_")
+                .ignore(&["LOG"])
+                .map(|k| env_key(k.as_str()).into())
+                // After map: figment's map resets `lowercase` to true.
+                .lowercase(false),
+        );
+        fig = fig.merge(Serialized::defaults(serde_json::Value::Object(overrides)));
+        let mut s: Settings = fig.extract().map_err(|e| SettingsError(e.to_string()))?;
+        if let Some(base) = file.and_then(Path::parent) {
+            for o in s.image_overrides.values_mut() {
+                for m in &mut o.mounts {
+                    if m.host.is_relative() {
+                        m.host = base.join(&m.host);
+                    }
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    /// Effective pipeline concurrency (≥ 1).
+    pub fn effective_concurrency(&self) -> usize {
+        if self.concurrency > 0 {
+            self.concurrency
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+}
+
+/// `STATE_DIR` → `stateDir`; `GIT__MAX_PUSH_ATTEMPTS` → `git.maxPushAttempts`.
+fn env_key(k: &str) -> String {
+    k.split("__")
+        .map(|part| {
+            let mut out = String::new();
+            for (i, w) in part.split('_').filter(|w| !w.is_empty()).enumerate() {
+                let w = w.to_ascii_lowercase();
+                if i == 0 {
+                    out.push_str(&w);
+                } else {
+                    let mut c = w.chars();
+                    if let Some(f) = c.next() {
+                        out.push(f.to_ascii_uppercase());
+                        out.push_str(c.as_str());
+                    }
+                }
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_keys() {
+        assert_eq!(env_key("STATE_DIR"), "stateDir");
+        assert_eq!(env_key("state_dir"), "stateDir");
+        assert_eq!(env_key("GIT__MAX_PUSH_ATTEMPTS"), "git.maxPushAttempts");
+        assert_eq!(env_key("CONCURRENCY"), "concurrency");
+    }
+
+    #[test]
+    fn layering_file_env_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "promised.yaml",
+                "stateDir: /var/lib/x\nconcurrency: 3\npipelineTimeout: 2m\nimageOverrides:\n  example.com/img:v1:\n    command: [sh, run.sh]\n    mounts:\n      - {host: assets, target: /tmp/transfer}\ngit:\n  maxPushAttempts: 9\n",
+            )?;
+            jail.set_env("PROMISED_CONCURRENCY", "4");
+            jail.set_env("PROMISED_GIT__MAX_PUSH_ATTEMPTS", "7");
+            let mut flags = serde_json::Map::new();
+            flags.insert("stateDir".into(), "/tmp/flag".into());
+            let s = Settings::load(Some(Path::new("promised.yaml")), flags)
+                .map_err(|e| e.to_string())?;
+            assert_eq!(s.state_dir, PathBuf::from("/tmp/flag"));
+            assert_eq!(s.concurrency, 4);
+            assert_eq!(s.git.max_push_attempts, 7);
+            assert_eq!(s.pipeline_timeout, Duration::from_secs(120));
+            let o = &s.image_overrides["example.com/img:v1"];
+            assert_eq!(o.command, ["sh", "run.sh"]);
+            assert!(o.mounts[0].host.ends_with("assets"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("promised.yaml", "stateDri: /x\n")?;
+            let err =
+                Settings::load(Some(Path::new("promised.yaml")), Default::default()).unwrap_err();
+            assert!(err.to_string().contains("stateDri"), "{err}");
+            Ok(())
+        });
+    }
+}
