@@ -133,7 +133,7 @@ pub struct ChangeSet {
 }
 
 /// How an owned file drifted from what we wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum DriftKind {
     /// The file exists with other content.
     Modified,

@@ -214,7 +214,7 @@ pub fn plan<'a>(
         }
     }
 
-    let touch = |p: &mut Plan<'a>, owner: &Owner| -> () {
+    let touch = |p: &mut Plan<'a>, owner: &Owner| {
         p.changed
             .entry(owner.key.clone())
             .or_insert_with(|| OwnerChange {

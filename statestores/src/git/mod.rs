@@ -412,11 +412,9 @@ impl StateStore for GitStateStore {
                         Some(h) => h,
                         None => {
                             let empty = ObjectId::empty_tree(repo.object_hash());
-                            let p = plan::Plan::default();
                             repo.write_object(gix::objs::Tree::empty())
                                 .map_err(repo::repo_err(&inner.secrets))?;
                             let msg = "promised: write-permission check (never published)";
-                            let _ = &p;
                             let sig = gix::actor::Signature {
                                 name: inner.spec.git_author.name.as_str().into(),
                                 email: inner.spec.git_author.email.as_str().into(),
