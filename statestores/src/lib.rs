@@ -1,1 +1,198 @@
-//! State store backends.
+//! State store backends for `promised`.
+//!
+//! Kratix writes each WorkPlacement to a *state store* (a Git repository or an S3 bucket) that
+//! Argo CD or Flux consume (`kratix-contract.md` §1.4, §4). This crate provides one interface,
+//! [`StateStore`], and two Git backends behind it (see [`git`]):
+//!
+//! - a **remote** repository (`https://`, `ssh://`, scp-like `git@host:path`, `http://` with a
+//!   warning, `git://`), kept as one persistent bare clone under the daemon's state directory,
+//!   fetched with gix and pushed with `git push --force-with-lease`;
+//! - a **local** bare repository on disk (a plain path or `file://` URL), written directly with
+//!   gix. It is the embedded default for a first run: no server needed.
+//!
+//! # The contract
+//!
+//! The reconcile engine computes full store-relative paths (Kratix layout, `<spec.path>/<dest
+//! path>/resources/...`) and hands over one [`ChangeSet`]: for each placement the **complete**
+//! desired file set, plus placements to remove. [`StateStore::apply`] turns it into exactly one
+//! atomic version (one Git commit), or none when nothing changed.
+//!
+//! ```text
+//! check()          write-permission check (Kratix: an empty `git push`)
+//! owned(prefix)    what our ownership index says we own under a prefix (path, sha256, owner)
+//! apply(changes)   one commit per call; prunes, skips unchanged content, repairs drift
+//! ```
+//!
+//! # Where the ownership index lives, and why
+//!
+//! For every file we wrote, the index records its path, its sha256, its git blob id and the
+//! placement that produced it ([`Owner`]). It is committed **in the same commit** as the files
+//! (so content and index can never disagree) as one JSON file per destination at
+//! `.promised/index/<destination>.json` at the **repository root**, outside every
+//! `<spec.path>/<destination path>` directory that GitOps agents consume:
+//!
+//! - Flux's auto-generated kustomization fails the whole Kustomization on any YAML file that is
+//!   not a Kubernetes object, and the default source ignores do not cover arbitrary
+//!   dot-directories (`users-and-peers.md` §3.2);
+//! - Argo CD parses every `.yaml`/`.json` under a directory source, including dot-directories
+//!   (§3.1).
+//!
+//! Kratix's own flat-mode `.kratix/` state files sit *inside* the destination path and need a
+//! `.sourceignore` entry; ours need nothing. Caveat: a Destination whose path is the repository
+//! root (`spec.path` and `destination.path` both empty) would still see `.promised/`; the main
+//! crate warns about that layout.
+//!
+//! # Drift
+//!
+//! Before writing, the store compares the branch head's blob at every indexed path with the
+//! indexed git blob id. A mismatch (someone edited or deleted one of our files) is reported in
+//! [`ApplyOutcome::drift`] and repaired in the same commit: with the desired content when the
+//! change set covers that placement, otherwise with the indexed blob from history. Files we
+//! never wrote are never touched, unless a placement now claims their exact path.
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod git;
+mod index;
+mod message;
+mod plan;
+
+pub use error::Error;
+pub use git::{GitOptions, GitStateStore};
+pub use index::IndexEntry;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// Who produced a file: the Kratix WorkPlacement identity, flattened.
+///
+/// `key` is what the index groups by; the other fields are provenance for commit trailers and
+/// for people reading the index.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Owner {
+    /// Unique placement key, for example
+    /// `worker-1/resources/default/redis/example/instance-configure/5058f`.
+    pub key: String,
+    /// Destination name; selects the index file `.promised/index/<destination>.json`.
+    /// Must be a single path segment.
+    pub destination: String,
+    /// Promise name.
+    pub promise: String,
+    /// `namespace/name` of the resource request, `None` for Promise-level (dependency) output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// Pipeline name, `None` for static dependencies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
+}
+
+/// One file to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileWrite {
+    /// Store-relative path, `/`-separated, already including `GitStateStore.spec.path`.
+    /// No leading `/`, no `.`/`..`/empty segments, not under `.promised/` or `.git`.
+    pub path: String,
+    /// The exact bytes to store.
+    pub content: Vec<u8>,
+}
+
+/// The complete desired file set of one owner. Files the index attributes to this owner that are
+/// not listed here are deleted (Kratix: "remove the whole `<id5>/` dir, then write").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacementWrite {
+    /// Who produces these files.
+    pub owner: Owner,
+    /// All files of that owner.
+    pub files: Vec<FileWrite>,
+}
+
+/// Metadata for the commit message (see [`CommitMeta::subject_template`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitMeta {
+    /// The config-repo commit the change was computed from; becomes the
+    /// `Promised-Config-Commit:` trailer and `{config_short}` (first 7 characters).
+    pub config_commit: Option<String>,
+    /// Subject template. Placeholders: `{updated}`, `{deleted}`, `{unchanged}`, `{restored}`,
+    /// `{placements}`, `{config}`, `{config_short}`. Default:
+    /// `promised: {updated} updated, {deleted} deleted (config {config_short})`.
+    pub subject_template: Option<String>,
+    /// Extra free text appended to the body before the trailers.
+    pub note: Option<String>,
+}
+
+/// One atomic unit of change across any number of placements and destinations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeSet {
+    /// Placements to (re)write, each with its complete file set.
+    pub writes: Vec<PlacementWrite>,
+    /// Owner keys whose files are all deleted (and dropped from the index).
+    pub removals: Vec<String>,
+    /// Commit message inputs.
+    pub meta: CommitMeta,
+}
+
+/// How an owned file drifted from what we wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum DriftKind {
+    /// The file exists with other content.
+    Modified,
+    /// The file is gone.
+    Deleted,
+}
+
+/// One owned file that someone changed behind our back; it was restored by the same apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drift {
+    /// Store-relative path.
+    pub path: String,
+    /// Who owns it according to the index.
+    pub owner: Owner,
+    /// What happened to it.
+    pub kind: DriftKind,
+}
+
+/// The result of [`StateStore::apply`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    /// The new version (for Git, the commit SHA in hex); `None` when nothing changed and no
+    /// commit was made.
+    pub version: Option<String>,
+    /// Files written (added, changed or restored).
+    pub written: usize,
+    /// Files deleted (pruned or removed).
+    pub deleted: usize,
+    /// Desired files already present with identical content.
+    pub unchanged: usize,
+    /// Owned files found edited or deleted by someone else, all restored by this apply.
+    pub drift: Vec<Drift>,
+    /// How many times the change was rebuilt because the branch moved (0 = first try won).
+    pub conflicts_retried: u32,
+}
+
+/// One state store. Implementations serialise their own writes; callers may share it via `Arc`.
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// Write-permission check (Kratix `ValidatePermissions`: an empty `git push`). Run at start-up
+    /// and by `promised validate --online`.
+    ///
+    /// # Errors
+    /// [`Error::Auth`], [`Error::Transport`], [`Error::Rejected`], [`Error::Io`].
+    async fn check(&self) -> Result<(), Error>;
+
+    /// What the ownership index at the current branch head says we own under `prefix`
+    /// (a store-relative directory such as a destination path; `""` for everything), sorted by
+    /// path.
+    ///
+    /// # Errors
+    /// Transport, auth and [`Error::CorruptIndex`] errors.
+    async fn owned(&self, prefix: &str) -> Result<Vec<IndexEntry>, Error>;
+
+    /// Apply `changes` as one atomic version. Retries lost races up to the configured bound by
+    /// rebuilding from desired state on the new head (never a textual rebase).
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when retries ran out, [`Error::Rejected`] with the server's text,
+    /// [`Error::Auth`], [`Error::InvalidPath`], transport and I/O errors.
+    async fn apply(&self, changes: &ChangeSet) -> Result<ApplyOutcome, Error>;
+}

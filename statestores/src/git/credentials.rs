@@ -1,0 +1,317 @@
+//! Credentials for Git remotes, read from a secrets directory or the environment.
+//!
+//! Kratix rules (`kratix-contract.md` §1.4): basicAuth → `password` (required), `username`
+//! (when empty and the URL contains `github`, `x-access-token`); ssh → `sshPrivateKey` and
+//! `knownHosts` (both required). `githubApp` is not supported yet.
+//!
+//! Lookup: `<secrets_dir>/<secretRef.name>/<key>` (one file per key: systemd
+//! `LoadCredential=` and mounted Kubernetes Secrets both look like that), else the environment
+//! variable `PROMISED_SECRET_<NAME>_<KEY>` (upper-cased, `-` and `.` become `_`).
+//!
+//! Secrets never reach process arguments: https credentials go to `git push` through
+//! `GIT_CONFIG_COUNT/KEY/VALUE` (`http.extraHeader`) and to gix through its credentials
+//! callback; ssh keys are written 0600 under the state directory and referenced from
+//! `GIT_SSH_COMMAND`. Every message we keep from `git` or gix passes through
+//! [`Secrets::redact`].
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+
+use super::config::{AuthMethod, GitOptions, GitStateStoreSpec, ParsedUrl, RemoteUrl};
+use crate::Error;
+
+/// Resolved credentials. `Debug` never prints secret values.
+#[derive(Clone, Default)]
+pub enum Credentials {
+    /// Anonymous.
+    #[default]
+    None,
+    /// HTTP basic auth (a token works as the password).
+    Basic {
+        /// User name.
+        username: String,
+        /// Password or token.
+        password: String,
+    },
+    /// ssh with files written under the state directory.
+    Ssh {
+        /// Private key file (0600).
+        key_file: PathBuf,
+        /// known_hosts file (0600).
+        known_hosts_file: PathBuf,
+    },
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::None => f.write_str("None"),
+            Credentials::Basic { username, .. } => write!(
+                f,
+                "Basic {{ username: {username:?}, password: <redacted> }}"
+            ),
+            Credentials::Ssh { key_file, .. } => write!(f, "Ssh {{ key_file: {key_file:?} }}"),
+        }
+    }
+}
+
+/// The secret strings to scrub from any text we keep.
+#[derive(Clone, Default)]
+pub struct Secrets(Vec<String>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secrets({} redacted)", self.0.len())
+    }
+}
+
+impl Secrets {
+    /// Replace every secret (and its base64 forms) in `text` with `***`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for s in &self.0 {
+            if s.len() >= 3 {
+                out = out.replace(s.as_str(), "***");
+            }
+        }
+        out
+    }
+
+    fn add(&mut self, s: &str) {
+        if !s.is_empty() {
+            self.0.push(s.to_owned());
+        }
+    }
+}
+
+/// Read one secret key: file first, then environment.
+fn read_key(secrets_dir: Option<&Path>, name: &str, key: &str) -> Result<Option<String>, Error> {
+    if let Some(dir) = secrets_dir {
+        let path = dir.join(name).join(key);
+        match std::fs::read_to_string(&path) {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    }
+    Ok(std::env::var(env_name(name, key)).ok())
+}
+
+/// `PROMISED_SECRET_<NAME>_<KEY>`.
+pub fn env_name(name: &str, key: &str) -> String {
+    let norm = |s: &str| {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect::<String>()
+    };
+    format!("PROMISED_SECRET_{}_{}", norm(name), norm(key))
+}
+
+fn write_private(path: &Path, content: &str) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| Error::io(&tmp, e))?;
+    let mut body = content.to_owned();
+    if !body.ends_with('\n') {
+        body.push('\n');
+    }
+    f.write_all(body.as_bytes())
+        .map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Resolve credentials for `spec` (`store_id` names the ssh key directory).
+pub fn load(
+    spec: &GitStateStoreSpec,
+    opts: &GitOptions,
+    parsed: &ParsedUrl,
+    store_id: &str,
+) -> Result<(Credentials, Secrets), Error> {
+    let mut secrets = Secrets::default();
+    if matches!(parsed.url, RemoteUrl::Local(_)) {
+        return Ok((Credentials::None, secrets));
+    }
+    if spec.auth_method == AuthMethod::GithubApp {
+        return Err(Error::Config(
+            "authMethod githubApp is not supported yet; use basicAuth with an installation token"
+                .into(),
+        ));
+    }
+    let Some(secret) = &spec.secret_ref else {
+        if let Some((u, p)) = &parsed.embedded {
+            secrets.add(p);
+            return Ok((
+                Credentials::Basic {
+                    username: u.clone(),
+                    password: p.clone(),
+                },
+                secrets,
+            ));
+        }
+        return Ok((Credentials::None, secrets));
+    };
+    let dir = opts.secrets_dir.as_deref();
+    let missing = |key: &str| {
+        Error::Config(format!(
+            "secret {:?} has no key {key:?} (looked in {} and ${})",
+            secret.name,
+            dir.map(|d| d.join(&secret.name).join(key).display().to_string())
+                .unwrap_or_else(|| "<no secrets_dir>".into()),
+            env_name(&secret.name, key)
+        ))
+    };
+    match spec.auth_method {
+        AuthMethod::BasicAuth => {
+            let password = read_key(dir, &secret.name, "password")?
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| missing("password"))?;
+            let mut username = read_key(dir, &secret.name, "username")?
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default();
+            if username.is_empty() && spec.url.contains("github") {
+                username = "x-access-token".into();
+            }
+            secrets.add(&password);
+            let b64 =
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+            secrets.add(&b64);
+            Ok((Credentials::Basic { username, password }, secrets))
+        }
+        AuthMethod::Ssh => {
+            let key = read_key(dir, &secret.name, "sshPrivateKey")?
+                .ok_or_else(|| missing("sshPrivateKey"))?;
+            let known =
+                read_key(dir, &secret.name, "knownHosts")?.ok_or_else(|| missing("knownHosts"))?;
+            let base = opts.state_dir.join("ssh").join(store_id);
+            let key_file = base.join("id");
+            let known_hosts_file = base.join("known_hosts");
+            write_private(&key_file, &key)?;
+            write_private(&known_hosts_file, &known)?;
+            for line in key.lines().filter(|l| !l.starts_with("-----")) {
+                secrets.add(line.trim());
+            }
+            Ok((
+                Credentials::Ssh {
+                    key_file,
+                    known_hosts_file,
+                },
+                secrets,
+            ))
+        }
+        AuthMethod::GithubApp => unreachable!("handled above"),
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+impl Credentials {
+    /// The `ssh` command line for `GIT_SSH_COMMAND` / `core.sshCommand` (paths only, no secrets).
+    pub fn ssh_command(&self) -> Option<String> {
+        match self {
+            Credentials::Ssh {
+                key_file,
+                known_hosts_file,
+            } => Some(format!(
+                "ssh -i {} -o IdentitiesOnly=yes -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes",
+                shell_quote(&key_file.display().to_string()),
+                shell_quote(&known_hosts_file.display().to_string())
+            )),
+            _ => None,
+        }
+    }
+
+    /// Environment for a `git` child process: secrets go through `GIT_CONFIG_*`, never argv.
+    pub fn git_env(&self, insecure_skip_tls_verify: bool) -> Vec<(String, String)> {
+        let mut config: Vec<(String, String)> = vec![
+            // No credential helpers or prompts: the configured secret is the only source.
+            ("credential.helper".into(), String::new()),
+            ("core.askPass".into(), String::new()),
+            ("maintenance.autoDetach".into(), "false".into()),
+            ("gc.autoDetach".into(), "false".into()),
+        ];
+        if let Credentials::Basic { username, password } = self {
+            let b64 =
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+            config.push((
+                "http.extraHeader".into(),
+                format!("Authorization: Basic {b64}"),
+            ));
+        }
+        if insecure_skip_tls_verify {
+            config.push(("http.sslVerify".into(), "false".into()));
+        }
+        let mut env = vec![
+            ("GIT_TERMINAL_PROMPT".into(), "0".into()),
+            ("GIT_CONFIG_NOSYSTEM".into(), "1".into()),
+            ("GIT_CONFIG_GLOBAL".into(), "/dev/null".into()),
+            ("GIT_CONFIG_COUNT".into(), config.len().to_string()),
+        ];
+        for (i, (k, v)) in config.into_iter().enumerate() {
+            env.push((format!("GIT_CONFIG_KEY_{i}"), k));
+            env.push((format!("GIT_CONFIG_VALUE_{i}"), v));
+        }
+        if let Some(cmd) = self.ssh_command() {
+            env.push(("GIT_SSH_COMMAND".into(), cmd));
+        }
+        env
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::git::config::{SecretRef, parse_url};
+
+    #[test]
+    fn basic_auth_from_dir_with_github_default_user() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("creds")).unwrap();
+        std::fs::write(dir.path().join("creds/password"), "tok3n-value\n").unwrap();
+        let mut spec = GitStateStoreSpec::new("https://github.com/o/r");
+        spec.secret_ref = Some(SecretRef {
+            name: "creds".into(),
+            namespace: "default".into(),
+        });
+        let mut opts = GitOptions::new(dir.path());
+        opts.secrets_dir = Some(dir.path().into());
+        let (c, s) = load(&spec, &opts, &parse_url(&spec.url).unwrap(), "x").unwrap();
+        assert!(
+            matches!(&c, Credentials::Basic { username, password } if username == "x-access-token" && password == "tok3n-value")
+        );
+        assert!(!format!("{c:?}").contains("tok3n"));
+        assert_eq!(s.redact("bad tok3n-value here"), "bad *** here");
+        let env = c.git_env(false);
+        assert!(
+            env.iter().any(|(k, v)| k.starts_with("GIT_CONFIG_VALUE_")
+                && v.starts_with("Authorization: Basic "))
+        );
+    }
+
+    #[test]
+    fn env_names() {
+        assert_eq!(
+            env_name("git-creds", "sshPrivateKey"),
+            "PROMISED_SECRET_GIT_CREDS_SSHPRIVATEKEY"
+        );
+    }
+}

@@ -1,0 +1,511 @@
+//! Git state stores (Kratix `GitStateStore`, `kratix-contract.md` §1.4 and §4.2).
+//!
+//! [`GitStateStore`] is one type with two backends, chosen from `spec.url`:
+//!
+//! - **Remote** (`https://`, `ssh://`, `user@host:path`, `http://`, `git://`): one persistent bare
+//!   clone per store at `<state_dir>/git/<store name>-<hash>.git` (Kratix re-clones into a temp
+//!   dir; we keep the clone so fetches are incremental). Each apply attempt fetches the branch
+//!   with gix, plans against the remote head, writes blobs and one commit with gix, and pushes
+//!   with `git push --porcelain --force-with-lease=refs/heads/<b>:<fetched head>`.
+//! - **Local** (`file://…` or a plain path): a bare repository on disk, created if missing,
+//!   written directly with gix; the branch ref is updated with a compare-and-swap
+//!   (`PreviousValue::MustExistAndMatch`). No server, no push. This is the embedded default.
+//!
+//! On a lost race (stale lease, non-fast-forward, moved local ref) the change is **rebuilt from
+//! desired state** on the new head, never textually rebased, so files we do not own are never
+//! touched; retries back off exponentially (`backon`) up to [`GitOptions::max_push_attempts`],
+//! then fail with [`Error::Conflict`]. Kratix instead errors and requeues after 15 s
+//! (`util/git/git.go` `CommitAndPush`).
+//!
+//! All applies to one store are serialised by an async mutex (Kratix: one lock per repo).
+
+pub mod config;
+pub mod credentials;
+mod push;
+mod repo;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
+use gix::ObjectId;
+
+pub use config::{
+    AuthMethod, BeforePublish, GitAuthor, GitOptions, GitStateStoreSpec, RemoteUrl, SecretRef,
+};
+use credentials::{Credentials, Secrets};
+use push::PushOutcome;
+use repo::CasOutcome;
+
+use crate::index::IndexEntry;
+use crate::{ApplyOutcome, ChangeSet, Error, StateStore, message, plan};
+
+enum Backend {
+    Local,
+    Remote {
+        url: String,
+        creds: Credentials,
+        env: Vec<(String, String)>,
+    },
+}
+
+struct Inner {
+    spec: GitStateStoreSpec,
+    opts: GitOptions,
+    backend: Backend,
+    repo_path: PathBuf,
+    repo: gix::ThreadSafeRepository,
+    secrets: Secrets,
+    url_display: String,
+    lock: tokio::sync::Mutex<()>,
+}
+
+/// A Git state store (remote or local backend, see the module docs). Cheap to clone.
+#[derive(Clone)]
+pub struct GitStateStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for GitStateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitStateStore")
+            .field("url", &self.inner.url_display)
+            .field("branch", &self.inner.spec.branch)
+            .field("repo_path", &self.inner.repo_path)
+            .finish()
+    }
+}
+
+/// Result of one attempt, before publishing.
+enum Prepared {
+    NoChange(ApplyOutcome),
+    Commit {
+        commit: ObjectId,
+        head: Option<ObjectId>,
+        outcome: ApplyOutcome,
+    },
+}
+
+/// Why an attempt failed.
+enum AttemptError {
+    Stale,
+    Fatal(Error),
+}
+
+impl From<Error> for AttemptError {
+    fn from(e: Error) -> Self {
+        AttemptError::Fatal(e)
+    }
+}
+
+fn sanitize(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if s.is_empty() { "store".into() } else { s }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+}
+
+impl GitStateStore {
+    /// Open (or create) the store named `name` (the GitStateStore's metadata name; it names the
+    /// persistent clone directory).
+    ///
+    /// Reads credentials now (so a missing secret fails fast) and opens or creates the local
+    /// repository: the bare repo at `spec.url` for the local backend, the persistent clone under
+    /// `state_dir` for the remote backend. No network I/O; call [`StateStore::check`] for that.
+    ///
+    /// # Errors
+    /// [`Error::InvalidUrl`], [`Error::Config`] (missing secret keys, `githubApp`), I/O and
+    /// repository errors.
+    pub fn open(name: &str, spec: GitStateStoreSpec, opts: GitOptions) -> Result<Self, Error> {
+        if spec.branch.is_empty()
+            || gix::refs::FullName::try_from(format!("refs/heads/{}", spec.branch)).is_err()
+        {
+            return Err(Error::Config(format!(
+                "invalid branch name {:?}",
+                spec.branch
+            )));
+        }
+        if opts.max_push_attempts == 0 {
+            return Err(Error::Config("max_push_attempts must be at least 1".into()));
+        }
+        let parsed = config::parse_url(&spec.url)?;
+        let store_id = {
+            let h =
+                plan::sha256_hex(format!("{}\n{}", parsed.url.as_str(), spec.branch).as_bytes());
+            format!("{}-{}", sanitize(name), &h[..12])
+        };
+        let (creds, secrets) = credentials::load(&spec, &opts, &parsed, &store_id)?;
+        let url_display = config::redact_url(&spec.url);
+        let mut overrides = vec![
+            "core.bare=true".to_owned(),
+            "gc.auto=0".to_owned(),
+            "core.fsyncMethod=fsync".to_owned(),
+        ];
+        let (backend, repo_path) = match &parsed.url {
+            RemoteUrl::Local(path) => (Backend::Local, path.clone()),
+            url => {
+                if opts.insecure_skip_tls_verify {
+                    tracing::warn!(url = %url_display, "TLS certificate verification is disabled for this state store");
+                    overrides.push("http.sslVerify=false".into());
+                }
+                if let Some(cmd) = creds.ssh_command() {
+                    overrides.push(format!("core.sshCommand={cmd}"));
+                }
+                let env = creds.git_env(opts.insecure_skip_tls_verify);
+                let path = opts.state_dir.join("git").join(format!("{store_id}.git"));
+                (
+                    Backend::Remote {
+                        url: url.as_str(),
+                        creds,
+                        env,
+                    },
+                    path,
+                )
+            }
+        };
+        let repo = repo::open_or_init(&repo_path, overrides, &secrets)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                spec,
+                opts,
+                backend,
+                repo_path,
+                repo,
+                secrets,
+                url_display,
+                lock: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The local bare repository: the store itself (local backend) or the persistent clone.
+    pub fn repo_path(&self) -> &std::path::Path {
+        &self.inner.repo_path
+    }
+
+    /// The spec this store was opened with.
+    pub fn spec(&self) -> &GitStateStoreSpec {
+        &self.inner.spec
+    }
+
+    /// `true` for the local-repository backend.
+    pub fn is_local(&self) -> bool {
+        matches!(self.inner.backend, Backend::Local)
+    }
+
+    fn branch_ref(&self) -> String {
+        format!("refs/heads/{}", self.inner.spec.branch)
+    }
+
+    /// Current branch head: fetched (remote) or read (local). Blocking.
+    fn head_blocking(inner: &Inner, repo: &gix::Repository) -> Result<Option<ObjectId>, Error> {
+        match &inner.backend {
+            Backend::Local => repo::read_ref(
+                repo,
+                &format!("refs/heads/{}", inner.spec.branch),
+                &inner.secrets,
+            ),
+            Backend::Remote { url, creds, .. } => {
+                repo::fetch(repo, url, &inner.spec.branch, creds, &inner.secrets).map_err(|e| {
+                    match e {
+                        repo::FetchError::Auth(message) => Error::Auth {
+                            url_without_secrets: inner.url_display.clone(),
+                            message,
+                        },
+                        repo::FetchError::Other(message) => Error::Transport {
+                            url_without_secrets: inner.url_display.clone(),
+                            message,
+                        },
+                    }
+                })
+            }
+        }
+    }
+
+    /// One attempt up to (not including) publishing. Blocking.
+    fn prepare_blocking(inner: &Inner, changes: &ChangeSet) -> Result<Prepared, Error> {
+        let repo = inner.repo.to_thread_local();
+        let head = Self::head_blocking(inner, &repo)?;
+        let (files, base_tree) = repo::head_files(&repo, head, &inner.secrets)?;
+        let index = plan::load_index(&files, |oid| repo::read_blob(&repo, oid, &inner.secrets))?;
+        let p = plan::plan(&files, &index, changes, |oid| repo.has_object(oid))?;
+        let mut outcome = ApplyOutcome {
+            version: None,
+            written: p.written,
+            deleted: p.deleted,
+            unchanged: p.unchanged,
+            drift: p.drift.clone(),
+            conflicts_retried: 0,
+        };
+        if p.is_empty() {
+            return Ok(Prepared::NoChange(outcome));
+        }
+        let msg = message::render(&changes.meta, &p);
+        match repo::build_commit(
+            &repo,
+            base_tree,
+            head,
+            &p,
+            &msg,
+            &inner.spec.git_author,
+            &inner.secrets,
+        )? {
+            None => {
+                outcome.written = 0;
+                outcome.deleted = 0;
+                Ok(Prepared::NoChange(outcome))
+            }
+            Some(commit) => Ok(Prepared::Commit {
+                commit,
+                head,
+                outcome,
+            }),
+        }
+    }
+
+    async fn attempt(
+        &self,
+        changes: Arc<ChangeSet>,
+        attempt: u32,
+    ) -> Result<ApplyOutcome, AttemptError> {
+        let inner = self.inner.clone();
+        let prepared = blocking(move || Self::prepare_blocking(&inner, &changes)).await?;
+        let (commit, head, mut outcome) = match prepared {
+            Prepared::NoChange(o) => return Ok(o),
+            Prepared::Commit {
+                commit,
+                head,
+                outcome,
+            } => (commit, head, outcome),
+        };
+        if let Some(hook) = self.inner.opts.before_publish.clone() {
+            blocking(move || {
+                hook(attempt);
+                Ok(())
+            })
+            .await?;
+        }
+        let branch_ref = self.branch_ref();
+        match &self.inner.backend {
+            Backend::Local => {
+                let inner = self.inner.clone();
+                let cas = blocking(move || {
+                    let repo = inner.repo.to_thread_local();
+                    repo::cas_ref(
+                        &repo,
+                        &branch_ref,
+                        head,
+                        commit,
+                        "promised: apply",
+                        &inner.secrets,
+                    )
+                })
+                .await?;
+                if let CasOutcome::Stale = cas {
+                    return Err(AttemptError::Stale);
+                }
+            }
+            Backend::Remote { url, env, .. } => {
+                let res = push::push(
+                    &self.inner.repo_path,
+                    url,
+                    &self.inner.spec.branch,
+                    head,
+                    commit,
+                    env,
+                    &self.inner.secrets,
+                    false,
+                )
+                .await
+                .map_err(|e| Error::Transport {
+                    url_without_secrets: self.inner.url_display.clone(),
+                    message: format!("cannot run git push: {e}"),
+                })?;
+                self.push_result(res)?;
+                // Keep the tracking ref (and so our objects) current for the next negotiation.
+                let inner = self.inner.clone();
+                let tracking = format!("refs/remotes/origin/{}", self.inner.spec.branch);
+                blocking(move || {
+                    let repo = inner.repo.to_thread_local();
+                    repo::set_ref(&repo, &tracking, commit, &inner.secrets)
+                })
+                .await?;
+            }
+        }
+        outcome.version = Some(commit.to_string());
+        Ok(outcome)
+    }
+
+    fn push_result(&self, res: PushOutcome) -> Result<(), AttemptError> {
+        let url = self.inner.url_display.clone();
+        match res {
+            PushOutcome::Pushed => Ok(()),
+            PushOutcome::Stale => Err(AttemptError::Stale),
+            PushOutcome::Rejected(server_message) => Err(Error::Rejected { server_message }.into()),
+            PushOutcome::Auth(message) => Err(Error::Auth {
+                url_without_secrets: url,
+                message,
+            }
+            .into()),
+            PushOutcome::Failed(message) => Err(Error::Transport {
+                url_without_secrets: url,
+                message,
+            }
+            .into()),
+        }
+    }
+}
+
+#[async_trait]
+impl StateStore for GitStateStore {
+    async fn check(&self) -> Result<(), Error> {
+        let _guard = self.inner.lock.lock().await;
+        let inner = self.inner.clone();
+        match &self.inner.backend {
+            Backend::Local => {
+                blocking(move || {
+                    let repo = inner.repo.to_thread_local();
+                    repo::read_ref(
+                        &repo,
+                        &format!("refs/heads/{}", inner.spec.branch),
+                        &inner.secrets,
+                    )?;
+                    // Kratix writes nothing in its check either; we prove we can create files
+                    // where objects and refs go.
+                    for dir in ["objects", "refs/heads"] {
+                        let d = repo.path().join(dir);
+                        let probe = d.join(format!(".promised-write-check-{}", std::process::id()));
+                        std::fs::write(&probe, b"").map_err(|e| Error::io(&probe, e))?;
+                        std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))?;
+                    }
+                    Ok(())
+                })
+                .await
+            }
+            Backend::Remote { url, env, .. } => {
+                // Fetch checks read access and credentials; a dry-run push of the current head
+                // (or of a local, unpublished root commit when the branch does not exist yet)
+                // checks receive-pack access, as Kratix's empty `git push` does.
+                let (head, probe) = blocking(move || {
+                    let repo = inner.repo.to_thread_local();
+                    let head = Self::head_blocking(&inner, &repo)?;
+                    let probe = match head {
+                        Some(h) => h,
+                        None => {
+                            let empty = ObjectId::empty_tree(repo.object_hash());
+                            repo.write_object(gix::objs::Tree::empty())
+                                .map_err(repo::repo_err(&inner.secrets))?;
+                            let msg = "promised: write-permission check (never published)";
+                            let sig = gix::actor::Signature {
+                                name: inner.spec.git_author.name.as_str().into(),
+                                email: inner.spec.git_author.email.as_str().into(),
+                                time: gix::date::Time::now_utc(),
+                            };
+                            let mut buf = gix::date::parse::TimeBuf::default();
+                            let s = sig.to_ref(&mut buf);
+                            repo.new_commit_as(s, s, msg, empty, None::<ObjectId>)
+                                .map_err(repo::repo_err(&inner.secrets))?
+                                .id
+                        }
+                    };
+                    Ok((head, probe))
+                })
+                .await?;
+                let res = push::push(
+                    &self.inner.repo_path,
+                    url,
+                    &self.inner.spec.branch,
+                    head,
+                    probe,
+                    env,
+                    &self.inner.secrets,
+                    true,
+                )
+                .await
+                .map_err(|e| Error::Transport {
+                    url_without_secrets: self.inner.url_display.clone(),
+                    message: format!("cannot run git push: {e}"),
+                })?;
+                match self.push_result(res) {
+                    Ok(()) => Ok(()),
+                    Err(AttemptError::Fatal(e)) => Err(e),
+                    // The branch moved between fetch and dry run: access is fine.
+                    Err(AttemptError::Stale) => Ok(()),
+                }
+            }
+        }
+    }
+
+    async fn owned(&self, prefix: &str) -> Result<Vec<IndexEntry>, Error> {
+        let _guard = self.inner.lock.lock().await;
+        let inner = self.inner.clone();
+        let prefix = prefix.trim_matches('/').to_owned();
+        blocking(move || {
+            let repo = inner.repo.to_thread_local();
+            let head = Self::head_blocking(&inner, &repo)?;
+            let (files, _) = repo::head_files(&repo, head, &inner.secrets)?;
+            let mut entries =
+                plan::load_index(&files, |oid| repo::read_blob(&repo, oid, &inner.secrets))?;
+            entries.retain(|e| {
+                prefix.is_empty() || e.path == prefix || e.path.starts_with(&format!("{prefix}/"))
+            });
+            entries.sort_by(|a, b| a.path.cmp(&b.path));
+            Ok(entries)
+        })
+        .await
+    }
+
+    async fn apply(&self, changes: &ChangeSet) -> Result<ApplyOutcome, Error> {
+        let _guard = self.inner.lock.lock().await;
+        let changes = Arc::new(changes.clone());
+        let attempts = AtomicU32::new(0);
+        let max = self.inner.opts.max_push_attempts;
+        let run = || {
+            let n = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+            self.attempt(changes.clone(), n)
+        };
+        let res = run
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(50))
+                    .with_max_delay(Duration::from_secs(2))
+                    .with_max_times(max.saturating_sub(1) as usize)
+                    .with_jitter(),
+            )
+            .sleep(tokio::time::sleep)
+            .when(|e| matches!(e, AttemptError::Stale))
+            .notify(|_, d| tracing::info!(url = %self.inner.url_display, delay = ?d, "branch moved; rebuilding the change on the new head"))
+            .await;
+        let used = attempts.load(Ordering::SeqCst);
+        match res {
+            Ok(mut o) => {
+                o.conflicts_retried = used.saturating_sub(1);
+                if !o.drift.is_empty() {
+                    tracing::warn!(url = %self.inner.url_display, drift = o.drift.len(), "restored files changed outside promised");
+                }
+                Ok(o)
+            }
+            Err(AttemptError::Stale) => Err(Error::Conflict { attempts: used }),
+            Err(AttemptError::Fatal(e)) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Pushing with the `git` CLI, because gix cannot push (GitoxideLabs/gitoxide#306;
+//! `rust-crates.md` §1c):
+//!
+//! ```text
+//! git -C <clone> push --porcelain --force-with-lease=refs/heads/<b>:<expected> <url> <new>:refs/heads/<b>
+//! ```
+//!
+//! An empty `<expected>` means "the branch must not exist yet". Credentials travel in the
+//! environment only (see [`super::credentials`]). We parse `--porcelain` output, never the
+//! human-readable text: `(stale info)`, `(fetch first)` and `(non-fast-forward)` mean someone
+//! else pushed ([`PushOutcome::Stale`]); any other rejection is the server's decision and is
+//! returned with the `remote:` lines the server printed.
+
+use std::path::Path;
+
+use gix::ObjectId;
+
+use super::credentials::Secrets;
+
+/// What `git push` reported.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The branch now points at our commit (or already did).
+    Pushed,
+    /// The lease was stale or the push was not a fast-forward: rebuild and retry.
+    Stale,
+    /// The server refused (hook, protection, ...): the server's own text.
+    Rejected(String),
+    /// Credentials were refused.
+    Auth(String),
+    /// Anything else (connection failure, crash).
+    Failed(String),
+}
+
+/// Run one push. `dry_run` performs the Kratix write-permission check.
+#[allow(clippy::too_many_arguments)]
+pub async fn push(
+    clone: &Path,
+    url: &str,
+    branch: &str,
+    expected: Option<ObjectId>,
+    new: ObjectId,
+    env: &[(String, String)],
+    secrets: &Secrets,
+    dry_run: bool,
+) -> std::io::Result<PushOutcome> {
+    let dst = format!("refs/heads/{branch}");
+    let lease = format!(
+        "--force-with-lease={dst}:{}",
+        expected.map(|o| o.to_string()).unwrap_or_default()
+    );
+    let mut cmd = tokio::process::Command::new("git");
+    cmd.arg("-C")
+        .arg(clone)
+        .args(["push", "--porcelain", "--no-verify"]);
+    if dry_run {
+        cmd.arg("--dry-run");
+    }
+    cmd.arg(lease).arg(url).arg(format!("{new}:{dst}"));
+    for var in [
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_ASKPASS",
+        "SSH_ASKPASS",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    cmd.stdin(std::process::Stdio::null());
+    cmd.kill_on_drop(true);
+    let out = cmd.output().await?;
+    let stdout = secrets.redact(&String::from_utf8_lossy(&out.stdout));
+    let stderr = secrets.redact(&String::from_utf8_lossy(&out.stderr));
+    Ok(classify(out.status.success(), &stdout, &stderr, &dst))
+}
+
+/// Interpret porcelain output (pure; unit-tested).
+pub fn classify(success: bool, stdout: &str, stderr: &str, dst: &str) -> PushOutcome {
+    let line = stdout.lines().find(|l| {
+        let mut parts = l.split('\t');
+        let _flag = parts.next();
+        parts
+            .next()
+            .is_some_and(|refs| refs.ends_with(&format!(":{dst}")))
+    });
+    let remote_lines: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("remote:"))
+        .map(|l| l.trim_end())
+        .map(|l| l.strip_prefix(' ').unwrap_or(l))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    if let Some(line) = line {
+        let flag = line.chars().next().unwrap_or(' ');
+        let summary = line.split('\t').nth(2).unwrap_or("").trim();
+        if flag != '!' {
+            return PushOutcome::Pushed;
+        }
+        if summary.starts_with("[rejected]")
+            && (summary.contains("stale info")
+                || summary.contains("fetch first")
+                || summary.contains("non-fast-forward"))
+        {
+            return PushOutcome::Stale;
+        }
+        let mut msg = remote_lines.join("\n");
+        if !msg.is_empty() {
+            msg.push('\n');
+        }
+        msg.push_str(summary);
+        return PushOutcome::Rejected(msg);
+    }
+    if success {
+        return PushOutcome::Pushed;
+    }
+    let text = stderr.trim().to_owned();
+    let lower = text.to_ascii_lowercase();
+    if [
+        "authentication failed",
+        "could not read username",
+        "could not read password",
+        "terminal prompts disabled",
+        "permission denied",
+        "http 401",
+        "http 403",
+        "returned error: 401",
+        "returned error: 403",
+    ]
+    .iter()
+    .any(|k| lower.contains(k))
+    {
+        return PushOutcome::Auth(text);
+    }
+    PushOutcome::Failed(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DST: &str = "refs/heads/main";
+
+    #[test]
+    fn porcelain() {
+        assert_eq!(
+            classify(true, "To x\n \tabc:refs/heads/main\t1..2\nDone\n", "", DST),
+            PushOutcome::Pushed
+        );
+        assert_eq!(
+            classify(
+                false,
+                "To x\n!\tabc:refs/heads/main\t[rejected] (stale info)\nDone\n",
+                "",
+                DST
+            ),
+            PushOutcome::Stale
+        );
+        assert_eq!(
+            classify(
+                false,
+                "To x\n!\tabc:refs/heads/main\t[remote rejected] (pre-receive hook declined)\nDone\n",
+                "remote: no pushes on fridays        \nerror: failed to push some refs\n",
+                DST
+            ),
+            PushOutcome::Rejected(
+                "no pushes on fridays\n[remote rejected] (pre-receive hook declined)".into()
+            )
+        );
+        assert!(matches!(
+            classify(
+                false,
+                "",
+                "fatal: Authentication failed for 'http://h/r'",
+                DST
+            ),
+            PushOutcome::Auth(_)
+        ));
+    }
+}

@@ -1,0 +1,335 @@
+//! Blocking gix operations: open/create the bare repository, fetch, read the branch head's
+//! files and our index, build the new tree and commit, compare-and-swap a local ref.
+//! Everything here runs inside `tokio::task::spawn_blocking`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use gix::ObjectId;
+use gix::bstr::ByteSlice;
+use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
+
+use super::config::GitAuthor;
+use super::credentials::{Credentials, Secrets};
+use crate::Error;
+use crate::plan::Plan;
+
+/// Convert any gix error into [`Error::Repository`], scrubbing secrets.
+pub fn repo_err(secrets: &Secrets) -> impl Fn(gix::Error) -> Error + '_ {
+    move |e| Error::Repository(secrets.redact(&error_text(&e)))
+}
+
+/// The full chain of an error as one line.
+pub fn error_text(e: &gix::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for err in e.iter_errors() {
+        let s = err.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    if parts.is_empty() {
+        e.to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
+/// Open the bare repository at `path`, creating it (and its parents) when missing.
+/// `overrides` are git config overrides (`key=value`) applied in memory.
+pub fn open_or_init(
+    path: &Path,
+    overrides: Vec<String>,
+    secrets: &Secrets,
+) -> Result<gix::ThreadSafeRepository, Error> {
+    let opts = || {
+        gix::open::Options::isolated()
+            .config_overrides(overrides.clone())
+            .strict_config(false)
+    };
+    match gix::open_opts(path, opts()) {
+        Ok(repo) => Ok(repo.into_sync()),
+        Err(open_err) => {
+            let exists_nonempty = std::fs::read_dir(path)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false);
+            if exists_nonempty {
+                return Err(Error::Repository(secrets.redact(&format!(
+                    "{} exists but is not a git repository: {open_err}",
+                    path.display()
+                ))));
+            }
+            std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+            gix::init_bare(path)
+                .map_err(|e| Error::Repository(format!("cannot create {}: {e}", path.display())))?;
+            gix::open_opts(path, opts())
+                .map(gix::Repository::into_sync)
+                .map_err(|e| Error::Repository(format!("cannot open {}: {e}", path.display())))
+        }
+    }
+}
+
+/// The value of `refs/heads/<branch>` (or any full ref name) in `repo`, if it exists.
+pub fn read_ref(
+    repo: &gix::Repository,
+    full_name: &str,
+    secrets: &Secrets,
+) -> Result<Option<ObjectId>, Error> {
+    match repo
+        .try_find_reference(full_name)
+        .map_err(repo_err(secrets))?
+    {
+        None => Ok(None),
+        Some(mut r) => {
+            let id = r.peel_to_id().map_err(repo_err(secrets))?;
+            Ok(Some(id.detach()))
+        }
+    }
+}
+
+/// How a fetch failed.
+pub enum FetchError {
+    /// The server wants (other) credentials.
+    Auth(String),
+    /// Anything else.
+    Other(String),
+}
+
+fn looks_like_auth(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    [
+        "401",
+        "403",
+        "authenticat",
+        "unauthorized",
+        "permission denied",
+        "credentials",
+        "forbidden",
+    ]
+    .iter()
+    .any(|k| t.contains(k))
+}
+
+/// Fetch `refs/heads/<branch>` from `url` into `refs/remotes/origin/<branch>` and return the
+/// remote's branch tip (`None` when the branch does not exist on the remote).
+pub fn fetch(
+    repo: &gix::Repository,
+    url: &str,
+    branch: &str,
+    creds: &Credentials,
+    secrets: &Secrets,
+) -> Result<Option<ObjectId>, FetchError> {
+    let classify = |e: gix::Error| {
+        let unauth = {
+            let c = e.classify();
+            c.is_unauthenticated()
+        } || e.classify().is_permission_denied();
+        let text = secrets.redact(&error_text(&e));
+        if unauth || looks_like_auth(&text) {
+            FetchError::Auth(text)
+        } else {
+            FetchError::Other(text)
+        }
+    };
+    let remote_ref = format!("refs/heads/{branch}");
+    let remote = repo
+        .remote_at(url)
+        .map_err(classify)?
+        .with_refspecs(
+            [format!("+{remote_ref}:refs/remotes/origin/{branch}").as_str()],
+            gix::remote::Direction::Fetch,
+        )
+        .map_err(classify)?;
+    let conn = remote
+        .connect(gix::remote::Direction::Fetch)
+        .map_err(classify)?;
+    let creds = creds.clone();
+    let conn = conn.with_credentials(move |action| match action {
+        gix::credentials::helper::Action::Get(ctx) => match &creds {
+            Credentials::Basic { username, password } => {
+                Ok(Some(gix::credentials::protocol::Outcome {
+                    identity: gix::sec::identity::Account {
+                        username: username.clone(),
+                        password: password.clone(),
+                        oauth_refresh_token: None,
+                    },
+                    next: ctx.into(),
+                }))
+            }
+            _ => Err(gix::error::message(
+                "the server asked for credentials but none are configured (set secretRef)",
+            )
+            .into()),
+        },
+        // We keep no credential cache: nothing to store or erase.
+        gix::credentials::helper::Action::Store(_) | gix::credentials::helper::Action::Erase(_) => {
+            Ok(None)
+        }
+    });
+    let prepare = conn
+        .prepare_fetch(gix::progress::Discard, Default::default())
+        .map_err(classify)?;
+    let tip = prepare.ref_map().remote_refs.iter().find_map(|r| {
+        let (name, target, peeled) = r.unpack();
+        (name.to_str_lossy() == remote_ref)
+            .then(|| peeled.or(target).map(|o| o.to_owned()))
+            .flatten()
+    });
+    if tip.is_none() {
+        return Ok(None);
+    }
+    let interrupt = AtomicBool::new(false);
+    prepare
+        .receive(gix::progress::Discard, &interrupt)
+        .map_err(classify)?;
+    Ok(tip)
+}
+
+/// Every blob path of `commit`'s tree with its object id, and the tree id
+/// (the empty tree when there is no commit).
+pub fn head_files(
+    repo: &gix::Repository,
+    commit: Option<ObjectId>,
+    secrets: &Secrets,
+) -> Result<(HashMap<String, ObjectId>, ObjectId), Error> {
+    let Some(commit) = commit else {
+        return Ok((HashMap::new(), ObjectId::empty_tree(repo.object_hash())));
+    };
+    let err = repo_err(secrets);
+    let commit = repo.find_commit(commit).map_err(&err)?;
+    let tree_id = commit.tree_id().map_err(&err)?.detach();
+    let tree = repo.find_tree(tree_id).map_err(&err)?;
+    let mut rec = gix::traverse::tree::Recorder::default();
+    tree.traverse().breadthfirst(&mut rec).map_err(&err)?;
+    let mut files = HashMap::with_capacity(rec.records.len());
+    for e in rec.records {
+        if e.mode.is_blob() || e.mode.is_link() {
+            files.insert(e.filepath.to_str_lossy().into_owned(), e.oid);
+        }
+    }
+    Ok((files, tree_id))
+}
+
+/// Read a blob's bytes.
+pub fn read_blob(
+    repo: &gix::Repository,
+    oid: &ObjectId,
+    secrets: &Secrets,
+) -> Result<Vec<u8>, Error> {
+    let obj = repo.find_object(*oid).map_err(repo_err(secrets))?;
+    Ok(obj.detach().data)
+}
+
+/// Write the plan's blobs, build the new tree on top of `base_tree` in one editing pass, and
+/// write a commit with `parent`. Returns the commit id, or `None` when the tree did not change.
+pub fn build_commit(
+    repo: &gix::Repository,
+    base_tree: ObjectId,
+    parent: Option<ObjectId>,
+    plan: &Plan<'_>,
+    message: &str,
+    author: &GitAuthor,
+    secrets: &Secrets,
+) -> Result<Option<ObjectId>, Error> {
+    let err = repo_err(secrets);
+    let mut ed = repo.edit_tree(base_tree).map_err(&err)?;
+    for path in &plan.removes {
+        ed.remove(path.as_str()).map_err(&err)?;
+    }
+    for u in &plan.upserts {
+        if let Some(content) = &u.content {
+            let id = repo.write_blob(content.as_ref()).map_err(&err)?;
+            debug_assert_eq!(id.detach(), u.oid);
+        }
+        ed.upsert(u.path.as_str(), gix::objs::tree::EntryKind::Blob, u.oid)
+            .map_err(&err)?;
+    }
+    let tree = ed.write().map_err(&err)?.detach();
+    if tree == base_tree {
+        return Ok(None);
+    }
+    let sig = gix::actor::Signature {
+        name: author.name.as_str().into(),
+        email: author.email.as_str().into(),
+        time: gix::date::Time::now_local_or_utc(),
+    };
+    let mut buf = gix::date::parse::TimeBuf::default();
+    let sref = sig.to_ref(&mut buf);
+    let commit = repo
+        .new_commit_as(sref, sref, message, tree, parent)
+        .map_err(&err)?;
+    Ok(Some(commit.id))
+}
+
+/// Outcome of a compare-and-swap ref update.
+pub enum CasOutcome {
+    /// The ref now points at the new commit.
+    Updated,
+    /// The ref was not at the expected value.
+    Stale,
+}
+
+/// Set `full_name` to `new` if and only if it currently is `expected` (`None` = must not exist).
+pub fn cas_ref(
+    repo: &gix::Repository,
+    full_name: &str,
+    expected: Option<ObjectId>,
+    new: ObjectId,
+    message: &str,
+    secrets: &Secrets,
+) -> Result<CasOutcome, Error> {
+    let err = repo_err(secrets);
+    let edit = RefEdit {
+        change: Change::Update {
+            log: LogChange {
+                mode: RefLog::AndReference,
+                force_create_reflog: false,
+                message: message.lines().next().unwrap_or("promised").into(),
+            },
+            expected: match expected {
+                Some(oid) => PreviousValue::MustExistAndMatch(gix::refs::Target::Object(oid)),
+                None => PreviousValue::MustNotExist,
+            },
+            new: gix::refs::Target::Object(new),
+        },
+        name: full_name
+            .try_into()
+            .map_err(|e: gix::refs::name::Error| Error::Repository(e.to_string()))?,
+        deref: false,
+    };
+    match repo.edit_reference(edit) {
+        Ok(_) => Ok(CasOutcome::Updated),
+        Err(e) => {
+            // Distinguish a lost race from a real failure by looking at the ref again.
+            let now = read_ref(repo, full_name, secrets)?;
+            if now != expected {
+                Ok(CasOutcome::Stale)
+            } else {
+                Err(err(e))
+            }
+        }
+    }
+}
+
+/// Unconditionally point `full_name` at `new` (tracking refs).
+pub fn set_ref(
+    repo: &gix::Repository,
+    full_name: &str,
+    new: ObjectId,
+    secrets: &Secrets,
+) -> Result<(), Error> {
+    let edit = RefEdit {
+        change: Change::Update {
+            log: LogChange::default(),
+            expected: PreviousValue::Any,
+            new: gix::refs::Target::Object(new),
+        },
+        name: full_name
+            .try_into()
+            .map_err(|e: gix::refs::name::Error| Error::Repository(e.to_string()))?,
+        deref: false,
+    };
+    repo.edit_reference(edit).map_err(repo_err(secrets))?;
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! Commit messages as an audit trail.
+//!
+//! Kratix writes a fixed `Update from: <workplacement>` per placement (`kratix-contract.md`
+//! §4.2); templating was requested upstream (syntasso/kratix#847). We write one commit per
+//! apply with:
+//!
+//! - a subject from [`CommitMeta::subject_template`], default
+//!   `promised: {updated} updated, {deleted} deleted (config {config_short})`;
+//! - a body listing every changed placement and every repaired drift;
+//! - git trailers: `Promised-Config-Commit: <sha>`, one `Promised-Promise: <name>` per distinct
+//!   promise, one `Promised-Resource: <promise>/<namespace>/<name>` per request.
+
+use std::collections::BTreeSet;
+use std::fmt::Write;
+
+use crate::plan::Plan;
+use crate::{CommitMeta, DriftKind};
+
+/// Default subject template.
+pub const DEFAULT_SUBJECT: &str =
+    "promised: {updated} updated, {deleted} deleted (config {config_short})";
+
+/// Render the full commit message for `plan`.
+pub fn render(meta: &CommitMeta, plan: &Plan<'_>) -> String {
+    let config = meta.config_commit.as_deref().unwrap_or("unknown");
+    let config_short: String = config.chars().take(7).collect();
+    let restored = plan.drift.len();
+    let subject = meta
+        .subject_template
+        .as_deref()
+        .unwrap_or(DEFAULT_SUBJECT)
+        .replace("{updated}", &plan.written.to_string())
+        .replace("{deleted}", &plan.deleted.to_string())
+        .replace("{unchanged}", &plan.unchanged.to_string())
+        .replace("{restored}", &restored.to_string())
+        .replace("{placements}", &plan.changed.len().to_string())
+        .replace("{config_short}", &config_short)
+        .replace("{config}", config);
+    // A subject is one line.
+    let subject = subject
+        .lines()
+        .next()
+        .unwrap_or("promised")
+        .trim()
+        .to_owned();
+
+    let mut m = String::new();
+    m.push_str(&subject);
+    m.push_str("\n\n");
+    for c in plan.changed.values() {
+        let verb = if c.removed { "removed" } else { "updated" };
+        let _ = writeln!(
+            m,
+            "- {verb} {} ({} written, {} deleted)",
+            c.owner.key, c.written, c.deleted
+        );
+    }
+    for d in &plan.drift {
+        let what = match d.kind {
+            DriftKind::Modified => "modified",
+            DriftKind::Deleted => "deleted",
+        };
+        let _ = writeln!(
+            m,
+            "- restored {} ({what} outside promised; owner {})",
+            d.path, d.owner.key
+        );
+    }
+    if let Some(note) = &meta.note {
+        m.push('\n');
+        m.push_str(note.trim_end());
+        m.push('\n');
+    }
+    m.push('\n');
+
+    let promises: BTreeSet<&str> = plan
+        .changed
+        .values()
+        .map(|c| c.owner.promise.as_str())
+        .collect();
+    let resources: BTreeSet<String> = plan
+        .changed
+        .values()
+        .filter_map(|c| {
+            c.owner
+                .resource
+                .as_ref()
+                .map(|r| format!("{}/{}", c.owner.promise, r))
+        })
+        .collect();
+    if let Some(cc) = &meta.config_commit {
+        let _ = writeln!(m, "Promised-Config-Commit: {cc}");
+    }
+    for p in promises {
+        let _ = writeln!(m, "Promised-Promise: {p}");
+    }
+    for r in resources {
+        let _ = writeln!(m, "Promised-Resource: {r}");
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Owner;
+    use crate::plan::OwnerChange;
+
+    #[test]
+    fn subject_body_and_trailers() {
+        let mut plan = Plan {
+            written: 3,
+            deleted: 1,
+            ..Default::default()
+        };
+        plan.changed.insert(
+            "k".into(),
+            OwnerChange {
+                owner: Owner {
+                    key: "k".into(),
+                    destination: "d".into(),
+                    promise: "redis".into(),
+                    resource: Some("default/example".into()),
+                    pipeline: None,
+                },
+                written: 3,
+                deleted: 1,
+                removed: false,
+            },
+        );
+        let meta = CommitMeta {
+            config_commit: Some("1a2b3c4d5e".into()),
+            ..Default::default()
+        };
+        let m = render(&meta, &plan);
+        assert!(m.starts_with("promised: 3 updated, 1 deleted (config 1a2b3c4)\n\n- updated k (3 written, 1 deleted)\n"));
+        assert!(m.ends_with(
+            "\nPromised-Config-Commit: 1a2b3c4d5e\nPromised-Promise: redis\nPromised-Resource: redis/default/example\n"
+        ));
+        let custom = CommitMeta {
+            subject_template: Some("deploy {config}: {placements} placements".into()),
+            ..meta
+        };
+        assert!(render(&custom, &plan).starts_with("deploy 1a2b3c4d5e: 1 placements\n"));
+    }
+}

@@ -1,0 +1,534 @@
+//! The pure core of an apply: given what the branch head holds (every blob path with its git
+//! object id, plus our ownership index) and the desired [`ChangeSet`], decide which blobs to
+//! write and which paths to delete. No I/O happens here, so every rule is unit-tested.
+//!
+//! Rules (Kratix `nestedByMetadata` semantics, `kratix-contract.md` §4.1, plus drift repair):
+//! - a [`PlacementWrite`] is the owner's complete file set: indexed files of that owner that are
+//!   not listed are deleted;
+//! - a removal deletes every indexed file of that owner;
+//! - content whose git blob id equals the head's entry is left alone (counted as unchanged);
+//! - an indexed file whose head blob id differs from the index (edited or deleted by someone
+//!   else) is reported as drift and restored: from the desired content if the owner is in the
+//!   change set, otherwise from the indexed blob, when the object database still has it;
+//! - paths we never indexed are never touched unless a placement claims that exact path;
+//! - when two placements in one change set claim one path, the later one wins (logged).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use gix::ObjectId;
+use sha2::{Digest, Sha256};
+
+use crate::index::{self, INDEX_DIR, IndexEntry};
+use crate::{ChangeSet, Drift, DriftKind, Error, Owner};
+
+/// One blob to place at a path.
+#[derive(Debug)]
+pub struct Upsert<'a> {
+    /// Repository path.
+    pub path: String,
+    /// Git blob id of the content.
+    pub oid: ObjectId,
+    /// The bytes to write, or `None` when the object already exists (restore from history).
+    pub content: Option<Cow<'a, [u8]>>,
+}
+
+/// Per-owner summary for the commit body and trailers.
+#[derive(Debug, Clone)]
+pub struct OwnerChange {
+    /// The owner.
+    pub owner: Owner,
+    /// Files written for it.
+    pub written: usize,
+    /// Files deleted for it.
+    pub deleted: usize,
+    /// Whether the whole placement was removed.
+    pub removed: bool,
+}
+
+/// What one apply will do.
+#[derive(Debug, Default)]
+pub struct Plan<'a> {
+    /// Blobs to write (content files and index files).
+    pub upserts: Vec<Upsert<'a>>,
+    /// Paths to delete.
+    pub removes: Vec<String>,
+    /// Content files written (excludes index files).
+    pub written: usize,
+    /// Content files deleted (excludes index files).
+    pub deleted: usize,
+    /// Desired files already up to date.
+    pub unchanged: usize,
+    /// Drift found (and repaired by this plan).
+    pub drift: Vec<Drift>,
+    /// Owners whose files change, keyed by owner key.
+    pub changed: BTreeMap<String, OwnerChange>,
+}
+
+impl Plan<'_> {
+    /// `true` when applying the plan would not change the tree.
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.removes.is_empty()
+    }
+}
+
+/// Git blob id of `content` (SHA-1 object format).
+pub fn blob_oid(content: &[u8]) -> ObjectId {
+    gix::objs::compute_hash(gix::hash::Kind::Sha1, gix::objs::Kind::Blob, content)
+        .expect("sha1 hashing of an in-memory buffer cannot fail")
+}
+
+/// Lower-case hex sha256 of `content`.
+pub fn sha256_hex(content: &[u8]) -> String {
+    hex::encode(Sha256::digest(content))
+}
+
+/// Reject paths that are not safe, store-relative, `/`-separated file paths, or that point into
+/// our own `.promised/` metadata.
+pub fn validate_path(path: &str) -> Result<(), Error> {
+    let bad = |reason: &str| {
+        Err(Error::InvalidPath {
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+        })
+    };
+    if path.is_empty() {
+        return bad("empty path");
+    }
+    if path.starts_with('/') {
+        return bad("must be relative to the store root");
+    }
+    if path.contains('\0') || path.contains('\\') {
+        return bad("contains NUL or backslash");
+    }
+    for seg in path.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return bad("empty, `.` or `..` segment");
+        }
+        if seg.eq_ignore_ascii_case(".git") {
+            return bad("`.git` segment");
+        }
+    }
+    if path == ".promised" || path.starts_with(".promised/") {
+        return bad("`.promised/` is reserved for promised's ownership index");
+    }
+    Ok(())
+}
+
+/// Destination names become index file names: one segment, no dots-only names.
+pub fn validate_destination(name: &str) -> Result<(), Error> {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains('/')
+        || name.contains('\\')
+        || name.contains('\0')
+    {
+        return Err(Error::InvalidPath {
+            path: name.to_owned(),
+            reason: "destination name must be a single non-empty path segment".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Read every index file present in `head_files` via `read_blob` and return all entries.
+pub fn load_index(
+    head_files: &HashMap<String, ObjectId>,
+    mut read_blob: impl FnMut(&ObjectId) -> Result<Vec<u8>, Error>,
+) -> Result<Vec<IndexEntry>, Error> {
+    let prefix = format!("{INDEX_DIR}/");
+    let mut paths: Vec<&String> = head_files
+        .keys()
+        .filter(|p| p.starts_with(&prefix) && p.ends_with(".json"))
+        .collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for p in paths {
+        let bytes = read_blob(&head_files[p])?;
+        out.extend(index::decode(p, &bytes)?);
+    }
+    Ok(out)
+}
+
+/// Compute the plan. `has_object` tells whether an indexed blob is still in the object database
+/// (for restoring drift of placements that are not part of this change set).
+pub fn plan<'a>(
+    head_files: &HashMap<String, ObjectId>,
+    old_index: &[IndexEntry],
+    changes: &'a ChangeSet,
+    has_object: impl Fn(&ObjectId) -> bool,
+) -> Result<Plan<'a>, Error> {
+    let mut p = Plan::default();
+
+    // Validate input first: nothing is planned for an invalid change set.
+    for w in &changes.writes {
+        validate_destination(&w.owner.destination)?;
+        for f in &w.files {
+            validate_path(&f.path)?;
+        }
+    }
+
+    let written_keys: BTreeSet<&str> = changes
+        .writes
+        .iter()
+        .map(|w| w.owner.key.as_str())
+        .collect();
+    let removed_keys: BTreeSet<&str> = changes
+        .removals
+        .iter()
+        .map(String::as_str)
+        .filter(|k| !written_keys.contains(k))
+        .collect();
+
+    // path -> entry, the index we will commit.
+    let mut new_index: BTreeMap<String, IndexEntry> = old_index
+        .iter()
+        .map(|e| (e.path.clone(), e.clone()))
+        .collect();
+    let mut old_dests: BTreeSet<String> = BTreeSet::new();
+    for e in old_index {
+        old_dests.insert(e.owner.destination.clone());
+    }
+
+    let parse_oid = |e: &IndexEntry| ObjectId::from_hex(e.oid.as_bytes()).ok();
+    let drift_kind = |e: &IndexEntry| -> Option<DriftKind> {
+        match head_files.get(&e.path) {
+            None => Some(DriftKind::Deleted),
+            Some(h) if Some(*h) != parse_oid(e) => Some(DriftKind::Modified),
+            Some(_) => None,
+        }
+    };
+
+    // Desired files, last claim of a path wins.
+    let mut desired: BTreeMap<&str, (&'a [u8], &'a Owner)> = BTreeMap::new();
+    for w in &changes.writes {
+        for f in &w.files {
+            if let Some((_, prev)) =
+                desired.insert(f.path.as_str(), (f.content.as_slice(), &w.owner))
+                && prev.key != w.owner.key
+            {
+                tracing::warn!(path = %f.path, first = %prev.key, second = %w.owner.key,
+                    "two placements write the same path; the later one wins");
+            }
+        }
+    }
+
+    let touch = |p: &mut Plan<'a>, owner: &Owner| {
+        p.changed
+            .entry(owner.key.clone())
+            .or_insert_with(|| OwnerChange {
+                owner: owner.clone(),
+                written: 0,
+                deleted: 0,
+                removed: false,
+            });
+    };
+
+    // 1. Deletions: removed owners, and files of written owners they no longer produce.
+    for e in old_index {
+        let key = e.owner.key.as_str();
+        let is_removed = removed_keys.contains(key);
+        let is_pruned = written_keys.contains(key) && !desired.contains_key(e.path.as_str());
+        if !(is_removed || is_pruned) {
+            continue;
+        }
+        // Another placement may have taken over the path in this change set.
+        if desired.contains_key(e.path.as_str()) {
+            continue;
+        }
+        new_index.remove(&e.path);
+        if head_files.contains_key(&e.path) {
+            p.removes.push(e.path.clone());
+            p.deleted += 1;
+            touch(&mut p, &e.owner);
+            let c = p.changed.get_mut(key).expect("just inserted");
+            c.deleted += 1;
+            c.removed |= is_removed;
+        }
+    }
+    for key in &removed_keys {
+        if let Some(c) = p.changed.get_mut(*key) {
+            c.removed = true;
+        }
+    }
+
+    // 2. Writes.
+    for (path, (content, owner)) in &desired {
+        let oid = blob_oid(content);
+        let old = new_index.get(*path);
+        if let Some(old) = old
+            && let Some(kind) = drift_kind(old)
+        {
+            p.drift.push(Drift {
+                path: (*path).to_owned(),
+                owner: old.owner.clone(),
+                kind,
+            });
+        }
+        let entry = IndexEntry {
+            path: (*path).to_owned(),
+            sha256: sha256_hex(content),
+            oid: oid.to_string(),
+            owner: (*owner).clone(),
+        };
+        new_index.insert((*path).to_owned(), entry);
+        if head_files.get(*path) == Some(&oid) {
+            p.unchanged += 1;
+            continue;
+        }
+        p.upserts.push(Upsert {
+            path: (*path).to_owned(),
+            oid,
+            content: Some(Cow::Borrowed(content)),
+        });
+        p.written += 1;
+        touch(&mut p, owner);
+        p.changed
+            .get_mut(&owner.key)
+            .expect("just inserted")
+            .written += 1;
+    }
+
+    // 3. Drift of placements outside this change set: restore the indexed blob.
+    for e in old_index {
+        let key = e.owner.key.as_str();
+        if written_keys.contains(key)
+            || removed_keys.contains(key)
+            || desired.contains_key(e.path.as_str())
+        {
+            continue;
+        }
+        let Some(kind) = drift_kind(e) else { continue };
+        p.drift.push(Drift {
+            path: e.path.clone(),
+            owner: e.owner.clone(),
+            kind,
+        });
+        match parse_oid(e) {
+            Some(oid) if has_object(&oid) => {
+                p.upserts.push(Upsert {
+                    path: e.path.clone(),
+                    oid,
+                    content: None,
+                });
+                p.written += 1;
+                touch(&mut p, &e.owner);
+                p.changed.get_mut(key).expect("just inserted").written += 1;
+            }
+            _ => {
+                tracing::warn!(path = %e.path, owner = %e.owner.key,
+                    "owned file drifted and its original blob is not available; it is restored on the next write of its placement");
+            }
+        }
+    }
+
+    // 4. Index files, one per destination.
+    let mut by_dest: BTreeMap<String, Vec<IndexEntry>> = BTreeMap::new();
+    for e in new_index.into_values() {
+        by_dest
+            .entry(e.owner.destination.clone())
+            .or_default()
+            .push(e);
+    }
+    let all_dests: BTreeSet<String> = old_dests
+        .into_iter()
+        .chain(by_dest.keys().cloned())
+        .collect();
+    for dest in all_dests {
+        let path = index::index_path(&dest);
+        match by_dest.remove(&dest) {
+            Some(entries) => {
+                let bytes = index::encode(&dest, entries);
+                let oid = blob_oid(&bytes);
+                if head_files.get(&path) != Some(&oid) {
+                    p.upserts.push(Upsert {
+                        path,
+                        oid,
+                        content: Some(Cow::Owned(bytes)),
+                    });
+                }
+            }
+            None => {
+                if head_files.contains_key(&path) {
+                    p.removes.push(path);
+                }
+            }
+        }
+    }
+    p.drift.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FileWrite, PlacementWrite};
+
+    fn owner(key: &str, dest: &str) -> Owner {
+        Owner {
+            key: key.into(),
+            destination: dest.into(),
+            promise: "redis".into(),
+            resource: Some("default/a".into()),
+            pipeline: Some("configure".into()),
+        }
+    }
+
+    fn write(key: &str, dest: &str, files: &[(&str, &str)]) -> PlacementWrite {
+        PlacementWrite {
+            owner: owner(key, dest),
+            files: files
+                .iter()
+                .map(|(p, c)| FileWrite {
+                    path: (*p).into(),
+                    content: c.as_bytes().to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Apply a plan to an in-memory "tree" (path -> content) to simulate commits.
+    fn apply_to(
+        tree: &mut HashMap<String, Vec<u8>>,
+        p: &Plan<'_>,
+        store: &HashMap<ObjectId, Vec<u8>>,
+    ) {
+        for r in &p.removes {
+            tree.remove(r);
+        }
+        for u in &p.upserts {
+            let c = match &u.content {
+                Some(c) => c.to_vec(),
+                None => store[&u.oid].clone(),
+            };
+            tree.insert(u.path.clone(), c);
+        }
+    }
+
+    fn files_of(tree: &HashMap<String, Vec<u8>>) -> HashMap<String, ObjectId> {
+        tree.iter().map(|(k, v)| (k.clone(), blob_oid(v))).collect()
+    }
+
+    fn index_of(tree: &HashMap<String, Vec<u8>>) -> Vec<IndexEntry> {
+        load_index(&files_of(tree), |oid| {
+            Ok(tree.values().find(|v| blob_oid(v) == *oid).unwrap().clone())
+        })
+        .unwrap()
+    }
+
+    thread_local! {
+        /// Every blob ever seen, like a repository's history.
+        static HISTORY: std::cell::RefCell<HashMap<ObjectId, Vec<u8>>> = Default::default();
+    }
+
+    fn run(
+        tree: &mut HashMap<String, Vec<u8>>,
+        cs: &ChangeSet,
+    ) -> (usize, usize, usize, Vec<Drift>, bool) {
+        HISTORY.with(|h| {
+            h.borrow_mut()
+                .extend(tree.values().map(|v| (blob_oid(v), v.clone())))
+        });
+        let objects: HashMap<ObjectId, Vec<u8>> = HISTORY.with(|h| h.borrow().clone());
+        let idx = index_of(tree);
+        let p = plan(&files_of(tree), &idx, cs, |o| objects.contains_key(o)).unwrap();
+        let r = (
+            p.written,
+            p.deleted,
+            p.unchanged,
+            p.drift.clone(),
+            p.is_empty(),
+        );
+        apply_to(tree, &p, &objects);
+        HISTORY.with(|h| {
+            h.borrow_mut()
+                .extend(tree.values().map(|v| (blob_oid(v), v.clone())))
+        });
+        r
+    }
+
+    #[test]
+    fn write_reapply_prune_remove() {
+        let mut tree = HashMap::new();
+        tree.insert("README.md".to_string(), b"theirs".to_vec());
+        let cs = ChangeSet {
+            writes: vec![
+                write("a", "d1", &[("d1/a/x.yaml", "x"), ("d1/a/y.yaml", "y")]),
+                write("b", "d2", &[("d2/b/z.yaml", "z")]),
+            ],
+            ..Default::default()
+        };
+        let (w, d, u, drift, empty) = run(&mut tree, &cs);
+        assert_eq!((w, d, u, drift.len(), empty), (3, 0, 0, 0, false));
+        assert!(tree.contains_key(".promised/index/d1.json"));
+        assert!(tree.contains_key(".promised/index/d2.json"));
+
+        let (w, d, u, _, empty) = run(&mut tree, &cs);
+        assert_eq!((w, d, u, empty), (0, 0, 3, true));
+
+        let prune = ChangeSet {
+            writes: vec![write("a", "d1", &[("d1/a/x.yaml", "x2")])],
+            ..Default::default()
+        };
+        let (w, d, u, _, _) = run(&mut tree, &prune);
+        assert_eq!((w, d, u), (1, 1, 0));
+        assert!(!tree.contains_key("d1/a/y.yaml"));
+
+        let remove = ChangeSet {
+            removals: vec!["b".into()],
+            ..Default::default()
+        };
+        let (w, d, _, _, _) = run(&mut tree, &remove);
+        assert_eq!((w, d), (0, 1));
+        assert!(!tree.contains_key("d2/b/z.yaml"));
+        assert!(!tree.contains_key(".promised/index/d2.json"));
+        assert_eq!(tree["README.md"], b"theirs");
+    }
+
+    #[test]
+    fn drift_is_restored_in_and_outside_the_change_set() {
+        let mut tree = HashMap::new();
+        let cs = ChangeSet {
+            writes: vec![
+                write("a", "d1", &[("d1/a/x.yaml", "x")]),
+                write("b", "d1", &[("d1/b/y.yaml", "y")]),
+            ],
+            ..Default::default()
+        };
+        run(&mut tree, &cs);
+        tree.insert("d1/a/x.yaml".into(), b"edited".to_vec());
+        tree.remove("d1/b/y.yaml");
+        tree.insert("d1/mine.yaml".into(), b"person".to_vec());
+        // Only placement a is in this change set; b is restored from history.
+        let only_a = ChangeSet {
+            writes: vec![write("a", "d1", &[("d1/a/x.yaml", "x")])],
+            ..Default::default()
+        };
+        let (w, d, _, drift, _) = run(&mut tree, &only_a);
+        assert_eq!((w, d), (2, 0));
+        assert_eq!(drift.len(), 2);
+        assert_eq!(drift[0].kind, DriftKind::Modified);
+        assert_eq!(drift[1].kind, DriftKind::Deleted);
+        assert_eq!(tree["d1/a/x.yaml"], b"x");
+        assert_eq!(tree["d1/b/y.yaml"], b"y");
+        assert_eq!(tree["d1/mine.yaml"], b"person");
+    }
+
+    #[test]
+    fn rejects_unsafe_paths() {
+        for bad in [
+            "",
+            "/abs",
+            "a//b",
+            "a/../b",
+            ".promised/index/x.json",
+            "a/.git/config",
+            "./a",
+        ] {
+            assert!(validate_path(bad).is_err(), "{bad}");
+        }
+        assert!(validate_path("dest/resources/ns/x.yaml").is_ok());
+        assert!(validate_destination("a/b").is_err());
+    }
+}

@@ -1,0 +1,269 @@
+//! Test infrastructure: real git servers on 127.0.0.1 (`test-infrastructure.md` §1a, §1b)
+//! and a "person" who uses the git CLI.
+
+#![allow(dead_code, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// Run git with an isolated config; panic with stderr on failure; return stdout.
+pub fn git(dir: Option<&Path>, args: &[&str]) -> String {
+    let out = git_cmd(dir, args).output().expect("spawn git");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn git_cmd(dir: Option<&Path>, args: &[&str]) -> Command {
+    let mut c = Command::new("git");
+    if let Some(d) = dir {
+        c.arg("-C").arg(d);
+    }
+    c.args([
+        "-c",
+        "user.name=Person",
+        "-c",
+        "user.email=person@example.com",
+        "-c",
+        "init.defaultBranch=main",
+    ])
+    .args(args)
+    .env("GIT_CONFIG_GLOBAL", "/dev/null")
+    .env("GIT_CONFIG_NOSYSTEM", "1")
+    .env("GIT_TERMINAL_PROMPT", "0")
+    .stdin(Stdio::null());
+    c
+}
+
+pub fn init_bare(path: &Path) {
+    git(
+        None,
+        &["init", "-q", "--bare", "-b", "main", path.to_str().unwrap()],
+    );
+}
+
+/// Serves `base` over git:// with one `git daemon --inetd` per connection. Returns the port.
+pub fn start_git_daemon(base: PathBuf) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (Ok(input), output) = (stream.try_clone(), stream) else {
+                continue;
+            };
+            let child = Command::new("git")
+                .args([
+                    "daemon",
+                    "--inetd",
+                    "--export-all",
+                    "--enable=receive-pack",
+                    "--informative-errors",
+                ])
+                .arg(format!("--base-path={}", base.display()))
+                .arg(&base)
+                .stdin(Stdio::from(OwnedFd::from(input)))
+                .stdout(Stdio::from(OwnedFd::from(output)))
+                .spawn();
+            if let Ok(mut child) = child {
+                std::thread::spawn(move || {
+                    let _ = child.wait();
+                });
+            }
+        }
+    });
+    port
+}
+
+const GITHTTP: &str = r#"#!/usr/bin/env python3
+import base64, os, subprocess, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+ROOT, PORT, USER, PASS = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+EXPECTED = "Basic " + base64.b64encode(f"{USER}:{PASS}".encode()).decode()
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+    def log_message(self, *a): pass
+    def _handle(self):
+        if self.headers.get("Authorization") != EXPECTED:
+            self.send_response(401); self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.send_header("Content-Length", "0"); self.end_headers(); return
+        path, _, query = self.path.partition("?")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_PROJECT_ROOT": ROOT, "GIT_HTTP_EXPORT_ALL": "1",
+               "REMOTE_USER": USER,
+               "REMOTE_ADDR": self.client_address[0], "REQUEST_METHOD": self.command, "PATH_INFO": path,
+               "QUERY_STRING": query, "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+               "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+               "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", "")}
+        body = b""
+        if "Content-Length" in self.headers:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+        elif self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                if size == 0: self.rfile.readline(); break
+                chunks.append(self.rfile.read(size)); self.rfile.readline()
+            body = b"".join(chunks)
+        env["CONTENT_LENGTH"] = str(len(body))
+        out = subprocess.run(["git", "http-backend"], input=body, env=env, stdout=subprocess.PIPE).stdout
+        sep = b"\r\n\r\n" if b"\r\n\r\n" in out else b"\n\n"
+        head, _, rest = out.partition(sep)
+        status, hdrs = 200, []
+        for line in head.decode("latin-1").splitlines():
+            k, _, v = line.partition(":")
+            if k.lower() == "status": status = int(v.strip().split()[0])
+            elif k: hdrs.append((k, v.strip()))
+        self.send_response(status)
+        for k, v in hdrs: self.send_header(k, v)
+        self.send_header("Content-Length", str(len(rest))); self.end_headers(); self.wfile.write(rest)
+    do_GET = do_POST = _handle
+srv = ThreadingHTTPServer(("127.0.0.1", PORT), H)
+print(f"PORT={srv.server_address[1]}", flush=True)
+srv.serve_forever()
+"#;
+
+/// The Python `git http-backend` server with basic auth; killed on drop.
+pub struct HttpServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl HttpServer {
+    pub fn start(root: &Path, user: &str, pass: &str) -> Self {
+        let script = root.join("githttp.py");
+        std::fs::write(&script, GITHTTP).unwrap();
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .arg(root)
+            .arg("0")
+            .arg(user)
+            .arg(pass)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("PORT=")
+            .expect("PORT line")
+            .parse()
+            .unwrap();
+        HttpServer { child, port }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A person's working clone of the state store.
+pub struct Person {
+    pub dir: tempfile::TempDir,
+}
+
+impl Person {
+    pub fn clone(url: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        git(
+            None,
+            &[
+                "clone",
+                "-q",
+                "-b",
+                "main",
+                url,
+                dir.path().join("w").to_str().unwrap(),
+            ],
+        );
+        Person { dir }
+    }
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("w")
+    }
+    pub fn write(&self, rel: &str, content: &str) {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    pub fn delete(&self, rel: &str) {
+        std::fs::remove_file(self.path().join(rel)).unwrap();
+    }
+    pub fn commit_and_push(&self, msg: &str) {
+        let w = self.path();
+        git(Some(&w), &["add", "-A"]);
+        git(Some(&w), &["commit", "-q", "-m", msg]);
+        git(Some(&w), &["push", "-q", "origin", "HEAD:main"]);
+    }
+}
+
+/// Inspect the branch of a repository URL with a fresh clone.
+pub struct View {
+    pub dir: tempfile::TempDir,
+}
+
+impl View {
+    pub fn of(url: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        git(
+            None,
+            &[
+                "clone",
+                "-q",
+                "-b",
+                "main",
+                url,
+                dir.path().join("w").to_str().unwrap(),
+            ],
+        );
+        View { dir }
+    }
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("w")
+    }
+    pub fn read(&self, rel: &str) -> Option<String> {
+        std::fs::read_to_string(self.path().join(rel)).ok()
+    }
+    pub fn head(&self) -> String {
+        git(Some(&self.path()), &["rev-parse", "HEAD"])
+            .trim()
+            .to_owned()
+    }
+    pub fn commit_count(&self) -> usize {
+        git(Some(&self.path()), &["rev-list", "--count", "HEAD"])
+            .trim()
+            .parse()
+            .unwrap()
+    }
+    pub fn message(&self, rev: &str) -> String {
+        git(Some(&self.path()), &["log", "-1", "--format=%B", rev])
+    }
+    pub fn author(&self) -> String {
+        git(Some(&self.path()), &["log", "-1", "--format=%an <%ae>"])
+            .trim()
+            .to_owned()
+    }
+    pub fn is_ancestor(&self, a: &str, b: &str) -> bool {
+        git_cmd(Some(&self.path()), &["merge-base", "--is-ancestor", a, b])
+            .status()
+            .unwrap()
+            .success()
+    }
+}
+
+/// `ls-remote` head of main, if any.
+pub fn remote_head(url: &str) -> Option<String> {
+    let out = git(None, &["ls-remote", url, "refs/heads/main"]);
+    out.split_whitespace().next().map(str::to_owned)
+}

@@ -1,0 +1,263 @@
+//! Backend-specific behaviour against real servers on 127.0.0.1: credentials, server-side
+//! rejections, the persistent clone, configuration errors.
+
+#![allow(missing_docs)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use statestores::git::{AuthMethod, GitOptions, GitStateStoreSpec, SecretRef};
+use statestores::{ChangeSet, Error, FileWrite, GitStateStore, Owner, PlacementWrite, StateStore};
+
+fn one_file(content: &str) -> ChangeSet {
+    ChangeSet {
+        writes: vec![PlacementWrite {
+            owner: Owner {
+                key: "worker-1/dependencies/redis/configure/5058f".into(),
+                destination: "worker-1".into(),
+                promise: "redis".into(),
+                resource: None,
+                pipeline: Some("configure".into()),
+            },
+            files: vec![FileWrite {
+                path: "worker-1/dependencies/redis/configure/5058f/crd.yaml".into(),
+                content: content.as_bytes().to_vec(),
+            }],
+        }],
+        ..Default::default()
+    }
+}
+
+fn secrets_dir(root: &std::path::Path, user: &str, pass: &str) -> std::path::PathBuf {
+    let d = root.join("secrets");
+    std::fs::create_dir_all(d.join("git-creds")).unwrap();
+    std::fs::write(d.join("git-creds/username"), user).unwrap();
+    std::fs::write(d.join("git-creds/password"), pass).unwrap();
+    d
+}
+
+fn http_spec(port: u16) -> GitStateStoreSpec {
+    let mut spec = GitStateStoreSpec::new(format!("http://127.0.0.1:{port}/repo.git"));
+    spec.secret_ref = Some(SecretRef {
+        name: "git-creds".into(),
+        namespace: "default".into(),
+    });
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_is_a_clear_auth_error_without_the_password() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    common::init_bare(&srv.join("repo.git"));
+    let server = common::HttpServer::start(&srv, "alice", "right-password");
+    let mut opts = GitOptions::new(tmp.path().join("state"));
+    opts.secrets_dir = Some(secrets_dir(tmp.path(), "alice", "Wr0ng-Pa55word-XYZ"));
+    let store = GitStateStore::open("http", http_spec(server.port), opts).unwrap();
+
+    for err in [
+        store.check().await.unwrap_err(),
+        store.apply(&one_file("a: 1\n")).await.unwrap_err(),
+        store.owned("").await.unwrap_err(),
+    ] {
+        let shown = format!("{err} / {err:?}");
+        assert!(matches!(err, Error::Auth { .. }), "{shown}");
+        assert!(
+            shown.contains("authentication to http://127.0.0.1:"),
+            "{shown}"
+        );
+        assert!(!shown.contains("Wr0ng-Pa55word-XYZ"), "{shown}");
+        assert!(!shown.contains("alice:"), "{shown}");
+    }
+    assert!(!format!("{store:?}").contains("Wr0ng"));
+    assert_eq!(
+        common::remote_head(&format!(
+            "http://alice:right-password@127.0.0.1:{}/repo.git",
+            server.port
+        )),
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_receive_hook_rejection_shows_the_hook_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    let bare = srv.join("repo.git");
+    common::init_bare(&bare);
+    let hook = bare.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\necho 'POLICY-42: main is frozen until Monday' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = common::start_git_daemon(srv);
+    let store = GitStateStore::open(
+        "hooked",
+        GitStateStoreSpec::new(format!("git://127.0.0.1:{port}/repo.git")),
+        GitOptions::new(tmp.path().join("state")),
+    )
+    .unwrap();
+    match store.apply(&one_file("a: 1\n")).await {
+        Err(Error::Rejected { server_message }) => {
+            assert!(
+                server_message.contains("POLICY-42: main is frozen until Monday"),
+                "{server_message}"
+            );
+            assert!(
+                server_message.contains("pre-receive hook declined"),
+                "{server_message}"
+            );
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_clone_is_reused_and_incremental() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    common::init_bare(&srv.join("repo.git"));
+    let port = common::start_git_daemon(srv);
+    let spec = GitStateStoreSpec::new(format!("git://127.0.0.1:{port}/repo.git"));
+    let state = tmp.path().join("state");
+    let first = GitStateStore::open("s", spec.clone(), GitOptions::new(&state)).unwrap();
+    assert!(first.repo_path().starts_with(state.join("git")));
+    let v1 = first
+        .apply(&one_file("a: 1\n"))
+        .await
+        .unwrap()
+        .version
+        .unwrap();
+    drop(first);
+    // A restarted daemon finds the same clone and builds on it.
+    let second = GitStateStore::open("s", spec, GitOptions::new(&state)).unwrap();
+    let out = second.apply(&one_file("a: 2\n")).await.unwrap();
+    let v2 = out.version.unwrap();
+    assert_ne!(v1, v2);
+    let view = common::View::of(&format!("git://127.0.0.1:{port}/repo.git"));
+    assert_eq!(view.commit_count(), 2);
+    assert!(view.is_ancestor(&v1, &v2));
+    assert_eq!(std::fs::read_dir(state.join("git")).unwrap().count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_author_is_honoured_and_subject_templated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("local.git");
+    let mut spec = GitStateStoreSpec::new(format!("file://{}", repo.display()));
+    spec.git_author.name = "Platform Bot".into();
+    spec.git_author.email = "bot@example.com".into();
+    let store = GitStateStore::open("l", spec, GitOptions::new(tmp.path().join("state"))).unwrap();
+    assert!(store.is_local());
+    store.check().await.unwrap();
+    let mut cs = one_file("x\n");
+    cs.meta.subject_template = Some("deploy {config_short}: {updated} files".into());
+    cs.meta.config_commit = Some("abcdef0123".into());
+    store.apply(&cs).await.unwrap();
+    let view = common::View::of(repo.to_str().unwrap());
+    assert_eq!(view.author(), "Platform Bot <bot@example.com>");
+    assert!(
+        view.message("HEAD")
+            .starts_with("deploy abcdef0: 1 files\n")
+    );
+    // The dependency placement has no resource: no Promised-Resource trailer.
+    assert!(!view.message("HEAD").contains("Promised-Resource"));
+    assert!(view.message("HEAD").contains("Promised-Promise: redis\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_paths_are_rejected_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("local.git");
+    let store = GitStateStore::open(
+        "l",
+        GitStateStoreSpec::new(repo.display().to_string()),
+        GitOptions::new(tmp.path().join("state")),
+    )
+    .unwrap();
+    for bad in [
+        "../escape.yaml",
+        ".promised/index/x.json",
+        "/abs.yaml",
+        "a//b.yaml",
+    ] {
+        let mut cs = one_file("x\n");
+        cs.writes[0].files[0].path = bad.into();
+        assert!(
+            matches!(store.apply(&cs).await, Err(Error::InvalidPath { .. })),
+            "{bad}"
+        );
+    }
+    assert_eq!(common::remote_head(repo.to_str().unwrap()), None);
+}
+
+#[test]
+fn unsupported_and_incomplete_configs_fail_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut spec = GitStateStoreSpec::new("https://github.com/org/repo");
+    spec.auth_method = AuthMethod::GithubApp;
+    spec.secret_ref = Some(SecretRef {
+        name: "gh".into(),
+        namespace: "default".into(),
+    });
+    let err = GitStateStore::open("g", spec.clone(), GitOptions::new(tmp.path())).unwrap_err();
+    assert!(
+        err.to_string().contains("githubApp is not supported yet"),
+        "{err}"
+    );
+
+    spec.auth_method = AuthMethod::BasicAuth;
+    let mut opts = GitOptions::new(tmp.path());
+    opts.secrets_dir = Some(tmp.path().join("nothing-here"));
+    let err = GitStateStore::open("g", spec.clone(), opts).unwrap_err();
+    assert!(err.to_string().contains("no key \"password\""), "{err}");
+
+    let err = GitStateStore::open(
+        "g",
+        GitStateStoreSpec::new("ftp://x/y"),
+        GitOptions::new(tmp.path()),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::InvalidUrl { .. }));
+}
+
+#[test]
+fn ssh_keys_are_written_private_under_the_state_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secrets = tmp.path().join("secrets/ssh-creds");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("sshPrivateKey"), "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAAsecretkeymaterial\n-----END OPENSSH PRIVATE KEY-----\n").unwrap();
+    std::fs::write(
+        secrets.join("knownHosts"),
+        "[127.0.0.1]:2222 ssh-ed25519 AAAAC3Nza\n",
+    )
+    .unwrap();
+    let mut spec = GitStateStoreSpec::new("git@127.0.0.1:org/repo.git");
+    spec.auth_method = AuthMethod::Ssh;
+    spec.secret_ref = Some(SecretRef {
+        name: "ssh-creds".into(),
+        namespace: "default".into(),
+    });
+    let mut opts = GitOptions::new(tmp.path().join("state"));
+    opts.secrets_dir = Some(tmp.path().join("secrets"));
+    let store = GitStateStore::open("ssh", spec, opts).unwrap();
+    assert!(!store.is_local());
+    let ssh_dir = tmp.path().join("state/ssh");
+    let dir = std::fs::read_dir(&ssh_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    for f in ["id", "known_hosts"] {
+        let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    assert!(!format!("{store:?}").contains("secretkeymaterial"));
+}
