@@ -4,11 +4,13 @@
 //! - [`model`]: the Kratix kinds as plain data.
 //! - [`config`]: reading a config repo (directory or Git ref) into classified objects.
 //! - [`validate`]: cross-object checks and request admission, producing a validated config.
+//! - [`pipeline`]: the pipeline runner (Kratix pipeline contract on the host, sandboxed).
 //! - [`diag`]: errors and warnings that name file, document, object and field.
 
 pub mod cli;
 pub mod config;
 pub mod diag;
 pub mod model;
+pub mod pipeline;
 pub mod schema;
 pub mod validate;
