@@ -4,6 +4,7 @@
 //! - [`model`]: the Kratix kinds as plain data.
 //! - [`config`]: reading a config repo (directory or Git ref) into classified objects.
 //! - [`validate`]: cross-object checks and request admission, producing a validated config.
+//! - [`pipeline`]: the pipeline runner (Kratix pipeline contract on the host, sandboxed).
 //! - [`diag`]: errors and warnings that name file, document, object and field.
 
 pub mod cli;
@@ -12,6 +13,8 @@ pub mod diag;
 pub mod layout;
 pub mod model;
 pub mod scheduler;
+pub mod pipeline;
+pub mod reconcile;
 pub mod schema;
 pub mod settings;
 pub mod state;
