@@ -33,6 +33,85 @@ pub struct Cli {
 pub enum Command {
     /// Validate a config repo: schemas, cross-object rules, every request against its Promise.
     Validate(ValidateArgs),
+    /// One reconcile pass: run workflows, place output, commit to the state stores.
+    Reconcile(ReconcileArgs),
+    /// Show the status of every Promise and resource request.
+    Status(StatusArgs),
+}
+
+/// Flags shared by commands that use the daemon config.
+#[derive(Debug, Clone, Args)]
+pub struct DaemonConfigArgs {
+    /// The daemon config file (promised.yaml); see the README for every key.
+    #[arg(long, value_name = "FILE", env = "PROMISED_CONFIG")]
+    pub daemon_config: Option<PathBuf>,
+    /// State directory (overrides `stateDir`).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl DaemonConfigArgs {
+    /// Loads the layered settings with these flags on top; the state directory is made absolute.
+    pub fn settings(
+        &self,
+        extra: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<crate::settings::Settings, String> {
+        let mut flags = extra;
+        if let Some(d) = &self.state_dir {
+            flags.insert(
+                "stateDir".into(),
+                serde_json::Value::String(d.to_string_lossy().into_owned()),
+            );
+        }
+        let mut s = crate::settings::Settings::load(self.daemon_config.as_deref(), flags)
+            .map_err(|e| e.to_string())?;
+        s.state_dir =
+            std::path::absolute(&s.state_dir).map_err(|e| format!("state directory: {e}"))?;
+        Ok(s)
+    }
+}
+
+/// `promised reconcile`.
+#[derive(Debug, Clone, Args)]
+pub struct ReconcileArgs {
+    /// The config repo: a directory, or a Git repository (URL or path; with --ref).
+    #[arg(long, value_name = "DIR|GIT-URL")]
+    pub config: String,
+    /// Git ref to reconcile (makes --config a Git repository; default HEAD for URLs).
+    #[arg(long = "ref", value_name = "REF")]
+    pub reference: Option<String>,
+    /// Daemon config and state directory.
+    #[command(flatten)]
+    pub daemon: DaemonConfigArgs,
+    /// Pipelines running at once (overrides `concurrency`).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+/// `promised status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Daemon config and state directory.
+    #[command(flatten)]
+    pub daemon: DaemonConfigArgs,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: StatusFormat,
+}
+
+/// Output of `promised status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    /// One line per object.
+    #[default]
+    Table,
+    /// The full status as JSON.
+    Json,
+    /// The full status as YAML.
+    Yaml,
 }
 
 /// Output format of a subcommand.
@@ -108,6 +187,8 @@ pub struct ValidateArgs {
 pub fn run(cli: Cli, out: &mut dyn Write) -> i32 {
     match cli.command {
         Command::Validate(a) => validate_cmd(&a, out),
+        Command::Reconcile(a) => crate::cli_reconcile::reconcile_cmd(&a, out),
+        Command::Status(a) => crate::cli_reconcile::status_cmd(&a, out),
     }
 }
 

@@ -8,13 +8,14 @@
 //! - [`diag`]: errors and warnings that name file, document, object and field.
 
 pub mod cli;
+pub mod cli_reconcile;
 pub mod config;
 pub mod diag;
 pub mod layout;
 pub mod model;
-pub mod scheduler;
 pub mod pipeline;
 pub mod reconcile;
+pub mod scheduler;
 pub mod schema;
 pub mod settings;
 pub mod state;

@@ -49,7 +49,7 @@ pub enum SelectorSource {
 }
 
 /// One `destination-selectors.yaml` entry, already parsed and checked by the pipeline runner.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct WorkflowSelector {
     /// Top-level output directory, or `None` for the root group.
     pub directory: Option<String>,

@@ -15,42 +15,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized};
 use serde::{Deserialize, Serialize};
 
-/// How pipeline containers are isolated.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Sandbox {
-    /// bubblewrap: private mount, PID, IPC, UTS and network namespaces (default).
-    #[default]
-    Bwrap,
-    /// No isolation: an explicit opt-in for machines without user namespaces.
-    None,
-}
-
-/// An image reference mapped to a host command (kratix images cannot be pulled here).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ImageOverride {
-    /// argv run when the container has no `command` of its own (the image's entrypoint).
-    #[serde(default)]
-    pub command: Vec<String>,
-    /// Extra read-only mounts: host folder → path inside the sandbox (the image's assets,
-    /// e.g. `/tmp/transfer`). Relative host paths are resolved against the daemon config file.
-    #[serde(default)]
-    pub mounts: Vec<Mount>,
-    /// Let containers of this image use the network.
-    #[serde(default)]
-    pub network: bool,
-}
-
-/// A read-only bind mount.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Mount {
-    /// Host path.
-    pub host: PathBuf,
-    /// Path inside the sandbox.
-    pub target: String,
-}
+pub use crate::pipeline::{ImageOverride, Mount, SandboxMode};
 
 /// Git state store options.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,7 +65,7 @@ pub struct Settings {
     /// Pipelines running at once (different requests). `0` = one per CPU core.
     pub concurrency: usize,
     /// Pipeline sandbox: `bwrap` (default) or `none`.
-    pub sandbox: Sandbox,
+    pub sandbox: SandboxMode,
     /// Let every pipeline use the network. Default false (a Pipeline can opt in with the
     /// annotation `promised.dev/network: "true"`).
     pub allow_network: bool,
@@ -150,7 +115,7 @@ impl Default for Settings {
                 .unwrap_or_else(|| PathBuf::from(".promised")),
             secrets_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
             concurrency: 0,
-            sandbox: Sandbox::Bwrap,
+            sandbox: SandboxMode::Bwrap,
             allow_network: false,
             pipeline_timeout: Duration::from_secs(600),
             max_output_bytes: 50 * 1024 * 1024,
@@ -207,6 +172,21 @@ impl Settings {
             }
         }
         Ok(s)
+    }
+
+    /// The pipeline runner settings these give; per-run directories go under the state
+    /// directory's `runs/`.
+    pub fn runner(&self) -> crate::pipeline::RunnerConfig {
+        crate::pipeline::RunnerConfig {
+            sandbox: self.sandbox,
+            timeout: self.pipeline_timeout,
+            output_cap_bytes: self.max_output_bytes,
+            log_cap_bytes: self.max_log_bytes,
+            allow_network: self.allow_network,
+            image_overrides: self.image_overrides.clone(),
+            work_dir: self.state_dir.join("runs"),
+            ..crate::pipeline::RunnerConfig::default()
+        }
     }
 
     /// Effective pipeline concurrency (≥ 1).

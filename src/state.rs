@@ -65,9 +65,16 @@ pub struct ObjectRecord {
     /// Promises: repository-relative folder of `promise.yaml` (mounted at `/promise`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promise_dir: Option<String>,
-    /// Where the output went.
+    /// Cached output of the last successful run of each pipeline (placement is recomputed
+    /// from it on every pass without re-running anything).
+    #[serde(default)]
+    pub outputs: Vec<OutputRecord>,
+    /// Where the output went (as last written).
     #[serde(default)]
     pub placements: Vec<PlacementRecord>,
+    /// The object left the config repo; the record goes once its files are pruned.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleting: bool,
     /// Last status.
     pub status: ObjectStatus,
 }
@@ -94,6 +101,19 @@ pub struct PlacementRecord {
     pub misplaced: bool,
     /// Files: store-relative path and sha256 (content in `blobs/`).
     pub files: Vec<FileRecord>,
+}
+
+/// One pipeline's scheduled output, cached so placement can be recomputed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputRecord {
+    /// Pipeline name (`""` for static `spec.dependencies`).
+    pub pipeline: String,
+    /// Files relative to `/kratix/output`, with the sha256 of their content (in `blobs/`).
+    pub files: Vec<FileRecord>,
+    /// Parsed `destination-selectors.yaml`.
+    #[serde(default)]
+    pub selectors: Vec<crate::scheduler::WorkflowSelector>,
 }
 
 /// One placed file.

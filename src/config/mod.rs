@@ -155,6 +155,49 @@ pub fn load(
     Ok(objects)
 }
 
+/// Like [`load`], and also makes the whole repo available on disk for pipelines (Promise
+/// folders are mounted at `/promise`): a directory source is used in place; a Git source's
+/// commit is exported under `checkout_parent/<commit>`. Returns the objects and that root.
+pub fn load_with_root(
+    source: &Source,
+    filter: &FileFilter,
+    cache_dir: Option<&std::path::Path>,
+    checkout_parent: &std::path::Path,
+) -> Result<(Objects, std::path::PathBuf), SourceError> {
+    match source {
+        Source::Dir(d) => Ok((load(source, filter, cache_dir)?, d.clone())),
+        Source::Git { url, .. } => {
+            let everything = FileFilter {
+                include: vec!["**".into()],
+                exclude: filter.exclude.clone(),
+            };
+            let snap = source::read(source, &everything, cache_dir)?;
+            let commit = snap.commit.clone().unwrap_or_else(|| "unknown".into());
+            let root = checkout_parent.join(&commit);
+            if !root.is_dir() {
+                let tmp = checkout_parent.join(format!(".{commit}.tmp"));
+                source::export(&snap.files, &tmp)
+                    .and_then(|_| std::fs::rename(&tmp, &root))
+                    .map_err(|e| SourceError::GitRepo {
+                        url: url.clone(),
+                        message: format!("exporting the commit to {}: {e}", root.display()),
+                    })?;
+            }
+            let compiled = filter.compile()?;
+            let files: Vec<RawFile> = snap
+                .files
+                .into_iter()
+                .filter(|f| compiled.matches(&f.path))
+                .collect();
+            let (docs, diags) = parse_documents(&files);
+            let mut objects = classify(docs);
+            objects.diagnostics.splice(0..0, diags);
+            objects.commit = snap.commit;
+            Ok((objects, root))
+        }
+    }
+}
+
 /// Classifies documents by `apiVersion`/`kind`.
 pub fn classify(docs: Vec<Document>) -> Objects {
     let mut out = Objects::default();

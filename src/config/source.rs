@@ -94,6 +94,8 @@ pub struct RawFile {
     pub path: String,
     /// File contents.
     pub bytes: Vec<u8>,
+    /// The executable bit (Git mode 100755, or any execute bit on disk).
+    pub executable: bool,
 }
 
 /// Files read from a source, plus the commit they came from (Git sources only).
@@ -196,7 +198,18 @@ fn read_dir(dir: &Path, filter: &CompiledFilter) -> Result<Snapshot, SourceError
             path: entry.path().display().to_string(),
             message: e.to_string(),
         })?;
-        files.push(RawFile { path: rel, bytes });
+        let executable = {
+            use std::os::unix::fs::PermissionsExt;
+            entry
+                .metadata()
+                .map(|m| m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        };
+        files.push(RawFile {
+            path: rel,
+            bytes,
+            executable,
+        });
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(Snapshot {
@@ -279,6 +292,7 @@ fn read_git(
         files.push(RawFile {
             path,
             bytes: obj.data.clone(),
+            executable: e.mode.is_executable(),
         });
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -338,4 +352,26 @@ fn cache_name(url: &str) -> String {
         .collect();
     let h = hex::encode(&sha2::Sha256::digest(url.as_bytes())[..6]);
     format!("{tail}-{h}")
+}
+
+/// Writes `files` under `dest` (created; existing content is replaced), keeping executable
+/// bits, so Promise folders read from a Git commit can be mounted into pipelines.
+pub fn export(files: &[RawFile], dest: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if dest.exists() {
+        std::fs::remove_dir_all(dest)?;
+    }
+    for f in files {
+        if f.path.split('/').any(|s| s == ".." || s.is_empty()) {
+            continue;
+        }
+        let p = dest.join(&f.path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&p, &f.bytes)?;
+        let mode = if f.executable { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }

@@ -1,0 +1,316 @@
+//! `promised reconcile` and `promised status`.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::cli::{OutputFormat, ReconcileArgs, StatusArgs, StatusFormat};
+use crate::config::{self, FileFilter, Source};
+use crate::reconcile::{Engine, ObjectAction, PassReport};
+use crate::state::{State, StateDir};
+use crate::status::ObjectStatus;
+use crate::validate;
+
+/// Decides whether `--config` names a directory or a Git repository.
+pub fn source_of(config: &str, reference: Option<&str>) -> Source {
+    let path = Path::new(config);
+    let is_url = config.contains("://") || (config.contains('@') && config.contains(':'));
+    let is_bare = path.join("HEAD").is_file() && path.join("objects").is_dir();
+    if reference.is_some() || is_url || is_bare {
+        Source::Git {
+            url: config.to_string(),
+            reference: reference.unwrap_or("HEAD").to_string(),
+        }
+    } else {
+        Source::Dir(path.to_path_buf())
+    }
+}
+
+/// Runs one pass. Exit code 0 when everything reconciled, 1 when some object or store failed
+/// (everything else still committed), 2 when the pass could not run.
+pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
+    let mut extra = serde_json::Map::new();
+    if let Some(c) = a.concurrency {
+        extra.insert("concurrency".into(), c.into());
+    }
+    let settings = match a.daemon.settings(extra) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let source = source_of(&a.config, a.reference.as_deref());
+    let mut filter = FileFilter::default();
+    if !settings.include.is_empty() {
+        filter.include = settings.include.clone();
+    }
+    filter.exclude.extend(settings.exclude.iter().cloned());
+    let dir = match StateDir::open(&settings.state_dir) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let cache = dir.root().join("config-cache");
+    let loaded = config::load_with_root(
+        &source,
+        &filter,
+        Some(&cache),
+        &dir.root().join("config-checkouts"),
+    );
+    let (objects, root) = match loaded {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let cfg = validate::validate(objects);
+    for d in &cfg.diagnostics {
+        eprintln!("{}: {d}", if d.is_error() { "error" } else { "warning" });
+    }
+    let runner = settings.runner();
+    let mut engine = match Engine::new(settings, runner) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return 2;
+        }
+    };
+    let report = match rt.block_on(engine.reconcile(&cfg, &root)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let res = match a.output {
+        OutputFormat::Json => serde_json::to_writer_pretty(&mut *out, &report)
+            .map_err(std::io::Error::other)
+            .and_then(|_| writeln!(out)),
+        OutputFormat::Text => write_report(&report, &cfg, engine.state_dir(), &source, out),
+    };
+    if let Err(e) = res {
+        eprintln!("error: writing output: {e}");
+        return 2;
+    }
+    let invalid = cfg
+        .rejected
+        .iter()
+        .any(|r| r.id.kind != "Promise" || cfg.promises.is_empty());
+    if report.has_failures() || invalid || !cfg.rejected.is_empty() {
+        1
+    } else {
+        0
+    }
+}
+
+fn write_report(
+    r: &PassReport,
+    cfg: &validate::ValidConfig,
+    state_dir: &Path,
+    source: &Source,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "reconciled {source}{}",
+        r.config_commit
+            .as_deref()
+            .map(|c| format!(" (commit {})", &c[..c.len().min(12)]))
+            .unwrap_or_default()
+    )?;
+    let width = r
+        .objects
+        .iter()
+        .map(|o| o.key.len())
+        .max()
+        .unwrap_or(10)
+        .max(10);
+    for o in &r.objects {
+        let action = match o.action {
+            ObjectAction::Ran => "ran",
+            ObjectAction::Unchanged => "unchanged",
+            ObjectAction::Waiting => "waiting",
+            ObjectAction::Deleted => "deleted",
+            ObjectAction::Failed => "FAILED",
+        };
+        let dests = if o.destinations.is_empty() {
+            "-".to_string()
+        } else {
+            o.destinations.join(",")
+        };
+        writeln!(
+            out,
+            "  {:<width$}  {:<9}  {:<10}  {:<14}  {} files  {}",
+            o.key, action, o.state, dests, o.files, o.message
+        )?;
+    }
+    for rej in &cfg.rejected {
+        writeln!(
+            out,
+            "  {:<width$}  {:<9}  {}",
+            format!("{} ({})", rej.id, rej.origin),
+            "INVALID",
+            rej.reasons.join("; ")
+        )?;
+    }
+    for s in &r.stores {
+        match (&s.error, &s.commit) {
+            (Some(e), _) => writeln!(out, "state store {}: FAILED: {e}", s.store)?,
+            (None, Some(c)) => writeln!(
+                out,
+                "state store {}: commit {} ({} written, {} deleted, {} unchanged{})",
+                s.store,
+                &c[..c.len().min(12)],
+                s.written,
+                s.deleted,
+                s.unchanged,
+                if s.drift.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} drifted files restored", s.drift.len())
+                }
+            )?,
+            (None, None) => writeln!(out, "state store {}: no change", s.store)?,
+        }
+    }
+    for l in &r.logs {
+        writeln!(out, "pipeline log: {l}")?;
+    }
+    writeln!(
+        out,
+        "{} pipelines run in {:.2}s",
+        r.pipelines_run,
+        r.duration.as_secs_f64()
+    )?;
+    for s in &cfg.git_state_stores {
+        let url = &s.object.spec.url;
+        let local = !url.contains("://") && !url.contains('@') && !Path::new(url).is_absolute();
+        let shown = if local {
+            state_dir.join(url).display().to_string()
+        } else {
+            statestores::git::config::redact_url(url)
+        };
+        writeln!(
+            out,
+            "look: git --git-dir {shown} log --stat {}",
+            s.object.spec.branch
+        )?;
+    }
+    writeln!(
+        out,
+        "status: promised status --state-dir {}",
+        state_dir.display()
+    )?;
+    Ok(())
+}
+
+/// One row of `promised status --output table`.
+#[derive(Serialize)]
+struct Row<'a> {
+    key: &'a str,
+    status: &'a ObjectStatus,
+}
+
+/// Prints the status persisted in the state directory.
+pub fn status_cmd(a: &StatusArgs, out: &mut dyn Write) -> i32 {
+    let settings = match a.daemon.settings(Default::default()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let state = match StateDir::open(&settings.state_dir).and_then(|d| d.load()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let res = write_status(&state, a.output, out);
+    if let Err(e) = res {
+        eprintln!("error: {e}");
+        return 2;
+    }
+    0
+}
+
+/// Writes every object's status in the chosen format (shared with the daemon's API).
+pub fn write_status(
+    state: &State,
+    format: StatusFormat,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let rows: Vec<Row> = state
+        .promises
+        .iter()
+        .chain(state.requests.iter())
+        .map(|(k, r)| Row {
+            key: k,
+            status: &r.status,
+        })
+        .collect();
+    match format {
+        StatusFormat::Json => {
+            serde_json::to_writer_pretty(&mut *out, &rows).map_err(std::io::Error::other)?;
+            writeln!(out)
+        }
+        StatusFormat::Yaml => {
+            let v = serde_json::to_value(&rows).map_err(std::io::Error::other)?;
+            out.write_all(validate::to_yaml(&v).as_bytes())
+        }
+        StatusFormat::Table => {
+            let width = rows.iter().map(|r| r.key.len()).max().unwrap_or(10).max(10);
+            writeln!(
+                out,
+                "{:<width$}  {:<11}  {:<16}  {:<9}  MESSAGE",
+                "OBJECT", "RECONCILED", "DESTINATIONS", "COMMIT"
+            )?;
+            for r in rows {
+                let mut dests: Vec<&str> = r
+                    .status
+                    .destinations
+                    .iter()
+                    .map(|d| d.destination.as_str())
+                    .collect();
+                dests.dedup();
+                let commit = r
+                    .status
+                    .commits
+                    .values()
+                    .next()
+                    .map(|c| &c[..c.len().min(9)])
+                    .unwrap_or("-");
+                writeln!(
+                    out,
+                    "{:<width$}  {:<11}  {:<16}  {:<9}  {}",
+                    r.key,
+                    r.status.summary(),
+                    if dests.is_empty() {
+                        "-".to_string()
+                    } else {
+                        dests.join(",")
+                    },
+                    commit,
+                    r.status.message
+                )?;
+            }
+            Ok(())
+        }
+    }
+}

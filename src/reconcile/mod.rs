@@ -1,0 +1,1788 @@
+//! The reconcile engine: one pass from a validated config repo to state store commits.
+//!
+//! A pass ([`Engine::reconcile`]):
+//! 1. registers Destinations (canary files unless `initWorkloads.enabled: false`);
+//! 2. runs each Promise's `promise.configure` workflow and renders its `spec.dependencies`;
+//! 3. runs `resource.configure` for each request whose Promise is available (its
+//!    `requiredPromises` met and its promise workflow completed), in parallel up to the
+//!    configured concurrency, one request's pipelines in order;
+//! 4. runs the first delete pipeline of every request or Promise that left the config repo, then
+//!    prunes its files;
+//! 5. places every output on Destinations (kratix-contract.md §3, [`crate::scheduler`]) and
+//!    writes everything to each state store as **one commit per store**;
+//! 6. records status, placements and input hashes in the state directory.
+//!
+//! Guarantees:
+//! - A workflow re-runs only when its inputs change: the hash of the Promise spec (which holds
+//!   the pipeline definitions), the request's defaulted spec, and the image overrides its
+//!   containers use. A failed or retry-suspended workflow runs again on the next pass. An
+//!   unchanged pass spawns no process and makes no commit.
+//! - Placement is recomputed from cached outputs on every pass, so a new Destination receives
+//!   dependencies and pending requests get placed without re-running pipelines. Placements are
+//!   sticky: a request never moves once placed (misplaced instead).
+//! - Failures are isolated: an invalid request, a failing pipeline, or an unwritable state store
+//!   marks the objects concerned Failed with the reason; everything else still reconciles and
+//!   commits. A request or Promise that becomes invalid keeps its previous output: only
+//!   removal from the config repo deletes.
+//! - Every pass calls `apply` on every state store in use, so files someone edited or deleted
+//!   behind our back are restored even when nothing else changed (and reported as drift).
+
+mod placement;
+mod report;
+
+pub use placement::{DestView, OutputRecord, owner_key, place_outputs};
+pub use report::{ObjectAction, ObjectReport, PassReport, StoreReport};
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Map, Value};
+use statestores::{ChangeSet, CommitMeta, FileWrite, Owner, PlacementWrite, StateStore};
+use tokio::sync::Semaphore;
+
+use crate::layout;
+use crate::model::{
+    FilepathMode, ObjectRef, PROMISE_VERSION_LABEL, Pipeline, Promise, StateStoreKind,
+};
+use crate::pipeline::{self, Action, Outcome, RunnerConfig, WorkflowInput, WorkflowResult};
+use crate::scheduler::{DestinationInfo, WorkflowSelector};
+use crate::settings::Settings;
+use crate::state::{
+    DestinationRecord, FileRecord, ObjectRecord, PlacementRecord, State, StateDir, StateError,
+    sha256_hex,
+};
+use crate::status::{
+    ConditionStatus as CS, Landed, ObjectStatus, Phase, PipelineStatus, cond, now_rfc3339,
+};
+use crate::validate::{ValidConfig, ValidPromise, ValidRequest, to_yaml};
+
+/// Bumped when the engine's output for the same inputs changes, to force re-runs.
+const ENGINE_VERSION: &str = "promised-engine-1";
+
+/// Errors that stop a whole pass (everything else is per-object status).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The state directory cannot be used.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// The reconcile engine. Holds the state, the open state stores and the runner settings
+/// between passes; `promised reconcile` makes one pass, `promised run` many.
+pub struct Engine {
+    settings: Settings,
+    dir: StateDir,
+    state: State,
+    runner: Arc<RunnerConfig>,
+    /// Open state stores by `<kind>/<name>`, with the hash of the spec they were opened with.
+    stores: BTreeMap<String, (String, Arc<dyn StateStore>)>,
+    /// Stores whose write-permission check passed.
+    checked: BTreeSet<String>,
+    /// Problems found while loading the state (reported once in the next pass).
+    startup_warnings: Vec<String>,
+}
+
+/// The inputs of one workflow run, owned so it can move into a task.
+struct Job {
+    key: String,
+    promise: ValidPromise,
+    request: Option<ValidRequest>,
+    action: Action,
+    pipelines: Vec<Pipeline>,
+    object_yaml: String,
+    existing_status: Map<String, Value>,
+    promise_dir: Option<PathBuf>,
+}
+
+impl Engine {
+    /// Opens the state directory from `settings` and loads the previous state. A corrupt state
+    /// file is not fatal: the pass starts from an empty state and rebuilds placements from the
+    /// state stores' ownership indexes.
+    pub fn new(settings: Settings, runner: RunnerConfig) -> Result<Engine, EngineError> {
+        let dir = StateDir::open(&settings.state_dir)?;
+        let mut startup_warnings = Vec::new();
+        let state = match dir.load() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "starting from an empty state");
+                startup_warnings.push(e.to_string());
+                State {
+                    version: crate::state::STATE_VERSION,
+                    ..State::default()
+                }
+            }
+        };
+        Ok(Engine {
+            settings,
+            dir,
+            state,
+            runner: Arc::new(runner),
+            stores: BTreeMap::new(),
+            checked: BTreeSet::new(),
+            startup_warnings,
+        })
+    }
+
+    /// The current state (status of every object, placements).
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        self.dir.root()
+    }
+
+    /// Runs one reconcile pass over `cfg`. `config_root` is the directory the config repo's
+    /// files are in (Promise folders are mounted from there at `/promise`).
+    pub async fn reconcile(
+        &mut self,
+        cfg: &ValidConfig,
+        config_root: &Path,
+    ) -> Result<PassReport, EngineError> {
+        let started = std::time::Instant::now();
+        let mut report = PassReport {
+            config_commit: cfg.commit.clone(),
+            ..PassReport::default()
+        };
+        report.warnings.append(&mut self.startup_warnings);
+
+        // State stores and Destinations.
+        let store_errors = self.open_stores(cfg).await;
+        let dests = dest_views(cfg);
+        self.rebuild_from_indexes_if_empty(&dests).await;
+
+        let mut desired: BTreeMap<String, Vec<PlacementRecord>> = BTreeMap::new(); // object key -> placements
+        let mut object_errors: BTreeMap<String, String> = BTreeMap::new();
+
+        // Canary files.
+        let canaries = self.canaries(cfg)?;
+
+        // Promises, in requiredPromises order.
+        let mut available: BTreeMap<String, bool> = BTreeMap::new();
+        let mut promise_hashes: BTreeMap<String, String> = BTreeMap::new();
+        for p in order_promises(&cfg.promises) {
+            let name = p.name().to_string();
+            let hash = self.promise_hash(p);
+            promise_hashes.insert(name.clone(), hash.clone());
+            let pkey = promise_key(&name);
+            let mut record = self
+                .state
+                .promises
+                .remove(&pkey)
+                .unwrap_or_else(|| new_record(&p.promise.id, &name));
+            record.status.source = p.promise.origin.to_string();
+            record.status.status = None;
+            // Requirements (kratix-contract.md §6: configure still runs; requests wait).
+            let unmet: Vec<String> = p
+                .promise
+                .object
+                .spec
+                .required_promises
+                .iter()
+                .filter(|r| !requirement_met(cfg, &available, &r.name, &r.version))
+                .map(|r| {
+                    if r.version.is_empty() {
+                        r.name.clone()
+                    } else {
+                        format!("{}@{}", r.name, r.version)
+                    }
+                })
+                .collect();
+            if p.promise.object.spec.required_promises.is_empty() {
+                record.status.clear(cond::REQUIREMENTS_FULFILLED);
+            } else if unmet.is_empty() {
+                record.status.set(
+                    cond::REQUIREMENTS_FULFILLED,
+                    CS::True,
+                    "RequirementsInstalled",
+                    "Requirements fulfilled",
+                );
+            } else {
+                record.status.set(
+                    cond::REQUIREMENTS_FULFILLED,
+                    CS::False,
+                    "RequirementsNotInstalled",
+                    "Requirements not fulfilled",
+                );
+            }
+            let pipelines = p.promise.object.spec.workflows.promise.configure.clone();
+            if needs_run(&record, &hash) {
+                if pipelines.is_empty() {
+                    record.completed = true;
+                    record.input_hash = hash.clone();
+                    set_completed(&mut record.status, 0, "Promise configured");
+                } else {
+                    let job = Job {
+                        key: pkey.clone(),
+                        promise: p.clone(),
+                        request: None,
+                        action: Action::Configure,
+                        pipelines,
+                        object_yaml: to_yaml(&p.promise.raw),
+                        existing_status: Map::new(),
+                        promise_dir: promise_dir(config_root, &p.promise.origin.file),
+                    };
+                    let result = run_job(&self.runner, &job).await;
+                    report.pipelines_run += result.pipelines.len();
+                    self.absorb_result(&mut record, &hash, &result, true, &mut report)?;
+                }
+                report
+                    .objects
+                    .push(ObjectReport::new(&record, ObjectAction::Ran));
+            } else {
+                report
+                    .objects
+                    .push(ObjectReport::new(&record, ObjectAction::Unchanged));
+            }
+            // Static dependencies are rendered every pass (cheap, and no pipeline involved).
+            let static_out = self.static_dependencies(p)?;
+            let mut outputs: Vec<OutputRecord> = record
+                .outputs
+                .iter()
+                .filter(|o| !o.pipeline.is_empty())
+                .cloned()
+                .collect();
+            outputs.extend(static_out);
+            record.outputs = outputs;
+            record.object = p.promise.raw.clone();
+            record.promise = Some(p.promise.raw.clone());
+            record.promise_dir = Some(parent_dir(&p.promise.origin.file));
+            let placed = place_outputs(
+                &name,
+                None,
+                &record.outputs,
+                &p.promise.object.spec.destination_selectors,
+                &dests,
+                &record.placements,
+            );
+            note_unscheduled(&mut record.status, &placed.unscheduled, "promise");
+            desired.insert(pkey.clone(), placed.placements);
+            let is_available = unmet.is_empty() && record.completed;
+            record.status.status = Some(
+                if is_available {
+                    "Available"
+                } else {
+                    "Unavailable"
+                }
+                .to_string(),
+            );
+            if is_available {
+                record.status.set(
+                    cond::AVAILABLE,
+                    CS::True,
+                    "PromiseAvailable",
+                    "Ready to fulfil resource requests",
+                );
+            } else {
+                record.status.set(
+                    cond::AVAILABLE,
+                    CS::False,
+                    "PromiseUnavailable",
+                    "Cannot fulfil resource requests",
+                );
+            }
+            available.insert(name.clone(), is_available);
+            self.state.promises.insert(pkey, record);
+        }
+
+        // Requests whose Promise is available and whose inputs changed: run in parallel.
+        let mut jobs = Vec::new();
+        let mut waiting: Vec<(String, ValidRequest)> = Vec::new();
+        for r in &cfg.requests {
+            let key = request_key(&r.promise, r.namespace(), r.name());
+            let Some(p) = cfg.promise(&r.promise) else {
+                continue;
+            };
+            let hash = request_hash(
+                &promise_hashes[&r.promise],
+                r,
+                &self.runner,
+                &p.promise.object.spec.workflows.resource.configure,
+            );
+            let record = self
+                .state
+                .requests
+                .entry(key.clone())
+                .or_insert_with(|| new_record(&r.id, &r.promise));
+            record.status.source = r.origin.to_string();
+            if !available.get(&r.promise).copied().unwrap_or(false) {
+                waiting.push((key, r.clone()));
+                continue;
+            }
+            record.status.set(
+                cond::PROMISE_AVAILABLE,
+                CS::True,
+                "PromiseAvailable",
+                "Promise Requirements are met",
+            );
+            if needs_run(record, &hash) {
+                let pipelines = p.promise.object.spec.workflows.resource.configure.clone();
+                if pipelines.is_empty() {
+                    record.completed = true;
+                    record.input_hash = hash;
+                    record.object = r.object.clone();
+                    set_completed(&mut record.status, 0, "Resource requested");
+                    continue;
+                }
+                jobs.push((
+                    hash,
+                    Job {
+                        key: key.clone(),
+                        promise: p.clone(),
+                        request: Some(r.clone()),
+                        action: Action::Configure,
+                        pipelines,
+                        object_yaml: r.to_yaml(),
+                        existing_status: record.status.fields.clone(),
+                        promise_dir: promise_dir(config_root, &p.promise.origin.file),
+                    },
+                ));
+            } else {
+                report
+                    .objects
+                    .push(ObjectReport::new(record, ObjectAction::Unchanged));
+            }
+        }
+        for (key, r) in waiting {
+            let record = self.state.requests.get_mut(&key).expect("inserted above");
+            record.status.set(
+                cond::PROMISE_AVAILABLE,
+                CS::False,
+                "PromiseRequirementsNotInstalled",
+                "Promise Requirements are not installed",
+            );
+            record
+                .status
+                .set(cond::RECONCILED, CS::Unknown, "WorkflowPending", "Pending");
+            record.status.message = format!("Pending: Promise {} is not available", r.promise);
+            report
+                .objects
+                .push(ObjectReport::new(record, ObjectAction::Waiting));
+        }
+        let results = run_jobs(
+            &self.runner,
+            jobs.iter().map(|(_, j)| j).collect(),
+            self.settings.effective_concurrency(),
+        )
+        .await;
+        for ((hash, job), result) in jobs.iter().zip(results) {
+            report.pipelines_run += result.pipelines.len();
+            let mut record = self
+                .state
+                .requests
+                .remove(&job.key)
+                .expect("job from state");
+            if let Some(r) = &job.request {
+                record.object = r.object.clone();
+            }
+            self.absorb_result(&mut record, hash, &result, false, &mut report)?;
+            report
+                .objects
+                .push(ObjectReport::new(&record, ObjectAction::Ran));
+            self.state.requests.insert(job.key.clone(), record);
+        }
+        // Placement for every current request (cheap; picks up Destination changes).
+        for r in &cfg.requests {
+            let key = request_key(&r.promise, r.namespace(), r.name());
+            let Some(p) = cfg.promise(&r.promise) else {
+                continue;
+            };
+            let Some(record) = self.state.requests.get_mut(&key) else {
+                continue;
+            };
+            let ns = p
+                .promise
+                .object
+                .spec
+                .workflows
+                .config
+                .as_ref()
+                .and_then(|c| c.pipeline_namespace.clone())
+                .unwrap_or_else(|| r.namespace().to_string());
+            let placed = place_outputs(
+                &r.promise,
+                Some((&ns, r.name())),
+                &record.outputs,
+                &p.promise.object.spec.destination_selectors,
+                &dests,
+                &record.placements,
+            );
+            note_unscheduled(&mut record.status, &placed.unscheduled, "resource");
+            desired.insert(key, placed.placements);
+        }
+
+        // Objects that left the config repo.
+        let present = Presence::of(cfg);
+        self.deletions(cfg, &present, config_root, &mut desired, &mut report)
+            .await?;
+
+        // Objects that are present but invalid keep their placements.
+        for (key, rec) in self.state.requests.iter().chain(self.state.promises.iter()) {
+            desired
+                .entry(key.clone())
+                .or_insert_with(|| rec.placements.clone());
+        }
+
+        // mode `none`: two placements claiming one path on a store is an error for the later one.
+        detect_collisions(&mut desired, &self.state, &mut object_errors);
+
+        // One change set per store.
+        let mut sets: BTreeMap<String, ChangeSet> = BTreeMap::new();
+        let mut touched: BTreeMap<String, BTreeSet<String>> = BTreeMap::new(); // store -> object keys
+        for (okey, places) in &desired {
+            let before = self
+                .record(okey)
+                .map(|r| r.placements.clone())
+                .unwrap_or_default();
+            let (changed, removed) = placement::diff(&before, places);
+            for pl in changed {
+                if dest_mode(&dests, &pl.destination) == Some(FilepathMode::AggregatedYaml) {
+                    touched
+                        .entry(pl.store.clone())
+                        .or_default()
+                        .insert(okey.clone());
+                    continue; // written via the Destination's aggregate below
+                }
+                let files = self.load_files(&pl.files)?;
+                let set = sets.entry(pl.store.clone()).or_default();
+                set.writes.push(PlacementWrite {
+                    owner: owner_for(okey, pl),
+                    files,
+                });
+                touched
+                    .entry(pl.store.clone())
+                    .or_default()
+                    .insert(okey.clone());
+            }
+            for key in removed {
+                if let Some(old) = before.iter().find(|p| p.key == key) {
+                    if dest_mode(&dests, &old.destination) != Some(FilepathMode::AggregatedYaml) {
+                        sets.entry(old.store.clone())
+                            .or_default()
+                            .removals
+                            .push(key.clone());
+                    }
+                    touched
+                        .entry(old.store.clone())
+                        .or_default()
+                        .insert(okey.clone());
+                }
+            }
+        }
+        self.aggregates(&dests, &desired, &mut sets)?;
+        for (store, write) in canaries {
+            match write {
+                Ok(w) => sets.entry(store).or_default().writes.push(w),
+                Err(key) => sets.entry(store).or_default().removals.push(key),
+            }
+        }
+
+        // Apply: every store in use, so drift is repaired even on a no-op pass.
+        let mut in_use: BTreeSet<String> = dests.iter().map(|d| d.store.clone()).collect();
+        in_use.extend(sets.keys().cloned());
+        let mut store_results: BTreeMap<String, Result<Option<String>, String>> = BTreeMap::new();
+        for store_key in in_use {
+            let mut set = sets.remove(&store_key).unwrap_or_default();
+            set.meta = CommitMeta {
+                config_commit: cfg.commit.clone(),
+                subject_template: self.settings.git.commit_subject.clone(),
+                note: None,
+            };
+            set.writes.sort_by(|a, b| a.owner.key.cmp(&b.owner.key));
+            set.removals.sort();
+            set.removals.dedup();
+            let result = match (store_errors.get(&store_key), self.stores.get(&store_key)) {
+                (Some(e), _) => Err(e.clone()),
+                (None, None) => Err(format!("{store_key} does not exist")),
+                (None, Some((_, store))) => match store.apply(&set).await {
+                    Ok(outcome) => {
+                        report
+                            .stores
+                            .push(StoreReport::from_outcome(&store_key, &outcome));
+                        Ok(outcome.version)
+                    }
+                    Err(e) => {
+                        report
+                            .stores
+                            .push(StoreReport::failed(&store_key, &e.to_string()));
+                        Err(e.to_string())
+                    }
+                },
+            };
+            if let Err(e) = &result {
+                if store_errors.contains_key(&store_key) {
+                    report.stores.push(StoreReport::failed(&store_key, e));
+                }
+                tracing::warn!(store = %store_key, error = %e, "state store write failed");
+            }
+            store_results.insert(store_key, result);
+        }
+
+        // Record what landed, and status.
+        for (okey, places) in desired {
+            let Some(record) = self.record_mut(&okey) else {
+                continue;
+            };
+            let stores: BTreeSet<&String> = places
+                .iter()
+                .map(|p| &p.store)
+                .chain(record.placements.iter().map(|p| &p.store))
+                .collect();
+            let failed: Vec<String> = stores
+                .iter()
+                .filter_map(|s| match store_results.get(*s) {
+                    Some(Err(e)) => Some(format!("{s}: {e}")),
+                    _ => None,
+                })
+                .collect();
+            if let Some(err) = object_errors.get(&okey) {
+                record
+                    .status
+                    .set(cond::WORKS_SUCCEEDED, CS::False, "WorksFailing", err);
+                record
+                    .status
+                    .set(cond::RECONCILED, CS::False, "WorksFailing", "Failing");
+                continue;
+            }
+            if !failed.is_empty() {
+                // Keep the old placements: the next pass writes again.
+                let msg = format!(
+                    "Some works associated with this resource failed: [{}]",
+                    failed.join("; ")
+                );
+                record
+                    .status
+                    .set(cond::WORKS_SUCCEEDED, CS::False, "WorksFailing", &msg);
+                record
+                    .status
+                    .set(cond::RECONCILED, CS::False, "WorksFailing", "Failing");
+                continue;
+            }
+            for s in &stores {
+                if let Some(Ok(Some(sha))) = store_results.get(*s)
+                    && touched.get(*s).is_some_and(|t| t.contains(&okey))
+                {
+                    record.status.commits.insert((*s).clone(), sha.clone());
+                }
+            }
+            record.placements = places;
+            finish_status(record);
+        }
+        // Deleted objects whose files are gone are forgotten.
+        self.state
+            .requests
+            .retain(|_, r| !(r.deleting && r.placements.is_empty()));
+        self.state
+            .promises
+            .retain(|_, r| !(r.deleting && r.placements.is_empty()));
+        self.state.config_commit = cfg.commit.clone();
+        self.dir.save(&self.state)?;
+        report.duration = started.elapsed();
+        for o in &mut report.objects {
+            if let Some(r) = self.record(&o.key) {
+                o.refresh(r);
+            }
+        }
+        Ok(report)
+    }
+
+    fn record(&self, key: &str) -> Option<&ObjectRecord> {
+        self.state
+            .requests
+            .get(key)
+            .or_else(|| self.state.promises.get(key))
+    }
+
+    fn record_mut(&mut self, key: &str) -> Option<&mut ObjectRecord> {
+        if self.state.requests.contains_key(key) {
+            self.state.requests.get_mut(key)
+        } else {
+            self.state.promises.get_mut(key)
+        }
+    }
+
+    /// Opens a state store object for every GitStateStore in the config and runs its
+    /// write-permission check once. Returns `<kind>/<name>` → error for stores that cannot be used.
+    async fn open_stores(&mut self, cfg: &ValidConfig) -> BTreeMap<String, String> {
+        let mut errors = BTreeMap::new();
+        for s in &cfg.git_state_stores {
+            let key = format!("GitStateStore/{}", s.id.name);
+            let mut spec_json = serde_json::to_value(&s.object.spec).expect("spec serialises");
+            if let Some(url) = spec_json.get("url").and_then(Value::as_str)
+                && let Some(resolved) = resolve_local_url(url, self.dir.root())
+            {
+                spec_json["url"] = Value::String(resolved);
+            }
+            let spec_hash = sha256_hex(spec_json.to_string().as_bytes());
+            if self.stores.get(&key).is_none_or(|(h, _)| *h != spec_hash) {
+                let spec: statestores::git::GitStateStoreSpec =
+                    match serde_json::from_value(spec_json) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            errors.insert(key, format!("invalid spec: {e}"));
+                            continue;
+                        }
+                    };
+                let mut opts = statestores::GitOptions::new(self.dir.stores_dir());
+                opts.insecure_skip_tls_verify = self.settings.git.insecure_skip_tls_verify;
+                opts.secrets_dir = self.settings.secrets_dir.clone();
+                opts.max_push_attempts = self.settings.git.max_push_attempts.max(1);
+                match statestores::GitStateStore::open(&s.id.name, spec, opts) {
+                    Ok(store) => {
+                        self.stores
+                            .insert(key.clone(), (spec_hash, Arc::new(store)));
+                        self.checked.remove(&key);
+                    }
+                    Err(e) => {
+                        errors.insert(key, e.to_string());
+                        continue;
+                    }
+                }
+            }
+            if !self.checked.contains(&key) {
+                let store = self.stores[&key].1.clone();
+                match store.check().await {
+                    Ok(()) => {
+                        self.checked.insert(key);
+                    }
+                    Err(e) => {
+                        errors.insert(key, format!("write-permission check failed: {e}"));
+                    }
+                }
+            }
+        }
+        for s in &cfg.bucket_state_stores {
+            errors.insert(
+                format!("BucketStateStore/{}", s.id.name),
+                "BucketStateStore is not supported by this version of promised".into(),
+            );
+        }
+        errors
+    }
+
+    /// After the state directory was lost, recover sticky placements from the state stores'
+    /// ownership indexes, so requests do not move and files are not duplicated.
+    async fn rebuild_from_indexes_if_empty(&mut self, dests: &[DestView]) {
+        if !self.state.requests.is_empty() || !self.state.promises.is_empty() {
+            return;
+        }
+        for (key, (_, store)) in &self.stores {
+            let Ok(entries) = store.owned("").await else {
+                continue;
+            };
+            for e in entries {
+                let Some(d) = dests
+                    .iter()
+                    .find(|d| d.info.name == e.owner.destination && &d.store == key)
+                else {
+                    continue;
+                };
+                let _ = d;
+                let (okey, object) = match &e.owner.resource {
+                    Some(nsname) => {
+                        let (ns, name) = nsname.split_once('/').unwrap_or(("default", nsname));
+                        (
+                            request_key(&e.owner.promise, ns, name),
+                            ObjectRef {
+                                kind: String::new(),
+                                namespace: Some(ns.into()),
+                                name: name.into(),
+                            },
+                        )
+                    }
+                    None => (
+                        promise_key(&e.owner.promise),
+                        ObjectRef {
+                            kind: "Promise".into(),
+                            namespace: None,
+                            name: e.owner.promise.clone(),
+                        },
+                    ),
+                };
+                if e.owner.key.ends_with("/kratix-canary") {
+                    continue;
+                }
+                let rec = if e.owner.resource.is_some() {
+                    &mut self.state.requests
+                } else {
+                    &mut self.state.promises
+                }
+                .entry(okey)
+                .or_insert_with(|| new_record(&object, &e.owner.promise));
+                let group_id = e
+                    .owner
+                    .key
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let pipeline = e.owner.pipeline.clone().unwrap_or_default();
+                match rec.placements.iter_mut().find(|p| p.key == e.owner.key) {
+                    Some(p) => p.files.push(FileRecord {
+                        path: e.path.clone(),
+                        sha256: e.sha256.clone(),
+                    }),
+                    None => rec.placements.push(PlacementRecord {
+                        key: e.owner.key.clone(),
+                        store: key.clone(),
+                        destination: e.owner.destination.clone(),
+                        pipeline,
+                        // The index keeps id5 only; the scheduler matches on the full id, so
+                        // stickiness is restored through `destination` below.
+                        group_id: group_id_from_id5(&group_id),
+                        dir: String::new(),
+                        misplaced: false,
+                        files: vec![FileRecord {
+                            path: e.path.clone(),
+                            sha256: e.sha256.clone(),
+                        }],
+                    }),
+                }
+            }
+        }
+        let n = self.state.requests.len() + self.state.promises.len();
+        if n > 0 {
+            tracing::info!(objects = n, "rebuilt placements from state store indexes");
+        }
+    }
+
+    /// Canary writes (`Ok`) and removals (`Err(owner key)`) per store, and registration records.
+    fn canaries(
+        &mut self,
+        cfg: &ValidConfig,
+    ) -> Result<Vec<(String, Result<PlacementWrite, String>)>, EngineError> {
+        let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
+        for d in &cfg.destinations {
+            let name = d.id.name.clone();
+            seen.insert(name.clone());
+            let Some(store_key) = store_key_of(
+                &d.object.spec.state_store_ref.kind,
+                &d.object.spec.state_store_ref.name,
+            ) else {
+                continue;
+            };
+            let store_path = store_path(cfg, &store_key);
+            let key = format!("{name}/kratix-canary");
+            let rec = self
+                .state
+                .destinations
+                .entry(name.clone())
+                .or_insert_with(|| DestinationRecord {
+                    store: store_key.clone(),
+                    cleanup_all: false,
+                    canary_key: None,
+                });
+            rec.cleanup_all = d.object.spec.cleanup == crate::model::Cleanup::All;
+            if rec.store != store_key {
+                if let Some(k) = rec.canary_key.take() {
+                    out.push((rec.store.clone(), Err(k)));
+                }
+                rec.store = store_key.clone();
+            }
+            if d.object.spec.init_workloads.enabled {
+                let files = layout::canary_files(
+                    &store_path,
+                    &d.object.spec.path,
+                    d.object.spec.filepath.mode,
+                )
+                .into_iter()
+                .map(|(path, content)| FileWrite {
+                    path,
+                    content: content.as_bytes().to_vec(),
+                })
+                .collect();
+                let owner = Owner {
+                    key: key.clone(),
+                    destination: name.clone(),
+                    promise: "kratix-canary".into(),
+                    resource: None,
+                    pipeline: None,
+                };
+                rec.canary_key = Some(key);
+                out.push((store_key, Ok(PlacementWrite { owner, files })));
+            } else if let Some(k) = rec.canary_key.take() {
+                out.push((store_key, Err(k)));
+            }
+        }
+        // Destinations that left the config repo: `cleanup: all` removes everything placed there.
+        let gone: Vec<String> = self
+            .state
+            .destinations
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
+        for name in gone {
+            let rec = self.state.destinations.remove(&name).expect("listed above");
+            if rec.cleanup_all {
+                if let Some(k) = rec.canary_key {
+                    out.push((rec.store.clone(), Err(k)));
+                }
+                for obj in self
+                    .state
+                    .requests
+                    .values_mut()
+                    .chain(self.state.promises.values_mut())
+                {
+                    for p in obj.placements.iter().filter(|p| p.destination == name) {
+                        out.push((p.store.clone(), Err(p.key.clone())));
+                    }
+                    obj.placements.retain(|p| p.destination != name);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `spec.dependencies` as one output (`static/<promise>-dependencies.yaml`, pipeline "").
+    fn static_dependencies(&self, p: &ValidPromise) -> Result<Option<OutputRecord>, EngineError> {
+        let deps = &p.promise.object.spec.dependencies;
+        if deps.is_empty() {
+            return Ok(None);
+        }
+        let body = deps.iter().map(to_yaml).collect::<Vec<_>>().join("---\n");
+        let sha = self.dir.put_blob(body.as_bytes())?;
+        Ok(Some(OutputRecord {
+            pipeline: String::new(),
+            files: vec![FileRecord {
+                path: format!("static/{}-dependencies.yaml", p.name()),
+                sha256: sha,
+            }],
+            selectors: Vec::new(),
+        }))
+    }
+
+    /// Hash of everything a promise workflow depends on.
+    fn promise_hash(&self, p: &ValidPromise) -> String {
+        let spec = p.promise.raw.get("spec").cloned().unwrap_or(Value::Null);
+        let images: Vec<&Pipeline> = p
+            .promise
+            .object
+            .spec
+            .workflows
+            .promise
+            .configure
+            .iter()
+            .collect();
+        let overrides = override_fingerprint(&self.runner, images.into_iter());
+        sha256_hex(format!("{ENGINE_VERSION}\n{spec}\n{overrides}").as_bytes())
+    }
+
+    /// Turns a workflow result into the record: status, pipeline phases, cached outputs.
+    fn absorb_result(
+        &self,
+        record: &mut ObjectRecord,
+        hash: &str,
+        result: &WorkflowResult,
+        promise_level: bool,
+        report: &mut PassReport,
+    ) -> Result<(), EngineError> {
+        let now = now_rfc3339();
+        let total = record.status.pipelines.len().max(result.pipelines.len()) as u32;
+        let mut outputs: BTreeMap<String, OutputRecord> = record
+            .outputs
+            .iter()
+            .map(|o| (o.pipeline.clone(), o.clone()))
+            .collect();
+        let mut phases = Vec::new();
+        let mut failed = None;
+        let mut suspended = None;
+        for pr in &result.pipelines {
+            let (phase, message, next) = match &pr.outcome {
+                Outcome::Succeeded => (Phase::Succeeded, String::new(), None),
+                Outcome::Failed { error } => {
+                    failed = Some((pr.name.clone(), error.to_string()));
+                    (Phase::Failed, error.to_string(), None)
+                }
+                Outcome::Suspended { message } => {
+                    suspended = Some((pr.name.clone(), message.clone(), None));
+                    (Phase::Suspended, message.clone(), None)
+                }
+                Outcome::Retry { after, message } => {
+                    let at =
+                        humantime::format_rfc3339_seconds(SystemTime::now() + *after).to_string();
+                    suspended = Some((pr.name.clone(), message.clone(), Some(at.clone())));
+                    (Phase::Suspended, message.clone(), Some(at))
+                }
+            };
+            let attempts = record
+                .status
+                .pipelines
+                .iter()
+                .find(|p| p.name == pr.name)
+                .map(|p| p.attempts)
+                .unwrap_or(0);
+            phases.push(PipelineStatus {
+                name: pr.name.clone(),
+                phase,
+                message,
+                attempts: if next.is_some() { attempts + 1 } else { 0 },
+                next_retry_at: next,
+                last_transition_time: now.clone(),
+            });
+            if pr.outcome == Outcome::Succeeded {
+                let mut files = Vec::with_capacity(pr.outputs.len());
+                for f in &pr.outputs {
+                    let sha = self.dir.put_blob(&f.bytes)?;
+                    files.push(FileRecord {
+                        path: f.path.clone(),
+                        sha256: sha,
+                    });
+                }
+                let selectors = pr
+                    .selectors
+                    .iter()
+                    .map(|s| WorkflowSelector {
+                        directory: s.directory.clone(),
+                        match_labels: s.match_labels.clone(),
+                    })
+                    .collect();
+                outputs.insert(
+                    pr.name.clone(),
+                    OutputRecord {
+                        pipeline: pr.name.clone(),
+                        files,
+                        selectors,
+                    },
+                );
+            }
+            if let Some(log) = pr.logs.last()
+                && !matches!(pr.outcome, Outcome::Succeeded)
+            {
+                report.logs.push(format!(
+                    "{}: {}",
+                    pr.name,
+                    log.stderr
+                        .lines()
+                        .rev()
+                        .take(5)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ));
+            }
+        }
+        record.input_hash = hash.to_string();
+        record.status.fields = result.merged_status.clone();
+        if let Some(m) = record.status.fields.get("message").and_then(Value::as_str) {
+            record.status.message = m.to_string();
+        }
+        record.status.pipelines = phases;
+        record.status.workflows = total;
+        if let Some((name, err)) = failed {
+            record.completed = false;
+            record.status.workflows_failed = 1;
+            record.status.workflows_succeeded = 0;
+            record.status.set(
+                cond::CONFIGURE_WORKFLOW_COMPLETED,
+                CS::False,
+                "ConfigureWorkflowFailed",
+                &format!("A Configure Pipeline has failed: {name}"),
+            );
+            record.status.set(
+                cond::RECONCILED,
+                CS::False,
+                "ConfigureWorkflowFailed",
+                "Failing",
+            );
+            record.status.message = format!("Failing: pipeline {name}: {err}");
+            record.outputs = outputs.into_values().collect();
+            return Ok(());
+        }
+        if let Some((name, message, _)) = suspended {
+            record.completed = false;
+            record.status.set(
+                cond::RECONCILED,
+                CS::Unknown,
+                "WorkflowSuspended",
+                "Suspended",
+            );
+            record.status.set(
+                cond::CONFIGURE_WORKFLOW_COMPLETED,
+                CS::False,
+                "PipelinesInProgress",
+                "Pipelines are still in progress",
+            );
+            if !message.is_empty() {
+                record.status.message = message;
+            } else {
+                record.status.message = format!("Suspended at pipeline {name}");
+            }
+            record.outputs = outputs.into_values().collect();
+            return Ok(());
+        }
+        // Completed: exactly the current pipelines' outputs (Kratix deletes Works of pipelines
+        // that are no longer part of the workflow).
+        let names: BTreeSet<&str> = result.pipelines.iter().map(|p| p.name.as_str()).collect();
+        record.outputs = outputs
+            .into_values()
+            .filter(|o| o.pipeline.is_empty() || names.contains(o.pipeline.as_str()))
+            .collect();
+        record.completed = true;
+        let default_msg = if promise_level {
+            "Promise configured"
+        } else {
+            "Resource requested"
+        };
+        set_completed(
+            &mut record.status,
+            result.pipelines.len() as u32,
+            default_msg,
+        );
+        Ok(())
+    }
+
+    fn load_files(&self, files: &[FileRecord]) -> Result<Vec<FileWrite>, EngineError> {
+        files
+            .iter()
+            .map(|f| {
+                Ok(FileWrite {
+                    path: f.path.clone(),
+                    content: self.dir.get_blob(&f.sha256)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Rebuilds the single file of every `aggregatedYAML` Destination whose placements changed.
+    fn aggregates(
+        &mut self,
+        dests: &[DestView],
+        desired: &BTreeMap<String, Vec<PlacementRecord>>,
+        sets: &mut BTreeMap<String, ChangeSet>,
+    ) -> Result<(), EngineError> {
+        for d in dests
+            .iter()
+            .filter(|d| d.mode == FilepathMode::AggregatedYaml)
+        {
+            let mut places: Vec<&PlacementRecord> = desired
+                .values()
+                .flatten()
+                .filter(|p| p.destination == d.info.name)
+                .collect();
+            places.sort_by(|a, b| a.key.cmp(&b.key));
+            let mut docs = Vec::new();
+            for p in &places {
+                let mut files = p.files.clone();
+                files.sort();
+                for f in files {
+                    docs.push(
+                        String::from_utf8_lossy(&self.dir.get_blob(&f.sha256)?)
+                            .trim_end_matches('\n')
+                            .to_string(),
+                    );
+                }
+            }
+            let key = format!("{}/aggregated", d.info.name);
+            let owner = Owner {
+                key: key.clone(),
+                destination: d.info.name.clone(),
+                promise: "kratix-aggregate".into(),
+                resource: None,
+                pipeline: None,
+            };
+            let set = sets.entry(d.store.clone()).or_default();
+            if docs.is_empty() {
+                set.removals.push(key);
+            } else {
+                let mut content = docs.join(layout::AGGREGATE_SEPARATOR);
+                content.push('\n');
+                set.writes.push(PlacementWrite {
+                    owner,
+                    files: vec![FileWrite {
+                        path: layout::aggregated_path(&d.store_path, &d.path, &d.filename),
+                        content: content.into_bytes(),
+                    }],
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete workflows and pruning for objects that left the config repo.
+    async fn deletions(
+        &mut self,
+        cfg: &ValidConfig,
+        present: &Presence,
+        config_root: &Path,
+        desired: &mut BTreeMap<String, Vec<PlacementRecord>>,
+        report: &mut PassReport,
+    ) -> Result<(), EngineError> {
+        let gone_requests: Vec<String> = self
+            .state
+            .requests
+            .iter()
+            .filter(|(k, r)| !present.request(k, &r.status.object))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let gone_promises: Vec<String> = self
+            .state
+            .promises
+            .keys()
+            .filter(|k| !present.promises.contains(k.trim_start_matches("promise/")))
+            .cloned()
+            .collect();
+        for (keys, is_request) in [(gone_requests, true), (gone_promises, false)] {
+            for key in keys {
+                let map = if is_request {
+                    &mut self.state.requests
+                } else {
+                    &mut self.state.promises
+                };
+                let mut record = map.remove(&key).expect("listed above");
+                let promise_name = record.status.promise.clone();
+                // The Promise that defines the delete pipeline: the current one, else the last seen.
+                let promise_doc = cfg
+                    .promise(&promise_name)
+                    .map(|p| (p.clone(), promise_dir(config_root, &p.promise.origin.file)))
+                    .or_else(|| {
+                        self.state
+                            .promises
+                            .get(&promise_key(&promise_name))
+                            .or(if is_request { None } else { Some(&record) })
+                            .and_then(|pr| {
+                                let doc = pr.promise.clone()?;
+                                let promise: Promise = serde_json::from_value(doc.clone()).ok()?;
+                                let dir = pr
+                                    .promise_dir
+                                    .as_ref()
+                                    .map(|d| config_root.join(d))
+                                    .filter(|d| d.is_dir());
+                                Some((rebuild_valid_promise(promise, doc), dir))
+                            })
+                    });
+                let mut delete_failed = None;
+                if let Some((vp, dir)) = promise_doc {
+                    let wf = if is_request {
+                        &vp.promise.object.spec.workflows.resource
+                    } else {
+                        &vp.promise.object.spec.workflows.promise
+                    };
+                    if let Some(first) = wf.delete.first() {
+                        let request = if is_request {
+                            valid_request_from_record(&record, &promise_name)
+                        } else {
+                            None
+                        };
+                        let job = Job {
+                            key: key.clone(),
+                            promise: vp.clone(),
+                            request,
+                            action: Action::Delete,
+                            pipelines: vec![first.clone()],
+                            object_yaml: to_yaml(&record.object),
+                            existing_status: record.status.fields.clone(),
+                            promise_dir: dir,
+                        };
+                        let result = run_job(&self.runner, &job).await;
+                        report.pipelines_run += result.pipelines.len();
+                        if let Some(e) = result.error() {
+                            delete_failed = Some(e.to_string());
+                        }
+                    }
+                }
+                if let Some(err) = delete_failed {
+                    record.status.set(
+                        cond::DELETE_WORKFLOW_COMPLETED,
+                        CS::False,
+                        "DeleteWorkflowFailed",
+                        "The Delete Pipeline has failed",
+                    );
+                    record.status.message =
+                        format!("Deletion blocked: delete pipeline failed: {err}");
+                    report
+                        .objects
+                        .push(ObjectReport::new(&record, ObjectAction::Failed));
+                    desired.insert(key.clone(), record.placements.clone());
+                    let map = if is_request {
+                        &mut self.state.requests
+                    } else {
+                        &mut self.state.promises
+                    };
+                    map.insert(key, record);
+                    continue;
+                }
+                // Prune: desired = nothing; the record is dropped after the write succeeds.
+                report
+                    .objects
+                    .push(ObjectReport::new(&record, ObjectAction::Deleted));
+                desired.insert(key.clone(), Vec::new());
+                record.deleting = true;
+                let map = if is_request {
+                    &mut self.state.requests
+                } else {
+                    &mut self.state.promises
+                };
+                map.insert(key, record);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which objects are in the config repo, valid or not.
+struct Presence {
+    promises: BTreeSet<String>,
+    requests: BTreeSet<(String, String, String)>, // kind, namespace, name
+}
+
+impl Presence {
+    fn of(cfg: &ValidConfig) -> Presence {
+        let mut promises: BTreeSet<String> =
+            cfg.promises.iter().map(|p| p.name().to_string()).collect();
+        let mut requests = BTreeSet::new();
+        for r in &cfg.requests {
+            requests.insert((
+                r.id.kind.clone(),
+                r.namespace().to_string(),
+                r.name().to_string(),
+            ));
+        }
+        for r in &cfg.rejected {
+            if r.id.kind == "Promise" {
+                promises.insert(r.id.name.clone());
+            } else {
+                requests.insert((
+                    r.id.kind.clone(),
+                    r.id.namespace.clone().unwrap_or_else(|| "default".into()),
+                    r.id.name.clone(),
+                ));
+            }
+        }
+        Presence { promises, requests }
+    }
+
+    /// A request is present when its Promise is present and the request itself is in the repo
+    /// (valid or not). Requests of a removed Promise are deleted with it, as in Kratix.
+    fn request(&self, key: &str, id: &ObjectRef) -> bool {
+        let promise = key.split('/').next().unwrap_or_default();
+        if !self.promises.contains(promise) {
+            return false;
+        }
+        if id.kind.is_empty() {
+            // Rebuilt from an index: kind unknown, match on namespace/name only.
+            let ns = id.namespace.clone().unwrap_or_default();
+            return self
+                .requests
+                .iter()
+                .any(|(_, n, m)| *n == ns && *m == id.name);
+        }
+        self.requests.contains(&(
+            id.kind.clone(),
+            id.namespace.clone().unwrap_or_default(),
+            id.name.clone(),
+        ))
+    }
+}
+
+/// State key of a request.
+pub fn request_key(promise: &str, namespace: &str, name: &str) -> String {
+    format!("{promise}/{namespace}/{name}")
+}
+
+/// State key of a Promise.
+pub fn promise_key(name: &str) -> String {
+    format!("promise/{name}")
+}
+
+fn new_record(id: &ObjectRef, promise: &str) -> ObjectRecord {
+    ObjectRecord {
+        input_hash: String::new(),
+        completed: false,
+        object: Value::Null,
+        promise: None,
+        promise_dir: None,
+        placements: Vec::new(),
+        outputs: Vec::new(),
+        deleting: false,
+        status: ObjectStatus::new(id.clone(), promise),
+    }
+}
+
+/// Re-run when the inputs changed, or the last run did not complete (failed, or a retry whose
+/// time has come). A `suspend: true` without `retryAfter` waits for a spec change.
+fn needs_run(record: &ObjectRecord, hash: &str) -> bool {
+    if record.input_hash != hash {
+        return true;
+    }
+    if record.completed {
+        return false;
+    }
+    let suspended = record
+        .status
+        .pipelines
+        .iter()
+        .find(|p| p.phase == Phase::Suspended);
+    match suspended {
+        Some(p) => match &p.next_retry_at {
+            Some(at) => humantime::parse_rfc3339(at)
+                .map(|t| t <= SystemTime::now())
+                .unwrap_or(true),
+            None => false,
+        },
+        None => true,
+    }
+}
+
+fn set_completed(status: &mut ObjectStatus, n: u32, default_message: &str) {
+    status.workflows = n;
+    status.workflows_succeeded = n;
+    status.workflows_failed = 0;
+    status.set(
+        cond::CONFIGURE_WORKFLOW_COMPLETED,
+        CS::True,
+        "PipelinesExecutedSuccessfully",
+        "Pipelines completed",
+    );
+    status.last_successful_configure_workflow_time = Some(now_rfc3339());
+    if status.message == "Pending"
+        || status.message.is_empty()
+        || status.message.starts_with("Failing")
+        || status.message.starts_with("Pending")
+    {
+        status.message = default_message.to_string();
+    }
+    if let Some(m) = status.fields.get("message").and_then(Value::as_str) {
+        status.message = m.to_string();
+    }
+}
+
+/// Conditions after a successful write (kratix-contract.md §5.1).
+fn finish_status(record: &mut ObjectRecord) {
+    let misplaced: Vec<&str> = record
+        .placements
+        .iter()
+        .filter(|p| p.misplaced)
+        .map(|p| p.destination.as_str())
+        .collect();
+    let unscheduled = record
+        .status
+        .condition(cond::WORKS_SUCCEEDED)
+        .is_some_and(|c| c.reason == "WorksPending");
+    record.status.destinations = record
+        .placements
+        .iter()
+        .map(|p| Landed {
+            destination: p.destination.clone(),
+            pipeline: p.pipeline.clone(),
+            path: p.dir.clone(),
+            misplaced: p.misplaced,
+        })
+        .collect();
+    record.status.destinations.sort();
+    record.status.destinations.dedup();
+    if !misplaced.is_empty() {
+        record.status.set(
+            cond::WORKS_SUCCEEDED,
+            CS::False,
+            "WorksMisplaced",
+            &format!(
+                "Some works associated with this resource are misplaced: [{}]",
+                misplaced.join(", ")
+            ),
+        );
+    } else if !unscheduled {
+        record.status.set(
+            cond::WORKS_SUCCEEDED,
+            CS::True,
+            "WorksSucceeded",
+            "All works associated with this resource are ready",
+        );
+    }
+    let configured = record
+        .status
+        .condition(cond::CONFIGURE_WORKFLOW_COMPLETED)
+        .map(|c| c.status);
+    let works_ok = record
+        .status
+        .condition(cond::WORKS_SUCCEEDED)
+        .map(|c| c.status == CS::True)
+        .unwrap_or(true);
+    match configured {
+        Some(CS::True) if works_ok => {
+            record
+                .status
+                .set(cond::RECONCILED, CS::True, "Reconciled", "Reconciled")
+        }
+        Some(CS::True) if unscheduled => {
+            record
+                .status
+                .set(cond::RECONCILED, CS::Unknown, "WorksPending", "Pending")
+        }
+        _ => {}
+    }
+}
+
+fn note_unscheduled(status: &mut ObjectStatus, unscheduled: &[(String, String)], what: &str) {
+    if unscheduled.is_empty() {
+        if status
+            .condition(cond::WORKS_SUCCEEDED)
+            .is_some_and(|c| c.reason == "WorksPending")
+        {
+            status.clear(cond::WORKS_SUCCEEDED);
+        }
+        return;
+    }
+    let groups: Vec<String> = unscheduled
+        .iter()
+        .map(|(p, d)| format!("{p}:{d}"))
+        .collect();
+    status.set(
+        cond::WORKS_SUCCEEDED,
+        CS::Unknown,
+        "WorksPending",
+        &format!("Some works associated with this {what} are not ready: no matching Destination for workload groups [{}]", groups.join(", ")),
+    );
+}
+
+fn dest_views(cfg: &ValidConfig) -> Vec<DestView> {
+    cfg.destinations
+        .iter()
+        .filter_map(|d| {
+            let store = store_key_of(
+                &d.object.spec.state_store_ref.kind,
+                &d.object.spec.state_store_ref.name,
+            )?;
+            Some(DestView {
+                info: DestinationInfo {
+                    name: d.id.name.clone(),
+                    labels: d.object.metadata.labels.clone(),
+                    strict_match_labels: d.object.spec.strict_match_labels,
+                },
+                store_path: store_path(cfg, &store),
+                store,
+                path: d.object.spec.path.clone(),
+                mode: d.object.spec.filepath.mode,
+                filename: d.object.spec.filepath.filename.clone(),
+            })
+        })
+        .collect()
+}
+
+fn dest_mode(dests: &[DestView], name: &str) -> Option<FilepathMode> {
+    dests.iter().find(|d| d.info.name == name).map(|d| d.mode)
+}
+
+fn store_key_of(kind: &StateStoreKind, name: &str) -> Option<String> {
+    Some(format!("{}/{name}", kind.as_str()))
+}
+
+fn store_path(cfg: &ValidConfig, store_key: &str) -> String {
+    let (kind, name) = store_key.split_once('/').unwrap_or_default();
+    match kind {
+        "GitStateStore" => cfg
+            .git_state_stores
+            .iter()
+            .find(|s| s.id.name == name)
+            .map(|s| s.object.spec.path.clone()),
+        _ => cfg
+            .bucket_state_stores
+            .iter()
+            .find(|s| s.id.name == name)
+            .map(|s| s.object.spec.path.clone()),
+    }
+    .unwrap_or_default()
+}
+
+/// A relative local path (no scheme, no `user@host:`) is resolved against the state directory.
+fn resolve_local_url(url: &str, state_dir: &Path) -> Option<String> {
+    if url.contains("://") || url.contains('@') || url.contains(':') || Path::new(url).is_absolute()
+    {
+        return None;
+    }
+    let abs = std::path::absolute(state_dir.join(url)).ok()?;
+    Some(abs.to_string_lossy().into_owned())
+}
+
+fn parent_dir(file: &str) -> String {
+    file.rsplit_once('/')
+        .map(|(d, _)| d.to_string())
+        .unwrap_or_default()
+}
+
+fn promise_dir(root: &Path, file: &str) -> Option<PathBuf> {
+    let d = root.join(parent_dir(file));
+    d.is_dir().then_some(d)
+}
+
+fn owner_for(okey: &str, pl: &PlacementRecord) -> Owner {
+    let mut parts = okey.splitn(3, '/');
+    let first = parts.next().unwrap_or_default();
+    let (promise, resource) = if first == "promise" {
+        (parts.next().unwrap_or_default().to_string(), None)
+    } else {
+        let ns = parts.next().unwrap_or_default();
+        let name = parts.next().unwrap_or_default();
+        (first.to_string(), Some(format!("{ns}/{name}")))
+    };
+    Owner {
+        key: pl.key.clone(),
+        destination: pl.destination.clone(),
+        promise,
+        resource,
+        pipeline: (!pl.pipeline.is_empty()).then(|| pl.pipeline.clone()),
+    }
+}
+
+/// Promises sorted so that required Promises come first (ties and cycles by name).
+fn order_promises(promises: &[ValidPromise]) -> Vec<&ValidPromise> {
+    let mut done: BTreeSet<&str> = BTreeSet::new();
+    let mut out = Vec::new();
+    let names: BTreeSet<&str> = promises.iter().map(|p| p.name()).collect();
+    while out.len() < promises.len() {
+        let before = out.len();
+        for p in promises {
+            if done.contains(p.name()) {
+                continue;
+            }
+            let ready = p
+                .promise
+                .object
+                .spec
+                .required_promises
+                .iter()
+                .all(|r| done.contains(r.name.as_str()) || !names.contains(r.name.as_str()));
+            if ready {
+                done.insert(p.name());
+                out.push(p);
+            }
+        }
+        if out.len() == before {
+            // A cycle: take the rest in name order.
+            for p in promises {
+                if done.insert(p.name()) {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A `requiredPromises` entry is met when that Promise is available and, if a version is
+/// given, its `kratix.io/promise-version` label matches.
+fn requirement_met(
+    cfg: &ValidConfig,
+    available: &BTreeMap<String, bool>,
+    name: &str,
+    version: &str,
+) -> bool {
+    let Some(p) = cfg.promise(name) else {
+        return false;
+    };
+    if !available.get(name).copied().unwrap_or(false) {
+        return false;
+    }
+    version.is_empty()
+        || p.promise
+            .object
+            .metadata
+            .labels
+            .get(PROMISE_VERSION_LABEL)
+            .is_some_and(|v| v == version)
+}
+
+fn request_hash(
+    promise_hash: &str,
+    r: &ValidRequest,
+    runner: &RunnerConfig,
+    pipelines: &[Pipeline],
+) -> String {
+    let spec = r.object.get("spec").cloned().unwrap_or(Value::Null);
+    let overrides = override_fingerprint(runner, pipelines.iter());
+    sha256_hex(format!("{promise_hash}\n{spec}\n{overrides}").as_bytes())
+}
+
+/// The image overrides used by these pipelines, as stable text.
+fn override_fingerprint<'a>(
+    runner: &RunnerConfig,
+    pipelines: impl Iterator<Item = &'a Pipeline>,
+) -> String {
+    let mut used = BTreeMap::new();
+    for p in pipelines {
+        for c in &p.spec.containers {
+            if let Some(o) = runner.image_overrides.get(&c.image) {
+                used.insert(
+                    c.image.clone(),
+                    serde_json::to_string(o).unwrap_or_default(),
+                );
+            }
+        }
+    }
+    serde_json::to_string(&used).unwrap_or_default()
+}
+
+async fn run_job(runner: &RunnerConfig, job: &Job) -> WorkflowResult {
+    let mut input = match &job.request {
+        Some(r) => WorkflowInput::for_request(&job.promise, r, job.action),
+        None => WorkflowInput::for_promise(&job.promise, job.action),
+    };
+    input.pipelines = &job.pipelines;
+    input.object_yaml = job.object_yaml.clone();
+    input.existing_status = job.existing_status.clone();
+    input.promise_dir = job.promise_dir.clone();
+    let span = tracing::info_span!("workflow", key = %job.key, action = job.action.as_str());
+    let _enter = span.enter();
+    pipeline::run_workflow(runner, &input).await
+}
+
+/// Runs jobs with at most `limit` at once; results in job order.
+async fn run_jobs(
+    runner: &Arc<RunnerConfig>,
+    jobs: Vec<&Job>,
+    limit: usize,
+) -> Vec<WorkflowResult> {
+    let sem = Arc::new(Semaphore::new(limit.max(1)));
+    let mut handles = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let sem = sem.clone();
+        let runner = runner.clone();
+        let job = Job {
+            key: job.key.clone(),
+            promise: job.promise.clone(),
+            request: job.request.clone(),
+            action: job.action,
+            pipelines: job.pipelines.clone(),
+            object_yaml: job.object_yaml.clone(),
+            existing_status: job.existing_status.clone(),
+            promise_dir: job.promise_dir.clone(),
+        };
+        handles.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await.expect("semaphore never closed");
+            run_job(&runner, &job).await
+        }));
+    }
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap_or_else(|e| WorkflowResult {
+            pipelines: vec![pipeline::PipelineResult {
+                name: String::new(),
+                outcome: Outcome::Failed {
+                    error: pipeline::Error::SpawnFailed {
+                        pipeline: String::new(),
+                        container: String::new(),
+                        message: format!("pipeline task panicked: {e}"),
+                    },
+                },
+                outputs: Vec::new(),
+                selectors: Vec::new(),
+                status: None,
+                logs: Vec::new(),
+            }],
+            merged_status: Map::new(),
+        }));
+    }
+    out
+}
+
+/// mode `none` writes every placement straight into the Destination directory; when two
+/// placements on one store claim the same path, the later one (by key) fails and keeps its
+/// previous placements.
+fn detect_collisions(
+    desired: &mut BTreeMap<String, Vec<PlacementRecord>>,
+    state: &State,
+    errors: &mut BTreeMap<String, String>,
+) {
+    let mut claimed: BTreeMap<(String, String), String> = BTreeMap::new();
+    let keys: Vec<String> = desired.keys().cloned().collect();
+    for okey in keys {
+        let places = &desired[&okey];
+        let mut conflict = None;
+        for p in places {
+            for f in &p.files {
+                if let Some(other) = claimed.get(&(p.store.clone(), f.path.clone()))
+                    && *other != p.key
+                {
+                    conflict = Some(format!("{} is also written by placement {other}", f.path));
+                }
+            }
+        }
+        match conflict {
+            Some(msg) => {
+                errors.insert(okey.clone(), msg);
+                let old = state
+                    .requests
+                    .get(&okey)
+                    .or_else(|| state.promises.get(&okey))
+                    .map(|r| r.placements.clone())
+                    .unwrap_or_default();
+                desired.insert(okey, old);
+            }
+            None => {
+                for p in places {
+                    for f in &p.files {
+                        claimed.insert((p.store.clone(), f.path.clone()), p.key.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn group_id_from_id5(id5: &str) -> String {
+    // Only the root group can be recognised from its id5; other ids stay partial.
+    if id5 == &layout::group_id(layout::ROOT_DIRECTORY)[..5] {
+        layout::group_id(layout::ROOT_DIRECTORY)
+    } else {
+        id5.to_string()
+    }
+}
+
+fn rebuild_valid_promise(promise: Promise, raw: Value) -> ValidPromise {
+    let api = promise
+        .spec
+        .api
+        .as_ref()
+        .and_then(|a| crate::model::PromiseApi::from_crd(a).ok().flatten());
+    ValidPromise {
+        promise: crate::config::Located {
+            origin: crate::diag::Origin {
+                file: String::new(),
+                document: 0,
+            },
+            id: ObjectRef {
+                kind: "Promise".into(),
+                namespace: None,
+                name: promise.metadata.name.clone(),
+            },
+            object: promise,
+            raw,
+        },
+        api,
+        schema: None,
+    }
+}
+
+fn valid_request_from_record(record: &ObjectRecord, promise: &str) -> Option<ValidRequest> {
+    if record.object.is_null() {
+        return None;
+    }
+    Some(ValidRequest {
+        origin: crate::diag::Origin {
+            file: String::new(),
+            document: 0,
+        },
+        id: record.status.object.clone(),
+        promise: promise.to_string(),
+        object: record.object.clone(),
+    })
+}
+
+/// How long until the next retry is due among suspended objects (for the daemon's queue).
+pub fn next_retry(state: &State) -> Option<Duration> {
+    state
+        .requests
+        .values()
+        .chain(state.promises.values())
+        .flat_map(|r| r.status.pipelines.iter())
+        .filter_map(|p| p.next_retry_at.as_ref())
+        .filter_map(|t| humantime::parse_rfc3339(t).ok())
+        .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
+        .min()
+}
