@@ -1,0 +1,109 @@
+//! Shared test infrastructure: real servers on 127.0.0.1 and helpers to drive real git.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A `git daemon` serving bare repositories under `base` on 127.0.0.1, one
+/// `git daemon --inetd` per connection behind a listener with an OS-chosen port
+/// (test-infrastructure.md §1a). The accept thread lives until the test process exits.
+pub struct GitDaemon {
+    /// Port on 127.0.0.1.
+    pub port: u16,
+    /// Directory holding the bare repositories.
+    pub base: PathBuf,
+}
+
+impl GitDaemon {
+    /// Starts serving `base`.
+    pub fn start(base: &Path) -> GitDaemon {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        let base_owned = base.to_path_buf();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let Ok(input) = stream.try_clone() else { continue };
+                let child = Command::new("git")
+                    .args(["daemon", "--inetd", "--export-all", "--enable=receive-pack", "--informative-errors"])
+                    .arg(format!("--base-path={}", base_owned.display()))
+                    .arg(&base_owned)
+                    .stdin(Stdio::from(OwnedFd::from(input)))
+                    .stdout(Stdio::from(OwnedFd::from(stream)))
+                    .stderr(Stdio::null())
+                    .spawn();
+                if let Ok(mut child) = child {
+                    std::thread::spawn(move || {
+                        let _ = child.wait();
+                    });
+                }
+            }
+        });
+        GitDaemon { port, base: base.to_path_buf() }
+    }
+
+    /// Creates an empty bare repository `name` (branch `main`) and returns its git:// URL.
+    pub fn bare_repo(&self, name: &str) -> String {
+        git(&self.base, &["init", "-q", "--bare", "-b", "main", name]);
+        format!("git://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+/// Runs git with a fixed identity in `dir`; panics with stderr on failure; returns stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?} in {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    for e in walkdir::WalkDir::new(from) {
+        let e = e.expect("walk");
+        let rel = e.path().strip_prefix(from).expect("prefix");
+        let dst = to.join(rel);
+        if e.file_type().is_dir() {
+            std::fs::create_dir_all(&dst).expect("mkdir");
+        } else {
+            std::fs::copy(e.path(), &dst).expect("copy");
+        }
+    }
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared/realworld/kratix-marketplace`, when present (CI has it).
+pub fn marketplace() -> Option<PathBuf> {
+    let p = repo_root().join("../shared/realworld/kratix-marketplace");
+    p.is_dir().then(|| p.canonicalize().expect("canonical"))
+}
+
+/// True when bubblewrap can create a sandbox here.
+pub fn bwrap_works() -> bool {
+    Command::new("bwrap")
+        .args(["--ro-bind", "/", "/", "--unshare-all", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Runs the built `promised` binary; returns (exit code, stdout, stderr).
+pub fn promised(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_promised")).args(args).output().expect("promised runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
