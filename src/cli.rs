@@ -33,6 +33,8 @@ pub struct Cli {
 pub enum Command {
     /// Validate a config repo: schemas, cross-object rules, every request against its Promise.
     Validate(ValidateArgs),
+    /// Run Promise workflows locally (`promised pipeline run`).
+    Pipeline(crate::pipeline::cmd::PipelineArgs),
 }
 
 /// Output format of a subcommand.
@@ -108,6 +110,7 @@ pub struct ValidateArgs {
 pub fn run(cli: Cli, out: &mut dyn Write) -> i32 {
     match cli.command {
         Command::Validate(a) => validate_cmd(&a, out),
+        Command::Pipeline(a) => crate::pipeline::cmd::run(&a, out),
     }
 }
 

@@ -881,3 +881,167 @@ async fn marketplace_redis_via_image_override() {
         );
     }
 }
+
+fn cli(args: &[&str]) -> (i32, String) {
+    use clap::Parser;
+    let cli = promised::cli::Cli::parse_from(args);
+    let mut out = Vec::new();
+    let code = promised::cli::run(cli, &mut out);
+    (code, String::from_utf8(out).unwrap())
+}
+
+fn repo() -> String {
+    format!("{}/testdata/pipeline-repo", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn cli_runs_promise_scripts_and_keeps_output() {
+    if !bwrap_ok() {
+        eprintln!("skipping: bubblewrap is not installed or cannot create namespaces");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("out");
+    let repo = repo();
+    let (code, text) = cli(&[
+        "promised",
+        "pipeline",
+        "run",
+        "--config",
+        &repo,
+        "--promise",
+        "app",
+        "--workflow",
+        "resource.configure",
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{text}");
+    for want in [
+        "workflow: resource.configure of Promise app for App team-a/web",
+        "pipeline instance: succeeded",
+        "deployment.yaml  (",
+        "docs/README.md  (",
+        "docs: environment=docs",
+        "| done: resource configure",
+        "merged status:\n  message: deployed web",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    let dep = std::fs::read_to_string(out_dir.join("instance/deployment.yaml")).unwrap();
+    assert!(dep.contains("name: web\n  namespace: team-a"), "{dep}");
+
+    // Promise workflow (the default without a request), JSON output.
+    let (code, text) = cli(&[
+        "promised",
+        "pipeline",
+        "run",
+        "--config",
+        &repo,
+        "--promise",
+        "app",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["pipelines"][0]["outputs"][0]["path"], "namespace.yaml");
+
+    // A request file from outside the repo replaces the repo's request of the same identity.
+    let req = tmp.path().join("req.yaml");
+    std::fs::write(&req, "apiVersion: example.promised.dev/v1alpha1\nkind: App\nmetadata:\n  name: other\nspec: {}\n").unwrap();
+    let (code, text) = cli(&[
+        "promised",
+        "pipeline",
+        "run",
+        "--config",
+        &repo,
+        "--promise",
+        "app",
+        "--request",
+        req.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("for App default/other"), "{text}");
+}
+
+#[test]
+fn cli_failures_exit_1_or_2() {
+    let repo = repo();
+    let (code, _) = cli(&[
+        "promised",
+        "pipeline",
+        "run",
+        "--config",
+        &repo,
+        "--promise",
+        "nope",
+    ]);
+    assert_eq!(code, 2);
+    // No sandbox at all: refused with the hint, exit 1.
+    let tmp = tempfile::tempdir().unwrap();
+    let req = tmp.path().join("req.yaml");
+    std::fs::write(&req, "apiVersion: example.promised.dev/v1alpha1\nkind: App\nmetadata:\n  name: x\nspec:\n  replicas: 1\n").unwrap();
+    // With `sandbox: none`, the /promise script's hard-coded /kratix paths fail: exit 1 with stderr.
+    let (code, text) = cli(&[
+        "promised",
+        "pipeline",
+        "run",
+        "--config",
+        &repo,
+        "--promise",
+        "app",
+        "--request",
+        req.to_str().unwrap(),
+        "--sandbox",
+        "none",
+    ]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("pipeline instance: failed") && text.contains("exit code"),
+        "{text}"
+    );
+}
+
+#[test]
+fn cli_redis_with_image_overrides_file() {
+    if !bwrap_ok() {
+        eprintln!("skipping: bubblewrap is not installed or cannot create namespaces");
+        return;
+    }
+    let Some(redis) = marketplace_redis() else {
+        eprintln!("skipping: ../shared/realworld/kratix-marketplace/redis is absent");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let overrides = tmp.path().join("overrides.yaml");
+    std::fs::write(
+        &overrides,
+        format!(
+            "{REDIS_IMAGE}:\n  command: [sh, /image/execute-pipeline]\n  mounts:\n    - {{host: {}/testdata/images/redis-configure-pipeline, target: /image}}\n    - {{host: {}/internal/configure-pipeline/resources, target: /tmp/transfer}}\n",
+            env!("CARGO_MANIFEST_DIR"),
+            redis.display()
+        ),
+    )
+    .unwrap();
+    let req = tmp.path().join("large.yaml");
+    std::fs::write(&req, "apiVersion: marketplace.kratix.io/v1alpha1\nkind: redis\nmetadata:\n  name: example\n  namespace: default\nspec:\n  size: large\n").unwrap();
+    let (code, text) = cli(&[
+        "promised",
+        "pipeline",
+        "run",
+        "--config",
+        redis.to_str().unwrap(),
+        "--promise",
+        "redis",
+        "--request",
+        req.to_str().unwrap(),
+        "--image-overrides",
+        overrides.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("redis-instance.yaml  (") && text.contains("3 replicas"),
+        "{text}"
+    );
+}

@@ -238,7 +238,7 @@ fn read_git(
     let mut commit = None;
     for c in &candidates {
         match repo.rev_parse_single(c.as_str()) {
-            Ok(id) => match id.object().and_then(|o| Ok(o.peel_to_commit())) {
+            Ok(id) => match id.object().map(|o| o.peel_to_commit()) {
                 Ok(Ok(cm)) => {
                     commit = Some(cm);
                     break;

@@ -18,7 +18,10 @@
 //! - **Scripts beside `promise.yaml`:** the folder holding a Promise's `promise.yaml` in the
 //!   config repo is mounted read-only at `/promise` ([`sandbox::PROMISE_MOUNT`]), so a
 //!   container with `command: ["/promise/pipeline/configure"]` runs `pipeline/configure`
-//!   from that folder; its `image` is then only a label (no image is pulled).
+//!   from that folder; its `image` is then only a label (no image is pulled). The config
+//!   loader reads every `*.yaml`/`*.yml` file of the repo as config, so templates kept beside
+//!   the scripts should use another extension (e.g. `deployment.yaml.tmpl`), as in
+//!   `testdata/pipeline-repo/promises/app/`.
 //! - **Image overrides:** [`RunnerConfig::image_overrides`] maps an exact image reference to a
 //!   host command and extra mounts (e.g. `/tmp/transfer` → the image's assets). A container's
 //!   own `command` still wins (Kubernetes semantics: `command` replaces the entrypoint); a
@@ -32,6 +35,7 @@
 //!   leading `/promise/` in `command[0]` is rewritten to the Promise folder, and image
 //!   override mounts are refused. Scripts must honour these variables. No isolation at all.
 
+pub mod cmd;
 pub mod contract;
 pub mod metadata;
 pub mod output;
