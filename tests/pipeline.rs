@@ -978,7 +978,6 @@ fn cli_failures_exit_1_or_2() {
         "nope",
     ]);
     assert_eq!(code, 2);
-    // No sandbox at all: refused with the hint, exit 1.
     let tmp = tempfile::tempdir().unwrap();
     let req = tmp.path().join("req.yaml");
     std::fs::write(&req, "apiVersion: example.promised.dev/v1alpha1\nkind: App\nmetadata:\n  name: x\nspec:\n  replicas: 1\n").unwrap();

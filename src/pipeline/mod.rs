@@ -29,8 +29,8 @@
 //! - **Network:** off, unless [`RunnerConfig::allow_network`], the matching override's
 //!   `network`, or the Pipeline annotation `promised.dev/network: "true"` allows it.
 //! - **`sandbox: none`** ([`SandboxMode::None`]): runs the command directly (own process group,
-//!   same timeout), for machines without user namespaces. There is no mount namespace, so the
-//!   contract directories are *not* at `/kratix/...`: the process gets `KRATIX_INPUT_DIR`,
+//!   same timeout; working directory `workingDir` or the run directory), for machines without
+//!   user namespaces. There is no mount namespace, so the contract directories are *not* at `/kratix/...`: the process gets `KRATIX_INPUT_DIR`,
 //!   `KRATIX_OUTPUT_DIR`, `KRATIX_METADATA_DIR` and `KRATIX_PROMISE_DIR` (host paths), a
 //!   leading `/promise/` in `command[0]` is rewritten to the Promise folder, and image
 //!   override mounts are refused. Scripts must honour these variables. No isolation at all.
@@ -688,7 +688,12 @@ async fn run_pipeline_inner(
                         program,
                         args,
                         env,
-                        cwd: c.working_dir.as_ref().map(PathBuf::from),
+                        cwd: Some(
+                            c.working_dir
+                                .as_ref()
+                                .map(PathBuf::from)
+                                .unwrap_or_else(|| dirs.root().to_path_buf()),
+                        ),
                         timeout: cfg.timeout,
                         log_cap: cfg.log_cap_bytes,
                     },

@@ -117,12 +117,17 @@ async fn read_capped<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> Vec<u8> {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 keep.extend_from_slice(&buf[..n]);
-                if keep.len() > cap {
+                // Trim only when twice over the cap, so huge outputs cost O(n) overall.
+                if keep.len() > cap.saturating_mul(2).max(8192) {
                     let drop = keep.len() - cap;
                     keep.drain(..drop);
                 }
             }
         }
+    }
+    if keep.len() > cap {
+        let drop = keep.len() - cap;
+        keep.drain(..drop);
     }
     keep
 }
