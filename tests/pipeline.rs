@@ -1044,3 +1044,41 @@ fn cli_redis_with_image_overrides_file() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn container_command_wins_over_image_override() {
+    need_bwrap!();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = cfg(tmp.path());
+    config.image_overrides.insert(
+        "img".into(),
+        ImageOverride {
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo override > /kratix/output/who".into(),
+            ],
+            ..Default::default()
+        },
+    );
+    let mut own = container("own", "echo own-$0-$1 > /kratix/output/who");
+    own.image = "img".into();
+    own.args = Some(vec!["a".into(), "b".into()]);
+    let ps = [pipeline("p", vec![own])];
+    let r = run_workflow(
+        &config,
+        &input(WorkflowType::Resource, Action::Configure, &ps),
+    )
+    .await;
+    assert_eq!(file(&r, 0, "who"), "own-a-b\n");
+    let mut bare = container("bare", "");
+    bare.command = None;
+    bare.image = "img".into();
+    let ps = [pipeline("p", vec![bare])];
+    let r = run_workflow(
+        &config,
+        &input(WorkflowType::Resource, Action::Configure, &ps),
+    )
+    .await;
+    assert_eq!(file(&r, 0, "who"), "override\n");
+}

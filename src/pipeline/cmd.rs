@@ -513,3 +513,48 @@ fn report<'a>(title: &'a str, r: &'a WorkflowResult) -> Report<'a> {
         merged_status: &r.merged_status,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: RunArgs,
+    }
+
+    #[test]
+    fn override_flags() {
+        let t = T::parse_from([
+            "t",
+            "--config",
+            "c",
+            "--promise",
+            "p",
+            "--image-override",
+            "ghcr.io/x/y:v1=sh /image/run --flag",
+            "--mount",
+            "ghcr.io/x/y:v1:/host/res:/tmp/transfer",
+        ]);
+        let m = image_overrides(&t.a).unwrap();
+        let o = &m["ghcr.io/x/y:v1"];
+        assert_eq!(o.command, ["sh", "/image/run", "--flag"]);
+        assert_eq!(o.mounts[0].host, PathBuf::from("/host/res"));
+        assert_eq!(o.mounts[0].target, "/tmp/transfer");
+        assert!(!o.mounts[0].writable);
+        let t = T::parse_from(["t", "--config", "c", "--promise", "p", "--mount", "img:rel"]);
+        assert!(image_overrides(&t.a).is_err());
+        let t = T::parse_from([
+            "t",
+            "--config",
+            "c",
+            "--promise",
+            "p",
+            "--image-override",
+            "img",
+        ]);
+        assert!(image_overrides(&t.a).is_err());
+    }
+}

@@ -58,6 +58,8 @@ pub async fn run(inv: &Invocation) -> std::io::Result<Finished> {
     }
     let mut child = cmd.spawn()?;
     let pgid = child.id();
+    // If this future is dropped (shutdown, cancelled reconcile), the group dies with it.
+    let _guard = GroupGuard(pgid);
     let out = child
         .stdout
         .take()
@@ -95,6 +97,15 @@ pub async fn run(inv: &Invocation) -> std::io::Result<Finished> {
         stdout,
         stderr,
     })
+}
+
+/// Kills the process group when dropped.
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(self.0);
+    }
 }
 
 /// Sends SIGKILL to the process group `pgid` (the child's pid, as it leads its own group).
