@@ -37,6 +37,8 @@ pub enum Command {
     Reconcile(ReconcileArgs),
     /// Show the status of every Promise and resource request.
     Status(StatusArgs),
+    /// Run Promise workflows locally (`promised pipeline run`).
+    Pipeline(crate::pipeline::cmd::PipelineArgs),
 }
 
 /// Flags shared by commands that use the daemon config.
@@ -189,6 +191,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> i32 {
         Command::Validate(a) => validate_cmd(&a, out),
         Command::Reconcile(a) => crate::cli_reconcile::reconcile_cmd(&a, out),
         Command::Status(a) => crate::cli_reconcile::status_cmd(&a, out),
+        Command::Pipeline(a) => crate::pipeline::cmd::run(&a, out),
     }
 }
 

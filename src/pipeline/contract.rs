@@ -107,6 +107,11 @@ impl PipelineDirs {
         Ok(PipelineDirs { tmp })
     }
 
+    /// The run directory holding `input`, `output` and `metadata` (the working directory
+    /// of `sandbox: none` containers without `workingDir`).
+    pub fn root(&self) -> &Path {
+        self.tmp.path()
+    }
     /// Host directory behind `/kratix/input`.
     pub fn input(&self) -> PathBuf {
         self.tmp.path().join("input")

@@ -18,7 +18,10 @@
 //! - **Scripts beside `promise.yaml`:** the folder holding a Promise's `promise.yaml` in the
 //!   config repo is mounted read-only at `/promise` ([`sandbox::PROMISE_MOUNT`]), so a
 //!   container with `command: ["/promise/pipeline/configure"]` runs `pipeline/configure`
-//!   from that folder; its `image` is then only a label (no image is pulled).
+//!   from that folder; its `image` is then only a label (no image is pulled). The config
+//!   loader reads every `*.yaml`/`*.yml` file of the repo as config, so templates kept beside
+//!   the scripts should use another extension (e.g. `deployment.yaml.tmpl`), as in
+//!   `testdata/pipeline-repo/promises/app/`.
 //! - **Image overrides:** [`RunnerConfig::image_overrides`] maps an exact image reference to a
 //!   host command and extra mounts (e.g. `/tmp/transfer` → the image's assets). A container's
 //!   own `command` still wins (Kubernetes semantics: `command` replaces the entrypoint); a
@@ -26,12 +29,13 @@
 //! - **Network:** off, unless [`RunnerConfig::allow_network`], the matching override's
 //!   `network`, or the Pipeline annotation `promised.dev/network: "true"` allows it.
 //! - **`sandbox: none`** ([`SandboxMode::None`]): runs the command directly (own process group,
-//!   same timeout), for machines without user namespaces. There is no mount namespace, so the
-//!   contract directories are *not* at `/kratix/...`: the process gets `KRATIX_INPUT_DIR`,
+//!   same timeout; working directory `workingDir` or the run directory), for machines without
+//!   user namespaces. There is no mount namespace, so the contract directories are *not* at `/kratix/...`: the process gets `KRATIX_INPUT_DIR`,
 //!   `KRATIX_OUTPUT_DIR`, `KRATIX_METADATA_DIR` and `KRATIX_PROMISE_DIR` (host paths), a
 //!   leading `/promise/` in `command[0]` is rewritten to the Promise folder, and image
 //!   override mounts are refused. Scripts must honour these variables. No isolation at all.
 
+pub mod cmd;
 pub mod contract;
 pub mod metadata;
 pub mod output;
@@ -684,7 +688,12 @@ async fn run_pipeline_inner(
                         program,
                         args,
                         env,
-                        cwd: c.working_dir.as_ref().map(PathBuf::from),
+                        cwd: Some(
+                            c.working_dir
+                                .as_ref()
+                                .map(PathBuf::from)
+                                .unwrap_or_else(|| dirs.root().to_path_buf()),
+                        ),
                         timeout: cfg.timeout,
                         log_cap: cfg.log_cap_bytes,
                     },

@@ -58,6 +58,8 @@ pub async fn run(inv: &Invocation) -> std::io::Result<Finished> {
     }
     let mut child = cmd.spawn()?;
     let pgid = child.id();
+    // If this future is dropped (shutdown, cancelled reconcile), the group dies with it.
+    let _guard = GroupGuard(pgid);
     let out = child
         .stdout
         .take()
@@ -97,6 +99,15 @@ pub async fn run(inv: &Invocation) -> std::io::Result<Finished> {
     })
 }
 
+/// Kills the process group when dropped.
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(self.0);
+    }
+}
+
 /// Sends SIGKILL to the process group `pgid` (the child's pid, as it leads its own group).
 /// A group that is already gone is fine.
 fn kill_group(pgid: Option<u32>) {
@@ -117,12 +128,17 @@ async fn read_capped<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> Vec<u8> {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 keep.extend_from_slice(&buf[..n]);
-                if keep.len() > cap {
+                // Trim only when twice over the cap, so huge outputs cost O(n) overall.
+                if keep.len() > cap.saturating_mul(2).max(8192) {
                     let drop = keep.len() - cap;
                     keep.drain(..drop);
                 }
             }
         }
+    }
+    if keep.len() > cap {
+        let drop = keep.len() - cap;
+        keep.drain(..drop);
     }
     keep
 }

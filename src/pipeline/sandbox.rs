@@ -159,7 +159,25 @@ impl AsRefOs for &Path {
 /// user namespaces may be disabled, e.g. by Ubuntu 24.04's AppArmor or inside containers).
 ///
 /// Errors: [`Error::SandboxUnavailable`] with the reason and how to fix it.
+/// Successful probes are remembered per `bwrap` path for the life of the process; failures
+/// are not, so installing bubblewrap takes effect without a restart.
 pub async fn probe(bwrap: &Path) -> Result<(), Error> {
+    static OK: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    if OK
+        .lock()
+        .map(|v| v.iter().any(|p| p == bwrap))
+        .unwrap_or(false)
+    {
+        return Ok(());
+    }
+    probe_uncached(bwrap).await?;
+    if let Ok(mut v) = OK.lock() {
+        v.push(bwrap.to_path_buf());
+    }
+    Ok(())
+}
+
+async fn probe_uncached(bwrap: &Path) -> Result<(), Error> {
     let layout = HostLayout::detect();
     let mut cmd = tokio::process::Command::new(bwrap);
     cmd.arg("--ro-bind").arg("/usr").arg("/usr");

@@ -1,0 +1,1084 @@
+//! Pipeline runner tests with real child processes and real bubblewrap.
+//!
+//! Tests that need bwrap print a message and return when it is missing or cannot create
+//! namespaces; the redis test also needs `../shared/realworld/kratix-marketplace/redis`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use promised::model::{Container, EnvVar, Pipeline, PipelineMeta, PipelineSpec};
+use promised::pipeline::{
+    Action, Error, ImageOverride, Mount, ObjectIdentity, Outcome, RunnerConfig, SandboxMode,
+    WorkflowInput, WorkflowResult, WorkflowType, run_workflow,
+};
+use serde_json::{Value, json};
+
+fn bwrap_ok() -> bool {
+    std::process::Command::new("bwrap")
+        .args([
+            "--ro-bind",
+            "/",
+            "/",
+            "--unshare-all",
+            "--",
+            "/usr/bin/true",
+        ])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+macro_rules! need_bwrap {
+    () => {
+        if !bwrap_ok() {
+            eprintln!("skipping: bubblewrap is not installed or cannot create namespaces");
+            return;
+        }
+    };
+}
+
+fn container(name: &str, script: &str) -> Container {
+    Container {
+        name: name.into(),
+        image: "test".into(),
+        command: Some(vec!["bash".into(), "-c".into(), script.into()]),
+        ..Default::default()
+    }
+}
+
+fn pipeline(name: &str, containers: Vec<Container>) -> Pipeline {
+    Pipeline {
+        api_version: "platform.kratix.io/v1alpha1".into(),
+        kind: "Pipeline".into(),
+        metadata: PipelineMeta {
+            name: name.into(),
+            ..Default::default()
+        },
+        spec: PipelineSpec {
+            containers,
+            ..Default::default()
+        },
+    }
+}
+
+fn cfg(tmp: &Path) -> RunnerConfig {
+    RunnerConfig {
+        work_dir: tmp.join("runs"),
+        timeout: Duration::from_secs(30),
+        ..Default::default()
+    }
+}
+
+const OBJECT: &str = "apiVersion: marketplace.kratix.io/v1alpha1\nkind: redis\nmetadata:\n  name: example\n  namespace: default\nspec:\n  size: small\n";
+
+fn input(ty: WorkflowType, action: Action, pipelines: &[Pipeline]) -> WorkflowInput<'_> {
+    WorkflowInput {
+        workflow_type: ty,
+        action,
+        promise_name: "redis".into(),
+        crd_plural: "redis".into(),
+        object: ObjectIdentity {
+            kind: "redis".into(),
+            group: "marketplace.kratix.io".into(),
+            version: "v1alpha1".into(),
+            name: "example".into(),
+            namespace: "default".into(),
+        },
+        object_yaml: OBJECT.into(),
+        promise_dir: None,
+        pipelines,
+        existing_status: Default::default(),
+    }
+}
+
+fn file<'a>(r: &'a WorkflowResult, pipeline: usize, path: &str) -> &'a str {
+    let f = r.pipelines[pipeline]
+        .outputs
+        .iter()
+        .find(|f| f.path == path)
+        .unwrap_or_else(|| panic!("no output {path}: {r:#?}"));
+    std::str::from_utf8(&f.bytes).unwrap()
+}
+
+fn err(r: &WorkflowResult) -> String {
+    r.error()
+        .unwrap_or_else(|| panic!("expected failure: {r:#?}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn contract_env_dirs_and_files() {
+    need_bwrap!();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut first = container(
+        "first",
+        r#"set -e
+env | sort > /kratix/output/env.txt
+cp /kratix/input/object.yaml /kratix/output/object.yaml
+ls /kratix/input > /kratix/output/input-ls.txt
+if touch /kratix/input/x 2>/dev/null; then echo rw; else echo ro; fi > /kratix/output/input-mode.txt
+pwd > /kratix/output/pwd.txt
+echo shared > /kratix/metadata/scratch
+mkdir -p /kratix/output/deep/er && echo hi > /kratix/output/deep/er/f.txt
+echo to-stdout; echo to-stderr >&2"#,
+    );
+    first.env = vec![
+        EnvVar {
+            name: "MY_VAR".into(),
+            value: Some("1".into()),
+            value_from: None,
+        },
+        EnvVar {
+            name: "KRATIX_PIPELINE_NAME".into(),
+            value: Some("overridden".into()),
+            value_from: None,
+        },
+    ];
+    let mut second = container(
+        "second",
+        r#"set -e
+cat /kratix/metadata/scratch > /kratix/output/from-first.txt
+test -f /kratix/output/env.txt
+echo "$MY_VAR" > /kratix/output/second-env.txt
+pwd > /kratix/output/pwd2.txt"#,
+    );
+    second.working_dir = Some("/kratix/output".into());
+    let ps = [pipeline("p1", vec![first, second])];
+    let r = run_workflow(
+        &cfg(tmp.path()),
+        &input(WorkflowType::Resource, Action::Configure, &ps),
+    )
+    .await;
+    assert!(r.succeeded(), "{r:#?}");
+    let env = file(&r, 0, "env.txt");
+    for line in [
+        "KRATIX_WORKFLOW_ACTION=configure",
+        "KRATIX_WORKFLOW_TYPE=resource",
+        "KRATIX_PROMISE_NAME=redis",
+        "KRATIX_PIPELINE_NAME=overridden",
+        "KRATIX_OBJECT_KIND=redis",
+        "KRATIX_OBJECT_GROUP=marketplace.kratix.io",
+        "KRATIX_OBJECT_VERSION=v1alpha1",
+        "KRATIX_OBJECT_NAME=example",
+        "KRATIX_OBJECT_NAMESPACE=default",
+        "KRATIX_CRD_PLURAL=redis",
+        "KRATIX_CLUSTER_SCOPED=false",
+        "MY_VAR=1",
+    ] {
+        assert!(env.lines().any(|l| l == line), "missing {line} in\n{env}");
+    }
+    assert!(!env.contains("KRATIX_DRY_RUN"));
+    assert!(
+        !env.lines().any(|l| l.starts_with("HOME=")),
+        "Kratix sets no HOME"
+    );
+    assert_eq!(file(&r, 0, "object.yaml"), OBJECT);
+    assert_eq!(file(&r, 0, "input-ls.txt"), "object.yaml\n");
+    assert_eq!(file(&r, 0, "input-mode.txt"), "ro\n");
+    assert_eq!(file(&r, 0, "pwd.txt"), "/\n");
+    assert_eq!(file(&r, 0, "pwd2.txt"), "/kratix/output\n");
+    assert_eq!(file(&r, 0, "from-first.txt"), "shared\n");
+    // `env` is per container: the second container has no MY_VAR.
+    assert_eq!(file(&r, 0, "second-env.txt"), "\n");
+    assert_eq!(file(&r, 0, "deep/er/f.txt"), "hi\n");
+    let logs = &r.pipelines[0].logs;
+    assert_eq!(logs.len(), 2);
+    assert_eq!(logs[0].stdout, "to-stdout\n");
+    assert_eq!(logs[0].stderr, "to-stderr\n");
+    assert_eq!(logs[0].exit_code, Some(0));
+    // Each pipeline gets fresh directories: the second pipeline sees no scratch file.
+    let ps = [
+        pipeline(
+            "a",
+            vec![container(
+                "c",
+                "echo x > /kratix/metadata/scratch; echo a > /kratix/output/a",
+            )],
+        ),
+        pipeline(
+            "b",
+            vec![container(
+                "c",
+                "ls -A /kratix/metadata /kratix/output > /tmp/l; cp /tmp/l /kratix/output/ls",
+            )],
+        ),
+    ];
+    let r = run_workflow(
+        &cfg(tmp.path()),
+        &input(WorkflowType::Promise, Action::Configure, &ps),
+    )
+    .await;
+    assert!(r.succeeded(), "{r:#?}");
+    assert_eq!(file(&r, 1, "ls"), "/kratix/metadata:\n\n/kratix/output:\n");
+    // No run directories are left behind.
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("runs")).unwrap().count(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn promise_workflow_env() {
+    need_bwrap!();
+    let tmp = tempfile::tempdir().unwrap();
+    let ps = [pipeline(
+        "pp",
+        vec![container("c", "env | sort > /kratix/output/env.txt")],
+    )];
+    let r = run_workflow(
+        &cfg(tmp.path()),
+        &input(WorkflowType::Promise, Action::Configure, &ps),
+    )
+    .await;
+    let env = file(&r, 0, "env.txt");
+    for line in [
+        "KRATIX_WORKFLOW_TYPE=promise",
+        "KRATIX_PIPELINE_NAME=pp",
+        "KRATIX_OBJECT_KIND=Promise",
+        "KRATIX_OBJECT_GROUP=platform.kratix.io",
+        "KRATIX_OBJECT_VERSION=v1alpha1",
+        "KRATIX_OBJECT_NAME=redis",
+        "KRATIX_OBJECT_NAMESPACE=",
+        "KRATIX_CRD_PLURAL=promises",
+        "KRATIX_CLUSTER_SCOPED=true",
+    ] {
+        assert!(env.lines().any(|l| l == line), "missing {line} in\n{env}");
+    }
+}
+
+#[tokio::test]
+async fn status_merge_and_selectors_across_pipelines() {
+    need_bwrap!();
+    let tmp = tempfile::tempdir().unwrap();
+    let ps = [
+        pipeline(
+            "one",
+            vec![container(
+                "c",
+                r#"cat > /kratix/metadata/status.yaml <<'E'
+stage: one
+iam: {a: 1, b: 2}
+conditions:
+- {type: A, status: "False"}
+E
+mkdir /kratix/output/backstage; echo c > /kratix/output/backstage/c.yaml; echo r > /kratix/output/r.yaml
+cat > /kratix/metadata/destination-selectors.yaml <<'E'
+
+- matchLabels: {environment: dev}
+- directory: backstage/
+  matchLabels:
+    environment: backstage
+E"#,
+            )],
+        ),
+        pipeline(
+            "two",
+            vec![container(
+                "c",
+                r#"cat > /kratix/metadata/status.yaml <<'E'
+iam: {c: 3}
+conditions:
+- {type: A, status: "True"}
+- {type: B, status: "True"}
+E"#,
+            )],
+        ),
+    ];
+    let mut inp = input(WorkflowType::Resource, Action::Configure, &ps);
+    inp.existing_status = json!({"keep": "me", "stage": "zero"})
+        .as_object()
+        .cloned()
+        .unwrap();
+    let r = run_workflow(&cfg(tmp.path()), &inp).await;
+    assert!(r.succeeded(), "{r:#?}");
+    let sel = &r.pipelines[0].selectors;
+    assert_eq!(sel.len(), 2);
+    assert_eq!(sel[0].directory, None);
+    assert_eq!(sel[1].directory.as_deref(), Some("backstage"));
+    assert_eq!(sel[1].match_labels["environment"], "backstage");
+    assert_eq!(
+        Value::Object(r.merged_status.clone()),
+        json!({
+            "keep": "me",
+            "stage": "one",
+            "iam": {"c": 3},
+            "conditions": [{"type": "A", "status": "True"}, {"type": "B", "status": "True"}]
+        })
+    );
+    // Promise workflows keep only `message`.
+    let ps = [pipeline(
+        "p",
+        vec![container(
+            "c",
+            "printf 'message: hello\\nurl: x\\n' > /kratix/metadata/status.yaml",
+        )],
+    )];
+    let r = run_workflow(
+        &cfg(tmp.path()),
+        &input(WorkflowType::Promise, Action::Configure, &ps),
+    )
+    .await;
+    assert_eq!(Value::Object(r.merged_status), json!({"message": "hello"}));
+}
+
+#[tokio::test]
+async fn metadata_errors_fail_the_pipeline() {
+    need_bwrap!();
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "echo 'kratix: {a: 1}' > /kratix/metadata/status.yaml",
+            "reserved",
+        ),
+        (
+            "echo '- directory: missing' > /kratix/metadata/destination-selectors.yaml",
+            "matchLabels must not be empty",
+        ),
+        (
+            "printf -- '- directory: missing\\n  matchLabels: {a: b}\\n' > /kratix/metadata/destination-selectors.yaml",
+            "does not exist",
+        ),
+        (
+            "mkdir -p /kratix/output/a/b; printf -- '- directory: a/b\\n  matchLabels: {a: b}\\n' > /kratix/metadata/destination-selectors.yaml",
+            "top-level",
+        ),
+        (
+            "printf -- '- matchLabels: {a: b}\\n- directory: .\\n  matchLabels: {c: d}\\n' > /kratix/metadata/destination-selectors.yaml",
+            "duplicate directory",
+        ),
+        (
+            "echo ': [' > /kratix/metadata/destination-selectors.yaml",
+            "invalid YAML",
+        ),
+        (
+            "echo 'retryAfter: whenever' > /kratix/metadata/workflow-control.yaml",
+            "retryAfter",
+        ),
+    ];
+    for (script, want) in cases {
+        let ps = [
+            pipeline("p", vec![container("c", script)]),
+            pipeline("never", vec![container("c", "true")]),
+        ];
+        let r = run_workflow(
+            &cfg(tmp.path()),
+            &input(WorkflowType::Resource, Action::Configure, &ps),
+        )
+        .await;
+        let e = err(&r);
+        assert!(e.contains(want), "{script}: {e}");
+        assert_eq!(r.pipelines.len(), 1, "later pipelines do not run");
+        assert!(r.pipelines[0].outputs.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn suspend_and_retry_stop_the_workflow() {
+    need_bwrap!();
+    let tmp = tempfile::tempdir().unwrap();
+    let ps = [
+        pipeline(
+            "wait",
+            vec![container(
+                "c",
+                "echo out > /kratix/output/f; echo 'message: waiting' > /kratix/metadata/status.yaml; printf 'suspend: true\\nmessage: need approval\\n' > /kratix/metadata/workflow-control.yaml",
+            )],
+        ),
+        pipeline("never", vec![container("c", "true")]),
+    ];
+    let r = run_workflow(
+        &cfg(tmp.path()),
+        &input(WorkflowType::Resource, Action::Configure, &ps),
+    )
+    .await;
+    assert_eq!(r.pipelines.len(), 1);
+    assert_eq!(
+        r.pipelines[0].outcome,
+        Outcome::Suspended {
+            message: "need approval".into()
+        }
+    );
+    assert!(
+        r.pipelines[0].outputs.is_empty(),
+        "suspended output is not scheduled"
+    );
+    assert_eq!(r.merged_status["message"], "waiting");
+
+    let ps = [pipeline(
+        "retry",
+        vec![container(
+            "c",
+            "echo out > /kratix/output/f; printf 'suspend: false\\nretryAfter: 5m\\nmessage: later\\n' > /kratix/metadata/workflow-control.yaml",
+        )],
+    )];
+    let r = run_workflow(
+        &cfg(tmp.path()),
+        &input(WorkflowType::Resource, Action::Configure, &ps),
+    )
+    .await;
+    assert_eq!(
+        r.pipelines[0].outcome,
+        Outcome::Retry {
+            after: Duration::from_secs(300),
+            message: "later".into()
+        }
+    );
+    assert!(r.pipelines[0].outputs.is_empty());
+}
+
+fn tick(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn timeout_kills_the_process_group_in_the_sandbox() {
+    need_bwrap!();
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let mut c = container(
+        "slow",
+        "(while :; do date +%s%N > /shared/tick; sleep 0.05; done) & sleep 1000 & echo started >&2; wait",
+    );
+    c.image = "slow-image".into();
+    let mut config = cfg(tmp.path());
+    config.timeout = Duration::from_millis(1500);
+    config.image_overrides.insert(
+        "slow-image".into(),
+        ImageOverride {
+            mounts: vec![Mount {
+                host: shared.clone(),
+                target: "/shared".into(),
+                writable: true,
+            }],
+            ..Default::default()
+        },
+    );
+    let ps = [pipeline("p", vec![c])];
+    let start = std::time::Instant::now();
+    let r = run_workflow(
+        &config,
+        &input(WorkflowType::Resource, Action::Configure, &ps),
+    )
+    .await;
+    assert!(start.elapsed() < Duration::from_secs(10));
+    match r.error() {
+        Some(Error::Timeout {
+            stderr_tail, after, ..
+        }) => {
+            assert_eq!(*after, Duration::from_millis(1500));
+            assert!(stderr_tail.contains("started"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err(&r).contains("timed out"));
+    let t1 = tick(&shared.join("tick"));
+    assert!(!t1.is_empty(), "the background loop ran");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        t1,
+        tick(&shared.join("tick")),
+        "the background child is gone"
+    );
+}
+
+fn process_alive(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // A killed child not yet reaped by init is a zombie ("Z"): not running.
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn timeout_kills_the_process_group_without_sandbox() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ps = [pipeline(
+        "p",
+        vec![container(
+            "slow",
+            "sleep 1000 & echo $! > \"$KRATIX_OUTPUT_DIR/../../child.pid\"; echo $$ > \"$KRATIX_OUTPUT_DIR/../../parent.pid\"; sleep 1000",
+        )],
+    )];
+    let mut config = cfg(tmp.path());
+    config.sandbox = SandboxMode::None;
+    config.timeout = Duration::from_millis(800);
+    let r = run_workflow(
+        &config,
+        &input(WorkflowType::Resource, Action::Configure, &ps),
+    )
+    .await;
+    assert!(matches!(r.error(), Some(Error::Timeout { .. })), "{r:#?}");
+    let runs = tmp.path().join("runs");
+    let child = std::fs::read_to_string(runs.join("child.pid")).unwrap();
+    let parent = std::fs::read_to_string(runs.join("parent.pid")).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!process_alive(child.trim()), "child {child} survived");
+    assert!(!process_alive(parent.trim()), "parent {parent} survived");
+}
+
+#[tokio::test]
+async fn sandbox_blocks_host_writes_and_network() {
+    need_bwrap!();
+    let tmp = tempfile::tempdir().unwrap();
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cases = [
+        ("echo x > /etc/x".to_string(), "/etc/x"),
+        (format!("echo x > {home}/x"), "/x"),
+        ("echo x > /x".to_string(), "/x"),
+        (format!("echo > /dev/tcp/127.0.0.1/{port}"), "network off"),
+    ];
+    for (script, want) in &cases {
+        let ps = [pipeline("p", vec![container("c", script)])];
+        let r = run_workflow(
+            &cfg(tmp.path()),
+            &input(WorkflowType::Resource, Action::Configure, &ps),
+        )
+        .await;
+        let e = err(&r);
+        assert!(e.contains(want), "{script}: {e}");
+        assert!(e.contains("exit code 1"), "{e}");
+        assert!(e.contains("network off, read-only root file system"), "{e}");
+    }
+    assert!(!Path::new(&format!("{home}/x")).exists());
+    assert!(!Path::new("/etc/x").exists());
+    // Positive control: the same connect works when the network is allowed.
+    let ps = [pipeline(
+        "p",
+        vec![container("c", &format!("echo > /dev/tcp/127.0.0.1/{port}"))],
+    )];
+    let mut config = cfg(tmp.path());
+    config.allow_network = true;
+    let r = run_workflow(
+        &config,
+        &input(WorkflowType::Resource, Action::Configure, &ps),
+    )
+    .await;
+    assert!(r.succeeded(), "{r:#?}");
+    // ... and when the Pipeline's annotation allows it.
+    let mut p = pipeline(
+        "p",
+        vec![container("c", &format!("echo > /dev/tcp/127.0.0.1/{port}"))],
+    );
+    p.metadata
+        .annotations
+        .insert("promised.dev/network".into(), "true".into());
+    let ps = [p];
+    let r = run_workflow(
+        &cfg(tmp.path()),
+        &input(WorkflowType::Resource, Action::Configure, &ps),
+    )
+    .await;
+    assert!(r.succeeded(), "{r:#?}");
+}
+
+#[tokio::test]
+async fn failure_reports_exit_code_and_stderr_tail() {
+    need_bwrap!();
+    let tmp = tempfile::tempdir().unwrap();
+    let ps = [pipeline(
+        "p",
+        vec![
+            container("ok", "echo fine"),
+            container(
+                "bad",
+                "for i in $(seq 1 50); do echo line$i >&2; done; exit 7",
+            ),
+            container("never", "true"),
+        ],
+    )];
+    let r = run_workflow(
+        &cfg(tmp.path()),
+        &input(WorkflowType::Resource, Action::Configure, &ps),
+    )
+    .await;
+    match r.error() {
+        Some(Error::ContainerFailed {
+            container,
+            exit_code,
+            stderr_tail,
+            ..
+        }) => {
+            assert_eq!(container, "bad");
+            assert_eq!(*exit_code, Some(7));
+            assert!(stderr_tail.ends_with("line49\nline50"));
+            assert!(!stderr_tail.contains("line30\n"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err(&r).contains("exit code 7"));
+    assert_eq!(r.pipelines[0].logs.len(), 2);
+}
+
+#[tokio::test]
+async fn output_safety() {
+    need_bwrap!();
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        ("ln -s /etc/passwd /kratix/output/link", "symbolic links"),
+        ("mkfifo /kratix/output/fifo", "only regular files"),
+        (
+            "touch \"/kratix/output/$(printf 'bad\\377')\"",
+            "not valid UTF-8",
+        ),
+        (
+            "head -c 2000 /dev/zero > /kratix/output/big",
+            "larger than the cap",
+        ),
+    ];
+    let mut config = cfg(tmp.path());
+    config.output_cap_bytes = 1000;
+    for (script, want) in cases {
+        let ps = [pipeline("p", vec![container("c", script)])];
+        let r = run_workflow(
+            &config,
+            &input(WorkflowType::Resource, Action::Configure, &ps),
+        )
+        .await;
+        let e = err(&r);
+        assert!(e.contains(want), "{script}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn unsupported_containers_are_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = cfg(tmp.path());
+    config.sandbox = SandboxMode::None;
+    let mut c = container("c", "true");
+    c.command = None;
+    c.image = "ghcr.io/x/y:v1".into();
+    let ps = [pipeline("p", vec![c])];
+    let r = run_workflow(
+        &config,
+        &input(WorkflowType::Resource, Action::Configure, &ps),
+    )
+    .await;
+    assert!(matches!(r.error(), Some(Error::NoCommand { .. })), "{r:#?}");
+    let mut c = container("c", "true");
+    c.env.push(EnvVar {
+        name: "S".into(),
+        value: None,
+        value_from: Some(json!({"secretKeyRef": {"name": "s", "key": "k"}})),
+    });
+    let ps = [pipeline("p", vec![c])];
+    let r = run_workflow(
+        &config,
+        &input(WorkflowType::Resource, Action::Configure, &ps),
+    )
+    .await;
+    assert!(err(&r).contains("valueFrom"));
+}
+
+#[tokio::test]
+async fn missing_sandbox_refuses_with_a_hint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = cfg(tmp.path());
+    config.bwrap = PathBuf::from("/nonexistent/bwrap");
+    let ps = [pipeline("p", vec![container("c", "true")])];
+    let r = run_workflow(
+        &config,
+        &input(WorkflowType::Resource, Action::Configure, &ps),
+    )
+    .await;
+    let e = err(&r);
+    assert!(matches!(r.error(), Some(Error::SandboxUnavailable { .. })));
+    assert!(
+        e.contains("apt-get install bubblewrap") && e.contains("sandbox: none"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn delete_runs_first_pipeline_and_ignores_output() {
+    need_bwrap!();
+    let tmp = tempfile::tempdir().unwrap();
+    let ps = [
+        pipeline(
+            "d1",
+            vec![container(
+                "c",
+                "echo \"$KRATIX_WORKFLOW_ACTION\" > /kratix/output/a; echo '- directory: nope' > /kratix/metadata/destination-selectors.yaml",
+            )],
+        ),
+        pipeline("d2", vec![container("c", "exit 1")]),
+    ];
+    let r = run_workflow(
+        &cfg(tmp.path()),
+        &input(WorkflowType::Resource, Action::Delete, &ps),
+    )
+    .await;
+    assert!(r.succeeded(), "{r:#?}");
+    assert_eq!(r.pipelines.len(), 1);
+    assert!(r.pipelines[0].outputs.is_empty());
+    assert!(r.pipelines[0].selectors.is_empty());
+}
+
+#[tokio::test]
+async fn promise_folder_scripts_run_at_slash_promise() {
+    need_bwrap!();
+    let tmp = tempfile::tempdir().unwrap();
+    let pd = tmp.path().join("promises/app");
+    std::fs::create_dir_all(pd.join("pipeline")).unwrap();
+    std::fs::write(
+        pd.join("pipeline/configure"),
+        "#!/bin/sh\nset -e\ncp /promise/pipeline/template.yaml /kratix/output/\necho \"$KRATIX_OBJECT_NAME\" > /kratix/output/name\ntouch /promise/x 2>/dev/null && echo writable > /kratix/output/bad || true\n",
+    )
+    .unwrap();
+    std::fs::write(pd.join("pipeline/template.yaml"), "kind: ConfigMap\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        pd.join("pipeline/configure"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let c = Container {
+        name: "configure".into(),
+        image: "promised.dev/local".into(),
+        command: Some(vec!["/promise/pipeline/configure".into()]),
+        ..Default::default()
+    };
+    let ps = [pipeline("p", vec![c])];
+    let mut inp = input(WorkflowType::Resource, Action::Configure, &ps);
+    inp.promise_dir = Some(pd.clone());
+    let r = run_workflow(&cfg(tmp.path()), &inp).await;
+    assert!(r.succeeded(), "{r:#?}");
+    let paths: Vec<_> = r.pipelines[0]
+        .outputs
+        .iter()
+        .map(|f| f.path.as_str())
+        .collect();
+    assert_eq!(paths, ["name", "template.yaml"]);
+    assert_eq!(file(&r, 0, "name"), "example\n");
+
+    // The same Promise on `sandbox: none`: /promise/ is rewritten, dirs come from env.
+    std::fs::write(
+        pd.join("pipeline/configure"),
+        "#!/bin/sh\nset -e\ncp \"$KRATIX_PROMISE_DIR/pipeline/template.yaml\" \"$KRATIX_OUTPUT_DIR/\"\n",
+    )
+    .unwrap();
+    let mut config = cfg(tmp.path());
+    config.sandbox = SandboxMode::None;
+    let r = run_workflow(&config, &inp).await;
+    assert!(r.succeeded(), "{r:#?}");
+    assert_eq!(file(&r, 0, "template.yaml"), "kind: ConfigMap\n");
+}
+
+const REDIS_IMAGE: &str = "ghcr.io/syntasso/kratix-marketplace/redis-configure-pipeline:v0.1.0";
+
+fn marketplace_redis() -> Option<PathBuf> {
+    let d =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/realworld/kratix-marketplace/redis");
+    let d = if d.exists() {
+        d
+    } else {
+        PathBuf::from("/work/shared/realworld/kratix-marketplace/redis")
+    };
+    d.exists().then_some(d)
+}
+
+fn redis_config(tmp: &Path, redis: &Path) -> RunnerConfig {
+    let mut config = cfg(tmp);
+    let image_dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/images/redis-configure-pipeline");
+    config.image_overrides = BTreeMap::from([(
+        REDIS_IMAGE.to_string(),
+        ImageOverride {
+            command: vec!["sh".into(), "/image/execute-pipeline".into()],
+            mounts: vec![
+                Mount {
+                    host: image_dir,
+                    target: "/image".into(),
+                    writable: false,
+                },
+                Mount {
+                    host: redis.join("internal/configure-pipeline/resources"),
+                    target: "/tmp/transfer".into(),
+                    writable: false,
+                },
+            ],
+            network: false,
+        },
+    )]);
+    config
+}
+
+#[tokio::test]
+async fn marketplace_redis_via_image_override() {
+    need_bwrap!();
+    let Some(redis) = marketplace_redis() else {
+        eprintln!("skipping: ../shared/realworld/kratix-marketplace/redis is absent");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let config = redis_config(tmp.path(), &redis);
+    let objects = promised::config::load(
+        &promised::config::Source::Dir(redis.clone()),
+        &promised::config::FileFilter::default(),
+        None,
+    )
+    .unwrap();
+    let valid = promised::validate::validate(objects);
+    let promise = valid.promise("redis").expect("redis promise is valid");
+    let request = valid
+        .requests
+        .first()
+        .expect("the redis request is admitted");
+
+    // Promise workflow: the two dependency files at the output root.
+    let r = run_workflow(
+        &config,
+        &WorkflowInput::for_promise(promise, Action::Configure),
+    )
+    .await;
+    assert!(r.succeeded(), "{r:#?}");
+    let paths: Vec<_> = r.pipelines[0]
+        .outputs
+        .iter()
+        .map(|f| f.path.as_str())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "all-redis-operator-resources.yaml",
+            "databases.spotahome.com_redisfailovers.yaml"
+        ]
+    );
+    let deps = redis.join("internal/configure-pipeline/resources/dependencies");
+    for f in &r.pipelines[0].outputs {
+        assert_eq!(f.bytes, std::fs::read(deps.join(&f.path)).unwrap());
+    }
+
+    // Resource workflow: small → 1 replica, large → 3.
+    for (size, replicas) in [("small", 1), ("large", 3)] {
+        let mut req = request.clone();
+        req.object["spec"]["size"] = json!(size);
+        let r = run_workflow(
+            &config,
+            &WorkflowInput::for_request(promise, &req, Action::Configure),
+        )
+        .await;
+        assert!(r.succeeded(), "{r:#?}");
+        assert_eq!(r.pipelines[0].name, "instance-configure");
+        let out = &r.pipelines[0].outputs;
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].path, "redis-instance.yaml");
+        let v: Value = serde_saphyr::from_str(std::str::from_utf8(&out[0].bytes).unwrap()).unwrap();
+        assert_eq!(v["kind"], "RedisFailover");
+        assert_eq!(v["metadata"]["name"], "example");
+        assert_eq!(v["spec"]["redis"]["replicas"], json!(replicas), "{size}");
+        assert_eq!(v["spec"]["sentinel"]["replicas"], json!(3));
+        assert!(
+            r.pipelines[0].logs[0]
+                .stdout
+                .contains(&format!("{replicas} replicas"))
+        );
+    }
+}
+
+fn cli(args: &[&str]) -> (i32, String) {
+    use clap::Parser;
+    let cli = promised::cli::Cli::parse_from(args);
+    let mut out = Vec::new();
+    let code = promised::cli::run(cli, &mut out);
+    (code, String::from_utf8(out).unwrap())
+}
+
+fn repo() -> String {
+    format!("{}/testdata/pipeline-repo", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn cli_runs_promise_scripts_and_keeps_output() {
+    if !bwrap_ok() {
+        eprintln!("skipping: bubblewrap is not installed or cannot create namespaces");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("out");
+    let repo = repo();
+    let (code, text) = cli(&[
+        "promised",
+        "pipeline",
+        "run",
+        "--config",
+        &repo,
+        "--promise",
+        "app",
+        "--workflow",
+        "resource.configure",
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{text}");
+    for want in [
+        "workflow: resource.configure of Promise app for App team-a/web",
+        "pipeline instance: succeeded",
+        "deployment.yaml  (",
+        "docs/README.md  (",
+        "docs: environment=docs",
+        "| done: resource configure",
+        "merged status:\n  message: deployed web",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    let dep = std::fs::read_to_string(out_dir.join("instance/deployment.yaml")).unwrap();
+    assert!(dep.contains("name: web\n  namespace: team-a"), "{dep}");
+
+    // Promise workflow (the default without a request), JSON output.
+    let (code, text) = cli(&[
+        "promised",
+        "pipeline",
+        "run",
+        "--config",
+        &repo,
+        "--promise",
+        "app",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["pipelines"][0]["outputs"][0]["path"], "namespace.yaml");
+
+    // A request file from outside the repo replaces the repo's request of the same identity.
+    let req = tmp.path().join("req.yaml");
+    std::fs::write(&req, "apiVersion: example.promised.dev/v1alpha1\nkind: App\nmetadata:\n  name: other\nspec: {}\n").unwrap();
+    let (code, text) = cli(&[
+        "promised",
+        "pipeline",
+        "run",
+        "--config",
+        &repo,
+        "--promise",
+        "app",
+        "--request",
+        req.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("for App default/other"), "{text}");
+}
+
+#[test]
+fn cli_failures_exit_1_or_2() {
+    let repo = repo();
+    let (code, _) = cli(&[
+        "promised",
+        "pipeline",
+        "run",
+        "--config",
+        &repo,
+        "--promise",
+        "nope",
+    ]);
+    assert_eq!(code, 2);
+    let tmp = tempfile::tempdir().unwrap();
+    let req = tmp.path().join("req.yaml");
+    std::fs::write(&req, "apiVersion: example.promised.dev/v1alpha1\nkind: App\nmetadata:\n  name: x\nspec:\n  replicas: 1\n").unwrap();
+    // With `sandbox: none`, the /promise script's hard-coded /kratix paths fail: exit 1 with stderr.
+    let (code, text) = cli(&[
+        "promised",
+        "pipeline",
+        "run",
+        "--config",
+        &repo,
+        "--promise",
+        "app",
+        "--request",
+        req.to_str().unwrap(),
+        "--sandbox",
+        "none",
+    ]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("pipeline instance: failed") && text.contains("exit code"),
+        "{text}"
+    );
+}
+
+#[test]
+fn cli_redis_with_image_overrides_file() {
+    if !bwrap_ok() {
+        eprintln!("skipping: bubblewrap is not installed or cannot create namespaces");
+        return;
+    }
+    let Some(redis) = marketplace_redis() else {
+        eprintln!("skipping: ../shared/realworld/kratix-marketplace/redis is absent");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let overrides = tmp.path().join("overrides.yaml");
+    std::fs::write(
+        &overrides,
+        format!(
+            "{REDIS_IMAGE}:\n  command: [sh, /image/execute-pipeline]\n  mounts:\n    - {{host: {}/testdata/images/redis-configure-pipeline, target: /image}}\n    - {{host: {}/internal/configure-pipeline/resources, target: /tmp/transfer}}\n",
+            env!("CARGO_MANIFEST_DIR"),
+            redis.display()
+        ),
+    )
+    .unwrap();
+    let req = tmp.path().join("large.yaml");
+    std::fs::write(&req, "apiVersion: marketplace.kratix.io/v1alpha1\nkind: redis\nmetadata:\n  name: example\n  namespace: default\nspec:\n  size: large\n").unwrap();
+    let (code, text) = cli(&[
+        "promised",
+        "pipeline",
+        "run",
+        "--config",
+        redis.to_str().unwrap(),
+        "--promise",
+        "redis",
+        "--request",
+        req.to_str().unwrap(),
+        "--image-overrides",
+        overrides.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("redis-instance.yaml  (") && text.contains("3 replicas"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn container_command_wins_over_image_override() {
+    need_bwrap!();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = cfg(tmp.path());
+    config.image_overrides.insert(
+        "img".into(),
+        ImageOverride {
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo override > /kratix/output/who".into(),
+            ],
+            ..Default::default()
+        },
+    );
+    let mut own = container("own", "echo own-$0-$1 > /kratix/output/who");
+    own.image = "img".into();
+    own.args = Some(vec!["a".into(), "b".into()]);
+    let ps = [pipeline("p", vec![own])];
+    let r = run_workflow(
+        &config,
+        &input(WorkflowType::Resource, Action::Configure, &ps),
+    )
+    .await;
+    assert_eq!(file(&r, 0, "who"), "own-a-b\n");
+    let mut bare = container("bare", "");
+    bare.command = None;
+    bare.image = "img".into();
+    let ps = [pipeline("p", vec![bare])];
+    let r = run_workflow(
+        &config,
+        &input(WorkflowType::Resource, Action::Configure, &ps),
+    )
+    .await;
+    assert_eq!(file(&r, 0, "who"), "override\n");
+}
