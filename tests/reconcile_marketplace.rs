@@ -32,7 +32,11 @@ fn setup(mp: &Path) -> World {
         let d = config.join(p);
         std::fs::create_dir_all(&d).unwrap();
         std::fs::copy(mp.join(p).join("promise.yaml"), d.join("promise.yaml")).unwrap();
-        std::fs::copy(mp.join(p).join("resource-request.yaml"), d.join("resource-request.yaml")).unwrap();
+        std::fs::copy(
+            mp.join(p).join("resource-request.yaml"),
+            d.join("resource-request.yaml"),
+        )
+        .unwrap();
     }
     // One deliberately invalid request: fails alone.
     std::fs::write(
@@ -59,29 +63,49 @@ fn setup(mp: &Path) -> World {
             images.join(dir).display()
         );
         for (host, target) in mounts {
-            s.push_str(&format!("      - {{host: \"{}\", target: {target}}}\n", host.display()));
+            s.push_str(&format!(
+                "      - {{host: \"{}\", target: {target}}}\n",
+                host.display()
+            ));
         }
         s
     };
     let mut yaml = String::from("imageOverrides:\n");
-    yaml += &ov(REDIS_IMG, "redis-configure-pipeline", "/image/execute-pipeline", &[(&mp.join("redis/internal/configure-pipeline/resources"), "/tmp/transfer")]);
+    yaml += &ov(
+        REDIS_IMG,
+        "redis-configure-pipeline",
+        "/image/execute-pipeline",
+        &[(
+            &mp.join("redis/internal/configure-pipeline/resources"),
+            "/tmp/transfer",
+        )],
+    );
     yaml += &ov(
         "ghcr.io/syntasso/kratix-marketplace/kafka-configure-pipeline:v0.1.0",
         "kafka-configure-pipeline",
         "/image/execute-pipeline",
-        &[(&mp.join("kafka/internal/configure-pipeline/resources"), "/tmp/transfer")],
+        &[(
+            &mp.join("kafka/internal/configure-pipeline/resources"),
+            "/tmp/transfer",
+        )],
     );
     yaml += &ov(
         "ghcr.io/syntasso/kratix-marketplace/kafka-configure-promise-pipeline:v0.1.0",
         "kafka-configure-promise-pipeline",
         "/image/execute-pipeline",
-        &[(&mp.join("kafka/internal/configure-promise-pipeline/resources"), "/tmp/transfer")],
+        &[(
+            &mp.join("kafka/internal/configure-promise-pipeline/resources"),
+            "/tmp/transfer",
+        )],
     );
     yaml += &ov(
         "ghcr.io/syntasso/kratix-marketplace/nginx-ingress-configure-pipeline:v0.1.0",
         "nginx-ingress-configure-pipeline",
         "/image/execute-pipeline",
-        &[(&mp.join("nginx-ingress/internal/configure-pipeline/dependencies"), "/tmp/dependencies")],
+        &[(
+            &mp.join("nginx-ingress/internal/configure-pipeline/dependencies"),
+            "/tmp/dependencies",
+        )],
     );
     yaml += &format!(
         "  ghcr.io/syntasso/kratix-marketplace/runtime-configure-pipeline:v0.1.0:\n    mounts:\n      - {{host: \"{}\", target: /usr/local/bin}}\n",
@@ -89,7 +113,14 @@ fn setup(mp: &Path) -> World {
     );
     std::fs::write(&daemon_config, yaml).unwrap();
     let checkout = tmp.path().join("checkout");
-    World { config, state: tmp.path().join("state"), daemon_config, remote: base.join("state.git"), checkout, _tmp: tmp }
+    World {
+        config,
+        state: tmp.path().join("state"),
+        daemon_config,
+        remote: base.join("state.git"),
+        checkout,
+        _tmp: tmp,
+    }
 }
 
 fn reconcile(w: &World) -> (i32, String, String) {
@@ -115,7 +146,10 @@ fn show(w: &World, path: &str) -> String {
 }
 
 fn files(w: &World) -> Vec<String> {
-    git(&w.remote, &["ls-tree", "-r", "--name-only", "main"]).lines().map(str::to_string).collect()
+    git(&w.remote, &["ls-tree", "-r", "--name-only", "main"])
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 fn commit_config(w: &World, msg: &str) {
@@ -137,10 +171,18 @@ fn marketplace_promises_end_to_end() {
 
     // First pass: everything but the invalid request lands in one commit.
     let (code, out, err) = reconcile(&w);
-    assert_eq!(code, 1, "the invalid request makes the exit code 1\n{out}\n{err}");
-    eprintln!("{out}");
-    assert!(err.contains("redis default/bad: spec.size: \"medium\" does not match ^(small|large)$"), "{err}");
-    assert!(out.contains("redis/default/example") && out.contains("kafka/default/example"), "{out}");
+    assert_eq!(
+        code, 1,
+        "the invalid request makes the exit code 1\n{out}\n{err}"
+    );
+    assert!(
+        err.contains("redis default/bad: spec.size: \"medium\" does not match ^(small|large)$"),
+        "{err}"
+    );
+    assert!(
+        out.contains("redis/default/example") && out.contains("kafka/default/example"),
+        "{out}"
+    );
     let first = head(&w);
     let all = files(&w);
     let has = |p: &str| all.iter().any(|f| f == p);
@@ -148,7 +190,8 @@ fn marketplace_promises_end_to_end() {
     // Kratix-identical paths.
     for p in [
         "destinations/worker-1/resources/default/redis/example/instance-configure/5058f/redis-instance.yaml",
-        "destinations/worker-1/dependencies/redis/promise-configure/5058f/redis/all-redis-operator-resources.yaml",
+        "destinations/worker-1/dependencies/redis/promise-configure/5058f/all-redis-operator-resources.yaml",
+        "destinations/worker-1/dependencies/redis/promise-configure/5058f/databases.spotahome.com_redisfailovers.yaml",
         "destinations/worker-1/dependencies/kafka/promise-configure/5058f/operator.yaml",
         "destinations/backstage/dependencies/kafka/promise-configure/5cfaf/backstage/backstage.yaml",
         "destinations/worker-1/resources/default/kafka/example/instance-configure/5058f/kafka-instance.yaml",
@@ -159,39 +202,88 @@ fn marketplace_promises_end_to_end() {
     ] {
         assert!(has(p), "missing {p}; files:\n{}", all.join("\n"));
     }
-    assert!(!all.iter().any(|f| f.contains("/bad/")), "the invalid request wrote nothing");
-    let redis = show(&w, "destinations/worker-1/resources/default/redis/example/instance-configure/5058f/redis-instance.yaml");
-    assert!(redis.contains("name: example") && redis.contains("replicas: 1"), "{redis}");
+    assert!(
+        !all.iter().any(|f| f.contains("/bad/")),
+        "the invalid request wrote nothing"
+    );
+    let redis = show(
+        &w,
+        "destinations/worker-1/resources/default/redis/example/instance-configure/5058f/redis-instance.yaml",
+    );
+    assert!(
+        redis.contains("name: example") && redis.contains("replicas: 1"),
+        "{redis}"
+    );
 
     // Every YAML file under a destination decodes as Kubernetes objects (Flux auto-generation).
-    for f in all.iter().filter(|f| f.starts_with("destinations/") && (f.ends_with(".yaml") || f.ends_with(".yml"))) {
+    for f in all
+        .iter()
+        .filter(|f| f.starts_with("destinations/") && (f.ends_with(".yaml") || f.ends_with(".yml")))
+    {
         let text = show(&w, f);
-        let docs = promised::config::parse_yaml_stream(&text).unwrap_or_else(|e| panic!("{f}: {e}"));
+        let docs =
+            promised::config::parse_yaml_stream(&text).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert!(!docs.is_empty(), "{f} is empty");
         for d in docs {
             for k in ["apiVersion", "kind"] {
                 assert!(d.get(k).and_then(|v| v.as_str()).is_some(), "{f}: no {k}");
             }
-            assert!(d.pointer("/metadata/name").and_then(|v| v.as_str()).is_some(), "{f}: no metadata.name");
+            assert!(
+                d.pointer("/metadata/name")
+                    .and_then(|v| v.as_str())
+                    .is_some(),
+                "{f}: no metadata.name"
+            );
         }
     }
     // The audit trail names the config commit and the requests.
     let msg = git(&w.remote, &["log", "-1", "--format=%B", "main"]);
     let config_commit = git(&w.config, &["rev-parse", "main"]).trim().to_string();
-    assert!(msg.contains(&format!("Promised-Config-Commit: {config_commit}")), "{msg}");
-    for r in ["redis/default/example", "kafka/default/example", "runtime/default/example-runtime"] {
+    assert!(
+        msg.contains(&format!("Promised-Config-Commit: {config_commit}")),
+        "{msg}"
+    );
+    for r in [
+        "redis/default/example",
+        "kafka/default/example",
+        "runtime/default/example-runtime",
+    ] {
         assert!(msg.contains(&format!("Promised-Resource: {r}")), "{msg}");
     }
 
     // Status: the runtime request's status.yaml url, destinations and commit.
-    let (_, status, _) = promised(&["status", "--state-dir", w.state.to_str().unwrap(), "--output", "json"]);
+    let (_, status, _) = promised(&[
+        "status",
+        "--state-dir",
+        w.state.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
-    let rt = v.as_array().unwrap().iter().find(|o| o["key"] == "runtime/default/example-runtime").expect("runtime status");
-    assert_eq!(rt["status"]["fields"]["url"], "http://example-runtime.default.local.gd:31338");
+    let rt = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["key"] == "runtime/default/example-runtime")
+        .expect("runtime status");
+    assert_eq!(
+        rt["status"]["fields"]["url"],
+        "http://example-runtime.default.local.gd:31338"
+    );
     assert_eq!(rt["status"]["destinations"][0]["destination"], "worker-1");
-    assert_eq!(rt["status"]["commits"]["GitStateStore/remote"], first.as_str());
-    let bad = v.as_array().unwrap().iter().find(|o| o["key"] == "redis/default/bad");
-    assert!(bad.is_none(), "an invalid request never gets a record: {bad:?}");
+    assert_eq!(
+        rt["status"]["commits"]["GitStateStore/remote"],
+        first.as_str()
+    );
+    let bad = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["key"] == "redis/default/bad");
+    assert!(
+        bad.is_none(),
+        "an invalid request never gets a record: {bad:?}"
+    );
 
     // A second pass with no change: no commit, no pipeline.
     let (code, out, _) = reconcile(&w);
@@ -201,13 +293,23 @@ fn marketplace_promises_end_to_end() {
 
     // size: large → replicas 3, in a new commit.
     let req = std::fs::read_to_string(w.config.join("redis/resource-request.yaml")).unwrap();
-    std::fs::write(w.config.join("redis/resource-request.yaml"), req.replace("size: small", "size: large")).unwrap();
+    std::fs::write(
+        w.config.join("redis/resource-request.yaml"),
+        req.replace("size: small", "size: large"),
+    )
+    .unwrap();
     commit_config(&w, "large redis");
     let (_, out, _) = reconcile(&w);
-    assert!(out.contains("1 pipelines run"), "only the changed request runs: {out}");
+    assert!(
+        out.contains("1 pipelines run"),
+        "only the changed request runs: {out}"
+    );
     let second = head(&w);
     assert_ne!(second, first);
-    let redis = show(&w, "destinations/worker-1/resources/default/redis/example/instance-configure/5058f/redis-instance.yaml");
+    let redis = show(
+        &w,
+        "destinations/worker-1/resources/default/redis/example/instance-configure/5058f/redis-instance.yaml",
+    );
     assert!(redis.contains("replicas: 3"), "{redis}");
 
     // Removing the request prunes its files in a commit.
@@ -216,7 +318,15 @@ fn marketplace_promises_end_to_end() {
     let (_, out, _) = reconcile(&w);
     assert!(out.contains("deleted"), "{out}");
     assert_ne!(head(&w), second);
-    assert!(!files(&w).iter().any(|f| f.contains("resources/default/redis/example")), "redis request files pruned");
-    assert!(files(&w).iter().any(|f| f.contains("dependencies/redis/")), "the Promise's dependencies stay");
+    assert!(
+        !files(&w)
+            .iter()
+            .any(|f| f.contains("resources/default/redis/example")),
+        "redis request files pruned"
+    );
+    assert!(
+        files(&w).iter().any(|f| f.contains("dependencies/redis/")),
+        "the Promise's dependencies stay"
+    );
     let _ = &w.checkout;
 }

@@ -8,11 +8,20 @@ use std::path::Path;
 use common::{bwrap_works, copy_dir, git, promised, repo_root};
 
 fn reconcile(config: &Path, state: &Path) -> (i32, String, String) {
-    promised(&["reconcile", "--config", config.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
+    promised(&[
+        "reconcile",
+        "--config",
+        config.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ])
 }
 
 fn ls(repo: &Path) -> Vec<String> {
-    git(repo, &["ls-tree", "-r", "--name-only", "main"]).lines().map(str::to_string).collect()
+    git(repo, &["ls-tree", "-r", "--name-only", "main"])
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -30,7 +39,13 @@ fn quickstart_reconciles_incrementally_and_survives_losing_its_state() {
     let (code, out, err) = reconcile(&config, &state);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("4 pipelines run"), "{out}");
-    assert!(out.contains(&format!("look: git --git-dir {} log --stat main", store.display())), "{out}");
+    assert!(
+        out.contains(&format!(
+            "look: git --git-dir {} log --stat main",
+            store.display()
+        )),
+        "{out}"
+    );
     let files = ls(&store);
     for p in [
         "clusters/dev/dependencies/redis/promise-configure/5058f/redis-operator.yaml",
@@ -42,9 +57,18 @@ fn quickstart_reconciles_incrementally_and_survives_losing_its_state() {
         assert!(files.contains(&p.to_string()), "missing {p}: {files:#?}");
     }
     // The redis operator goes to dev only (Promise selector environment: dev); prod is strict.
-    assert!(!files.iter().any(|f| f.starts_with("clusters/prod/dependencies/redis")), "{files:#?}");
+    assert!(
+        !files
+            .iter()
+            .any(|f| f.starts_with("clusters/prod/dependencies/redis")),
+        "{files:#?}"
+    );
     let one = git(&store, &["rev-parse", "main"]);
-    assert_eq!(git(&store, &["rev-list", "--count", "main"]).trim(), "1", "one commit for the whole pass");
+    assert_eq!(
+        git(&store, &["rev-list", "--count", "main"]).trim(),
+        "1",
+        "one commit for the whole pass"
+    );
 
     // No change: no pipeline, no commit.
     let (code, out, _) = reconcile(&config, &state);
@@ -55,17 +79,41 @@ fn quickstart_reconciles_incrementally_and_survives_losing_its_state() {
     // Status table and JSON.
     let (code, table, _) = promised(&["status", "--state-dir", state.to_str().unwrap()]);
     assert_eq!(code, 0);
-    let line = table.lines().find(|l| l.starts_with("redis/default/example")).expect("redis row");
-    assert!(line.contains("Reconciled") && line.contains("dev") && line.contains(&one[..9]), "{line}");
-    let (_, yaml, _) = promised(&["status", "--state-dir", state.to_str().unwrap(), "--output", "yaml"]);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("redis/default/example"))
+        .expect("redis row");
+    assert!(
+        line.contains("Reconciled") && line.contains("dev") && line.contains(&one[..9]),
+        "{line}"
+    );
+    let (_, yaml, _) = promised(&[
+        "status",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--output",
+        "yaml",
+    ]);
     assert!(yaml.contains("type: ConfigureWorkflowCompleted"), "{yaml}");
 
     // One request changes: only it runs.
     let redis = config.join("requests/redis-example.yaml");
-    std::fs::write(&redis, std::fs::read_to_string(&redis).unwrap().replace("spec: {}", "spec:\n  size: large")).unwrap();
+    std::fs::write(
+        &redis,
+        std::fs::read_to_string(&redis)
+            .unwrap()
+            .replace("spec: {}", "spec:\n  size: large"),
+    )
+    .unwrap();
     let (_, out, _) = reconcile(&config, &state);
     assert!(out.contains("1 pipelines run"), "{out}");
-    let instance = git(&store, &["show", "main:clusters/dev/resources/default/redis/example/instance-configure/5058f/redis-instance.yaml"]);
+    let instance = git(
+        &store,
+        &[
+            "show",
+            "main:clusters/dev/resources/default/redis/example/instance-configure/5058f/redis-instance.yaml",
+        ],
+    );
     assert!(instance.contains("replicas: 3"), "{instance}");
     let two = git(&store, &["rev-parse", "main"]);
 
@@ -81,12 +129,20 @@ fn quickstart_reconciles_incrementally_and_survives_losing_its_state() {
     let (code, out, err) = reconcile(&config, &state);
     assert_eq!(code, 0, "{out}\n{err}");
     let files = ls(&store);
-    assert!(!files.iter().any(|f| f.contains("team-b-prod")), "removed request pruned after state loss: {files:#?}");
+    assert!(
+        !files.iter().any(|f| f.contains("team-b-prod")),
+        "removed request pruned after state loss: {files:#?}"
+    );
     assert!(files.iter().any(|f| f.contains("team-a")));
     let three = git(&store, &["rev-parse", "main"]);
     assert_ne!(three, two);
     let changed = git(&store, &["diff", "--name-only", two.trim(), three.trim()]);
-    assert!(changed.lines().all(|l| l.contains("team-b-prod") || l.starts_with(".promised/")), "only the pruned files changed:\n{changed}");
+    assert!(
+        changed
+            .lines()
+            .all(|l| l.contains("team-b-prod") || l.starts_with(".promised/")),
+        "only the pruned files changed:\n{changed}"
+    );
 
     // And once more: converged.
     let (_, out, _) = reconcile(&config, &state);

@@ -203,6 +203,7 @@ fn load(a: &RunArgs) -> Result<(ValidConfig, Option<String>), String> {
         let (docs, diags) = config::parse_documents(&[RawFile {
             path: path.clone(),
             bytes,
+            executable: false,
         }]);
         if let Some(d) = diags.first() {
             return Err(d.to_string());

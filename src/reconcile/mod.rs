@@ -61,6 +61,9 @@ use crate::validate::{ValidConfig, ValidPromise, ValidRequest, to_yaml};
 /// Bumped when the engine's output for the same inputs changes, to force re-runs.
 const ENGINE_VERSION: &str = "promised-engine-1";
 
+/// A canary write (`Ok`) or the owner key of canary files to remove (`Err`).
+type CanaryChange = Result<PlacementWrite, String>;
+
 /// Errors that stop a whole pass (everything else is per-object status).
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -753,7 +756,7 @@ impl Engine {
     fn canaries(
         &mut self,
         cfg: &ValidConfig,
-    ) -> Result<Vec<(String, Result<PlacementWrite, String>)>, EngineError> {
+    ) -> Result<Vec<(String, CanaryChange)>, EngineError> {
         let mut out = Vec::new();
         let mut seen = BTreeSet::new();
         for d in &cfg.destinations {

@@ -24,9 +24,17 @@ impl GitDaemon {
         let base_owned = base.to_path_buf();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let Ok(input) = stream.try_clone() else { continue };
+                let Ok(input) = stream.try_clone() else {
+                    continue;
+                };
                 let child = Command::new("git")
-                    .args(["daemon", "--inetd", "--export-all", "--enable=receive-pack", "--informative-errors"])
+                    .args([
+                        "daemon",
+                        "--inetd",
+                        "--export-all",
+                        "--enable=receive-pack",
+                        "--informative-errors",
+                    ])
                     .arg(format!("--base-path={}", base_owned.display()))
                     .arg(&base_owned)
                     .stdin(Stdio::from(OwnedFd::from(input)))
@@ -40,7 +48,10 @@ impl GitDaemon {
                 }
             }
         });
-        GitDaemon { port, base: base.to_path_buf() }
+        GitDaemon {
+            port,
+            base: base.to_path_buf(),
+        }
     }
 
     /// Creates an empty bare repository `name` (branch `main`) and returns its git:// URL.
@@ -53,12 +64,24 @@ impl GitDaemon {
 /// Runs git with a fixed identity in `dir`; panics with stderr on failure; returns stdout.
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"])
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "init.defaultBranch=main",
+        ])
         .args(args)
         .current_dir(dir)
         .output()
         .expect("git runs");
-    assert!(out.status.success(), "git {args:?} in {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?} in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -100,7 +123,10 @@ pub fn bwrap_works() -> bool {
 
 /// Runs the built `promised` binary; returns (exit code, stdout, stderr).
 pub fn promised(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_promised")).args(args).output().expect("promised runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_promised"))
+        .args(args)
+        .output()
+        .expect("promised runs");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
