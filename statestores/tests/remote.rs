@@ -261,3 +261,55 @@ fn ssh_keys_are_written_private_under_the_state_dir() {
     }
     assert!(!format!("{store:?}").contains("secretkeymaterial"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_apply_is_written_as_a_pack_and_pushes_a_valid_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    common::init_bare(&srv.join("repo.git"));
+    let port = common::start_git_daemon(srv.clone());
+    let url = format!("git://127.0.0.1:{port}/repo.git");
+    let store = GitStateStore::open(
+        "big",
+        GitStateStoreSpec::new(url.clone()),
+        GitOptions::new(tmp.path().join("state")),
+    )
+    .unwrap();
+    let mut cs = one_file("x\n");
+    cs.writes[0].files = (0..500)
+        .map(|i| FileWrite {
+            path: format!("worker-1/dependencies/redis/configure/5058f/f{i:03}.yaml"),
+            content: format!("n: {i}\n").into_bytes(),
+        })
+        .collect();
+    let out = store.apply(&cs).await.unwrap();
+    assert_eq!(out.written, 500);
+    let packs = std::fs::read_dir(store.repo_path().join("objects/pack"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "pack")
+        })
+        .count();
+    assert_eq!(packs, 1, "one pack for the large apply");
+    common::git(
+        Some(store.repo_path()),
+        &["fsck", "--strict", "--no-dangling"],
+    );
+    common::git(
+        Some(&srv.join("repo.git")),
+        &["fsck", "--strict", "--no-dangling"],
+    );
+    let view = common::View::of(&url);
+    assert_eq!(
+        view.read("worker-1/dependencies/redis/configure/5058f/f499.yaml")
+            .unwrap(),
+        "n: 499\n"
+    );
+    // Re-apply: nothing to do, even though the objects now live in a pack.
+    assert_eq!(store.apply(&cs).await.unwrap().version, None);
+}

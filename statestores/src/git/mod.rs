@@ -274,7 +274,7 @@ impl GitStateStore {
                 outcome.deleted = 0;
                 Ok(Prepared::NoChange(outcome))
             }
-            Some(commit) => Ok(Prepared::Commit {
+            Some((commit, _objects)) => Ok(Prepared::Commit {
                 commit,
                 head,
                 outcome,
