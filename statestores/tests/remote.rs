@@ -313,3 +313,52 @@ async fn large_apply_is_written_as_a_pack_and_pushes_a_valid_history() {
     // Re-apply: nothing to do, even though the objects now live in a pack.
     assert_eq!(store.apply(&cs).await.unwrap().version, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_large_applies_trigger_gc_and_the_store_keeps_working() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("local.git");
+    let store = GitStateStore::open(
+        "gc",
+        GitStateStoreSpec::new(repo.display().to_string()),
+        GitOptions::new(tmp.path().join("state")),
+    )
+    .unwrap();
+    let packs = || {
+        std::fs::read_dir(repo.join("objects/pack"))
+            .map(|rd| {
+                rd.filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "pack")
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    };
+    let mut max_packs = 0;
+    for round in 0..30 {
+        let mut cs = one_file("x\n");
+        cs.writes[0].files = (0..101)
+            .map(|i| FileWrite {
+                path: format!("worker-1/dependencies/redis/configure/5058f/f{i:03}.yaml"),
+                content: format!("round: {round}\nn: {i}\n").into_bytes(),
+            })
+            .collect();
+        let out = store.apply(&cs).await.unwrap();
+        assert_eq!(out.written, 101, "round {round}");
+        max_packs = max_packs.max(packs());
+    }
+    assert!(max_packs <= 26, "gc kept packs bounded, saw {max_packs}");
+    assert!(packs() < 10, "packs were consolidated: {}", packs());
+    common::git(Some(&repo), &["fsck", "--strict", "--no-dangling"]);
+    let view = common::View::of(repo.to_str().unwrap());
+    assert_eq!(view.commit_count(), 30);
+    assert_eq!(
+        view.read("worker-1/dependencies/redis/configure/5058f/f100.yaml")
+            .unwrap(),
+        "round: 29\nn: 100\n"
+    );
+}

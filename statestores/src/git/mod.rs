@@ -57,10 +57,56 @@ struct Inner {
     opts: GitOptions,
     backend: Backend,
     repo_path: PathBuf,
-    repo: gix::ThreadSafeRepository,
+    repo: std::sync::RwLock<gix::ThreadSafeRepository>,
+    overrides: Vec<String>,
     secrets: Secrets,
     url_display: String,
     lock: tokio::sync::Mutex<()>,
+}
+
+impl Inner {
+    /// A thread-local handle on the repository.
+    fn repo(&self) -> gix::Repository {
+        self.repo
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .to_thread_local()
+    }
+
+    /// Keep the repository fast over thousands of applies: when there are many packs or loose
+    /// objects, run `git gc` (one process, only when needed, under the store lock), then reopen
+    /// the gix handle so it sees the new pack layout. Failures are logged, never fatal.
+    fn maybe_gc(&self, env: &[(String, String)]) {
+        if !repo::needs_gc(&self.repo_path) {
+            return;
+        }
+        let status = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&self.repo_path)
+            .args(["gc", "--quiet"])
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env_remove("GIT_DIR")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        match status {
+            Ok(s) if s.success() => {
+                match repo::open_or_init(&self.repo_path, self.overrides.clone(), &self.secrets) {
+                    Ok(fresh) => {
+                        *self
+                            .repo
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot reopen repository after git gc"),
+                }
+            }
+            other => {
+                tracing::warn!(path = %self.repo_path.display(), result = ?other, "git gc failed")
+            }
+        }
+    }
 }
 
 /// A Git state store (remote or local backend, see the module docs). Cheap to clone.
@@ -182,7 +228,8 @@ impl GitStateStore {
                 )
             }
         };
-        let repo = repo::open_or_init(&repo_path, overrides, &secrets)?;
+        let repo =
+            std::sync::RwLock::new(repo::open_or_init(&repo_path, overrides.clone(), &secrets)?);
         Ok(Self {
             inner: Arc::new(Inner {
                 spec,
@@ -190,6 +237,7 @@ impl GitStateStore {
                 backend,
                 repo_path,
                 repo,
+                overrides,
                 secrets,
                 url_display,
                 lock: tokio::sync::Mutex::new(()),
@@ -243,7 +291,7 @@ impl GitStateStore {
 
     /// One attempt up to (not including) publishing. Blocking.
     fn prepare_blocking(inner: &Inner, changes: &ChangeSet) -> Result<Prepared, Error> {
-        let repo = inner.repo.to_thread_local();
+        let repo = inner.repo();
         let head = Self::head_blocking(inner, &repo)?;
         let (files, base_tree) = repo::head_files(&repo, head, &inner.secrets)?;
         let index = plan::load_index(&files, |oid| repo::read_blob(&repo, oid, &inner.secrets))?;
@@ -309,7 +357,7 @@ impl GitStateStore {
             Backend::Local => {
                 let inner = self.inner.clone();
                 let cas = blocking(move || {
-                    let repo = inner.repo.to_thread_local();
+                    let repo = inner.repo();
                     repo::cas_ref(
                         &repo,
                         &branch_ref,
@@ -345,12 +393,22 @@ impl GitStateStore {
                 let inner = self.inner.clone();
                 let tracking = format!("refs/remotes/origin/{}", self.inner.spec.branch);
                 blocking(move || {
-                    let repo = inner.repo.to_thread_local();
+                    let repo = inner.repo();
                     repo::set_ref(&repo, &tracking, commit, &inner.secrets)
                 })
                 .await?;
             }
         }
+        let inner = self.inner.clone();
+        let env = match &self.inner.backend {
+            Backend::Remote { env, .. } => env.clone(),
+            Backend::Local => Credentials::None.git_env(false),
+        };
+        blocking(move || {
+            inner.maybe_gc(&env);
+            Ok(())
+        })
+        .await?;
         outcome.version = Some(commit.to_string());
         Ok(outcome)
     }
@@ -383,7 +441,7 @@ impl StateStore for GitStateStore {
         match &self.inner.backend {
             Backend::Local => {
                 blocking(move || {
-                    let repo = inner.repo.to_thread_local();
+                    let repo = inner.repo();
                     repo::read_ref(
                         &repo,
                         &format!("refs/heads/{}", inner.spec.branch),
@@ -406,7 +464,7 @@ impl StateStore for GitStateStore {
                 // (or of a local, unpublished root commit when the branch does not exist yet)
                 // checks receive-pack access, as Kratix's empty `git push` does.
                 let (head, probe) = blocking(move || {
-                    let repo = inner.repo.to_thread_local();
+                    let repo = inner.repo();
                     let head = Self::head_blocking(&inner, &repo)?;
                     let probe = match head {
                         Some(h) => h,
@@ -460,7 +518,7 @@ impl StateStore for GitStateStore {
         let inner = self.inner.clone();
         let prefix = prefix.trim_matches('/').to_owned();
         blocking(move || {
-            let repo = inner.repo.to_thread_local();
+            let repo = inner.repo();
             let head = Self::head_blocking(&inner, &repo)?;
             let (files, _) = repo::head_files(&repo, head, &inner.secrets)?;
             let mut entries =

@@ -360,7 +360,7 @@ fn write_pack(
     }
     let dir = repo.common_dir().join("objects").join("pack");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    gix::odb::pack::Bundle::write_to_directory(
+    let outcome = gix::odb::pack::Bundle::write_to_directory(
         &mut &pack[..],
         Some(&dir),
         &mut gix::progress::Discard,
@@ -373,7 +373,37 @@ fn write_pack(
         },
     )
     .map_err(|e| Error::Repository(secrets.redact(&e.to_string())))?;
+    // gix leaves a `.keep` file (as fetch does until refs are updated). We do not want one:
+    // it would stop `git gc` from ever consolidating our packs. Unreferenced objects are still
+    // safe from gc for two weeks (cruft packs), far longer than one apply.
+    if let Some(keep) = outcome.keep_path {
+        std::fs::remove_file(&keep).map_err(|e| Error::io(&keep, e))?;
+    }
     Ok(())
+}
+
+/// Packs above which [`needs_gc`] asks for a `git gc` (git's `gc.autoPackLimit` is 50).
+pub const GC_PACK_LIMIT: usize = 25;
+/// Estimated loose objects above which [`needs_gc`] asks for a `git gc` (git's `gc.auto` is
+/// 6700; estimated like git does, from the `objects/17` fan-out directory).
+pub const GC_LOOSE_LIMIT: usize = 3000;
+
+/// Whether the repository at `git_dir` has enough packs or loose objects to be worth a gc.
+pub fn needs_gc(git_dir: &Path) -> bool {
+    let count = |dir: &Path, pred: &dyn Fn(&std::path::Path) -> bool| {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter(|e| pred(&e.path()))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let packs = count(&git_dir.join("objects/pack"), &|p| {
+        p.extension().is_some_and(|x| x == "pack")
+    });
+    let loose = count(&git_dir.join("objects/17"), &|_| true) * 256;
+    packs > GC_PACK_LIMIT || loose > GC_LOOSE_LIMIT
 }
 
 /// Outcome of a compare-and-swap ref update.
