@@ -211,6 +211,7 @@ async fn batched_apply_is_one_commit<S: StateStore>(store: &S, fx: &Fixture) {
         "{msg}"
     );
     assert_eq!(view.author(), "kratix <>");
+    store.check().await.expect("check once the branch exists");
     let owned = store.owned("destinations/worker-1").await.unwrap();
     assert_eq!(owned.len(), 3);
     assert!(
