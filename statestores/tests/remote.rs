@@ -63,7 +63,6 @@ async fn wrong_password_is_a_clear_auth_error_without_the_password() {
         store.owned("").await.unwrap_err(),
     ] {
         let shown = format!("{err} / {err:?}");
-        eprintln!("auth error as shown: {err}");
         assert!(matches!(err, Error::Auth { .. }), "{shown}");
         assert!(
             shown.contains("authentication to http://127.0.0.1:"),

@@ -277,7 +277,12 @@ impl GitStateStore {
                     match e {
                         repo::FetchError::Auth(message) => Error::Auth {
                             url_without_secrets: inner.url_display.clone(),
-                            message,
+                            message: match &inner.spec.secret_ref {
+                                Some(r) => {
+                                    format!("{message} (credentials from secret {:?})", r.name)
+                                }
+                                None => format!("{message} (no secretRef configured)"),
+                            },
                         },
                         repo::FetchError::Other(message) => Error::Transport {
                             url_without_secrets: inner.url_display.clone(),
