@@ -362,3 +362,52 @@ async fn many_large_applies_trigger_gc_and_the_store_keeps_working() {
         "round: 29\nn: 100\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_ssh_key_is_an_auth_error_without_key_material() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let Some(server) = common::SshServer::start(&keys) else {
+        eprintln!("skipped: openssh-server not installed");
+        return;
+    };
+    let bare = tmp.path().join("repo.git");
+    common::init_bare(&bare);
+    // A key the server does not know.
+    let other = tmp.path().join("other");
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let key = std::fs::read_to_string(&other).unwrap();
+    let key_body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    let secrets = tmp.path().join("secrets/ssh-creds");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("sshPrivateKey"), &key).unwrap();
+    std::fs::write(secrets.join("knownHosts"), &server.known_hosts).unwrap();
+    let mut spec = GitStateStoreSpec::new(format!(
+        "ssh://{}@127.0.0.1:{}{}",
+        server.user,
+        server.port,
+        bare.display()
+    ));
+    spec.auth_method = AuthMethod::Ssh;
+    spec.secret_ref = Some(SecretRef {
+        name: "ssh-creds".into(),
+        namespace: "default".into(),
+    });
+    let mut opts = GitOptions::new(tmp.path().join("state"));
+    opts.secrets_dir = Some(tmp.path().join("secrets"));
+    let store = GitStateStore::open("ssh", spec, opts).unwrap();
+    let err = store.apply(&one_file("a: 1\n")).await.unwrap_err();
+    let shown = format!("{err} / {err:?}");
+    assert!(matches!(err, Error::Auth { .. }), "{shown}");
+    assert!(shown.contains("ssh-creds"), "{shown}");
+    for line in key.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!shown.contains(line), "{shown}");
+    }
+    assert!(!shown.contains(&key_body[..20]));
+}

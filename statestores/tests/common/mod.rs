@@ -267,3 +267,84 @@ pub fn remote_head(url: &str) -> Option<String> {
     let out = git(None, &["ls-remote", url, "refs/heads/main"]);
     out.split_whitespace().next().map(str::to_owned)
 }
+
+/// A throwaway `sshd` on 127.0.0.1 (`test-infrastructure.md` §1c); killed on drop.
+/// `None` when openssh-server is not installed.
+pub struct SshServer {
+    child: Child,
+    pub port: u16,
+    pub user: String,
+    /// Private key accepted by the server.
+    pub client_key: String,
+    /// A `known_hosts` line for the server.
+    pub known_hosts: String,
+}
+
+impl SshServer {
+    pub fn start(dir: &Path) -> Option<Self> {
+        let sshd = Path::new("/usr/sbin/sshd");
+        if !sshd.exists() {
+            return None;
+        }
+        std::fs::create_dir_all("/run/sshd").ok()?;
+        for k in ["hostkey", "clientkey"] {
+            let out = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(dir.join(k))
+                .output()
+                .ok()?;
+            assert!(out.status.success());
+        }
+        std::fs::copy(dir.join("clientkey.pub"), dir.join("authorized_keys")).unwrap();
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "ListenAddress 127.0.0.1\nPort {port}\nHostKey {d}/hostkey\nPidFile {d}/pid\nAuthorizedKeysFile {d}/authorized_keys\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n\
+                 SetEnv PATH={path}\n",
+                d = dir.display(),
+                path = std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(sshd)
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_owned();
+        let host_pub = std::fs::read_to_string(dir.join("hostkey.pub")).unwrap();
+        Some(SshServer {
+            child,
+            port,
+            user,
+            client_key: std::fs::read_to_string(dir.join("clientkey")).unwrap(),
+            known_hosts: format!("[127.0.0.1]:{port} {}", host_pub.trim()),
+        })
+    }
+}
+
+impl Drop for SshServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
