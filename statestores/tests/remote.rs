@@ -411,3 +411,39 @@ async fn wrong_ssh_key_is_an_auth_error_without_key_material() {
     }
     assert!(!shown.contains(&key_body[..20]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_verified_unless_told_otherwise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    common::init_bare(&srv.join("repo.git"));
+    let server = common::HttpServer::start_tls(&srv, "alice", "tls-pw");
+    let mut spec = GitStateStoreSpec::new(format!("https://127.0.0.1:{}/repo.git", server.port));
+    spec.secret_ref = Some(SecretRef {
+        name: "git-creds".into(),
+        namespace: "default".into(),
+    });
+    let secrets = secrets_dir(tmp.path(), "alice", "tls-pw");
+
+    // Default: the self-signed certificate is refused.
+    let mut opts = GitOptions::new(tmp.path().join("state-verify"));
+    opts.secrets_dir = Some(secrets.clone());
+    let store = GitStateStore::open("tls", spec.clone(), opts).unwrap();
+    let err = store.apply(&one_file("a: 1\n")).await.unwrap_err();
+    assert!(matches!(err, Error::Transport { .. }), "{err:?}");
+    assert!(!format!("{err:?}").contains("tls-pw"));
+
+    // Explicit opt-out (Kratix's behaviour): works, for fetch (gix) and push (git).
+    let mut opts = GitOptions::new(tmp.path().join("state-insecure"));
+    opts.secrets_dir = Some(secrets);
+    opts.insecure_skip_tls_verify = true;
+    let store = GitStateStore::open("tls", spec, opts).unwrap();
+    store.check().await.unwrap();
+    let out = store.apply(&one_file("a: 1\n")).await.unwrap();
+    assert!(out.version.is_some());
+    assert_eq!(
+        store.apply(&one_file("a: 1\n")).await.unwrap().version,
+        None
+    );
+}

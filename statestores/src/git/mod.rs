@@ -272,25 +272,29 @@ impl GitStateStore {
                 &format!("refs/heads/{}", inner.spec.branch),
                 &inner.secrets,
             ),
-            Backend::Remote { url, creds, .. } => {
-                repo::fetch(repo, url, &inner.spec.branch, creds, &inner.secrets).map_err(|e| {
-                    match e {
-                        repo::FetchError::Auth(message) => Error::Auth {
-                            url_without_secrets: inner.url_display.clone(),
-                            message: match &inner.spec.secret_ref {
-                                Some(r) => {
-                                    format!("{message} (credentials from secret {:?})", r.name)
-                                }
-                                None => format!("{message} (no secretRef configured)"),
-                            },
-                        },
-                        repo::FetchError::Other(message) => Error::Transport {
-                            url_without_secrets: inner.url_display.clone(),
-                            message,
-                        },
-                    }
-                })
-            }
+            Backend::Remote { url, creds, .. } => repo::fetch(
+                repo,
+                url,
+                &inner.spec.branch,
+                creds,
+                inner.opts.insecure_skip_tls_verify,
+                &inner.secrets,
+            )
+            .map_err(|e| match e {
+                repo::FetchError::Auth(message) => Error::Auth {
+                    url_without_secrets: inner.url_display.clone(),
+                    message: match &inner.spec.secret_ref {
+                        Some(r) => {
+                            format!("{message} (credentials from secret {:?})", r.name)
+                        }
+                        None => format!("{message} (no secretRef configured)"),
+                    },
+                },
+                repo::FetchError::Other(message) => Error::Transport {
+                    url_without_secrets: inner.url_display.clone(),
+                    message,
+                },
+            }),
         }
     }
 

@@ -118,6 +118,7 @@ pub fn fetch(
     url: &str,
     branch: &str,
     creds: &Credentials,
+    insecure_skip_tls_verify: bool,
     secrets: &Secrets,
 ) -> Result<Option<ObjectId>, FetchError> {
     let classify = |e: gix::Error| {
@@ -141,9 +142,27 @@ pub fn fetch(
             gix::remote::Direction::Fetch,
         )
         .map_err(classify)?;
-    let conn = remote
+    let mut conn = remote
         .connect(gix::remote::Direction::Fetch)
         .map_err(classify)?;
+    if insecure_skip_tls_verify && url.starts_with("https://") {
+        // gix's reqwest backend does not honour `http.sslVerify`; configure the client directly.
+        use gix_transport::client::blocking_io::http;
+        let mut opts = repo
+            .transport_options(url, None)
+            .map_err(classify)?
+            .and_then(|o| o.downcast::<http::Options>().ok())
+            .map(|o| *o)
+            .unwrap_or_default();
+        let backend = http::reqwest::Options {
+            configure_client: Some(Box::new(|b: reqwest::blocking::ClientBuilder| {
+                Ok(b.tls_danger_accept_invalid_certs(true))
+            })),
+            configure_request: None,
+        };
+        opts.backend = Some(std::sync::Arc::new(std::sync::Mutex::new(backend)));
+        conn.set_transport_options(Box::new(opts));
+    }
     let creds = creds.clone();
     let conn = conn.with_credentials(move |action| match action {
         gix::credentials::helper::Action::Get(ctx) => match &creds {

@@ -123,6 +123,11 @@ class H(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(rest))); self.end_headers(); self.wfile.write(rest)
     do_GET = do_POST = _handle
 srv = ThreadingHTTPServer(("127.0.0.1", PORT), H)
+if len(sys.argv) > 6:  # CERT KEY: serve https
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[5], sys.argv[6])
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
 print(f"PORT={srv.server_address[1]}", flush=True)
 srv.serve_forever()
 "#;
@@ -135,6 +140,50 @@ pub struct HttpServer {
 
 impl HttpServer {
     pub fn start(root: &Path, user: &str, pass: &str) -> Self {
+        Self::start_with(root, user, pass, &[])
+    }
+
+    /// Serve https with a fresh self-signed certificate for 127.0.0.1.
+    pub fn start_tls(root: &Path, user: &str, pass: &str) -> Self {
+        let (cert, key) = (root.join("cert.pem"), root.join("key.pem"));
+        let out = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "1",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self::start_with(
+            root,
+            user,
+            pass,
+            &[cert.to_str().unwrap(), key.to_str().unwrap()],
+        )
+    }
+
+    fn start_with(root: &Path, user: &str, pass: &str, extra: &[&str]) -> Self {
         let script = root.join("githttp.py");
         std::fs::write(&script, GITHTTP).unwrap();
         let mut child = Command::new("python3")
@@ -143,6 +192,7 @@ impl HttpServer {
             .arg("0")
             .arg(user)
             .arg(pass)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
