@@ -447,3 +447,40 @@ async fn tls_is_verified_unless_told_otherwise() {
         None
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_persistent_clone_is_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    common::init_bare(&srv.join("repo.git"));
+    let port = common::start_git_daemon(srv);
+    let spec = GitStateStoreSpec::new(format!("git://127.0.0.1:{port}/repo.git"));
+    let state = tmp.path().join("state");
+    let store = GitStateStore::open("s", spec.clone(), GitOptions::new(&state)).unwrap();
+    store.apply(&one_file("a: 1\n")).await.unwrap();
+    let clone = store.repo_path().to_owned();
+    drop(store);
+    // Wreck it: not a repository any more.
+    std::fs::remove_dir_all(&clone).unwrap();
+    std::fs::create_dir_all(&clone).unwrap();
+    std::fs::write(clone.join("garbage"), "x").unwrap();
+    let store = GitStateStore::open("s", spec, GitOptions::new(&state)).unwrap();
+    let out = store.apply(&one_file("a: 2\n")).await.unwrap();
+    assert!(out.version.is_some());
+    let view = common::View::of(&format!("git://127.0.0.1:{port}/repo.git"));
+    assert_eq!(view.commit_count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_backend_refuses_a_path_that_is_not_a_repository() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("some-file"), "x").unwrap();
+    let err = GitStateStore::open(
+        "l",
+        GitStateStoreSpec::new(tmp.path().display().to_string()),
+        GitOptions::new(tmp.path().join("state")),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("is not a git repository"), "{err}");
+}

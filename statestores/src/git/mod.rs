@@ -228,8 +228,29 @@ impl GitStateStore {
                 )
             }
         };
-        let repo =
-            std::sync::RwLock::new(repo::open_or_init(&repo_path, overrides.clone(), &secrets)?);
+        let repo = match (
+            &backend,
+            repo::open_or_init(&repo_path, overrides.clone(), &secrets),
+        ) {
+            (_, Ok(r)) => r,
+            // The persistent clone is only a cache of the remote: if it is unusable (a crash
+            // mid-write, disk trouble), move it aside and start a fresh one instead of failing
+            // forever (the Kratix "stale clone" failure mode, syntasso/kratix#850).
+            (Backend::Remote { .. }, Err(e)) => {
+                let aside = repo_path.with_extension(format!(
+                    "broken-{}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs())
+                ));
+                tracing::warn!(path = %repo_path.display(), moved_to = %aside.display(), error = %e,
+                    "persistent clone unusable; starting a fresh one");
+                std::fs::rename(&repo_path, &aside).map_err(|e| Error::io(&repo_path, e))?;
+                repo::open_or_init(&repo_path, overrides.clone(), &secrets)?
+            }
+            (Backend::Local, Err(e)) => return Err(e),
+        };
+        let repo = std::sync::RwLock::new(repo);
         Ok(Self {
             inner: Arc::new(Inner {
                 spec,
@@ -460,7 +481,9 @@ impl StateStore for GitStateStore {
                     // where objects and refs go.
                     for dir in ["objects", "refs/heads"] {
                         let d = repo.path().join(dir);
-                        let probe = d.join(format!(".promised-write-check-{}", std::process::id()));
+                        // `.lock` suffix: git never reads such a file as a ref or object.
+                        let probe =
+                            d.join(format!(".promised-write-check-{}.lock", std::process::id()));
                         std::fs::write(&probe, b"").map_err(|e| Error::io(&probe, e))?;
                         std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))?;
                     }
