@@ -23,6 +23,47 @@
 //! apply(changes)   one commit per call; prunes, skips unchanged content, repairs drift
 //! ```
 //!
+//! ```no_run
+//! use statestores::git::{GitOptions, GitStateStoreSpec};
+//! use statestores::{ChangeSet, CommitMeta, FileWrite, GitStateStore, Owner, PlacementWrite, StateStore};
+//!
+//! # async fn demo() -> Result<(), statestores::Error> {
+//! // `spec` comes from a GitStateStore document; a plain path selects the local backend.
+//! let spec = GitStateStoreSpec::new("/var/lib/promised/state.git");
+//! let store = GitStateStore::open("default", spec, GitOptions::new("/var/lib/promised"))?;
+//! store.check().await?; // at start-up
+//! let owner = Owner {
+//!     key: "worker-1/resources/default/redis/example/instance-configure/5058f".into(),
+//!     destination: "worker-1".into(),
+//!     promise: "redis".into(),
+//!     resource: Some("default/example".into()),
+//!     pipeline: Some("instance-configure".into()),
+//! };
+//! let changes = ChangeSet {
+//!     writes: vec![PlacementWrite {
+//!         files: vec![FileWrite {
+//!             path: format!("worker-1/resources/default/redis/example/instance-configure/5058f/redis.yaml"),
+//!             content: b"apiVersion: v1\nkind: ConfigMap\n".to_vec(),
+//!         }],
+//!         owner,
+//!     }],
+//!     removals: vec![],
+//!     meta: CommitMeta { config_commit: Some("1a2b3c4d".into()), ..Default::default() },
+//! };
+//! let outcome = store.apply(&changes).await?;
+//! // outcome.version: Some(commit sha) or None when nothing changed; outcome.drift: repaired edits.
+//! # let _ = outcome; Ok(()) }
+//! ```
+//!
+//! Errors are typed ([`Error`]); [`Error::is_transient`] separates "requeue soon" (lost races,
+//! transport) from "needs a person" (credentials, hooks, configuration). Secrets never appear
+//! in errors, logs, process arguments or commits.
+//!
+//! Caveats: one `GitStateStore` per repository and branch per process (applies are serialised
+//! inside it; two daemons sharing one `state_dir` clone are not coordinated, although their
+//! pushes stay correct thanks to the lease). The local backend moves the branch ref directly;
+//! point it at a bare repository, not at a checked-out branch of a working copy.
+//!
 //! # Where the ownership index lives, and why
 //!
 //! For every file we wrote, the index records its path, its sha256, its git blob id and the

@@ -5,7 +5,8 @@
 //! Rules (Kratix `nestedByMetadata` semantics, `kratix-contract.md` §4.1, plus drift repair):
 //! - a [`PlacementWrite`] is the owner's complete file set: indexed files of that owner that are
 //!   not listed are deleted;
-//! - a removal deletes every indexed file of that owner;
+//! - a removal deletes every indexed file of that owner (pruned and removed files are deleted
+//!   even when someone edited them: the index says we own them and nothing produces them now);
 //! - content whose git blob id equals the head's entry is left alone (counted as unchanged);
 //! - an indexed file whose head blob id differs from the index (edited or deleted by someone
 //!   else) is reported as drift and restored: from the desired content if the owner is in the

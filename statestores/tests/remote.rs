@@ -261,3 +261,226 @@ fn ssh_keys_are_written_private_under_the_state_dir() {
     }
     assert!(!format!("{store:?}").contains("secretkeymaterial"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_apply_is_written_as_a_pack_and_pushes_a_valid_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    common::init_bare(&srv.join("repo.git"));
+    let port = common::start_git_daemon(srv.clone());
+    let url = format!("git://127.0.0.1:{port}/repo.git");
+    let store = GitStateStore::open(
+        "big",
+        GitStateStoreSpec::new(url.clone()),
+        GitOptions::new(tmp.path().join("state")),
+    )
+    .unwrap();
+    let mut cs = one_file("x\n");
+    cs.writes[0].files = (0..500)
+        .map(|i| FileWrite {
+            path: format!("worker-1/dependencies/redis/configure/5058f/f{i:03}.yaml"),
+            content: format!("n: {i}\n").into_bytes(),
+        })
+        .collect();
+    let out = store.apply(&cs).await.unwrap();
+    assert_eq!(out.written, 500);
+    let packs = std::fs::read_dir(store.repo_path().join("objects/pack"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "pack")
+        })
+        .count();
+    assert_eq!(packs, 1, "one pack for the large apply");
+    common::git(
+        Some(store.repo_path()),
+        &["fsck", "--strict", "--no-dangling"],
+    );
+    common::git(
+        Some(&srv.join("repo.git")),
+        &["fsck", "--strict", "--no-dangling"],
+    );
+    let view = common::View::of(&url);
+    assert_eq!(
+        view.read("worker-1/dependencies/redis/configure/5058f/f499.yaml")
+            .unwrap(),
+        "n: 499\n"
+    );
+    // Re-apply: nothing to do, even though the objects now live in a pack.
+    assert_eq!(store.apply(&cs).await.unwrap().version, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_large_applies_trigger_gc_and_the_store_keeps_working() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("local.git");
+    let store = GitStateStore::open(
+        "gc",
+        GitStateStoreSpec::new(repo.display().to_string()),
+        GitOptions::new(tmp.path().join("state")),
+    )
+    .unwrap();
+    let packs = || {
+        std::fs::read_dir(repo.join("objects/pack"))
+            .map(|rd| {
+                rd.filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "pack")
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    };
+    let mut max_packs = 0;
+    for round in 0..30 {
+        let mut cs = one_file("x\n");
+        cs.writes[0].files = (0..101)
+            .map(|i| FileWrite {
+                path: format!("worker-1/dependencies/redis/configure/5058f/f{i:03}.yaml"),
+                content: format!("round: {round}\nn: {i}\n").into_bytes(),
+            })
+            .collect();
+        let out = store.apply(&cs).await.unwrap();
+        assert_eq!(out.written, 101, "round {round}");
+        max_packs = max_packs.max(packs());
+    }
+    assert!(max_packs <= 26, "gc kept packs bounded, saw {max_packs}");
+    assert!(packs() < 10, "packs were consolidated: {}", packs());
+    common::git(Some(&repo), &["fsck", "--strict", "--no-dangling"]);
+    let view = common::View::of(repo.to_str().unwrap());
+    assert_eq!(view.commit_count(), 30);
+    assert_eq!(
+        view.read("worker-1/dependencies/redis/configure/5058f/f100.yaml")
+            .unwrap(),
+        "round: 29\nn: 100\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_ssh_key_is_an_auth_error_without_key_material() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let Some(server) = common::SshServer::start(&keys) else {
+        eprintln!("skipped: openssh-server not installed");
+        return;
+    };
+    let bare = tmp.path().join("repo.git");
+    common::init_bare(&bare);
+    // A key the server does not know.
+    let other = tmp.path().join("other");
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let key = std::fs::read_to_string(&other).unwrap();
+    let key_body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    let secrets = tmp.path().join("secrets/ssh-creds");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("sshPrivateKey"), &key).unwrap();
+    std::fs::write(secrets.join("knownHosts"), &server.known_hosts).unwrap();
+    let mut spec = GitStateStoreSpec::new(format!(
+        "ssh://{}@127.0.0.1:{}{}",
+        server.user,
+        server.port,
+        bare.display()
+    ));
+    spec.auth_method = AuthMethod::Ssh;
+    spec.secret_ref = Some(SecretRef {
+        name: "ssh-creds".into(),
+        namespace: "default".into(),
+    });
+    let mut opts = GitOptions::new(tmp.path().join("state"));
+    opts.secrets_dir = Some(tmp.path().join("secrets"));
+    let store = GitStateStore::open("ssh", spec, opts).unwrap();
+    let err = store.apply(&one_file("a: 1\n")).await.unwrap_err();
+    let shown = format!("{err} / {err:?}");
+    assert!(matches!(err, Error::Auth { .. }), "{shown}");
+    assert!(shown.contains("ssh-creds"), "{shown}");
+    for line in key.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!shown.contains(line), "{shown}");
+    }
+    assert!(!shown.contains(&key_body[..20]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_verified_unless_told_otherwise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    common::init_bare(&srv.join("repo.git"));
+    let server = common::HttpServer::start_tls(&srv, "alice", "tls-pw");
+    let mut spec = GitStateStoreSpec::new(format!("https://127.0.0.1:{}/repo.git", server.port));
+    spec.secret_ref = Some(SecretRef {
+        name: "git-creds".into(),
+        namespace: "default".into(),
+    });
+    let secrets = secrets_dir(tmp.path(), "alice", "tls-pw");
+
+    // Default: the self-signed certificate is refused.
+    let mut opts = GitOptions::new(tmp.path().join("state-verify"));
+    opts.secrets_dir = Some(secrets.clone());
+    let store = GitStateStore::open("tls", spec.clone(), opts).unwrap();
+    let err = store.apply(&one_file("a: 1\n")).await.unwrap_err();
+    assert!(matches!(err, Error::Transport { .. }), "{err:?}");
+    assert!(!format!("{err:?}").contains("tls-pw"));
+
+    // Explicit opt-out (Kratix's behaviour): works, for fetch (gix) and push (git).
+    let mut opts = GitOptions::new(tmp.path().join("state-insecure"));
+    opts.secrets_dir = Some(secrets);
+    opts.insecure_skip_tls_verify = true;
+    let store = GitStateStore::open("tls", spec, opts).unwrap();
+    store.check().await.unwrap();
+    let out = store.apply(&one_file("a: 1\n")).await.unwrap();
+    assert!(out.version.is_some());
+    assert_eq!(
+        store.apply(&one_file("a: 1\n")).await.unwrap().version,
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_persistent_clone_is_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    common::init_bare(&srv.join("repo.git"));
+    let port = common::start_git_daemon(srv);
+    let spec = GitStateStoreSpec::new(format!("git://127.0.0.1:{port}/repo.git"));
+    let state = tmp.path().join("state");
+    let store = GitStateStore::open("s", spec.clone(), GitOptions::new(&state)).unwrap();
+    store.apply(&one_file("a: 1\n")).await.unwrap();
+    let clone = store.repo_path().to_owned();
+    drop(store);
+    // Wreck it: not a repository any more.
+    std::fs::remove_dir_all(&clone).unwrap();
+    std::fs::create_dir_all(&clone).unwrap();
+    std::fs::write(clone.join("garbage"), "x").unwrap();
+    let store = GitStateStore::open("s", spec, GitOptions::new(&state)).unwrap();
+    let out = store.apply(&one_file("a: 2\n")).await.unwrap();
+    assert!(out.version.is_some());
+    let view = common::View::of(&format!("git://127.0.0.1:{port}/repo.git"));
+    assert_eq!(view.commit_count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_backend_refuses_a_path_that_is_not_a_repository() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("some-file"), "x").unwrap();
+    let err = GitStateStore::open(
+        "l",
+        GitStateStoreSpec::new(tmp.path().display().to_string()),
+        GitOptions::new(tmp.path().join("state")),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("is not a git repository"), "{err}");
+}

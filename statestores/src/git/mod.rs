@@ -57,10 +57,56 @@ struct Inner {
     opts: GitOptions,
     backend: Backend,
     repo_path: PathBuf,
-    repo: gix::ThreadSafeRepository,
+    repo: std::sync::RwLock<gix::ThreadSafeRepository>,
+    overrides: Vec<String>,
     secrets: Secrets,
     url_display: String,
     lock: tokio::sync::Mutex<()>,
+}
+
+impl Inner {
+    /// A thread-local handle on the repository.
+    fn repo(&self) -> gix::Repository {
+        self.repo
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .to_thread_local()
+    }
+
+    /// Keep the repository fast over thousands of applies: when there are many packs or loose
+    /// objects, run `git gc` (one process, only when needed, under the store lock), then reopen
+    /// the gix handle so it sees the new pack layout. Failures are logged, never fatal.
+    fn maybe_gc(&self, env: &[(String, String)]) {
+        if !repo::needs_gc(&self.repo_path) {
+            return;
+        }
+        let status = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&self.repo_path)
+            .args(["gc", "--quiet"])
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env_remove("GIT_DIR")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        match status {
+            Ok(s) if s.success() => {
+                match repo::open_or_init(&self.repo_path, self.overrides.clone(), &self.secrets) {
+                    Ok(fresh) => {
+                        *self
+                            .repo
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot reopen repository after git gc"),
+                }
+            }
+            other => {
+                tracing::warn!(path = %self.repo_path.display(), result = ?other, "git gc failed")
+            }
+        }
+    }
 }
 
 /// A Git state store (remote or local backend, see the module docs). Cheap to clone.
@@ -182,7 +228,29 @@ impl GitStateStore {
                 )
             }
         };
-        let repo = repo::open_or_init(&repo_path, overrides, &secrets)?;
+        let repo = match (
+            &backend,
+            repo::open_or_init(&repo_path, overrides.clone(), &secrets),
+        ) {
+            (_, Ok(r)) => r,
+            // The persistent clone is only a cache of the remote: if it is unusable (a crash
+            // mid-write, disk trouble), move it aside and start a fresh one instead of failing
+            // forever (the Kratix "stale clone" failure mode, syntasso/kratix#850).
+            (Backend::Remote { .. }, Err(e)) => {
+                let aside = repo_path.with_extension(format!(
+                    "broken-{}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs())
+                ));
+                tracing::warn!(path = %repo_path.display(), moved_to = %aside.display(), error = %e,
+                    "persistent clone unusable; starting a fresh one");
+                std::fs::rename(&repo_path, &aside).map_err(|e| Error::io(&repo_path, e))?;
+                repo::open_or_init(&repo_path, overrides.clone(), &secrets)?
+            }
+            (Backend::Local, Err(e)) => return Err(e),
+        };
+        let repo = std::sync::RwLock::new(repo);
         Ok(Self {
             inner: Arc::new(Inner {
                 spec,
@@ -190,6 +258,7 @@ impl GitStateStore {
                 backend,
                 repo_path,
                 repo,
+                overrides,
                 secrets,
                 url_display,
                 lock: tokio::sync::Mutex::new(()),
@@ -224,26 +293,35 @@ impl GitStateStore {
                 &format!("refs/heads/{}", inner.spec.branch),
                 &inner.secrets,
             ),
-            Backend::Remote { url, creds, .. } => {
-                repo::fetch(repo, url, &inner.spec.branch, creds, &inner.secrets).map_err(|e| {
-                    match e {
-                        repo::FetchError::Auth(message) => Error::Auth {
-                            url_without_secrets: inner.url_display.clone(),
-                            message,
-                        },
-                        repo::FetchError::Other(message) => Error::Transport {
-                            url_without_secrets: inner.url_display.clone(),
-                            message,
-                        },
-                    }
-                })
-            }
+            Backend::Remote { url, creds, .. } => repo::fetch(
+                repo,
+                url,
+                &inner.spec.branch,
+                creds,
+                inner.opts.insecure_skip_tls_verify,
+                &inner.secrets,
+            )
+            .map_err(|e| match e {
+                repo::FetchError::Auth(message) => Error::Auth {
+                    url_without_secrets: inner.url_display.clone(),
+                    message: match &inner.spec.secret_ref {
+                        Some(r) => {
+                            format!("{message} (credentials from secret {:?})", r.name)
+                        }
+                        None => format!("{message} (no secretRef configured)"),
+                    },
+                },
+                repo::FetchError::Other(message) => Error::Transport {
+                    url_without_secrets: inner.url_display.clone(),
+                    message,
+                },
+            }),
         }
     }
 
     /// One attempt up to (not including) publishing. Blocking.
     fn prepare_blocking(inner: &Inner, changes: &ChangeSet) -> Result<Prepared, Error> {
-        let repo = inner.repo.to_thread_local();
+        let repo = inner.repo();
         let head = Self::head_blocking(inner, &repo)?;
         let (files, base_tree) = repo::head_files(&repo, head, &inner.secrets)?;
         let index = plan::load_index(&files, |oid| repo::read_blob(&repo, oid, &inner.secrets))?;
@@ -274,7 +352,7 @@ impl GitStateStore {
                 outcome.deleted = 0;
                 Ok(Prepared::NoChange(outcome))
             }
-            Some(commit) => Ok(Prepared::Commit {
+            Some((commit, _objects)) => Ok(Prepared::Commit {
                 commit,
                 head,
                 outcome,
@@ -309,7 +387,7 @@ impl GitStateStore {
             Backend::Local => {
                 let inner = self.inner.clone();
                 let cas = blocking(move || {
-                    let repo = inner.repo.to_thread_local();
+                    let repo = inner.repo();
                     repo::cas_ref(
                         &repo,
                         &branch_ref,
@@ -345,12 +423,22 @@ impl GitStateStore {
                 let inner = self.inner.clone();
                 let tracking = format!("refs/remotes/origin/{}", self.inner.spec.branch);
                 blocking(move || {
-                    let repo = inner.repo.to_thread_local();
+                    let repo = inner.repo();
                     repo::set_ref(&repo, &tracking, commit, &inner.secrets)
                 })
                 .await?;
             }
         }
+        let inner = self.inner.clone();
+        let env = match &self.inner.backend {
+            Backend::Remote { env, .. } => env.clone(),
+            Backend::Local => Credentials::None.git_env(false),
+        };
+        blocking(move || {
+            inner.maybe_gc(&env);
+            Ok(())
+        })
+        .await?;
         outcome.version = Some(commit.to_string());
         Ok(outcome)
     }
@@ -383,7 +471,7 @@ impl StateStore for GitStateStore {
         match &self.inner.backend {
             Backend::Local => {
                 blocking(move || {
-                    let repo = inner.repo.to_thread_local();
+                    let repo = inner.repo();
                     repo::read_ref(
                         &repo,
                         &format!("refs/heads/{}", inner.spec.branch),
@@ -393,7 +481,9 @@ impl StateStore for GitStateStore {
                     // where objects and refs go.
                     for dir in ["objects", "refs/heads"] {
                         let d = repo.path().join(dir);
-                        let probe = d.join(format!(".promised-write-check-{}", std::process::id()));
+                        // `.lock` suffix: git never reads such a file as a ref or object.
+                        let probe =
+                            d.join(format!(".promised-write-check-{}.lock", std::process::id()));
                         std::fs::write(&probe, b"").map_err(|e| Error::io(&probe, e))?;
                         std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))?;
                     }
@@ -406,7 +496,7 @@ impl StateStore for GitStateStore {
                 // (or of a local, unpublished root commit when the branch does not exist yet)
                 // checks receive-pack access, as Kratix's empty `git push` does.
                 let (head, probe) = blocking(move || {
-                    let repo = inner.repo.to_thread_local();
+                    let repo = inner.repo();
                     let head = Self::head_blocking(&inner, &repo)?;
                     let probe = match head {
                         Some(h) => h,
@@ -460,7 +550,7 @@ impl StateStore for GitStateStore {
         let inner = self.inner.clone();
         let prefix = prefix.trim_matches('/').to_owned();
         blocking(move || {
-            let repo = inner.repo.to_thread_local();
+            let repo = inner.repo();
             let head = Self::head_blocking(&inner, &repo)?;
             let (files, _) = repo::head_files(&repo, head, &inner.secrets)?;
             let mut entries =

@@ -123,6 +123,11 @@ class H(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(rest))); self.end_headers(); self.wfile.write(rest)
     do_GET = do_POST = _handle
 srv = ThreadingHTTPServer(("127.0.0.1", PORT), H)
+if len(sys.argv) > 6:  # CERT KEY: serve https
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[5], sys.argv[6])
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
 print(f"PORT={srv.server_address[1]}", flush=True)
 srv.serve_forever()
 "#;
@@ -135,6 +140,50 @@ pub struct HttpServer {
 
 impl HttpServer {
     pub fn start(root: &Path, user: &str, pass: &str) -> Self {
+        Self::start_with(root, user, pass, &[])
+    }
+
+    /// Serve https with a fresh self-signed certificate for 127.0.0.1.
+    pub fn start_tls(root: &Path, user: &str, pass: &str) -> Self {
+        let (cert, key) = (root.join("cert.pem"), root.join("key.pem"));
+        let out = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "1",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self::start_with(
+            root,
+            user,
+            pass,
+            &[cert.to_str().unwrap(), key.to_str().unwrap()],
+        )
+    }
+
+    fn start_with(root: &Path, user: &str, pass: &str, extra: &[&str]) -> Self {
         let script = root.join("githttp.py");
         std::fs::write(&script, GITHTTP).unwrap();
         let mut child = Command::new("python3")
@@ -143,6 +192,7 @@ impl HttpServer {
             .arg("0")
             .arg(user)
             .arg(pass)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -266,4 +316,85 @@ impl View {
 pub fn remote_head(url: &str) -> Option<String> {
     let out = git(None, &["ls-remote", url, "refs/heads/main"]);
     out.split_whitespace().next().map(str::to_owned)
+}
+
+/// A throwaway `sshd` on 127.0.0.1 (`test-infrastructure.md` §1c); killed on drop.
+/// `None` when openssh-server is not installed.
+pub struct SshServer {
+    child: Child,
+    pub port: u16,
+    pub user: String,
+    /// Private key accepted by the server.
+    pub client_key: String,
+    /// A `known_hosts` line for the server.
+    pub known_hosts: String,
+}
+
+impl SshServer {
+    pub fn start(dir: &Path) -> Option<Self> {
+        let sshd = Path::new("/usr/sbin/sshd");
+        if !sshd.exists() {
+            return None;
+        }
+        std::fs::create_dir_all("/run/sshd").ok()?;
+        for k in ["hostkey", "clientkey"] {
+            let out = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(dir.join(k))
+                .output()
+                .ok()?;
+            assert!(out.status.success());
+        }
+        std::fs::copy(dir.join("clientkey.pub"), dir.join("authorized_keys")).unwrap();
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "ListenAddress 127.0.0.1\nPort {port}\nHostKey {d}/hostkey\nPidFile {d}/pid\nAuthorizedKeysFile {d}/authorized_keys\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n\
+                 SetEnv PATH={path}\n",
+                d = dir.display(),
+                path = std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(sshd)
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_owned();
+        let host_pub = std::fs::read_to_string(dir.join("hostkey.pub")).unwrap();
+        Some(SshServer {
+            child,
+            port,
+            user,
+            client_key: std::fs::read_to_string(dir.join("clientkey")).unwrap(),
+            known_hosts: format!("[127.0.0.1]:{port} {}", host_pub.trim()),
+        })
+    }
+}
+
+impl Drop for SshServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
