@@ -64,6 +64,19 @@ pub struct Settings {
     pub secrets_dir: Option<PathBuf>,
     /// Pipelines running at once (different requests). `0` = one per CPU core.
     pub concurrency: usize,
+    /// When a Promise changes, its requests re-run at most this many per second (their own
+    /// specs unchanged); `0` = unlimited. Default 20.
+    pub max_fanout_per_second: u32,
+    /// Quiet time after a trigger (webhook, poll, file change) before a pass starts, so a burst
+    /// of commits becomes one pass. Default `300ms`.
+    #[serde(with = "humantime_serde")]
+    pub debounce: Duration,
+    /// Longest a pass waits for a burst to end. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub max_debounce: Duration,
+    /// How long SIGTERM waits for running pipelines before killing them. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
     /// Pipeline sandbox: `bwrap` (default) or `none`.
     pub sandbox: SandboxMode,
     /// Let every pipeline use the network. Default false (a Pipeline can opt in with the
@@ -115,6 +128,10 @@ impl Default for Settings {
                 .unwrap_or_else(|| PathBuf::from(".promised")),
             secrets_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
             concurrency: 0,
+            max_fanout_per_second: 20,
+            debounce: Duration::from_millis(300),
+            max_debounce: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(60),
             sandbox: SandboxMode::Bwrap,
             allow_network: false,
             pipeline_timeout: Duration::from_secs(600),

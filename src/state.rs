@@ -72,6 +72,15 @@ pub struct ObjectRecord {
     /// Where the output went (as last written).
     #[serde(default)]
     pub placements: Vec<PlacementRecord>,
+    /// Hash of the request's own spec (tells a Promise edit from a request edit).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub spec_hash: String,
+    /// Consecutive failed runs (exponential backoff in the daemon).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u32,
+    /// RFC 3339 time before which a failed workflow is not retried (daemon only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<String>,
     /// The object left the config repo; the record goes once its files are pruned.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleting: bool,
@@ -123,6 +132,10 @@ pub struct FileRecord {
     pub path: String,
     /// Hex sha256 of the content.
     pub sha256: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A registered Destination.

@@ -36,7 +36,8 @@ pub use report::{ObjectAction, ObjectReport, PassReport, StoreReport};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Map, Value};
 use statestores::{ChangeSet, CommitMeta, FileWrite, Owner, PlacementWrite, StateStore};
@@ -85,7 +86,16 @@ pub struct Engine {
     checked: BTreeSet<String>,
     /// Problems found while loading the state (reported once in the next pass).
     startup_warnings: Vec<String>,
+    /// Set on shutdown: workflows not yet started are skipped (running ones finish).
+    cancel: Arc<AtomicBool>,
+    /// Daemon mode: failed workflows wait for their backoff before running again.
+    backoff: bool,
 }
+
+/// First retry delay after a failed workflow; doubles per failure up to [`MAX_BACKOFF`].
+pub const BASE_BACKOFF: Duration = Duration::from_secs(10);
+/// Longest delay between retries of a failing workflow.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
 /// The inputs of one workflow run, owned so it can move into a task.
 struct Job {
@@ -97,6 +107,19 @@ struct Job {
     object_yaml: String,
     existing_status: Map<String, Value>,
     promise_dir: Option<PathBuf>,
+    /// Subject to `maxFanoutPerSecond` (a Promise edit re-running its requests).
+    rate_limited: bool,
+}
+
+/// How long one workflow took.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunTiming {
+    /// Object key.
+    pub key: String,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Every pipeline succeeded.
+    pub succeeded: bool,
 }
 
 impl Engine {
@@ -125,7 +148,35 @@ impl Engine {
             stores: BTreeMap::new(),
             checked: BTreeSet::new(),
             startup_warnings,
+            cancel: Arc::new(AtomicBool::new(false)),
+            backoff: false,
         })
+    }
+
+    /// Daemon mode: failed workflows back off exponentially ([`BASE_BACKOFF`] doubling up to
+    /// [`MAX_BACKOFF`]) instead of re-running on every pass.
+    pub fn with_backoff(mut self, on: bool) -> Self {
+        self.backoff = on;
+        self
+    }
+
+    /// A flag that, once set, stops new workflows from starting (running ones finish).
+    pub fn cancel_handle(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
+    /// Replaces the settings (SIGHUP): runner options, concurrency, commit template. The state
+    /// directory stays where it is.
+    pub fn set_settings(&mut self, mut settings: Settings) {
+        settings.state_dir = self.settings.state_dir.clone();
+        self.runner = Arc::new(settings.runner());
+        self.settings = settings;
+        self.checked.clear();
+    }
+
+    /// The settings in use.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// The current state (status of every object, placements).
@@ -212,7 +263,8 @@ impl Engine {
                 );
             }
             let pipelines = p.promise.object.spec.workflows.promise.configure.clone();
-            if needs_run(&record, &hash) {
+            let interval = reconciliation_interval(p, &self.settings);
+            if needs_run(&record, &hash, interval, self.backoff) {
                 if pipelines.is_empty() {
                     record.completed = true;
                     record.input_hash = hash.clone();
@@ -227,10 +279,18 @@ impl Engine {
                         object_yaml: to_yaml(&p.promise.raw),
                         existing_status: Map::new(),
                         promise_dir: promise_dir(config_root, &p.promise.origin.file),
+                        rate_limited: false,
                     };
+                    let t = Instant::now();
                     let result = run_job(&self.runner, &job).await;
                     report.pipelines_run += result.pipelines.len();
+                    report.runs.push(RunTiming {
+                        key: pkey.clone(),
+                        seconds: t.elapsed().as_secs_f64(),
+                        succeeded: result.succeeded(),
+                    });
                     self.absorb_result(&mut record, &hash, &result, true, &mut report)?;
+                    self.note_failure(&mut record);
                 }
                 report
                     .objects
@@ -321,7 +381,21 @@ impl Engine {
                 "PromiseAvailable",
                 "Promise Requirements are met",
             );
-            if needs_run(record, &hash) {
+            let spec_hash = sha256_hex(
+                r.object
+                    .get("spec")
+                    .cloned()
+                    .unwrap_or(Value::Null)
+                    .to_string()
+                    .as_bytes(),
+            );
+            let interval = reconciliation_interval(p, &self.settings);
+            if needs_run(record, &hash, interval, self.backoff) {
+                // A Promise edit (the request's own spec unchanged) fans out at a bounded rate.
+                let rate_limited = record.completed
+                    && record.spec_hash == spec_hash
+                    && !record.input_hash.is_empty();
+                record.spec_hash = spec_hash;
                 let pipelines = p.promise.object.spec.workflows.resource.configure.clone();
                 if pipelines.is_empty() {
                     record.completed = true;
@@ -341,6 +415,7 @@ impl Engine {
                         object_yaml: r.to_yaml(),
                         existing_status: record.status.fields.clone(),
                         promise_dir: promise_dir(config_root, &p.promise.origin.file),
+                        rate_limited,
                     },
                 ));
             } else {
@@ -369,10 +444,24 @@ impl Engine {
             &self.runner,
             jobs.iter().map(|(_, j)| j).collect(),
             self.settings.effective_concurrency(),
+            self.settings.max_fanout_per_second,
+            &self.cancel,
         )
         .await;
-        for ((hash, job), result) in jobs.iter().zip(results) {
+        for ((hash, job), outcome) in jobs.iter().zip(results) {
+            let Some((result, seconds)) = outcome else {
+                // Shutting down: never started; runs on the next start.
+                if let Some(rec) = self.state.requests.get_mut(&job.key) {
+                    rec.input_hash.clear();
+                }
+                continue;
+            };
             report.pipelines_run += result.pipelines.len();
+            report.runs.push(RunTiming {
+                key: job.key.clone(),
+                seconds,
+                succeeded: result.succeeded(),
+            });
             let mut record = self
                 .state
                 .requests
@@ -382,6 +471,7 @@ impl Engine {
                 record.object = r.object.clone();
             }
             self.absorb_result(&mut record, hash, &result, false, &mut report)?;
+            self.note_failure(&mut record);
             report
                 .objects
                 .push(ObjectReport::new(&record, ObjectAction::Ran));
@@ -753,10 +843,7 @@ impl Engine {
     }
 
     /// Canary writes (`Ok`) and removals (`Err(owner key)`) per store, and registration records.
-    fn canaries(
-        &mut self,
-        cfg: &ValidConfig,
-    ) -> Result<Vec<(String, CanaryChange)>, EngineError> {
+    fn canaries(&mut self, cfg: &ValidConfig) -> Result<Vec<(String, CanaryChange)>, EngineError> {
         let mut out = Vec::new();
         let mut seen = BTreeSet::new();
         for d in &cfg.destinations {
@@ -801,7 +888,7 @@ impl Engine {
                 let owner = Owner {
                     key: key.clone(),
                     destination: name.clone(),
-                    promise: "kratix-canary".into(),
+                    promise: String::new(),
                     resource: None,
                     pipeline: None,
                 };
@@ -1041,6 +1128,25 @@ impl Engine {
         Ok(())
     }
 
+    /// Backoff bookkeeping after a run: failures double the delay, success resets it.
+    fn note_failure(&self, record: &mut ObjectRecord) {
+        let failed = record
+            .status
+            .condition(cond::CONFIGURE_WORKFLOW_COMPLETED)
+            .is_some_and(|c| c.reason == "ConfigureWorkflowFailed");
+        if failed {
+            record.failures += 1;
+            let delay = BASE_BACKOFF
+                .saturating_mul(1 << record.failures.min(16).saturating_sub(1))
+                .min(MAX_BACKOFF);
+            record.retry_at =
+                Some(humantime::format_rfc3339_seconds(SystemTime::now() + delay).to_string());
+        } else {
+            record.failures = 0;
+            record.retry_at = None;
+        }
+    }
+
     fn load_files(&self, files: &[FileRecord]) -> Result<Vec<FileWrite>, EngineError> {
         files
             .iter()
@@ -1086,7 +1192,7 @@ impl Engine {
             let owner = Owner {
                 key: key.clone(),
                 destination: d.info.name.clone(),
-                promise: "kratix-aggregate".into(),
+                promise: String::new(),
                 resource: None,
                 pipeline: None,
             };
@@ -1182,6 +1288,7 @@ impl Engine {
                             object_yaml: to_yaml(&record.object),
                             existing_status: record.status.fields.clone(),
                             promise_dir: dir,
+                            rate_limited: false,
                         };
                         let result = run_job(&self.runner, &job).await;
                         report.pipelines_run += result.pipelines.len();
@@ -1303,6 +1410,9 @@ fn new_record(id: &ObjectRef, promise: &str) -> ObjectRecord {
         promise_dir: None,
         placements: Vec::new(),
         outputs: Vec::new(),
+        spec_hash: String::new(),
+        failures: 0,
+        retry_at: None,
         deleting: false,
         status: ObjectStatus::new(id.clone(), promise),
     }
@@ -1310,12 +1420,19 @@ fn new_record(id: &ObjectRef, promise: &str) -> ObjectRecord {
 
 /// Re-run when the inputs changed, or the last run did not complete (failed, or a retry whose
 /// time has come). A `suspend: true` without `retryAfter` waits for a spec change.
-fn needs_run(record: &ObjectRecord, hash: &str) -> bool {
+fn needs_run(record: &ObjectRecord, hash: &str, interval: Duration, backoff: bool) -> bool {
+    let now = SystemTime::now();
     if record.input_hash != hash {
         return true;
     }
     if record.completed {
-        return false;
+        // Periodic re-run (Kratix reconciliationInterval), which also repairs drift.
+        return record
+            .status
+            .last_successful_configure_workflow_time
+            .as_ref()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .is_some_and(|t| t + interval <= now);
     }
     let suspended = record
         .status
@@ -1325,12 +1442,43 @@ fn needs_run(record: &ObjectRecord, hash: &str) -> bool {
     match suspended {
         Some(p) => match &p.next_retry_at {
             Some(at) => humantime::parse_rfc3339(at)
-                .map(|t| t <= SystemTime::now())
+                .map(|t| t <= now)
                 .unwrap_or(true),
+            // `suspend: true` without retryAfter waits for a spec change.
             None => false,
         },
-        None => true,
+        // Failed: again, after the backoff in daemon mode.
+        None => {
+            !backoff
+                || record
+                    .retry_at
+                    .as_ref()
+                    .and_then(|t| humantime::parse_rfc3339(t).ok())
+                    .is_none_or(|t| t <= now)
+        }
     }
+}
+
+/// A Promise's reconciliation interval: annotation `kratix.io/reconciliation-interval`, then
+/// `spec.workflows.config.reconciliationInterval`, then the daemon's `resyncInterval`
+/// (kratix-contract.md §7, PromiseRevision precedence).
+pub fn reconciliation_interval(p: &ValidPromise, settings: &Settings) -> Duration {
+    let meta = &p.promise.object.metadata;
+    meta.annotations
+        .get("kratix.io/reconciliation-interval")
+        .cloned()
+        .or_else(|| {
+            p.promise
+                .object
+                .spec
+                .workflows
+                .config
+                .as_ref()
+                .and_then(|c| c.reconciliation_interval.clone())
+        })
+        .and_then(|s| crate::validate::parse_go_duration(&s).ok())
+        .filter(|d| *d >= Duration::from_secs(60))
+        .unwrap_or(settings.resync_interval)
 }
 
 fn set_completed(status: &mut ObjectStatus, n: u32, default_message: &str) {
@@ -1635,17 +1783,29 @@ async fn run_job(runner: &RunnerConfig, job: &Job) -> WorkflowResult {
     pipeline::run_workflow(runner, &input).await
 }
 
-/// Runs jobs with at most `limit` at once; results in job order.
+/// Runs jobs with at most `limit` at once; results in job order, with wall-clock seconds.
+/// Rate-limited jobs start at most `per_second` per second (0 = unlimited). Once `cancel` is
+/// set, jobs that have not started yet return `None`; running ones finish.
 async fn run_jobs(
     runner: &Arc<RunnerConfig>,
     jobs: Vec<&Job>,
     limit: usize,
-) -> Vec<WorkflowResult> {
+    per_second: u32,
+    cancel: &Arc<AtomicBool>,
+) -> Vec<Option<(WorkflowResult, f64)>> {
     let sem = Arc::new(Semaphore::new(limit.max(1)));
+    let spacing = if per_second == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(1) / per_second
+    };
+    let next_slot = Arc::new(tokio::sync::Mutex::new(tokio::time::Instant::now()));
     let mut handles = Vec::with_capacity(jobs.len());
     for job in jobs {
         let sem = sem.clone();
         let runner = runner.clone();
+        let cancel = cancel.clone();
+        let next_slot = next_slot.clone();
         let job = Job {
             key: job.key.clone(),
             promise: job.promise.clone(),
@@ -1655,30 +1815,50 @@ async fn run_jobs(
             object_yaml: job.object_yaml.clone(),
             existing_status: job.existing_status.clone(),
             promise_dir: job.promise_dir.clone(),
+            rate_limited: job.rate_limited,
         };
         handles.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore never closed");
-            run_job(&runner, &job).await
+            if job.rate_limited && !spacing.is_zero() {
+                let at = {
+                    let mut slot = next_slot.lock().await;
+                    let at = (*slot).max(tokio::time::Instant::now());
+                    *slot = at + spacing;
+                    at
+                };
+                tokio::time::sleep_until(at).await;
+            }
+            if cancel.load(Ordering::SeqCst) {
+                return None;
+            }
+            let t = Instant::now();
+            let r = run_job(&runner, &job).await;
+            Some((r, t.elapsed().as_secs_f64()))
         }));
     }
     let mut out = Vec::with_capacity(handles.len());
     for h in handles {
-        out.push(h.await.unwrap_or_else(|e| WorkflowResult {
-            pipelines: vec![pipeline::PipelineResult {
-                name: String::new(),
-                outcome: Outcome::Failed {
-                    error: pipeline::Error::SpawnFailed {
-                        pipeline: String::new(),
-                        container: String::new(),
-                        message: format!("pipeline task panicked: {e}"),
-                    },
+        out.push(h.await.unwrap_or_else(|e| {
+            Some((
+                WorkflowResult {
+                    pipelines: vec![pipeline::PipelineResult {
+                        name: String::new(),
+                        outcome: Outcome::Failed {
+                            error: pipeline::Error::SpawnFailed {
+                                pipeline: String::new(),
+                                container: String::new(),
+                                message: format!("pipeline task panicked: {e}"),
+                            },
+                        },
+                        outputs: Vec::new(),
+                        selectors: Vec::new(),
+                        status: None,
+                        logs: Vec::new(),
+                    }],
+                    merged_status: Map::new(),
                 },
-                outputs: Vec::new(),
-                selectors: Vec::new(),
-                status: None,
-                logs: Vec::new(),
-            }],
-            merged_status: Map::new(),
+                0.0,
+            ))
         }));
     }
     out

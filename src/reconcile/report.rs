@@ -143,6 +143,8 @@ pub struct PassReport {
     pub stores: Vec<StoreReport>,
     /// Pipelines run in this pass.
     pub pipelines_run: usize,
+    /// How long each workflow took.
+    pub runs: Vec<super::RunTiming>,
     /// Tails of failed pipelines' stderr.
     pub logs: Vec<String>,
     /// Non-fatal problems (e.g. a corrupt state file that was rebuilt).

@@ -118,7 +118,8 @@ pub struct Owner {
     /// Destination name; selects the index file `.promised/index/<destination>.json`.
     /// Must be a single path segment.
     pub destination: String,
-    /// Promise name.
+    /// Promise name; empty for files no Promise produced (Destination canary files, the
+    /// `aggregatedYAML` file), which get no `Promised-Promise:` trailer.
     pub promise: String,
     /// `namespace/name` of the resource request, `None` for Promise-level (dependency) output.
     #[serde(default, skip_serializing_if = "Option::is_none")]

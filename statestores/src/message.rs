@@ -77,6 +77,8 @@ pub fn render(meta: &CommitMeta, plan: &Plan<'_>) -> String {
         .changed
         .values()
         .map(|c| c.owner.promise.as_str())
+        // Files that no Promise produced (Destination canaries, aggregates) have no promise.
+        .filter(|p| !p.is_empty())
         .collect();
     let resources: BTreeSet<String> = plan
         .changed
