@@ -20,9 +20,19 @@ use crate::validate::{self, ValidConfig};
 #[derive(Debug, Parser)]
 #[command(name = "promised", version, about)]
 pub struct Cli {
-    /// Log filter (tracing env-filter syntax), e.g. `info`, `promised=debug`.
-    #[arg(long, global = true, env = "PROMISED_LOG", default_value = "warn")]
-    pub log: String,
+    /// Log filter (tracing env-filter syntax), e.g. `info`, `promised=debug`. Default `warn`,
+    /// `info` for `promised run`.
+    #[arg(long, global = true, env = "PROMISED_LOG")]
+    pub log: Option<String>,
+    /// Log format: human-readable `text` or one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "PROMISED_LOG_FORMAT",
+        default_value_t
+    )]
+    pub log_format: crate::settings::LogFormat,
     /// The subcommand.
     #[command(subcommand)]
     pub command: Command,
@@ -37,6 +47,8 @@ pub enum Command {
     Reconcile(ReconcileArgs),
     /// Show the status of every Promise and resource request.
     Status(StatusArgs),
+    /// Run as a service: webhooks, polling or file watch, HTTP endpoints, systemd notify.
+    Run(RunArgs),
     /// Run Promise workflows locally (`promised pipeline run`).
     Pipeline(crate::pipeline::cmd::PipelineArgs),
 }
@@ -93,12 +105,67 @@ pub struct ReconcileArgs {
     pub output: OutputFormat,
 }
 
+/// `promised run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The config repo: a directory (watched) or a Git repository (polled; with --ref).
+    #[arg(long, value_name = "DIR|GIT-URL")]
+    pub config: String,
+    /// Git ref to follow (default HEAD for URLs).
+    #[arg(long = "ref", value_name = "REF")]
+    pub reference: Option<String>,
+    /// Daemon config and state directory.
+    #[command(flatten)]
+    pub daemon: DaemonConfigArgs,
+    /// HTTP listen address (overrides `listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Git poll interval, e.g. `30s` (overrides `pollInterval`).
+    #[arg(long, value_name = "DURATION")]
+    pub poll_interval: Option<String>,
+    /// File with the webhook secret (overrides `webhookSecretFile`).
+    #[arg(long, value_name = "FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Pipelines running at once (overrides `concurrency`).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+}
+
+impl RunArgs {
+    /// Flag values as a partial settings map.
+    pub fn flags(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        if let Some(v) = &self.listen {
+            m.insert("listen".into(), v.clone().into());
+        }
+        if let Some(v) = &self.poll_interval {
+            m.insert("pollInterval".into(), v.clone().into());
+        }
+        if let Some(v) = &self.webhook_secret_file {
+            m.insert(
+                "webhookSecretFile".into(),
+                v.to_string_lossy().into_owned().into(),
+            );
+        }
+        if let Some(v) = self.concurrency {
+            m.insert("concurrency".into(), v.into());
+        }
+        if let Some(v) = &self.daemon.state_dir {
+            m.insert("stateDir".into(), v.to_string_lossy().into_owned().into());
+        }
+        m
+    }
+}
+
 /// `promised status`.
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
     /// Daemon config and state directory.
     #[command(flatten)]
     pub daemon: DaemonConfigArgs,
+    /// Address of a running daemon to ask first (default: the `listen` setting).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
     /// Output format.
     #[arg(long, short, value_enum, default_value_t)]
     pub output: StatusFormat,
@@ -191,6 +258,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> i32 {
         Command::Validate(a) => validate_cmd(&a, out),
         Command::Reconcile(a) => crate::cli_reconcile::reconcile_cmd(&a, out),
         Command::Status(a) => crate::cli_reconcile::status_cmd(&a, out),
+        Command::Run(a) => run_cmd(&a),
         Command::Pipeline(a) => crate::pipeline::cmd::run(&a, out),
     }
 }
@@ -305,4 +373,30 @@ fn write_text_report(r: &ValidateReport<'_>, out: &mut dyn Write) -> std::io::Re
         r.errors,
         r.warnings
     )
+}
+
+fn run_cmd(a: &RunArgs) -> i32 {
+    let source = crate::cli_reconcile::source_of(&a.config, a.reference.as_deref());
+    let opts = crate::daemon::DaemonOptions {
+        source,
+        daemon_config: a.daemon.daemon_config.clone(),
+        flags: a.flags(),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return 2;
+        }
+    };
+    match rt.block_on(crate::daemon::run(opts)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
 }

@@ -219,11 +219,13 @@ fn write_report(
     Ok(())
 }
 
-/// One row of `promised status --output table`.
-#[derive(Serialize)]
-struct Row<'a> {
-    key: &'a str,
-    status: &'a ObjectStatus,
+/// One object's status: its state key and status.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct StatusRow {
+    /// `promise/<name>` or `<promise>/<namespace>/<name>`.
+    pub key: String,
+    /// The status.
+    pub status: ObjectStatus,
 }
 
 /// Prints the status persisted in the state directory.
@@ -235,14 +237,18 @@ pub fn status_cmd(a: &StatusArgs, out: &mut dyn Write) -> i32 {
             return 2;
         }
     };
-    let state = match StateDir::open(&settings.state_dir).and_then(|d| d.load()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 2;
-        }
+    // A running daemon has the freshest status; otherwise read the state directory.
+    let rows = match daemon_status(a.listen.as_deref().unwrap_or(&settings.listen)) {
+        Some(rows) => rows,
+        None => match StateDir::open(&settings.state_dir).and_then(|d| d.load()) {
+            Ok(state) => rows_of(&state),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        },
     };
-    let res = write_status(&state, a.output, out);
+    let res = write_rows(&rows, a.output, out);
     if let Err(e) = res {
         eprintln!("error: {e}");
         return 2;
@@ -250,28 +256,57 @@ pub fn status_cmd(a: &StatusArgs, out: &mut dyn Write) -> i32 {
     0
 }
 
-/// Writes every object's status in the chosen format (shared with the daemon's API).
+/// Status rows of a state: Promises first, then requests, by key.
+pub fn rows_of(state: &State) -> Vec<StatusRow> {
+    state
+        .promises
+        .iter()
+        .chain(state.requests.iter())
+        .map(|(k, r)| StatusRow {
+            key: k.clone(),
+            status: r.status.clone(),
+        })
+        .collect()
+}
+
+/// Asks a daemon listening on `listen` for its status (`GET /api/v1/status`); `None` when no
+/// daemon answers within a second.
+pub fn daemon_status(listen: &str) -> Option<Vec<StatusRow>> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(1)))
+        .build()
+        .into();
+    let mut resp = agent
+        .get(format!("http://{listen}/api/v1/status"))
+        .call()
+        .ok()?;
+    let body = resp.body_mut().read_to_vec().ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
+/// Writes every object's status in the chosen format (the daemon's `/api/v1/status` serves the
+/// JSON form).
 pub fn write_status(
     state: &State,
     format: StatusFormat,
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
-    let rows: Vec<Row> = state
-        .promises
-        .iter()
-        .chain(state.requests.iter())
-        .map(|(k, r)| Row {
-            key: k,
-            status: &r.status,
-        })
-        .collect();
+    write_rows(&rows_of(state), format, out)
+}
+
+/// Writes status rows in the chosen format.
+pub fn write_rows(
+    rows: &[StatusRow],
+    format: StatusFormat,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     match format {
         StatusFormat::Json => {
-            serde_json::to_writer_pretty(&mut *out, &rows).map_err(std::io::Error::other)?;
+            serde_json::to_writer_pretty(&mut *out, rows).map_err(std::io::Error::other)?;
             writeln!(out)
         }
         StatusFormat::Yaml => {
-            let v = serde_json::to_value(&rows).map_err(std::io::Error::other)?;
+            let v = serde_json::to_value(rows).map_err(std::io::Error::other)?;
             out.write_all(validate::to_yaml(&v).as_bytes())
         }
         StatusFormat::Table => {

@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod cli_reconcile;
 pub mod config;
+pub mod daemon;
 pub mod diag;
 pub mod layout;
 pub mod model;

@@ -4,12 +4,20 @@ use clap::Parser;
 
 fn main() {
     let cli = promised::cli::Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+    let default = if matches!(cli.command, promised::cli::Command::Run(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(cli.log.as_deref().unwrap_or(default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        promised::settings::LogFormat::Json => builder.json().init(),
+        promised::settings::LogFormat::Text => builder.init(),
+    }
     let code = promised::cli::run(cli, &mut std::io::stdout().lock());
     std::process::exit(code);
 }

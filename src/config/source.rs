@@ -375,3 +375,72 @@ pub fn export(files: &[RawFile], dest: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// The commit a ref points at, checked as cheaply as possible: a local repository's ref is
+/// read directly; a remote is asked for its refs only (`ls-refs`, no pack is downloaded),
+/// through the bare cache that [`read`] created under `cache_dir`. Used by the daemon's poller.
+pub fn peek_ref(url: &str, reference: &str, cache_dir: &Path) -> Result<String, SourceError> {
+    let repo_err = |m: String| SourceError::GitRepo {
+        url: url.to_string(),
+        message: m,
+    };
+    let local = Path::new(url);
+    if !url.contains("://") && local.exists() {
+        let repo = gix::open(local).map_err(|e| repo_err(e.to_string()))?;
+        for c in [reference.to_string(), format!("refs/heads/{reference}")] {
+            if let Ok(id) = repo.rev_parse_single(c.as_str()) {
+                return Ok(id.detach().to_string());
+            }
+        }
+        return Err(SourceError::GitRef {
+            url: url.into(),
+            reference: reference.into(),
+            message: "not found".into(),
+        });
+    }
+    let cache = cache_dir.join(cache_name(url));
+    let repo = if cache.join("HEAD").exists() {
+        gix::open(&cache).map_err(|e| repo_err(e.to_string()))?
+    } else {
+        std::fs::create_dir_all(&cache).map_err(|e| repo_err(e.to_string()))?;
+        gix::init_bare(&cache).map_err(|e| repo_err(e.to_string()))?
+    };
+    let remote = repo
+        .remote_at(url)
+        .map_err(|e| repo_err(e.to_string()))?
+        .with_refspecs(
+            [
+                "+refs/heads/*:refs/remotes/peek/*",
+                "+HEAD:refs/remotes/peek/HEAD",
+            ],
+            gix::remote::Direction::Fetch,
+        )
+        .map_err(|e| repo_err(e.to_string()))?;
+    let (map, _) = remote
+        .connect(gix::remote::Direction::Fetch)
+        .map_err(|e| repo_err(e.to_string()))?
+        .ref_map(gix::progress::Discard, Default::default())
+        .map_err(|e| repo_err(e.to_string()))?;
+    let wanted = if reference == "HEAD" {
+        "HEAD".to_string()
+    } else {
+        format!("refs/heads/{reference}")
+    };
+    for r in &map.remote_refs {
+        let (name, oid, peeled) = r.unpack();
+        if name == wanted.as_str() || name == reference {
+            if let Some(id) = peeled.or(oid) {
+                return Ok(id.to_string());
+            }
+        }
+    }
+    // A commit id never moves.
+    if reference.len() == 40 && reference.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Ok(reference.to_string());
+    }
+    Err(SourceError::GitRef {
+        url: url.into(),
+        reference: reference.into(),
+        message: "not among the remote's refs".into(),
+    })
+}

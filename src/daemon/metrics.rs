@@ -1,0 +1,182 @@
+//! Prometheus metrics (`/metrics`), all prefixed `promised_`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::reconcile::PassReport;
+
+/// Label set `{kind="..."}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// Error kind, e.g. `pipeline`, `state_store`, `config`.
+    pub kind: String,
+}
+
+/// Label set `{store="..."}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabel {
+    /// `<kind>/<name>` of the state store.
+    pub store: String,
+}
+
+/// Label set `{outcome="..."}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `succeeded` or `failed`.
+    pub outcome: String,
+}
+
+/// Every metric the daemon exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Seconds per reconcile pass.
+    pub reconcile_duration: Histogram,
+    /// Seconds per workflow run, by outcome.
+    pub pipeline_duration: Family<OutcomeLabel, Histogram>,
+    /// Triggers waiting for the next pass.
+    pub queue_depth: Gauge,
+    /// Commits (versions) written, per state store.
+    pub commits: Family<StoreLabel, Counter>,
+    /// Lost push races that were retried.
+    pub push_conflicts: Counter,
+    /// Files restored after someone changed them in a state store.
+    pub drift_repairs: Counter,
+    /// Passes that ran nothing and committed nothing.
+    pub noop_passes: Counter,
+    /// Errors by kind.
+    pub errors: Family<KindLabel, Counter>,
+    /// Workflow runs by outcome.
+    pub pipelines: Family<OutcomeLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("promised");
+        let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 16));
+        let pipeline_duration = Family::<OutcomeLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.01, 2.0, 16))
+        });
+        let m = Metrics {
+            reconcile_duration,
+            pipeline_duration,
+            queue_depth: Gauge::default(),
+            commits: Family::default(),
+            push_conflicts: Counter::default(),
+            drift_repairs: Counter::default(),
+            noop_passes: Counter::default(),
+            errors: Family::default(),
+            pipelines: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of reconcile passes",
+            m.reconcile_duration.clone(),
+        );
+        registry.register(
+            "pipeline_duration_seconds",
+            "Duration of workflow runs",
+            m.pipeline_duration.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Triggers waiting for the next reconcile pass",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "commits",
+            "Commits written to state stores",
+            m.commits.clone(),
+        );
+        registry.register(
+            "push_conflicts",
+            "Lost push races retried",
+            m.push_conflicts.clone(),
+        );
+        registry.register(
+            "drift_repairs",
+            "State store files restored after outside edits",
+            m.drift_repairs.clone(),
+        );
+        registry.register(
+            "noop_passes",
+            "Passes that ran no pipeline and made no commit",
+            m.noop_passes.clone(),
+        );
+        registry.register("errors", "Errors by kind", m.errors.clone());
+        registry.register(
+            "pipeline_runs",
+            "Workflow runs by outcome",
+            m.pipelines.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Records a finished pass.
+    pub fn observe(&self, r: &PassReport) {
+        self.reconcile_duration.observe(r.duration.as_secs_f64());
+        for run in &r.runs {
+            let outcome = OutcomeLabel {
+                outcome: if run.succeeded { "succeeded" } else { "failed" }.into(),
+            };
+            self.pipeline_duration
+                .get_or_create(&outcome)
+                .observe(run.seconds);
+            self.pipelines.get_or_create(&outcome).inc();
+            if !run.succeeded {
+                self.errors
+                    .get_or_create(&KindLabel {
+                        kind: "pipeline".into(),
+                    })
+                    .inc();
+            }
+        }
+        for s in &r.stores {
+            if s.commit.is_some() {
+                self.commits
+                    .get_or_create(&StoreLabel {
+                        store: s.store.clone(),
+                    })
+                    .inc();
+            }
+            if s.error.is_some() {
+                self.errors
+                    .get_or_create(&KindLabel {
+                        kind: "state_store".into(),
+                    })
+                    .inc();
+            }
+            self.push_conflicts.inc_by(u64::from(s.conflicts_retried));
+            self.drift_repairs.inc_by(s.drift.len() as u64);
+        }
+        if r.is_noop() {
+            self.noop_passes.inc();
+        }
+    }
+
+    /// Counts an error of `kind`.
+    pub fn error(&self, kind: &str) {
+        self.errors
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    /// OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
