@@ -428,10 +428,10 @@ pub fn peek_ref(url: &str, reference: &str, cache_dir: &Path) -> Result<String, 
     };
     for r in &map.remote_refs {
         let (name, oid, peeled) = r.unpack();
-        if name == wanted.as_str() || name == reference {
-            if let Some(id) = peeled.or(oid) {
-                return Ok(id.to_string());
-            }
+        if (name == wanted.as_str() || name == reference)
+            && let Some(id) = peeled.or(oid)
+        {
+            return Ok(id.to_string());
         }
     }
     // A commit id never moves.
