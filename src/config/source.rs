@@ -307,7 +307,7 @@ fn fetch_bare(url: &str, dir: &Path) -> Result<gix::Repository, String> {
     if dir.join("HEAD").exists() {
         let repo = gix::open(dir).map_err(|e| e.to_string())?;
         let remote = repo
-            .find_remote("origin")
+            .remote_at(url)
             .map_err(|e| e.to_string())?
             .with_refspecs(
                 ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
@@ -398,7 +398,8 @@ pub fn peek_ref(url: &str, reference: &str, cache_dir: &Path) -> Result<String, 
             message: "not found".into(),
         });
     }
-    let cache = cache_dir.join(cache_name(url));
+    // A repository of its own: the config cache is only ever written by `read`.
+    let cache = cache_dir.join(format!("{}.peek", cache_name(url)));
     let repo = if cache.join("HEAD").exists() {
         gix::open(&cache).map_err(|e| repo_err(e.to_string()))?
     } else {

@@ -1,0 +1,468 @@
+//! `promised run` end to end: a `git daemon` config remote and state-store remote on
+//! 127.0.0.1, the real binary, real pipelines in bubblewrap.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{GitDaemon, bwrap_works, copy_dir, git, repo_root};
+
+/// A running `promised run`, killed on drop.
+struct Daemon {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(args: &[&str], dir: &Path) -> Daemon {
+    let port = free_port();
+    let log = dir.join(format!("daemon-{port}.log"));
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_promised"))
+        .arg("run")
+        .args(args)
+        .args(["--listen", &listen])
+        .env("PROMISED_LOG", "promised=debug")
+        .env("PROMISED_DEBOUNCE", "300ms")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("promised run starts");
+    let d = Daemon { child, port, log };
+    wait_for(
+        Duration::from_secs(30),
+        || {
+            get(d.port, "/readyz")
+                .map(|(c, _)| c == 200)
+                .unwrap_or(false)
+        },
+        &d,
+        "ready",
+    );
+    d
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut r = agent()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .call()
+        .ok()?;
+    Some((r.status().as_u16(), r.body_mut().read_to_string().ok()?))
+}
+
+fn hook(port: u16, headers: &[(&str, &str)], body: &str) -> u16 {
+    let mut req = agent().post(format!("http://127.0.0.1:{port}/hooks/git"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send(body).map(|r| r.status().as_u16()).unwrap_or(0)
+}
+
+fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool, d: &Daemon, what: &str) {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "timed out waiting for {what}; daemon log:\n{}",
+        std::fs::read_to_string(&d.log).unwrap_or_default()
+    );
+}
+
+fn metric(port: u16, name: &str) -> f64 {
+    let (_, body) = get(port, "/metrics").expect("metrics");
+    body.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A config repo (quickstart Promises) in a bare repo served by `daemon`, plus a state store
+/// repo. Returns (config URL, working clone, state store bare repo path).
+fn world(tmp: &Path, daemon: &GitDaemon) -> (String, PathBuf, PathBuf) {
+    let config_url = daemon.bare_repo("config.git");
+    let store_url = daemon.bare_repo("state.git");
+    let work = tmp.join("work");
+    copy_dir(&repo_root().join("testdata/quickstart"), &work);
+    let platform = std::fs::read_to_string(work.join("platform/state-store.yaml")).unwrap();
+    std::fs::write(
+        work.join("platform/state-store.yaml"),
+        platform.replace("url: quickstart-state.git", &format!("url: {store_url}")),
+    )
+    .unwrap();
+    git(&work, &["init", "-q"]);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-qm", "initial config"]);
+    git(&work, &["push", "-q", &config_url, "HEAD:main"]);
+    (config_url, work, daemon.base.join("state.git"))
+}
+
+fn push(work: &Path, url: &str, msg: &str) {
+    git(work, &["add", "-A"]);
+    git(work, &["commit", "-qm", msg]);
+    git(work, &["push", "-q", url, "HEAD:main"]);
+}
+
+fn store_has(store: &Path, needle: &str) -> bool {
+    let out = Command::new("git")
+        .args(["ls-tree", "-r", "--name-only", "main"])
+        .current_dir(store)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.contains(needle))
+}
+
+fn head(store: &Path) -> String {
+    git(store, &["rev-parse", "main"]).trim().to_string()
+}
+
+fn add_namespace_request(work: &Path, name: &str) {
+    std::fs::write(
+        work.join(format!("requests/{name}.yaml")),
+        format!("apiVersion: marketplace.kratix.io/v1alpha1\nkind: namespace\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  namespaceName: {name}\n"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn webhook_triggers_and_signatures_are_checked() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    let gd = GitDaemon::start(&srv);
+    let (url, work, store) = world(tmp.path(), &gd);
+    let secret = tmp.path().join("secret");
+    std::fs::write(&secret, "hook-s3cret\n").unwrap();
+    let state = tmp.path().join("state");
+    let d = start(
+        &[
+            "--config",
+            &url,
+            "--ref",
+            "main",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--poll-interval",
+            "1h",
+            "--webhook-secret-file",
+            secret.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    assert!(store_has(&store, "redis/example"), "first pass committed");
+
+    // /metrics parses as Prometheus text; /api/v1/status has every object.
+    let (code, body) = get(d.port, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    let lines: Vec<std::io::Result<String>> = body.lines().map(|l| Ok(l.to_string())).collect();
+    let scrape = prometheus_parse::Scrape::parse(lines.into_iter()).expect("Prometheus text");
+    for name in [
+        "promised_reconcile_duration_seconds_count",
+        "promised_pipeline_runs_total",
+        "promised_commits_total",
+        "promised_queue_depth",
+    ] {
+        assert!(
+            scrape.samples.iter().any(|s| s.metric == name),
+            "{name} missing in\n{body}"
+        );
+    }
+    let (_, status) = get(d.port, "/api/v1/status").unwrap();
+    let rows: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["key"] == "redis/default/example")
+    );
+    // `promised status` asks the running daemon.
+    let (code, table, _) = common::promised(&[
+        "status",
+        "--listen",
+        &format!("127.0.0.1:{}", d.port),
+        "--state-dir",
+        "/nonexistent-state",
+    ]);
+    assert_eq!(code, 0);
+    assert!(table.contains("redis/default/example"), "{table}");
+
+    add_namespace_request(&work, "team-hook");
+    push(&work, &url, "add team-hook");
+    let body = r#"{"ref":"refs/heads/main"}"#;
+    assert_eq!(hook(d.port, &[], body), 401, "unsigned");
+    assert_eq!(
+        hook(d.port, &[("X-Hub-Signature-256", "sha256=00")], body),
+        401,
+        "bad signature"
+    );
+    assert_eq!(
+        hook(d.port, &[("X-Gitlab-Token", "wrong")], body),
+        401,
+        "bad token"
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        !store_has(&store, "team-hook"),
+        "refused calls do not trigger"
+    );
+    let sig = format!(
+        "sha256={}",
+        promised::daemon::webhook::sign(b"hook-s3cret", body.as_bytes())
+    );
+    assert_eq!(hook(d.port, &[("X-Hub-Signature-256", &sig)], body), 202);
+    wait_for(
+        Duration::from_secs(20),
+        || store_has(&store, "team-hook"),
+        &d,
+        "webhook-triggered commit",
+    );
+    let msg = git(&store, &["log", "-1", "--format=%B", "main"]);
+    let config_head = git(&work, &["rev-parse", "HEAD"]);
+    assert!(
+        msg.contains(&format!("Promised-Config-Commit: {}", config_head.trim())),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("Promised-Resource: namespace/default/team-hook"),
+        "{msg}"
+    );
+
+    // A burst of 50 config commits, each with a webhook call: the changed request runs at most
+    // twice, and the newest spec wins.
+    let runs_before = metric(d.port, "promised_pipeline_runs_total");
+    for i in 0..50 {
+        std::fs::write(
+            work.join("requests/team-hook.yaml"),
+            format!("apiVersion: marketplace.kratix.io/v1alpha1\nkind: namespace\nmetadata:\n  name: team-hook\n  namespace: default\nspec:\n  namespaceName: team-hook-{i}\n"),
+        )
+        .unwrap();
+        push(&work, &url, &format!("burst {i}"));
+        assert_eq!(
+            hook(d.port, &[("X-Gitlab-Token", "hook-s3cret")], body),
+            202
+        );
+    }
+    let ns_file = "clusters/dev/resources/default/namespace/team-hook/instance-configure/5058f/namespace.yaml";
+    wait_for(
+        Duration::from_secs(30),
+        || {
+            Command::new("git")
+                .args(["show", &format!("main:{ns_file}")])
+                .current_dir(&store)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("name: team-hook-49"))
+                .unwrap_or(false)
+        },
+        &d,
+        "the newest spec",
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let runs = metric(d.port, "promised_pipeline_runs_total") - runs_before;
+    assert!(
+        (1.0..=2.0).contains(&runs),
+        "the burst ran the request {runs} times"
+    );
+}
+
+#[test]
+fn polling_alone_picks_up_commits_and_state_loss_converges_without_a_commit() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    let gd = GitDaemon::start(&srv);
+    let (url, work, store) = world(tmp.path(), &gd);
+    let state = tmp.path().join("state");
+    let args = [
+        "--config",
+        url.as_str(),
+        "--ref",
+        "main",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--poll-interval",
+        "500ms",
+    ];
+    let d = start(&args, tmp.path());
+    add_namespace_request(&work, "team-poll");
+    push(&work, &url, "add team-poll");
+    wait_for(
+        Duration::from_secs(20),
+        || store_has(&store, "team-poll"),
+        &d,
+        "poll-triggered commit",
+    );
+    let before = head(&store);
+    drop(d);
+
+    // The state directory is lost; restarting converges with no new commit.
+    std::fs::remove_dir_all(&state).unwrap();
+    let d = start(&args, tmp.path());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        head(&store),
+        before,
+        "no new commit after rebuilding from the indexes\n{}",
+        std::fs::read_to_string(&d.log).unwrap()
+    );
+    // The corrupt-state case too.
+    drop(d);
+    std::fs::write(state.join("state.json"), b"{corrupt").unwrap();
+    let d = start(&args, tmp.path());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        head(&store),
+        before,
+        "{}",
+        std::fs::read_to_string(&d.log).unwrap()
+    );
+}
+
+#[test]
+fn file_watch_on_a_directory() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config");
+    copy_dir(&repo_root().join("testdata/quickstart"), &config);
+    let state = tmp.path().join("state");
+    let d = start(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    let store = state.join("quickstart-state.git");
+    assert!(store_has(&store, "redis/example"));
+    add_namespace_request(&config, "team-watch");
+    wait_for(
+        Duration::from_secs(20),
+        || store_has(&store, "team-watch"),
+        &d,
+        "watch-triggered commit",
+    );
+}
+
+#[test]
+fn sigterm_during_a_pipeline_commits_the_whole_wave_or_nothing() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config");
+    copy_dir(&repo_root().join("testdata/quickstart"), &config);
+    // The namespace pipeline takes 3 s.
+    let script = config.join("promises/namespace/pipeline/configure");
+    let text =
+        std::fs::read_to_string(&script)
+            .unwrap()
+            .replacen("set -eu\n", "set -eu\nsleep 3\n", 1);
+    std::fs::write(&script, text).unwrap();
+    let state = tmp.path().join("state");
+    let port = free_port();
+    let log = tmp.path().join("term.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_promised"))
+        .args([
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("PROMISED_LOG", "promised=debug")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200)); // the first pass is inside the slow pipelines
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "did not drain");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("SIGTERM: draining"), "{log}");
+    let store = state.join("quickstart-state.git");
+    // The two running pipelines (both slots of the default concurrency) finished and their
+    // wave is in one commit, complete; the request that had not started yet did not start.
+    let files = git(&store, &["ls-tree", "-r", "--name-only", "main"]);
+    for want in [
+        "team-a/instance-configure",
+        "team-b-prod/instance-configure",
+        "dependencies/redis/promise-configure",
+    ] {
+        assert!(
+            files.contains(want),
+            "{want} missing: the wave is incomplete\n{files}\n{log}"
+        );
+    }
+    assert_eq!(git(&store, &["rev-list", "--count", "main"]).trim(), "1");
+    // The next start runs what was skipped, and only that.
+    let out = Command::new(env!("CARGO_BIN_EXE_promised"))
+        .args([
+            "reconcile",
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let skipped = usize::from(!files.contains("redis/example/instance-configure"));
+    assert!(text.contains(&format!("{skipped} pipelines run")), "{text}");
+    assert!(
+        git(&store, &["ls-tree", "-r", "--name-only", "main"])
+            .contains("redis/example/instance-configure")
+    );
+}
