@@ -365,8 +365,18 @@ fn next_wake(engine: &Engine) -> Duration {
     retry.clamp(Duration::from_millis(200), Duration::from_secs(60))
 }
 
+/// The webhook secret: `webhookSecretFile`, else the systemd credential `webhook-secret`
+/// (`$CREDENTIALS_DIRECTORY/webhook-secret`) when present.
 fn read_secret(settings: &Settings) -> Result<Option<Vec<u8>>, String> {
-    match &settings.webhook_secret_file {
+    let from_credentials = std::env::var_os("CREDENTIALS_DIRECTORY")
+        .map(|d| PathBuf::from(d).join("webhook-secret"))
+        .filter(|p| p.is_file());
+    match settings
+        .webhook_secret_file
+        .clone()
+        .or(from_credentials)
+        .as_ref()
+    {
         None => Ok(None),
         Some(p) => std::fs::read(p)
             .map(|b| Some(String::from_utf8_lossy(&b).trim_end().as_bytes().to_vec()))

@@ -4,8 +4,9 @@
 //! (when empty and the URL contains `github`, `x-access-token`); ssh → `sshPrivateKey` and
 //! `knownHosts` (both required). `githubApp` is not supported yet.
 //!
-//! Lookup: `<secrets_dir>/<secretRef.name>/<key>` (one file per key: systemd
-//! `LoadCredential=` and mounted Kubernetes Secrets both look like that), else the environment
+//! Lookup: `<secrets_dir>/<secretRef.name>/<key>` (one file per key: a mounted Kubernetes
+//! Secret looks like that), then `<secrets_dir>/<secretRef.name>_<key>` (what systemd's
+//! `LoadCredential=<name>:<directory>` makes of a directory of key files), else the environment
 //! variable `PROMISED_SECRET_<NAME>_<KEY>` (upper-cased, `-` and `.` become `_`).
 //!
 //! Secrets never reach process arguments: https credentials go to `git push` through
@@ -88,11 +89,12 @@ impl Secrets {
 /// Read one secret key: file first, then environment.
 fn read_key(secrets_dir: Option<&Path>, name: &str, key: &str) -> Result<Option<String>, Error> {
     if let Some(dir) = secrets_dir {
-        let path = dir.join(name).join(key);
-        match std::fs::read_to_string(&path) {
-            Ok(v) => return Ok(Some(v)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(path, e)),
+        for path in [dir.join(name).join(key), dir.join(format!("{name}_{key}"))] {
+            match std::fs::read_to_string(&path) {
+                Ok(v) => return Ok(Some(v)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(path, e)),
+            }
         }
     }
     Ok(std::env::var(env_name(name, key)).ok())
@@ -287,6 +289,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("creds")).unwrap();
         std::fs::write(dir.path().join("creds/password"), "tok3n-value\n").unwrap();
+        // systemd LoadCredential=<id>:<directory> layout: <id>_<file>.
+        assert_eq!(
+            read_key(Some(dir.path()), "creds", "password")
+                .unwrap()
+                .as_deref(),
+            Some("tok3n-value\n")
+        );
+        std::fs::write(dir.path().join("other_username"), "bob").unwrap();
+        assert_eq!(
+            read_key(Some(dir.path()), "other", "username")
+                .unwrap()
+                .as_deref(),
+            Some("bob")
+        );
         let mut spec = GitStateStoreSpec::new("https://github.com/o/r");
         spec.secret_ref = Some(SecretRef {
             name: "creds".into(),
