@@ -1,0 +1,251 @@
+//! Reconcile behaviours beyond the happy path: requirements, misplacement, late Destinations,
+//! failure isolation across state stores, failing pipelines.
+
+mod common;
+
+use std::path::Path;
+
+use common::{bwrap_works, copy_dir, git, promised, repo_root};
+
+fn reconcile(config: &Path, state: &Path) -> (i32, String, String) {
+    promised(&[
+        "reconcile",
+        "--config",
+        config.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ])
+}
+
+fn status(state: &Path, key: &str) -> serde_json::Value {
+    let (_, out, _) = promised(&[
+        "status",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--output",
+        "json",
+        "--listen",
+        "127.0.0.1:1",
+    ]);
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == key)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {key} in {out}"))
+}
+
+fn condition<'a>(s: &'a serde_json::Value, t: &str) -> &'a serde_json::Value {
+    s["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == t)
+        .unwrap_or_else(|| panic!("no {t} in {s}"))
+}
+
+fn setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config");
+    copy_dir(&repo_root().join("testdata/quickstart"), &config);
+    let state = tmp.path().join("state");
+    (tmp, config, state)
+}
+
+#[test]
+fn requests_wait_for_required_promises() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let (_tmp, config, state) = setup();
+    let p = config.join("promises/redis/promise.yaml");
+    let text = std::fs::read_to_string(&p).unwrap().replacen("spec:\n  destinationSelectors:", "spec:\n  requiredPromises:\n    - name: postgres\n      version: v1\n  destinationSelectors:", 1);
+    std::fs::write(&p, text).unwrap();
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("required Promise \"postgres\" is not in the config repo"),
+        "{err}"
+    );
+    let r = status(&state, "redis/default/example");
+    assert_eq!(condition(&r, "PromiseAvailable")["status"], "False");
+    assert_eq!(
+        condition(&r, "PromiseAvailable")["message"],
+        "Promise Requirements are not installed"
+    );
+    assert!(
+        r["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Promise redis is not available"),
+        "{r}"
+    );
+    let p = status(&state, "promise/redis");
+    assert_eq!(p["status"]["status"], "Unavailable");
+    assert_eq!(condition(&p, "RequirementsFulfilled")["status"], "False");
+    // The promise workflow still ran (Kratix runs it while requirements are unmet).
+    let store = state.join("quickstart-state.git");
+    let files = git(&store, &["ls-tree", "-r", "--name-only", "main"]);
+    assert!(
+        files.contains("dependencies/redis/promise-configure"),
+        "{files}"
+    );
+    assert!(
+        !files.contains("resources/default/redis/example"),
+        "{files}"
+    );
+    assert!(
+        files.contains("namespace/team-a"),
+        "other Promises' requests are unaffected"
+    );
+}
+
+#[test]
+fn relabelled_destination_marks_requests_misplaced_and_a_new_one_gets_dependencies() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let (_tmp, config, state) = setup();
+    assert_eq!(reconcile(&config, &state).0, 0);
+    let store = state.join("quickstart-state.git");
+    let first = git(&store, &["rev-parse", "main"]);
+
+    // dev loses its label: the redis request stays (sticky) and is reported misplaced.
+    let d = config.join("platform/destinations.yaml");
+    let text = std::fs::read_to_string(&d).unwrap();
+    std::fs::write(
+        &d,
+        text.replacen("environment: dev", "environment: staging", 1),
+    )
+    .unwrap();
+    let (_, out, _) = reconcile(&config, &state);
+    assert!(
+        out.contains("0 pipelines run"),
+        "placement changes run no pipeline: {out}"
+    );
+    let r = status(&state, "redis/default/example");
+    assert_eq!(condition(&r, "WorksSucceeded")["reason"], "WorksMisplaced");
+    assert_eq!(r["status"]["destinations"][0]["misplaced"], true);
+    let files = git(&store, &["ls-tree", "-r", "--name-only", "main"]);
+    assert!(
+        files.contains("clusters/dev/resources/default/redis/example"),
+        "files stay: {files}"
+    );
+
+    // A new Destination labelled environment=dev receives the redis dependencies, no re-run.
+    std::fs::write(
+        config.join("platform/dev2.yaml"),
+        "apiVersion: platform.kratix.io/v1alpha1\nkind: Destination\nmetadata:\n  name: dev2\n  labels:\n    environment: dev\nspec:\n  path: clusters/dev2\n  stateStoreRef:\n    kind: GitStateStore\n    name: local\n",
+    )
+    .unwrap();
+    let (_, out, _) = reconcile(&config, &state);
+    assert!(out.contains("0 pipelines run"), "{out}");
+    let files = git(&store, &["ls-tree", "-r", "--name-only", "main"]);
+    assert!(
+        files.contains(
+            "clusters/dev2/dependencies/redis/promise-configure/5058f/redis-operator.yaml"
+        ),
+        "{files}"
+    );
+    assert!(
+        files.contains("clusters/dev2/dependencies/kratix-canary-namespace.yaml"),
+        "{files}"
+    );
+    assert_ne!(git(&store, &["rev-parse", "main"]), first);
+}
+
+#[test]
+fn an_unwritable_state_store_and_a_failing_pipeline_fail_alone() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let (_tmp, config, state) = setup();
+    // prod lives on a state store nobody can write to.
+    std::fs::write(
+        config.join("platform/broken-store.yaml"),
+        "apiVersion: platform.kratix.io/v1alpha1\nkind: GitStateStore\nmetadata:\n  name: broken\nspec:\n  url: git://127.0.0.1:1/nowhere.git\n",
+    )
+    .unwrap();
+    let d = config.join("platform/destinations.yaml");
+    let text = std::fs::read_to_string(&d).unwrap();
+    let (dev, prod) = text.split_once("---\n").unwrap();
+    std::fs::write(
+        &d,
+        format!("{dev}---\n{}", prod.replace("name: local", "name: broken")),
+    )
+    .unwrap();
+    // And the namespace pipeline fails for one request.
+    let script = config.join("promises/namespace/pipeline/configure");
+    let s = std::fs::read_to_string(&script).unwrap().replacen("set -eu\n", "set -eu\ngrep -q 'namespaceName: team-a' /kratix/input/object.yaml && { echo 'team-a is not allowed' >&2; exit 3; }\n", 1);
+    std::fs::write(&script, s).unwrap();
+
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        out.contains("state store GitStateStore/broken: FAILED"),
+        "{out}"
+    );
+    assert!(
+        out.contains("state store GitStateStore/local: commit"),
+        "the good store still commits: {out}"
+    );
+    let a = status(&state, "namespace/default/team-a");
+    assert_eq!(
+        condition(&a, "ConfigureWorkflowCompleted")["reason"],
+        "ConfigureWorkflowFailed"
+    );
+    let msg = a["status"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("exit code 3") && msg.contains("team-a is not allowed"),
+        "{msg}"
+    );
+    let b = status(&state, "namespace/default/team-b-prod");
+    assert_eq!(condition(&b, "WorksSucceeded")["reason"], "WorksFailing");
+    let redis = status(&state, "redis/default/example");
+    assert_eq!(condition(&redis, "Reconciled")["status"], "True");
+    let files = git(
+        &state.join("quickstart-state.git"),
+        &["ls-tree", "-r", "--name-only", "main"],
+    );
+    assert!(files.contains("resources/default/redis/example"), "{files}");
+    assert!(!files.contains("team-a/"), "{files}");
+}
+
+#[test]
+fn editing_a_promise_reruns_its_requests_only() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let (_tmp, config, state) = setup();
+    assert_eq!(reconcile(&config, &state).0, 0);
+    let p = config.join("promises/namespace/promise.yaml");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("enum: [dev, prod]", "enum: [dev, prod, test]");
+    std::fs::write(&p, text).unwrap();
+    let (code, out, _) = reconcile(&config, &state);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("2 pipelines run"),
+        "both namespace requests, not redis: {out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("redis/default/example") && l.contains("unchanged")),
+        "{out}"
+    );
+    // A label-only edit of a request does not re-run it (Kratix: only spec changes do).
+    let r = config.join("requests/redis-example.yaml");
+    let text = std::fs::read_to_string(&r).unwrap().replace(
+        "namespace: default\n",
+        "namespace: default\n  labels:\n    team: a\n",
+    );
+    std::fs::write(&r, text).unwrap();
+    let (_, out, _) = reconcile(&config, &state);
+    assert!(out.contains("0 pipelines run"), "{out}");
+}
