@@ -382,21 +382,27 @@ fn run_cmd(a: &RunArgs) -> i32 {
         daemon_config: a.daemon.daemon_config.clone(),
         flags: a.flags(),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: starting the async runtime: {e}");
-            return 2;
-        }
-    };
+    let Some(rt) = runtime() else { return 2 };
     match rt.block_on(crate::daemon::run(opts)) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");
             2
+        }
+    }
+}
+
+/// A multi-threaded tokio runtime for a subcommand; prints the error and returns `None` when
+/// it cannot start.
+pub fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            None
         }
     }
 }

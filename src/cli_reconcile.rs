@@ -80,15 +80,8 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
             return 2;
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: starting the async runtime: {e}");
-            return 2;
-        }
+    let Some(rt) = crate::cli::runtime() else {
+        return 2;
     };
     let report = match rt.block_on(engine.reconcile(&cfg, &root)) {
         Ok(r) => r,

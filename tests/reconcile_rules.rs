@@ -5,17 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{bwrap_works, copy_dir, git, promised, repo_root};
-
-fn reconcile(config: &Path, state: &Path) -> (i32, String, String) {
-    promised(&[
-        "reconcile",
-        "--config",
-        config.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ])
-}
+use common::{bwrap_works, copy_dir, git, promised, reconcile, repo_root};
 
 fn status(state: &Path, key: &str) -> serde_json::Value {
     let (_, out, _) = promised(&[

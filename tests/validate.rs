@@ -1,16 +1,15 @@
 //! `promised validate` and the config loader, end to end: broken fixtures with their exact
 //! messages, the Kratix marketplace, and directory vs Git ref equivalence.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use common::{copy_dir, git, marketplace, repo_root};
+
+use std::path::PathBuf;
 
 use promised::cli::{Cli, run};
 use promised::config::{self, FileFilter, Source};
 use promised::validate::{ValidConfig, validate};
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn load(source: Source, exclude: &[&str]) -> ValidConfig {
     let mut filter = FileFilter::default();
@@ -74,11 +73,6 @@ fn an_invalid_request_does_not_block_its_neighbour() {
             .count()
             >= 3
     );
-}
-
-fn marketplace() -> Option<PathBuf> {
-    let p = repo_root().join("../shared/realworld/kratix-marketplace");
-    p.is_dir().then_some(p)
 }
 
 /// Every Promise and request of the Kratix marketplace parses and validates, and requests get
@@ -160,40 +154,6 @@ fn redis_request_gets_default_size() {
         yaml,
         "apiVersion: marketplace.kratix.io/v1alpha1\nkind: redis\nmetadata:\n  labels:\n    kratix.io/promise-name: redis\n  name: example\n  namespace: default\nspec:\n  size: small\n"
     );
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.com",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for e in walkdir::WalkDir::new(from) {
-        let e = e.unwrap();
-        let rel = e.path().strip_prefix(from).unwrap();
-        let dst = to.join(rel);
-        if e.file_type().is_dir() {
-            std::fs::create_dir_all(&dst).unwrap();
-        } else {
-            std::fs::copy(e.path(), &dst).unwrap();
-        }
-    }
 }
 
 fn validate_json(args: &[&str]) -> (i32, serde_json::Value) {

@@ -146,15 +146,7 @@ pub(crate) fn join(path: &str, segment: &str) -> String {
 
 /// The JSON type name of `v`, for messages.
 pub(crate) fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
+    crate::model::type_name_of(v)
 }
 
 #[cfg(test)]

@@ -133,3 +133,14 @@ pub fn promised(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// `promised reconcile --config <config> --state-dir <state>`.
+pub fn reconcile(config: &Path, state: &Path) -> (i32, String, String) {
+    promised(&[
+        "reconcile",
+        "--config",
+        config.to_str().expect("utf-8 path"),
+        "--state-dir",
+        state.to_str().expect("utf-8 path"),
+    ])
+}
