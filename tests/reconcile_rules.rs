@@ -239,3 +239,62 @@ fn editing_a_promise_reruns_its_requests_only() {
     let (_, out, _) = reconcile(&config, &state);
     assert!(out.contains("0 pipelines run"), "{out}");
 }
+
+#[test]
+fn filepath_modes_none_and_aggregated_yaml() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let (_tmp, config, state) = setup();
+    let d = config.join("platform/destinations.yaml");
+    let text = std::fs::read_to_string(&d).unwrap();
+    let (dev, prod) = text.split_once("---\n").unwrap();
+    let dev = dev.replace(
+        "  path: clusters/dev\n",
+        "  path: clusters/dev\n  filepath:\n    mode: aggregatedYAML\n",
+    );
+    let prod = prod.replace(
+        "  path: clusters/prod\n",
+        "  path: clusters/prod\n  filepath:\n    mode: none\n",
+    );
+    std::fs::write(&d, format!("{dev}---\n{prod}")).unwrap();
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let store = state.join("quickstart-state.git");
+    let files = git(&store, &["ls-tree", "-r", "--name-only", "main"]);
+    let mut names: Vec<&str> = files
+        .lines()
+        .filter(|l| !l.starts_with(".promised/"))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "clusters/dev/aggregated.yaml",
+            "clusters/dev/kratix-canary-configmap.yaml",
+            "clusters/dev/kratix-canary-namespace.yaml",
+            "clusters/prod/kratix-canary-configmap.yaml",
+            "clusters/prod/kratix-canary-namespace.yaml",
+            "clusters/prod/namespace.yaml",
+        ],
+        "{files}"
+    );
+    // The aggregate holds every placement on dev (redis operator, redis instance, team-a),
+    // joined by `---`, and parses as Kubernetes objects.
+    let agg = git(&store, &["show", "main:clusters/dev/aggregated.yaml"]);
+    let docs = promised::config::parse_yaml_stream(&agg).unwrap();
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    for k in ["Deployment", "RedisFailover", "Namespace"] {
+        assert!(
+            kinds.contains(&k),
+            "{k} missing from the aggregate: {kinds:?}"
+        );
+    }
+    // Removing a request rewrites the aggregate without it.
+    std::fs::remove_file(config.join("requests/redis-example.yaml")).unwrap();
+    reconcile(&config, &state);
+    let agg = git(&store, &["show", "main:clusters/dev/aggregated.yaml"]);
+    assert!(!agg.contains("RedisFailover"), "{agg}");
+    assert!(agg.contains("redis-operator"), "{agg}");
+}

@@ -237,3 +237,20 @@ fn unknown_git_ref_is_an_error() {
     .expect_err("unknown ref");
     assert!(err.to_string().contains("ref \"nope\" not found"), "{err}");
 }
+
+/// A password in a config repo URL never reaches an error message.
+#[test]
+fn credentials_in_a_config_url_are_not_printed() {
+    let err = config::load(
+        &Source::Git {
+            url: "http://alice:hunter2-secret@127.0.0.1:1/config.git".into(),
+            reference: "main".into(),
+        },
+        &FileFilter::default(),
+        None,
+    )
+    .expect_err("nothing listens on port 1");
+    let text = err.to_string();
+    assert!(!text.contains("hunter2-secret"), "{text}");
+    assert!(text.contains("127.0.0.1:1/config.git"), "{text}");
+}

@@ -179,7 +179,7 @@ pub fn load_with_root(
                 source::export(&snap.files, &tmp)
                     .and_then(|_| std::fs::rename(&tmp, &root))
                     .map_err(|e| SourceError::GitRepo {
-                        url: url.clone(),
+                        url: statestores::git::config::redact_url(url),
                         message: format!("exporting the commit to {}: {e}", root.display()),
                     })?;
             }

@@ -225,7 +225,7 @@ fn read_git(
     cache_dir: Option<&Path>,
 ) -> Result<Snapshot, SourceError> {
     let repo_err = |m: String| SourceError::GitRepo {
-        url: url.to_string(),
+        url: statestores::git::config::redact_url(url),
         message: m,
     };
     let local = Path::new(url);
@@ -267,7 +267,7 @@ fn read_git(
         }
     }
     let commit = commit.ok_or_else(|| SourceError::GitRef {
-        url: url.to_string(),
+        url: statestores::git::config::redact_url(url),
         reference: reference.to_string(),
         message: last,
     })?;
@@ -381,7 +381,7 @@ pub fn export(files: &[RawFile], dest: &Path) -> std::io::Result<()> {
 /// through the bare cache that [`read`] created under `cache_dir`. Used by the daemon's poller.
 pub fn peek_ref(url: &str, reference: &str, cache_dir: &Path) -> Result<String, SourceError> {
     let repo_err = |m: String| SourceError::GitRepo {
-        url: url.to_string(),
+        url: statestores::git::config::redact_url(url),
         message: m,
     };
     let local = Path::new(url);
@@ -393,7 +393,7 @@ pub fn peek_ref(url: &str, reference: &str, cache_dir: &Path) -> Result<String, 
             }
         }
         return Err(SourceError::GitRef {
-            url: url.into(),
+            url: statestores::git::config::redact_url(url),
             reference: reference.into(),
             message: "not found".into(),
         });
@@ -440,7 +440,7 @@ pub fn peek_ref(url: &str, reference: &str, cache_dir: &Path) -> Result<String, 
         return Ok(reference.to_string());
     }
     Err(SourceError::GitRef {
-        url: url.into(),
+        url: statestores::git::config::redact_url(url),
         reference: reference.into(),
         message: "not among the remote's refs".into(),
     })

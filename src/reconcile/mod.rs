@@ -1778,9 +1778,17 @@ async fn run_job(runner: &RunnerConfig, job: &Job) -> WorkflowResult {
     input.object_yaml = job.object_yaml.clone();
     input.existing_status = job.existing_status.clone();
     input.promise_dir = job.promise_dir.clone();
-    let span = tracing::info_span!("workflow", key = %job.key, action = job.action.as_str());
-    let _enter = span.enter();
-    pipeline::run_workflow(runner, &input).await
+    let span = tracing::info_span!(
+        "workflow",
+        promise = %job.promise.name(),
+        namespace = %input.object.namespace,
+        name = %input.object.name,
+        workflow = %format!("{}.{}", input.workflow_type.as_str(), job.action.as_str()),
+    );
+    use tracing::Instrument;
+    pipeline::run_workflow(runner, &input)
+        .instrument(span)
+        .await
 }
 
 /// Runs jobs with at most `limit` at once; results in job order, with wall-clock seconds.
