@@ -466,3 +466,90 @@ fn sigterm_during_a_pipeline_commits_the_whole_wave_or_nothing() {
             .contains("redis/example/instance-configure")
     );
 }
+
+#[test]
+fn sighup_reloads_the_daemon_config_and_logs_are_json() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config");
+    copy_dir(&repo_root().join("testdata/quickstart"), &config);
+    let state = tmp.path().join("state");
+    let dc = tmp.path().join("promised.yaml");
+    std::fs::write(
+        &dc,
+        "git:\n  commitSubject: \"first template: {updated}\"\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let log = tmp.path().join("hup.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_promised"))
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ])
+        .args([
+            "--daemon-config",
+            dc.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let d = Daemon {
+        child,
+        port,
+        log: log.clone(),
+    };
+    wait_for(
+        Duration::from_secs(30),
+        || get(port, "/readyz").map(|(c, _)| c == 200).unwrap_or(false),
+        &d,
+        "ready",
+    );
+    let store = state.join("quickstart-state.git");
+    assert!(git(&store, &["log", "-1", "--format=%s", "main"]).starts_with("first template:"));
+
+    std::fs::write(
+        &dc,
+        "git:\n  commitSubject: \"second template: {updated}\"\n",
+    )
+    .unwrap();
+    let pid = rustix::process::Pid::from_raw(d.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("daemon config reloaded")
+        },
+        &d,
+        "reload",
+    );
+    add_namespace_request(&config, "team-hup");
+    wait_for(
+        Duration::from_secs(20),
+        || store_has(&store, "team-hup"),
+        &d,
+        "commit after reload",
+    );
+    let subject = git(&store, &["log", "-1", "--format=%s", "main"]);
+    assert!(subject.starts_with("second template:"), "{subject}");
+
+    // Every log line is one JSON object.
+    let text = std::fs::read_to_string(&log).unwrap();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some(), "{line}");
+    }
+}
