@@ -100,11 +100,8 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
         eprintln!("error: writing output: {e}");
         return 2;
     }
-    let invalid = cfg
-        .rejected
-        .iter()
-        .any(|r| r.id.kind != "Promise" || cfg.promises.is_empty());
-    if report.has_failures() || invalid || !cfg.rejected.is_empty() {
+    // Some object invalid or failed: 1, although everything else was committed.
+    if report.has_failures() || cfg.has_errors() {
         1
     } else {
         0
