@@ -132,6 +132,7 @@ fn write_report(
         .max(10);
     for o in &r.objects {
         let action = match o.action {
+            _ if o.failed => "FAILED",
             ObjectAction::Ran => "ran",
             ObjectAction::Unchanged => "unchanged",
             ObjectAction::Waiting => "waiting",

@@ -418,7 +418,21 @@ fn sigterm_during_a_pipeline_commits_the_whole_wave_or_nothing() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1200)); // the first pass is inside the slow pipelines
+    // Wait until the first pass is inside the slow pipelines.
+    let t = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains("workflow started") && l.contains("team-a"))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "pipelines never started: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
     let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     let t = Instant::now();

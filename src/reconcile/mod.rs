@@ -1786,9 +1786,17 @@ async fn run_job(runner: &RunnerConfig, job: &Job) -> WorkflowResult {
         workflow = %format!("{}.{}", input.workflow_type.as_str(), job.action.as_str()),
     );
     use tracing::Instrument;
-    pipeline::run_workflow(runner, &input)
-        .instrument(span)
-        .await
+    async {
+        tracing::debug!("workflow started");
+        let result = pipeline::run_workflow(runner, &input).await;
+        match result.error() {
+            Some(e) => tracing::warn!(error = %e, "workflow failed"),
+            None => tracing::debug!(pipelines = result.pipelines.len(), "workflow finished"),
+        }
+        result
+    }
+    .instrument(span)
+    .await
 }
 
 /// Runs jobs with at most `limit` at once; results in job order, with wall-clock seconds.

@@ -38,6 +38,8 @@ pub struct ObjectReport {
     pub destinations: Vec<String>,
     /// Files placed.
     pub files: usize,
+    /// The object is failing at the end of the pass (workflow, write, or delete pipeline).
+    pub failed: bool,
 }
 
 impl ObjectReport {
@@ -75,9 +77,7 @@ impl ObjectReport {
         d.dedup();
         self.destinations = d;
         self.files = record.placements.iter().map(|p| p.files.len()).sum();
-        if self.state == "Failing" && self.action != ObjectAction::Deleted {
-            self.action = ObjectAction::Failed;
-        }
+        self.failed = self.action == ObjectAction::Failed || self.state == "Failing";
     }
 }
 
