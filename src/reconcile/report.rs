@@ -59,6 +59,7 @@ impl ObjectReport {
             message: String::new(),
             destinations: Vec::new(),
             files: 0,
+            failed: false,
         };
         r.refresh(record);
         r
