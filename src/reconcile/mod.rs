@@ -753,10 +753,7 @@ impl Engine {
     }
 
     /// Canary writes (`Ok`) and removals (`Err(owner key)`) per store, and registration records.
-    fn canaries(
-        &mut self,
-        cfg: &ValidConfig,
-    ) -> Result<Vec<(String, CanaryChange)>, EngineError> {
+    fn canaries(&mut self, cfg: &ValidConfig) -> Result<Vec<(String, CanaryChange)>, EngineError> {
         let mut out = Vec::new();
         let mut seen = BTreeSet::new();
         for d in &cfg.destinations {

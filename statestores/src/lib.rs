@@ -98,10 +98,12 @@ pub mod git;
 mod index;
 mod message;
 mod plan;
+pub mod s3;
 
 pub use error::Error;
 pub use git::{GitOptions, GitStateStore};
 pub use index::IndexEntry;
+pub use s3::S3StateStore;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
