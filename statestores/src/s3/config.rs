@@ -246,13 +246,15 @@ pub(crate) fn build(
         }
         BucketAuthMethod::Iam => AmazonS3Builder::from_env(),
     };
-    let mut backoff = BackoffConfig::default();
-    backoff.init_backoff = Duration::from_millis(100);
-    backoff.max_backoff = Duration::from_secs(2);
-    let mut retry = RetryConfig::default();
-    retry.backoff = backoff;
-    retry.max_retries = opts.max_retries;
-    retry.retry_timeout = opts.retry_timeout;
+    let retry = RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            ..Default::default()
+        },
+        max_retries: opts.max_retries,
+        retry_timeout: opts.retry_timeout,
+    };
     let client = ClientOptions::new()
         .with_allow_http(spec.insecure)
         .with_timeout(opts.request_timeout)

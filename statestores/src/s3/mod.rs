@@ -445,7 +445,7 @@ impl S3StateStore {
     ) -> Result<ApplyOutcome, AttemptError> {
         self.validate_keys(changes)?;
         let head = self.load().await?;
-        let old = &head.index;
+        let old = &head.index.clone();
 
         // Desired content per key (last claim wins, as in the plan).
         let mut desired: HashMap<&str, &[u8]> = HashMap::new();
@@ -456,11 +456,51 @@ impl S3StateStore {
         }
         let by_path: HashMap<&str, &IndexEntry> =
             old.entries.iter().map(|e| (e.path.as_str(), e)).collect();
+        // Some servers (s3s-fs) omit ETags from listings: HEAD the keys that matter.
+        let blind: Vec<String> = head
+            .listing
+            .iter()
+            .filter(|(k, e)| {
+                e.is_empty()
+                    && (by_path.contains_key(k.as_str()) || desired.contains_key(k.as_str()))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut head = head;
+        if !blind.is_empty() {
+            let heads: Vec<Result<(String, Option<String>), Error>> = futures::stream::iter(blind)
+                .map(|k| self.head_etag(k))
+                .buffer_unordered(self.inner.opts.concurrency.max(1))
+                .collect()
+                .await;
+            for h in heads {
+                match h? {
+                    (k, Some(e)) => {
+                        head.listing.insert(k, e);
+                    }
+                    (k, None) => {
+                        head.listing.remove(&k);
+                    }
+                }
+            }
+        }
+        let head = head;
+        let old = &head.index;
         // Translate the listing into "git blob ids" so the backend-independent plan applies:
         // an owned key whose ETag is the one we recorded has its indexed id; a key whose ETag is
         // the MD5 of the desired content has that content's id; anything else is foreign.
+        // Keys an interrupted apply may have written are never trusted (their ETag metadata may
+        // be torn on some servers): they are rewritten with the content they must have.
+        let pending: BTreeSet<&str> = old.pending.iter().map(String::as_str).collect();
         let mut head_files: HashMap<String, ObjectId> = HashMap::new();
         for (key, etag) in &head.listing {
+            if pending.contains(key.as_str()) {
+                head_files.insert(
+                    key.clone(),
+                    plan::blob_oid(format!("promised-s3-pending {etag}").as_bytes()),
+                );
+                continue;
+            }
             let indexed = by_path
                 .get(key.as_str())
                 .filter(|_| old.etags.get(key) == Some(etag))
@@ -513,7 +553,7 @@ impl S3StateStore {
         }
         removes.sort();
         // Our own interrupted writes are not drift.
-        p.drift.retain(|d| !old.pending.contains(&d.path));
+        p.drift.retain(|d| !pending.contains(d.path.as_str()));
 
         let mut outcome = ApplyOutcome {
             version: None,
@@ -659,6 +699,18 @@ impl S3StateStore {
             }
         }
         Ok((path, norm_etag(r.e_tag.as_deref().unwrap_or_default())))
+    }
+
+    /// The ETag of one object (quotes removed), `None` when it is gone.
+    async fn head_etag(&self, key: String) -> Result<(String, Option<String>), Error> {
+        match self.inner.client.head(&ObjPath::from(key.as_str())).await {
+            Ok(m) => {
+                let e = norm_etag(m.e_tag.as_deref().unwrap_or_default());
+                Ok((key, Some(e)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok((key, None)),
+            Err(e) => Err(self.map_err(e)),
+        }
     }
 
     /// DELETE one object; a missing object is fine.
