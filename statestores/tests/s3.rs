@@ -707,3 +707,25 @@ async fn assert_no_half_state(fx: &Fixture, want: &BTreeMap<String, String>) {
     let want_owned: BTreeSet<String> = want.keys().cloned().collect();
     assert_eq!(owned, want_owned);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_ignores_conditional_writes_is_detected_at_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start_ignoring_conditions(&tmp.path().join("s3")).await;
+    let mut fx = fixture().await;
+    let _real = std::mem::replace(&mut fx.server, server);
+    let store = fx.store();
+    store.check().await.expect("only a warning by default");
+    assert_eq!(store.conditional_writes(), Some(false));
+    // The store still works (without protection against a second writer).
+    assert!(store.apply(&batch()).await.unwrap().version.is_some());
+    // And can be made strict.
+    let mut o = fx.opts();
+    o.require_conditional_writes = true;
+    let strict = S3StateStore::open("s3", fx.spec(), o).unwrap();
+    let err = strict.check().await.unwrap_err();
+    assert!(
+        err.to_string().contains("ignores conditional writes"),
+        "{err}"
+    );
+}

@@ -22,6 +22,8 @@ pub const BUCKET: &str = "kratix";
 pub struct S3Server {
     pub port: u16,
     pub root: PathBuf,
+    /// Strip `If-Match` / `If-None-Match` from PUTs, like servers without conditional writes.
+    pub ignore_conditions: bool,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -32,6 +34,20 @@ impl S3Server {
         let mut s = Self {
             port: 0,
             root: root.to_owned(),
+            ignore_conditions: false,
+            task: None,
+        };
+        s.spawn().await;
+        s
+    }
+
+    /// Like [`S3Server::start`], but the server ignores conditional-write headers.
+    pub async fn start_ignoring_conditions(root: &Path) -> Self {
+        std::fs::create_dir_all(root.join(BUCKET)).unwrap();
+        let mut s = Self {
+            port: 0,
+            root: root.to_owned(),
+            ignore_conditions: true,
             task: None,
         };
         s.spawn().await;
@@ -40,7 +56,10 @@ impl S3Server {
 
     async fn spawn(&mut self) {
         let fs = s3s_fs::FileSystem::new(&self.root).unwrap();
-        let mut b = S3ServiceBuilder::new(fs);
+        let mut b = S3ServiceBuilder::new(NoConditions {
+            inner: fs,
+            strip: self.ignore_conditions,
+        });
         b.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = b.build();
         let sock = TcpSocket::new_v4().unwrap();
@@ -122,5 +141,60 @@ impl Drop for S3Server {
         if let Some(t) = self.task.take() {
             t.abort();
         }
+    }
+}
+
+/// Forwards the operations the state store uses; optionally drops PUT preconditions.
+struct NoConditions {
+    inner: s3s_fs::FileSystem,
+    strip: bool,
+}
+
+#[async_trait::async_trait]
+impl s3s::S3 for NoConditions {
+    async fn put_object(
+        &self,
+        mut req: s3s::S3Request<s3s::dto::PutObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutObjectOutput>> {
+        if self.strip {
+            req.input.if_match = None;
+            req.input.if_none_match = None;
+        }
+        self.inner.put_object(req).await
+    }
+
+    async fn get_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::GetObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::GetObjectOutput>> {
+        self.inner.get_object(req).await
+    }
+
+    async fn head_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::HeadObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::HeadObjectOutput>> {
+        self.inner.head_object(req).await
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: s3s::S3Request<s3s::dto::ListObjectsV2Input>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsV2Output>> {
+        self.inner.list_objects_v2(req).await
+    }
+
+    async fn delete_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::DeleteObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteObjectOutput>> {
+        self.inner.delete_object(req).await
+    }
+
+    async fn delete_objects(
+        &self,
+        req: s3s::S3Request<s3s::dto::DeleteObjectsInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteObjectsOutput>> {
+        self.inner.delete_objects(req).await
     }
 }
