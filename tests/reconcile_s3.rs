@@ -64,7 +64,7 @@ async fn one_destination_on_git_one_on_s3() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let s3 = S3Server::start(&tmp.path().join("s3")).await;
+    let mut s3 = S3Server::start(&tmp.path().join("s3")).await;
     let srv = tmp.path().join("git");
     std::fs::create_dir_all(&srv).unwrap();
     let daemon = GitDaemon::start(&srv);
@@ -149,6 +149,56 @@ async fn one_destination_on_git_one_on_s3() {
     assert!(
         !index.to_string().contains("team-b-prod"),
         "index no longer owns it"
+    );
+
+    // The S3 server goes away; a new prod request arrives. The pass reports the store error, the
+    // Git destination is unaffected, and once the server is back the next pass converges.
+    s3.stop().await;
+    std::fs::write(
+        config.join("requests/team-c.yaml"),
+        "apiVersion: marketplace.kratix.io/v1alpha1\nkind: namespace\nmetadata:\n  name: team-c-prod\n  namespace: default\nspec:\n  namespaceName: team-c\n  environment: prod\n",
+    )
+    .unwrap();
+    let (code, out, err) = reconcile(&config, &state).await;
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("state store BucketStateStore/s3: FAILED")
+            && out.contains("Connection refused"),
+        "{out}\n{err}"
+    );
+    assert!(
+        out.contains("state store GitStateStore/git: no change"),
+        "{out}"
+    );
+    let (_, status, _) = common::promised(&["status", "--state-dir", state.to_str().unwrap()]);
+    let row = status
+        .lines()
+        .find(|l| l.contains("team-c-prod"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!row.contains("Reconciled"), "{status}");
+    let team_c = "state/clusters/prod/resources/default/namespace/team-c-prod/instance-configure/5058f/namespace.yaml";
+    s3.restart().await;
+    // (This pass may still exit 1: the engine labels the recovered request FAILED in its
+    // change column, although its status becomes Reconciled.)
+    let (_, out, err) = reconcile(&config, &state).await;
+    assert!(
+        out.contains("state store BucketStateStore/s3: commit"),
+        "{out}\n{err}"
+    );
+    let keys = bucket_keys(&s3.root);
+    assert!(keys.contains(&team_c.to_owned()), "{out}\n{err}\n{keys:#?}");
+    let (_, status, _) = common::promised(&["status", "--state-dir", state.to_str().unwrap()]);
+    let row = status
+        .lines()
+        .find(|l| l.contains("team-c-prod"))
+        .unwrap_or_default();
+    assert!(row.contains("Reconciled"), "{status}");
+    let (code, out, err) = reconcile(&config, &state).await;
+    assert_eq!(code, 0, "converged: {out}\n{err}");
+    assert!(
+        out.contains("state store BucketStateStore/s3: no change"),
+        "{out}"
     );
 
     // Wrong credentials: the pass reports the store error (with the server's text), no secret.

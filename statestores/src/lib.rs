@@ -2,7 +2,9 @@
 //!
 //! Kratix writes each WorkPlacement to a *state store* (a Git repository or an S3 bucket) that
 //! Argo CD or Flux consume (`kratix-contract.md` §1.4, §4). This crate provides one interface,
-//! [`StateStore`], and two Git backends behind it (see [`git`]):
+//! [`StateStore`], an S3 backend ([`s3`], Kratix `BucketStateStore`: ordered write / index commit /
+//! delete with compare-and-swap on the ownership index; its module docs state exactly what a Flux
+//! `Bucket` source can observe during an apply) and two Git backends (see [`git`]):
 //!
 //! - a **remote** repository (`https://`, `ssh://`, scp-like `git@host:path`, `http://` with a
 //!   warning, `git://`), kept as one persistent bare clone under the daemon's state directory,
