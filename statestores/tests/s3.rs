@@ -729,3 +729,31 @@ async fn a_server_that_ignores_conditional_writes_is_detected_at_check() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_blob_cache_drift_outside_the_change_set_stays_reported_until_repaired() {
+    let fx = fixture().await;
+    let mut o = fx.opts();
+    o.state_dir = None;
+    let store = S3StateStore::open("s3", fx.spec(), o).unwrap();
+    store.apply(&batch()).await.unwrap();
+    let c = owner("worker-2", "postgres", "c");
+    fx.put(&path_of(&c, "pg.yaml"), "tampered\n").await;
+    let only_a = ChangeSet {
+        writes: vec![batch().writes.remove(0)],
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        let out = store.apply(&only_a).await.unwrap();
+        assert_eq!(out.drift.len(), 1, "reported every time, never accepted");
+        assert_eq!(fx.get(&path_of(&c, "pg.yaml")).await.unwrap(), "tampered\n");
+    }
+    // Writing its placement repairs it.
+    let out = store.apply(&batch()).await.unwrap();
+    assert_eq!(out.drift.len(), 1);
+    assert_eq!(
+        fx.get(&path_of(&c, "pg.yaml")).await.unwrap(),
+        "kind: Postgres\nname: c\n"
+    );
+    assert!(store.apply(&batch()).await.unwrap().drift.is_empty());
+}

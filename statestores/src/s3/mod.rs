@@ -563,12 +563,22 @@ impl S3StateStore {
             drift: p.drift.clone(),
             conflicts_retried: 0,
         };
+        // ETags to record for entries this apply does not write: the listed one only when the
+        // object is known to hold the indexed content; otherwise keep the old record, so a
+        // drift that could not be repaired now is detected again next time.
         let mut etags: BTreeMap<String, String> = new_entries
             .iter()
             .filter_map(|e| {
-                head.listing
-                    .get(&e.path)
-                    .map(|t| (e.path.clone(), t.clone()))
+                let known = ObjectId::from_hex(e.oid.as_bytes())
+                    .ok()
+                    .is_some_and(|oid| head_files.get(&e.path) == Some(&oid));
+                if known {
+                    head.listing
+                        .get(&e.path)
+                        .map(|t| (e.path.clone(), t.clone()))
+                } else {
+                    old.etags.get(&e.path).map(|t| (e.path.clone(), t.clone()))
+                }
             })
             .collect();
         if upserts.is_empty()
@@ -833,7 +843,7 @@ impl StateStore for S3StateStore {
 
     async fn owned(&self, prefix: &str) -> Result<Vec<IndexEntry>, Error> {
         let (idx, _) = self.load_index().await?;
-        let prefix = prefix.trim_end_matches('/');
+        let prefix = prefix.trim_matches('/');
         let mut out: Vec<IndexEntry> = idx
             .entries
             .into_iter()
