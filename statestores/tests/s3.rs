@@ -615,6 +615,7 @@ async fn a_server_stop_mid_apply_is_an_error_then_the_retry_converges_without_ha
     let old_cs = big(false);
     let new_cs = big(true);
     store.apply(&old_cs).await.unwrap();
+    assert_eq!(store.apply(&old_cs).await.unwrap().version, None, "no-op");
     let old = expected(&old_cs);
     let new = expected(&new_cs);
 
@@ -647,7 +648,6 @@ async fn a_server_stop_mid_apply_is_an_error_then_the_retry_converges_without_ha
     eprintln!("error while the server is down: {err}");
     // While down, the next attempt fails too (the engine would put this in status and requeue).
     assert!(store.apply(&new_cs).await.is_err());
-
     fx.server.restart().await;
     // The index still names generation 1 and records the interrupted writes as pending.
     let idx = fx.index().await;

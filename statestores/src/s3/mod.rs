@@ -468,13 +468,14 @@ impl S3StateStore {
             .collect();
         let mut head = head;
         if !blind.is_empty() {
-            let heads: Vec<Result<(String, Option<String>), Error>> = futures::stream::iter(blind)
+            // `try_collect` stops at the first failure (a dead server fails fast).
+            let heads: Vec<(String, Option<String>)> = futures::stream::iter(blind)
                 .map(|k| self.head_etag(k))
                 .buffer_unordered(self.inner.opts.concurrency.max(1))
-                .collect()
-                .await;
+                .try_collect()
+                .await?;
             for h in heads {
-                match h? {
+                match h {
                     (k, Some(e)) => {
                         head.listing.insert(k, e);
                     }
@@ -615,13 +616,12 @@ impl S3StateStore {
             })
             .collect();
         drop(upserts);
-        let results: Vec<Result<(String, String), Error>> = futures::stream::iter(items)
+        let results: Vec<(String, String)> = futures::stream::iter(items)
             .map(|item| self.put_one(item))
             .buffer_unordered(self.inner.opts.concurrency.max(1))
-            .collect()
-            .await;
-        for r in results {
-            let (path, etag) = r?;
+            .try_collect()
+            .await?;
+        for (path, etag) in results {
             if new_paths.contains(path.as_str()) {
                 etags.insert(path, etag);
             }
@@ -649,12 +649,11 @@ impl S3StateStore {
 
         // 4. Delete.
         if !removes.is_empty() {
-            let results: Vec<Result<(), Error>> = futures::stream::iter(removes.clone())
+            futures::stream::iter(removes.clone())
                 .map(|k| self.delete_one(k))
                 .buffer_unordered(self.inner.opts.concurrency.max(1))
-                .collect()
-                .await;
-            results.into_iter().collect::<Result<(), Error>>()?;
+                .try_collect::<Vec<()>>()
+                .await?;
             // 5. Clean.
             committed.pending.clear();
             match self.put_index(&committed, Some(&etag)).await {
