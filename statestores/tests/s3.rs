@@ -68,6 +68,7 @@ impl Fixture {
         S3Options {
             secrets_dir: Some(self.secrets.clone()),
             state_dir: Some(self.state.clone()),
+            delete_grace: std::time::Duration::from_millis(50),
             ..Default::default()
         }
     }
@@ -527,7 +528,10 @@ fn served_md5(server: &S3Server, key: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_polling_during_a_1000_object_apply_sees_only_the_guaranteed_states() {
     let fx = Arc::new(fixture().await);
-    let store = fx.store();
+    let grace = std::time::Duration::from_secs(2);
+    let mut o = fx.opts();
+    o.delete_grace = grace;
+    let store = S3StateStore::open("s3", fx.spec(), o).unwrap();
     let old_cs = big(false);
     let new_cs = big(true);
     store.apply(&old_cs).await.unwrap();
@@ -543,13 +547,17 @@ async fn a_reader_polling_during_a_1000_object_apply_sees_only_the_guaranteed_st
         loop {
             let finished = done_r.load(Ordering::SeqCst);
             let g_before = generation(&client).await;
+            let started = std::time::Instant::now();
             let keys: BTreeSet<String> = client
                 .list(Some(&ObjPath::from("destinations/worker-1")))
                 .map_ok(|m| m.location.as_ref().to_owned())
                 .try_collect()
                 .await
                 .unwrap();
+            let took = started.elapsed();
             let g_after = generation(&client).await;
+            // The guarantee covers listings shorter than the grace period; ours all are.
+            assert!(took < grace, "listing took {took:?}");
             let has_old = old_r.keys().all(|k| keys.contains(k));
             let has_new = new_r.iter().all(|(k, md5)| {
                 keys.contains(k) && served_md5(&fx_r.server, k).as_ref() == Some(md5)

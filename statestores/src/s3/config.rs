@@ -108,6 +108,12 @@ pub struct S3Options {
     /// Make [`StateStore::check`](crate::StateStore::check) fail (instead of warn) when the
     /// server ignores conditional writes.
     pub require_conditional_writes: bool,
+    /// Pause between the index commit and the first deletion; default 2 s. A listing is not an
+    /// atomic snapshot (S3 pages it 1,000 keys at a time; servers walk directories), so a lister
+    /// whose listing started during the write phase could otherwise miss both a new key written
+    /// late and an old key deleted early. Every listing that takes less than this sees the
+    /// complete old or the complete new set (see the module docs of [`crate::s3`]).
+    pub delete_grace: Duration,
     /// Fault injection hook, see [`BeforeCommit`].
     pub before_commit: Option<BeforeCommit>,
 }
@@ -127,6 +133,7 @@ impl std::fmt::Debug for S3Options {
                 "require_conditional_writes",
                 &self.require_conditional_writes,
             )
+            .field("delete_grace", &self.delete_grace)
             .field("before_commit", &self.before_commit.is_some())
             .finish()
     }
@@ -144,6 +151,7 @@ impl Default for S3Options {
             concurrency: 16,
             region: None,
             require_conditional_writes: false,
+            delete_grace: Duration::from_secs(2),
             before_commit: None,
         }
     }

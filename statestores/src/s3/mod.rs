@@ -50,13 +50,19 @@
 //!    `etags`, and `pending` = the stale keys still to delete. *Observable:* from this instant,
 //!    **every key the index names is present with exactly the indexed content** (all writes
 //!    finished before it).
-//! 4. **Delete**: stale keys (pruned, removed, leftovers of an interrupted apply) are deleted.
-//!    *Observable:* the complete new set, plus a shrinking subset of stale old keys.
+//! 4. **Delete**: after [`S3Options::delete_grace`] (default 2 s), stale keys (pruned, removed,
+//!    leftovers of an interrupted apply) are deleted. *Observable:* the complete new set, plus a
+//!    shrinking subset of stale old keys.
 //! 5. **Clean**: the index is rewritten with `pending: []`.
 //!
-//! The guarantee, as the 1,000-object polling test asserts it for every listing: *a listing
-//! contains either every key of the old generation, or every key of the new generation with its
-//! new ETag*; and if the index read **after** the listing still names the old generation, every
+//! A listing is itself not an atomic snapshot (S3 pages it; servers walk directories), so a
+//! listing that starts during step 2 and ends during step 4 could miss a late new key and an
+//! early-deleted old key at once: the grace pause in step 4 is what rules that out for listings
+//! shorter than it.
+//!
+//! The guarantee, as the 1,000-object polling test asserts it for every listing that takes less
+//! than `delete_grace`: *a listing contains either every key of the old generation, or every key
+//! of the new generation with its new content*; and if the index read **after** the listing still names the old generation, every
 //! old key was present, and if the index read **before** the listing already names the new
 //! generation, every new key was present with its new content. A Flux `Bucket` source that
 //! happens to poll during step 2 may therefore build an artifact in which some files of this
@@ -647,8 +653,9 @@ impl S3StateStore {
         };
         outcome.version = Some(generation.to_string());
 
-        // 4. Delete.
+        // 4. Delete, after a grace period for listings that started before the commit.
         if !removes.is_empty() {
+            tokio::time::sleep(self.inner.opts.delete_grace).await;
             futures::stream::iter(removes.clone())
                 .map(|k| self.delete_one(k))
                 .buffer_unordered(self.inner.opts.concurrency.max(1))
