@@ -459,6 +459,12 @@ async fn paths_into_the_metadata_directory_are_rejected() {
         fx.store().apply(&cs).await,
         Err(Error::InvalidPath { .. })
     ));
+    let mut outside = cs.clone();
+    outside.writes[0].files[0].path = "elsewhere/x.yaml".into();
+    match fx.store().apply(&outside).await {
+        Err(Error::InvalidPath { reason, .. }) => assert!(reason.contains("spec.path"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
     assert!(fx.keys().await.is_empty());
 }
 

@@ -426,6 +426,17 @@ impl S3StateStore {
         for w in &changes.writes {
             for f in &w.files {
                 plan::validate_path(&f.path)?;
+                if !self.inner.prefix.is_empty()
+                    && !f.path.starts_with(&format!("{}/", self.inner.prefix))
+                {
+                    return Err(Error::InvalidPath {
+                        path: f.path.clone(),
+                        reason: format!(
+                            "outside the store's spec.path {:?} (keys must include it)",
+                            self.inner.prefix
+                        ),
+                    });
+                }
                 if f.path.starts_with(&meta) {
                     return Err(Error::InvalidPath {
                         path: f.path.clone(),
