@@ -133,10 +133,11 @@ pub struct S3Index {
 }
 
 impl S3Index {
-    fn encode(&self) -> Vec<u8> {
-        let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
+    fn encode(&self) -> Result<Vec<u8>, Error> {
+        let mut out = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::Task(format!("cannot serialise the ownership index: {e}")))?;
         out.push(b'\n');
-        out
+        Ok(out)
     }
 }
 
@@ -405,7 +406,7 @@ impl S3StateStore {
         match self
             .inner
             .client
-            .put_opts(&key, PutPayload::from(idx.encode()), opts)
+            .put_opts(&key, PutPayload::from(idx.encode()?), opts)
             .await
         {
             Ok(r) => Ok(Some(r.e_tag.unwrap_or_default())),
