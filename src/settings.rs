@@ -173,6 +173,8 @@ impl Settings {
         fig = fig.merge(
             Env::prefixed("PROMISED_")
                 .ignore(&["LOG"])
+                // `PROMISED_SECRET_<NAME>_<KEY>` carry state store credentials, not settings.
+                .filter(|k| !k.as_str().to_ascii_uppercase().starts_with("SECRET_"))
                 .map(|k| env_key(k.as_str()).into())
                 // After map: figment's map resets `lowercase` to true.
                 .lowercase(false),
@@ -263,6 +265,8 @@ mod tests {
             )?;
             jail.set_env("PROMISED_CONCURRENCY", "4");
             jail.set_env("PROMISED_GIT__MAX_PUSH_ATTEMPTS", "7");
+            // State store credentials share the prefix but are not settings.
+            jail.set_env("PROMISED_SECRET_MINIO_CREDS_ACCESSKEYID", "AKIA");
             let mut flags = serde_json::Map::new();
             flags.insert("stateDir".into(), "/tmp/flag".into());
             let s = Settings::load(Some(Path::new("promised.yaml")), flags)

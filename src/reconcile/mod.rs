@@ -748,10 +748,46 @@ impl Engine {
             }
         }
         for s in &cfg.bucket_state_stores {
-            errors.insert(
-                format!("BucketStateStore/{}", s.id.name),
-                "BucketStateStore is not supported by this version of promised".into(),
-            );
+            let key = format!("BucketStateStore/{}", s.id.name);
+            let spec_json = serde_json::to_value(&s.object.spec).expect("spec serialises");
+            let spec_hash = sha256_hex(spec_json.to_string().as_bytes());
+            if self.stores.get(&key).is_none_or(|(h, _)| *h != spec_hash) {
+                let spec: statestores::s3::BucketStateStoreSpec =
+                    match serde_json::from_value(spec_json) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            errors.insert(key, format!("invalid spec: {e}"));
+                            continue;
+                        }
+                    };
+                let opts = statestores::s3::S3Options {
+                    secrets_dir: self.settings.secrets_dir.clone(),
+                    state_dir: Some(self.dir.stores_dir()),
+                    ..Default::default()
+                };
+                match statestores::S3StateStore::open(&s.id.name, spec, opts) {
+                    Ok(store) => {
+                        self.stores
+                            .insert(key.clone(), (spec_hash, Arc::new(store)));
+                        self.checked.remove(&key);
+                    }
+                    Err(e) => {
+                        errors.insert(key, e.to_string());
+                        continue;
+                    }
+                }
+            }
+            if !self.checked.contains(&key) {
+                let store = self.stores[&key].1.clone();
+                match store.check().await {
+                    Ok(()) => {
+                        self.checked.insert(key);
+                    }
+                    Err(e) => {
+                        errors.insert(key, format!("write-permission check failed: {e}"));
+                    }
+                }
+            }
         }
         errors
     }

@@ -2,7 +2,9 @@
 //!
 //! Guarantee: no variant ever holds a secret. URLs are stored with their user-info removed
 //! (see [`crate::git::config::redact_url`]), and messages coming from `git` or gix are passed
-//! through [`crate::git::credentials::Secrets::redact`] before they are stored here.
+//! through [`crate::git::credentials::Secrets::redact`] before they are stored here. The S3
+//! store does the same with the server's error text (its access key ID and secret key are the
+//! redacted secrets); its `url_without_secrets` is `s3://<bucket>/<path> at <endpoint URL>`.
 
 use std::path::PathBuf;
 

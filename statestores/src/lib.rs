@@ -2,7 +2,9 @@
 //!
 //! Kratix writes each WorkPlacement to a *state store* (a Git repository or an S3 bucket) that
 //! Argo CD or Flux consume (`kratix-contract.md` §1.4, §4). This crate provides one interface,
-//! [`StateStore`], and two Git backends behind it (see [`git`]):
+//! [`StateStore`], an S3 backend ([`s3`], Kratix `BucketStateStore`: ordered write / index commit /
+//! delete with compare-and-swap on the ownership index; its module docs state exactly what a Flux
+//! `Bucket` source can observe during an apply) and two Git backends (see [`git`]):
 //!
 //! - a **remote** repository (`https://`, `ssh://`, scp-like `git@host:path`, `http://` with a
 //!   warning, `git://`), kept as one persistent bare clone under the daemon's state directory,
@@ -98,10 +100,12 @@ pub mod git;
 mod index;
 mod message;
 mod plan;
+pub mod s3;
 
 pub use error::Error;
 pub use git::{GitOptions, GitStateStore};
 pub use index::IndexEntry;
+pub use s3::S3StateStore;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

@@ -79,7 +79,7 @@ impl Secrets {
         out
     }
 
-    fn add(&mut self, s: &str) {
+    pub(crate) fn add(&mut self, s: &str) {
         if !s.is_empty() {
             self.0.push(s.to_owned());
         }
@@ -87,7 +87,11 @@ impl Secrets {
 }
 
 /// Read one secret key: file first, then environment.
-fn read_key(secrets_dir: Option<&Path>, name: &str, key: &str) -> Result<Option<String>, Error> {
+pub(crate) fn read_key(
+    secrets_dir: Option<&Path>,
+    name: &str,
+    key: &str,
+) -> Result<Option<String>, Error> {
     if let Some(dir) = secrets_dir {
         for path in [dir.join(name).join(key), dir.join(format!("{name}_{key}"))] {
             match std::fs::read_to_string(&path) {
