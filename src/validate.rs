@@ -318,6 +318,34 @@ pub fn validate(objects: Objects) -> ValidConfig {
                 paths.insert(key, d.origin.clone());
             }
         }
+        // The ownership index lives at the store root (`.promised/`); a flat Destination there
+        // would hand it to Flux/Argo CD, which choke on non-Kubernetes YAML.
+        let store_path = match r.kind {
+            StateStoreKind::GitStateStore => git_state_stores
+                .iter()
+                .find(|s| s.id.name == r.name)
+                .map(|s| s.object.spec.path.clone()),
+            StateStoreKind::BucketStateStore => bucket_state_stores
+                .iter()
+                .find(|s| s.id.name == r.name)
+                .map(|s| s.object.spec.path.clone()),
+        }
+        .unwrap_or_default();
+        if errs.is_empty()
+            && d.object.spec.filepath.mode != crate::model::FilepathMode::NestedByMetadata
+            && normalise_path(&format!("{store_path}/{}", d.object.spec.path)).is_empty()
+        {
+            diagnostics.push(
+                d.origin
+                    .diag(
+                        Code::InvalidField,
+                        Some(&d.id),
+                        "spec.path",
+                        "a flat Destination at the state store root also exposes promised's ownership index (.promised/) to Argo CD and Flux; use a sub-directory",
+                    )
+                    .warning(),
+            );
+        }
         if errs.is_empty() {
             valid_destinations.push(d);
         } else {
