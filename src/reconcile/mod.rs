@@ -672,7 +672,7 @@ impl Engine {
             .promises
             .retain(|_, r| !(r.deleting && r.placements.is_empty()));
         self.state.config_commit = cfg.commit.clone();
-        self.dir.save(&self.state)?;
+        self.dir.save(&mut self.state)?;
         report.duration = started.elapsed();
         for o in &mut report.objects {
             if let Some(r) = self.record(&o.key) {
