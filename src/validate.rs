@@ -11,7 +11,9 @@
 //!   version's schema is used.
 //! - Every workflow entry is `platform.kratix.io/v1alpha1` `Pipeline`, decoded with unknown
 //!   fields rejected; names unique per (type, action); `<promise>-<type>-<action>-<pipeline>`
-//!   at most 60 characters; `reconciliationInterval` at least 1m (§1.1).
+//!   at most 60 characters; pipeline labels valid Kubernetes labels; `reconciliationInterval`
+//!   and the `kratix.io/reconciliation-interval` annotation Go durations of at least 1m (§1.1).
+//! - A `GitStateStore` with `authMethod: ssh` needs a URL matching Kratix's SSH pattern (§1.4).
 //! - A missing `requiredPromises` entry is a warning, as in Kratix.
 //! - Destinations need an existing state store, and two Destinations on one store may not share
 //!   a `path` (§1.3, `destination_webhook.go`). (Kratix only warns about a missing store at
@@ -33,8 +35,8 @@ use serde_json::{Map, Value};
 use crate::config::{Located, Objects, from_value};
 use crate::diag::{Code, Diagnostic, Origin};
 use crate::model::{
-    BucketStateStore, Destination, GitStateStore, HealthRecord, KRATIX_API_VERSION, ObjectRef,
-    PROMISE_NAME_LABEL, Pipeline, Promise, PromiseApi, StateStoreKind, type_name_of,
+    BucketStateStore, Destination, GitAuthMethod, GitStateStore, HealthRecord, KRATIX_API_VERSION,
+    ObjectRef, PROMISE_NAME_LABEL, Pipeline, Promise, PromiseApi, StateStoreKind, type_name_of,
 };
 use crate::schema::CrdSchema;
 
@@ -42,6 +44,15 @@ use crate::schema::CrdSchema;
 pub const MAX_PIPELINE_FULL_NAME: usize = 60;
 /// Longest resource request name (Kratix injects `maxLength: 63` on `metadata.name`).
 pub const MAX_REQUEST_NAME: usize = 63;
+/// Promise annotation that overrides `spec.workflows.config.reconciliationInterval`
+/// (kratix-contract.md §1.1, §7).
+pub const RECONCILIATION_INTERVAL_ANNOTATION: &str = "kratix.io/reconciliation-interval";
+/// Shortest reconciliation interval Kratix admits, for the spec field and the annotation alike
+/// (Kratix: `MinReconciliationInterval`, enforced by the Promise webhook).
+pub const MIN_RECONCILIATION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+/// What Kratix requires of `GitStateStore.spec.url` when `authMethod: ssh`
+/// (Kratix: `util/git`, `sshURLRegex`).
+pub const SSH_URL_PATTERN: &str = "^(ssh://)?([^/:]*?)@[^@]+$";
 
 /// A Promise that passed every check.
 #[derive(Debug, Clone)]
@@ -318,22 +329,36 @@ pub fn validate(objects: Objects) -> ValidConfig {
                 paths.insert(key, d.origin.clone());
             }
         }
-        // The ownership index lives at the store root (`.promised/`); a flat Destination there
-        // would hand it to Flux/Argo CD, which choke on non-Kubernetes YAML.
-        let store_path = match r.kind {
-            StateStoreKind::GitStateStore => git_state_stores
-                .iter()
-                .find(|s| s.id.name == r.name)
-                .map(|s| s.object.spec.path.clone()),
-            StateStoreKind::BucketStateStore => bucket_state_stores
-                .iter()
-                .find(|s| s.id.name == r.name)
-                .map(|s| s.object.spec.path.clone()),
-        }
-        .unwrap_or_default();
+        // The ownership index lives at the repository root (`.promised/`) of a Git store and
+        // at `<spec.path>/.promised/index.json` in a bucket; a flat Destination there would
+        // hand it to Flux/Argo CD, which choke on non-Kubernetes YAML.
+        let (at_index, index) = match r.kind {
+            StateStoreKind::GitStateStore => {
+                let store_path = git_state_stores
+                    .iter()
+                    .find(|s| s.id.name == r.name)
+                    .map(|s| s.object.spec.path.clone())
+                    .unwrap_or_default();
+                (
+                    normalise_path(&format!("{store_path}/{}", d.object.spec.path)).is_empty(),
+                    ".promised/".to_string(),
+                )
+            }
+            StateStoreKind::BucketStateStore => {
+                let store_path = bucket_state_stores
+                    .iter()
+                    .find(|s| s.id.name == r.name)
+                    .map(|s| normalise_path(&s.object.spec.path))
+                    .unwrap_or_default();
+                (
+                    normalise_path(&d.object.spec.path).is_empty(),
+                    normalise_path(&format!("{store_path}/.promised/index.json")),
+                )
+            }
+        };
         if errs.is_empty()
             && d.object.spec.filepath.mode != crate::model::FilepathMode::NestedByMetadata
-            && normalise_path(&format!("{store_path}/{}", d.object.spec.path)).is_empty()
+            && at_index
         {
             diagnostics.push(
                 d.origin
@@ -341,7 +366,7 @@ pub fn validate(objects: Objects) -> ValidConfig {
                         Code::InvalidField,
                         Some(&d.id),
                         "spec.path",
-                        "a flat Destination at the state store root also exposes promised's ownership index (.promised/) to Argo CD and Flux; use a sub-directory",
+                        format!("a flat Destination at the state store root also exposes promised's ownership index ({index}) to Argo CD and Flux; use a sub-directory"),
                     )
                     .warning(),
             );
@@ -598,6 +623,18 @@ fn check_git_store(s: &Located<GitStateStore>) -> Vec<Diagnostic> {
                 .warning(),
         );
     }
+    if s.object.spec.auth_method == GitAuthMethod::Ssh && !url.trim().is_empty() && !is_ssh_url(url)
+    {
+        out.push(s.origin.diag(
+            Code::InvalidField,
+            Some(&s.id),
+            "spec.url",
+            format!(
+                "{:?} does not match {SSH_URL_PATTERN}: authMethod ssh needs an SSH URL such as git@github.com:org/repo.git or ssh://git@host/org/repo.git",
+                statestores::git::config::redact_url(url)
+            ),
+        ));
+    }
     if s.object.spec.branch.is_empty() {
         out.push(s.origin.diag(
             Code::InvalidField,
@@ -709,6 +746,16 @@ fn check_promise(p: &Located<Promise>, all: &BTreeSet<String>) -> PromiseCheck {
                         format!("pipeline name {pname:?} is already used by {base}[{first}]"),
                     ));
                 }
+                for (k, v) in &pl.metadata.labels {
+                    if let Err(m) = check_label(k, v) {
+                        errs.push(o.diag(
+                            Code::InvalidPipeline,
+                            id,
+                            format!("{at}.metadata.labels[{k:?}]"),
+                            m,
+                        ));
+                    }
+                }
                 if pl.spec.containers.is_empty() {
                     errs.push(o.diag(
                         Code::InvalidPipeline,
@@ -752,28 +799,40 @@ fn check_promise(p: &Located<Promise>, all: &BTreeSet<String>) -> PromiseCheck {
             }
         }
     }
-    if let Some(iv) = p
+    let spec_interval = p
         .object
         .spec
         .workflows
         .config
         .as_ref()
         .and_then(|c| c.reconciliation_interval.as_ref())
-    {
+        .map(|iv| {
+            (
+                "spec.workflows.config.reconciliationInterval".to_string(),
+                iv,
+            )
+        });
+    let annotation_interval = p
+        .object
+        .metadata
+        .annotations
+        .get(RECONCILIATION_INTERVAL_ANNOTATION)
+        .map(|iv| {
+            (
+                format!("metadata.annotations[{RECONCILIATION_INTERVAL_ANNOTATION:?}]"),
+                iv,
+            )
+        });
+    for (field, iv) in spec_interval.into_iter().chain(annotation_interval) {
         match parse_go_duration(iv) {
-            Ok(d) if d < std::time::Duration::from_secs(60) => errs.push(o.diag(
+            Ok(d) if d < MIN_RECONCILIATION_INTERVAL => errs.push(o.diag(
                 Code::InvalidField,
                 id,
-                "spec.workflows.config.reconciliationInterval",
+                field,
                 format!("{iv:?} is shorter than the 1m minimum"),
             )),
             Ok(_) => {}
-            Err(m) => errs.push(o.diag(
-                Code::InvalidField,
-                id,
-                "spec.workflows.config.reconciliationInterval",
-                m,
-            )),
+            Err(m) => errs.push(o.diag(Code::InvalidField, id, field, m)),
         }
     }
     for (i, s) in p.object.spec.destination_selectors.iter().enumerate() {
@@ -893,6 +952,20 @@ fn admit_request(
             format!("expected object, found {}", type_name_of(meta)),
         )]);
     };
+    // Namespace first, so every diagnostic names the object as `default/<name>`.
+    match meta.get("namespace") {
+        None => {
+            meta.insert("namespace".into(), Value::String("default".into()));
+            id.namespace = Some("default".into());
+        }
+        Some(Value::String(ns)) if is_dns_label(ns) => {}
+        Some(v) => errs.push(o.diag(
+            Code::InvalidRequest,
+            Some(&id),
+            "metadata.namespace",
+            format!("{v} is not a valid namespace name"),
+        )),
+    }
     match meta.get("name") {
         Some(Value::String(n)) if !n.is_empty() => {
             // The schema (when there is one) reports the length itself, as Kratix's injected
@@ -919,19 +992,6 @@ fn admit_request(
             Some(&id),
             "metadata.name",
             "required field is missing",
-        )),
-    }
-    match meta.get("namespace") {
-        None => {
-            meta.insert("namespace".into(), Value::String("default".into()));
-            id.namespace = Some("default".into());
-        }
-        Some(Value::String(ns)) if is_dns_label(ns) => {}
-        Some(v) => errs.push(o.diag(
-            Code::InvalidRequest,
-            Some(&id),
-            "metadata.namespace",
-            format!("{v} is not a valid namespace name"),
         )),
     }
     let labels = meta
@@ -990,6 +1050,73 @@ fn admit_request(
     } else {
         Err(errs)
     }
+}
+
+/// Kratix's `^(ssh://)?([^/:]*?)@[^@]+$` ([`SSH_URL_PATTERN`]): an optional `ssh://`, a user
+/// part without `/` or `:`, one `@`, and a non-empty rest without `@`.
+fn is_ssh_url(url: &str) -> bool {
+    let rest = url.strip_prefix("ssh://").unwrap_or(url);
+    // The lazy user group takes the first `@`; the rest may hold no other.
+    match rest.split_once('@') {
+        Some((user, host_path)) => {
+            !user.contains(['/', ':']) && !host_path.is_empty() && !host_path.contains('@')
+        }
+        None => false,
+    }
+}
+
+/// A Kubernetes label: the key a qualified name (`[prefix/]name`, the prefix a DNS subdomain,
+/// the name at most 63 alphanumerics, `-`, `_`, `.`, alphanumeric at both ends), the value
+/// empty or a name part (Kratix's Promise webhook: `validation.IsQualifiedName`,
+/// `validation.IsValidLabelValue`). The error is one sentence in the apimachinery wording.
+pub fn check_label(key: &str, value: &str) -> Result<(), String> {
+    const NAME_RULE: &str = "consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
+    let name_ok = |n: &str| {
+        let b = n.as_bytes();
+        b.first().is_some_and(u8::is_ascii_alphanumeric)
+            && b.last().is_some_and(u8::is_ascii_alphanumeric)
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    };
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let key_err = |m: String| Err(format!("invalid label key {key:?}: {m}"));
+    if name.contains('/') {
+        return key_err(format!(
+            "a qualified name must {NAME_RULE}, with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
+        ));
+    }
+    match prefix {
+        Some("") => return key_err("prefix part must be non-empty".into()),
+        Some(p) if !is_dns_subdomain(p) => {
+            return key_err(format!(
+                "prefix part {p:?} must be a lowercase RFC 1123 subdomain (e.g. 'example.com')"
+            ));
+        }
+        _ => {}
+    }
+    if name.is_empty() {
+        return key_err("name part must be non-empty".into());
+    }
+    if name.len() > 63 {
+        return key_err("name part must be no more than 63 characters".into());
+    }
+    if !name_ok(name) {
+        return key_err(format!("name part must {NAME_RULE}"));
+    }
+    if value.len() > 63 {
+        return Err(format!(
+            "invalid label value {value:?}: must be no more than 63 characters"
+        ));
+    }
+    if !value.is_empty() && !name_ok(value) {
+        return Err(format!(
+            "invalid label value {value:?}: a valid label must be an empty string or {NAME_RULE}"
+        ));
+    }
+    Ok(())
 }
 
 /// RFC 1123 subdomain: what Kubernetes requires of most object names.

@@ -3,28 +3,7 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{bwrap_works, copy_dir, git, promised, reconcile, repo_root};
-
-fn status(state: &Path, key: &str) -> serde_json::Value {
-    let (_, out, _) = promised(&[
-        "status",
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--output",
-        "json",
-        "--listen",
-        "127.0.0.1:1",
-    ]);
-    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
-    rows.as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["key"] == key)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {key} in {out}"))
-}
+use common::{bwrap_works, copy_dir, git, reconcile, repo_root, status_row as status};
 
 fn condition<'a>(s: &'a serde_json::Value, t: &str) -> &'a serde_json::Value {
     s["status"]["conditions"]
@@ -297,4 +276,61 @@ fn filepath_modes_none_and_aggregated_yaml() {
     let agg = git(&store, &["show", "main:clusters/dev/aggregated.yaml"]);
     assert!(!agg.contains("RedisFailover"), "{agg}");
     assert!(agg.contains("redis-operator"), "{agg}");
+}
+
+/// `initWorkloads.enabled: false` writes no canary files; switching it off removes the canary
+/// files already written, also when the state directory was lost in between (the canary's
+/// owner is recovered from the ownership index like any placement).
+#[test]
+fn init_workloads_disabled_and_canary_removal_after_state_loss() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let (_tmp, config, state) = setup();
+    let d = config.join("platform/destinations.yaml");
+    let disable = |text: &str, path: &str| {
+        text.replacen(
+            &format!("  path: {path}\n"),
+            &format!("  path: {path}\n  initWorkloads:\n    enabled: false\n"),
+            1,
+        )
+    };
+    let text = std::fs::read_to_string(&d).unwrap();
+    std::fs::write(&d, disable(&text, "clusters/prod")).unwrap();
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let store = state.join("quickstart-state.git");
+    let canaries = || -> Vec<String> {
+        git(&store, &["ls-tree", "-r", "--name-only", "main"])
+            .lines()
+            .filter(|l| l.contains("kratix-canary"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        canaries(),
+        [
+            "clusters/dev/dependencies/kratix-canary-namespace.yaml",
+            "clusters/dev/resources/kratix-canary-configmap.yaml",
+        ]
+    );
+    let files = git(&store, &["ls-tree", "-r", "--name-only", "main"]);
+    assert!(
+        files.contains("clusters/prod/resources/default/namespace/team-b-prod"),
+        "prod still receives work: {files}"
+    );
+
+    // The state directory is lost, then dev's canaries are switched off too.
+    std::fs::remove_file(state.join("state.json")).unwrap();
+    let text = std::fs::read_to_string(&d).unwrap();
+    std::fs::write(&d, disable(&text, "clusters/dev")).unwrap();
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(canaries(), Vec::<String>::new());
+    let files = git(&store, &["ls-tree", "-r", "--name-only", "main"]);
+    assert!(
+        files.contains("clusters/dev/resources/default/redis/example"),
+        "nothing else is removed: {files}"
+    );
 }

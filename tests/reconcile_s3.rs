@@ -177,14 +177,37 @@ async fn one_destination_on_git_one_on_s3() {
         .unwrap_or_default()
         .to_owned();
     assert!(!row.contains("Reconciled"), "{status}");
+    // The request's status carries the store's error.
+    let team_c_status = common::status_row(&state, "namespace/default/team-c-prod");
+    let message = team_c_status["status"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.starts_with("Failing: ")
+            && message.contains("BucketStateStore/s3")
+            && message.contains("Connection refused"),
+        "{team_c_status}"
+    );
+    let team_c_line = |out: &str| {
+        out.lines()
+            .find(|l| l.contains("namespace/default/team-c-prod"))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(team_c_line(&out).contains("FAILED"), "{out}");
     let team_c = "state/clusters/prod/resources/default/namespace/team-c-prod/instance-configure/5058f/namespace.yaml";
     s3.restart().await;
-    // (This pass may still exit 1: the engine labels the recovered request FAILED in its
-    // change column, although its status becomes Reconciled.)
-    let (_, out, err) = reconcile(&config, &state).await;
+    // The recovery pass writes the request and reports it as it now stands: Reconciled.
+    let (code, out, err) = reconcile(&config, &state).await;
+    assert_eq!(code, 0, "{out}\n{err}");
     assert!(
         out.contains("state store BucketStateStore/s3: commit"),
         "{out}\n{err}"
+    );
+    let line = team_c_line(&out);
+    assert!(
+        line.contains("Reconciled") && !line.contains("FAILED"),
+        "{out}"
     );
     let keys = bucket_keys(&s3.root);
     assert!(keys.contains(&team_c.to_owned()), "{out}\n{err}\n{keys:#?}");

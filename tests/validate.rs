@@ -75,6 +75,47 @@ fn an_invalid_request_does_not_block_its_neighbour() {
     );
 }
 
+/// HealthRecords are classified and kept with their data; `state` defaults to `unknown`
+/// (kratix-contract.md §5.5).
+#[test]
+fn health_records_are_loaded() {
+    use promised::model::HealthState;
+    let cfg = load(
+        Source::Dir(repo_root().join("testdata/invalid/health-record-unknown-promise")),
+        &[],
+    );
+    assert!(!cfg.has_errors(), "{:?}", diag_lines(&cfg));
+    let records: Vec<_> = cfg
+        .health_records
+        .iter()
+        .map(|h| {
+            (
+                h.id.to_string(),
+                h.object.data.state,
+                h.object.data.last_run,
+                h.object.data.details.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        records,
+        [
+            (
+                "HealthRecord default/redis-example".to_string(),
+                HealthState::Healthy,
+                Some(1767225600),
+                Some(serde_json::json!({"replicas": 3}))
+            ),
+            (
+                "HealthRecord default/postgres-example".to_string(),
+                HealthState::Unknown,
+                None,
+                None
+            ),
+        ]
+    );
+}
+
 /// Every Promise and request of the Kratix marketplace parses and validates, and requests get
 /// their schema defaults.
 #[test]
@@ -83,11 +124,9 @@ fn marketplace_promises_and_requests_validate() {
         eprintln!("skipped: ../shared/realworld/kratix-marketplace not present");
         return;
     };
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("promise.yaml").is_file())
-        .collect();
+    // Promises nest (sql/aws, sql/azure, sql/gcp), so walk the whole tree.
+    let mut dirs = Vec::new();
+    promise_dirs(&root, &mut dirs);
     dirs.sort();
     let (mut promises, mut requests, mut files) = (0, 0, 0);
     for d in &dirs {
@@ -111,10 +150,16 @@ fn marketplace_promises_and_requests_validate() {
         requests += cfg.requests.len();
         files += 1 + want_requests;
     }
-    println!("marketplace: {files} files, {promises} Promises and {requests} requests validated");
-    assert!(
-        promises >= 26 && requests >= 18,
-        "{promises} promises, {requests} requests"
+    eprintln!("marketplace: {files} files, {promises} Promises and {requests} requests validated");
+    // `find -name promise.yaml` and `find -name resource-request.yaml` at kratix-marketplace
+    // @ 192cacf3 (kratix-contract.md §8).
+    assert_eq!(
+        (promises, requests),
+        (29, 23),
+        "{:#?}",
+        dirs.iter()
+            .map(|d| d.strip_prefix(&root).unwrap())
+            .collect::<Vec<_>>()
     );
 
     // Defaults: runtime's request leaves lifecycle/replicas/servicePort to the schema.
@@ -127,6 +172,22 @@ fn marketplace_promises_and_requests_validate() {
         cfg.requests[0].object["metadata"]["labels"]["kratix.io/promise-name"],
         "runtime"
     );
+}
+
+/// Every directory under `dir` holding a `promise.yaml`, skipping pipeline assets (`internal/`).
+fn promise_dirs(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+    if dir.join("promise.yaml").is_file() {
+        out.push(dir.to_path_buf());
+    }
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir()
+            && p.file_name()
+                .is_some_and(|n| n != "internal" && n != ".git")
+        {
+            promise_dirs(&p, out);
+        }
+    }
 }
 
 /// The redis request with an empty spec gets `size: small`, as a pipeline would see it.
@@ -154,6 +215,253 @@ fn redis_request_gets_default_size() {
         yaml,
         "apiVersion: marketplace.kratix.io/v1alpha1\nkind: redis\nmetadata:\n  labels:\n    kratix.io/promise-name: redis\n  name: example\n  namespace: default\nspec:\n  size: small\n"
     );
+}
+
+/// A Promise whose CRD lists a non-storage version first: requests are admitted with the
+/// storage version's schema (defaults, pruning, validation) and stored at the storage version,
+/// whichever served version they were written in (kratix-contract.md §1.1).
+#[test]
+fn requests_are_admitted_with_the_storage_version_schema() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("promise.yaml"),
+        promise_with_api(
+            "db",
+            r#"        - name: v1alpha1
+          served: true
+          storage: false
+          schema:
+            openAPIV3Schema:
+              type: object
+              properties:
+                spec:
+                  type: object
+                  properties:
+                    size: {type: string, enum: [small, large], default: small}
+                    old: {type: string}
+        - name: v1beta1
+          served: true
+          storage: true
+          schema:
+            openAPIV3Schema:
+              type: object
+              properties:
+                spec:
+                  type: object
+                  properties:
+                    size: {type: string, enum: [S, M, L], default: M}
+                    tier: {type: string, default: gold}
+"#,
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("requests.yaml"),
+        "apiVersion: example.com/v1beta1\nkind: db\nmetadata: {name: new}\nspec: {size: L}\n---\n\
+         apiVersion: example.com/v1alpha1\nkind: db\nmetadata: {name: old}\nspec: {old: x}\n---\n\
+         apiVersion: example.com/v1alpha1\nkind: db\nmetadata: {name: bad}\nspec: {size: small}\n",
+    )
+    .unwrap();
+    let cfg = load(Source::Dir(tmp.path().to_path_buf()), &[]);
+    assert_eq!(
+        diag_lines(&cfg),
+        ["error: requests.yaml[2] db default/bad: spec.size: \"small\" is not one of: S, M, L"]
+    );
+    let by_name = |n: &str| {
+        cfg.requests
+            .iter()
+            .find(|r| r.name() == n)
+            .unwrap_or_else(|| panic!("request {n} admitted"))
+    };
+    // Written in the storage version.
+    assert_eq!(by_name("new").object["apiVersion"], "example.com/v1beta1");
+    assert_eq!(
+        by_name("new").object["spec"],
+        serde_json::json!({"size": "L", "tier": "gold"})
+    );
+    // Written in the other served version: stored as v1beta1, the v1alpha1-only field pruned
+    // and the v1beta1 defaults applied (not v1alpha1's `size: small`).
+    let old = by_name("old");
+    assert_eq!(old.object["apiVersion"], "example.com/v1beta1");
+    assert_eq!(
+        old.object["spec"],
+        serde_json::json!({"size": "M", "tier": "gold"})
+    );
+    assert!(
+        old.to_yaml()
+            .starts_with("apiVersion: example.com/v1beta1\n")
+    );
+}
+
+/// A Promise serving `example.com` `<kind>` (plural `<kind>s`) with the given
+/// `spec.api.spec.versions` list (YAML, indented as list items under `versions:`).
+fn promise_with_api(kind: &str, versions: &str) -> String {
+    format!(
+        "apiVersion: platform.kratix.io/v1alpha1\nkind: Promise\nmetadata:\n  name: {kind}\nspec:\n  api:\n    apiVersion: apiextensions.k8s.io/v1\n    kind: CustomResourceDefinition\n    metadata:\n      name: {kind}s.example.com\n    spec:\n      group: example.com\n      names: {{kind: {kind}, plural: {kind}s, singular: {kind}}}\n      scope: Namespaced\n      versions:\n{versions}"
+    )
+}
+
+/// The `app` API: one version whose spec keeps every field.
+const APP_VERSIONS: &str = r#"        - name: v1
+          served: true
+          storage: true
+          schema:
+            openAPIV3Schema:
+              type: object
+              properties:
+                spec:
+                  type: object
+                  x-kubernetes-preserve-unknown-fields: true
+"#;
+
+fn app_request(name: &str, spec: &str) -> String {
+    format!("apiVersion: example.com/v1\nkind: app\nmetadata:\n  name: {name}\nspec:\n{spec}")
+}
+
+/// `.yml` files are read like `.yaml`; `include`/`exclude` globs choose the files, on a
+/// directory and on a Git ref alike; a bad glob is an error naming it.
+#[test]
+fn yml_files_and_include_exclude_globs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("config");
+    std::fs::create_dir_all(repo.join("requests/drafts")).unwrap();
+    std::fs::create_dir_all(repo.join("templates")).unwrap();
+    std::fs::write(
+        repo.join("promise.yml"),
+        promise_with_api("app", APP_VERSIONS),
+    )
+    .unwrap();
+    std::fs::write(repo.join("requests/a.yml"), app_request("a", "  x: 1\n")).unwrap();
+    std::fs::write(repo.join("requests/b.yaml"), app_request("b", "  x: 2\n")).unwrap();
+    // Would be a duplicate of `a` and an invalid name: only harmless when excluded.
+    std::fs::write(
+        repo.join("requests/drafts/a.yaml"),
+        app_request("a", "  x: 3\n") + "---\n" + &app_request("Not_Valid", "  x: 4\n"),
+    )
+    .unwrap();
+    // Neither .yaml nor .yml: never read (it is not even YAML).
+    std::fs::write(repo.join("templates/app.yaml.tmpl"), "{{ .Values }}: [\n").unwrap();
+    git(&repo, &["init", "-q"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-qm", "config"]);
+
+    let sources = [
+        Source::Dir(repo.clone()),
+        Source::Git {
+            url: repo.to_string_lossy().into(),
+            reference: "main".into(),
+        },
+    ];
+    let summary = |filter: &FileFilter, source: &Source| {
+        let cfg = validate(config::load(source, filter, Some(&tmp.path().join("cache"))).unwrap());
+        let promises: Vec<String> = cfg.promises.iter().map(|p| p.name().to_string()).collect();
+        let requests: Vec<String> = cfg
+            .requests
+            .iter()
+            .map(|r| format!("{} {}", r.origin, r.name()))
+            .collect();
+        (promises, requests, diag_lines(&cfg))
+    };
+    for source in &sources {
+        // Default: **/*.yaml and **/*.yml; drafts/ included, so `a` is a duplicate.
+        let (promises, requests, diags) = summary(&FileFilter::default(), source);
+        assert_eq!(promises, ["app"], "{source}");
+        assert_eq!(requests, ["requests/b.yaml[0] b"], "{source}");
+        assert_eq!(
+            diags,
+            [
+                "error: requests/a.yml[0] app default/a: metadata.name: duplicate object: also defined at requests/drafts/a.yaml[0]",
+                "error: requests/drafts/a.yaml[0] app default/a: metadata.name: duplicate object: also defined at requests/a.yml[0]",
+                "error: requests/drafts/a.yaml[1] app default/Not_Valid: metadata.name: \"Not_Valid\" must consist of lower case alphanumeric characters, '-' or '.', and start and end with an alphanumeric character",
+            ],
+            "{source}"
+        );
+        // Excluding the drafts leaves a clean repo.
+        let mut filter = FileFilter::default();
+        filter.exclude.push("requests/drafts/**".into());
+        let (_, requests, diags) = summary(&filter, source);
+        assert_eq!(
+            requests,
+            ["requests/a.yml[0] a", "requests/b.yaml[0] b"],
+            "{source}"
+        );
+        assert!(diags.is_empty(), "{source}: {diags:?}");
+        // Only `.yaml` files directly under requests/: the Promise (promise.yml) and the
+        // drafts are not read.
+        let filter = FileFilter {
+            include: vec!["requests/*.yaml".into()],
+            exclude: vec![],
+        };
+        let (promises, requests, diags) = summary(&filter, source);
+        assert!(promises.is_empty() && requests.is_empty(), "{source}");
+        assert_eq!(
+            diags,
+            ["error: requests/b.yaml[0] app b: kind: no Promise serves example.com/v1 app"],
+            "{source}"
+        );
+    }
+    let bad = FileFilter {
+        include: vec!["requests/[.yaml".into()],
+        exclude: vec![],
+    };
+    let err = config::load(&sources[0], &bad, None).expect_err("invalid glob");
+    assert!(err.to_string().contains("requests/[.yaml"), "{err}");
+}
+
+/// Strings that a YAML 1.1 reader (Argo CD, Flux, PyYAML, go-yaml v2) would turn into booleans,
+/// numbers, nulls or timestamps are quoted in `/kratix/input/object.yaml`, and the output reads
+/// back to the same strings.
+#[test]
+fn object_yaml_quotes_yaml_1_1_lookalikes() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("promise.yaml"),
+        promise_with_api("app", APP_VERSIONS),
+    )
+    .unwrap();
+    let values = [
+        "yes",
+        "no",
+        "on",
+        "off",
+        "y",
+        "n",
+        "Y",
+        "NO",
+        "True",
+        "null",
+        "~",
+        "0755",
+        "0o17",
+        "0x1F",
+        "1e3",
+        "12:30",
+        "1_000",
+        ".inf",
+        "-.5",
+        "2001-12-14",
+        "",
+        " padded",
+    ];
+    let spec: String = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| format!("  k{i:02}: {}\n", serde_json::Value::from(*v)))
+        .collect();
+    std::fs::write(
+        tmp.path().join("request.yaml"),
+        app_request("quoted", &spec),
+    )
+    .unwrap();
+    let cfg = load(Source::Dir(tmp.path().to_path_buf()), &[]);
+    assert!(!cfg.has_errors(), "{:?}", diag_lines(&cfg));
+    let yaml = cfg.requests[0].to_yaml();
+    // Each one double-quoted, exactly as written in the request (JSON string syntax).
+    assert!(yaml.ends_with(&format!("spec:\n{spec}")), "{yaml}");
+    let back = promised::config::parse_yaml_stream(&yaml).unwrap();
+    for (i, v) in values.iter().enumerate() {
+        assert_eq!(back[0]["spec"][format!("k{i:02}")], *v, "k{i:02}");
+    }
 }
 
 fn validate_json(args: &[&str]) -> (i32, serde_json::Value) {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use thiserror::Error;
 
 /// Where a config repo comes from.
@@ -31,7 +31,9 @@ impl std::fmt::Display for Source {
     }
 }
 
-/// Which files of the repo are read.
+/// Which files of the repo are read. Globs match repository-relative, `/`-separated paths
+/// with shell semantics: `*` stays within one directory, `**` crosses directories
+/// (`requests/*.yaml` does not read `requests/drafts/a.yaml`; `requests/**` does).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileFilter {
     /// Globs a repository-relative path must match (default `**/*.yaml`, `**/*.yml`).
@@ -62,10 +64,13 @@ impl FileFilter {
         let build = |globs: &[String]| -> Result<GlobSet, SourceError> {
             let mut b = GlobSetBuilder::new();
             for g in globs {
-                let glob = Glob::new(g).map_err(|e| SourceError::Glob {
-                    glob: g.clone(),
-                    message: e.kind().to_string(),
-                })?;
+                let glob = GlobBuilder::new(g)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| SourceError::Glob {
+                        glob: g.clone(),
+                        message: e.kind().to_string(),
+                    })?;
                 b.add(glob);
             }
             b.build().map_err(|e| SourceError::Glob {

@@ -632,12 +632,7 @@ impl Engine {
                 })
                 .collect();
             if let Some(err) = object_errors.get(&okey) {
-                record
-                    .status
-                    .set(cond::WORKS_SUCCEEDED, CS::False, "WorksFailing", err);
-                record
-                    .status
-                    .set(cond::RECONCILED, CS::False, "WorksFailing", "Failing");
+                note_works_failing(&mut record.status, err);
                 continue;
             }
             if !failed.is_empty() {
@@ -646,12 +641,7 @@ impl Engine {
                     "Some works associated with this resource failed: [{}]",
                     failed.join("; ")
                 );
-                record
-                    .status
-                    .set(cond::WORKS_SUCCEEDED, CS::False, "WorksFailing", &msg);
-                record
-                    .status
-                    .set(cond::RECONCILED, CS::False, "WorksFailing", "Failing");
+                note_works_failing(&mut record.status, &msg);
                 continue;
             }
             for s in &stores {
@@ -832,6 +822,18 @@ impl Engine {
                     ),
                 };
                 if e.owner.key.ends_with("/kratix-canary") {
+                    // Remember the canary's owner so `canaries` can remove it once
+                    // `initWorkloads` is switched off.
+                    self.state
+                        .destinations
+                        .entry(e.owner.destination.clone())
+                        .or_insert_with(|| DestinationRecord {
+                            store: key.clone(),
+                            cleanup_all: false,
+                            canary_key: None,
+                        })
+                        .canary_key
+                        .get_or_insert_with(|| e.owner.key.clone());
                     continue;
                 }
                 let rec = if e.owner.resource.is_some() {
@@ -1540,8 +1542,31 @@ fn set_completed(status: &mut ObjectStatus, n: u32, default_message: &str) {
     }
 }
 
+/// Conditions and message when an object's files could not be written (`why` names the store
+/// and its error). A failed pipeline's message is kept: it is the first thing to fix.
+fn note_works_failing(status: &mut ObjectStatus, why: &str) {
+    status.set(cond::WORKS_SUCCEEDED, CS::False, "WorksFailing", why);
+    status.set(cond::RECONCILED, CS::False, "WorksFailing", "Failing");
+    if !status.message.starts_with("Failing: pipeline") {
+        status.message = format!("Failing: {why}");
+    }
+}
+
 /// Conditions after a successful write (kratix-contract.md §5.1).
 fn finish_status(record: &mut ObjectRecord) {
+    let works_failed = record
+        .status
+        .condition(cond::WORKS_SUCCEEDED)
+        .filter(|c| c.reason == "WorksFailing")
+        .map(|c| format!("Failing: {}", c.message));
+    if works_failed.is_some_and(|m| m == record.status.message) {
+        // Written now: back to the workflow's message (see `note_works_failing`).
+        record.status.message = match record.status.fields.get("message").and_then(Value::as_str) {
+            Some(m) => m.to_string(),
+            None if record.status.object.namespace.is_some() => "Resource requested".into(),
+            None => "Promise configured".into(),
+        };
+    }
     let misplaced: Vec<&str> = record
         .placements
         .iter()

@@ -219,8 +219,14 @@ pub struct ApplyOutcome {
 /// One state store. Implementations serialise their own writes; callers may share it via `Arc`.
 #[async_trait]
 pub trait StateStore: Send + Sync {
-    /// Write-permission check (Kratix `ValidatePermissions`: an empty `git push`). Run at start-up
-    /// and by `promised validate --online`.
+    /// Write-permission check (Kratix `ValidatePermissions`: an empty `git push`). promised runs
+    /// it when it opens a store, before the first write: in every `promised reconcile`, and in
+    /// `promised run` at start-up and whenever the store's spec changes (`/readyz` reports it).
+    /// Git: a dry-run push of the branch head (or a local root commit), which the server never
+    /// runs hooks for, so a pre-receive hook or branch protection that refuses real pushes is
+    /// only reported by the first [`StateStore::apply`] (as in Kratix). Local repositories: a
+    /// probe file is created in `objects/` and `refs/heads/`. S3: a conditional write of a
+    /// probe object, then the index is read.
     ///
     /// # Errors
     /// [`Error::Auth`], [`Error::Transport`], [`Error::Rejected`], [`Error::Io`].

@@ -484,3 +484,123 @@ async fn local_backend_refuses_a_path_that_is_not_a_repository() {
     .unwrap_err();
     assert!(err.to_string().contains("is not a git repository"), "{err}");
 }
+
+/// A server that lets us fetch but not push (`git daemon` without `--enable=receive-pack`)
+/// fails the start-up write-permission check with the server's reason, while reading works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_remote_fails_the_write_permission_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    common::init_bare(&srv.join("repo.git"));
+    common::init_bare(&srv.join("empty.git"));
+    // Seed one repository through a writable daemon; serve both read-only.
+    let rw = common::start_git_daemon(srv.clone());
+    let seeded = GitStateStore::open(
+        "rw",
+        GitStateStoreSpec::new(format!("git://127.0.0.1:{rw}/repo.git")),
+        GitOptions::new(tmp.path().join("state-rw")),
+    )
+    .unwrap();
+    seeded.apply(&one_file("a: 1\n")).await.unwrap();
+    let ro = common::start_read_only_git_daemon(srv);
+    for repo in ["repo.git", "empty.git"] {
+        let store = GitStateStore::open(
+            "ro",
+            GitStateStoreSpec::new(format!("git://127.0.0.1:{ro}/{repo}")),
+            GitOptions::new(tmp.path().join(format!("state-ro-{repo}"))),
+        )
+        .unwrap();
+        let err = store.check().await.unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains("service not enabled"), "{repo}: {shown}");
+        assert!(
+            shown.contains(&format!("git://127.0.0.1:{ro}/{repo}")),
+            "{repo}: {shown}"
+        );
+        let err = store.apply(&one_file("a: 2\n")).await.unwrap_err();
+        assert!(err.to_string().contains("service not enabled"), "{err}");
+    }
+    // Reading is allowed: the seeded repository's index is visible.
+    let store = GitStateStore::open(
+        "ro",
+        GitStateStoreSpec::new(format!("git://127.0.0.1:{ro}/repo.git")),
+        GitOptions::new(tmp.path().join("state-ro-read")),
+    )
+    .unwrap();
+    assert_eq!(store.owned("").await.unwrap().len(), 1);
+}
+
+/// Child half of [`a_read_only_local_repository_fails_the_write_permission_check`]: checks the
+/// local repository named by `PROMISED_TEST_LOCAL_REPO` and prints the outcome. Run only by
+/// that test, inside a mount namespace where the repository's `objects/` is read-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of a_read_only_local_repository_fails_the_write_permission_check"]
+async fn local_check_child() {
+    let repo = std::env::var("PROMISED_TEST_LOCAL_REPO").expect("run by the parent test");
+    let state = std::env::var("PROMISED_TEST_LOCAL_STATE").expect("run by the parent test");
+    let store = GitStateStore::open(
+        "local",
+        GitStateStoreSpec::new(repo),
+        GitOptions::new(state),
+    )
+    .unwrap();
+    match store.check().await {
+        Ok(()) => println!("CHECK: ok"),
+        Err(e) => println!("CHECK: error: {e}"),
+    }
+}
+
+/// A local bare repository whose `objects/` cannot be written fails the check. Tests run as
+/// root, which ignores permission bits (`chmod a-w` would not stop it), so the test re-runs
+/// itself in bubblewrap with `objects/` bind-mounted read-only: writes there fail with EROFS
+/// for root too.
+#[test]
+fn a_read_only_local_repository_fails_the_write_permission_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo.git");
+    common::init_bare(&repo);
+    let objects = repo.join("objects");
+    let probe = std::process::Command::new("bwrap")
+        .args(["--bind", "/", "/", "--ro-bind"])
+        .arg(&objects)
+        .arg(&objects)
+        .args(["--", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: bubblewrap cannot create a mount namespace here");
+        return;
+    }
+    let run = |read_only: bool| {
+        let mut cmd = std::process::Command::new("bwrap");
+        cmd.args(["--bind", "/", "/"]);
+        if read_only {
+            cmd.arg("--ro-bind").arg(&objects).arg(&objects);
+        }
+        let out = cmd
+            .arg("--")
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", "local_check_child", "--ignored", "--nocapture"])
+            .env("PROMISED_TEST_LOCAL_REPO", &repo)
+            .env("PROMISED_TEST_LOCAL_STATE", tmp.path().join("state"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        stdout
+            .lines()
+            .find(|l| l.starts_with("CHECK: "))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no outcome from the child:\n{stdout}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+            .to_string()
+    };
+    // The same child, without the read-only mount, passes: the mount is what fails it.
+    assert_eq!(run(false), "CHECK: ok");
+    let line = run(true);
+    assert!(line.starts_with("CHECK: error: "), "{line}");
+    assert!(line.contains(&objects.display().to_string()), "{line}");
+    assert!(line.contains("Read-only file system"), "{line}");
+}

@@ -144,3 +144,24 @@ pub fn reconcile(config: &Path, state: &Path) -> (i32, String, String) {
         state.to_str().expect("utf-8 path"),
     ])
 }
+
+/// One object's row of `promised status --output json` from the state directory (never from a
+/// running daemon: `--listen` points nowhere), by key such as `redis/default/example`.
+pub fn status_row(state: &Path, key: &str) -> serde_json::Value {
+    let (_, out, _) = promised(&[
+        "status",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--output",
+        "json",
+        "--listen",
+        "127.0.0.1:1",
+    ]);
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == key)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {key} in {out}"))
+}

@@ -50,6 +50,16 @@ pub fn init_bare(path: &Path) {
 
 /// Serves `base` over git:// with one `git daemon --inetd` per connection. Returns the port.
 pub fn start_git_daemon(base: PathBuf) -> u16 {
+    serve_git_daemon(base, &["--enable=receive-pack"])
+}
+
+/// Like [`start_git_daemon`] but read-only: `receive-pack` (push) is not enabled, so the daemon
+/// answers a push with "service not enabled".
+pub fn start_read_only_git_daemon(base: PathBuf) -> u16 {
+    serve_git_daemon(base, &[])
+}
+
+fn serve_git_daemon(base: PathBuf, extra: &'static [&'static str]) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -58,13 +68,8 @@ pub fn start_git_daemon(base: PathBuf) -> u16 {
                 continue;
             };
             let child = Command::new("git")
-                .args([
-                    "daemon",
-                    "--inetd",
-                    "--export-all",
-                    "--enable=receive-pack",
-                    "--informative-errors",
-                ])
+                .args(["daemon", "--inetd", "--export-all", "--informative-errors"])
+                .args(extra)
                 .arg(format!("--base-path={}", base.display()))
                 .arg(&base)
                 .stdin(Stdio::from(OwnedFd::from(input)))
