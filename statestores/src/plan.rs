@@ -64,6 +64,8 @@ pub struct Plan<'a> {
     pub drift: Vec<Drift>,
     /// Owners whose files change, keyed by owner key.
     pub changed: BTreeMap<String, OwnerChange>,
+    /// The ownership index after the plan (every destination's entries).
+    pub index: Vec<IndexEntry>,
 }
 
 impl Plan<'_> {
@@ -340,6 +342,7 @@ pub fn plan<'a>(
         let path = index::index_path(&dest);
         match by_dest.remove(&dest) {
             Some(entries) => {
+                p.index.extend(entries.iter().cloned());
                 let bytes = index::encode(&dest, entries);
                 let oid = blob_oid(&bytes);
                 if head_files.get(&path) != Some(&oid) {

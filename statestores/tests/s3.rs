@@ -534,7 +534,7 @@ fn served_md5(server: &S3Server, key: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_polling_during_a_1000_object_apply_sees_only_the_guaranteed_states() {
     let fx = Arc::new(fixture().await);
-    let grace = std::time::Duration::from_secs(2);
+    let grace = std::time::Duration::from_secs(4);
     let mut o = fx.opts();
     o.delete_grace = grace;
     let store = S3StateStore::open("s3", fx.spec(), o).unwrap();
@@ -562,8 +562,18 @@ async fn a_reader_polling_during_a_1000_object_apply_sees_only_the_guaranteed_st
                 .unwrap();
             let took = started.elapsed();
             let g_after = generation(&client).await;
-            // The guarantee covers listings shorter than the grace period; ours all are.
-            assert!(took < grace, "listing took {took:?}");
+            // The guarantee covers listings shorter than the grace period. On a loaded machine
+            // a listing can take longer; such a look proves nothing either way, so it is
+            // counted apart instead of judged.
+            if took >= grace {
+                *stats
+                    .entry("slower than the grace period (not judged)")
+                    .or_default() += 1;
+                if finished {
+                    return stats;
+                }
+                continue;
+            }
             let has_old = old_r.keys().all(|k| keys.contains(k));
             let has_new = new_r.iter().all(|(k, md5)| {
                 keys.contains(k) && served_md5(&fx_r.server, k).as_ref() == Some(md5)
@@ -615,7 +625,12 @@ async fn a_reader_polling_during_a_1000_object_apply_sees_only_the_guaranteed_st
     eprintln!("reader observations: {stats:?}");
     assert_eq!((out.written, out.deleted), (1000, 500));
     assert_eq!(out.version.as_deref(), Some("2"));
-    assert!(stats.values().sum::<usize>() >= 3, "{stats:?}");
+    let judged: usize = stats
+        .iter()
+        .filter(|(k, _)| !k.starts_with("slower"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(judged >= 3, "{stats:?}");
     // Final state: exactly the new set.
     let keys = fx.keys().await;
     let want: BTreeSet<String> = new.keys().cloned().chain([INDEX.to_owned()]).collect();
