@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,6 +46,11 @@ fn start(args: &[&str], dir: &Path) -> Daemon {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("promised run starts");
+    ready(child, port, log)
+}
+
+/// Waits until a started daemon answers `/readyz` with 200.
+fn ready(child: Child, port: u16, log: PathBuf) -> Daemon {
     let d = Daemon { child, port, log };
     wait_for(
         Duration::from_secs(30),
@@ -566,4 +572,130 @@ fn sighup_reloads_the_daemon_config_and_logs_are_json() {
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert!(v.get("level").is_some(), "{line}");
     }
+}
+
+/// The shipped unit starts: its `Environment=`, its `EnvironmentFile=` (the example the README
+/// installs, commented examples included) and its `ExecStart=` command line with the `${VAR}`s
+/// expanded, as systemd would, with only the config repo pointed at a local one.
+#[test]
+fn the_systemd_unit_environment_and_command_line_start_the_daemon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(repo_root().join("systemd/promised.service")).unwrap();
+    let mut env = BTreeMap::new();
+    let mut exec = None;
+    let mut assign = |kv: &str| {
+        let (k, v) = kv.split_once('=').expect("KEY=VALUE");
+        env.insert(k.trim().to_string(), v.trim().to_string());
+    };
+    for line in unit.lines() {
+        if let Some(kv) = line.strip_prefix("Environment=") {
+            assign(kv);
+        } else if let Some(file) = line.strip_prefix("EnvironmentFile=") {
+            assert_eq!(
+                file.trim_start_matches('-'),
+                "/etc/promised/promised.env",
+                "the README installs systemd/promised.env.example there"
+            );
+            let example =
+                std::fs::read_to_string(repo_root().join("systemd/promised.env.example")).unwrap();
+            for l in example.lines() {
+                let l = l.trim_start_matches('#').trim();
+                if l.starts_with("PROMISED_") {
+                    assign(l);
+                }
+            }
+        } else if let Some(cmd) = line.strip_prefix("ExecStart=") {
+            exec = Some(cmd.to_string());
+        }
+    }
+    assert!(env.contains_key("PROMISED_CONFIG_REF"), "{env:?}");
+    // The config repo: a local Git repository instead of the example's URL.
+    let config = tmp.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("README.md"), "no objects yet\n").unwrap();
+    git(&config, &["init", "-q", "-b", "main"]);
+    git(&config, &["add", "-A"]);
+    git(&config, &["commit", "-qm", "empty config"]);
+    assert!(
+        env.insert(
+            "PROMISED_CONFIG_REPO".into(),
+            config.to_str().unwrap().into()
+        )
+        .is_some(),
+        "promised.env.example sets PROMISED_CONFIG_REPO"
+    );
+    let daemon_config = repo_root().join("systemd/promised.yaml.example");
+    let exec = exec.expect("ExecStart=");
+    let mut words = exec.split_whitespace().map(|w| {
+        let mut w = w.to_string();
+        for (k, v) in &env {
+            w = w.replace(&format!("${{{k}}}"), v);
+        }
+        assert!(!w.contains('$'), "unexpanded variable in {exec:?}: {w}");
+        if w == "/etc/promised/promised.yaml" {
+            daemon_config.to_str().unwrap().to_string()
+        } else {
+            w
+        }
+    });
+    assert_eq!(words.next().as_deref(), Some("/usr/local/bin/promised"));
+    let port = free_port();
+    let log = tmp.path().join("unit.log");
+    let state = tmp.path().join("state");
+    let child = Command::new(env!("CARGO_BIN_EXE_promised"))
+        .args(words)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap())
+        .env("STATE_DIRECTORY", &state)
+        .envs(&env)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let d = ready(child, port, log);
+    assert!(
+        state.join("state.json").is_file(),
+        "the state lives in $STATE_DIRECTORY\n{}",
+        std::fs::read_to_string(&d.log).unwrap()
+    );
+}
+
+/// `logFormat` in the daemon config sets the log format; `--log-format` still wins.
+#[test]
+fn log_format_from_the_daemon_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let dc = tmp.path().join("promised.yaml");
+    std::fs::write(&dc, "logFormat: json\n").unwrap();
+    let run = |extra: &[&str]| {
+        let port = free_port();
+        let log = tmp.path().join(format!("log-{port}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_promised"))
+            .args(extra)
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(["--state-dir", tmp.path().join("state").to_str().unwrap()])
+            .args(["--daemon-config", dc.to_str().unwrap()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        drop(ready(child, port, log.clone()));
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("HTTP endpoints up"), "{text}");
+        text
+    };
+    let json = run(&[]);
+    for line in json.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some(), "{line}");
+    }
+    let text = run(&["--log-format", "text"]);
+    assert!(
+        text.lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_err()),
+        "{text}"
+    );
 }
