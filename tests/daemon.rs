@@ -17,6 +17,12 @@ struct Daemon {
     log: PathBuf,
 }
 
+impl Daemon {
+    fn child_alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -129,6 +135,21 @@ fn world(tmp: &Path, daemon: &GitDaemon) -> (String, PathBuf, PathBuf) {
     git(&work, &["commit", "-qm", "initial config"]);
     git(&work, &["push", "-q", &config_url, "HEAD:main"]);
     (config_url, work, daemon.base.join("state.git"))
+}
+
+/// The quickstart config repo in `<tmp>/config`, with `prelude` (shell lines) run first by the
+/// namespace Promise's pipeline.
+fn quickstart(tmp: &Path, prelude: &str) -> PathBuf {
+    let config = tmp.join("config");
+    copy_dir(&repo_root().join("testdata/quickstart"), &config);
+    let script = config.join("promises/namespace/pipeline/configure");
+    let text = std::fs::read_to_string(&script).unwrap().replacen(
+        "set -eu\n",
+        &format!("set -eu\n{prelude}"),
+        1,
+    );
+    std::fs::write(&script, text).unwrap();
+    config
 }
 
 fn push(work: &Path, url: &str, msg: &str) {
@@ -398,15 +419,8 @@ fn sigterm_during_a_pipeline_commits_the_whole_wave_or_nothing() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("config");
-    copy_dir(&repo_root().join("testdata/quickstart"), &config);
     // The namespace pipeline takes 3 s.
-    let script = config.join("promises/namespace/pipeline/configure");
-    let text =
-        std::fs::read_to_string(&script)
-            .unwrap()
-            .replacen("set -eu\n", "set -eu\nsleep 3\n", 1);
-    std::fs::write(&script, text).unwrap();
+    let config = quickstart(tmp.path(), "sleep 3\n");
     let state = tmp.path().join("state");
     let port = free_port();
     let log = tmp.path().join("term.log");
@@ -697,5 +711,63 @@ fn log_format_from_the_daemon_config() {
         text.lines()
             .all(|l| serde_json::from_str::<serde_json::Value>(l).is_err()),
         "{text}"
+    );
+}
+
+/// systemd's watchdog keeps getting `WATCHDOG=1` while the first pass runs a slow pipeline
+/// (the loop beats while it drives a pass, not only between passes), before `READY=1`.
+#[test]
+fn watchdog_beats_during_a_long_pipeline() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = quickstart(tmp.path(), "sleep 3\n");
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let port = free_port();
+    let log = tmp.path().join("watchdog.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_promised"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .args(["--state-dir", tmp.path().join("state").to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("NOTIFY_SOCKET", &sock_path)
+        // WatchdogSec=1s: WATCHDOG=1 every 0.5 s while the loop beat within 0.5 s.
+        .env("WATCHDOG_USEC", "1000000")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut d = Daemon {
+        child,
+        port,
+        log: log.clone(),
+    };
+    let mut pings = 0;
+    let mut buf = [0u8; 512];
+    loop {
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if msg.lines().any(|l| l == "READY=1") {
+                    break;
+                }
+                pings += msg.lines().filter(|l| *l == "WATCHDOG=1").count();
+            }
+            Err(_) => assert!(
+                d.child_alive(),
+                "daemon exited: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ),
+        }
+    }
+    // The 3 s pipelines alone span six 0.5 s ticks; a loop that beat only at the start of the
+    // pass would be vouched for at most twice.
+    assert!(
+        pings >= 3,
+        "{pings} WATCHDOG=1 before READY=1\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
 }

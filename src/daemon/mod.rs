@@ -13,7 +13,10 @@
 //!
 //! Lifecycle: SIGTERM/SIGINT drain (no new pipeline starts; running ones finish within
 //! `shutdownGrace`; the wave is committed or not at all), SIGHUP reloads the daemon config,
-//! systemd gets `READY=1` after the first pass and `WATCHDOG=1` while the loop is alive.
+//! systemd gets `READY=1` after the first pass and `WATCHDOG=1` only while the loop's heartbeat
+//! is recent: the loop beats while it waits for a trigger, while it debounces and while it
+//! drives a pass (so long pipelines do not starve it), and a loop that stops being polled stops
+//! the `WATCHDOG=1` messages ([`watchdog_alive`]).
 
 pub mod metrics;
 pub mod webhook;
@@ -22,7 +25,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -61,9 +64,15 @@ pub struct Shared {
     config_loaded: AtomicBool,
     stores_ok: AtomicBool,
     webhook_secret: RwLock<Option<Vec<u8>>>,
-    /// Unix seconds of the loop's last sign of life (watchdog).
+    /// When the daemon started (the heartbeat's clock: monotonic).
+    born: Instant,
+    /// Milliseconds after `born` of the loop's last sign of life (watchdog); [`NEVER`] before
+    /// the first.
     heartbeat: AtomicU64,
 }
+
+/// `Shared::heartbeat` before the loop's first beat.
+const NEVER: u64 = u64::MAX;
 
 impl Shared {
     fn trigger(&self, why: &str) {
@@ -76,12 +85,37 @@ impl Shared {
     }
 
     fn beat(&self) {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+        let now = self.born.elapsed().as_millis() as u64;
         self.heartbeat.store(now, Ordering::SeqCst);
     }
+
+    /// Time since the loop's last beat; `None` before the first.
+    fn since_beat(&self) -> Option<Duration> {
+        match self.heartbeat.load(Ordering::SeqCst) {
+            NEVER => None,
+            ms => Some(
+                self.born
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(ms)),
+            ),
+        }
+    }
+}
+
+/// Whether to send systemd `WATCHDOG=1` now: the loop beat within half the watchdog timeout
+/// (`WatchdogSec=`). The loop beats every [`beat_period`] (a quarter of the timeout), so a
+/// healthy loop always qualifies, and one that stops being polled is reported dead within
+/// 1.5 × the timeout. `since_beat` is `None` before the loop's first beat.
+pub fn watchdog_alive(since_beat: Option<Duration>, timeout: Duration) -> bool {
+    since_beat.is_some_and(|d| d <= timeout / 2)
+}
+
+/// How often the loop beats: a quarter of the watchdog timeout (at least 100 ms), or every
+/// 30 s without a watchdog.
+pub fn beat_period(watchdog: Option<Duration>) -> Duration {
+    watchdog.map_or(Duration::from_secs(30), |t| {
+        (t / 4).max(Duration::from_millis(100))
+    })
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. Errors only when it cannot start (bad config, port
@@ -98,7 +132,8 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         config_loaded: AtomicBool::new(false),
         stores_ok: AtomicBool::new(false),
         webhook_secret: RwLock::new(secret),
-        heartbeat: AtomicU64::new(0),
+        born: Instant::now(),
+        heartbeat: AtomicU64::new(NEVER),
     });
     if shared.webhook_secret.read().await.is_none() {
         tracing::warn!("no webhookSecretFile configured: POST /hooks/git accepts unsigned calls");
@@ -162,19 +197,25 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         Source::Dir(dir) => Some(watch_dir(shared.clone(), dir.clone())?),
     };
 
-    // Watchdog.
-    if let Some(every) = sd_notify::watchdog_enabled() {
+    // Watchdog: WATCHDOG=1 only while the loop below beats.
+    let watchdog = sd_notify::watchdog_enabled();
+    if let Some(timeout) = watchdog {
         let shared = shared.clone();
         tokio::spawn(async move {
-            let half = every / 2;
-            let mut beat = tokio::time::interval(half);
+            let mut tick = tokio::time::interval(timeout / 2);
             loop {
-                beat.tick().await;
-                shared.beat();
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                tick.tick().await;
+                let since = shared.since_beat();
+                if watchdog_alive(since, timeout) {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                } else if since.is_some() {
+                    tracing::warn!(silent = ?since, "the reconcile loop is not beating; withholding WATCHDOG=1");
+                }
             }
         });
     }
+    let mut beat = tokio::time::interval(beat_period(watchdog));
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let mut engine = Engine::new(settings.clone(), settings.runner())
         .map_err(|e| e.to_string())?
@@ -186,11 +227,14 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
     let mut stop = stop_rx.clone();
     loop {
         if !first {
-            let wake_in = next_wake(&engine);
-            tokio::select! {
-                _ = shared.wake.notified() => {}
-                _ = tokio::time::sleep(wake_in) => { shared.trigger("timer"); }
-                _ = stop.wait_for(|s| *s) => {}
+            let wake_at = tokio::time::Instant::now() + next_wake(&engine);
+            loop {
+                tokio::select! {
+                    _ = shared.wake.notified() => break,
+                    _ = tokio::time::sleep_until(wake_at) => { shared.trigger("timer"); break; }
+                    _ = stop.wait_for(|s| *s) => break,
+                    _ = beat.tick() => shared.beat(),
+                }
             }
         }
         if *stop.borrow() {
@@ -200,6 +244,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         if !first {
             let started = tokio::time::Instant::now();
             loop {
+                shared.beat();
                 let remaining = settings.max_debounce.saturating_sub(started.elapsed());
                 if remaining.is_zero() {
                     break;
@@ -239,9 +284,13 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         }
         let pass = one_pass(&mut engine, &opts.source, &settings, &shared);
         tokio::pin!(pass);
-        let outcome = tokio::select! {
-            r = &mut pass => Some(r),
-            _ = stop.wait_for(|s| *s) => None,
+        // Beat while driving the pass: pipelines may run for minutes.
+        let outcome = loop {
+            tokio::select! {
+                r = &mut pass => break Some(r),
+                _ = stop.wait_for(|s| *s) => break None,
+                _ = beat.tick() => shared.beat(),
+            }
         };
         let outcome = match outcome {
             Some(r) => r,
@@ -516,5 +565,37 @@ async fn hook(AxState(s): AxState<Arc<Shared>>, headers: HeaderMap, body: Bytes)
             tracing::warn!(error = %e, "webhook refused");
             (StatusCode::UNAUTHORIZED, format!("{e}\n")).into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_needs_a_recent_heartbeat() {
+        let timeout = Duration::from_secs(120);
+        // Before the loop's first beat: nothing to vouch for.
+        assert!(!watchdog_alive(None, timeout));
+        assert!(watchdog_alive(Some(Duration::ZERO), timeout));
+        // A healthy loop beats every quarter of the timeout.
+        assert!(watchdog_alive(Some(beat_period(Some(timeout))), timeout));
+        assert!(watchdog_alive(Some(Duration::from_secs(60)), timeout));
+        // A loop silent for more than half the timeout is not vouched for.
+        assert!(!watchdog_alive(Some(Duration::from_secs(61)), timeout));
+        assert!(!watchdog_alive(Some(Duration::from_secs(3600)), timeout));
+    }
+
+    #[test]
+    fn beat_period_follows_the_watchdog() {
+        assert_eq!(
+            beat_period(Some(Duration::from_secs(120))),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            beat_period(Some(Duration::from_millis(200))),
+            Duration::from_millis(100)
+        );
+        assert_eq!(beat_period(None), Duration::from_secs(30));
     }
 }
