@@ -38,18 +38,25 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start(args: &[&str], dir: &Path) -> Daemon {
+/// `promised run ARGS --listen 127.0.0.1:PORT` on a free port, with debug logs to
+/// `<dir>/daemon-<port>.log`: the command (to add to), the port and the log path.
+fn run_cmd(args: &[&str], dir: &Path) -> (Command, u16, PathBuf) {
     let port = free_port();
     let log = dir.join(format!("daemon-{port}.log"));
-    let listen = format!("127.0.0.1:{port}");
-    let child = Command::new(env!("CARGO_BIN_EXE_promised"))
-        .arg("run")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_promised"));
+    cmd.arg("run")
         .args(args)
-        .args(["--listen", &listen])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("PROMISED_LOG", "promised=debug")
-        .env("PROMISED_DEBOUNCE", "300ms")
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap());
+    (cmd, port, log)
+}
+
+fn start(args: &[&str], dir: &Path) -> Daemon {
+    let (mut cmd, port, log) = run_cmd(args, dir);
+    let child = cmd
+        .env("PROMISED_DEBOUNCE", "300ms")
         .spawn()
         .expect("promised run starts");
     ready(child, port, log)
@@ -412,6 +419,41 @@ fn file_watch_on_a_directory() {
     );
 }
 
+/// `--config .` with the default state directory `.promised` inside it: the daemon's own
+/// writes there, and Git's under `.git/`, do not trigger passes; config edits still do.
+#[test]
+fn file_watch_ignores_the_state_dir_and_git_inside_the_config_dir() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = quickstart(tmp.path(), "");
+    let (mut cmd, port, log) = run_cmd(&["--config", "."], tmp.path());
+    let d = ready(cmd.current_dir(&config).spawn().unwrap(), port, log);
+    let store = config.join(".promised/quickstart-state.git");
+    assert!(store_has(&store, "redis/example"));
+    let passes = || metric(port, "promised_reconcile_duration_seconds_count");
+    let after_first = passes();
+    git(&config, &["init", "-q"]);
+    git(&config, &["add", "-A", ":!.promised"]);
+    git(&config, &["commit", "-qm", "config"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        passes(),
+        after_first,
+        "writes under .promised/ or .git/ triggered passes\n{}",
+        std::fs::read_to_string(&d.log).unwrap()
+    );
+    add_namespace_request(&config, "team-watch");
+    wait_for(
+        Duration::from_secs(20),
+        || store_has(&store, "team-watch"),
+        &d,
+        "watch-triggered commit",
+    );
+}
+
 #[test]
 fn sigterm_during_a_pipeline_commits_the_whole_wave_or_nothing() {
     if !bwrap_works() {
@@ -683,19 +725,19 @@ fn log_format_from_the_daemon_config() {
     std::fs::create_dir_all(&config).unwrap();
     let dc = tmp.path().join("promised.yaml");
     std::fs::write(&dc, "logFormat: json\n").unwrap();
+    let state = tmp.path().join("state");
     let run = |extra: &[&str]| {
-        let port = free_port();
-        let log = tmp.path().join(format!("log-{port}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_promised"))
-            .args(extra)
-            .args(["run", "--config", config.to_str().unwrap()])
-            .args(["--state-dir", tmp.path().join("state").to_str().unwrap()])
-            .args(["--daemon-config", dc.to_str().unwrap()])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        drop(ready(child, port, log.clone()));
+        let mut args = vec![
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--daemon-config",
+            dc.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (mut cmd, port, log) = run_cmd(&args, tmp.path());
+        drop(ready(cmd.spawn().unwrap(), port, log.clone()));
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(text.contains("HTTP endpoints up"), "{text}");
         text
@@ -728,16 +770,20 @@ fn watchdog_beats_during_a_long_pipeline() {
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let port = free_port();
-    let log = tmp.path().join("watchdog.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_promised"))
-        .args(["run", "--config", config.to_str().unwrap()])
-        .args(["--state-dir", tmp.path().join("state").to_str().unwrap()])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+    let state = tmp.path().join("state");
+    let (mut cmd, port, log) = run_cmd(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    let child = cmd
         .env("NOTIFY_SOCKET", &sock_path)
         // WatchdogSec=1s: WATCHDOG=1 every 0.5 s while the loop beat within 0.5 s.
         .env("WATCHDOG_USEC", "1000000")
-        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let mut d = Daemon {

@@ -22,7 +22,7 @@ pub mod metrics;
 pub mod webhook;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -194,7 +194,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
             );
             None
         }
-        Source::Dir(dir) => Some(watch_dir(shared.clone(), dir.clone())?),
+        Source::Dir(dir) => Some(watch_dir(shared.clone(), dir, &state_root)?),
     };
 
     // Watchdog: WATCHDOG=1 only while the loop below beats.
@@ -468,10 +468,13 @@ fn spawn_poller(
     });
 }
 
-/// Watches a config directory (recursively, debounced; `.git/` ignored).
+/// Watches a config directory (recursively, debounced). Changes under the state directory
+/// (which may sit inside it: `--config .` with the default `.promised`) and under `.git/` do
+/// not trigger a pass ([`config_change`]).
 fn watch_dir(
     shared: Arc<Shared>,
-    dir: PathBuf,
+    dir: &Path,
+    state_dir: &Path,
 ) -> Result<
     notify_debouncer_full::Debouncer<
         notify::RecommendedWatcher,
@@ -479,6 +482,14 @@ fn watch_dir(
     >,
     String,
 > {
+    // Event paths start with the watched path: compare canonical forms.
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| format!("watching {}: {e}", dir.display()))?;
+    let state_dir = std::fs::create_dir_all(state_dir)
+        .and_then(|()| state_dir.canonicalize())
+        .map_err(|e| format!("state directory {}: {e}", state_dir.display()))?;
+    let watched = dir.clone();
     let mut debouncer = notify_debouncer_full::new_debouncer(
         Duration::from_millis(200),
         None,
@@ -488,7 +499,7 @@ fn watch_dir(
                     !matches!(e.kind, notify::EventKind::Access(_))
                         && e.paths
                             .iter()
-                            .any(|p| !p.components().any(|c| c.as_os_str() == ".git"))
+                            .any(|p| config_change(p, &watched, &state_dir))
                 });
                 if relevant {
                     shared.trigger("watch");
@@ -501,6 +512,17 @@ fn watch_dir(
         .watch(&dir, notify::RecursiveMode::Recursive)
         .map_err(|e| format!("watching {}: {e}", dir.display()))?;
     Ok(debouncer)
+}
+
+/// Whether a changed `path` in the watched config directory `dir` can change the config: it
+/// is not under the state directory (every pass writes there) nor under a `.git` directory.
+fn config_change(path: &Path, dir: &Path, state_dir: &Path) -> bool {
+    !path.starts_with(state_dir)
+        && !path
+            .strip_prefix(dir)
+            .unwrap_or(path)
+            .components()
+            .any(|c| c.as_os_str() == ".git")
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -584,6 +606,34 @@ mod tests {
         // A loop silent for more than half the timeout is not vouched for.
         assert!(!watchdog_alive(Some(Duration::from_secs(61)), timeout));
         assert!(!watchdog_alive(Some(Duration::from_secs(3600)), timeout));
+    }
+
+    #[test]
+    fn state_dir_and_git_changes_are_not_config_changes() {
+        let (dir, state) = (Path::new("/srv/cfg"), Path::new("/srv/cfg/.promised"));
+        assert!(config_change(
+            Path::new("/srv/cfg/requests/a.yaml"),
+            dir,
+            state
+        ));
+        assert!(!config_change(
+            Path::new("/srv/cfg/.promised/state.json"),
+            dir,
+            state
+        ));
+        assert!(!config_change(Path::new("/srv/cfg/.git/index"), dir, state));
+        assert!(!config_change(
+            Path::new("/srv/cfg/sub/.git/HEAD"),
+            dir,
+            state
+        ));
+        // Only `.git` inside the watched directory counts.
+        let dir = Path::new("/home/u/.git/cfg");
+        assert!(config_change(
+            Path::new("/home/u/.git/cfg/a.yaml"),
+            dir,
+            state
+        ));
     }
 
     #[test]
