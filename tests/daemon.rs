@@ -53,6 +53,16 @@ fn run_cmd(args: &[&str], dir: &Path) -> (Command, u16, PathBuf) {
     (cmd, port, log)
 }
 
+/// `--config CONFIG --state-dir STATE`.
+fn dirs<'a>(config: &'a Path, state: &'a Path) -> [&'a str; 4] {
+    [
+        "--config",
+        config.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]
+}
+
 fn start(args: &[&str], dir: &Path) -> Daemon {
     let (mut cmd, port, log) = run_cmd(args, dir);
     let child = cmd
@@ -454,6 +464,59 @@ fn file_watch_ignores_the_state_dir_and_git_inside_the_config_dir() {
     );
 }
 
+/// Until its first pass ends the daemon has no status of its own: `/api/v1/status` answers
+/// 503 and `promised status` shows the state directory's.
+#[test]
+fn status_before_the_first_pass_comes_from_the_state_directory() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = quickstart(
+        tmp.path(),
+        "[ \"$KRATIX_OBJECT_NAME\" != team-slow ] || sleep 3\n",
+    );
+    let state = tmp.path().join("state");
+    let (code, _, err) = common::reconcile(&config, &state);
+    assert_eq!(code, 0, "{err}");
+    add_namespace_request(&config, "team-slow");
+    let (mut cmd, port, log) = run_cmd(&dirs(&config, &state), tmp.path());
+    let d = Daemon {
+        child: cmd.spawn().unwrap(),
+        port,
+        log,
+    };
+    wait_for(
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&d.log)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains("workflow started") && l.contains("team-slow"))
+        },
+        &d,
+        "the slow pipeline",
+    );
+    let (code, body) = get(port, "/api/v1/status").unwrap();
+    assert_eq!(code, 503, "{body}");
+    let listen = format!("127.0.0.1:{port}");
+    let status = ["status", "--listen", &listen, "--state-dir"];
+    let (code, table, err) = common::promised(&[&status[..], &[state.to_str().unwrap()]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(table.contains("redis/default/example"), "{table}");
+    // After the first pass: the daemon's own status.
+    wait_for(
+        Duration::from_secs(30),
+        || get(port, "/readyz").is_some_and(|(c, _)| c == 200),
+        &d,
+        "ready",
+    );
+    let (code, table, err) = common::promised(&[&status[..], &["/nonexistent-state"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(table.contains("namespace/default/team-slow"), "{table}");
+}
+
 #[test]
 fn sigterm_during_a_pipeline_commits_the_whole_wave_or_nothing() {
     if !bwrap_works() {
@@ -727,14 +790,8 @@ fn log_format_from_the_daemon_config() {
     std::fs::write(&dc, "logFormat: json\n").unwrap();
     let state = tmp.path().join("state");
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "--config",
-            config.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--daemon-config",
-            dc.to_str().unwrap(),
-        ];
+        let mut args = dirs(&config, &state).to_vec();
+        args.extend_from_slice(&["--daemon-config", dc.to_str().unwrap()]);
         args.extend_from_slice(extra);
         let (mut cmd, port, log) = run_cmd(&args, tmp.path());
         drop(ready(cmd.spawn().unwrap(), port, log.clone()));
@@ -771,15 +828,7 @@ fn watchdog_beats_during_a_long_pipeline() {
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let state = tmp.path().join("state");
-    let (mut cmd, port, log) = run_cmd(
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-        tmp.path(),
-    );
+    let (mut cmd, port, log) = run_cmd(&dirs(&config, &state), tmp.path());
     let child = cmd
         .env("NOTIFY_SOCKET", &sock_path)
         // WatchdogSec=1s: WATCHDOG=1 every 0.5 s while the loop beat within 0.5 s.

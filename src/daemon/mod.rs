@@ -59,8 +59,8 @@ pub struct Shared {
     /// Pending triggers (the queue depth).
     pending: AtomicU64,
     wake: Notify,
-    /// `promised status --output json` of the last pass.
-    status_json: RwLock<Vec<u8>>,
+    /// `promised status --output json` of the last pass; `None` until the first pass ends.
+    status_json: RwLock<Option<Vec<u8>>>,
     config_loaded: AtomicBool,
     stores_ok: AtomicBool,
     webhook_secret: RwLock<Option<Vec<u8>>>,
@@ -128,7 +128,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         metrics: Metrics::new(),
         pending: AtomicU64::new(0),
         wake: Notify::new(),
-        status_json: RwLock::new(b"[]".to_vec()),
+        status_json: RwLock::new(None),
         config_loaded: AtomicBool::new(false),
         stores_ok: AtomicBool::new(false),
         webhook_secret: RwLock::new(secret),
@@ -384,7 +384,7 @@ async fn one_pass(
     let mut buf = Vec::new();
     crate::cli_reconcile::write_status(engine.state(), crate::cli::StatusFormat::Json, &mut buf)
         .map_err(|e| e.to_string())?;
-    *shared.status_json.write().await = buf;
+    *shared.status_json.write().await = Some(buf);
     Ok(report)
 }
 
@@ -557,12 +557,17 @@ async fn metrics_handler(AxState(s): AxState<Arc<Shared>>) -> Response {
         .into_response()
 }
 
+/// The status of the last pass; 503 until the first pass has ended (`promised status` then
+/// reads the state directory).
 async fn status_handler(AxState(s): AxState<Arc<Shared>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        s.status_json.read().await.clone(),
-    )
-        .into_response()
+    match s.status_json.read().await.clone() {
+        Some(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no reconcile pass has finished yet; the state directory has the last status\n",
+        )
+            .into_response(),
+    }
 }
 
 async fn hook(AxState(s): AxState<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
