@@ -104,12 +104,18 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((r.status().as_u16(), r.body_mut().read_to_string().ok()?))
 }
 
-fn hook(port: u16, headers: &[(&str, &str)], body: &str) -> u16 {
+/// `POST /hooks/git`: (status, response body).
+fn hook(port: u16, headers: &[(&str, &str)], body: &str) -> (u16, String) {
     let mut req = agent().post(format!("http://127.0.0.1:{port}/hooks/git"));
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    req.send(body).map(|r| r.status().as_u16()).unwrap_or(0)
+    req.send(body)
+        .map(|mut r| {
+            let text = r.body_mut().read_to_string().unwrap_or_default();
+            (r.status().as_u16(), text)
+        })
+        .unwrap_or_default()
 }
 
 fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool, d: &Daemon, what: &str) {
@@ -267,27 +273,43 @@ fn webhook_triggers_and_signatures_are_checked() {
     add_namespace_request(&work, "team-hook");
     push(&work, &url, "add team-hook");
     let body = r#"{"ref":"refs/heads/main"}"#;
-    assert_eq!(hook(d.port, &[], body), 401, "unsigned");
+    let sign = |key: &[u8], body: &str| promised::daemon::webhook::sign(key, body.as_bytes());
+    assert_eq!(hook(d.port, &[], body).0, 401, "unsigned");
     assert_eq!(
-        hook(d.port, &[("X-Hub-Signature-256", "sha256=00")], body),
+        hook(d.port, &[("X-Hub-Signature-256", "sha256=00")], body).0,
         401,
         "bad signature"
     );
     assert_eq!(
-        hook(d.port, &[("X-Gitlab-Token", "wrong")], body),
+        hook(d.port, &[("X-Gitlab-Token", "wrong")], body).0,
         401,
         "bad token"
+    );
+    let bad_gitea = sign(b"not-the-secret", body);
+    assert_eq!(
+        hook(d.port, &[("X-Gitea-Signature", &bad_gitea)], body).0,
+        401,
+        "bad Gitea signature"
+    );
+    // A signed push to a branch the daemon does not follow: accepted, ignored.
+    let other = r#"{"ref":"refs/heads/feature"}"#;
+    let (code, text) = hook(
+        d.port,
+        &[("X-Gitea-Signature", &sign(b"hook-s3cret", other))],
+        other,
+    );
+    assert_eq!(code, 202, "{text}");
+    assert_eq!(
+        text.trim(),
+        "ignored: push to refs/heads/feature, following main"
     );
     std::thread::sleep(Duration::from_millis(800));
     assert!(
         !store_has(&store, "team-hook"),
-        "refused calls do not trigger"
+        "refused and ignored calls do not trigger"
     );
-    let sig = format!(
-        "sha256={}",
-        promised::daemon::webhook::sign(b"hook-s3cret", body.as_bytes())
-    );
-    assert_eq!(hook(d.port, &[("X-Hub-Signature-256", &sig)], body), 202);
+    let sig = format!("sha256={}", sign(b"hook-s3cret", body));
+    assert_eq!(hook(d.port, &[("X-Hub-Signature-256", &sig)], body).0, 202);
     wait_for(
         Duration::from_secs(20),
         || store_has(&store, "team-hook"),
@@ -304,6 +326,20 @@ fn webhook_triggers_and_signatures_are_checked() {
         msg.contains("Promised-Resource: namespace/default/team-hook"),
         "{msg}"
     );
+    // Gitea / Forgejo: X-Gitea-Signature, the bare hex HMAC.
+    add_namespace_request(&work, "team-gitea");
+    push(&work, &url, "add team-gitea");
+    let gitea = sign(b"hook-s3cret", body);
+    assert_eq!(
+        hook(d.port, &[("X-Gitea-Signature", &gitea)], body),
+        (202, "reconcile queued\n".to_string())
+    );
+    wait_for(
+        Duration::from_secs(20),
+        || store_has(&store, "team-gitea"),
+        &d,
+        "Gitea-webhook-triggered commit",
+    );
 
     // A burst of 50 config commits, each with a webhook call: the changed request runs at most
     // twice, and the newest spec wins.
@@ -316,7 +352,7 @@ fn webhook_triggers_and_signatures_are_checked() {
         .unwrap();
         push(&work, &url, &format!("burst {i}"));
         assert_eq!(
-            hook(d.port, &[("X-Gitlab-Token", "hook-s3cret")], body),
+            hook(d.port, &[("X-Gitlab-Token", "hook-s3cret")], body).0,
             202
         );
     }

@@ -2,7 +2,8 @@
 //!
 //! Triggers (all end in the same coalescing queue):
 //! - a Git config remote is polled with a cheap ref check every `pollInterval` (30 s);
-//! - `POST /hooks/git` (GitHub, GitLab, Gitea signatures verified) fetches at once;
+//! - `POST /hooks/git` (GitHub, GitLab, Gitea signatures verified) fetches at once, unless
+//!   its JSON payload names another `ref` than the one followed (answered 202 "ignored");
 //! - a local config directory is watched (debounced `notify`);
 //! - retries (`retryAfter`, failure backoff) and periodic resync wake the loop by themselves.
 //!
@@ -64,6 +65,8 @@ pub struct Shared {
     config_loaded: AtomicBool,
     stores_ok: AtomicBool,
     webhook_secret: RwLock<Option<Vec<u8>>>,
+    /// The ref a Git config source follows (`--ref`); pushes to other refs are ignored.
+    followed_ref: Option<String>,
     /// When the daemon started (the heartbeat's clock: monotonic).
     born: Instant,
     /// Milliseconds after `born` of the loop's last sign of life (watchdog); [`NEVER`] before
@@ -132,6 +135,10 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         config_loaded: AtomicBool::new(false),
         stores_ok: AtomicBool::new(false),
         webhook_secret: RwLock::new(secret),
+        followed_ref: match &opts.source {
+            Source::Git { reference, .. } => Some(reference.clone()),
+            Source::Dir(_) => None,
+        },
         born: Instant::now(),
         heartbeat: AtomicU64::new(NEVER),
     });
@@ -584,6 +591,16 @@ async fn hook(AxState(s): AxState<Arc<Shared>>, headers: HeaderMap, body: Bytes)
         lookup.get(name).map(String::as_str)
     }) {
         Ok(()) => {
+            if let (Some(followed), Some(pushed)) = (&s.followed_ref, webhook::pushed_ref(&body))
+                && !webhook::moves(followed, &pushed)
+            {
+                tracing::info!(pushed = %pushed, following = %followed, "webhook ignored: a push to another ref");
+                return (
+                    StatusCode::ACCEPTED,
+                    format!("ignored: push to {pushed}, following {followed}\n"),
+                )
+                    .into_response();
+            }
             s.trigger("webhook");
             (StatusCode::ACCEPTED, "reconcile queued\n").into_response()
         }
