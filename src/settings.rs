@@ -108,6 +108,13 @@ pub struct Settings {
     /// `stateStoreReconciliationInterval`). Default `10h`.
     #[serde(with = "humantime_serde")]
     pub resync_interval: Duration,
+    /// `promised run`: first retry delay after a failed workflow, doubling per consecutive
+    /// failure up to `maxRetryBackoff`. Default `10s` (times are kept to the second).
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// `promised run`: longest delay between retries of a failing workflow. Default `10m`.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_backoff: Duration,
     /// File holding the webhook secret for `POST /hooks/git` (GitHub/Gitea HMAC, GitLab token).
     pub webhook_secret_file: Option<PathBuf>,
     /// `text` or `json`; `--log-format` wins. Read once at start (SIGHUP does not change it).
@@ -146,6 +153,8 @@ impl Default for Settings {
             listen: "127.0.0.1:8473".into(),
             poll_interval: Duration::from_secs(30),
             resync_interval: Duration::from_secs(10 * 3600),
+            retry_backoff: crate::reconcile::BASE_BACKOFF,
+            max_retry_backoff: crate::reconcile::MAX_BACKOFF,
             webhook_secret_file: None,
             log_format: LogFormat::Text,
         }

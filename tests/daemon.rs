@@ -902,3 +902,83 @@ fn watchdog_beats_during_a_long_pipeline() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
 }
+
+/// Lines of the daemon log that start a workflow of the request `name`.
+fn starts(d: &Daemon, name: &str) -> usize {
+    std::fs::read_to_string(&d.log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("workflow started") && l.contains(name))
+        .count()
+}
+
+/// A failing workflow retries by itself with exponential backoff (`retryBackoff` doubling up
+/// to `maxRetryBackoff`), and `retryAfter` in workflow-control.yaml re-runs a request after
+/// that delay; nothing else triggers those passes.
+#[test]
+fn failed_workflows_back_off_and_retry_after_reruns() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = quickstart(
+        tmp.path(),
+        "[ \"$KRATIX_OBJECT_NAME\" != team-fail ] || { echo failing on purpose >&2; exit 1; }\n\
+         [ \"$KRATIX_OBJECT_NAME\" != team-retry ] || echo 'retryAfter: 1s' > /kratix/metadata/workflow-control.yaml\n",
+    );
+    add_namespace_request(&config, "team-fail");
+    let state = tmp.path().join("state");
+    let (mut cmd, port, log) = run_cmd(&dirs(&config, &state), tmp.path());
+    let child = cmd
+        .env("PROMISED_RETRY_BACKOFF", "1s")
+        .env("PROMISED_MAX_RETRY_BACKOFF", "2s")
+        .spawn()
+        .unwrap();
+    let d = ready(child, port, log);
+    // Retries at +1 s, +2 s, +2 s: the loop wakes for them (its idle wake is a minute).
+    wait_for(
+        Duration::from_secs(30),
+        || starts(&d, "team-fail") >= 4,
+        &d,
+        "three retries of the failing workflow",
+    );
+    let state_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap();
+    let record = &state_json["requests"]["namespace/default/team-fail"];
+    let failures = record["failures"].as_u64().unwrap();
+    assert!(failures >= 3, "{record:#}");
+    let at = |t: &serde_json::Value| humantime::parse_rfc3339(t.as_str().unwrap()).unwrap();
+    let failed_at = at(&record["status"]["pipelines"][0]["lastTransitionTime"]);
+    let delay = at(&record["retryAt"])
+        .duration_since(failed_at)
+        .unwrap_or_default()
+        .as_secs();
+    // Capped at maxRetryBackoff (2 s) where 1 s doubling would be 4 s or more; times are
+    // kept to the second.
+    assert!((1..=3).contains(&delay), "delay {delay} s: {record:#}");
+
+    // retryAfter: the request runs again after the delay, by itself.
+    std::fs::remove_file(config.join("requests/team-fail.yaml")).unwrap();
+    add_namespace_request(&config, "team-retry");
+    wait_for(
+        Duration::from_secs(30),
+        || starts(&d, "team-retry") >= 3,
+        &d,
+        "two re-runs after retryAfter",
+    );
+    let (_, status) = get(port, "/api/v1/status").unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&status).unwrap();
+    let retry = rows
+        .iter()
+        .find(|r| r["key"] == "namespace/default/team-retry")
+        .expect("team-retry status");
+    assert_eq!(
+        retry["status"]["pipelines"][0]["phase"], "Suspended",
+        "{retry:#}"
+    );
+    assert!(
+        retry["status"]["pipelines"][0]["nextRetryAt"].is_string(),
+        "{retry:#}"
+    );
+}

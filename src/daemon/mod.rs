@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -231,10 +231,11 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
     let mut settings = settings;
     let mut ready_sent = false;
     let mut first = true;
+    let mut pass_started = SystemTime::now();
     let mut stop = stop_rx.clone();
     loop {
         if !first {
-            let wake_at = tokio::time::Instant::now() + next_wake(&engine);
+            let wake_at = tokio::time::Instant::now() + next_wake(&engine, pass_started);
             loop {
                 tokio::select! {
                     _ = shared.wake.notified() => break,
@@ -289,6 +290,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
                 }
             }
         }
+        pass_started = SystemTime::now();
         let pass = one_pass(&mut engine, &opts.source, &settings, &shared);
         tokio::pin!(pass);
         // Beat while driving the pass: pipelines may run for minutes.
@@ -414,10 +416,20 @@ fn log_pass(r: &PassReport) {
     );
 }
 
-/// Sleep until the next retry, or at most a minute (cheap no-op passes keep drift repair and
-/// resync going even without triggers).
-fn next_wake(engine: &Engine) -> Duration {
-    let retry = crate::reconcile::next_retry(engine.state()).unwrap_or(Duration::from_secs(60));
+/// Sleep until the next retry (`retryAfter` or failure backoff) due since the last pass
+/// started, or at most a minute (cheap no-op passes keep drift repair and resync going even
+/// without triggers).
+fn next_wake(engine: &Engine, pass_started: SystemTime) -> Duration {
+    // Retry times are kept to the second: weigh those of the pass's own second too.
+    let since = SystemTime::UNIX_EPOCH
+        + Duration::from_secs(
+            pass_started
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+        );
+    let retry =
+        crate::reconcile::next_retry(engine.state(), since).unwrap_or(Duration::from_secs(60));
     retry.clamp(Duration::from_millis(200), Duration::from_secs(60))
 }
 
@@ -656,6 +668,56 @@ mod tests {
             dir,
             state
         ));
+    }
+
+    /// A failed request whose backoff ends at `retry_at`.
+    fn failed(name: &str, retry_at: SystemTime) -> (String, crate::state::ObjectRecord) {
+        let id = crate::model::ObjectRef {
+            kind: "redis".into(),
+            namespace: Some("default".into()),
+            name: name.into(),
+        };
+        let record = crate::state::ObjectRecord {
+            input_hash: String::new(),
+            completed: false,
+            object: serde_json::Value::Null,
+            promise: None,
+            promise_dir: None,
+            outputs: Vec::new(),
+            placements: Vec::new(),
+            spec_hash: String::new(),
+            failures: 1,
+            retry_at: Some(humantime::format_rfc3339_seconds(retry_at).to_string()),
+            deleting: false,
+            status: crate::status::ObjectStatus::new(id, "redis"),
+        };
+        (format!("redis/default/{name}"), record)
+    }
+
+    #[test]
+    fn failure_backoff_wakes_the_loop() {
+        use crate::reconcile::next_retry;
+        let now = SystemTime::now();
+        let mut state = crate::state::State::default();
+        // Due before the last pass started, and still not run (say its Promise is
+        // unavailable): not a reason to wake.
+        state
+            .requests
+            .extend([failed("stale", now - Duration::from_secs(10))]);
+        assert_eq!(next_retry(&state, now - Duration::from_secs(5)), None);
+        // Due since the last pass started: wake at once.
+        assert_eq!(
+            next_retry(&state, now - Duration::from_secs(20)),
+            Some(Duration::ZERO)
+        );
+        state
+            .requests
+            .extend([failed("soon", now + Duration::from_secs(30))]);
+        let wait = next_retry(&state, now - Duration::from_secs(5)).unwrap();
+        assert!(
+            wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
     }
 
     #[test]
