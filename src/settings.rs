@@ -162,12 +162,19 @@ impl Default for Settings {
 }
 
 /// `PROMISED_*` environment variables (named without the prefix) that are inputs of the
-/// command line or of `systemd/promised.service`, not daemon settings, so [`Settings::load`]
-/// does not read them as keys: `PROMISED_LOG` (`--log`), `PROMISED_CONFIG` (`--daemon-config`),
-/// and `PROMISED_CONFIG_REPO` / `PROMISED_CONFIG_REF` (the unit's `--config` and `--ref`).
+/// command line, of `systemd/promised.service` or of the test suite, not daemon settings, so
+/// [`Settings::load`] does not read them as keys: `PROMISED_LOG` (`--log`), `PROMISED_CONFIG`
+/// (`--daemon-config`), `PROMISED_CONFIG_REPO` / `PROMISED_CONFIG_REF` (the unit's `--config`
+/// and `--ref`) and `PROMISED_REQUIRE_SANDBOX` (CI: sandbox tests fail rather than skip).
 /// `PROMISED_SECRET_<NAME>_<KEY>` (state store credentials) are skipped too. Every other
 /// `PROMISED_*` variable is a setting, and an unknown one is an error.
-pub const NOT_SETTINGS: &[&str] = &["LOG", "CONFIG", "CONFIG_REPO", "CONFIG_REF"];
+pub const NOT_SETTINGS: &[&str] = &[
+    "LOG",
+    "CONFIG",
+    "CONFIG_REPO",
+    "CONFIG_REF",
+    "REQUIRE_SANDBOX",
+];
 
 /// Why the daemon config cannot be used; the message names the key or file.
 #[derive(Debug, thiserror::Error)]
