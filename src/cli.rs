@@ -24,18 +24,35 @@ pub struct Cli {
     /// `info` for `promised run`.
     #[arg(long, global = true, env = "PROMISED_LOG")]
     pub log: Option<String>,
-    /// Log format: human-readable `text` or one JSON object per line.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        env = "PROMISED_LOG_FORMAT",
-        default_value_t
-    )]
-    pub log_format: crate::settings::LogFormat,
+    /// Log format: human-readable `text` or one JSON object per line. Default: the daemon
+    /// config's `logFormat` (see [`Cli::log_format`]), else `text`.
+    #[arg(long, global = true, value_enum, env = "PROMISED_LOG_FORMAT")]
+    pub log_format: Option<crate::settings::LogFormat>,
     /// The subcommand.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The log format to start with: `--log-format` (or `PROMISED_LOG_FORMAT`), else
+    /// `logFormat` from the daemon config of `reconcile`, `status` and `run` (file, then
+    /// environment), else `text`. A daemon config that does not load gives `text` here; the
+    /// command itself then reports the error. Read once at start (SIGHUP does not change it).
+    pub fn log_format(&self) -> crate::settings::LogFormat {
+        if let Some(f) = self.log_format {
+            return f;
+        }
+        let daemon = match &self.command {
+            Command::Reconcile(a) => &a.daemon,
+            Command::Status(a) => &a.daemon,
+            Command::Run(a) => &a.daemon,
+            Command::Validate(_) | Command::Pipeline(_) => return Default::default(),
+        };
+        daemon
+            .settings(Default::default())
+            .map(|s| s.log_format)
+            .unwrap_or_default()
+    }
 }
 
 /// Subcommands.

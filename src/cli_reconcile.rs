@@ -261,7 +261,8 @@ pub fn rows_of(state: &State) -> Vec<StatusRow> {
 }
 
 /// Asks a daemon listening on `listen` for its status (`GET /api/v1/status`); `None` when no
-/// daemon answers within a second.
+/// daemon answers within a second, or it answers with an error (503 before its first pass
+/// has ended).
 pub fn daemon_status(listen: &str) -> Option<Vec<StatusRow>> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(std::time::Duration::from_secs(1)))

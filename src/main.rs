@@ -14,7 +14,7 @@ fn main() {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match cli.log_format {
+    match cli.log_format() {
         promised::settings::LogFormat::Json => builder.json().init(),
         promised::settings::LogFormat::Text => builder.init(),
     }

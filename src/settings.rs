@@ -6,6 +6,8 @@
 //! case, nested keys joined with `__`: `stateDir` is `PROMISED_STATE_DIR`,
 //! `git.maxPushAttempts` is `PROMISED_GIT__MAX_PUSH_ATTEMPTS`. Every key is listed in the
 //! README. Unknown keys are errors, so a typo never silently falls back to a default.
+//! `PROMISED_*` variables that feed the command line or the systemd unit rather than settings
+//! ([`NOT_SETTINGS`], and the `PROMISED_SECRET_*` credentials) are not read as keys.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -106,9 +108,16 @@ pub struct Settings {
     /// `stateStoreReconciliationInterval`). Default `10h`.
     #[serde(with = "humantime_serde")]
     pub resync_interval: Duration,
+    /// `promised run`: first retry delay after a failed workflow, doubling per consecutive
+    /// failure up to `maxRetryBackoff`. Default `10s` (times are kept to the second).
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// `promised run`: longest delay between retries of a failing workflow. Default `10m`.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_backoff: Duration,
     /// File holding the webhook secret for `POST /hooks/git` (GitHub/Gitea HMAC, GitLab token).
     pub webhook_secret_file: Option<PathBuf>,
-    /// `text` or `json`.
+    /// `text` or `json`; `--log-format` wins. Read once at start (SIGHUP does not change it).
     pub log_format: LogFormat,
 }
 
@@ -144,11 +153,28 @@ impl Default for Settings {
             listen: "127.0.0.1:8473".into(),
             poll_interval: Duration::from_secs(30),
             resync_interval: Duration::from_secs(10 * 3600),
+            retry_backoff: crate::reconcile::BASE_BACKOFF,
+            max_retry_backoff: crate::reconcile::MAX_BACKOFF,
             webhook_secret_file: None,
             log_format: LogFormat::Text,
         }
     }
 }
+
+/// `PROMISED_*` environment variables (named without the prefix) that are inputs of the
+/// command line, of `systemd/promised.service` or of the test suite, not daemon settings, so
+/// [`Settings::load`] does not read them as keys: `PROMISED_LOG` (`--log`), `PROMISED_CONFIG`
+/// (`--daemon-config`), `PROMISED_CONFIG_REPO` / `PROMISED_CONFIG_REF` (the unit's `--config`
+/// and `--ref`) and `PROMISED_REQUIRE_SANDBOX` (CI: sandbox tests fail rather than skip).
+/// `PROMISED_SECRET_<NAME>_<KEY>` (state store credentials) are skipped too. Every other
+/// `PROMISED_*` variable is a setting, and an unknown one is an error.
+pub const NOT_SETTINGS: &[&str] = &[
+    "LOG",
+    "CONFIG",
+    "CONFIG_REPO",
+    "CONFIG_REF",
+    "REQUIRE_SANDBOX",
+];
 
 /// Why the daemon config cannot be used; the message names the key or file.
 #[derive(Debug, thiserror::Error)]
@@ -172,7 +198,7 @@ impl Settings {
         }
         fig = fig.merge(
             Env::prefixed("PROMISED_")
-                .ignore(&["LOG"])
+                .ignore(NOT_SETTINGS)
                 // `PROMISED_SECRET_<NAME>_<KEY>` carry state store credentials, not settings.
                 .filter(|k| !k.as_str().to_ascii_uppercase().starts_with("SECRET_"))
                 .map(|k| env_key(k.as_str()).into())
@@ -278,6 +304,25 @@ mod tests {
             let o = &s.image_overrides["example.com/img:v1"];
             assert_eq!(o.command, ["sh", "run.sh"]);
             assert!(o.mounts[0].host.ends_with("assets"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn command_line_and_unit_variables_are_not_settings() {
+        figment::Jail::expect_with(|jail| {
+            // What systemd/promised.service and promised.env.example set, and clap's inputs.
+            jail.set_env("PROMISED_CONFIG_REPO", "https://example.com/config.git");
+            jail.set_env("PROMISED_CONFIG_REF", "main");
+            jail.set_env("PROMISED_CONFIG", "/etc/promised/promised.yaml");
+            jail.set_env("PROMISED_LOG", "debug");
+            jail.set_env("PROMISED_LISTEN", "127.0.0.1:9000");
+            let s = Settings::load(None, Default::default()).map_err(|e| e.to_string())?;
+            assert_eq!(s.listen, "127.0.0.1:9000");
+            // A typo is still an error, naming the key.
+            jail.set_env("PROMISED_CONFIG_REPOS", "x");
+            let err = Settings::load(None, Default::default()).unwrap_err();
+            assert!(err.to_string().contains("configRepos"), "{err}");
             Ok(())
         });
     }

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,6 +15,12 @@ struct Daemon {
     child: Child,
     port: u16,
     log: PathBuf,
+}
+
+impl Daemon {
+    fn child_alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
 }
 
 impl Drop for Daemon {
@@ -31,20 +38,42 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start(args: &[&str], dir: &Path) -> Daemon {
+/// `promised run ARGS --listen 127.0.0.1:PORT` on a free port, with debug logs to
+/// `<dir>/daemon-<port>.log`: the command (to add to), the port and the log path.
+fn run_cmd(args: &[&str], dir: &Path) -> (Command, u16, PathBuf) {
     let port = free_port();
     let log = dir.join(format!("daemon-{port}.log"));
-    let listen = format!("127.0.0.1:{port}");
-    let child = Command::new(env!("CARGO_BIN_EXE_promised"))
-        .arg("run")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_promised"));
+    cmd.arg("run")
         .args(args)
-        .args(["--listen", &listen])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("PROMISED_LOG", "promised=debug")
-        .env("PROMISED_DEBOUNCE", "300ms")
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap());
+    (cmd, port, log)
+}
+
+/// `--config CONFIG --state-dir STATE`.
+fn dirs<'a>(config: &'a Path, state: &'a Path) -> [&'a str; 4] {
+    [
+        "--config",
+        config.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]
+}
+
+fn start(args: &[&str], dir: &Path) -> Daemon {
+    let (mut cmd, port, log) = run_cmd(args, dir);
+    let child = cmd
+        .env("PROMISED_DEBOUNCE", "300ms")
         .spawn()
         .expect("promised run starts");
+    ready(child, port, log)
+}
+
+/// Waits until a started daemon answers `/readyz` with 200.
+fn ready(child: Child, port: u16, log: PathBuf) -> Daemon {
     let d = Daemon { child, port, log };
     wait_for(
         Duration::from_secs(30),
@@ -75,12 +104,18 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((r.status().as_u16(), r.body_mut().read_to_string().ok()?))
 }
 
-fn hook(port: u16, headers: &[(&str, &str)], body: &str) -> u16 {
+/// `POST /hooks/git`: (status, response body).
+fn hook(port: u16, headers: &[(&str, &str)], body: &str) -> (u16, String) {
     let mut req = agent().post(format!("http://127.0.0.1:{port}/hooks/git"));
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    req.send(body).map(|r| r.status().as_u16()).unwrap_or(0)
+    req.send(body)
+        .map(|mut r| {
+            let text = r.body_mut().read_to_string().unwrap_or_default();
+            (r.status().as_u16(), text)
+        })
+        .unwrap_or_default()
 }
 
 fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool, d: &Daemon, what: &str) {
@@ -123,6 +158,21 @@ fn world(tmp: &Path, daemon: &GitDaemon) -> (String, PathBuf, PathBuf) {
     git(&work, &["commit", "-qm", "initial config"]);
     git(&work, &["push", "-q", &config_url, "HEAD:main"]);
     (config_url, work, daemon.base.join("state.git"))
+}
+
+/// The quickstart config repo in `<tmp>/config`, with `prelude` (shell lines) run first by the
+/// namespace Promise's pipeline.
+fn quickstart(tmp: &Path, prelude: &str) -> PathBuf {
+    let config = tmp.join("config");
+    copy_dir(&repo_root().join("testdata/quickstart"), &config);
+    let script = config.join("promises/namespace/pipeline/configure");
+    let text = std::fs::read_to_string(&script).unwrap().replacen(
+        "set -eu\n",
+        &format!("set -eu\n{prelude}"),
+        1,
+    );
+    std::fs::write(&script, text).unwrap();
+    config
 }
 
 fn push(work: &Path, url: &str, msg: &str) {
@@ -223,27 +273,43 @@ fn webhook_triggers_and_signatures_are_checked() {
     add_namespace_request(&work, "team-hook");
     push(&work, &url, "add team-hook");
     let body = r#"{"ref":"refs/heads/main"}"#;
-    assert_eq!(hook(d.port, &[], body), 401, "unsigned");
+    let sign = |key: &[u8], body: &str| promised::daemon::webhook::sign(key, body.as_bytes());
+    assert_eq!(hook(d.port, &[], body).0, 401, "unsigned");
     assert_eq!(
-        hook(d.port, &[("X-Hub-Signature-256", "sha256=00")], body),
+        hook(d.port, &[("X-Hub-Signature-256", "sha256=00")], body).0,
         401,
         "bad signature"
     );
     assert_eq!(
-        hook(d.port, &[("X-Gitlab-Token", "wrong")], body),
+        hook(d.port, &[("X-Gitlab-Token", "wrong")], body).0,
         401,
         "bad token"
+    );
+    let bad_gitea = sign(b"not-the-secret", body);
+    assert_eq!(
+        hook(d.port, &[("X-Gitea-Signature", &bad_gitea)], body).0,
+        401,
+        "bad Gitea signature"
+    );
+    // A signed push to a branch the daemon does not follow: accepted, ignored.
+    let other = r#"{"ref":"refs/heads/feature"}"#;
+    let (code, text) = hook(
+        d.port,
+        &[("X-Gitea-Signature", &sign(b"hook-s3cret", other))],
+        other,
+    );
+    assert_eq!(code, 202, "{text}");
+    assert_eq!(
+        text.trim(),
+        "ignored: push to refs/heads/feature, following main"
     );
     std::thread::sleep(Duration::from_millis(800));
     assert!(
         !store_has(&store, "team-hook"),
-        "refused calls do not trigger"
+        "refused and ignored calls do not trigger"
     );
-    let sig = format!(
-        "sha256={}",
-        promised::daemon::webhook::sign(b"hook-s3cret", body.as_bytes())
-    );
-    assert_eq!(hook(d.port, &[("X-Hub-Signature-256", &sig)], body), 202);
+    let sig = format!("sha256={}", sign(b"hook-s3cret", body));
+    assert_eq!(hook(d.port, &[("X-Hub-Signature-256", &sig)], body).0, 202);
     wait_for(
         Duration::from_secs(20),
         || store_has(&store, "team-hook"),
@@ -260,6 +326,20 @@ fn webhook_triggers_and_signatures_are_checked() {
         msg.contains("Promised-Resource: namespace/default/team-hook"),
         "{msg}"
     );
+    // Gitea / Forgejo: X-Gitea-Signature, the bare hex HMAC.
+    add_namespace_request(&work, "team-gitea");
+    push(&work, &url, "add team-gitea");
+    let gitea = sign(b"hook-s3cret", body);
+    assert_eq!(
+        hook(d.port, &[("X-Gitea-Signature", &gitea)], body),
+        (202, "reconcile queued\n".to_string())
+    );
+    wait_for(
+        Duration::from_secs(20),
+        || store_has(&store, "team-gitea"),
+        &d,
+        "Gitea-webhook-triggered commit",
+    );
 
     // A burst of 50 config commits, each with a webhook call: the changed request runs at most
     // twice, and the newest spec wins.
@@ -272,7 +352,7 @@ fn webhook_triggers_and_signatures_are_checked() {
         .unwrap();
         push(&work, &url, &format!("burst {i}"));
         assert_eq!(
-            hook(d.port, &[("X-Gitlab-Token", "hook-s3cret")], body),
+            hook(d.port, &[("X-Gitlab-Token", "hook-s3cret")], body).0,
             202
         );
     }
@@ -385,6 +465,94 @@ fn file_watch_on_a_directory() {
     );
 }
 
+/// `--config .` with the default state directory `.promised` inside it: the daemon's own
+/// writes there, and Git's under `.git/`, do not trigger passes; config edits still do.
+#[test]
+fn file_watch_ignores_the_state_dir_and_git_inside_the_config_dir() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = quickstart(tmp.path(), "");
+    let (mut cmd, port, log) = run_cmd(&["--config", "."], tmp.path());
+    let d = ready(cmd.current_dir(&config).spawn().unwrap(), port, log);
+    let store = config.join(".promised/quickstart-state.git");
+    assert!(store_has(&store, "redis/example"));
+    let passes = || metric(port, "promised_reconcile_duration_seconds_count");
+    let after_first = passes();
+    git(&config, &["init", "-q"]);
+    git(&config, &["add", "-A", ":!.promised"]);
+    git(&config, &["commit", "-qm", "config"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        passes(),
+        after_first,
+        "writes under .promised/ or .git/ triggered passes\n{}",
+        std::fs::read_to_string(&d.log).unwrap()
+    );
+    add_namespace_request(&config, "team-watch");
+    wait_for(
+        Duration::from_secs(20),
+        || store_has(&store, "team-watch"),
+        &d,
+        "watch-triggered commit",
+    );
+}
+
+/// Until its first pass ends the daemon has no status of its own: `/api/v1/status` answers
+/// 503 and `promised status` shows the state directory's.
+#[test]
+fn status_before_the_first_pass_comes_from_the_state_directory() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = quickstart(
+        tmp.path(),
+        "[ \"$KRATIX_OBJECT_NAME\" != team-slow ] || sleep 3\n",
+    );
+    let state = tmp.path().join("state");
+    let (code, _, err) = common::reconcile(&config, &state);
+    assert_eq!(code, 0, "{err}");
+    add_namespace_request(&config, "team-slow");
+    let (mut cmd, port, log) = run_cmd(&dirs(&config, &state), tmp.path());
+    let d = Daemon {
+        child: cmd.spawn().unwrap(),
+        port,
+        log,
+    };
+    wait_for(
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&d.log)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains("workflow started") && l.contains("team-slow"))
+        },
+        &d,
+        "the slow pipeline",
+    );
+    let (code, body) = get(port, "/api/v1/status").unwrap();
+    assert_eq!(code, 503, "{body}");
+    let listen = format!("127.0.0.1:{port}");
+    let status = ["status", "--listen", &listen, "--state-dir"];
+    let (code, table, err) = common::promised(&[&status[..], &[state.to_str().unwrap()]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(table.contains("redis/default/example"), "{table}");
+    // After the first pass: the daemon's own status.
+    wait_for(
+        Duration::from_secs(30),
+        || get(port, "/readyz").is_some_and(|(c, _)| c == 200),
+        &d,
+        "ready",
+    );
+    let (code, table, err) = common::promised(&[&status[..], &["/nonexistent-state"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(table.contains("namespace/default/team-slow"), "{table}");
+}
+
 #[test]
 fn sigterm_during_a_pipeline_commits_the_whole_wave_or_nothing() {
     if !bwrap_works() {
@@ -392,15 +560,8 @@ fn sigterm_during_a_pipeline_commits_the_whole_wave_or_nothing() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("config");
-    copy_dir(&repo_root().join("testdata/quickstart"), &config);
     // The namespace pipeline takes 3 s.
-    let script = config.join("promises/namespace/pipeline/configure");
-    let text =
-        std::fs::read_to_string(&script)
-            .unwrap()
-            .replacen("set -eu\n", "set -eu\nsleep 3\n", 1);
-    std::fs::write(&script, text).unwrap();
+    let config = quickstart(tmp.path(), "sleep 3\n");
     let state = tmp.path().join("state");
     let port = free_port();
     let log = tmp.path().join("term.log");
@@ -566,4 +727,258 @@ fn sighup_reloads_the_daemon_config_and_logs_are_json() {
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert!(v.get("level").is_some(), "{line}");
     }
+}
+
+/// The shipped unit starts: its `Environment=`, its `EnvironmentFile=` (the example the README
+/// installs, commented examples included) and its `ExecStart=` command line with the `${VAR}`s
+/// expanded, as systemd would, with only the config repo pointed at a local one.
+#[test]
+fn the_systemd_unit_environment_and_command_line_start_the_daemon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(repo_root().join("systemd/promised.service")).unwrap();
+    let mut env = BTreeMap::new();
+    let mut exec = None;
+    let mut assign = |kv: &str| {
+        let (k, v) = kv.split_once('=').expect("KEY=VALUE");
+        env.insert(k.trim().to_string(), v.trim().to_string());
+    };
+    for line in unit.lines() {
+        if let Some(kv) = line.strip_prefix("Environment=") {
+            assign(kv);
+        } else if let Some(file) = line.strip_prefix("EnvironmentFile=") {
+            assert_eq!(
+                file.trim_start_matches('-'),
+                "/etc/promised/promised.env",
+                "the README installs systemd/promised.env.example there"
+            );
+            let example =
+                std::fs::read_to_string(repo_root().join("systemd/promised.env.example")).unwrap();
+            for l in example.lines() {
+                let l = l.trim_start_matches('#').trim();
+                if l.starts_with("PROMISED_") {
+                    assign(l);
+                }
+            }
+        } else if let Some(cmd) = line.strip_prefix("ExecStart=") {
+            exec = Some(cmd.to_string());
+        }
+    }
+    assert!(env.contains_key("PROMISED_CONFIG_REF"), "{env:?}");
+    // The config repo: a local Git repository instead of the example's URL.
+    let config = tmp.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("README.md"), "no objects yet\n").unwrap();
+    git(&config, &["init", "-q", "-b", "main"]);
+    git(&config, &["add", "-A"]);
+    git(&config, &["commit", "-qm", "empty config"]);
+    assert!(
+        env.insert(
+            "PROMISED_CONFIG_REPO".into(),
+            config.to_str().unwrap().into()
+        )
+        .is_some(),
+        "promised.env.example sets PROMISED_CONFIG_REPO"
+    );
+    let daemon_config = repo_root().join("systemd/promised.yaml.example");
+    let exec = exec.expect("ExecStart=");
+    let mut words = exec.split_whitespace().map(|w| {
+        let mut w = w.to_string();
+        for (k, v) in &env {
+            w = w.replace(&format!("${{{k}}}"), v);
+        }
+        assert!(!w.contains('$'), "unexpanded variable in {exec:?}: {w}");
+        if w == "/etc/promised/promised.yaml" {
+            daemon_config.to_str().unwrap().to_string()
+        } else {
+            w
+        }
+    });
+    assert_eq!(words.next().as_deref(), Some("/usr/local/bin/promised"));
+    let port = free_port();
+    let log = tmp.path().join("unit.log");
+    let state = tmp.path().join("state");
+    let child = Command::new(env!("CARGO_BIN_EXE_promised"))
+        .args(words)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap())
+        .env("STATE_DIRECTORY", &state)
+        .envs(&env)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let d = ready(child, port, log);
+    assert!(
+        state.join("state.json").is_file(),
+        "the state lives in $STATE_DIRECTORY\n{}",
+        std::fs::read_to_string(&d.log).unwrap()
+    );
+}
+
+/// `logFormat` in the daemon config sets the log format; `--log-format` still wins.
+#[test]
+fn log_format_from_the_daemon_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let dc = tmp.path().join("promised.yaml");
+    std::fs::write(&dc, "logFormat: json\n").unwrap();
+    let state = tmp.path().join("state");
+    let run = |extra: &[&str]| {
+        let mut args = dirs(&config, &state).to_vec();
+        args.extend_from_slice(&["--daemon-config", dc.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        let (mut cmd, port, log) = run_cmd(&args, tmp.path());
+        drop(ready(cmd.spawn().unwrap(), port, log.clone()));
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("HTTP endpoints up"), "{text}");
+        text
+    };
+    let json = run(&[]);
+    for line in json.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some(), "{line}");
+    }
+    let text = run(&["--log-format", "text"]);
+    assert!(
+        text.lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_err()),
+        "{text}"
+    );
+}
+
+/// systemd's watchdog keeps getting `WATCHDOG=1` while the first pass runs a slow pipeline
+/// (the loop beats while it drives a pass, not only between passes), before `READY=1`.
+#[test]
+fn watchdog_beats_during_a_long_pipeline() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = quickstart(tmp.path(), "sleep 3\n");
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let state = tmp.path().join("state");
+    let (mut cmd, port, log) = run_cmd(&dirs(&config, &state), tmp.path());
+    let child = cmd
+        .env("NOTIFY_SOCKET", &sock_path)
+        // WatchdogSec=1s: WATCHDOG=1 every 0.5 s while the loop beat within 0.5 s.
+        .env("WATCHDOG_USEC", "1000000")
+        .spawn()
+        .unwrap();
+    let mut d = Daemon {
+        child,
+        port,
+        log: log.clone(),
+    };
+    let mut pings = 0;
+    let mut buf = [0u8; 512];
+    loop {
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if msg.lines().any(|l| l == "READY=1") {
+                    break;
+                }
+                pings += msg.lines().filter(|l| *l == "WATCHDOG=1").count();
+            }
+            Err(_) => assert!(
+                d.child_alive(),
+                "daemon exited: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ),
+        }
+    }
+    // The 3 s pipelines alone span six 0.5 s ticks; a loop that beat only at the start of the
+    // pass would be vouched for at most twice.
+    assert!(
+        pings >= 3,
+        "{pings} WATCHDOG=1 before READY=1\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
+/// Lines of the daemon log that start a workflow of the request `name`.
+fn starts(d: &Daemon, name: &str) -> usize {
+    std::fs::read_to_string(&d.log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("workflow started") && l.contains(name))
+        .count()
+}
+
+/// A failing workflow retries by itself with exponential backoff (`retryBackoff` doubling up
+/// to `maxRetryBackoff`), and `retryAfter` in workflow-control.yaml re-runs a request after
+/// that delay; nothing else triggers those passes.
+#[test]
+fn failed_workflows_back_off_and_retry_after_reruns() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = quickstart(
+        tmp.path(),
+        "[ \"$KRATIX_OBJECT_NAME\" != team-fail ] || { echo failing on purpose >&2; exit 1; }\n\
+         [ \"$KRATIX_OBJECT_NAME\" != team-retry ] || echo 'retryAfter: 1s' > /kratix/metadata/workflow-control.yaml\n",
+    );
+    add_namespace_request(&config, "team-fail");
+    let state = tmp.path().join("state");
+    let (mut cmd, port, log) = run_cmd(&dirs(&config, &state), tmp.path());
+    let child = cmd
+        .env("PROMISED_RETRY_BACKOFF", "1s")
+        .env("PROMISED_MAX_RETRY_BACKOFF", "2s")
+        .spawn()
+        .unwrap();
+    let d = ready(child, port, log);
+    // Retries at +1 s, +2 s, +2 s: the loop wakes for them (its idle wake is a minute).
+    wait_for(
+        Duration::from_secs(30),
+        || starts(&d, "team-fail") >= 4,
+        &d,
+        "three retries of the failing workflow",
+    );
+    let state_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap();
+    let record = &state_json["requests"]["namespace/default/team-fail"];
+    let failures = record["failures"].as_u64().unwrap();
+    assert!(failures >= 3, "{record:#}");
+    let at = |t: &serde_json::Value| humantime::parse_rfc3339(t.as_str().unwrap()).unwrap();
+    let failed_at = at(&record["status"]["pipelines"][0]["lastTransitionTime"]);
+    let delay = at(&record["retryAt"])
+        .duration_since(failed_at)
+        .unwrap_or_default()
+        .as_secs();
+    // Capped at maxRetryBackoff (2 s) where 1 s doubling would be 4 s or more; times are
+    // kept to the second.
+    assert!((1..=3).contains(&delay), "delay {delay} s: {record:#}");
+
+    // retryAfter: the request runs again after the delay, by itself.
+    std::fs::remove_file(config.join("requests/team-fail.yaml")).unwrap();
+    add_namespace_request(&config, "team-retry");
+    wait_for(
+        Duration::from_secs(30),
+        || starts(&d, "team-retry") >= 3,
+        &d,
+        "two re-runs after retryAfter",
+    );
+    let (_, status) = get(port, "/api/v1/status").unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&status).unwrap();
+    let retry = rows
+        .iter()
+        .find(|r| r["key"] == "namespace/default/team-retry")
+        .expect("team-retry status");
+    assert_eq!(
+        retry["status"]["pipelines"][0]["phase"], "Suspended",
+        "{retry:#}"
+    );
+    assert!(
+        retry["status"]["pipelines"][0]["nextRetryAt"].is_string(),
+        "{retry:#}"
+    );
 }

@@ -1,7 +1,10 @@
 //! Pipeline runner tests with real child processes and real bubblewrap.
 //!
 //! Tests that need bwrap print a message and return when it is missing or cannot create
-//! namespaces; the redis test also needs `../shared/realworld/kratix-marketplace/redis`.
+//! namespaces (they fail instead with `PROMISED_REQUIRE_SANDBOX=1`, as in CI); the redis test
+//! also needs `../shared/realworld/kratix-marketplace/redis`.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,20 +17,7 @@ use promised::pipeline::{
 };
 use serde_json::{Value, json};
 
-fn bwrap_ok() -> bool {
-    std::process::Command::new("bwrap")
-        .args([
-            "--ro-bind",
-            "/",
-            "/",
-            "--unshare-all",
-            "--",
-            "/usr/bin/true",
-        ])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
+use common::bwrap_works as bwrap_ok;
 
 macro_rules! need_bwrap {
     () => {

@@ -2,7 +2,8 @@
 //!
 //! Triggers (all end in the same coalescing queue):
 //! - a Git config remote is polled with a cheap ref check every `pollInterval` (30 s);
-//! - `POST /hooks/git` (GitHub, GitLab, Gitea signatures verified) fetches at once;
+//! - `POST /hooks/git` (GitHub, GitLab, Gitea signatures verified) fetches at once, unless
+//!   its JSON payload names another `ref` than the one followed (answered 202 "ignored");
 //! - a local config directory is watched (debounced `notify`);
 //! - retries (`retryAfter`, failure backoff) and periodic resync wake the loop by themselves.
 //!
@@ -13,16 +14,19 @@
 //!
 //! Lifecycle: SIGTERM/SIGINT drain (no new pipeline starts; running ones finish within
 //! `shutdownGrace`; the wave is committed or not at all), SIGHUP reloads the daemon config,
-//! systemd gets `READY=1` after the first pass and `WATCHDOG=1` while the loop is alive.
+//! systemd gets `READY=1` after the first pass and `WATCHDOG=1` only while the loop's heartbeat
+//! is recent: the loop beats while it waits for a trigger, while it debounces and while it
+//! drives a pass (so long pipelines do not starve it), and a loop that stops being polled stops
+//! the `WATCHDOG=1` messages ([`watchdog_alive`]).
 
 pub mod metrics;
 pub mod webhook;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -56,14 +60,22 @@ pub struct Shared {
     /// Pending triggers (the queue depth).
     pending: AtomicU64,
     wake: Notify,
-    /// `promised status --output json` of the last pass.
-    status_json: RwLock<Vec<u8>>,
+    /// `promised status --output json` of the last pass; `None` until the first pass ends.
+    status_json: RwLock<Option<Vec<u8>>>,
     config_loaded: AtomicBool,
     stores_ok: AtomicBool,
     webhook_secret: RwLock<Option<Vec<u8>>>,
-    /// Unix seconds of the loop's last sign of life (watchdog).
+    /// The ref a Git config source follows (`--ref`); pushes to other refs are ignored.
+    followed_ref: Option<String>,
+    /// When the daemon started (the heartbeat's clock: monotonic).
+    born: Instant,
+    /// Milliseconds after `born` of the loop's last sign of life (watchdog); [`NEVER`] before
+    /// the first.
     heartbeat: AtomicU64,
 }
+
+/// `Shared::heartbeat` before the loop's first beat.
+const NEVER: u64 = u64::MAX;
 
 impl Shared {
     fn trigger(&self, why: &str) {
@@ -76,12 +88,37 @@ impl Shared {
     }
 
     fn beat(&self) {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+        let now = self.born.elapsed().as_millis() as u64;
         self.heartbeat.store(now, Ordering::SeqCst);
     }
+
+    /// Time since the loop's last beat; `None` before the first.
+    fn since_beat(&self) -> Option<Duration> {
+        match self.heartbeat.load(Ordering::SeqCst) {
+            NEVER => None,
+            ms => Some(
+                self.born
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(ms)),
+            ),
+        }
+    }
+}
+
+/// Whether to send systemd `WATCHDOG=1` now: the loop beat within half the watchdog timeout
+/// (`WatchdogSec=`). The loop beats every [`beat_period`] (a quarter of the timeout), so a
+/// healthy loop always qualifies, and one that stops being polled is reported dead within
+/// 1.5 × the timeout. `since_beat` is `None` before the loop's first beat.
+pub fn watchdog_alive(since_beat: Option<Duration>, timeout: Duration) -> bool {
+    since_beat.is_some_and(|d| d <= timeout / 2)
+}
+
+/// How often the loop beats: a quarter of the watchdog timeout (at least 100 ms), or every
+/// 30 s without a watchdog.
+pub fn beat_period(watchdog: Option<Duration>) -> Duration {
+    watchdog.map_or(Duration::from_secs(30), |t| {
+        (t / 4).max(Duration::from_millis(100))
+    })
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. Errors only when it cannot start (bad config, port
@@ -94,11 +131,16 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         metrics: Metrics::new(),
         pending: AtomicU64::new(0),
         wake: Notify::new(),
-        status_json: RwLock::new(b"[]".to_vec()),
+        status_json: RwLock::new(None),
         config_loaded: AtomicBool::new(false),
         stores_ok: AtomicBool::new(false),
         webhook_secret: RwLock::new(secret),
-        heartbeat: AtomicU64::new(0),
+        followed_ref: match &opts.source {
+            Source::Git { reference, .. } => Some(reference.clone()),
+            Source::Dir(_) => None,
+        },
+        born: Instant::now(),
+        heartbeat: AtomicU64::new(NEVER),
     });
     if shared.webhook_secret.read().await.is_none() {
         tracing::warn!("no webhookSecretFile configured: POST /hooks/git accepts unsigned calls");
@@ -159,22 +201,28 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
             );
             None
         }
-        Source::Dir(dir) => Some(watch_dir(shared.clone(), dir.clone())?),
+        Source::Dir(dir) => Some(watch_dir(shared.clone(), dir, &state_root)?),
     };
 
-    // Watchdog.
-    if let Some(every) = sd_notify::watchdog_enabled() {
+    // Watchdog: WATCHDOG=1 only while the loop below beats.
+    let watchdog = sd_notify::watchdog_enabled();
+    if let Some(timeout) = watchdog {
         let shared = shared.clone();
         tokio::spawn(async move {
-            let half = every / 2;
-            let mut beat = tokio::time::interval(half);
+            let mut tick = tokio::time::interval(timeout / 2);
             loop {
-                beat.tick().await;
-                shared.beat();
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                tick.tick().await;
+                let since = shared.since_beat();
+                if watchdog_alive(since, timeout) {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                } else if since.is_some() {
+                    tracing::warn!(silent = ?since, "the reconcile loop is not beating; withholding WATCHDOG=1");
+                }
             }
         });
     }
+    let mut beat = tokio::time::interval(beat_period(watchdog));
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let mut engine = Engine::new(settings.clone(), settings.runner())
         .map_err(|e| e.to_string())?
@@ -183,14 +231,18 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
     let mut settings = settings;
     let mut ready_sent = false;
     let mut first = true;
+    let mut pass_started = SystemTime::now();
     let mut stop = stop_rx.clone();
     loop {
         if !first {
-            let wake_in = next_wake(&engine);
-            tokio::select! {
-                _ = shared.wake.notified() => {}
-                _ = tokio::time::sleep(wake_in) => { shared.trigger("timer"); }
-                _ = stop.wait_for(|s| *s) => {}
+            let wake_at = tokio::time::Instant::now() + next_wake(&engine, pass_started);
+            loop {
+                tokio::select! {
+                    _ = shared.wake.notified() => break,
+                    _ = tokio::time::sleep_until(wake_at) => { shared.trigger("timer"); break; }
+                    _ = stop.wait_for(|s| *s) => break,
+                    _ = beat.tick() => shared.beat(),
+                }
             }
         }
         if *stop.borrow() {
@@ -200,6 +252,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         if !first {
             let started = tokio::time::Instant::now();
             loop {
+                shared.beat();
                 let remaining = settings.max_debounce.saturating_sub(started.elapsed());
                 if remaining.is_zero() {
                     break;
@@ -237,11 +290,16 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
                 }
             }
         }
+        pass_started = SystemTime::now();
         let pass = one_pass(&mut engine, &opts.source, &settings, &shared);
         tokio::pin!(pass);
-        let outcome = tokio::select! {
-            r = &mut pass => Some(r),
-            _ = stop.wait_for(|s| *s) => None,
+        // Beat while driving the pass: pipelines may run for minutes.
+        let outcome = loop {
+            tokio::select! {
+                r = &mut pass => break Some(r),
+                _ = stop.wait_for(|s| *s) => break None,
+                _ = beat.tick() => shared.beat(),
+            }
         };
         let outcome = match outcome {
             Some(r) => r,
@@ -335,7 +393,7 @@ async fn one_pass(
     let mut buf = Vec::new();
     crate::cli_reconcile::write_status(engine.state(), crate::cli::StatusFormat::Json, &mut buf)
         .map_err(|e| e.to_string())?;
-    *shared.status_json.write().await = buf;
+    *shared.status_json.write().await = Some(buf);
     Ok(report)
 }
 
@@ -358,10 +416,20 @@ fn log_pass(r: &PassReport) {
     );
 }
 
-/// Sleep until the next retry, or at most a minute (cheap no-op passes keep drift repair and
-/// resync going even without triggers).
-fn next_wake(engine: &Engine) -> Duration {
-    let retry = crate::reconcile::next_retry(engine.state()).unwrap_or(Duration::from_secs(60));
+/// Sleep until the next retry (`retryAfter` or failure backoff) due since the last pass
+/// started, or at most a minute (cheap no-op passes keep drift repair and resync going even
+/// without triggers).
+fn next_wake(engine: &Engine, pass_started: SystemTime) -> Duration {
+    // Retry times are kept to the second: weigh those of the pass's own second too.
+    let since = SystemTime::UNIX_EPOCH
+        + Duration::from_secs(
+            pass_started
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+        );
+    let retry =
+        crate::reconcile::next_retry(engine.state(), since).unwrap_or(Duration::from_secs(60));
     retry.clamp(Duration::from_millis(200), Duration::from_secs(60))
 }
 
@@ -419,10 +487,13 @@ fn spawn_poller(
     });
 }
 
-/// Watches a config directory (recursively, debounced; `.git/` ignored).
+/// Watches a config directory (recursively, debounced). Changes under the state directory
+/// (which may sit inside it: `--config .` with the default `.promised`) and under `.git/` do
+/// not trigger a pass ([`config_change`]).
 fn watch_dir(
     shared: Arc<Shared>,
-    dir: PathBuf,
+    dir: &Path,
+    state_dir: &Path,
 ) -> Result<
     notify_debouncer_full::Debouncer<
         notify::RecommendedWatcher,
@@ -430,6 +501,14 @@ fn watch_dir(
     >,
     String,
 > {
+    // Event paths start with the watched path: compare canonical forms.
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| format!("watching {}: {e}", dir.display()))?;
+    let state_dir = std::fs::create_dir_all(state_dir)
+        .and_then(|()| state_dir.canonicalize())
+        .map_err(|e| format!("state directory {}: {e}", state_dir.display()))?;
+    let watched = dir.clone();
     let mut debouncer = notify_debouncer_full::new_debouncer(
         Duration::from_millis(200),
         None,
@@ -439,7 +518,7 @@ fn watch_dir(
                     !matches!(e.kind, notify::EventKind::Access(_))
                         && e.paths
                             .iter()
-                            .any(|p| !p.components().any(|c| c.as_os_str() == ".git"))
+                            .any(|p| config_change(p, &watched, &state_dir))
                 });
                 if relevant {
                     shared.trigger("watch");
@@ -452,6 +531,17 @@ fn watch_dir(
         .watch(&dir, notify::RecursiveMode::Recursive)
         .map_err(|e| format!("watching {}: {e}", dir.display()))?;
     Ok(debouncer)
+}
+
+/// Whether a changed `path` in the watched config directory `dir` can change the config: it
+/// is not under the state directory (every pass writes there) nor under a `.git` directory.
+fn config_change(path: &Path, dir: &Path, state_dir: &Path) -> bool {
+    !path.starts_with(state_dir)
+        && !path
+            .strip_prefix(dir)
+            .unwrap_or(path)
+            .components()
+            .any(|c| c.as_os_str() == ".git")
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -486,12 +576,17 @@ async fn metrics_handler(AxState(s): AxState<Arc<Shared>>) -> Response {
         .into_response()
 }
 
+/// The status of the last pass; 503 until the first pass has ended (`promised status` then
+/// reads the state directory).
 async fn status_handler(AxState(s): AxState<Arc<Shared>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        s.status_json.read().await.clone(),
-    )
-        .into_response()
+    match s.status_json.read().await.clone() {
+        Some(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no reconcile pass has finished yet; the state directory has the last status\n",
+        )
+            .into_response(),
+    }
 }
 
 async fn hook(AxState(s): AxState<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -508,6 +603,16 @@ async fn hook(AxState(s): AxState<Arc<Shared>>, headers: HeaderMap, body: Bytes)
         lookup.get(name).map(String::as_str)
     }) {
         Ok(()) => {
+            if let (Some(followed), Some(pushed)) = (&s.followed_ref, webhook::pushed_ref(&body))
+                && !webhook::moves(followed, &pushed)
+            {
+                tracing::info!(pushed = %pushed, following = %followed, "webhook ignored: a push to another ref");
+                return (
+                    StatusCode::ACCEPTED,
+                    format!("ignored: push to {pushed}, following {followed}\n"),
+                )
+                    .into_response();
+            }
             s.trigger("webhook");
             (StatusCode::ACCEPTED, "reconcile queued\n").into_response()
         }
@@ -516,5 +621,115 @@ async fn hook(AxState(s): AxState<Arc<Shared>>, headers: HeaderMap, body: Bytes)
             tracing::warn!(error = %e, "webhook refused");
             (StatusCode::UNAUTHORIZED, format!("{e}\n")).into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_needs_a_recent_heartbeat() {
+        let timeout = Duration::from_secs(120);
+        // Before the loop's first beat: nothing to vouch for.
+        assert!(!watchdog_alive(None, timeout));
+        assert!(watchdog_alive(Some(Duration::ZERO), timeout));
+        // A healthy loop beats every quarter of the timeout.
+        assert!(watchdog_alive(Some(beat_period(Some(timeout))), timeout));
+        assert!(watchdog_alive(Some(Duration::from_secs(60)), timeout));
+        // A loop silent for more than half the timeout is not vouched for.
+        assert!(!watchdog_alive(Some(Duration::from_secs(61)), timeout));
+        assert!(!watchdog_alive(Some(Duration::from_secs(3600)), timeout));
+    }
+
+    #[test]
+    fn state_dir_and_git_changes_are_not_config_changes() {
+        let (dir, state) = (Path::new("/srv/cfg"), Path::new("/srv/cfg/.promised"));
+        assert!(config_change(
+            Path::new("/srv/cfg/requests/a.yaml"),
+            dir,
+            state
+        ));
+        assert!(!config_change(
+            Path::new("/srv/cfg/.promised/state.json"),
+            dir,
+            state
+        ));
+        assert!(!config_change(Path::new("/srv/cfg/.git/index"), dir, state));
+        assert!(!config_change(
+            Path::new("/srv/cfg/sub/.git/HEAD"),
+            dir,
+            state
+        ));
+        // Only `.git` inside the watched directory counts.
+        let dir = Path::new("/home/u/.git/cfg");
+        assert!(config_change(
+            Path::new("/home/u/.git/cfg/a.yaml"),
+            dir,
+            state
+        ));
+    }
+
+    /// A failed request whose backoff ends at `retry_at`.
+    fn failed(name: &str, retry_at: SystemTime) -> (String, crate::state::ObjectRecord) {
+        let id = crate::model::ObjectRef {
+            kind: "redis".into(),
+            namespace: Some("default".into()),
+            name: name.into(),
+        };
+        let record = crate::state::ObjectRecord {
+            input_hash: String::new(),
+            completed: false,
+            object: serde_json::Value::Null,
+            promise: None,
+            promise_dir: None,
+            outputs: Vec::new(),
+            placements: Vec::new(),
+            spec_hash: String::new(),
+            failures: 1,
+            retry_at: Some(humantime::format_rfc3339_seconds(retry_at).to_string()),
+            deleting: false,
+            status: crate::status::ObjectStatus::new(id, "redis"),
+        };
+        (format!("redis/default/{name}"), record)
+    }
+
+    #[test]
+    fn failure_backoff_wakes_the_loop() {
+        use crate::reconcile::next_retry;
+        let now = SystemTime::now();
+        let mut state = crate::state::State::default();
+        // Due before the last pass started, and still not run (say its Promise is
+        // unavailable): not a reason to wake.
+        state
+            .requests
+            .extend([failed("stale", now - Duration::from_secs(10))]);
+        assert_eq!(next_retry(&state, now - Duration::from_secs(5)), None);
+        // Due since the last pass started: wake at once.
+        assert_eq!(
+            next_retry(&state, now - Duration::from_secs(20)),
+            Some(Duration::ZERO)
+        );
+        state
+            .requests
+            .extend([failed("soon", now + Duration::from_secs(30))]);
+        let wait = next_retry(&state, now - Duration::from_secs(5)).unwrap();
+        assert!(
+            wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn beat_period_follows_the_watchdog() {
+        assert_eq!(
+            beat_period(Some(Duration::from_secs(120))),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            beat_period(Some(Duration::from_millis(200))),
+            Duration::from_millis(100)
+        );
+        assert_eq!(beat_period(None), Duration::from_secs(30));
     }
 }

@@ -7,6 +7,9 @@
 //!
 //! Comparisons are constant-time (`Mac::verify_slice`, `subtle::ConstantTimeEq`). When a secret
 //! is configured, a call with none of these headers is refused.
+//!
+//! A verified push event for another ref than the one the daemon follows is ignored
+//! ([`pushed_ref`], [`moves`]).
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -58,6 +61,24 @@ fn verify_hmac(secret: &[u8], body: &[u8], hex_sig: &str) -> Result<(), WebhookE
     mac.update(body);
     mac.verify_slice(&sig)
         .map_err(|_| WebhookError::BadSignature)
+}
+
+/// The ref a push event names: the top-level `"ref"` string of a JSON payload, such as
+/// `refs/heads/main` (GitHub, Gitea / Forgejo and GitLab push and tag push events). `None`
+/// when the body is not JSON or has no `ref` (pings, other events).
+pub fn pushed_ref(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.get("ref")?.as_str().map(str::to_string)
+}
+
+/// Whether a push to `pushed` (a full ref, `refs/heads/main`) can move `followed`, the
+/// daemon's `--ref`: the same ref, or its short branch or tag name (`main`, `v1`). `HEAD`
+/// (the remote's default branch, whose name the daemon does not know) matches every push.
+pub fn moves(followed: &str, pushed: &str) -> bool {
+    followed == "HEAD"
+        || pushed == followed
+        || pushed.strip_prefix("refs/heads/") == Some(followed)
+        || pushed.strip_prefix("refs/tags/") == Some(followed)
 }
 
 /// Hex HMAC-SHA256 of `body` (what GitHub puts after `sha256=`); for tests and tools.
@@ -123,5 +144,23 @@ mod tests {
         );
         assert_eq!(verify(None, body, h(&[])), Ok(()));
         assert!(!WebhookError::BadSignature.to_string().contains("s3cret"));
+    }
+
+    #[test]
+    fn push_refs() {
+        assert_eq!(
+            pushed_ref(br#"{"ref":"refs/heads/main","after":"abc"}"#).as_deref(),
+            Some("refs/heads/main")
+        );
+        assert_eq!(pushed_ref(br#"{"zen":"ping"}"#), None);
+        assert_eq!(pushed_ref(b"payload=%7B%7D"), None);
+        assert_eq!(pushed_ref(br#"{"ref":7}"#), None);
+        assert!(moves("main", "refs/heads/main"));
+        assert!(moves("refs/heads/main", "refs/heads/main"));
+        assert!(moves("v1", "refs/tags/v1"));
+        assert!(moves("HEAD", "refs/heads/anything"));
+        assert!(!moves("main", "refs/heads/feature"));
+        assert!(!moves("main", "refs/tags/main-1"));
+        assert!(!moves("main", "refs/heads/x/main"));
     }
 }

@@ -92,9 +92,10 @@ pub struct Engine {
     backoff: bool,
 }
 
-/// First retry delay after a failed workflow; doubles per failure up to [`MAX_BACKOFF`].
+/// Default first retry delay after a failed workflow (`retryBackoff`); doubles per failure up
+/// to `maxRetryBackoff`.
 pub const BASE_BACKOFF: Duration = Duration::from_secs(10);
-/// Longest delay between retries of a failing workflow.
+/// Default longest delay between retries of a failing workflow (`maxRetryBackoff`).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
 /// The inputs of one workflow run, owned so it can move into a task.
@@ -153,8 +154,8 @@ impl Engine {
         })
     }
 
-    /// Daemon mode: failed workflows back off exponentially ([`BASE_BACKOFF`] doubling up to
-    /// [`MAX_BACKOFF`]) instead of re-running on every pass.
+    /// Daemon mode: failed workflows back off exponentially (`retryBackoff` doubling up to
+    /// `maxRetryBackoff`) instead of re-running on every pass.
     pub fn with_backoff(mut self, on: bool) -> Self {
         self.backoff = on;
         self
@@ -1174,9 +1175,11 @@ impl Engine {
             .is_some_and(|c| c.reason == "ConfigureWorkflowFailed");
         if failed {
             record.failures += 1;
-            let delay = BASE_BACKOFF
+            let delay = self
+                .settings
+                .retry_backoff
                 .saturating_mul(1 << record.failures.min(16).saturating_sub(1))
-                .min(MAX_BACKOFF);
+                .min(self.settings.max_retry_backoff);
             record.retry_at =
                 Some(humantime::format_rfc3339_seconds(SystemTime::now() + delay).to_string());
         } else {
@@ -2034,15 +2037,19 @@ fn valid_request_from_record(record: &ObjectRecord, promise: &str) -> Option<Val
     })
 }
 
-/// How long until the next retry is due among suspended objects (for the daemon's queue).
-pub fn next_retry(state: &State) -> Option<Duration> {
-    state
-        .requests
-        .values()
-        .chain(state.promises.values())
+/// How long until the next retry is due (for the daemon's queue): the `retryAfter` of
+/// suspended workflows and the failure backoff (`retry_at`) of failed ones. Times before
+/// `since` (the start of the last pass, which already weighed them) are skipped, so an object
+/// that could not run then (its Promise unavailable, say) does not wake the loop again and
+/// again.
+pub fn next_retry(state: &State, since: SystemTime) -> Option<Duration> {
+    let records = || state.requests.values().chain(state.promises.values());
+    records()
         .flat_map(|r| r.status.pipelines.iter())
         .filter_map(|p| p.next_retry_at.as_ref())
+        .chain(records().filter_map(|r| r.retry_at.as_ref()))
         .filter_map(|t| humantime::parse_rfc3339(t).ok())
+        .filter(|t| *t >= since)
         .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
         .min()
 }

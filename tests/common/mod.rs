@@ -110,15 +110,23 @@ pub fn marketplace() -> Option<PathBuf> {
     p.is_dir().then(|| p.canonicalize().expect("canonical"))
 }
 
-/// True when bubblewrap can create a sandbox here.
+/// True when bubblewrap can create a sandbox here; tests that need one skip otherwise. With
+/// `PROMISED_REQUIRE_SANDBOX=1` (set by CI) a missing sandbox fails the test instead, so CI
+/// cannot pass with the sandbox tests skipped.
 pub fn bwrap_works() -> bool {
-    Command::new("bwrap")
+    let works = Command::new("bwrap")
         .args(["--ro-bind", "/", "/", "--unshare-all", "true"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .map(|s| s.success())
-        .unwrap_or(false)
+        .unwrap_or(false);
+    assert!(
+        works || std::env::var_os("PROMISED_REQUIRE_SANDBOX").is_none_or(|v| v != "1"),
+        "PROMISED_REQUIRE_SANDBOX=1 but bubblewrap cannot create a sandbox here \
+         (`bwrap --ro-bind / / --unshare-all true` failed)"
+    );
+    works
 }
 
 /// Runs the built `promised` binary; returns (exit code, stdout, stderr).

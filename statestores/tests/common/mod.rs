@@ -174,7 +174,7 @@ impl HttpServer {
             .arg("-out")
             .arg(&cert)
             .output()
-            .expect("openssl");
+            .expect("openssl makes the test certificate (apt-get install openssl)");
         assert!(
             out.status.success(),
             "{}",
