@@ -316,6 +316,12 @@ fn webhook_triggers_and_signatures_are_checked() {
         &d,
         "webhook-triggered commit",
     );
+    // The daemon was idle: the pass started at once instead of waiting for `debounce`.
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(
+        log.contains("trigger after a quiet period: pass starts at once"),
+        "{log}"
+    );
     let msg = git(&store, &["log", "-1", "--format=%B", "main"]);
     let config_head = git(&work, &["rev-parse", "HEAD"]);
     assert!(
@@ -372,6 +378,11 @@ fn webhook_triggers_and_signatures_are_checked() {
     );
     std::thread::sleep(Duration::from_secs(1));
     let runs = metric(d.port, "promised_pipeline_runs_total") - runs_before;
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(
+        log.contains("triggers follow each other: debouncing"),
+        "the rest of the burst was debounced: {log}"
+    );
     assert!(
         (1.0..=2.0).contains(&runs),
         "the burst ran the request {runs} times"

@@ -232,6 +232,8 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
     let mut ready_sent = false;
     let mut first = true;
     let mut pass_started = SystemTime::now();
+    let mut last_pass_end = tokio::time::Instant::now();
+    let mut busy_after_pass = false;
     let mut stop = stop_rx.clone();
     loop {
         if !first {
@@ -248,8 +250,18 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         if *stop.borrow() {
             break;
         }
-        // Debounce: wait for the burst to end (bounded).
+        // Debounce: wait for the burst to end (bounded). A trigger after a quiet period (none
+        // while the last pass ran, none within `debounce` of its end) starts at once: the
+        // first push of a burst runs immediately and the rest coalesce into one more pass.
+        let quiet = !busy_after_pass && last_pass_end.elapsed() >= settings.debounce;
         if !first {
+            if quiet {
+                tracing::debug!("trigger after a quiet period: pass starts at once");
+            } else {
+                tracing::debug!(debounce = ?settings.debounce, "triggers follow each other: debouncing");
+            }
+        }
+        if !first && !quiet {
             let started = tokio::time::Instant::now();
             loop {
                 shared.beat();
@@ -315,6 +327,8 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
                 }
             }
         };
+        last_pass_end = tokio::time::Instant::now();
+        busy_after_pass = shared.pending.load(Ordering::SeqCst) > 0;
         match outcome {
             Ok(report) => {
                 shared.metrics.observe(&report);
