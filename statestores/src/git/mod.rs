@@ -367,8 +367,8 @@ impl GitStateStore {
             Some(v) => {
                 let tree = repo
                     .find_commit(v.head)
-                    .and_then(|c| c.tree_id().map(|t| t.detach()).map_err(Into::into))
-                    .map_err(|e| repo::repo_err(&inner.secrets)(e.into()))?;
+                    .and_then(|c| c.tree_id().map(|t| t.detach()))
+                    .map_err(repo::repo_err(&inner.secrets))?;
                 (v.files, v.index, tree)
             }
             None => {
