@@ -9,10 +9,14 @@
 
 pub mod source;
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-pub use source::{FileFilter, RawFile, Snapshot, Source, SourceError};
+pub use source::{FileFilter, GitRepo, RawFile, Snapshot, Source, SourceError};
 
 use crate::diag::{Code, Diagnostic, Origin};
 use crate::model::{
@@ -27,6 +31,8 @@ pub struct Document {
     pub origin: Origin,
     /// The parsed document.
     pub value: Value,
+    /// Git blob id of the file it came from ([`RawFile::oid`]).
+    pub blob: Option<gix::ObjectId>,
 }
 
 /// A typed object with where it came from.
@@ -40,6 +46,9 @@ pub struct Located<T> {
     pub object: T,
     /// The document as written.
     pub raw: Value,
+    /// Git blob id of the file it came from: with `origin`, it identifies the document's
+    /// exact text (the key of [`crate::validate::Admissions`]).
+    pub blob: Option<gix::ObjectId>,
 }
 
 /// Every object of a config repo, classified but not yet cross-checked.
@@ -70,47 +79,73 @@ pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
 /// Splits every file into YAML documents. Files that are not UTF-8 or not valid YAML
 /// (syntax errors, duplicate keys) produce one diagnostic each and no documents.
 pub fn parse_documents(files: &[RawFile]) -> (Vec<Document>, Vec<Diagnostic>) {
-    let mut docs = Vec::new();
-    let mut diags = Vec::new();
-    for f in files {
-        if f.bytes.len() > MAX_FILE_BYTES {
-            diags.push(Diagnostic::file_error(
-                Code::Read,
-                &f.path,
-                format!(
-                    "file is {} bytes, larger than the {MAX_FILE_BYTES}-byte limit",
-                    f.bytes.len()
-                ),
-            ));
-            continue;
-        }
-        let text = match std::str::from_utf8(&f.bytes) {
-            Ok(t) => t,
-            Err(e) => {
-                diags.push(Diagnostic::file_error(
-                    Code::Read,
-                    &f.path,
-                    format!("not valid UTF-8: {e}"),
-                ));
-                continue;
-            }
-        };
-        match parse_yaml_stream(text) {
-            Ok(values) => {
-                for (i, value) in values.into_iter().enumerate() {
-                    docs.push(Document {
-                        origin: Origin {
-                            file: f.path.clone(),
-                            document: i,
-                        },
-                        value,
-                    });
-                }
-            }
-            Err(msg) => diags.push(Diagnostic::file_error(Code::Yaml, &f.path, msg)),
-        }
+    ParseCache::default().parse(files)
+}
+
+/// What one file parsed into: its documents, or the one problem that made it unreadable.
+type Parsed = Result<Vec<Value>, (Code, String)>;
+
+/// Parsed files by Git blob id, so a file whose content did not change is not parsed again
+/// (the daemon reads a 10,000-request repo on every pass). Holds only the blobs of the last
+/// [`ParseCache::parse`] call.
+#[derive(Debug, Default)]
+pub struct ParseCache {
+    parsed: HashMap<gix::ObjectId, Arc<Parsed>>,
+}
+
+impl ParseCache {
+    /// True when the content with this blob id is cached (its bytes need not be read).
+    pub fn has(&self, oid: &gix::ObjectId) -> bool {
+        self.parsed.contains_key(oid)
     }
-    (docs, diags)
+
+    /// Like [`parse_documents`], reusing earlier results by blob id; a file with empty
+    /// `bytes` must be cached (see [`RawFile::bytes`]). Afterwards the cache holds exactly
+    /// the blobs of `files`.
+    pub fn parse(&mut self, files: &[RawFile]) -> (Vec<Document>, Vec<Diagnostic>) {
+        let mut docs = Vec::new();
+        let mut diags = Vec::new();
+        let mut next = HashMap::with_capacity(files.len());
+        for f in files {
+            let parsed = match self.parsed.get(&f.oid) {
+                Some(p) => p.clone(),
+                None => Arc::new(parse_file(f)),
+            };
+            match &*parsed {
+                Ok(values) => {
+                    for (i, value) in values.iter().enumerate() {
+                        docs.push(Document {
+                            origin: Origin {
+                                file: f.path.clone(),
+                                document: i,
+                            },
+                            value: value.clone(),
+                            blob: Some(f.oid),
+                        });
+                    }
+                }
+                Err((code, msg)) => diags.push(Diagnostic::file_error(*code, &f.path, msg)),
+            }
+            next.insert(f.oid, parsed);
+        }
+        self.parsed = next;
+        (docs, diags)
+    }
+}
+
+fn parse_file(f: &RawFile) -> Parsed {
+    if f.bytes.len() > MAX_FILE_BYTES {
+        return Err((
+            Code::Read,
+            format!(
+                "file is {} bytes, larger than the {MAX_FILE_BYTES}-byte limit",
+                f.bytes.len()
+            ),
+        ));
+    }
+    let text =
+        std::str::from_utf8(&f.bytes).map_err(|e| (Code::Read, format!("not valid UTF-8: {e}")))?;
+    parse_yaml_stream(text).map_err(|msg| (Code::Yaml, msg))
 }
 
 /// Parses a multi-document YAML stream with serde-saphyr (YAML 1.1 booleans like Kubernetes,
@@ -145,64 +180,205 @@ fn yaml_error_line(e: &serde_saphyr::Error) -> String {
 pub fn load(
     source: &Source,
     filter: &FileFilter,
-    cache_dir: Option<&std::path::Path>,
+    cache_dir: Option<&Path>,
 ) -> Result<Objects, SourceError> {
-    let snap = source::read(source, filter, cache_dir)?;
-    let (docs, diags) = parse_documents(&snap.files);
-    let mut objects = classify(docs);
-    objects.diagnostics.splice(0..0, diags);
-    objects.commit = snap.commit;
-    Ok(objects)
+    let mut loader = Loader::new(
+        source.clone(),
+        filter,
+        cache_dir.map(Path::to_path_buf),
+        None,
+    )?;
+    Ok(loader.load()?.objects)
 }
 
-/// Like [`load`], and also makes the whole repo available on disk for pipelines (Promise
-/// folders are mounted at `/promise`): a directory source is used in place; a Git source's
-/// commit is exported under `checkout_parent/<commit>`. Returns the objects and that root.
+/// Like [`load`], and also makes the Promise folders available on disk for pipelines (they
+/// are mounted at `/promise`): a directory source is used in place; for a Git source the
+/// folder of every Promise is exported under `checkout_parent/<commit>`. Returns the objects
+/// and the root those folders are under.
 pub fn load_with_root(
     source: &Source,
     filter: &FileFilter,
-    cache_dir: Option<&std::path::Path>,
-    checkout_parent: &std::path::Path,
-) -> Result<(Objects, std::path::PathBuf), SourceError> {
-    match source {
-        Source::Dir(d) => Ok((load(source, filter, cache_dir)?, d.clone())),
-        Source::Git { url, .. } => {
-            let everything = FileFilter {
-                include: vec!["**".into()],
-                exclude: filter.exclude.clone(),
-            };
-            let snap = source::read(source, &everything, cache_dir)?;
-            let commit = snap.commit.clone().unwrap_or_else(|| "unknown".into());
-            let root = checkout_parent.join(&commit);
-            if !root.is_dir() {
-                let tmp = checkout_parent.join(format!(".{commit}.tmp"));
-                source::export(&snap.files, &tmp)
-                    .and_then(|_| std::fs::rename(&tmp, &root))
-                    .map_err(|e| SourceError::GitRepo {
-                        url: statestores::git::config::redact_url(url),
-                        message: format!("exporting the commit to {}: {e}", root.display()),
-                    })?;
-            }
-            let compiled = filter.compile()?;
-            let files: Vec<RawFile> = snap
-                .files
-                .into_iter()
-                .filter(|f| compiled.matches(&f.path))
-                .collect();
-            let (docs, diags) = parse_documents(&files);
+    cache_dir: Option<&Path>,
+    checkout_parent: &Path,
+) -> Result<(Objects, PathBuf), SourceError> {
+    let mut loader = Loader::new(
+        source.clone(),
+        filter,
+        cache_dir.map(Path::to_path_buf),
+        Some(checkout_parent.to_path_buf()),
+    )?;
+    let loaded = loader.load()?;
+    Ok((loaded.objects, loaded.root))
+}
+
+/// A config repo read by a [`Loader`].
+#[derive(Debug)]
+pub struct Loaded {
+    /// The classified objects.
+    pub objects: Objects,
+    /// Where the Promise folders are on disk (the directory itself for directory sources).
+    pub root: PathBuf,
+}
+
+/// Reads one config source pass after pass, reusing what did not change: a Git source is
+/// fetched into a bare cache, unchanged blobs are neither read nor parsed again
+/// ([`ParseCache`]), and only Promise folders are exported for pipelines (into
+/// `<checkouts>/<commit>`, of which the newest two are kept, so a delete pipeline of a
+/// Promise removed by the latest commit still finds its scripts in the previous one).
+pub struct Loader {
+    source: Source,
+    filter: source::CompiledFilter,
+    cache_dir: Option<PathBuf>,
+    checkouts: Option<PathBuf>,
+    parsed: ParseCache,
+    fetched: Option<(GitRepo, gix::ObjectId)>,
+}
+
+impl Loader {
+    /// A loader for `source`. `cache_dir` holds bare clones of remote repositories (a
+    /// temporary directory when `None`); `checkouts` is where Promise folders of Git sources
+    /// are exported (not at all when `None`).
+    ///
+    /// Errors: an invalid glob in `filter`.
+    pub fn new(
+        source: Source,
+        filter: &FileFilter,
+        cache_dir: Option<PathBuf>,
+        checkouts: Option<PathBuf>,
+    ) -> Result<Loader, SourceError> {
+        Ok(Loader {
+            source,
+            filter: filter.compile()?,
+            cache_dir,
+            checkouts,
+            parsed: ParseCache::default(),
+            fetched: None,
+        })
+    }
+
+    /// Fetches a Git source and returns the commit its ref points at (`None` for a
+    /// directory). The next [`Loader::load`] reads that commit.
+    pub fn fetch(&mut self) -> Result<Option<String>, SourceError> {
+        let Source::Git { url, reference } = &self.source else {
+            return Ok(None);
+        };
+        let repo = GitRepo::open(url, self.cache_dir.as_deref())?;
+        let commit = repo.resolve(reference)?;
+        self.fetched = Some((repo, commit));
+        Ok(Some(commit.to_string()))
+    }
+
+    /// Reads and classifies the source (for Git, the commit of the last [`Loader::fetch`],
+    /// fetching first when there was none).
+    pub fn load(&mut self) -> Result<Loaded, SourceError> {
+        let dir = match &self.source {
+            Source::Dir(d) => Some(d.clone()),
+            Source::Git { .. } => None,
+        };
+        if let Some(dir) = dir {
+            let snap = source::read_dir(&dir, &self.filter)?;
+            let (docs, diags) = self.parsed.parse(&snap.files);
             let mut objects = classify(docs);
             objects.diagnostics.splice(0..0, diags);
-            objects.commit = snap.commit;
-            Ok((objects, root))
+            return Ok(Loaded { objects, root: dir });
+        }
+        if self.fetched.is_none() {
+            self.fetch()?;
+        }
+        let (repo, commit) = self.fetched.take().expect("fetched above");
+        let parsed = &self.parsed;
+        let files = repo.read_commit(commit, &self.filter, |oid| !parsed.has(oid))?;
+        let (docs, diags) = self.parsed.parse(&files);
+        let mut objects = classify(docs);
+        objects.diagnostics.splice(0..0, diags);
+        objects.commit = Some(commit.to_string());
+        let root = match &self.checkouts {
+            Some(parent) => export_promise_dirs(&repo, commit, &objects, parent)?,
+            None => PathBuf::new(),
+        };
+        Ok(Loaded { objects, root })
+    }
+}
+
+/// Exports the folder of every Promise of `commit` to `parent/<commit>` (once per commit)
+/// and removes older exports but the newest other one.
+fn export_promise_dirs(
+    repo: &GitRepo,
+    commit: gix::ObjectId,
+    objects: &Objects,
+    parent: &Path,
+) -> Result<PathBuf, SourceError> {
+    let io_err = |e: std::io::Error, what: &Path| SourceError::GitRepo {
+        url: String::new(),
+        message: format!("exporting the commit to {}: {e}", what.display()),
+    };
+    let root = parent.join(commit.to_string());
+    if !root.is_dir() {
+        let mut dirs: Vec<String> = objects
+            .promises
+            .iter()
+            .map(|p| {
+                p.origin
+                    .file
+                    .rsplit_once('/')
+                    .map(|(d, _)| d.to_string())
+                    .unwrap_or_default()
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        let include: Vec<String> = dirs
+            .iter()
+            .map(|d| {
+                if d.is_empty() {
+                    "**".to_string()
+                } else {
+                    format!("{}/**", globset::escape(d))
+                }
+            })
+            .collect();
+        let files = if include.is_empty() {
+            Vec::new()
+        } else {
+            let filter = FileFilter {
+                include,
+                exclude: Vec::new(),
+            }
+            .compile()?;
+            repo.read_commit(commit, &filter, |_| true)?
+        };
+        let tmp = parent.join(format!(".{commit}.tmp"));
+        source::export(&files, &tmp)
+            .and_then(|_| std::fs::rename(&tmp, &root))
+            .map_err(|e| io_err(e, &root))?;
+    }
+    // Keep this export and the newest other one.
+    if let Ok(entries) = std::fs::read_dir(parent) {
+        let mut others: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .flatten()
+            .filter(|e| e.path() != root)
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        others.sort();
+        others.pop();
+        for (_, p) in others {
+            if let Err(e) = std::fs::remove_dir_all(&p) {
+                tracing::warn!(path = %p.display(), error = %e, "cannot remove an old config export");
+            }
         }
     }
+    Ok(root)
 }
 
 /// Classifies documents by `apiVersion`/`kind`.
 pub fn classify(docs: Vec<Document>) -> Objects {
     let mut out = Objects::default();
     for doc in docs {
-        let Document { origin, value } = doc;
+        let Document {
+            origin,
+            value,
+            blob,
+        } = doc;
         let Value::Object(map) = &value else {
             out.diagnostics.push(origin.diag(
                 Code::NotAnObject,
@@ -241,13 +417,21 @@ pub fn classify(docs: Vec<Document>) -> Objects {
         let id = object_ref(&kind, &value);
         if api_version == KRATIX_API_VERSION {
             match kind.as_str() {
-                "Promise" => push_typed(&mut out.promises, &mut out.diagnostics, origin, id, value),
+                "Promise" => push_typed(
+                    &mut out.promises,
+                    &mut out.diagnostics,
+                    origin,
+                    id,
+                    value,
+                    blob,
+                ),
                 "Destination" => push_typed(
                     &mut out.destinations,
                     &mut out.diagnostics,
                     origin,
                     id,
                     value,
+                    blob,
                 ),
                 "GitStateStore" => push_typed(
                     &mut out.git_state_stores,
@@ -255,6 +439,7 @@ pub fn classify(docs: Vec<Document>) -> Objects {
                     origin,
                     id,
                     value,
+                    blob,
                 ),
                 "BucketStateStore" => push_typed(
                     &mut out.bucket_state_stores,
@@ -262,6 +447,7 @@ pub fn classify(docs: Vec<Document>) -> Objects {
                     origin,
                     id,
                     value,
+                    blob,
                 ),
                 "HealthRecord" => push_typed(
                     &mut out.health_records,
@@ -269,6 +455,7 @@ pub fn classify(docs: Vec<Document>) -> Objects {
                     origin,
                     id,
                     value,
+                    blob,
                 ),
                 "PromiseRelease" | "PromiseRevision" | "ResourceBinding" | "Work"
                 | "WorkPlacement" | "DryRun" => {
@@ -301,6 +488,7 @@ pub fn classify(docs: Vec<Document>) -> Objects {
             id,
             object: value.clone(),
             raw: value,
+            blob,
         });
     }
     out
@@ -332,6 +520,7 @@ fn push_typed<T: DeserializeOwned>(
     origin: Origin,
     id: ObjectRef,
     value: Value,
+    blob: Option<gix::ObjectId>,
 ) {
     if id.name.is_empty() {
         diags.push(origin.diag(
@@ -348,6 +537,7 @@ fn push_typed<T: DeserializeOwned>(
             id,
             object,
             raw: value,
+            blob,
         }),
         Err((path, msg)) => diags.push(origin.diag(Code::InvalidField, Some(&id), path, msg)),
     }

@@ -97,10 +97,20 @@ impl CompiledFilter {
 pub struct RawFile {
     /// Repository-relative path, `/`-separated.
     pub path: String,
-    /// File contents.
+    /// File contents. Empty when the reader was told it already has this blob
+    /// ([`read_git_commit`]'s `want`); `oid` then names the content.
     pub bytes: Vec<u8>,
     /// The executable bit (Git mode 100755, or any execute bit on disk).
     pub executable: bool,
+    /// Git blob id of the content (computed the same way for directory sources), the key
+    /// of the loader's parse cache.
+    pub oid: gix::ObjectId,
+}
+
+/// Git blob id (SHA-1) of `bytes`, as `git hash-object` computes it.
+pub fn blob_id(bytes: &[u8]) -> gix::ObjectId {
+    gix::objs::compute_hash(gix::hash::Kind::Sha1, gix::objs::Kind::Blob, bytes)
+        .expect("sha1 hashing of an in-memory buffer cannot fail")
 }
 
 /// Files read from a source, plus the commit they came from (Git sources only).
@@ -167,7 +177,10 @@ pub fn read(
     }
 }
 
-fn read_dir(dir: &Path, filter: &CompiledFilter) -> Result<Snapshot, SourceError> {
+/// Reads every file under `dir` that `filter` matches, sorted by path.
+///
+/// Errors: [`SourceError::Dir`] when `dir` or a file cannot be read.
+pub fn read_dir(dir: &Path, filter: &CompiledFilter) -> Result<Snapshot, SourceError> {
     let meta = std::fs::metadata(dir).map_err(|e| SourceError::Dir {
         path: dir.display().to_string(),
         message: e.to_string(),
@@ -212,6 +225,7 @@ fn read_dir(dir: &Path, filter: &CompiledFilter) -> Result<Snapshot, SourceError
         };
         files.push(RawFile {
             path: rel,
+            oid: blob_id(&bytes),
             bytes,
             executable,
         });
@@ -229,82 +243,139 @@ fn read_git(
     filter: &CompiledFilter,
     cache_dir: Option<&Path>,
 ) -> Result<Snapshot, SourceError> {
-    let repo_err = |m: String| SourceError::GitRepo {
-        url: statestores::git::config::redact_url(url),
-        message: m,
-    };
-    let local = Path::new(url);
-    let _tmp;
-    let repo = if !url.contains("://") && local.exists() {
-        gix::open(local).map_err(|e| repo_err(e.to_string()))?
-    } else {
-        let dir = match cache_dir {
-            Some(d) => d.join(cache_name(url)),
-            None => {
-                _tmp = tempfile::tempdir().map_err(|e| repo_err(e.to_string()))?;
-                _tmp.path().join("repo.git")
-            }
-        };
-        fetch_bare(url, &dir).map_err(repo_err)?
-    };
-    let candidates = [
-        reference.to_string(),
-        format!("refs/remotes/origin/{reference}"),
-        format!("refs/heads/{reference}"),
-    ];
-    let mut last = String::new();
-    let mut commit = None;
-    for c in &candidates {
-        match repo.rev_parse_single(c.as_str()) {
-            Ok(id) => match id.object().map(|o| o.peel_to_commit()) {
-                Ok(Ok(cm)) => {
-                    commit = Some(cm);
-                    break;
-                }
-                Ok(Err(e)) => last = e.to_string(),
-                Err(e) => last = e.to_string(),
-            },
-            Err(e) => {
-                if last.is_empty() {
-                    last = e.to_string();
-                }
-            }
-        }
-    }
-    let commit = commit.ok_or_else(|| SourceError::GitRef {
-        url: statestores::git::config::redact_url(url),
-        reference: reference.to_string(),
-        message: last,
-    })?;
-    let tree = commit.tree().map_err(|e| repo_err(e.to_string()))?;
-    let entries = tree
-        .traverse()
-        .breadthfirst
-        .files()
-        .map_err(|e| repo_err(e.to_string()))?;
-    let mut files = Vec::new();
-    for e in entries {
-        if !e.mode.is_blob() {
-            continue;
-        }
-        let path = e.filepath.to_string();
-        if !filter.matches(&path) {
-            continue;
-        }
-        let obj = repo
-            .find_object(e.oid)
-            .map_err(|err| repo_err(format!("{path}: {err}")))?;
-        files.push(RawFile {
-            path,
-            bytes: obj.data.clone(),
-            executable: e.mode.is_executable(),
-        });
-    }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let repo = GitRepo::open(url, cache_dir)?;
+    let commit = repo.resolve(reference)?;
+    let files = repo.read_commit(commit, filter, |_| true)?;
     Ok(Snapshot {
         files,
-        commit: Some(commit.id.to_string()),
+        commit: Some(commit.to_string()),
     })
+}
+
+/// A Git config source, fetched (remote URLs) into a bare cache and read at a commit.
+pub struct GitRepo {
+    url: String,
+    repo: gix::Repository,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl GitRepo {
+    /// Opens `url`: a local repository in place, anything else fetched into
+    /// `<cache_dir>/<name>` (a temporary directory when `cache_dir` is `None`).
+    ///
+    /// Errors: [`SourceError::GitRepo`] (credentials redacted from the URL).
+    pub fn open(url: &str, cache_dir: Option<&Path>) -> Result<GitRepo, SourceError> {
+        let repo_err = |m: String| SourceError::GitRepo {
+            url: statestores::git::config::redact_url(url),
+            message: m,
+        };
+        let local = Path::new(url);
+        let mut tmp = None;
+        let repo = if !url.contains("://") && local.exists() {
+            gix::open(local).map_err(|e| repo_err(e.to_string()))?
+        } else {
+            let dir = match cache_dir {
+                Some(d) => d.join(cache_name(url)),
+                None => {
+                    let t = tempfile::tempdir().map_err(|e| repo_err(e.to_string()))?;
+                    let d = t.path().join("repo.git");
+                    tmp = Some(t);
+                    d
+                }
+            };
+            fetch_bare(url, &dir).map_err(repo_err)?
+        };
+        Ok(GitRepo {
+            url: url.to_string(),
+            repo,
+            _tmp: tmp,
+        })
+    }
+
+    fn err(&self, message: String) -> SourceError {
+        SourceError::GitRepo {
+            url: statestores::git::config::redact_url(&self.url),
+            message,
+        }
+    }
+
+    /// The commit `reference` (branch, tag, commit id, `HEAD`) points at.
+    ///
+    /// Errors: [`SourceError::GitRef`] when it does not resolve to a commit.
+    pub fn resolve(&self, reference: &str) -> Result<gix::ObjectId, SourceError> {
+        let candidates = [
+            reference.to_string(),
+            format!("refs/remotes/origin/{reference}"),
+            format!("refs/heads/{reference}"),
+        ];
+        let mut last = String::new();
+        for c in &candidates {
+            match self.repo.rev_parse_single(c.as_str()) {
+                Ok(id) => match id.object().map(|o| o.peel_to_commit()) {
+                    Ok(Ok(cm)) => return Ok(cm.id),
+                    Ok(Err(e)) => last = e.to_string(),
+                    Err(e) => last = e.to_string(),
+                },
+                Err(e) => {
+                    if last.is_empty() {
+                        last = e.to_string();
+                    }
+                }
+            }
+        }
+        Err(SourceError::GitRef {
+            url: statestores::git::config::redact_url(&self.url),
+            reference: reference.to_string(),
+            message: last,
+        })
+    }
+
+    /// The blobs of `commit`'s tree that `filter` matches, sorted by path. Blobs for which
+    /// `want(oid)` is false are listed without reading them (`bytes` empty).
+    pub fn read_commit(
+        &self,
+        commit: gix::ObjectId,
+        filter: &CompiledFilter,
+        want: impl Fn(&gix::ObjectId) -> bool,
+    ) -> Result<Vec<RawFile>, SourceError> {
+        let commit = self
+            .repo
+            .find_commit(commit)
+            .map_err(|e| self.err(e.to_string()))?;
+        let tree = commit.tree().map_err(|e| self.err(e.to_string()))?;
+        let entries = tree
+            .traverse()
+            .breadthfirst
+            .files()
+            .map_err(|e| self.err(e.to_string()))?;
+        let mut files = Vec::new();
+        for e in entries {
+            if !e.mode.is_blob() {
+                continue;
+            }
+            let path = e.filepath.to_string();
+            if !filter.matches(&path) {
+                continue;
+            }
+            let bytes = if want(&e.oid) {
+                self.repo
+                    .find_object(e.oid)
+                    .map_err(|err| self.err(format!("{path}: {err}")))?
+                    .detach()
+                    .data
+            } else {
+                Vec::new()
+            };
+            files.push(RawFile {
+                path,
+                bytes,
+                executable: e.mode.is_executable(),
+                oid: e.oid,
+            });
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(files)
+    }
 }
 
 /// Fetches `url` into a bare repository at `dir` (cloning it first when missing) and opens it.

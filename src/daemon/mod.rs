@@ -371,6 +371,7 @@ async fn one_pass(
     filter.exclude.extend(settings.exclude.iter().cloned());
     let root = engine.state_dir().to_path_buf();
     let src = source.clone();
+    let t_load = std::time::Instant::now();
     let loaded = tokio::task::spawn_blocking(move || {
         config::load_with_root(
             &src,
@@ -389,7 +390,10 @@ async fn one_pass(
         }
     };
     shared.config_loaded.store(true, Ordering::SeqCst);
+    let load_s = t_load.elapsed().as_secs_f64();
+    let t_validate = std::time::Instant::now();
     let cfg = validate::validate(objects);
+    let validate_s = t_validate.elapsed().as_secs_f64();
     for d in cfg.diagnostics.iter().filter(|d| d.is_error()) {
         tracing::warn!(diagnostic = %d, "invalid config object");
     }
@@ -404,10 +408,18 @@ async fn one_pass(
         report.stores.iter().all(|s| s.error.is_none()),
         Ordering::SeqCst,
     );
+    let t_status = std::time::Instant::now();
     let mut buf = Vec::new();
     crate::cli_reconcile::write_status(engine.state(), crate::cli::StatusFormat::Json, &mut buf)
         .map_err(|e| e.to_string())?;
     *shared.status_json.write().await = Some(buf);
+    tracing::debug!(
+        load_s,
+        validate_s,
+        reconcile_s = report.duration.as_secs_f64(),
+        status_s = t_status.elapsed().as_secs_f64(),
+        "pass phases"
+    );
     Ok(report)
 }
 

@@ -202,6 +202,7 @@ fn load(a: &RunArgs) -> Result<(ValidConfig, Option<String>), String> {
         let path = format!("{} (--request)", f.display());
         let (docs, diags) = config::parse_documents(&[RawFile {
             path: path.clone(),
+            oid: config::source::blob_id(&bytes),
             bytes,
             executable: false,
         }]);

@@ -2016,6 +2016,7 @@ fn rebuild_valid_promise(promise: Promise, raw: Value) -> ValidPromise {
             },
             object: promise,
             raw,
+            blob: None,
         },
         api,
         schema: None,
