@@ -5,34 +5,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{bwrap_works, copy_dir, git, promised, reconcile, repo_root};
+use common::{bwrap_works, condition, copy_dir, git, reconcile, repo_root, status_row};
 
 fn status(state: &Path, key: &str) -> serde_json::Value {
-    let (_, out, _) = promised(&[
-        "status",
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--output",
-        "json",
-        "--listen",
-        "127.0.0.1:1",
-    ]);
-    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
-    rows.as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["key"] == key)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {key} in {out}"))
-}
-
-fn condition<'a>(s: &'a serde_json::Value, t: &str) -> &'a serde_json::Value {
-    s["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == t)
-        .unwrap_or_else(|| panic!("no {t} in {s}"))
+    status_row(state, key)
 }
 
 fn setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {

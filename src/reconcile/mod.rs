@@ -14,8 +14,12 @@
 //!
 //! Guarantees:
 //! - A workflow re-runs only when its inputs change: the hash of the Promise spec (which holds
-//!   the pipeline definitions), the request's defaulted spec, and the image overrides its
-//!   containers use. A failed or retry-suspended workflow runs again on the next pass. An
+//!   the pipeline definitions), the request's defaulted spec, the image overrides its
+//!   containers use with the host trees of their read-only mounts, and the non-config files of
+//!   the Promise folder mounted at `/promise` (bounded: [`TREE_MAX_ENTRIES`] entries and
+//!   [`TREE_CONTENT_BUDGET`] bytes of content per tree). Status is not an
+//!   input, although pipelines see it in `object.yaml`. A failed or retry-suspended workflow
+//!   runs again on the next pass, and so does one whose cached output left the blob cache. An
 //!   unchanged pass spawns no process and makes no commit.
 //! - Placement is recomputed from cached outputs on every pass, so a new Destination receives
 //!   dependencies and pending requests get placed without re-running pipelines. Placements are
@@ -27,9 +31,11 @@
 //! - Every pass calls `apply` on every state store in use, so files someone edited or deleted
 //!   behind our back are restored even when nothing else changed (and reported as drift).
 
+mod inputs;
 mod placement;
 mod report;
 
+pub use inputs::{TREE_CONTENT_BUDGET, TREE_MAX_ENTRIES};
 pub use placement::{DestView, OutputRecord, owner_key, place_outputs};
 pub use report::{ObjectAction, ObjectReport, PassReport, StoreReport};
 
@@ -214,12 +220,16 @@ impl Engine {
         // Canary files.
         let canaries = self.canaries(cfg)?;
 
+        // Host files pipelines run (Promise folders, image-override mounts), hashed once a pass.
+        let mut trees = inputs::TreeHashes::new(self.dir.root());
+        let config_filter = self.settings.file_filter().compile().ok();
+
         // Promises, in requiredPromises order.
         let mut available: BTreeMap<String, bool> = BTreeMap::new();
         let mut promise_hashes: BTreeMap<String, String> = BTreeMap::new();
         for p in order_promises(&cfg.promises) {
             let name = p.name().to_string();
-            let hash = self.promise_hash(p);
+            let hash = self.promise_hash(p, config_root, config_filter.as_ref(), &mut trees);
             promise_hashes.insert(name.clone(), hash.clone());
             let pkey = promise_key(&name);
             let mut record = self
@@ -276,7 +286,7 @@ impl Engine {
                         request: None,
                         action: Action::Configure,
                         pipelines,
-                        object_yaml: to_yaml(&p.promise.raw),
+                        object_yaml: inputs::object_yaml(&p.promise.raw, &record.status),
                         existing_status: Map::new(),
                         promise_dir: promise_dir(config_root, &p.promise.origin.file),
                         rate_limited: false,
@@ -364,6 +374,7 @@ impl Engine {
                 r,
                 &self.runner,
                 &p.promise.object.spec.workflows.resource.configure,
+                &mut trees,
             );
             let record = self
                 .state
@@ -412,7 +423,7 @@ impl Engine {
                         request: Some(r.clone()),
                         action: Action::Configure,
                         pipelines,
-                        object_yaml: r.to_yaml(),
+                        object_yaml: inputs::object_yaml(&r.object, &record.status),
                         existing_status: record.status.fields.clone(),
                         promise_dir: promise_dir(config_root, &p.promise.origin.file),
                         rate_limited,
@@ -982,8 +993,17 @@ impl Engine {
         }))
     }
 
-    /// Hash of everything a promise workflow depends on.
-    fn promise_hash(&self, p: &ValidPromise) -> String {
+    /// Hash of everything a promise workflow depends on (and, through requests' hashes, every
+    /// resource workflow): the Promise spec, the image overrides its promise workflow uses with
+    /// their read-only mounts' host trees, and the files of its folder (mounted at `/promise`)
+    /// that are not config.
+    fn promise_hash(
+        &self,
+        p: &ValidPromise,
+        config_root: &Path,
+        config_filter: Option<&crate::config::source::CompiledFilter>,
+        trees: &mut inputs::TreeHashes,
+    ) -> String {
         let spec = p.promise.raw.get("spec").cloned().unwrap_or(Value::Null);
         let images: Vec<&Pipeline> = p
             .promise
@@ -994,8 +1014,11 @@ impl Engine {
             .configure
             .iter()
             .collect();
-        let overrides = override_fingerprint(&self.runner, images.into_iter());
-        sha256_hex(format!("{ENGINE_VERSION}\n{spec}\n{overrides}").as_bytes())
+        let overrides = override_fingerprint(&self.runner, images.into_iter(), trees);
+        let folder = promise_dir(config_root, &p.promise.origin.file)
+            .map(|d| trees.promise_folder(&d, &parent_dir(&p.promise.origin.file), config_filter))
+            .unwrap_or_default();
+        sha256_hex(format!("{ENGINE_VERSION}\n{spec}\n{overrides}\n{folder}").as_bytes())
     }
 
     /// Turns a workflow result into the record: status, pipeline phases, cached outputs.
@@ -1780,25 +1803,30 @@ fn request_hash(
     r: &ValidRequest,
     runner: &RunnerConfig,
     pipelines: &[Pipeline],
+    trees: &mut inputs::TreeHashes,
 ) -> String {
     let spec = r.object.get("spec").cloned().unwrap_or(Value::Null);
-    let overrides = override_fingerprint(runner, pipelines.iter());
+    let overrides = override_fingerprint(runner, pipelines.iter(), trees);
     sha256_hex(format!("{promise_hash}\n{spec}\n{overrides}").as_bytes())
 }
 
-/// The image overrides used by these pipelines, as stable text.
+/// The image overrides used by these pipelines, with the fingerprints of their read-only
+/// mounts' host trees, as stable text. Writable mounts are left out: pipelines write there.
 fn override_fingerprint<'a>(
     runner: &RunnerConfig,
     pipelines: impl Iterator<Item = &'a Pipeline>,
+    trees: &mut inputs::TreeHashes,
 ) -> String {
     let mut used = BTreeMap::new();
     for p in pipelines {
         for c in &p.spec.containers {
             if let Some(o) = runner.image_overrides.get(&c.image) {
-                used.insert(
-                    c.image.clone(),
-                    serde_json::to_string(o).unwrap_or_default(),
-                );
+                let mut text = serde_json::to_string(o).unwrap_or_default();
+                for m in o.mounts.iter().filter(|m| !m.writable) {
+                    text.push(' ');
+                    text.push_str(&trees.mount(&m.host));
+                }
+                used.insert(c.image.clone(), text);
             }
         }
     }

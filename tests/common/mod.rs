@@ -144,3 +144,34 @@ pub fn reconcile(config: &Path, state: &Path) -> (i32, String, String) {
         state.to_str().expect("utf-8 path"),
     ])
 }
+
+/// One object's row of `promised status --output json` (state directory `state`; no daemon is
+/// asked); panics when there is none.
+pub fn status_row(state: &Path, key: &str) -> serde_json::Value {
+    let (_, out, _) = promised(&[
+        "status",
+        "--state-dir",
+        state.to_str().expect("utf-8 path"),
+        "--output",
+        "json",
+        "--listen",
+        "127.0.0.1:1",
+    ]);
+    let rows: serde_json::Value = serde_json::from_str(&out).expect("status is JSON");
+    rows.as_array()
+        .expect("an array of rows")
+        .iter()
+        .find(|r| r["key"] == key)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {key} in {out}"))
+}
+
+/// The condition of type `t` in a status row; panics when there is none.
+pub fn condition<'a>(s: &'a serde_json::Value, t: &str) -> &'a serde_json::Value {
+    s["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == t)
+        .unwrap_or_else(|| panic!("no {t} in {s}"))
+}

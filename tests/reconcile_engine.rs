@@ -1,0 +1,232 @@
+//! Reconcile engine behaviours through `promised reconcile` (and, where a pass must be
+//! cancelled, the library's [`Engine`]): status in `object.yaml` between pipelines and passes,
+//! re-runs on script and image-asset edits, invalid and pending requests, lost cached output,
+//! delete pipelines (also after the state directory is lost), and shutdown.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{bwrap_works, copy_dir, git, promised, repo_root, status_row};
+use serde_json::Value;
+
+/// A copy of the quickstart whose state store is a bare repository outside the state
+/// directory (so the state directory can be deleted without losing the store).
+struct World {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    config: PathBuf,
+    state: PathBuf,
+    store: PathBuf,
+    daemon_config: Option<PathBuf>,
+}
+
+impl World {
+    fn new() -> World {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let config = root.join("config");
+        copy_dir(&repo_root().join("testdata/quickstart"), &config);
+        let store = root.join("store.git");
+        let ss = config.join("platform/state-store.yaml");
+        let text = std::fs::read_to_string(&ss).unwrap().replace(
+            "url: quickstart-state.git",
+            &format!("url: {}", store.display()),
+        );
+        std::fs::write(&ss, text).unwrap();
+        World {
+            _tmp: tmp,
+            state: root.join("state"),
+            root,
+            config,
+            store,
+            daemon_config: None,
+        }
+    }
+
+    fn reconcile(&self) -> (i32, String, String) {
+        let mut args = vec![
+            "reconcile",
+            "--config",
+            self.config.to_str().unwrap(),
+            "--state-dir",
+            self.state.to_str().unwrap(),
+        ];
+        if let Some(d) = &self.daemon_config {
+            args.extend(["--daemon-config", d.to_str().unwrap()]);
+        }
+        promised(&args)
+    }
+
+    /// Reconciles and asserts the exit code; returns stdout.
+    fn pass(&self, want: i32) -> String {
+        let (code, out, err) = self.reconcile();
+        assert_eq!(code, want, "{out}\n{err}");
+        out
+    }
+
+    fn edit(&self, rel: &str, f: impl FnOnce(String) -> String) {
+        let p = self.config.join(rel);
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, f(text)).unwrap();
+    }
+
+    fn write_script(&self, rel: &str, body: &str) {
+        let p = self.config.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, body).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn files(&self) -> String {
+        git(&self.store, &["ls-tree", "-r", "--name-only", "main"])
+    }
+
+    fn head(&self) -> String {
+        git(&self.store, &["rev-parse", "main"]).trim().to_string()
+    }
+
+    fn status(&self, key: &str) -> Value {
+        status_row(&self.state, key)
+    }
+}
+
+fn line<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.trim_start().starts_with(&format!("{key} ")))
+        .unwrap_or_else(|| panic!("no line for {key}:\n{out}"))
+}
+
+fn pipeline_yaml(name: &str, image: &str, command: Option<&str>) -> String {
+    let mut s = format!(
+        "        - apiVersion: platform.kratix.io/v1alpha1\n          kind: Pipeline\n          metadata:\n            name: {name}\n          spec:\n            containers:\n              - name: c\n                image: {image}\n"
+    );
+    if let Some(c) = command {
+        s.push_str(&format!("                command: [\"{c}\"]\n"));
+    }
+    s
+}
+
+macro_rules! need_bwrap {
+    () => {
+        if !bwrap_works() {
+            eprintln!("skipped: no bubblewrap");
+            return;
+        }
+    };
+}
+
+#[test]
+fn object_yaml_carries_status_between_pipelines_and_passes() {
+    need_bwrap!();
+    let w = World::new();
+    // Two more redis resource pipelines: the first counts runs from .status.runs, the second
+    // reports what the first (and instance-configure) wrote, read from object.yaml.
+    w.write_script(
+        "promises/redis/pipeline/stage-one",
+        "#!/bin/sh\nset -eu\nruns=$(sed -n '/^status:/,$s/^  runs: *//p' /kratix/input/object.yaml)\nprintf 'stage: one\\nruns: %s\\n' $(( ${runs:-0} + 1 )) > /kratix/metadata/status.yaml\n",
+    );
+    w.write_script(
+        "promises/redis/pipeline/stage-two",
+        "#!/bin/sh\nset -eu\nget() { sed -n \"/^status:/,\\$s/^  $1: *//p\" /kratix/input/object.yaml; }\nprintf 'seenStage: \"%s\"\\nseenReplicas: \"%s\"\\nseenReconciled: \"%s\"\\n' \"$(get stage)\" \"$(get replicas)\" \"$(grep -c 'type: Reconciled' /kratix/input/object.yaml)\" > /kratix/metadata/status.yaml\n",
+    );
+    w.edit("promises/redis/promise.yaml", |t| {
+        t + &pipeline_yaml(
+            "stage-one",
+            "promised.dev/local",
+            Some("/promise/pipeline/stage-one"),
+        ) + &pipeline_yaml(
+            "stage-two",
+            "promised.dev/local",
+            Some("/promise/pipeline/stage-two"),
+        )
+    });
+    w.pass(0);
+    let f = &w.status("redis/default/example")["status"]["fields"];
+    assert_eq!(f["runs"], 1, "{f}");
+    assert_eq!(
+        f["seenStage"], "one",
+        "pipeline 2 saw pipeline 1's status: {f}"
+    );
+    assert_eq!(f["seenReplicas"], "1", "and instance-configure's: {f}");
+    assert_eq!(
+        f["seenReconciled"], "0",
+        "no conditions before the first run: {f}"
+    );
+
+    // Status is not an input: an unchanged pass runs nothing.
+    assert!(w.pass(0).contains("0 pipelines run"));
+
+    // The next run (a spec edit) sees the status of the previous pass.
+    w.edit("requests/redis-example.yaml", |t| {
+        t.replace("spec: {}", "spec:\n  size: large")
+    });
+    let out = w.pass(0);
+    assert!(out.contains("3 pipelines run"), "{out}");
+    let f = &w.status("redis/default/example")["status"]["fields"];
+    assert_eq!(f["runs"], 2, "{f}");
+    assert_eq!(f["seenReplicas"], "3", "{f}");
+    assert_eq!(
+        f["seenReconciled"], "1",
+        "Kratix conditions are in status: {f}"
+    );
+}
+
+#[test]
+fn editing_a_promise_script_or_image_assets_reruns_what_uses_them() {
+    need_bwrap!();
+    let mut w = World::new();
+    w.pass(0);
+    // A script in the namespace Promise's folder: its two requests run, redis does not.
+    w.edit("promises/namespace/pipeline/configure", |t| {
+        t + "# edited\n"
+    });
+    let out = w.pass(0);
+    assert!(out.contains("2 pipelines run"), "{out}");
+    assert!(
+        line(&out, "redis/default/example").contains("unchanged"),
+        "{out}"
+    );
+    assert!(
+        line(&out, "namespace/default/team-a").contains(" ran "),
+        "{out}"
+    );
+    // A YAML file beside it is config, not a script: nothing runs.
+    std::fs::write(
+        w.config.join("promises/namespace/notes.yaml"),
+        "# not an object\n",
+    )
+    .unwrap();
+    assert!(w.pass(0).contains("0 pipelines run"));
+
+    // An image override with a read-only asset mount and a writable one.
+    let assets = w.root.join("assets");
+    let scratch = w.root.join("scratch");
+    std::fs::create_dir_all(&assets).unwrap();
+    std::fs::create_dir_all(&scratch).unwrap();
+    std::fs::write(assets.join("template.txt"), "v1\n").unwrap();
+    let dc = w.root.join("promised.yaml");
+    std::fs::write(
+        &dc,
+        format!(
+            "imageOverrides:\n  promised.dev/local:\n    mounts:\n      - {{host: \"{}\", target: /tmp/assets}}\n      - {{host: \"{}\", target: /tmp/scratch, writable: true}}\n",
+            assets.display(),
+            scratch.display()
+        ),
+    )
+    .unwrap();
+    w.daemon_config = Some(dc);
+    assert!(
+        w.pass(0).contains("4 pipelines run"),
+        "a new override runs all"
+    );
+    assert!(w.pass(0).contains("0 pipelines run"));
+    // What pipelines may write (a writable mount) is not an input.
+    std::fs::write(scratch.join("written-by-a-pipeline"), "x").unwrap();
+    assert!(w.pass(0).contains("0 pipelines run"));
+    // The assets are.
+    std::fs::write(assets.join("template.txt"), "v2\n").unwrap();
+    let out = w.pass(0);
+    assert!(out.contains("4 pipelines run"), "{out}");
+}
