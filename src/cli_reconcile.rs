@@ -147,6 +147,9 @@ fn write_report(
         )?;
     }
     for rej in &cfg.rejected {
+        if rej.promise.is_some() && rej.id.kind != "Promise" {
+            continue; // a request: shown above as FAILED with "Invalid: …"
+        }
         writeln!(
             out,
             "  {:<width$}  {:<9}  {}",

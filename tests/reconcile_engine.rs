@@ -7,7 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{bwrap_works, copy_dir, git, promised, repo_root, status_row};
+use common::{bwrap_works, condition, copy_dir, git, promised, repo_root, status_row};
 use serde_json::Value;
 
 /// A copy of the quickstart whose state store is a bare repository outside the state
@@ -229,4 +229,87 @@ fn editing_a_promise_script_or_image_assets_reruns_what_uses_them() {
     std::fs::write(assets.join("template.txt"), "v2\n").unwrap();
     let out = w.pass(0);
     assert!(out.contains("4 pipelines run"), "{out}");
+}
+
+#[test]
+fn an_invalid_or_duplicated_request_keeps_its_output_and_says_why() {
+    need_bwrap!();
+    let w = World::new();
+    w.pass(0);
+    let dir = "clusters/dev/resources/default/redis/example/instance-configure";
+    assert!(w.files().contains(dir));
+
+    w.edit("requests/redis-example.yaml", |t| {
+        t.replace("spec: {}", "spec:\n  size: medium")
+    });
+    let out = w.pass(1);
+    assert!(
+        line(&out, "redis/default/example").contains("FAILED"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("INVALID"),
+        "shown once, as the request's line: {out}"
+    );
+    let s = w.status("redis/default/example");
+    assert_eq!(condition(&s, "Reconciled")["status"], "False");
+    assert_eq!(condition(&s, "Reconciled")["reason"], "InvalidRequest");
+    assert_eq!(
+        s["status"]["message"],
+        "Invalid: spec.size: \"medium\" does not match ^(small|large)$"
+    );
+    assert!(
+        s["status"]["source"]
+            .as_str()
+            .unwrap()
+            .contains("requests/redis-example.yaml"),
+        "{s}"
+    );
+    assert!(w.files().contains(dir), "only removal deletes");
+    assert_eq!(s["status"]["destinations"][0]["destination"], "dev", "{s}");
+    let (_, table, _) = promised(&[
+        "status",
+        "--state-dir",
+        w.state.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:1",
+    ]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("redis/default/example") && l.contains("Invalid: spec.size")),
+        "{table}"
+    );
+
+    // Valid again (the same spec as before): it runs again and is Reconciled.
+    w.edit("requests/redis-example.yaml", |t| {
+        t.replace("spec:\n  size: medium", "spec: {}")
+    });
+    let out = w.pass(0);
+    assert!(out.contains("1 pipelines run"), "{out}");
+    let s = w.status("redis/default/example");
+    assert_eq!(condition(&s, "Reconciled")["status"], "True");
+    assert_eq!(
+        s["status"]["message"],
+        "Redis small with 1 replicas requested"
+    );
+
+    // Two copies of one request: both rejected, the output stays, no delete.
+    std::fs::copy(
+        w.config.join("requests/redis-example.yaml"),
+        w.config.join("requests/redis-copy.yaml"),
+    )
+    .unwrap();
+    let before = w.head();
+    let out = w.pass(1);
+    assert!(!out.contains("deleted"), "{out}");
+    assert_eq!(w.head(), before, "nothing pruned");
+    let s = w.status("redis/default/example");
+    assert!(
+        s["status"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid: duplicate object"),
+        "{s}"
+    );
 }

@@ -25,9 +25,11 @@
 //!   dependencies and pending requests get placed without re-running pipelines. Placements are
 //!   sticky: a request never moves once placed (misplaced instead).
 //! - Failures are isolated: an invalid request, a failing pipeline, or an unwritable state store
-//!   marks the objects concerned Failed with the reason; everything else still reconciles and
-//!   commits. A request or Promise that becomes invalid keeps its previous output: only
-//!   removal from the config repo deletes.
+//!   marks the objects concerned Failed with the reason (an invalid request:
+//!   `Reconciled=False InvalidRequest`, `status.message: Invalid: …`); everything else still
+//!   reconciles and commits. A request or Promise that becomes invalid keeps its previous
+//!   output: only removal from the config repo deletes.
+//! - Once the cancel flag is set (SIGTERM), no workflow starts: promise, resource or delete.
 //! - Every pass calls `apply` on every state store in use, so files someone edited or deleted
 //!   behind our back are restored even when nothing else changed (and reported as drift).
 
@@ -451,6 +453,39 @@ impl Engine {
                 .objects
                 .push(ObjectReport::new(record, ObjectAction::Waiting));
         }
+        // Requests in the config repo that were rejected (schema, unserved version, invalid or
+        // duplicated): Failed with the reasons. What they applied before stays; they run again
+        // once valid.
+        let mut invalid: BTreeMap<String, (ObjectRef, String, String, Vec<String>)> =
+            BTreeMap::new();
+        for rej in &cfg.rejected {
+            let Some(promise) = rej.promise.as_ref().filter(|_| rej.id.kind != "Promise") else {
+                continue;
+            };
+            let mut id = rej.id.clone();
+            let ns = id.namespace.get_or_insert_with(|| "default".into()).clone();
+            let key = request_key(promise, &ns, &id.name);
+            let entry = invalid
+                .entry(key)
+                .or_insert_with(|| (id, promise.clone(), rej.origin.to_string(), Vec::new()));
+            entry.3.extend(rej.reasons.iter().cloned());
+        }
+        for (key, (id, promise, source, reasons)) in &invalid {
+            let record = self
+                .state
+                .requests
+                .entry(key.clone())
+                .or_insert_with(|| new_record(id, promise));
+            record.status.source = source.clone();
+            record
+                .status
+                .set(cond::RECONCILED, CS::False, "InvalidRequest", "Failing");
+            record.status.message = format!("Invalid: {}", reasons.join("; "));
+            record.input_hash.clear();
+            report
+                .objects
+                .push(ObjectReport::new(record, ObjectAction::Failed));
+        }
         let results = run_jobs(
             &self.runner,
             jobs.iter().map(|(_, j)| j).collect(),
@@ -627,6 +662,9 @@ impl Engine {
 
         // Record what landed, and status.
         for (okey, places) in desired {
+            if invalid.contains_key(&okey) {
+                continue; // keeps its placements and its InvalidRequest status
+            }
             let Some(record) = self.record_mut(&okey) else {
                 continue;
             };
@@ -1555,6 +1593,7 @@ fn set_completed(status: &mut ObjectStatus, n: u32, default_message: &str) {
         || status.message.is_empty()
         || status.message.starts_with("Failing")
         || status.message.starts_with("Pending")
+        || status.message.starts_with("Invalid")
     {
         status.message = default_message.to_string();
     }
