@@ -181,6 +181,9 @@ fn write_report(
     for l in &r.logs {
         writeln!(out, "pipeline log: {l}")?;
     }
+    for w in &r.warnings {
+        writeln!(out, "warning: {w}")?;
+    }
     writeln!(
         out,
         "{} pipelines run in {:.2}s",

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::{bwrap_works, condition, copy_dir, git, promised, repo_root, status_row};
 use serde_json::Value;
@@ -312,4 +312,233 @@ fn an_invalid_or_duplicated_request_keeps_its_output_and_says_why() {
             .starts_with("Invalid: duplicate object"),
         "{s}"
     );
+}
+
+/// Adds delete pipelines to the redis Promise (promise and resource) that run the image
+/// `promised.dev/deleter`: an image override whose script logs each delete, and a copy of its
+/// object.yaml, to a writable mount. Returns the log directory.
+fn with_delete_pipelines(w: &mut World) -> PathBuf {
+    let bin = w.root.join("deleter-bin");
+    let log = w.root.join("deletes");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&log).unwrap();
+    let script = bin.join("delete");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nset -eu\nkind=$(sed -n 's/^kind: *//p' /kratix/input/object.yaml)\necho \"$KRATIX_WORKFLOW_TYPE $KRATIX_WORKFLOW_ACTION $KRATIX_OBJECT_KIND $KRATIX_OBJECT_NAMESPACE/$KRATIX_OBJECT_NAME kind=$kind\" >> /tmp/deletes/log\ncp /kratix/input/object.yaml \"/tmp/deletes/$KRATIX_WORKFLOW_TYPE-$KRATIX_OBJECT_NAME.yaml\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dc = w.root.join("promised.yaml");
+    std::fs::write(
+        &dc,
+        format!(
+            "imageOverrides:\n  promised.dev/deleter:\n    command: [/opt/deleter/delete]\n    mounts:\n      - {{host: \"{}\", target: /opt/deleter}}\n      - {{host: \"{}\", target: /tmp/deletes, writable: true}}\n",
+            bin.display(),
+            log.display()
+        ),
+    )
+    .unwrap();
+    w.daemon_config = Some(dc);
+    let delete = |name: &str| {
+        format!(
+            "      delete:\n{}",
+            pipeline_yaml(name, "promised.dev/deleter", None)
+        )
+    };
+    w.edit("promises/redis/promise.yaml", |t| {
+        t.replacen(
+            "    promise:\n",
+            &format!("    promise:\n{}", delete("promise-delete")),
+            1,
+        )
+        .replacen(
+            "    resource:\n",
+            &format!("    resource:\n{}", delete("instance-delete")),
+            1,
+        )
+    });
+    log
+}
+
+fn read_log(log: &Path) -> String {
+    std::fs::read_to_string(log.join("log")).unwrap_or_default()
+}
+
+#[test]
+fn removing_a_request_runs_its_delete_pipeline_then_prunes_it() {
+    need_bwrap!();
+    let mut w = World::new();
+    let log = with_delete_pipelines(&mut w);
+    w.pass(0);
+    assert_eq!(read_log(&log), "", "no delete yet");
+    let dir = "clusters/dev/resources/default/redis/example/";
+    assert!(w.files().contains(dir));
+    let before = w.head();
+
+    std::fs::remove_file(w.config.join("requests/redis-example.yaml")).unwrap();
+    let out = w.pass(0);
+    assert!(
+        line(&out, "redis/default/example").contains("deleted"),
+        "{out}"
+    );
+    assert!(out.contains("1 pipelines run"), "{out}");
+    assert_eq!(
+        read_log(&log),
+        "resource delete redis default/example kind=redis\n"
+    );
+    let object = std::fs::read_to_string(log.join("resource-example.yaml")).unwrap();
+    assert!(
+        object.contains("size: small"),
+        "the object as last admitted: {object}"
+    );
+    assert!(
+        object.contains("message: Redis small"),
+        "with its status: {object}"
+    );
+    assert_ne!(w.head(), before, "pruned in a commit");
+    assert!(!w.files().contains(dir), "{}", w.files());
+    assert!(
+        w.files().contains("dependencies/redis/"),
+        "the Promise stays"
+    );
+    let msg = git(&w.store, &["log", "-1", "--format=%B", "main"]);
+    assert!(
+        msg.contains("Promised-Resource: redis/default/example"),
+        "{msg}"
+    );
+    assert!(
+        w.pass(0).contains("0 pipelines run"),
+        "forgotten once pruned"
+    );
+}
+
+#[test]
+fn after_state_loss_a_removed_request_still_runs_a_resource_delete() {
+    need_bwrap!();
+    let mut w = World::new();
+    let log = with_delete_pipelines(&mut w);
+    w.pass(0);
+    std::fs::remove_dir_all(&w.state).unwrap();
+    std::fs::remove_file(w.config.join("requests/redis-example.yaml")).unwrap();
+    let out = w.pass(0);
+    assert!(
+        line(&out, "redis/default/example").contains("deleted"),
+        "{out}"
+    );
+    assert_eq!(
+        read_log(&log),
+        "resource delete redis default/example kind=redis\n",
+        "a resource workflow with the request's kind, never a promise workflow"
+    );
+    let object = std::fs::read_to_string(log.join("resource-example.yaml")).unwrap();
+    for want in [
+        "apiVersion: marketplace.kratix.io/v1alpha1",
+        "kind: redis",
+        "name: example",
+        "namespace: default",
+        "kratix.io/promise-name: redis",
+    ] {
+        assert!(object.contains(want), "{want} missing:\n{object}");
+    }
+    assert!(!w.files().contains("resources/default/redis/example/"));
+}
+
+#[test]
+fn removing_a_promise_runs_its_delete_then_its_requests_deletes_then_prunes_all() {
+    need_bwrap!();
+    let mut w = World::new();
+    let log = with_delete_pipelines(&mut w);
+    w.pass(0);
+    // The request file stays: a request of a removed Promise is deleted with it, as in Kratix.
+    std::fs::remove_dir_all(w.config.join("promises/redis")).unwrap();
+    let out = w.pass(1);
+    assert!(out.contains("no Promise serves"), "{out}");
+    assert!(line(&out, "promise/redis").contains("deleted"), "{out}");
+    assert!(
+        line(&out, "redis/default/example").contains("deleted"),
+        "{out}"
+    );
+    // Kratix's order (promise_controller.go:deletePromise): the Promise's delete workflow,
+    // then its requests'.
+    assert_eq!(
+        read_log(&log),
+        "promise delete Promise /redis kind=Promise\nresource delete redis default/example kind=redis\n"
+    );
+    let files = w.files();
+    assert!(!files.contains("/redis/"), "{files}");
+    assert!(files.contains("namespace/team-a"), "{files}");
+}
+
+#[test]
+fn after_state_loss_a_removed_unknown_promise_is_pruned_with_a_warning() {
+    need_bwrap!();
+    let mut w = World::new();
+    let log = with_delete_pipelines(&mut w);
+    w.pass(0);
+    std::fs::remove_dir_all(&w.state).unwrap();
+    std::fs::remove_dir_all(w.config.join("promises/redis")).unwrap();
+    let out = w.pass(1);
+    assert_eq!(read_log(&log), "", "nothing known to run");
+    assert!(
+        out.contains("warning: promise/redis: Promise redis is unknown"),
+        "{out}"
+    );
+    assert!(
+        out.contains("warning: redis/default/example: Promise redis is unknown"),
+        "{out}"
+    );
+    assert!(!w.files().contains("/redis/"), "{}", w.files());
+}
+
+#[tokio::test]
+async fn a_cancelled_pass_starts_no_workflow() {
+    use promised::config::{self, Source};
+    use promised::reconcile::Engine;
+    use promised::settings::Settings;
+    use std::sync::atomic::Ordering;
+
+    need_bwrap!();
+    let mut w = World::new();
+    let log = with_delete_pipelines(&mut w);
+    w.pass(0);
+    // A removed request (delete pipeline) and an edited Promise script (promise workflow).
+    std::fs::remove_file(w.config.join("requests/redis-example.yaml")).unwrap();
+    w.edit("promises/redis/pipeline/configure", |t| t + "# edited\n");
+    let settings = Settings::load(
+        w.daemon_config.as_deref(),
+        serde_json::json!({"stateDir": w.state})
+            .as_object()
+            .unwrap()
+            .clone(),
+    )
+    .unwrap();
+    let (objects, root) = config::load_with_root(
+        &Source::Dir(w.config.clone()),
+        &settings.file_filter(),
+        None,
+        &w.root.join("checkouts"),
+    )
+    .unwrap();
+    let cfg = promised::validate::validate(objects);
+    let runner = settings.runner();
+    let mut engine = Engine::new(settings, runner).unwrap();
+    engine.cancel_handle().store(true, Ordering::SeqCst);
+    let report = engine.reconcile(&cfg, &root).await.unwrap();
+    assert_eq!(report.pipelines_run, 0, "{report:#?}");
+    assert_eq!(read_log(&log), "");
+    assert!(
+        w.files().contains("resources/default/redis/example/"),
+        "nothing pruned before its delete pipeline ran"
+    );
+    drop(engine);
+    // The next start runs what was skipped.
+    let out = w.pass(0);
+    assert!(out.contains("2 pipelines run"), "{out}");
+    assert_eq!(
+        read_log(&log),
+        "resource delete redis default/example kind=redis\n"
+    );
+    assert!(!w.files().contains("resources/default/redis/example/"));
 }

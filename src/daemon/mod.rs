@@ -336,6 +336,9 @@ async fn one_pass(
 }
 
 fn log_pass(r: &PassReport) {
+    for w in &r.warnings {
+        tracing::warn!(warning = %w, "reconcile pass");
+    }
     for s in &r.stores {
         match (&s.commit, &s.error) {
             (_, Some(e)) => {

@@ -7,7 +7,8 @@
 //!    `requiredPromises` met and its promise workflow completed), in parallel up to the
 //!    configured concurrency, one request's pipelines in order;
 //! 4. runs the first delete pipeline of every request or Promise that left the config repo, then
-//!    prunes its files;
+//!    prunes its files (a removed Promise's own delete pipeline before its requests', as in
+//!    Kratix);
 //! 5. places every output on Destinations (kratix-contract.md §3, [`crate::scheduler`]) and
 //!    writes everything to each state store as **one commit per store**;
 //! 6. records status, placements and input hashes in the state directory.
@@ -281,6 +282,9 @@ impl Engine {
                     record.completed = true;
                     record.input_hash = hash.clone();
                     set_completed(&mut record.status, 0, "Promise configured");
+                } else if self.cancel.load(Ordering::SeqCst) {
+                    // Shutting down: not started; the changed hash runs it on the next start.
+                    tracing::debug!(promise = %name, "shutting down: promise workflow not started");
                 } else {
                     let job = Job {
                         key: pkey.clone(),
@@ -384,6 +388,9 @@ impl Engine {
                 .entry(key.clone())
                 .or_insert_with(|| new_record(&r.id, &r.promise));
             record.status.source = r.origin.to_string();
+            if record.status.object.kind.is_empty() {
+                record.status.object = r.id.clone(); // rebuilt from an index: kind was unknown
+            }
             if !available.get(&r.promise).copied().unwrap_or(false) {
                 waiting.push((key, r.clone()));
                 continue;
@@ -736,6 +743,15 @@ impl Engine {
             .requests
             .get(key)
             .or_else(|| self.state.promises.get(key))
+    }
+
+    /// The requests' or the Promises' records.
+    fn records_mut(&mut self, requests: bool) -> &mut BTreeMap<String, ObjectRecord> {
+        if requests {
+            &mut self.state.requests
+        } else {
+            &mut self.state.promises
+        }
     }
 
     fn record_mut(&mut self, key: &str) -> Option<&mut ObjectRecord> {
@@ -1312,6 +1328,11 @@ impl Engine {
     }
 
     /// Delete workflows and pruning for objects that left the config repo.
+    ///
+    /// Order as in Kratix (`promise_controller.go:deletePromise`): a removed Promise's delete
+    /// workflow runs first, then each of its requests' delete workflows; its files and theirs
+    /// are pruned in the same commit. While a Promise's delete pipeline fails (or the pass is
+    /// shutting down), its requests are not deleted either.
     async fn deletions(
         &mut self,
         cfg: &ValidConfig,
@@ -1334,15 +1355,21 @@ impl Engine {
             .filter(|k| !present.promises.contains(k.trim_start_matches("promise/")))
             .cloned()
             .collect();
-        for (keys, is_request) in [(gone_requests, true), (gone_promises, false)] {
+        // Promises whose deletion did not finish in this pass: their requests wait.
+        let mut blocked: BTreeSet<String> = BTreeSet::new();
+        for (keys, is_request) in [(gone_promises, false), (gone_requests, true)] {
             for key in keys {
-                let map = if is_request {
-                    &mut self.state.requests
-                } else {
-                    &mut self.state.promises
-                };
+                let map = self.records_mut(is_request);
                 let mut record = map.remove(&key).expect("listed above");
                 let promise_name = record.status.promise.clone();
+                if is_request && blocked.contains(&promise_name) {
+                    map.insert(key, record);
+                    continue;
+                }
+                if record.object.is_null() && record.placements.is_empty() {
+                    // Never admitted (invalid, or waiting for its Promise): nothing to delete.
+                    continue;
+                }
                 // The Promise that defines the delete pipeline: the current one, else the last seen.
                 let promise_doc = cfg
                     .promise(&promise_name)
@@ -1372,29 +1399,62 @@ impl Engine {
                     };
                     if let Some(first) = wf.delete.first() {
                         let request = if is_request {
-                            valid_request_from_record(&record, &promise_name)
+                            valid_request_from_record(&record, &vp)
                         } else {
                             None
                         };
-                        let job = Job {
-                            key: key.clone(),
-                            promise: vp.clone(),
-                            request,
-                            action: Action::Delete,
-                            pipelines: vec![first.clone()],
-                            object_yaml: to_yaml(&record.object),
-                            existing_status: record.status.fields.clone(),
-                            promise_dir: dir,
-                            rate_limited: false,
+                        let object = match &request {
+                            Some(r) => Some(r.object.clone()),
+                            None if is_request => None,
+                            None if record.object.is_null() => Some(vp.promise.raw.clone()),
+                            None => Some(record.object.clone()),
                         };
-                        let result = run_job(&self.runner, &job).await;
-                        report.pipelines_run += result.pipelines.len();
-                        if let Some(e) = result.error() {
-                            delete_failed = Some(e.to_string());
+                        match object {
+                            None => {
+                                // Never run a resource delete as a promise workflow.
+                                report.warnings.push(format!(
+                                    "{key}: delete pipeline {} not run: the request's kind is unknown (its record was rebuilt from a state store index and Promise {promise_name} has no API)",
+                                    first.metadata.name
+                                ));
+                            }
+                            Some(_) if self.cancel.load(Ordering::SeqCst) => {
+                                // Shutting down: the deletion runs on the next start.
+                                if !is_request {
+                                    blocked.insert(promise_name.clone());
+                                }
+                                let map = self.records_mut(is_request);
+                                map.insert(key, record);
+                                continue;
+                            }
+                            Some(object) => {
+                                let job = Job {
+                                    key: key.clone(),
+                                    promise: vp.clone(),
+                                    request,
+                                    action: Action::Delete,
+                                    pipelines: vec![first.clone()],
+                                    object_yaml: inputs::object_yaml(&object, &record.status),
+                                    existing_status: record.status.fields.clone(),
+                                    promise_dir: dir,
+                                    rate_limited: false,
+                                };
+                                let result = run_job(&self.runner, &job).await;
+                                report.pipelines_run += result.pipelines.len();
+                                if let Some(e) = result.error() {
+                                    delete_failed = Some(e.to_string());
+                                }
+                            }
                         }
                     }
+                } else {
+                    report.warnings.push(format!(
+                        "{key}: Promise {promise_name} is unknown (the state directory was lost and the Promise left the config repo): its delete pipeline, if any, was not run; files pruned"
+                    ));
                 }
                 if let Some(err) = delete_failed {
+                    if !is_request {
+                        blocked.insert(promise_name.clone());
+                    }
                     record.status.set(
                         cond::DELETE_WORKFLOW_COMPLETED,
                         CS::False,
@@ -1407,11 +1467,7 @@ impl Engine {
                         .objects
                         .push(ObjectReport::new(&record, ObjectAction::Failed));
                     desired.insert(key.clone(), record.placements.clone());
-                    let map = if is_request {
-                        &mut self.state.requests
-                    } else {
-                        &mut self.state.promises
-                    };
+                    let map = self.records_mut(is_request);
                     map.insert(key, record);
                     continue;
                 }
@@ -1421,11 +1477,7 @@ impl Engine {
                     .push(ObjectReport::new(&record, ObjectAction::Deleted));
                 desired.insert(key.clone(), Vec::new());
                 record.deleting = true;
-                let map = if is_request {
-                    &mut self.state.requests
-                } else {
-                    &mut self.state.promises
-                };
+                let map = self.records_mut(is_request);
                 map.insert(key, record);
             }
         }
@@ -2061,18 +2113,38 @@ fn rebuild_valid_promise(promise: Promise, raw: Value) -> ValidPromise {
     }
 }
 
-fn valid_request_from_record(record: &ObjectRecord, promise: &str) -> Option<ValidRequest> {
-    if record.object.is_null() {
-        return None;
-    }
+/// The request a delete pipeline runs for: the object as last admitted or, for a record
+/// rebuilt from a state store index after the state directory was lost, a minimal object
+/// (`apiVersion` and `kind` of the Promise's API, `metadata.name`, `metadata.namespace` and
+/// the `kratix.io/promise-name` label). `None` when neither is known (no API).
+fn valid_request_from_record(
+    record: &ObjectRecord,
+    promise: &ValidPromise,
+) -> Option<ValidRequest> {
+    let mut id = record.status.object.clone();
+    let object = if record.object.is_null() {
+        let api = promise.api.as_ref()?;
+        id.kind = api.kind.clone();
+        serde_json::json!({
+            "apiVersion": api.api_version(),
+            "kind": api.kind,
+            "metadata": {
+                "name": id.name,
+                "namespace": id.namespace.clone().unwrap_or_else(|| "default".into()),
+                "labels": { crate::model::PROMISE_NAME_LABEL: promise.name() },
+            },
+        })
+    } else {
+        record.object.clone()
+    };
     Some(ValidRequest {
         origin: crate::diag::Origin {
             file: String::new(),
             document: 0,
         },
-        id: record.status.object.clone(),
-        promise: promise.to_string(),
-        object: record.object.clone(),
+        id,
+        promise: promise.name().to_string(),
+        object,
     })
 }
 
