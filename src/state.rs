@@ -257,6 +257,11 @@ impl StateDir {
         Ok(sha)
     }
 
+    /// True when the blob is in the cache.
+    pub fn has_blob(&self, sha256: &str) -> bool {
+        self.root.join("blobs").join(sha256).is_file()
+    }
+
     /// Reads a blob stored by [`StateDir::put_blob`].
     pub fn get_blob(&self, sha256: &str) -> Result<Vec<u8>, StateError> {
         let path = self.root.join("blobs").join(sha256);

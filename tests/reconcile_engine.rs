@@ -314,6 +314,35 @@ fn an_invalid_or_duplicated_request_keeps_its_output_and_says_why() {
     );
 }
 
+#[test]
+fn a_lost_cached_output_reruns_that_object_only() {
+    need_bwrap!();
+    let w = World::new();
+    w.pass(0);
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(w.state.join("state.json")).unwrap()).unwrap();
+    let sha = state["promises"]["promise/redis"]["outputs"][0]["files"][0]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::remove_file(w.state.join("blobs").join(&sha)).unwrap();
+    // A new Destination needs the lost file.
+    std::fs::write(
+        w.config.join("platform/dev2.yaml"),
+        "apiVersion: platform.kratix.io/v1alpha1\nkind: Destination\nmetadata:\n  name: dev2\n  labels:\n    environment: dev\nspec:\n  path: clusters/dev2\n  stateStoreRef:\n    kind: GitStateStore\n    name: local\n",
+    )
+    .unwrap();
+    let out = w.pass(0);
+    assert!(out.contains("1 pipelines run"), "{out}");
+    assert!(line(&out, "promise/redis").contains(" ran "), "{out}");
+    assert!(
+        w.files().contains(
+            "clusters/dev2/dependencies/redis/promise-configure/5058f/redis-operator.yaml"
+        )
+    );
+    assert!(w.state.join("blobs").join(&sha).is_file(), "restored");
+}
+
 /// Adds delete pipelines to the redis Promise (promise and resource) that run the image
 /// `promised.dev/deleter`: an image override whose script logs each delete, and a copy of its
 /// object.yaml, to a writable mount. Returns the log directory.

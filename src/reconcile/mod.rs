@@ -242,6 +242,9 @@ impl Engine {
                 .unwrap_or_else(|| new_record(&p.promise.id, &name));
             record.status.source = p.promise.origin.to_string();
             record.status.status = None;
+            if !outputs_cached(&self.dir, &record) {
+                record.input_hash.clear(); // re-run to restore the lost cached output
+            }
             // Requirements (kratix-contract.md §6: configure still runs; requests wait).
             let unmet: Vec<String> = p
                 .promise
@@ -390,6 +393,9 @@ impl Engine {
             record.status.source = r.origin.to_string();
             if record.status.object.kind.is_empty() {
                 record.status.object = r.id.clone(); // rebuilt from an index: kind was unknown
+            }
+            if !outputs_cached(&self.dir, record) {
+                record.input_hash.clear(); // re-run to restore the lost cached output
             }
             if !available.get(&r.promise).copied().unwrap_or(false) {
                 waiting.push((key, r.clone()));
@@ -592,7 +598,21 @@ impl Engine {
                         .insert(okey.clone());
                     continue; // written via the Destination's aggregate below
                 }
-                let files = self.load_files(&pl.files)?;
+                let files = match self.load_files(&pl.files) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        // Cached output lost (and not re-run this pass): this object fails
+                        // alone and runs again on the next pass.
+                        object_errors.insert(
+                            okey.clone(),
+                            format!("cached output missing, it re-runs on the next pass: {e}"),
+                        );
+                        if let Some(r) = self.record_mut(okey) {
+                            r.input_hash.clear();
+                        }
+                        continue;
+                    }
+                };
                 let set = sets.entry(pl.store.clone()).or_default();
                 set.writes.push(PlacementWrite {
                     owner: owner_for(okey, pl),
@@ -1279,7 +1299,7 @@ impl Engine {
         desired: &BTreeMap<String, Vec<PlacementRecord>>,
         sets: &mut BTreeMap<String, ChangeSet>,
     ) -> Result<(), EngineError> {
-        for d in dests
+        'dest: for d in dests
             .iter()
             .filter(|d| d.mode == FilepathMode::AggregatedYaml)
         {
@@ -1294,8 +1314,13 @@ impl Engine {
                 let mut files = p.files.clone();
                 files.sort();
                 for f in files {
+                    let Ok(bytes) = self.dir.get_blob(&f.sha256) else {
+                        // Lost from the cache: keep the file as it is; its owner re-runs.
+                        tracing::warn!(destination = %d.info.name, sha256 = %f.sha256, "cached output missing; aggregate not rewritten in this pass");
+                        continue 'dest;
+                    };
                     docs.push(
-                        String::from_utf8_lossy(&self.dir.get_blob(&f.sha256)?)
+                        String::from_utf8_lossy(&bytes)
                             .trim_end_matches('\n')
                             .to_string(),
                     );
@@ -1764,6 +1789,17 @@ fn dest_views(cfg: &ValidConfig) -> Vec<DestView> {
             })
         })
         .collect()
+}
+
+/// True when every cached pipeline output of `record` is still in the blob cache (static
+/// dependencies are rendered again every pass and do not count).
+fn outputs_cached(dir: &StateDir, record: &ObjectRecord) -> bool {
+    record
+        .outputs
+        .iter()
+        .filter(|o| !o.pipeline.is_empty())
+        .flat_map(|o| &o.files)
+        .all(|f| dir.has_blob(&f.sha256))
 }
 
 fn dest_mode(dests: &[DestView], name: &str) -> Option<FilepathMode> {
