@@ -315,6 +315,48 @@ fn an_invalid_or_duplicated_request_keeps_its_output_and_says_why() {
 }
 
 #[test]
+fn a_request_no_destination_matches_is_pending_with_the_reason() {
+    need_bwrap!();
+    let w = World::new();
+    // Only dev exists: team-b-prod selects environment=prod.
+    w.edit("platform/destinations.yaml", |t| {
+        t.split("---\n").next().unwrap().to_string()
+    });
+    let out = w.pass(0);
+    assert!(
+        line(&out, "namespace/default/team-b-prod").contains("Pending"),
+        "{out}"
+    );
+    let s = w.status("namespace/default/team-b-prod");
+    assert_eq!(
+        s["status"]["message"],
+        "Pending: no matching Destination for workload groups [instance-configure:.]"
+    );
+    assert_eq!(condition(&s, "Reconciled")["status"], "Unknown");
+    assert_eq!(condition(&s, "Reconciled")["reason"], "WorksPending");
+    assert_eq!(condition(&s, "WorksSucceeded")["reason"], "WorksPending");
+    assert_eq!(s["status"]["destinations"], serde_json::json!([]));
+    assert!(!w.files().contains("team-b-prod"));
+
+    // The Destination appears: placed from the cached output, no pipeline, message back.
+    copy_dir(
+        &repo_root().join("testdata/quickstart/platform"),
+        &w.config.join("platform-restored"),
+    );
+    std::fs::remove_file(w.config.join("platform-restored/state-store.yaml")).unwrap();
+    std::fs::remove_file(w.config.join("platform/destinations.yaml")).unwrap();
+    let out = w.pass(0);
+    assert!(out.contains("0 pipelines run"), "{out}");
+    let s = w.status("namespace/default/team-b-prod");
+    assert_eq!(s["status"]["message"], "namespace team-b requested in prod");
+    assert_eq!(condition(&s, "Reconciled")["status"], "True");
+    assert!(
+        w.files()
+            .contains("clusters/prod/resources/default/namespace/team-b-prod")
+    );
+}
+
+#[test]
 fn a_lost_cached_output_reruns_that_object_only() {
     need_bwrap!();
     let w = World::new();

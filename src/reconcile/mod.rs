@@ -1745,6 +1745,12 @@ fn finish_status(record: &mut ObjectRecord) {
     }
 }
 
+/// Start of a request's `status.message` while some of its output matches no Destination.
+const PENDING_NO_DESTINATION: &str = "Pending: no matching Destination for workload groups";
+
+/// `WorksSucceeded=Unknown WorksPending` while output matches no Destination
+/// (kratix-contract.md §3 rule 5); a request's `status.message` then says Pending and why,
+/// and gets its pipeline's message back once placed.
 fn note_unscheduled(status: &mut ObjectStatus, unscheduled: &[(String, String)], what: &str) {
     if unscheduled.is_empty() {
         if status
@@ -1752,6 +1758,14 @@ fn note_unscheduled(status: &mut ObjectStatus, unscheduled: &[(String, String)],
             .is_some_and(|c| c.reason == "WorksPending")
         {
             status.clear(cond::WORKS_SUCCEEDED);
+        }
+        if status.message.starts_with(PENDING_NO_DESTINATION) {
+            status.message = status
+                .fields
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("Resource requested")
+                .to_string();
         }
         return;
     }
@@ -1765,6 +1779,12 @@ fn note_unscheduled(status: &mut ObjectStatus, unscheduled: &[(String, String)],
         "WorksPending",
         &format!("Some works associated with this {what} are not ready: no matching Destination for workload groups [{}]", groups.join(", ")),
     );
+    let completed = status
+        .condition(cond::CONFIGURE_WORKFLOW_COMPLETED)
+        .is_some_and(|c| c.status == CS::True);
+    if what == "resource" && completed {
+        status.message = format!("{PENDING_NO_DESTINATION} [{}]", groups.join(", "));
+    }
 }
 
 fn dest_views(cfg: &ValidConfig) -> Vec<DestView> {
