@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::cli::{OutputFormat, ReconcileArgs, StatusArgs, StatusFormat};
-use crate::config::{self, FileFilter, Source};
+use crate::config::{self, Source};
 use crate::reconcile::{Engine, ObjectAction, PassReport};
 use crate::state::{State, StateDir};
 use crate::status::ObjectStatus;
@@ -42,11 +42,7 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
         }
     };
     let source = source_of(&a.config, a.reference.as_deref());
-    let mut filter = FileFilter::default();
-    if !settings.include.is_empty() {
-        filter.include = settings.include.clone();
-    }
-    filter.exclude.extend(settings.exclude.iter().cloned());
+    let filter = settings.file_filter();
     let dir = match StateDir::open(&settings.state_dir) {
         Ok(d) => d,
         Err(e) => {
@@ -151,6 +147,9 @@ fn write_report(
         )?;
     }
     for rej in &cfg.rejected {
+        if rej.promise.is_some() && rej.id.kind != "Promise" {
+            continue; // a request: shown above as FAILED with "Invalid: …"
+        }
         writeln!(
             out,
             "  {:<width$}  {:<9}  {}",
@@ -181,6 +180,9 @@ fn write_report(
     }
     for l in &r.logs {
         writeln!(out, "pipeline log: {l}")?;
+    }
+    for w in &r.warnings {
+        writeln!(out, "warning: {w}")?;
     }
     writeln!(
         out,

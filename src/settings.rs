@@ -219,6 +219,17 @@ impl Settings {
         Ok(s)
     }
 
+    /// The config repo files read as config: `include` (default `**/*.yaml`, `**/*.yml`), and
+    /// `exclude` on top of `.git/**`.
+    pub fn file_filter(&self) -> crate::config::FileFilter {
+        let mut filter = crate::config::FileFilter::default();
+        if !self.include.is_empty() {
+            filter.include = self.include.clone();
+        }
+        filter.exclude.extend(self.exclude.iter().cloned());
+        filter
+    }
+
     /// The pipeline runner settings these give; per-run directories go under the state
     /// directory's `runs/`.
     pub fn runner(&self) -> crate::pipeline::RunnerConfig {

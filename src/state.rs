@@ -434,6 +434,11 @@ impl StateDir {
         Ok(sha)
     }
 
+    /// True when the blob is in the cache (not verified: [`StateDir::get_blob`] does).
+    pub fn has_blob(&self, sha256: &str) -> bool {
+        self.root.join("blobs").join(sha256).is_file()
+    }
+
     /// Reads a blob stored by [`StateDir::put_blob`]. Errors: I/O (including a missing blob),
     /// and content that does not match its sha256 (reported as `InvalidData`).
     pub fn get_blob(&self, sha256: &str) -> Result<Vec<u8>, StateError> {

@@ -112,6 +112,8 @@ pub struct Rejected {
     pub id: ObjectRef,
     /// One-line reasons (the diagnostics' text).
     pub reasons: Vec<String>,
+    /// For a resource request: the Promise that serves (or would serve) its kind, when known.
+    pub promise: Option<String>,
 }
 
 /// A config repo after validation.
@@ -168,6 +170,7 @@ pub fn validate(objects: Objects) -> ValidConfig {
         commit,
     } = objects;
     let mut rejected_keys: BTreeSet<(String, usize)> = BTreeSet::new();
+    let mut rejected = Vec::new();
 
     // Duplicate identities, across every kind (group + kind + namespace + name).
     let mut seen: HashMap<(String, String, Option<String>, String), Vec<Origin>> = HashMap::new();
@@ -224,12 +227,20 @@ pub fn validate(objects: Objects) -> ValidConfig {
                 .filter(|x| *x != o)
                 .map(|x| x.to_string())
                 .collect();
-            diagnostics.push(o.diag(
+            let d = o.diag(
                 Code::DuplicateIdentity,
                 Some(&id),
                 "metadata.name",
                 format!("duplicate object: also defined at {}", others.join(", ")),
-            ));
+            );
+            // Rejected, not absent: a duplicated object keeps what it applied before.
+            rejected.push(Rejected {
+                origin: o.clone(),
+                id: id.clone(),
+                reasons: vec![d.message.clone()],
+                promise: None,
+            });
+            diagnostics.push(d);
             rejected_keys.insert((o.file.clone(), o.document));
         }
     }
@@ -274,7 +285,6 @@ pub fn validate(objects: Objects) -> ValidConfig {
     }
 
     // Destinations.
-    let mut rejected = Vec::new();
     let mut valid_destinations = Vec::new();
     let mut paths: BTreeMap<(StateStoreKind, String, String), Origin> = BTreeMap::new();
     for d in sorted(
@@ -378,6 +388,7 @@ pub fn validate(objects: Objects) -> ValidConfig {
                 origin: d.origin.clone(),
                 id: d.id.clone(),
                 reasons: errs.iter().map(|e| e.message.clone()).collect(),
+                promise: None,
             });
             diagnostics.extend(errs);
         }
@@ -410,6 +421,7 @@ pub fn validate(objects: Objects) -> ValidConfig {
                 origin: p.origin.clone(),
                 id: p.id.clone(),
                 reasons: errs.iter().map(|e| e.message.clone()).collect(),
+                promise: None,
             });
             diagnostics.extend(errs);
         }
@@ -446,6 +458,7 @@ pub fn validate(objects: Objects) -> ValidConfig {
                 origin: p.promise.origin.clone(),
                 id: p.promise.id.clone(),
                 reasons: vec![d.message.clone()],
+                promise: None,
             });
             rejected_apis.push((group.clone(), kind.clone(), p.name().to_string()));
             diagnostics.push(d);
@@ -462,7 +475,7 @@ pub fn validate(objects: Objects) -> ValidConfig {
     // Requests: served by which Promise? A kind served by a Promise that was rejected is
     // reported as such, not as "unserved".
     let mut requests = Vec::new();
-    for c in candidates.into_iter().filter(|c| not_dup(&c.origin)) {
+    for c in candidates {
         let api_version = c
             .raw
             .get("apiVersion")
@@ -474,12 +487,20 @@ pub fn validate(objects: Objects) -> ValidConfig {
                 .as_ref()
                 .is_some_and(|a| a.group == group && a.kind == c.id.kind)
         });
+        if !not_dup(&c.origin) {
+            // A duplicate, rejected above: note the Promise it is a request of.
+            if let Some(r) = rejected.iter_mut().find(|r| r.origin == c.origin) {
+                r.promise = served.map(|p| p.name().to_string());
+            }
+            continue;
+        }
         let Some(promise) = served else {
-            let msg = match rejected_apis
+            let by = rejected_apis
                 .iter()
                 .find(|(g, k, _)| g == group && *k == c.id.kind)
-            {
-                Some((_, _, pname)) => format!(
+                .map(|(_, _, pname)| pname.clone());
+            let msg = match &by {
+                Some(pname) => format!(
                     "{api_version} {} is served by Promise {pname}, which is invalid",
                     c.id.kind
                 ),
@@ -490,6 +511,7 @@ pub fn validate(objects: Objects) -> ValidConfig {
                 origin: c.origin.clone(),
                 id: c.id.clone(),
                 reasons: vec![d.message.clone()],
+                promise: by,
             });
             diagnostics.push(d);
             continue;
@@ -510,6 +532,7 @@ pub fn validate(objects: Objects) -> ValidConfig {
                 origin: c.origin.clone(),
                 id: c.id.clone(),
                 reasons: vec![d.message.clone()],
+                promise: Some(promise.name().to_string()),
             });
             diagnostics.push(d);
             continue;
@@ -524,6 +547,7 @@ pub fn validate(objects: Objects) -> ValidConfig {
                         .iter()
                         .map(|e| format!("{}: {}", e.field.clone().unwrap_or_default(), e.message))
                         .collect(),
+                    promise: Some(promise.name().to_string()),
                 });
                 diagnostics.extend(errs);
             }

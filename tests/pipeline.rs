@@ -313,6 +313,48 @@ E"#,
 }
 
 #[tokio::test]
+async fn each_pipeline_reads_the_status_so_far_in_object_yaml() {
+    need_bwrap!();
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = "cp /kratix/input/object.yaml /kratix/output/object.yaml";
+    let ps = [
+        pipeline(
+            "one",
+            vec![container(
+                "c",
+                &format!(
+                    "{copy}; printf 'stage: one\\nconditions:\\n- {{type: A, status: \"True\"}}\\n' > /kratix/metadata/status.yaml"
+                ),
+            )],
+        ),
+        pipeline("two", vec![container("c", copy)]),
+    ];
+    let mut inp = input(WorkflowType::Resource, Action::Configure, &ps);
+    inp.existing_status = json!({"stage": "zero", "keep": "me"})
+        .as_object()
+        .cloned()
+        .unwrap();
+    let r = run_workflow(&cfg(tmp.path()), &inp).await;
+    assert!(r.succeeded(), "{r:#?}");
+    let status = |p: usize| {
+        let doc = promised::config::parse_yaml_stream(file(&r, p, "object.yaml")).unwrap();
+        assert_eq!(doc[0]["spec"]["size"], "small");
+        doc[0]["status"].clone()
+    };
+    assert_eq!(status(0), json!({"keep": "me", "stage": "zero"}));
+    assert_eq!(
+        status(1),
+        json!({"keep": "me", "stage": "one", "conditions": [{"type": "A", "status": "True"}]})
+    );
+    // Sorted keys, so the file is deterministic.
+    let text = file(&r, 1, "object.yaml");
+    assert!(
+        text.find("kind:").unwrap() < text.find("status:").unwrap(),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn metadata_errors_fail_the_pipeline() {
     need_bwrap!();
     let tmp = tempfile::tempdir().unwrap();

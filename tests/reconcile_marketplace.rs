@@ -275,14 +275,25 @@ fn marketplace_promises_end_to_end() {
         rt["status"]["commits"]["GitStateStore/remote"],
         first.as_str()
     );
+    // The invalid request is Failed with the reason, and wrote nothing.
     let bad = v
         .as_array()
         .unwrap()
         .iter()
-        .find(|o| o["key"] == "redis/default/bad");
+        .find(|o| o["key"] == "redis/default/bad")
+        .expect("the invalid request has a status");
+    let reconciled = common::condition(bad, "Reconciled");
+    assert_eq!(reconciled["status"], "False", "{bad}");
+    assert_eq!(reconciled["reason"], "InvalidRequest", "{bad}");
+    assert_eq!(
+        bad["status"]["message"],
+        "Invalid: spec.size: \"medium\" does not match ^(small|large)$"
+    );
+    assert_eq!(bad["status"]["destinations"], serde_json::json!([]));
     assert!(
-        bad.is_none(),
-        "an invalid request never gets a record: {bad:?}"
+        out.lines()
+            .any(|l| l.contains("redis/default/bad") && l.contains("FAILED")),
+        "{out}"
     );
 
     // A second pass with no change: no commit, no pipeline.

@@ -3,16 +3,7 @@
 
 mod common;
 
-use common::{bwrap_works, copy_dir, git, reconcile, repo_root, status_row as status};
-
-fn condition<'a>(s: &'a serde_json::Value, t: &str) -> &'a serde_json::Value {
-    s["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == t)
-        .unwrap_or_else(|| panic!("no {t} in {s}"))
-}
+use common::{bwrap_works, condition, copy_dir, git, reconcile, repo_root, status_row as status};
 
 fn setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();

@@ -36,7 +36,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::{Notify, RwLock, watch};
 
-use crate::config::{self, FileFilter, Source};
+use crate::config::{self, Source};
 use crate::reconcile::{Engine, PassReport};
 use crate::settings::Settings;
 use crate::validate;
@@ -364,11 +364,7 @@ async fn one_pass(
     settings: &Settings,
     shared: &Shared,
 ) -> Result<PassReport, String> {
-    let mut filter = FileFilter::default();
-    if !settings.include.is_empty() {
-        filter.include = settings.include.clone();
-    }
-    filter.exclude.extend(settings.exclude.iter().cloned());
+    let filter = settings.file_filter();
     let root = engine.state_dir().to_path_buf();
     let src = source.clone();
     let t_load = std::time::Instant::now();
@@ -424,6 +420,9 @@ async fn one_pass(
 }
 
 fn log_pass(r: &PassReport) {
+    for w in &r.warnings {
+        tracing::warn!(warning = %w, "reconcile pass");
+    }
     for s in &r.stores {
         match (&s.commit, &s.error) {
             (_, Some(e)) => {

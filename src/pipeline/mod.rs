@@ -354,13 +354,16 @@ pub struct WorkflowInput<'a> {
     pub crd_plural: String,
     /// `KRATIX_OBJECT_*` for resource workflows.
     pub object: ObjectIdentity,
-    /// Exact contents of `/kratix/input/object.yaml`.
+    /// `/kratix/input/object.yaml`. Each Pipeline gets it with its `status` merged with
+    /// [`WorkflowInput::existing_status`] and the `status.yaml` of the Pipelines before it
+    /// ([`with_status`]); byte for byte when that adds nothing.
     pub object_yaml: String,
     /// Host folder of the Promise's `promise.yaml`, mounted read-only at `/promise`.
     pub promise_dir: Option<PathBuf>,
     /// The Pipelines of this workflow and action.
     pub pipelines: &'a [Pipeline],
-    /// The object's current `status` (merged with each Pipeline's `status.yaml`).
+    /// The object's current `status` (merged with each Pipeline's `status.yaml`, and shown to
+    /// each Pipeline in `object.yaml`).
     pub existing_status: Map<String, Value>,
 }
 
@@ -541,7 +544,10 @@ pub async fn run_workflow(cfg: &RunnerConfig, input: &WorkflowInput<'_>) -> Work
     }
     let layout = sandbox::HostLayout::detect();
     for p in pipelines {
-        let r = run_pipeline(cfg, &layout, input, p).await;
+        // The only channel between Pipelines is the object's status, re-read into
+        // object.yaml (kratix-contract.md §2.2, §2.4).
+        let object_yaml = with_status(&input.object_yaml, &result.merged_status);
+        let r = run_pipeline(cfg, &layout, input, &object_yaml, p).await;
         if let Some(s) = &r.status
             && matches!(
                 r.outcome,
@@ -559,10 +565,37 @@ pub async fn run_workflow(cfg: &RunnerConfig, input: &WorkflowInput<'_>) -> Work
     result
 }
 
+/// `object_yaml` with `status` set to its own `status` merged with `status` (shallow, and
+/// `conditions` by type, as Kratix's status-writer merges; kratix-contract.md §2.6), as
+/// deterministic YAML with sorted keys. Unchanged when that adds nothing, or when
+/// `object_yaml` is not a single mapping.
+pub fn with_status(object_yaml: &str, status: &Map<String, Value>) -> String {
+    if status.is_empty() {
+        return object_yaml.to_string();
+    }
+    let mut doc = match crate::config::parse_yaml_stream(object_yaml).as_deref() {
+        Ok([doc @ Value::Object(_)]) => doc.clone(),
+        _ => return object_yaml.to_string(),
+    };
+    let obj = doc.as_object_mut().expect("matched an object");
+    let own = obj
+        .get("status")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let merged = merge_status(&own, status, WorkflowType::Resource);
+    if merged == own {
+        return object_yaml.to_string();
+    }
+    obj.insert("status".into(), Value::Object(merged));
+    crate::validate::to_yaml(&doc)
+}
+
 async fn run_pipeline(
     cfg: &RunnerConfig,
     layout: &sandbox::HostLayout,
     input: &WorkflowInput<'_>,
+    object_yaml: &str,
     p: &Pipeline,
 ) -> PipelineResult {
     let mut res = PipelineResult {
@@ -573,7 +606,7 @@ async fn run_pipeline(
         status: None,
         logs: Vec::new(),
     };
-    if let Err(error) = run_pipeline_inner(cfg, layout, input, p, &mut res).await {
+    if let Err(error) = run_pipeline_inner(cfg, layout, input, object_yaml, p, &mut res).await {
         res.outcome = Outcome::Failed { error };
         res.outputs.clear();
         res.selectors.clear();
@@ -585,11 +618,12 @@ async fn run_pipeline_inner(
     cfg: &RunnerConfig,
     layout: &sandbox::HostLayout,
     input: &WorkflowInput<'_>,
+    object_yaml: &str,
     p: &Pipeline,
     res: &mut PipelineResult,
 ) -> Result<(), Error> {
     let pname = p.metadata.name.as_str();
-    let dirs = contract::PipelineDirs::create(&cfg.work_dir, &input.object_yaml)?;
+    let dirs = contract::PipelineDirs::create(&cfg.work_dir, object_yaml)?;
     let base_env = contract::kratix_env(
         input.workflow_type,
         input.action,

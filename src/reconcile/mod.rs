@@ -7,29 +7,38 @@
 //!    `requiredPromises` met and its promise workflow completed), in parallel up to the
 //!    configured concurrency, one request's pipelines in order;
 //! 4. runs the first delete pipeline of every request or Promise that left the config repo, then
-//!    prunes its files;
+//!    prunes its files (a removed Promise's own delete pipeline before its requests', as in
+//!    Kratix);
 //! 5. places every output on Destinations (kratix-contract.md §3, [`crate::scheduler`]) and
 //!    writes everything to each state store as **one commit per store**;
 //! 6. records status, placements and input hashes in the state directory.
 //!
 //! Guarantees:
 //! - A workflow re-runs only when its inputs change: the hash of the Promise spec (which holds
-//!   the pipeline definitions), the request's defaulted spec, and the image overrides its
-//!   containers use. A failed or retry-suspended workflow runs again on the next pass. An
+//!   the pipeline definitions), the request's defaulted spec, the image overrides its
+//!   containers use with the host trees of their read-only mounts, and the non-config files of
+//!   the Promise folder mounted at `/promise` (bounded: [`TREE_MAX_ENTRIES`] entries and
+//!   [`TREE_CONTENT_BUDGET`] bytes of content per tree). Status is not an
+//!   input, although pipelines see it in `object.yaml`. A failed or retry-suspended workflow
+//!   runs again on the next pass, and so does one whose cached output left the blob cache. An
 //!   unchanged pass spawns no process and makes no commit.
 //! - Placement is recomputed from cached outputs on every pass, so a new Destination receives
 //!   dependencies and pending requests get placed without re-running pipelines. Placements are
 //!   sticky: a request never moves once placed (misplaced instead).
 //! - Failures are isolated: an invalid request, a failing pipeline, or an unwritable state store
-//!   marks the objects concerned Failed with the reason; everything else still reconciles and
-//!   commits. A request or Promise that becomes invalid keeps its previous output: only
-//!   removal from the config repo deletes.
+//!   marks the objects concerned Failed with the reason (an invalid request:
+//!   `Reconciled=False InvalidRequest`, `status.message: Invalid: …`); everything else still
+//!   reconciles and commits. A request or Promise that becomes invalid keeps its previous
+//!   output: only removal from the config repo deletes.
+//! - Once the cancel flag is set (SIGTERM), no workflow starts: promise, resource or delete.
 //! - Every pass calls `apply` on every state store in use, so files someone edited or deleted
 //!   behind our back are restored even when nothing else changed (and reported as drift).
 
+mod inputs;
 mod placement;
 mod report;
 
+pub use inputs::{TREE_CONTENT_BUDGET, TREE_MAX_ENTRIES};
 pub use placement::{DestView, OutputRecord, owner_key, place_outputs};
 pub use report::{ObjectAction, ObjectReport, PassReport, StoreReport};
 
@@ -215,12 +224,16 @@ impl Engine {
         // Canary files.
         let canaries = self.canaries(cfg)?;
 
+        // Host files pipelines run (Promise folders, image-override mounts), hashed once a pass.
+        let mut trees = inputs::TreeHashes::new(self.dir.root());
+        let config_filter = self.settings.file_filter().compile().ok();
+
         // Promises, in requiredPromises order.
         let mut available: BTreeMap<String, bool> = BTreeMap::new();
         let mut promise_hashes: BTreeMap<String, String> = BTreeMap::new();
         for p in order_promises(&cfg.promises) {
             let name = p.name().to_string();
-            let hash = self.promise_hash(p);
+            let hash = self.promise_hash(p, config_root, config_filter.as_ref(), &mut trees);
             promise_hashes.insert(name.clone(), hash.clone());
             let pkey = promise_key(&name);
             let mut record = self
@@ -230,6 +243,9 @@ impl Engine {
                 .unwrap_or_else(|| new_record(&p.promise.id, &name));
             record.status.source = p.promise.origin.to_string();
             record.status.status = None;
+            if !outputs_cached(&self.dir, &record) {
+                record.input_hash.clear(); // re-run to restore the lost cached output
+            }
             // Requirements (kratix-contract.md §6: configure still runs; requests wait).
             let unmet: Vec<String> = p
                 .promise
@@ -270,6 +286,9 @@ impl Engine {
                     record.completed = true;
                     record.input_hash = hash.clone();
                     set_completed(&mut record.status, 0, "Promise configured");
+                } else if self.cancel.load(Ordering::SeqCst) {
+                    // Shutting down: not started; the changed hash runs it on the next start.
+                    tracing::debug!(promise = %name, "shutting down: promise workflow not started");
                 } else {
                     let job = Job {
                         key: pkey.clone(),
@@ -277,7 +296,7 @@ impl Engine {
                         request: None,
                         action: Action::Configure,
                         pipelines,
-                        object_yaml: to_yaml(&p.promise.raw),
+                        object_yaml: inputs::object_yaml(&p.promise.raw, &record.status),
                         existing_status: Map::new(),
                         promise_dir: promise_dir(config_root, &p.promise.origin.file),
                         rate_limited: false,
@@ -365,6 +384,7 @@ impl Engine {
                 r,
                 &self.runner,
                 &p.promise.object.spec.workflows.resource.configure,
+                &mut trees,
             );
             let record = self
                 .state
@@ -372,6 +392,12 @@ impl Engine {
                 .entry(key.clone())
                 .or_insert_with(|| new_record(&r.id, &r.promise));
             record.status.source = r.origin.to_string();
+            if record.status.object.kind.is_empty() {
+                record.status.object = r.id.clone(); // rebuilt from an index: kind was unknown
+            }
+            if !outputs_cached(&self.dir, record) {
+                record.input_hash.clear(); // re-run to restore the lost cached output
+            }
             if !available.get(&r.promise).copied().unwrap_or(false) {
                 waiting.push((key, r.clone()));
                 continue;
@@ -413,7 +439,7 @@ impl Engine {
                         request: Some(r.clone()),
                         action: Action::Configure,
                         pipelines,
-                        object_yaml: r.to_yaml(),
+                        object_yaml: inputs::object_yaml(&r.object, &record.status),
                         existing_status: record.status.fields.clone(),
                         promise_dir: promise_dir(config_root, &p.promise.origin.file),
                         rate_limited,
@@ -440,6 +466,39 @@ impl Engine {
             report
                 .objects
                 .push(ObjectReport::new(record, ObjectAction::Waiting));
+        }
+        // Requests in the config repo that were rejected (schema, unserved version, invalid or
+        // duplicated): Failed with the reasons. What they applied before stays; they run again
+        // once valid.
+        let mut invalid: BTreeMap<String, (ObjectRef, String, String, Vec<String>)> =
+            BTreeMap::new();
+        for rej in &cfg.rejected {
+            let Some(promise) = rej.promise.as_ref().filter(|_| rej.id.kind != "Promise") else {
+                continue;
+            };
+            let mut id = rej.id.clone();
+            let ns = id.namespace.get_or_insert_with(|| "default".into()).clone();
+            let key = request_key(promise, &ns, &id.name);
+            let entry = invalid
+                .entry(key)
+                .or_insert_with(|| (id, promise.clone(), rej.origin.to_string(), Vec::new()));
+            entry.3.extend(rej.reasons.iter().cloned());
+        }
+        for (key, (id, promise, source, reasons)) in &invalid {
+            let record = self
+                .state
+                .requests
+                .entry(key.clone())
+                .or_insert_with(|| new_record(id, promise));
+            record.status.source = source.clone();
+            record
+                .status
+                .set(cond::RECONCILED, CS::False, "InvalidRequest", "Failing");
+            record.status.message = format!("Invalid: {}", reasons.join("; "));
+            record.input_hash.clear();
+            report
+                .objects
+                .push(ObjectReport::new(record, ObjectAction::Failed));
         }
         let results = run_jobs(
             &self.runner,
@@ -540,7 +599,21 @@ impl Engine {
                         .insert(okey.clone());
                     continue; // written via the Destination's aggregate below
                 }
-                let files = self.load_files(&pl.files)?;
+                let files = match self.load_files(&pl.files) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        // Cached output lost (and not re-run this pass): this object fails
+                        // alone and runs again on the next pass.
+                        object_errors.insert(
+                            okey.clone(),
+                            format!("cached output missing, it re-runs on the next pass: {e}"),
+                        );
+                        if let Some(r) = self.record_mut(okey) {
+                            r.input_hash.clear();
+                        }
+                        continue;
+                    }
+                };
                 let set = sets.entry(pl.store.clone()).or_default();
                 set.writes.push(PlacementWrite {
                     owner: owner_for(okey, pl),
@@ -617,6 +690,9 @@ impl Engine {
 
         // Record what landed, and status.
         for (okey, places) in desired {
+            if invalid.contains_key(&okey) {
+                continue; // keeps its placements and its InvalidRequest status
+            }
             let Some(record) = self.record_mut(&okey) else {
                 continue;
             };
@@ -678,6 +754,15 @@ impl Engine {
             .requests
             .get(key)
             .or_else(|| self.state.promises.get(key))
+    }
+
+    /// The requests' or the Promises' records.
+    fn records_mut(&mut self, requests: bool) -> &mut BTreeMap<String, ObjectRecord> {
+        if requests {
+            &mut self.state.requests
+        } else {
+            &mut self.state.promises
+        }
     }
 
     fn record_mut(&mut self, key: &str) -> Option<&mut ObjectRecord> {
@@ -985,8 +1070,17 @@ impl Engine {
         }))
     }
 
-    /// Hash of everything a promise workflow depends on.
-    fn promise_hash(&self, p: &ValidPromise) -> String {
+    /// Hash of everything a promise workflow depends on (and, through requests' hashes, every
+    /// resource workflow): the Promise spec, the image overrides its promise workflow uses with
+    /// their read-only mounts' host trees, and the files of its folder (mounted at `/promise`)
+    /// that are not config.
+    fn promise_hash(
+        &self,
+        p: &ValidPromise,
+        config_root: &Path,
+        config_filter: Option<&crate::config::source::CompiledFilter>,
+        trees: &mut inputs::TreeHashes,
+    ) -> String {
         let spec = p.promise.raw.get("spec").cloned().unwrap_or(Value::Null);
         let images: Vec<&Pipeline> = p
             .promise
@@ -997,8 +1091,11 @@ impl Engine {
             .configure
             .iter()
             .collect();
-        let overrides = override_fingerprint(&self.runner, images.into_iter());
-        sha256_hex(format!("{ENGINE_VERSION}\n{spec}\n{overrides}").as_bytes())
+        let overrides = override_fingerprint(&self.runner, images.into_iter(), trees);
+        let folder = promise_dir(config_root, &p.promise.origin.file)
+            .map(|d| trees.promise_folder(&d, &parent_dir(&p.promise.origin.file), config_filter))
+            .unwrap_or_default();
+        sha256_hex(format!("{ENGINE_VERSION}\n{spec}\n{overrides}\n{folder}").as_bytes())
     }
 
     /// Turns a workflow result into the record: status, pipeline phases, cached outputs.
@@ -1207,7 +1304,7 @@ impl Engine {
         desired: &BTreeMap<String, Vec<PlacementRecord>>,
         sets: &mut BTreeMap<String, ChangeSet>,
     ) -> Result<(), EngineError> {
-        for d in dests
+        'dest: for d in dests
             .iter()
             .filter(|d| d.mode == FilepathMode::AggregatedYaml)
         {
@@ -1222,8 +1319,13 @@ impl Engine {
                 let mut files = p.files.clone();
                 files.sort();
                 for f in files {
+                    let Ok(bytes) = self.dir.get_blob(&f.sha256) else {
+                        // Lost from the cache: keep the file as it is; its owner re-runs.
+                        tracing::warn!(destination = %d.info.name, sha256 = %f.sha256, "cached output missing; aggregate not rewritten in this pass");
+                        continue 'dest;
+                    };
                     docs.push(
-                        String::from_utf8_lossy(&self.dir.get_blob(&f.sha256)?)
+                        String::from_utf8_lossy(&bytes)
                             .trim_end_matches('\n')
                             .to_string(),
                     );
@@ -1256,6 +1358,11 @@ impl Engine {
     }
 
     /// Delete workflows and pruning for objects that left the config repo.
+    ///
+    /// Order as in Kratix (`promise_controller.go:deletePromise`): a removed Promise's delete
+    /// workflow runs first, then each of its requests' delete workflows; its files and theirs
+    /// are pruned in the same commit. While a Promise's delete pipeline fails (or the pass is
+    /// shutting down), its requests are not deleted either.
     async fn deletions(
         &mut self,
         cfg: &ValidConfig,
@@ -1278,15 +1385,21 @@ impl Engine {
             .filter(|k| !present.promises.contains(k.trim_start_matches("promise/")))
             .cloned()
             .collect();
-        for (keys, is_request) in [(gone_requests, true), (gone_promises, false)] {
+        // Promises whose deletion did not finish in this pass: their requests wait.
+        let mut blocked: BTreeSet<String> = BTreeSet::new();
+        for (keys, is_request) in [(gone_promises, false), (gone_requests, true)] {
             for key in keys {
-                let map = if is_request {
-                    &mut self.state.requests
-                } else {
-                    &mut self.state.promises
-                };
+                let map = self.records_mut(is_request);
                 let mut record = map.remove(&key).expect("listed above");
                 let promise_name = record.status.promise.clone();
+                if is_request && blocked.contains(&promise_name) {
+                    map.insert(key, record);
+                    continue;
+                }
+                if record.object.is_null() && record.placements.is_empty() {
+                    // Never admitted (invalid, or waiting for its Promise): nothing to delete.
+                    continue;
+                }
                 // The Promise that defines the delete pipeline: the current one, else the last seen.
                 let promise_doc = cfg
                     .promise(&promise_name)
@@ -1316,29 +1429,62 @@ impl Engine {
                     };
                     if let Some(first) = wf.delete.first() {
                         let request = if is_request {
-                            valid_request_from_record(&record, &promise_name)
+                            valid_request_from_record(&record, &vp)
                         } else {
                             None
                         };
-                        let job = Job {
-                            key: key.clone(),
-                            promise: vp.clone(),
-                            request,
-                            action: Action::Delete,
-                            pipelines: vec![first.clone()],
-                            object_yaml: to_yaml(&record.object),
-                            existing_status: record.status.fields.clone(),
-                            promise_dir: dir,
-                            rate_limited: false,
+                        let object = match &request {
+                            Some(r) => Some(r.object.clone()),
+                            None if is_request => None,
+                            None if record.object.is_null() => Some(vp.promise.raw.clone()),
+                            None => Some(record.object.clone()),
                         };
-                        let result = run_job(&self.runner, &job).await;
-                        report.pipelines_run += result.pipelines.len();
-                        if let Some(e) = result.error() {
-                            delete_failed = Some(e.to_string());
+                        match object {
+                            None => {
+                                // Never run a resource delete as a promise workflow.
+                                report.warnings.push(format!(
+                                    "{key}: delete pipeline {} not run: the request's kind is unknown (its record was rebuilt from a state store index and Promise {promise_name} has no API)",
+                                    first.metadata.name
+                                ));
+                            }
+                            Some(_) if self.cancel.load(Ordering::SeqCst) => {
+                                // Shutting down: the deletion runs on the next start.
+                                if !is_request {
+                                    blocked.insert(promise_name.clone());
+                                }
+                                let map = self.records_mut(is_request);
+                                map.insert(key, record);
+                                continue;
+                            }
+                            Some(object) => {
+                                let job = Job {
+                                    key: key.clone(),
+                                    promise: vp.clone(),
+                                    request,
+                                    action: Action::Delete,
+                                    pipelines: vec![first.clone()],
+                                    object_yaml: inputs::object_yaml(&object, &record.status),
+                                    existing_status: record.status.fields.clone(),
+                                    promise_dir: dir,
+                                    rate_limited: false,
+                                };
+                                let result = run_job(&self.runner, &job).await;
+                                report.pipelines_run += result.pipelines.len();
+                                if let Some(e) = result.error() {
+                                    delete_failed = Some(e.to_string());
+                                }
+                            }
                         }
                     }
+                } else {
+                    report.warnings.push(format!(
+                        "{key}: Promise {promise_name} is unknown (the state directory was lost and the Promise left the config repo): its delete pipeline, if any, was not run; files pruned"
+                    ));
                 }
                 if let Some(err) = delete_failed {
+                    if !is_request {
+                        blocked.insert(promise_name.clone());
+                    }
                     record.status.set(
                         cond::DELETE_WORKFLOW_COMPLETED,
                         CS::False,
@@ -1351,11 +1497,7 @@ impl Engine {
                         .objects
                         .push(ObjectReport::new(&record, ObjectAction::Failed));
                     desired.insert(key.clone(), record.placements.clone());
-                    let map = if is_request {
-                        &mut self.state.requests
-                    } else {
-                        &mut self.state.promises
-                    };
+                    let map = self.records_mut(is_request);
                     map.insert(key, record);
                     continue;
                 }
@@ -1365,11 +1507,7 @@ impl Engine {
                     .push(ObjectReport::new(&record, ObjectAction::Deleted));
                 desired.insert(key.clone(), Vec::new());
                 record.deleting = true;
-                let map = if is_request {
-                    &mut self.state.requests
-                } else {
-                    &mut self.state.promises
-                };
+                let map = self.records_mut(is_request);
                 map.insert(key, record);
             }
         }
@@ -1537,6 +1675,7 @@ fn set_completed(status: &mut ObjectStatus, n: u32, default_message: &str) {
         || status.message.is_empty()
         || status.message.starts_with("Failing")
         || status.message.starts_with("Pending")
+        || status.message.starts_with("Invalid")
     {
         status.message = default_message.to_string();
     }
@@ -1634,6 +1773,12 @@ fn finish_status(record: &mut ObjectRecord) {
     }
 }
 
+/// Start of a request's `status.message` while some of its output matches no Destination.
+const PENDING_NO_DESTINATION: &str = "Pending: no matching Destination for workload groups";
+
+/// `WorksSucceeded=Unknown WorksPending` while output matches no Destination
+/// (kratix-contract.md §3 rule 5); a request's `status.message` then says Pending and why,
+/// and gets its pipeline's message back once placed.
 fn note_unscheduled(status: &mut ObjectStatus, unscheduled: &[(String, String)], what: &str) {
     if unscheduled.is_empty() {
         if status
@@ -1641,6 +1786,14 @@ fn note_unscheduled(status: &mut ObjectStatus, unscheduled: &[(String, String)],
             .is_some_and(|c| c.reason == "WorksPending")
         {
             status.clear(cond::WORKS_SUCCEEDED);
+        }
+        if status.message.starts_with(PENDING_NO_DESTINATION) {
+            status.message = status
+                .fields
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("Resource requested")
+                .to_string();
         }
         return;
     }
@@ -1654,6 +1807,12 @@ fn note_unscheduled(status: &mut ObjectStatus, unscheduled: &[(String, String)],
         "WorksPending",
         &format!("Some works associated with this {what} are not ready: no matching Destination for workload groups [{}]", groups.join(", ")),
     );
+    let completed = status
+        .condition(cond::CONFIGURE_WORKFLOW_COMPLETED)
+        .is_some_and(|c| c.status == CS::True);
+    if what == "resource" && completed {
+        status.message = format!("{PENDING_NO_DESTINATION} [{}]", groups.join(", "));
+    }
 }
 
 fn dest_views(cfg: &ValidConfig) -> Vec<DestView> {
@@ -1678,6 +1837,17 @@ fn dest_views(cfg: &ValidConfig) -> Vec<DestView> {
             })
         })
         .collect()
+}
+
+/// True when every cached pipeline output of `record` is still in the blob cache (static
+/// dependencies are rendered again every pass and do not count).
+fn outputs_cached(dir: &StateDir, record: &ObjectRecord) -> bool {
+    record
+        .outputs
+        .iter()
+        .filter(|o| !o.pipeline.is_empty())
+        .flat_map(|o| &o.files)
+        .all(|f| dir.has_blob(&f.sha256))
 }
 
 fn dest_mode(dests: &[DestView], name: &str) -> Option<FilepathMode> {
@@ -1808,25 +1978,30 @@ fn request_hash(
     r: &ValidRequest,
     runner: &RunnerConfig,
     pipelines: &[Pipeline],
+    trees: &mut inputs::TreeHashes,
 ) -> String {
     let spec = r.object.get("spec").cloned().unwrap_or(Value::Null);
-    let overrides = override_fingerprint(runner, pipelines.iter());
+    let overrides = override_fingerprint(runner, pipelines.iter(), trees);
     sha256_hex(format!("{promise_hash}\n{spec}\n{overrides}").as_bytes())
 }
 
-/// The image overrides used by these pipelines, as stable text.
+/// The image overrides used by these pipelines, with the fingerprints of their read-only
+/// mounts' host trees, as stable text. Writable mounts are left out: pipelines write there.
 fn override_fingerprint<'a>(
     runner: &RunnerConfig,
     pipelines: impl Iterator<Item = &'a Pipeline>,
+    trees: &mut inputs::TreeHashes,
 ) -> String {
     let mut used = BTreeMap::new();
     for p in pipelines {
         for c in &p.spec.containers {
             if let Some(o) = runner.image_overrides.get(&c.image) {
-                used.insert(
-                    c.image.clone(),
-                    serde_json::to_string(o).unwrap_or_default(),
-                );
+                let mut text = serde_json::to_string(o).unwrap_or_default();
+                for m in o.mounts.iter().filter(|m| !m.writable) {
+                    text.push(' ');
+                    text.push_str(&trees.mount(&m.host));
+                }
+                used.insert(c.image.clone(), text);
             }
         }
     }
@@ -2023,18 +2198,38 @@ fn rebuild_valid_promise(promise: Promise, raw: Value) -> ValidPromise {
     }
 }
 
-fn valid_request_from_record(record: &ObjectRecord, promise: &str) -> Option<ValidRequest> {
-    if record.object.is_null() {
-        return None;
-    }
+/// The request a delete pipeline runs for: the object as last admitted or, for a record
+/// rebuilt from a state store index after the state directory was lost, a minimal object
+/// (`apiVersion` and `kind` of the Promise's API, `metadata.name`, `metadata.namespace` and
+/// the `kratix.io/promise-name` label). `None` when neither is known (no API).
+fn valid_request_from_record(
+    record: &ObjectRecord,
+    promise: &ValidPromise,
+) -> Option<ValidRequest> {
+    let mut id = record.status.object.clone();
+    let object = if record.object.is_null() {
+        let api = promise.api.as_ref()?;
+        id.kind = api.kind.clone();
+        serde_json::json!({
+            "apiVersion": api.api_version(),
+            "kind": api.kind,
+            "metadata": {
+                "name": id.name,
+                "namespace": id.namespace.clone().unwrap_or_else(|| "default".into()),
+                "labels": { crate::model::PROMISE_NAME_LABEL: promise.name() },
+            },
+        })
+    } else {
+        record.object.clone()
+    };
     Some(ValidRequest {
         origin: crate::diag::Origin {
             file: String::new(),
             document: 0,
         },
-        id: record.status.object.clone(),
-        promise: promise.to_string(),
-        object: record.object.clone(),
+        id,
+        promise: promise.name().to_string(),
+        object,
     })
 }
 
