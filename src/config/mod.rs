@@ -309,7 +309,7 @@ fn export_promise_dirs(
     parent: &Path,
 ) -> Result<PathBuf, SourceError> {
     let io_err = |e: std::io::Error, what: &Path| SourceError::GitRepo {
-        url: String::new(),
+        url: repo.display_url(),
         message: format!("exporting the commit to {}: {e}", what.display()),
     };
     let root = parent.join(commit.to_string());
@@ -349,6 +349,7 @@ fn export_promise_dirs(
         };
         let tmp = parent.join(format!(".{commit}.tmp"));
         source::export(&files, &tmp)
+            .and_then(|_| std::fs::create_dir_all(&tmp))
             .and_then(|_| std::fs::rename(&tmp, &root))
             .map_err(|e| io_err(e, &root))?;
     }

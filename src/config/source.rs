@@ -294,9 +294,14 @@ impl GitRepo {
 
     fn err(&self, message: String) -> SourceError {
         SourceError::GitRepo {
-            url: statestores::git::config::redact_url(&self.url),
+            url: self.display_url(),
             message,
         }
+    }
+
+    /// The repository URL with any credentials removed (for messages).
+    pub fn display_url(&self) -> String {
+        statestores::git::config::redact_url(&self.url)
     }
 
     /// The commit `reference` (branch, tag, commit id, `HEAD`) points at.
