@@ -562,3 +562,81 @@ fn credentials_in_a_config_url_are_not_printed() {
     assert!(!text.contains("hunter2-secret"), "{text}");
     assert!(text.contains("127.0.0.1:1/config.git"), "{text}");
 }
+
+/// The loader the daemon keeps: a later commit reuses what did not change, only Promise
+/// folders are exported for pipelines, and only the newest two exports stay on disk.
+#[test]
+fn loader_exports_promise_folders_of_the_newest_two_commits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("config");
+    copy_dir(&repo_root().join("testdata/quickstart"), &repo);
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-qm", "c1"]);
+    let checkouts = tmp.path().join("checkouts");
+    let url = format!("file://{}", repo.display());
+    let mut loader = config::Loader::new(
+        Source::Git {
+            url,
+            reference: "main".into(),
+        },
+        &FileFilter::default(),
+        Some(tmp.path().join("cache")),
+        Some(checkouts.clone()),
+    )
+    .unwrap();
+    let mut roots = Vec::new();
+    for round in 0..3 {
+        if round > 0 {
+            std::fs::write(
+                repo.join("requests/redis-example.yaml"),
+                format!(
+                    "apiVersion: marketplace.kratix.io/v1alpha1\nkind: redis\nmetadata:\n  name: example\nspec:\n  size: {}\n",
+                    if round == 1 { "large" } else { "small" }
+                ),
+            )
+            .unwrap();
+            git(&repo, &["commit", "-qam", &format!("c{}", round + 1)]);
+        }
+        let commit = loader.fetch().unwrap().expect("a Git source has a commit");
+        let loaded = loader.load().unwrap();
+        assert_eq!(loaded.objects.commit.as_deref(), Some(commit.as_str()));
+        assert_eq!(loaded.root, checkouts.join(&commit));
+        let cfg = validate(loaded.objects);
+        assert!(!cfg.has_errors(), "{:?}", cfg.diagnostics);
+        let size = cfg
+            .requests
+            .iter()
+            .find(|r| r.name() == "example")
+            .map(|r| r.object["spec"]["size"].clone())
+            .unwrap();
+        assert_eq!(size, if round == 1 { "large" } else { "small" });
+        // Promise folders with their scripts, executable; nothing else.
+        let script = loaded.root.join("promises/redis/pipeline/configure");
+        assert!(script.is_file(), "{}", script.display());
+        use std::os::unix::fs::PermissionsExt;
+        assert_ne!(
+            std::fs::metadata(&script).unwrap().permissions().mode() & 0o111,
+            0
+        );
+        assert!(
+            loaded
+                .root
+                .join("promises/namespace/promise.yaml")
+                .is_file()
+        );
+        assert!(!loaded.root.join("requests").exists());
+        assert!(!loaded.root.join("platform").exists());
+        roots.push(loaded.root);
+        // Let modification times differ so "newest" is well defined.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut left: Vec<PathBuf> = std::fs::read_dir(&checkouts)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    left.sort();
+    let mut want = vec![roots[1].clone(), roots[2].clone()];
+    want.sort();
+    assert_eq!(left, want, "the oldest export is removed");
+}

@@ -622,3 +622,40 @@ fn dotted_path(p: &serde_path_to_error::Path) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, text: &str) -> RawFile {
+        RawFile {
+            path: path.into(),
+            bytes: text.as_bytes().to_vec(),
+            executable: false,
+            oid: source::blob_id(text.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn parse_cache_reuses_unchanged_blobs_and_forgets_the_rest() {
+        let a = file("a.yaml", "apiVersion: v1\nkind: A\nmetadata: {name: a}\n");
+        let b = file("b.yaml", "x: [unclosed\n");
+        let mut cache = ParseCache::default();
+        let (docs, diags) = cache.parse(&[a.clone(), b.clone()]);
+        assert_eq!(docs.len(), 1);
+        assert_eq!(docs[0].blob, Some(a.oid));
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert!(cache.has(&a.oid) && cache.has(&b.oid));
+        // A cached blob is not read again: its bytes may be left out.
+        let lazy = RawFile {
+            bytes: Vec::new(),
+            path: "moved/a.yaml".into(),
+            ..a.clone()
+        };
+        let (again, diags) = cache.parse(&[lazy]);
+        assert!(diags.is_empty());
+        assert_eq!(again[0].value, docs[0].value);
+        assert_eq!(again[0].origin.file, "moved/a.yaml");
+        assert!(!cache.has(&b.oid), "blobs no longer present are dropped");
+    }
+}
