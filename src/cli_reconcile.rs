@@ -146,6 +146,13 @@ fn write_report(
             o.key, action, o.state, dests, o.files, o.message
         )?;
     }
+    if r.unchanged_not_listed > 0 {
+        writeln!(
+            out,
+            "  … and {} more requests unchanged (`promised status` lists every object)",
+            r.unchanged_not_listed
+        )?;
+    }
     for rej in &cfg.rejected {
         if rej.promise.is_some() && rej.id.kind != "Promise" {
             continue; // a request: shown above as FAILED with "Invalid: …"

@@ -133,6 +133,12 @@ pub struct ObjectRecord {
     /// The object left the config repo; the record goes once its files are pruned.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleting: bool,
+    /// Set when a pass left the request fully reconciled: a hash of its input hash, the
+    /// placement context (Destinations, the Promise's selectors and availability) and where
+    /// it is in the config repo. A later pass that computes the same key, with no re-run due,
+    /// skips the request entirely (no placement, no status change, nothing written).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub steady: String,
     /// Last status.
     pub status: ObjectStatus,
 }
@@ -524,6 +530,7 @@ mod tests {
             failures: 0,
             retry_at: None,
             deleting: false,
+            steady: String::new(),
             status: ObjectStatus::new(
                 crate::model::ObjectRef {
                     kind: "p".into(),

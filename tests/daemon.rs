@@ -954,8 +954,14 @@ fn failed_workflows_back_off_and_retry_after_reruns() {
         &d,
         "three retries of the failing workflow",
     );
-    let state_json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap();
+    // The state as the daemon would read it back (snapshot plus journal).
+    let state_json = serde_json::to_value(
+        promised::state::StateDir::open(&state)
+            .unwrap()
+            .load()
+            .unwrap(),
+    )
+    .unwrap();
     let record = &state_json["requests"]["namespace/default/team-fail"];
     let failures = record["failures"].as_u64().unwrap();
     assert!(failures >= 3, "{record:#}");

@@ -361,8 +361,13 @@ fn a_lost_cached_output_reruns_that_object_only() {
     need_bwrap!();
     let w = World::new();
     w.pass(0);
-    let state: Value =
-        serde_json::from_slice(&std::fs::read(w.state.join("state.json")).unwrap()).unwrap();
+    let state: Value = serde_json::to_value(
+        promised::state::StateDir::open(&w.state)
+            .unwrap()
+            .load()
+            .unwrap(),
+    )
+    .unwrap();
     let sha = state["promises"]["promise/redis"]["outputs"][0]["files"][0]["sha256"]
         .as_str()
         .unwrap()
@@ -612,4 +617,87 @@ async fn a_cancelled_pass_starts_no_workflow() {
         "resource delete redis default/example kind=redis\n"
     );
     assert!(!w.files().contains("resources/default/redis/example/"));
+}
+
+/// A pass over many unchanged requests skips them as steady: nothing runs, nothing is written
+/// to the state directory, the report counts them instead of listing them; an edit of one
+/// request runs only that one and journals only its record.
+#[test]
+fn steady_requests_are_skipped_and_only_changed_records_are_persisted() {
+    need_bwrap!();
+    let w = World::new();
+    let n = 60;
+    let mut docs = String::new();
+    for i in 0..n {
+        docs.push_str(&format!(
+            "---\napiVersion: marketplace.kratix.io/v1alpha1\nkind: namespace\nmetadata:\n  name: bulk-{i}\n  namespace: default\nspec:\n  namespaceName: bulk-{i}\n"
+        ));
+    }
+    std::fs::write(w.config.join("requests/bulk.yaml"), docs).unwrap();
+    let out = w.pass(0);
+    assert!(out.contains(&format!("{} pipelines run", n + 4)), "{out}");
+    let head = w.head();
+    let listing = |dir: &Path| -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .filter(|(n, _)| n.starts_with("state."))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = listing(&w.state);
+
+    // Nothing changed: nothing runs, nothing is committed, the state files are untouched.
+    let out = w.pass(0);
+    assert!(out.contains("0 pipelines run"), "{out}");
+    assert!(
+        out.contains(&format!("… and {} more requests unchanged", n + 3)),
+        "{out}"
+    );
+    assert!(
+        !out.contains("bulk-7 "),
+        "steady requests are not listed: {out}"
+    );
+    assert_eq!(w.head(), head);
+    assert_eq!(listing(&w.state), before, "a no-op pass writes no state");
+
+    // One request edited: it alone runs, and the journal gets one line with its record.
+    w.edit("requests/bulk.yaml", |t| {
+        t.replace("namespaceName: bulk-7\n", "namespaceName: bulk-7-renamed\n")
+    });
+    let out = w.pass(0);
+    assert!(out.contains("1 pipelines run"), "{out}");
+    assert!(
+        line(&out, "namespace/default/bulk-7").contains(" ran "),
+        "{out}"
+    );
+    let journal = std::fs::read_to_string(w.state.join("state.journal")).unwrap();
+    assert_eq!(journal.lines().count(), 1, "{journal}");
+    assert!(journal.contains("namespace/default/bulk-7"));
+    assert!(!journal.contains("namespace/default/bulk-8"), "{journal}");
+    let s = w.status("namespace/default/bulk-7");
+    assert_eq!(condition(&s, "Reconciled")["status"], "True", "{s}");
+    // The state read back (snapshot + journal) has the new output.
+    let state = serde_json::to_value(
+        promised::state::StateDir::open(&w.state)
+            .unwrap()
+            .load()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        state["requests"]["namespace/default/bulk-7"]["object"]["spec"]["namespaceName"],
+        "bulk-7-renamed"
+    );
+    assert!(
+        git(&w.store, &["show", "main:clusters/dev/resources/default/namespace/bulk-7/instance-configure/5058f/namespace.yaml"])
+            .contains("name: bulk-7-renamed")
+    );
 }

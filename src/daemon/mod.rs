@@ -714,6 +714,7 @@ mod tests {
             failures: 1,
             retry_at: Some(humantime::format_rfc3339_seconds(retry_at).to_string()),
             deleting: false,
+            steady: String::new(),
             status: crate::status::ObjectStatus::new(id, "redis"),
         };
         (format!("redis/default/{name}"), record)

@@ -110,10 +110,11 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// The inputs of one workflow run, owned so it can move into a task.
 struct Job {
     key: String,
-    promise: ValidPromise,
+    /// Shared by every job of the Promise (a Promise document can be tens of KB).
+    promise: Arc<ValidPromise>,
     request: Option<ValidRequest>,
     action: Action,
-    pipelines: Vec<Pipeline>,
+    pipelines: Arc<[Pipeline]>,
     object_yaml: String,
     existing_status: Map<String, Value>,
     promise_dir: Option<PathBuf>,
@@ -224,6 +225,19 @@ impl Engine {
         // Canary files.
         let canaries = self.canaries(cfg)?;
 
+        // What the pass may change, to persist only that (`Dirty`).
+        let promises_before = self.state.promises.clone();
+        let destinations_before = self.state.destinations.clone();
+        let commit_before = self.state.config_commit.clone();
+        let request_keys_before: BTreeSet<String> = self.state.requests.keys().cloned().collect();
+        // Requests skipped as steady, and the steady key each processed request earns when it
+        // ends the pass fully reconciled.
+        let mut steady: BTreeSet<String> = BTreeSet::new();
+        let mut eligible: BTreeMap<String, String> = BTreeMap::new();
+        let dests_fingerprint = format!("{dests:?}");
+        let mut steady_ctx: BTreeMap<String, String> = BTreeMap::new();
+        let mut override_fps: BTreeMap<String, String> = BTreeMap::new();
+
         // Host files pipelines run (Promise folders, image-override mounts), hashed once a pass.
         let mut trees = inputs::TreeHashes::new(self.dir.root());
         let config_filter = self.settings.file_filter().compile().ok();
@@ -292,10 +306,10 @@ impl Engine {
                 } else {
                     let job = Job {
                         key: pkey.clone(),
-                        promise: p.clone(),
+                        promise: Arc::new(p.clone()),
                         request: None,
                         action: Action::Configure,
-                        pipelines,
+                        pipelines: pipelines.into(),
                         object_yaml: inputs::object_yaml(&p.promise.raw, &record.status),
                         existing_status: Map::new(),
                         promise_dir: promise_dir(config_root, &p.promise.origin.file),
@@ -368,30 +382,61 @@ impl Engine {
                 );
             }
             available.insert(name.clone(), is_available);
+            steady_ctx.insert(
+                name.clone(),
+                sha256_hex(
+                    format!(
+                        "{dests_fingerprint}\n{:?}\n{:?}\n{is_available}",
+                        p.promise.object.spec.destination_selectors,
+                        p.promise
+                            .object
+                            .spec
+                            .workflows
+                            .config
+                            .as_ref()
+                            .and_then(|c| c.pipeline_namespace.as_ref()),
+                    )
+                    .as_bytes(),
+                ),
+            );
+            override_fps.insert(
+                name.clone(),
+                override_fingerprint(
+                    &self.runner,
+                    p.promise.object.spec.workflows.resource.configure.iter(),
+                    &mut trees,
+                ),
+            );
             self.state.promises.insert(pkey, record);
         }
 
         // Requests whose Promise is available and whose inputs changed: run in parallel.
         let mut jobs = Vec::new();
+        let mut shared = SharedJobInputs::default();
         let mut waiting: Vec<(String, ValidRequest)> = Vec::new();
         for r in &cfg.requests {
             let key = request_key(&r.promise, r.namespace(), r.name());
             let Some(p) = cfg.promise(&r.promise) else {
                 continue;
             };
-            let hash = request_hash(
-                &promise_hashes[&r.promise],
-                r,
-                &self.runner,
-                &p.promise.object.spec.workflows.resource.configure,
-                &mut trees,
-            );
+            let hash = request_hash(&promise_hashes[&r.promise], r, &override_fps[&r.promise]);
+            let origin = r.origin.to_string();
+            let skey = steady_key(&hash, &steady_ctx[&r.promise], &origin);
+            let interval = reconciliation_interval(p, &self.settings);
+            if self.state.requests.get(&key).is_some_and(|rec| {
+                rec.steady == skey && !needs_run(rec, &hash, interval, self.backoff)
+            }) {
+                steady.insert(key);
+                continue;
+            }
+            eligible.insert(key.clone(), skey);
             let record = self
                 .state
                 .requests
                 .entry(key.clone())
                 .or_insert_with(|| new_record(&r.id, &r.promise));
-            record.status.source = r.origin.to_string();
+            record.steady.clear();
+            record.status.source = origin;
             if record.status.object.kind.is_empty() {
                 record.status.object = r.id.clone(); // rebuilt from an index: kind was unknown
             }
@@ -416,15 +461,20 @@ impl Engine {
                     .to_string()
                     .as_bytes(),
             );
-            let interval = reconciliation_interval(p, &self.settings);
             if needs_run(record, &hash, interval, self.backoff) {
                 // A Promise edit (the request's own spec unchanged) fans out at a bounded rate.
                 let rate_limited = record.completed
                     && record.spec_hash == spec_hash
                     && !record.input_hash.is_empty();
                 record.spec_hash = spec_hash;
-                let pipelines = p.promise.object.spec.workflows.resource.configure.clone();
-                if pipelines.is_empty() {
+                if p.promise
+                    .object
+                    .spec
+                    .workflows
+                    .resource
+                    .configure
+                    .is_empty()
+                {
                     record.completed = true;
                     record.input_hash = hash;
                     record.object = r.object.clone();
@@ -433,17 +483,17 @@ impl Engine {
                 }
                 jobs.push((
                     hash,
-                    Job {
+                    Arc::new(Job {
                         key: key.clone(),
-                        promise: p.clone(),
+                        promise: shared_promise(&mut shared, p),
                         request: Some(r.clone()),
                         action: Action::Configure,
-                        pipelines,
+                        pipelines: shared_pipelines(&mut shared, p),
                         object_yaml: inputs::object_yaml(&r.object, &record.status),
                         existing_status: record.status.fields.clone(),
                         promise_dir: promise_dir(config_root, &p.promise.origin.file),
                         rate_limited,
-                    },
+                    }),
                 ));
             } else {
                 report
@@ -502,7 +552,7 @@ impl Engine {
         }
         let results = run_jobs(
             &self.runner,
-            jobs.iter().map(|(_, j)| j).collect(),
+            jobs.iter().map(|(_, j)| j.clone()).collect(),
             self.settings.effective_concurrency(),
             self.settings.max_fanout_per_second,
             &self.cancel,
@@ -537,9 +587,13 @@ impl Engine {
                 .push(ObjectReport::new(&record, ObjectAction::Ran));
             self.state.requests.insert(job.key.clone(), record);
         }
-        // Placement for every current request (cheap; picks up Destination changes).
+        // Placement for every current request that is not steady (picks up Destination
+        // changes: they change the steady key).
         for r in &cfg.requests {
             let key = request_key(&r.promise, r.namespace(), r.name());
+            if steady.contains(&key) {
+                continue;
+            }
             let Some(p) = cfg.promise(&r.promise) else {
                 continue;
             };
@@ -574,13 +628,23 @@ impl Engine {
 
         // Objects that are present but invalid keep their placements.
         for (key, rec) in self.state.requests.iter().chain(self.state.promises.iter()) {
+            if steady.contains(key) {
+                continue;
+            }
             desired
                 .entry(key.clone())
                 .or_insert_with(|| rec.placements.clone());
         }
 
-        // mode `none`: two placements claiming one path on a store is an error for the later one.
-        detect_collisions(&mut desired, &self.state, &mut object_errors);
+        // mode `none`: two placements claiming one path on a store is an error for the later one
+        // (steady requests' paths are claimed first: they keep them).
+        let steady_none: Vec<&PlacementRecord> = steady
+            .iter()
+            .filter_map(|k| self.state.requests.get(k))
+            .flat_map(|r| &r.placements)
+            .filter(|p| dest_mode(&dests, &p.destination) == Some(FilepathMode::None))
+            .collect();
+        detect_collisions(&mut desired, &self.state, &steady_none, &mut object_errors);
 
         // One change set per store.
         let mut sets: BTreeMap<String, ChangeSet> = BTreeMap::new();
@@ -639,7 +703,18 @@ impl Engine {
                 }
             }
         }
-        self.aggregates(&dests, &desired, &mut sets)?;
+        if dests.iter().any(|d| d.mode == FilepathMode::AggregatedYaml) && !steady.is_empty() {
+            // An aggregate holds every placement on its Destination, steady ones included.
+            let mut all = desired.clone();
+            for k in &steady {
+                if let Some(r) = self.state.requests.get(k) {
+                    all.insert(k.clone(), r.placements.clone());
+                }
+            }
+            self.aggregates(&dests, &all, &mut sets)?;
+        } else {
+            self.aggregates(&dests, &desired, &mut sets)?;
+        }
         for (store, write) in canaries {
             match write {
                 Ok(w) => sets.entry(store).or_default().writes.push(w),
@@ -730,6 +805,14 @@ impl Engine {
             }
             record.placements = places;
             finish_status(record);
+            if let Some(k) = eligible.get(&okey)
+                && record.completed
+                && record.failures == 0
+                && record.retry_at.is_none()
+                && !record.deleting
+            {
+                record.steady = k.clone();
+            }
         }
         // Deleted objects whose files are gone are forgotten.
         self.state
@@ -739,7 +822,35 @@ impl Engine {
             .promises
             .retain(|_, r| !(r.deleting && r.placements.is_empty()));
         self.state.config_commit = cfg.commit.clone();
-        self.dir.save(&mut self.state)?;
+        let mut dirty = crate::state::Dirty {
+            globals: destinations_before != self.state.destinations
+                || commit_before != self.state.config_commit,
+            ..Default::default()
+        };
+        for k in promises_before.keys().chain(self.state.promises.keys()) {
+            if promises_before.get(k) != self.state.promises.get(k) {
+                dirty.promises.insert(k.clone());
+            }
+        }
+        for k in request_keys_before.iter().chain(self.state.requests.keys()) {
+            if !steady.contains(k) {
+                dirty.requests.insert(k.clone());
+            }
+        }
+        self.dir.save_changes(&mut self.state, &dirty)?;
+        report.dirty = dirty;
+        // Steady requests: listed when a person can read the list, counted otherwise.
+        if steady.len() <= MAX_LISTED_UNCHANGED {
+            for k in &steady {
+                if let Some(r) = self.state.requests.get(k) {
+                    report
+                        .objects
+                        .push(ObjectReport::new(r, ObjectAction::Unchanged));
+                }
+            }
+        } else {
+            report.unchanged_not_listed = steady.len();
+        }
         report.duration = started.elapsed();
         for o in &mut report.objects {
             if let Some(r) = self.record(&o.key) {
@@ -1459,10 +1570,10 @@ impl Engine {
                             Some(object) => {
                                 let job = Job {
                                     key: key.clone(),
-                                    promise: vp.clone(),
+                                    promise: Arc::new(vp.clone()),
                                     request,
                                     action: Action::Delete,
-                                    pipelines: vec![first.clone()],
+                                    pipelines: vec![first.clone()].into(),
                                     object_yaml: inputs::object_yaml(&object, &record.status),
                                     existing_status: record.status.fields.clone(),
                                     promise_dir: dir,
@@ -1593,6 +1704,7 @@ fn new_record(id: &ObjectRef, promise: &str) -> ObjectRecord {
         failures: 0,
         retry_at: None,
         deleting: false,
+        steady: String::new(),
         status: ObjectStatus::new(id.clone(), promise),
     }
 }
@@ -1973,16 +2085,21 @@ fn requirement_met(
             .is_some_and(|v| v == version)
 }
 
-fn request_hash(
-    promise_hash: &str,
-    r: &ValidRequest,
-    runner: &RunnerConfig,
-    pipelines: &[Pipeline],
-    trees: &mut inputs::TreeHashes,
-) -> String {
-    let spec = r.object.get("spec").cloned().unwrap_or(Value::Null);
-    let overrides = override_fingerprint(runner, pipelines.iter(), trees);
+/// The input hash of a request's configure workflow: the Promise's hash, the request's
+/// defaulted spec and `overrides` ([`override_fingerprint`] of the Promise's resource
+/// pipelines, computed once per Promise and pass).
+fn request_hash(promise_hash: &str, r: &ValidRequest, overrides: &str) -> String {
+    let spec = r.object.get("spec").unwrap_or(&Value::Null);
     sha256_hex(format!("{promise_hash}\n{spec}\n{overrides}").as_bytes())
+}
+
+/// Requests skipped as steady are listed in the pass report up to this many; beyond it they
+/// are only counted ([`PassReport::unchanged_not_listed`]).
+pub const MAX_LISTED_UNCHANGED: usize = 50;
+
+/// See [`ObjectRecord::steady`].
+fn steady_key(input_hash: &str, placement_ctx: &str, origin: &str) -> String {
+    sha256_hex(format!("{input_hash}\n{placement_ctx}\n{origin}").as_bytes())
 }
 
 /// The image overrides used by these pipelines, with the fingerprints of their read-only
@@ -2006,6 +2123,43 @@ fn override_fingerprint<'a>(
         }
     }
     serde_json::to_string(&used).unwrap_or_default()
+}
+
+/// One `Arc` per Promise for the jobs of a pass: its document and its resource configure
+/// pipelines (10,000 jobs would otherwise hold 10,000 copies).
+#[derive(Default)]
+struct SharedJobInputs {
+    promises: BTreeMap<String, (Arc<ValidPromise>, Arc<[Pipeline]>)>,
+}
+
+fn shared_entry<'a>(
+    shared: &'a mut SharedJobInputs,
+    p: &ValidPromise,
+) -> &'a (Arc<ValidPromise>, Arc<[Pipeline]>) {
+    shared
+        .promises
+        .entry(p.name().to_string())
+        .or_insert_with(|| {
+            (
+                Arc::new(p.clone()),
+                p.promise
+                    .object
+                    .spec
+                    .workflows
+                    .resource
+                    .configure
+                    .clone()
+                    .into(),
+            )
+        })
+}
+
+fn shared_promise(shared: &mut SharedJobInputs, p: &ValidPromise) -> Arc<ValidPromise> {
+    shared_entry(shared, p).0.clone()
+}
+
+fn shared_pipelines(shared: &mut SharedJobInputs, p: &ValidPromise) -> Arc<[Pipeline]> {
+    shared_entry(shared, p).1.clone()
 }
 
 async fn run_job(runner: &RunnerConfig, job: &Job) -> WorkflowResult {
@@ -2043,7 +2197,7 @@ async fn run_job(runner: &RunnerConfig, job: &Job) -> WorkflowResult {
 /// set, jobs that have not started yet return `None`; running ones finish.
 async fn run_jobs(
     runner: &Arc<RunnerConfig>,
-    jobs: Vec<&Job>,
+    jobs: Vec<Arc<Job>>,
     limit: usize,
     per_second: u32,
     cancel: &Arc<AtomicBool>,
@@ -2061,17 +2215,6 @@ async fn run_jobs(
         let runner = runner.clone();
         let cancel = cancel.clone();
         let next_slot = next_slot.clone();
-        let job = Job {
-            key: job.key.clone(),
-            promise: job.promise.clone(),
-            request: job.request.clone(),
-            action: job.action,
-            pipelines: job.pipelines.clone(),
-            object_yaml: job.object_yaml.clone(),
-            existing_status: job.existing_status.clone(),
-            promise_dir: job.promise_dir.clone(),
-            rate_limited: job.rate_limited,
-        };
         handles.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore never closed");
             if job.rate_limited && !spacing.is_zero() {
@@ -2125,9 +2268,15 @@ async fn run_jobs(
 fn detect_collisions(
     desired: &mut BTreeMap<String, Vec<PlacementRecord>>,
     state: &State,
+    kept: &[&PlacementRecord],
     errors: &mut BTreeMap<String, String>,
 ) {
     let mut claimed: BTreeMap<(String, String), String> = BTreeMap::new();
+    for p in kept {
+        for f in &p.files {
+            claimed.insert((p.store.clone(), f.path.clone()), p.key.clone());
+        }
+    }
     let keys: Vec<String> = desired.keys().cloned().collect();
     for okey in keys {
         let places = &desired[&okey];

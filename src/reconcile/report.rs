@@ -153,6 +153,12 @@ pub struct PassReport {
     /// Wall-clock time of the pass.
     #[serde(serialize_with = "ser_secs")]
     pub duration: Duration,
+    /// Requests skipped as steady but not listed in `objects` (more than
+    /// [`super::MAX_LISTED_UNCHANGED`]).
+    pub unchanged_not_listed: usize,
+    /// What the pass changed in the state (the daemon refreshes only these status rows).
+    #[serde(skip)]
+    pub dirty: crate::state::Dirty,
 }
 
 fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
