@@ -2,6 +2,13 @@
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's allocator: a pass over 10,000 requests allocates and frees
+/// millions of small objects, where glibc spends most of its time consolidating free lists
+/// (measured in docs/benchmarks.md).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = promised::cli::Cli::parse();
     let default = if matches!(cli.command, promised::cli::Command::Run(_)) {

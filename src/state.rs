@@ -133,10 +133,11 @@ pub struct ObjectRecord {
     /// The object left the config repo; the record goes once its files are pruned.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleting: bool,
-    /// Set when a pass left the request fully reconciled: a hash of its input hash, the
-    /// placement context (Destinations, the Promise's selectors and availability) and where
-    /// it is in the config repo. A later pass that computes the same key, with no re-run due,
-    /// skips the request entirely (no placement, no status change, nothing written).
+    /// Set when a pass left the request fully reconciled: the hash of its placement context
+    /// (Destinations, the Promise's selectors and availability). A later pass with the same
+    /// context, the same input hash, the request at the same place in the repo
+    /// (`status.source`) and no re-run due skips the request entirely (no placement, no
+    /// status change, nothing written).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub steady: String,
     /// Last status.
@@ -204,6 +205,10 @@ pub struct DestinationRecord {
     /// Owner key of its canary files, when written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_key: Option<String>,
+    /// Hash of the canary files last written (paths and content): unchanged canaries are
+    /// not sent again (their drift is repaired through the ownership index).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub canary_hash: String,
 }
 
 /// Why the state could not be read; the engine then rebuilds from the state stores.

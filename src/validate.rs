@@ -84,6 +84,10 @@ pub struct ValidRequest {
     /// The object as a Kratix pipeline finds it in `/kratix/input/object.yaml`: pruned,
     /// defaulted, namespace set, `kratix.io/promise-name` label added, `status` removed.
     pub object: Value,
+    /// Hex sha256 of `object.spec` as compact JSON (`null` when absent): what the engine's
+    /// input hash covers, computed once per admission.
+    #[serde(skip)]
+    pub spec_digest: String,
 }
 
 impl ValidRequest {
@@ -121,8 +125,9 @@ pub struct Rejected {
 pub struct ValidConfig {
     /// Valid Promises, sorted by name.
     pub promises: Vec<ValidPromise>,
-    /// Admitted requests, sorted by (promise, namespace, name).
-    pub requests: Vec<ValidRequest>,
+    /// Admitted requests, sorted by (promise, namespace, name). Shared with the admission
+    /// cache ([`Admissions`]), so a pass over unchanged requests copies nothing.
+    pub requests: Vec<Arc<ValidRequest>>,
     /// Valid Destinations (with an existing state store), sorted by name.
     pub destinations: Vec<Located<Destination>>,
     /// Git state stores, sorted by name.
@@ -159,6 +164,23 @@ pub fn to_yaml(v: &Value) -> String {
 
 /// Runs every check. Never fails: problems are diagnostics.
 pub fn validate(objects: Objects) -> ValidConfig {
+    validate_with(objects, &mut Admissions::default())
+}
+
+/// Admission results kept between passes: a request document whose text (file, document
+/// index, blob id) and Promise API are unchanged is not pruned, defaulted and validated again
+/// (at 10,000 requests admission is most of a validation). Holds only the entries used by
+/// the last [`validate_with`] call; documents without a blob id are never cached.
+#[derive(Debug, Default)]
+pub struct Admissions {
+    done: HashMap<AdmissionKey, Result<Arc<ValidRequest>, Vec<Diagnostic>>>,
+}
+
+/// (file, document index, blob id, Promise name, hash of the Promise's `spec.api`).
+type AdmissionKey = (String, usize, gix::ObjectId, String, String);
+
+/// Like [`validate`], reusing and refreshing `cache`.
+pub fn validate_with(objects: Objects, cache: &mut Admissions) -> ValidConfig {
     let Objects {
         promises,
         destinations,
@@ -475,6 +497,15 @@ pub fn validate(objects: Objects) -> ValidConfig {
     // Requests: served by which Promise? A kind served by a Promise that was rejected is
     // reported as such, not as "unserved".
     let mut requests = Vec::new();
+    let api_hashes: HashMap<&str, String> = valid_promises
+        .iter()
+        .map(|p| {
+            let api = p.promise.raw.get("spec").and_then(|s| s.get("api"));
+            let text = api.map(Value::to_string).unwrap_or_default();
+            (p.name(), crate::state::sha256_hex(text.as_bytes()))
+        })
+        .collect();
+    let mut admitted = HashMap::with_capacity(cache.done.len());
     for c in candidates {
         let api_version = c
             .raw
@@ -537,7 +568,23 @@ pub fn validate(objects: Objects) -> ValidConfig {
             diagnostics.push(d);
             continue;
         }
-        match admit_request(&c, promise, api) {
+        let key = c.blob.map(|blob| {
+            (
+                c.origin.file.clone(),
+                c.origin.document,
+                blob,
+                promise.name().to_string(),
+                api_hashes[promise.name()].clone(),
+            )
+        });
+        let result = match key.as_ref().and_then(|k| cache.done.get(k)) {
+            Some(r) => r.clone(),
+            None => admit_request(&c, promise, api).map(Arc::new),
+        };
+        if let Some(k) = key {
+            admitted.insert(k, result.clone());
+        }
+        match result {
             Ok(r) => requests.push(r),
             Err(errs) => {
                 rejected.push(Rejected {
@@ -553,6 +600,7 @@ pub fn validate(objects: Objects) -> ValidConfig {
             }
         }
     }
+    cache.done = admitted;
     requests.sort_by(|a, b| {
         (&a.promise, a.namespace(), a.name()).cmp(&(&b.promise, b.namespace(), b.name()))
     });
@@ -1069,11 +1117,18 @@ fn admit_request(
             origin: o.clone(),
             id,
             promise: promise.name().to_string(),
+            spec_digest: spec_digest(&obj),
             object: obj,
         })
     } else {
         Err(errs)
     }
+}
+
+/// Hex sha256 of `object.spec` as compact JSON (`null` when there is none).
+pub fn spec_digest(object: &Value) -> String {
+    let spec = object.get("spec").unwrap_or(&Value::Null);
+    crate::state::sha256_hex(spec.to_string().as_bytes())
 }
 
 /// Kratix's `^(ssh://)?([^/:]*?)@[^@]+$` ([`SSH_URL_PATTERN`]): an optional `ssh://`, a user

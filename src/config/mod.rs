@@ -65,6 +65,7 @@ pub struct Objects {
     /// `HealthRecord` objects.
     pub health_records: Vec<Located<HealthRecord>>,
     /// Objects of any other `apiVersion`/`kind`: resource requests if a Promise serves them.
+    /// The document is in `raw`; `object` is `Value::Null` (no second copy).
     pub candidates: Vec<Located<Value>>,
     /// Problems found while reading and classifying.
     pub diagnostics: Vec<Diagnostic>,
@@ -487,7 +488,7 @@ pub fn classify(docs: Vec<Document>) -> Objects {
         out.candidates.push(Located {
             origin,
             id,
-            object: value.clone(),
+            object: Value::Null,
             raw: value,
             blob,
         });

@@ -61,7 +61,7 @@ pub struct Shared {
     pending: AtomicU64,
     wake: Notify,
     /// `promised status --output json` of the last pass; `None` until the first pass ends.
-    status_json: RwLock<Option<Vec<u8>>>,
+    status_rows: RwLock<Option<StatusRows>>,
     config_loaded: AtomicBool,
     stores_ok: AtomicBool,
     webhook_secret: RwLock<Option<Vec<u8>>>,
@@ -131,7 +131,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         metrics: Metrics::new(),
         pending: AtomicU64::new(0),
         wake: Notify::new(),
-        status_json: RwLock::new(None),
+        status_rows: RwLock::new(None),
         config_loaded: AtomicBool::new(false),
         stores_ok: AtomicBool::new(false),
         webhook_secret: RwLock::new(secret),
@@ -228,6 +228,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .with_backoff(true);
     let cancel = engine.cancel_handle();
+    let mut cache = PassCache::new(&opts.source, &settings, engine.state_dir())?;
     let mut settings = settings;
     let mut ready_sent = false;
     let mut first = true;
@@ -293,6 +294,10 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
                         }
                     }
                     engine.set_settings(s.clone());
+                    match PassCache::new(&opts.source, &s, engine.state_dir()) {
+                        Ok(c) => cache = c,
+                        Err(e) => tracing::error!(error = %e, "keeping the previous file filter"),
+                    }
                     settings = s;
                     tracing::info!("daemon config reloaded");
                 }
@@ -303,7 +308,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
             }
         }
         pass_started = SystemTime::now();
-        let pass = one_pass(&mut engine, &opts.source, &settings, &shared);
+        let pass = one_pass(&mut engine, &mut cache, &shared);
         tokio::pin!(pass);
         // Beat while driving the pass: pipelines may run for minutes.
         let outcome = loop {
@@ -357,28 +362,76 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
     Ok(())
 }
 
+/// What the daemon keeps between passes so a pass costs what changed, not the repo's size.
+struct PassCache {
+    /// Fetches the config and re-reads only changed blobs (taken while a pass loads).
+    loader: Option<config::Loader>,
+    /// Admission results of unchanged request documents.
+    admissions: validate::Admissions,
+    /// The validated config of the last pass and its commit: a pass at the same commit
+    /// (a repeated webhook, a retry, a resync) reuses it without reading anything.
+    last: Option<(String, Arc<validate::ValidConfig>, PathBuf)>,
+    /// `/api/v1/status` rows as JSON; refreshed for the objects a pass changed.
+    rows: StatusRows,
+}
+
+/// Status rows as JSON, by object key, Promises apart from requests (the order of
+/// `promised status`).
+#[derive(Debug, Clone, Default)]
+struct StatusRows {
+    promises: BTreeMap<String, Arc<[u8]>>,
+    requests: BTreeMap<String, Arc<[u8]>>,
+}
+
+impl PassCache {
+    fn new(
+        source: &Source,
+        settings: &Settings,
+        state_dir: &std::path::Path,
+    ) -> Result<Self, String> {
+        let loader = config::Loader::new(
+            source.clone(),
+            &settings.file_filter(),
+            Some(state_dir.join("config-cache")),
+            Some(state_dir.join("config-checkouts")),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(PassCache {
+            loader: Some(loader),
+            admissions: validate::Admissions::default(),
+            last: None,
+            rows: StatusRows::default(),
+        })
+    }
+}
+
 /// Loads the config (fetching a Git source), validates it and reconciles.
 async fn one_pass(
     engine: &mut Engine,
-    source: &Source,
-    settings: &Settings,
+    cache: &mut PassCache,
     shared: &Shared,
 ) -> Result<PassReport, String> {
-    let filter = settings.file_filter();
-    let root = engine.state_dir().to_path_buf();
-    let src = source.clone();
     let t_load = std::time::Instant::now();
-    let loaded = tokio::task::spawn_blocking(move || {
-        config::load_with_root(
-            &src,
-            &filter,
-            Some(&root.join("config-cache")),
-            &root.join("config-checkouts"),
-        )
+    // The loader does blocking I/O (fetch, reads): keep it off the runtime's workers.
+    let mut loader = cache
+        .loader
+        .take()
+        .expect("the loader is back after every pass");
+    let last_commit = cache.last.as_ref().map(|(c, _, _)| c.clone());
+    let (loader, loaded) = tokio::task::spawn_blocking(move || {
+        let res = (|| {
+            let commit = loader.fetch()?;
+            if commit.is_some() && commit == last_commit {
+                return Ok(None);
+            }
+            loader.load().map(|l| Some((commit, l)))
+        })();
+        (loader, res)
     })
     .await
     .map_err(|e| format!("config loader: {e}"))?;
-    let (objects, config_root) = match loaded {
+    cache.loader = Some(loader);
+    let loaded = match loaded {
         Ok(x) => x,
         Err(e) => {
             shared.metrics.error("config");
@@ -388,14 +441,27 @@ async fn one_pass(
     shared.config_loaded.store(true, Ordering::SeqCst);
     let load_s = t_load.elapsed().as_secs_f64();
     let t_validate = std::time::Instant::now();
-    let cfg = validate::validate(objects);
+    let (cfg, config_root) = match loaded {
+        None => {
+            let (_, cfg, root) = cache.last.as_ref().expect("same commit as the last pass");
+            (cfg.clone(), root.clone())
+        }
+        Some((commit, loaded)) => {
+            let cfg = Arc::new(validate::validate_with(
+                loaded.objects,
+                &mut cache.admissions,
+            ));
+            for d in cfg.diagnostics.iter().filter(|d| d.is_error()) {
+                tracing::warn!(diagnostic = %d, "invalid config object");
+            }
+            if cfg.has_errors() {
+                shared.metrics.error("invalid_object");
+            }
+            cache.last = commit.map(|c| (c, cfg.clone(), loaded.root.clone()));
+            (cfg, loaded.root)
+        }
+    };
     let validate_s = t_validate.elapsed().as_secs_f64();
-    for d in cfg.diagnostics.iter().filter(|d| d.is_error()) {
-        tracing::warn!(diagnostic = %d, "invalid config object");
-    }
-    if cfg.has_errors() {
-        shared.metrics.error("invalid_object");
-    }
     let report = engine
         .reconcile(&cfg, &config_root)
         .await
@@ -405,10 +471,8 @@ async fn one_pass(
         Ordering::SeqCst,
     );
     let t_status = std::time::Instant::now();
-    let mut buf = Vec::new();
-    crate::cli_reconcile::write_status(engine.state(), crate::cli::StatusFormat::Json, &mut buf)
-        .map_err(|e| e.to_string())?;
-    *shared.status_json.write().await = Some(buf);
+    refresh_rows(&mut cache.rows, engine.state(), &report.dirty);
+    *shared.status_rows.write().await = Some(cache.rows.clone());
     tracing::debug!(
         load_s,
         validate_s,
@@ -417,6 +481,40 @@ async fn one_pass(
         "pass phases"
     );
     Ok(report)
+}
+
+/// Re-serialises the status rows of the objects `dirty` names (every row when the cache is
+/// empty or `dirty.all`) and drops rows of objects that are gone.
+fn refresh_rows(rows: &mut StatusRows, state: &crate::state::State, dirty: &crate::state::Dirty) {
+    let row = |key: &str, r: &crate::state::ObjectRecord| -> Arc<[u8]> {
+        let row = crate::cli_reconcile::StatusRow {
+            key: key.to_string(),
+            status: r.status.clone(),
+        };
+        serde_json::to_vec_pretty(&row)
+            .expect("status rows serialise")
+            .into()
+    };
+    let fresh = rows.promises.is_empty() && rows.requests.is_empty();
+    for (keys, map, out) in [
+        (&dirty.promises, &state.promises, &mut rows.promises),
+        (&dirty.requests, &state.requests, &mut rows.requests),
+    ] {
+        if fresh || dirty.all {
+            *out = map.iter().map(|(k, r)| (k.clone(), row(k, r))).collect();
+            continue;
+        }
+        for k in keys {
+            match map.get(k) {
+                Some(r) => {
+                    out.insert(k.clone(), row(k, r));
+                }
+                None => {
+                    out.remove(k);
+                }
+            }
+        }
+    }
 }
 
 fn log_pass(r: &PassReport) {
@@ -604,8 +702,23 @@ async fn metrics_handler(AxState(s): AxState<Arc<Shared>>) -> Response {
 /// The status of the last pass; 503 until the first pass has ended (`promised status` then
 /// reads the state directory).
 async fn status_handler(AxState(s): AxState<Arc<Shared>>) -> Response {
-    match s.status_json.read().await.clone() {
-        Some(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+    let rows = s.status_rows.read().await.clone();
+    match rows {
+        Some(rows) => {
+            // Promises first, then requests, each by key: what `promised status` prints.
+            let all = rows.promises.values().chain(rows.requests.values());
+            let mut json = Vec::with_capacity(all.clone().map(|r| r.len() + 2).sum::<usize>() + 4);
+            json.push(b'[');
+            for (i, row) in all.enumerate() {
+                if i > 0 {
+                    json.push(b',');
+                }
+                json.push(b'\n');
+                json.extend_from_slice(row);
+            }
+            json.extend_from_slice(b"\n]\n");
+            ([(header::CONTENT_TYPE, "application/json")], json).into_response()
+        }
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "no reconcile pass has finished yet; the state directory has the last status\n",

@@ -253,7 +253,7 @@ fn run_cmd(a: &RunArgs, out: &mut dyn Write) -> Result<i32, String> {
         WorkflowChoice::PromiseConfigure
     });
     let (wtype, action) = choice.split();
-    let mine = |r: &&validate::ValidRequest| r.promise == a.promise;
+    let mine = |r: &&std::sync::Arc<validate::ValidRequest>| r.promise == a.promise;
     let request = if wtype == WorkflowType::Resource {
         let candidates: Vec<_> = if let Some(l) = &label {
             if let Some(rej) = cfg.rejected.iter().find(|r| &r.origin.file == l) {

@@ -43,6 +43,7 @@ pub use placement::{DestView, OutputRecord, owner_key, place_outputs};
 pub use report::{ObjectAction, ObjectReport, PassReport, StoreReport};
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -112,7 +113,7 @@ struct Job {
     key: String,
     /// Shared by every job of the Promise (a Promise document can be tens of KB).
     promise: Arc<ValidPromise>,
-    request: Option<ValidRequest>,
+    request: Option<Arc<ValidRequest>>,
     action: Action,
     pipelines: Arc<[Pipeline]>,
     object_yaml: String,
@@ -236,6 +237,7 @@ impl Engine {
         let mut eligible: BTreeMap<String, String> = BTreeMap::new();
         let dests_fingerprint = format!("{dests:?}");
         let mut steady_ctx: BTreeMap<String, String> = BTreeMap::new();
+        let mut origin_buf = String::new();
         let mut override_fps: BTreeMap<String, String> = BTreeMap::new();
 
         // Host files pipelines run (Promise folders, image-override mounts), hashed once a pass.
@@ -413,23 +415,29 @@ impl Engine {
         // Requests whose Promise is available and whose inputs changed: run in parallel.
         let mut jobs = Vec::new();
         let mut shared = SharedJobInputs::default();
-        let mut waiting: Vec<(String, ValidRequest)> = Vec::new();
+        let mut waiting: Vec<(String, Arc<ValidRequest>)> = Vec::new();
         for r in &cfg.requests {
             let key = request_key(&r.promise, r.namespace(), r.name());
             let Some(p) = cfg.promise(&r.promise) else {
                 continue;
             };
             let hash = request_hash(&promise_hashes[&r.promise], r, &override_fps[&r.promise]);
-            let origin = r.origin.to_string();
-            let skey = steady_key(&hash, &steady_ctx[&r.promise], &origin);
+            let ctx = &steady_ctx[&r.promise];
+            origin_buf.clear();
+            let _ = write!(origin_buf, "{}", r.origin);
             let interval = reconciliation_interval(p, &self.settings);
+            // Steady: same inputs (`needs_run` compares the input hash), same placement
+            // context, same place in the repo, fully reconciled last time.
             if self.state.requests.get(&key).is_some_and(|rec| {
-                rec.steady == skey && !needs_run(rec, &hash, interval, self.backoff)
+                rec.steady == *ctx
+                    && rec.status.source == origin_buf
+                    && !needs_run(rec, &hash, interval, self.backoff)
             }) {
                 steady.insert(key);
                 continue;
             }
-            eligible.insert(key.clone(), skey);
+            eligible.insert(key.clone(), ctx.clone());
+            let origin = origin_buf.clone();
             let record = self
                 .state
                 .requests
@@ -763,6 +771,13 @@ impl Engine {
             store_results.insert(store_key, result);
         }
 
+        // A canary whose store write failed is sent again next pass.
+        for d in self.state.destinations.values_mut() {
+            if matches!(store_results.get(&d.store), Some(Err(_)) | None) {
+                d.canary_hash.clear();
+            }
+        }
+
         // Record what landed, and status.
         for (okey, places) in desired {
             if invalid.contains_key(&okey) {
@@ -1028,6 +1043,7 @@ impl Engine {
                             store: key.clone(),
                             cleanup_all: false,
                             canary_key: None,
+                            canary_hash: String::new(),
                         })
                         .canary_key
                         .get_or_insert_with(|| e.owner.key.clone());
@@ -1100,6 +1116,7 @@ impl Engine {
                     store: store_key.clone(),
                     cleanup_all: false,
                     canary_key: None,
+                    canary_hash: String::new(),
                 });
             rec.cleanup_all = d.object.spec.cleanup == crate::model::Cleanup::All;
             if rec.store != store_key {
@@ -1109,7 +1126,7 @@ impl Engine {
                 rec.store = store_key.clone();
             }
             if d.object.spec.init_workloads.enabled {
-                let files = layout::canary_files(
+                let files: Vec<FileWrite> = layout::canary_files(
                     &store_path,
                     &d.object.spec.path,
                     d.object.spec.filepath.mode,
@@ -1120,6 +1137,18 @@ impl Engine {
                     content: content.as_bytes().to_vec(),
                 })
                 .collect();
+                let fingerprint = sha256_hex(
+                    files
+                        .iter()
+                        .map(|f| format!("{}\n{}\n", f.path, sha256_hex(&f.content)))
+                        .collect::<String>()
+                        .as_bytes(),
+                );
+                if rec.canary_key.as_deref() == Some(key.as_str()) && rec.canary_hash == fingerprint
+                {
+                    continue; // written before; drift repair keeps it there
+                }
+                rec.canary_hash = fingerprint;
                 let owner = Owner {
                     key: key.clone(),
                     destination: name.clone(),
@@ -1477,7 +1506,7 @@ impl Engine {
     async fn deletions(
         &mut self,
         cfg: &ValidConfig,
-        present: &Presence,
+        present: &Presence<'_>,
         config_root: &Path,
         desired: &mut BTreeMap<String, Vec<PlacementRecord>>,
         report: &mut PassReport,
@@ -1571,7 +1600,7 @@ impl Engine {
                                 let job = Job {
                                     key: key.clone(),
                                     promise: Arc::new(vp.clone()),
-                                    request,
+                                    request: request.map(Arc::new),
                                     action: Action::Delete,
                                     pipelines: vec![first.clone()].into(),
                                     object_yaml: inputs::object_yaml(&object, &record.status),
@@ -1627,31 +1656,27 @@ impl Engine {
 }
 
 /// Which objects are in the config repo, valid or not.
-struct Presence {
-    promises: BTreeSet<String>,
-    requests: BTreeSet<(String, String, String)>, // kind, namespace, name
+struct Presence<'a> {
+    promises: std::collections::HashSet<&'a str>,
+    requests: std::collections::HashSet<(&'a str, &'a str, &'a str)>, // kind, namespace, name
 }
 
-impl Presence {
-    fn of(cfg: &ValidConfig) -> Presence {
-        let mut promises: BTreeSet<String> =
-            cfg.promises.iter().map(|p| p.name().to_string()).collect();
-        let mut requests = BTreeSet::new();
+impl<'a> Presence<'a> {
+    fn of(cfg: &'a ValidConfig) -> Presence<'a> {
+        let mut promises: std::collections::HashSet<&str> =
+            cfg.promises.iter().map(|p| p.name()).collect();
+        let mut requests = std::collections::HashSet::with_capacity(cfg.requests.len());
         for r in &cfg.requests {
-            requests.insert((
-                r.id.kind.clone(),
-                r.namespace().to_string(),
-                r.name().to_string(),
-            ));
+            requests.insert((r.id.kind.as_str(), r.namespace(), r.name()));
         }
         for r in &cfg.rejected {
             if r.id.kind == "Promise" {
-                promises.insert(r.id.name.clone());
+                promises.insert(r.id.name.as_str());
             } else {
                 requests.insert((
-                    r.id.kind.clone(),
-                    r.id.namespace.clone().unwrap_or_else(|| "default".into()),
-                    r.id.name.clone(),
+                    r.id.kind.as_str(),
+                    r.id.namespace.as_deref().unwrap_or("default"),
+                    r.id.name.as_str(),
                 ));
             }
         }
@@ -1665,19 +1690,16 @@ impl Presence {
         if !self.promises.contains(promise) {
             return false;
         }
+        let ns = id.namespace.as_deref().unwrap_or_default();
         if id.kind.is_empty() {
             // Rebuilt from an index: kind unknown, match on namespace/name only.
-            let ns = id.namespace.clone().unwrap_or_default();
             return self
                 .requests
                 .iter()
                 .any(|(_, n, m)| *n == ns && *m == id.name);
         }
-        self.requests.contains(&(
-            id.kind.clone(),
-            id.namespace.clone().unwrap_or_default(),
-            id.name.clone(),
-        ))
+        self.requests
+            .contains(&(id.kind.as_str(), ns, id.name.as_str()))
     }
 }
 
@@ -2089,18 +2111,12 @@ fn requirement_met(
 /// defaulted spec and `overrides` ([`override_fingerprint`] of the Promise's resource
 /// pipelines, computed once per Promise and pass).
 fn request_hash(promise_hash: &str, r: &ValidRequest, overrides: &str) -> String {
-    let spec = r.object.get("spec").unwrap_or(&Value::Null);
-    sha256_hex(format!("{promise_hash}\n{spec}\n{overrides}").as_bytes())
+    sha256_hex(format!("{promise_hash}\n{}\n{overrides}", r.spec_digest).as_bytes())
 }
 
 /// Requests skipped as steady are listed in the pass report up to this many; beyond it they
 /// are only counted ([`PassReport::unchanged_not_listed`]).
 pub const MAX_LISTED_UNCHANGED: usize = 50;
-
-/// See [`ObjectRecord::steady`].
-fn steady_key(input_hash: &str, placement_ctx: &str, origin: &str) -> String {
-    sha256_hex(format!("{input_hash}\n{placement_ctx}\n{origin}").as_bytes())
-}
 
 /// The image overrides used by these pipelines, with the fingerprints of their read-only
 /// mounts' host trees, as stable text. Writable mounts are left out: pipelines write there.
@@ -2378,6 +2394,7 @@ fn valid_request_from_record(
         },
         id,
         promise: promise.name().to_string(),
+        spec_digest: crate::validate::spec_digest(&object),
         object,
     })
 }
