@@ -558,15 +558,18 @@ impl Engine {
                 .objects
                 .push(ObjectReport::new(record, ObjectAction::Failed));
         }
-        let results = run_jobs(
+        // Results are absorbed as they arrive (outputs go to the blob cache at once), so a
+        // pass holds the output of the running workflows only, not of all 10,000.
+        let mut results = spawn_jobs(
             &self.runner,
             jobs.iter().map(|(_, j)| j.clone()).collect(),
             self.settings.effective_concurrency(),
             self.settings.max_fanout_per_second,
             &self.cancel,
-        )
-        .await;
-        for ((hash, job), outcome) in jobs.iter().zip(results) {
+        );
+        let mut ran: Vec<Option<ObjectReport>> = vec![None; jobs.len()];
+        while let Some((i, outcome)) = results.recv().await {
+            let (hash, job) = &jobs[i];
             let Some((result, seconds)) = outcome else {
                 // Shutting down: never started; runs on the next start.
                 if let Some(rec) = self.state.requests.get_mut(&job.key) {
@@ -590,11 +593,10 @@ impl Engine {
             }
             self.absorb_result(&mut record, hash, &result, false, &mut report)?;
             self.note_failure(&mut record);
-            report
-                .objects
-                .push(ObjectReport::new(&record, ObjectAction::Ran));
+            ran[i] = Some(ObjectReport::new(&record, ObjectAction::Ran));
             self.state.requests.insert(job.key.clone(), record);
         }
+        report.objects.extend(ran.into_iter().flatten());
         // Placement for every current request that is not steady (picks up Destination
         // changes: they change the steady key).
         for r in &cfg.requests {
@@ -2211,13 +2213,17 @@ async fn run_job(runner: &RunnerConfig, job: &Job) -> WorkflowResult {
 /// Runs jobs with at most `limit` at once; results in job order, with wall-clock seconds.
 /// Rate-limited jobs start at most `per_second` per second (0 = unlimited). Once `cancel` is
 /// set, jobs that have not started yet return `None`; running ones finish.
-async fn run_jobs(
+/// Starts `jobs`, at most `limit` at a time and rate-limited ones at most `per_second`, and
+/// sends `(index, result and seconds)` for each as it finishes; `None` for a job that never
+/// started because `cancel` was set. A job whose task panicked reports a failed pipeline.
+fn spawn_jobs(
     runner: &Arc<RunnerConfig>,
     jobs: Vec<Arc<Job>>,
     limit: usize,
     per_second: u32,
     cancel: &Arc<AtomicBool>,
-) -> Vec<Option<(WorkflowResult, f64)>> {
+) -> tokio::sync::mpsc::UnboundedReceiver<(usize, Option<(WorkflowResult, f64)>)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let sem = Arc::new(Semaphore::new(limit.max(1)));
     let spacing = if per_second == 0 {
         Duration::ZERO
@@ -2225,13 +2231,13 @@ async fn run_jobs(
         Duration::from_secs(1) / per_second
     };
     let next_slot = Arc::new(tokio::sync::Mutex::new(tokio::time::Instant::now()));
-    let mut handles = Vec::with_capacity(jobs.len());
-    for job in jobs {
+    for (i, job) in jobs.into_iter().enumerate() {
         let sem = sem.clone();
         let runner = runner.clone();
         let cancel = cancel.clone();
         let next_slot = next_slot.clone();
-        handles.push(tokio::spawn(async move {
+        let tx = tx.clone();
+        let work = async move {
             let _permit = sem.acquire_owned().await.expect("semaphore never closed");
             if job.rate_limited && !spacing.is_zero() {
                 let at = {
@@ -2248,34 +2254,34 @@ async fn run_jobs(
             let t = Instant::now();
             let r = run_job(&runner, &job).await;
             Some((r, t.elapsed().as_secs_f64()))
-        }));
-    }
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await.unwrap_or_else(|e| {
-            Some((
-                WorkflowResult {
-                    pipelines: vec![pipeline::PipelineResult {
-                        name: String::new(),
-                        outcome: Outcome::Failed {
-                            error: pipeline::Error::SpawnFailed {
-                                pipeline: String::new(),
-                                container: String::new(),
-                                message: format!("pipeline task panicked: {e}"),
+        };
+        tokio::spawn(async move {
+            let outcome = tokio::spawn(work).await.unwrap_or_else(|e| {
+                Some((
+                    WorkflowResult {
+                        pipelines: vec![pipeline::PipelineResult {
+                            name: String::new(),
+                            outcome: Outcome::Failed {
+                                error: pipeline::Error::SpawnFailed {
+                                    pipeline: String::new(),
+                                    container: String::new(),
+                                    message: format!("pipeline task panicked: {e}"),
+                                },
                             },
-                        },
-                        outputs: Vec::new(),
-                        selectors: Vec::new(),
-                        status: None,
-                        logs: Vec::new(),
-                    }],
-                    merged_status: Map::new(),
-                },
-                0.0,
-            ))
-        }));
+                            outputs: Vec::new(),
+                            selectors: Vec::new(),
+                            status: None,
+                            logs: Vec::new(),
+                        }],
+                        merged_status: Map::new(),
+                    },
+                    0.0,
+                ))
+            });
+            let _ = tx.send((i, outcome));
+        });
     }
-    out
+    rx
 }
 
 /// mode `none` writes every placement straight into the Destination directory; when two
