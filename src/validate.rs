@@ -83,7 +83,8 @@ pub struct ValidRequest {
     pub promise: String,
     /// The object as a Kratix pipeline finds it in `/kratix/input/object.yaml`: pruned,
     /// defaulted, namespace set, `kratix.io/promise-name` label added, `status` removed.
-    pub object: Value,
+    /// Shared with the state record of the request (one copy in memory).
+    pub object: Arc<Value>,
     /// Hex sha256 of `object.spec` as compact JSON (`null` when absent): what the engine's
     /// input hash covers, computed once per admission.
     #[serde(skip)]
@@ -1118,7 +1119,7 @@ fn admit_request(
             id,
             promise: promise.name().to_string(),
             spec_digest: spec_digest(&obj),
-            object: obj,
+            object: Arc::new(obj),
         })
     } else {
         Err(errs)

@@ -491,7 +491,7 @@ fn refresh_rows(rows: &mut StatusRows, state: &crate::state::State, dirty: &crat
             key: key.to_string(),
             status: r.status.clone(),
         };
-        serde_json::to_vec_pretty(&row)
+        serde_json::to_vec(&row)
             .expect("status rows serialise")
             .into()
     };
@@ -818,7 +818,7 @@ mod tests {
         let record = crate::state::ObjectRecord {
             input_hash: String::new(),
             completed: false,
-            object: serde_json::Value::Null,
+            object: serde_json::Value::Null.into(),
             promise: None,
             promise_dir: None,
             outputs: Vec::new(),

@@ -346,7 +346,7 @@ impl Engine {
                 .collect();
             outputs.extend(static_out);
             record.outputs = outputs;
-            record.object = p.promise.raw.clone();
+            record.object = Arc::new(p.promise.raw.clone());
             record.promise = Some(p.promise.raw.clone());
             record.promise_dir = Some(parent_dir(&p.promise.origin.file));
             let placed = place_outputs(
@@ -1578,7 +1578,9 @@ impl Engine {
                         let object = match &request {
                             Some(r) => Some(r.object.clone()),
                             None if is_request => None,
-                            None if record.object.is_null() => Some(vp.promise.raw.clone()),
+                            None if record.object.is_null() => {
+                                Some(Arc::new(vp.promise.raw.clone()))
+                            }
                             None => Some(record.object.clone()),
                         };
                         match object {
@@ -1719,7 +1721,7 @@ fn new_record(id: &ObjectRef, promise: &str) -> ObjectRecord {
     ObjectRecord {
         input_hash: String::new(),
         completed: false,
-        object: Value::Null,
+        object: Arc::new(Value::Null),
         promise: None,
         promise_dir: None,
         placements: Vec::new(),
@@ -2381,7 +2383,7 @@ fn valid_request_from_record(
     let object = if record.object.is_null() {
         let api = promise.api.as_ref()?;
         id.kind = api.kind.clone();
-        serde_json::json!({
+        Arc::new(serde_json::json!({
             "apiVersion": api.api_version(),
             "kind": api.kind,
             "metadata": {
@@ -2389,7 +2391,7 @@ fn valid_request_from_record(
                 "namespace": id.namespace.clone().unwrap_or_else(|| "default".into()),
                 "labels": { crate::model::PROMISE_NAME_LABEL: promise.name() },
             },
-        })
+        }))
     } else {
         record.object.clone()
     };
