@@ -48,9 +48,7 @@ use common::{GitDaemon, git};
 use hmac::{KeyInit, Mac};
 use promised::model::Pipeline;
 use promised::pipeline::sandbox::{HostLayout, SandboxSpec, bwrap_args};
-use promised::pipeline::{
-    Action, ObjectIdentity, RunnerConfig, WorkflowInput, WorkflowType, run_workflow,
-};
+use promised::pipeline::{Action, ObjectIdentity, WorkflowInput, WorkflowType, run_workflow};
 use statestores::git::{GitOptions, GitStateStoreSpec};
 use statestores::{
     ChangeSet, CommitMeta, FileWrite, GitStateStore, Owner, PlacementWrite, StateStore,
@@ -976,10 +974,16 @@ fn container_cost(p: &Params, report: &mut Report) {
         }))
         .expect("pipeline"),
     ];
-    let cfg = RunnerConfig {
-        work_dir: tmp.path().join("runs"),
-        ..RunnerConfig::default()
-    };
+    // The runner as the daemon configures it (run directories in `runDir`'s default).
+    let cfg = promised::settings::Settings {
+        state_dir: tmp.path().join("state"),
+        ..Default::default()
+    }
+    .runner();
+    report.note(format!(
+        "per-container runs use the default runDir: {}",
+        cfg.work_dir.display()
+    ));
     let input = WorkflowInput {
         workflow_type: WorkflowType::Resource,
         action: Action::Configure,

@@ -61,6 +61,12 @@ pub struct Settings {
     /// State directory (state.json, blob cache, state store clones). Default: `$STATE_DIRECTORY`
     /// (systemd `StateDirectory=`), else `./.promised`.
     pub state_dir: PathBuf,
+    /// Where each Pipeline's `/kratix/input`, `/kratix/output` and `/kratix/metadata` are
+    /// created (one private directory per Pipeline, removed afterwards). Default:
+    /// `$RUNTIME_DIRECTORY` (systemd `RuntimeDirectory=`), else `/dev/shm` when it is a
+    /// writable directory (a tmpfs: creating and removing these directories on a journalled
+    /// disk costs about as much as starting the sandbox), else `<stateDir>/runs`.
+    pub run_dir: Option<PathBuf>,
     /// Secrets directory laid out as `<dir>/<secret name>/<key>`. Default:
     /// `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`), else none (environment only).
     pub secrets_dir: Option<PathBuf>,
@@ -135,6 +141,7 @@ impl Default for Settings {
                     )
                 })
                 .unwrap_or_else(|| PathBuf::from(".promised")),
+            run_dir: None,
             secrets_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
             concurrency: 0,
             max_fanout_per_second: 20,
@@ -230,8 +237,37 @@ impl Settings {
         filter
     }
 
-    /// The pipeline runner settings these give; per-run directories go under the state
-    /// directory's `runs/`.
+    /// The directory per-Pipeline run directories are created in (see [`Settings::run_dir`]).
+    pub fn effective_run_dir(&self) -> PathBuf {
+        if let Some(d) = &self.run_dir {
+            return d.clone();
+        }
+        if let Some(d) = std::env::var_os("RUNTIME_DIRECTORY") {
+            let first = d
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            if !first.is_empty() {
+                return PathBuf::from(first);
+            }
+        }
+        let shm = std::path::Path::new("/dev/shm");
+        let writable = shm.is_dir()
+            && tempfile::Builder::new()
+                .prefix(".promised-probe-")
+                .tempdir_in(shm)
+                .is_ok();
+        if writable {
+            shm.to_path_buf()
+        } else {
+            self.state_dir.join("runs")
+        }
+    }
+
+    /// The pipeline runner settings these give (per-run directories in
+    /// [`Settings::effective_run_dir`]).
     pub fn runner(&self) -> crate::pipeline::RunnerConfig {
         crate::pipeline::RunnerConfig {
             sandbox: self.sandbox,
@@ -240,7 +276,7 @@ impl Settings {
             log_cap_bytes: self.max_log_bytes,
             allow_network: self.allow_network,
             image_overrides: self.image_overrides.clone(),
-            work_dir: self.state_dir.join("runs"),
+            work_dir: self.effective_run_dir(),
             ..crate::pipeline::RunnerConfig::default()
         }
     }
@@ -347,5 +383,25 @@ mod tests {
             assert!(err.to_string().contains("stateDri"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn run_dir_setting_wins_and_the_default_is_a_usable_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Settings {
+            state_dir: tmp.path().join("state"),
+            ..Settings::default()
+        };
+        let default = s.effective_run_dir();
+        assert!(
+            default == std::path::Path::new("/dev/shm")
+                || default == tmp.path().join("state/runs")
+                || std::env::var_os("RUNTIME_DIRECTORY").is_some(),
+            "{}",
+            default.display()
+        );
+        s.run_dir = Some(tmp.path().join("elsewhere"));
+        assert_eq!(s.effective_run_dir(), tmp.path().join("elsewhere"));
+        assert_eq!(s.runner().work_dir, tmp.path().join("elsewhere"));
     }
 }

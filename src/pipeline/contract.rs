@@ -95,8 +95,10 @@ impl PipelineDirs {
             }
         };
         std::fs::create_dir_all(work_dir).map_err(io("creating the work directory"))?;
+        // A private (0700) directory with a random name: safe in a shared directory such as
+        // /dev/shm.
         let tmp = tempfile::Builder::new()
-            .prefix("run-")
+            .prefix("promised-run-")
             .tempdir_in(work_dir)
             .map_err(io("creating the run directory"))?;
         for d in ["input", "output", "metadata"] {
