@@ -97,18 +97,26 @@ pub enum FetchError {
 }
 
 fn looks_like_auth(text: &str) -> bool {
-    let t = text.to_ascii_lowercase();
-    [
-        "401",
-        "403",
-        "authenticat",
-        "unauthorized",
-        "permission denied",
-        "credentials",
-        "forbidden",
-    ]
-    .iter()
-    .any(|k| t.contains(k))
+    // URLs are left out: a port such as 40335 is not an HTTP 403.
+    let t: String = text
+        .to_ascii_lowercase()
+        .split_whitespace()
+        .filter(|w| !w.contains("://"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let status = t
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|w| w == "401" || w == "403");
+    status
+        || [
+            "authenticat",
+            "unauthorized",
+            "permission denied",
+            "credentials",
+            "forbidden",
+        ]
+        .iter()
+        .any(|k| t.contains(k))
 }
 
 /// Fetch `refs/heads/<branch>` from `url` into `refs/remotes/origin/<branch>` and return the
@@ -495,4 +503,20 @@ pub fn set_ref(
     };
     repo.edit_reference(edit).map_err(repo_err(secrets))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_errors_are_recognised_and_ports_are_not_status_codes() {
+        assert!(looks_like_auth("HTTP status 401 Unauthorized"));
+        assert!(looks_like_auth("remote: Permission denied (publickey)."));
+        assert!(looks_like_auth("server said 403"));
+        assert!(!looks_like_auth(
+            "error sending request for url (https://127.0.0.1:40335/repo.git/info/refs): invalid peer certificate"
+        ));
+        assert!(!looks_like_auth("connection refused on port 4031"));
+    }
 }
