@@ -31,6 +31,13 @@ pub struct GitSettings {
     /// Commit subject template; placeholders `{updated}`, `{deleted}`, `{unchanged}`,
     /// `{restored}`, `{placements}`, `{config}`, `{config_short}`.
     pub commit_subject: Option<String>,
+    /// How long the daemon trusts a remote state store branch it verified or pushed without
+    /// fetching it again: passes with nothing to write within it touch no remote, and writes
+    /// build on it (the push's `--force-with-lease` catches anyone who pushed meanwhile, and
+    /// the retry repairs what they changed). So drift pushed by someone else is found at the
+    /// latest after this long. `0s` = fetch on every pass. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub drift_check_interval: Duration,
 }
 
 impl Default for GitSettings {
@@ -39,6 +46,7 @@ impl Default for GitSettings {
             insecure_skip_tls_verify: false,
             max_push_attempts: 5,
             commit_subject: None,
+            drift_check_interval: Duration::from_secs(30),
         }
     }
 }

@@ -32,7 +32,9 @@
 //!   output: only removal from the config repo deletes.
 //! - Once the cancel flag is set (SIGTERM), no workflow starts: promise, resource or delete.
 //! - Every pass calls `apply` on every state store in use, so files someone edited or deleted
-//!   behind our back are restored even when nothing else changed (and reported as drift).
+//!   behind our back are restored even when nothing else changed (and reported as drift);
+//!   a Git store trusts the head it last saw for `git.driftCheckInterval` (the push lease
+//!   protects writes on it), so an idle daemon finds such drift within that interval.
 
 mod inputs;
 mod placement;
@@ -927,6 +929,7 @@ impl Engine {
                 opts.insecure_skip_tls_verify = self.settings.git.insecure_skip_tls_verify;
                 opts.secrets_dir = self.settings.secrets_dir.clone();
                 opts.max_push_attempts = self.settings.git.max_push_attempts.max(1);
+                opts.trust_head_for = self.settings.git.drift_check_interval;
                 match statestores::GitStateStore::open(&s.id.name, spec, opts) {
                     Ok(store) => {
                         self.stores

@@ -604,3 +604,61 @@ fn a_read_only_local_repository_fails_the_write_permission_check() {
     assert!(line.contains(&objects.display().to_string()), "{line}");
     assert!(line.contains("Read-only file system"), "{line}");
 }
+
+/// `trust_head_for`: within the window an apply builds on the head this store last saw
+/// without fetching; when someone pushed meanwhile, the lease rejects the push, the store
+/// fetches, repairs the drift they caused and keeps their own file, in one retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_head_is_protected_by_the_push_lease() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    common::init_bare(&srv.join("repo.git"));
+    let port = common::start_git_daemon(srv.clone());
+    let url = format!("git://127.0.0.1:{port}/repo.git");
+    let mut opts = GitOptions::new(tmp.path().join("state"));
+    opts.trust_head_for = std::time::Duration::from_secs(3600);
+    let store = GitStateStore::open("trusting", GitStateStoreSpec::new(url.clone()), opts).unwrap();
+    let first = store.apply(&one_file("a: 1\n")).await.unwrap();
+    assert!(first.version.is_some());
+
+    // Someone else edits our file and adds their own, behind our back.
+    let person = common::Person::clone(&url);
+    person.write(
+        "worker-1/dependencies/redis/configure/5058f/crd.yaml",
+        "edited: by hand\n",
+    );
+    person.write("people/notes.md", "theirs\n");
+    person.commit_and_push("a person's commit");
+    let theirs = common::View::of(&url).head();
+
+    // Nothing to write and the head is trusted: no fetch, nothing noticed yet.
+    let idle = store.apply(&ChangeSet::default()).await.unwrap();
+    assert!(idle.version.is_none() && idle.drift.is_empty(), "{idle:?}");
+    assert_eq!(common::View::of(&url).head(), theirs);
+
+    // A write builds on the trusted (stale) head: the lease refuses it, the retry fetches,
+    // restores our file and writes the new one on top of their commit.
+    let mut cs = one_file("a: 1\n");
+    cs.writes[0].files.push(FileWrite {
+        path: "worker-1/dependencies/redis/configure/5058f/extra.yaml".into(),
+        content: b"b: 2\n".to_vec(),
+    });
+    let out = store.apply(&cs).await.unwrap();
+    assert_eq!(out.conflicts_retried, 1, "{out:?}");
+    assert_eq!(out.drift.len(), 1, "{out:?}");
+    let view = common::View::of(&url);
+    assert_eq!(view.head(), out.version.clone().unwrap());
+    assert!(view.is_ancestor(&theirs, &view.head()));
+    assert_eq!(view.read("people/notes.md").unwrap(), "theirs\n");
+    assert_eq!(
+        view.read("worker-1/dependencies/redis/configure/5058f/crd.yaml")
+            .unwrap(),
+        "a: 1\n"
+    );
+    assert_eq!(
+        view.read("worker-1/dependencies/redis/configure/5058f/extra.yaml")
+            .unwrap(),
+        "b: 2\n"
+    );
+}

@@ -134,6 +134,13 @@ pub struct GitOptions {
     pub max_push_attempts: u32,
     /// Fault injection hook, see [`BeforePublish`].
     pub before_publish: Option<BeforePublish>,
+    /// How long a remote branch head this store verified (or pushed) is trusted without
+    /// fetching. Within it, an apply with nothing to write does no I/O at all, and an apply
+    /// with changes builds on that head and pushes with `--force-with-lease` on it: if
+    /// someone pushed meanwhile, the lease rejects the push, the store fetches and rebuilds
+    /// (and repairs drift) as for any race. Drift pushed by someone else is therefore noticed
+    /// at the next write or once this window has passed. Default zero: fetch on every apply.
+    pub trust_head_for: std::time::Duration,
 }
 
 impl std::fmt::Debug for GitOptions {
@@ -144,6 +151,7 @@ impl std::fmt::Debug for GitOptions {
             .field("secrets_dir", &self.secrets_dir)
             .field("max_push_attempts", &self.max_push_attempts)
             .field("before_publish", &self.before_publish.is_some())
+            .field("trust_head_for", &self.trust_head_for)
             .finish()
     }
 }
@@ -157,6 +165,7 @@ impl GitOptions {
             secrets_dir: None,
             max_push_attempts: 5,
             before_publish: None,
+            trust_head_for: std::time::Duration::ZERO,
         }
     }
 }

@@ -75,9 +75,26 @@ struct Verified {
     head: ObjectId,
     files: HashMap<String, ObjectId>,
     index: Vec<crate::index::IndexEntry>,
+    /// When the remote was last seen at `head` (fetched, or pushed by us).
+    seen: std::time::Instant,
 }
 
 impl Inner {
+    /// The verified head when it is recent enough to be trusted without a fetch
+    /// ([`GitOptions::trust_head_for`]); remote backend only.
+    fn trusted_head(&self) -> Option<ObjectId> {
+        if !matches!(self.backend, Backend::Remote { .. }) || self.opts.trust_head_for.is_zero() {
+            return None;
+        }
+        let v = self
+            .verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        v.as_ref()
+            .filter(|v| v.seen.elapsed() < self.opts.trust_head_for)
+            .map(|v| v.head)
+    }
+
     fn take_verified(&self, head: Option<ObjectId>) -> Option<Verified> {
         let mut v = self
             .verified
@@ -356,11 +373,28 @@ impl GitStateStore {
     }
 
     /// One attempt up to (not including) publishing. Blocking.
-    fn prepare_blocking(inner: &Inner, changes: &ChangeSet) -> Result<Prepared, Error> {
+    fn prepare_blocking(
+        inner: &Inner,
+        changes: &ChangeSet,
+        attempt: u32,
+    ) -> Result<Prepared, Error> {
         let repo = inner.repo();
-        let head = Self::head_blocking(inner, &repo)?;
+        // First attempt: a recently verified head is used without fetching (the push lease
+        // protects it); a retry after a lost race always fetches.
+        let trusted = if attempt <= 1 {
+            inner.trusted_head()
+        } else {
+            None
+        };
+        let head = match trusted {
+            Some(h) => Some(h),
+            None => Self::head_blocking(inner, &repo)?,
+        };
         let (files, index, base_tree) = match inner.take_verified(head) {
-            Some(v) if changes.writes.is_empty() && changes.removals.is_empty() => {
+            Some(mut v) if changes.writes.is_empty() && changes.removals.is_empty() => {
+                if trusted.is_none() {
+                    v.seen = std::time::Instant::now(); // just fetched: still at this head
+                }
                 inner.set_verified(Some(v));
                 return Ok(Prepared::NoChange(ApplyOutcome::default()));
             }
@@ -395,6 +429,7 @@ impl GitStateStore {
                     head: h,
                     files,
                     index,
+                    seen: std::time::Instant::now(),
                 }));
             }
             return Ok(Prepared::NoChange(outcome));
@@ -426,6 +461,7 @@ impl GitStateStore {
                     head: commit,
                     files,
                     index: p.index,
+                    seen: std::time::Instant::now(),
                 };
                 Ok(Prepared::Commit {
                     commit,
@@ -443,7 +479,7 @@ impl GitStateStore {
         attempt: u32,
     ) -> Result<ApplyOutcome, AttemptError> {
         let inner = self.inner.clone();
-        let prepared = blocking(move || Self::prepare_blocking(&inner, &changes)).await?;
+        let prepared = blocking(move || Self::prepare_blocking(&inner, &changes, attempt)).await?;
         let (commit, head, mut outcome, next) = match prepared {
             Prepared::NoChange(o) => return Ok(o),
             Prepared::Commit {
