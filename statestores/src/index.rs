@@ -47,12 +47,19 @@ pub fn index_path(destination: &str) -> String {
     format!("{INDEX_DIR}/{destination}.json")
 }
 
-/// Serialise the entries of one destination (sorted by path) to the canonical bytes.
-pub fn encode(destination: &str, mut entries: Vec<IndexEntry>) -> Vec<u8> {
+/// Serialise the entries of one destination to the canonical bytes (sorted by path: `entries`
+/// is sorted in place).
+pub fn encode_sorted(destination: &str, entries: &mut [IndexEntry]) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct IndexFileRef<'a> {
+        version: u32,
+        destination: &'a str,
+        entries: &'a [IndexEntry],
+    }
     entries.sort_by(|a, b| a.path.cmp(&b.path));
-    let file = IndexFile {
+    let file = IndexFileRef {
         version: 1,
-        destination: destination.to_owned(),
+        destination,
         entries,
     };
     let mut out = serde_json::to_vec_pretty(&file).expect("index entries always serialise");
@@ -96,10 +103,11 @@ mod tests {
 
     #[test]
     fn encode_is_sorted_and_roundtrips() {
-        let bytes = encode("d", vec![entry("b"), entry("a")]);
+        let bytes = encode_sorted("d", &mut [entry("b"), entry("a")]);
         let back = decode("x", &bytes).unwrap();
         assert_eq!(back[0].path, "a");
         assert_eq!(back[1].path, "b");
-        assert_eq!(encode("d", back), bytes);
+        let mut back = back;
+        assert_eq!(encode_sorted("d", &mut back), bytes);
     }
 }

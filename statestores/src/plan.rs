@@ -191,8 +191,13 @@ pub fn plan<'a>(
         .collect();
     let mut old_dests: BTreeSet<String> = BTreeSet::new();
     for e in old_index {
-        old_dests.insert(e.owner.destination.clone());
+        if !old_dests.contains(&e.owner.destination) {
+            old_dests.insert(e.owner.destination.clone());
+        }
     }
+    // Destinations whose index may change; the others keep their index file as it is (an
+    // incremental apply on 1 of 3 destinations of 10,000 files re-encodes a third).
+    let mut touched: BTreeSet<String> = BTreeSet::new();
 
     let parse_oid = |e: &IndexEntry| ObjectId::from_hex(e.oid.as_bytes()).ok();
     let drift_kind = |e: &IndexEntry| -> Option<DriftKind> {
@@ -241,6 +246,7 @@ pub fn plan<'a>(
             continue;
         }
         new_index.remove(&e.path);
+        touched.insert(e.owner.destination.clone());
         if head_files.contains_key(&e.path) {
             p.removes.push(e.path.clone());
             p.deleted += 1;
@@ -257,9 +263,17 @@ pub fn plan<'a>(
     }
 
     // 2. Writes.
+    for w in &changes.writes {
+        touched.insert(w.owner.destination.clone());
+    }
     for (path, (content, owner)) in &desired {
         let oid = blob_oid(content);
         let old = new_index.get(*path);
+        if let Some(old) = old
+            && old.owner.destination != owner.destination
+        {
+            touched.insert(old.owner.destination.clone());
+        }
         if let Some(old) = old
             && let Some(kind) = drift_kind(old)
         {
@@ -303,6 +317,7 @@ pub fn plan<'a>(
             continue;
         }
         let Some(kind) = drift_kind(e) else { continue };
+        touched.insert(e.owner.destination.clone());
         p.drift.push(Drift {
             path: e.path.clone(),
             owner: e.owner.clone(),
@@ -341,9 +356,12 @@ pub fn plan<'a>(
     for dest in all_dests {
         let path = index::index_path(&dest);
         match by_dest.remove(&dest) {
-            Some(entries) => {
-                p.index.extend(entries.iter().cloned());
-                let bytes = index::encode(&dest, entries);
+            Some(entries) if !touched.contains(&dest) && head_files.contains_key(&path) => {
+                p.index.extend(entries); // unchanged: its file stays
+            }
+            Some(mut entries) => {
+                let bytes = index::encode_sorted(&dest, &mut entries);
+                p.index.extend(entries);
                 let oid = blob_oid(&bytes);
                 if head_files.get(&path) != Some(&oid) {
                     p.upserts.push(Upsert {
@@ -488,6 +506,34 @@ mod tests {
         assert!(!tree.contains_key("d2/b/z.yaml"));
         assert!(!tree.contains_key(".promised/index/d2.json"));
         assert_eq!(tree["README.md"], b"theirs");
+    }
+
+    #[test]
+    fn only_the_touched_destinations_index_is_rewritten() {
+        let mut tree = HashMap::new();
+        let cs = ChangeSet {
+            writes: vec![
+                write("a", "d1", &[("d1/a/x.yaml", "x")]),
+                write("b", "d2", &[("d2/b/y.yaml", "y")]),
+            ],
+            ..Default::default()
+        };
+        run(&mut tree, &cs);
+        let d2_index = tree[".promised/index/d2.json"].clone();
+        let only_a = ChangeSet {
+            writes: vec![write("a", "d1", &[("d1/a/x.yaml", "x2")])],
+            ..Default::default()
+        };
+        let idx = index_of(&tree);
+        let p = plan(&files_of(&tree), &idx, &only_a, |_| true).unwrap();
+        let paths: Vec<&str> = p.upserts.iter().map(|u| u.path.as_str()).collect();
+        assert_eq!(paths, ["d1/a/x.yaml", ".promised/index/d1.json"]);
+        // The plan still knows the whole index (the store caches it for the next apply).
+        assert_eq!(p.index.len(), 2);
+        let store = HashMap::new();
+        apply_to(&mut tree, &p, &store);
+        assert_eq!(tree[".promised/index/d2.json"], d2_index);
+        assert_eq!(index_of(&tree).len(), 2);
     }
 
     #[test]
