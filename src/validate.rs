@@ -1002,7 +1002,7 @@ fn admit_request(
 ) -> Result<ValidRequest, Vec<Diagnostic>> {
     let o = &c.origin;
     let mut id = c.id.clone();
-    let mut obj = c.raw.clone();
+    let mut obj = (*c.raw).clone();
     let mut errs = Vec::new();
     let Some(map) = obj.as_object_mut() else {
         return Err(vec![o.diag(

@@ -29,8 +29,8 @@ use crate::model::{
 pub struct Document {
     /// File and index.
     pub origin: Origin,
-    /// The parsed document.
-    pub value: Value,
+    /// The parsed document (shared with the parse cache: an unchanged file is not copied).
+    pub value: Arc<Value>,
     /// Git blob id of the file it came from ([`RawFile::oid`]).
     pub blob: Option<gix::ObjectId>,
 }
@@ -44,8 +44,8 @@ pub struct Located<T> {
     pub id: ObjectRef,
     /// The typed object.
     pub object: T,
-    /// The document as written.
-    pub raw: Value,
+    /// The document as written (shared with the parse cache).
+    pub raw: Arc<Value>,
     /// Git blob id of the file it came from: with `origin`, it identifies the document's
     /// exact text (the key of [`crate::validate::Admissions`]).
     pub blob: Option<gix::ObjectId>,
@@ -84,7 +84,7 @@ pub fn parse_documents(files: &[RawFile]) -> (Vec<Document>, Vec<Diagnostic>) {
 }
 
 /// What one file parsed into: its documents, or the one problem that made it unreadable.
-type Parsed = Result<Vec<Value>, (Code, String)>;
+type Parsed = Result<Vec<Arc<Value>>, (Code, String)>;
 
 /// Parsed files by Git blob id, so a file whose content did not change is not parsed again
 /// (the daemon reads a 10,000-request repo on every pass). Holds only the blobs of the last
@@ -146,7 +146,9 @@ fn parse_file(f: &RawFile) -> Parsed {
     }
     let text =
         std::str::from_utf8(&f.bytes).map_err(|e| (Code::Read, format!("not valid UTF-8: {e}")))?;
-    parse_yaml_stream(text).map_err(|msg| (Code::Yaml, msg))
+    parse_yaml_stream(text)
+        .map(|docs| docs.into_iter().map(Arc::new).collect())
+        .map_err(|msg| (Code::Yaml, msg))
 }
 
 /// Parses a multi-document YAML stream with serde-saphyr (YAML 1.1 booleans like Kubernetes,
@@ -381,7 +383,7 @@ pub fn classify(docs: Vec<Document>) -> Objects {
             value,
             blob,
         } = doc;
-        let Value::Object(map) = &value else {
+        let Value::Object(map) = &*value else {
             out.diagnostics.push(origin.diag(
                 Code::NotAnObject,
                 None,
@@ -521,7 +523,7 @@ fn push_typed<T: DeserializeOwned>(
     diags: &mut Vec<Diagnostic>,
     origin: Origin,
     id: ObjectRef,
-    value: Value,
+    value: Arc<Value>,
     blob: Option<gix::ObjectId>,
 ) {
     if id.name.is_empty() {

@@ -348,8 +348,8 @@ impl Engine {
                 .collect();
             outputs.extend(static_out);
             record.outputs = outputs;
-            record.object = Arc::new(p.promise.raw.clone());
-            record.promise = Some(p.promise.raw.clone());
+            record.object = p.promise.raw.clone();
+            record.promise = Some((*p.promise.raw).clone());
             record.promise_dir = Some(parent_dir(&p.promise.origin.file));
             let placed = place_outputs(
                 &name,
@@ -1581,9 +1581,7 @@ impl Engine {
                         let object = match &request {
                             Some(r) => Some(r.object.clone()),
                             None if is_request => None,
-                            None if record.object.is_null() => {
-                                Some(Arc::new(vp.promise.raw.clone()))
-                            }
+                            None if record.object.is_null() => Some(vp.promise.raw.clone()),
                             None => Some(record.object.clone()),
                         };
                         match object {
@@ -2366,7 +2364,7 @@ fn rebuild_valid_promise(promise: Promise, raw: Value) -> ValidPromise {
                 name: promise.metadata.name.clone(),
             },
             object: promise,
-            raw,
+            raw: raw.into(),
             blob: None,
         },
         api,
