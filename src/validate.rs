@@ -89,6 +89,11 @@ pub struct ValidRequest {
     /// input hash covers, computed once per admission.
     #[serde(skip)]
     pub spec_digest: String,
+    /// The engine's input hash of this request with the Promise-side inputs it was computed
+    /// for: `(promise inputs, hash)`. Requests are shared between passes, so an unchanged
+    /// request is hashed once, not on every pass.
+    #[serde(skip)]
+    pub input_hash_memo: std::sync::OnceLock<(String, String)>,
 }
 
 impl ValidRequest {
@@ -1119,6 +1124,7 @@ fn admit_request(
             id,
             promise: promise.name().to_string(),
             spec_digest: spec_digest(&obj),
+            input_hash_memo: Default::default(),
             object: Arc::new(obj),
         })
     } else {

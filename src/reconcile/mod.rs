@@ -232,10 +232,10 @@ impl Engine {
         let promises_before = self.state.promises.clone();
         let destinations_before = self.state.destinations.clone();
         let commit_before = self.state.config_commit.clone();
-        let request_keys_before: BTreeSet<String> = self.state.requests.keys().cloned().collect();
+        let requests_before = self.state.requests.len();
         // Requests skipped as steady, and the steady key each processed request earns when it
         // ends the pass fully reconciled.
-        let mut steady: BTreeSet<String> = BTreeSet::new();
+        let mut steady: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut eligible: BTreeMap<String, String> = BTreeMap::new();
         let dests_fingerprint = format!("{dests:?}");
         let mut steady_ctx: BTreeMap<String, String> = BTreeMap::new();
@@ -635,7 +635,15 @@ impl Engine {
 
         // Objects that left the config repo.
         let present = Presence::of(cfg);
-        self.deletions(cfg, &present, config_root, &mut desired, &mut report)
+        let mut removed = self
+            .deletions(
+                cfg,
+                &present,
+                &steady,
+                config_root,
+                &mut desired,
+                &mut report,
+            )
             .await?;
 
         // Objects that are present but invalid keep their placements.
@@ -834,9 +842,13 @@ impl Engine {
             }
         }
         // Deleted objects whose files are gone are forgotten.
-        self.state
-            .requests
-            .retain(|_, r| !(r.deleting && r.placements.is_empty()));
+        self.state.requests.retain(|k, r| {
+            let keep = !(r.deleting && r.placements.is_empty());
+            if !keep {
+                removed.push(k.clone());
+            }
+            keep
+        });
         self.state
             .promises
             .retain(|_, r| !(r.deleting && r.placements.is_empty()));
@@ -851,16 +863,22 @@ impl Engine {
                 dirty.promises.insert(k.clone());
             }
         }
-        for k in request_keys_before.iter().chain(self.state.requests.keys()) {
+        for k in self.state.requests.keys().chain(removed.iter()) {
             if !steady.contains(k) {
                 dirty.requests.insert(k.clone());
             }
         }
+        debug_assert!(
+            self.state.requests.len() + removed.len() >= requests_before,
+            "every removed request is accounted for"
+        );
         self.dir.save_changes(&mut self.state, &dirty)?;
         report.dirty = dirty;
         // Steady requests: listed when a person can read the list, counted otherwise.
         if steady.len() <= MAX_LISTED_UNCHANGED {
-            for k in &steady {
+            let mut listed: Vec<&String> = steady.iter().collect();
+            listed.sort();
+            for k in listed {
                 if let Some(r) = self.state.requests.get(k) {
                     report
                         .objects
@@ -1508,19 +1526,23 @@ impl Engine {
     /// workflow runs first, then each of its requests' delete workflows; its files and theirs
     /// are pruned in the same commit. While a Promise's delete pipeline fails (or the pass is
     /// shutting down), its requests are not deleted either.
+    /// Runs delete pipelines of objects that left the config repo and schedules their files
+    /// for pruning. Returns the request keys whose records it dropped.
     async fn deletions(
         &mut self,
         cfg: &ValidConfig,
         present: &Presence<'_>,
+        steady: &std::collections::HashSet<String>,
         config_root: &Path,
         desired: &mut BTreeMap<String, Vec<PlacementRecord>>,
         report: &mut PassReport,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Vec<String>, EngineError> {
+        let mut dropped = Vec::new();
         let gone_requests: Vec<String> = self
             .state
             .requests
             .iter()
-            .filter(|(k, r)| !present.request(k, &r.status.object))
+            .filter(|(k, r)| !steady.contains(*k) && !present.request(k, &r.status.object))
             .map(|(k, _)| k.clone())
             .collect();
         let gone_promises: Vec<String> = self
@@ -1543,6 +1565,9 @@ impl Engine {
                 }
                 if record.object.is_null() && record.placements.is_empty() {
                     // Never admitted (invalid, or waiting for its Promise): nothing to delete.
+                    if is_request {
+                        dropped.push(key);
+                    }
                     continue;
                 }
                 // The Promise that defines the delete pipeline: the current one, else the last seen.
@@ -1656,7 +1681,7 @@ impl Engine {
                 map.insert(key, record);
             }
         }
-        Ok(())
+        Ok(dropped)
     }
 }
 
@@ -2116,7 +2141,15 @@ fn requirement_met(
 /// defaulted spec and `overrides` ([`override_fingerprint`] of the Promise's resource
 /// pipelines, computed once per Promise and pass).
 fn request_hash(promise_hash: &str, r: &ValidRequest, overrides: &str) -> String {
-    sha256_hex(format!("{promise_hash}\n{}\n{overrides}", r.spec_digest).as_bytes())
+    let compute =
+        || sha256_hex(format!("{promise_hash}\n{}\n{overrides}", r.spec_digest).as_bytes());
+    let (inputs, hash) = r
+        .input_hash_memo
+        .get_or_init(|| (format!("{promise_hash}\n{overrides}"), compute()));
+    let same = inputs.len() == promise_hash.len() + 1 + overrides.len()
+        && inputs.starts_with(promise_hash)
+        && inputs.ends_with(overrides);
+    if same { hash.clone() } else { compute() }
 }
 
 /// Requests skipped as steady are listed in the pass report up to this many; beyond it they
@@ -2404,6 +2437,7 @@ fn valid_request_from_record(
         id,
         promise: promise.name().to_string(),
         spec_digest: crate::validate::spec_digest(&object),
+        input_hash_memo: Default::default(),
         object,
     })
 }
