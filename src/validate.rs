@@ -179,11 +179,20 @@ pub fn validate(objects: Objects) -> ValidConfig {
 /// the last [`validate_with`] call; documents without a blob id are never cached.
 #[derive(Debug, Default)]
 pub struct Admissions {
-    done: HashMap<AdmissionKey, Result<Arc<ValidRequest>, Vec<Diagnostic>>>,
+    /// (blob id, document index) → the admissions of that document text: usually one; more
+    /// when the same text sits in several files.
+    done: HashMap<(gix::ObjectId, usize), Vec<Admission>>,
 }
 
-/// (file, document index, blob id, Promise name, hash of the Promise's `spec.api`).
-type AdmissionKey = (String, usize, gix::ObjectId, String, String);
+/// One cached admission: the rest of its key (file, Promise name, hash of the Promise's
+/// `spec.api`) and its result.
+#[derive(Debug)]
+struct Admission {
+    file: String,
+    promise: String,
+    api_hash: Arc<str>,
+    result: Result<Arc<ValidRequest>, Vec<Diagnostic>>,
+}
 
 /// Like [`validate`], reusing and refreshing `cache`.
 pub fn validate_with(objects: Objects, cache: &mut Admissions) -> ValidConfig {
@@ -200,48 +209,73 @@ pub fn validate_with(objects: Objects, cache: &mut Admissions) -> ValidConfig {
     let mut rejected_keys: BTreeSet<(String, usize)> = BTreeSet::new();
     let mut rejected = Vec::new();
 
-    // Duplicate identities, across every kind (group + kind + namespace + name).
-    let mut seen: HashMap<(String, String, Option<String>, String), Vec<Origin>> = HashMap::new();
-    let mut note = |api: &str, id: &ObjectRef, origin: &Origin| {
-        let group = api.split('/').next().unwrap_or_default().to_string();
-        seen.entry((
-            group,
-            id.kind.clone(),
-            id.namespace.clone(),
-            id.name.clone(),
-        ))
-        .or_default()
-        .push(origin.clone());
-    };
+    // Duplicate identities, across every kind (group + kind + namespace + name). Keys borrow
+    // from the objects: at 10,000 requests this map is built on every pass.
+    let mut seen: Seen<'_> =
+        HashMap::with_capacity(candidates.len() + promises.len() + destinations.len());
+    type Seen<'a> = HashMap<(&'a str, &'a str, Option<&'a str>, &'a str), Vec<&'a Origin>>;
+    fn note<'a>(seen: &mut Seen<'a>, api: &'a str, id: &'a ObjectRef, origin: &'a Origin) {
+        let group = api.split('/').next().unwrap_or_default();
+        seen.entry((group, &id.kind, id.namespace.as_deref(), &id.name))
+            .or_default()
+            .push(origin);
+    }
+    let kratix = KRATIX_API_VERSION;
     for p in &promises {
-        note(KRATIX_API_VERSION, &p.id, &p.origin);
+        note(&mut seen, kratix, &p.id, &p.origin);
     }
     for d in &destinations {
-        note(KRATIX_API_VERSION, &d.id, &d.origin);
+        note(&mut seen, kratix, &d.id, &d.origin);
     }
     for s in &git_state_stores {
-        note(KRATIX_API_VERSION, &s.id, &s.origin);
+        note(&mut seen, kratix, &s.id, &s.origin);
     }
     for s in &bucket_state_stores {
-        note(KRATIX_API_VERSION, &s.id, &s.origin);
+        note(&mut seen, kratix, &s.id, &s.origin);
     }
     for h in &health_records {
-        note(KRATIX_API_VERSION, &h.id, &h.origin);
+        note(&mut seen, kratix, &h.id, &h.origin);
     }
+    // A request without a namespace is in `default`.
+    let mut defaulted: Vec<(&Located<Value>, ObjectRef)> = Vec::new();
     for c in &candidates {
         let api = c
             .raw
             .get("apiVersion")
             .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let mut id = c.id.clone();
-        if id.namespace.is_none() {
+            .unwrap_or_default();
+        if c.id.namespace.is_none() {
+            let mut id = c.id.clone();
             id.namespace = Some("default".into());
+            defaulted.push((c, id));
+        } else {
+            note(&mut seen, api, &c.id, &c.origin);
         }
-        note(&api, &id, &c.origin);
     }
-    let mut dup_entries: Vec<_> = seen.into_iter().filter(|(_, v)| v.len() > 1).collect();
+    for (c, id) in &defaulted {
+        let api = c
+            .raw
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        note(&mut seen, api, id, &c.origin);
+    }
+    let mut dup_entries: Vec<((String, String, Option<String>, String), Vec<Origin>)> = seen
+        .into_iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|((g, k, ns, n), v)| {
+            (
+                (
+                    g.to_string(),
+                    k.to_string(),
+                    ns.map(str::to_string),
+                    n.to_string(),
+                ),
+                v.into_iter().cloned().collect(),
+            )
+        })
+        .collect();
+    drop(defaulted);
     dup_entries.sort();
     for ((_, kind, ns, name), origins) in dup_entries {
         let id = ObjectRef {
@@ -503,15 +537,16 @@ pub fn validate_with(objects: Objects, cache: &mut Admissions) -> ValidConfig {
     // Requests: served by which Promise? A kind served by a Promise that was rejected is
     // reported as such, not as "unserved".
     let mut requests = Vec::new();
-    let api_hashes: HashMap<&str, String> = valid_promises
+    let api_hashes: HashMap<&str, Arc<str>> = valid_promises
         .iter()
         .map(|p| {
             let api = p.promise.raw.get("spec").and_then(|s| s.get("api"));
             let text = api.map(Value::to_string).unwrap_or_default();
-            (p.name(), crate::state::sha256_hex(text.as_bytes()))
+            (p.name(), crate::state::sha256_hex(text.as_bytes()).into())
         })
         .collect();
-    let mut admitted = HashMap::with_capacity(cache.done.len());
+    let mut admitted: HashMap<(gix::ObjectId, usize), Vec<Admission>> =
+        HashMap::with_capacity(cache.done.len());
     for c in candidates {
         let api_version = c
             .raw
@@ -574,22 +609,41 @@ pub fn validate_with(objects: Objects, cache: &mut Admissions) -> ValidConfig {
             diagnostics.push(d);
             continue;
         }
-        let key = c.blob.map(|blob| {
-            (
-                c.origin.file.clone(),
-                c.origin.document,
-                blob,
-                promise.name().to_string(),
-                api_hashes[promise.name()].clone(),
-            )
+        let pname = promise.name();
+        let api_hash = &api_hashes[pname];
+        // A cached admission moves to this pass's cache (no copy); a miss is admitted now.
+        let cached = c.blob.and_then(|blob| {
+            let list = cache.done.get_mut(&(blob, c.origin.document))?;
+            let i = list.iter().position(|a| {
+                a.file == c.origin.file && a.promise == pname && *a.api_hash == **api_hash
+            })?;
+            Some(list.swap_remove(i))
         });
-        let result = match key.as_ref().and_then(|k| cache.done.get(k)) {
-            Some(r) => r.clone(),
-            None => admit_request(&c, promise, api).map(Arc::new),
+        let result = match cached {
+            Some(a) => {
+                let result = a.result.clone();
+                admitted
+                    .entry((c.blob.expect("cached"), c.origin.document))
+                    .or_default()
+                    .push(a);
+                result
+            }
+            None => {
+                let result = admit_request(&c, promise, api).map(Arc::new);
+                if let Some(blob) = c.blob {
+                    admitted
+                        .entry((blob, c.origin.document))
+                        .or_default()
+                        .push(Admission {
+                            file: c.origin.file.clone(),
+                            promise: pname.to_string(),
+                            api_hash: api_hash.clone(),
+                            result: result.clone(),
+                        });
+                }
+                result
+            }
         };
-        if let Some(k) = key {
-            admitted.insert(k, result.clone());
-        }
         match result {
             Ok(r) => requests.push(r),
             Err(errs) => {

@@ -395,8 +395,7 @@ fn fetch_bare(url: &str, dir: &Path) -> Result<gix::Repository, String> {
                 gix::remote::Direction::Fetch,
             )
             .map_err(|e| e.to_string())?;
-        remote
-            .connect(gix::remote::Direction::Fetch)
+        statestores::git::transport::connect_fetch(&remote)
             .map_err(|e| e.to_string())?
             .prepare_fetch(gix::progress::Discard, Default::default())
             .map_err(|e| e.to_string())?
@@ -498,8 +497,7 @@ pub fn peek_ref(url: &str, reference: &str, cache_dir: &Path) -> Result<String, 
             gix::remote::Direction::Fetch,
         )
         .map_err(|e| repo_err(e.to_string()))?;
-    let (map, _) = remote
-        .connect(gix::remote::Direction::Fetch)
+    let (map, _) = statestores::git::transport::connect_fetch(&remote)
         .map_err(|e| repo_err(e.to_string()))?
         .ref_map(gix::progress::Discard, Default::default())
         .map_err(|e| repo_err(e.to_string()))?;

@@ -419,8 +419,10 @@ async fn one_pass(
         .expect("the loader is back after every pass");
     let last_commit = cache.last.as_ref().map(|(c, _, _)| c.clone());
     let (loader, loaded) = tokio::task::spawn_blocking(move || {
+        let t_fetch = std::time::Instant::now();
         let res = (|| {
             let commit = loader.fetch()?;
+            tracing::debug!(fetch_s = t_fetch.elapsed().as_secs_f64(), "config fetched");
             if commit.is_some() && commit == last_commit {
                 return Ok(None);
             }

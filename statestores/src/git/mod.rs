@@ -23,6 +23,7 @@ pub mod config;
 pub mod credentials;
 mod push;
 mod repo;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -479,7 +480,9 @@ impl GitStateStore {
         attempt: u32,
     ) -> Result<ApplyOutcome, AttemptError> {
         let inner = self.inner.clone();
+        let t_prepare = std::time::Instant::now();
         let prepared = blocking(move || Self::prepare_blocking(&inner, &changes, attempt)).await?;
+        let prepare_s = t_prepare.elapsed().as_secs_f64();
         let (commit, head, mut outcome, next) = match prepared {
             Prepared::NoChange(o) => return Ok(o),
             Prepared::Commit {
@@ -497,6 +500,7 @@ impl GitStateStore {
             .await?;
         }
         let branch_ref = self.branch_ref();
+        let t_publish = std::time::Instant::now();
         match &self.inner.backend {
             Backend::Local => {
                 let inner = self.inner.clone();
@@ -543,6 +547,12 @@ impl GitStateStore {
                 .await?;
             }
         }
+        tracing::debug!(
+            store = %self.inner.url_display,
+            prepare_s,
+            publish_s = t_publish.elapsed().as_secs_f64(),
+            "state store commit published"
+        );
         let inner = self.inner.clone();
         let env = match &self.inner.backend {
             Backend::Remote { env, .. } => env.clone(),

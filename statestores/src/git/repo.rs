@@ -150,9 +150,7 @@ pub fn fetch(
             gix::remote::Direction::Fetch,
         )
         .map_err(classify)?;
-    let mut conn = remote
-        .connect(gix::remote::Direction::Fetch)
-        .map_err(classify)?;
+    let mut conn = super::transport::connect_fetch(&remote).map_err(classify)?;
     if insecure_skip_tls_verify && url.starts_with("https://") {
         // gix's reqwest backend does not honour `http.sslVerify`; configure the client directly.
         use gix_transport::client::blocking_io::http;
