@@ -260,7 +260,9 @@ pub fn validate_with(objects: Objects, cache: &mut Admissions) -> ValidConfig {
             .unwrap_or_default();
         note(&mut seen, api, id, &c.origin);
     }
-    let mut dup_entries: Vec<((String, String, Option<String>, String), Vec<Origin>)> = seen
+    // (group, kind, namespace, name) of each duplicated identity, with its origins.
+    type DupKey = (String, String, Option<String>, String);
+    let mut dup_entries: Vec<(DupKey, Vec<Origin>)> = seen
         .into_iter()
         .filter(|(_, v)| v.len() > 1)
         .map(|((g, k, ns, n), v)| {
@@ -271,7 +273,11 @@ pub fn validate_with(objects: Objects, cache: &mut Admissions) -> ValidConfig {
                     ns.map(str::to_string),
                     n.to_string(),
                 ),
-                v.into_iter().cloned().collect(),
+                {
+                    let mut v: Vec<Origin> = v.into_iter().cloned().collect();
+                    v.sort();
+                    v
+                },
             )
         })
         .collect();

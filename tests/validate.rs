@@ -640,3 +640,126 @@ fn loader_exports_promise_folders_of_the_newest_two_commits() {
     want.sort();
     assert_eq!(left, want, "the oldest export is removed");
 }
+
+/// The admissions cache (`validate_with`, what the daemon uses between passes) is invisible:
+/// each pass over a Git source gives what a fresh `validate` gives, a Promise API change
+/// re-admits unchanged requests (new default), and a cached rejection stays until fixed.
+#[test]
+fn admissions_cache_matches_a_fresh_validation_pass_after_pass() {
+    use promised::validate::{Admissions, validate_with};
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("config");
+    std::fs::create_dir_all(repo.join("requests")).unwrap();
+    let versions = |default: &str| {
+        format!(
+            r#"        - name: v1
+          served: true
+          storage: true
+          schema:
+            openAPIV3Schema:
+              type: object
+              properties:
+                spec:
+                  type: object
+                  properties:
+                    size: {{type: string, default: {default}, enum: [small, large]}}
+"#
+        )
+    };
+    std::fs::write(
+        repo.join("promise.yaml"),
+        promise_with_api("app", &versions("small")),
+    )
+    .unwrap();
+    std::fs::write(repo.join("requests/a.yaml"), app_request("a", "  {}")).unwrap();
+    std::fs::write(
+        repo.join("requests/b.yaml"),
+        app_request("b", "  size: huge"),
+    )
+    .unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    let commit = |msg: &str| {
+        git(&repo, &["add", "-A"]);
+        git(&repo, &["commit", "-qm", msg]);
+    };
+    commit("one");
+    let source = Source::Git {
+        url: repo.to_string_lossy().into(),
+        reference: "main".into(),
+    };
+    let filter = FileFilter::default();
+    let mut loader = config::Loader::new(
+        source.clone(),
+        &filter,
+        Some(tmp.path().join("cache")),
+        Some(tmp.path().join("checkouts")),
+    )
+    .unwrap();
+    let mut cache = Admissions::default();
+    // (name, size or "-") of each admitted request, and the error lines.
+    let summary = |cfg: &ValidConfig| {
+        let admitted: Vec<String> = cfg
+            .requests
+            .iter()
+            .map(|r| {
+                let size = r.object["spec"]["size"].as_str().unwrap_or("-").to_string();
+                format!("{}={size}", r.name())
+            })
+            .collect();
+        (admitted, diag_lines(cfg))
+    };
+    let mut pass = |cache: &mut Admissions| {
+        loader.fetch().unwrap();
+        let cached = validate_with(loader.load().unwrap().objects, cache);
+        let fresh = validate(config::load(&source, &filter, None).unwrap());
+        assert_eq!(summary(&cached), summary(&fresh), "cache is invisible");
+        summary(&cached)
+    };
+
+    let (admitted, errors) = pass(&mut cache);
+    assert_eq!(admitted, ["a=small"]);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("requests/b.yaml") && e.contains("huge")),
+        "{errors:?}"
+    );
+    // Same commit again: everything from the cache, same answer.
+    let (admitted, errors2) = pass(&mut cache);
+    assert_eq!((admitted, errors2), (vec!["a=small".to_string()], errors));
+
+    // The Promise's default changes; request a's text does not: it is admitted again.
+    std::fs::write(
+        repo.join("promise.yaml"),
+        promise_with_api("app", &versions("large")),
+    )
+    .unwrap();
+    commit("default large");
+    let (admitted, _) = pass(&mut cache);
+    assert_eq!(admitted, ["a=large"]);
+
+    // b is fixed; the same text under a second file name is a duplicate of it.
+    std::fs::write(
+        repo.join("requests/b.yaml"),
+        app_request("b", "  size: small"),
+    )
+    .unwrap();
+    commit("fix b");
+    let (admitted, errors) = pass(&mut cache);
+    assert_eq!(admitted, ["a=large", "b=small"]);
+    assert!(errors.is_empty(), "{errors:?}");
+    std::fs::copy(
+        repo.join("requests/b.yaml"),
+        repo.join("requests/b-copy.yaml"),
+    )
+    .unwrap();
+    commit("copy b");
+    let (admitted, errors) = pass(&mut cache);
+    assert_eq!(admitted, ["a=large"]);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("requests/b-copy.yaml") && e.contains("duplicate object")),
+        "{errors:?}"
+    );
+}
