@@ -763,3 +763,52 @@ fn admissions_cache_matches_a_fresh_validation_pass_after_pass() {
         "{errors:?}"
     );
 }
+
+/// A daemon fetches its config remote for every commit, and every fetch with new objects adds
+/// a pack to the config cache: the loader runs `git gc` when they pile up, so the cache stays
+/// small and every commit still loads.
+#[test]
+fn config_cache_packs_stay_bounded_over_many_fetches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("config");
+    std::fs::create_dir_all(repo.join("requests")).unwrap();
+    std::fs::write(
+        repo.join("promise.yaml"),
+        promise_with_api("app", APP_VERSIONS),
+    )
+    .unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    let source = Source::Git {
+        url: format!("file://{}", repo.display()),
+        reference: "main".into(),
+    };
+    let cache = tmp.path().join("cache");
+    let mut loader =
+        config::Loader::new(source, &FileFilter::default(), Some(cache.clone()), None).unwrap();
+    let packs = || -> usize {
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|d| d.path().join("objects/pack"))
+            .filter(|p| p.is_dir())
+            .flat_map(|p| std::fs::read_dir(p).unwrap().filter_map(Result::ok))
+            .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+            .count()
+    };
+    let mut most = 0;
+    for i in 0..40 {
+        std::fs::write(
+            repo.join(format!("requests/r{i}.yaml")),
+            app_request(&format!("r{i}"), "  n: 1"),
+        )
+        .unwrap();
+        git(&repo, &["add", "-A"]);
+        git(&repo, &["commit", "-qm", &format!("request {i}")]);
+        loader.fetch().unwrap();
+        let cfg = validate(loader.load().unwrap().objects);
+        assert_eq!(cfg.requests.len(), i + 1, "commit {i} loads every request");
+        most = most.max(packs());
+    }
+    assert!(most > 10, "fetches did add packs ({most})");
+    assert!(packs() <= 26, "{} packs after 40 fetches", packs());
+}

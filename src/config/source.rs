@@ -404,6 +404,10 @@ fn fetch_bare(url: &str, dir: &Path) -> Result<gix::Repository, String> {
                 &std::sync::atomic::AtomicBool::new(false),
             )
             .map_err(|e| e.to_string())?;
+        // Every fetch with new objects adds a pack; a daemon fetches for every config commit.
+        if statestores::git::gc_if_needed(dir, &[]) {
+            return gix::open(dir).map_err(|e| e.to_string());
+        }
         return Ok(repo);
     }
     if let Some(parent) = dir.parent() {

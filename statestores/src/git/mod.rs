@@ -128,34 +128,46 @@ impl Inner {
     /// objects, run `git gc` (one process, only when needed, under the store lock), then reopen
     /// the gix handle so it sees the new pack layout. Failures are logged, never fatal.
     fn maybe_gc(&self, env: &[(String, String)]) {
-        if !repo::needs_gc(&self.repo_path) {
+        if !gc_if_needed(&self.repo_path, env) {
             return;
         }
-        let status = std::process::Command::new("git")
-            .arg("-C")
-            .arg(&self.repo_path)
-            .args(["gc", "--quiet"])
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env_remove("GIT_DIR")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-        match status {
-            Ok(s) if s.success() => {
-                match repo::open_or_init(&self.repo_path, self.overrides.clone(), &self.secrets) {
-                    Ok(fresh) => {
-                        *self
-                            .repo
-                            .write()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot reopen repository after git gc"),
-                }
+        match repo::open_or_init(&self.repo_path, self.overrides.clone(), &self.secrets) {
+            Ok(fresh) => {
+                *self
+                    .repo
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh
             }
-            other => {
-                tracing::warn!(path = %self.repo_path.display(), result = ?other, "git gc failed")
-            }
+            Err(e) => tracing::warn!(error = %e, "cannot reopen repository after git gc"),
+        }
+    }
+}
+
+/// Runs `git gc --quiet` in the repository at `git_dir` (bare or `.git`) when packs (more
+/// than 25: every fetch or apply with new objects adds one) or loose objects (about 3,000)
+/// have piled up, as `git gc --auto` would, without spawning anything otherwise. `env` is
+/// added to git's environment. Returns true when gc ran and succeeded; the caller should
+/// reopen its gix repository then. A failure is logged (warning), not returned: the
+/// repository stays usable, only slower.
+pub fn gc_if_needed(git_dir: &std::path::Path, env: &[(String, String)]) -> bool {
+    if !repo::needs_gc(git_dir) {
+        return false;
+    }
+    let status = std::process::Command::new("git")
+        .arg("-C")
+        .arg(git_dir)
+        .args(["gc", "--quiet"])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env_remove("GIT_DIR")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    match status {
+        Ok(s) if s.success() => true,
+        other => {
+            tracing::warn!(path = %git_dir.display(), result = ?other, "git gc failed");
+            false
         }
     }
 }
