@@ -237,28 +237,17 @@ pub fn validate_with(objects: Objects, cache: &mut Admissions) -> ValidConfig {
         note(&mut seen, kratix, &h.id, &h.origin);
     }
     // A request without a namespace is in `default`.
-    let mut defaulted: Vec<(&Located<Value>, ObjectRef)> = Vec::new();
     for c in &candidates {
         let api = c
             .raw
             .get("apiVersion")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        if c.id.namespace.is_none() {
-            let mut id = c.id.clone();
-            id.namespace = Some("default".into());
-            defaulted.push((c, id));
-        } else {
-            note(&mut seen, api, &c.id, &c.origin);
-        }
-    }
-    for (c, id) in &defaulted {
-        let api = c
-            .raw
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        note(&mut seen, api, id, &c.origin);
+        let group = api.split('/').next().unwrap_or_default();
+        let ns = c.id.namespace.as_deref().or(Some("default"));
+        seen.entry((group, &c.id.kind, ns, &c.id.name))
+            .or_default()
+            .push(&c.origin);
     }
     // (group, kind, namespace, name) of each duplicated identity, with its origins.
     type DupKey = (String, String, Option<String>, String);
@@ -281,7 +270,6 @@ pub fn validate_with(objects: Objects, cache: &mut Admissions) -> ValidConfig {
             )
         })
         .collect();
-    drop(defaulted);
     dup_entries.sort();
     for ((_, kind, ns, name), origins) in dup_entries {
         let id = ObjectRef {

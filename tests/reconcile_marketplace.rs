@@ -322,6 +322,23 @@ fn marketplace_promises_end_to_end() {
         "destinations/worker-1/resources/default/redis/example/instance-configure/5058f/redis-instance.yaml",
     );
     assert!(redis.contains("replicas: 3"), "{redis}");
+    // Every commit is audit trail: this one names its config commit and only the request
+    // that changed.
+    let trail = |what: &str| {
+        let msg = git(&w.remote, &["log", "-1", "--format=%B", "main"]);
+        let config_commit = git(&w.config, &["rev-parse", "main"]).trim().to_string();
+        assert!(
+            msg.contains(&format!("Promised-Config-Commit: {config_commit}")),
+            "{what}: {msg}"
+        );
+        let resources: Vec<&str> = msg
+            .lines()
+            .filter_map(|l| l.strip_prefix("Promised-Resource: "))
+            .collect();
+        assert_eq!(resources, ["redis/default/example"], "{what}: {msg}");
+        assert!(msg.contains("Promised-Promise: redis"), "{what}: {msg}");
+    };
+    trail("size change");
 
     // Removing the request prunes its files in a commit.
     std::fs::remove_file(w.config.join("redis/resource-request.yaml")).unwrap();
@@ -339,5 +356,6 @@ fn marketplace_promises_end_to_end() {
         files(&w).iter().any(|f| f.contains("dependencies/redis/")),
         "the Promise's dependencies stay"
     );
+    trail("removal");
     let _ = &w.checkout;
 }

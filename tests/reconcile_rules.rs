@@ -261,6 +261,12 @@ fn filepath_modes_none_and_aggregated_yaml() {
             "{k} missing from the aggregate: {kinds:?}"
         );
     }
+    // Kratix's join (`\n---\n` between workloads, none after the last) in placement order:
+    // the Promise's dependencies (the operator's Deployment) before the requests' resources.
+    assert_eq!(agg.matches("\n---\n").count(), docs.len() - 1, "{agg}");
+    assert!(!agg.trim_end().ends_with("---"), "{agg}");
+    let pos = |k: &str| kinds.iter().position(|x| *x == k).expect(k);
+    assert!(pos("Deployment") < pos("RedisFailover"), "{kinds:?}");
     // Removing a request rewrites the aggregate without it.
     std::fs::remove_file(config.join("requests/redis-example.yaml")).unwrap();
     reconcile(&config, &state);
