@@ -94,6 +94,9 @@ pub struct ValidRequest {
     /// request is hashed once, not on every pass.
     #[serde(skip)]
     pub input_hash_memo: std::sync::OnceLock<(String, String)>,
+    /// [`ValidRequest::key`], computed on first use.
+    #[serde(skip)]
+    pub key_memo: std::sync::OnceLock<String>,
 }
 
 impl ValidRequest {
@@ -110,6 +113,14 @@ impl ValidRequest {
     /// The request's name.
     pub fn name(&self) -> &str {
         &self.id.name
+    }
+
+    /// The request's key in the engine's state and in placement owners:
+    /// `<promise>/<namespace>/<name>` (`reconcile::request_key`), formatted once per admitted
+    /// request (requests are shared between daemon passes).
+    pub fn key(&self) -> &str {
+        self.key_memo
+            .get_or_init(|| format!("{}/{}/{}", self.promise, self.namespace(), self.name()))
     }
 }
 
@@ -213,12 +224,28 @@ pub fn validate_with(objects: Objects, cache: &mut Admissions) -> ValidConfig {
     // from the objects: at 10,000 requests this map is built on every pass.
     let mut seen: Seen<'_> =
         HashMap::with_capacity(candidates.len() + promises.len() + destinations.len());
-    type Seen<'a> = HashMap<(&'a str, &'a str, Option<&'a str>, &'a str), Vec<&'a Origin>>;
+    // Identity → its first origin, and any further ones (an empty Vec does not allocate).
+    type Seen<'a> =
+        HashMap<(&'a str, &'a str, Option<&'a str>, &'a str), (&'a Origin, Vec<&'a Origin>)>;
+    fn add<'a>(
+        seen: &mut Seen<'a>,
+        key: (&'a str, &'a str, Option<&'a str>, &'a str),
+        origin: &'a Origin,
+    ) {
+        match seen.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().1.push(origin),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert((origin, Vec::new()));
+            }
+        }
+    }
     fn note<'a>(seen: &mut Seen<'a>, api: &'a str, id: &'a ObjectRef, origin: &'a Origin) {
         let group = api.split('/').next().unwrap_or_default();
-        seen.entry((group, &id.kind, id.namespace.as_deref(), &id.name))
-            .or_default()
-            .push(origin);
+        add(
+            seen,
+            (group, &id.kind, id.namespace.as_deref(), &id.name),
+            origin,
+        );
     }
     let kratix = KRATIX_API_VERSION;
     for p in &promises {
@@ -245,16 +272,14 @@ pub fn validate_with(objects: Objects, cache: &mut Admissions) -> ValidConfig {
             .unwrap_or_default();
         let group = api.split('/').next().unwrap_or_default();
         let ns = c.id.namespace.as_deref().or(Some("default"));
-        seen.entry((group, &c.id.kind, ns, &c.id.name))
-            .or_default()
-            .push(&c.origin);
+        add(&mut seen, (group, &c.id.kind, ns, &c.id.name), &c.origin);
     }
     // (group, kind, namespace, name) of each duplicated identity, with its origins.
     type DupKey = (String, String, Option<String>, String);
     let mut dup_entries: Vec<(DupKey, Vec<Origin>)> = seen
         .into_iter()
-        .filter(|(_, v)| v.len() > 1)
-        .map(|((g, k, ns, n), v)| {
+        .filter(|(_, (_, more))| !more.is_empty())
+        .map(|((g, k, ns, n), (first, more))| {
             (
                 (
                     g.to_string(),
@@ -263,7 +288,7 @@ pub fn validate_with(objects: Objects, cache: &mut Admissions) -> ValidConfig {
                     n.to_string(),
                 ),
                 {
-                    let mut v: Vec<Origin> = v.into_iter().cloned().collect();
+                    let mut v: Vec<Origin> = std::iter::once(first).chain(more).cloned().collect();
                     v.sort();
                     v
                 },
@@ -1173,6 +1198,7 @@ fn admit_request(
             promise: promise.name().to_string(),
             spec_digest: spec_digest(&obj),
             input_hash_memo: Default::default(),
+            key_memo: Default::default(),
             object: Arc::new(obj),
         })
     } else {

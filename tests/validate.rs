@@ -812,3 +812,90 @@ fn config_cache_packs_stay_bounded_over_many_fetches() {
     assert!(most > 10, "fetches did add packs ({most})");
     assert!(packs() <= 26, "{} packs after 40 fetches", packs());
 }
+
+/// Reading commit after commit with the previous listing (what the daemon's loader does) gives
+/// exactly what a fresh read gives: files added, edited, deleted, moved between directories,
+/// a directory replaced by a file, executable bits, and files the globs leave out.
+#[test]
+fn incremental_tree_listing_matches_a_fresh_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("config");
+    let w = |rel: &str, text: &str| {
+        let p = repo.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    w("promise.yaml", &promise_with_api("app", APP_VERSIONS));
+    for d in ["a", "b", "c"] {
+        for i in 0..3 {
+            w(
+                &format!("requests/{d}/r{i}.yaml"),
+                &app_request(&format!("{d}{i}"), "  n: 1"),
+            );
+        }
+    }
+    w("requests/a/notes.txt", "not yaml");
+    w("drafts/x.yaml", &app_request("x", "  n: 1"));
+    git(&repo, &["init", "-q", "-b", "main"]);
+    let mut filter = FileFilter::default();
+    filter.exclude.push("drafts/**".into());
+    let filter = filter.compile().unwrap();
+    let opened = config::GitRepo::open(repo.to_str().unwrap(), None).unwrap();
+    let mut listing = None;
+    let steps: Vec<Box<dyn Fn()>> = vec![
+        Box::new(|| {}),
+        Box::new(|| w("requests/b/r1.yaml", &app_request("b1", "  n: 2"))),
+        Box::new(|| {
+            std::fs::remove_file(repo.join("requests/c/r2.yaml")).unwrap();
+            w("requests/d/new.yml", &app_request("d0", "  n: 1"));
+        }),
+        Box::new(|| {
+            std::fs::rename(
+                repo.join("requests/a/r0.yaml"),
+                repo.join("requests/b/moved.yaml"),
+            )
+            .unwrap();
+            w("drafts/y.yaml", &app_request("y", "  n: 1"));
+        }),
+        Box::new(|| {
+            std::fs::remove_dir_all(repo.join("requests/d")).unwrap();
+            w("requests/d", "a file where a directory was\n");
+            use std::os::unix::fs::PermissionsExt;
+            let script = repo.join("requests/b/r2.yaml");
+            std::fs::set_permissions(script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }),
+        Box::new(|| std::fs::write(repo.join("README.md"), "only a readme\n").unwrap()),
+    ];
+    let mut seen = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        step();
+        git(&repo, &["add", "-A"]);
+        git(
+            &repo,
+            &["commit", "-qm", &format!("step {i}"), "--allow-empty"],
+        );
+        let commit = opened.resolve("main").unwrap();
+        let incremental = opened
+            .read_commit_with(commit, &filter, |_| true, &mut listing)
+            .unwrap();
+        let fresh = opened.read_commit(commit, &filter, |_| true).unwrap();
+        assert_eq!(incremental, fresh, "step {i}");
+        seen.push(fresh.iter().map(|f| f.path.clone()).collect::<Vec<_>>());
+    }
+    // The steps did what they say (so the comparison covered them).
+    assert!(seen[2].contains(&"requests/d/new.yml".to_string()));
+    assert!(!seen[2].contains(&"requests/c/r2.yaml".to_string()));
+    assert!(seen[3].contains(&"requests/b/moved.yaml".to_string()));
+    assert!(
+        seen.iter()
+            .flatten()
+            .all(|p| !p.starts_with("drafts/") && !p.ends_with(".txt"))
+    );
+    assert!(!seen[4].iter().any(|p| p.starts_with("requests/d")));
+    let commit = opened.resolve("main").unwrap();
+    let exec = opened.read_commit(commit, &filter, |_| true).unwrap();
+    assert!(
+        exec.iter()
+            .any(|f| f.path == "requests/b/r2.yaml" && f.executable)
+    );
+}

@@ -235,6 +235,8 @@ pub struct Loader {
     checkouts: Option<PathBuf>,
     parsed: ParseCache,
     fetched: Option<(GitRepo, gix::ObjectId)>,
+    /// The file listing of the last commit read (unchanged subtrees are not walked again).
+    listing: Option<source::TreeListing>,
 }
 
 impl Loader {
@@ -256,6 +258,7 @@ impl Loader {
             checkouts,
             parsed: ParseCache::default(),
             fetched: None,
+            listing: None,
         })
     }
 
@@ -290,7 +293,12 @@ impl Loader {
         }
         let (repo, commit) = self.fetched.take().expect("fetched above");
         let parsed = &self.parsed;
-        let files = repo.read_commit(commit, &self.filter, |oid| !parsed.has(oid))?;
+        let files = repo.read_commit_with(
+            commit,
+            &self.filter,
+            |oid| !parsed.has(oid),
+            &mut self.listing,
+        )?;
         let (docs, diags) = self.parsed.parse(&files);
         let mut objects = classify(docs);
         objects.diagnostics.splice(0..0, diags);

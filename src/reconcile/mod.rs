@@ -419,7 +419,7 @@ impl Engine {
         let mut shared = SharedJobInputs::default();
         let mut waiting: Vec<(String, Arc<ValidRequest>)> = Vec::new();
         for r in &cfg.requests {
-            let key = request_key(&r.promise, r.namespace(), r.name());
+            let key = r.key();
             let Some(p) = cfg.promise(&r.promise) else {
                 continue;
             };
@@ -430,14 +430,15 @@ impl Engine {
             let interval = reconciliation_interval(p, &self.settings);
             // Steady: same inputs (`needs_run` compares the input hash), same placement
             // context, same place in the repo, fully reconciled last time.
-            if self.state.requests.get(&key).is_some_and(|rec| {
+            if self.state.requests.get(key).is_some_and(|rec| {
                 rec.steady == *ctx
                     && rec.status.source == origin_buf
                     && !needs_run(rec, &hash, interval, self.backoff)
             }) {
-                steady.insert(key);
+                steady.insert(key.to_string());
                 continue;
             }
+            let key = key.to_string();
             eligible.insert(key.clone(), ctx.clone());
             let origin = origin_buf.clone();
             let record = self
@@ -602,16 +603,17 @@ impl Engine {
         // Placement for every current request that is not steady (picks up Destination
         // changes: they change the steady key).
         for r in &cfg.requests {
-            let key = request_key(&r.promise, r.namespace(), r.name());
-            if steady.contains(&key) {
+            let key = r.key();
+            if steady.contains(key) {
                 continue;
             }
             let Some(p) = cfg.promise(&r.promise) else {
                 continue;
             };
-            let Some(record) = self.state.requests.get_mut(&key) else {
+            let Some(record) = self.state.requests.get_mut(key) else {
                 continue;
             };
+            let key = key.to_string();
             let ns = p
                 .promise
                 .object
@@ -658,12 +660,17 @@ impl Engine {
 
         // mode `none`: two placements claiming one path on a store is an error for the later one
         // (steady requests' paths are claimed first: they keep them).
-        let steady_none: Vec<&PlacementRecord> = steady
-            .iter()
-            .filter_map(|k| self.state.requests.get(k))
-            .flat_map(|r| &r.placements)
-            .filter(|p| dest_mode(&dests, &p.destination) == Some(FilepathMode::None))
-            .collect();
+        let steady_none: Vec<&PlacementRecord> =
+            if dests.iter().any(|d| d.mode == FilepathMode::None) {
+                steady
+                    .iter()
+                    .filter_map(|k| self.state.requests.get(k))
+                    .flat_map(|r| &r.placements)
+                    .filter(|p| dest_mode(&dests, &p.destination) == Some(FilepathMode::None))
+                    .collect()
+            } else {
+                Vec::new() // no Destination in mode `none`: nothing to collide
+            };
         detect_collisions(&mut desired, &self.state, &steady_none, &mut object_errors);
 
         // One change set per store.
@@ -2438,6 +2445,7 @@ fn valid_request_from_record(
         promise: promise.name().to_string(),
         spec_digest: crate::validate::spec_digest(&object),
         input_hash_memo: Default::default(),
+        key_memo: Default::default(),
         object,
     })
 }
