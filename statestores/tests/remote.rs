@@ -662,3 +662,51 @@ async fn a_trusted_head_is_protected_by_the_push_lease() {
         "b: 2\n"
     );
 }
+
+/// When `git gc` cannot bring the pack count down (here: every pack is kept with a `.keep`
+/// file), it is not run again on every fetch or apply: once per `GC_BACKOFF`.
+#[test]
+fn gc_that_cannot_help_is_not_repeated_on_every_call() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("kept.git");
+    common::git(None, &["init", "-q", "--bare", repo.to_str().unwrap()]);
+    // Every push is kept as a pack, however small.
+    common::git(Some(&repo), &["config", "receive.unpackLimit", "1"]);
+    let work = tmp.path().join("work");
+    common::git(None, &["init", "-q", "-b", "main", work.to_str().unwrap()]);
+    for i in 0..30 {
+        std::fs::write(work.join("f.txt"), format!("{i}\n")).unwrap();
+        common::git(Some(&work), &["add", "-A"]);
+        common::git(Some(&work), &["commit", "-qm", &format!("c{i}")]);
+        // One pack per push, each kept: gc may not fold it into another.
+        common::git(
+            Some(&work),
+            &[
+                "-c",
+                "receive.unpackLimit=1",
+                "push",
+                "-q",
+                repo.to_str().unwrap(),
+                "main",
+            ],
+        );
+    }
+    let pack_dir = repo.join("objects/pack");
+    let mut packs = 0;
+    for e in std::fs::read_dir(&pack_dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "pack") {
+            std::fs::write(p.with_extension("keep"), "kept by the test\n").unwrap();
+            packs += 1;
+        }
+    }
+    assert!(packs > 25, "{packs} packs");
+    assert!(
+        statestores::git::gc_if_needed(&repo, &[]),
+        "the first call runs gc"
+    );
+    assert!(
+        !statestores::git::gc_if_needed(&repo, &[]),
+        "gc could not help (kept packs): not run again within the backoff"
+    );
+}
