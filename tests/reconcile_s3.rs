@@ -256,3 +256,174 @@ async fn one_destination_on_git_one_on_s3() {
         "{all}"
     );
 }
+
+/// `promised run` with a Destination on S3, and the S3 server stopped in the middle of a large
+/// apply: the request's status carries the store's error, the daemon retries by itself with the
+/// failure backoff (nothing else triggers a pass), and once the server is back it converges:
+/// every key the index names is there with the indexed content and nothing is left pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_retries_an_s3_apply_cut_by_a_server_stop_and_converges() {
+    if !bwrap_works() {
+        eprintln!("skipped: bubblewrap cannot create sandboxes here (apt-get install bubblewrap)");
+        return;
+    }
+    const FILES: usize = 3000;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s3 = S3Server::start(&tmp.path().join("s3")).await;
+    let config = tmp.path().join("config");
+    copy_dir(&repo_root().join("testdata/quickstart"), &config);
+    // prod on the bucket, dev on the local Git store; team-bulk's pipeline writes 3,000 files.
+    std::fs::write(
+        config.join("platform/bucket.yaml"),
+        format!(
+            "apiVersion: platform.kratix.io/v1alpha1\nkind: BucketStateStore\nmetadata:\n  name: s3\nspec:\n  bucketName: {BUCKET}\n  endpoint: {}\n  insecure: true\n  path: state/\n  authMethod: accessKey\n  secretRef:\n    name: minio-creds\n    namespace: default\n",
+            s3.endpoint()
+        ),
+    )
+    .unwrap();
+    let dests = std::fs::read_to_string(config.join("platform/destinations.yaml")).unwrap();
+    let (dev, prod) = dests.split_once("---").unwrap();
+    let prod = prod
+        .replace("kind: GitStateStore", "kind: BucketStateStore")
+        .replace("name: local", "name: s3");
+    std::fs::write(
+        config.join("platform/destinations.yaml"),
+        format!("{dev}---{prod}"),
+    )
+    .unwrap();
+    let script = config.join("promises/namespace/pipeline/configure");
+    let text = std::fs::read_to_string(&script).unwrap().replacen(
+        "set -eu\n",
+        &format!(
+            "set -eu\nif [ \"$KRATIX_OBJECT_NAME\" = team-bulk ]; then i=0; while [ $i -lt {FILES} ]; do printf 'apiVersion: v1\\nkind: ConfigMap\\nmetadata:\\n  name: bulk-%s\\n' $i > /kratix/output/bulk-$i.yaml; i=$((i+1)); done; fi\n"
+        ),
+        1,
+    );
+    std::fs::write(&script, text).unwrap();
+    let state = tmp.path().join("state");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let log = tmp.path().join("daemon.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_promised"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("PROMISED_SECRET_MINIO_CREDS_ACCESSKEYID", ACCESS_KEY)
+        .env("PROMISED_SECRET_MINIO_CREDS_SECRETACCESSKEY", SECRET_KEY)
+        .env("PROMISED_RETRY_BACKOFF", "1s")
+        .env("PROMISED_MAX_RETRY_BACKOFF", "2s")
+        .env("PROMISED_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let wait = |what: &'static str, secs: u64, mut ok: Box<dyn FnMut() -> bool + Send>| {
+        let log = log.clone();
+        async move {
+            let t = std::time::Instant::now();
+            while !ok() {
+                assert!(
+                    t.elapsed() < std::time::Duration::from_secs(secs),
+                    "timed out waiting for {what}:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        }
+    };
+    let prod_ns = s3.file(PROD_NS);
+    wait("the first pass", 60, Box::new(move || prod_ns.is_file())).await;
+
+    // The bulk request arrives (file watch); stop the server once its first objects landed.
+    std::fs::write(
+        config.join("requests/team-bulk.yaml"),
+        "apiVersion: marketplace.kratix.io/v1alpha1\nkind: namespace\nmetadata:\n  name: team-bulk\n  namespace: default\nspec:\n  namespaceName: team-bulk\n  environment: prod\n",
+    )
+    .unwrap();
+    let bulk_dir = s3
+        .file("state/clusters/prod/resources/default/namespace/team-bulk/instance-configure/5058f");
+    let landed = move |dir: &Path| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    {
+        let dir = bulk_dir.clone();
+        wait(
+            "the bulk apply to start",
+            60,
+            Box::new(move || landed(&dir) >= 50),
+        )
+        .await;
+    }
+    s3.stop().await;
+    let at_stop = landed(&bulk_dir);
+    assert!(
+        at_stop < FILES,
+        "the apply finished before the server stopped ({at_stop} files)"
+    );
+
+    // While the server is down: the request says why, and the daemon keeps retrying by itself.
+    let failures = || log_text().matches("state store write failed").count();
+    wait("two failed attempts", 30, Box::new(move || failures() >= 2)).await;
+    let row = common::status_row(&state, "namespace/default/team-bulk");
+    let message = row["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("BucketStateStore/s3") && !message.contains(SECRET_KEY),
+        "{row}"
+    );
+    assert!(!log_text().contains(SECRET_KEY), "no secret in the log");
+
+    // The server comes back: the next retry converges, with no new trigger.
+    s3.restart().await;
+    let index_path = s3.file(INDEX);
+    let converged = move || {
+        let Ok(text) = std::fs::read_to_string(&index_path) else {
+            return false;
+        };
+        let Ok(idx) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return false;
+        };
+        idx["pending"].as_array().is_some_and(|p| p.is_empty())
+            && idx["entries"].as_array().is_some_and(|e| {
+                e.iter()
+                    .filter(|e| e["path"].as_str().is_some_and(|p| p.contains("team-bulk")))
+                    .count()
+                    > FILES // the bulk files and the pipeline's namespace.yaml
+            })
+    };
+    wait(
+        "convergence after the server returned",
+        25,
+        Box::new(converged),
+    )
+    .await;
+    // No half state: every indexed key holds the indexed content, and the bucket holds nothing
+    // under the Destination that the index does not name (canaries included).
+    let idx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s3.file(INDEX)).unwrap()).unwrap();
+    let mut named = std::collections::BTreeSet::new();
+    for e in idx["entries"].as_array().unwrap() {
+        let key = e["path"].as_str().unwrap();
+        let bytes = std::fs::read(s3.file(key)).unwrap_or_else(|err| panic!("{key}: {err}"));
+        use sha2::Digest;
+        assert_eq!(
+            e["sha256"].as_str().unwrap(),
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            "{key}"
+        );
+        named.insert(key.to_owned());
+    }
+    for k in bucket_keys(&s3.root) {
+        assert!(k == INDEX || named.contains(&k), "{k} is not in the index");
+    }
+    let row = common::status_row(&state, "namespace/default/team-bulk");
+    assert_eq!(
+        common::condition(&row, "Reconciled")["status"],
+        "True",
+        "{row}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -235,10 +235,18 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
     let mut pass_started = SystemTime::now();
     let mut last_pass_end = tokio::time::Instant::now();
     let mut busy_after_pass = false;
+    // Consecutive passes with a failed state store write or a failed pass (config source
+    // unreachable): the loop retries them with the failure backoff, without waiting for a
+    // trigger.
+    let mut failed_passes: u32 = 0;
     let mut stop = stop_rx.clone();
     loop {
         if !first {
-            let wake_at = tokio::time::Instant::now() + next_wake(&engine, pass_started);
+            let mut wait = next_wake(&engine, pass_started);
+            if failed_passes > 0 {
+                wait = wait.min(failure_backoff(&settings, failed_passes));
+            }
+            let wake_at = tokio::time::Instant::now() + wait;
             loop {
                 tokio::select! {
                     _ = shared.wake.notified() => break,
@@ -334,6 +342,10 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         };
         last_pass_end = tokio::time::Instant::now();
         busy_after_pass = shared.pending.load(Ordering::SeqCst) > 0;
+        failed_passes = match &outcome {
+            Ok(report) if report.stores.iter().all(|s| s.error.is_none()) => 0,
+            _ => failed_passes.saturating_add(1),
+        };
         match outcome {
             Ok(report) => {
                 shared.metrics.observe(&report);
@@ -539,6 +551,16 @@ fn log_pass(r: &PassReport) {
         seconds = r.duration.as_secs_f64(),
         "reconcile pass done"
     );
+}
+
+/// How long to wait before retrying after `failures` consecutive failed passes (a state store
+/// write failed, or the pass itself did): `retryBackoff` doubling per failure, at most
+/// `maxRetryBackoff`, as for failed workflows.
+fn failure_backoff(settings: &Settings, failures: u32) -> Duration {
+    settings
+        .retry_backoff
+        .saturating_mul(1 << failures.clamp(1, 17).saturating_sub(1))
+        .min(settings.max_retry_backoff)
 }
 
 /// Sleep until the next retry (`retryAfter` or failure backoff) due since the last pass
