@@ -57,6 +57,31 @@ fn bucket_keys(root: &Path) -> Vec<String> {
     out
 }
 
+/// The `BucketStateStore` `s3` on `server` (path `state/`, credentials from
+/// `PROMISED_SECRET_MINIO_CREDS_*`), as YAML.
+fn bucket_store_yaml(server: &S3Server) -> String {
+    format!(
+        "apiVersion: platform.kratix.io/v1alpha1\nkind: BucketStateStore\nmetadata:\n  name: s3\nspec:\n  bucketName: {BUCKET}\n  endpoint: {}\n  insecure: true\n  path: state/\n  authMethod: accessKey\n  secretRef:\n    name: minio-creds\n    namespace: default\n",
+        server.endpoint()
+    )
+}
+
+/// Moves the quickstart's `prod` Destination to the bucket store `s3`; `dev` gets the Git
+/// store `dev_store`.
+fn prod_on_the_bucket(config: &Path, dev_store: &str) {
+    let dests = std::fs::read_to_string(config.join("platform/destinations.yaml")).unwrap();
+    let (dev, prod) = dests.split_once("---").unwrap();
+    let dev = dev.replace("name: local", &format!("name: {dev_store}"));
+    let prod = prod
+        .replace("kind: GitStateStore", "kind: BucketStateStore")
+        .replace("name: local", "name: s3");
+    std::fs::write(
+        config.join("platform/destinations.yaml"),
+        format!("{dev}---{prod}"),
+    )
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_destination_on_git_one_on_s3() {
     if !bwrap_works() {
@@ -75,24 +100,12 @@ async fn one_destination_on_git_one_on_s3() {
     std::fs::write(
         config.join("platform/state-store.yaml"),
         format!(
-            "apiVersion: platform.kratix.io/v1alpha1\nkind: GitStateStore\nmetadata:\n  name: git\nspec:\n  url: {git_url}\n  branch: main\n---\napiVersion: platform.kratix.io/v1alpha1\nkind: BucketStateStore\nmetadata:\n  name: s3\nspec:\n  bucketName: {BUCKET}\n  endpoint: {}\n  insecure: true\n  path: state/\n  authMethod: accessKey\n  secretRef:\n    name: minio-creds\n    namespace: default\n",
-            s3.endpoint()
+            "apiVersion: platform.kratix.io/v1alpha1\nkind: GitStateStore\nmetadata:\n  name: git\nspec:\n  url: {git_url}\n  branch: main\n---\n{}",
+            bucket_store_yaml(&s3)
         ),
     )
     .unwrap();
-    let dests = std::fs::read_to_string(config.join("platform/destinations.yaml")).unwrap();
-    let mut parts = dests.split("---");
-    let dev = parts.next().unwrap().replace("name: local", "name: git");
-    let prod = parts
-        .next()
-        .unwrap()
-        .replace("kind: GitStateStore", "kind: BucketStateStore")
-        .replace("name: local", "name: s3");
-    std::fs::write(
-        config.join("platform/destinations.yaml"),
-        format!("{dev}---{prod}"),
-    )
-    .unwrap();
+    prod_on_the_bucket(&config, "git");
     let state = tmp.path().join("state");
 
     let (code, out, err) = reconcile(&config, &state).await;
@@ -273,24 +286,8 @@ async fn the_daemon_retries_an_s3_apply_cut_by_a_server_stop_and_converges() {
     let config = tmp.path().join("config");
     copy_dir(&repo_root().join("testdata/quickstart"), &config);
     // prod on the bucket, dev on the local Git store; team-bulk's pipeline writes 3,000 files.
-    std::fs::write(
-        config.join("platform/bucket.yaml"),
-        format!(
-            "apiVersion: platform.kratix.io/v1alpha1\nkind: BucketStateStore\nmetadata:\n  name: s3\nspec:\n  bucketName: {BUCKET}\n  endpoint: {}\n  insecure: true\n  path: state/\n  authMethod: accessKey\n  secretRef:\n    name: minio-creds\n    namespace: default\n",
-            s3.endpoint()
-        ),
-    )
-    .unwrap();
-    let dests = std::fs::read_to_string(config.join("platform/destinations.yaml")).unwrap();
-    let (dev, prod) = dests.split_once("---").unwrap();
-    let prod = prod
-        .replace("kind: GitStateStore", "kind: BucketStateStore")
-        .replace("name: local", "name: s3");
-    std::fs::write(
-        config.join("platform/destinations.yaml"),
-        format!("{dev}---{prod}"),
-    )
-    .unwrap();
+    std::fs::write(config.join("platform/bucket.yaml"), bucket_store_yaml(&s3)).unwrap();
+    prod_on_the_bucket(&config, "local");
     let script = config.join("promises/namespace/pipeline/configure");
     let text = std::fs::read_to_string(&script).unwrap().replacen(
         "set -eu\n",
