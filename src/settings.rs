@@ -197,6 +197,14 @@ pub const NOT_SETTINGS: &[&str] = &[
 pub struct SettingsError(pub String);
 
 impl Settings {
+    /// The wait before retrying after `failures` (≥ 1) consecutive failures of a workflow or
+    /// of a daemon pass: `retryBackoff` doubling per failure, at most `maxRetryBackoff`.
+    pub fn failure_backoff(&self, failures: u32) -> Duration {
+        self.retry_backoff
+            .saturating_mul(1 << (failures.clamp(1, 16) - 1))
+            .min(self.max_retry_backoff)
+    }
+
     /// Loads defaults, then `file` (if given), then `PROMISED_*` from the environment, then
     /// `overrides` (flag values, as a partial `Settings` map). Relative paths in the file are
     /// resolved against the file's directory.

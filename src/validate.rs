@@ -119,8 +119,9 @@ impl ValidRequest {
     /// `<promise>/<namespace>/<name>` (`reconcile::request_key`), formatted once per admitted
     /// request (requests are shared between daemon passes).
     pub fn key(&self) -> &str {
-        self.key_memo
-            .get_or_init(|| format!("{}/{}/{}", self.promise, self.namespace(), self.name()))
+        self.key_memo.get_or_init(|| {
+            crate::reconcile::request_key(&self.promise, self.namespace(), self.name())
+        })
     }
 }
 

@@ -244,7 +244,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         if !first {
             let mut wait = next_wake(&engine, pass_started);
             if failed_passes > 0 {
-                wait = wait.min(failure_backoff(&settings, failed_passes));
+                wait = wait.min(settings.failure_backoff(failed_passes));
             }
             let wake_at = tokio::time::Instant::now() + wait;
             loop {
@@ -551,16 +551,6 @@ fn log_pass(r: &PassReport) {
         seconds = r.duration.as_secs_f64(),
         "reconcile pass done"
     );
-}
-
-/// How long to wait before retrying after `failures` consecutive failed passes (a state store
-/// write failed, or the pass itself did): `retryBackoff` doubling per failure, at most
-/// `maxRetryBackoff`, as for failed workflows.
-fn failure_backoff(settings: &Settings, failures: u32) -> Duration {
-    settings
-        .retry_backoff
-        .saturating_mul(1 << failures.clamp(1, 17).saturating_sub(1))
-        .min(settings.max_retry_backoff)
 }
 
 /// Sleep until the next retry (`retryAfter` or failure backoff) due since the last pass

@@ -1442,11 +1442,7 @@ impl Engine {
             .is_some_and(|c| c.reason == "ConfigureWorkflowFailed");
         if failed {
             record.failures += 1;
-            let delay = self
-                .settings
-                .retry_backoff
-                .saturating_mul(1 << record.failures.min(16).saturating_sub(1))
-                .min(self.settings.max_retry_backoff);
+            let delay = self.settings.failure_backoff(record.failures);
             record.retry_at =
                 Some(humantime::format_rfc3339_seconds(SystemTime::now() + delay).to_string());
         } else {
@@ -1532,9 +1528,8 @@ impl Engine {
     /// Order as in Kratix (`promise_controller.go:deletePromise`): a removed Promise's delete
     /// workflow runs first, then each of its requests' delete workflows; its files and theirs
     /// are pruned in the same commit. While a Promise's delete pipeline fails (or the pass is
-    /// shutting down), its requests are not deleted either.
-    /// Runs delete pipelines of objects that left the config repo and schedules their files
-    /// for pruning. Returns the request keys whose records it dropped.
+    /// shutting down), its requests are not deleted either. Steady requests (present by
+    /// definition) are not looked at. Returns the request keys whose records it dropped.
     async fn deletions(
         &mut self,
         cfg: &ValidConfig,

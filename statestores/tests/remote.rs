@@ -46,6 +46,16 @@ fn http_spec(port: u16) -> GitStateStoreSpec {
     spec
 }
 
+/// `<dir>/srv/repo.git`, an empty bare repository served read-write by `git daemon` on
+/// 127.0.0.1: the server directory and the repository's `git://` URL.
+fn served_repo(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let srv = dir.join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    common::init_bare(&srv.join("repo.git"));
+    let port = common::start_git_daemon(srv.clone());
+    (srv, format!("git://127.0.0.1:{port}/repo.git"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_is_a_clear_auth_error_without_the_password() {
     let tmp = tempfile::tempdir().unwrap();
@@ -120,11 +130,8 @@ async fn pre_receive_hook_rejection_shows_the_hook_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_clone_is_reused_and_incremental() {
     let tmp = tempfile::tempdir().unwrap();
-    let srv = tmp.path().join("srv");
-    std::fs::create_dir_all(&srv).unwrap();
-    common::init_bare(&srv.join("repo.git"));
-    let port = common::start_git_daemon(srv);
-    let spec = GitStateStoreSpec::new(format!("git://127.0.0.1:{port}/repo.git"));
+    let (_, url) = served_repo(tmp.path());
+    let spec = GitStateStoreSpec::new(url.clone());
     let state = tmp.path().join("state");
     let first = GitStateStore::open("s", spec.clone(), GitOptions::new(&state)).unwrap();
     assert!(first.repo_path().starts_with(state.join("git")));
@@ -140,7 +147,7 @@ async fn persistent_clone_is_reused_and_incremental() {
     let out = second.apply(&one_file("a: 2\n")).await.unwrap();
     let v2 = out.version.unwrap();
     assert_ne!(v1, v2);
-    let view = common::View::of(&format!("git://127.0.0.1:{port}/repo.git"));
+    let view = common::View::of(&url);
     assert_eq!(view.commit_count(), 2);
     assert!(view.is_ancestor(&v1, &v2));
     assert_eq!(std::fs::read_dir(state.join("git")).unwrap().count(), 1);
@@ -265,11 +272,7 @@ fn ssh_keys_are_written_private_under_the_state_dir() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_apply_is_written_as_a_pack_and_pushes_a_valid_history() {
     let tmp = tempfile::tempdir().unwrap();
-    let srv = tmp.path().join("srv");
-    std::fs::create_dir_all(&srv).unwrap();
-    common::init_bare(&srv.join("repo.git"));
-    let port = common::start_git_daemon(srv.clone());
-    let url = format!("git://127.0.0.1:{port}/repo.git");
+    let (srv, url) = served_repo(tmp.path());
     let store = GitStateStore::open(
         "big",
         GitStateStoreSpec::new(url.clone()),
@@ -451,11 +454,8 @@ async fn tls_is_verified_unless_told_otherwise() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_persistent_clone_is_replaced() {
     let tmp = tempfile::tempdir().unwrap();
-    let srv = tmp.path().join("srv");
-    std::fs::create_dir_all(&srv).unwrap();
-    common::init_bare(&srv.join("repo.git"));
-    let port = common::start_git_daemon(srv);
-    let spec = GitStateStoreSpec::new(format!("git://127.0.0.1:{port}/repo.git"));
+    let (_, url) = served_repo(tmp.path());
+    let spec = GitStateStoreSpec::new(url.clone());
     let state = tmp.path().join("state");
     let store = GitStateStore::open("s", spec.clone(), GitOptions::new(&state)).unwrap();
     store.apply(&one_file("a: 1\n")).await.unwrap();
@@ -468,7 +468,7 @@ async fn a_broken_persistent_clone_is_replaced() {
     let store = GitStateStore::open("s", spec, GitOptions::new(&state)).unwrap();
     let out = store.apply(&one_file("a: 2\n")).await.unwrap();
     assert!(out.version.is_some());
-    let view = common::View::of(&format!("git://127.0.0.1:{port}/repo.git"));
+    let view = common::View::of(&url);
     assert_eq!(view.commit_count(), 2);
 }
 
@@ -611,11 +611,7 @@ fn a_read_only_local_repository_fails_the_write_permission_check() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_head_is_protected_by_the_push_lease() {
     let tmp = tempfile::tempdir().unwrap();
-    let srv = tmp.path().join("srv");
-    std::fs::create_dir_all(&srv).unwrap();
-    common::init_bare(&srv.join("repo.git"));
-    let port = common::start_git_daemon(srv.clone());
-    let url = format!("git://127.0.0.1:{port}/repo.git");
+    let (_, url) = served_repo(tmp.path());
     let mut opts = GitOptions::new(tmp.path().join("state"));
     opts.trust_head_for = std::time::Duration::from_secs(3600);
     let store = GitStateStore::open("trusting", GitStateStoreSpec::new(url.clone()), opts).unwrap();
