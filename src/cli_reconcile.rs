@@ -57,17 +57,13 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
         Some(&cache),
         &dir.root().join("config-checkouts"),
     );
-    let (objects, root) = match loaded {
+    let (mut objects, root) = match loaded {
         Ok(x) => x,
         Err(e) => {
             eprintln!("error: {e}");
             return 2;
         }
     };
-    let cfg = validate::validate(objects);
-    for d in &cfg.diagnostics {
-        eprintln!("{}: {d}", if d.is_error() { "error" } else { "warning" });
-    }
     let runner = settings.runner();
     let mut engine = match Engine::new(settings, runner) {
         Ok(e) => e,
@@ -76,6 +72,12 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
             return 2;
         }
     };
+    // A file that does not load keeps its objects' last good versions (never prunes).
+    engine.restore_unloadable(&mut objects);
+    let cfg = validate::validate(objects);
+    for d in &cfg.diagnostics {
+        eprintln!("{}: {d}", if d.is_error() { "error" } else { "warning" });
+    }
     let Some(rt) = crate::cli::runtime() else {
         return 2;
     };
@@ -311,6 +313,18 @@ pub fn write_rows(
             out.write_all(validate::to_yaml(&v).as_bytes())
         }
         StatusFormat::Table => {
+            // Objects held because their config file does not load come first: a person
+            // must fix that file (`reconcile::held`).
+            let held = |r: &&StatusRow| {
+                r.status
+                    .condition(crate::status::cond::RECONCILED)
+                    .is_some_and(|c| c.reason == crate::reconcile::held::REASON)
+            };
+            let rows: Vec<&StatusRow> = rows
+                .iter()
+                .filter(held)
+                .chain(rows.iter().filter(|r| !held(r)))
+                .collect();
             let width = rows.iter().map(|r| r.key.len()).max().unwrap_or(10).max(10);
             writeln!(
                 out,

@@ -53,6 +53,12 @@ pub struct State {
     /// Config commit of the last pass (Git sources).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_commit: Option<String>,
+    /// Per config file and document index: the last good documents of its Destinations and
+    /// state stores, so a
+    /// file that stops loading keeps them (a bad file never prunes; see
+    /// [`crate::reconcile::held`]). Promises and requests are kept in their own records.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub infra_documents: BTreeMap<String, BTreeMap<usize, Value>>,
     /// Identifies the snapshot on disk; `state.journal` extends the snapshot with the same
     /// generation. Set by [`StateDir::save`].
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -68,7 +74,7 @@ pub struct Dirty {
     pub promises: BTreeSet<String>,
     /// Request keys whose record changed or was removed.
     pub requests: BTreeSet<String>,
-    /// `destinations` or `config_commit` changed.
+    /// `destinations`, `config_commit` or `infra_documents` changed.
     pub globals: bool,
 }
 
@@ -95,6 +101,8 @@ struct JournalEntry<P = ObjectRecord> {
     destinations: Option<BTreeMap<String, DestinationRecord>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     config_commit: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    infra_documents: Option<BTreeMap<String, BTreeMap<usize, Value>>>,
 }
 
 /// What promised remembers about one Promise or request.
@@ -365,6 +373,9 @@ impl StateDir {
             if let Some(c) = entry.config_commit {
                 state.config_commit = c;
             }
+            if let Some(d) = entry.infra_documents {
+                state.infra_documents = d;
+            }
         }
     }
 
@@ -420,6 +431,7 @@ impl StateDir {
             requests: pick(&state.requests, &dirty.requests),
             destinations: dirty.globals.then(|| state.destinations.clone()),
             config_commit: dirty.globals.then(|| state.config_commit.clone()),
+            infra_documents: dirty.globals.then(|| state.infra_documents.clone()),
         };
         let mut line = serde_json::to_vec(&entry).expect("journal entry serialises");
         line.push(b'\n');

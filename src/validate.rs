@@ -160,6 +160,9 @@ pub struct ValidConfig {
     pub diagnostics: Vec<Diagnostic>,
     /// Config commit (Git sources).
     pub commit: Option<String>,
+    /// Config files that did not load (path → why): nothing they held at the last good load
+    /// is pruned ([`crate::reconcile::held`]).
+    pub unloadable: BTreeMap<String, String>,
 }
 
 impl ValidConfig {
@@ -713,6 +716,10 @@ pub fn validate_with(objects: Objects, cache: &mut Admissions) -> ValidConfig {
             .cmp(&(&b.file, b.document, &b.field, &b.message))
     });
     diagnostics.dedup();
+    let unloadable = crate::config::unloadable_files(&diagnostics)
+        .into_iter()
+        .map(|(f, m)| (f.to_string(), m.to_string()))
+        .collect();
     ValidConfig {
         promises: valid_promises,
         requests,
@@ -726,6 +733,7 @@ pub fn validate_with(objects: Objects, cache: &mut Admissions) -> ValidConfig {
         rejected,
         diagnostics,
         commit,
+        unloadable,
     }
 }
 

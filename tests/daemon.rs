@@ -1001,3 +1001,99 @@ fn failed_workflows_back_off_and_retry_after_reruns() {
         "{retry:#}"
     );
 }
+
+/// The `Reconciled` condition (status, reason) of `key` in the daemon's `/api/v1/status`.
+fn reconciled(port: u16, key: &str) -> Option<(String, String, String)> {
+    let (_, body) = get(port, "/api/v1/status")?;
+    let rows: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let row = rows.as_array()?.iter().find(|r| r["key"] == key)?;
+    let c = row["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Reconciled")?;
+    Some((
+        c["status"].as_str()?.to_string(),
+        c["reason"].as_str()?.to_string(),
+        row["status"]["message"].as_str()?.to_string(),
+    ))
+}
+
+#[test]
+fn the_daemon_on_a_git_remote_never_prunes_for_a_file_that_does_not_load() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    let gd = GitDaemon::start(&srv);
+    let (url, work, store) = world(tmp.path(), &gd);
+    let state = tmp.path().join("state");
+    let d = start(
+        &[
+            "--config",
+            &url,
+            "--ref",
+            "main",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--poll-interval",
+            "300ms",
+        ],
+        tmp.path(),
+    );
+    wait_for(
+        Duration::from_secs(30),
+        || store_has(&store, "team-a/") && store_has(&store, "redis/example"),
+        &d,
+        "first pass committed",
+    );
+    let good = head(&store);
+    let tree = |s: &Path| git(s, &["ls-tree", "-r", "main"]);
+    let good_tree = tree(&store);
+    let is_held = |key: &str, file: &str| {
+        reconciled(d.port, key)
+            .is_some_and(|(s, r, m)| s == "False" && r == "ConfigFileInvalid" && m.contains(file))
+    };
+    let is_reconciled = |key: &str| reconciled(d.port, key).is_some_and(|(s, _, _)| s == "True");
+
+    // A tab in a request file, then a tab in a promise.yaml: each held, nothing pruned.
+    for (file, key) in [
+        ("requests/namespaces.yaml", "namespace/default/team-a"),
+        ("promises/redis/promise.yaml", "promise/redis"),
+    ] {
+        let path = work.join(file);
+        let original = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, original.replacen("\n  name:", "\n\tname:", 1)).unwrap();
+        push(&work, &url, &format!("break {file}"));
+        wait_for(
+            Duration::from_secs(30),
+            || is_held(key, file),
+            &d,
+            &format!("{key} held for {file}"),
+        );
+        assert_eq!(head(&store), good, "no commit while {file} does not load");
+        assert_eq!(tree(&store), good_tree);
+        std::fs::write(&path, original).unwrap();
+        push(&work, &url, &format!("fix {file}"));
+        wait_for(
+            Duration::from_secs(30),
+            || is_reconciled(key),
+            &d,
+            &format!("{key} reconciled again"),
+        );
+        assert_eq!(head(&store), good, "fixing {file} changes nothing");
+    }
+
+    // Deleting the file deletes.
+    std::fs::remove_file(work.join("requests/namespaces.yaml")).unwrap();
+    push(&work, &url, "remove the namespace requests");
+    wait_for(
+        Duration::from_secs(30),
+        || !store_has(&store, "team-a/") && !store_has(&store, "team-b-prod/"),
+        &d,
+        "requests deleted",
+    );
+    assert!(store_has(&store, "redis/example"), "the others stay");
+}

@@ -283,7 +283,12 @@ impl Loader {
         };
         if let Some(dir) = dir {
             let snap = source::read_dir(&dir, &self.filter)?;
-            let (docs, diags) = self.parsed.parse(&snap.files);
+            let (docs, mut diags) = self.parsed.parse(&snap.files);
+            diags.extend(
+                snap.unreadable
+                    .iter()
+                    .map(|(path, msg)| Diagnostic::file_error(Code::Read, path, msg)),
+            );
             let mut objects = classify(docs);
             objects.diagnostics.splice(0..0, diags);
             return Ok(Loaded { objects, root: dir });
@@ -325,13 +330,15 @@ fn export_promise_dirs(
     };
     let root = parent.join(commit.to_string());
     if !root.is_dir() {
+        // The folders of Promises, and of files that do not load: such a file may be a
+        // `promise.yaml` whose last good version is kept (its scripts are still needed).
         let mut dirs: Vec<String> = objects
             .promises
             .iter()
-            .map(|p| {
-                p.origin
-                    .file
-                    .rsplit_once('/')
+            .map(|p| p.origin.file.as_str())
+            .chain(unloadable_files(&objects.diagnostics).into_keys())
+            .map(|file| {
+                file.rsplit_once('/')
                     .map(|(d, _)| d.to_string())
                     .unwrap_or_default()
             })
@@ -380,6 +387,22 @@ fn export_promise_dirs(
         }
     }
     Ok(root)
+}
+
+/// Config files that did not load, from a load's diagnostics: path → why (bad YAML, not
+/// UTF-8, too large, unreadable). Their objects are kept at their last good version
+/// ([`crate::reconcile::held`]).
+pub fn unloadable_files(diagnostics: &[Diagnostic]) -> std::collections::BTreeMap<&str, &str> {
+    diagnostics
+        .iter()
+        .filter(|d| {
+            d.is_error()
+                && d.document.is_none()
+                && d.object.is_none()
+                && matches!(d.code, Code::Read | Code::Yaml)
+        })
+        .map(|d| (d.file.as_str(), d.message.as_str()))
+        .collect()
 }
 
 /// Classifies documents by `apiVersion`/`kind`.

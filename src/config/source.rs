@@ -121,6 +121,9 @@ pub struct Snapshot {
     pub files: Vec<RawFile>,
     /// Full commit id for Git sources.
     pub commit: Option<String>,
+    /// Matching files that could not be read (path, error): each becomes a file diagnostic,
+    /// and the objects it held at the last good load are kept ([`crate::reconcile::held`]).
+    pub unreadable: Vec<(String, String)>,
 }
 
 /// Why a config repo could not be read at all. Problems with single files are diagnostics,
@@ -193,6 +196,7 @@ pub fn read_dir(dir: &Path, filter: &CompiledFilter) -> Result<Snapshot, SourceE
         });
     }
     let mut files = Vec::new();
+    let mut unreadable = Vec::new();
     let walker = walkdir::WalkDir::new(dir)
         .follow_links(false)
         .sort_by_file_name();
@@ -213,10 +217,14 @@ pub fn read_dir(dir: &Path, filter: &CompiledFilter) -> Result<Snapshot, SourceE
         if !filter.matches(&rel) {
             continue;
         }
-        let bytes = std::fs::read(entry.path()).map_err(|e| SourceError::Dir {
-            path: entry.path().display().to_string(),
-            message: e.to_string(),
-        })?;
+        let bytes = match std::fs::read(entry.path()) {
+            Ok(b) => b,
+            Err(e) => {
+                // One unreadable file is that file's problem, not the whole repo's.
+                unreadable.push((rel, format!("cannot read the file: {e}")));
+                continue;
+            }
+        };
         let executable = {
             use std::os::unix::fs::PermissionsExt;
             entry
@@ -235,6 +243,7 @@ pub fn read_dir(dir: &Path, filter: &CompiledFilter) -> Result<Snapshot, SourceE
     Ok(Snapshot {
         files,
         commit: None,
+        unreadable,
     })
 }
 
@@ -250,6 +259,7 @@ fn read_git(
     Ok(Snapshot {
         files,
         commit: Some(commit.to_string()),
+        unreadable: Vec::new(),
     })
 }
 

@@ -460,7 +460,9 @@ async fn one_pass(
             let (_, cfg, root) = cache.last.as_ref().expect("same commit as the last pass");
             (cfg.clone(), root.clone())
         }
-        Some((commit, loaded)) => {
+        Some((commit, mut loaded)) => {
+            // A file that does not load keeps its objects' last good versions (never prunes).
+            engine.restore_unloadable(&mut loaded.objects);
             let cfg = Arc::new(validate::validate_with(
                 loaded.objects,
                 &mut cache.admissions,

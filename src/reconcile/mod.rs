@@ -36,6 +36,7 @@
 //!   a Git store trusts the head it last saw for `git.driftCheckInterval` (the push lease
 //!   protects writes on it), so an idle daemon finds such drift within that interval.
 
+pub mod held;
 mod inputs;
 mod placement;
 mod report;
@@ -191,6 +192,13 @@ impl Engine {
     /// The settings in use.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Puts back into freshly loaded `objects` the last good version of every object of a
+    /// config file that did not load, before validation ([`held::restore`]; a bad file never
+    /// prunes). Returns how many documents were restored.
+    pub fn restore_unloadable(&self, objects: &mut crate::config::Objects) -> usize {
+        held::restore(objects, &self.state)
     }
 
     /// The current state (status of every object, placements).
@@ -414,6 +422,20 @@ impl Engine {
             self.state.promises.insert(pkey, record);
         }
 
+        // Objects of config files that did not load are held at their last good version:
+        // never steady, never deleted, never pruned (see `held`).
+        let mut present = Presence::of(cfg);
+        let held = held::Held::of(cfg, &self.state, |key, rec, is_request| {
+            if is_request {
+                present.request(key, &rec.status.object)
+            } else {
+                present
+                    .promises
+                    .contains(key.trim_start_matches("promise/"))
+            }
+        });
+        present.held = held.keys.keys().cloned().collect();
+
         // Requests whose Promise is available and whose inputs changed: run in parallel.
         let mut jobs = Vec::new();
         let mut shared = SharedJobInputs::default();
@@ -430,11 +452,13 @@ impl Engine {
             let interval = reconciliation_interval(p, &self.settings);
             // Steady: same inputs (`needs_run` compares the input hash), same placement
             // context, same place in the repo, fully reconciled last time.
-            if self.state.requests.get(key).is_some_and(|rec| {
-                rec.steady == *ctx
-                    && rec.status.source == origin_buf
-                    && !needs_run(rec, &hash, interval, self.backoff)
-            }) {
+            if !held.contains(key)
+                && self.state.requests.get(key).is_some_and(|rec| {
+                    rec.steady == *ctx
+                        && rec.status.source == origin_buf
+                        && !needs_run(rec, &hash, interval, self.backoff)
+                })
+            {
                 steady.insert(key.to_string());
                 continue;
             }
@@ -635,8 +659,7 @@ impl Engine {
             desired.insert(key, placed.placements);
         }
 
-        // Objects that left the config repo.
-        let present = Presence::of(cfg);
+        // Objects that left the config repo (held ones did not: their file does not load).
         let mut removed = self
             .deletions(
                 cfg,
@@ -848,6 +871,23 @@ impl Engine {
                 record.steady = k.clone();
             }
         }
+        // Held objects: Failed with their file's error, listed first.
+        if !held.keys.is_empty() {
+            report.objects.retain(|o| !held.contains(&o.key));
+            let mut first = Vec::with_capacity(held.keys.len());
+            for (key, msg) in &held.keys {
+                let Some(record) = self.record_mut(key) else {
+                    continue;
+                };
+                record
+                    .status
+                    .set(cond::RECONCILED, CS::False, held::REASON, "Failing");
+                record.status.message = msg.clone();
+                record.steady.clear();
+                first.push(ObjectReport::new(record, ObjectAction::Failed));
+            }
+            report.objects.splice(0..0, first);
+        }
         // Deleted objects whose files are gone are forgotten.
         self.state.requests.retain(|k, r| {
             let keep = !(r.deleting && r.placements.is_empty());
@@ -860,9 +900,13 @@ impl Engine {
             .promises
             .retain(|_, r| !(r.deleting && r.placements.is_empty()));
         self.state.config_commit = cfg.commit.clone();
+        let infra = held::infra_documents(cfg, &self.state.infra_documents);
+        let infra_changed = infra != self.state.infra_documents;
+        self.state.infra_documents = infra;
         let mut dirty = crate::state::Dirty {
             globals: destinations_before != self.state.destinations
-                || commit_before != self.state.config_commit,
+                || commit_before != self.state.config_commit
+                || infra_changed,
             ..Default::default()
         };
         for k in promises_before.keys().chain(self.state.promises.keys()) {
@@ -1544,14 +1588,21 @@ impl Engine {
             .state
             .requests
             .iter()
-            .filter(|(k, r)| !steady.contains(*k) && !present.request(k, &r.status.object))
+            .filter(|(k, r)| {
+                !steady.contains(*k)
+                    && !present.held.contains(k.as_str())
+                    && !present.request(k, &r.status.object)
+            })
             .map(|(k, _)| k.clone())
             .collect();
         let gone_promises: Vec<String> = self
             .state
             .promises
             .keys()
-            .filter(|k| !present.promises.contains(k.trim_start_matches("promise/")))
+            .filter(|k| {
+                !present.held.contains(k.as_str())
+                    && !present.promises.contains(k.trim_start_matches("promise/"))
+            })
             .cloned()
             .collect();
         // Promises whose deletion did not finish in this pass: their requests wait.
@@ -1691,6 +1742,9 @@ impl Engine {
 struct Presence<'a> {
     promises: std::collections::HashSet<&'a str>,
     requests: std::collections::HashSet<(&'a str, &'a str, &'a str)>, // kind, namespace, name
+    /// Keys of records held because their config file does not load ([`held::Held`]): they
+    /// count as present.
+    held: std::collections::HashSet<String>,
 }
 
 impl<'a> Presence<'a> {
@@ -1712,7 +1766,11 @@ impl<'a> Presence<'a> {
                 ));
             }
         }
-        Presence { promises, requests }
+        Presence {
+            promises,
+            requests,
+            held: Default::default(),
+        }
     }
 
     /// A request is present when its Promise is present and the request itself is in the repo
@@ -1867,8 +1925,11 @@ fn finish_status(record: &mut ObjectRecord) {
         .condition(cond::WORKS_SUCCEEDED)
         .filter(|c| c.reason == "WorksFailing")
         .map(|c| format!("Failing: {}", c.message));
-    if works_failed.is_some_and(|m| m == record.status.message) {
-        // Written now: back to the workflow's message (see `note_works_failing`).
+    if works_failed.is_some_and(|m| m == record.status.message)
+        || record.status.message.starts_with(held::MESSAGE_PREFIX)
+    {
+        // Written now, or loaded again after its file did not load (`held`): back to the
+        // workflow's message (see `note_works_failing`).
         record.status.message = match record.status.fields.get("message").and_then(Value::as_str) {
             Some(m) => m.to_string(),
             None if record.status.object.namespace.is_some() => "Resource requested".into(),
