@@ -242,7 +242,7 @@ pub fn status_cmd(a: &StatusArgs, out: &mut dyn Write) -> i32 {
     // A running daemon has the freshest status; otherwise read the state directory.
     let rows = match daemon_status(a.listen.as_deref().unwrap_or(&settings.listen)) {
         Some(rows) => rows,
-        None => match StateDir::open(&settings.state_dir).and_then(|d| d.load()) {
+        None => match StateDir::open(&settings.state_dir).and_then(|d| d.read()) {
             Ok(state) => rows_of(&state),
             Err(e) => {
                 eprintln!("error: {e}");

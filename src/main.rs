@@ -26,5 +26,6 @@ fn main() {
         promised::settings::LogFormat::Text => builder.init(),
     }
     let code = promised::cli::run(cli, &mut std::io::stdout().lock());
+    promised::pipeline::rundir::remove_own();
     std::process::exit(code);
 }

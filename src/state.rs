@@ -278,9 +278,20 @@ impl StateDir {
         self.root.join("state.journal")
     }
 
-    /// Loads `state.json`. A missing file is an empty state; a corrupt one is an error the caller
-    /// reports before starting from an empty state.
+    /// Loads `state.json` and its journal, for the process that writes the state: a torn
+    /// journal line is cut off. A missing file is an empty state; a corrupt one is an error the
+    /// caller reports before starting from an empty state.
     pub fn load(&self) -> Result<State, StateError> {
+        self.load_inner(true)
+    }
+
+    /// Like [`StateDir::load`], for a reader such as `promised status`: nothing on disk is
+    /// changed (a line the writer is appending right now is not a torn line to cut off).
+    pub fn read(&self) -> Result<State, StateError> {
+        self.load_inner(false)
+    }
+
+    fn load_inner(&self, repair: bool) -> Result<State, StateError> {
         let path = self.state_file();
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -311,14 +322,14 @@ impl StateDir {
                 ),
             });
         }
-        self.replay_journal(&mut state);
+        self.replay_journal(&mut state, repair);
         Ok(state)
     }
 
     /// Applies `state.journal` to the snapshot it extends. A journal of another snapshot is
     /// ignored; so is a line that does not parse (a write torn by a crash: that pass's
     /// changes are redone) and everything after it.
-    fn replay_journal(&self, state: &mut State) {
+    fn replay_journal(&self, state: &mut State, repair: bool) {
         let path = self.journal_file();
         let Ok(text) = std::fs::read_to_string(&path) else {
             return;
@@ -326,6 +337,9 @@ impl StateDir {
         // Later appends must not land behind a torn line: cut the journal where it stops
         // making sense (or drop it when it belongs to another snapshot).
         let truncate = |len: usize| {
+            if !repair {
+                return;
+            }
             let res = std::fs::OpenOptions::new()
                 .write(true)
                 .open(&path)

@@ -94,12 +94,13 @@ impl PipelineDirs {
                 message: e.to_string(),
             }
         };
-        std::fs::create_dir_all(work_dir).map_err(io("creating the work directory"))?;
-        // A private (0700) directory with a random name: safe in a shared directory such as
-        // /dev/shm.
+        // Inside this process's own directory, which the next start removes if this process
+        // is killed (`rundir`). A private (0700) directory with a random name: safe in a
+        // shared directory such as /dev/shm.
+        let proc_dir = super::rundir::process_dir(work_dir)?;
         let tmp = tempfile::Builder::new()
             .prefix("promised-run-")
-            .tempdir_in(work_dir)
+            .tempdir_in(&proc_dir)
             .map_err(io("creating the run directory"))?;
         for d in ["input", "output", "metadata"] {
             std::fs::create_dir(tmp.path().join(d)).map_err(io("creating /kratix dirs"))?;

@@ -39,6 +39,7 @@ pub mod cmd;
 pub mod contract;
 pub mod metadata;
 pub mod output;
+pub mod rundir;
 pub mod runtime;
 pub mod sandbox;
 

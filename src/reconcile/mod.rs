@@ -155,6 +155,10 @@ impl Engine {
                 }
             }
         };
+        // Run directories of a killed process are removed now, not at the first Pipeline.
+        if let Err(e) = crate::pipeline::rundir::process_dir(&runner.work_dir) {
+            tracing::warn!(error = %e, "cannot prepare the run directory");
+        }
         Ok(Engine {
             settings,
             dir,
@@ -233,7 +237,9 @@ impl Engine {
         let mut desired: BTreeMap<String, Vec<PlacementRecord>> = BTreeMap::new(); // object key -> placements
         let mut object_errors: BTreeMap<String, String> = BTreeMap::new();
 
-        // Canary files.
+        // Canary files (Destination records as they were before: a journal of finished work
+        // in the middle of the pass must not say the canaries are written).
+        let destinations_at_start = self.state.destinations.clone();
         let canaries = self.canaries(cfg)?;
 
         // What the pass may change, to persist only that (`Dirty`).
@@ -595,7 +601,23 @@ impl Engine {
             &self.cancel,
         );
         let mut ran: Vec<Option<ObjectReport>> = vec![None; jobs.len()];
-        while let Some((i, outcome)) = results.recv().await {
+        // Finished work survives a crash: absorbed results are journalled at most
+        // PROGRESS_INTERVAL after they arrive, so a killed pass restarts with them (their input
+        // hash matches: they are placed, not run again).
+        let mut progress = crate::state::Dirty::default();
+        let mut flush_at: Option<tokio::time::Instant> = None;
+        loop {
+            let next = tokio::select! {
+                next = results.recv() => next,
+                _ = sleep_until_some(flush_at) => {
+                    self.save_progress(&mut progress, &promises_before, &destinations_at_start);
+                    flush_at = None;
+                    continue;
+                }
+            };
+            let Some((i, outcome)) = next else {
+                break;
+            };
             let (hash, job) = &jobs[i];
             let Some((result, seconds)) = outcome else {
                 // Shutting down: never started; runs on the next start.
@@ -622,6 +644,8 @@ impl Engine {
             self.note_failure(&mut record);
             ran[i] = Some(ObjectReport::new(&record, ObjectAction::Ran));
             self.state.requests.insert(job.key.clone(), record);
+            progress.requests.insert(job.key.clone());
+            flush_at.get_or_insert_with(|| tokio::time::Instant::now() + PROGRESS_INTERVAL);
         }
         report.objects.extend(ran.into_iter().flatten());
         // Placement for every current request that is not steady (picks up Destination
@@ -946,6 +970,32 @@ impl Engine {
             }
         }
         Ok(report)
+    }
+
+    /// Journals the records of `progress` (and Promise records changed since
+    /// `promises_before`) in the middle of a pass, with the Destination records as they were
+    /// before it (`destinations_before`), then empties `progress`. A failure is logged, not
+    /// fatal: the end of the pass saves everything again.
+    fn save_progress(
+        &mut self,
+        progress: &mut crate::state::Dirty,
+        promises_before: &BTreeMap<String, ObjectRecord>,
+        destinations_before: &BTreeMap<String, crate::state::DestinationRecord>,
+    ) {
+        for (k, r) in &self.state.promises {
+            if promises_before.get(k) != Some(r) {
+                progress.promises.insert(k.clone());
+            }
+        }
+        // Destinations as before the pass: their canaries are not written yet (a snapshot
+        // taken now must not say they are).
+        let mut destinations = destinations_before.clone();
+        std::mem::swap(&mut self.state.destinations, &mut destinations);
+        if let Err(e) = self.dir.save_changes(&mut self.state, progress) {
+            tracing::warn!(error = %e, "cannot journal finished workflows (the pass saves them at its end)");
+        }
+        std::mem::swap(&mut self.state.destinations, &mut destinations);
+        *progress = crate::state::Dirty::default();
     }
 
     fn record(&self, key: &str) -> Option<&ObjectRecord> {
@@ -1796,6 +1846,18 @@ impl<'a> Presence<'a> {
 /// State key of a request.
 pub fn request_key(promise: &str, namespace: &str, name: &str) -> String {
     format!("{promise}/{namespace}/{name}")
+}
+
+/// How long a finished workflow's result may wait before it is journalled in the middle of a
+/// pass (one `fdatasync` per interval at most, whatever the number of results).
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Sleeps until `at`, or forever when it is `None` (a `select!` arm that never fires).
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// State key of a Promise.
