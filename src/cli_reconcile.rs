@@ -237,13 +237,23 @@ pub fn status_cmd(a: &StatusArgs, out: &mut dyn Write) -> i32 {
             return 2;
         }
     };
-    // A running daemon has the freshest status; otherwise read the state directory.
-    let rows = match daemon_status(a.listen.as_deref().unwrap_or(&settings.listen)) {
+    // A running daemon has the freshest status; otherwise read the state directory, which
+    // must exist: a mistyped path is an error, never created (status only reads).
+    let listen = a.listen.as_deref().unwrap_or(&settings.listen);
+    let rows = match daemon_status(listen) {
         Some(rows) => rows,
-        None => match StateDir::open(&settings.state_dir).and_then(|d| d.load()) {
-            Ok(state) => rows_of(&state),
+        None => match StateDir::open_read_only(&settings.state_dir).and_then(|d| d.load()) {
+            Ok(state) => {
+                if !settings.state_dir.join("state.json").exists() {
+                    eprintln!(
+                        "warning: no state in {}: nothing has been reconciled with this state directory",
+                        settings.state_dir.display()
+                    );
+                }
+                rows_of(&state)
+            }
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: no status from a daemon at {listen}, and {e}");
                 return 2;
             }
         },

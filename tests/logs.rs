@@ -1,5 +1,5 @@
 //! Logs name the object they are about, as separate fields, and JSON logs are valid JSON with
-//! no duplicate keys (README "Logs").
+//! no duplicate keys (README "Logs"); `promised status` never creates a state directory.
 //!
 //! The pipelines here run with `sandbox: none` (a shell script from the Promise's folder), so
 //! these tests need no bubblewrap.
@@ -8,10 +8,11 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::promised;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
@@ -416,4 +417,67 @@ fn daemon_json_logs_name_invalid_and_failed_requests() {
     assert_eq!(f["field"], "spec.size", "{invalid}");
     assert_eq!(f["file"], "requests/bad.yaml", "{invalid}");
     assert_eq!(f["document"], 0, "{invalid}");
+}
+
+/// `promised status` on a state directory that does not exist fails, names the path, and does
+/// not create it (nor its parent).
+#[test]
+fn status_of_a_missing_state_directory_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = tmp.path().join("nonexistent");
+    let missing = parent.join("state");
+    let path = missing.to_str().unwrap();
+    for format in ["table", "json", "yaml"] {
+        let (code, out, err) = promised(&[
+            "status",
+            "--state-dir",
+            path,
+            "--listen",
+            "127.0.0.1:1",
+            "--output",
+            format,
+        ]);
+        assert_eq!(code, 2, "{out}\n{err}");
+        assert!(out.is_empty(), "no table for a missing directory: {out}");
+        assert!(
+            err.contains(&format!("state directory {path} does not exist")),
+            "{err}"
+        );
+        assert!(!parent.exists(), "status created {}", parent.display());
+    }
+    // A file is not a state directory either.
+    let file = tmp.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let (code, _, err) = promised(&[
+        "status",
+        "--state-dir",
+        file.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:1",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(file.to_str().unwrap()), "{err}");
+}
+
+/// `promised status` on an existing directory without state prints the empty table, says on
+/// stderr that nothing was reconciled there, and writes nothing into it.
+#[test]
+fn status_of_an_empty_state_directory_warns_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir: &Path = tmp.path();
+    let (code, out, err) = promised(&[
+        "status",
+        "--state-dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:1",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.starts_with("OBJECT"), "{out}");
+    assert!(err.contains("no state in"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(dir).unwrap().count(),
+        0,
+        "status wrote into it"
+    );
 }
