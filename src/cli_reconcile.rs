@@ -5,7 +5,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::cli::{OutputFormat, ReconcileArgs, StatusArgs, StatusFormat};
+use crate::cli::{
+    OutputFormat, ReconcileArgs, StatusArgs, StatusFormat, eprint_diagnostic, eprint_error,
+    eprint_warning,
+};
 use crate::config::{self, Source};
 use crate::reconcile::{Engine, ObjectAction, PassReport};
 use crate::state::{State, StateDir};
@@ -37,7 +40,7 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
     let settings = match a.daemon.settings(extra) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprint_error(e);
             return 2;
         }
     };
@@ -46,7 +49,7 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
     let dir = match StateDir::open(&settings.state_dir) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprint_error(e);
             return 2;
         }
     };
@@ -60,19 +63,19 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
     let (objects, root) = match loaded {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprint_error(e);
             return 2;
         }
     };
     let cfg = validate::validate(objects);
     for d in &cfg.diagnostics {
-        eprintln!("{}: {d}", if d.is_error() { "error" } else { "warning" });
+        eprint_diagnostic(d);
     }
     let runner = settings.runner();
     let mut engine = match Engine::new(settings, runner) {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprint_error(e);
             return 2;
         }
     };
@@ -82,7 +85,7 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
     let report = match rt.block_on(engine.reconcile(&cfg, &root)) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprint_error(e);
             return 2;
         }
     };
@@ -93,7 +96,7 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
         OutputFormat::Text => write_report(&report, &cfg, engine.state_dir(), &source, out),
     };
     if let Err(e) = res {
-        eprintln!("error: writing output: {e}");
+        eprint_error(format_args!("writing output: {e}"));
         return 2;
     }
     // Some object invalid or failed: 1, although everything else was committed.
@@ -233,7 +236,7 @@ pub fn status_cmd(a: &StatusArgs, out: &mut dyn Write) -> i32 {
     let settings = match a.daemon.settings(Default::default()) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprint_error(e);
             return 2;
         }
     };
@@ -245,22 +248,22 @@ pub fn status_cmd(a: &StatusArgs, out: &mut dyn Write) -> i32 {
         None => match StateDir::open_read_only(&settings.state_dir).and_then(|d| d.load()) {
             Ok(state) => {
                 if !settings.state_dir.join("state.json").exists() {
-                    eprintln!(
-                        "warning: no state in {}: nothing has been reconciled with this state directory",
+                    eprint_warning(format_args!(
+                        "no state in {}: nothing has been reconciled with this state directory",
                         settings.state_dir.display()
-                    );
+                    ));
                 }
                 rows_of(&state)
             }
             Err(e) => {
-                eprintln!("error: no status from a daemon at {listen}, and {e}");
+                eprint_error(format_args!("no status from a daemon at {listen}, and {e}"));
                 return 2;
             }
         },
     };
     let res = write_rows(&rows, a.output, out);
     if let Err(e) = res {
-        eprintln!("error: {e}");
+        eprint_error(e);
         return 2;
     }
     0

@@ -26,7 +26,10 @@ fn main() {
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match cli.log_format() {
-        promised::settings::LogFormat::Json => builder.json().init(),
+        promised::settings::LogFormat::Json => {
+            builder.json().init();
+            promised::cli::set_json_logs(true);
+        }
         promised::settings::LogFormat::Text => builder.init(),
     }
     let code = promised::cli::run(cli, &mut std::io::stdout().lock());

@@ -323,6 +323,69 @@ fn json_logs_of_a_failed_workflow_name_the_request_without_duplicate_keys() {
     }
 }
 
+/// With JSON logs, what `promised reconcile` itself reports on stderr (an invalid object, a
+/// command that cannot run) is a JSON line too, shaped like the log events, with the same
+/// object fields as the daemon's `invalid config object`.
+#[test]
+fn reconcile_reports_on_stderr_are_json_lines_with_json_logs() {
+    let w = World::new();
+    std::fs::write(
+        w.config.join("requests/bad.yaml"),
+        "apiVersion: example.com/v1\nkind: App\nmetadata:\n  name: bad\n  namespace: team-b\nspec:\n  size: 5\n",
+    )
+    .unwrap();
+    let (code, out, err) = w.reconcile(&["--log-format", "json"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let events = json_lines(&err);
+    let invalid = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "invalid config object")
+        .unwrap_or_else(|| panic!("no invalid object reported:\n{err}"));
+    assert_eq!(invalid["level"], "ERROR", "{invalid}");
+    let f = &invalid["fields"];
+    assert_eq!(f["kind"], "App", "{invalid}");
+    assert_eq!(f["namespace"], "team-b", "{invalid}");
+    assert_eq!(f["object_name"], "bad", "{invalid}");
+    assert_eq!(f["field"], "spec.size", "{invalid}");
+    assert_eq!(f["file"], "requests/bad.yaml", "{invalid}");
+    assert!(f["error"].as_str().unwrap().contains("string"), "{invalid}");
+    let failed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["fields"]["message"] == "workflow failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{err}");
+    assert_names_the_failed_request(failed[0]);
+    // Text logs keep the plain `error: <file>[<doc>] <object>: <field>: <message>` line.
+    let (_, _, text) = w.reconcile(&[]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("error: requests/bad.yaml[0] App team-b/bad: spec.size: ")),
+        "{text}"
+    );
+
+    // A command that cannot run says why in one JSON line.
+    let missing = w.root.join("no-such-config");
+    let (code, _, err) = promised(&[
+        "reconcile",
+        "--config",
+        missing.to_str().unwrap(),
+        "--state-dir",
+        w.state.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    let events = json_lines(&err);
+    assert!(
+        events.iter().any(|e| e["level"] == "ERROR"
+            && e["fields"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("no-such-config")),
+        "{err}"
+    );
+}
+
 /// The default text format (default level, no terminal: no colour codes) names the failed
 /// request, its pipeline and container on the warning's first line.
 #[test]
