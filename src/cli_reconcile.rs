@@ -5,7 +5,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::cli::{OutputFormat, ReconcileArgs, StatusArgs, StatusFormat};
+use crate::cli::{
+    OutputFormat, ReconcileArgs, StatusArgs, StatusFormat, eprint_diagnostic, eprint_error,
+    eprint_warning,
+};
 use crate::config::{self, Source};
 use crate::reconcile::{Engine, ObjectAction, PassReport};
 use crate::state::{State, StateDir};
@@ -37,7 +40,7 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
     let settings = match a.daemon.settings(extra) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprint_error(e);
             return 2;
         }
     };
@@ -46,7 +49,7 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
     let dir = match StateDir::open(&settings.state_dir) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprint_error(e);
             return 2;
         }
     };
@@ -60,7 +63,7 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
     let (mut objects, root) = match loaded {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprint_error(e);
             return 2;
         }
     };
@@ -68,7 +71,7 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
     let mut engine = match Engine::new(settings, runner) {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprint_error(e);
             return 2;
         }
     };
@@ -76,7 +79,7 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
     engine.restore_unloadable(&mut objects);
     let cfg = validate::validate(objects);
     for d in &cfg.diagnostics {
-        eprintln!("{}: {d}", if d.is_error() { "error" } else { "warning" });
+        eprint_diagnostic(d);
     }
     let Some(rt) = crate::cli::runtime() else {
         return 2;
@@ -84,7 +87,7 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
     let report = match rt.block_on(engine.reconcile(&cfg, &root)) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprint_error(e);
             return 2;
         }
     };
@@ -95,7 +98,7 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
         OutputFormat::Text => write_report(&report, &cfg, engine.state_dir(), &source, out),
     };
     if let Err(e) = res {
-        eprintln!("error: writing output: {e}");
+        eprint_error(format_args!("writing output: {e}"));
         return 2;
     }
     // Some object invalid or failed: 1, although everything else was committed.
@@ -235,24 +238,34 @@ pub fn status_cmd(a: &StatusArgs, out: &mut dyn Write) -> i32 {
     let settings = match a.daemon.settings(Default::default()) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprint_error(e);
             return 2;
         }
     };
-    // A running daemon has the freshest status; otherwise read the state directory.
-    let rows = match daemon_status(a.listen.as_deref().unwrap_or(&settings.listen)) {
+    // A running daemon has the freshest status; otherwise read the state directory, which
+    // must exist: a mistyped path is an error, never created (status only reads).
+    let listen = a.listen.as_deref().unwrap_or(&settings.listen);
+    let rows = match daemon_status(listen) {
         Some(rows) => rows,
-        None => match StateDir::open(&settings.state_dir).and_then(|d| d.read()) {
-            Ok(state) => rows_of(&state),
+        None => match StateDir::open_read_only(&settings.state_dir).and_then(|d| d.load()) {
+            Ok(state) => {
+                if !settings.state_dir.join("state.json").exists() {
+                    eprint_warning(format_args!(
+                        "no state in {}: nothing has been reconciled with this state directory",
+                        settings.state_dir.display()
+                    ));
+                }
+                rows_of(&state)
+            }
             Err(e) => {
-                eprintln!("error: {e}");
+                eprint_error(format_args!("no status from a daemon at {listen}, and {e}"));
                 return 2;
             }
         },
     };
     let res = write_rows(&rows, a.output, out);
     if let Err(e) = res {
-        eprintln!("error: {e}");
+        eprint_error(e);
         return 2;
     }
     0

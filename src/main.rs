@@ -18,11 +18,18 @@ fn main() {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(cli.log.as_deref().unwrap_or(default))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only on a terminal: a journal or log file gets plain `key=value` text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match cli.log_format() {
-        promised::settings::LogFormat::Json => builder.json().init(),
+        promised::settings::LogFormat::Json => {
+            builder.json().init();
+            promised::cli::set_json_logs(true);
+        }
         promised::settings::LogFormat::Text => builder.init(),
     }
     let code = promised::cli::run(cli, &mut std::io::stdout().lock());

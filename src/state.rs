@@ -230,6 +230,12 @@ pub enum StateError {
         /// Cause.
         source: std::io::Error,
     },
+    /// A directory opened with [`StateDir::open_read_only`] does not exist.
+    #[error("state directory {path} does not exist")]
+    Missing {
+        /// The directory.
+        path: String,
+    },
     /// `state.json` is not valid.
     #[error("state file {path} is corrupt ({message}); it will be rebuilt from the state stores")]
     Corrupt {
@@ -244,6 +250,9 @@ pub enum StateError {
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
+    /// Opened by [`StateDir::open_read_only`]: loading never writes (a torn journal is not
+    /// cut, as its writer may still be appending).
+    read_only: bool,
 }
 
 impl StateDir {
@@ -257,7 +266,30 @@ impl StateDir {
                 source,
             })?;
         }
-        Ok(StateDir { root })
+        Ok(StateDir {
+            root,
+            read_only: false,
+        })
+    }
+
+    /// Opens an existing state directory to read it (`promised status`): neither it nor
+    /// anything in it is created or changed. Errors when `root` does not exist or is not a
+    /// directory. Only [`StateDir::load`] is meant for such a directory.
+    pub fn open_read_only(root: impl Into<PathBuf>) -> Result<Self, StateError> {
+        let root = root.into();
+        let path = root.display().to_string();
+        match std::fs::metadata(&root) {
+            Ok(m) if m.is_dir() => Ok(StateDir {
+                root,
+                read_only: true,
+            }),
+            Ok(_) => Err(StateError::Io {
+                path,
+                source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StateError::Missing { path }),
+            Err(source) => Err(StateError::Io { path, source }),
+        }
     }
 
     /// The directory itself.
@@ -278,20 +310,9 @@ impl StateDir {
         self.root.join("state.journal")
     }
 
-    /// Loads `state.json` and its journal, for the process that writes the state: a torn
-    /// journal line is cut off. A missing file is an empty state; a corrupt one is an error the
-    /// caller reports before starting from an empty state.
+    /// Loads `state.json`. A missing file is an empty state; a corrupt one is an error the caller
+    /// reports before starting from an empty state.
     pub fn load(&self) -> Result<State, StateError> {
-        self.load_inner(true)
-    }
-
-    /// Like [`StateDir::load`], for a reader such as `promised status`: nothing on disk is
-    /// changed (a line the writer is appending right now is not a torn line to cut off).
-    pub fn read(&self) -> Result<State, StateError> {
-        self.load_inner(false)
-    }
-
-    fn load_inner(&self, repair: bool) -> Result<State, StateError> {
         let path = self.state_file();
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -322,14 +343,14 @@ impl StateDir {
                 ),
             });
         }
-        self.replay_journal(&mut state, repair);
+        self.replay_journal(&mut state);
         Ok(state)
     }
 
     /// Applies `state.journal` to the snapshot it extends. A journal of another snapshot is
     /// ignored; so is a line that does not parse (a write torn by a crash: that pass's
     /// changes are redone) and everything after it.
-    fn replay_journal(&self, state: &mut State, repair: bool) {
+    fn replay_journal(&self, state: &mut State) {
         let path = self.journal_file();
         let Ok(text) = std::fs::read_to_string(&path) else {
             return;
@@ -337,7 +358,7 @@ impl StateDir {
         // Later appends must not land behind a torn line: cut the journal where it stops
         // making sense (or drop it when it belongs to another snapshot).
         let truncate = |len: usize| {
-            if !repair {
+            if self.read_only {
                 return;
             }
             let res = std::fs::OpenOptions::new()
@@ -690,6 +711,48 @@ mod tests {
         .unwrap();
         assert_eq!(dir.load().unwrap(), other);
         drop(old_snapshot);
+    }
+
+    #[test]
+    fn a_read_only_state_dir_is_never_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("no/such/dir");
+        let err = StateDir::open_read_only(&missing).unwrap_err();
+        assert!(matches!(err, StateError::Missing { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!("state directory {} does not exist", missing.display())
+        );
+        assert!(!tmp.path().join("no").exists());
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let err = StateDir::open_read_only(&file).unwrap_err().to_string();
+        assert!(err.contains("not a directory"), "{err}");
+
+        // A journal being appended (its last line not yet whole) is read up to the torn
+        // line and left as it is: its writer, a running daemon, may still finish it.
+        let dir = StateDir::open(tmp.path().join("s")).unwrap();
+        let mut st = dir.load().unwrap();
+        st.requests.insert("p/default/a".into(), record("h0"));
+        dir.save(&mut st).unwrap();
+        st.requests.get_mut("p/default/a").unwrap().input_hash = "h1".into();
+        dir.save_changes(&mut st, &dirty_requests(&["p/default/a"]))
+            .unwrap();
+        let journal = tmp.path().join("s/state.journal");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&journal)
+            .unwrap();
+        f.write_all(br#"{"generation":"#).unwrap();
+        drop(f);
+        let before = std::fs::read(&journal).unwrap();
+        let ro = StateDir::open_read_only(tmp.path().join("s")).unwrap();
+        assert_eq!(ro.load().unwrap(), st);
+        assert_eq!(std::fs::read(&journal).unwrap(), before);
+        // A journal of another snapshot (the daemon just wrote a new one) is not dropped.
+        std::fs::write(&journal, "{\"generation\":\"other\",\"requests\":{}}\n").unwrap();
+        ro.load().unwrap();
+        assert!(std::fs::read_to_string(&journal).unwrap().contains("other"));
     }
 
     #[test]

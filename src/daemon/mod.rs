@@ -468,7 +468,17 @@ async fn one_pass(
                 &mut cache.admissions,
             ));
             for d in cfg.diagnostics.iter().filter(|d| d.is_error()) {
-                tracing::warn!(diagnostic = %d, "invalid config object");
+                let object = d.object.as_ref();
+                tracing::warn!(
+                    file = %d.file,
+                    document = d.document,
+                    kind = object.map(|o| o.kind.as_str()),
+                    namespace = object.and_then(|o| o.namespace.as_deref()),
+                    object_name = object.map(|o| o.name.as_str()),
+                    field = d.field.as_deref(),
+                    error = %d.message,
+                    "invalid config object"
+                );
             }
             if cfg.has_errors() {
                 shared.metrics.error("invalid_object");
@@ -535,7 +545,8 @@ fn refresh_rows(rows: &mut StatusRows, state: &crate::state::State, dirty: &crat
 
 fn log_pass(r: &PassReport) {
     for w in &r.warnings {
-        tracing::warn!(warning = %w, "reconcile pass");
+        let (promise, namespace, object_name) = warning_object(w);
+        tracing::warn!(promise, namespace, object_name, warning = %w, "reconcile pass");
     }
     for s in &r.stores {
         match (&s.commit, &s.error) {
@@ -553,6 +564,27 @@ fn log_pass(r: &PassReport) {
         seconds = r.duration.as_secs_f64(),
         "reconcile pass done"
     );
+}
+
+/// The object a pass warning is about, as log fields (promise, namespace, object name):
+/// engine warnings about one object start with its state key, `promise/<name>: ` or
+/// `<promise>/<namespace>/<name>: `.
+fn warning_object(w: &str) -> (Option<&str>, Option<&str>, Option<&str>) {
+    let Some((key, _)) = w.split_once(": ") else {
+        return (None, None, None);
+    };
+    let parts: Vec<&str> = key.split('/').collect();
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || p.contains(char::is_whitespace))
+    {
+        return (None, None, None);
+    }
+    match parts[..] {
+        ["promise", name] => (Some(name), None, Some(name)),
+        [promise, namespace, name] => (Some(promise), Some(namespace), Some(name)),
+        _ => (None, None, None),
+    }
 }
 
 /// Sleep until the next retry (`retryAfter` or failure backoff) due since the last pass
@@ -781,6 +813,25 @@ async fn hook(AxState(s): AxState<Arc<Shared>>, headers: HeaderMap, body: Bytes)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pass_warnings_name_their_object() {
+        assert_eq!(
+            warning_object("redis/default/a: delete pipeline p not run: why"),
+            (Some("redis"), Some("default"), Some("a"))
+        );
+        assert_eq!(
+            warning_object("promise/redis: Promise redis is unknown"),
+            (Some("redis"), None, Some("redis"))
+        );
+        let none = (None, None, None);
+        assert_eq!(
+            warning_object("state file /var/lib/promised/state.json is corrupt: x"),
+            none
+        );
+        assert_eq!(warning_object("no key here"), none);
+        assert_eq!(warning_object("a/b/c/d: four parts"), none);
+    }
 
     #[test]
     fn watchdog_needs_a_recent_heartbeat() {

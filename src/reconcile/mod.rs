@@ -2350,25 +2350,65 @@ async fn run_job(runner: &RunnerConfig, job: &Job) -> WorkflowResult {
     input.object_yaml = job.object_yaml.clone();
     input.existing_status = job.existing_status.clone();
     input.promise_dir = job.promise_dir.clone();
+    // Log fields (README "Logs"): Kratix's keys, with `name` as `object_name` (the JSON
+    // formatter writes a span's own name under `name`). The failure warning repeats them: at
+    // the default level the info span is disabled and only the event's own fields print.
+    let promise = job.promise.name();
+    let namespace = job
+        .request
+        .as_ref()
+        .map(|_| input.object.namespace.as_str());
+    let object_name = input.object.name.as_str();
+    let workflow = format!("{}.{}", input.workflow_type.as_str(), job.action.as_str());
     let span = tracing::info_span!(
         "workflow",
-        promise = %job.promise.name(),
-        namespace = %input.object.namespace,
-        name = %input.object.name,
-        workflow = %format!("{}.{}", input.workflow_type.as_str(), job.action.as_str()),
+        promise,
+        namespace,
+        object_name,
+        workflow = workflow.as_str(),
     );
     use tracing::Instrument;
     async {
         tracing::debug!("workflow started");
         let result = pipeline::run_workflow(runner, &input).await;
-        match result.error() {
-            Some(e) => tracing::warn!(error = %e, "workflow failed"),
+        match failed_step(&result) {
+            Some((pipeline, container, e)) => tracing::warn!(
+                promise,
+                namespace,
+                object_name,
+                workflow = workflow.as_str(),
+                pipeline,
+                container,
+                error = %e,
+                "workflow failed"
+            ),
             None => tracing::debug!(pipelines = result.pipelines.len(), "workflow finished"),
         }
         result
     }
     .instrument(span)
     .await
+}
+
+/// The first failed Pipeline of a workflow: its name, the container that failed (when the
+/// error is about one) and the error.
+fn failed_step(result: &WorkflowResult) -> Option<(&str, Option<&str>, &pipeline::Error)> {
+    use pipeline::Error as E;
+    result.pipelines.iter().find_map(|p| match &p.outcome {
+        Outcome::Failed { error } => {
+            let container = match error {
+                E::ContainerFailed { container, .. }
+                | E::Timeout { container, .. }
+                | E::SpawnFailed { container, .. }
+                | E::NoCommand { container, .. }
+                | E::ValueFromUnsupported { container, .. }
+                | E::EnvFromUnsupported { container, .. } => Some(container.as_str()),
+                _ => None,
+            };
+            Some((p.name.as_str(), container, error))
+        }
+        _ => None,
+    })
 }
 
 /// Runs jobs with at most `limit` at once; results in job order, with wall-clock seconds.
