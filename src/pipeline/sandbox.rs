@@ -306,8 +306,10 @@ fn masks(src: &Path, dst: &str, hidden: &[Hidden], push: &mut dyn FnMut(&[&dyn A
         let Ok(rel) = h.path.strip_prefix(&src) else {
             continue;
         };
-        if rel.as_os_str().is_empty() {
-            continue; // the bind is the hidden path itself: refused by check_mounts
+        if rel.as_os_str().is_empty() || !h.path.exists() {
+            // The bind is the hidden path itself (refused by check_mounts), or there is
+            // nothing to hide (and no mount point to mask it on).
+            continue;
         }
         let at = Path::new(dst).join(rel);
         let at: &Path = &at;
@@ -550,5 +552,63 @@ mod tests {
         assert!(a.contains(&"--share-net".to_string()));
         assert!(pos(&a, &["--chdir", "/work"]).is_some());
         assert!(!a.contains(&"/promise".to_string()));
+    }
+
+    #[test]
+    fn hidden_paths_are_masked_inside_binds_and_refused_as_mounts() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("state/blobs")).unwrap();
+        std::fs::write(root.join("webhook-secret"), "x").unwrap();
+        let hidden = vec![
+            Hidden::of(&root.join("state")),
+            Hidden::of(&root.join("webhook-secret")),
+            Hidden::of(&root.join("not-there")),
+        ];
+        assert!(hidden[0].dir && !hidden[1].dir);
+        let mounts = vec![Mount {
+            host: root.clone(),
+            target: "/image".into(),
+            writable: false,
+        }];
+        let spec = SandboxSpec {
+            input: Path::new("/r/in"),
+            output: Path::new("/r/out"),
+            metadata: Path::new("/r/meta"),
+            promise_dir: Some(&root),
+            mounts: &mounts,
+            network: false,
+            working_dir: None,
+            env: &[],
+            argv: &[],
+            hidden: &hidden,
+        };
+        let a = strs(&bwrap_args(&HostLayout::default(), &spec));
+        for at in ["/promise", "/image"] {
+            let bind = pos(&a, &["--ro-bind", root.to_str().unwrap(), at]).unwrap();
+            let state = format!("{at}/state");
+            let mask = pos(&a, &["--tmpfs", &state, "--remount-ro", &state]).unwrap();
+            assert!(bind < mask, "the mask comes after the bind");
+            let file = format!("{at}/webhook-secret");
+            assert!(pos(&a, &["--ro-bind", "/dev/null", &file]).is_some());
+        }
+        assert!(!a.iter().any(|x| x.contains("not-there")), "{a:?}");
+        // Mounting a hidden path, or something inside one, is refused.
+        assert!(check_mounts("i", &mounts, &hidden).is_ok());
+        for host in [
+            root.join("state"),
+            root.join("state/blobs"),
+            root.join("webhook-secret"),
+        ] {
+            let m = [Mount {
+                host,
+                target: "/image".into(),
+                writable: false,
+            }];
+            assert!(matches!(
+                check_mounts("i", &m, &hidden),
+                Err(Error::MountExposesSecret { .. })
+            ));
+        }
     }
 }
