@@ -36,8 +36,11 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// stands for every top-level `/etc` name with that prefix. A symlink whose target is in the
 /// sandbox anyway (`/usr`, `/proc`: `localtime`, `mtab`) is recreated as the same symlink;
 /// any other symlink (`resolv.conf` → `/run/…`) is bound as the file it points to.
-/// Measured with busybox-style `sh` tools, coreutils, awk, sed, grep, git, curl, kubectl, yq,
-/// jq, python3, perl, node and java (tests/pipeline.rs `common_tools_run_in_the_sandbox`).
+/// Left out on purpose although harmless to most programs: `gitconfig` (system-wide
+/// `http.extraHeader` or credential settings can carry tokens; git runs without it).
+/// Measured with sh, coreutils, getent, awk, sed, grep, df, git, curl, kubectl, yq, jq,
+/// python3 (ssl, socket, mimetypes, platform), perl, node and java
+/// (tests/pipeline.rs `common_tools_run_in_the_sandbox`).
 pub const ETC_ENTRIES: &[(&str, &str)] = &[
     (
         "passwd",
@@ -109,7 +112,6 @@ pub const ETC_ENTRIES: &[(&str, &str)] = &[
         "os-release",
         "the distribution (python platform, scripts that branch on it)",
     ),
-    ("gitconfig", "system-wide git configuration"),
     (
         "ssh/ssh_config",
         "ssh client configuration (git over ssh), not the host keys",
