@@ -1081,6 +1081,7 @@ fn container_cost(p: &Params, report: &mut Report) {
             working_dir: None,
             env: &env,
             argv: &argv,
+            hidden: &[],
         },
     );
     let run_bwrap = || {

@@ -293,8 +293,79 @@ impl Settings {
             allow_network: self.allow_network,
             image_overrides: self.image_overrides.clone(),
             work_dir: self.effective_run_dir(),
+            hidden: self
+                .hidden_paths()
+                .iter()
+                .map(|p| crate::pipeline::sandbox::Hidden::of(p))
+                .collect(),
             ..crate::pipeline::RunnerConfig::default()
         }
+    }
+
+    /// What pipelines must never see, wherever it is: the state directory (state, cached
+    /// outputs of every request, state store clones), the secrets directory (`secretsDir` and
+    /// `$CREDENTIALS_DIRECTORY`) and the webhook secret file.
+    pub fn hidden_paths(&self) -> Vec<PathBuf> {
+        let mut out = vec![self.state_dir.clone()];
+        out.extend(self.secrets_dir.clone());
+        out.extend(std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from));
+        out.extend(self.webhook_secret_file.clone());
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The secret files these settings read: the webhook secret file (`webhookSecretFile`,
+    /// else the systemd credential `webhook-secret`) and every file of the secrets directory
+    /// (`<dir>/<secret>/<key>` and `<dir>/<secret>_<key>`), sorted.
+    pub fn secret_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        match &self.webhook_secret_file {
+            Some(f) => out.push(f.clone()),
+            None => out.extend(
+                credentials
+                    .as_ref()
+                    .map(|d| d.join("webhook-secret"))
+                    .filter(|p| p.is_file()),
+            ),
+        }
+        if let Some(dir) = self.secrets_dir.as_ref().or(credentials.as_ref()) {
+            for e in walkdir::WalkDir::new(dir)
+                .min_depth(1)
+                .max_depth(2)
+                .follow_links(true)
+                .into_iter()
+                .flatten()
+            {
+                // Kubernetes Secret volumes keep the data under `..data/` and link to it.
+                let hidden = e
+                    .path()
+                    .strip_prefix(dir)
+                    .ok()
+                    .and_then(|r| r.to_str())
+                    .is_some_and(|r| r.starts_with(".."));
+                if e.file_type().is_file() && !hidden {
+                    out.push(e.into_path());
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Secret files ([`Settings::secret_files`]) that group or others may read, with their
+    /// permission bits: `promised run` warns about each at start.
+    pub fn loose_secret_files(&self) -> Vec<(PathBuf, u32)> {
+        use std::os::unix::fs::PermissionsExt;
+        self.secret_files()
+            .into_iter()
+            .filter_map(|p| {
+                let mode = std::fs::metadata(&p).ok()?.permissions().mode() & 0o7777;
+                (mode & 0o077 != 0).then_some((p, mode))
+            })
+            .collect()
     }
 
     /// Effective pipeline concurrency (≥ 1).

@@ -758,6 +758,18 @@ fn check_relative_path(p: &str) -> Result<(), String> {
     if p.contains('\\') {
         return Err(format!("{p:?} must use \"/\" as separator"));
     }
+    // The state stores' own rule (`.git` segments, NUL, …): a path they refuse would fail every
+    // write to the store.
+    let norm: Vec<&str> = p
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
+    if !norm.is_empty()
+        && let Err(statestores::Error::InvalidPath { reason, .. }) =
+            statestores::validate_relative_path(&norm.join("/"))
+    {
+        return Err(format!("{p:?} is refused by state stores: {reason}"));
+    }
     Ok(())
 }
 

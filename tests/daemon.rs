@@ -1096,4 +1096,64 @@ fn the_daemon_on_a_git_remote_never_prunes_for_a_file_that_does_not_load() {
         "requests deleted",
     );
     assert!(store_has(&store, "redis/example"), "the others stay");
+
+/// `promised run` warns at start about each configured secret file that group or others may
+/// read, naming the path (never the content); files with mode 0600 get no warning.
+#[test]
+fn loose_secret_file_modes_are_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let secrets = tmp.path().join("secrets");
+    std::fs::create_dir_all(secrets.join("git-credentials")).unwrap();
+    let password = secrets.join("git-credentials/password");
+    let key = secrets.join("s3_secretAccessKey");
+    let webhook = tmp.path().join("webhook-secret");
+    for f in [&password, &key, &webhook] {
+        std::fs::write(f, "s3cret-content-never-logged").unwrap();
+    }
+    let mode = |f: &Path, m: u32| std::fs::set_permissions(f, std::fs::Permissions::from_mode(m));
+    mode(&password, 0o644).unwrap();
+    mode(&key, 0o600).unwrap();
+    mode(&webhook, 0o640).unwrap();
+    let dc = tmp.path().join("promised.yaml");
+    std::fs::write(
+        &dc,
+        format!(
+            "secretsDir: {}\nwebhookSecretFile: {}\n",
+            secrets.display(),
+            webhook.display()
+        ),
+    )
+    .unwrap();
+    let state = tmp.path().join("state");
+    let run = || {
+        let mut args = dirs(&config, &state).to_vec();
+        args.extend_from_slice(&["--daemon-config", dc.to_str().unwrap()]);
+        let (mut cmd, port, log) = run_cmd(&args, tmp.path());
+        drop(ready(cmd.spawn().unwrap(), port, log.clone()));
+        std::fs::read_to_string(&log).unwrap()
+    };
+    let warned = |log: &str, f: &Path| {
+        log.lines().any(|l| {
+            l.contains("WARN")
+                && l.contains("secret file is readable by group or others")
+                && l.contains(&f.display().to_string())
+        })
+    };
+    let log = run();
+    assert!(warned(&log, &password), "{log}");
+    assert!(warned(&log, &webhook), "{log}");
+    assert!(log.contains("0644") && log.contains("0640"), "{log}");
+    assert!(!warned(&log, &key), "0600 is fine: {log}");
+    assert!(!log.contains("s3cret-content"), "{log}");
+
+    mode(&password, 0o600).unwrap();
+    mode(&webhook, 0o400).unwrap();
+    let log = run();
+    assert!(
+        !log.contains("secret file is readable by group or others"),
+        "{log}"
+    );
 }

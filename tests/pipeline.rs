@@ -1115,3 +1115,188 @@ async fn container_command_wins_over_image_override() {
     .await;
     assert_eq!(file(&r, 0, "who"), "override\n");
 }
+
+/// A random token nobody else writes: 32 hex digits from the clock and the process id.
+fn random_token() -> String {
+    use sha2::{Digest, Sha256};
+    let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+    hex::encode(Sha256::digest(seed.as_bytes()))[..32].to_string()
+}
+
+/// The state directory, the secrets directory and the webhook secret file, configured as
+/// `promised run` has them, are invisible to a sandboxed pipeline even when the Promise folder
+/// and an image-override mount contain them all: a random token written into each is found
+/// nowhere in the whole file system the pipeline sees (everything but its private /proc, /sys
+/// and /dev; the token reaches the script in two halves so its own command line does not hold
+/// it). The host's `/etc/shadow` cannot be read, nor is it there; a mount of a secret itself is
+/// refused.
+#[tokio::test]
+async fn no_host_secret_is_visible_in_the_sandbox() {
+    need_bwrap!();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("promise");
+    let token = random_token();
+    let state = root.join("state");
+    let secrets = root.join("secrets");
+    std::fs::create_dir_all(state.join("blobs")).unwrap();
+    std::fs::create_dir_all(secrets.join("git-credentials")).unwrap();
+    std::fs::write(state.join("state.json"), format!("{{\"t\":\"{token}\"}}")).unwrap();
+    std::fs::write(state.join("blobs/x"), &token).unwrap();
+    std::fs::write(secrets.join("git-credentials/password"), &token).unwrap();
+    std::fs::write(secrets.join("s3_secretAccessKey"), &token).unwrap();
+    let webhook = root.join("webhook-secret");
+    std::fs::write(&webhook, &token).unwrap();
+    std::fs::write(
+        root.join("visible.txt"),
+        "the rest of the folder is visible\n",
+    )
+    .unwrap();
+
+    let settings = promised::settings::Settings {
+        state_dir: state.clone(),
+        secrets_dir: Some(secrets.clone()),
+        webhook_secret_file: Some(webhook.clone()),
+        ..Default::default()
+    };
+    let mut config = settings.runner();
+    config.work_dir = tmp.path().join("runs");
+    config.timeout = Duration::from_secs(600);
+    config.image_overrides = BTreeMap::from([(
+        "test".to_string(),
+        ImageOverride {
+            command: Vec::new(),
+            mounts: vec![Mount {
+                host: root.clone(),
+                target: "/image".into(),
+                writable: false,
+            }],
+            network: false,
+        },
+    )]);
+    let (a, b) = token.split_at(16);
+    let script = r#"set -u
+printf %s%s "$A" "$B" > /tmp/pattern
+for d in /*; do
+  case "$d" in /proc|/sys|/dev) continue ;; esac
+  [ -L "$d" ] && continue # /bin and friends: links into /usr
+  grep -rlF -f /tmp/pattern "$d" 2>/dev/null
+done | grep -v '^/tmp/pattern$' > /kratix/output/found.txt
+ls /promise /image > /kratix/output/listing.txt
+cat /promise/visible.txt > /kratix/output/visible.txt
+if cat /etc/shadow > /dev/null 2>&1; then echo readable; else echo unreadable; fi > /kratix/output/shadow.txt
+ls -a /etc > /kratix/output/etc.txt
+ls -a /etc/ssl > /kratix/output/etc-ssl.txt 2>&1 || true
+true"#;
+    let mut c = container("search", script);
+    c.env = vec![
+        EnvVar {
+            name: "A".into(),
+            value: Some(a.into()),
+            value_from: None,
+        },
+        EnvVar {
+            name: "B".into(),
+            value: Some(b.into()),
+            value_from: None,
+        },
+    ];
+    let ps = [pipeline("p", vec![c])];
+    let mut inp = input(WorkflowType::Resource, Action::Configure, &ps);
+    inp.promise_dir = Some(root.clone());
+    let r = run_workflow(&config, &inp).await;
+    assert!(r.succeeded(), "{r:#?}");
+    assert_eq!(file(&r, 0, "found.txt"), "", "the token is visible");
+    assert_eq!(
+        file(&r, 0, "visible.txt"),
+        "the rest of the folder is visible\n"
+    );
+    let listing = file(&r, 0, "listing.txt");
+    assert!(listing.contains("visible.txt"), "{listing}");
+    assert_eq!(file(&r, 0, "shadow.txt"), "unreadable\n");
+    let etc = file(&r, 0, "etc.txt");
+    for absent in [
+        "shadow",
+        "gshadow",
+        "promised",
+        "environment",
+        "ssh_host_rsa_key",
+    ] {
+        assert!(!etc.lines().any(|l| l == absent), "/etc/{absent}: {etc}");
+    }
+    assert!(etc.lines().any(|l| l == "passwd"), "{etc}");
+    assert!(
+        !file(&r, 0, "etc-ssl.txt").lines().any(|l| l == "private"),
+        "/etc/ssl/private"
+    );
+
+    // Mounting a secret, or the state directory, is refused outright.
+    for host in [secrets.clone(), state.join("blobs"), webhook.clone()] {
+        config.image_overrides.get_mut("test").unwrap().mounts = vec![Mount {
+            host: host.clone(),
+            target: "/image".into(),
+            writable: false,
+        }];
+        let ps = [pipeline("p", vec![container("c", "true")])];
+        let r = run_workflow(
+            &config,
+            &input(WorkflowType::Resource, Action::Configure, &ps),
+        )
+        .await;
+        let e = err(&r);
+        assert!(
+            e.contains("would expose") && e.contains(&host.display().to_string()),
+            "{e}"
+        );
+    }
+}
+
+/// What common pipeline tools need from `/etc` is there: each tool the host has runs in the
+/// sandbox (user and host lookups, time zone, CA certificates, Debian alternatives, python's
+/// site and ssl, git with a default identity, java's config).
+#[tokio::test]
+async fn common_tools_run_in_the_sandbox() {
+    need_bwrap!();
+    let tmp = tempfile::tempdir().unwrap();
+    let script = r#"set -eu
+have() { command -v "$1" > /dev/null 2>&1; }
+id -un; id -gn; whoami
+getent passwd root > /dev/null; getent group root > /dev/null
+getent hosts localhost > /dev/null
+date +%Z
+ls -l / > /dev/null
+test -s /etc/ssl/certs/ca-certificates.crt || test -s /etc/pki/tls/certs/ca-bundle.crt
+echo a b | awk '{print $2}' | grep -q b
+echo x | sed s/x/y/ | grep -q y
+df / > /dev/null
+if have git; then
+  cd /tmp && git init -q r && cd r && echo x > f && git add f
+  git -c user.email=p@example.com commit -qm x && git log --oneline | grep -q x
+  cd /
+fi
+if have curl; then curl --version > /dev/null; fi
+if have kubectl; then kubectl version --client > /dev/null; fi
+if have yq; then echo 'a: 1' | yq '.a' | grep -q 1; fi
+if have jq; then echo '{"a":1}' | jq .a | grep -q 1; fi
+if have perl; then perl -MPOSIX -e 'print strftime("%Y", localtime)' > /dev/null; fi
+if have python3; then
+  python3 -c 'import ssl, socket, mimetypes, platform, getpass
+ctx = ssl.create_default_context()
+assert ctx.cert_store_stats()["x509_ca"] > 0, "no CA certificates"
+assert socket.getservbyname("https") == 443
+assert mimetypes.guess_type("a.json")[0] == "application/json"
+getpass.getuser(); platform.freedesktop_os_release()'
+fi
+if have node; then node -e 'require("os").userInfo(); require("tls").rootCertificates.length > 0 || process.exit(1)'; fi
+if have java; then java -version 2> /dev/null; fi
+echo ok > /kratix/output/ok"#;
+    let ps = [pipeline("p", vec![container("tools", script)])];
+    let mut config = cfg(tmp.path());
+    config.timeout = Duration::from_secs(120);
+    let r = run_workflow(
+        &config,
+        &input(WorkflowType::Resource, Action::Configure, &ps),
+    )
+    .await;
+    assert!(r.succeeded(), "{r:#?}");
+    assert_eq!(file(&r, 0, "ok"), "ok\n");
+}

@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{bwrap_works, condition, copy_dir, git, reconcile, repo_root, status_row as status};
+use common::{
+    add_files_promise, bwrap_works, condition, copy_dir, files_output_path, files_request, git,
+    reconcile, repo_root, status_row as status,
+};
 
 fn setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
@@ -330,4 +333,126 @@ fn init_workloads_disabled_and_canary_removal_after_state_loss() {
         files.contains("clusters/dev/resources/default/redis/example"),
         "nothing else is removed: {files}"
     );
+}
+
+/// The files of the `local` Git store's `main` branch.
+fn store_files(state: &std::path::Path) -> String {
+    git(
+        &state.join("quickstart-state.git"),
+        &["ls-tree", "-r", "--name-only", "main"],
+    )
+}
+
+/// One request's pipeline writes `sub/.git/config`, which Git refuses: that request fails alone,
+/// its status names the path and why, and every other request (thirty of them, and the
+/// quickstart's) is committed.
+#[test]
+fn a_request_writing_a_dot_git_path_fails_alone() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let (_tmp, config, state) = setup();
+    add_files_promise(&config, "dev");
+    for i in 0..30 {
+        files_request(&config, &format!("ok-{i}"), &["app.yaml", "sub/config"]);
+    }
+    files_request(&config, "bad", &["app.yaml", "sub/.git/config"]);
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        out.contains("state store GitStateStore/local: commit"),
+        "{out}\n{err}"
+    );
+    let files = store_files(&state);
+    for i in 0..30 {
+        for rel in ["app.yaml", "sub/config"] {
+            let p = files_output_path("clusters/dev", &format!("ok-{i}"), rel);
+            assert!(files.lines().any(|l| l == p), "{p} missing: {files}");
+        }
+    }
+    assert!(files.contains("resources/default/redis/example"), "{files}");
+    assert!(!files.contains("files/bad/"), "{files}");
+    let bad = status(&state, "files/default/bad");
+    let msg = bad["status"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("sub/.git/config") && msg.contains(".git"),
+        "the status names the path and why: {msg}"
+    );
+    assert_eq!(condition(&bad, "Reconciled")["status"], "False", "{bad}");
+    for key in [
+        "files/default/ok-0",
+        "files/default/ok-29",
+        "redis/default/example",
+    ] {
+        assert_eq!(
+            condition(&status(&state, key), "Reconciled")["status"],
+            "True",
+            "{key}"
+        );
+    }
+    // The bad request is fixed: it commits like the others.
+    files_request(&config, "bad", &["app.yaml", "sub/git-config"]);
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let p = files_output_path("clusters/dev", "bad", "sub/git-config");
+    assert!(store_files(&state).lines().any(|l| l == p));
+}
+
+/// Every kind of name the Git writer refuses (`.git` in any case or disguise a Git checkout on
+/// NTFS or HFS+ would resolve to `.git`, backslashes) fails only the request that wrote it.
+#[test]
+fn names_the_git_writer_refuses_fail_only_their_request() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let (_tmp, config, state) = setup();
+    add_files_promise(&config, "dev");
+    let refused = [
+        ".git/config",
+        "sub/.GIT/config",
+        "sub/.Git/HEAD",
+        "sub/.git./config",
+        "sub/.git  /config",
+        "sub/.git::$INDEX_ALLOCATION/config",
+        "sub/git~1/config",
+        "sub/GIT~1/config",
+        "sub/.g\u{200c}it/config",
+        "sub/a\\b.yaml",
+    ];
+    for (i, p) in refused.iter().enumerate() {
+        files_request(&config, &format!("bad-{i}"), &["app.yaml", p]);
+    }
+    // Names that look alike but Git takes: these commit.
+    let fine = [
+        "sub/.gitignore",
+        "sub/.github/x.yaml",
+        "sub/git/x",
+        "sub/x~",
+    ];
+    files_request(&config, "good", &fine);
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        out.contains("state store GitStateStore/local: commit"),
+        "{out}\n{err}"
+    );
+    let files = store_files(&state);
+    for rel in fine {
+        let p = files_output_path("clusters/dev", "good", rel);
+        assert!(files.lines().any(|l| l == p), "{p} missing: {files}");
+    }
+    assert!(files.contains("resources/default/redis/example"), "{files}");
+    for (i, p) in refused.iter().enumerate() {
+        let name = format!("bad-{i}");
+        assert!(!files.contains(&format!("files/{name}/")), "{p}: {files}");
+        let s = status(&state, &format!("files/default/{name}"));
+        let msg = s["status"]["message"].as_str().unwrap();
+        let shown = format!("{p:?}"); // as errors quote it
+        assert!(
+            msg.contains(*p) || msg.contains(&shown),
+            "{p}: the status names the path: {msg}"
+        );
+    }
 }

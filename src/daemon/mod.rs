@@ -126,6 +126,13 @@ pub fn beat_period(watchdog: Option<Duration>) -> Duration {
 pub async fn run(opts: DaemonOptions) -> Result<(), String> {
     let settings = Settings::load(opts.daemon_config.as_deref(), opts.flags.clone())
         .map_err(|e| e.to_string())?;
+    for (path, mode) in settings.loose_secret_files() {
+        tracing::warn!(
+            path = %path.display(),
+            mode = %format!("{mode:04o}"),
+            "secret file is readable by group or others; `chmod 600` it (or use systemd LoadCredential=)"
+        );
+    }
     let secret = read_secret(&settings)?;
     let shared = Arc::new(Shared {
         metrics: Metrics::new(),

@@ -317,6 +317,12 @@ fn run_cmd(a: &RunArgs, out: &mut dyn Write) -> Result<i32, String> {
             .map_err(|e| format!("--timeout {:?}: {e}", a.timeout))?,
         allow_network: a.allow_network,
         image_overrides: image_overrides(a)?,
+        // The default state directory and `$CREDENTIALS_DIRECTORY`, as `promised run` hides them.
+        hidden: crate::settings::Settings::default()
+            .hidden_paths()
+            .iter()
+            .map(|p| super::sandbox::Hidden::of(p))
+            .collect(),
         ..RunnerConfig::default()
     };
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -13,8 +13,10 @@
 //!
 //! ## Process runtime
 //! Each container's `command` + `args` runs on the host inside bubblewrap ([`sandbox`]), with
-//! `/kratix/*` at their contract paths, host `/usr` and `/etc` read-only, a private `/tmp`, no
-//! network unless allowed, and a timeout that kills the whole process group ([`runtime`]).
+//! `/kratix/*` at their contract paths, host `/usr` and the needed part of `/etc`
+//! ([`sandbox::ETC_ENTRIES`]) read-only, the state directory and secrets masked
+//! ([`RunnerConfig::hidden`]), a private `/tmp`, no network unless allowed, and a timeout that
+//! kills the whole process group ([`runtime`]).
 //! - **Scripts beside `promise.yaml`:** the folder holding a Promise's `promise.yaml` in the
 //!   config repo is mounted read-only at `/promise` ([`sandbox::PROMISE_MOUNT`]), so a
 //!   container with `command: ["/promise/pipeline/configure"]` runs `pipeline/configure`
@@ -121,6 +123,18 @@ pub enum Error {
     MountsNeedSandbox {
         /// The image reference.
         image: String,
+    },
+    /// An image-override mount would show a pipeline the state directory or a secret.
+    #[error(
+        "image {image:?} mounts {host}, which would expose {hidden} (the state directory or a secret) to pipelines; mount something else"
+    )]
+    MountExposesSecret {
+        /// The image reference.
+        image: String,
+        /// The mount's host path.
+        host: String,
+        /// The hidden path it is or contains.
+        hidden: String,
     },
     /// A container has no `command` and its image has no override.
     #[error(
@@ -325,6 +339,11 @@ pub struct RunnerConfig {
     /// Where per-run directories are created (default `$TMPDIR/promised-runs`); each run's
     /// directory is removed when the Pipeline finishes.
     pub work_dir: PathBuf,
+    /// Host paths no sandboxed Pipeline may see: masked wherever a bind (the Promise folder,
+    /// `/usr`, an image-override mount) would expose them, and an image-override mount of one
+    /// is refused. [`crate::settings::Settings::runner`] lists the state directory, the
+    /// secrets directory and the webhook secret file (default: none).
+    pub hidden: Vec<sandbox::Hidden>,
 }
 
 impl Default for RunnerConfig {
@@ -338,6 +357,7 @@ impl Default for RunnerConfig {
             allow_network: false,
             image_overrides: BTreeMap::new(),
             work_dir: std::env::temp_dir().join("promised-runs"),
+            hidden: Vec::new(),
         }
     }
 }
@@ -663,6 +683,7 @@ async fn run_pipeline_inner(
             SandboxMode::Bwrap => {
                 let (input_dir, output_dir, meta_dir) =
                     (dirs.input(), dirs.output(), dirs.metadata());
+                sandbox::check_mounts(&c.image, mounts, &cfg.hidden)?;
                 let spec = sandbox::SandboxSpec {
                     input: &input_dir,
                     output: &output_dir,
@@ -673,6 +694,7 @@ async fn run_pipeline_inner(
                     working_dir: c.working_dir.as_deref(),
                     env: &env,
                     argv: &argv,
+                    hidden: &cfg.hidden,
                 };
                 let note = format!(
                     "; sandbox: network {}, read-only root file system, writable only /kratix/output, /kratix/metadata and a private /tmp",

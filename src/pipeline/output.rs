@@ -3,7 +3,9 @@
 //! Kratix accepts any file type at any depth, ignores empty directories and includes dotfiles
 //! (kratix-contract.md §2.2). promised additionally rejects what could escape or break a state
 //! store: symlinks, device files, FIFOs and sockets, names that are not UTF-8, `..` or absolute
-//! paths, and outputs larger than the cap.
+//! paths, backslashes and `.git` segments (the state stores' own path rule), and outputs larger
+//! than the cap. Rules that depend on the store and the final path (S3 key characters and
+//! length, `.promised/`) are checked per placement by the reconcile engine.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -27,8 +29,8 @@ pub struct OutputFile {
 
 /// Collects every regular file under `root`, sorted by path, checking each entry.
 ///
-/// Errors: [`Error::UnsafeOutput`] (symlink, special file, non-UTF-8 name, `..` or absolute
-/// path), [`Error::OutputTooLarge`] when the files together exceed `cap_bytes`,
+/// Errors: [`Error::UnsafeOutput`] (symlink, special file, non-UTF-8 name, a path
+/// [`check_relative`] refuses), [`Error::OutputTooLarge`] when the files together exceed `cap_bytes`,
 /// [`Error::Io`] when the directory cannot be read.
 pub fn collect(root: &Path, cap_bytes: u64) -> Result<Vec<OutputFile>, Error> {
     let mut files = Vec::new();
@@ -56,7 +58,6 @@ pub fn collect(root: &Path, cap_bytes: u64) -> Result<Vec<OutputFile>, Error> {
                 reason: "file name is not valid UTF-8".into(),
             });
         };
-        check_relative(&rel)?;
         let ft = entry.file_type();
         if ft.is_symlink() {
             return Err(Error::UnsafeOutput {
@@ -65,8 +66,9 @@ pub fn collect(root: &Path, cap_bytes: u64) -> Result<Vec<OutputFile>, Error> {
             });
         }
         if ft.is_dir() {
-            continue;
+            continue; // checked with the files in it (an empty directory is not output)
         }
+        check_relative(&rel)?;
         if !ft.is_file() {
             return Err(Error::UnsafeOutput {
                 path: rel,
@@ -110,22 +112,18 @@ pub fn top_level_dirs(root: &Path) -> BTreeSet<String> {
     out
 }
 
-/// Rejects absolute paths and `..`/`.`/empty segments in an output path.
+/// Rejects what no state store can store, with the state stores' own rule
+/// ([`statestores::validate_relative_path`]): absolute paths, `..`/`.`/empty segments, NUL,
+/// backslashes and `.git` segments in any case or disguise (`.GIT`, `.git.`, `git~1`, …), which
+/// Git refuses. Checked here so such output fails its own request, not the whole commit.
 pub fn check_relative(rel: &str) -> Result<(), Error> {
-    let bad = |reason: &str| Error::UnsafeOutput {
-        path: rel.to_string(),
-        reason: reason.into(),
-    };
-    if rel.starts_with('/') {
-        return Err(bad("absolute paths are not allowed"));
-    }
-    if rel
-        .split('/')
-        .any(|s| s == ".." || s == "." || s.is_empty())
-    {
-        return Err(bad("paths may not contain '..', '.' or empty segments"));
-    }
-    Ok(())
+    statestores::validate_relative_path(rel).map_err(|e| match e {
+        statestores::Error::InvalidPath { path, reason } => Error::UnsafeOutput { path, reason },
+        other => Error::UnsafeOutput {
+            path: rel.to_string(),
+            reason: other.to_string(),
+        },
+    })
 }
 
 #[cfg(test)]
@@ -169,5 +167,9 @@ mod tests {
         assert!(check_relative("/etc/x").is_err());
         assert!(check_relative("a/../b").is_err());
         assert!(check_relative("a//b").is_err());
+        assert!(check_relative("sub/.git/config").is_err());
+        assert!(check_relative("sub/.Git/config").is_err());
+        assert!(check_relative("a\\b").is_err());
+        assert!(check_relative("sub/.gitignore").is_ok());
     }
 }

@@ -3,12 +3,17 @@
 //!
 //! The sandbox root is built from pieces (a `--ro-bind / /` root cannot take new mount
 //! points such as `/kratix`, see test-infrastructure.md §4):
-//! host `/usr` and `/etc` read-only; `/bin`, `/sbin`, `/lib*` as the host has them (symlinks
-//! into `/usr` on merged-usr systems, read-only binds otherwise); a private `/tmp`, `/proc`
-//! and `/dev`; `/kratix/input` read-only, `/kratix/output` and `/kratix/metadata` writable
-//! (kratix-contract.md §2.2); the Promise folder read-only at [`PROMISE_MOUNT`]; image-override
-//! mounts; then the root itself is remounted read-only, so `/x`, `/etc/x` and `$HOME/x`
-//! cannot be written. Every namespace is unshared (`--unshare-all`); the network is shared
+//! host `/usr` read-only; `/bin`, `/sbin`, `/lib*` as the host has them (symlinks into `/usr`
+//! on merged-usr systems, read-only binds otherwise); from `/etc` only what programs need
+//! ([`ETC_ENTRIES`], never `shadow`, `ssl/private`, `ssh` host keys or promised's own
+//! configuration and secrets); a private `/tmp`, `/proc` and `/dev`; `/kratix/input`
+//! read-only, `/kratix/output` and `/kratix/metadata` writable (kratix-contract.md §2.2); the
+//! Promise folder read-only at [`PROMISE_MOUNT`]; image-override mounts; then the root itself is
+//! remounted read-only, so `/x`, `/etc/x` and `$HOME/x` cannot be written. Paths pipelines must
+//! never see ([`SandboxSpec::hidden`]: the state directory, the secrets directory, the webhook
+//! secret file) are masked wherever a bind would expose them (an empty read-only tmpfs or
+//! `/dev/null` on top), and an image-override mount of such a path is refused
+//! ([`check_mounts`]). Every namespace is unshared (`--unshare-all`); the network is shared
 //! only when allowed. The environment is cleared and rebuilt from the contract's variables.
 
 use std::ffi::OsString;
@@ -24,21 +29,180 @@ pub const PROMISE_MOUNT: &str = "/promise";
 /// `PATH` inside the sandbox (Debian's default; images usually set the same).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// What the sandbox gets from the host's `/etc`, each with why: only these, read-only, and
+/// only those the host has. Everything else in `/etc` (`shadow`, `gshadow`, `ssl/private`,
+/// `ssh/ssh_host_*_key`, `/etc/promised`, package manager credentials such as `pip.conf`,
+/// `npmrc` or `maven/settings.xml`, `environment`) stays out of sight. An entry ending in `*`
+/// stands for every top-level `/etc` name with that prefix. A symlink whose target is in the
+/// sandbox anyway (`/usr`, `/proc`: `localtime`, `mtab`) is recreated as the same symlink;
+/// any other symlink (`resolv.conf` → `/run/…`) is bound as the file it points to.
+/// Left out on purpose although harmless to most programs: `gitconfig` (system-wide
+/// `http.extraHeader` or credential settings can carry tokens; git runs without it).
+/// Measured with sh, coreutils, getent, awk, sed, grep, df, git, curl, kubectl, yq, jq,
+/// python3 (ssl, socket, mimetypes, platform), perl, node and java
+/// (tests/pipeline.rs `common_tools_run_in_the_sandbox`).
+pub const ETC_ENTRIES: &[(&str, &str)] = &[
+    (
+        "passwd",
+        "user names: id, whoami, ls -l, ssh and git's default identity",
+    ),
+    ("group", "group names: id, ls -l"),
+    (
+        "nsswitch.conf",
+        "how glibc looks up users, groups, hosts and services",
+    ),
+    ("hosts", "name resolution of localhost and static names"),
+    ("resolv.conf", "DNS, for pipelines with network"),
+    ("host.conf", "resolver options"),
+    ("gai.conf", "getaddrinfo address ordering"),
+    (
+        "protocols",
+        "protocol names: getprotobyname (python socket, curl)",
+    ),
+    (
+        "services",
+        "port names: getservbyname (python socket, ssh, curl)",
+    ),
+    (
+        "ssl/certs",
+        "CA certificates, Debian layout (ca-certificates.crt and hashed links)",
+    ),
+    (
+        "ssl/openssl.cnf",
+        "OpenSSL configuration (curl, git over https, python ssl)",
+    ),
+    (
+        "ca-certificates",
+        "local CA certificates that ssl/certs links to",
+    ),
+    ("pki/tls/certs", "CA bundle, Red Hat layout"),
+    ("pki/tls/cert.pem", "CA bundle, Red Hat layout"),
+    (
+        "pki/tls/openssl.cnf",
+        "OpenSSL configuration, Red Hat layout",
+    ),
+    (
+        "pki/ca-trust/extracted",
+        "the CA bundles pki/tls links to, Red Hat layout",
+    ),
+    (
+        "crypto-policies/back-ends",
+        "OpenSSL and GnuTLS policy files Red Hat's openssl.cnf includes",
+    ),
+    ("localtime", "the host's time zone (date, logs)"),
+    ("timezone", "the host's time zone name (Debian)"),
+    (
+        "alternatives",
+        "Debian's /usr/bin links (awk, java, editor, …) go through here",
+    ),
+    (
+        "ld.so.cache",
+        "where the dynamic loader finds shared libraries",
+    ),
+    ("ld.so.conf", "dynamic loader search path"),
+    ("ld.so.conf.d", "dynamic loader search path"),
+    ("locale.alias", "locale names (setlocale)"),
+    (
+        "mime.types",
+        "file types by extension (python mimetypes, curl)",
+    ),
+    ("magic", "file types by content (file)"),
+    ("magic.mime", "file types by content (file --mime)"),
+    (
+        "os-release",
+        "the distribution (python platform, scripts that branch on it)",
+    ),
+    (
+        "ssh/ssh_config",
+        "ssh client configuration (git over ssh), not the host keys",
+    ),
+    ("ssh/ssh_config.d", "ssh client configuration"),
+    ("ssh/ssh_known_hosts", "system-wide ssh known hosts"),
+    ("python3", "Debian's python3 configuration"),
+    (
+        "python3.*",
+        "Debian's sitecustomize for each python3 version",
+    ),
+    (
+        "java-*",
+        "Debian's OpenJDK configuration, which /usr/lib/jvm/*/conf links to",
+    ),
+    (
+        "mtab",
+        "mounted file systems (df, mount): a link to the sandbox's own /proc",
+    ),
+];
+
 /// What a top-level host path such as `/bin` is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostEntry {
     /// A symlink with this target (e.g. `usr/bin`), recreated inside the sandbox.
     Symlink(String),
-    /// A real directory, bound read-only.
+    /// A real directory or file (or a symlink to one), bound read-only.
     Dir,
 }
 
-/// The host's `/bin`, `/sbin`, `/lib`, `/lib32`, `/lib64` and `/libx32`, as found on disk;
-/// absent entries are left out.
+/// The host's `/bin`, `/sbin`, `/lib`, `/lib32`, `/lib64` and `/libx32`, and the
+/// [`ETC_ENTRIES`], as found on disk; absent entries are left out.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostLayout {
     /// `(absolute path, kind)` pairs.
     pub entries: Vec<(String, HostEntry)>,
+    /// `(absolute path, kind)` pairs of the `/etc` entries the sandbox gets.
+    pub etc: Vec<(String, HostEntry)>,
+}
+
+/// Where a host symlink at `link` points to, when that target is inside the sandbox anyway
+/// (under `/usr` or `/proc`), as its link text; `None` for anything else.
+fn link_kept(link: &Path) -> Option<String> {
+    let text = std::fs::read_link(link).ok()?;
+    let abs = link.parent().unwrap_or(Path::new("/")).join(&text);
+    // Resolve the target's directory (not the target: `/proc/mounts` would resolve into the
+    // host's /proc/<pid>), then match the prefix.
+    let resolved = match (abs.parent(), abs.file_name()) {
+        (Some(d), Some(n)) => std::fs::canonicalize(d).ok()?.join(n),
+        _ => return None,
+    };
+    (resolved.starts_with("/usr/") || resolved.starts_with("/proc/"))
+        .then(|| text.to_string_lossy().into_owned())
+}
+
+/// The `/etc` entries of [`ETC_ENTRIES`] present under `etc` (the host's `/etc`), sorted.
+fn detect_etc(etc: &Path) -> Vec<(String, HostEntry)> {
+    let mut names: Vec<String> = Vec::new();
+    let top: Vec<String> = std::fs::read_dir(etc)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (entry, _) in ETC_ENTRIES {
+        match entry.strip_suffix('*') {
+            Some(prefix) => names.extend(top.iter().filter(|n| n.starts_with(prefix)).cloned()),
+            None => names.push((*entry).to_string()),
+        }
+    }
+    names.sort();
+    names.dedup();
+    let mut out = Vec::new();
+    for n in names {
+        let host = etc.join(&n);
+        let Ok(m) = std::fs::symlink_metadata(&host) else {
+            continue;
+        };
+        let inside = format!("/etc/{n}");
+        if m.file_type().is_symlink() {
+            if let Some(t) = link_kept(&host) {
+                out.push((inside, HostEntry::Symlink(t)));
+            } else if host.exists() {
+                out.push((inside, HostEntry::Dir)); // bound as what it points to
+            }
+        } else {
+            out.push((inside, HostEntry::Dir));
+        }
+    }
+    out
 }
 
 impl HostLayout {
@@ -59,7 +223,32 @@ impl HostLayout {
                 _ => {}
             }
         }
-        HostLayout { entries }
+        HostLayout {
+            entries,
+            etc: detect_etc(Path::new("/etc")),
+        }
+    }
+}
+
+/// A host path pipelines must never see (see [`SandboxSpec::hidden`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hidden {
+    /// Absolute, canonical host path.
+    pub path: PathBuf,
+    /// A directory (masked with an empty tmpfs) or a file (masked with `/dev/null`).
+    pub dir: bool,
+}
+
+impl Hidden {
+    /// `path` made absolute and canonical (as far as it exists), and whether it is a
+    /// directory. Paths that do not exist are kept as absolute paths.
+    pub fn of(path: &Path) -> Hidden {
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let canon = std::fs::canonicalize(&abs).unwrap_or(abs);
+        Hidden {
+            dir: !canon.is_file(),
+            path: canon,
+        }
     }
 }
 
@@ -84,13 +273,62 @@ pub struct SandboxSpec<'a> {
     pub env: &'a [(String, String)],
     /// The command and its arguments.
     pub argv: &'a [String],
+    /// Host paths masked wherever a bind would expose them (canonical paths, so compare them
+    /// with canonical bind sources).
+    pub hidden: &'a [Hidden],
+}
+
+/// Refuses an image-override mount whose host path is, or is inside, a hidden path (the
+/// state directory, the secrets directory, the webhook secret file): masking it would leave
+/// nothing to mount. Mount host paths are compared canonically.
+///
+/// Errors: [`Error::MountExposesSecret`].
+pub fn check_mounts(image: &str, mounts: &[Mount], hidden: &[Hidden]) -> Result<(), Error> {
+    for m in mounts {
+        let host = std::fs::canonicalize(&m.host).unwrap_or_else(|_| m.host.clone());
+        if let Some(h) = hidden.iter().find(|h| host.starts_with(&h.path)) {
+            return Err(Error::MountExposesSecret {
+                image: image.to_string(),
+                host: m.host.display().to_string(),
+                hidden: h.path.display().to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Masks for every hidden path inside the host directory `src` bound at `dst`: an empty
+/// read-only tmpfs over a directory, `/dev/null` over a file.
+fn masks(src: &Path, dst: &str, hidden: &[Hidden], push: &mut dyn FnMut(&[&dyn AsRefOs])) {
+    if hidden.is_empty() {
+        return;
+    }
+    let src = std::fs::canonicalize(src).unwrap_or_else(|_| src.to_path_buf());
+    for h in hidden {
+        let Ok(rel) = h.path.strip_prefix(&src) else {
+            continue;
+        };
+        if rel.as_os_str().is_empty() || !h.path.exists() {
+            // The bind is the hidden path itself (refused by check_mounts), or there is
+            // nothing to hide (and no mount point to mask it on).
+            continue;
+        }
+        let at = Path::new(dst).join(rel);
+        let at: &Path = &at;
+        if h.dir {
+            push(&[&"--tmpfs", &at, &"--remount-ro", &at]);
+        } else {
+            push(&[&"--ro-bind", &"/dev/null", &at]);
+        }
+    }
 }
 
 fn s(x: &str) -> OsString {
     OsString::from(x)
 }
 
-/// Builds the arguments to pass to `bwrap` (not including `bwrap` itself). Pure.
+/// Builds the arguments to pass to `bwrap` (not including `bwrap` itself). Pure but for
+/// resolving bind sources canonically to find the hidden paths they contain.
 pub fn bwrap_args(layout: &HostLayout, spec: &SandboxSpec<'_>) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |xs: &[&dyn AsRefOs]| {
@@ -98,24 +336,30 @@ pub fn bwrap_args(layout: &HostLayout, spec: &SandboxSpec<'_>) -> Vec<OsString> 
             a.push(x.as_os());
         }
     };
+    let hidden = spec.hidden;
     push(&[&"--ro-bind", &"/usr", &"/usr"]);
-    for (path, entry) in &layout.entries {
+    masks(Path::new("/usr"), "/usr", hidden, &mut push);
+    for (path, entry) in layout.entries.iter().chain(&layout.etc) {
         match entry {
             HostEntry::Symlink(t) => push(&[&"--symlink", t, path]),
-            HostEntry::Dir => push(&[&"--ro-bind", path, path]),
+            HostEntry::Dir => {
+                push(&[&"--ro-bind-try", path, path]);
+                masks(Path::new(path), path, hidden, &mut push);
+            }
         }
     }
-    push(&[&"--ro-bind", &"/etc", &"/etc"]);
     push(&[&"--tmpfs", &"/tmp", &"--proc", &"/proc", &"--dev", &"/dev"]);
     push(&[&"--ro-bind", &spec.input, &"/kratix/input"]);
     push(&[&"--bind", &spec.output, &"/kratix/output"]);
     push(&[&"--bind", &spec.metadata, &"/kratix/metadata"]);
     if let Some(p) = spec.promise_dir {
         push(&[&"--ro-bind", &p, &PROMISE_MOUNT]);
+        masks(p, PROMISE_MOUNT, hidden, &mut push);
     }
     for m in spec.mounts {
         let flag = if m.writable { "--bind" } else { "--ro-bind" };
         push(&[&flag, &m.host.as_path(), &m.target.as_str()]);
+        masks(&m.host, &m.target, hidden, &mut push);
     }
     push(&[&"--remount-ro", &"/"]);
     push(&[&"--unshare-all"]);
@@ -244,6 +488,13 @@ mod tests {
                 ("/bin".into(), HostEntry::Symlink("usr/bin".into())),
                 ("/lib64".into(), HostEntry::Dir),
             ],
+            etc: vec![
+                ("/etc/passwd".into(), HostEntry::Dir),
+                (
+                    "/etc/localtime".into(),
+                    HostEntry::Symlink("/usr/share/zoneinfo/UTC".into()),
+                ),
+            ],
         };
         let mounts = vec![Mount {
             host: PathBuf::from("/h/res"),
@@ -262,10 +513,23 @@ mod tests {
             working_dir: None,
             env: &env,
             argv: &argv,
+            hidden: &[],
         };
         let a = strs(&bwrap_args(&layout, &spec));
         assert!(pos(&a, &["--symlink", "usr/bin", "/bin"]).is_some());
-        assert!(pos(&a, &["--ro-bind", "/lib64", "/lib64"]).is_some());
+        assert!(pos(&a, &["--ro-bind-try", "/lib64", "/lib64"]).is_some());
+        assert!(pos(&a, &["--ro-bind-try", "/etc/passwd", "/etc/passwd"]).is_some());
+        assert!(
+            pos(
+                &a,
+                &["--symlink", "/usr/share/zoneinfo/UTC", "/etc/localtime"]
+            )
+            .is_some()
+        );
+        assert!(
+            !a.iter().any(|x| x == "/etc"),
+            "the host's /etc is not bound whole: {a:?}"
+        );
         assert!(pos(&a, &["--ro-bind", "/r/in", "/kratix/input"]).is_some());
         assert!(pos(&a, &["--bind", "/r/out", "/kratix/output"]).is_some());
         assert!(pos(&a, &["--bind", "/r/meta", "/kratix/metadata"]).is_some());
@@ -290,5 +554,63 @@ mod tests {
         assert!(a.contains(&"--share-net".to_string()));
         assert!(pos(&a, &["--chdir", "/work"]).is_some());
         assert!(!a.contains(&"/promise".to_string()));
+    }
+
+    #[test]
+    fn hidden_paths_are_masked_inside_binds_and_refused_as_mounts() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("state/blobs")).unwrap();
+        std::fs::write(root.join("webhook-secret"), "x").unwrap();
+        let hidden = vec![
+            Hidden::of(&root.join("state")),
+            Hidden::of(&root.join("webhook-secret")),
+            Hidden::of(&root.join("not-there")),
+        ];
+        assert!(hidden[0].dir && !hidden[1].dir);
+        let mounts = vec![Mount {
+            host: root.clone(),
+            target: "/image".into(),
+            writable: false,
+        }];
+        let spec = SandboxSpec {
+            input: Path::new("/r/in"),
+            output: Path::new("/r/out"),
+            metadata: Path::new("/r/meta"),
+            promise_dir: Some(&root),
+            mounts: &mounts,
+            network: false,
+            working_dir: None,
+            env: &[],
+            argv: &[],
+            hidden: &hidden,
+        };
+        let a = strs(&bwrap_args(&HostLayout::default(), &spec));
+        for at in ["/promise", "/image"] {
+            let bind = pos(&a, &["--ro-bind", root.to_str().unwrap(), at]).unwrap();
+            let state = format!("{at}/state");
+            let mask = pos(&a, &["--tmpfs", &state, "--remount-ro", &state]).unwrap();
+            assert!(bind < mask, "the mask comes after the bind");
+            let file = format!("{at}/webhook-secret");
+            assert!(pos(&a, &["--ro-bind", "/dev/null", &file]).is_some());
+        }
+        assert!(!a.iter().any(|x| x.contains("not-there")), "{a:?}");
+        // Mounting a hidden path, or something inside one, is refused.
+        assert!(check_mounts("i", &mounts, &hidden).is_ok());
+        for host in [
+            root.join("state"),
+            root.join("state/blobs"),
+            root.join("webhook-secret"),
+        ] {
+            let m = [Mount {
+                host,
+                target: "/image".into(),
+                writable: false,
+            }];
+            assert!(matches!(
+                check_mounts("i", &m, &hidden),
+                Err(Error::MountExposesSecret { .. })
+            ));
+        }
     }
 }

@@ -719,6 +719,15 @@ impl Engine {
                 Vec::new() // no Destination in mode `none`: nothing to collide
             };
         detect_collisions(&mut desired, &self.state, &steady_none, &mut object_errors);
+        // A path its state store refuses fails that object alone (it keeps what it placed
+        // before), not the store's whole commit.
+        check_store_paths(
+            &mut desired,
+            &self.state,
+            &self.stores,
+            &dests,
+            &mut object_errors,
+        );
 
         // One change set per store.
         let mut sets: BTreeMap<String, ChangeSet> = BTreeMap::new();
@@ -2532,6 +2541,47 @@ fn detect_collisions(
                 }
             }
         }
+    }
+}
+
+/// Checks every file path of the desired placements with its state store's own rule
+/// ([`StateStore::check_path`], the rule its `apply` enforces). An object with a refused path
+/// gets the error (naming the store, the path and why) and keeps its previous placements, as a
+/// collision does. `aggregatedYAML` placements are skipped: their files are not written as
+/// paths (the Destination's aggregate file is).
+fn check_store_paths(
+    desired: &mut BTreeMap<String, Vec<PlacementRecord>>,
+    state: &State,
+    stores: &BTreeMap<String, (String, Arc<dyn StateStore>)>,
+    dests: &[DestView],
+    errors: &mut BTreeMap<String, String>,
+) {
+    let mut refused: Vec<(String, String)> = Vec::new();
+    for (okey, places) in desired.iter() {
+        let problem = places
+            .iter()
+            .filter(|p| dest_mode(dests, &p.destination) != Some(FilepathMode::AggregatedYaml))
+            .find_map(|p| {
+                let (_, store) = stores.get(&p.store)?;
+                p.files
+                    .iter()
+                    .find_map(|f| store.check_path(&f.path).err())
+                    .map(|e| format!("{}: {e}", p.store))
+            });
+        if let Some(msg) = problem {
+            refused.push((okey.clone(), msg));
+        }
+    }
+    for (okey, msg) in refused {
+        tracing::warn!(object = %okey, error = %msg, "output refused by its state store");
+        errors.entry(okey.clone()).or_insert(msg);
+        let old = state
+            .requests
+            .get(&okey)
+            .or_else(|| state.promises.get(&okey))
+            .map(|r| r.placements.clone())
+            .unwrap_or_default();
+        desired.insert(okey, old);
     }
 }
 

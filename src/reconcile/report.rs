@@ -173,9 +173,6 @@ impl PassReport {
 
     /// True when any object failed or any store write failed.
     pub fn has_failures(&self) -> bool {
-        self.objects
-            .iter()
-            .any(|o| o.action == ObjectAction::Failed)
-            || self.stores.iter().any(|s| s.error.is_some())
+        self.objects.iter().any(|o| o.failed) || self.stores.iter().any(|s| s.error.is_some())
     }
 }

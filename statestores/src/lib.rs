@@ -105,6 +105,7 @@ pub mod s3;
 pub use error::Error;
 pub use git::{GitOptions, GitStateStore};
 pub use index::IndexEntry;
+pub use plan::{validate_path, validate_relative_path};
 pub use s3::S3StateStore;
 
 use async_trait::async_trait;
@@ -247,4 +248,15 @@ pub trait StateStore: Send + Sync {
     /// [`Error::Conflict`] when retries ran out, [`Error::Rejected`] with the server's text,
     /// [`Error::Auth`], [`Error::InvalidPath`], transport and I/O errors.
     async fn apply(&self, changes: &ChangeSet) -> Result<ApplyOutcome, Error>;
+
+    /// Whether [`StateStore::apply`] would accept a file at `path` (store-relative, including
+    /// the store's `spec.path`). The same rule `apply` checks every path of a change set with
+    /// before it writes anything, so a caller can leave out the one object whose path would
+    /// make the whole apply fail. Git: [`validate_path`]; S3 adds the key rules.
+    ///
+    /// # Errors
+    /// [`Error::InvalidPath`] naming the path and the reason.
+    fn check_path(&self, path: &str) -> Result<(), Error> {
+        validate_path(path)
+    }
 }

@@ -86,9 +86,22 @@ pub fn sha256_hex(content: &[u8]) -> String {
     hex::encode(Sha256::digest(content))
 }
 
-/// Reject paths that are not safe, store-relative, `/`-separated file paths, or that point into
-/// our own `.promised/` metadata.
-pub fn validate_path(path: &str) -> Result<(), Error> {
+/// The name rules Git itself applies to every tree entry, as the Git writer's tree editor
+/// (gix, `core.protectNTFS` on) checks them, plus `core.protectHFS`: no empty, `.` or `..`
+/// names and no name Git or a checkout on NTFS or HFS+ would take for `.git` (`.GIT`, `.git.`,
+/// `.git::$INDEX_ALLOCATION`, `git~1`, `.g\u{200c}it`, …).
+const GIT_NAME_RULES: gix::validate::path::component::Options =
+    gix::validate::path::component::Options {
+        protect_windows: false,
+        protect_hfs: true,
+        protect_ntfs: true,
+    };
+
+/// Reject what no state store can store, wherever it is placed: an empty or absolute path, NUL,
+/// backslash, empty, `.` or `..` segments, and segments Git refuses (`.git` in any case or
+/// disguise, see [`GIT_NAME_RULES`]). The one rule for store-relative paths, also applied to
+/// `/kratix/output` paths before placement so one request's output fails that request alone.
+pub fn validate_relative_path(path: &str) -> Result<(), Error> {
     let bad = |reason: &str| {
         Err(Error::InvalidPath {
             path: path.to_owned(),
@@ -111,9 +124,23 @@ pub fn validate_path(path: &str) -> Result<(), Error> {
         if seg.eq_ignore_ascii_case(".git") {
             return bad("`.git` segment");
         }
+        if let Err(e) = gix::validate::path::component(seg.into(), None, GIT_NAME_RULES) {
+            return bad(&format!("segment {seg:?} is refused by Git: {e}"));
+        }
     }
+    Ok(())
+}
+
+/// Reject paths that are not safe, store-relative, `/`-separated file paths
+/// ([`validate_relative_path`]), or that point into our own `.promised/` metadata. What the Git
+/// writer checks before it plans anything.
+pub fn validate_path(path: &str) -> Result<(), Error> {
+    validate_relative_path(path)?;
     if path == ".promised" || path.starts_with(".promised/") {
-        return bad("`.promised/` is reserved for promised's ownership index");
+        return Err(Error::InvalidPath {
+            path: path.to_owned(),
+            reason: "`.promised/` is reserved for promised's ownership index".into(),
+        });
     }
     Ok(())
 }
@@ -575,10 +602,28 @@ mod tests {
             ".promised/index/x.json",
             "a/.git/config",
             "./a",
+            "a/.GIT/config",
+            "a/.git./config",
+            "a/.git /config",
+            "a/.git::$INDEX_ALLOCATION/config",
+            "a/GIT~1/config",
+            "a/.g\u{200c}it/config",
+            "a\\b",
+            "a\0b",
         ] {
             assert!(validate_path(bad).is_err(), "{bad}");
         }
-        assert!(validate_path("dest/resources/ns/x.yaml").is_ok());
+        for good in [
+            "dest/resources/ns/x.yaml",
+            "a/.gitignore",
+            "a/.github/x.yaml",
+            "a/git/x",
+            "a/.gitkeep",
+            "a/x~",
+            "a/b:c",
+        ] {
+            assert!(validate_path(good).is_ok(), "{good}");
+        }
         assert!(validate_destination("a/b").is_err());
     }
 }

@@ -175,3 +175,102 @@ pub fn condition<'a>(s: &'a serde_json::Value, t: &str) -> &'a serde_json::Value
         .find(|c| c["type"] == t)
         .unwrap_or_else(|| panic!("no {t} in {s}"))
 }
+
+/// Adds a Promise `files` (API `files.test.promised.dev/v1alpha1`, kind `files`) to the config
+/// repo at `config`, scheduled to Destinations labelled `environment: <env>`, whose pipeline
+/// writes one small YAML file at each path listed for the request (see [`files_request`]) into
+/// `/kratix/output`. The paths are read byte for byte from the Promise folder, so a test can ask
+/// for any name a pipeline could write.
+pub fn add_files_promise(config: &Path, env: &str) {
+    let dir = config.join("promises/files");
+    std::fs::create_dir_all(dir.join("pipeline")).unwrap();
+    std::fs::create_dir_all(dir.join("paths")).unwrap();
+    std::fs::write(
+        dir.join("promise.yaml"),
+        format!(
+            "apiVersion: platform.kratix.io/v1alpha1
+kind: Promise
+metadata:
+  name: files
+spec:
+  destinationSelectors:
+    - matchLabels:
+        environment: {env}
+  api:
+    apiVersion: apiextensions.k8s.io/v1
+    kind: CustomResourceDefinition
+    metadata:
+      name: files.test.promised.dev
+    spec:
+      group: test.promised.dev
+      names: {{kind: files, plural: files, singular: files}}
+      scope: Namespaced
+      versions:
+        - name: v1alpha1
+          served: true
+          storage: true
+          schema:
+            openAPIV3Schema:
+              type: object
+              properties:
+                spec:
+                  type: object
+                  properties:
+                    note: {{type: string}}
+  workflows:
+    resource:
+      configure:
+        - apiVersion: platform.kratix.io/v1alpha1
+          kind: Pipeline
+          metadata:
+            name: write
+          spec:
+            containers:
+              - name: write
+                image: promised.dev/local
+                command: [\"/promise/pipeline/configure\"]
+"
+        ),
+    )
+    .unwrap();
+    let script = dir.join("pipeline/configure");
+    std::fs::write(
+        &script,
+        r#"#!/bin/sh
+set -eu
+while IFS= read -r p; do
+  mkdir -p "/kratix/output/$(dirname "$p")"
+  printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: %s\n' "$KRATIX_OBJECT_NAME" > "/kratix/output/$p"
+done < "/promise/paths/$KRATIX_OBJECT_NAME.txt"
+echo "message: wrote files" > /kratix/metadata/status.yaml
+"#,
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Writes `requests/files-<name>.yaml`, a `files` request (see [`add_files_promise`]) whose
+/// pipeline writes a file at each of `paths` (relative to `/kratix/output`; no newlines).
+pub fn files_request(config: &Path, name: &str, paths: &[&str]) {
+    let mut list = paths.join("\n");
+    list.push('\n');
+    std::fs::write(
+        config.join(format!("promises/files/paths/{name}.txt")),
+        list,
+    )
+    .unwrap();
+    std::fs::write(
+        config.join(format!("requests/files-{name}.yaml")),
+        format!(
+            "apiVersion: test.promised.dev/v1alpha1\nkind: files\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  note: {name}\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// The path of a `files` request's file `rel` on a Destination at `dest_path` (nested layout,
+/// root group `5058f`).
+pub fn files_output_path(dest_path: &str, name: &str, rel: &str) -> String {
+    format!("{dest_path}/resources/default/files/{name}/write/5058f/{rel}")
+}

@@ -115,6 +115,9 @@ use crate::{ApplyOutcome, ChangeSet, Error, StateStore, plan};
 /// Name of the metadata directory under `spec.path`.
 pub const META_DIR: &str = ".promised";
 
+/// The longest object key S3 accepts, in bytes of UTF-8 (the bucket's `spec.path` included).
+pub const MAX_KEY_BYTES: usize = 1024;
+
 /// The index object as stored (see the module docs).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct S3Index {
@@ -423,35 +426,50 @@ impl S3StateStore {
     }
 
     fn validate_keys(&self, changes: &ChangeSet) -> Result<(), Error> {
-        let meta = self.meta_key("");
         for w in &changes.writes {
             for f in &w.files {
-                plan::validate_path(&f.path)?;
-                if !self.inner.prefix.is_empty()
-                    && !f.path.starts_with(&format!("{}/", self.inner.prefix))
-                {
-                    return Err(Error::InvalidPath {
-                        path: f.path.clone(),
-                        reason: format!(
-                            "outside the store's spec.path {:?} (keys must include it)",
-                            self.inner.prefix
-                        ),
-                    });
-                }
-                if f.path.starts_with(&meta) {
-                    return Err(Error::InvalidPath {
-                        path: f.path.clone(),
-                        reason: format!("`{meta}` is reserved for promised's ownership index"),
-                    });
-                }
-                if ObjPath::from(f.path.as_str()).as_ref() != f.path {
-                    return Err(Error::InvalidPath {
-                        path: f.path.clone(),
-                        reason: "contains characters that are not stored verbatim as an S3 key"
-                            .into(),
-                    });
-                }
+                self.validate_key(&f.path)?;
             }
+        }
+        Ok(())
+    }
+
+    /// The key rules: [`plan::validate_path`], inside the store's `spec.path`, not in our
+    /// metadata, stored verbatim (no character the S3 client would percent-encode: control
+    /// characters, the backtick and any of `\ { ^ } % ] " > [ ~ < # | * ?`) and at most
+    /// [`MAX_KEY_BYTES`] long.
+    fn validate_key(&self, path: &str) -> Result<(), Error> {
+        let bad = |reason: String| {
+            Err(Error::InvalidPath {
+                path: path.to_owned(),
+                reason,
+            })
+        };
+        plan::validate_path(path)?;
+        if !self.inner.prefix.is_empty() && !path.starts_with(&format!("{}/", self.inner.prefix)) {
+            return bad(format!(
+                "outside the store's spec.path {:?} (keys must include it)",
+                self.inner.prefix
+            ));
+        }
+        let meta = self.meta_key("");
+        if path.starts_with(&meta) {
+            return bad(format!(
+                "`{meta}` is reserved for promised's ownership index"
+            ));
+        }
+        if ObjPath::from(path).as_ref() != path {
+            return bad(
+                "contains characters that are not stored verbatim as an S3 key \
+                 (control characters or one of \\{^}%`]\">[~<#|*?)"
+                    .into(),
+            );
+        }
+        if path.len() > MAX_KEY_BYTES {
+            return bad(format!(
+                "S3 keys are at most {MAX_KEY_BYTES} bytes, this one is {}",
+                path.len()
+            ));
         }
         Ok(())
     }
@@ -875,6 +893,10 @@ impl StateStore for S3StateStore {
             .collect();
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
+    }
+
+    fn check_path(&self, path: &str) -> Result<(), Error> {
+        self.validate_key(path)
     }
 
     async fn apply(&self, changes: &ChangeSet) -> Result<ApplyOutcome, Error> {
