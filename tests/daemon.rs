@@ -1096,6 +1096,7 @@ fn the_daemon_on_a_git_remote_never_prunes_for_a_file_that_does_not_load() {
         "requests deleted",
     );
     assert!(store_has(&store, "redis/example"), "the others stay");
+}
 
 /// `promised run` warns at start about each configured secret file that group or others may
 /// read, naming the path (never the content); files with mode 0600 get no warning.
