@@ -30,6 +30,25 @@ fn short_env(cmd: &mut Command) -> &mut Command {
         .env("PROMISED_NETWORK__OPERATION_TIMEOUT", "3s")
 }
 
+/// Waits up to `limit` for `child` to exit; kills it and returns `None` when it does not.
+fn exits_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_silent_config_remote_fails_the_fetch_and_the_poll_in_time() {
     let tmp = tempfile::tempdir().unwrap();
@@ -179,6 +198,77 @@ spec:
     assert!(!files.contains("clusters/stuck/"), "{files}");
 }
 
+/// `promised run` whose config remote never answers says so in its log, naming the server
+/// and the operation, within the network timeouts (it used to log nothing), and keeps
+/// running (the poller and the failure backoff try again).
+#[test]
+fn the_daemon_reports_a_silent_config_remote_and_keeps_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hung = HungServer::start();
+    let server = format!("127.0.0.1:{}", hung.port);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = tmp.path().join("daemon.log");
+    let mut child = short_env(
+        Command::new(env!("CARGO_BIN_EXE_promised"))
+            .args([
+                "run",
+                "--config",
+                &format!("git://{server}/config.git"),
+                "--state-dir",
+                tmp.path().join("state").to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("PROMISED_SHUTDOWN_GRACE", "1s"),
+    )
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    // From the first connection on, the failure is logged within the operation timeout.
+    let t = Instant::now();
+    while hung.accepted() == 0 && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let connected = Instant::now();
+    let failed = loop {
+        if let Some(line) = read_log()
+            .lines()
+            .find(|l| l.contains("reconcile pass failed"))
+        {
+            break line.to_string();
+        }
+        if connected.elapsed() > SHORT.operation + SLACK || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "no failure logged after {:?}:\n{}",
+                connected.elapsed(),
+                read_log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        failed.contains(&server) && failed.contains("fetch:"),
+        "{failed}"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "{}", read_log());
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = exits_within(&mut child, Duration::from_secs(1) + SLACK);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        read_log()
+    );
+}
+
 /// `promised run` whose config remote accepts the fetch and never answers (network timeouts
 /// of an hour: the fetch really hangs) ends on SIGTERM within `shutdownGrace` + 5 s.
 #[test]
@@ -224,20 +314,12 @@ fn sigterm_ends_the_daemon_while_a_config_fetch_hangs() {
     let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     let t = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if t.elapsed() > grace + Duration::from_secs(5) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "still running {:?} after SIGTERM:\n{}",
-                t.elapsed(),
-                read_log(&log)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = exits_within(&mut child, grace + Duration::from_secs(5)) else {
+        panic!(
+            "still running {:?} after SIGTERM:\n{}",
+            t.elapsed(),
+            read_log(&log)
+        );
     };
     let log = read_log(&log);
     assert!(status.success(), "{status:?}\n{log}");

@@ -95,6 +95,25 @@ async fn git_daemon_that_never_answers_fails_the_fetch_in_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_daemon_that_trickles_is_stopped_at_the_operation_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = common::start_trickling_server();
+    let url = format!("git://127.0.0.1:{port}/repo.git");
+    let store = git_store(tmp.path(), GitStateStoreSpec::new(&url));
+    // A byte every 200 ms: the read timeout (2 s) never fires, the operation timeout does.
+    fails_in_time(
+        SHORT.operation,
+        store.check(),
+        &[
+            &format!("127.0.0.1:{port}"),
+            "fetch:",
+            "network.operationTimeout",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn git_daemon_that_never_answers_a_push_fails_the_push_in_time() {
     let tmp = tempfile::tempdir().unwrap();
     let srv = tmp.path().join("srv");

@@ -499,3 +499,26 @@ pub fn start_push_hanging_git_proxy(upstream: u16) -> u16 {
     });
     port
 }
+
+/// A server on 127.0.0.1 that answers every connection with the start of a long pkt-line
+/// and then one more byte every 200 ms, forever: it is never silent for long, so only a
+/// whole-operation deadline ends a fetch from it. Returns the port.
+pub fn start_trickling_server() -> u16 {
+    use std::io::Write;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                if s.write_all(b"0fff").is_err() {
+                    return;
+                }
+                while s.write_all(b"a").is_ok() {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+            });
+        }
+    });
+    port
+}
