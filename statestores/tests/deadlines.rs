@@ -163,6 +163,35 @@ async fn http_git_server_that_never_answers_fails_the_fetch_in_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_git_server_that_never_answers_a_push_fails_the_push_in_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    common::init_bare(&srv.join("repo.git"));
+    let server = common::HttpServer::start(&srv, "alice", "pa55word");
+    let port = common::start_push_hanging_http_proxy(server.port);
+    let creds = tmp.path().join("secrets/git-creds");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::write(creds.join("username"), "alice").unwrap();
+    std::fs::write(creds.join("password"), "pa55word").unwrap();
+    let mut spec = GitStateStoreSpec::new(format!("http://127.0.0.1:{port}/repo.git"));
+    spec.secret_ref = Some(SecretRef {
+        name: "git-creds".into(),
+        namespace: "default".into(),
+    });
+    let store = git_store(tmp.path(), spec);
+    // The fetch goes through; the push stalls: curl gives up after `read` below 1 byte/s
+    // (http.lowSpeedTime), or the process group is killed at the operation deadline.
+    let text = fails_in_time(
+        SHORT.operation * 2,
+        store.apply(&one_file()),
+        &[&format!("127.0.0.1:{port}"), "push:"],
+    )
+    .await;
+    assert!(!text.contains("pa55word"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_server_that_never_sends_its_banner_fails_the_fetch_in_time() {
     let tmp = tempfile::tempdir().unwrap();
     let key = tmp.path().join("key");
@@ -206,6 +235,45 @@ async fn ssh_server_that_never_sends_its_banner_fails_the_fetch_in_time() {
     .await;
     assert!(text.contains("timed out"), "{text}");
     assert!(hung.accepted() >= 1);
+}
+
+/// A real sshd whose session command never writes (`ForceCommand sleep`): the connection is
+/// up and answers keep-alives, so only the whole-operation deadline (`timeout` around `ssh`)
+/// ends the fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_session_that_never_answers_is_stopped_at_the_operation_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let Some(server) = common::SshServer::start_with(&keys, "ForceCommand sleep 3600\n") else {
+        eprintln!("skipped: openssh-server not installed");
+        return;
+    };
+    let secrets = tmp.path().join("secrets/ssh-creds");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("sshPrivateKey"), &server.client_key).unwrap();
+    std::fs::write(secrets.join("knownHosts"), &server.known_hosts).unwrap();
+    let mut spec = GitStateStoreSpec::new(format!(
+        "ssh://{}@127.0.0.1:{}/repo.git",
+        server.user, server.port
+    ));
+    spec.auth_method = AuthMethod::Ssh;
+    spec.secret_ref = Some(SecretRef {
+        name: "ssh-creds".into(),
+        namespace: "default".into(),
+    });
+    let store = git_store(tmp.path(), spec);
+    // `timeout` rounds the deadline up to whole seconds.
+    fails_in_time(
+        SHORT.operation + Duration::from_secs(1),
+        store.check(),
+        &[
+            &format!("127.0.0.1:{}", server.port),
+            "fetch:",
+            "network.operationTimeout",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -337,6 +337,12 @@ pub struct SshServer {
 
 impl SshServer {
     pub fn start(dir: &Path) -> Option<Self> {
+        Self::start_with(dir, "")
+    }
+
+    /// [`SshServer::start`] with `extra` appended to `sshd_config` (for example a
+    /// `ForceCommand`).
+    pub fn start_with(dir: &Path, extra: &str) -> Option<Self> {
         let sshd = Path::new("/usr/sbin/sshd");
         if !sshd.exists() {
             return None;
@@ -361,7 +367,7 @@ impl SshServer {
             format!(
                 "ListenAddress 127.0.0.1\nPort {port}\nHostKey {d}/hostkey\nPidFile {d}/pid\nAuthorizedKeysFile {d}/authorized_keys\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n\
-                 SetEnv PATH={path}\n",
+                 SetEnv PATH={path}\n{extra}",
                 d = dir.display(),
                 path = std::env::var("PATH").unwrap_or_default()
             ),
@@ -517,6 +523,50 @@ pub fn start_trickling_server() -> u16 {
                 while s.write_all(b"a").is_ok() {
                     std::thread::sleep(std::time::Duration::from_millis(200));
                 }
+            });
+        }
+    });
+    port
+}
+
+/// An `http://` front of the Git HTTP server on `upstream`: fetches are relayed, a push
+/// (`…?service=git-receive-pack`, always a new connection of `git-remote-http`) is accepted
+/// and never answered. Returns the port.
+pub fn start_push_hanging_http_proxy(upstream: u16) -> u16 {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut client = client;
+                // The request line decides.
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while !line.ends_with(b"\r\n") && line.len() < 8192 {
+                    if client.read_exact(&mut b).is_err() {
+                        return;
+                    }
+                    line.push(b[0]);
+                }
+                if line.windows(16).any(|w| w == b"git-receive-pack") {
+                    let _ = std::io::copy(&mut client, &mut std::io::sink());
+                    return;
+                }
+                let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    return;
+                };
+                if server.write_all(&line).is_err() {
+                    return;
+                }
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let up = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut s2);
+                    let _ = s2.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut server, &mut client);
+                let _ = client.shutdown(std::net::Shutdown::Write);
+                let _ = up.join();
             });
         }
     });
