@@ -77,17 +77,20 @@ pub async fn push(
         .process_group(0)
         .kill_on_drop(true);
     let child = cmd.spawn()?;
-    let group = child
-        .id()
-        .and_then(|id| rustix::process::Pid::from_raw(id as i32));
+    // Kills the whole group when the push is abandoned: at the deadline, or when the caller
+    // drops this future (daemon shutdown). Dropping the wait kills `git` itself; its children
+    // (ssh, git-remote-http) share its process group.
+    let mut group = GroupKill(
+        child
+            .id()
+            .and_then(|id| rustix::process::Pid::from_raw(id as i32)),
+    );
     let out = match tokio::time::timeout(timeouts.operation, child.wait_with_output()).await {
-        Ok(out) => out?,
+        Ok(out) => {
+            group.0 = None;
+            out?
+        }
         Err(_) => {
-            // Dropping the wait killed `git`; its children (ssh, git-remote-http) share its
-            // process group.
-            if let Some(g) = group {
-                let _ = rustix::process::kill_process_group(g, rustix::process::Signal::KILL);
-            }
             return Ok(PushOutcome::Failed(format!(
                 "no result within {} (network.operationTimeout); git push was stopped",
                 crate::net::human(timeouts.operation)
@@ -97,6 +100,17 @@ pub async fn push(
     let stdout = secrets.redact(&String::from_utf8_lossy(&out.stdout));
     let stderr = secrets.redact(&String::from_utf8_lossy(&out.stderr));
     Ok(classify(out.status.success(), &stdout, &stderr, &dst))
+}
+
+/// `SIGKILL` to a process group on drop, unless emptied.
+struct GroupKill(Option<rustix::process::Pid>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(g) = self.0.take() {
+            let _ = rustix::process::kill_process_group(g, rustix::process::Signal::KILL);
+        }
+    }
 }
 
 /// Interpret porcelain output (pure; unit-tested).
