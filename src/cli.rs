@@ -471,13 +471,18 @@ fn run_cmd(a: &RunArgs) -> i32 {
         flags: a.flags(),
     };
     let Some(rt) = runtime() else { return 2 };
-    match rt.block_on(crate::daemon::run(opts)) {
+    let code = match rt.block_on(crate::daemon::run(opts)) {
         Ok(()) => 0,
         Err(e) => {
             eprint_error(e);
             2
         }
-    }
+    };
+    // A blocking task still inside a network call (a fetch from a server that stopped
+    // answering, cut short by the shutdown grace) must not keep the process alive: dropping
+    // the runtime would wait for it.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    code
 }
 
 /// A multi-threaded tokio runtime for a subcommand; prints the error and returns `None` when

@@ -59,6 +59,7 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
         &filter,
         Some(&cache),
         &dir.root().join("config-checkouts"),
+        &settings.network.timeouts(),
     );
     let (mut objects, root) = match loaded {
         Ok(x) => x,

@@ -51,6 +51,49 @@ impl Default for GitSettings {
     }
 }
 
+/// Deadlines of network operations: fetching the config remote, fetching and pushing Git state
+/// stores, S3 requests. A server that accepts a connection and never answers fails the
+/// operation with an error naming the server and the operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct NetworkSettings {
+    /// Establishing a connection (TCP; for ssh also the banner and key exchange). Default
+    /// `30s`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest silence of a connected server (no byte received). Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// Longest time one whole operation may take: a fetch, a push, an S3 state store's check
+    /// or apply. Default `5m`.
+    #[serde(with = "humantime_serde")]
+    pub operation_timeout: Duration,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        let d = statestores::NetworkTimeouts::default();
+        NetworkSettings {
+            connect_timeout: d.connect,
+            read_timeout: d.read,
+            operation_timeout: d.operation,
+        }
+    }
+}
+
+impl NetworkSettings {
+    /// The timeouts as the state stores and the config source take them (a zero duration
+    /// would mean "no timeout" to the socket APIs: at least 1 ms).
+    pub fn timeouts(&self) -> statestores::NetworkTimeouts {
+        let min = Duration::from_millis(1);
+        statestores::NetworkTimeouts {
+            connect: self.connect_timeout.max(min),
+            read: self.read_timeout.max(min),
+            operation: self.operation_timeout.max(min),
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -113,6 +156,8 @@ pub struct Settings {
     pub exclude: Vec<String>,
     /// Git state store options.
     pub git: GitSettings,
+    /// Network deadlines (config remote, Git state stores, S3).
+    pub network: NetworkSettings,
     /// HTTP listen address of `promised run`. Default `127.0.0.1:8473`.
     pub listen: String,
     /// How often `promised run` checks a Git config remote for new commits. Default `30s`.
@@ -165,6 +210,7 @@ impl Default for Settings {
             include: Vec::new(),
             exclude: Vec::new(),
             git: GitSettings::default(),
+            network: NetworkSettings::default(),
             listen: "127.0.0.1:8473".into(),
             poll_interval: Duration::from_secs(30),
             resync_interval: Duration::from_secs(10 * 3600),
@@ -425,6 +471,7 @@ mod tests {
             )?;
             jail.set_env("PROMISED_CONCURRENCY", "4");
             jail.set_env("PROMISED_GIT__MAX_PUSH_ATTEMPTS", "7");
+            jail.set_env("PROMISED_NETWORK__OPERATION_TIMEOUT", "90s");
             // State store credentials share the prefix but are not settings.
             jail.set_env("PROMISED_SECRET_MINIO_CREDS_ACCESSKEYID", "AKIA");
             let mut flags = serde_json::Map::new();
@@ -434,6 +481,8 @@ mod tests {
             assert_eq!(s.state_dir, PathBuf::from("/tmp/flag"));
             assert_eq!(s.concurrency, 4);
             assert_eq!(s.git.max_push_attempts, 7);
+            assert_eq!(s.network.operation_timeout, Duration::from_secs(90));
+            assert_eq!(s.network.connect_timeout, Duration::from_secs(30));
             assert_eq!(s.pipeline_timeout, Duration::from_secs(120));
             let o = &s.image_overrides["example.com/img:v1"];
             assert_eq!(o.command, ["sh", "run.sh"]);

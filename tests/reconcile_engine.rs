@@ -595,6 +595,7 @@ async fn a_cancelled_pass_starts_no_workflow() {
         &settings.file_filter(),
         None,
         &w.root.join("checkouts"),
+        &settings.network.timeouts(),
     )
     .unwrap();
     let cfg = promised::validate::validate(objects);

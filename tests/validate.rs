@@ -840,7 +840,7 @@ fn incremental_tree_listing_matches_a_fresh_read() {
     let mut filter = FileFilter::default();
     filter.exclude.push("drafts/**".into());
     let filter = filter.compile().unwrap();
-    let opened = config::GitRepo::open(repo.to_str().unwrap(), None).unwrap();
+    let opened = config::GitRepo::open(repo.to_str().unwrap(), None, &Default::default()).unwrap();
     let mut listing = None;
     let steps: Vec<Box<dyn Fn()>> = vec![
         Box::new(|| {}),

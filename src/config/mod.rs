@@ -197,19 +197,21 @@ pub fn load(
 /// Like [`load`], and also makes the Promise folders available on disk for pipelines (they
 /// are mounted at `/promise`): a directory source is used in place; for a Git source the
 /// folder of every Promise is exported under `checkout_parent/<commit>`. Returns the objects
-/// and the root those folders are under.
+/// and the root those folders are under. A remote is fetched within `network`.
 pub fn load_with_root(
     source: &Source,
     filter: &FileFilter,
     cache_dir: Option<&Path>,
     checkout_parent: &Path,
+    network: &statestores::NetworkTimeouts,
 ) -> Result<(Objects, PathBuf), SourceError> {
     let mut loader = Loader::new(
         source.clone(),
         filter,
         cache_dir.map(Path::to_path_buf),
         Some(checkout_parent.to_path_buf()),
-    )?;
+    )?
+    .with_network(*network);
     let loaded = loader.load()?;
     Ok((loaded.objects, loaded.root))
 }
@@ -237,6 +239,8 @@ pub struct Loader {
     fetched: Option<(GitRepo, gix::ObjectId)>,
     /// The file listing of the last commit read (unchanged subtrees are not walked again).
     listing: Option<source::TreeListing>,
+    /// Timeouts of a remote's fetch.
+    network: statestores::NetworkTimeouts,
 }
 
 impl Loader {
@@ -259,7 +263,14 @@ impl Loader {
             parsed: ParseCache::default(),
             fetched: None,
             listing: None,
+            network: statestores::NetworkTimeouts::default(),
         })
+    }
+
+    /// Fetches within `network` (default: [`statestores::NetworkTimeouts::default`]).
+    pub fn with_network(mut self, network: statestores::NetworkTimeouts) -> Loader {
+        self.network = network;
+        self
     }
 
     /// Fetches a Git source and returns the commit its ref points at (`None` for a
@@ -268,7 +279,7 @@ impl Loader {
         let Source::Git { url, reference } = &self.source else {
             return Ok(None);
         };
-        let repo = GitRepo::open(url, self.cache_dir.as_deref())?;
+        let repo = GitRepo::open(url, self.cache_dir.as_deref(), &self.network)?;
         let commit = repo.resolve(reference)?;
         self.fetched = Some((repo, commit));
         Ok(Some(commit.to_string()))

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use statestores::NetworkTimeouts;
+use statestores::git::transport::{FetchOptions, connect_fetch, describe, error_text};
 use thiserror::Error;
 
 /// Where a config repo comes from.
@@ -253,7 +255,7 @@ fn read_git(
     filter: &CompiledFilter,
     cache_dir: Option<&Path>,
 ) -> Result<Snapshot, SourceError> {
-    let repo = GitRepo::open(url, cache_dir)?;
+    let repo = GitRepo::open(url, cache_dir, &NetworkTimeouts::default())?;
     let commit = repo.resolve(reference)?;
     let files = repo.read_commit(commit, filter, |_| true)?;
     Ok(Snapshot {
@@ -272,10 +274,16 @@ pub struct GitRepo {
 
 impl GitRepo {
     /// Opens `url`: a local repository in place, anything else fetched into
-    /// `<cache_dir>/<name>` (a temporary directory when `cache_dir` is `None`).
+    /// `<cache_dir>/<name>` (a temporary directory when `cache_dir` is `None`), within
+    /// `net` (connect, read and whole-fetch timeouts).
     ///
-    /// Errors: [`SourceError::GitRepo`] (credentials redacted from the URL).
-    pub fn open(url: &str, cache_dir: Option<&Path>) -> Result<GitRepo, SourceError> {
+    /// Errors: [`SourceError::GitRepo`] (credentials redacted from the URL; a fetch error
+    /// starts with `fetch:` and names the server).
+    pub fn open(
+        url: &str,
+        cache_dir: Option<&Path>,
+        net: &NetworkTimeouts,
+    ) -> Result<GitRepo, SourceError> {
         let repo_err = |m: String| SourceError::GitRepo {
             url: statestores::git::config::redact_url(url),
             message: m,
@@ -294,7 +302,7 @@ impl GitRepo {
                     d
                 }
             };
-            fetch_bare(url, &dir).map_err(repo_err)?
+            fetch_bare(url, &dir, net).map_err(repo_err)?
         };
         Ok(GitRepo {
             url: url.to_string(),
@@ -477,43 +485,85 @@ impl TreeListing {
     }
 }
 
-/// Fetches `url` into a bare repository at `dir` (cloning it first when missing) and opens it.
-fn fetch_bare(url: &str, dir: &Path) -> Result<gix::Repository, String> {
-    if dir.join("HEAD").exists() {
-        let repo = gix::open(dir).map_err(|e| e.to_string())?;
-        let remote = repo
-            .remote_at(url)
-            .map_err(|e| e.to_string())?
-            .with_refspecs(
-                ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
-                gix::remote::Direction::Fetch,
-            )
-            .map_err(|e| e.to_string())?;
-        statestores::git::transport::connect_fetch(&remote)
-            .map_err(|e| e.to_string())?
-            .prepare_fetch(gix::progress::Discard, Default::default())
-            .map_err(|e| e.to_string())?
-            .receive(
-                gix::progress::Discard,
-                &std::sync::atomic::AtomicBool::new(false),
-            )
-            .map_err(|e| e.to_string())?;
-        // Every fetch with new objects adds a pack; a daemon fetches for every config commit.
-        if statestores::git::gc_if_needed(dir, &[]) {
-            return gix::open(dir).map_err(|e| e.to_string());
-        }
-        return Ok(repo);
+/// Fetches `url` into a bare repository at `dir` (created first when missing, its `HEAD`
+/// then following the remote's) and opens it. Every step is bounded by `net`
+/// ([`statestores::net`]); an error starts with `fetch:`.
+fn fetch_bare(url: &str, dir: &Path, net: &NetworkTimeouts) -> Result<gix::Repository, String> {
+    let fresh = !dir.join("HEAD").exists();
+    if fresh {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        gix::init_bare(dir).map_err(|e| e.to_string())?;
     }
-    if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-    }
-    let mut prep = gix::prepare_clone_bare(url, dir).map_err(|e| e.to_string())?;
-    let (repo, _) = prep
-        .fetch_only(
-            gix::progress::Discard,
-            &std::sync::atomic::AtomicBool::new(false),
+    let repo = gix::open(dir).map_err(|e| e.to_string())?;
+    let opts = FetchOptions::new(net);
+    let fail = |e: gix::Error| describe("fetch", &opts.deadline, &error_text(&e));
+    let remote = repo
+        .remote_at(url)
+        .map_err(fail)?
+        .with_refspecs(
+            ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+            gix::remote::Direction::Fetch,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(fail)?;
+    let alarm = statestores::net::Alarm::start(&opts.deadline);
+    // The remote's HEAD is listed (not stored) so a new cache's HEAD can follow it, as a
+    // clone's does.
+    let head_spec = gix::refspec::parse("HEAD".into(), gix::refspec::parse::Operation::Fetch)
+        .map_err(|e| e.to_string())?
+        .to_owned();
+    let outcome = connect_fetch(&remote, &opts)
+        .map_err(fail)?
+        .prepare_fetch(
+            gix::progress::Discard,
+            gix::remote::ref_map::Options {
+                extra_refspecs: vec![head_spec],
+                ..Default::default()
+            },
+        )
+        .map_err(fail)?
+        .receive(gix::progress::Discard, alarm.flag())
+        .map_err(fail)?;
+    drop(alarm);
+    // HEAD follows the remote's (also when a first fetch failed after the cache was created).
+    {
+        let head = outcome.ref_map.remote_refs.iter().find_map(|r| match r {
+            gix::protocol::handshake::Ref::Symbolic {
+                full_ref_name,
+                target,
+                ..
+            }
+            | gix::protocol::handshake::Ref::Unborn {
+                full_ref_name,
+                target,
+            } if full_ref_name == "HEAD" => Some(target.clone()),
+            _ => None,
+        });
+        let current = repo.head_name().ok().flatten();
+        if let Some(target) = head
+            && current
+                .as_ref()
+                .is_none_or(|c| c.as_bstr() != target.as_slice())
+        {
+            use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit};
+            let name = gix::refs::FullName::try_from(target).map_err(|e| e.to_string())?;
+            repo.edit_reference(RefEdit {
+                change: Change::Update {
+                    log: LogChange::default(),
+                    expected: PreviousValue::Any,
+                    new: gix::refs::Target::Symbolic(name),
+                },
+                name: "HEAD"
+                    .try_into()
+                    .map_err(|e: gix::refs::name::Error| e.to_string())?,
+                deref: false,
+            })
+            .map_err(|e| e.to_string())?;
+        }
+    }
+    // Every fetch with new objects adds a pack; a daemon fetches for every config commit.
+    if statestores::git::gc_if_needed(dir, &[]) {
+        return gix::open(dir).map_err(|e| e.to_string());
+    }
     Ok(repo)
 }
 
@@ -557,7 +607,14 @@ pub fn export(files: &[RawFile], dest: &Path) -> std::io::Result<()> {
 /// The commit a ref points at, checked as cheaply as possible: a local repository's ref is
 /// read directly; a remote is asked for its refs only (`ls-refs`, no pack is downloaded),
 /// through the bare cache that [`read`] created under `cache_dir`. Used by the daemon's poller.
-pub fn peek_ref(url: &str, reference: &str, cache_dir: &Path) -> Result<String, SourceError> {
+///
+/// `net` bounds the ref listing as it bounds a fetch; an error starts with `list refs:`.
+pub fn peek_ref(
+    url: &str,
+    reference: &str,
+    cache_dir: &Path,
+    net: &NetworkTimeouts,
+) -> Result<String, SourceError> {
     let repo_err = |m: String| SourceError::GitRepo {
         url: statestores::git::config::redact_url(url),
         message: m,
@@ -595,10 +652,12 @@ pub fn peek_ref(url: &str, reference: &str, cache_dir: &Path) -> Result<String, 
             gix::remote::Direction::Fetch,
         )
         .map_err(|e| repo_err(e.to_string()))?;
-    let (map, _) = statestores::git::transport::connect_fetch(&remote)
-        .map_err(|e| repo_err(e.to_string()))?
+    let opts = FetchOptions::new(net);
+    let fail = |e: gix::Error| repo_err(describe("list refs", &opts.deadline, &error_text(&e)));
+    let (map, _) = connect_fetch(&remote, &opts)
+        .map_err(fail)?
         .ref_map(gix::progress::Discard, Default::default())
-        .map_err(|e| repo_err(e.to_string()))?;
+        .map_err(fail)?;
     let wanted = if reference == "HEAD" {
         "HEAD".to_string()
     } else {

@@ -204,6 +204,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
                 reference.clone(),
                 cache.clone(),
                 settings.poll_interval,
+                settings.network.timeouts(),
                 stop_rx.clone(),
             );
             None
@@ -341,7 +342,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
                 match tokio::time::timeout(settings.shutdown_grace, &mut pass).await {
                     Ok(r) => r,
                     Err(_) => {
-                        tracing::warn!(grace = ?settings.shutdown_grace, "pipelines still running after the grace period; stopping them");
+                        tracing::warn!(grace = ?settings.shutdown_grace, "the pass (pipelines or network operations) is still running after the grace period; stopping it");
                         break;
                     }
                 }
@@ -414,7 +415,8 @@ impl PassCache {
             Some(state_dir.join("config-cache")),
             Some(state_dir.join("config-checkouts")),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .with_network(settings.network.timeouts());
         Ok(PassCache {
             loader: Some(loader),
             admissions: validate::Admissions::default(),
@@ -636,6 +638,7 @@ fn spawn_poller(
     reference: String,
     cache: PathBuf,
     every: Duration,
+    network: statestores::NetworkTimeouts,
     mut stop: watch::Receiver<bool>,
 ) {
     tokio::spawn(async move {
@@ -648,7 +651,11 @@ fn spawn_poller(
                 _ = stop.wait_for(|s| *s) => return,
             }
             let (u, r, c) = (url.clone(), reference.clone(), cache.clone());
-            match tokio::task::spawn_blocking(move || config::source::peek_ref(&u, &r, &c)).await {
+            match tokio::task::spawn_blocking(move || {
+                config::source::peek_ref(&u, &r, &c, &network)
+            })
+            .await
+            {
                 Ok(Ok(id)) => {
                     if last.as_ref().is_some_and(|l| *l != id) {
                         shared.trigger("poll");

@@ -1058,6 +1058,7 @@ impl Engine {
                 opts.secrets_dir = self.settings.secrets_dir.clone();
                 opts.max_push_attempts = self.settings.git.max_push_attempts.max(1);
                 opts.trust_head_for = self.settings.git.drift_check_interval;
+                opts.network = self.settings.network.timeouts();
                 match statestores::GitStateStore::open(&s.id.name, spec, opts) {
                     Ok(store) => {
                         self.stores
@@ -1098,6 +1099,7 @@ impl Engine {
                 let opts = statestores::s3::S3Options {
                     secrets_dir: self.settings.secrets_dir.clone(),
                     state_dir: Some(self.dir.stores_dir()),
+                    network: self.settings.network.timeouts(),
                     ..Default::default()
                 };
                 match statestores::S3StateStore::open(&s.id.name, spec, opts) {

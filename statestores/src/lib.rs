@@ -99,12 +99,14 @@ pub mod error;
 pub mod git;
 mod index;
 mod message;
+pub mod net;
 mod plan;
 pub mod s3;
 
 pub use error::Error;
 pub use git::{GitOptions, GitStateStore};
 pub use index::IndexEntry;
+pub use net::NetworkTimeouts;
 pub use plan::{validate_path, validate_relative_path};
 pub use s3::S3StateStore;
 

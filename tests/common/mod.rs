@@ -274,3 +274,55 @@ pub fn files_request(config: &Path, name: &str, paths: &[&str]) {
 pub fn files_output_path(dest_path: &str, name: &str, rel: &str) -> String {
     format!("{dest_path}/resources/default/files/{name}/write/5058f/{rel}")
 }
+
+/// A server on 127.0.0.1 that accepts every connection and never sends a byte: the sockets
+/// are held open until the server is dropped.
+pub struct HungServer {
+    /// Port on 127.0.0.1.
+    pub port: u16,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HungServer {
+    /// Starts accepting.
+    pub fn start() -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (n, halt) = (accepted.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in listener.incoming() {
+                if halt.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(s) = s {
+                    held.push(s);
+                    n.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        HungServer {
+            port,
+            accepted,
+            stop,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for HungServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so it ends and closes the held sockets.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}

@@ -141,6 +141,8 @@ pub struct GitOptions {
     /// (and repairs drift) as for any race. Drift pushed by someone else is therefore noticed
     /// at the next write or once this window has passed. Default zero: fetch on every apply.
     pub trust_head_for: std::time::Duration,
+    /// Connect, read and whole-operation timeouts of every fetch and push ([`crate::net`]).
+    pub network: crate::NetworkTimeouts,
 }
 
 impl std::fmt::Debug for GitOptions {
@@ -152,6 +154,7 @@ impl std::fmt::Debug for GitOptions {
             .field("max_push_attempts", &self.max_push_attempts)
             .field("before_publish", &self.before_publish.is_some())
             .field("trust_head_for", &self.trust_head_for)
+            .field("network", &self.network)
             .finish()
     }
 }
@@ -166,6 +169,7 @@ impl GitOptions {
             max_push_attempts: 5,
             before_publish: None,
             trust_head_for: std::time::Duration::ZERO,
+            network: crate::NetworkTimeouts::default(),
         }
     }
 }

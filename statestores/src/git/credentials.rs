@@ -247,13 +247,24 @@ impl Credentials {
     }
 
     /// Environment for a `git` child process: secrets go through `GIT_CONFIG_*`, never argv.
-    pub fn git_env(&self, insecure_skip_tls_verify: bool) -> Vec<(String, String)> {
+    /// `timeouts` bound a stalled transfer: `http.lowSpeedLimit`/`lowSpeedTime` (curl aborts
+    /// after `read` below 1 byte/s) and the ssh options of [`super::transport::ssh_timeout_options`].
+    pub fn git_env(
+        &self,
+        insecure_skip_tls_verify: bool,
+        timeouts: &crate::NetworkTimeouts,
+    ) -> Vec<(String, String)> {
         let mut config: Vec<(String, String)> = vec![
             // No credential helpers or prompts: the configured secret is the only source.
             ("credential.helper".into(), String::new()),
             ("core.askPass".into(), String::new()),
             ("maintenance.autoDetach".into(), "false".into()),
             ("gc.autoDetach".into(), "false".into()),
+            ("http.lowSpeedLimit".into(), "1".into()),
+            (
+                "http.lowSpeedTime".into(),
+                timeouts.read.as_secs().max(1).to_string(),
+            ),
         ];
         if let Credentials::Basic { username, password } = self {
             let b64 =
@@ -276,9 +287,17 @@ impl Credentials {
             env.push((format!("GIT_CONFIG_KEY_{i}"), k));
             env.push((format!("GIT_CONFIG_VALUE_{i}"), v));
         }
-        if let Some(cmd) = self.ssh_command() {
-            env.push(("GIT_SSH_COMMAND".into(), cmd));
-        }
+        // Without an ssh secret, the ssh command the daemon was given (if any) is kept.
+        let ssh = self.ssh_command().unwrap_or_else(|| {
+            std::env::var("GIT_SSH_COMMAND")
+                .ok()
+                .filter(|c| !c.trim().is_empty())
+                .unwrap_or_else(|| "ssh".into())
+        });
+        env.push((
+            "GIT_SSH_COMMAND".into(),
+            format!("{ssh} {}", super::transport::ssh_timeout_options(timeouts)),
+        ));
         env
     }
 }
@@ -320,7 +339,7 @@ mod tests {
         );
         assert!(!format!("{c:?}").contains("tok3n"));
         assert_eq!(s.redact("bad tok3n-value here"), "bad *** here");
-        let env = c.git_env(false);
+        let env = c.git_env(false, &crate::NetworkTimeouts::default());
         assert!(
             env.iter().any(|(k, v)| k.starts_with("GIT_CONFIG_VALUE_")
                 && v.starts_with("Authorization: Basic "))

@@ -305,7 +305,7 @@ impl GitStateStore {
                 if let Some(cmd) = creds.ssh_command() {
                     overrides.push(format!("core.sshCommand={cmd}"));
                 }
-                let env = creds.git_env(opts.insecure_skip_tls_verify);
+                let env = creds.git_env(opts.insecure_skip_tls_verify, &opts.network);
                 let path = opts.state_dir.join("git").join(format!("{store_id}.git"));
                 (
                     Backend::Remote {
@@ -383,29 +383,29 @@ impl GitStateStore {
                 &format!("refs/heads/{}", inner.spec.branch),
                 &inner.secrets,
             ),
-            Backend::Remote { url, creds, .. } => repo::fetch(
-                repo,
-                url,
-                &inner.spec.branch,
-                creds,
-                inner.opts.insecure_skip_tls_verify,
-                &inner.secrets,
-            )
-            .map_err(|e| match e {
-                repo::FetchError::Auth(message) => Error::Auth {
-                    url_without_secrets: inner.url_display.clone(),
-                    message: match &inner.spec.secret_ref {
-                        Some(r) => {
-                            format!("{message} (credentials from secret {:?})", r.name)
-                        }
-                        None => format!("{message} (no secretRef configured)"),
+            Backend::Remote { url, creds, .. } => {
+                let opts = transport::FetchOptions {
+                    deadline: inner.opts.network.deadline(),
+                    insecure_skip_tls_verify: inner.opts.insecure_skip_tls_verify,
+                };
+                repo::fetch(repo, url, &inner.spec.branch, creds, &opts, &inner.secrets).map_err(
+                    |e| match e {
+                        repo::FetchError::Auth(message) => Error::Auth {
+                            url_without_secrets: inner.url_display.clone(),
+                            message: match &inner.spec.secret_ref {
+                                Some(r) => {
+                                    format!("{message} (credentials from secret {:?})", r.name)
+                                }
+                                None => format!("{message} (no secretRef configured)"),
+                            },
+                        },
+                        repo::FetchError::Other(message) => Error::Transport {
+                            url_without_secrets: inner.url_display.clone(),
+                            message: transport::describe("fetch", &opts.deadline, &message),
+                        },
                     },
-                },
-                repo::FetchError::Other(message) => Error::Transport {
-                    url_without_secrets: inner.url_display.clone(),
-                    message,
-                },
-            }),
+                )
+            }
         }
     }
 
@@ -566,13 +566,14 @@ impl GitStateStore {
                     env,
                     &self.inner.secrets,
                     false,
+                    &self.inner.opts.network,
                 )
                 .await
                 .map_err(|e| Error::Transport {
                     url_without_secrets: self.inner.url_display.clone(),
                     message: format!("cannot run git push: {e}"),
                 })?;
-                self.push_result(res)?;
+                self.push_result(res, "push")?;
                 // Keep the tracking ref (and so our objects) current for the next negotiation.
                 let inner = self.inner.clone();
                 let tracking = format!("refs/remotes/origin/{}", self.inner.spec.branch);
@@ -592,7 +593,7 @@ impl GitStateStore {
         let inner = self.inner.clone();
         let env = match &self.inner.backend {
             Backend::Remote { env, .. } => env.clone(),
-            Backend::Local => Credentials::None.git_env(false),
+            Backend::Local => Credentials::None.git_env(false, &self.inner.opts.network),
         };
         self.inner.set_verified(Some(next));
         blocking(move || {
@@ -604,7 +605,8 @@ impl GitStateStore {
         Ok(outcome)
     }
 
-    fn push_result(&self, res: PushOutcome) -> Result<(), AttemptError> {
+    /// `operation` names the push in transport errors.
+    fn push_result(&self, res: PushOutcome, operation: &str) -> Result<(), AttemptError> {
         let url = self.inner.url_display.clone();
         match res {
             PushOutcome::Pushed => Ok(()),
@@ -617,7 +619,7 @@ impl GitStateStore {
             .into()),
             PushOutcome::Failed(message) => Err(Error::Transport {
                 url_without_secrets: url,
-                message,
+                message: format!("{operation}: {message}"),
             }
             .into()),
         }
@@ -690,13 +692,14 @@ impl StateStore for GitStateStore {
                     env,
                     &self.inner.secrets,
                     true,
+                    &self.inner.opts.network,
                 )
                 .await
                 .map_err(|e| Error::Transport {
                     url_without_secrets: self.inner.url_display.clone(),
                     message: format!("cannot run git push: {e}"),
                 })?;
-                match self.push_result(res) {
+                match self.push_result(res, "write-permission check (git push --dry-run)") {
                     Ok(()) => Ok(()),
                     Err(AttemptError::Fatal(e)) => Err(e),
                     // The branch moved between fetch and dry run: access is fine.

@@ -32,7 +32,9 @@ pub enum PushOutcome {
     Failed(String),
 }
 
-/// Run one push. `dry_run` performs the Kratix write-permission check.
+/// Run one push. `dry_run` performs the Kratix write-permission check. `git` runs in a
+/// process group of its own, killed whole (with its ssh or `git-remote-http` child) when
+/// `timeouts.operation` has passed: [`PushOutcome::Failed`] then says so.
 #[allow(clippy::too_many_arguments)]
 pub async fn push(
     clone: &Path,
@@ -43,6 +45,7 @@ pub async fn push(
     env: &[(String, String)],
     secrets: &Secrets,
     dry_run: bool,
+    timeouts: &crate::NetworkTimeouts,
 ) -> std::io::Result<PushOutcome> {
     let dst = format!("refs/heads/{branch}");
     let lease = format!(
@@ -68,12 +71,46 @@ pub async fn push(
         cmd.env_remove(var);
     }
     cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    cmd.stdin(std::process::Stdio::null());
-    cmd.kill_on_drop(true);
-    let out = cmd.output().await?;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = cmd.spawn()?;
+    // Kills the whole group when the push is abandoned: at the deadline, or when the caller
+    // drops this future (daemon shutdown). Dropping the wait kills `git` itself; its children
+    // (ssh, git-remote-http) share its process group.
+    let mut group = GroupKill(
+        child
+            .id()
+            .and_then(|id| rustix::process::Pid::from_raw(id as i32)),
+    );
+    let out = match tokio::time::timeout(timeouts.operation, child.wait_with_output()).await {
+        Ok(out) => {
+            group.0 = None;
+            out?
+        }
+        Err(_) => {
+            return Ok(PushOutcome::Failed(format!(
+                "no result within {} (network.operationTimeout); git push was stopped",
+                crate::net::human(timeouts.operation)
+            )));
+        }
+    };
     let stdout = secrets.redact(&String::from_utf8_lossy(&out.stdout));
     let stderr = secrets.redact(&String::from_utf8_lossy(&out.stderr));
     Ok(classify(out.status.success(), &stdout, &stderr, &dst))
+}
+
+/// `SIGKILL` to a process group on drop, unless emptied.
+struct GroupKill(Option<rustix::process::Pid>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(g) = self.0.take() {
+            let _ = rustix::process::kill_process_group(g, rustix::process::Signal::KILL);
+        }
+    }
 }
 
 /// Interpret porcelain output (pure; unit-tested).

@@ -22,18 +22,7 @@ pub fn repo_err(secrets: &Secrets) -> impl Fn(gix::Error) -> Error + '_ {
 
 /// The full chain of an error as one line.
 pub fn error_text(e: &gix::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for err in e.iter_errors() {
-        let s = err.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-    }
-    if parts.is_empty() {
-        e.to_string()
-    } else {
-        parts.join(": ")
-    }
+    super::transport::error_text(e)
 }
 
 /// Open the bare repository at `path`, creating it (and its parents) when missing.
@@ -126,7 +115,7 @@ pub fn fetch(
     url: &str,
     branch: &str,
     creds: &Credentials,
-    insecure_skip_tls_verify: bool,
+    opts: &super::transport::FetchOptions,
     secrets: &Secrets,
 ) -> Result<Option<ObjectId>, FetchError> {
     let classify = |e: gix::Error| {
@@ -150,25 +139,7 @@ pub fn fetch(
             gix::remote::Direction::Fetch,
         )
         .map_err(classify)?;
-    let mut conn = super::transport::connect_fetch(&remote).map_err(classify)?;
-    if insecure_skip_tls_verify && url.starts_with("https://") {
-        // gix's reqwest backend does not honour `http.sslVerify`; configure the client directly.
-        use gix_transport::client::blocking_io::http;
-        let mut opts = repo
-            .transport_options(url, None)
-            .map_err(classify)?
-            .and_then(|o| o.downcast::<http::Options>().ok())
-            .map(|o| *o)
-            .unwrap_or_default();
-        let backend = http::reqwest::Options {
-            configure_client: Some(Box::new(|b: reqwest::blocking::ClientBuilder| {
-                Ok(b.tls_danger_accept_invalid_certs(true))
-            })),
-            configure_request: None,
-        };
-        opts.backend = Some(std::sync::Arc::new(std::sync::Mutex::new(backend)));
-        conn.set_transport_options(Box::new(opts));
-    }
+    let conn = super::transport::connect_fetch(&remote, opts).map_err(classify)?;
     let creds = creds.clone();
     let conn = conn.with_credentials(move |action| match action {
         gix::credentials::helper::Action::Get(ctx) => match &creds {
@@ -204,9 +175,9 @@ pub fn fetch(
     if tip.is_none() {
         return Ok(None);
     }
-    let interrupt = AtomicBool::new(false);
+    let alarm = crate::net::Alarm::start(&opts.deadline);
     prepare
-        .receive(gix::progress::Discard, &interrupt)
+        .receive(gix::progress::Discard, alarm.flag())
         .map_err(classify)?;
     Ok(tip)
 }

@@ -116,6 +116,10 @@ pub struct S3Options {
     pub delete_grace: Duration,
     /// Fault injection hook, see [`BeforeCommit`].
     pub before_commit: Option<BeforeCommit>,
+    /// Connect and read timeouts of the HTTP client, and the longest a whole
+    /// [`check`](crate::StateStore::check), [`owned`](crate::StateStore::owned) or
+    /// [`apply`](crate::StateStore::apply) may take ([`crate::net`]).
+    pub network: crate::NetworkTimeouts,
 }
 
 impl std::fmt::Debug for S3Options {
@@ -135,6 +139,7 @@ impl std::fmt::Debug for S3Options {
             )
             .field("delete_grace", &self.delete_grace)
             .field("before_commit", &self.before_commit.is_some())
+            .field("network", &self.network)
             .finish()
     }
 }
@@ -153,6 +158,7 @@ impl Default for S3Options {
             require_conditional_writes: false,
             delete_grace: Duration::from_secs(2),
             before_commit: None,
+            network: crate::NetworkTimeouts::default(),
         }
     }
 }
@@ -266,7 +272,8 @@ pub(crate) fn build(
     let client = ClientOptions::new()
         .with_allow_http(spec.insecure)
         .with_timeout(opts.request_timeout)
-        .with_connect_timeout(Duration::from_secs(5));
+        .with_connect_timeout(opts.network.connect)
+        .with_read_timeout(opts.network.read);
     let store = builder
         .with_bucket_name(spec.bucket_name.trim())
         .with_endpoint(url)

@@ -314,8 +314,12 @@ impl S3StateStore {
         key.starts_with(&meta) || key == meta.trim_end_matches('/')
     }
 
-    fn map_err(&self, e: object_store::Error) -> Error {
-        let message = self.inner.secrets.redact(&error_text(&e));
+    /// `operation` (`list`, `put <key>`, …) starts the message.
+    fn map_err(&self, operation: &str, e: object_store::Error) -> Error {
+        let message = format!(
+            "{operation}: {}",
+            self.inner.secrets.redact(&error_text(&e))
+        );
         match e {
             object_store::Error::PermissionDenied { .. }
             | object_store::Error::Unauthenticated { .. } => Error::Auth {
@@ -332,12 +336,32 @@ impl S3StateStore {
         }
     }
 
+    /// `fut` (the whole `operation`), given up at `network.operationTimeout` with a
+    /// transport error naming the store and the operation.
+    async fn bounded<T>(
+        &self,
+        operation: &str,
+        fut: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let limit = self.inner.opts.network.operation;
+        match tokio::time::timeout(limit, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Transport {
+                url_without_secrets: self.inner.display.clone(),
+                message: format!(
+                    "{operation}: no result within {} (network.operationTimeout)",
+                    crate::net::human(limit)
+                ),
+            }),
+        }
+    }
+
     async fn load_index(&self) -> Result<(S3Index, Option<String>), Error> {
         let key = self.index_key();
         match self.inner.client.get(&ObjPath::from(key.as_str())).await {
             Ok(r) => {
                 let etag = r.meta.e_tag.clone();
-                let bytes = r.bytes().await.map_err(|e| self.map_err(e))?;
+                let bytes = r.bytes().await.map_err(|e| self.map_err("get index", e))?;
                 let idx: S3Index =
                     serde_json::from_slice(&bytes).map_err(|e| Error::CorruptIndex {
                         path: key.clone(),
@@ -358,7 +382,7 @@ impl S3StateStore {
                 },
                 None,
             )),
-            Err(e) => Err(self.map_err(e)),
+            Err(e) => Err(self.map_err("get index", e)),
         }
     }
 
@@ -372,7 +396,7 @@ impl S3StateStore {
             .list(prefix.as_ref())
             .try_collect()
             .await
-            .map_err(|e| self.map_err(e))?;
+            .map_err(|e| self.map_err("list", e))?;
         let listing = metas
             .into_iter()
             .map(|m| {
@@ -417,7 +441,7 @@ impl S3StateStore {
                 object_store::Error::Precondition { .. }
                 | object_store::Error::AlreadyExists { .. },
             ) => Ok(None),
-            Err(e) => Err(self.map_err(e)),
+            Err(e) => Err(self.map_err("put index", e)),
         }
     }
 
@@ -728,7 +752,7 @@ impl S3StateStore {
                 PutPayload::from(bytes.clone()),
             )
             .await
-            .map_err(|e| self.map_err(e))?;
+            .map_err(|e| self.map_err(&format!("put {path}"), e))?;
         if let Some(cp) = self.cache_path(&oid)
             && !cp.is_file()
         {
@@ -755,7 +779,7 @@ impl S3StateStore {
                 Ok((key, Some(e)))
             }
             Err(object_store::Error::NotFound { .. }) => Ok((key, None)),
-            Err(e) => Err(self.map_err(e)),
+            Err(e) => Err(self.map_err(&format!("head {key}"), e)),
         }
     }
 
@@ -763,7 +787,7 @@ impl S3StateStore {
     async fn delete_one(&self, key: String) -> Result<(), Error> {
         match self.inner.client.delete(&ObjPath::from(key.as_str())).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.map_err(e)),
+            Err(e) => Err(self.map_err(&format!("delete {key}"), e)),
         }
     }
 
@@ -806,7 +830,7 @@ impl S3StateStore {
         let c = &self.inner.client;
         c.put_opts(&key, body(), create())
             .await
-            .map_err(|e| self.map_err(e))?;
+            .map_err(|e| self.map_err("write-permission check (put probe)", e))?;
         let second = c.put_opts(&key, body(), create()).await;
         let update = c
             .put_opts(
@@ -840,11 +864,11 @@ impl S3StateStore {
                             | object_store::Error::Precondition { .. }
                     )
                 {
-                    return Err(self.map_err(e));
+                    return Err(self.map_err("write-permission check (conditional put)", e));
                 }
             }
         }
-        cleanup.map_err(|e| self.map_err(e))?;
+        cleanup.map_err(|e| self.map_err("write-permission check (delete probe)", e))?;
         Ok(honoured)
     }
 }
@@ -858,6 +882,27 @@ impl StateStore for S3StateStore {
     /// server that ignores conditional writes is logged as a warning (an error with
     /// [`S3Options::require_conditional_writes`]).
     async fn check(&self) -> Result<(), Error> {
+        self.bounded("write-permission check", self.check_unbounded())
+            .await
+    }
+
+    async fn owned(&self, prefix: &str) -> Result<Vec<IndexEntry>, Error> {
+        self.bounded("read ownership index", self.owned_unbounded(prefix))
+            .await
+    }
+
+    fn check_path(&self, path: &str) -> Result<(), Error> {
+        self.validate_key(path)
+    }
+
+    async fn apply(&self, changes: &ChangeSet) -> Result<ApplyOutcome, Error> {
+        let _guard = self.inner.lock.lock().await;
+        self.bounded("apply", self.apply_unbounded(changes)).await
+    }
+}
+
+impl S3StateStore {
+    async fn check_unbounded(&self) -> Result<(), Error> {
         let honoured = self.probe_conditional().await?;
         self.inner.conditional.store(
             if honoured { COND_OK } else { COND_IGNORED },
@@ -877,7 +922,7 @@ impl StateStore for S3StateStore {
         Ok(())
     }
 
-    async fn owned(&self, prefix: &str) -> Result<Vec<IndexEntry>, Error> {
+    async fn owned_unbounded(&self, prefix: &str) -> Result<Vec<IndexEntry>, Error> {
         let (idx, _) = self.load_index().await?;
         let prefix = prefix.trim_matches('/');
         let mut out: Vec<IndexEntry> = idx
@@ -895,12 +940,7 @@ impl StateStore for S3StateStore {
         Ok(out)
     }
 
-    fn check_path(&self, path: &str) -> Result<(), Error> {
-        self.validate_key(path)
-    }
-
-    async fn apply(&self, changes: &ChangeSet) -> Result<ApplyOutcome, Error> {
-        let _guard = self.inner.lock.lock().await;
+    async fn apply_unbounded(&self, changes: &ChangeSet) -> Result<ApplyOutcome, Error> {
         let mut attempt = 0u32;
         let max = self.inner.opts.max_attempts;
         let run = || {

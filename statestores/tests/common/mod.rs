@@ -337,6 +337,12 @@ pub struct SshServer {
 
 impl SshServer {
     pub fn start(dir: &Path) -> Option<Self> {
+        Self::start_with(dir, "")
+    }
+
+    /// [`SshServer::start`] with `extra` appended to `sshd_config` (for example a
+    /// `ForceCommand`).
+    pub fn start_with(dir: &Path, extra: &str) -> Option<Self> {
         let sshd = Path::new("/usr/sbin/sshd");
         if !sshd.exists() {
             return None;
@@ -361,7 +367,7 @@ impl SshServer {
             format!(
                 "ListenAddress 127.0.0.1\nPort {port}\nHostKey {d}/hostkey\nPidFile {d}/pid\nAuthorizedKeysFile {d}/authorized_keys\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n\
-                 SetEnv PATH={path}\n",
+                 SetEnv PATH={path}\n{extra}",
                 d = dir.display(),
                 path = std::env::var("PATH").unwrap_or_default()
             ),
@@ -402,4 +408,167 @@ impl Drop for SshServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A server on 127.0.0.1 that accepts every connection and never sends a byte: the sockets
+/// are held open until the server is dropped.
+pub struct HungServer {
+    pub port: u16,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HungServer {
+    pub fn start() -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (n, halt) = (accepted.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in listener.incoming() {
+                if halt.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(s) = s {
+                    held.push(s);
+                    n.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        HungServer {
+            port,
+            accepted,
+            stop,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for HungServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so it ends and closes the held sockets.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// A `git://` front of the git daemon on `upstream`: fetches (`git-upload-pack`) are relayed,
+/// a push (`git-receive-pack`) is accepted and never answered. Returns the port.
+pub fn start_push_hanging_git_proxy(upstream: u16) -> u16 {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut client = client;
+                // The request is the first pkt-line: `<4 hex length>git-<service> <path>\0…`.
+                let mut len = [0u8; 4];
+                if client.read_exact(&mut len).is_err() {
+                    return;
+                }
+                let n = usize::from_str_radix(std::str::from_utf8(&len).unwrap_or("0"), 16)
+                    .unwrap_or(0);
+                let mut request = vec![0u8; n.saturating_sub(4)];
+                if client.read_exact(&mut request).is_err() {
+                    return;
+                }
+                if request.starts_with(b"git-receive-pack") {
+                    // Hold the connection until the client goes away.
+                    let _ = std::io::copy(&mut client, &mut std::io::sink());
+                    return;
+                }
+                let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    return;
+                };
+                if server.write_all(&len).is_err() || server.write_all(&request).is_err() {
+                    return;
+                }
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let up = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut s2);
+                    let _ = s2.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut server, &mut client);
+                let _ = client.shutdown(std::net::Shutdown::Write);
+                let _ = up.join();
+            });
+        }
+    });
+    port
+}
+
+/// A server on 127.0.0.1 that answers every connection with the start of a long pkt-line
+/// and then one more byte every 200 ms, forever: it is never silent for long, so only a
+/// whole-operation deadline ends a fetch from it. Returns the port.
+pub fn start_trickling_server() -> u16 {
+    use std::io::Write;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                if s.write_all(b"0fff").is_err() {
+                    return;
+                }
+                while s.write_all(b"a").is_ok() {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+            });
+        }
+    });
+    port
+}
+
+/// An `http://` front of the Git HTTP server on `upstream`: fetches are relayed, a push
+/// (`…?service=git-receive-pack`, always a new connection of `git-remote-http`) is accepted
+/// and never answered. Returns the port.
+pub fn start_push_hanging_http_proxy(upstream: u16) -> u16 {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut client = client;
+                // The request line decides.
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while !line.ends_with(b"\r\n") && line.len() < 8192 {
+                    if client.read_exact(&mut b).is_err() {
+                        return;
+                    }
+                    line.push(b[0]);
+                }
+                if line.windows(16).any(|w| w == b"git-receive-pack") {
+                    let _ = std::io::copy(&mut client, &mut std::io::sink());
+                    return;
+                }
+                let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    return;
+                };
+                if server.write_all(&line).is_err() {
+                    return;
+                }
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let up = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut s2);
+                    let _ = s2.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut server, &mut client);
+                let _ = client.shutdown(std::net::Shutdown::Write);
+                let _ = up.join();
+            });
+        }
+    });
+    port
 }
