@@ -146,11 +146,22 @@ fn write_report(
         } else {
             o.destinations.join(",")
         };
+        // One row per object; the rest of a multi-line message (a failed pipeline's stderr
+        // tail) indented below it, shown once.
+        let mut lines = o.message.lines();
         writeln!(
             out,
             "  {:<width$}  {:<9}  {:<10}  {:<14}  {} files  {}",
-            o.key, action, o.state, dests, o.files, o.message
+            o.key,
+            action,
+            o.state,
+            dests,
+            o.files,
+            lines.next().unwrap_or_default()
         )?;
+        for l in lines {
+            writeln!(out, "      | {l}")?;
+        }
     }
     if r.unchanged_not_listed > 0 {
         writeln!(
@@ -191,9 +202,7 @@ fn write_report(
             (None, None) => writeln!(out, "state store {}: no change", s.store)?,
         }
     }
-    for l in &r.logs {
-        writeln!(out, "pipeline log: {l}")?;
-    }
+    // `r.logs` (stderr tails) are in the objects' messages above; `--output json` has both.
     for w in &r.warnings {
         writeln!(out, "warning: {w}")?;
     }
@@ -270,6 +279,12 @@ pub fn status_cmd(a: &StatusArgs, out: &mut dyn Write) -> i32 {
         return 2;
     }
     0
+}
+
+/// The first line of a status message: the status table keeps one row per object (the whole
+/// message is in `--output json|yaml`).
+fn first_line(message: &str) -> &str {
+    message.lines().next().unwrap_or_default()
 }
 
 /// Status rows of a state: Promises first, then requests, by key.
@@ -371,7 +386,7 @@ pub fn write_rows(
                         dests.join(",")
                     },
                     commit,
-                    r.status.message
+                    first_line(&r.status.message)
                 )?;
             }
             Ok(())

@@ -259,9 +259,11 @@ fn assert_names_the_failed_request(e: &Value) {
     assert_eq!(f["container"], "render", "{e}");
     let error = f["error"].as_str().unwrap();
     assert!(
-        error.contains("exit code 3") && error.contains("size \"huge\" is not allowed"),
+        error.contains("exit code 3") && !error.contains('\n'),
         "{e}"
     );
+    let tail = f["stderr_tail"].as_str().unwrap();
+    assert!(tail.contains("size \"huge\" is not allowed"), "{e}");
 }
 
 /// At every level, `--log-format json` writes one JSON object per line with no duplicate

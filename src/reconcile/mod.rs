@@ -809,12 +809,22 @@ impl Engine {
         let mut in_use: BTreeSet<String> = dests.iter().map(|d| d.store.clone()).collect();
         in_use.extend(sets.keys().cloned());
         let mut store_results: BTreeMap<String, Result<Option<String>, String>> = BTreeMap::new();
+        // A directory config: its Git HEAD (`+dirty`) or its path, for the commit message.
+        let mut dir_config: Option<(Option<String>, Option<String>)> = None;
         for store_key in in_use {
             let mut set = sets.remove(&store_key).unwrap_or_default();
+            let (config_commit, config_label) = match &cfg.commit {
+                Some(c) => (Some(c.clone()), None),
+                None if set.writes.is_empty() && set.removals.is_empty() => (None, None),
+                None => dir_config
+                    .get_or_insert_with(|| directory_identity(config_root))
+                    .clone(),
+            };
             set.meta = CommitMeta {
-                config_commit: cfg.commit.clone(),
+                config_commit,
                 subject_template: self.settings.git.commit_subject.clone(),
                 note: None,
+                config_label,
             };
             set.writes.sort_by(|a, b| a.owner.key.cmp(&b.owner.key));
             set.removals.sort();
@@ -1859,6 +1869,50 @@ pub fn request_key(promise: &str, namespace: &str, name: &str) -> String {
     format!("{promise}/{namespace}/{name}")
 }
 
+/// What a directory config is, for the commit message: `(Some(<HEAD sha>[+dirty]), None)` when
+/// it is inside a Git work tree (`+dirty` when `git status` shows changes under it, untracked
+/// files included), else `(None, Some("directory <path>"))`. One `git status` spawn; only
+/// called when a commit is about to be made.
+fn directory_identity(dir: &Path) -> (Option<String>, Option<String>) {
+    let label = || (None, Some(format!("directory {}", dir.display())));
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "status",
+            "--porcelain=v2",
+            "--branch",
+            "--untracked-files=normal",
+            "--",
+            ".",
+        ])
+        .stderr(std::process::Stdio::null())
+        .output();
+    let Ok(out) = out else {
+        return label();
+    };
+    if !out.status.success() {
+        return label();
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(oid) = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# branch.oid "))
+        .filter(|o| o.len() >= 40 && o.bytes().all(|b| b.is_ascii_hexdigit()))
+    else {
+        return label(); // no commit yet
+    };
+    let dirty = text.lines().any(|l| !l.starts_with('#'));
+    (
+        Some(if dirty {
+            format!("{oid}+dirty")
+        } else {
+            oid.to_string()
+        }),
+        None,
+    )
+}
+
 /// How long a finished workflow's result may wait before it is journalled in the middle of a
 /// pass (one `fdatasync` per interval at most, whatever the number of results).
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
@@ -2383,16 +2437,23 @@ async fn run_job(runner: &RunnerConfig, job: &Job) -> WorkflowResult {
         tracing::debug!("workflow started");
         let result = pipeline::run_workflow(runner, &input).await;
         match failed_step(&result) {
-            Some((pipeline, container, e)) => tracing::warn!(
-                promise,
-                namespace,
-                object_name,
-                workflow = workflow.as_str(),
-                pipeline,
-                container,
-                error = %e,
-                "workflow failed"
-            ),
+            Some((pipeline, container, e)) => {
+                // One line for the error; the stderr tail in its own field (the report and
+                // the status show it under the object).
+                let e = e.to_string();
+                let (first, tail) = e.split_once('\n').unwrap_or((&e, ""));
+                tracing::warn!(
+                    promise,
+                    namespace,
+                    object_name,
+                    workflow = workflow.as_str(),
+                    pipeline,
+                    container,
+                    error = first,
+                    stderr_tail = tail,
+                    "workflow failed"
+                );
+            }
             None => tracing::debug!(pipelines = result.pipelines.len(), "workflow finished"),
         }
         result

@@ -168,6 +168,10 @@ pub struct CommitMeta {
     pub subject_template: Option<String>,
     /// Extra free text appended to the body before the trailers.
     pub note: Option<String>,
+    /// What the config was when there is no `config_commit` (a plain directory, e.g.
+    /// `directory /srv/platform`): `{config}` and `{config_short}` in the subject. `None`:
+    /// `unknown`.
+    pub config_label: Option<String>,
 }
 
 /// One atomic unit of change across any number of placements and destinations.

@@ -22,8 +22,21 @@ pub const DEFAULT_SUBJECT: &str =
 
 /// Render the full commit message for `plan`.
 pub fn render(meta: &CommitMeta, plan: &Plan<'_>) -> String {
-    let config = meta.config_commit.as_deref().unwrap_or("unknown");
-    let config_short: String = config.chars().take(7).collect();
+    let (config, config_short) = match (&meta.config_commit, &meta.config_label) {
+        // `<sha>` or `<sha>+dirty` (a directory that is a Git work tree with local changes).
+        (Some(c), _) => {
+            let (sha, dirty) = c.split_once('+').map_or((c.as_str(), ""), |(s, d)| (s, d));
+            let short: String = sha.chars().take(7).collect();
+            let short = if dirty.is_empty() {
+                short
+            } else {
+                format!("{short}+{dirty}")
+            };
+            (c.as_str(), short)
+        }
+        (None, Some(label)) => (label.as_str(), label.clone()),
+        (None, None) => ("unknown", "unknown".to_string()),
+    };
     let restored = plan.drift.len();
     let subject = meta
         .subject_template
@@ -144,5 +157,28 @@ mod tests {
             ..meta
         };
         assert!(render(&custom, &plan).starts_with("deploy 1a2b3c4d5e: 1 placements\n"));
+        let dirty = CommitMeta {
+            config_commit: Some("1a2b3c4d5e+dirty".into()),
+            ..Default::default()
+        };
+        let m = render(&dirty, &plan);
+        assert!(
+            m.starts_with("promised: 3 updated, 1 deleted (config 1a2b3c4+dirty)\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("Promised-Config-Commit: 1a2b3c4d5e+dirty\n"),
+            "{m}"
+        );
+        let dir = CommitMeta {
+            config_label: Some("directory /srv/platform".into()),
+            ..Default::default()
+        };
+        let m = render(&dir, &plan);
+        assert!(
+            m.starts_with("promised: 3 updated, 1 deleted (config directory /srv/platform)\n"),
+            "{m}"
+        );
+        assert!(!m.contains("Promised-Config-Commit"), "{m}");
     }
 }
