@@ -420,6 +420,7 @@ fn names_the_git_writer_refuses_fail_only_their_request() {
         "sub/GIT~1/config",
         "sub/.g\u{200c}it/config",
         "sub/a\\b.yaml",
+        "sub/tab\there.yaml",
     ];
     for (i, p) in refused.iter().enumerate() {
         files_request(&config, &format!("bad-{i}"), &["app.yaml", p]);

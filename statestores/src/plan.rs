@@ -117,6 +117,11 @@ pub fn validate_relative_path(path: &str) -> Result<(), Error> {
     if path.contains('\0') || path.contains('\\') {
         return bad("contains NUL or backslash");
     }
+    if path.chars().any(char::is_control) {
+        // Git stores them, but Argo CD, Flux and every shell script that lists the files
+        // break on a newline or tab in a name.
+        return bad("contains a control character (newline, tab, …)");
+    }
     for seg in path.split('/') {
         if seg.is_empty() || seg == "." || seg == ".." {
             return bad("empty, `.` or `..` segment");
@@ -610,6 +615,9 @@ mod tests {
             "a/.g\u{200c}it/config",
             "a\\b",
             "a\0b",
+            "a/new\nline.yaml",
+            "a/tab\there.yaml",
+            "a/esc\u{1b}[0m.yaml",
         ] {
             assert!(validate_path(bad).is_err(), "{bad}");
         }
