@@ -59,6 +59,8 @@ pub enum Code {
     DuplicatePipelineName,
     /// A `requiredPromises` entry names a Promise that is not in the repo.
     MissingRequiredPromise,
+    /// Promises whose `requiredPromises` form a cycle (none could ever become available).
+    RequiredPromiseCycle,
     /// A resource request whose apiVersion/kind no Promise serves.
     UnservedKind,
     /// A resource request that fails its Promise's schema.

@@ -556,6 +556,37 @@ pub fn validate_with(objects: Objects, cache: &mut Admissions) -> ValidConfig {
         .filter(|(i, _)| !drop_idx.contains(i))
         .map(|(_, p)| p)
         .collect();
+    // `requiredPromises` cycles: a Promise waits for one that waits for it, so neither ever
+    // becomes available and their requests would stay Pending forever. Every Promise on a
+    // cycle is rejected, naming the chain.
+    let cycles = required_promise_cycles(&valid_promises);
+    let valid_promises: Vec<ValidPromise> = valid_promises
+        .into_iter()
+        .filter_map(|p| {
+            let Some(chain) = cycles.get(p.name()) else {
+                return Some(p);
+            };
+            let d = p.promise.origin.diag(
+                Code::RequiredPromiseCycle,
+                Some(&p.promise.id),
+                "spec.requiredPromises",
+                format!(
+                    "requiredPromises form a cycle: {chain}; none of them can become available"
+                ),
+            );
+            if let Some(api) = &p.api {
+                rejected_apis.push((api.group.clone(), api.kind.clone(), p.name().to_string()));
+            }
+            rejected.push(Rejected {
+                origin: p.promise.origin.clone(),
+                id: p.promise.id.clone(),
+                reasons: vec![d.message.clone()],
+                promise: None,
+            });
+            diagnostics.push(d);
+            None
+        })
+        .collect();
 
     // Requests: served by which Promise? A kind served by a Promise that was rejected is
     // reported as such, not as "unserved".
@@ -1034,6 +1065,20 @@ fn check_promise(p: &Located<Promise>, all: &BTreeSet<String>) -> PromiseCheck {
         }
     }
 
+    let resource = &p.object.spec.workflows.resource;
+    if p.object.spec.api.is_none() && !(resource.configure.is_empty() && resource.delete.is_empty())
+    {
+        warns.push(
+            o.diag(
+                Code::InvalidApi,
+                id,
+                "spec.workflows.resource",
+                "the Promise has resource workflows but no spec.api: no resource request can be made, so they never run",
+            )
+            .warning(),
+        );
+    }
+
     // The API.
     let mut api = None;
     let mut schema = None;
@@ -1072,6 +1117,51 @@ fn check_promise(p: &Located<Promise>, all: &BTreeSet<String>) -> PromiseCheck {
         }
     }
     (errs, warns, api, schema)
+}
+
+/// Promises on a `requiredPromises` cycle (among `promises`), each with its chain
+/// (`a → b → a`, starting at itself). Requirements on Promises outside `promises` are not
+/// edges (a missing Promise is a warning of its own).
+fn required_promise_cycles(promises: &[ValidPromise]) -> BTreeMap<String, String> {
+    let edges: BTreeMap<&str, Vec<&str>> = promises
+        .iter()
+        .map(|p| {
+            (
+                p.name(),
+                p.promise
+                    .object
+                    .spec
+                    .required_promises
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect(),
+            )
+        })
+        .collect();
+    let mut out = BTreeMap::new();
+    for &start in edges.keys() {
+        // Depth-first search for a path back to `start`.
+        let mut stack: Vec<(&str, usize)> = vec![(start, 0)];
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        while let Some((node, i)) = stack.last().copied() {
+            let next = edges.get(node).and_then(|e| e.get(i)).copied();
+            let Some(next) = next else {
+                stack.pop();
+                continue;
+            };
+            stack.last_mut().expect("non-empty").1 += 1;
+            if next == start {
+                let mut chain: Vec<&str> = stack.iter().map(|(n, _)| *n).collect();
+                chain.push(start);
+                out.insert(start.to_string(), chain.join(" → "));
+                break;
+            }
+            if edges.contains_key(next) && seen.insert(next) {
+                stack.push((next, 0));
+            }
+        }
+    }
+    out
 }
 
 fn storage_index(api: &Value) -> usize {
