@@ -155,7 +155,41 @@ fn parse_file(f: &RawFile) -> Parsed {
 /// merge keys, duplicate keys rejected). Empty documents are dropped. The error is one line:
 /// `invalid YAML at line L column C: <reason>`.
 pub fn parse_yaml_stream(text: &str) -> Result<Vec<Value>, String> {
-    serde_saphyr::from_multiple::<Value>(text).map_err(|e| yaml_error_line(&e))
+    let docs = serde_saphyr::from_multiple::<Value>(text).map_err(|e| yaml_error_line(&e))?;
+    if text.contains('!') {
+        refuse_tags(text)?;
+    }
+    Ok(docs)
+}
+
+/// Refuses YAML tags other than the core schema's (`!!str`, `!!int`, …) and the YAML 1.1 types
+/// Kubernetes reads (`!!binary`, `!!timestamp`, `!!merge`): serde-saphyr would drop a tag such
+/// as `!!python/object:os.system` or `!Ref` silently and keep the bare value, which is not what
+/// the author meant. Error: `invalid YAML at line L column C: tag … is not allowed …`.
+fn refuse_tags(text: &str) -> Result<(), String> {
+    for item in granit_parser::Parser::new_from_str(text) {
+        let Ok((event, span)) = item else {
+            return Ok(()); // serde-saphyr parsed it; nothing more to say
+        };
+        let Some(tag) = event.tag() else {
+            continue;
+        };
+        let yaml11 = tag.handle() == "tag:yaml.org,2002:"
+            && matches!(tag.suffix(), "binary" | "timestamp" | "merge");
+        if !tag.is_yaml_core_schema() && !yaml11 {
+            let written = if tag.handle() == "tag:yaml.org,2002:" {
+                format!("!!{}", tag.suffix())
+            } else {
+                format!("{}{}", tag.handle(), tag.suffix())
+            };
+            return Err(format!(
+                "invalid YAML at line {} column {}: tag {written} is not allowed (Kratix and Kubernetes YAML has no custom tags)",
+                span.start.line(),
+                span.start.col() + 1
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Turns a serde-saphyr error (which may carry a multi-line source snippet) into one line.
