@@ -456,3 +456,131 @@ fn names_the_git_writer_refuses_fail_only_their_request() {
         );
     }
 }
+
+/// Sets the `filepath.mode` of Destination `dest` (`dev` or `prod`) in the quickstart config.
+fn set_mode(config: &std::path::Path, dest: &str, mode: &str) {
+    let d = config.join("platform/destinations.yaml");
+    let text = std::fs::read_to_string(&d).unwrap();
+    let path = format!("  path: clusters/{dest}\n");
+    assert!(text.contains(&path), "{text}");
+    std::fs::write(
+        &d,
+        text.replacen(&path, &format!("{path}  filepath:\n    mode: {mode}\n"), 1),
+    )
+    .unwrap();
+}
+
+/// Three requests whose pipelines all write `configmap.yaml` to one `aggregatedYAML`
+/// Destination: one pass puts all three in the aggregate (Kratix: every WorkPlacement on the
+/// Destination), in the documented order, and the next pass changes nothing.
+#[test]
+fn aggregated_yaml_takes_every_request_of_one_pass() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let (_tmp, config, state) = setup();
+    set_mode(&config, "dev", "aggregatedYAML");
+    add_files_promise(&config, "dev");
+    for name in ["c", "a", "b"] {
+        files_request(&config, name, &["configmap.yaml"]);
+    }
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    for name in ["a", "b", "c"] {
+        let r = status(&state, &format!("files/default/{name}"));
+        assert_eq!(condition(&r, "Reconciled")["status"], "True", "{r}");
+        assert_eq!(
+            r["status"]["destinations"][0]["path"], "clusters/dev/aggregated.yaml",
+            "{r}"
+        );
+    }
+    let store = state.join("quickstart-state.git");
+    let agg = git(&store, &["show", "main:clusters/dev/aggregated.yaml"]);
+    let docs = promised::config::parse_yaml_stream(&agg).unwrap();
+    let names: Vec<(&str, &str)> = docs
+        .iter()
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap_or_default(),
+                d["metadata"]["name"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let configmaps: Vec<&str> = names
+        .iter()
+        .filter(|(k, _)| *k == "ConfigMap")
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(configmaps, ["a", "b", "c"], "{agg}");
+    // Documented order: Promise-level work first, then requests by Promise (files <
+    // namespace < redis), namespace, name.
+    let pos = |kind: &str, name: &str| {
+        names
+            .iter()
+            .position(|x| *x == (kind, name))
+            .unwrap_or_else(|| panic!("{kind} {name} missing: {names:?}"))
+    };
+    assert!(
+        pos("Deployment", "redis-operator") < pos("ConfigMap", "a"),
+        "{names:?}"
+    );
+    assert!(
+        pos("ConfigMap", "c") < pos("Namespace", "team-a"),
+        "{names:?}"
+    );
+    assert!(
+        pos("Namespace", "team-a") < pos("RedisFailover", "example"),
+        "{names:?}"
+    );
+    assert_eq!(agg.matches("\n---\n").count(), docs.len() - 1, "{agg}");
+
+    let head = git(&store, &["rev-parse", "main"]);
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("0 pipelines run"), "{out}");
+    assert_eq!(
+        git(&store, &["rev-parse", "main"]),
+        head,
+        "no new commit: {out}"
+    );
+}
+
+/// mode `none`: two requests writing one path on one Destination is an error for the later
+/// one (by key), which keeps what it had; the earlier one owns the file, in every pass.
+#[test]
+fn none_mode_collision_fails_the_later_request() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let (_tmp, config, state) = setup();
+    set_mode(&config, "dev", "none");
+    add_files_promise(&config, "dev");
+    files_request(&config, "a", &["configmap.yaml", "only-a.yaml"]);
+    files_request(&config, "b", &["configmap.yaml", "only-b.yaml"]);
+    let store = state.join("quickstart-state.git");
+    for pass in 0..2 {
+        let (code, out, err) = reconcile(&config, &state);
+        assert_eq!(code, 1, "pass {pass}: {out}\n{err}");
+        let a = status(&state, "files/default/a");
+        assert_eq!(condition(&a, "Reconciled")["status"], "True", "{a}");
+        let b = status(&state, "files/default/b");
+        assert_eq!(
+            condition(&b, "WorksSucceeded")["reason"],
+            "WorksFailing",
+            "{b}"
+        );
+        let msg = b["status"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("clusters/dev/configmap.yaml is also written by placement dev/resources/default/files/a/"),
+            "pass {pass}: {msg}"
+        );
+        assert_eq!(b["status"]["destinations"], serde_json::json!([]), "{b}");
+        let cm = git(&store, &["show", "main:clusters/dev/configmap.yaml"]);
+        assert!(cm.contains("name: a"), "{cm}");
+        let files = git(&store, &["ls-tree", "-r", "--name-only", "main"]);
+        assert!(files.contains("clusters/dev/only-a.yaml"), "{files}");
+        assert!(!files.contains("only-b.yaml"), "{files}");
+    }
+}

@@ -718,7 +718,13 @@ impl Engine {
             } else {
                 Vec::new() // no Destination in mode `none`: nothing to collide
             };
-        detect_collisions(&mut desired, &self.state, &steady_none, &mut object_errors);
+        detect_collisions(
+            &mut desired,
+            &self.state,
+            &steady_none,
+            &dests,
+            &mut object_errors,
+        );
         // A path its state store refuses fails that object alone (it keeps what it placed
         // before), not the store's whole commit.
         check_store_paths(
@@ -1582,7 +1588,7 @@ impl Engine {
                 .flatten()
                 .filter(|p| p.destination == d.info.name)
                 .collect();
-            places.sort_by(|a, b| a.key.cmp(&b.key));
+            places.sort_by(|a, b| aggregate_order(&a.key).cmp(&aggregate_order(&b.key)));
             let mut docs = Vec::new();
             for p in &places {
                 let mut files = p.files.clone();
@@ -2496,13 +2502,18 @@ fn spawn_jobs(
 
 /// mode `none` writes every placement straight into the Destination directory; when two
 /// placements on one store claim the same path, the later one (by key) fails and keeps its
-/// previous placements.
+/// previous placements. `aggregatedYAML` placements take no part: their file names are only
+/// labels inside the Destination's one aggregate file, which holds them all (Kratix).
 fn detect_collisions(
     desired: &mut BTreeMap<String, Vec<PlacementRecord>>,
     state: &State,
     kept: &[&PlacementRecord],
+    dests: &[DestView],
     errors: &mut BTreeMap<String, String>,
 ) {
+    let writes_paths = |p: &PlacementRecord| {
+        dest_mode(dests, &p.destination) != Some(FilepathMode::AggregatedYaml)
+    };
     let mut claimed: BTreeMap<(String, String), String> = BTreeMap::new();
     for p in kept {
         for f in &p.files {
@@ -2513,7 +2524,7 @@ fn detect_collisions(
     for okey in keys {
         let places = &desired[&okey];
         let mut conflict = None;
-        for p in places {
+        for p in places.iter().filter(|p| writes_paths(p)) {
             for f in &p.files {
                 if let Some(other) = claimed.get(&(p.store.clone(), f.path.clone()))
                     && *other != p.key
@@ -2534,7 +2545,7 @@ fn detect_collisions(
                 desired.insert(okey, old);
             }
             None => {
-                for p in places {
+                for p in places.iter().filter(|p| writes_paths(p)) {
                     for f in &p.files {
                         claimed.insert((p.store.clone(), f.path.clone()), p.key.clone());
                     }
@@ -2583,6 +2594,33 @@ fn check_store_paths(
             .unwrap_or_default();
         desired.insert(okey, old);
     }
+}
+
+/// Where a placement goes in its `aggregatedYAML` Destination's file (README, "Where promised
+/// differs from Kratix"): Promise-level work (`dependencies/…`) before requests'
+/// (`resources/…`), then by Promise, namespace, request, pipeline and group, read from the
+/// placement key (`<destination>/dependencies/<promise>/<pipeline>/<id5>` or
+/// `<destination>/resources/<namespace>/<promise>/<request>/<pipeline>/<id5>`). Kratix orders
+/// by WorkPlacement name, which starts with the Promise name; there are no WorkPlacements here,
+/// and this order stays the same across passes.
+fn aggregate_order(key: &str) -> (u8, &str, &str, &str, &str) {
+    let rest = key.split_once('/').map_or(key, |(_, r)| r);
+    if let Some(r) = rest.strip_prefix("dependencies/") {
+        let (promise, tail) = r.split_once('/').unwrap_or((r, ""));
+        return (0, promise, "", "", tail);
+    }
+    let r = rest.strip_prefix("resources/").unwrap_or(rest);
+    let mut it = r.splitn(4, '/');
+    let namespace = it.next().unwrap_or_default();
+    let promise = it.next().unwrap_or_default();
+    let request = it.next().unwrap_or_default();
+    (
+        1,
+        promise,
+        namespace,
+        request,
+        it.next().unwrap_or_default(),
+    )
 }
 
 fn group_id_from_id5(id5: &str) -> String {
@@ -2673,4 +2711,35 @@ pub fn next_retry(state: &State, since: SystemTime) -> Option<Duration> {
         .filter(|t| *t >= since)
         .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
         .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::aggregate_order;
+
+    #[test]
+    fn aggregate_order_is_dependencies_then_promise_namespace_request() {
+        let mut keys = vec![
+            "dev/resources/b-ns/alpha/r1/configure/5058f",
+            "dev/resources/a-ns/zeta/r0/configure/5058f",
+            "dev/resources/a-ns/alpha/r2/configure/5058f",
+            "dev/dependencies/zeta/promise-configure/5058f",
+            "dev/resources/a-ns/alpha/r1/second/5058f",
+            "dev/resources/a-ns/alpha/r1/first/5058f",
+            "dev/dependencies/alpha/5058f",
+        ];
+        keys.sort_by(|a, b| aggregate_order(a).cmp(&aggregate_order(b)));
+        assert_eq!(
+            keys,
+            [
+                "dev/dependencies/alpha/5058f",
+                "dev/dependencies/zeta/promise-configure/5058f",
+                "dev/resources/a-ns/alpha/r1/first/5058f",
+                "dev/resources/a-ns/alpha/r1/second/5058f",
+                "dev/resources/a-ns/alpha/r2/configure/5058f",
+                "dev/resources/b-ns/alpha/r1/configure/5058f",
+                "dev/resources/a-ns/zeta/r0/configure/5058f",
+            ]
+        );
+    }
 }
