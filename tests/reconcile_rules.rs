@@ -584,3 +584,223 @@ fn none_mode_collision_fails_the_later_request() {
         assert!(!files.contains("only-b.yaml"), "{files}");
     }
 }
+
+/// The quickstart's `platform/destinations.yaml` without Destination `prod` (dev only).
+fn remove_prod(config: &std::path::Path) -> String {
+    let d = config.join("platform/destinations.yaml");
+    let text = std::fs::read_to_string(&d).unwrap();
+    let (dev, prod) = text.split_once("---\n").unwrap();
+    assert!(prod.contains("name: prod"), "{prod}");
+    std::fs::write(&d, dev).unwrap();
+    text
+}
+
+/// `git ls-tree -r main` lines (mode, blob id, path) whose path starts with one of `prefixes`.
+fn tree_under(store: &std::path::Path, prefixes: &[&str]) -> Vec<String> {
+    git(store, &["ls-tree", "-r", "main"])
+        .lines()
+        .filter(|l| {
+            let path = l.split_once('\t').map_or("", |(_, p)| p);
+            prefixes.iter().any(|p| path.starts_with(p))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// Kratix `cleanup: none` (the default): a removed Destination keeps every file (workloads,
+/// canaries, its ownership index), byte for byte; its requests stay placed there, reported
+/// misplaced, and are not moved. When it comes back, the files are its own again, unchanged.
+#[test]
+fn removing_a_destination_with_cleanup_none_keeps_every_file() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let (_tmp, config, state) = setup();
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let store = state.join("quickstart-state.git");
+    let prod = || tree_under(&store, &["clusters/prod/", ".promised/index/prod.json"]);
+    let before = prod();
+    for f in [
+        "clusters/prod/resources/default/namespace/team-b-prod/",
+        "clusters/prod/dependencies/kratix-canary-namespace.yaml",
+        "clusters/prod/resources/kratix-canary-configmap.yaml",
+        ".promised/index/prod.json",
+    ] {
+        assert!(before.iter().any(|l| l.contains(f)), "{f}: {before:#?}");
+    }
+
+    let destinations = remove_prod(&config);
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(prod(), before, "every file of prod stays as it was");
+    let b = status(&state, "namespace/default/team-b-prod");
+    assert_eq!(
+        condition(&b, "WorksSucceeded")["reason"],
+        "WorksMisplaced",
+        "{b}"
+    );
+    let landed = b["status"]["destinations"].as_array().unwrap();
+    assert_eq!(landed.len(), 1, "{b}");
+    assert_eq!(landed[0]["destination"], "prod");
+    assert_eq!(landed[0]["misplaced"], true);
+    let head = git(&store, &["rev-parse", "main"]);
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        git(&store, &["rev-parse", "main"]),
+        head,
+        "no change: {out}"
+    );
+
+    // prod comes back: its files are adopted as they are; nothing to commit.
+    std::fs::write(config.join("platform/destinations.yaml"), destinations).unwrap();
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("0 pipelines run"), "{out}");
+    assert_eq!(prod(), before);
+    assert_eq!(
+        git(&store, &["rev-parse", "main"]),
+        head,
+        "no change: {out}"
+    );
+    let b = status(&state, "namespace/default/team-b-prod");
+    assert_eq!(condition(&b, "WorksSucceeded")["status"], "True", "{b}");
+    assert_eq!(condition(&b, "Reconciled")["status"], "True", "{b}");
+    assert_eq!(b["status"]["destinations"][0]["destination"], "prod", "{b}");
+    assert_ne!(b["status"]["destinations"][0]["misplaced"], true, "{b}");
+}
+
+/// Kratix `cleanup: all`: a removed Destination loses everything promised wrote under its
+/// path (workloads, the aggregate file, canaries) and its ownership index; its requests are
+/// pending until another Destination matches. Other Destinations are untouched.
+#[test]
+fn removing_a_destination_with_cleanup_all_removes_everything_under_it() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let (_tmp, config, state) = setup();
+    set_mode(&config, "dev", "aggregatedYAML");
+    let d = config.join("platform/destinations.yaml");
+    let text = std::fs::read_to_string(&d).unwrap();
+    std::fs::write(
+        &d,
+        text.replace("  stateStoreRef:\n", "  cleanup: all\n  stateStoreRef:\n"),
+    )
+    .unwrap();
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let store = state.join("quickstart-state.git");
+    let dev = || tree_under(&store, &["clusters/dev/", ".promised/index/dev.json"]);
+    let dev_before = dev();
+    assert_eq!(dev_before.len(), 4, "{dev_before:#?}"); // aggregate, 2 canaries, index
+    assert_eq!(
+        tree_under(&store, &["clusters/prod/", ".promised/index/prod.json"]).len(),
+        4,
+        "team-b-prod, 2 canaries, index"
+    );
+
+    remove_prod(&config);
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let prod = tree_under(&store, &["clusters/prod", ".promised/index/prod.json"]);
+    assert!(prod.is_empty(), "{prod:#?}");
+    assert_eq!(dev(), dev_before, "dev is untouched");
+    let b = status(&state, "namespace/default/team-b-prod");
+    assert_eq!(
+        condition(&b, "WorksSucceeded")["reason"],
+        "WorksPending",
+        "{b}"
+    );
+    assert_eq!(b["status"]["destinations"], serde_json::json!([]), "{b}");
+
+    // The aggregatedYAML Destination goes too: nothing is left.
+    std::fs::write(
+        &d,
+        "apiVersion: platform.kratix.io/v1alpha1\nkind: GitStateStore\nmetadata:\n  name: unused\nspec:\n  url: unused.git\n",
+    )
+    .unwrap();
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let all = git(&store, &["ls-tree", "-r", "--name-only", "main"]);
+    assert_eq!(all, "", "{all}");
+    let head = git(&store, &["rev-parse", "main"]);
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        git(&store, &["rev-parse", "main"]),
+        head,
+        "no change: {out}"
+    );
+}
+
+/// After a `cleanup: none` removal: files deleted by hand together with the Destination's index
+/// file are let go (not restored); when the Destination comes back they are written again from
+/// the kept placements, no pipeline run. A request deleted while its Destination is gone has its
+/// files there pruned; the canaries and the index stay.
+#[test]
+fn a_removed_none_destination_lets_go_with_its_index_and_is_adopted_back() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let (tmp, config, state) = setup();
+    assert_eq!(reconcile(&config, &state).0, 0);
+    let store = state.join("quickstart-state.git");
+    let prod = || tree_under(&store, &["clusters/prod/", ".promised/index/prod.json"]);
+    let before = prod();
+    let destinations = remove_prod(&config);
+    assert_eq!(reconcile(&config, &state).0, 0);
+    assert_eq!(prod(), before);
+
+    // Someone removes prod's files and its index file.
+    let work = tmp.path().join("work");
+    git(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            store.to_str().unwrap(),
+            work.to_str().unwrap(),
+        ],
+    );
+    git(
+        &work,
+        &["rm", "-rq", "clusters/prod", ".promised/index/prod.json"],
+    );
+    git(&work, &["commit", "-qm", "let prod go"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(prod(), Vec::<String>::new(), "not restored: {out}");
+
+    // prod is back: written again from the kept placements.
+    std::fs::write(config.join("platform/destinations.yaml"), &destinations).unwrap();
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("0 pipelines run"), "{out}");
+    assert_eq!(prod(), before);
+
+    // Removed again, then team-b-prod is deleted: its files go, canaries and index stay.
+    remove_prod(&config);
+    assert_eq!(reconcile(&config, &state).0, 0);
+    let r = config.join("requests/namespaces.yaml");
+    let text = std::fs::read_to_string(&r).unwrap();
+    std::fs::write(&r, text.split("---\n").next().unwrap()).unwrap();
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let after: Vec<String> = prod()
+        .iter()
+        .map(|l| l.split_once('\t').unwrap().1.to_string())
+        .collect();
+    assert_eq!(
+        after,
+        [
+            ".promised/index/prod.json",
+            "clusters/prod/dependencies/kratix-canary-namespace.yaml",
+            "clusters/prod/resources/kratix-canary-configmap.yaml",
+        ]
+    );
+}

@@ -78,6 +78,13 @@ const ENGINE_VERSION: &str = "promised-engine-1";
 /// A canary write (`Ok`) or the owner key of canary files to remove (`Err`).
 type CanaryChange = Result<PlacementWrite, String>;
 
+/// Canary changes with their state store key.
+type CanaryChanges = Vec<(String, CanaryChange)>;
+
+/// `(name, state store key)` of a Destination with `cleanup: all` that left the config repo
+/// and whose files are being removed.
+type Retiring = (String, String);
+
 /// Errors that stop a whole pass (everything else is per-object status).
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -240,11 +247,30 @@ impl Engine {
         // Canary files (Destination records as they were before: a journal of finished work
         // in the middle of the pass must not say the canaries are written).
         let destinations_at_start = self.state.destinations.clone();
-        let canaries = self.canaries(cfg)?;
+        let promises_before = self.state.promises.clone();
+        let (mut canaries, retiring) = self.canaries(cfg)?;
+        for (name, store_key) in &retiring {
+            // `cleanup: all` removes everything the store's index lists for the Destination,
+            // also what no record knows of any more.
+            let Some((_, store)) = self.stores.get(store_key) else {
+                continue;
+            };
+            match store.owned("").await {
+                Ok(entries) => {
+                    let keys: BTreeSet<String> = entries
+                        .into_iter()
+                        .filter(|e| e.owner.destination == *name)
+                        .map(|e| e.owner.key)
+                        .collect();
+                    canaries.extend(keys.into_iter().map(|k| (store_key.clone(), Err(k))));
+                }
+                Err(e) => {
+                    tracing::warn!(destination = %name, store = %store_key, error = %e, "cannot read the ownership index to remove a Destination's files");
+                }
+            }
+        }
 
         // What the pass may change, to persist only that (`Dirty`).
-        let promises_before = self.state.promises.clone();
-        let destinations_before = self.state.destinations.clone();
         let commit_before = self.state.config_commit.clone();
         let requests_before = self.state.requests.len();
         // Requests skipped as steady, and the steady key each processed request earns when it
@@ -738,12 +764,30 @@ impl Engine {
         // One change set per store.
         let mut sets: BTreeMap<String, ChangeSet> = BTreeMap::new();
         let mut touched: BTreeMap<String, BTreeSet<String>> = BTreeMap::new(); // store -> object keys
+        // Destinations new in this pass, or back after they left with `cleanup: none`: every
+        // placement on them is written in full, so files left in place are adopted again (the
+        // store skips identical content) and missing ones are written.
+        let configured_stores = configured_stores(cfg);
+        let arrived: BTreeSet<&str> = dests
+            .iter()
+            .map(|d| d.info.name.as_str())
+            .filter(|n| !destinations_at_start.contains_key(*n))
+            .collect();
         for (okey, places) in &desired {
             let before = self
                 .record(okey)
                 .map(|r| r.placements.clone())
                 .unwrap_or_default();
-            let (changed, removed) = placement::diff(&before, places);
+            let (mut changed, removed) = placement::diff(&before, places);
+            if !arrived.is_empty() {
+                for pl in places {
+                    if arrived.contains(pl.destination.as_str())
+                        && !changed.iter().any(|c| c.key == pl.key)
+                    {
+                        changed.push(pl);
+                    }
+                }
+            }
             for pl in changed {
                 if dest_mode(&dests, &pl.destination) == Some(FilepathMode::AggregatedYaml) {
                     touched
@@ -779,6 +823,13 @@ impl Engine {
             }
             for key in removed {
                 if let Some(old) = before.iter().find(|p| p.key == key) {
+                    if dest_mode(&dests, &old.destination).is_none()
+                        && !configured_stores.contains(&old.store)
+                    {
+                        // Its Destination and its state store both left the config repo:
+                        // nothing can be pruned, the files stay (as with `cleanup: none`).
+                        continue;
+                    }
                     if dest_mode(&dests, &old.destination) != Some(FilepathMode::AggregatedYaml) {
                         sets.entry(old.store.clone())
                             .or_default()
@@ -856,6 +907,12 @@ impl Engine {
         for d in self.state.destinations.values_mut() {
             if matches!(store_results.get(&d.store), Some(Err(_)) | None) {
                 d.canary_hash.clear();
+            }
+        }
+        // A Destination removed with `cleanup: all` is forgotten once its files are gone.
+        for (name, store_key) in &retiring {
+            if matches!(store_results.get(store_key), Some(Ok(_))) {
+                self.state.destinations.remove(name);
             }
         }
 
@@ -943,7 +1000,7 @@ impl Engine {
         let infra_changed = infra != self.state.infra_documents;
         self.state.infra_documents = infra;
         let mut dirty = crate::state::Dirty {
-            globals: destinations_before != self.state.destinations
+            globals: destinations_at_start != self.state.destinations
                 || commit_before != self.state.config_commit
                 || infra_changed,
             ..Default::default()
@@ -1232,8 +1289,12 @@ impl Engine {
         }
     }
 
-    /// Canary writes (`Ok`) and removals (`Err(owner key)`) per store, and registration records.
-    fn canaries(&mut self, cfg: &ValidConfig) -> Result<Vec<(String, CanaryChange)>, EngineError> {
+    /// Canary writes (`Ok`) and removals (`Err(owner key)`) per store, and registration records;
+    /// and `(name, store)` of the Destinations with `cleanup: all` that left the config repo.
+    fn canaries(
+        &mut self,
+        cfg: &ValidConfig,
+    ) -> Result<(CanaryChanges, Vec<Retiring>), EngineError> {
         let mut out = Vec::new();
         let mut seen = BTreeSet::new();
         for d in &cfg.destinations {
@@ -1301,7 +1362,14 @@ impl Engine {
                 out.push((store_key, Err(k)));
             }
         }
-        // Destinations that left the config repo: `cleanup: all` removes everything placed there.
+        // Destinations that left the config repo (Kratix's `spec.cleanup`). `none`, the
+        // default: every file stays, canaries and ownership index included; the placements
+        // there stay too, misplaced and no longer written (`place_outputs`). `all`: everything
+        // promised wrote for it goes (its placements, aggregate file and canaries; the caller
+        // adds whatever else the store's index lists for it), and its placements are
+        // forgotten, so its requests are placed again. Its record stays until the store has
+        // committed that (`retiring`), so a failed write is retried on the next pass.
+        let configured = configured_stores(cfg);
         let gone: Vec<String> = self
             .state
             .destinations
@@ -1309,26 +1377,34 @@ impl Engine {
             .filter(|k| !seen.contains(*k))
             .cloned()
             .collect();
+        let mut retiring = Vec::new();
         for name in gone {
-            let rec = self.state.destinations.remove(&name).expect("listed above");
-            if rec.cleanup_all {
-                if let Some(k) = rec.canary_key {
-                    out.push((rec.store.clone(), Err(k)));
+            let rec = self.state.destinations[&name].clone();
+            if !rec.cleanup_all || !configured.contains(&rec.store) {
+                if rec.cleanup_all {
+                    tracing::warn!(destination = %name, store = %rec.store, "Destination with cleanup: all left the config repo with its state store: its files stay");
                 }
-                for obj in self
-                    .state
-                    .requests
-                    .values_mut()
-                    .chain(self.state.promises.values_mut())
-                {
-                    for p in obj.placements.iter().filter(|p| p.destination == name) {
-                        out.push((p.store.clone(), Err(p.key.clone())));
-                    }
-                    obj.placements.retain(|p| p.destination != name);
-                }
+                self.state.destinations.remove(&name);
+                continue;
             }
+            if let Some(k) = rec.canary_key {
+                out.push((rec.store.clone(), Err(k)));
+            }
+            out.push((rec.store.clone(), Err(format!("{name}/aggregated"))));
+            for obj in self
+                .state
+                .requests
+                .values_mut()
+                .chain(self.state.promises.values_mut())
+            {
+                for p in obj.placements.iter().filter(|p| p.destination == name) {
+                    out.push((p.store.clone(), Err(p.key.clone())));
+                }
+                obj.placements.retain(|p| p.destination != name);
+            }
+            retiring.push((name, rec.store));
         }
-        Ok(out)
+        Ok((out, retiring))
     }
 
     /// `spec.dependencies` as one output (`static/<promise>-dependencies.yaml`, pipeline "").
@@ -2156,6 +2232,19 @@ fn outputs_cached(dir: &StateDir, record: &ObjectRecord) -> bool {
 
 fn dest_mode(dests: &[DestView], name: &str) -> Option<FilepathMode> {
     dests.iter().find(|d| d.info.name == name).map(|d| d.mode)
+}
+
+/// `<kind>/<name>` of every state store in the config repo.
+fn configured_stores(cfg: &ValidConfig) -> BTreeSet<String> {
+    cfg.git_state_stores
+        .iter()
+        .map(|s| format!("GitStateStore/{}", s.id.name))
+        .chain(
+            cfg.bucket_state_stores
+                .iter()
+                .map(|s| format!("BucketStateStore/{}", s.id.name)),
+        )
+        .collect()
 }
 
 fn store_key_of(kind: &StateStoreKind, name: &str) -> Option<String> {

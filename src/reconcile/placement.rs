@@ -86,11 +86,30 @@ pub fn place_outputs(
         let paths: Vec<String> = out.files.iter().map(|f| f.path.clone()).collect();
         let groups = scheduler::workload_groups(&paths, &out.selectors, promise_selectors, source);
         for g in groups {
-            let before: Vec<String> = existing
+            let before: Vec<&PlacementRecord> = existing
                 .iter()
                 .filter(|p| p.pipeline == out.pipeline && p.group_id == g.id)
-                .map(|p| p.destination.clone())
                 .collect();
+            // A Destination that left the config repo with `cleanup: none` (`cleanup: all`
+            // ones are forgotten before placement): its placements stay as they were, marked
+            // misplaced, neither written nor pruned, and a request's group is not moved
+            // (Kratix keeps the WorkPlacement). Once the Destination is back, they are its
+            // placements again.
+            let mut kept_on_gone = false;
+            for p in before
+                .iter()
+                .filter(|p| !dests.iter().any(|d| d.info.name == p.destination))
+            {
+                placed.placements.push(PlacementRecord {
+                    misplaced: true,
+                    ..(*p).clone()
+                });
+                kept_on_gone = true;
+            }
+            if kept_on_gone && request.is_some() {
+                continue;
+            }
+            let before: Vec<String> = before.iter().map(|p| p.destination.clone()).collect();
             let decision = scheduler::place(&g, identity.as_deref(), &infos, &before);
             if decision.is_unscheduled() {
                 placed
