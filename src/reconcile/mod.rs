@@ -24,7 +24,8 @@
 //!   unchanged pass spawns no process and makes no commit.
 //! - Placement is recomputed from cached outputs on every pass, so a new Destination receives
 //!   dependencies and pending requests get placed without re-running pipelines. Placements are
-//!   sticky: a request never moves once placed (misplaced instead).
+//!   sticky: a request never moves once placed (misplaced instead), also when its Destination
+//!   left the config repo with `cleanup: none`; `cleanup: all` removes the Destination's files.
 //! - Failures are isolated: an invalid request, a failing pipeline, or an unwritable state store
 //!   marks the objects concerned Failed with the reason (an invalid request:
 //!   `Reconciled=False InvalidRequest`, `status.message: Invalid: …`); everything else still
