@@ -804,3 +804,37 @@ fn a_removed_none_destination_lets_go_with_its_index_and_is_adopted_back() {
         ]
     );
 }
+
+/// A Destination removed with `cleanup: none` that comes back with another `path` takes its
+/// placements there: the files move (written at the new path, pruned at the old one).
+#[test]
+fn a_removed_none_destination_back_with_another_path_moves_its_files() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let (_tmp, config, state) = setup();
+    assert_eq!(reconcile(&config, &state).0, 0);
+    let store = state.join("quickstart-state.git");
+    let destinations = remove_prod(&config);
+    assert_eq!(reconcile(&config, &state).0, 0);
+    std::fs::write(
+        config.join("platform/destinations.yaml"),
+        destinations.replace("path: clusters/prod", "path: clusters/prod-2"),
+    )
+    .unwrap();
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("0 pipelines run"), "{out}");
+    assert!(tree_under(&store, &["clusters/prod/"]).is_empty());
+    let moved = tree_under(&store, &["clusters/prod-2/"]);
+    assert!(
+        moved.iter().any(|l| l.contains(
+            "clusters/prod-2/resources/default/namespace/team-b-prod/instance-configure/5058f/"
+        )),
+        "{moved:#?}"
+    );
+    let b = status(&state, "namespace/default/team-b-prod");
+    assert_eq!(condition(&b, "Reconciled")["status"], "True", "{b}");
+    assert_ne!(b["status"]["destinations"][0]["misplaced"], true, "{b}");
+}
