@@ -457,3 +457,385 @@ fn names_the_git_writer_refuses_fail_only_their_request() {
         );
     }
 }
+
+/// Sets the `filepath.mode` of Destination `dest` (`dev` or `prod`) in the quickstart config.
+fn set_mode(config: &std::path::Path, dest: &str, mode: &str) {
+    let d = config.join("platform/destinations.yaml");
+    let text = std::fs::read_to_string(&d).unwrap();
+    let path = format!("  path: clusters/{dest}\n");
+    assert!(text.contains(&path), "{text}");
+    std::fs::write(
+        &d,
+        text.replacen(&path, &format!("{path}  filepath:\n    mode: {mode}\n"), 1),
+    )
+    .unwrap();
+}
+
+/// Three requests whose pipelines all write `configmap.yaml` to one `aggregatedYAML`
+/// Destination: one pass puts all three in the aggregate (Kratix: every WorkPlacement on the
+/// Destination), in the documented order, and the next pass changes nothing.
+#[test]
+fn aggregated_yaml_takes_every_request_of_one_pass() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let (_tmp, config, state) = setup();
+    set_mode(&config, "dev", "aggregatedYAML");
+    add_files_promise(&config, "dev");
+    for name in ["c", "a", "b"] {
+        files_request(&config, name, &["configmap.yaml"]);
+    }
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    for name in ["a", "b", "c"] {
+        let r = status(&state, &format!("files/default/{name}"));
+        assert_eq!(condition(&r, "Reconciled")["status"], "True", "{r}");
+        assert_eq!(
+            r["status"]["destinations"][0]["path"], "clusters/dev/aggregated.yaml",
+            "{r}"
+        );
+    }
+    let store = state.join("quickstart-state.git");
+    let agg = git(&store, &["show", "main:clusters/dev/aggregated.yaml"]);
+    let docs = promised::config::parse_yaml_stream(&agg).unwrap();
+    let names: Vec<(&str, &str)> = docs
+        .iter()
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap_or_default(),
+                d["metadata"]["name"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let configmaps: Vec<&str> = names
+        .iter()
+        .filter(|(k, _)| *k == "ConfigMap")
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(configmaps, ["a", "b", "c"], "{agg}");
+    // Documented order: Promise-level work first, then requests by Promise (files <
+    // namespace < redis), namespace, name.
+    let pos = |kind: &str, name: &str| {
+        names
+            .iter()
+            .position(|x| *x == (kind, name))
+            .unwrap_or_else(|| panic!("{kind} {name} missing: {names:?}"))
+    };
+    assert!(
+        pos("Deployment", "redis-operator") < pos("ConfigMap", "a"),
+        "{names:?}"
+    );
+    assert!(
+        pos("ConfigMap", "c") < pos("Namespace", "team-a"),
+        "{names:?}"
+    );
+    assert!(
+        pos("Namespace", "team-a") < pos("RedisFailover", "example"),
+        "{names:?}"
+    );
+    assert_eq!(agg.matches("\n---\n").count(), docs.len() - 1, "{agg}");
+
+    let head = git(&store, &["rev-parse", "main"]);
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("0 pipelines run"), "{out}");
+    assert_eq!(
+        git(&store, &["rev-parse", "main"]),
+        head,
+        "no new commit: {out}"
+    );
+}
+
+/// mode `none`: two requests writing one path on one Destination is an error for the later
+/// one (by key), which keeps what it had; the earlier one owns the file, in every pass.
+#[test]
+fn none_mode_collision_fails_the_later_request() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let (_tmp, config, state) = setup();
+    set_mode(&config, "dev", "none");
+    add_files_promise(&config, "dev");
+    files_request(&config, "a", &["configmap.yaml", "only-a.yaml"]);
+    files_request(&config, "b", &["configmap.yaml", "only-b.yaml"]);
+    let store = state.join("quickstart-state.git");
+    for pass in 0..2 {
+        let (code, out, err) = reconcile(&config, &state);
+        assert_eq!(code, 1, "pass {pass}: {out}\n{err}");
+        let a = status(&state, "files/default/a");
+        assert_eq!(condition(&a, "Reconciled")["status"], "True", "{a}");
+        let b = status(&state, "files/default/b");
+        assert_eq!(
+            condition(&b, "WorksSucceeded")["reason"],
+            "WorksFailing",
+            "{b}"
+        );
+        let msg = b["status"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("clusters/dev/configmap.yaml is also written by placement dev/resources/default/files/a/"),
+            "pass {pass}: {msg}"
+        );
+        assert_eq!(b["status"]["destinations"], serde_json::json!([]), "{b}");
+        let cm = git(&store, &["show", "main:clusters/dev/configmap.yaml"]);
+        assert!(cm.contains("name: a"), "{cm}");
+        let files = git(&store, &["ls-tree", "-r", "--name-only", "main"]);
+        assert!(files.contains("clusters/dev/only-a.yaml"), "{files}");
+        assert!(!files.contains("only-b.yaml"), "{files}");
+    }
+}
+
+/// The quickstart's `platform/destinations.yaml` without Destination `prod` (dev only).
+fn remove_prod(config: &std::path::Path) -> String {
+    let d = config.join("platform/destinations.yaml");
+    let text = std::fs::read_to_string(&d).unwrap();
+    let (dev, prod) = text.split_once("---\n").unwrap();
+    assert!(prod.contains("name: prod"), "{prod}");
+    std::fs::write(&d, dev).unwrap();
+    text
+}
+
+/// `git ls-tree -r main` lines (mode, blob id, path) whose path starts with one of `prefixes`.
+fn tree_under(store: &std::path::Path, prefixes: &[&str]) -> Vec<String> {
+    git(store, &["ls-tree", "-r", "main"])
+        .lines()
+        .filter(|l| {
+            let path = l.split_once('\t').map_or("", |(_, p)| p);
+            prefixes.iter().any(|p| path.starts_with(p))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// Kratix `cleanup: none` (the default): a removed Destination keeps every file (workloads,
+/// canaries, its ownership index), byte for byte; its requests stay placed there, reported
+/// misplaced, and are not moved. When it comes back, the files are its own again, unchanged.
+#[test]
+fn removing_a_destination_with_cleanup_none_keeps_every_file() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let (_tmp, config, state) = setup();
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let store = state.join("quickstart-state.git");
+    let prod = || tree_under(&store, &["clusters/prod/", ".promised/index/prod.json"]);
+    let before = prod();
+    for f in [
+        "clusters/prod/resources/default/namespace/team-b-prod/",
+        "clusters/prod/dependencies/kratix-canary-namespace.yaml",
+        "clusters/prod/resources/kratix-canary-configmap.yaml",
+        ".promised/index/prod.json",
+    ] {
+        assert!(before.iter().any(|l| l.contains(f)), "{f}: {before:#?}");
+    }
+
+    let destinations = remove_prod(&config);
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(prod(), before, "every file of prod stays as it was");
+    let b = status(&state, "namespace/default/team-b-prod");
+    assert_eq!(
+        condition(&b, "WorksSucceeded")["reason"],
+        "WorksMisplaced",
+        "{b}"
+    );
+    let landed = b["status"]["destinations"].as_array().unwrap();
+    assert_eq!(landed.len(), 1, "{b}");
+    assert_eq!(landed[0]["destination"], "prod");
+    assert_eq!(landed[0]["misplaced"], true);
+    let head = git(&store, &["rev-parse", "main"]);
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        git(&store, &["rev-parse", "main"]),
+        head,
+        "no change: {out}"
+    );
+
+    // prod comes back: its files are adopted as they are; nothing to commit.
+    std::fs::write(config.join("platform/destinations.yaml"), destinations).unwrap();
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("0 pipelines run"), "{out}");
+    assert_eq!(prod(), before);
+    assert_eq!(
+        git(&store, &["rev-parse", "main"]),
+        head,
+        "no change: {out}"
+    );
+    let b = status(&state, "namespace/default/team-b-prod");
+    assert_eq!(condition(&b, "WorksSucceeded")["status"], "True", "{b}");
+    assert_eq!(condition(&b, "Reconciled")["status"], "True", "{b}");
+    assert_eq!(b["status"]["destinations"][0]["destination"], "prod", "{b}");
+    assert_ne!(b["status"]["destinations"][0]["misplaced"], true, "{b}");
+}
+
+/// Kratix `cleanup: all`: a removed Destination loses everything promised wrote under its
+/// path (workloads, the aggregate file, canaries) and its ownership index; its requests are
+/// pending until another Destination matches. Other Destinations are untouched.
+#[test]
+fn removing_a_destination_with_cleanup_all_removes_everything_under_it() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let (_tmp, config, state) = setup();
+    set_mode(&config, "dev", "aggregatedYAML");
+    let d = config.join("platform/destinations.yaml");
+    let text = std::fs::read_to_string(&d).unwrap();
+    std::fs::write(
+        &d,
+        text.replace("  stateStoreRef:\n", "  cleanup: all\n  stateStoreRef:\n"),
+    )
+    .unwrap();
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let store = state.join("quickstart-state.git");
+    let dev = || tree_under(&store, &["clusters/dev/", ".promised/index/dev.json"]);
+    let dev_before = dev();
+    assert_eq!(dev_before.len(), 4, "{dev_before:#?}"); // aggregate, 2 canaries, index
+    assert_eq!(
+        tree_under(&store, &["clusters/prod/", ".promised/index/prod.json"]).len(),
+        4,
+        "team-b-prod, 2 canaries, index"
+    );
+
+    remove_prod(&config);
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let prod = tree_under(&store, &["clusters/prod", ".promised/index/prod.json"]);
+    assert!(prod.is_empty(), "{prod:#?}");
+    assert_eq!(dev(), dev_before, "dev is untouched");
+    let b = status(&state, "namespace/default/team-b-prod");
+    assert_eq!(
+        condition(&b, "WorksSucceeded")["reason"],
+        "WorksPending",
+        "{b}"
+    );
+    assert_eq!(b["status"]["destinations"], serde_json::json!([]), "{b}");
+
+    // The aggregatedYAML Destination goes too: nothing is left.
+    std::fs::write(
+        &d,
+        "apiVersion: platform.kratix.io/v1alpha1\nkind: GitStateStore\nmetadata:\n  name: unused\nspec:\n  url: unused.git\n",
+    )
+    .unwrap();
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let all = git(&store, &["ls-tree", "-r", "--name-only", "main"]);
+    assert_eq!(all, "", "{all}");
+    let head = git(&store, &["rev-parse", "main"]);
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        git(&store, &["rev-parse", "main"]),
+        head,
+        "no change: {out}"
+    );
+}
+
+/// After a `cleanup: none` removal: files deleted by hand together with the Destination's index
+/// file are let go (not restored); when the Destination comes back they are written again from
+/// the kept placements, no pipeline run. A request deleted while its Destination is gone has its
+/// files there pruned; the canaries and the index stay.
+#[test]
+fn a_removed_none_destination_lets_go_with_its_index_and_is_adopted_back() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let (tmp, config, state) = setup();
+    assert_eq!(reconcile(&config, &state).0, 0);
+    let store = state.join("quickstart-state.git");
+    let prod = || tree_under(&store, &["clusters/prod/", ".promised/index/prod.json"]);
+    let before = prod();
+    let destinations = remove_prod(&config);
+    assert_eq!(reconcile(&config, &state).0, 0);
+    assert_eq!(prod(), before);
+
+    // Someone removes prod's files and its index file.
+    let work = tmp.path().join("work");
+    git(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            store.to_str().unwrap(),
+            work.to_str().unwrap(),
+        ],
+    );
+    git(
+        &work,
+        &["rm", "-rq", "clusters/prod", ".promised/index/prod.json"],
+    );
+    git(&work, &["commit", "-qm", "let prod go"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(prod(), Vec::<String>::new(), "not restored: {out}");
+
+    // prod is back: written again from the kept placements.
+    std::fs::write(config.join("platform/destinations.yaml"), &destinations).unwrap();
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("0 pipelines run"), "{out}");
+    assert_eq!(prod(), before);
+
+    // Removed again, then team-b-prod is deleted: its files go, canaries and index stay.
+    remove_prod(&config);
+    assert_eq!(reconcile(&config, &state).0, 0);
+    let r = config.join("requests/namespaces.yaml");
+    let text = std::fs::read_to_string(&r).unwrap();
+    std::fs::write(&r, text.split("---\n").next().unwrap()).unwrap();
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let after: Vec<String> = prod()
+        .iter()
+        .map(|l| l.split_once('\t').unwrap().1.to_string())
+        .collect();
+    assert_eq!(
+        after,
+        [
+            ".promised/index/prod.json",
+            "clusters/prod/dependencies/kratix-canary-namespace.yaml",
+            "clusters/prod/resources/kratix-canary-configmap.yaml",
+        ]
+    );
+}
+
+/// A Destination removed with `cleanup: none` that comes back with another `path` takes its
+/// placements there: the files move (written at the new path, pruned at the old one).
+#[test]
+fn a_removed_none_destination_back_with_another_path_moves_its_files() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let (_tmp, config, state) = setup();
+    assert_eq!(reconcile(&config, &state).0, 0);
+    let store = state.join("quickstart-state.git");
+    let destinations = remove_prod(&config);
+    assert_eq!(reconcile(&config, &state).0, 0);
+    std::fs::write(
+        config.join("platform/destinations.yaml"),
+        destinations.replace("path: clusters/prod", "path: clusters/prod-2"),
+    )
+    .unwrap();
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("0 pipelines run"), "{out}");
+    assert!(tree_under(&store, &["clusters/prod/"]).is_empty());
+    let moved = tree_under(&store, &["clusters/prod-2/"]);
+    assert!(
+        moved.iter().any(|l| l.contains(
+            "clusters/prod-2/resources/default/namespace/team-b-prod/instance-configure/5058f/"
+        )),
+        "{moved:#?}"
+    );
+    let b = status(&state, "namespace/default/team-b-prod");
+    assert_eq!(condition(&b, "Reconciled")["status"], "True", "{b}");
+    assert_ne!(b["status"]["destinations"][0]["misplaced"], true, "{b}");
+}

@@ -115,10 +115,12 @@ pub enum FilepathMode {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Cleanup {
-    /// Files stay when the Destination goes.
+    /// Files stay when the Destination goes (workloads, canaries, ownership index); its
+    /// placements stay, misplaced.
     #[default]
     None,
-    /// Every file placed on the Destination is removed when it goes.
+    /// Every file promised wrote for the Destination is removed when it goes, its ownership
+    /// index included; its requests are placed again.
     All,
 }
 

@@ -24,7 +24,8 @@
 //!   unchanged pass spawns no process and makes no commit.
 //! - Placement is recomputed from cached outputs on every pass, so a new Destination receives
 //!   dependencies and pending requests get placed without re-running pipelines. Placements are
-//!   sticky: a request never moves once placed (misplaced instead).
+//!   sticky: a request never moves once placed (misplaced instead), also when its Destination
+//!   left the config repo with `cleanup: none`; `cleanup: all` removes the Destination's files.
 //! - Failures are isolated: an invalid request, a failing pipeline, or an unwritable state store
 //!   marks the objects concerned Failed with the reason (an invalid request:
 //!   `Reconciled=False InvalidRequest`, `status.message: Invalid: …`); everything else still
@@ -77,6 +78,13 @@ const ENGINE_VERSION: &str = "promised-engine-1";
 
 /// A canary write (`Ok`) or the owner key of canary files to remove (`Err`).
 type CanaryChange = Result<PlacementWrite, String>;
+
+/// Canary changes with their state store key.
+type CanaryChanges = Vec<(String, CanaryChange)>;
+
+/// `(name, state store key)` of a Destination with `cleanup: all` that left the config repo
+/// and whose files are being removed.
+type Retiring = (String, String);
 
 /// Errors that stop a whole pass (everything else is per-object status).
 #[derive(Debug, thiserror::Error)]
@@ -240,11 +248,30 @@ impl Engine {
         // Canary files (Destination records as they were before: a journal of finished work
         // in the middle of the pass must not say the canaries are written).
         let destinations_at_start = self.state.destinations.clone();
-        let canaries = self.canaries(cfg)?;
+        let promises_before = self.state.promises.clone();
+        let (mut canaries, retiring) = self.canaries(cfg)?;
+        for (name, store_key) in &retiring {
+            // `cleanup: all` removes everything the store's index lists for the Destination,
+            // also what no record knows of any more.
+            let Some((_, store)) = self.stores.get(store_key) else {
+                continue;
+            };
+            match store.owned("").await {
+                Ok(entries) => {
+                    let keys: BTreeSet<String> = entries
+                        .into_iter()
+                        .filter(|e| e.owner.destination == *name)
+                        .map(|e| e.owner.key)
+                        .collect();
+                    canaries.extend(keys.into_iter().map(|k| (store_key.clone(), Err(k))));
+                }
+                Err(e) => {
+                    tracing::warn!(destination = %name, store = %store_key, error = %e, "cannot read the ownership index to remove a Destination's files");
+                }
+            }
+        }
 
         // What the pass may change, to persist only that (`Dirty`).
-        let promises_before = self.state.promises.clone();
-        let destinations_before = self.state.destinations.clone();
         let commit_before = self.state.config_commit.clone();
         let requests_before = self.state.requests.len();
         // Requests skipped as steady, and the steady key each processed request earns when it
@@ -718,7 +745,13 @@ impl Engine {
             } else {
                 Vec::new() // no Destination in mode `none`: nothing to collide
             };
-        detect_collisions(&mut desired, &self.state, &steady_none, &mut object_errors);
+        detect_collisions(
+            &mut desired,
+            &self.state,
+            &steady_none,
+            &dests,
+            &mut object_errors,
+        );
         // A path its state store refuses fails that object alone (it keeps what it placed
         // before), not the store's whole commit.
         check_store_paths(
@@ -732,12 +765,30 @@ impl Engine {
         // One change set per store.
         let mut sets: BTreeMap<String, ChangeSet> = BTreeMap::new();
         let mut touched: BTreeMap<String, BTreeSet<String>> = BTreeMap::new(); // store -> object keys
+        // Destinations new in this pass, or back after they left with `cleanup: none`: every
+        // placement on them is written in full, so files left in place are adopted again (the
+        // store skips identical content) and missing ones are written.
+        let configured_stores = configured_stores(cfg);
+        let arrived: BTreeSet<&str> = dests
+            .iter()
+            .map(|d| d.info.name.as_str())
+            .filter(|n| !destinations_at_start.contains_key(*n))
+            .collect();
         for (okey, places) in &desired {
             let before = self
                 .record(okey)
                 .map(|r| r.placements.clone())
                 .unwrap_or_default();
-            let (changed, removed) = placement::diff(&before, places);
+            let (mut changed, removed) = placement::diff(&before, places);
+            if !arrived.is_empty() {
+                for pl in places {
+                    if arrived.contains(pl.destination.as_str())
+                        && !changed.iter().any(|c| c.key == pl.key)
+                    {
+                        changed.push(pl);
+                    }
+                }
+            }
             for pl in changed {
                 if dest_mode(&dests, &pl.destination) == Some(FilepathMode::AggregatedYaml) {
                     touched
@@ -773,6 +824,13 @@ impl Engine {
             }
             for key in removed {
                 if let Some(old) = before.iter().find(|p| p.key == key) {
+                    if dest_mode(&dests, &old.destination).is_none()
+                        && !configured_stores.contains(&old.store)
+                    {
+                        // Its Destination and its state store both left the config repo:
+                        // nothing can be pruned, the files stay (as with `cleanup: none`).
+                        continue;
+                    }
                     if dest_mode(&dests, &old.destination) != Some(FilepathMode::AggregatedYaml) {
                         sets.entry(old.store.clone())
                             .or_default()
@@ -862,6 +920,12 @@ impl Engine {
                 d.canary_hash.clear();
             }
         }
+        // A Destination removed with `cleanup: all` is forgotten once its files are gone.
+        for (name, store_key) in &retiring {
+            if matches!(store_results.get(store_key), Some(Ok(_))) {
+                self.state.destinations.remove(name);
+            }
+        }
 
         // Record what landed, and status.
         for (okey, places) in desired {
@@ -947,7 +1011,7 @@ impl Engine {
         let infra_changed = infra != self.state.infra_documents;
         self.state.infra_documents = infra;
         let mut dirty = crate::state::Dirty {
-            globals: destinations_before != self.state.destinations
+            globals: destinations_at_start != self.state.destinations
                 || commit_before != self.state.config_commit
                 || infra_changed,
             ..Default::default()
@@ -1238,8 +1302,12 @@ impl Engine {
         }
     }
 
-    /// Canary writes (`Ok`) and removals (`Err(owner key)`) per store, and registration records.
-    fn canaries(&mut self, cfg: &ValidConfig) -> Result<Vec<(String, CanaryChange)>, EngineError> {
+    /// Canary writes (`Ok`) and removals (`Err(owner key)`) per store, and registration records;
+    /// and `(name, store)` of the Destinations with `cleanup: all` that left the config repo.
+    fn canaries(
+        &mut self,
+        cfg: &ValidConfig,
+    ) -> Result<(CanaryChanges, Vec<Retiring>), EngineError> {
         let mut out = Vec::new();
         let mut seen = BTreeSet::new();
         for d in &cfg.destinations {
@@ -1307,7 +1375,14 @@ impl Engine {
                 out.push((store_key, Err(k)));
             }
         }
-        // Destinations that left the config repo: `cleanup: all` removes everything placed there.
+        // Destinations that left the config repo (Kratix's `spec.cleanup`). `none`, the
+        // default: every file stays, canaries and ownership index included; the placements
+        // there stay too, misplaced and no longer written (`place_outputs`). `all`: everything
+        // promised wrote for it goes (its placements, aggregate file and canaries; the caller
+        // adds whatever else the store's index lists for it), and its placements are
+        // forgotten, so its requests are placed again. Its record stays until the store has
+        // committed that (`retiring`), so a failed write is retried on the next pass.
+        let configured = configured_stores(cfg);
         let gone: Vec<String> = self
             .state
             .destinations
@@ -1315,26 +1390,34 @@ impl Engine {
             .filter(|k| !seen.contains(*k))
             .cloned()
             .collect();
+        let mut retiring = Vec::new();
         for name in gone {
-            let rec = self.state.destinations.remove(&name).expect("listed above");
-            if rec.cleanup_all {
-                if let Some(k) = rec.canary_key {
-                    out.push((rec.store.clone(), Err(k)));
+            let rec = self.state.destinations[&name].clone();
+            if !rec.cleanup_all || !configured.contains(&rec.store) {
+                if rec.cleanup_all {
+                    tracing::warn!(destination = %name, store = %rec.store, "Destination with cleanup: all left the config repo with its state store: its files stay");
                 }
-                for obj in self
-                    .state
-                    .requests
-                    .values_mut()
-                    .chain(self.state.promises.values_mut())
-                {
-                    for p in obj.placements.iter().filter(|p| p.destination == name) {
-                        out.push((p.store.clone(), Err(p.key.clone())));
-                    }
-                    obj.placements.retain(|p| p.destination != name);
-                }
+                self.state.destinations.remove(&name);
+                continue;
             }
+            if let Some(k) = rec.canary_key {
+                out.push((rec.store.clone(), Err(k)));
+            }
+            out.push((rec.store.clone(), Err(format!("{name}/aggregated"))));
+            for obj in self
+                .state
+                .requests
+                .values_mut()
+                .chain(self.state.promises.values_mut())
+            {
+                for p in obj.placements.iter().filter(|p| p.destination == name) {
+                    out.push((p.store.clone(), Err(p.key.clone())));
+                }
+                obj.placements.retain(|p| p.destination != name);
+            }
+            retiring.push((name, rec.store));
         }
-        Ok(out)
+        Ok((out, retiring))
     }
 
     /// `spec.dependencies` as one output (`static/<promise>-dependencies.yaml`, pipeline "").
@@ -1594,7 +1677,7 @@ impl Engine {
                 .flatten()
                 .filter(|p| p.destination == d.info.name)
                 .collect();
-            places.sort_by(|a, b| a.key.cmp(&b.key));
+            places.sort_by(|a, b| aggregate_order(&a.key).cmp(&aggregate_order(&b.key)));
             let mut docs = Vec::new();
             for p in &places {
                 let mut files = p.files.clone();
@@ -2208,6 +2291,19 @@ fn dest_mode(dests: &[DestView], name: &str) -> Option<FilepathMode> {
     dests.iter().find(|d| d.info.name == name).map(|d| d.mode)
 }
 
+/// `<kind>/<name>` of every state store in the config repo.
+fn configured_stores(cfg: &ValidConfig) -> BTreeSet<String> {
+    cfg.git_state_stores
+        .iter()
+        .map(|s| format!("GitStateStore/{}", s.id.name))
+        .chain(
+            cfg.bucket_state_stores
+                .iter()
+                .map(|s| format!("BucketStateStore/{}", s.id.name)),
+        )
+        .collect()
+}
+
 fn store_key_of(kind: &StateStoreKind, name: &str) -> Option<String> {
     Some(format!("{}/{name}", kind.as_str()))
 }
@@ -2559,13 +2655,18 @@ fn spawn_jobs(
 
 /// mode `none` writes every placement straight into the Destination directory; when two
 /// placements on one store claim the same path, the later one (by key) fails and keeps its
-/// previous placements.
+/// previous placements. `aggregatedYAML` placements take no part: their file names are only
+/// labels inside the Destination's one aggregate file, which holds them all (Kratix).
 fn detect_collisions(
     desired: &mut BTreeMap<String, Vec<PlacementRecord>>,
     state: &State,
     kept: &[&PlacementRecord],
+    dests: &[DestView],
     errors: &mut BTreeMap<String, String>,
 ) {
+    let writes_paths = |p: &PlacementRecord| {
+        dest_mode(dests, &p.destination) != Some(FilepathMode::AggregatedYaml)
+    };
     let mut claimed: BTreeMap<(String, String), String> = BTreeMap::new();
     for p in kept {
         for f in &p.files {
@@ -2576,7 +2677,7 @@ fn detect_collisions(
     for okey in keys {
         let places = &desired[&okey];
         let mut conflict = None;
-        for p in places {
+        for p in places.iter().filter(|p| writes_paths(p)) {
             for f in &p.files {
                 if let Some(other) = claimed.get(&(p.store.clone(), f.path.clone()))
                     && *other != p.key
@@ -2597,7 +2698,7 @@ fn detect_collisions(
                 desired.insert(okey, old);
             }
             None => {
-                for p in places {
+                for p in places.iter().filter(|p| writes_paths(p)) {
                     for f in &p.files {
                         claimed.insert((p.store.clone(), f.path.clone()), p.key.clone());
                     }
@@ -2646,6 +2747,33 @@ fn check_store_paths(
             .unwrap_or_default();
         desired.insert(okey, old);
     }
+}
+
+/// Where a placement goes in its `aggregatedYAML` Destination's file (README, "Where promised
+/// differs from Kratix"): Promise-level work (`dependencies/…`) before requests'
+/// (`resources/…`), then by Promise, namespace, request, pipeline and group, read from the
+/// placement key (`<destination>/dependencies/<promise>/<pipeline>/<id5>` or
+/// `<destination>/resources/<namespace>/<promise>/<request>/<pipeline>/<id5>`). Kratix orders
+/// by WorkPlacement name, which starts with the Promise name; there are no WorkPlacements here,
+/// and this order stays the same across passes.
+fn aggregate_order(key: &str) -> (u8, &str, &str, &str, &str) {
+    let rest = key.split_once('/').map_or(key, |(_, r)| r);
+    if let Some(r) = rest.strip_prefix("dependencies/") {
+        let (promise, tail) = r.split_once('/').unwrap_or((r, ""));
+        return (0, promise, "", "", tail);
+    }
+    let r = rest.strip_prefix("resources/").unwrap_or(rest);
+    let mut it = r.splitn(4, '/');
+    let namespace = it.next().unwrap_or_default();
+    let promise = it.next().unwrap_or_default();
+    let request = it.next().unwrap_or_default();
+    (
+        1,
+        promise,
+        namespace,
+        request,
+        it.next().unwrap_or_default(),
+    )
 }
 
 fn group_id_from_id5(id5: &str) -> String {
@@ -2736,4 +2864,35 @@ pub fn next_retry(state: &State, since: SystemTime) -> Option<Duration> {
         .filter(|t| *t >= since)
         .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
         .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::aggregate_order;
+
+    #[test]
+    fn aggregate_order_is_dependencies_then_promise_namespace_request() {
+        let mut keys = vec![
+            "dev/resources/b-ns/alpha/r1/configure/5058f",
+            "dev/resources/a-ns/zeta/r0/configure/5058f",
+            "dev/resources/a-ns/alpha/r2/configure/5058f",
+            "dev/dependencies/zeta/promise-configure/5058f",
+            "dev/resources/a-ns/alpha/r1/second/5058f",
+            "dev/resources/a-ns/alpha/r1/first/5058f",
+            "dev/dependencies/alpha/5058f",
+        ];
+        keys.sort_by(|a, b| aggregate_order(a).cmp(&aggregate_order(b)));
+        assert_eq!(
+            keys,
+            [
+                "dev/dependencies/alpha/5058f",
+                "dev/dependencies/zeta/promise-configure/5058f",
+                "dev/resources/a-ns/alpha/r1/first/5058f",
+                "dev/resources/a-ns/alpha/r1/second/5058f",
+                "dev/resources/a-ns/alpha/r2/configure/5058f",
+                "dev/resources/b-ns/alpha/r1/configure/5058f",
+                "dev/resources/a-ns/zeta/r0/configure/5058f",
+            ]
+        );
+    }
 }

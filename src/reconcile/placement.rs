@@ -86,16 +86,37 @@ pub fn place_outputs(
         let paths: Vec<String> = out.files.iter().map(|f| f.path.clone()).collect();
         let groups = scheduler::workload_groups(&paths, &out.selectors, promise_selectors, source);
         for g in groups {
-            let before: Vec<String> = existing
+            let before: Vec<&PlacementRecord> = existing
                 .iter()
                 .filter(|p| p.pipeline == out.pipeline && p.group_id == g.id)
-                .map(|p| p.destination.clone())
                 .collect();
+            // A Destination that left the config repo with `cleanup: none` (`cleanup: all`
+            // ones are forgotten before placement): its placements stay as they were, marked
+            // misplaced, neither written nor pruned, and a request's group is not moved
+            // (Kratix keeps the WorkPlacement). Once the Destination is back, they are its
+            // placements again.
+            let mut kept_on_gone = false;
+            for p in before
+                .iter()
+                .filter(|p| !dests.iter().any(|d| d.info.name == p.destination))
+            {
+                placed.placements.push(PlacementRecord {
+                    misplaced: true,
+                    ..(*p).clone()
+                });
+                kept_on_gone = true;
+            }
+            if kept_on_gone && request.is_some() {
+                continue;
+            }
+            let before: Vec<String> = before.iter().map(|p| p.destination.clone()).collect();
             let decision = scheduler::place(&g, identity.as_deref(), &infos, &before);
             if decision.is_unscheduled() {
-                placed
-                    .unscheduled
-                    .push((out.pipeline.clone(), g.directory.clone()));
+                if !kept_on_gone {
+                    placed
+                        .unscheduled
+                        .push((out.pipeline.clone(), g.directory.clone()));
+                }
                 continue;
             }
             let files: Vec<&FileRecord> = out
@@ -248,6 +269,75 @@ mod tests {
             p.placements[0].key,
             "bs/resources/default/kafka/k1/instance-configure/5cfaf"
         );
+    }
+
+    #[test]
+    fn placements_on_a_removed_destination_stay_misplaced() {
+        let out = OutputRecord {
+            pipeline: "p".into(),
+            files: vec![fr("a.yaml")],
+            selectors: vec![],
+        };
+        let both = vec![
+            dv("dev", "dev", FilepathMode::NestedByMetadata),
+            dv("dev2", "dev", FilepathMode::NestedByMetadata),
+        ];
+        let sel = [Selector {
+            match_labels: [("environment".to_string(), "dev".to_string())]
+                .into_iter()
+                .collect(),
+        }];
+        let req = Some(("default", "r1"));
+        let first = place_outputs("x", req, std::slice::from_ref(&out), &sel, &both, &[]);
+        let on = first.placements[0].destination.clone();
+        let rest: Vec<DestView> = both.iter().filter(|d| d.info.name != on).cloned().collect();
+        // The request's Destination left (cleanup: none): not moved to the other one.
+        let p = place_outputs(
+            "x",
+            req,
+            std::slice::from_ref(&out),
+            &sel,
+            &rest,
+            &first.placements,
+        );
+        assert!(p.unscheduled.is_empty());
+        assert_eq!(
+            p.placements,
+            vec![PlacementRecord {
+                misplaced: true,
+                ..first.placements[0].clone()
+            }]
+        );
+        // Promise-level work: kept on the removed one, placed on every matching one.
+        let deps = place_outputs("x", None, std::slice::from_ref(&out), &sel, &both, &[]);
+        assert_eq!(deps.placements.len(), 2);
+        let p = place_outputs(
+            "x",
+            None,
+            std::slice::from_ref(&out),
+            &sel,
+            &rest,
+            &deps.placements,
+        );
+        let got: Vec<(&str, bool)> = p
+            .placements
+            .iter()
+            .map(|x| (x.destination.as_str(), x.misplaced))
+            .collect();
+        let mut want = vec![(on.as_str(), true), (rest[0].info.name.as_str(), false)];
+        want.sort();
+        assert_eq!(got, want);
+        // Nothing matches any more: still not pending, the kept placement stands.
+        let p = place_outputs(
+            "x",
+            None,
+            std::slice::from_ref(&out),
+            &sel,
+            &[],
+            &deps.placements,
+        );
+        assert!(p.unscheduled.is_empty());
+        assert!(p.placements.iter().all(|x| x.misplaced));
     }
 
     #[test]
