@@ -39,6 +39,7 @@
 
 pub mod cmd;
 pub mod contract;
+pub mod env;
 pub mod metadata;
 pub mod output;
 pub mod rundir;
@@ -148,17 +149,25 @@ pub enum Error {
         /// Image reference.
         image: String,
     },
-    /// `env[].valueFrom` needs Kubernetes Secrets/ConfigMaps.
+    /// An `env[].valueFrom` that cannot be resolved: a config problem `validate` reports
+    /// (`config`), or a Secret/ConfigMap file missing on this host. Never holds a value.
     #[error(
-        "pipeline {pipeline:?} container {container:?}: env {variable:?} uses valueFrom, which the process runtime does not support"
+        "Promise {promise:?} pipeline {pipeline:?} container {container:?}: env {variable:?}: {reason}"
     )]
-    ValueFromUnsupported {
+    EnvValueFrom {
+        /// Promise name.
+        promise: String,
         /// Pipeline name.
         pipeline: String,
         /// Container name.
         container: String,
         /// Variable name.
         variable: String,
+        /// Why (names the Secret/ConfigMap and key, never a value).
+        reason: String,
+        /// A config problem (unsupported source, Secret not allowed for the Promise, source
+        /// not configured) rather than a missing file.
+        config: bool,
     },
     /// `envFrom` needs Kubernetes Secrets/ConfigMaps.
     #[error(
@@ -212,6 +221,19 @@ pub enum Error {
         /// The OS error.
         message: String,
     },
+}
+
+impl Error {
+    /// A problem of the Promise or daemon config that validation reports (`valueFrom` that
+    /// cannot be resolved by configuration, `envFrom`), found before the Pipeline's first
+    /// container started. A delete workflow is not blocked by one (see
+    /// `crate::reconcile`).
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            Error::EnvValueFrom { config: true, .. } | Error::EnvFromUnsupported { .. }
+        )
+    }
 }
 
 fn exit_text(code: Option<i32>, signal: Option<i32>) -> String {
@@ -344,6 +366,9 @@ pub struct RunnerConfig {
     /// is refused. [`crate::settings::Settings::runner`] lists the state directory, the
     /// secrets directory and the webhook secret file (default: none).
     pub hidden: Vec<sandbox::Hidden>,
+    /// Where `secretKeyRef` and `configMapKeyRef` read, and which Secrets each Promise may
+    /// read ([`env`]; default: none).
+    pub env_sources: env::EnvSources,
 }
 
 impl Default for RunnerConfig {
@@ -358,6 +383,7 @@ impl Default for RunnerConfig {
             image_overrides: BTreeMap::new(),
             work_dir: std::env::temp_dir().join("promised-runs"),
             hidden: Vec::new(),
+            env_sources: env::EnvSources::default(),
         }
     }
 }
@@ -381,6 +407,9 @@ pub struct WorkflowInput<'a> {
     pub object_yaml: String,
     /// Host folder of the Promise's `promise.yaml`, mounted read-only at `/promise`.
     pub promise_dir: Option<PathBuf>,
+    /// The Promise's `workflows.config.pipelineNamespace`: the pod namespace `fieldRef`
+    /// sees ([`env::PodMeta`]).
+    pub pipeline_namespace: Option<String>,
     /// The Pipelines of this workflow and action.
     pub pipelines: &'a [Pipeline],
     /// The object's current `status` (merged with each Pipeline's `status.yaml`, and shown to
@@ -406,6 +435,7 @@ impl<'a> WorkflowInput<'a> {
             },
             object_yaml: crate::validate::to_yaml(&p.promise.raw),
             promise_dir: None,
+            pipeline_namespace: pipeline_namespace(p),
             pipelines: match action {
                 Action::Configure => &wf.configure,
                 Action::Delete => &wf.delete,
@@ -438,6 +468,7 @@ impl<'a> WorkflowInput<'a> {
             },
             object_yaml: r.to_yaml(),
             promise_dir: None,
+            pipeline_namespace: pipeline_namespace(p),
             pipelines: match action {
                 Action::Configure => &wf.configure,
                 Action::Delete => &wf.delete,
@@ -450,6 +481,17 @@ impl<'a> WorkflowInput<'a> {
                 .unwrap_or_default(),
         }
     }
+}
+
+fn pipeline_namespace(p: &ValidPromise) -> Option<String> {
+    p.promise
+        .object
+        .spec
+        .workflows
+        .config
+        .as_ref()
+        .and_then(|c| c.pipeline_namespace.clone())
+        .filter(|n| !n.is_empty())
 }
 
 /// How one Pipeline ended.
@@ -659,10 +701,30 @@ async fn run_pipeline_inner(
         .get(NETWORK_ANNOTATION)
         .map(String::as_str)
         == Some("true");
+    // Every container's environment before the first starts: a variable that cannot be
+    // resolved fails the Pipeline before anything ran.
+    let pod = env::PodMeta::new(
+        input.workflow_type,
+        input.action,
+        &input.promise_name,
+        &input.object,
+        input.pipeline_namespace.as_deref(),
+        p,
+    );
+    let mut envs = Vec::with_capacity(p.spec.containers.len());
     for c in &p.spec.containers {
-        let over = cfg.image_overrides.get(&c.image);
         let mut env = base_env.clone();
-        env.extend(contract::container_env(pname, c)?);
+        env.extend(contract::container_env(
+            &input.promise_name,
+            pname,
+            c,
+            &pod,
+            &cfg.env_sources,
+        )?);
+        envs.push(env);
+    }
+    for (c, env) in p.spec.containers.iter().zip(envs) {
+        let over = cfg.image_overrides.get(&c.image);
         let command = match (&c.command, over) {
             (Some(cmd), _) if !cmd.is_empty() => cmd.clone(),
             (_, Some(o)) if !o.command.is_empty() => o.command.clone(),
@@ -704,7 +766,9 @@ async fn run_pipeline_inner(
                     runtime::Invocation {
                         program: cfg.bwrap.clone().into_os_string(),
                         args: sandbox::bwrap_args(layout, &spec),
-                        env: Vec::new(),
+                        // Through bwrap's own environment, which it passes on: values never
+                        // appear on a command line (`/proc/<pid>/cmdline` is world-readable).
+                        env: sandbox::bwrap_env(&spec),
                         cwd: None,
                         timeout: cfg.timeout,
                         log_cap: cfg.log_cap_bytes,
