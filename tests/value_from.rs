@@ -321,3 +321,45 @@ fn value_from_end_to_end_and_secrets_never_leak() {
     w.assert_no_secret("status", &status);
     w.assert_no_secret_in_state_dir();
 }
+
+/// `promised pipeline run --daemon-config` resolves `secretKeyRef` and `configMapKeyRef` from
+/// the daemon config's directories; without it the Secret is refused before the pipeline runs.
+#[test]
+fn pipeline_run_reads_the_daemon_config() {
+    let w = World::new();
+    let out_dir = w.state.join("out");
+    let base = [
+        "pipeline",
+        "run",
+        "--config",
+        w.config.to_str().unwrap(),
+        "--promise",
+        "app",
+        "--request-name",
+        "team-a/a",
+        "--sandbox",
+        "none",
+    ];
+    let mut args = base.to_vec();
+    args.extend([
+        "--daemon-config",
+        w.daemon_config.to_str().unwrap(),
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    let (code, out, err) = w.promised(&args);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let file = std::fs::read_to_string(out_dir.join("configure/app.yaml")).unwrap();
+    assert!(
+        file.contains("namespace: team-a") && file.contains("region: eu-west-1"),
+        "{file}"
+    );
+    w.assert_no_secret("pipeline run's report", &out);
+    w.assert_no_secret("pipeline run's stderr", &err);
+
+    let (code, out, err) = w.promised(&base);
+    assert_ne!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let all = format!("{out}{err}");
+    assert!(all.contains("pipelineSecrets.allow"), "{all}");
+    assert!(all.contains("DB_PASSWORD"), "{all}");
+}
