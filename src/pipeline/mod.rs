@@ -28,6 +28,9 @@
 //!   host command and extra mounts (e.g. `/tmp/transfer` → the image's assets). A container's
 //!   own `command` still wins (Kubernetes semantics: `command` replaces the entrypoint); a
 //!   container without `command` uses the override's. `args` are always the container's.
+//! - **`env[].valueFrom`:** `fieldRef` (the pod Kratix would run), `secretKeyRef` (allowed
+//!   pipeline Secrets) and `configMapKeyRef`, resolved for every container before the first
+//!   starts ([`env`]); bwrap gets the environment as its own, never on its command line.
 //! - **Network:** off, unless [`RunnerConfig::allow_network`], the matching override's
 //!   `network`, or the Pipeline annotation `promised.dev/network: "true"` allows it.
 //! - **`sandbox: none`** ([`SandboxMode::None`]): runs the command directly (own process group,
