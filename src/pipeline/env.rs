@@ -21,7 +21,7 @@
 //! may not read, or a source whose directory is not configured, is one too once the daemon
 //! config is known ([`check_access`], `crate::validate::check_pipeline_env`). The runner
 //! checks both again before a Pipeline's first container starts, so such a Pipeline never
-//! runs half-way ([`EnvError::config`]).
+//! runs half-way (`EnvError`'s `config` field).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -30,7 +30,7 @@
 //!   container without `command` uses the override's. `args` are always the container's.
 //! - **`env[].valueFrom`:** `fieldRef` (the pod Kratix would run), `secretKeyRef` (allowed
 //!   pipeline Secrets) and `configMapKeyRef`, resolved for every container before the first
-//!   starts ([`env`]); bwrap gets the environment as its own, never on its command line.
+//!   starts ([`mod@env`]); bwrap gets the environment as its own, never on its command line.
 //! - **Network:** off, unless [`RunnerConfig::allow_network`], the matching override's
 //!   `network`, or the Pipeline annotation `promised.dev/network: "true"` allows it.
 //! - **`sandbox: none`** ([`SandboxMode::None`]): runs the command directly (own process group,
@@ -370,7 +370,7 @@ pub struct RunnerConfig {
     /// secrets directory and the webhook secret file (default: none).
     pub hidden: Vec<sandbox::Hidden>,
     /// Where `secretKeyRef` and `configMapKeyRef` read, and which Secrets each Promise may
-    /// read ([`env`]; default: none).
+    /// read ([`mod@env`]; default: none).
     pub env_sources: env::EnvSources,
 }
 
