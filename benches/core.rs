@@ -1054,6 +1054,7 @@ fn container_cost(p: &Params, report: &mut Report) {
         },
         object_yaml: request_yaml(0, "small"),
         promise_dir: None,
+        pipeline_namespace: None,
         pipelines: &pipelines,
         existing_status: Default::default(),
     };

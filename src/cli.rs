@@ -267,6 +267,10 @@ pub struct ValidateArgs {
     /// Treat warnings as errors.
     #[arg(long)]
     pub deny_warnings: bool,
+    /// Also check what needs the daemon config (promised.yaml): the Secrets each Promise's
+    /// `env[].valueFrom` may read (`pipelineSecrets.allow`) and that each source is configured.
+    #[arg(long, value_name = "FILE")]
+    pub daemon_config: Option<PathBuf>,
 }
 
 /// Set once the binary has installed a JSON log subscriber (`--log-format json`).
@@ -381,13 +385,22 @@ struct RequestLine<'a> {
 }
 
 fn validate_cmd(a: &ValidateArgs, out: &mut dyn Write) -> i32 {
-    let cfg = match load_valid(&a.source) {
+    let mut cfg = match load_valid(&a.source) {
         Ok(c) => c,
         Err(e) => {
             eprint_error(e);
             return 2;
         }
     };
+    if let Some(file) = &a.daemon_config {
+        match crate::settings::Settings::load(Some(file), Default::default()) {
+            Ok(s) => validate::check_pipeline_env(&mut cfg, &s.env_sources()),
+            Err(e) => {
+                eprint_error(e);
+                return 2;
+            }
+        }
+    }
     let errors = cfg
         .diagnostics
         .iter()

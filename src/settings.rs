@@ -94,6 +94,29 @@ impl NetworkSettings {
     }
 }
 
+/// `pipelineSecrets`: Secrets pipelines read with `env[].valueFrom.secretKeyRef`, kept apart
+/// from the state stores' credentials (`secretsDir`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PipelineSecretsSettings {
+    /// `<dir>/<secret name>/<key>`: one file per key, its content the value. Must not be, hold
+    /// or lie inside `secretsDir`, `$CREDENTIALS_DIRECTORY`, the state directory or the webhook
+    /// secret file. Default: none.
+    pub dir: Option<PathBuf>,
+    /// Promise name → the Secrets (names under `dir`) its pipelines may read. A Promise
+    /// naming any other Secret is invalid. Default: none.
+    pub allow: BTreeMap<String, Vec<String>>,
+}
+
+/// `pipelineConfigMaps`: ConfigMaps pipelines read with `env[].valueFrom.configMapKeyRef`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PipelineConfigMapsSettings {
+    /// `<dir>/<config map name>/<key>`, readable by every Promise (so it must not hold or lie
+    /// in a secrets directory). Default: none.
+    pub dir: Option<PathBuf>,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -150,6 +173,10 @@ pub struct Settings {
     pub max_log_bytes: usize,
     /// Image reference → host command and mounts.
     pub image_overrides: BTreeMap<String, ImageOverride>,
+    /// Secrets for `env[].valueFrom.secretKeyRef`, and which Promise may read which.
+    pub pipeline_secrets: PipelineSecretsSettings,
+    /// ConfigMaps for `env[].valueFrom.configMapKeyRef`.
+    pub pipeline_config_maps: PipelineConfigMapsSettings,
     /// Config repo files read (globs). Default `**/*.yaml`, `**/*.yml`.
     pub include: Vec<String>,
     /// Config repo files skipped (globs), in addition to `.git/**`.
@@ -207,6 +234,8 @@ impl Default for Settings {
             max_output_bytes: 50 * 1024 * 1024,
             max_log_bytes: 1024 * 1024,
             image_overrides: BTreeMap::new(),
+            pipeline_secrets: PipelineSecretsSettings::default(),
+            pipeline_config_maps: PipelineConfigMapsSettings::default(),
             include: Vec::new(),
             exclude: Vec::new(),
             git: GitSettings::default(),
@@ -284,8 +313,80 @@ impl Settings {
                     }
                 }
             }
+            for d in [&mut s.pipeline_secrets.dir, &mut s.pipeline_config_maps.dir]
+                .into_iter()
+                .flatten()
+            {
+                if d.is_relative() {
+                    *d = base.join(&*d);
+                }
+            }
         }
+        s.check_pipeline_dirs()?;
         Ok(s)
+    }
+
+    /// Refuses a `pipelineSecrets.dir` or `pipelineConfigMaps.dir` that is, holds or lies in
+    /// what pipelines must never read (the state stores' secrets, the state directory, the
+    /// webhook secret), and a `pipelineConfigMaps.dir` that overlaps `pipelineSecrets.dir`
+    /// (every Promise may read ConfigMaps): a Promise author must not reach the state store
+    /// token by naming its Secret.
+    pub fn check_pipeline_dirs(&self) -> Result<(), SettingsError> {
+        let norm = |p: &Path| {
+            std::fs::canonicalize(p)
+                .or_else(|_| std::path::absolute(p))
+                .unwrap_or_else(|_| p.to_path_buf())
+        };
+        let overlaps = |a: &Path, b: &Path| {
+            let (a, b) = (norm(a), norm(b));
+            a.starts_with(&b) || b.starts_with(&a)
+        };
+        let secrets = self.pipeline_secrets.dir.as_deref();
+        let maps = self.pipeline_config_maps.dir.as_deref();
+        if secrets.is_none() && !self.pipeline_secrets.allow.is_empty() {
+            return Err(SettingsError(
+                "pipelineSecrets.allow is set but pipelineSecrets.dir is not".into(),
+            ));
+        }
+        for (key, dir) in [
+            ("pipelineSecrets.dir", secrets),
+            ("pipelineConfigMaps.dir", maps),
+        ] {
+            let Some(dir) = dir else { continue };
+            for private in self.hidden_paths_without_pipeline_secrets() {
+                if overlaps(dir, &private) {
+                    return Err(SettingsError(format!(
+                        "{key} {} overlaps {} (the state directory, the state stores' secrets or the webhook secret), which pipelines must never read; use a separate directory",
+                        dir.display(),
+                        private.display()
+                    )));
+                }
+            }
+        }
+        if let (Some(s), Some(m)) = (secrets, maps)
+            && overlaps(s, m)
+        {
+            return Err(SettingsError(format!(
+                "pipelineConfigMaps.dir {} overlaps pipelineSecrets.dir {}: every Promise may read ConfigMaps; use separate directories",
+                m.display(),
+                s.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Where `env[].valueFrom` reads ([`crate::pipeline::env::EnvSources`]).
+    pub fn env_sources(&self) -> crate::pipeline::env::EnvSources {
+        crate::pipeline::env::EnvSources {
+            secrets_dir: self.pipeline_secrets.dir.clone(),
+            secrets_allow: self
+                .pipeline_secrets
+                .allow
+                .iter()
+                .map(|(p, names)| (p.clone(), names.iter().cloned().collect()))
+                .collect(),
+            config_maps_dir: self.pipeline_config_maps.dir.clone(),
+        }
     }
 
     /// The config repo files read as config: `include` (default `**/*.yaml`, `**/*.yml`), and
@@ -344,14 +445,24 @@ impl Settings {
                 .iter()
                 .map(|p| crate::pipeline::sandbox::Hidden::of(p))
                 .collect(),
+            env_sources: self.env_sources(),
             ..crate::pipeline::RunnerConfig::default()
         }
     }
 
     /// What pipelines must never see, wherever it is: the state directory (state, cached
     /// outputs of every request, state store clones), the secrets directory (`secretsDir` and
-    /// `$CREDENTIALS_DIRECTORY`) and the webhook secret file.
+    /// `$CREDENTIALS_DIRECTORY`), the webhook secret file and `pipelineSecrets.dir` (pipelines
+    /// get the values they may read as environment variables, never the files).
     pub fn hidden_paths(&self) -> Vec<PathBuf> {
+        let mut out = self.hidden_paths_without_pipeline_secrets();
+        out.extend(self.pipeline_secrets.dir.clone());
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn hidden_paths_without_pipeline_secrets(&self) -> Vec<PathBuf> {
         let mut out = vec![self.state_dir.clone()];
         out.extend(self.secrets_dir.clone());
         out.extend(std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from));
@@ -508,6 +619,62 @@ mod tests {
             assert!(err.to_string().contains("configRepos"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn pipeline_secrets_are_kept_apart_from_the_state_store_secrets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("secrets");
+        let base = Settings {
+            state_dir: tmp.path().join("state"),
+            secrets_dir: Some(store.clone()),
+            ..Settings::default()
+        };
+        let with = |secrets: Option<PathBuf>, maps: Option<PathBuf>| {
+            let mut s = base.clone();
+            s.pipeline_secrets.dir = secrets;
+            s.pipeline_config_maps.dir = maps;
+            s.pipeline_secrets
+                .allow
+                .insert("app".into(), vec!["db".into()]);
+            s.check_pipeline_dirs()
+        };
+        let ok = tmp.path().join("pipeline-secrets");
+        with(Some(ok.clone()), Some(tmp.path().join("maps"))).unwrap();
+        // The same directory, one inside the other, or the state directory: refused.
+        for bad in [
+            store.clone(),
+            store.join("git-credentials"),
+            tmp.path().to_path_buf(),
+            tmp.path().join("state/x"),
+        ] {
+            let e = with(Some(bad.clone()), None).unwrap_err().to_string();
+            assert!(e.contains("pipelineSecrets.dir"), "{}: {e}", bad.display());
+            let e = with(Some(ok.clone()), Some(bad.clone()))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("pipelineConfigMaps.dir"),
+                "{}: {e}",
+                bad.display()
+            );
+        }
+        // Every Promise may read ConfigMaps: they may not overlap the pipeline secrets.
+        let e = with(Some(ok.clone()), Some(ok.join("x")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("overlaps pipelineSecrets.dir"), "{e}");
+        assert!(with(None, None).unwrap_err().to_string().contains("allow"));
+        // Pipelines never see the files, and get only what the allow list names.
+        let mut s = base.clone();
+        s.pipeline_secrets.dir = Some(ok.clone());
+        assert!(s.hidden_paths().contains(&ok));
+        s.pipeline_secrets
+            .allow
+            .insert("app".into(), vec!["db".into()]);
+        let sources = s.runner().env_sources;
+        assert_eq!(sources.secrets_dir, Some(ok));
+        assert!(sources.secrets_allow["app"].contains("db"));
     }
 
     #[test]

@@ -984,6 +984,7 @@ fn check_promise(p: &Located<Promise>, all: &BTreeSet<String>) -> PromiseCheck {
                             "required field is missing",
                         ));
                     }
+                    errs.extend(check_container_env(o, id, &at, ci, pname, c, None));
                 }
             }
             if action == "delete" && items.len() > 1 {
@@ -1445,4 +1446,142 @@ pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
         rest = &rest[unit_end..];
     }
     Ok(std::time::Duration::from_secs_f64(total))
+}
+
+/// The `env` of container `ci` of the Pipeline at `at` (a `spec.workflows…[i]` path):
+/// `envFrom` (needs Kubernetes objects) and every `valueFrom` the process runtime cannot
+/// resolve ([`crate::pipeline::env::check_shape`]); with `sources` (the daemon config), also
+/// Secrets the Promise may not read and sources that are not configured
+/// ([`crate::pipeline::env::check_access`]). Messages name the pipeline, container and
+/// variable; the diagnostic names the Promise.
+fn check_container_env(
+    o: &Origin,
+    id: Option<&ObjectRef>,
+    at: &str,
+    ci: usize,
+    pipeline: &str,
+    c: &crate::model::Container,
+    sources: Option<(&str, &crate::pipeline::env::EnvSources)>,
+) -> Vec<Diagnostic> {
+    use crate::pipeline::env;
+    let mut out = Vec::new();
+    let who = format!("pipeline {pipeline:?} container {:?}", c.name);
+    if c.env_from.is_some() && sources.is_none() {
+        out.push(o.diag(
+            Code::InvalidPipeline,
+            id,
+            format!("{at}.spec.containers[{ci}].envFrom"),
+            format!("{who}: envFrom needs Kubernetes Secrets and ConfigMaps, which the process runtime does not have; list the variables in env (valueFrom supports fieldRef, secretKeyRef and configMapKeyRef)"),
+        ));
+    }
+    for (ei, e) in c.env.iter().enumerate() {
+        if e.value_from.is_none() {
+            continue;
+        }
+        let check = match sources {
+            None => env::check_shape(e),
+            Some((promise, s)) => env::check_access(promise, e, s),
+        };
+        if let Err(m) = check {
+            out.push(o.diag(
+                Code::InvalidPipeline,
+                id,
+                format!("{at}.spec.containers[{ci}].env[{ei}].valueFrom"),
+                format!("{who} env {:?}: {m}", e.name),
+            ));
+        }
+    }
+    out
+}
+
+/// The checks of `env[].valueFrom` that need the daemon config: a `secretKeyRef` must name a
+/// Secret `pipelineSecrets.allow` lists for the Promise, and each source's directory must be
+/// configured. A Promise that fails is rejected like any invalid Promise (its configure
+/// workflows do not run and its requests are rejected with it; what it applied before is
+/// kept), with one diagnostic per variable. `validate` cannot do this (it has no daemon
+/// config); `promised reconcile`, `promised run` and `promised validate --daemon-config` call
+/// it right after.
+pub fn check_pipeline_env(cfg: &mut ValidConfig, sources: &crate::pipeline::env::EnvSources) {
+    let mut bad: BTreeMap<String, Vec<Diagnostic>> = BTreeMap::new();
+    for p in &cfg.promises {
+        let name = p.name().to_string();
+        let wf = &p.promise.object.spec.workflows;
+        for (ty, actions) in [("resource", &wf.resource), ("promise", &wf.promise)] {
+            for (action, list) in [
+                ("configure", &actions.configure),
+                ("delete", &actions.delete),
+            ] {
+                for (i, pl) in list.iter().enumerate() {
+                    let at = format!("spec.workflows.{ty}.{action}[{i}]");
+                    for (ci, c) in pl.spec.containers.iter().enumerate() {
+                        let errs = check_container_env(
+                            &p.promise.origin,
+                            Some(&p.promise.id),
+                            &at,
+                            ci,
+                            &pl.metadata.name,
+                            c,
+                            Some((&name, sources)),
+                        );
+                        if !errs.is_empty() {
+                            bad.entry(name.clone()).or_default().extend(errs);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if bad.is_empty() {
+        return;
+    }
+    let mut kept = Vec::with_capacity(cfg.promises.len());
+    for p in std::mem::take(&mut cfg.promises) {
+        let Some(errs) = bad.remove(p.name()) else {
+            kept.push(p);
+            continue;
+        };
+        cfg.rejected.push(Rejected {
+            origin: p.promise.origin.clone(),
+            id: p.promise.id.clone(),
+            reasons: errs.iter().map(|e| e.message.clone()).collect(),
+            promise: None,
+        });
+        cfg.diagnostics.extend(errs);
+        // Its requests go with it, worded as for any other invalid Promise.
+        let (gone, stay): (Vec<_>, Vec<_>) = std::mem::take(&mut cfg.requests)
+            .into_iter()
+            .partition(|r| r.promise == p.name());
+        cfg.requests = stay;
+        for r in gone {
+            let api_version = r
+                .object
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let d = r.origin.diag(
+                Code::UnservedKind,
+                Some(&r.id),
+                "kind",
+                format!(
+                    "{api_version} {} is served by Promise {}, which is invalid",
+                    r.id.kind,
+                    p.name()
+                ),
+            );
+            cfg.rejected.push(Rejected {
+                origin: r.origin.clone(),
+                id: r.id.clone(),
+                reasons: vec![d.message.clone()],
+                promise: Some(p.name().to_string()),
+            });
+            cfg.diagnostics.push(d);
+        }
+    }
+    cfg.promises = kept;
+    cfg.diagnostics.sort_by(|a, b| {
+        (&a.file, a.document, &a.field, &a.message)
+            .cmp(&(&b.file, b.document, &b.field, &b.message))
+    });
+    cfg.diagnostics.dedup();
 }

@@ -77,8 +77,18 @@ fn input(ty: WorkflowType, action: Action, pipelines: &[Pipeline]) -> WorkflowIn
         },
         object_yaml: OBJECT.into(),
         promise_dir: None,
+        pipeline_namespace: None,
         pipelines,
         existing_status: Default::default(),
+    }
+}
+
+/// An env var with `valueFrom` given as Kubernetes YAML would give it.
+fn env_from(name: &str, value_from: Value) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(serde_json::from_value(value_from).unwrap()),
     }
 }
 
@@ -694,19 +704,21 @@ async fn unsupported_containers_are_rejected() {
     )
     .await;
     assert!(matches!(r.error(), Some(Error::NoCommand { .. })), "{r:#?}");
+    // A Secret the Promise may not read: refused before the container starts.
     let mut c = container("c", "true");
-    c.env.push(EnvVar {
-        name: "S".into(),
-        value: None,
-        value_from: Some(json!({"secretKeyRef": {"name": "s", "key": "k"}})),
-    });
+    c.env.push(env_from(
+        "S",
+        json!({"secretKeyRef": {"name": "s", "key": "k"}}),
+    ));
     let ps = [pipeline("p", vec![c])];
     let r = run_workflow(
         &config,
         &input(WorkflowType::Resource, Action::Configure, &ps),
     )
     .await;
-    assert!(err(&r).contains("valueFrom"));
+    assert!(err(&r).contains("pipelineSecrets.allow"), "{}", err(&r));
+    assert!(r.error().unwrap().is_config());
+    assert!(r.pipelines[0].logs.is_empty(), "nothing ran");
 }
 
 #[tokio::test]
@@ -1299,4 +1311,162 @@ echo ok > /kratix/output/ok"#;
     .await;
     assert!(r.succeeded(), "{r:#?}");
     assert_eq!(file(&r, 0, "ok"), "ok\n");
+}
+
+/// `env[].valueFrom` resolved for every supported source, in the bubblewrap sandbox (when it
+/// can run here) and with `sandbox: none`: `fieldRef` to the pod's namespace, name, labels
+/// (Kratix's and the Pipeline's; a missing one is empty) and annotations, `secretKeyRef` from
+/// `pipelineSecrets.dir` for an allowed Secret, `configMapKeyRef` from
+/// `pipelineConfigMaps.dir`, and optional keys that do not exist left unset. The Secret's
+/// value reaches the container (it writes its sha256) and appears in no log, status or error.
+#[tokio::test]
+async fn value_from_resolves_each_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = format!("s3cr3t-{}", random_token());
+    let secrets = tmp.path().join("pipeline-secrets");
+    let maps = tmp.path().join("pipeline-configmaps");
+    std::fs::create_dir_all(secrets.join("db")).unwrap();
+    std::fs::create_dir_all(maps.join("settings")).unwrap();
+    std::fs::write(secrets.join("db/password"), &secret).unwrap();
+    std::fs::write(maps.join("settings/region"), "eu-west-1").unwrap();
+    let script = r#"set -eu
+out="${KRATIX_OUTPUT_DIR:-/kratix/output}"
+for v in POD_NAMESPACE POD_NAME PROMISE WORKFLOW_ACTION TEAM MISSING NOTE REGION OPT_SECRET OPT_MAP; do
+  if env | grep -q "^$v="; then printenv "$v" > "$out/$v"; else echo unset > "$out/$v"; fi
+done
+printf %s "$DB_PASSWORD" | sha256sum | cut -d' ' -f1 > "$out/db-sha"
+echo "stdout says hello"; echo "stderr says hello" >&2"#;
+    let mut c = container("render", script);
+    c.env = vec![
+        env_from(
+            "POD_NAMESPACE",
+            json!({"fieldRef": {"fieldPath": "metadata.namespace"}}),
+        ),
+        env_from(
+            "POD_NAME",
+            json!({"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}),
+        ),
+        env_from(
+            "PROMISE",
+            json!({"fieldRef": {"fieldPath": "metadata.labels['kratix.io/promise-name']"}}),
+        ),
+        env_from(
+            "WORKFLOW_ACTION",
+            json!({"fieldRef": {"fieldPath": "metadata.labels['kratix.io/workflow-action']"}}),
+        ),
+        env_from(
+            "TEAM",
+            json!({"fieldRef": {"fieldPath": "metadata.labels['team']"}}),
+        ),
+        env_from(
+            "MISSING",
+            json!({"fieldRef": {"fieldPath": "metadata.labels['not-there']"}}),
+        ),
+        env_from(
+            "NOTE",
+            json!({"fieldRef": {"fieldPath": "metadata.annotations['example.com/note']"}}),
+        ),
+        env_from(
+            "DB_PASSWORD",
+            json!({"secretKeyRef": {"name": "db", "key": "password"}}),
+        ),
+        env_from(
+            "OPT_SECRET",
+            json!({"secretKeyRef": {"name": "db", "key": "nope", "optional": true}}),
+        ),
+        env_from(
+            "REGION",
+            json!({"configMapKeyRef": {"name": "settings", "key": "region"}}),
+        ),
+        env_from(
+            "OPT_MAP",
+            json!({"configMapKeyRef": {"name": "absent", "key": "k", "optional": true}}),
+        ),
+    ];
+    let mut p = pipeline("configure", vec![c]);
+    p.metadata.labels.insert("team".into(), "blue".into());
+    p.metadata
+        .annotations
+        .insert("example.com/note".into(), "from the Pipeline".into());
+    let ps = [p];
+    let mut modes = vec![SandboxMode::None];
+    if bwrap_ok() {
+        modes.push(SandboxMode::Bwrap);
+    } else {
+        eprintln!("bubblewrap cannot run here: checking `sandbox: none` only");
+    }
+    for mode in modes {
+        let mut config = cfg(tmp.path());
+        config.sandbox = mode;
+        config.env_sources.secrets_dir = Some(secrets.clone());
+        config.env_sources.config_maps_dir = Some(maps.clone());
+        config
+            .env_sources
+            .secrets_allow
+            .insert("redis".into(), ["db".to_string()].into());
+        let r = run_workflow(
+            &config,
+            &input(WorkflowType::Resource, Action::Configure, &ps),
+        )
+        .await;
+        assert!(r.succeeded(), "{mode:?}: {r:#?}");
+        let get = |f: &str| file(&r, 0, f).trim_end_matches('\n').to_string();
+        assert_eq!(get("POD_NAMESPACE"), "default", "the request's namespace");
+        assert!(
+            get("POD_NAME").starts_with("kratix-redis-example-configure-"),
+            "{}",
+            get("POD_NAME")
+        );
+        assert_eq!(get("PROMISE"), "redis");
+        assert_eq!(get("WORKFLOW_ACTION"), "configure");
+        assert_eq!(get("TEAM"), "blue");
+        assert_eq!(get("MISSING"), "", "set and empty, as in Kubernetes");
+        assert_eq!(get("NOTE"), "from the Pipeline");
+        assert_eq!(get("REGION"), "eu-west-1");
+        assert_eq!(get("OPT_SECRET"), "unset");
+        assert_eq!(get("OPT_MAP"), "unset");
+        use sha2::Digest;
+        assert_eq!(
+            get("db-sha"),
+            hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+        );
+        let seen = format!("{:?} {:?} {:?}", r.pipelines, r.merged_status, r.error());
+        assert!(!seen.contains(&secret), "the secret leaked: {seen}");
+
+        // A promise workflow runs in kratix-platform-system, or in pipelineNamespace.
+        let mut promise_input = input(WorkflowType::Promise, Action::Configure, &ps);
+        let r = run_workflow(&config, &promise_input).await;
+        assert!(r.succeeded(), "{r:#?}");
+        assert_eq!(file(&r, 0, "POD_NAMESPACE"), "kratix-platform-system\n");
+        promise_input.pipeline_namespace = Some("pipelines".into());
+        let r = run_workflow(&config, &promise_input).await;
+        assert_eq!(file(&r, 0, "POD_NAMESPACE"), "pipelines\n");
+
+        // A Secret key that is not there and not optional fails the Pipeline before it runs,
+        // naming the Secret, the key and the variable, not as a config problem.
+        let mut broken = ps.clone();
+        broken[0].spec.containers[0].env.push(env_from(
+            "GONE",
+            json!({"secretKeyRef": {"name": "db", "key": "gone"}}),
+        ));
+        let r = run_workflow(
+            &config,
+            &input(WorkflowType::Resource, Action::Configure, &broken),
+        )
+        .await;
+        let e = err(&r);
+        for part in [
+            "\"redis\"",
+            "\"configure\"",
+            "\"render\"",
+            "\"GONE\"",
+            "\"db\"",
+            "\"gone\"",
+        ] {
+            assert!(e.contains(part), "{part} in {e}");
+        }
+        assert!(!r.error().unwrap().is_config());
+        assert!(r.pipelines[0].logs.is_empty(), "no container ran");
+        assert!(!e.contains(&secret));
+    }
 }

@@ -899,3 +899,106 @@ fn incremental_tree_listing_matches_a_fresh_read() {
             .any(|f| f.path == "requests/b/r2.yaml" && f.executable)
     );
 }
+
+/// `env[].valueFrom` checks that need the daemon config (`promised validate --daemon-config`):
+/// a `secretKeyRef` to a Secret `pipelineSecrets.allow` does not list for the Promise is an
+/// error naming the Promise, pipeline, container and variable, the Promise is rejected and
+/// its requests with it; once allowed (and the ConfigMap directory configured) the repo is
+/// valid. Without `--daemon-config` only the shape is checked.
+#[test]
+fn value_from_secrets_are_checked_against_the_daemon_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("config");
+    std::fs::create_dir_all(&repo).unwrap();
+    let mut promise = promise_with_api("app", APP_VERSIONS);
+    promise.push_str(
+        "  workflows:
+    resource:
+      configure:
+        - apiVersion: platform.kratix.io/v1alpha1
+          kind: Pipeline
+          metadata: {name: configure}
+          spec:
+            containers:
+              - name: render
+                image: example.com/render
+                env:
+                  - name: POD_NAMESPACE
+                    valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+                  - name: DB_PASSWORD
+                    valueFrom: {secretKeyRef: {name: db, key: password}}
+                  - name: REGION
+                    valueFrom: {configMapKeyRef: {name: settings, key: region}}
+",
+    );
+    std::fs::write(repo.join("promise.yaml"), promise).unwrap();
+    std::fs::write(repo.join("a.yaml"), app_request("a", "  size: small\n")).unwrap();
+    let daemon = tmp.path().join("promised.yaml");
+    let dir = repo.to_str().unwrap();
+    let daemon_arg = daemon.to_str().unwrap();
+
+    let (code, v) = validate_json(&[dir]);
+    assert_eq!(code, 0, "shape only without the daemon config: {v:#}");
+
+    std::fs::write(
+        &daemon,
+        format!(
+            "pipelineSecrets:\n  dir: {0}/pipeline-secrets\n  allow:\n    other: [db]\n",
+            tmp.path().display()
+        ),
+    )
+    .unwrap();
+    let (code, v) = validate_json(&[dir, "--daemon-config", daemon_arg]);
+    assert_eq!(code, 1, "{v:#}");
+    let messages: Vec<String> = v["report"]["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {}: {}",
+                d["file"].as_str().unwrap_or_default(),
+                d["field"].as_str().unwrap_or_default(),
+                d["message"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    let secret = messages
+        .iter()
+        .find(|m| m.contains("DB_PASSWORD"))
+        .unwrap_or_else(|| panic!("{messages:#?}"));
+    for part in [
+        "env[1].valueFrom",
+        "pipeline \"configure\"",
+        "container \"render\"",
+        "Secret \"db\" is not in the daemon config's pipelineSecrets.allow for Promise \"app\"",
+    ] {
+        assert!(secret.contains(part), "{part} in {secret}");
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("REGION") && m.contains("pipelineConfigMaps.dir")),
+        "{messages:#?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("served by Promise app, which is invalid")),
+        "{messages:#?}"
+    );
+    assert_eq!(v["report"]["promises"], serde_json::json!([]));
+    assert_eq!(v["report"]["requests"], serde_json::json!([]));
+
+    std::fs::write(
+        &daemon,
+        format!(
+            "pipelineSecrets:\n  dir: {0}/pipeline-secrets\n  allow:\n    app: [db]\npipelineConfigMaps:\n  dir: {0}/pipeline-configmaps\n",
+            tmp.path().display()
+        ),
+    )
+    .unwrap();
+    let (code, v) = validate_json(&[dir, "--daemon-config", daemon_arg]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["report"]["promises"], serde_json::json!(["app"]));
+}

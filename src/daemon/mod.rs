@@ -472,10 +472,10 @@ async fn one_pass(
         Some((commit, mut loaded)) => {
             // A file that does not load keeps its objects' last good versions (never prunes).
             engine.restore_unloadable(&mut loaded.objects);
-            let cfg = Arc::new(validate::validate_with(
-                loaded.objects,
-                &mut cache.admissions,
-            ));
+            let mut cfg = validate::validate_with(loaded.objects, &mut cache.admissions);
+            // Needs the daemon config; a SIGHUP resets `cache.last`, so this runs again.
+            validate::check_pipeline_env(&mut cfg, &engine.settings().env_sources());
+            let cfg = Arc::new(cfg);
             for d in cfg.diagnostics.iter().filter(|d| d.is_error()) {
                 let object = d.object.as_ref();
                 tracing::warn!(

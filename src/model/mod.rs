@@ -22,7 +22,10 @@ pub use destination::{
 };
 pub use health::{HealthRecord, HealthRecordData, HealthState};
 pub use meta::{ObjectMeta, ObjectRef, Selector};
-pub use pipeline::{Container, EnvVar, Pipeline, PipelineMeta, PipelineSpec};
+pub use pipeline::{
+    Container, EnvVar, EnvVarSource, KeySelector, ObjectFieldSelector, Pipeline, PipelineMeta,
+    PipelineSpec,
+};
 pub use promise::{
     Promise, PromiseApi, PromiseSpec, RequiredPromise, WorkflowActions, WorkflowConfig, Workflows,
     type_name_of,

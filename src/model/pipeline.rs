@@ -197,8 +197,56 @@ pub struct EnvVar {
     /// Literal value (`""` when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
-    /// `secretKeyRef` / `configMapKeyRef` / `fieldRef`; not resolvable without Kubernetes,
-    /// the process runtime reports it as unsupported.
+    /// `fieldRef` / `secretKeyRef` / `configMapKeyRef`, resolved by the process runtime
+    /// without Kubernetes ([`crate::pipeline::env`]); `resourceFieldRef` is decoded so that
+    /// validation can name it, and rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value_from: Option<Value>,
+    pub value_from: Option<EnvVarSource>,
+}
+
+/// A `corev1.EnvVarSource`: exactly one source must be set.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvVarSource {
+    /// A field of the pipeline's pod (`metadata.namespace`, `metadata.name`,
+    /// `metadata.labels['…']`, `metadata.annotations['…']`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_ref: Option<ObjectFieldSelector>,
+    /// Container resources (Kubernetes only; rejected by validation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_field_ref: Option<Value>,
+    /// A key of a ConfigMap (a file under the daemon config's `pipelineConfigMaps.dir`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<KeySelector>,
+    /// A key of a Secret (a file under `pipelineSecrets.dir`, if the Promise may read it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<KeySelector>,
+}
+
+/// A `corev1.ObjectFieldSelector`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ObjectFieldSelector {
+    /// `v1` when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// The field, e.g. `metadata.namespace`.
+    #[serde(default)]
+    pub field_path: String,
+}
+
+/// A `corev1.SecretKeySelector` / `corev1.ConfigMapKeySelector`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeySelector {
+    /// The Secret's or ConfigMap's name.
+    #[serde(default)]
+    pub name: String,
+    /// The key.
+    #[serde(default)]
+    pub key: String,
+    /// When true, a missing Secret/ConfigMap or key leaves the variable unset instead of
+    /// failing the Pipeline (Kubernetes semantics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
 }

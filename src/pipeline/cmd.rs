@@ -117,6 +117,10 @@ pub struct RunArgs {
     /// Per-container timeout (Go duration, e.g. `30s`, `10m`).
     #[arg(long, default_value = "10m")]
     pub timeout: String,
+    /// Daemon config (promised.yaml) whose `pipelineSecrets` and `pipelineConfigMaps`
+    /// `env[].valueFrom` reads (without it, every `secretKeyRef` is refused).
+    #[arg(long, value_name = "FILE")]
+    pub daemon_config: Option<PathBuf>,
     /// Output format.
     #[arg(long, short, value_enum, default_value_t)]
     pub output: OutputFormat,
@@ -227,7 +231,15 @@ fn load(a: &RunArgs) -> Result<(ValidConfig, Option<String>), String> {
 }
 
 fn run_cmd(a: &RunArgs, out: &mut dyn Write) -> Result<i32, String> {
-    let (cfg, label) = load(a)?;
+    let (mut cfg, label) = load(a)?;
+    let settings = match &a.daemon_config {
+        Some(f) => crate::settings::Settings::load(Some(f), Default::default())
+            .map_err(|e| e.to_string())?,
+        None => crate::settings::Settings::default(),
+    };
+    if a.daemon_config.is_some() {
+        validate::check_pipeline_env(&mut cfg, &settings.env_sources());
+    }
     let promise = cfg.promise(&a.promise).ok_or_else(|| {
         let why = cfg
             .rejected
@@ -317,12 +329,14 @@ fn run_cmd(a: &RunArgs, out: &mut dyn Write) -> Result<i32, String> {
             .map_err(|e| format!("--timeout {:?}: {e}", a.timeout))?,
         allow_network: a.allow_network,
         image_overrides: image_overrides(a)?,
-        // The default state directory and `$CREDENTIALS_DIRECTORY`, as `promised run` hides them.
-        hidden: crate::settings::Settings::default()
+        // The state directory, the secrets directories and `$CREDENTIALS_DIRECTORY`, as
+        // `promised run` hides them.
+        hidden: settings
             .hidden_paths()
             .iter()
             .map(|p| super::sandbox::Hidden::of(p))
             .collect(),
+        env_sources: settings.env_sources(),
         ..RunnerConfig::default()
     };
     let rt = tokio::runtime::Builder::new_current_thread()

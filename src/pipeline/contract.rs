@@ -55,8 +55,16 @@ pub fn kratix_env(
 }
 
 /// A container's own `env`, appended after the `KRATIX_*` variables (later duplicates win,
-/// as in Kubernetes). `valueFrom` and `envFrom` need Kubernetes objects and are rejected.
-pub fn container_env(pipeline: &str, c: &Container) -> Result<Vec<(String, String)>, Error> {
+/// as in Kubernetes), with every `valueFrom` resolved ([`super::env::resolve`]; an optional
+/// key that does not exist leaves its variable out). `envFrom` needs Kubernetes objects and is
+/// rejected.
+pub fn container_env(
+    promise: &str,
+    pipeline: &str,
+    c: &Container,
+    pod: &super::env::PodMeta,
+    sources: &super::env::EnvSources,
+) -> Result<Vec<(String, String)>, Error> {
     if c.env_from.is_some() {
         return Err(Error::EnvFromUnsupported {
             pipeline: pipeline.into(),
@@ -65,14 +73,20 @@ pub fn container_env(pipeline: &str, c: &Container) -> Result<Vec<(String, Strin
     }
     let mut out = Vec::new();
     for e in &c.env {
-        if e.value_from.is_some() {
-            return Err(Error::ValueFromUnsupported {
-                pipeline: pipeline.into(),
-                container: c.name.clone(),
-                variable: e.name.clone(),
-            });
+        match super::env::resolve(promise, e, pod, sources) {
+            Ok(Some(v)) => out.push((e.name.clone(), v)),
+            Ok(None) => {}
+            Err(err) => {
+                return Err(Error::EnvValueFrom {
+                    promise: promise.into(),
+                    pipeline: pipeline.into(),
+                    container: c.name.clone(),
+                    variable: e.name.clone(),
+                    reason: err.reason,
+                    config: err.config,
+                });
+            }
         }
-        out.push((e.name.clone(), e.value.clone().unwrap_or_default()));
     }
     Ok(out)
 }
@@ -178,7 +192,13 @@ mod tests {
     }
 
     #[test]
-    fn value_from_rejected() {
+    fn value_from_resolved_or_rejected() {
+        use crate::model::{EnvVarSource, KeySelector};
+        let pod = super::super::env::PodMeta {
+            namespace: "team-a".into(),
+            ..Default::default()
+        };
+        let sources = super::super::env::EnvSources::default();
         let mut c = Container {
             name: "c".into(),
             env: vec![EnvVar {
@@ -189,18 +209,27 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            container_env("p", &c).unwrap(),
+            container_env("pr", "p", &c, &pod, &sources).unwrap(),
             [("A".into(), String::new())]
         );
-        c.env[0].value_from = Some(serde_json::json!({"secretKeyRef": {}}));
-        assert!(matches!(
-            container_env("p", &c),
-            Err(Error::ValueFromUnsupported { .. })
-        ));
+        c.env[0].value_from = Some(EnvVarSource {
+            secret_key_ref: Some(KeySelector {
+                name: "s".into(),
+                key: "k".into(),
+                optional: None,
+            }),
+            ..Default::default()
+        });
+        let e = container_env("pr", "p", &c, &pod, &sources).unwrap_err();
+        assert!(e.is_config(), "{e}");
+        let text = e.to_string();
+        for part in ["\"pr\"", "\"p\"", "\"c\"", "\"A\"", "pipelineSecrets.allow"] {
+            assert!(text.contains(part), "{text}");
+        }
         c.env.clear();
         c.env_from = Some(serde_json::json!([]));
         assert!(matches!(
-            container_env("p", &c),
+            container_env("pr", "p", &c, &pod, &sources),
             Err(Error::EnvFromUnsupported { .. })
         ));
     }

@@ -28,6 +28,9 @@
 //!   host command and extra mounts (e.g. `/tmp/transfer` → the image's assets). A container's
 //!   own `command` still wins (Kubernetes semantics: `command` replaces the entrypoint); a
 //!   container without `command` uses the override's. `args` are always the container's.
+//! - **`env[].valueFrom`:** `fieldRef` (the pod Kratix would run), `secretKeyRef` (allowed
+//!   pipeline Secrets) and `configMapKeyRef`, resolved for every container before the first
+//!   starts ([`mod@env`]); bwrap gets the environment as its own, never on its command line.
 //! - **Network:** off, unless [`RunnerConfig::allow_network`], the matching override's
 //!   `network`, or the Pipeline annotation `promised.dev/network: "true"` allows it.
 //! - **`sandbox: none`** ([`SandboxMode::None`]): runs the command directly (own process group,
@@ -39,6 +42,7 @@
 
 pub mod cmd;
 pub mod contract;
+pub mod env;
 pub mod metadata;
 pub mod output;
 pub mod rundir;
@@ -148,17 +152,25 @@ pub enum Error {
         /// Image reference.
         image: String,
     },
-    /// `env[].valueFrom` needs Kubernetes Secrets/ConfigMaps.
+    /// An `env[].valueFrom` that cannot be resolved: a config problem `validate` reports
+    /// (`config`), or a Secret/ConfigMap file missing on this host. Never holds a value.
     #[error(
-        "pipeline {pipeline:?} container {container:?}: env {variable:?} uses valueFrom, which the process runtime does not support"
+        "Promise {promise:?} pipeline {pipeline:?} container {container:?}: env {variable:?}: {reason}"
     )]
-    ValueFromUnsupported {
+    EnvValueFrom {
+        /// Promise name.
+        promise: String,
         /// Pipeline name.
         pipeline: String,
         /// Container name.
         container: String,
         /// Variable name.
         variable: String,
+        /// Why (names the Secret/ConfigMap and key, never a value).
+        reason: String,
+        /// A config problem (unsupported source, Secret not allowed for the Promise, source
+        /// not configured) rather than a missing file.
+        config: bool,
     },
     /// `envFrom` needs Kubernetes Secrets/ConfigMaps.
     #[error(
@@ -212,6 +224,19 @@ pub enum Error {
         /// The OS error.
         message: String,
     },
+}
+
+impl Error {
+    /// A problem of the Promise or daemon config that validation reports (`valueFrom` that
+    /// cannot be resolved by configuration, `envFrom`), found before the Pipeline's first
+    /// container started. A delete workflow is not blocked by one (see
+    /// `crate::reconcile`).
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            Error::EnvValueFrom { config: true, .. } | Error::EnvFromUnsupported { .. }
+        )
+    }
 }
 
 fn exit_text(code: Option<i32>, signal: Option<i32>) -> String {
@@ -344,6 +369,9 @@ pub struct RunnerConfig {
     /// is refused. [`crate::settings::Settings::runner`] lists the state directory, the
     /// secrets directory and the webhook secret file (default: none).
     pub hidden: Vec<sandbox::Hidden>,
+    /// Where `secretKeyRef` and `configMapKeyRef` read, and which Secrets each Promise may
+    /// read ([`mod@env`]; default: none).
+    pub env_sources: env::EnvSources,
 }
 
 impl Default for RunnerConfig {
@@ -358,6 +386,7 @@ impl Default for RunnerConfig {
             image_overrides: BTreeMap::new(),
             work_dir: std::env::temp_dir().join("promised-runs"),
             hidden: Vec::new(),
+            env_sources: env::EnvSources::default(),
         }
     }
 }
@@ -381,6 +410,9 @@ pub struct WorkflowInput<'a> {
     pub object_yaml: String,
     /// Host folder of the Promise's `promise.yaml`, mounted read-only at `/promise`.
     pub promise_dir: Option<PathBuf>,
+    /// The Promise's `workflows.config.pipelineNamespace`: the pod namespace `fieldRef`
+    /// sees ([`env::PodMeta`]).
+    pub pipeline_namespace: Option<String>,
     /// The Pipelines of this workflow and action.
     pub pipelines: &'a [Pipeline],
     /// The object's current `status` (merged with each Pipeline's `status.yaml`, and shown to
@@ -406,6 +438,7 @@ impl<'a> WorkflowInput<'a> {
             },
             object_yaml: crate::validate::to_yaml(&p.promise.raw),
             promise_dir: None,
+            pipeline_namespace: pipeline_namespace(p),
             pipelines: match action {
                 Action::Configure => &wf.configure,
                 Action::Delete => &wf.delete,
@@ -438,6 +471,7 @@ impl<'a> WorkflowInput<'a> {
             },
             object_yaml: r.to_yaml(),
             promise_dir: None,
+            pipeline_namespace: pipeline_namespace(p),
             pipelines: match action {
                 Action::Configure => &wf.configure,
                 Action::Delete => &wf.delete,
@@ -450,6 +484,17 @@ impl<'a> WorkflowInput<'a> {
                 .unwrap_or_default(),
         }
     }
+}
+
+fn pipeline_namespace(p: &ValidPromise) -> Option<String> {
+    p.promise
+        .object
+        .spec
+        .workflows
+        .config
+        .as_ref()
+        .and_then(|c| c.pipeline_namespace.clone())
+        .filter(|n| !n.is_empty())
 }
 
 /// How one Pipeline ended.
@@ -659,10 +704,30 @@ async fn run_pipeline_inner(
         .get(NETWORK_ANNOTATION)
         .map(String::as_str)
         == Some("true");
+    // Every container's environment before the first starts: a variable that cannot be
+    // resolved fails the Pipeline before anything ran.
+    let pod = env::PodMeta::new(
+        input.workflow_type,
+        input.action,
+        &input.promise_name,
+        &input.object,
+        input.pipeline_namespace.as_deref(),
+        p,
+    );
+    let mut envs = Vec::with_capacity(p.spec.containers.len());
     for c in &p.spec.containers {
-        let over = cfg.image_overrides.get(&c.image);
         let mut env = base_env.clone();
-        env.extend(contract::container_env(pname, c)?);
+        env.extend(contract::container_env(
+            &input.promise_name,
+            pname,
+            c,
+            &pod,
+            &cfg.env_sources,
+        )?);
+        envs.push(env);
+    }
+    for (c, env) in p.spec.containers.iter().zip(envs) {
+        let over = cfg.image_overrides.get(&c.image);
         let command = match (&c.command, over) {
             (Some(cmd), _) if !cmd.is_empty() => cmd.clone(),
             (_, Some(o)) if !o.command.is_empty() => o.command.clone(),
@@ -704,7 +769,9 @@ async fn run_pipeline_inner(
                     runtime::Invocation {
                         program: cfg.bwrap.clone().into_os_string(),
                         args: sandbox::bwrap_args(layout, &spec),
-                        env: Vec::new(),
+                        // Through bwrap's own environment, which it passes on: values never
+                        // appear on a command line (`/proc/<pid>/cmdline` is world-readable).
+                        env: sandbox::bwrap_env(&spec),
                         cwd: None,
                         timeout: cfg.timeout,
                         log_cap: cfg.log_cap_bytes,

@@ -14,7 +14,8 @@
 //! secret file) are masked wherever a bind would expose them (an empty read-only tmpfs or
 //! `/dev/null` on top), and an image-override mount of such a path is refused
 //! ([`check_mounts`]). Every namespace is unshared (`--unshare-all`); the network is shared
-//! only when allowed. The environment is cleared and rebuilt from the contract's variables.
+//! only when allowed. The environment is exactly the contract's variables, handed to bwrap as its
+//! own environment ([`bwrap_env`]), never as arguments.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -269,7 +270,7 @@ pub struct SandboxSpec<'a> {
     pub network: bool,
     /// `--chdir`; `/` when `None` (the marketplace images' `WORKDIR`).
     pub working_dir: Option<&'a str>,
-    /// Environment, in order (later duplicates win).
+    /// Environment, in order (later duplicates win); given to bwrap through [`bwrap_env`].
     pub env: &'a [(String, String)],
     /// The command and its arguments.
     pub argv: &'a [String],
@@ -366,17 +367,24 @@ pub fn bwrap_args(layout: &HostLayout, spec: &SandboxSpec<'_>) -> Vec<OsString> 
     if spec.network {
         push(&[&"--share-net"]);
     }
-    push(&[&"--die-with-parent", &"--new-session", &"--clearenv"]);
-    push(&[&"--setenv", &"PATH", &DEFAULT_PATH]);
-    for (k, v) in spec.env {
-        push(&[&"--setenv", k, v]);
-    }
+    // No `--clearenv`/`--setenv`: the environment is bwrap's own ([`bwrap_env`]), which it
+    // passes on, so no value (a pipeline Secret) is ever on a command line.
+    push(&[&"--die-with-parent", &"--new-session"]);
     push(&[&"--chdir", &spec.working_dir.unwrap_or("/")]);
     push(&[&"--"]);
     for x in spec.argv {
         push(&[x]);
     }
     a
+}
+
+/// The complete environment to start `bwrap` with (the parent's is not inherited): `PATH`,
+/// then [`SandboxSpec::env`] in order (later duplicates win). bwrap passes it on to the
+/// container unchanged.
+pub fn bwrap_env(spec: &SandboxSpec<'_>) -> Vec<(String, String)> {
+    let mut env = vec![("PATH".to_string(), DEFAULT_PATH.to_string())];
+    env.extend(spec.env.iter().cloned());
+    env
 }
 
 /// Something that converts to an `OsString` argument.
@@ -539,7 +547,18 @@ mod tests {
         assert!(tmp < transfer, "mounts under /tmp come after the tmpfs");
         assert!(!a.contains(&"--share-net".to_string()));
         assert!(a.contains(&"--unshare-all".to_string()));
-        assert!(pos(&a, &["--setenv", "KRATIX_WORKFLOW_TYPE", "resource"]).is_some());
+        // The environment is bwrap's own, never on its command line.
+        assert!(
+            !a.iter().any(|x| x == "resource" || x == "--setenv"),
+            "{a:?}"
+        );
+        assert_eq!(
+            bwrap_env(&spec),
+            [
+                ("PATH".to_string(), DEFAULT_PATH.to_string()),
+                ("KRATIX_WORKFLOW_TYPE".to_string(), "resource".to_string())
+            ]
+        );
         assert!(pos(&a, &["--chdir", "/", "--", "sh", "-c", "echo hi"]).is_some());
         assert_eq!(a.last().map(String::as_str), Some("echo hi"));
 

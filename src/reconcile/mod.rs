@@ -1847,8 +1847,17 @@ impl Engine {
                                 };
                                 let result = run_job(&self.runner, &job).await;
                                 report.pipelines_run += result.pipelines.len();
-                                if let Some(e) = result.error() {
-                                    delete_failed = Some(e.to_string());
+                                match result.error() {
+                                    // A config problem validation reports (an env
+                                    // `valueFrom` the daemon config does not allow, …): the
+                                    // delete Pipeline did not start, and deletion does not
+                                    // wait for a config change.
+                                    Some(e) if e.is_config() => report.warnings.push(format!(
+                                        "{key}: delete pipeline {} not run: {e}; files pruned",
+                                        first.metadata.name
+                                    )),
+                                    Some(e) => delete_failed = Some(e.to_string()),
+                                    None => {}
                                 }
                             }
                         }
@@ -2569,7 +2578,7 @@ fn failed_step(result: &WorkflowResult) -> Option<(&str, Option<&str>, &pipeline
                 | E::Timeout { container, .. }
                 | E::SpawnFailed { container, .. }
                 | E::NoCommand { container, .. }
-                | E::ValueFromUnsupported { container, .. }
+                | E::EnvValueFrom { container, .. }
                 | E::EnvFromUnsupported { container, .. } => Some(container.as_str()),
                 _ => None,
             };
