@@ -372,7 +372,7 @@ fn yml_files_and_include_exclude_globs() {
             [
                 "error: requests/a.yml[0] app default/a: metadata.name: duplicate object: also defined at requests/drafts/a.yaml[0]",
                 "error: requests/drafts/a.yaml[0] app default/a: metadata.name: duplicate object: also defined at requests/a.yml[0]",
-                "error: requests/drafts/a.yaml[1] app default/Not_Valid: metadata.name: \"Not_Valid\" must consist of lower case alphanumeric characters, '-' or '.', and start and end with an alphanumeric character",
+                "error: requests/drafts/a.yaml[1] app namespace default name \"Not_Valid\": metadata.name: \"Not_Valid\" must consist of lower case alphanumeric characters, '-' or '.', and start and end with an alphanumeric character",
             ],
             "{source}"
         );
@@ -396,7 +396,9 @@ fn yml_files_and_include_exclude_globs() {
         assert!(promises.is_empty() && requests.is_empty(), "{source}");
         assert_eq!(
             diags,
-            ["error: requests/b.yaml[0] app b: kind: no Promise serves example.com/v1 app"],
+            [
+                "warning: requests/b.yaml[0] app b: kind: no Promise serves example.com/v1 app and the file is in no Promise folder; skipped (if it is not config, exclude it: `exclude: [\"requests/**\"]` in the daemon config, or `promised validate --exclude 'requests/**'`)"
+            ],
             "{source}"
         );
     }

@@ -470,9 +470,10 @@ async fn one_pass(
         Some((commit, mut loaded)) => {
             // A file that does not load keeps its objects' last good versions (never prunes).
             engine.restore_unloadable(&mut loaded.objects);
-            let cfg = Arc::new(validate::validate_with(
+            let cfg = Arc::new(validate::validate_with_options(
                 loaded.objects,
                 &mut cache.admissions,
+                &engine.settings().validate_options(),
             ));
             for d in cfg.diagnostics.iter().filter(|d| d.is_error()) {
                 let object = d.object.as_ref();
