@@ -408,7 +408,6 @@ struct AssetLine<'a> {
     promise: &'a str,
     file: &'a str,
     document: usize,
-    #[serde(rename = "apiVersion")]
     api_version: &'a str,
     kind: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
