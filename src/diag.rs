@@ -59,7 +59,9 @@ pub enum Code {
     DuplicatePipelineName,
     /// A `requiredPromises` entry names a Promise that is not in the repo.
     MissingRequiredPromise,
-    /// A resource request whose apiVersion/kind no Promise serves.
+    /// A resource request whose version its Promise does not serve or whose Promise is
+    /// invalid; or a document outside every Promise folder whose kind no Promise serves (a
+    /// warning unless `unservedKinds: error`).
     UnservedKind,
     /// A resource request that fails its Promise's schema.
     InvalidRequest,

@@ -18,6 +18,10 @@
 //! - Destinations need an existing state store, and two Destinations on one store may not share
 //!   a `path` (§1.3, `destination_webhook.go`). (Kratix only warns about a missing store at
 //!   admission; promised makes it an error because nothing could ever be written.)
+//! - Which YAML is config (README): a document of a kind some Promise of the repo serves is a
+//!   request; any other non-Kratix document is a pipeline asset inside a Promise's folder
+//!   ([`Asset`], never an error) and, outside every Promise folder, a warning or an error by
+//!   [`UnservedKinds`].
 //! - A resource request is admitted like the API server does for a CRD: prune unknown fields,
 //!   apply defaults, validate the storage version's `openAPIV3Schema`, `metadata.name` ≤ 63
 //!   characters, then the `kratix.io/promise-name` label is added (§2.4).

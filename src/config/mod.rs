@@ -3,9 +3,11 @@
 //!
 //! Guarantees: one bad file or document never hides the others; every problem becomes a
 //! [`Diagnostic`] naming the file and document. Documents without `apiVersion`/`kind` are
-//! skipped with a debug log (they are often CI or tool config); an unknown kind is a warning.
-//! Resource requests cannot be recognised until the Promises are known, so every document that
-//! is not a Kratix kind is kept as a request candidate for [`crate::validate`].
+//! skipped with a debug log (they are often CI or tool config); an unknown Kratix kind is a
+//! warning. Resource requests cannot be recognised until the Promises are known, so every
+//! document that is not a Kratix kind is kept as a candidate for [`crate::validate`], which
+//! decides whether it is a request, a pipeline asset or neither (README "Which YAML is
+//! config").
 
 pub mod source;
 
