@@ -286,14 +286,21 @@ pub fn validate_with_options(
                 .map(|p| (&p.origin, &p.id, &p.raw)),
         )
     };
-    let served_by: HashMap<(String, String), String> = promise_docs()
+    // (group, kind, Promise): a handful, so a scan beats hashing 10,000 candidates' keys.
+    let served_by: Vec<(String, String, String)> = promise_docs()
         .filter_map(|(_, id, raw)| {
             let api = raw.pointer("/spec/api/spec")?;
             let group = api.get("group")?.as_str()?;
             let kind = api.pointer("/names/kind")?.as_str()?;
-            Some(((group.to_string(), kind.to_string()), id.name.clone()))
+            Some((group.to_string(), kind.to_string(), id.name.clone()))
         })
         .collect();
+    let served_by_of = |group: &str, kind: &str| {
+        served_by
+            .iter()
+            .find(|(g, k, _)| g == group && k == kind)
+            .map(|(_, _, p)| p.clone())
+    };
     // (folder, Promise name), innermost folders first; "" is the repository root.
     let mut folders: Vec<(String, String)> = promise_docs()
         .map(|(o, id, _)| (folder_of(&o.file).to_string(), id.name.clone()))
@@ -309,7 +316,7 @@ pub fn validate_with_options(
             .unwrap_or_default()
             .to_string();
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
-        if served_by.contains_key(&(group.to_string(), c.id.kind.clone())) {
+        if served_by_of(group, &c.id.kind).is_some() {
             requests_in.push(c);
             continue;
         }
@@ -731,11 +738,7 @@ pub fn validate_with_options(
                 .iter()
                 .find(|(g, k, _)| g == group && *k == c.id.kind)
                 .map(|(_, _, pname)| pname.clone())
-                .or_else(|| {
-                    served_by
-                        .get(&(group.to_string(), c.id.kind.clone()))
-                        .cloned()
-                });
+                .or_else(|| served_by_of(group, &c.id.kind));
             let msg = match &by {
                 Some(pname) => format!(
                     "{api_version} {} is served by Promise {pname}, which is invalid",
