@@ -230,7 +230,8 @@ pub struct SourceArgs {
     /// Only read files matching these globs (repeatable; default **/*.yaml and **/*.yml).
     #[arg(long = "include", value_name = "GLOB")]
     pub include: Vec<String>,
-    /// Skip files matching these globs (repeatable; default .git/**).
+    /// Skip files matching these globs (repeatable; default .git/**), e.g. a folder of
+    /// Kubernetes YAML that is not config: `--exclude 'ci/**'`.
     #[arg(long = "exclude", value_name = "GLOB")]
     pub exclude: Vec<String>,
 }
@@ -238,6 +239,12 @@ pub struct SourceArgs {
 impl SourceArgs {
     /// The source and file filter these flags describe. Errors when neither DIR nor --git is given.
     pub fn resolve(&self) -> Result<(Source, FileFilter), String> {
+        self.resolve_with(FileFilter::default())
+    }
+
+    /// Like [`SourceArgs::resolve`], on top of `filter` (the daemon config's
+    /// `include`/`exclude`): `--include` replaces its includes, `--exclude` adds excludes.
+    pub fn resolve_with(&self, base: FileFilter) -> Result<(Source, FileFilter), String> {
         let source = match (&self.dir, &self.git) {
             (Some(d), None) => Source::Dir(d.clone()),
             (None, Some(url)) => Source::Git {
@@ -246,7 +253,7 @@ impl SourceArgs {
             },
             _ => return Err("give a config directory or --git URL".into()),
         };
-        let mut filter = FileFilter::default();
+        let mut filter = base;
         if !self.include.is_empty() {
             filter.include = self.include.clone();
         }
@@ -267,9 +274,13 @@ pub struct ValidateArgs {
     /// Treat warnings as errors.
     #[arg(long)]
     pub deny_warnings: bool,
-    /// Also check what needs the daemon config (promised.yaml): the Secrets each Promise's
-    /// `env[].valueFrom` may read (`pipelineSecrets.allow`) and that each source is configured.
-    #[arg(long, value_name = "FILE")]
+    /// Also list every pipeline asset (YAML in a Promise folder that is not config).
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// The daemon config (promised.yaml): its `include`, `exclude` and `unservedKinds` apply,
+    /// and what needs it is checked too: the Secrets each Promise's `env[].valueFrom` may read
+    /// (`pipelineSecrets.allow`) and that each source is configured.
+    #[arg(long, value_name = "FILE", env = "PROMISED_CONFIG")]
     pub daemon_config: Option<PathBuf>,
 }
 
@@ -362,6 +373,21 @@ pub fn load_valid(source: &SourceArgs) -> Result<ValidConfig, String> {
     Ok(validate::validate(objects))
 }
 
+/// Loads and validates what `promised validate` is asked to: the daemon config (defaults →
+/// `--daemon-config` file → `PROMISED_*`) gives `include`, `exclude` and `unservedKinds`,
+/// the flags add to them.
+fn load_valid_for(a: &ValidateArgs) -> Result<ValidConfig, String> {
+    let settings = crate::settings::Settings::load(a.daemon_config.as_deref(), Default::default())
+        .map_err(|e| e.to_string())?;
+    let (src, filter) = a.source.resolve_with(settings.file_filter())?;
+    let objects = config::load(&src, &filter, None).map_err(|e| e.to_string())?;
+    Ok(validate::validate_with_options(
+        objects,
+        &mut Default::default(),
+        &settings.validate_options(),
+    ))
+}
+
 #[derive(Serialize)]
 struct ValidateReport<'a> {
     valid: bool,
@@ -372,7 +398,25 @@ struct ValidateReport<'a> {
     requests: Vec<RequestLine<'a>>,
     destinations: Vec<&'a str>,
     state_stores: Vec<String>,
+    /// Pipeline assets: YAML in a Promise folder that is not config.
+    assets: Vec<AssetLine<'a>>,
     diagnostics: &'a [Diagnostic],
+    #[serde(skip)]
+    verbose: bool,
+}
+
+#[derive(Serialize)]
+struct AssetLine<'a> {
+    promise: &'a str,
+    file: &'a str,
+    document: usize,
+    api_version: &'a str,
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<&'a str>,
+    name: &'a str,
+    #[serde(skip)]
+    label: String,
 }
 
 #[derive(Serialize)]
@@ -385,7 +429,7 @@ struct RequestLine<'a> {
 }
 
 fn validate_cmd(a: &ValidateArgs, out: &mut dyn Write) -> i32 {
-    let mut cfg = match load_valid(&a.source) {
+    let mut cfg = match load_valid_for(a) {
         Ok(c) => c,
         Err(e) => {
             eprint_error(e);
@@ -440,7 +484,22 @@ fn validate_cmd(a: &ValidateArgs, out: &mut dyn Write) -> i32 {
                     .map(|s| format!("BucketStateStore/{}", s.id.name)),
             )
             .collect(),
+        assets: cfg
+            .assets
+            .iter()
+            .map(|x| AssetLine {
+                promise: &x.promise,
+                file: &x.origin.file,
+                document: x.origin.document,
+                api_version: &x.api_version,
+                kind: &x.id.kind,
+                namespace: x.id.namespace.as_deref(),
+                name: &x.id.name,
+                label: format!("{} {}", x.origin, x.id),
+            })
+            .collect(),
         diagnostics: &cfg.diagnostics,
+        verbose: a.verbose,
     };
     let res = match a.output {
         OutputFormat::Json => serde_json::to_writer_pretty(&mut *out, &report)
@@ -463,14 +522,29 @@ fn write_text_report(r: &ValidateReport<'_>, out: &mut dyn Write) -> std::io::Re
         };
         writeln!(out, "{tag}: {d}")?;
     }
+    if r.verbose {
+        for x in &r.assets {
+            writeln!(
+                out,
+                "asset: {} (pipeline asset of Promise {})",
+                x.label, x.promise
+            )?;
+        }
+    }
     writeln!(
         out,
-        "{}: {} Promises, {} requests, {} Destinations, {} state stores; {} errors, {} warnings",
+        "{}: {} Promises, {} requests, {} Destinations, {} state stores, {} pipeline assets{}; {} errors, {} warnings",
         if r.valid { "valid" } else { "invalid" },
         r.promises.len(),
         r.requests.len(),
         r.destinations.len(),
         r.state_stores.len(),
+        r.assets.len(),
+        if r.verbose || r.assets.is_empty() {
+            ""
+        } else {
+            " (listed with --verbose)"
+        },
         r.errors,
         r.warnings
     )

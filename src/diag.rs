@@ -61,7 +61,9 @@ pub enum Code {
     MissingRequiredPromise,
     /// Promises whose `requiredPromises` form a cycle (none could ever become available).
     RequiredPromiseCycle,
-    /// A resource request whose apiVersion/kind no Promise serves.
+    /// A resource request whose version its Promise does not serve or whose Promise is
+    /// invalid; or a document outside every Promise folder whose kind no Promise serves (a
+    /// warning unless `unservedKinds: error`).
     UnservedKind,
     /// A resource request that fails its Promise's schema.
     InvalidRequest,

@@ -181,6 +181,9 @@ pub struct Settings {
     pub include: Vec<String>,
     /// Config repo files skipped (globs), in addition to `.git/**`.
     pub exclude: Vec<String>,
+    /// A document outside every Promise folder whose kind no Promise serves: `warn` (default;
+    /// skipped with a warning) or `error` (README "Which YAML is config").
+    pub unserved_kinds: crate::validate::UnservedKinds,
     /// Git state store options.
     pub git: GitSettings,
     /// Network deadlines (config remote, Git state stores, S3).
@@ -238,6 +241,7 @@ impl Default for Settings {
             pipeline_config_maps: PipelineConfigMapsSettings::default(),
             include: Vec::new(),
             exclude: Vec::new(),
+            unserved_kinds: crate::validate::UnservedKinds::Warn,
             git: GitSettings::default(),
             network: NetworkSettings::default(),
             listen: "127.0.0.1:8473".into(),
@@ -398,6 +402,13 @@ impl Settings {
         }
         filter.exclude.extend(self.exclude.iter().cloned());
         filter
+    }
+
+    /// The validation settings (`unservedKinds`).
+    pub fn validate_options(&self) -> crate::validate::Options {
+        crate::validate::Options {
+            unserved_kinds: self.unserved_kinds,
+        }
     }
 
     /// The directory per-Pipeline run directories are created in (see [`Settings::run_dir`]).

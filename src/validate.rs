@@ -18,6 +18,10 @@
 //! - Destinations need an existing state store, and two Destinations on one store may not share
 //!   a `path` (§1.3, `destination_webhook.go`). (Kratix only warns about a missing store at
 //!   admission; promised makes it an error because nothing could ever be written.)
+//! - Which YAML is config (README): a document of a kind some Promise of the repo serves is a
+//!   request; any other non-Kratix document is a pipeline asset inside a Promise's folder
+//!   ([`Asset`], never an error) and, outside every Promise folder, a warning or an error by
+//!   [`UnservedKinds`].
 //! - A resource request is admitted like the API server does for a CRD: prune unknown fields,
 //!   apply defaults, validate the storage version's `openAPIV3Schema`, `metadata.name` ≤ 63
 //!   characters, then the `kratix.io/promise-name` label is added (§2.4).
@@ -138,6 +142,42 @@ pub struct Rejected {
     pub promise: Option<String>,
 }
 
+/// What a document outside every Promise folder whose kind no Promise serves is
+/// (README "Which YAML is config"; the `unservedKinds` setting).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum UnservedKinds {
+    /// A warning; the document is skipped (the default: often CI or tool config).
+    #[default]
+    Warn,
+    /// An error (`promised validate` exits 1); the document is skipped and listed as rejected.
+    Error,
+}
+
+/// Validation settings that come from the daemon config.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// `unservedKinds`.
+    pub unserved_kinds: UnservedKinds,
+}
+
+/// A pipeline asset: a document inside a Promise's folder whose kind no Promise serves
+/// (a Deployment, CRD or template object the Promise's pipeline copies to its output). Counted
+/// and listed by `promised validate`; never an error, never run, never a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Asset {
+    /// File and document.
+    pub origin: Origin,
+    /// The document's `apiVersion`.
+    pub api_version: String,
+    /// Kind, namespace and name, as written.
+    pub id: ObjectRef,
+    /// The Promise whose folder holds it (the innermost one).
+    pub promise: String,
+}
+
 /// A config repo after validation.
 #[derive(Debug, Clone, Default)]
 pub struct ValidConfig {
@@ -156,6 +196,8 @@ pub struct ValidConfig {
     pub health_records: Vec<Located<HealthRecord>>,
     /// Objects left out, with why.
     pub rejected: Vec<Rejected>,
+    /// Pipeline assets (not config), sorted by file and document.
+    pub assets: Vec<Asset>,
     /// Every error and warning, sorted by file, document, then field.
     pub diagnostics: Vec<Diagnostic>,
     /// Config commit (Git sources).
@@ -211,6 +253,15 @@ struct Admission {
 
 /// Like [`validate`], reusing and refreshing `cache`.
 pub fn validate_with(objects: Objects, cache: &mut Admissions) -> ValidConfig {
+    validate_with_options(objects, cache, &Options::default())
+}
+
+/// Like [`validate_with`], with the daemon config's validation settings.
+pub fn validate_with_options(
+    objects: Objects,
+    cache: &mut Admissions,
+    options: &Options,
+) -> ValidConfig {
     let Objects {
         promises,
         destinations,
@@ -218,11 +269,104 @@ pub fn validate_with(objects: Objects, cache: &mut Admissions) -> ValidConfig {
         bucket_state_stores,
         health_records,
         candidates,
+        undecoded_promises,
         mut diagnostics,
         commit,
     } = objects;
     let mut rejected_keys: BTreeSet<(String, usize)> = BTreeSet::new();
     let mut rejected = Vec::new();
+
+    // Which YAML is config: a document of a kind some Promise document of the repo names in
+    // its `spec.api` (valid or not) is a request; otherwise, inside a Promise folder it is a
+    // pipeline asset, outside every Promise folder it is skipped with a warning or an error.
+    let promise_docs = || {
+        promises.iter().map(|p| (&p.origin, &p.id, &p.raw)).chain(
+            undecoded_promises
+                .iter()
+                .map(|p| (&p.origin, &p.id, &p.raw)),
+        )
+    };
+    // (group, kind, Promise): a handful, so a scan beats hashing 10,000 candidates' keys.
+    let served_by: Vec<(String, String, String)> = promise_docs()
+        .filter_map(|(_, id, raw)| {
+            let api = raw.pointer("/spec/api/spec")?;
+            let group = api.get("group")?.as_str()?;
+            let kind = api.pointer("/names/kind")?.as_str()?;
+            Some((group.to_string(), kind.to_string(), id.name.clone()))
+        })
+        .collect();
+    let served_by_of = |group: &str, kind: &str| {
+        served_by
+            .iter()
+            .find(|(g, k, _)| g == group && k == kind)
+            .map(|(_, _, p)| p.clone())
+    };
+    // (folder, Promise name), innermost folders first; "" is the repository root.
+    let mut folders: Vec<(String, String)> = promise_docs()
+        .map(|(o, id, _)| (folder_of(&o.file).to_string(), id.name.clone()))
+        .collect();
+    folders.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.cmp(b)));
+    let mut assets = Vec::new();
+    let mut requests_in = Vec::with_capacity(candidates.len());
+    for c in candidates {
+        let api_version = c
+            .raw
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        if served_by_of(group, &c.id.kind).is_some() {
+            requests_in.push(c);
+            continue;
+        }
+        let folder = folders
+            .iter()
+            .find(|(dir, _)| dir.is_empty() || c.origin.file.starts_with(&format!("{dir}/")));
+        if let Some((_, promise)) = folder {
+            assets.push(Asset {
+                origin: c.origin,
+                api_version,
+                id: c.id,
+                promise: promise.clone(),
+            });
+            continue;
+        }
+        let glob = match c.origin.file.rsplit_once('/') {
+            Some((dir, _)) => format!("{}/**", globset::escape(dir)),
+            None => globset::escape(&c.origin.file),
+        };
+        let hint = format!(
+            "if it is not config, exclude it: `exclude: [{glob:?}]` in the daemon config, or `promised validate --exclude '{glob}'`"
+        );
+        let kind = &c.id.kind;
+        let d = c.origin.diag(
+            Code::UnservedKind,
+            Some(&c.id),
+            "kind",
+            match options.unserved_kinds {
+                UnservedKinds::Warn => format!(
+                    "no Promise serves {api_version} {kind} and the file is in no Promise folder; skipped ({hint})"
+                ),
+                UnservedKinds::Error => format!(
+                    "no Promise serves {api_version} {kind} and the file is in no Promise folder (unservedKinds: error); {hint}"
+                ),
+            },
+        );
+        match options.unserved_kinds {
+            UnservedKinds::Warn => diagnostics.push(d.warning()),
+            UnservedKinds::Error => {
+                rejected.push(Rejected {
+                    origin: c.origin.clone(),
+                    id: c.id.clone(),
+                    reasons: vec![d.message.clone()],
+                    promise: None,
+                });
+                diagnostics.push(d);
+            }
+        }
+    }
+    let candidates = requests_in;
 
     // Duplicate identities, across every kind (group + kind + namespace + name). Keys borrow
     // from the objects: at 10,000 requests this map is built on every pass.
@@ -624,7 +768,8 @@ pub fn validate_with(objects: Objects, cache: &mut Admissions) -> ValidConfig {
             let by = rejected_apis
                 .iter()
                 .find(|(g, k, _)| g == group && *k == c.id.kind)
-                .map(|(_, _, pname)| pname.clone());
+                .map(|(_, _, pname)| pname.clone())
+                .or_else(|| served_by_of(group, &c.id.kind));
             let msg = match &by {
                 Some(pname) => format!(
                     "{api_version} {} is served by Promise {pname}, which is invalid",
@@ -762,10 +907,21 @@ pub fn validate_with(objects: Objects, cache: &mut Admissions) -> ValidConfig {
             .filter(|h| not_dup(&h.origin))
             .collect(),
         rejected,
+        assets: {
+            let mut a = assets;
+            a.sort_by(|x, y| x.origin.cmp(&y.origin));
+            a
+        },
         diagnostics,
         commit,
         unloadable,
     }
+}
+
+/// The folder of a repository-relative file (`""` at the root): a Promise's folder is the
+/// folder of the file that holds it.
+pub fn folder_of(file: &str) -> &str {
+    file.rsplit_once('/').map_or("", |(d, _)| d)
 }
 
 fn sorted<T>(mut v: Vec<Located<T>>) -> Vec<Located<T>> {

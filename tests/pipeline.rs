@@ -1045,6 +1045,28 @@ fn cli_failures_exit_1_or_2() {
         text.contains("pipeline instance: failed") && text.contains("exit code"),
         "{text}"
     );
+    // A --request of a kind no Promise serves: exit 1, saying so.
+    std::fs::write(
+        &req,
+        "apiVersion: example.promised.dev/v1alpha1\nkind: Nope\nmetadata:\n  name: x\n",
+    )
+    .unwrap();
+    let (code, text) = cli(&[
+        "promised",
+        "pipeline",
+        "run",
+        "--config",
+        &repo,
+        "--promise",
+        "app",
+        "--request",
+        req.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(
+        text,
+        "request Nope x rejected:\n  no Promise serves example.promised.dev/v1alpha1 Nope\n"
+    );
 }
 
 #[test]

@@ -359,3 +359,109 @@ fn marketplace_promises_end_to_end() {
     trail("removal");
     let _ = &w.checkout;
 }
+
+/// The redis and namespace marketplace folders copied into a config repo as they are
+/// (README, `.envrc`, `promise-release.yaml`, the example request and `internal/` with the
+/// Dockerfile, scripts and the pipeline's own YAML): `promised reconcile` exits 0. The
+/// pipeline's YAML is not config (no INVALID line, no request); the images run as
+/// project-written stand-ins whose assets are mounted from the copied folders, so the
+/// `RedisFailover` named `NAME_PLACEHOLDER` and the `Namespace` named `TBDNAMESPACE` come out
+/// with the requests' names.
+#[test]
+fn marketplace_folders_copied_as_they_are_reconcile() {
+    let Some(mp) = marketplace() else {
+        eprintln!("skipped: ../shared/realworld/kratix-marketplace not present");
+        return;
+    };
+    if !bwrap_works() {
+        eprintln!("skipped: bubblewrap cannot create sandboxes here (apt-get install bubblewrap)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config");
+    for p in ["redis", "namespace"] {
+        common::copy_dir(&mp.join(p), &config.join("promises").join(p));
+    }
+    std::fs::write(
+        config.join("platform.yaml"),
+        "apiVersion: platform.kratix.io/v1alpha1\nkind: GitStateStore\nmetadata:\n  name: local\nspec:\n  url: state.git\n  branch: main\n---\napiVersion: platform.kratix.io/v1alpha1\nkind: Destination\nmetadata:\n  name: dev\n  labels:\n    environment: dev\nspec:\n  path: clusters/dev\n  stateStoreRef:\n    kind: GitStateStore\n    name: local\n",
+    )
+    .unwrap();
+    let images = repo_root().join("testdata/images");
+    let resources = |p: &str| {
+        config.join(format!(
+            "promises/{p}/internal/configure-pipeline/resources"
+        ))
+    };
+    let mut yaml = String::from("imageOverrides:\n");
+    for (image, stand_in, promise) in [
+        (REDIS_IMG, "redis-configure-pipeline", "redis"),
+        (
+            "ghcr.io/syntasso/kratix-marketplace/namespace-configure-pipeline:v0.1.0",
+            "namespace-configure-pipeline",
+            "namespace",
+        ),
+    ] {
+        yaml += &format!(
+            "  {image}:\n    command: [\"/image/execute-pipeline\"]\n    mounts:\n      - {{host: \"{}\", target: /image}}\n      - {{host: \"{}\", target: /tmp/transfer}}\n",
+            images.join(stand_in).display(),
+            resources(promise).display()
+        );
+    }
+    let daemon_config = tmp.path().join("promised.yaml");
+    std::fs::write(&daemon_config, yaml).unwrap();
+    let state = tmp.path().join("state");
+    let (code, out, err) = promised(&[
+        "reconcile",
+        "--config",
+        config.to_str().unwrap(),
+        "--daemon-config",
+        daemon_config.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        !out.contains("INVALID") && !err.contains("error"),
+        "{out}\n{err}"
+    );
+    for key in ["redis/default/example", "namespace/default/example"] {
+        assert!(
+            out.lines()
+                .any(|l| l.contains(key) && l.contains(" ran ") && l.contains("Reconciled")),
+            "{key}: {out}"
+        );
+    }
+    let store = state.join("state.git");
+    let files: Vec<String> = git(&store, &["ls-tree", "-r", "--name-only", "main"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let find = |suffix: &str| {
+        files
+            .iter()
+            .find(|f| f.ends_with(suffix))
+            .unwrap_or_else(|| panic!("no {suffix} in\n{}", files.join("\n")))
+            .clone()
+    };
+    let show = |f: &str| git(&store, &["show", &format!("main:{f}")]);
+    let redis = show(&find(
+        "resources/default/redis/example/instance-configure/5058f/redis-instance.yaml",
+    ));
+    assert!(
+        redis.contains("name: example") && !redis.contains("NAME_PLACEHOLDER"),
+        "{redis}"
+    );
+    let ns = show(&find("/namespace.yaml"));
+    assert!(
+        ns.contains("name: promised-namespace") && !ns.contains("TBDNAMESPACE"),
+        "{ns}"
+    );
+    find("dependencies/redis/promise-configure/5058f/databases.spotahome.com_redisfailovers.yaml");
+    // Nothing of the folders' own YAML was written as if it were config.
+    assert!(
+        !files.iter().any(|f| f.contains("internal/")),
+        "{}",
+        files.join("\n")
+    );
+}

@@ -372,7 +372,7 @@ fn yml_files_and_include_exclude_globs() {
             [
                 "error: requests/a.yml[0] app default/a: metadata.name: duplicate object: also defined at requests/drafts/a.yaml[0]",
                 "error: requests/drafts/a.yaml[0] app default/a: metadata.name: duplicate object: also defined at requests/a.yml[0]",
-                "error: requests/drafts/a.yaml[1] app default/Not_Valid: metadata.name: \"Not_Valid\" must consist of lower case alphanumeric characters, '-' or '.', and start and end with an alphanumeric character",
+                "error: requests/drafts/a.yaml[1] app namespace default name \"Not_Valid\": metadata.name: \"Not_Valid\" must consist of lower case alphanumeric characters, '-' or '.', and start and end with an alphanumeric character",
             ],
             "{source}"
         );
@@ -396,7 +396,9 @@ fn yml_files_and_include_exclude_globs() {
         assert!(promises.is_empty() && requests.is_empty(), "{source}");
         assert_eq!(
             diags,
-            ["error: requests/b.yaml[0] app b: kind: no Promise serves example.com/v1 app"],
+            [
+                "warning: requests/b.yaml[0] app b: kind: no Promise serves example.com/v1 app and the file is in no Promise folder; skipped (if it is not config, exclude it: `exclude: [\"requests/**\"]` in the daemon config, or `promised validate --exclude 'requests/**'`)"
+            ],
             "{source}"
         );
     }
@@ -1001,4 +1003,214 @@ fn value_from_secrets_are_checked_against_the_daemon_config() {
     let (code, v) = validate_json(&[dir, "--daemon-config", daemon_arg]);
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(v["report"]["promises"], serde_json::json!(["app"]));
+}
+
+fn validate_text(args: &[&str]) -> (i32, String) {
+    use clap::Parser;
+    let cli = Cli::try_parse_from(["promised", "validate"].iter().chain(args)).expect("args parse");
+    let mut out = Vec::new();
+    let code = run(cli, &mut out);
+    (code, String::from_utf8(out).expect("utf-8 output"))
+}
+
+/// The warning (or error) for `ci/kind-cluster.yaml` of testdata/promise-folder: a
+/// cluster-scoped object labelled by name only (its `namespace: default` is ignored), and how
+/// to exclude the folder.
+fn stray_line(severity: &str) -> String {
+    let tail = match severity {
+        "warning" => "; skipped (if it is not config, exclude it: ",
+        _ => " (unservedKinds: error); if it is not config, exclude it: ",
+    };
+    format!(
+        "{severity}: ci/kind-cluster.yaml[0] ClusterRole ci-reader: kind: no Promise serves rbac.authorization.k8s.io/v1 ClusterRole and the file is in no Promise folder{tail}`exclude: [\"ci/**\"]` in the daemon config, or `promised validate --exclude 'ci/**'`{}",
+        if severity == "warning" { ")" } else { "" }
+    )
+}
+
+/// Which YAML is config (README): in a Promise folder copied as the marketplace ships it, the
+/// example request (a kind the Promise serves) is a request, admitted against the schema;
+/// the pipeline's own YAML (a Deployment, a CRD, a Namespace named `TBDNAMESPACE`) is a
+/// pipeline asset: counted, listed with `--verbose`, never an error. A document outside every
+/// Promise folder whose kind no Promise serves is only a warning, by default.
+#[test]
+fn pipeline_assets_in_a_promise_folder_are_counted_and_never_errors() {
+    let dir = repo_root().join("testdata/promise-folder");
+    let dir = dir.to_str().unwrap();
+    let (code, out) = validate_text(&["--verbose", dir]);
+    assert_eq!(code, 0, "{out}");
+    let res = "promises/app/internal/configure-pipeline/resources";
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            stray_line("warning").as_str(),
+            &format!(
+                "asset: {res}/deployment.yaml[0] Deployment default/app-operator (pipeline asset of Promise app)"
+            ),
+            &format!(
+                "asset: {res}/deployment.yaml[1] CustomResourceDefinition appinstances.example.org (pipeline asset of Promise app)"
+            ),
+            &format!(
+                "asset: {res}/namespace.yaml[0] Namespace name \"TBDNAMESPACE\" (pipeline asset of Promise app)"
+            ),
+            "valid: 1 Promises, 1 requests, 0 Destinations, 0 state stores, 3 pipeline assets; 0 errors, 1 warnings",
+        ]
+    );
+    // Without --verbose the summary counts them and says how to list them.
+    let (code, out) = validate_text(&[dir]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.ends_with("3 pipeline assets (listed with --verbose); 0 errors, 1 warnings\n"),
+        "{out}"
+    );
+    // The example request is config: admitted with its schema default.
+    let (_, v) = validate_json(&[dir]);
+    let report = &v["report"];
+    assert_eq!(
+        report["requests"][0]["file"],
+        "promises/app/resource-request.yaml"
+    );
+    assert_eq!(report["assets"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        report["assets"][2],
+        serde_json::json!({"promise": "app", "file": format!("{res}/namespace.yaml"), "document": 0,
+            "api_version": "v1", "kind": "Namespace", "name": "TBDNAMESPACE"})
+    );
+    let cfg = load(
+        Source::Dir(repo_root().join("testdata/promise-folder")),
+        &[],
+    );
+    assert_eq!(cfg.requests[0].object["spec"]["replicas"], 1);
+    assert!(cfg.rejected.is_empty(), "{:?}", cfg.rejected);
+}
+
+/// `unservedKinds: error` in the daemon config makes the stray document an error (exit 1),
+/// whose message says how to exclude its folder; excluding it (flag or setting) leaves a
+/// valid repo. Pipeline assets stay assets either way.
+#[test]
+fn unserved_kinds_error_setting_and_the_exclude_hint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = repo_root().join("testdata/promise-folder");
+    let dir = dir.to_str().unwrap();
+    let strict = tmp.path().join("promised.yaml");
+    std::fs::write(&strict, "unservedKinds: error\n").unwrap();
+    let strict = strict.to_str().unwrap();
+    let (code, out) = validate_text(&["--daemon-config", strict, dir]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            stray_line("error").as_str(),
+            "invalid: 1 Promises, 1 requests, 0 Destinations, 0 state stores, 3 pipeline assets (listed with --verbose); 1 errors, 0 warnings",
+        ]
+    );
+    // The hint works: with the flag...
+    let (code, out) = validate_text(&["--daemon-config", strict, "--exclude", "ci/**", dir]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.ends_with("0 errors, 0 warnings\n"), "{out}");
+    // ... and with the setting.
+    let both = tmp.path().join("both.yaml");
+    std::fs::write(&both, "unservedKinds: error\nexclude: [\"ci/**\"]\n").unwrap();
+    let (code, out) = validate_text(&["--daemon-config", both.to_str().unwrap(), dir]);
+    assert_eq!(code, 0, "{out}");
+    // A value other than warn or error is a daemon config error (exit 2).
+    std::fs::write(&both, "unservedKinds: ignore\n").unwrap();
+    let (code, _) = validate_text(&["--daemon-config", both.to_str().unwrap(), dir]);
+    assert_eq!(code, 2);
+}
+
+/// Labels in diagnostics: an object of a cluster-scoped kind is named by its name alone (a
+/// `metadata.namespace` written on it is ignored); an invalid namespace or name is shown as
+/// written, quoted, never joined into a path.
+#[test]
+fn diagnostics_label_cluster_scoped_objects_by_name_and_quote_invalid_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("promises/app")).unwrap();
+    std::fs::create_dir_all(tmp.path().join("requests")).unwrap();
+    std::fs::write(
+        tmp.path().join("promises/app/promise.yaml"),
+        promise_with_api("app", APP_VERSIONS),
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("requests/bad.yaml"),
+        "apiVersion: example.com/v1\nkind: app\nmetadata:\n  name: ../../../etc\n  namespace: x/../..\nspec: {}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("requests/stray.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-a\n  namespace: default\n",
+    )
+    .unwrap();
+    let cfg = load(Source::Dir(tmp.path().to_path_buf()), &[]);
+    let lines = diag_lines(&cfg);
+    let label = r#"app namespace "x/../.." name "../../../etc""#;
+    assert_eq!(
+        lines[..2],
+        [
+            format!(
+                "error: requests/bad.yaml[0] {label}: metadata.name: \"../../../etc\" must consist of lower case alphanumeric characters, '-' or '.', and start and end with an alphanumeric character"
+            ),
+            format!(
+                "error: requests/bad.yaml[0] {label}: metadata.namespace: \"x/../..\" is not a valid namespace name"
+            ),
+        ],
+        "{lines:#?}"
+    );
+    assert!(
+        lines[2].starts_with("warning: requests/stray.yaml[0] Namespace team-a: kind: "),
+        "{lines:#?}"
+    );
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(lines.iter().all(|l| !l.contains("x/../../")), "{lines:#?}");
+}
+
+/// Each of the 29 marketplace Promise folders, copied as it is (README, `internal/` with the
+/// pipeline's own YAML, `promise-release.yaml`, the example request) into `promises/<name>/`
+/// of a fresh config repo, validates: exit 0 (warnings allowed), the Promise and its example
+/// request admitted, the pipeline's YAML counted as assets.
+#[test]
+fn marketplace_folders_copied_as_they_are_validate() {
+    let Some(root) = marketplace() else {
+        eprintln!("skipped: ../shared/realworld/kratix-marketplace not present");
+        return;
+    };
+    let mut dirs = Vec::new();
+    promise_dirs(&root, &mut dirs);
+    dirs.sort();
+    assert_eq!(dirs.len(), 29);
+    let mut assets = std::collections::BTreeMap::new();
+    for d in &dirs {
+        let name = d.file_name().unwrap().to_str().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        copy_dir(d, &tmp.path().join("promises").join(name));
+        let (code, v) = validate_json(&[tmp.path().to_str().unwrap()]);
+        let r = &v["report"];
+        assert_eq!(code, 0, "{name}: {:#}", r["diagnostics"]);
+        assert_eq!(r["errors"], 0, "{name}");
+        assert_eq!(r["promises"].as_array().unwrap().len(), 1, "{name}");
+        let want_requests = usize::from(d.join("resource-request.yaml").is_file());
+        assert_eq!(
+            r["requests"].as_array().unwrap().len(),
+            want_requests,
+            "{name}"
+        );
+        let n = r["assets"].as_array().unwrap().len();
+        if n > 0 {
+            assets.insert(name.to_string(), n);
+        }
+    }
+    // Every Kubernetes document under the folders' internal/ (SOURCE.md lists which folders
+    // have one): Deployments, RBAC, CRDs, RedisFailover NAME_PLACEHOLDER, Namespace
+    // TBDNAMESPACE, ...
+    let want: std::collections::BTreeMap<String, usize> = [
+        ("kafka", 32),
+        ("namespace", 1),
+        ("nginx-ingress", 23),
+        ("redis", 7),
+        ("runtime", 19),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(assets, want);
 }

@@ -3,9 +3,11 @@
 //!
 //! Guarantees: one bad file or document never hides the others; every problem becomes a
 //! [`Diagnostic`] naming the file and document. Documents without `apiVersion`/`kind` are
-//! skipped with a debug log (they are often CI or tool config); an unknown kind is a warning.
-//! Resource requests cannot be recognised until the Promises are known, so every document that
-//! is not a Kratix kind is kept as a request candidate for [`crate::validate`].
+//! skipped with a debug log (they are often CI or tool config); an unknown Kratix kind is a
+//! warning. Resource requests cannot be recognised until the Promises are known, so every
+//! document that is not a Kratix kind is kept as a candidate for [`crate::validate`], which
+//! decides whether it is a request, a pipeline asset or neither (README "Which YAML is
+//! config").
 
 pub mod source;
 
@@ -67,6 +69,10 @@ pub struct Objects {
     /// Objects of any other `apiVersion`/`kind`: resource requests if a Promise serves them.
     /// The document is in `raw`; `object` is `Value::Null` (no second copy).
     pub candidates: Vec<Located<Value>>,
+    /// `Promise` documents that did not decode (their errors are in `diagnostics`): they
+    /// still mark their folder as a Promise folder and the kind their `spec.api` names as
+    /// served ([`crate::validate`], "Which YAML is config"). `object` is `Value::Null`.
+    pub undecoded_promises: Vec<Located<Value>>,
     /// Problems found while reading and classifying.
     pub diagnostics: Vec<Diagnostic>,
     /// Commit the objects were read from (Git sources).
@@ -494,17 +500,23 @@ pub fn classify(docs: Vec<Document>) -> Objects {
                 continue;
             }
         };
-        let id = object_ref(&kind, &value);
+        let id = object_ref(&api_version, &kind, &value);
         if api_version == KRATIX_API_VERSION {
             match kind.as_str() {
-                "Promise" => push_typed(
-                    &mut out.promises,
-                    &mut out.diagnostics,
-                    origin,
-                    id,
-                    value,
-                    blob,
-                ),
+                "Promise" => {
+                    let before = out.promises.len();
+                    let (o, i, v) = (origin.clone(), id.clone(), value.clone());
+                    push_typed(&mut out.promises, &mut out.diagnostics, o, i, v, blob);
+                    if out.promises.len() == before {
+                        out.undecoded_promises.push(Located {
+                            origin,
+                            id,
+                            object: Value::Null,
+                            raw: value,
+                            blob,
+                        });
+                    }
+                }
                 "Destination" => push_typed(
                     &mut out.destinations,
                     &mut out.diagnostics,
@@ -574,8 +586,10 @@ pub fn classify(docs: Vec<Document>) -> Objects {
     out
 }
 
-/// Kind, namespace and name of a document, leniently (missing parts are empty).
-fn object_ref(kind: &str, value: &Value) -> ObjectRef {
+/// Kind, namespace and name of a document, leniently (missing parts are empty). A
+/// cluster-scoped kind ([`crate::model::is_cluster_scoped`]) has no namespace, whatever
+/// `metadata.namespace` says.
+fn object_ref(api_version: &str, kind: &str, value: &Value) -> ObjectRef {
     let meta = value.get("metadata");
     let name = meta
         .and_then(|m| m.get("name"))
@@ -585,6 +599,7 @@ fn object_ref(kind: &str, value: &Value) -> ObjectRef {
     let namespace = meta
         .and_then(|m| m.get("namespace"))
         .and_then(Value::as_str)
+        .filter(|_| !crate::model::is_cluster_scoped(api_version, kind))
         .map(str::to_string);
     ObjectRef {
         kind: kind.to_string(),

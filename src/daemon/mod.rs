@@ -472,7 +472,11 @@ async fn one_pass(
         Some((commit, mut loaded)) => {
             // A file that does not load keeps its objects' last good versions (never prunes).
             engine.restore_unloadable(&mut loaded.objects);
-            let mut cfg = validate::validate_with(loaded.objects, &mut cache.admissions);
+            let mut cfg = validate::validate_with_options(
+                loaded.objects,
+                &mut cache.admissions,
+                &engine.settings().validate_options(),
+            );
             // Needs the daemon config; a SIGHUP resets `cache.last`, so this runs again.
             validate::check_pipeline_env(&mut cfg, &engine.settings().env_sources());
             let cfg = Arc::new(cfg);

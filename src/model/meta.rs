@@ -50,11 +50,140 @@ pub struct ObjectRef {
 }
 
 impl fmt::Display for ObjectRef {
-    /// Formats as `kind name` or `kind namespace/name`, e.g. `redis default/a`.
+    /// Formats as `kind name` or `kind namespace/name`, e.g. `redis default/a`. A namespace
+    /// that is not a DNS label or a name that is not a DNS subdomain is shown as written,
+    /// quoted and never joined into a path: `redis namespace "x/../.." name "a"`,
+    /// `Namespace name "TBDNAMESPACE"`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plain_name = is_dns_subdomain(&self.name);
         match &self.namespace {
-            Some(ns) => write!(f, "{} {}/{}", self.kind, ns, self.name),
-            None => write!(f, "{} {}", self.kind, self.name),
+            Some(ns) if is_dns_label(ns) && plain_name => {
+                write!(f, "{} {}/{}", self.kind, ns, self.name)
+            }
+            Some(ns) => {
+                write!(f, "{} namespace ", self.kind)?;
+                quoted_unless(f, ns, is_dns_label(ns))?;
+                f.write_str(" name ")?;
+                quoted_unless(f, &self.name, plain_name)
+            }
+            None if plain_name => write!(f, "{} {}", self.kind, self.name),
+            None => write!(f, "{} name {:?}", self.kind, self.name),
         }
+    }
+}
+
+fn quoted_unless(f: &mut fmt::Formatter<'_>, s: &str, plain: bool) -> fmt::Result {
+    if plain {
+        f.write_str(s)
+    } else {
+        write!(f, "{s:?}")
+    }
+}
+
+/// RFC 1123 subdomain (what Kubernetes requires of most object names).
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// RFC 1123 label (namespaces): at most 63 lower-case alphanumerics or `-`, alphanumeric at
+/// both ends.
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// Kinds whose objects have no namespace (group as in `apiVersion`, `""` for the core group):
+/// the Kubernetes built-ins and the cluster-scoped Kratix kinds. A `metadata.namespace`
+/// written on one of these is ignored, as the API server ignores it.
+pub const CLUSTER_SCOPED_KINDS: &[(&str, &str)] = &[
+    ("", "Namespace"),
+    ("", "Node"),
+    ("", "PersistentVolume"),
+    ("", "ComponentStatus"),
+    ("rbac.authorization.k8s.io", "ClusterRole"),
+    ("rbac.authorization.k8s.io", "ClusterRoleBinding"),
+    ("apiextensions.k8s.io", "CustomResourceDefinition"),
+    (
+        "admissionregistration.k8s.io",
+        "ValidatingWebhookConfiguration",
+    ),
+    (
+        "admissionregistration.k8s.io",
+        "MutatingWebhookConfiguration",
+    ),
+    ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy"),
+    (
+        "admissionregistration.k8s.io",
+        "ValidatingAdmissionPolicyBinding",
+    ),
+    ("apiregistration.k8s.io", "APIService"),
+    ("certificates.k8s.io", "CertificateSigningRequest"),
+    ("flowcontrol.apiserver.k8s.io", "FlowSchema"),
+    ("flowcontrol.apiserver.k8s.io", "PriorityLevelConfiguration"),
+    ("networking.k8s.io", "IngressClass"),
+    ("node.k8s.io", "RuntimeClass"),
+    ("scheduling.k8s.io", "PriorityClass"),
+    ("storage.k8s.io", "StorageClass"),
+    ("storage.k8s.io", "CSIDriver"),
+    ("storage.k8s.io", "CSINode"),
+    ("storage.k8s.io", "VolumeAttachment"),
+    ("platform.kratix.io", "Promise"),
+    ("platform.kratix.io", "PromiseRelease"),
+    ("platform.kratix.io", "Destination"),
+    ("platform.kratix.io", "GitStateStore"),
+    ("platform.kratix.io", "BucketStateStore"),
+];
+
+/// True when `kind` of `apiVersion` (`group/version`, or `version` for the core group) is a
+/// cluster-scoped kind ([`CLUSTER_SCOPED_KINDS`]).
+pub fn is_cluster_scoped(api_version: &str, kind: &str) -> bool {
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    CLUSTER_SCOPED_KINDS
+        .iter()
+        .any(|(g, k)| *g == group && *k == kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(kind: &str, ns: Option<&str>, name: &str) -> String {
+        ObjectRef {
+            kind: kind.into(),
+            namespace: ns.map(str::to_string),
+            name: name.into(),
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn labels_join_only_valid_parts_into_a_path() {
+        assert_eq!(id("redis", Some("default"), "a"), "redis default/a");
+        assert_eq!(id("Promise", None, "redis"), "Promise redis");
+        assert_eq!(
+            id("redis", Some("x/../.."), "../../../etc"),
+            r#"redis namespace "x/../.." name "../../../etc""#
+        );
+        assert_eq!(
+            id("redis", Some("Team_A"), "a"),
+            r#"redis namespace "Team_A" name a"#
+        );
+        assert_eq!(
+            id("Namespace", None, "TBDNAMESPACE"),
+            r#"Namespace name "TBDNAMESPACE""#
+        );
+        assert_eq!(id("app", None, ""), r#"app name """#);
+        assert!(is_cluster_scoped(
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRole"
+        ));
+        assert!(is_cluster_scoped("v1", "Namespace"));
+        assert!(!is_cluster_scoped("v1", "Service"));
+        assert!(!is_cluster_scoped("example.com/v1", "Namespace"));
     }
 }

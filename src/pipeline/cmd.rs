@@ -275,6 +275,19 @@ fn run_cmd(a: &RunArgs, out: &mut dyn Write) -> Result<i32, String> {
                 }
                 return Ok(1);
             }
+            // Not a request at all (a kind no Promise serves): say why.
+            let why: Vec<_> = cfg.diagnostics.iter().filter(|d| &d.file == l).collect();
+            if !cfg.requests.iter().any(|r| &r.origin.file == l) && !why.is_empty() {
+                for d in why {
+                    // The validate hint about excluding folders is not for a --request file.
+                    let message = d.message.split(" and the file is in no Promise folder");
+                    let label = d.object.as_ref().map(|o| o.to_string()).unwrap_or_default();
+                    writeln!(out, "request {label} rejected:").map_err(|e| e.to_string())?;
+                    writeln!(out, "  {}", message.clone().next().unwrap_or_default())
+                        .map_err(|e| e.to_string())?;
+                }
+                return Ok(1);
+            }
             cfg.requests
                 .iter()
                 .filter(mine)
