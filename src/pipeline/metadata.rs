@@ -36,6 +36,14 @@ struct RawSelector {
     match_labels: Option<BTreeMap<String, String>>,
 }
 
+/// Parses `text` as YAML, then as `T`: a syntax error is `invalid YAML: …`, well-formed YAML
+/// of another shape is `expected <expected>: <what serde found>`.
+fn parse_shape<T: serde::de::DeserializeOwned>(text: &str, expected: &str) -> Result<T, String> {
+    let value: serde_json::Value = serde_saphyr::from_str(text)
+        .map_err(|e| format!("invalid YAML: {}", first_line(&e.to_string())))?;
+    serde_json::from_value(value).map_err(|e| format!("expected {expected}: {e}"))
+}
+
 /// Go's `filepath.Clean` for `/`-separated relative paths: drops empty and `.` segments and
 /// resolves `..` where possible; `""` becomes `"."`.
 pub fn clean_path(p: &str) -> String {
@@ -77,8 +85,11 @@ pub fn parse_destination_selectors(
     if text.trim().is_empty() {
         return Ok(Vec::new());
     }
-    let raw: Option<Vec<RawSelector>> = serde_saphyr::from_str(text)
-        .map_err(|e| bad(format!("invalid YAML: {}", first_line(&e.to_string()))))?;
+    let raw: Option<Vec<RawSelector>> = parse_shape(
+        text,
+        "a list of entries `- matchLabels: {label: value}` with an optional `directory: <name>`",
+    )
+    .map_err(bad)?;
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for (i, r) in raw.unwrap_or_default().into_iter().enumerate() {
@@ -216,8 +227,11 @@ pub fn parse_workflow_control(text: &str) -> Result<WorkflowControl, Error> {
     if text.trim().is_empty() {
         return Ok(WorkflowControl::default());
     }
-    let raw: Option<RawControl> = serde_saphyr::from_str(text)
-        .map_err(|e| bad(format!("invalid YAML: {}", first_line(&e.to_string()))))?;
+    let raw: Option<RawControl> = parse_shape(
+        text,
+        "a map with `suspend: true|false`, `retryAfter: <duration>` and `message: <text>`",
+    )
+    .map_err(bad)?;
     let Some(raw) = raw else {
         return Ok(WorkflowControl::default());
     };
@@ -298,7 +312,7 @@ mod tests {
         let out = dirs(&["a", "backstage"]);
         let cases = [
             ("- matchLabels: [unclosed\n", "invalid YAML"),
-            ("- matchLabels: {a: {b: c}}\n", "invalid YAML"),
+            ("- matchLabels: {a: {b: c}}\n", "expected a list of entries"),
             ("- directory: a\n", "matchLabels must not be empty"),
             ("- matchLabels: {}\n", "matchLabels must not be empty"),
             (
@@ -315,7 +329,7 @@ mod tests {
                 "- directory: missing\n  matchLabels: {a: b}\n",
                 "does not exist",
             ),
-            ("matchLabels: {a: b}\n", "invalid YAML"),
+            ("matchLabels: {a: b}\n", "expected a list of entries"),
         ];
         for (text, want) in cases {
             match parse_destination_selectors(text, &out) {
