@@ -1182,3 +1182,67 @@ fn loose_secret_file_modes_are_warned_about() {
         "{log}"
     );
 }
+
+/// An unchanged invalid object is logged once, not on every pass; once fixed and broken again
+/// it is logged again.
+#[test]
+fn an_unchanged_invalid_object_is_logged_once() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config");
+    copy_dir(&repo_root().join("testdata/quickstart"), &config);
+    let bad = config.join("requests/bad.yaml");
+    let bad_text = "apiVersion: marketplace.kratix.io/v1alpha1\nkind: namespace\nmetadata:\n  name: bad\nspec:\n  namespaceName: NOT_VALID\n";
+    std::fs::write(&bad, bad_text).unwrap();
+    let state = tmp.path().join("state");
+    let d = start(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    let store = state.join("quickstart-state.git");
+    let logged = |d: &Daemon| {
+        std::fs::read_to_string(&d.log)
+            .unwrap()
+            .matches("invalid config object")
+            .count()
+    };
+    // Three more passes (each adds a request and waits for its commit).
+    for name in ["team-x", "team-y", "team-z"] {
+        add_namespace_request(&config, name);
+        wait_for(
+            Duration::from_secs(30),
+            || store_has(&store, name),
+            &d,
+            &format!("{name} committed"),
+        );
+    }
+    assert_eq!(
+        logged(&d),
+        1,
+        "{}",
+        std::fs::read_to_string(&d.log).unwrap()
+    );
+    // Fixed, then broken again: logged again.
+    std::fs::write(&bad, bad_text.replace("NOT_VALID", "bad")).unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        || store_has(&store, "resources/default/namespace/bad/"),
+        &d,
+        "the fixed request committed",
+    );
+    std::fs::write(&bad, bad_text).unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        || logged(&d) == 2,
+        &d,
+        "logged again",
+    );
+}

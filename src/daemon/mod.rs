@@ -393,6 +393,9 @@ struct PassCache {
     last: Option<(String, Arc<validate::ValidConfig>, PathBuf)>,
     /// `/api/v1/status` rows as JSON; refreshed for the objects a pass changed.
     rows: StatusRows,
+    /// Config errors already logged: an unchanged invalid object is logged once, not on every
+    /// pass (it stays in `/api/v1/status` and the metrics); fixed ones are forgotten.
+    logged: std::collections::HashSet<crate::diag::Diagnostic>,
 }
 
 /// Status rows as JSON, by object key, Promises apart from requests (the order of
@@ -422,6 +425,7 @@ impl PassCache {
             admissions: validate::Admissions::default(),
             last: None,
             rows: StatusRows::default(),
+            logged: Default::default(),
         })
     }
 }
@@ -480,7 +484,13 @@ async fn one_pass(
             // Needs the daemon config; a SIGHUP resets `cache.last`, so this runs again.
             validate::check_pipeline_env(&mut cfg, &engine.settings().env_sources());
             let cfg = Arc::new(cfg);
+            let errors: std::collections::HashSet<&crate::diag::Diagnostic> =
+                cfg.diagnostics.iter().filter(|d| d.is_error()).collect();
+            cache.logged.retain(|d| errors.contains(d));
             for d in cfg.diagnostics.iter().filter(|d| d.is_error()) {
+                if !cache.logged.insert(d.clone()) {
+                    continue; // logged on an earlier pass, unchanged
+                }
                 let object = d.object.as_ref();
                 tracing::warn!(
                     file = %d.file,
