@@ -118,6 +118,9 @@ Examples:
 const RUN_EXAMPLES: &str = "\
 Runs until SIGTERM or SIGINT (which drain running pipelines); SIGHUP reloads the daemon config.
 
+Exit status: 0 after a drain, 2 the daemon could not start (bad config, port in use,
+unreadable state directory).
+
 Examples:
   promised run --config /srv/platform-config --daemon-config /etc/promised/promised.yaml
   promised run --config https://github.com/acme/platform-config.git --ref main --poll-interval 30s
