@@ -17,16 +17,33 @@ use crate::diag::{Diagnostic, Severity};
 use crate::validate::{self, ValidConfig};
 
 /// Keeps Kratix Promises without Kubernetes.
+///
+/// The `about` line of `promised --help` is the package description (Cargo.toml), not this
+/// comment. Help text is read by users in a terminal: plain text, no rustdoc links
+/// (tests/help.rs checks every subcommand's help, and that it ends with an `Examples:` block).
 #[derive(Debug, Parser)]
-#[command(name = "promised", version, about)]
+#[command(
+    name = "promised",
+    version,
+    about,
+    long_about = None,
+    after_help = TOP_EXAMPLES
+)]
 pub struct Cli {
-    /// Log filter (tracing env-filter syntax), e.g. `info`, `promised=debug`. Default `warn`,
-    /// `info` for `promised run`.
-    #[arg(long, global = true, env = "PROMISED_LOG")]
+    /// Log filter in tracing's env-filter syntax, e.g. info or promised=debug. Default: warn
+    /// (info for promised run).
+    #[arg(long, global = true, value_name = "FILTER", env = "PROMISED_LOG")]
     pub log: Option<String>,
-    /// Log format: human-readable `text` or one JSON object per line. Default: the daemon
-    /// config's `logFormat` (see [`Cli::log_format`]), else `text`.
-    #[arg(long, global = true, value_enum, env = "PROMISED_LOG_FORMAT")]
+    /// Log format. Default: the daemon config's `logFormat` (see [`Cli::log_format`]), else
+    /// `text`.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        env = "PROMISED_LOG_FORMAT",
+        help = "Log format. Default: logFormat in the daemon config, else text"
+    )]
     pub log_format: Option<crate::settings::LogFormat>,
     /// The subcommand.
     #[command(subcommand)]
@@ -55,28 +72,88 @@ impl Cli {
     }
 }
 
+/// Examples at the end of `promised --help`.
+const TOP_EXAMPLES: &str = "\
+Examples:
+  promised validate testdata/quickstart
+  promised reconcile --config testdata/quickstart
+  promised status
+  promised run --config https://github.com/acme/platform-config.git --ref main --daemon-config /etc/promised/promised.yaml
+  promised pipeline run --config testdata/quickstart --promise redis --request-name default/example";
+
+/// Exit status and examples at the end of `promised validate --help`.
+const VALIDATE_EXAMPLES: &str = "\
+Exit status: 0 valid, 1 the config has errors (or warnings, with --deny-warnings), 2 the config
+repo could not be read.
+
+Examples:
+  promised validate testdata/quickstart
+  promised validate . --exclude 'ci/**' --deny-warnings
+  promised validate --git https://github.com/acme/platform-config.git --ref main --output json
+  promised validate . --daemon-config /etc/promised/promised.yaml --verbose";
+
+/// Exit status and examples at the end of `promised reconcile --help`.
+const RECONCILE_EXAMPLES: &str = "\
+Exit status: 0 everything reconciled, 1 some object failed (the rest was still committed), 2
+the pass could not run.
+
+Examples:
+  promised reconcile --config testdata/quickstart
+  promised reconcile --config https://github.com/acme/platform-config.git --ref main --daemon-config /etc/promised/promised.yaml
+  promised reconcile --config . --state-dir /var/lib/promised --output json";
+
+/// Exit status and examples at the end of `promised status --help`.
+const STATUS_EXAMPLES: &str = "\
+Asks the daemon listening at --listen first; without one, reads the state directory (which
+must exist).
+
+Exit status: 0 shown, 2 no status could be read.
+
+Examples:
+  promised status
+  promised status --state-dir /var/lib/promised --output yaml
+  promised status --daemon-config /etc/promised/promised.yaml --output json";
+
+/// Exit status and examples at the end of `promised run --help`.
+const RUN_EXAMPLES: &str = "\
+Runs until SIGTERM or SIGINT (which drain running pipelines); SIGHUP reloads the daemon config.
+
+Exit status: 0 after a drain, 2 the daemon could not start (bad config, port in use,
+unreadable state directory).
+
+Examples:
+  promised run --config /srv/platform-config --daemon-config /etc/promised/promised.yaml
+  promised run --config https://github.com/acme/platform-config.git --ref main --poll-interval 30s
+  promised run --config . --listen 127.0.0.1:8473 --log-format json";
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate a config repo: schemas, cross-object rules, every request against its Promise.
+    #[command(after_help = VALIDATE_EXAMPLES)]
     Validate(ValidateArgs),
     /// One reconcile pass: run workflows, place output, commit to the state stores.
+    #[command(after_help = RECONCILE_EXAMPLES)]
     Reconcile(ReconcileArgs),
     /// Show the status of every Promise and resource request.
+    #[command(after_help = STATUS_EXAMPLES)]
     Status(StatusArgs),
     /// Run as a service: webhooks, polling or file watch, HTTP endpoints, systemd notify.
+    #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
-    /// Run Promise workflows locally (`promised pipeline run`).
+    /// Run Promise workflows locally, without a state store (see promised pipeline run).
+    #[command(after_help = crate::pipeline::cmd::PIPELINE_EXAMPLES)]
     Pipeline(crate::pipeline::cmd::PipelineArgs),
 }
 
 /// Flags shared by commands that use the daemon config.
 #[derive(Debug, Clone, Args)]
 pub struct DaemonConfigArgs {
-    /// The daemon config file (promised.yaml); see the README for every key.
+    /// The daemon config file (promised.yaml); the README lists every key.
     #[arg(long, value_name = "FILE", env = "PROMISED_CONFIG")]
     pub daemon_config: Option<PathBuf>,
-    /// State directory (overrides `stateDir`).
+    /// State directory (overrides stateDir in the daemon config; default $STATE_DIRECTORY,
+    /// else ./.promised).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 }
@@ -108,17 +185,18 @@ pub struct ReconcileArgs {
     /// The config repo: a directory, or a Git repository (URL or path; with --ref).
     #[arg(long, value_name = "DIR|GIT-URL")]
     pub config: String,
-    /// Git ref to reconcile (makes --config a Git repository; default HEAD for URLs).
+    /// Git ref to reconcile: branch, tag or commit (makes --config a Git repository; default
+    /// HEAD for URLs).
     #[arg(long = "ref", value_name = "REF")]
     pub reference: Option<String>,
     /// Daemon config and state directory.
     #[command(flatten)]
     pub daemon: DaemonConfigArgs,
-    /// Pipelines running at once (overrides `concurrency`).
-    #[arg(long)]
+    /// Pipelines running at once (overrides concurrency in the daemon config).
+    #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
     /// Output format.
-    #[arg(long, short, value_enum, default_value_t)]
+    #[arg(long, short, value_enum, value_name = "FORMAT", default_value_t)]
     pub output: OutputFormat,
 }
 
@@ -128,23 +206,25 @@ pub struct RunArgs {
     /// The config repo: a directory (watched) or a Git repository (polled; with --ref).
     #[arg(long, value_name = "DIR|GIT-URL")]
     pub config: String,
-    /// Git ref to follow (default HEAD for URLs).
+    /// Git ref to follow: a branch or tag (makes --config a Git repository; default HEAD for
+    /// URLs).
     #[arg(long = "ref", value_name = "REF")]
     pub reference: Option<String>,
     /// Daemon config and state directory.
     #[command(flatten)]
     pub daemon: DaemonConfigArgs,
-    /// HTTP listen address (overrides `listen`).
+    /// HTTP listen address for webhooks, health, metrics and status (overrides listen in the
+    /// daemon config; default 127.0.0.1:8473).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
-    /// Git poll interval, e.g. `30s` (overrides `pollInterval`).
+    /// Git poll interval, e.g. 30s or 5m (overrides pollInterval in the daemon config).
     #[arg(long, value_name = "DURATION")]
     pub poll_interval: Option<String>,
-    /// File with the webhook secret (overrides `webhookSecretFile`).
+    /// File with the webhook secret (overrides webhookSecretFile in the daemon config).
     #[arg(long, value_name = "FILE")]
     pub webhook_secret_file: Option<PathBuf>,
-    /// Pipelines running at once (overrides `concurrency`).
-    #[arg(long)]
+    /// Pipelines running at once (overrides concurrency in the daemon config).
+    #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
 }
 
@@ -180,11 +260,11 @@ pub struct StatusArgs {
     /// Daemon config and state directory.
     #[command(flatten)]
     pub daemon: DaemonConfigArgs,
-    /// Address of a running daemon to ask first (default: the `listen` setting).
+    /// Address of a running daemon to ask first (default: listen in the daemon config).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
     /// Output format.
-    #[arg(long, short, value_enum, default_value_t)]
+    #[arg(long, short, value_enum, value_name = "FORMAT", default_value_t)]
     pub output: StatusFormat,
 }
 
@@ -231,7 +311,7 @@ pub struct SourceArgs {
     #[arg(long = "include", value_name = "GLOB")]
     pub include: Vec<String>,
     /// Skip files matching these globs (repeatable; default .git/**), e.g. a folder of
-    /// Kubernetes YAML that is not config: `--exclude 'ci/**'`.
+    /// Kubernetes YAML that is not config: --exclude 'ci/**'.
     #[arg(long = "exclude", value_name = "GLOB")]
     pub exclude: Vec<String>,
 }
@@ -269,7 +349,7 @@ pub struct ValidateArgs {
     #[command(flatten)]
     pub source: SourceArgs,
     /// Output format.
-    #[arg(long, short, value_enum, default_value_t)]
+    #[arg(long, short, value_enum, value_name = "FORMAT", default_value_t)]
     pub output: OutputFormat,
     /// Treat warnings as errors.
     #[arg(long)]
@@ -277,9 +357,9 @@ pub struct ValidateArgs {
     /// Also list every pipeline asset (YAML in a Promise folder that is not config).
     #[arg(long, short)]
     pub verbose: bool,
-    /// The daemon config (promised.yaml): its `include`, `exclude` and `unservedKinds` apply,
-    /// and what needs it is checked too: the Secrets each Promise's `env[].valueFrom` may read
-    /// (`pipelineSecrets.allow`) and that each source is configured.
+    /// The daemon config (promised.yaml): its include, exclude and unservedKinds apply, and
+    /// what needs it is checked too: the Secrets each Promise's env[].valueFrom may read
+    /// (pipelineSecrets.allow) and that each source is configured.
     #[arg(long, value_name = "FILE", env = "PROMISED_CONFIG")]
     pub daemon_config: Option<PathBuf>,
 }

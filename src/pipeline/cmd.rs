@@ -34,6 +34,27 @@ use crate::cli::OutputFormat;
 use crate::config::{self, FileFilter, RawFile, Source};
 use crate::validate::{self, ValidConfig};
 
+/// Examples at the end of `promised pipeline --help`.
+pub(crate) const PIPELINE_EXAMPLES: &str = "\
+Examples:
+  promised pipeline run --config testdata/quickstart --promise redis --request-name default/example
+  promised pipeline run --config testdata/quickstart --promise redis --workflow promise.configure";
+
+/// Exit status and examples at the end of `promised pipeline run --help`.
+const RUN_EXAMPLES: &str = "\
+Prints the output files, the destination selectors, the merged status and the logs of each
+Pipeline. Images are not pulled: a container runs its own command on the host, or the command
+an image override gives it.
+
+Exit status: 0 the workflow succeeded (or was suspended or asked for a retry), 1 it failed or
+the request does not match the Promise's schema, 2 the command could not run.
+
+Examples:
+  promised pipeline run --config testdata/quickstart --promise redis --request-name default/example
+  promised pipeline run --config . --promise redis --request my-redis.yaml --output-dir /tmp/out
+  promised pipeline run --config . --promise redis --workflow resource.delete --request-name team-a/cache
+  promised pipeline run --config . --promise redis --image-override 'ghcr.io/acme/redis-configure:v1=sh /image/run' --mount ghcr.io/acme/redis-configure:v1:./images/redis:/image";
+
 /// `promised pipeline …`.
 #[derive(Debug, Clone, Args)]
 pub struct PipelineArgs {
@@ -46,22 +67,23 @@ pub struct PipelineArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum PipelineCommand {
     /// Run one workflow of a Promise locally and print what it produced.
+    #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
 }
 
 /// Which workflow to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum WorkflowChoice {
-    /// `workflows.resource.configure`.
+    /// The Promise's workflows.resource.configure.
     #[value(name = "resource.configure")]
     ResourceConfigure,
-    /// `workflows.resource.delete` (first Pipeline only).
+    /// The Promise's workflows.resource.delete (first Pipeline only).
     #[value(name = "resource.delete")]
     ResourceDelete,
-    /// `workflows.promise.configure`.
+    /// The Promise's workflows.promise.configure.
     #[value(name = "promise.configure")]
     PromiseConfigure,
-    /// `workflows.promise.delete` (first Pipeline only).
+    /// The Promise's workflows.promise.delete (first Pipeline only).
     #[value(name = "promise.delete")]
     PromiseDelete,
 }
@@ -80,7 +102,7 @@ impl WorkflowChoice {
 /// `promised pipeline run`.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Config repo directory (validated like `promised validate`).
+    /// Config repo directory (validated like promised validate).
     #[arg(long, value_name = "DIR")]
     pub config: PathBuf,
     /// Name of the Promise.
@@ -90,39 +112,42 @@ pub struct RunArgs {
     /// of the same identity in the repo).
     #[arg(long, value_name = "FILE", conflicts_with = "request_name")]
     pub request: Option<PathBuf>,
-    /// A request of the repo, as `namespace/name` (or `name` in `default`).
+    /// A request of the repo, as namespace/name (or name, in namespace default).
     #[arg(long, value_name = "NS/NAME")]
     pub request_name: Option<String>,
-    /// The workflow; default `resource.configure` with a request, else `promise.configure`.
-    #[arg(long, value_enum)]
+    /// The workflow to run. Default: resource.configure with a request, else
+    /// promise.configure.
+    #[arg(long, value_enum, value_name = "WORKFLOW")]
     pub workflow: Option<WorkflowChoice>,
-    /// Keep the output files here, as `<DIR>/<pipeline>/<path>`.
+    /// Keep the output files here, as DIR/PIPELINE/PATH.
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
-    /// Run IMAGE as a host command (whitespace-separated), e.g. `IMAGE=sh /image/run`.
+    /// Run containers of IMAGE as this host command, split at whitespace (repeatable), e.g.
+    /// 'ghcr.io/acme/redis-configure:v1=sh /image/run'. A container's own command still wins.
     #[arg(long = "image-override", value_name = "IMAGE=CMD")]
     pub image_override: Vec<String>,
-    /// Read-only mount for containers of IMAGE: `IMAGE:HOST:TARGET`.
+    /// Mount the host path HOST read-only at TARGET in containers of IMAGE (repeatable).
     #[arg(long = "mount", value_name = "IMAGE:HOST:TARGET")]
     pub mount: Vec<String>,
-    /// YAML map of image overrides (see the module docs).
+    /// YAML map of image overrides, shaped like imageOverrides in the daemon config: image
+    /// to command, mounts and network. Relative host paths are relative to the file's folder.
     #[arg(long, value_name = "FILE")]
     pub image_overrides: Option<PathBuf>,
-    /// Sandbox.
-    #[arg(long, value_enum, default_value = "bwrap")]
+    /// How containers are isolated.
+    #[arg(long, value_enum, value_name = "SANDBOX", default_value = "bwrap")]
     pub sandbox: SandboxChoice,
     /// Allow network access in every Pipeline.
     #[arg(long)]
     pub allow_network: bool,
-    /// Per-container timeout (Go duration, e.g. `30s`, `10m`).
-    #[arg(long, default_value = "10m")]
+    /// Per-container timeout, e.g. 30s or 10m.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
     pub timeout: String,
-    /// Daemon config (promised.yaml) whose `pipelineSecrets` and `pipelineConfigMaps`
-    /// `env[].valueFrom` reads (without it, every `secretKeyRef` is refused).
+    /// Daemon config (promised.yaml) whose pipelineSecrets and pipelineConfigMaps settings
+    /// env[].valueFrom reads (without it, every secretKeyRef is refused).
     #[arg(long, value_name = "FILE")]
     pub daemon_config: Option<PathBuf>,
     /// Output format.
-    #[arg(long, short, value_enum, default_value_t)]
+    #[arg(long, short, value_enum, value_name = "FORMAT", default_value_t)]
     pub output: OutputFormat,
 }
 
@@ -132,6 +157,9 @@ pub enum SandboxChoice {
     /// bubblewrap (default).
     Bwrap,
     /// No sandbox (see [`SandboxMode::None`]).
+    #[value(
+        help = "No isolation, for machines without user namespaces: scripts find the contract directories in KRATIX_INPUT_DIR, KRATIX_OUTPUT_DIR and KRATIX_METADATA_DIR instead of /kratix"
+    )]
     None,
 }
 
