@@ -118,12 +118,35 @@ pub fn fetch(
     opts: &super::transport::FetchOptions,
     secrets: &Secrets,
 ) -> Result<Option<ObjectId>, FetchError> {
+    // An ssh fetch logs to a file of its own (`ssh -E`, see `transport::SSH_LOG`): why ssh
+    // failed is read from there, whatever gix saw of its stderr.
+    let ssh_log = url
+        .starts_with("ssh://")
+        .then(|| tempfile::NamedTempFile::new().ok())
+        .flatten();
+    super::transport::SSH_LOG
+        .with(|l| *l.borrow_mut() = ssh_log.as_ref().map(|f| f.path().to_path_buf()));
+    struct ClearLog;
+    impl Drop for ClearLog {
+        fn drop(&mut self) {
+            super::transport::SSH_LOG.with(|l| *l.borrow_mut() = None);
+        }
+    }
+    let _clear = ClearLog;
     let classify = |e: gix::Error| {
         let unauth = {
             let c = e.classify();
             c.is_unauthenticated()
         } || e.classify().is_permission_denied();
-        let text = secrets.redact(&error_text(&e));
+        let mut text = secrets.redact(&error_text(&e));
+        let ssh_said = ssh_log
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f.path()).ok())
+            .map(|t| secrets.redact(t.trim()))
+            .filter(|t| !t.is_empty());
+        if let Some(said) = &ssh_said {
+            text = format!("{text}: ssh: {}", said.lines().last().unwrap_or_default());
+        }
         if unauth || looks_like_auth(&text) {
             FetchError::Auth(text)
         } else {

@@ -20,6 +20,15 @@ use gix_transport::client::blocking_io::Transport;
 
 use crate::net::{Deadline, human};
 
+thread_local! {
+    /// Where the ssh fetch starting on this thread logs (`ssh -E`), set by
+    /// [`super::repo::fetch`] so it can read why ssh failed. gix reads ssh's stderr on another
+    /// thread and may not have it yet when the connection ends (seen under load: a refused
+    /// key became "failed to fill whole buffer"); the log file is written before ssh exits.
+    pub(crate) static SSH_LOG: std::cell::RefCell<Option<std::path::PathBuf>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// What a fetch connection needs besides the remote.
 #[derive(Debug, Clone, Copy)]
 pub struct FetchOptions {
@@ -180,7 +189,10 @@ fn ssh_transport(
     if !stem.eq_ignore_ascii_case("ssh") {
         return None;
     }
-    let command = ssh_command_with_timeouts(&program, deadline);
+    let mut command = ssh_command_with_timeouts(&program, deadline);
+    if let Some(log) = SSH_LOG.with(|l| l.borrow().clone()) {
+        command.push_str(&format!(" -E {}", shell_quote(&log.to_string_lossy())));
+    }
     let options = ssh::connect::Options {
         command: Some(command.into()),
         disallow_shell: false,
