@@ -139,3 +139,61 @@ fn quickstart_reconciles_incrementally_and_survives_losing_its_state() {
     assert!(out.contains("0 pipelines run"), "{out}");
     assert_eq!(git(&store, &["rev-parse", "main"]), three);
 }
+
+/// A pipeline script saved with Windows line endings (`#!/bin/sh\r\n`) cannot start (the
+/// kernel looks for `/bin/sh\r`); the reconcile report and the request's status say so and
+/// how to fix it, on bwrap and on `sandbox: none`, instead of a bare "No such file or
+/// directory".
+#[test]
+fn crlf_pipeline_script_gets_a_line_ending_hint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config");
+    copy_dir(&repo_root().join("testdata/quickstart"), &config);
+    let script = config.join("promises/namespace/pipeline/configure");
+    let lf = std::fs::read_to_string(&script).unwrap();
+    std::fs::write(&script, lf.replace('\n', "\r\n")).unwrap();
+    let daemon_none = tmp.path().join("none.yaml");
+    std::fs::write(&daemon_none, "sandbox: none\n").unwrap();
+    let hint = "/promise/pipeline/configure: the script's first line ends with a carriage return (CRLF line endings): its interpreter \"/bin/sh\\r\" does not exist; convert the file to LF line endings";
+    let mut modes = vec![("none", Some(&daemon_none))];
+    if bwrap_works() {
+        modes.push(("bwrap", None));
+    } else {
+        eprintln!("bwrap part skipped: bubblewrap cannot create sandboxes here");
+    }
+    for (mode, daemon_config) in modes {
+        let state = tmp.path().join(format!("state-{mode}"));
+        let mut args = vec![
+            "reconcile",
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        if let Some(d) = daemon_config {
+            args.extend(["--daemon-config", d.to_str().unwrap()]);
+        }
+        let (code, out, err) = promised(&args);
+        assert_eq!(code, 1, "{mode}: {out}\n{err}");
+        assert!(out.contains(hint), "{mode}: {out}\n{err}");
+        let row = common::status_row(&state, "namespace/default/team-a");
+        let msg = common::condition(&row, "Reconciled")["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let status_msg = row["status"]["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(hint) || status_msg.contains(hint),
+            "{mode}: {row:#}"
+        );
+        // The redis request does not use that script and still runs (its script writes to
+        // /kratix/output, which only the sandbox provides).
+        assert!(
+            mode == "none"
+                || out
+                    .lines()
+                    .any(|l| l.starts_with("  redis/default/example") && l.contains("Reconciled")),
+            "{mode}: {out}"
+        );
+    }
+}
