@@ -333,12 +333,14 @@ impl GitRepo {
             format!("refs/heads/{reference}"),
         ];
         let mut last = String::new();
+        // A ref that exists but is not a commit keeps its own error.
+        let mut found = false;
         for c in &candidates {
             match self.repo.rev_parse_single(c.as_str()) {
                 Ok(id) => match id.object().map(|o| o.peel_to_commit()) {
                     Ok(Ok(cm)) => return Ok(cm.id),
-                    Ok(Err(e)) => last = e.to_string(),
-                    Err(e) => last = e.to_string(),
+                    Ok(Err(e)) => (found, last) = (true, e.to_string()),
+                    Err(e) => (found, last) = (true, e.to_string()),
                 },
                 Err(e) => {
                     if last.is_empty() {
@@ -347,11 +349,54 @@ impl GitRepo {
                 }
             }
         }
+        let branches = self.branches();
+        let message = if found {
+            last.clone()
+        } else if branches.is_empty() {
+            "the repository has no branches (nothing was pushed to it)".to_string()
+        } else {
+            let mut listed = branches
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            if branches.len() > 5 {
+                listed.push_str(&format!(", … ({} in all)", branches.len()));
+            }
+            let what = match self.repo.head_name().ok().flatten() {
+                Some(head) if reference == "HEAD" => format!(
+                    "HEAD names branch {:?}, which does not exist",
+                    head.shorten().to_string()
+                ),
+                _ => "no such branch, tag or commit".to_string(),
+            };
+            format!("{what}; branches: {listed}; choose one with --ref <branch>")
+        };
+        tracing::debug!(url = %self.display_url(), reference, error = %last, "ref not found");
         Err(SourceError::GitRef {
             url: statestores::git::config::redact_url(&self.url),
             reference: reference.to_string(),
-            message: last,
+            message,
         })
+    }
+
+    /// The repository's branch names (`refs/heads/*`, which a fetch mirrors), sorted.
+    fn branches(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .repo
+            .references()
+            .ok()
+            .and_then(|r| {
+                r.local_branches().ok().map(|it| {
+                    it.filter_map(Result::ok)
+                        .map(|r| r.name().shorten().to_string())
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
     }
 
     /// The blobs of `commit`'s tree that `filter` matches, sorted by path. Blobs for which
