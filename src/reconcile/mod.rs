@@ -1956,9 +1956,15 @@ impl<'a> Presence<'a> {
     }
 }
 
-/// State key of a request.
+/// State key of a request: `<promise>/<namespace>/<name>`. An invalid namespace or name (not
+/// a DNS label or subdomain; only invalid requests have one) is quoted as written
+/// (`redis/"x/../.."/"../../../etc"`, [`crate::model::namespaced_name`]), so the key
+/// shown in the report and status table is never a path joined from it.
 pub fn request_key(promise: &str, namespace: &str, name: &str) -> String {
-    format!("{promise}/{namespace}/{name}")
+    format!(
+        "{promise}/{}",
+        crate::model::namespaced_name(namespace, name)
+    )
 }
 
 /// What a directory config is, for the commit message: `(Some(<HEAD sha>[+dirty]), None)` when
