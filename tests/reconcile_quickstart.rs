@@ -197,3 +197,56 @@ fn crlf_pipeline_script_gets_a_line_ending_hint() {
         );
     }
 }
+
+/// The `look:` line is a command that works: for a remote GitStateStore (git://) it reads
+/// promised's clone of the store, for a file:// URL the repository itself; run with `sh -c`
+/// it exits 0 and shows the commit the pass made. No credentials are printed.
+#[test]
+fn look_command_works_for_remote_and_file_url_stores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let served = tmp.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let daemon = common::GitDaemon::start(&served);
+    let remote = daemon.bare_repo("state.git");
+    let file_url = format!("file://{}", tmp.path().join("file-state.git").display());
+    for (case, url) in [("git", remote.as_str()), ("file", file_url.as_str())] {
+        let config = tmp.path().join(format!("config-{case}"));
+        copy_dir(&repo_root().join("testdata/quickstart"), &config);
+        let store = config.join("platform/state-store.yaml");
+        let text = std::fs::read_to_string(&store).unwrap();
+        std::fs::write(
+            &store,
+            text.replace("url: quickstart-state.git", &format!("url: {url}")),
+        )
+        .unwrap();
+        let state = tmp.path().join(format!("state-{case}"));
+        let (_, out, err) = reconcile(&config, &state);
+        let commit = out
+            .lines()
+            .find_map(|l| l.strip_prefix("state store GitStateStore/local: commit "))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{case}: no commit in\n{out}\n{err}"))
+            .to_string();
+        let look = out
+            .lines()
+            .find_map(|l| l.strip_prefix("look: "))
+            .unwrap_or_else(|| panic!("{case}: no look line in\n{out}"));
+        assert!(look.starts_with("git "), "{case}: {look}");
+        let run = std::process::Command::new("sh")
+            .args(["-c", look])
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&run.stdout);
+        assert!(
+            run.status.success(),
+            "{case}: {look}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert!(
+            shown.starts_with(&format!("commit {commit}")),
+            "{case}: {look}:\n{shown}"
+        );
+        assert!(shown.contains("kratix-canary"), "{case}: {shown}");
+    }
+}
