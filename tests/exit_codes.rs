@@ -255,6 +255,21 @@ fn remote_head_naming_a_missing_branch_lists_the_branches() {
             assert!(err.contains(&want), "{location}: {err}");
             assert!(!err.contains("malformed"), "{err}");
         }
+        // The daemon's poller (refs only) says the same for the remote and the local path.
+        for location in [url.as_str(), path.as_str()] {
+            let err = promised::config::source::peek_ref(
+                location,
+                "HEAD",
+                &tmp.path().join("peek-cache"),
+                &statestores::NetworkTimeouts::default(),
+            )
+            .expect_err("HEAD names a missing branch")
+            .to_string();
+            assert!(
+                err.ends_with(&format!("HEAD names branch \"{missing}\", which does not exist; branches: feature, master; choose one with --ref <branch>")),
+                "{err}"
+            );
+        }
     }
     if bwrap_works() {
         let state = tmp.path().join("state-ok");
