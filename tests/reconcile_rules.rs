@@ -881,4 +881,32 @@ fn invalid_request_names_are_quoted_in_report_and_status() {
     }
     let s = status(&state, r#"redis/"x/../.."/"../../../etc""#);
     assert_eq!(condition(&s, "Reconciled")["status"], "False");
+
+    // A state directory written before keys were quoted holds the joined key: the next pass
+    // forgets it, and the request shows once, quoted.
+    let quoted = r#"redis/\"x/../..\"/\"../../../etc\""#;
+    let mut migrated = false;
+    for f in ["state.json", "state.journal"] {
+        let p = state.join(f);
+        if let Ok(text) = std::fs::read_to_string(&p)
+            && text.contains(quoted)
+        {
+            std::fs::write(&p, text.replace(quoted, "redis/x/../../../../../etc")).unwrap();
+            migrated = true;
+        }
+    }
+    assert!(migrated, "the quoted key is in the state files");
+    let (_, before, _) = common::promised(&["status", "--state-dir", state.to_str().unwrap()]);
+    assert!(before.contains(joined), "{before}");
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let (_, table, _) = common::promised(&["status", "--state-dir", state.to_str().unwrap()]);
+    for text in [&out, &table] {
+        assert!(!text.contains(joined), "{text}");
+        assert_eq!(
+            text.matches(r#"redis/"x/../.."/"../../../etc""#).count(),
+            1,
+            "{text}"
+        );
+    }
 }

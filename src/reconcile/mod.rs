@@ -602,6 +602,28 @@ impl Engine {
                 .or_insert_with(|| (id, promise.clone(), rej.origin.to_string(), Vec::new()));
             entry.3.extend(rej.reasons.iter().cloned());
         }
+        // Before invalid namespaces and names were quoted in keys, such a request was kept
+        // under `<promise>/<namespace>/<name>` joined as written: forget that record (it never
+        // placed anything) so the request shows once.
+        let mut renamed = Vec::new();
+        for (key, (id, promise, ..)) in &invalid {
+            let legacy = format!(
+                "{promise}/{}/{}",
+                id.namespace.as_deref().unwrap_or_default(),
+                id.name
+            );
+            if legacy != *key
+                && !invalid.contains_key(&legacy)
+                && self
+                    .state
+                    .requests
+                    .get(&legacy)
+                    .is_some_and(|r| r.placements.is_empty() && r.status.object.name == id.name)
+            {
+                self.state.requests.remove(&legacy);
+                renamed.push(legacy);
+            }
+        }
         for (key, (id, promise, source, reasons)) in &invalid {
             let record = self
                 .state
@@ -721,6 +743,7 @@ impl Engine {
                 &mut report,
             )
             .await?;
+        removed.extend(renamed);
 
         // Objects that are present but invalid keep their placements.
         for (key, rec) in self.state.requests.iter().chain(self.state.promises.iter()) {
