@@ -215,18 +215,15 @@ fn write_report(
         r.duration.as_secs_f64()
     )?;
     for s in &cfg.git_state_stores {
-        let url = &s.object.spec.url;
-        let local = !url.contains("://") && !url.contains('@') && !Path::new(url).is_absolute();
-        let shown = if local {
-            state_dir.join(url).display().to_string()
-        } else {
-            statestores::git::config::redact_url(url)
-        };
+        let spec = &s.object.spec;
         writeln!(
             out,
-            "look: git --git-dir {shown} log --stat {}",
-            s.object.spec.branch
+            "look: {}",
+            look_git(&s.id.name, &spec.url, &spec.branch, state_dir)
         )?;
+    }
+    for s in &cfg.bucket_state_stores {
+        writeln!(out, "look: {}", look_bucket(&s.object.spec))?;
     }
     writeln!(
         out,
@@ -234,6 +231,80 @@ fn write_report(
         state_dir.display()
     )?;
     Ok(())
+}
+
+/// A shell command that shows the history of the Git state store `name`: `git --git-dir
+/// <repo> log --stat <branch>` on the repository itself for a local store (a relative path is
+/// in the state directory), on promised's clone of a remote store (its
+/// `refs/remotes/origin/<branch>`, as last pushed or fetched) when there is one, else a
+/// `git clone` of the remote first. Never shows credentials.
+fn look_git(name: &str, url: &str, branch: &str, state_dir: &Path) -> String {
+    // `StateDir::stores_dir`, where the engine opens state stores.
+    let stores = state_dir.join("stores");
+    let Some(clone) = statestores::git::clone_path(name, url, branch, &stores) else {
+        let path = match url.strip_prefix("file://") {
+            Some(p) => Path::new(p).to_path_buf(),
+            None => state_dir.join(url),
+        };
+        return format!(
+            "git --git-dir {} log --stat {}",
+            sh_quote(&path.display().to_string()),
+            sh_quote(branch)
+        );
+    };
+    let shown = statestores::git::config::redact_url(url);
+    let tracking = format!("refs/remotes/origin/{branch}");
+    let cloned = gix::open(&clone)
+        .ok()
+        .is_some_and(|r| r.find_reference(tracking.as_str()).is_ok());
+    if cloned {
+        return format!(
+            "git --git-dir {} log --stat {}  # promised's clone of {shown}",
+            sh_quote(&clone.display().to_string()),
+            sh_quote(&tracking)
+        );
+    }
+    let dir = format!(
+        "{}-state.git",
+        name.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
+    );
+    format!(
+        "git clone -q --bare --branch {b} {u} {dir} && git --git-dir {dir} log --stat {b}",
+        b = sh_quote(branch),
+        u = sh_quote(&shown)
+    )
+}
+
+/// A shell command that lists a BucketStateStore's objects with the AWS CLI (its own
+/// credentials).
+fn look_bucket(spec: &crate::model::BucketStateStoreSpec) -> String {
+    let path = spec.path.trim_matches('/');
+    let prefix = if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}/")
+    };
+    format!(
+        "aws s3 ls --recursive {} --endpoint-url {}",
+        sh_quote(&format!("s3://{}/{prefix}", spec.bucket_name)),
+        sh_quote(&format!(
+            "{}://{}",
+            if spec.insecure { "http" } else { "https" },
+            spec.endpoint
+        ))
+    )
+}
+
+/// `s` as one shell word: unchanged when it has no special characters, else single-quoted.
+fn sh_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-:@+=,%".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 /// One object's status: its state key and status.
@@ -393,5 +464,42 @@ pub fn write_rows(
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without promised's clone of a remote store, `look:` clones it first; credentials in
+    /// the URL are never shown; odd characters are quoted for the shell.
+    #[test]
+    fn look_commands() {
+        let state = Path::new("/var/lib/promised");
+        assert_eq!(
+            look_git(
+                "remote",
+                "https://user:s3cret@git.example.com/org/state.git",
+                "main",
+                state
+            ),
+            "git clone -q --bare --branch main https://git.example.com/org/state.git remote-state.git && git --git-dir remote-state.git log --stat main"
+        );
+        assert_eq!(
+            look_git("local", "quickstart-state.git", "main", state),
+            "git --git-dir /var/lib/promised/quickstart-state.git log --stat main"
+        );
+        assert_eq!(
+            look_git("local", "file:///srv/my state.git", "main", state),
+            "git --git-dir '/srv/my state.git' log --stat main"
+        );
+        let spec: crate::model::BucketStateStoreSpec = serde_json::from_value(
+            serde_json::json!({"bucketName": "b", "endpoint": "minio:9000", "path": "platform/", "insecure": true}),
+        )
+        .unwrap();
+        assert_eq!(
+            look_bucket(&spec),
+            "aws s3 ls --recursive s3://b/platform/ --endpoint-url http://minio:9000"
+        );
     }
 }

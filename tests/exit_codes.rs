@@ -203,3 +203,85 @@ fn pipeline_run_exits_0_1_2() {
     let (code, out, err) = run("namespace");
     assert_eq!(code, 1, "{out}\n{err}");
 }
+
+/// A config remote whose HEAD names a branch that does not exist (a bare repo made with
+/// `git init --bare -b main` that only got `master` pushed, or HEAD -> refs/heads/nope): exit
+/// 2 with an error naming the URL, `HEAD`, the branch HEAD names, the branches that exist and
+/// `--ref`, for a git:// remote and for a local path and file:// URL; with `--ref master` it
+/// reconciles.
+#[test]
+fn remote_head_naming_a_missing_branch_lists_the_branches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let served = tmp.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let daemon = common::GitDaemon::start(&served);
+    let url = daemon.bare_repo("config.git");
+    let bare = served.join("config.git");
+    let work = quickstart(tmp.path());
+    git(&work, &["init", "-q", "-b", "master"]);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-qm", "config"]);
+    git(
+        &work,
+        &[
+            "push",
+            "-q",
+            bare.to_str().unwrap(),
+            "master",
+            "master:feature",
+        ],
+    );
+    let path = bare.to_str().unwrap().to_string();
+    let file_url = format!("file://{path}");
+    for (head, missing) in [(None, "main"), (Some("refs/heads/nope"), "nope")] {
+        if let Some(h) = head {
+            git(&bare, &["symbolic-ref", "HEAD", h]);
+        }
+        for location in [url.as_str(), path.as_str(), file_url.as_str()] {
+            let state = tmp
+                .path()
+                .join(format!("state-{missing}-{}", location.len()));
+            let (code, out, err) = promised(&[
+                "reconcile",
+                "--config",
+                location,
+                "--state-dir",
+                state.to_str().unwrap(),
+            ]);
+            assert_eq!(code, 2, "{location}: {out}\n{err}");
+            let want = format!(
+                "git repository {location}: ref \"HEAD\" not found: HEAD names branch \"{missing}\", which does not exist; branches: feature, master; choose one with --ref <branch>"
+            );
+            assert!(err.contains(&want), "{location}: {err}");
+            assert!(!err.contains("malformed"), "{err}");
+        }
+        // The daemon's poller (refs only) says the same for the remote and the local path.
+        for location in [url.as_str(), path.as_str()] {
+            let err = promised::config::source::peek_ref(
+                location,
+                "HEAD",
+                &tmp.path().join("peek-cache"),
+                &statestores::NetworkTimeouts::default(),
+            )
+            .expect_err("HEAD names a missing branch")
+            .to_string();
+            assert!(
+                err.ends_with(&format!("HEAD names branch \"{missing}\", which does not exist; branches: feature, master; choose one with --ref <branch>")),
+                "{err}"
+            );
+        }
+    }
+    if bwrap_works() {
+        let state = tmp.path().join("state-ok");
+        let (code, out, err) = promised(&[
+            "reconcile",
+            "--config",
+            &url,
+            "--ref",
+            "master",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{out}\n{err}");
+    }
+}

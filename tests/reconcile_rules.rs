@@ -839,3 +839,74 @@ fn a_removed_none_destination_back_with_another_path_moves_its_files() {
     assert_eq!(condition(&b, "Reconciled")["status"], "True", "{b}");
     assert_ne!(b["status"]["destinations"][0]["misplaced"], true, "{b}");
 }
+
+/// An invalid request whose namespace and name look like a path (`x/../..`, `../../../etc`)
+/// is shown in the reconcile report and the status table with both quoted as written
+/// (`redis/"x/../.."/"../../../etc"`), never joined into `redis/x/../../../../../etc`; valid
+/// keys stay as they were.
+#[test]
+fn invalid_request_names_are_quoted_in_report_and_status() {
+    let (_tmp, config, state) = setup();
+    std::fs::write(
+        config.join("requests/bad.yaml"),
+        "apiVersion: marketplace.kratix.io/v1alpha1\nkind: redis\nmetadata:\n  name: ../../../etc\n  namespace: x/../..\nspec: {}\n---\napiVersion: marketplace.kratix.io/v1alpha1\nkind: redis\nmetadata:\n  name: Upper\n  namespace: default\nspec: {}\n",
+    )
+    .unwrap();
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let joined = "x/../../";
+    let row = |text: &str, key: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .unwrap_or_else(|| panic!("no {key} row in\n{text}"))
+            .to_string()
+    };
+    for text in [out.clone(), {
+        let (code, table, err) =
+            common::promised(&["status", "--state-dir", state.to_str().unwrap()]);
+        assert_eq!(code, 0, "{table}\n{err}");
+        table
+    }] {
+        assert!(
+            row(&text, r#"redis/"x/../.."/"../../../etc""#).contains("Invalid"),
+            "{text}"
+        );
+        assert!(
+            row(&text, r#"redis/default/"Upper""#).contains("Invalid"),
+            "{text}"
+        );
+        row(&text, "redis/default/example");
+        row(&text, "namespace/default/team-a");
+        assert!(!text.contains(joined), "{text}");
+    }
+    let s = status(&state, r#"redis/"x/../.."/"../../../etc""#);
+    assert_eq!(condition(&s, "Reconciled")["status"], "False");
+
+    // A state directory written before keys were quoted holds the joined key: the next pass
+    // forgets it, and the request shows once, quoted.
+    let quoted = r#"redis/\"x/../..\"/\"../../../etc\""#;
+    let mut migrated = false;
+    for f in ["state.json", "state.journal"] {
+        let p = state.join(f);
+        if let Ok(text) = std::fs::read_to_string(&p)
+            && text.contains(quoted)
+        {
+            std::fs::write(&p, text.replace(quoted, "redis/x/../../../../../etc")).unwrap();
+            migrated = true;
+        }
+    }
+    assert!(migrated, "the quoted key is in the state files");
+    let (_, before, _) = common::promised(&["status", "--state-dir", state.to_str().unwrap()]);
+    assert!(before.contains(joined), "{before}");
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let (_, table, _) = common::promised(&["status", "--state-dir", state.to_str().unwrap()]);
+    for text in [&out, &table] {
+        assert!(!text.contains(joined), "{text}");
+        assert_eq!(
+            text.matches(r#"redis/"x/../.."/"../../../etc""#).count(),
+            1,
+            "{text}"
+        );
+    }
+}

@@ -113,6 +113,14 @@ async fn one_destination_on_git_one_on_s3() {
 
     let (code, out, err) = reconcile(&config, &state).await;
     assert_eq!(code, 0, "{out}\n{err}");
+    // Where to look: the AWS CLI on the bucket's prefix (no credentials).
+    assert!(
+        out.contains(&format!(
+            "look: aws s3 ls --recursive s3://{BUCKET}/state/ --endpoint-url http://{}\n",
+            s3.endpoint()
+        )),
+        "{out}"
+    );
     // Git destination.
     let bare = srv.join("state.git");
     let files = git(&bare, &["ls-tree", "-r", "--name-only", "main"]);

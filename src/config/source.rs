@@ -333,12 +333,14 @@ impl GitRepo {
             format!("refs/heads/{reference}"),
         ];
         let mut last = String::new();
+        // A ref that exists but is not a commit keeps its own error.
+        let mut found = false;
         for c in &candidates {
             match self.repo.rev_parse_single(c.as_str()) {
                 Ok(id) => match id.object().map(|o| o.peel_to_commit()) {
                     Ok(Ok(cm)) => return Ok(cm.id),
-                    Ok(Err(e)) => last = e.to_string(),
-                    Err(e) => last = e.to_string(),
+                    Ok(Err(e)) => (found, last) = (true, e.to_string()),
+                    Err(e) => (found, last) = (true, e.to_string()),
                 },
                 Err(e) => {
                     if last.is_empty() {
@@ -347,11 +349,27 @@ impl GitRepo {
                 }
             }
         }
+        let message = if found {
+            last.clone()
+        } else {
+            let head = self.repo.head_name().ok().flatten();
+            missing_ref(
+                reference,
+                head.as_ref().map(|h| h.shorten().to_string()),
+                self.branches(),
+            )
+        };
+        tracing::debug!(url = %self.display_url(), reference, error = %last, "ref not found");
         Err(SourceError::GitRef {
             url: statestores::git::config::redact_url(&self.url),
             reference: reference.to_string(),
-            message: last,
+            message,
         })
+    }
+
+    /// The repository's branch names (`refs/heads/*`, which a fetch mirrors), sorted.
+    fn branches(&self) -> Vec<String> {
+        branches_of(&self.repo)
     }
 
     /// The blobs of `commit`'s tree that `filter` matches, sorted by path. Blobs for which
@@ -567,6 +585,48 @@ fn fetch_bare(url: &str, dir: &Path, net: &NetworkTimeouts) -> Result<gix::Repos
     Ok(repo)
 }
 
+/// `repo`'s branch names (`refs/heads/*`), sorted.
+fn branches_of(repo: &gix::Repository) -> Vec<String> {
+    let mut names: Vec<String> = repo
+        .references()
+        .ok()
+        .and_then(|r| {
+            r.local_branches().ok().map(|it| {
+                it.filter_map(Result::ok)
+                    .map(|r| r.name().shorten().to_string())
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Why `reference` does not resolve, and what to use instead: the branch `HEAD` names (when
+/// `reference` is `HEAD`) and up to five of the repository's `branches` (sorted), or that it
+/// has none.
+fn missing_ref(reference: &str, head: Option<String>, branches: Vec<String>) -> String {
+    if branches.is_empty() {
+        return "the repository has no branches (nothing was pushed to it)".to_string();
+    }
+    let mut listed = branches
+        .iter()
+        .take(5)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if branches.len() > 5 {
+        listed.push_str(&format!(", … ({} in all)", branches.len()));
+    }
+    let what = match head {
+        Some(head) if reference == "HEAD" => {
+            format!("HEAD names branch {head:?}, which does not exist")
+        }
+        _ => "no such branch, tag or commit".to_string(),
+    };
+    format!("{what}; branches: {listed}; choose one with --ref <branch>")
+}
+
 /// A directory name for the cache of `url`: a readable tail plus a hash of the whole URL.
 fn cache_name(url: &str) -> String {
     use sha2::Digest;
@@ -627,10 +687,15 @@ pub fn peek_ref(
                 return Ok(id.detach().to_string());
             }
         }
+        let head = repo.head_name().ok().flatten();
         return Err(SourceError::GitRef {
             url: statestores::git::config::redact_url(url),
             reference: reference.into(),
-            message: "not found".into(),
+            message: missing_ref(
+                reference,
+                head.as_ref().map(|h| h.shorten().to_string()),
+                branches_of(&repo),
+            ),
         });
     }
     // A repository of its own: the config cache is only ever written by `read`.
@@ -675,9 +740,36 @@ pub fn peek_ref(
     if reference.len() == 40 && reference.chars().all(|c| c.is_ascii_hexdigit()) {
         return Ok(reference.to_string());
     }
+    let mut head = None;
+    let mut branches = Vec::new();
+    for r in &map.remote_refs {
+        match r {
+            gix::protocol::handshake::Ref::Symbolic {
+                full_ref_name,
+                target,
+                ..
+            }
+            | gix::protocol::handshake::Ref::Unborn {
+                full_ref_name,
+                target,
+            } if full_ref_name == "HEAD" => {
+                let t = target.to_string();
+                head = Some(t.strip_prefix("refs/heads/").unwrap_or(&t).to_string());
+            }
+            _ => {
+                if let Some(b) = r.unpack().0.to_string().strip_prefix("refs/heads/") {
+                    branches.push(b.to_string());
+                }
+            }
+        }
+    }
+    branches.sort();
     Err(SourceError::GitRef {
         url: statestores::git::config::redact_url(url),
         reference: reference.into(),
-        message: "not among the remote's refs".into(),
+        message: format!(
+            "not among the remote's refs: {}",
+            missing_ref(reference, head, branches)
+        ),
     })
 }

@@ -80,6 +80,19 @@ fn quoted_unless(f: &mut fmt::Formatter<'_>, s: &str, plain: bool) -> fmt::Resul
     }
 }
 
+/// `namespace/name` as in [`ObjectRef`]'s `Display`: a namespace that is not a DNS label or a
+/// name that is not a DNS subdomain is quoted as written (`"x/../.."/"../../../etc"`), so an
+/// invalid one is never joined into a path; valid ones are joined unchanged.
+pub fn namespaced_name(namespace: &str, name: &str) -> String {
+    let (ns_ok, name_ok) = (is_dns_label(namespace), is_dns_subdomain(name));
+    match (ns_ok, name_ok) {
+        (true, true) => format!("{namespace}/{name}"),
+        (true, false) => format!("{namespace}/{name:?}"),
+        (false, true) => format!("{namespace:?}/{name}"),
+        (false, false) => format!("{namespace:?}/{name:?}"),
+    }
+}
+
 /// RFC 1123 subdomain (what Kubernetes requires of most object names).
 fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
@@ -178,6 +191,14 @@ mod tests {
             r#"Namespace name "TBDNAMESPACE""#
         );
         assert_eq!(id("app", None, ""), r#"app name """#);
+        // State keys: the same rule, joined with `/` only where valid.
+        assert_eq!(namespaced_name("default", "a.b"), "default/a.b");
+        assert_eq!(
+            namespaced_name("x/../..", "../../../etc"),
+            r#""x/../.."/"../../../etc""#
+        );
+        assert_eq!(namespaced_name("Team_A", "a"), r#""Team_A"/a"#);
+        assert_eq!(namespaced_name("default", "Upper"), r#"default/"Upper""#);
         assert!(is_cluster_scoped(
             "rbac.authorization.k8s.io/v1",
             "ClusterRole"

@@ -21,7 +21,9 @@ pub use destination::{
     StateStoreKind, StateStoreRef,
 };
 pub use health::{HealthRecord, HealthRecordData, HealthState};
-pub use meta::{CLUSTER_SCOPED_KINDS, ObjectMeta, ObjectRef, Selector, is_cluster_scoped};
+pub use meta::{
+    CLUSTER_SCOPED_KINDS, ObjectMeta, ObjectRef, Selector, is_cluster_scoped, namespaced_name,
+};
 pub use pipeline::{
     Container, EnvVar, EnvVarSource, KeySelector, ObjectFieldSelector, Pipeline, PipelineMeta,
     PipelineSpec,

@@ -86,7 +86,9 @@ pub enum Error {
         /// Last lines of the container's stderr.
         stderr_tail: String,
         /// What the sandbox forbids (e.g. `; sandbox: network off, read-only root ...`), to
-        /// explain errors such as `Read-only file system` or `Network is unreachable`.
+        /// explain errors such as `Read-only file system` or `Network is unreachable`;
+        /// before it, why the command could not start when promised can tell (`: <command>:
+        /// the script's first line ends with a carriage return ...`).
         sandbox_note: String,
     },
     /// A container ran longer than [`RunnerConfig::timeout`]; its process group was killed.
@@ -237,6 +239,80 @@ impl Error {
             Error::EnvValueFrom { config: true, .. } | Error::EnvFromUnsupported { .. }
         )
     }
+}
+
+/// The file on the host that a container's command runs: `/promise/...` in the Promise's
+/// folder, a path under an image override's mount in the mount's `host`, another absolute
+/// path as is, a bare name looked up in the sandbox's `PATH`.
+fn host_command_path(
+    command: &str,
+    promise_dir: Option<&std::path::Path>,
+    mounts: &[Mount],
+) -> Option<PathBuf> {
+    if let (Some(rest), Some(pd)) = (command.strip_prefix("/promise/"), promise_dir) {
+        return Some(pd.join(rest));
+    }
+    for m in mounts.iter().rev() {
+        if let Some(rest) = command
+            .strip_prefix(m.target.trim_end_matches('/'))
+            .and_then(|r| r.strip_prefix('/'))
+        {
+            return Some(m.host.join(rest));
+        }
+    }
+    if command.starts_with('/') {
+        return Some(PathBuf::from(command));
+    }
+    if command.contains('/') {
+        return None;
+    }
+    sandbox::DEFAULT_PATH
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(command))
+        .find(|p| p.is_file())
+}
+
+/// `: <command>: the script's first line ends with a carriage return ...` when `command` is a
+/// script whose shebang line ends with `\r` (CRLF line endings), which makes the kernel look
+/// for an interpreter such as `/bin/sh\r` and fail with "No such file or directory".
+/// Empty otherwise.
+fn crlf_shebang_hint(
+    command: &str,
+    promise_dir: Option<&std::path::Path>,
+    mounts: &[Mount],
+) -> String {
+    use std::io::Read;
+    let Some(path) = host_command_path(command, promise_dir, mounts) else {
+        return String::new();
+    };
+    let mut head = Vec::with_capacity(256);
+    let Ok(f) = std::fs::File::open(&path) else {
+        return String::new();
+    };
+    if f.take(256).read_to_end(&mut head).is_err() {
+        return String::new();
+    }
+    let Some(line) = head.strip_prefix(b"#!") else {
+        return String::new();
+    };
+    let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
+    if !line.ends_with(b"\r") {
+        return String::new();
+    }
+    // The kernel takes the interpreter up to the first blank: only when that word ends with
+    // the `\r` does exec fail with "No such file or directory".
+    let interpreter = String::from_utf8_lossy(line)
+        .trim_start_matches([' ', '\t'])
+        .split([' ', '\t'])
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    if !interpreter.ends_with('\r') {
+        return String::new();
+    }
+    format!(
+        ": {command}: the script's first line ends with a carriage return (CRLF line endings): its interpreter {interpreter:?} does not exist; convert the file to LF line endings"
+    )
 }
 
 fn exit_text(code: Option<i32>, signal: Option<i32>) -> String {
@@ -741,6 +817,7 @@ async fn run_pipeline_inner(
         };
         let mut argv = command;
         argv.extend(c.args.clone().unwrap_or_default());
+        let command0 = argv[0].clone();
         let network =
             cfg.allow_network || pipeline_network || over.map(|o| o.network).unwrap_or(false);
         let mounts: &[Mount] = over.map(|o| o.mounts.as_slice()).unwrap_or(&[]);
@@ -828,7 +905,14 @@ async fn run_pipeline_inner(
         let finished = runtime::run(&inv).await.map_err(|e| Error::SpawnFailed {
             pipeline: pname.into(),
             container: c.name.clone(),
-            message: e.to_string(),
+            message: if e.kind() == std::io::ErrorKind::NotFound {
+                format!(
+                    "{e}{}",
+                    crlf_shebang_hint(&command0, input.promise_dir.as_deref(), mounts)
+                )
+            } else {
+                e.to_string()
+            },
         })?;
         res.logs.push(ContainerLog {
             name: c.name.clone(),
@@ -846,13 +930,24 @@ async fn run_pipeline_inner(
             });
         }
         if finished.exit_code != Some(0) {
+            // bwrap could not exec the command (`bwrap: execvp ...: No such file or
+            // directory`): say why when it is a script with CRLF line endings.
+            let hint = if cfg.sandbox == SandboxMode::Bwrap
+                && finished.exit_code == Some(1)
+                && finished.stderr.lines().any(|l| {
+                    l.starts_with("bwrap: execvp") && l.ends_with("No such file or directory")
+                }) {
+                crlf_shebang_hint(&command0, input.promise_dir.as_deref(), mounts)
+            } else {
+                String::new()
+            };
             return Err(Error::ContainerFailed {
                 pipeline: pname.into(),
                 container: c.name.clone(),
                 exit_code: finished.exit_code,
                 signal: finished.signal,
                 stderr_tail,
-                sandbox_note,
+                sandbox_note: hint + &sandbox_note,
             });
         }
     }
@@ -899,4 +994,48 @@ async fn run_pipeline_inner(
         res.outcome = o;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hint reads the command's file on the host (Promise folder, image-override mount)
+    /// and appears only for a shebang line ending in `\r`.
+    #[test]
+    fn crlf_shebang_hint_reads_the_host_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pd = tmp.path().join("promise");
+        let img = tmp.path().join("image");
+        std::fs::create_dir_all(pd.join("pipeline")).unwrap();
+        std::fs::create_dir_all(&img).unwrap();
+        std::fs::write(pd.join("pipeline/crlf"), "#!/bin/sh\r\necho\r\n").unwrap();
+        // `/bin/sh` exists and gets the argument "-eu\r": another error, no hint.
+        std::fs::write(pd.join("pipeline/args"), "#!/bin/sh -eu\r\n").unwrap();
+        std::fs::write(pd.join("pipeline/lf"), "#!/bin/sh\necho\r\n").unwrap();
+        std::fs::write(pd.join("pipeline/binary"), "\x7fELF\r\n").unwrap();
+        std::fs::write(img.join("run"), "#! /usr/bin/bash\r\n").unwrap();
+        let mounts = [Mount {
+            host: img.clone(),
+            target: "/image".into(),
+            writable: false,
+        }];
+        assert_eq!(
+            crlf_shebang_hint("/promise/pipeline/crlf", Some(&pd), &[]),
+            ": /promise/pipeline/crlf: the script's first line ends with a carriage return (CRLF line endings): its interpreter \"/bin/sh\\r\" does not exist; convert the file to LF line endings"
+        );
+        assert_eq!(
+            crlf_shebang_hint("/image/run", None, &mounts),
+            ": /image/run: the script's first line ends with a carriage return (CRLF line endings): its interpreter \"/usr/bin/bash\\r\" does not exist; convert the file to LF line endings"
+        );
+        for quiet in [
+            "/promise/pipeline/lf",
+            "/promise/pipeline/args",
+            "/promise/pipeline/binary",
+            "/promise/nope",
+        ] {
+            assert_eq!(crlf_shebang_hint(quiet, Some(&pd), &mounts), "", "{quiet}");
+        }
+        assert_eq!(crlf_shebang_hint("/imagex/run", None, &mounts), "");
+    }
 }

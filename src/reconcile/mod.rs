@@ -602,6 +602,28 @@ impl Engine {
                 .or_insert_with(|| (id, promise.clone(), rej.origin.to_string(), Vec::new()));
             entry.3.extend(rej.reasons.iter().cloned());
         }
+        // Before invalid namespaces and names were quoted in keys, such a request was kept
+        // under `<promise>/<namespace>/<name>` joined as written: forget that record (it never
+        // placed anything) so the request shows once.
+        let mut renamed = Vec::new();
+        for (key, (id, promise, ..)) in &invalid {
+            let legacy = format!(
+                "{promise}/{}/{}",
+                id.namespace.as_deref().unwrap_or_default(),
+                id.name
+            );
+            if legacy != *key
+                && !invalid.contains_key(&legacy)
+                && self
+                    .state
+                    .requests
+                    .get(&legacy)
+                    .is_some_and(|r| r.placements.is_empty() && r.status.object.name == id.name)
+            {
+                self.state.requests.remove(&legacy);
+                renamed.push(legacy);
+            }
+        }
         for (key, (id, promise, source, reasons)) in &invalid {
             let record = self
                 .state
@@ -721,6 +743,7 @@ impl Engine {
                 &mut report,
             )
             .await?;
+        removed.extend(renamed);
 
         // Objects that are present but invalid keep their placements.
         for (key, rec) in self.state.requests.iter().chain(self.state.promises.iter()) {
@@ -1956,9 +1979,15 @@ impl<'a> Presence<'a> {
     }
 }
 
-/// State key of a request.
+/// State key of a request: `<promise>/<namespace>/<name>`. An invalid namespace or name (not
+/// a DNS label or subdomain; only invalid requests have one) is quoted as written
+/// (`redis/"x/../.."/"../../../etc"`, [`crate::model::namespaced_name`]), so the key
+/// shown in the report and status table is never a path joined from it.
 pub fn request_key(promise: &str, namespace: &str, name: &str) -> String {
-    format!("{promise}/{namespace}/{name}")
+    format!(
+        "{promise}/{}",
+        crate::model::namespaced_name(namespace, name)
+    )
 }
 
 /// What a directory config is, for the commit message: `(Some(<HEAD sha>[+dirty]), None)` when

@@ -46,10 +46,7 @@ impl ObjectReport {
     /// A line from a record (refreshed at the end of the pass).
     pub fn new(record: &ObjectRecord, action: ObjectAction) -> Self {
         let key = match &record.status.object.namespace {
-            Some(ns) => format!(
-                "{}/{ns}/{}",
-                record.status.promise, record.status.object.name
-            ),
+            Some(ns) => super::request_key(&record.status.promise, ns, &record.status.object.name),
             None => format!("promise/{}", record.status.object.name),
         };
         let mut r = ObjectReport {

@@ -231,6 +231,15 @@ pub fn redact_url(url: &str) -> String {
 
 /// Classify `spec.url`. See the module docs for what is accepted beyond Kratix.
 pub fn parse_url(raw: &str) -> Result<ParsedUrl, Error> {
+    parse_url_with(raw, true)
+}
+
+/// [`parse_url`] without the plain-`http://` warning (for looking a URL up again).
+pub(crate) fn parse_url_quiet(raw: &str) -> Result<ParsedUrl, Error> {
+    parse_url_with(raw, false)
+}
+
+fn parse_url_with(raw: &str, warn: bool) -> Result<ParsedUrl, Error> {
     let invalid = |reason: &str| Error::InvalidUrl {
         url_without_secrets: redact_url(raw),
         reason: reason.to_owned(),
@@ -268,7 +277,9 @@ pub fn parse_url(raw: &str) -> Result<ParsedUrl, Error> {
         let url = match scheme_l.as_str() {
             "https" => RemoteUrl::Https(clean),
             "http" => {
-                tracing::warn!(url = %clean, "state store uses plain http://: credentials and content travel unencrypted");
+                if warn {
+                    tracing::warn!(url = %clean, "state store uses plain http://: credentials and content travel unencrypted");
+                }
                 RemoteUrl::Http(clean)
             }
             "ssh" | "git+ssh" | "ssh+git" => RemoteUrl::Ssh(clean),

@@ -236,6 +236,35 @@ impl From<Error> for AttemptError {
     }
 }
 
+/// The store's id: its name (sanitised) and a hash of its URL and branch. Names the
+/// persistent clone and the credential files.
+fn store_id(name: &str, url: &RemoteUrl, branch: &str) -> String {
+    let h = plan::sha256_hex(format!("{}\n{}", url.as_str(), branch).as_bytes());
+    format!("{}-{}", sanitize(name), &h[..12])
+}
+
+/// Where [`GitStateStore::open`] keeps the persistent clone of the remote store `name` with
+/// `url` and `branch`, given [`GitOptions`]' `state_dir`: `<state_dir>/git/<id>.git`. `None`
+/// for a local store (the repository at `url` is the store itself) or a URL that does not
+/// parse. The clone's `refs/remotes/origin/<branch>` is the remote branch as last fetched or
+/// pushed.
+#[must_use]
+pub fn clone_path(
+    name: &str,
+    url: &str,
+    branch: &str,
+    state_dir: &std::path::Path,
+) -> Option<PathBuf> {
+    match config::parse_url_quiet(url).ok()?.url {
+        RemoteUrl::Local(_) => None,
+        remote => Some(
+            state_dir
+                .join("git")
+                .join(format!("{}.git", store_id(name, &remote, branch))),
+        ),
+    }
+}
+
 fn sanitize(name: &str) -> String {
     let s: String = name
         .chars()
@@ -283,11 +312,7 @@ impl GitStateStore {
             return Err(Error::Config("max_push_attempts must be at least 1".into()));
         }
         let parsed = config::parse_url(&spec.url)?;
-        let store_id = {
-            let h =
-                plan::sha256_hex(format!("{}\n{}", parsed.url.as_str(), spec.branch).as_bytes());
-            format!("{}-{}", sanitize(name), &h[..12])
-        };
+        let store_id = store_id(name, &parsed.url, &spec.branch);
         let (creds, secrets) = credentials::load(&spec, &opts, &parsed, &store_id)?;
         let url_display = config::redact_url(&spec.url);
         let mut overrides = vec![
