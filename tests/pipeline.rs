@@ -482,7 +482,9 @@ async fn timeout_kills_the_process_group_in_the_sandbox() {
     std::fs::create_dir(&shared).unwrap();
     let mut c = container(
         "slow",
-        "(while :; do date +%s%N > /shared/tick; sleep 0.05; done) & until [ -s /shared/tick ]; do sleep 0.01; done; sleep 1000 & echo started >&2; wait",
+        // Each tick replaces the file (a kill between `>`'s truncation and the write would
+        // leave it empty).
+        "(while :; do date +%s%N > /shared/tick.new; mv /shared/tick.new /shared/tick; sleep 0.05; done) & until [ -s /shared/tick ]; do sleep 0.01; done; sleep 1000 & echo started >&2; wait",
     );
     c.image = "slow-image".into();
     let mut config = cfg(tmp.path());
