@@ -321,3 +321,46 @@ fn with_a_fresh_state_directory_the_indexes_keep_what_an_unloadable_file_may_hol
         "{row}"
     );
 }
+
+/// A Promise removed while its requests' file does not load waits: deleting it then would
+/// leave its requests without their delete pipeline once the file loads again.
+#[test]
+fn a_promise_removed_while_its_requests_are_held_waits_for_them() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path());
+    let state = tmp.path().join("state");
+    let (code, report, stderr) = reconcile(&config, &state, false);
+    assert_eq!(code, 0, "{report}\n{stderr}");
+    let good = tree(&state);
+    std::fs::remove_file(config.join("promises/namespace/promise.yaml")).unwrap();
+    tab_in_indentation(&config.join("requests/namespaces.yaml"));
+    let (code, report, stderr) = reconcile(&config, &state, false);
+    assert_eq!(code, 1, "{report}\n{stderr}");
+    assert!(actions(&report, "deleted").is_empty(), "{report}");
+    assert_eq!(report["pipelines_run"], 0, "{report}");
+    assert_eq!(tree(&state), good);
+    // The requests' file loads again (the Promise is still gone): the requests are deleted
+    // with their delete pipelines, then the Promise with its own.
+    std::fs::remove_file(config.join("requests/namespaces.yaml")).unwrap();
+    let (code, report, stderr) = reconcile(&config, &state, false);
+    assert_eq!(code, 0, "{report}\n{stderr}");
+    let mut deleted = actions(&report, "deleted");
+    deleted.sort();
+    assert_eq!(
+        deleted,
+        [
+            "namespace/default/team-a",
+            "namespace/default/team-b-prod",
+            "promise/namespace"
+        ],
+        "{report}"
+    );
+    assert_eq!(
+        report["pipelines_run"], 3,
+        "three delete pipelines\n{report}"
+    );
+}

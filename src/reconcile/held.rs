@@ -16,7 +16,10 @@
 //!    Promise that could not be restored. The engine runs no delete workflow for them, prunes
 //!    nothing of them, and sets `Reconciled=False` reason [`REASON`] with the file's error.
 //!
-//! Only removing the file (or the object from a file that loads) deletes.
+//! Only removing the file (or the object from a file that loads) deletes. An object whose
+//! deletion was under way before its file broke is neither restored nor held; a Promise whose
+//! requests are held is not deleted until they are not; a Destination with `cleanup: all`
+//! that is gone while any file does not load is not retired.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -100,7 +103,9 @@ pub fn restore(objects: &mut Objects, state: &State) -> usize {
             blob: None,
         })
     };
-    for rec in state.promises.values() {
+    // An object whose deletion is under way (it left the config repo earlier) is never
+    // restored: its deletion goes on.
+    for rec in state.promises.values().filter(|r| !r.deleting) {
         let (Some((file, document)), Some(doc)) =
             (parse_source(&rec.status.source), rec.promise.as_ref())
         else {
@@ -110,7 +115,7 @@ pub fn restore(objects: &mut Objects, state: &State) -> usize {
             push(file, document, Arc::new(doc.clone()));
         }
     }
-    for rec in state.requests.values() {
+    for rec in state.requests.values().filter(|r| !r.deleting) {
         let Some((file, document)) = parse_source(&rec.status.source) else {
             continue;
         };
@@ -222,7 +227,7 @@ impl Held {
             })
         };
         let mut absent_promises: BTreeMap<&str, String> = BTreeMap::new();
-        for (key, rec) in &state.promises {
+        for (key, rec) in state.promises.iter().filter(|(_, r)| !r.deleting) {
             let is_present = present(key, rec, false);
             if let Some(msg) = why(&rec.status.source, is_present) {
                 if !is_present {
@@ -231,7 +236,7 @@ impl Held {
                 held.keys.insert(key.clone(), msg);
             }
         }
-        for (key, rec) in &state.requests {
+        for (key, rec) in state.requests.iter().filter(|(_, r)| !r.deleting) {
             let is_present = present(key, rec, true);
             let msg = why(&rec.status.source, is_present).or_else(|| {
                 (!is_present)

@@ -1416,6 +1416,13 @@ impl Engine {
         let mut retiring = Vec::new();
         for name in gone {
             let rec = self.state.destinations[&name].clone();
+            if rec.cleanup_all && !cfg.unloadable.is_empty() {
+                // A config file does not load, and the Destination may be in it (a state
+                // directory from before `infra_documents` cannot restore it): nothing of it
+                // is removed until every file loads (`held`).
+                tracing::warn!(destination = %name, "a Destination with cleanup: all is gone while a config file does not load: its files stay until it loads");
+                continue;
+            }
             if !rec.cleanup_all || !configured.contains(&rec.store) {
                 if rec.cleanup_all {
                     tracing::warn!(destination = %name, store = %rec.store, "Destination with cleanup: all left the config repo with its state store: its files stay");
@@ -1772,13 +1779,23 @@ impl Engine {
             })
             .map(|(k, _)| k.clone())
             .collect();
+        // A Promise waits while any of its requests is held (their file does not load): its
+        // deletion would leave them without the delete pipeline they need later.
+        let promises_of_held: BTreeSet<&str> = present
+            .held
+            .iter()
+            .filter_map(|k| self.state.requests.get(k))
+            .map(|r| r.status.promise.as_str())
+            .collect();
         let gone_promises: Vec<String> = self
             .state
             .promises
             .keys()
             .filter(|k| {
+                let name = k.trim_start_matches("promise/");
                 !present.held.contains(k.as_str())
-                    && !present.promises.contains(k.trim_start_matches("promise/"))
+                    && !present.promises.contains(name)
+                    && !promises_of_held.contains(name)
             })
             .cloned()
             .collect();

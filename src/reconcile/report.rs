@@ -75,7 +75,10 @@ impl ObjectReport {
         d.dedup();
         self.destinations = d;
         self.files = record.placements.iter().map(|p| p.files.len()).sum();
-        self.failed = self.action == ObjectAction::Failed || self.state == "Failing";
+        // A deleted object is done, whatever its last status said (e.g. held while its file
+        // did not load).
+        self.failed = self.action == ObjectAction::Failed
+            || (self.state == "Failing" && self.action != ObjectAction::Deleted);
     }
 }
 
