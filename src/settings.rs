@@ -19,6 +19,12 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::pipeline::{ImageOverride, Mount, SandboxMode};
 
+/// Default first retry delay after a failed workflow (`retryBackoff`); doubles per failure up
+/// to `maxRetryBackoff`.
+pub const BASE_BACKOFF: Duration = Duration::from_secs(10);
+/// Default longest delay between retries of a failing workflow (`maxRetryBackoff`).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
 /// Git state store options.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -247,8 +253,8 @@ impl Default for Settings {
             listen: "127.0.0.1:8473".into(),
             poll_interval: Duration::from_secs(30),
             resync_interval: Duration::from_secs(10 * 3600),
-            retry_backoff: crate::reconcile::BASE_BACKOFF,
-            max_retry_backoff: crate::reconcile::MAX_BACKOFF,
+            retry_backoff: BASE_BACKOFF,
+            max_retry_backoff: MAX_BACKOFF,
             webhook_secret_file: None,
             log_format: LogFormat::Text,
         }

@@ -120,12 +120,11 @@ impl ValidRequest {
     }
 
     /// The request's key in the engine's state and in placement owners:
-    /// `<promise>/<namespace>/<name>` (`reconcile::request_key`), formatted once per admitted
+    /// `<promise>/<namespace>/<name>` (`model::request_key`), formatted once per admitted
     /// request (requests are shared between daemon passes).
     pub fn key(&self) -> &str {
-        self.key_memo.get_or_init(|| {
-            crate::reconcile::request_key(&self.promise, self.namespace(), self.name())
-        })
+        self.key_memo
+            .get_or_init(|| crate::model::request_key(&self.promise, self.namespace(), self.name()))
     }
 }
 

@@ -544,18 +544,12 @@ fn fetch_bare(url: &str, dir: &Path, net: &NetworkTimeouts) -> Result<gix::Repos
     drop(alarm);
     // HEAD follows the remote's (also when a first fetch failed after the cache was created).
     {
-        let head = outcome.ref_map.remote_refs.iter().find_map(|r| match r {
-            gix::protocol::handshake::Ref::Symbolic {
-                full_ref_name,
-                target,
-                ..
-            }
-            | gix::protocol::handshake::Ref::Unborn {
-                full_ref_name,
-                target,
-            } if full_ref_name == "HEAD" => Some(target.clone()),
-            _ => None,
-        });
+        let head = outcome
+            .ref_map
+            .remote_refs
+            .iter()
+            .find_map(remote_head_target)
+            .cloned();
         let current = repo.head_name().ok().flatten();
         if let Some(target) = head
             && current
@@ -743,24 +737,11 @@ pub fn peek_ref(
     let mut head = None;
     let mut branches = Vec::new();
     for r in &map.remote_refs {
-        match r {
-            gix::protocol::handshake::Ref::Symbolic {
-                full_ref_name,
-                target,
-                ..
-            }
-            | gix::protocol::handshake::Ref::Unborn {
-                full_ref_name,
-                target,
-            } if full_ref_name == "HEAD" => {
-                let t = target.to_string();
-                head = Some(t.strip_prefix("refs/heads/").unwrap_or(&t).to_string());
-            }
-            _ => {
-                if let Some(b) = r.unpack().0.to_string().strip_prefix("refs/heads/") {
-                    branches.push(b.to_string());
-                }
-            }
+        if let Some(target) = remote_head_target(r) {
+            let t = target.to_string();
+            head = Some(t.strip_prefix("refs/heads/").unwrap_or(&t).to_string());
+        } else if let Some(b) = r.unpack().0.to_string().strip_prefix("refs/heads/") {
+            branches.push(b.to_string());
         }
     }
     branches.sort();
@@ -772,4 +753,21 @@ pub fn peek_ref(
             missing_ref(reference, head, branches)
         ),
     })
+}
+
+/// The ref a remote's `HEAD` names (`refs/heads/main`), when `r` is that symbolic (or unborn)
+/// `HEAD` of a ref advertisement.
+fn remote_head_target(r: &gix::protocol::handshake::Ref) -> Option<&gix::bstr::BString> {
+    match r {
+        gix::protocol::handshake::Ref::Symbolic {
+            full_ref_name,
+            target,
+            ..
+        }
+        | gix::protocol::handshake::Ref::Unborn {
+            full_ref_name,
+            target,
+        } if full_ref_name == "HEAD" => Some(target),
+        _ => None,
+    }
 }

@@ -23,6 +23,7 @@ pub use destination::{
 pub use health::{HealthRecord, HealthRecordData, HealthState};
 pub use meta::{
     CLUSTER_SCOPED_KINDS, ObjectMeta, ObjectRef, Selector, is_cluster_scoped, namespaced_name,
+    promise_key, request_key,
 };
 pub use pipeline::{
     Container, EnvVar, EnvVarSource, KeySelector, ObjectFieldSelector, Pipeline, PipelineMeta,
@@ -54,8 +55,9 @@ mod tests {
     use super::*;
 
     fn parse<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
-        crate::config::from_value(&serde_saphyr::from_str::<serde_json::Value>(yaml).unwrap())
-            .unwrap_or_else(|(field, msg)| panic!("{field}: {msg}"))
+        let value = serde_saphyr::from_str::<serde_json::Value>(yaml).unwrap();
+        serde_path_to_error::deserialize(&value)
+            .unwrap_or_else(|e| panic!("{}: {}", e.path(), e.inner()))
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub use inputs::{TREE_CONTENT_BUDGET, TREE_MAX_ENTRIES};
 pub use placement::{DestView, OutputRecord, owner_key, place_outputs};
 pub use report::{ObjectAction, ObjectReport, PassReport, StoreReport};
 
+pub use crate::model::{promise_key, request_key};
+pub use crate::settings::{BASE_BACKOFF, MAX_BACKOFF};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -112,12 +115,6 @@ pub struct Engine {
     /// Daemon mode: failed workflows wait for their backoff before running again.
     backoff: bool,
 }
-
-/// Default first retry delay after a failed workflow (`retryBackoff`); doubles per failure up
-/// to `maxRetryBackoff`.
-pub const BASE_BACKOFF: Duration = Duration::from_secs(10);
-/// Default longest delay between retries of a failing workflow (`maxRetryBackoff`).
-pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
 /// The inputs of one workflow run, owned so it can move into a task.
 struct Job {
@@ -1996,17 +1993,6 @@ impl<'a> Presence<'a> {
     }
 }
 
-/// State key of a request: `<promise>/<namespace>/<name>`. An invalid namespace or name (not
-/// a DNS label or subdomain; only invalid requests have one) is quoted as written
-/// (`redis/"x/../.."/"../../../etc"`, [`crate::model::namespaced_name`]), so the key
-/// shown in the report and status table is never a path joined from it.
-pub fn request_key(promise: &str, namespace: &str, name: &str) -> String {
-    format!(
-        "{promise}/{}",
-        crate::model::namespaced_name(namespace, name)
-    )
-}
-
 /// What a directory config is, for the commit message: `(Some(<HEAD sha>[+dirty]), None)` when
 /// it is inside a Git work tree (`+dirty` when `git status` shows changes under it, untracked
 /// files included), else `(None, Some("directory <path>"))`. One `git status` spawn; only
@@ -2061,11 +2047,6 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// State key of a Promise.
-pub fn promise_key(name: &str) -> String {
-    format!("promise/{name}")
 }
 
 fn new_record(id: &ObjectRef, promise: &str) -> ObjectRecord {
@@ -2744,13 +2725,7 @@ fn detect_collisions(
         match conflict {
             Some(msg) => {
                 errors.insert(okey.clone(), msg);
-                let old = state
-                    .requests
-                    .get(&okey)
-                    .or_else(|| state.promises.get(&okey))
-                    .map(|r| r.placements.clone())
-                    .unwrap_or_default();
-                desired.insert(okey, old);
+                keep_last_placements(state, desired, okey);
             }
             None => {
                 for p in places.iter().filter(|p| writes_paths(p)) {
@@ -2794,14 +2769,24 @@ fn check_store_paths(
     for (okey, msg) in refused {
         tracing::warn!(object = %okey, error = %msg, "output refused by its state store");
         errors.entry(okey.clone()).or_insert(msg);
-        let old = state
-            .requests
-            .get(&okey)
-            .or_else(|| state.promises.get(&okey))
-            .map(|r| r.placements.clone())
-            .unwrap_or_default();
-        desired.insert(okey, old);
+        keep_last_placements(state, desired, okey);
     }
+}
+
+/// An object that fails its placement keeps what it placed last: its desired placements
+/// become its record's (nothing of it is written or pruned this pass).
+fn keep_last_placements(
+    state: &State,
+    desired: &mut BTreeMap<String, Vec<PlacementRecord>>,
+    okey: String,
+) {
+    let old = state
+        .requests
+        .get(&okey)
+        .or_else(|| state.promises.get(&okey))
+        .map(|r| r.placements.clone())
+        .unwrap_or_default();
+    desired.insert(okey, old);
 }
 
 /// Where a placement goes in its `aggregatedYAML` Destination's file (README, "Where promised
