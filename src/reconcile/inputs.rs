@@ -1,4 +1,5 @@
-//! Inputs of a workflow beyond the config objects: the object's current status as a pipeline
+//! Inputs of a workflow: the input hashes that decide whether it runs again ([`promise_hash`],
+//! [`request_hash`], [`override_fingerprint`]) and, beyond the config objects, the object's current status as a pipeline
 //! reads it in `/kratix/input/object.yaml`, and fingerprints of the host files a pipeline runs
 //! (the Promise folder mounted at `/promise`, image-override mounts) for the input hash.
 //!
@@ -21,6 +22,16 @@ use crate::config::source::CompiledFilter;
 use crate::pipeline::{WorkflowType, merge_status};
 use crate::status::ObjectStatus;
 use crate::validate::to_yaml;
+
+use crate::model::Pipeline;
+use crate::pipeline::RunnerConfig;
+use crate::state::sha256_hex;
+use crate::validate::{ValidPromise, ValidRequest};
+
+use super::{parent_dir, promise_dir};
+
+/// Bumped when the engine's output for the same inputs changes, to force re-runs.
+const ENGINE_VERSION: &str = "promised-engine-1";
 
 /// Bytes of file content hashed per tree (16 MiB); later files count by path, mode and size
 /// only. Hidden directories and the state directory are skipped; symlinks are not followed.
@@ -174,6 +185,72 @@ fn tree_hash(root: &Path, state_dir: Option<&Path>, exclude: &dyn Fn(&str) -> bo
         }
     }
     hex::encode(h.finalize())
+}
+
+/// Hash of everything a promise workflow depends on (and, through requests' hashes, every
+/// resource workflow): the Promise spec, the image overrides its promise workflow uses with
+/// their read-only mounts' host trees, and the files of its folder (mounted at `/promise`)
+/// that are not config.
+pub(super) fn promise_hash(
+    runner: &RunnerConfig,
+    p: &ValidPromise,
+    config_root: &Path,
+    config_filter: Option<&CompiledFilter>,
+    trees: &mut TreeHashes,
+) -> String {
+    let spec = p.promise.raw.get("spec").cloned().unwrap_or(Value::Null);
+    let images: Vec<&Pipeline> = p
+        .promise
+        .object
+        .spec
+        .workflows
+        .promise
+        .configure
+        .iter()
+        .collect();
+    let overrides = override_fingerprint(runner, images.into_iter(), trees);
+    let folder = promise_dir(config_root, &p.promise.origin.file)
+        .map(|d| trees.promise_folder(&d, &parent_dir(&p.promise.origin.file), config_filter))
+        .unwrap_or_default();
+    sha256_hex(format!("{ENGINE_VERSION}\n{spec}\n{overrides}\n{folder}").as_bytes())
+}
+
+/// The input hash of a request's configure workflow: the Promise's hash, the request's
+/// defaulted spec and `overrides` ([`override_fingerprint`] of the Promise's resource
+/// pipelines, computed once per Promise and pass).
+pub(super) fn request_hash(promise_hash: &str, r: &ValidRequest, overrides: &str) -> String {
+    let compute =
+        || sha256_hex(format!("{promise_hash}\n{}\n{overrides}", r.spec_digest).as_bytes());
+    let (inputs, hash) = r
+        .input_hash_memo
+        .get_or_init(|| (format!("{promise_hash}\n{overrides}"), compute()));
+    let same = inputs.len() == promise_hash.len() + 1 + overrides.len()
+        && inputs.starts_with(promise_hash)
+        && inputs.ends_with(overrides);
+    if same { hash.clone() } else { compute() }
+}
+
+/// The image overrides used by these pipelines, with the fingerprints of their read-only
+/// mounts' host trees, as stable text. Writable mounts are left out: pipelines write there.
+pub(super) fn override_fingerprint<'a>(
+    runner: &RunnerConfig,
+    pipelines: impl Iterator<Item = &'a Pipeline>,
+    trees: &mut TreeHashes,
+) -> String {
+    let mut used = BTreeMap::new();
+    for p in pipelines {
+        for c in &p.spec.containers {
+            if let Some(o) = runner.image_overrides.get(&c.image) {
+                let mut text = serde_json::to_string(o).unwrap_or_default();
+                for m in o.mounts.iter().filter(|m| !m.writable) {
+                    text.push(' ');
+                    text.push_str(&trees.mount(&m.host));
+                }
+                used.insert(c.image.clone(), text);
+            }
+        }
+    }
+    serde_json::to_string(&used).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -1,0 +1,464 @@
+//! Write stage: the state stores.
+//!
+//! At the start of a pass every state store of the config is opened (again only when its spec
+//! changed) and its write permission checked once ([`Engine::open_stores`]). At the end, the
+//! placements that changed become **one change set per store** ([`Engine::change_sets`]: files
+//! to write, owner keys to prune, `aggregatedYAML` files rebuilt, canaries), and every store in
+//! use is applied, also with an empty change set, so drift is repaired on a no-op pass
+//! ([`Engine::write_stores`]). A store that fails fails only the objects placed on it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::Value;
+use statestores::{ChangeSet, CommitMeta, FileWrite, Owner, PlacementWrite};
+
+use super::destinations::{configured_stores, dest_mode};
+use super::place::aggregate_order;
+use super::placement::{self, DestView};
+use super::report::StoreReport;
+use super::{Engine, EngineError, Pass};
+use crate::layout;
+use crate::model::FilepathMode;
+use crate::state::{FileRecord, PlacementRecord, sha256_hex};
+use crate::validate::ValidConfig;
+
+impl Engine {
+    /// Opens a state store object for every GitStateStore in the config and runs its
+    /// write-permission check once. Returns `<kind>/<name>` → error for stores that cannot be used.
+    pub(super) async fn open_stores(&mut self, cfg: &ValidConfig) -> BTreeMap<String, String> {
+        let mut errors = BTreeMap::new();
+        for s in &cfg.git_state_stores {
+            let key = format!("GitStateStore/{}", s.id.name);
+            let mut spec_json = serde_json::to_value(&s.object.spec).expect("spec serialises");
+            if let Some(url) = spec_json.get("url").and_then(Value::as_str)
+                && let Some(resolved) = resolve_local_url(url, self.dir.root())
+            {
+                spec_json["url"] = Value::String(resolved);
+            }
+            let spec_hash = sha256_hex(spec_json.to_string().as_bytes());
+            if self.stores.get(&key).is_none_or(|(h, _)| *h != spec_hash) {
+                let spec: statestores::git::GitStateStoreSpec =
+                    match serde_json::from_value(spec_json) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            errors.insert(key, format!("invalid spec: {e}"));
+                            continue;
+                        }
+                    };
+                let mut opts = statestores::GitOptions::new(self.dir.stores_dir());
+                opts.insecure_skip_tls_verify = self.settings.git.insecure_skip_tls_verify;
+                opts.secrets_dir = self.settings.secrets_dir.clone();
+                opts.max_push_attempts = self.settings.git.max_push_attempts.max(1);
+                opts.trust_head_for = self.settings.git.drift_check_interval;
+                opts.network = self.settings.network.timeouts();
+                match statestores::GitStateStore::open(&s.id.name, spec, opts) {
+                    Ok(store) => {
+                        self.stores
+                            .insert(key.clone(), (spec_hash, Arc::new(store)));
+                        self.checked.remove(&key);
+                    }
+                    Err(e) => {
+                        errors.insert(key, e.to_string());
+                        continue;
+                    }
+                }
+            }
+            if !self.checked.contains(&key) {
+                let store = self.stores[&key].1.clone();
+                match store.check().await {
+                    Ok(()) => {
+                        self.checked.insert(key);
+                    }
+                    Err(e) => {
+                        errors.insert(key, format!("write-permission check failed: {e}"));
+                    }
+                }
+            }
+        }
+        for s in &cfg.bucket_state_stores {
+            let key = format!("BucketStateStore/{}", s.id.name);
+            let spec_json = serde_json::to_value(&s.object.spec).expect("spec serialises");
+            let spec_hash = sha256_hex(spec_json.to_string().as_bytes());
+            if self.stores.get(&key).is_none_or(|(h, _)| *h != spec_hash) {
+                let spec: statestores::s3::BucketStateStoreSpec =
+                    match serde_json::from_value(spec_json) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            errors.insert(key, format!("invalid spec: {e}"));
+                            continue;
+                        }
+                    };
+                let opts = statestores::s3::S3Options {
+                    secrets_dir: self.settings.secrets_dir.clone(),
+                    state_dir: Some(self.dir.stores_dir()),
+                    network: self.settings.network.timeouts(),
+                    ..Default::default()
+                };
+                match statestores::S3StateStore::open(&s.id.name, spec, opts) {
+                    Ok(store) => {
+                        self.stores
+                            .insert(key.clone(), (spec_hash, Arc::new(store)));
+                        self.checked.remove(&key);
+                    }
+                    Err(e) => {
+                        errors.insert(key, e.to_string());
+                        continue;
+                    }
+                }
+            }
+            if !self.checked.contains(&key) {
+                let store = self.stores[&key].1.clone();
+                match store.check().await {
+                    Ok(()) => {
+                        self.checked.insert(key);
+                    }
+                    Err(e) => {
+                        errors.insert(key, format!("write-permission check failed: {e}"));
+                    }
+                }
+            }
+        }
+        errors
+    }
+
+    /// The change set of every state store: placements that changed or were removed, rebuilt
+    /// `aggregatedYAML` files and canaries; fills `pass.touched`. An object whose cached output
+    /// left the blob cache fails alone (into `pass.object_errors`) and re-runs on the next pass.
+    pub(super) fn change_sets(
+        &mut self,
+        pass: &mut Pass<'_>,
+    ) -> Result<BTreeMap<String, ChangeSet>, EngineError> {
+        // One change set per store.
+        let mut sets: BTreeMap<String, ChangeSet> = BTreeMap::new();
+        // Destinations new in this pass, or back after they left with `cleanup: none`: every
+        // placement on them is written in full, so files left in place are adopted again (the
+        // store skips identical content) and missing ones are written.
+        let configured_stores = configured_stores(pass.cfg);
+        let arrived: BTreeSet<&str> = pass
+            .dests
+            .iter()
+            .map(|d| d.info.name.as_str())
+            .filter(|n| !pass.destinations_at_start.contains_key(*n))
+            .collect();
+        for (okey, places) in &pass.desired {
+            let before = self
+                .record(okey)
+                .map(|r| r.placements.clone())
+                .unwrap_or_default();
+            let (mut changed, removed) = placement::diff(&before, places);
+            if !arrived.is_empty() {
+                for pl in places {
+                    if arrived.contains(pl.destination.as_str())
+                        && !changed.iter().any(|c| c.key == pl.key)
+                    {
+                        changed.push(pl);
+                    }
+                }
+            }
+            for pl in changed {
+                if dest_mode(&pass.dests, &pl.destination) == Some(FilepathMode::AggregatedYaml) {
+                    pass.touched
+                        .entry(pl.store.clone())
+                        .or_default()
+                        .insert(okey.clone());
+                    continue; // written via the Destination's aggregate below
+                }
+                let files = match self.load_files(&pl.files) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        // Cached output lost (and not re-run this pass): this object fails
+                        // alone and runs again on the next pass.
+                        pass.object_errors.insert(
+                            okey.clone(),
+                            format!("cached output missing, it re-runs on the next pass: {e}"),
+                        );
+                        if let Some(r) = self.record_mut(okey) {
+                            r.input_hash.clear();
+                        }
+                        continue;
+                    }
+                };
+                let set = sets.entry(pl.store.clone()).or_default();
+                set.writes.push(PlacementWrite {
+                    owner: owner_for(okey, pl),
+                    files,
+                });
+                pass.touched
+                    .entry(pl.store.clone())
+                    .or_default()
+                    .insert(okey.clone());
+            }
+            for key in removed {
+                if let Some(old) = before.iter().find(|p| p.key == key) {
+                    if dest_mode(&pass.dests, &old.destination).is_none()
+                        && !configured_stores.contains(&old.store)
+                    {
+                        // Its Destination and its state store both left the config repo:
+                        // nothing can be pruned, the files stay (as with `cleanup: none`).
+                        continue;
+                    }
+                    if dest_mode(&pass.dests, &old.destination)
+                        != Some(FilepathMode::AggregatedYaml)
+                    {
+                        sets.entry(old.store.clone())
+                            .or_default()
+                            .removals
+                            .push(key.clone());
+                    }
+                    pass.touched
+                        .entry(old.store.clone())
+                        .or_default()
+                        .insert(okey.clone());
+                }
+            }
+        }
+        if pass
+            .dests
+            .iter()
+            .any(|d| d.mode == FilepathMode::AggregatedYaml)
+            && !pass.steady.is_empty()
+        {
+            // An aggregate holds every placement on its Destination, steady ones included.
+            let mut all = pass.desired.clone();
+            for k in &pass.steady {
+                if let Some(r) = self.state.requests.get(k) {
+                    all.insert(k.clone(), r.placements.clone());
+                }
+            }
+            self.aggregates(&pass.dests, &all, &mut sets)?;
+        } else {
+            self.aggregates(&pass.dests, &pass.desired, &mut sets)?;
+        }
+        for (store, write) in std::mem::take(&mut pass.canaries) {
+            match write {
+                Ok(w) => sets.entry(store).or_default().writes.push(w),
+                Err(key) => sets.entry(store).or_default().removals.push(key),
+            }
+        }
+        Ok(sets)
+    }
+
+    /// Applies `sets` to every state store in use (one commit each), into `pass.store_results`
+    /// and the report; then canaries whose store failed are sent again next pass, and
+    /// `cleanup: all` Destinations whose files are gone are forgotten.
+    pub(super) async fn write_stores(
+        &mut self,
+        pass: &mut Pass<'_>,
+        mut sets: BTreeMap<String, ChangeSet>,
+    ) {
+        // Apply: every store in use, so drift is repaired even on a no-op pass.
+        let mut in_use: BTreeSet<String> = pass.dests.iter().map(|d| d.store.clone()).collect();
+        in_use.extend(sets.keys().cloned());
+        // A directory config: its Git HEAD (`+dirty`) or its path, for the commit message.
+        let mut dir_config: Option<(Option<String>, Option<String>)> = None;
+        for store_key in in_use {
+            let mut set = sets.remove(&store_key).unwrap_or_default();
+            let (config_commit, config_label) = match &pass.cfg.commit {
+                Some(c) => (Some(c.clone()), None),
+                None if set.writes.is_empty() && set.removals.is_empty() => (None, None),
+                None => dir_config
+                    .get_or_insert_with(|| directory_identity(pass.config_root))
+                    .clone(),
+            };
+            set.meta = CommitMeta {
+                config_commit,
+                subject_template: self.settings.git.commit_subject.clone(),
+                note: None,
+                config_label,
+            };
+            set.writes.sort_by(|a, b| a.owner.key.cmp(&b.owner.key));
+            set.removals.sort();
+            set.removals.dedup();
+            let result = match (
+                pass.store_errors.get(&store_key),
+                self.stores.get(&store_key),
+            ) {
+                (Some(e), _) => Err(e.clone()),
+                (None, None) => Err(format!("{store_key} does not exist")),
+                (None, Some((_, store))) => match store.apply(&set).await {
+                    Ok(outcome) => {
+                        pass.report
+                            .stores
+                            .push(StoreReport::from_outcome(&store_key, &outcome));
+                        Ok(outcome.version)
+                    }
+                    Err(e) => {
+                        pass.report
+                            .stores
+                            .push(StoreReport::failed(&store_key, &e.to_string()));
+                        Err(e.to_string())
+                    }
+                },
+            };
+            if let Err(e) = &result {
+                if pass.store_errors.contains_key(&store_key) {
+                    pass.report.stores.push(StoreReport::failed(&store_key, e));
+                }
+                tracing::warn!(store = %store_key, error = %e, "state store write failed");
+            }
+            pass.store_results.insert(store_key, result);
+        }
+
+        // A canary whose store write failed is sent again next pass.
+        for d in self.state.destinations.values_mut() {
+            if matches!(pass.store_results.get(&d.store), Some(Err(_)) | None) {
+                d.canary_hash.clear();
+            }
+        }
+        // A Destination removed with `cleanup: all` is forgotten once its files are gone.
+        for (name, store_key) in &pass.retiring {
+            if matches!(pass.store_results.get(store_key), Some(Ok(_))) {
+                self.state.destinations.remove(name);
+            }
+        }
+    }
+
+    /// The contents of `files` from the blob cache.
+    fn load_files(&self, files: &[FileRecord]) -> Result<Vec<FileWrite>, EngineError> {
+        files
+            .iter()
+            .map(|f| {
+                Ok(FileWrite {
+                    path: f.path.clone(),
+                    content: self.dir.get_blob(&f.sha256)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Rebuilds the single file of every `aggregatedYAML` Destination whose placements changed.
+    fn aggregates(
+        &mut self,
+        dests: &[DestView],
+        desired: &BTreeMap<String, Vec<PlacementRecord>>,
+        sets: &mut BTreeMap<String, ChangeSet>,
+    ) -> Result<(), EngineError> {
+        'dest: for d in dests
+            .iter()
+            .filter(|d| d.mode == FilepathMode::AggregatedYaml)
+        {
+            let mut places: Vec<&PlacementRecord> = desired
+                .values()
+                .flatten()
+                .filter(|p| p.destination == d.info.name)
+                .collect();
+            places.sort_by(|a, b| aggregate_order(&a.key).cmp(&aggregate_order(&b.key)));
+            let mut docs = Vec::new();
+            for p in &places {
+                let mut files = p.files.clone();
+                files.sort();
+                for f in files {
+                    let Ok(bytes) = self.dir.get_blob(&f.sha256) else {
+                        // Lost from the cache: keep the file as it is; its owner re-runs.
+                        tracing::warn!(destination = %d.info.name, sha256 = %f.sha256, "cached output missing; aggregate not rewritten in this pass");
+                        continue 'dest;
+                    };
+                    docs.push(
+                        String::from_utf8_lossy(&bytes)
+                            .trim_end_matches('\n')
+                            .to_string(),
+                    );
+                }
+            }
+            let key = format!("{}/aggregated", d.info.name);
+            let owner = Owner {
+                key: key.clone(),
+                destination: d.info.name.clone(),
+                promise: String::new(),
+                resource: None,
+                pipeline: None,
+            };
+            let set = sets.entry(d.store.clone()).or_default();
+            if docs.is_empty() {
+                set.removals.push(key);
+            } else {
+                let mut content = docs.join(layout::AGGREGATE_SEPARATOR);
+                content.push('\n');
+                set.writes.push(PlacementWrite {
+                    owner,
+                    files: vec![FileWrite {
+                        path: layout::aggregated_path(&d.store_path, &d.path, &d.filename),
+                        content: content.into_bytes(),
+                    }],
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The ownership-index owner of placement `pl` of object `okey`.
+fn owner_for(okey: &str, pl: &PlacementRecord) -> Owner {
+    let mut parts = okey.splitn(3, '/');
+    let first = parts.next().unwrap_or_default();
+    let (promise, resource) = if first == "promise" {
+        (parts.next().unwrap_or_default().to_string(), None)
+    } else {
+        let ns = parts.next().unwrap_or_default();
+        let name = parts.next().unwrap_or_default();
+        (first.to_string(), Some(format!("{ns}/{name}")))
+    };
+    Owner {
+        key: pl.key.clone(),
+        destination: pl.destination.clone(),
+        promise,
+        resource,
+        pipeline: (!pl.pipeline.is_empty()).then(|| pl.pipeline.clone()),
+    }
+}
+
+/// A relative local path (no scheme, no `user@host:`) is resolved against the state directory.
+fn resolve_local_url(url: &str, state_dir: &Path) -> Option<String> {
+    if url.contains("://") || url.contains('@') || url.contains(':') || Path::new(url).is_absolute()
+    {
+        return None;
+    }
+    let abs = std::path::absolute(state_dir.join(url)).ok()?;
+    Some(abs.to_string_lossy().into_owned())
+}
+
+/// What a directory config is, for the commit message: `(Some(<HEAD sha>[+dirty]), None)` when
+/// it is inside a Git work tree (`+dirty` when `git status` shows changes under it, untracked
+/// files included), else `(None, Some("directory <path>"))`. One `git status` spawn; only
+/// called when a commit is about to be made.
+fn directory_identity(dir: &Path) -> (Option<String>, Option<String>) {
+    let label = || (None, Some(format!("directory {}", dir.display())));
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "status",
+            "--porcelain=v2",
+            "--branch",
+            "--untracked-files=normal",
+            "--",
+            ".",
+        ])
+        .stderr(std::process::Stdio::null())
+        .output();
+    let Ok(out) = out else {
+        return label();
+    };
+    if !out.status.success() {
+        return label();
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(oid) = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# branch.oid "))
+        .filter(|o| o.len() >= 40 && o.bytes().all(|b| b.is_ascii_hexdigit()))
+    else {
+        return label(); // no commit yet
+    };
+    let dirty = text.lines().any(|l| !l.starts_with('#'));
+    (
+        Some(if dirty {
+            format!("{oid}+dirty")
+        } else {
+            oid.to_string()
+        }),
+        None,
+    )
+}
