@@ -281,6 +281,8 @@ impl<'a> Presence<'a> {
     }
 }
 
+/// A Promise that left the config repo, rebuilt from its last seen document, so that its
+/// delete pipeline (or its requests') can run: no origin file, no schema.
 fn rebuild_valid_promise(promise: Promise, raw: Value) -> ValidPromise {
     let api = promise
         .spec

@@ -1,31 +1,31 @@
 //! The reconcile engine: one pass from a validated config repo to state store commits.
 //!
 //! A pass ([`Engine::reconcile`]) goes through these stages, one module each, in this order:
-//! 1. **write** ([`write`], first half): open every state store of the config and check that
+//! 1. **write** (`write`, first half): open every state store of the config and check that
 //!    it can be written;
-//! 2. **destinations** ([`destinations`]): register Destinations (canary files unless
+//! 2. **destinations** (`destinations`): register Destinations (canary files unless
 //!    `initWorkloads.enabled: false`) and retire those that left with `cleanup: all`;
-//! 3. **promises** ([`promises`]): run each Promise's `promise.configure` workflow in
+//! 3. **promises** (`promises`): run each Promise's `promise.configure` workflow in
 //!    `requiredPromises` order, render its `spec.dependencies`, place its output, and decide
 //!    whether it is available;
-//! 4. **plan** ([`plan`]): the pure decision of which requests run and why (steady, waiting,
-//!    run, complete, unchanged), from input hashes ([`inputs`]) and records;
-//! 5. **records** ([`records`], admission): apply the plan to the request records (and mark
+//! 4. **plan** (`plan`): the pure decision of which requests run and why (steady, waiting,
+//!    run, complete, unchanged), from input hashes (`inputs`) and records;
+//! 5. **records** (`records`, admission): apply the plan to the request records (and mark
 //!    rejected requests Failed), yielding the jobs to run;
-//! 6. **run** ([`run`]): run `resource.configure` for those requests in parallel up to the
+//! 6. **run** (`run`): run `resource.configure` for those requests in parallel up to the
 //!    configured concurrency, journalling finished work as it arrives;
-//! 7. **place** ([`place`]): place every output on Destinations (kratix-contract.md §3,
+//! 7. **place** (`place`): place every output on Destinations (kratix-contract.md §3,
 //!    [`crate::scheduler`]);
-//! 8. **delete** ([`delete`]): run the first delete pipeline of every request or Promise that
+//! 8. **delete** (`delete`): run the first delete pipeline of every request or Promise that
 //!    left the config repo, and mark its files for pruning (a removed Promise's own delete
 //!    pipeline before its requests', as in Kratix);
 //! 9. **place** again: collisions and state-store path rules settle what is written;
-//! 10. **write** ([`write`], second half): one change set per state store, applied as **one
+//! 10. **write** (`write`, second half): one change set per state store, applied as **one
 //!     commit per store**;
-//! 11. **records** ([`records`], landing): status, placements and input hashes saved in the
+//! 11. **records** (`records`, landing): status, placements and input hashes saved in the
 //!     state directory, and the pass report.
 //!
-//! The stages hand each other one [`Pass`] (the working state of the pass); the [`Engine`]
+//! The stages hand each other one `Pass` (the working state of the pass); the [`Engine`]
 //! keeps what lives between passes (state, open stores, settings).
 //!
 //! Guarantees:
