@@ -536,7 +536,7 @@ async fn one_pass(
 /// empty or `dirty.all`) and drops rows of objects that are gone.
 fn refresh_rows(rows: &mut StatusRows, state: &crate::state::State, dirty: &crate::state::Dirty) {
     let row = |key: &str, r: &crate::state::ObjectRecord| -> Arc<[u8]> {
-        let row = crate::cli_reconcile::StatusRow {
+        let row = crate::status::StatusRow {
             key: key.to_string(),
             status: r.status.clone(),
         };
