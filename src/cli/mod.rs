@@ -1,4 +1,4 @@
-//! The command line: the clap definitions of `promised` and its subcommands, and [`run`],
+//! The command line: the clap definitions of `promised` and its subcommands, and [`run()`],
 //! which hands a parsed command line to its subcommand, one file each:
 //!
 //! | file | subcommand |
