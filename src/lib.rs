@@ -8,7 +8,6 @@
 //! - [`diag`]: errors and warnings that name file, document, object and field.
 
 pub mod cli;
-pub mod cli_reconcile;
 pub mod config;
 pub mod daemon;
 pub mod diag;

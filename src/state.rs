@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::status::ObjectStatus;
+use crate::status::{ObjectStatus, StatusRow};
 
 /// Version of the `state.json` format.
 pub const STATE_VERSION: u32 = 1;
@@ -63,6 +63,21 @@ pub struct State {
     /// generation. Set by [`StateDir::save`].
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub generation: String,
+}
+
+impl State {
+    /// The status rows of every object: Promises first, then requests, each by key (what
+    /// `promised status` prints).
+    pub fn status_rows(&self) -> Vec<StatusRow> {
+        self.promises
+            .iter()
+            .chain(self.requests.iter())
+            .map(|(k, r)| StatusRow {
+                key: k.clone(),
+                status: r.status.clone(),
+            })
+            .collect()
+    }
 }
 
 /// Which parts of a [`State`] a pass changed (what [`StateDir::save_changes`] writes).

@@ -201,6 +201,17 @@ impl ObjectStatus {
     }
 }
 
+/// One row of `promised status` and of the daemon's `GET /api/v1/status`: an object's state
+/// key and its status. Serialised as `{"key": …, "status": {…}}`; a list of rows is the JSON
+/// both print.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusRow {
+    /// `promise/<name>` or `<promise>/<namespace>/<name>`.
+    pub key: String,
+    /// The status.
+    pub status: ObjectStatus,
+}
+
 /// Condition types (kratix-contract.md §5).
 pub mod cond {
     /// Configure workflow state.

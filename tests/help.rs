@@ -2,7 +2,9 @@
 //! real binary's `-h` and `--help` of the top level and of every subcommand, found by walking
 //! the `Commands:` lists, exit 0, read as plain text (no rustdoc links, no Rust paths or
 //! types, no Markdown backticks) and end with an `Examples:` block of command lines that the
-//! command line parser accepts. A new subcommand without examples fails here.
+//! command line parser accepts. A new subcommand without examples fails here. The same holds
+//! for the help clap renders for every subcommand found through `Cli::command()`, and the
+//! walk of the binary's help must find each of them.
 
 use clap::{CommandFactory, Parser};
 use promised::cli::Cli;
@@ -102,6 +104,67 @@ fn examples<'a>(what: &str, help: &'a str) -> Vec<&'a str> {
 #[test]
 fn clap_definitions_are_consistent() {
     Cli::command().debug_assert();
+}
+
+/// Every command path clap knows, top level (empty) first, without clap's own `help` and
+/// hidden commands.
+fn clap_commands(cmd: &clap::Command, path: Vec<String>, out: &mut Vec<Vec<String>>) {
+    out.push(path.clone());
+    for sub in cmd.get_subcommands() {
+        if sub.get_name() == "help" || sub.is_hide_set() {
+            continue;
+        }
+        let mut p = path.clone();
+        p.push(sub.get_name().to_string());
+        clap_commands(sub, p, out);
+    }
+}
+
+/// The help texts clap renders for `promised` and every subcommand (walked through
+/// `Cli::command()`, so none can be missed), short and long: plain text for users, ending
+/// with examples of that command, and the binary's walk finds every one of them.
+#[test]
+fn every_subcommand_clap_knows_has_plain_help_with_examples() {
+    let mut top = Cli::command();
+    top.build();
+    let mut paths = vec![];
+    clap_commands(&top, vec![], &mut paths);
+    assert!(paths.len() >= 7, "too few commands: {paths:?}");
+    let mut walked = all_commands();
+    walked.sort();
+    let mut known = paths.clone();
+    known.sort();
+    assert_eq!(
+        walked, known,
+        "walking --help must find every subcommand clap defines"
+    );
+    for path in &paths {
+        let name = format!("promised {}", path.join(" "));
+        let name = name.trim_end().to_string();
+        let mut cmd = &mut top;
+        for p in path {
+            cmd = cmd
+                .find_subcommand_mut(p)
+                .unwrap_or_else(|| panic!("{name}: no subcommand {p}"));
+        }
+        for (kind, help) in [
+            ("long help", cmd.render_long_help().to_string()),
+            ("short help", cmd.render_help().to_string()),
+        ] {
+            let what = format!("{name} ({kind})");
+            for bad in ["[`", "::"] {
+                assert!(
+                    !help.contains(bad),
+                    "{what}: contains {bad:?} (a rustdoc link or Rust path), not plain text:\n{help}"
+                );
+            }
+            let lines = examples(&what, &help);
+            assert!(
+                lines.iter().any(|l| l.trim_start().starts_with(&name)),
+                "{what}: no example runs {name}:\n{help}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -40,7 +40,6 @@
 //!   leading `/promise/` in `command[0]` is rewritten to the Promise folder, and image
 //!   override mounts are refused. Scripts must honour these variables. No isolation at all.
 
-pub mod cmd;
 pub mod contract;
 pub mod env;
 pub mod metadata;

@@ -26,12 +26,12 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{
+use super::output::{OutputFormat, write_json};
+use crate::config::{self, FileFilter, RawFile, Source};
+use crate::pipeline::{
     Action, ImageOverride, Mount, Outcome, RunnerConfig, SandboxMode, WorkflowInput,
     WorkflowResult, WorkflowType, run_workflow,
 };
-use crate::cli::OutputFormat;
-use crate::config::{self, FileFilter, RawFile, Source};
 use crate::validate::{self, ValidConfig};
 
 /// Examples at the end of `promised pipeline --help`.
@@ -375,7 +375,7 @@ fn run_cmd(a: &RunArgs, out: &mut dyn Write) -> Result<i32, String> {
         hidden: settings
             .hidden_paths()
             .iter()
-            .map(|p| super::sandbox::Hidden::of(p))
+            .map(|p| crate::pipeline::sandbox::Hidden::of(p))
             .collect(),
         env_sources: settings.env_sources(),
         ..RunnerConfig::default()
@@ -406,9 +406,7 @@ fn run_cmd(a: &RunArgs, out: &mut dyn Write) -> Result<i32, String> {
         ),
     };
     let res = match a.output {
-        OutputFormat::Json => serde_json::to_writer_pretty(&mut *out, &report(&title, &result))
-            .map_err(std::io::Error::other)
-            .and_then(|_| writeln!(out)),
+        OutputFormat::Json => write_json(out, &report(&title, &result)),
         OutputFormat::Text => write_text(out, &title, &result, input.pipelines.is_empty()),
     };
     res.map_err(|e| format!("writing output: {e}"))?;
@@ -546,10 +544,10 @@ struct PipelineReport<'a> {
     name: &'a str,
     outcome: String,
     error: Option<String>,
-    outputs: &'a [super::OutputFile],
-    selectors: &'a [super::DestinationSelector],
+    outputs: &'a [crate::pipeline::OutputFile],
+    selectors: &'a [crate::pipeline::DestinationSelector],
     status: &'a Option<serde_json::Map<String, Value>>,
-    logs: &'a [super::ContainerLog],
+    logs: &'a [crate::pipeline::ContainerLog],
 }
 
 fn report<'a>(title: &'a str, r: &'a WorkflowResult) -> Report<'a> {

@@ -1,33 +1,52 @@
-//! `promised reconcile` and `promised status`.
+//! `promised reconcile`: one reconcile pass over a config repo (directory or Git ref): run
+//! the workflows, place their output on Destinations, commit to the state stores, and print
+//! what happened with `look:` commands that show each state store's history.
+//!
+//! Exit codes: `0` everything reconciled, `1` some object or store failed (everything else
+//! still committed), `2` the pass could not run.
 
 use std::io::Write;
 use std::path::Path;
 
-use serde::Serialize;
+use clap::Args;
 
-use crate::cli::{
-    OutputFormat, ReconcileArgs, StatusArgs, StatusFormat, eprint_diagnostic, eprint_error,
-    eprint_warning,
-};
+use super::DaemonConfigArgs;
+use super::output::{OutputFormat, write_json};
+use super::stderr::{eprint_diagnostic, eprint_error};
 use crate::config::{self, Source};
 use crate::reconcile::{Engine, ObjectAction, PassReport};
-use crate::state::{State, StateDir};
-use crate::status::ObjectStatus;
+use crate::state::StateDir;
 use crate::validate;
 
-/// Decides whether `--config` names a directory or a Git repository.
-pub fn source_of(config: &str, reference: Option<&str>) -> Source {
-    let path = Path::new(config);
-    let is_url = config.contains("://") || (config.contains('@') && config.contains(':'));
-    let is_bare = path.join("HEAD").is_file() && path.join("objects").is_dir();
-    if reference.is_some() || is_url || is_bare {
-        Source::Git {
-            url: config.to_string(),
-            reference: reference.unwrap_or("HEAD").to_string(),
-        }
-    } else {
-        Source::Dir(path.to_path_buf())
-    }
+/// Exit status and examples at the end of `promised reconcile --help`.
+pub(super) const RECONCILE_EXAMPLES: &str = "\
+Exit status: 0 everything reconciled, 1 some object failed (the rest was still committed), 2
+the pass could not run.
+
+Examples:
+  promised reconcile --config testdata/quickstart
+  promised reconcile --config https://github.com/acme/platform-config.git --ref main --daemon-config /etc/promised/promised.yaml
+  promised reconcile --config . --state-dir /var/lib/promised --output json";
+
+/// `promised reconcile`.
+#[derive(Debug, Clone, Args)]
+pub struct ReconcileArgs {
+    /// The config repo: a directory, or a Git repository (URL or path; with --ref).
+    #[arg(long, value_name = "DIR|GIT-URL")]
+    pub config: String,
+    /// Git ref to reconcile: branch, tag or commit (makes --config a Git repository; default
+    /// HEAD for URLs).
+    #[arg(long = "ref", value_name = "REF")]
+    pub reference: Option<String>,
+    /// Daemon config and state directory.
+    #[command(flatten)]
+    pub daemon: DaemonConfigArgs,
+    /// Pipelines running at once (overrides concurrency in the daemon config).
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Output format.
+    #[arg(long, short, value_enum, value_name = "FORMAT", default_value_t)]
+    pub output: OutputFormat,
 }
 
 /// Runs one pass. Exit code 0 when everything reconciled, 1 when some object or store failed
@@ -44,7 +63,7 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
             return 2;
         }
     };
-    let source = source_of(&a.config, a.reference.as_deref());
+    let source = super::source_of(&a.config, a.reference.as_deref());
     let filter = settings.file_filter();
     let dir = match StateDir::open(&settings.state_dir) {
         Ok(d) => d,
@@ -84,7 +103,7 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
     for d in &cfg.diagnostics {
         eprint_diagnostic(d);
     }
-    let Some(rt) = crate::cli::runtime() else {
+    let Some(rt) = super::runtime() else {
         return 2;
     };
     let report = match rt.block_on(engine.reconcile(&cfg, &root)) {
@@ -95,9 +114,7 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
         }
     };
     let res = match a.output {
-        OutputFormat::Json => serde_json::to_writer_pretty(&mut *out, &report)
-            .map_err(std::io::Error::other)
-            .and_then(|_| writeln!(out)),
+        OutputFormat::Json => write_json(out, &report),
         OutputFormat::Text => write_report(&report, &cfg, engine.state_dir(), &source, out),
     };
     if let Err(e) = res {
@@ -304,166 +321,6 @@ fn sh_quote(s: &str) -> String {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}
-
-/// One object's status: its state key and status.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct StatusRow {
-    /// `promise/<name>` or `<promise>/<namespace>/<name>`.
-    pub key: String,
-    /// The status.
-    pub status: ObjectStatus,
-}
-
-/// Prints the status persisted in the state directory.
-pub fn status_cmd(a: &StatusArgs, out: &mut dyn Write) -> i32 {
-    let settings = match a.daemon.settings(Default::default()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprint_error(e);
-            return 2;
-        }
-    };
-    // A running daemon has the freshest status; otherwise read the state directory, which
-    // must exist: a mistyped path is an error, never created (status only reads).
-    let listen = a.listen.as_deref().unwrap_or(&settings.listen);
-    let rows = match daemon_status(listen) {
-        Some(rows) => rows,
-        None => match StateDir::open_read_only(&settings.state_dir).and_then(|d| d.load()) {
-            Ok(state) => {
-                if !settings.state_dir.join("state.json").exists() {
-                    eprint_warning(format_args!(
-                        "no state in {}: nothing has been reconciled with this state directory",
-                        settings.state_dir.display()
-                    ));
-                }
-                rows_of(&state)
-            }
-            Err(e) => {
-                eprint_error(format_args!("no status from a daemon at {listen}, and {e}"));
-                return 2;
-            }
-        },
-    };
-    let res = write_rows(&rows, a.output, out);
-    if let Err(e) = res {
-        eprint_error(e);
-        return 2;
-    }
-    0
-}
-
-/// The first line of a status message: the status table keeps one row per object (the whole
-/// message is in `--output json|yaml`).
-fn first_line(message: &str) -> &str {
-    message.lines().next().unwrap_or_default()
-}
-
-/// Status rows of a state: Promises first, then requests, by key.
-pub fn rows_of(state: &State) -> Vec<StatusRow> {
-    state
-        .promises
-        .iter()
-        .chain(state.requests.iter())
-        .map(|(k, r)| StatusRow {
-            key: k.clone(),
-            status: r.status.clone(),
-        })
-        .collect()
-}
-
-/// Asks a daemon listening on `listen` for its status (`GET /api/v1/status`); `None` when no
-/// daemon answers within a second, or it answers with an error (503 before its first pass
-/// has ended).
-pub fn daemon_status(listen: &str) -> Option<Vec<StatusRow>> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(std::time::Duration::from_secs(1)))
-        .build()
-        .into();
-    let mut resp = agent
-        .get(format!("http://{listen}/api/v1/status"))
-        .call()
-        .ok()?;
-    let body = resp.body_mut().read_to_vec().ok()?;
-    serde_json::from_slice(&body).ok()
-}
-
-/// Writes every object's status in the chosen format (the daemon's `/api/v1/status` serves the
-/// JSON form).
-pub fn write_status(
-    state: &State,
-    format: StatusFormat,
-    out: &mut dyn Write,
-) -> std::io::Result<()> {
-    write_rows(&rows_of(state), format, out)
-}
-
-/// Writes status rows in the chosen format.
-pub fn write_rows(
-    rows: &[StatusRow],
-    format: StatusFormat,
-    out: &mut dyn Write,
-) -> std::io::Result<()> {
-    match format {
-        StatusFormat::Json => {
-            serde_json::to_writer_pretty(&mut *out, rows).map_err(std::io::Error::other)?;
-            writeln!(out)
-        }
-        StatusFormat::Yaml => {
-            let v = serde_json::to_value(rows).map_err(std::io::Error::other)?;
-            out.write_all(validate::to_yaml(&v).as_bytes())
-        }
-        StatusFormat::Table => {
-            // Objects held because their config file does not load come first: a person
-            // must fix that file (`reconcile::held`).
-            let held = |r: &&StatusRow| {
-                r.status
-                    .condition(crate::status::cond::RECONCILED)
-                    .is_some_and(|c| c.reason == crate::reconcile::held::REASON)
-            };
-            let rows: Vec<&StatusRow> = rows
-                .iter()
-                .filter(held)
-                .chain(rows.iter().filter(|r| !held(r)))
-                .collect();
-            let width = rows.iter().map(|r| r.key.len()).max().unwrap_or(10).max(10);
-            writeln!(
-                out,
-                "{:<width$}  {:<11}  {:<16}  {:<9}  MESSAGE",
-                "OBJECT", "RECONCILED", "DESTINATIONS", "COMMIT"
-            )?;
-            for r in rows {
-                let mut dests: Vec<&str> = r
-                    .status
-                    .destinations
-                    .iter()
-                    .map(|d| d.destination.as_str())
-                    .collect();
-                dests.dedup();
-                let commit = r
-                    .status
-                    .commits
-                    .values()
-                    .next()
-                    .map(|c| &c[..c.len().min(9)])
-                    .unwrap_or("-");
-                writeln!(
-                    out,
-                    "{:<width$}  {:<11}  {:<16}  {:<9}  {}",
-                    r.key,
-                    r.status.summary(),
-                    if dests.is_empty() {
-                        "-".to_string()
-                    } else {
-                        dests.join(",")
-                    },
-                    commit,
-                    first_line(&r.status.message)
-                )?;
-            }
-            Ok(())
-        }
     }
 }
 

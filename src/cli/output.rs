@@ -1,0 +1,132 @@
+//! Output formats of the subcommands, in one place: the `--output` choices ([`OutputFormat`]
+//! for reports, [`StatusFormat`] for `promised status`) and the rendering they share: pretty
+//! JSON, YAML, and the status table.
+//!
+//! Each subcommand's text report (what `promised validate` or `promised reconcile` prints by
+//! default) stays beside the subcommand; this module has what more than one of them uses.
+
+use std::io::Write;
+
+use clap::ValueEnum;
+use serde::Serialize;
+
+use crate::state::State;
+use crate::status::StatusRow;
+
+/// Output format of a subcommand's report (`--output` of `validate`, `reconcile` and
+/// `pipeline run`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable text.
+    #[default]
+    Text,
+    /// One JSON document (stable keys, for CI tools).
+    Json,
+}
+
+/// Output of `promised status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    /// One line per object.
+    #[default]
+    Table,
+    /// The full status as JSON.
+    Json,
+    /// The full status as YAML.
+    Yaml,
+}
+
+/// Writes `value` as one pretty-printed JSON document and a newline. Errors are those of
+/// `out`, or serialisation errors wrapped as [`std::io::Error`].
+pub fn write_json<T: Serialize + ?Sized>(out: &mut dyn Write, value: &T) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value).map_err(std::io::Error::other)?;
+    writeln!(out)
+}
+
+/// Writes `value` as a YAML document (the daemon's YAML style, [`crate::validate::to_yaml`]).
+pub fn write_yaml<T: Serialize + ?Sized>(out: &mut dyn Write, value: &T) -> std::io::Result<()> {
+    let v = serde_json::to_value(value).map_err(std::io::Error::other)?;
+    out.write_all(crate::validate::to_yaml(&v).as_bytes())
+}
+
+/// Writes every object's status in the chosen format (the daemon's `/api/v1/status` serves the
+/// JSON form).
+pub fn write_status(
+    state: &State,
+    format: StatusFormat,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    write_rows(&state.status_rows(), format, out)
+}
+
+/// Writes status rows in the chosen format: a table with one line per object (objects held
+/// because their config file does not load first), or all of every row as JSON or YAML.
+pub fn write_rows(
+    rows: &[StatusRow],
+    format: StatusFormat,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    match format {
+        StatusFormat::Json => write_json(out, rows),
+        StatusFormat::Yaml => write_yaml(out, rows),
+        StatusFormat::Table => write_table(rows, out),
+    }
+}
+
+/// The status table: `OBJECT  RECONCILED  DESTINATIONS  COMMIT  MESSAGE`, one line per row.
+fn write_table(rows: &[StatusRow], out: &mut dyn Write) -> std::io::Result<()> {
+    // Objects held because their config file does not load come first: a person must fix
+    // that file (`reconcile::held`).
+    let held = |r: &&StatusRow| {
+        r.status
+            .condition(crate::status::cond::RECONCILED)
+            .is_some_and(|c| c.reason == crate::reconcile::held::REASON)
+    };
+    let rows: Vec<&StatusRow> = rows
+        .iter()
+        .filter(held)
+        .chain(rows.iter().filter(|r| !held(r)))
+        .collect();
+    let width = rows.iter().map(|r| r.key.len()).max().unwrap_or(10).max(10);
+    writeln!(
+        out,
+        "{:<width$}  {:<11}  {:<16}  {:<9}  MESSAGE",
+        "OBJECT", "RECONCILED", "DESTINATIONS", "COMMIT"
+    )?;
+    for r in rows {
+        let mut dests: Vec<&str> = r
+            .status
+            .destinations
+            .iter()
+            .map(|d| d.destination.as_str())
+            .collect();
+        dests.dedup();
+        let commit = r
+            .status
+            .commits
+            .values()
+            .next()
+            .map(|c| &c[..c.len().min(9)])
+            .unwrap_or("-");
+        writeln!(
+            out,
+            "{:<width$}  {:<11}  {:<16}  {:<9}  {}",
+            r.key,
+            r.status.summary(),
+            if dests.is_empty() {
+                "-".to_string()
+            } else {
+                dests.join(",")
+            },
+            commit,
+            first_line(&r.status.message)
+        )?;
+    }
+    Ok(())
+}
+
+/// The first line of a status message: the status table keeps one row per object (the whole
+/// message is in `--output json|yaml`).
+fn first_line(message: &str) -> &str {
+    message.lines().next().unwrap_or_default()
+}

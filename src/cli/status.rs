@@ -1,0 +1,96 @@
+//! `promised status`: the status of every Promise and resource request, from a running
+//! daemon (`GET /api/v1/status`) or else from the state directory, as a table, JSON or YAML
+//! ([`super::output`]).
+//!
+//! Exit codes: `0` shown, `2` no status could be read.
+
+use std::io::Write;
+
+use clap::Args;
+
+use super::DaemonConfigArgs;
+use super::output::{StatusFormat, write_rows};
+use super::stderr::{eprint_error, eprint_warning};
+use crate::state::StateDir;
+use crate::status::StatusRow;
+
+/// Exit status and examples at the end of `promised status --help`.
+pub(super) const STATUS_EXAMPLES: &str = "\
+Asks the daemon listening at --listen first; without one, reads the state directory (which
+must exist).
+
+Exit status: 0 shown, 2 no status could be read.
+
+Examples:
+  promised status
+  promised status --state-dir /var/lib/promised --output yaml
+  promised status --daemon-config /etc/promised/promised.yaml --output json";
+
+/// `promised status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Daemon config and state directory.
+    #[command(flatten)]
+    pub daemon: DaemonConfigArgs,
+    /// Address of a running daemon to ask first (default: listen in the daemon config).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Output format.
+    #[arg(long, short, value_enum, value_name = "FORMAT", default_value_t)]
+    pub output: StatusFormat,
+}
+
+/// Runs `promised status`: prints the status of a running daemon, else the one persisted in
+/// the state directory; returns the exit code (see the module docs).
+pub fn status_cmd(a: &StatusArgs, out: &mut dyn Write) -> i32 {
+    let settings = match a.daemon.settings(Default::default()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprint_error(e);
+            return 2;
+        }
+    };
+    // A running daemon has the freshest status; otherwise read the state directory, which
+    // must exist: a mistyped path is an error, never created (status only reads).
+    let listen = a.listen.as_deref().unwrap_or(&settings.listen);
+    let rows = match daemon_status(listen) {
+        Some(rows) => rows,
+        None => match StateDir::open_read_only(&settings.state_dir).and_then(|d| d.load()) {
+            Ok(state) => {
+                if !settings.state_dir.join("state.json").exists() {
+                    eprint_warning(format_args!(
+                        "no state in {}: nothing has been reconciled with this state directory",
+                        settings.state_dir.display()
+                    ));
+                }
+                state.status_rows()
+            }
+            Err(e) => {
+                eprint_error(format_args!("no status from a daemon at {listen}, and {e}"));
+                return 2;
+            }
+        },
+    };
+    let res = write_rows(&rows, a.output, out);
+    if let Err(e) = res {
+        eprint_error(e);
+        return 2;
+    }
+    0
+}
+
+/// Asks a daemon listening on `listen` for its status (`GET /api/v1/status`); `None` when no
+/// daemon answers within a second, or it answers with an error (503 before its first pass
+/// has ended).
+pub fn daemon_status(listen: &str) -> Option<Vec<StatusRow>> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(1)))
+        .build()
+        .into();
+    let mut resp = agent
+        .get(format!("http://{listen}/api/v1/status"))
+        .call()
+        .ok()?;
+    let body = resp.body_mut().read_to_vec().ok()?;
+    serde_json::from_slice(&body).ok()
+}

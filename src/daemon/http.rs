@@ -1,0 +1,129 @@
+//! The daemon's HTTP endpoints: `/healthz`, `/readyz`, `/metrics` (OpenMetrics),
+//! `/api/v1/status` (what `promised status --output json` prints) and `POST /hooks/git` (the
+//! webhook trigger).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State as AxState;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::sync::watch;
+
+use super::{Shared, webhook};
+
+/// Serves the endpoints on `listener` until `stop` is set; the task ends after a graceful
+/// shutdown.
+pub(super) fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let app = router(shared);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+    })
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_handler))
+        .route("/api/v1/status", get(status_handler))
+        .route("/hooks/git", post(hook))
+        .with_state(shared)
+}
+
+async fn readyz(AxState(s): AxState<Arc<Shared>>) -> Response {
+    let loaded = s.config_loaded.load(Ordering::SeqCst);
+    let stores = s.stores_ok.load(Ordering::SeqCst);
+    let body = format!("config loaded: {loaded}\nstate stores writable: {stores}\n");
+    if loaded && stores {
+        (StatusCode::OK, body).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+async fn metrics_handler(AxState(s): AxState<Arc<Shared>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// The status of the last pass; 503 until the first pass has ended (`promised status` then
+/// reads the state directory).
+async fn status_handler(AxState(s): AxState<Arc<Shared>>) -> Response {
+    let rows = s.status_rows.read().await.clone();
+    match rows {
+        Some(rows) => {
+            // Promises first, then requests, each by key: what `promised status` prints.
+            let all = rows.promises.values().chain(rows.requests.values());
+            let mut json = Vec::with_capacity(all.clone().map(|r| r.len() + 2).sum::<usize>() + 4);
+            json.push(b'[');
+            for (i, row) in all.enumerate() {
+                if i > 0 {
+                    json.push(b',');
+                }
+                json.push(b'\n');
+                json.extend_from_slice(row);
+            }
+            json.extend_from_slice(b"\n]\n");
+            ([(header::CONTENT_TYPE, "application/json")], json).into_response()
+        }
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no reconcile pass has finished yet; the state directory has the last status\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn hook(AxState(s): AxState<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let secret = s.webhook_secret.read().await.clone();
+    let lookup: BTreeMap<String, String> = headers
+        .iter()
+        .filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.as_str().to_ascii_lowercase(), v.to_string()))
+        })
+        .collect();
+    match webhook::verify(secret.as_deref(), &body, |name| {
+        lookup.get(name).map(String::as_str)
+    }) {
+        Ok(()) => {
+            if let (Some(followed), Some(pushed)) = (&s.followed_ref, webhook::pushed_ref(&body))
+                && !webhook::moves(followed, &pushed)
+            {
+                tracing::info!(pushed = %pushed, following = %followed, "webhook ignored: a push to another ref");
+                return (
+                    StatusCode::ACCEPTED,
+                    format!("ignored: push to {pushed}, following {followed}\n"),
+                )
+                    .into_response();
+            }
+            s.trigger("webhook");
+            (StatusCode::ACCEPTED, "reconcile queued\n").into_response()
+        }
+        Err(e) => {
+            s.metrics.error("webhook_auth");
+            tracing::warn!(error = %e, "webhook refused");
+            (StatusCode::UNAUTHORIZED, format!("{e}\n")).into_response()
+        }
+    }
+}

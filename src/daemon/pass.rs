@@ -1,0 +1,262 @@
+//! One pass of the daemon: load the config (fetching a Git source, re-reading only changed
+//! files), validate it (reusing admissions of unchanged requests), reconcile, and refresh the
+//! status rows `/api/v1/status` serves; and how a pass is logged and when the next one is due.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use super::Shared;
+use crate::config::{self, Source};
+use crate::reconcile::{Engine, PassReport};
+use crate::settings::Settings;
+use crate::validate;
+
+/// What the daemon keeps between passes so a pass costs what changed, not the repo's size.
+pub(super) struct PassCache {
+    /// Fetches the config and re-reads only changed blobs (taken while a pass loads).
+    loader: Option<config::Loader>,
+    /// Admission results of unchanged request documents.
+    admissions: validate::Admissions,
+    /// The validated config of the last pass and its commit: a pass at the same commit
+    /// (a repeated webhook, a retry, a resync) reuses it without reading anything.
+    last: Option<(String, Arc<validate::ValidConfig>, PathBuf)>,
+    /// `/api/v1/status` rows as JSON; refreshed for the objects a pass changed.
+    rows: StatusRows,
+    /// Config errors already logged: an unchanged invalid object is logged once, not on every
+    /// pass (it stays in `/api/v1/status` and the metrics); fixed ones are forgotten.
+    logged: std::collections::HashSet<crate::diag::Diagnostic>,
+}
+
+/// Status rows as JSON, by object key, Promises apart from requests (the order of
+/// `promised status`).
+#[derive(Debug, Clone, Default)]
+pub(super) struct StatusRows {
+    pub(super) promises: BTreeMap<String, Arc<[u8]>>,
+    pub(super) requests: BTreeMap<String, Arc<[u8]>>,
+}
+
+impl PassCache {
+    pub(super) fn new(
+        source: &Source,
+        settings: &Settings,
+        state_dir: &std::path::Path,
+    ) -> Result<Self, String> {
+        let loader = config::Loader::new(
+            source.clone(),
+            &settings.file_filter(),
+            Some(state_dir.join("config-cache")),
+            Some(state_dir.join("config-checkouts")),
+        )
+        .map_err(|e| e.to_string())?
+        .with_network(settings.network.timeouts());
+        Ok(PassCache {
+            loader: Some(loader),
+            admissions: validate::Admissions::default(),
+            last: None,
+            rows: StatusRows::default(),
+            logged: Default::default(),
+        })
+    }
+}
+
+/// Loads the config (fetching a Git source), validates it and reconciles.
+pub(super) async fn one_pass(
+    engine: &mut Engine,
+    cache: &mut PassCache,
+    shared: &Shared,
+) -> Result<PassReport, String> {
+    let t_load = std::time::Instant::now();
+    // The loader does blocking I/O (fetch, reads): keep it off the runtime's workers.
+    let mut loader = cache
+        .loader
+        .take()
+        .expect("the loader is back after every pass");
+    let last_commit = cache.last.as_ref().map(|(c, _, _)| c.clone());
+    let (loader, loaded) = tokio::task::spawn_blocking(move || {
+        let t_fetch = std::time::Instant::now();
+        let res = (|| {
+            let commit = loader.fetch()?;
+            tracing::debug!(fetch_s = t_fetch.elapsed().as_secs_f64(), "config fetched");
+            if commit.is_some() && commit == last_commit {
+                return Ok(None);
+            }
+            loader.load().map(|l| Some((commit, l)))
+        })();
+        (loader, res)
+    })
+    .await
+    .map_err(|e| format!("config loader: {e}"))?;
+    cache.loader = Some(loader);
+    let loaded = match loaded {
+        Ok(x) => x,
+        Err(e) => {
+            shared.metrics.error("config");
+            return Err(e.to_string());
+        }
+    };
+    shared.config_loaded.store(true, Ordering::SeqCst);
+    let load_s = t_load.elapsed().as_secs_f64();
+    let t_validate = std::time::Instant::now();
+    let (cfg, config_root) = match loaded {
+        None => {
+            let (_, cfg, root) = cache.last.as_ref().expect("same commit as the last pass");
+            (cfg.clone(), root.clone())
+        }
+        Some((commit, mut loaded)) => {
+            // A file that does not load keeps its objects' last good versions (never prunes).
+            engine.restore_unloadable(&mut loaded.objects);
+            let mut cfg = validate::validate_with_options(
+                loaded.objects,
+                &mut cache.admissions,
+                &engine.settings().validate_options(),
+            );
+            // Needs the daemon config; a SIGHUP resets `cache.last`, so this runs again.
+            validate::check_pipeline_env(&mut cfg, &engine.settings().env_sources());
+            let cfg = Arc::new(cfg);
+            let errors: std::collections::HashSet<&crate::diag::Diagnostic> =
+                cfg.diagnostics.iter().filter(|d| d.is_error()).collect();
+            cache.logged.retain(|d| errors.contains(d));
+            for d in cfg.diagnostics.iter().filter(|d| d.is_error()) {
+                if !cache.logged.insert(d.clone()) {
+                    continue; // logged on an earlier pass, unchanged
+                }
+                let object = d.object.as_ref();
+                tracing::warn!(
+                    file = %d.file,
+                    document = d.document,
+                    kind = object.map(|o| o.kind.as_str()),
+                    namespace = object.and_then(|o| o.namespace.as_deref()),
+                    object_name = object.map(|o| o.name.as_str()),
+                    field = d.field.as_deref(),
+                    error = %d.message,
+                    "invalid config object"
+                );
+            }
+            if cfg.has_errors() {
+                shared.metrics.error("invalid_object");
+            }
+            cache.last = commit.map(|c| (c, cfg.clone(), loaded.root.clone()));
+            (cfg, loaded.root)
+        }
+    };
+    let validate_s = t_validate.elapsed().as_secs_f64();
+    let report = engine
+        .reconcile(&cfg, &config_root)
+        .await
+        .map_err(|e| e.to_string())?;
+    shared.stores_ok.store(
+        report.stores.iter().all(|s| s.error.is_none()),
+        Ordering::SeqCst,
+    );
+    let t_status = std::time::Instant::now();
+    refresh_rows(&mut cache.rows, engine.state(), &report.dirty);
+    *shared.status_rows.write().await = Some(cache.rows.clone());
+    tracing::debug!(
+        load_s,
+        validate_s,
+        reconcile_s = report.duration.as_secs_f64(),
+        status_s = t_status.elapsed().as_secs_f64(),
+        "pass phases"
+    );
+    Ok(report)
+}
+
+/// Re-serialises the status rows of the objects `dirty` names (every row when the cache is
+/// empty or `dirty.all`) and drops rows of objects that are gone.
+fn refresh_rows(rows: &mut StatusRows, state: &crate::state::State, dirty: &crate::state::Dirty) {
+    let row = |key: &str, r: &crate::state::ObjectRecord| -> Arc<[u8]> {
+        let row = crate::status::StatusRow {
+            key: key.to_string(),
+            status: r.status.clone(),
+        };
+        serde_json::to_vec(&row)
+            .expect("status rows serialise")
+            .into()
+    };
+    let fresh = rows.promises.is_empty() && rows.requests.is_empty();
+    for (keys, map, out) in [
+        (&dirty.promises, &state.promises, &mut rows.promises),
+        (&dirty.requests, &state.requests, &mut rows.requests),
+    ] {
+        if fresh || dirty.all {
+            *out = map.iter().map(|(k, r)| (k.clone(), row(k, r))).collect();
+            continue;
+        }
+        for k in keys {
+            match map.get(k) {
+                Some(r) => {
+                    out.insert(k.clone(), row(k, r));
+                }
+                None => {
+                    out.remove(k);
+                }
+            }
+        }
+    }
+}
+
+/// Logs a pass: its warnings (with the object they are about), each state store's commit or
+/// failure, and a summary.
+pub(super) fn log_pass(r: &PassReport) {
+    for w in &r.warnings {
+        let (promise, namespace, object_name) = warning_object(w);
+        tracing::warn!(promise, namespace, object_name, warning = %w, "reconcile pass");
+    }
+    for s in &r.stores {
+        match (&s.commit, &s.error) {
+            (_, Some(e)) => {
+                tracing::error!(store = %s.store, error = %e, "state store write failed")
+            }
+            (Some(c), None) => {
+                tracing::info!(store = %s.store, commit = %c, written = s.written, deleted = s.deleted, drift = s.drift.len(), "committed")
+            }
+            (None, None) => {}
+        }
+    }
+    tracing::info!(
+        pipelines = r.pipelines_run,
+        seconds = r.duration.as_secs_f64(),
+        "reconcile pass done"
+    );
+}
+
+/// The object a pass warning is about, as log fields (promise, namespace, object name):
+/// engine warnings about one object start with its state key, `promise/<name>: ` or
+/// `<promise>/<namespace>/<name>: `.
+pub(super) fn warning_object(w: &str) -> (Option<&str>, Option<&str>, Option<&str>) {
+    let Some((key, _)) = w.split_once(": ") else {
+        return (None, None, None);
+    };
+    let parts: Vec<&str> = key.split('/').collect();
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || p.contains(char::is_whitespace))
+    {
+        return (None, None, None);
+    }
+    match parts[..] {
+        ["promise", name] => (Some(name), None, Some(name)),
+        [promise, namespace, name] => (Some(promise), Some(namespace), Some(name)),
+        _ => (None, None, None),
+    }
+}
+
+/// Sleep until the next retry (`retryAfter` or failure backoff) due since the last pass
+/// started, or at most a minute (cheap no-op passes keep drift repair and resync going even
+/// without triggers).
+pub(super) fn next_wake(engine: &Engine, pass_started: SystemTime) -> Duration {
+    // Retry times are kept to the second: weigh those of the pass's own second too.
+    let since = SystemTime::UNIX_EPOCH
+        + Duration::from_secs(
+            pass_started
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+        );
+    let retry =
+        crate::reconcile::next_retry(engine.state(), since).unwrap_or(Duration::from_secs(60));
+    retry.clamp(Duration::from_millis(200), Duration::from_secs(60))
+}
