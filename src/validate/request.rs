@@ -24,7 +24,8 @@ pub const MAX_REQUEST_NAME: usize = 63;
 /// Admission results kept between passes: a request document whose text (file, document
 /// index, blob id) and Promise API are unchanged is not pruned, defaulted and validated again
 /// (at 10,000 requests admission is most of a validation). Holds only the entries used by
-/// the last [`validate_with`] call; documents without a blob id are never cached.
+/// the last [`validate_with`](super::validate_with) call; documents without a blob id are
+/// never cached.
 #[derive(Debug, Default)]
 pub struct Admissions {
     /// (blob id, document index) → the admissions of that document text: usually one; more
