@@ -30,7 +30,8 @@ pub enum Error {
         /// the script's first line ends with a carriage return ...`).
         sandbox_note: String,
     },
-    /// A container ran longer than [`RunnerConfig::timeout`](super::RunnerConfig::timeout); its process group was killed.
+    /// A container ran longer than [`RunnerConfig::timeout`](super::RunnerConfig::timeout); its
+    /// process group was killed.
     #[error(
         "pipeline {pipeline:?} container {container:?} timed out after {after:?} and was killed with its process group; last lines of stderr:\n{stderr_tail}"
     )]
@@ -131,7 +132,8 @@ pub enum Error {
         /// Why it is rejected.
         reason: String,
     },
-    /// The Pipeline's output is larger than [`RunnerConfig::output_cap_bytes`](super::RunnerConfig::output_cap_bytes).
+    /// The Pipeline's output is larger than
+    /// [`RunnerConfig::output_cap_bytes`](super::RunnerConfig::output_cap_bytes).
     #[error("output is larger than the cap: at least {bytes} bytes, cap {cap} bytes")]
     OutputTooLarge {
         /// Bytes seen so far.

@@ -4,9 +4,10 @@
 //! A workflow is a list of [`Pipeline`](crate::model::Pipeline)s, run in order
 //! ([`run_workflow`]); each Pipeline gets fresh `/kratix/input` (read-only, holding
 //! `object.yaml`), `/kratix/output` and `/kratix/metadata` directories shared by its
-//! containers, which run one after the other with the `KRATIX_*` environment ([`contract`]). After the containers, the runner does what
-//! Kratix's `work-writer` and `status-writer` do: reads `workflow-control.yaml`, collects the
-//! output ([`output`]), parses `destination-selectors.yaml` and `status.yaml` ([`metadata`]).
+//! containers, which run one after the other with the `KRATIX_*` environment ([`contract`]).
+//! After the containers, the runner does what Kratix's `work-writer` and `status-writer` do:
+//! reads `workflow-control.yaml`, collects the output ([`output`]), parses
+//! `destination-selectors.yaml` and `status.yaml` ([`metadata`]).
 //! Execution stops at the first failed or suspended Pipeline, as in Kratix
 //! (`lib/workflow/reconciler.go`). Delete workflows run only their first Pipeline and ignore
 //! its output and selectors.
