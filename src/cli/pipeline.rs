@@ -266,7 +266,7 @@ fn run_cmd(a: &RunArgs, out: &mut dyn Write) -> Result<i32, String> {
         None => crate::settings::Settings::default(),
     };
     if a.daemon_config.is_some() {
-        validate::check_pipeline_env(&mut cfg, &settings.env_sources());
+        crate::pipeline::env::check_pipeline_env(&mut cfg, &settings.env_sources());
     }
     let promise = cfg.promise(&a.promise).ok_or_else(|| {
         let why = cfg

@@ -99,7 +99,7 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
     // A file that does not load keeps its objects' last good versions (never prunes).
     engine.restore_unloadable(&mut objects);
     let mut cfg = validate::validate_with_options(objects, &mut Default::default(), &options);
-    validate::check_pipeline_env(&mut cfg, &engine.settings().env_sources());
+    crate::pipeline::env::check_pipeline_env(&mut cfg, &engine.settings().env_sources());
     for d in &cfg.diagnostics {
         eprint_diagnostic(d);
     }

@@ -175,7 +175,7 @@ pub fn validate_cmd(a: &ValidateArgs, out: &mut dyn Write) -> i32 {
     };
     if let Some(file) = &a.daemon_config {
         match crate::settings::Settings::load(Some(file), Default::default()) {
-            Ok(s) => validate::check_pipeline_env(&mut cfg, &s.env_sources()),
+            Ok(s) => crate::pipeline::env::check_pipeline_env(&mut cfg, &s.env_sources()),
             Err(e) => {
                 eprint_error(e);
                 return 2;

@@ -114,7 +114,7 @@ pub(super) async fn one_pass(
                 &engine.settings().validate_options(),
             );
             // Needs the daemon config; a SIGHUP resets `cache.last`, so this runs again.
-            validate::check_pipeline_env(&mut cfg, &engine.settings().env_sources());
+            crate::pipeline::env::check_pipeline_env(&mut cfg, &engine.settings().env_sources());
             let cfg = Arc::new(cfg);
             let errors: std::collections::HashSet<&crate::diag::Diagnostic> =
                 cfg.diagnostics.iter().filter(|d| d.is_error()).collect();

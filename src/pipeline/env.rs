@@ -17,27 +17,30 @@
 //!   Kubernetes.
 //!
 //! Everything else (`resourceFieldRef`, another `fieldPath`, several sources, a malformed
-//! name or key) is a config error found by `validate` ([`check_shape`]); a Secret the Promise
-//! may not read, or a source whose directory is not configured, is one too once the daemon
-//! config is known ([`check_access`], `crate::validate::check_pipeline_env`). The runner
-//! checks both again before a Pipeline's first container starts, so such a Pipeline never
-//! runs half-way (`EnvError`'s `config` field).
+//! name or key) is a config error found by `validate` ([`check_shape`], from
+//! [`crate::validate::value_from`]); a Secret the Promise may not read, or a source whose
+//! directory is not configured, is one too once the daemon config is known ([`check_access`],
+//! [`check_pipeline_env`]). The runner checks both again before a Pipeline's first container
+//! starts, so such a Pipeline never runs half-way (`EnvError`'s `config` field).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{Action, ObjectIdentity, WorkflowType};
-use crate::model::{EnvVar, EnvVarSource, KeySelector, Pipeline};
+use crate::diag::{Code, Diagnostic, Origin};
+use crate::model::{Container, EnvVar, KeySelector, ObjectRef, Pipeline};
+use crate::validate::{Rejected, ValidConfig};
+
+pub use crate::validate::value_from::{
+    FieldPath, SUPPORTED_FIELD_PATHS, check_shape, parse_field_path,
+};
 
 /// Kratix's system namespace: where promise workflows run unless the Promise sets
 /// `workflows.config.pipelineNamespace`.
 pub const SYSTEM_NAMESPACE: &str = "kratix-platform-system";
-
-/// The `fieldRef.fieldPath`s promised resolves.
-pub const SUPPORTED_FIELD_PATHS: &str =
-    "metadata.namespace, metadata.name, metadata.labels['<key>'], metadata.annotations['<key>']";
 
 /// Where `secretKeyRef` and `configMapKeyRef` read (daemon config `pipelineSecrets` and
 /// `pipelineConfigMaps`).
@@ -76,142 +79,6 @@ impl EnvError {
     }
 }
 
-/// A supported `fieldRef.fieldPath`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FieldPath {
-    /// `metadata.namespace`.
-    Namespace,
-    /// `metadata.name`.
-    Name,
-    /// `metadata.labels['<key>']`.
-    Label(String),
-    /// `metadata.annotations['<key>']`.
-    Annotation(String),
-}
-
-/// Parses a `fieldPath`; the error says what is supported.
-pub fn parse_field_path(path: &str) -> Result<FieldPath, String> {
-    match path {
-        "metadata.namespace" => return Ok(FieldPath::Namespace),
-        "metadata.name" => return Ok(FieldPath::Name),
-        _ => {}
-    }
-    for (prefix, label) in [("metadata.labels", true), ("metadata.annotations", false)] {
-        let Some(rest) = path.strip_prefix(prefix) else {
-            continue;
-        };
-        let Some(key) = rest
-            .strip_prefix("['")
-            .and_then(|r| r.strip_suffix("']"))
-            .or_else(|| rest.strip_prefix("[\"").and_then(|r| r.strip_suffix("\"]")))
-        else {
-            return Err(format!(
-                "fieldPath {path:?}: expected {prefix}['<key>'] (a whole map cannot be an environment variable)"
-            ));
-        };
-        crate::validate::check_label(key, "").map_err(|m| format!("fieldPath {path:?}: {m}"))?;
-        return Ok(if label {
-            FieldPath::Label(key.to_string())
-        } else {
-            FieldPath::Annotation(key.to_string())
-        });
-    }
-    Err(format!(
-        "fieldPath {path:?} has no meaning outside Kubernetes; promised supports {SUPPORTED_FIELD_PATHS}"
-    ))
-}
-
-/// Checks what `validate` can check without the daemon config: exactly one supported source,
-/// no `value` beside it, a supported `fieldPath`, valid names and keys.
-pub fn check_shape(e: &EnvVar) -> Result<(), String> {
-    let Some(vf) = &e.value_from else {
-        return Ok(());
-    };
-    if e.value.as_deref().is_some_and(|v| !v.is_empty()) {
-        return Err("valueFrom may not be given with a non-empty value".into());
-    }
-    let EnvVarSource {
-        field_ref,
-        resource_field_ref,
-        config_map_key_ref,
-        secret_key_ref,
-    } = vf;
-    let n = [
-        field_ref.is_some(),
-        resource_field_ref.is_some(),
-        config_map_key_ref.is_some(),
-        secret_key_ref.is_some(),
-    ]
-    .iter()
-    .filter(|x| **x)
-    .count();
-    if n == 0 {
-        return Err("valueFrom must set one of fieldRef, secretKeyRef or configMapKeyRef".into());
-    }
-    if n > 1 {
-        return Err("valueFrom may set only one of fieldRef, secretKeyRef, configMapKeyRef and resourceFieldRef".into());
-    }
-    if resource_field_ref.is_some() {
-        return Err("valueFrom.resourceFieldRef (container resource limits) has no meaning outside Kubernetes: pipelines run as host processes; set a literal value instead".into());
-    }
-    if let Some(f) = field_ref {
-        if let Some(v) = f
-            .api_version
-            .as_deref()
-            .filter(|v| !v.is_empty() && *v != "v1")
-        {
-            return Err(format!(
-                "valueFrom.fieldRef.apiVersion {v:?}: only \"v1\" is supported"
-            ));
-        }
-        parse_field_path(&f.field_path).map_err(|m| format!("valueFrom.fieldRef: {m}"))?;
-    }
-    for (what, r) in [
-        ("secretKeyRef", secret_key_ref),
-        ("configMapKeyRef", config_map_key_ref),
-    ] {
-        if let Some(r) = r {
-            check_key_ref(r).map_err(|m| format!("valueFrom.{what}: {m}"))?;
-        }
-    }
-    Ok(())
-}
-
-fn check_key_ref(r: &KeySelector) -> Result<(), String> {
-    let dns = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 253
-            && s.split('.').all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && l.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                    && !l.starts_with('-')
-                    && !l.ends_with('-')
-            })
-    };
-    if !dns(&r.name) {
-        return Err(format!(
-            "name {:?} must be a DNS subdomain (lowercase letters, digits, '-' and '.')",
-            r.name
-        ));
-    }
-    let key_ok = !r.key.is_empty()
-        && r.key.len() <= 253
-        && r.key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && r.key != "."
-        && !r.key.starts_with("..");
-    if !key_ok {
-        return Err(format!(
-            "key {:?} must consist of letters, digits, '-', '_' or '.', and not be '.' or start with '..'",
-            r.key
-        ));
-    }
-    Ok(())
-}
-
 /// Checks what needs the daemon config: a `secretKeyRef` names a Secret `promise` may read
 /// (`pipelineSecrets.allow`) and `pipelineSecrets.dir` is set; a `configMapKeyRef` that is
 /// not optional has `pipelineConfigMaps.dir` to read from. A Secret outside the allow list
@@ -246,6 +113,129 @@ pub fn check_access(promise: &str, e: &EnvVar, sources: &EnvSources) -> Result<(
         );
     }
     Ok(())
+}
+
+/// The checks of `env[].valueFrom` that need the daemon config: a `secretKeyRef` must name a
+/// Secret `pipelineSecrets.allow` lists for the Promise, and each source's directory must be
+/// configured. A Promise that fails is rejected like any invalid Promise (its configure
+/// workflows do not run and its requests are rejected with it; what it applied before is
+/// kept), with one diagnostic per variable. `validate` cannot do this (it has no daemon
+/// config); `promised reconcile`, `promised run` and `promised validate --daemon-config` call
+/// it right after.
+pub fn check_pipeline_env(cfg: &mut ValidConfig, sources: &EnvSources) {
+    let mut bad: BTreeMap<String, Vec<Diagnostic>> = BTreeMap::new();
+    for p in &cfg.promises {
+        let name = p.name().to_string();
+        let wf = &p.promise.object.spec.workflows;
+        for (ty, actions) in [("resource", &wf.resource), ("promise", &wf.promise)] {
+            for (action, list) in [
+                ("configure", &actions.configure),
+                ("delete", &actions.delete),
+            ] {
+                for (i, pl) in list.iter().enumerate() {
+                    let at = format!("spec.workflows.{ty}.{action}[{i}]");
+                    for (ci, c) in pl.spec.containers.iter().enumerate() {
+                        let errs = check_container_access(
+                            &p.promise.origin,
+                            Some(&p.promise.id),
+                            &at,
+                            ci,
+                            &pl.metadata.name,
+                            c,
+                            (&name, sources),
+                        );
+                        if !errs.is_empty() {
+                            bad.entry(name.clone()).or_default().extend(errs);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if bad.is_empty() {
+        return;
+    }
+    let mut kept = Vec::with_capacity(cfg.promises.len());
+    for p in std::mem::take(&mut cfg.promises) {
+        let Some(errs) = bad.remove(p.name()) else {
+            kept.push(p);
+            continue;
+        };
+        cfg.rejected.push(Rejected {
+            origin: p.promise.origin.clone(),
+            id: p.promise.id.clone(),
+            reasons: errs.iter().map(|e| e.message.clone()).collect(),
+            promise: None,
+        });
+        cfg.diagnostics.extend(errs);
+        // Its requests go with it, worded as for any other invalid Promise.
+        let (gone, stay): (Vec<_>, Vec<_>) = std::mem::take(&mut cfg.requests)
+            .into_iter()
+            .partition(|r| r.promise == p.name());
+        cfg.requests = stay;
+        for r in gone {
+            let api_version = r
+                .object
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let d = r.origin.diag(
+                Code::UnservedKind,
+                Some(&r.id),
+                "kind",
+                format!(
+                    "{api_version} {} is served by Promise {}, which is invalid",
+                    r.id.kind,
+                    p.name()
+                ),
+            );
+            cfg.rejected.push(Rejected {
+                origin: r.origin.clone(),
+                id: r.id.clone(),
+                reasons: vec![d.message.clone()],
+                promise: Some(p.name().to_string()),
+            });
+            cfg.diagnostics.push(d);
+        }
+    }
+    cfg.promises = kept;
+    cfg.diagnostics.sort_by(|a, b| {
+        (&a.file, a.document, &a.field, &a.message)
+            .cmp(&(&b.file, b.document, &b.field, &b.message))
+    });
+    cfg.diagnostics.dedup();
+}
+
+/// The `env` of container `ci` of the Pipeline at `at` (a `spec.workflows…[i]` path) that
+/// the daemon config `sources` does not allow for `promise`: Secrets the Promise may not read
+/// and sources that are not configured ([`check_access`]). Messages name the pipeline,
+/// container and variable; the diagnostic names the Promise.
+fn check_container_access(
+    o: &Origin,
+    id: Option<&ObjectRef>,
+    at: &str,
+    ci: usize,
+    pipeline: &str,
+    c: &Container,
+    (promise, sources): (&str, &EnvSources),
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let who = format!("pipeline {pipeline:?} container {:?}", c.name);
+    for (ei, e) in c.env.iter().enumerate() {
+        if e.value_from.is_none() {
+            continue;
+        }
+        if let Err(m) = check_access(promise, e, sources) {
+            out.push(o.diag(
+                Code::InvalidPipeline,
+                id,
+                format!("{at}.spec.containers[{ci}].env[{ei}].valueFrom"),
+                format!("{who} env {:?}: {m}", e.name),
+            ));
+        }
+    }
+    out
 }
 
 /// The metadata of the pod Kratix would run a Pipeline in (`pipeline_factory.go`), which
@@ -427,7 +417,7 @@ fn read_key(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ObjectFieldSelector, PipelineMeta};
+    use crate::model::{EnvVarSource, PipelineMeta};
 
     fn var(vf: EnvVarSource) -> EnvVar {
         EnvVar {
@@ -435,16 +425,6 @@ mod tests {
             value: None,
             value_from: Some(vf),
         }
-    }
-
-    fn field(path: &str) -> EnvVar {
-        var(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                api_version: None,
-                field_path: path.into(),
-            }),
-            ..Default::default()
-        })
     }
 
     fn secret(name: &str, key: &str, optional: bool) -> EnvVar {
@@ -456,37 +436,6 @@ mod tests {
             }),
             ..Default::default()
         })
-    }
-
-    #[test]
-    fn shapes() {
-        for ok in [
-            "metadata.namespace",
-            "metadata.name",
-            "metadata.labels['kratix.io/promise-name']",
-            "metadata.annotations['a']",
-        ] {
-            check_shape(&field(ok)).unwrap();
-        }
-        for bad in [
-            "spec.nodeName",
-            "status.podIP",
-            "metadata.uid",
-            "metadata.labels",
-            "metadata.labels['a b']",
-        ] {
-            assert!(check_shape(&field(bad)).is_err(), "{bad}");
-        }
-        let rf = var(EnvVarSource {
-            resource_field_ref: Some(serde_json::json!({"resource": "limits.cpu"})),
-            ..Default::default()
-        });
-        assert!(check_shape(&rf).unwrap_err().contains("resourceFieldRef"));
-        assert!(check_shape(&var(EnvVarSource::default())).is_err());
-        assert!(check_shape(&secret("../x", "k", false)).is_err());
-        assert!(check_shape(&secret("x", "../k", false)).is_err());
-        assert!(check_shape(&secret("x", "..data", false)).is_err());
-        check_shape(&secret("x.y", "tls.crt", false)).unwrap();
     }
 
     #[test]

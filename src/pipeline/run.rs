@@ -1,0 +1,394 @@
+//! One Pipeline run: its contract directories and `KRATIX_*` environment, every container's
+//! `env` resolved before the first starts, each container run in turn (bubblewrap or
+//! `sandbox: none`, with image overrides and the network rule), then what Kratix's
+//! `work-writer` and `status-writer` do: read `workflow-control.yaml`, collect the output and
+//! parse `destination-selectors.yaml` and `status.yaml` (kratix-contract.md §2.5–§2.8). A
+//! command that cannot start because its script has CRLF line endings is named as such.
+
+use std::path::PathBuf;
+
+use super::{
+    Action, ContainerLog, Error, Mount, NETWORK_ANNOTATION, Outcome, PipelineResult, RunnerConfig,
+    SandboxMode, WorkflowInput, contract, env, metadata, output, runtime, sandbox,
+};
+use crate::model::Pipeline;
+
+pub(super) async fn run_pipeline(
+    cfg: &RunnerConfig,
+    layout: &sandbox::HostLayout,
+    input: &WorkflowInput<'_>,
+    object_yaml: &str,
+    p: &Pipeline,
+) -> PipelineResult {
+    let mut res = PipelineResult {
+        name: p.metadata.name.clone(),
+        outcome: Outcome::Succeeded,
+        outputs: Vec::new(),
+        selectors: Vec::new(),
+        status: None,
+        logs: Vec::new(),
+    };
+    if let Err(error) = run_pipeline_inner(cfg, layout, input, object_yaml, p, &mut res).await {
+        res.outcome = Outcome::Failed { error };
+        res.outputs.clear();
+        res.selectors.clear();
+    }
+    res
+}
+
+async fn run_pipeline_inner(
+    cfg: &RunnerConfig,
+    layout: &sandbox::HostLayout,
+    input: &WorkflowInput<'_>,
+    object_yaml: &str,
+    p: &Pipeline,
+    res: &mut PipelineResult,
+) -> Result<(), Error> {
+    let pname = p.metadata.name.as_str();
+    let dirs = contract::PipelineDirs::create(&cfg.work_dir, object_yaml)?;
+    let base_env = contract::kratix_env(
+        input.workflow_type,
+        input.action,
+        &input.promise_name,
+        pname,
+        &input.object,
+        &input.crd_plural,
+    );
+    let pipeline_network = p
+        .metadata
+        .annotations
+        .get(NETWORK_ANNOTATION)
+        .map(String::as_str)
+        == Some("true");
+    // Every container's environment before the first starts: a variable that cannot be
+    // resolved fails the Pipeline before anything ran.
+    let pod = env::PodMeta::new(
+        input.workflow_type,
+        input.action,
+        &input.promise_name,
+        &input.object,
+        input.pipeline_namespace.as_deref(),
+        p,
+    );
+    let mut envs = Vec::with_capacity(p.spec.containers.len());
+    for c in &p.spec.containers {
+        let mut env = base_env.clone();
+        env.extend(contract::container_env(
+            &input.promise_name,
+            pname,
+            c,
+            &pod,
+            &cfg.env_sources,
+        )?);
+        envs.push(env);
+    }
+    for (c, env) in p.spec.containers.iter().zip(envs) {
+        let over = cfg.image_overrides.get(&c.image);
+        let command = match (&c.command, over) {
+            (Some(cmd), _) if !cmd.is_empty() => cmd.clone(),
+            (_, Some(o)) if !o.command.is_empty() => o.command.clone(),
+            _ => {
+                return Err(Error::NoCommand {
+                    pipeline: pname.into(),
+                    container: c.name.clone(),
+                    image: c.image.clone(),
+                });
+            }
+        };
+        let mut argv = command;
+        argv.extend(c.args.clone().unwrap_or_default());
+        let command0 = argv[0].clone();
+        let network =
+            cfg.allow_network || pipeline_network || over.map(|o| o.network).unwrap_or(false);
+        let mounts: &[Mount] = over.map(|o| o.mounts.as_slice()).unwrap_or(&[]);
+        let (inv, sandbox_note) = match cfg.sandbox {
+            SandboxMode::Bwrap => {
+                let (input_dir, output_dir, meta_dir) =
+                    (dirs.input(), dirs.output(), dirs.metadata());
+                sandbox::check_mounts(&c.image, mounts, &cfg.hidden)?;
+                let spec = sandbox::SandboxSpec {
+                    input: &input_dir,
+                    output: &output_dir,
+                    metadata: &meta_dir,
+                    promise_dir: input.promise_dir.as_deref(),
+                    mounts,
+                    network,
+                    working_dir: c.working_dir.as_deref(),
+                    env: &env,
+                    argv: &argv,
+                    hidden: &cfg.hidden,
+                };
+                let note = format!(
+                    "; sandbox: network {}, read-only root file system, writable only /kratix/output, /kratix/metadata and a private /tmp",
+                    if network { "on" } else { "off" }
+                );
+                (
+                    runtime::Invocation {
+                        program: cfg.bwrap.clone().into_os_string(),
+                        args: sandbox::bwrap_args(layout, &spec),
+                        // Through bwrap's own environment, which it passes on: values never
+                        // appear on a command line (`/proc/<pid>/cmdline` is world-readable).
+                        env: sandbox::bwrap_env(&spec),
+                        cwd: None,
+                        timeout: cfg.timeout,
+                        log_cap: cfg.log_cap_bytes,
+                    },
+                    note,
+                )
+            }
+            SandboxMode::None => {
+                if !mounts.is_empty() {
+                    return Err(Error::MountsNeedSandbox {
+                        image: c.image.clone(),
+                    });
+                }
+                if let (Some(first), Some(pd)) = (argv.first_mut(), &input.promise_dir)
+                    && let Some(rest) = first.strip_prefix("/promise/")
+                {
+                    *first = pd.join(rest).to_string_lossy().into_owned();
+                }
+                let mut env = env.clone();
+                env.insert(0, ("PATH".into(), sandbox::DEFAULT_PATH.into()));
+                for (k, v) in [
+                    ("KRATIX_INPUT_DIR", dirs.input()),
+                    ("KRATIX_OUTPUT_DIR", dirs.output()),
+                    ("KRATIX_METADATA_DIR", dirs.metadata()),
+                ] {
+                    env.push((k.into(), v.to_string_lossy().into_owned()));
+                }
+                if let Some(pd) = &input.promise_dir {
+                    env.push((
+                        "KRATIX_PROMISE_DIR".into(),
+                        pd.to_string_lossy().into_owned(),
+                    ));
+                }
+                let mut args: Vec<std::ffi::OsString> = argv.iter().map(Into::into).collect();
+                let program = args.remove(0);
+                (
+                    runtime::Invocation {
+                        program,
+                        args,
+                        env,
+                        cwd: Some(
+                            c.working_dir
+                                .as_ref()
+                                .map(PathBuf::from)
+                                .unwrap_or_else(|| dirs.root().to_path_buf()),
+                        ),
+                        timeout: cfg.timeout,
+                        log_cap: cfg.log_cap_bytes,
+                    },
+                    "; sandbox: none".to_string(),
+                )
+            }
+        };
+        let finished = runtime::run(&inv).await.map_err(|e| Error::SpawnFailed {
+            pipeline: pname.into(),
+            container: c.name.clone(),
+            message: if e.kind() == std::io::ErrorKind::NotFound {
+                format!(
+                    "{e}{}",
+                    crlf_shebang_hint(&command0, input.promise_dir.as_deref(), mounts)
+                )
+            } else {
+                e.to_string()
+            },
+        })?;
+        res.logs.push(ContainerLog {
+            name: c.name.clone(),
+            stdout: finished.stdout.clone(),
+            stderr: finished.stderr.clone(),
+            exit_code: finished.exit_code,
+        });
+        let stderr_tail = runtime::tail_lines(&finished.stderr, 20);
+        if finished.timed_out {
+            return Err(Error::Timeout {
+                pipeline: pname.into(),
+                container: c.name.clone(),
+                after: cfg.timeout,
+                stderr_tail,
+            });
+        }
+        if finished.exit_code != Some(0) {
+            // bwrap could not exec the command (`bwrap: execvp ...: No such file or
+            // directory`): say why when it is a script with CRLF line endings.
+            let hint = if cfg.sandbox == SandboxMode::Bwrap
+                && finished.exit_code == Some(1)
+                && finished.stderr.lines().any(|l| {
+                    l.starts_with("bwrap: execvp") && l.ends_with("No such file or directory")
+                }) {
+                crlf_shebang_hint(&command0, input.promise_dir.as_deref(), mounts)
+            } else {
+                String::new()
+            };
+            return Err(Error::ContainerFailed {
+                pipeline: pname.into(),
+                container: c.name.clone(),
+                exit_code: finished.exit_code,
+                signal: finished.signal,
+                stderr_tail,
+                sandbox_note: hint + &sandbox_note,
+            });
+        }
+    }
+
+    // work-writer, then status-writer (kratix-contract.md §2.8, §2.6, §2.7).
+    let meta = dirs.metadata();
+    let read_meta = |name: &str| -> Result<String, Error> {
+        let path = meta.join(name);
+        match std::fs::symlink_metadata(&path) {
+            Err(_) => Ok(String::new()),
+            Ok(m) if !m.is_file() => Err(Error::UnsafeOutput {
+                path: format!("/kratix/metadata/{name}"),
+                reason: "must be a regular file".into(),
+            }),
+            Ok(_) => std::fs::read_to_string(&path).map_err(|e| Error::Io {
+                context: format!("reading /kratix/metadata/{name}"),
+                message: e.to_string(),
+            }),
+        }
+    };
+    let control = metadata::parse_workflow_control(&read_meta("workflow-control.yaml")?)?;
+    let paused = if let Some(after) = control.retry_after {
+        Some(Outcome::Retry {
+            after,
+            message: control.message.clone(),
+        })
+    } else if control.suspend {
+        Some(Outcome::Suspended {
+            message: control.message.clone(),
+        })
+    } else {
+        None
+    };
+    if paused.is_none() && input.action == Action::Configure {
+        let out = dirs.output();
+        res.outputs = output::collect(&out, cfg.output_cap_bytes)?;
+        res.selectors = metadata::parse_destination_selectors(
+            &read_meta("destination-selectors.yaml")?,
+            &output::top_level_dirs(&out),
+        )?;
+    }
+    res.status = metadata::parse_status(&read_meta("status.yaml")?)?;
+    if let Some(o) = paused {
+        res.outcome = o;
+    }
+    Ok(())
+}
+/// The file on the host that a container's command runs: `/promise/...` in the Promise's
+/// folder, a path under an image override's mount in the mount's `host`, another absolute
+/// path as is, a bare name looked up in the sandbox's `PATH`.
+fn host_command_path(
+    command: &str,
+    promise_dir: Option<&std::path::Path>,
+    mounts: &[Mount],
+) -> Option<PathBuf> {
+    if let (Some(rest), Some(pd)) = (command.strip_prefix("/promise/"), promise_dir) {
+        return Some(pd.join(rest));
+    }
+    for m in mounts.iter().rev() {
+        if let Some(rest) = command
+            .strip_prefix(m.target.trim_end_matches('/'))
+            .and_then(|r| r.strip_prefix('/'))
+        {
+            return Some(m.host.join(rest));
+        }
+    }
+    if command.starts_with('/') {
+        return Some(PathBuf::from(command));
+    }
+    if command.contains('/') {
+        return None;
+    }
+    sandbox::DEFAULT_PATH
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(command))
+        .find(|p| p.is_file())
+}
+
+/// `: <command>: the script's first line ends with a carriage return ...` when `command` is a
+/// script whose shebang line ends with `\r` (CRLF line endings), which makes the kernel look
+/// for an interpreter such as `/bin/sh\r` and fail with "No such file or directory".
+/// Empty otherwise.
+fn crlf_shebang_hint(
+    command: &str,
+    promise_dir: Option<&std::path::Path>,
+    mounts: &[Mount],
+) -> String {
+    use std::io::Read;
+    let Some(path) = host_command_path(command, promise_dir, mounts) else {
+        return String::new();
+    };
+    let mut head = Vec::with_capacity(256);
+    let Ok(f) = std::fs::File::open(&path) else {
+        return String::new();
+    };
+    if f.take(256).read_to_end(&mut head).is_err() {
+        return String::new();
+    }
+    let Some(line) = head.strip_prefix(b"#!") else {
+        return String::new();
+    };
+    let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
+    if !line.ends_with(b"\r") {
+        return String::new();
+    }
+    // The kernel takes the interpreter up to the first blank: only when that word ends with
+    // the `\r` does exec fail with "No such file or directory".
+    let interpreter = String::from_utf8_lossy(line)
+        .trim_start_matches([' ', '\t'])
+        .split([' ', '\t'])
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    if !interpreter.ends_with('\r') {
+        return String::new();
+    }
+    format!(
+        ": {command}: the script's first line ends with a carriage return (CRLF line endings): its interpreter {interpreter:?} does not exist; convert the file to LF line endings"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hint reads the command's file on the host (Promise folder, image-override mount)
+    /// and appears only for a shebang line ending in `\r`.
+    #[test]
+    fn crlf_shebang_hint_reads_the_host_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pd = tmp.path().join("promise");
+        let img = tmp.path().join("image");
+        std::fs::create_dir_all(pd.join("pipeline")).unwrap();
+        std::fs::create_dir_all(&img).unwrap();
+        std::fs::write(pd.join("pipeline/crlf"), "#!/bin/sh\r\necho\r\n").unwrap();
+        // `/bin/sh` exists and gets the argument "-eu\r": another error, no hint.
+        std::fs::write(pd.join("pipeline/args"), "#!/bin/sh -eu\r\n").unwrap();
+        std::fs::write(pd.join("pipeline/lf"), "#!/bin/sh\necho\r\n").unwrap();
+        std::fs::write(pd.join("pipeline/binary"), "\x7fELF\r\n").unwrap();
+        std::fs::write(img.join("run"), "#! /usr/bin/bash\r\n").unwrap();
+        let mounts = [Mount {
+            host: img.clone(),
+            target: "/image".into(),
+            writable: false,
+        }];
+        assert_eq!(
+            crlf_shebang_hint("/promise/pipeline/crlf", Some(&pd), &[]),
+            ": /promise/pipeline/crlf: the script's first line ends with a carriage return (CRLF line endings): its interpreter \"/bin/sh\\r\" does not exist; convert the file to LF line endings"
+        );
+        assert_eq!(
+            crlf_shebang_hint("/image/run", None, &mounts),
+            ": /image/run: the script's first line ends with a carriage return (CRLF line endings): its interpreter \"/usr/bin/bash\\r\" does not exist; convert the file to LF line endings"
+        );
+        for quiet in [
+            "/promise/pipeline/lf",
+            "/promise/pipeline/args",
+            "/promise/pipeline/binary",
+            "/promise/nope",
+        ] {
+            assert_eq!(crlf_shebang_hint(quiet, Some(&pd), &mounts), "", "{quiet}");
+        }
+        assert_eq!(crlf_shebang_hint("/imagex/run", None, &mounts), "");
+    }
+}

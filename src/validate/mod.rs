@@ -1,0 +1,189 @@
+//! Cross-object checks and request admission: turns classified [`Objects`] into a
+//! [`ValidConfig`] that the pipeline runner, scheduler and state stores can trust.
+//!
+//! Pure: no I/O, no network, no processes, so `promised validate` runs offline and in CI.
+//! Every problem is reported (not just the first), and one bad object never blocks others: an
+//! invalid request or Promise is left out of [`ValidConfig`] and listed in
+//! [`ValidConfig::rejected`] with its diagnostics, everything else stays usable.
+//!
+//! Rules and their Kratix sources (kratix-contract.md):
+//! - Promise API must be a valid, `Namespaced` CRD (§1.1, `promise_webhook.go`); the storage
+//!   version's schema is used.
+//! - Every workflow entry is `platform.kratix.io/v1alpha1` `Pipeline`, decoded with unknown
+//!   fields rejected; names unique per (type, action); `<promise>-<type>-<action>-<pipeline>`
+//!   at most 60 characters; pipeline labels valid Kubernetes labels; `reconciliationInterval`
+//!   and the `kratix.io/reconciliation-interval` annotation Go durations of at least 1m (§1.1).
+//! - A `GitStateStore` with `authMethod: ssh` needs a URL matching Kratix's SSH pattern (§1.4).
+//! - A missing `requiredPromises` entry is a warning, as in Kratix.
+//! - Destinations need an existing state store, and two Destinations on one store may not share
+//!   a `path` (§1.3, `destination_webhook.go`). (Kratix only warns about a missing store at
+//!   admission; promised makes it an error because nothing could ever be written.)
+//! - Which YAML is config (README): a document of a kind some Promise of the repo serves is a
+//!   request; any other non-Kratix document is a pipeline asset inside a Promise's folder
+//!   ([`Asset`], never an error) and, outside every Promise folder, a warning or an error by
+//!   [`UnservedKinds`].
+//! - A resource request is admitted like the API server does for a CRD: prune unknown fields,
+//!   apply defaults, validate the storage version's `openAPIV3Schema`, `metadata.name` ≤ 63
+//!   characters, then the `kratix.io/promise-name` label is added (§2.4).
+//!
+//! Deliberate differences from Kratix: duplicate objects (same kind, namespace and name) are
+//! all rejected rather than last-applied-wins, since a Git repo has no apply order; a request
+//! without `metadata.namespace` gets `default`, as `kubectl apply` would give it.
+//!
+//! One file per stage: the validated types (`types.rs`), cross-object checks (`cross.rs`:
+//! which YAML is config, duplicates, one API served twice, `requiredPromises` cycles, health
+//! records), Destinations and state stores (`stores.rs`), Promises (`promise.rs`), the
+//! `env[].valueFrom` shapes the process runtime supports ([`value_from`]), request admission
+//! (`request.rs`) and shared rules such as [`check_label`] and [`parse_go_duration`]
+//! (`helpers.rs`). The checks that need the daemon config (which pipeline Secrets a Promise
+//! may read) are `crate::pipeline::env::check_pipeline_env`, run right after [`validate`].
+
+use crate::config::Objects;
+use crate::diag::{Diagnostic, Origin};
+
+mod cross;
+mod helpers;
+mod promise;
+mod request;
+mod stores;
+mod types;
+pub mod value_from;
+
+pub use cross::folder_of;
+pub use helpers::{check_label, parse_go_duration, to_yaml};
+pub use promise::{
+    MAX_PIPELINE_FULL_NAME, MIN_RECONCILIATION_INTERVAL, RECONCILIATION_INTERVAL_ANNOTATION,
+};
+pub use request::{Admissions, MAX_REQUEST_NAME, spec_digest};
+pub use stores::{SSH_URL_PATTERN, normalise_path};
+pub use types::{Asset, Options, Rejected, UnservedKinds, ValidConfig, ValidPromise, ValidRequest};
+
+use helpers::sorted;
+
+/// What the checks found so far: the objects left out, and every error and warning. Each
+/// stage adds to it, in the order of [`validate_with_options`].
+#[derive(Debug, Default)]
+struct Findings {
+    /// Objects left out, with why.
+    rejected: Vec<Rejected>,
+    /// Every error and warning (sorted at the end).
+    diagnostics: Vec<Diagnostic>,
+}
+
+/// Runs every check. Never fails: problems are diagnostics.
+pub fn validate(objects: Objects) -> ValidConfig {
+    validate_with(objects, &mut Admissions::default())
+}
+
+/// Like [`validate`], reusing and refreshing `cache`.
+pub fn validate_with(objects: Objects, cache: &mut Admissions) -> ValidConfig {
+    validate_with_options(objects, cache, &Options::default())
+}
+
+/// Like [`validate_with`], with the daemon config's validation settings.
+pub fn validate_with_options(
+    objects: Objects,
+    cache: &mut Admissions,
+    options: &Options,
+) -> ValidConfig {
+    let Objects {
+        promises,
+        destinations,
+        git_state_stores,
+        bucket_state_stores,
+        health_records,
+        candidates,
+        undecoded_promises,
+        diagnostics,
+        commit,
+    } = objects;
+
+    let mut found = Findings {
+        rejected: Vec::new(),
+        diagnostics,
+    };
+
+    let (served_by, candidates, assets) = cross::classify(
+        &promises,
+        &undecoded_promises,
+        candidates,
+        options,
+        &mut found,
+    );
+    let rejected_keys = cross::duplicates(
+        &promises,
+        &destinations,
+        &git_state_stores,
+        &bucket_state_stores,
+        &health_records,
+        &candidates,
+        &mut found,
+    );
+    let not_dup = |o: &Origin| !rejected_keys.contains(&(o.file.clone(), o.document));
+
+    let (git_state_stores, bucket_state_stores) = stores::check_state_stores(
+        git_state_stores,
+        bucket_state_stores,
+        &not_dup,
+        &mut found.diagnostics,
+    );
+    let valid_destinations = stores::check_destinations(
+        destinations,
+        &git_state_stores,
+        &bucket_state_stores,
+        &not_dup,
+        &mut found,
+    );
+
+    let (valid_promises, mut rejected_apis) =
+        promise::check_promises(promises, &not_dup, &mut found);
+    let valid_promises =
+        cross::reject_duplicate_apis(valid_promises, &mut rejected_apis, &mut found);
+    let valid_promises =
+        cross::reject_required_promise_cycles(valid_promises, &mut rejected_apis, &mut found);
+
+    let requests = request::admit_requests(
+        candidates,
+        &valid_promises,
+        &rejected_apis,
+        &served_by,
+        &not_dup,
+        cache,
+        &mut found,
+    );
+    cross::check_health_records(&health_records, &valid_promises, &mut found.diagnostics);
+
+    let Findings {
+        rejected,
+        mut diagnostics,
+    } = found;
+    diagnostics.sort_by(|a, b| {
+        (&a.file, a.document, &a.field, &a.message)
+            .cmp(&(&b.file, b.document, &b.field, &b.message))
+    });
+    diagnostics.dedup();
+    let unloadable = crate::config::unloadable_files(&diagnostics)
+        .into_iter()
+        .map(|(f, m)| (f.to_string(), m.to_string()))
+        .collect();
+    ValidConfig {
+        promises: valid_promises,
+        requests,
+        destinations: valid_destinations,
+        git_state_stores,
+        bucket_state_stores,
+        health_records: health_records
+            .into_iter()
+            .filter(|h| not_dup(&h.origin))
+            .collect(),
+        rejected,
+        assets: {
+            let mut a = assets;
+            a.sort_by(|x, y| x.origin.cmp(&y.origin));
+            a
+        },
+        diagnostics,
+        commit,
+        unloadable,
+    }
+}
