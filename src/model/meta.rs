@@ -161,6 +161,19 @@ pub fn is_cluster_scoped(api_version: &str, kind: &str) -> bool {
         .any(|(g, k)| *g == group && *k == kind)
 }
 
+/// State key of a request: `<promise>/<namespace>/<name>`. An invalid namespace or name (not
+/// a DNS label or subdomain; only invalid requests have one) is quoted as written
+/// (`redis/"x/../.."/"../../../etc"`, [`namespaced_name`]), so the key
+/// shown in the report and status table is never a path joined from it.
+pub fn request_key(promise: &str, namespace: &str, name: &str) -> String {
+    format!("{promise}/{}", namespaced_name(namespace, name))
+}
+
+/// State key of a Promise.
+pub fn promise_key(name: &str) -> String {
+    format!("promise/{name}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,17 +220,4 @@ mod tests {
         assert!(!is_cluster_scoped("v1", "Service"));
         assert!(!is_cluster_scoped("example.com/v1", "Namespace"));
     }
-}
-
-/// State key of a request: `<promise>/<namespace>/<name>`. An invalid namespace or name (not
-/// a DNS label or subdomain; only invalid requests have one) is quoted as written
-/// (`redis/"x/../.."/"../../../etc"`, [`namespaced_name`]), so the key
-/// shown in the report and status table is never a path joined from it.
-pub fn request_key(promise: &str, namespace: &str, name: &str) -> String {
-    format!("{promise}/{}", namespaced_name(namespace, name))
-}
-
-/// State key of a Promise.
-pub fn promise_key(name: &str) -> String {
-    format!("promise/{name}")
 }
