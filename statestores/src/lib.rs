@@ -102,6 +102,8 @@ mod message;
 pub mod net;
 mod plan;
 pub mod s3;
+pub mod secrets;
+pub mod spec;
 
 pub use error::Error;
 pub use git::{GitOptions, GitStateStore};

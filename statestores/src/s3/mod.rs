@@ -113,8 +113,8 @@ use object_store::path::Path as ObjPath;
 pub use bucket::S3Index;
 pub use config::{BeforeCommit, BucketAuthMethod, BucketStateStoreSpec, S3Options, SecretRef};
 
-use crate::git::credentials::Secrets;
 use crate::index::IndexEntry;
+use crate::secrets::Secrets;
 use crate::{ApplyOutcome, ChangeSet, Error, StateStore, plan};
 
 /// Name of the metadata directory under `spec.path`.
