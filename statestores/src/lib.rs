@@ -12,6 +12,9 @@
 //! - a **local** bare repository on disk (a plain path or `file://` URL), written directly with
 //!   gix. It is the embedded default for a first run: no server needed.
 //!
+//! Both are opened with the Kratix spec of their kind, declared once in [`spec`] (the daemon's
+//! object model uses the same types); [`secrets`] reads the keys a spec's `secretRef` names.
+//!
 //! # The contract
 //!
 //! The reconcile engine computes full store-relative paths (Kratix layout, `<spec.path>/<dest
@@ -102,6 +105,8 @@ mod message;
 pub mod net;
 mod plan;
 pub mod s3;
+pub mod secrets;
+pub mod spec;
 
 pub use error::Error;
 pub use git::{GitOptions, GitStateStore};

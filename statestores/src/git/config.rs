@@ -1,6 +1,7 @@
 //! Configuration of a Git state store: [`GitStateStoreSpec`] mirrors Kratix
-//! `GitStateStore.spec` field for field (`kratix-contract.md` §1.4); [`GitOptions`] holds
-//! `promised`'s own knobs.
+//! `GitStateStore.spec` field for field (`kratix-contract.md` §1.4; declared in [`crate::spec`]
+//! and re-exported here); [`GitOptions`] holds `promised`'s own knobs; [`parse_url`] classifies
+//! `spec.url`.
 //!
 //! Departures from Kratix, on purpose:
 //! - `url` also accepts `http://` (with a warning), `git://`, `file://` and plain local paths,
@@ -14,105 +15,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use crate::Error;
-
-/// Kratix `GitStateStore.spec`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct GitStateStoreSpec {
-    /// Repository URL: `https://…`, `ssh://…`, `user@host:path`, `http://…`, `git://…`,
-    /// `file://…` or a local path (see [`RemoteUrl`]).
-    pub url: String,
-    /// Branch to write; default `main`.
-    #[serde(default = "default_branch")]
-    pub branch: String,
-    /// Optional prefix inside the repository (leading `/` trimmed). This crate does not prepend
-    /// it: callers pass full store-relative paths. Exposed for the main crate's layout code.
-    #[serde(default)]
-    pub path: String,
-    /// `basicAuth` (default), `ssh` or `githubApp` (not supported yet).
-    #[serde(default)]
-    pub auth_method: AuthMethod,
-    /// The secret holding the credentials.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret_ref: Option<SecretRef>,
-    /// Commit author and committer. CRD default `{name: kratix}`.
-    #[serde(default)]
-    pub git_author: GitAuthor,
-}
-
-fn default_branch() -> String {
-    "main".into()
-}
-
-impl GitStateStoreSpec {
-    /// A spec with Kratix defaults for `url`.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            branch: default_branch(),
-            path: String::new(),
-            auth_method: AuthMethod::default(),
-            secret_ref: None,
-            git_author: GitAuthor::default(),
-        }
-    }
-}
-
-/// Kratix `spec.authMethod`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum AuthMethod {
-    /// Secret keys `username` (optional) and `password` (required; a token works too).
-    #[default]
-    BasicAuth,
-    /// Secret keys `sshPrivateKey` and `knownHosts`.
-    Ssh,
-    /// GitHub App installation tokens; not supported yet.
-    GithubApp,
-}
-
-/// Kratix `spec.secretRef`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SecretRef {
-    /// Secret name: the directory `<secrets_dir>/<name>/`.
-    pub name: String,
-    /// Namespace; kept for Kratix compatibility (default `default`), not used for lookup.
-    #[serde(default = "default_namespace")]
-    pub namespace: String,
-}
-
-fn default_namespace() -> String {
-    "default".into()
-}
-
-/// Kratix `spec.gitAuthor`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GitAuthor {
-    /// Default `kratix`.
-    #[serde(default = "default_author")]
-    pub name: String,
-    /// Default empty (as Kratix).
-    #[serde(default)]
-    pub email: String,
-}
-
-fn default_author() -> String {
-    "kratix".into()
-}
-
-impl Default for GitAuthor {
-    fn default() -> Self {
-        Self {
-            name: default_author(),
-            email: String::new(),
-        }
-    }
-}
+// The Kratix spec types are declared in `crate::spec`.
+pub use crate::spec::{GitAuthMethod as AuthMethod, GitAuthor, GitStateStoreSpec, SecretRef};
 
 /// A callback run right before each publish attempt (push or ref update) with the 1-based
 /// attempt number. Meant for fault injection in tests (for example pushing a foreign commit to

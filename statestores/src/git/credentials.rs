@@ -4,10 +4,9 @@
 //! (when empty and the URL contains `github`, `x-access-token`); ssh → `sshPrivateKey` and
 //! `knownHosts` (both required). `githubApp` is not supported yet.
 //!
-//! Lookup: `<secrets_dir>/<secretRef.name>/<key>` (one file per key: a mounted Kubernetes
-//! Secret looks like that), then `<secrets_dir>/<secretRef.name>_<key>` (what systemd's
-//! `LoadCredential=<name>:<directory>` makes of a directory of key files), else the environment
-//! variable `PROMISED_SECRET_<NAME>_<KEY>` (upper-cased, `-` and `.` become `_`).
+//! Lookup: `<secrets_dir>/<secretRef.name>/<key>`, then `<secrets_dir>/<secretRef.name>_<key>`,
+//! else the environment variable `PROMISED_SECRET_<NAME>_<KEY>` (see [`crate::secrets`], shared
+//! with the S3 store).
 //!
 //! Secrets never reach process arguments: https credentials go to `git push` through
 //! `GIT_CONFIG_COUNT/KEY/VALUE` (`http.extraHeader`) and to gix through its credentials
@@ -21,6 +20,8 @@ use base64::Engine;
 
 use super::config::{AuthMethod, GitOptions, GitStateStoreSpec, ParsedUrl, RemoteUrl};
 use crate::Error;
+pub(crate) use crate::secrets::read_key;
+pub use crate::secrets::{Secrets, env_name};
 
 /// Resolved credentials. `Debug` never prints secret values.
 #[derive(Clone, Default)]
@@ -55,69 +56,6 @@ impl std::fmt::Debug for Credentials {
             Credentials::Ssh { key_file, .. } => write!(f, "Ssh {{ key_file: {key_file:?} }}"),
         }
     }
-}
-
-/// The secret strings to scrub from any text we keep.
-#[derive(Clone, Default)]
-pub struct Secrets(Vec<String>);
-
-impl std::fmt::Debug for Secrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Secrets({} redacted)", self.0.len())
-    }
-}
-
-impl Secrets {
-    /// Replace every secret (and its base64 forms) in `text` with `***`.
-    pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for s in &self.0 {
-            if s.len() >= 3 {
-                out = out.replace(s.as_str(), "***");
-            }
-        }
-        out
-    }
-
-    pub(crate) fn add(&mut self, s: &str) {
-        if !s.is_empty() {
-            self.0.push(s.to_owned());
-        }
-    }
-}
-
-/// Read one secret key: file first, then environment.
-pub(crate) fn read_key(
-    secrets_dir: Option<&Path>,
-    name: &str,
-    key: &str,
-) -> Result<Option<String>, Error> {
-    if let Some(dir) = secrets_dir {
-        for path in [dir.join(name).join(key), dir.join(format!("{name}_{key}"))] {
-            match std::fs::read_to_string(&path) {
-                Ok(v) => return Ok(Some(v)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(path, e)),
-            }
-        }
-    }
-    Ok(std::env::var(env_name(name, key)).ok())
-}
-
-/// `PROMISED_SECRET_<NAME>_<KEY>`.
-pub fn env_name(name: &str, key: &str) -> String {
-    let norm = |s: &str| {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect::<String>()
-    };
-    format!("PROMISED_SECRET_{}_{}", norm(name), norm(key))
 }
 
 fn write_private(path: &Path, content: &str) -> Result<(), Error> {
@@ -343,14 +281,6 @@ mod tests {
         assert!(
             env.iter().any(|(k, v)| k.starts_with("GIT_CONFIG_VALUE_")
                 && v.starts_with("Authorization: Basic "))
-        );
-    }
-
-    #[test]
-    fn env_names() {
-        assert_eq!(
-            env_name("git-creds", "sshPrivateKey"),
-            "PROMISED_SECRET_GIT_CREDS_SSHPRIVATEKEY"
         );
     }
 }

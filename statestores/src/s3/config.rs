@@ -1,79 +1,17 @@
 //! `BucketStateStore.spec` (Kratix `api/v1alpha1/bucketstatestore_types.go`, `kratix-contract.md`
-//! §1.5), the daemon-side [`S3Options`], and how both become an `object_store` S3 client.
+//! §1.5; declared in [`crate::spec`] and re-exported here), the daemon-side [`S3Options`], and how
+//! both become an `object_store` S3 client (endpoint, region, credentials, retries).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::Error;
+use crate::secrets::{Secrets, env_name, read_key};
 use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
 use object_store::{BackoffConfig, ClientOptions, RetryConfig};
-use serde::{Deserialize, Serialize};
-
-use crate::Error;
-pub use crate::git::SecretRef;
-use crate::git::credentials::{Secrets, env_name, read_key};
-
-/// `BucketStateStore.spec`, field for field (camelCase in YAML/JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BucketStateStoreSpec {
-    /// Bucket name (required). The bucket must exist; it is never created.
-    pub bucket_name: String,
-    /// `host[:port]` with **no scheme** (minio-go convention), for example
-    /// `s3.eu-west-2.amazonaws.com` or `127.0.0.1:9000`.
-    pub endpoint: String,
-    /// `true` means plain HTTP, `false` HTTPS with verified certificates. Kratix uses minio's
-    /// `Secure: !insecure`, so this is *not* "skip TLS verification" (`kratix-contract.md` §9
-    /// item 13).
-    #[serde(default)]
-    pub insecure: bool,
-    /// Use the AWS dual-stack endpoint (`s3.dualstack.<region>.amazonaws.com`). Only affects
-    /// `*.amazonaws.com` endpoints, like in Kratix.
-    #[serde(default)]
-    pub use_dual_stack: bool,
-    /// Key prefix inside the bucket. The engine already includes it in every
-    /// [`FileWrite::path`](crate::FileWrite::path); the store uses it to scope listings and to
-    /// place its ownership index at `<path>/.promised/index.json`.
-    #[serde(default)]
-    pub path: String,
-    /// `accessKey` (default; `""` is accepted as `accessKey`) or `IAM`.
-    #[serde(default)]
-    pub auth_method: BucketAuthMethod,
-    /// Secret holding `accessKeyID` and `secretAccessKey` (required for `accessKey`), read from
-    /// `<secrets_dir>/<name>/<key>` or `PROMISED_SECRET_<NAME>_<KEY>`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret_ref: Option<SecretRef>,
-}
-
-impl BucketStateStoreSpec {
-    /// A spec with the given bucket and endpoint, HTTPS, no prefix, `accessKey` auth and no
-    /// secret reference yet.
-    pub fn new(bucket_name: impl Into<String>, endpoint: impl Into<String>) -> Self {
-        Self {
-            bucket_name: bucket_name.into(),
-            endpoint: endpoint.into(),
-            insecure: false,
-            use_dual_stack: false,
-            path: String::new(),
-            auth_method: BucketAuthMethod::AccessKey,
-            secret_ref: None,
-        }
-    }
-}
-
-/// `BucketStateStore.spec.authMethod`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum BucketAuthMethod {
-    /// Static keys `accessKeyID` / `secretAccessKey` from the secret.
-    #[default]
-    #[serde(rename = "accessKey", alias = "")]
-    AccessKey,
-    /// The default AWS credential chain of `object_store` (`AWS_ACCESS_KEY_ID`/`..._SECRET_...`
-    /// variables, web identity / IRSA, ECS container credentials, EC2 instance metadata).
-    /// `~/.aws/config` profiles are not read.
-    #[serde(rename = "IAM")]
-    Iam,
-}
+// The Kratix spec types are declared in `crate::spec`.
+pub use crate::spec::{BucketAuthMethod, BucketStateStoreSpec, SecretRef};
 
 /// Called before the index commit of every attempt (argument: attempt number, from 1), on a
 /// blocking thread. Fault injection for tests (a concurrent writer, a server stop).

@@ -87,29 +87,34 @@
 //! ([`S3Options::state_dir`]). Objects we never wrote are never touched unless a placement claims
 //! their exact key (then they are skipped when their ETag equals the MD5 of the desired content,
 //! Kratix's rule).
+//!
+//! # Layout
+//!
+//! - this file: [`S3StateStore`], its keys and error mapping, and its [`StateStore`] impl;
+//! - `config`: [`S3Options`] and the `object_store` client/credentials setup;
+//! - `bucket`: the ownership index object ([`S3Index`]), its reads and compare-and-swap
+//!   writes, and the bucket listing;
+//! - `apply`: the write protocol (intent, write, commit, delete, clean) and the blob cache;
+//! - `check`: the write-permission check and the conditional-write probe.
 
+mod apply;
+mod bucket;
+mod check;
 pub mod config;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::{ExponentialBuilder, Retryable};
-use futures::{StreamExt, TryStreamExt};
-use gix::ObjectId;
-use md5::{Digest, Md5};
 use object_store::aws::AmazonS3;
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
-use serde::{Deserialize, Serialize};
 
+pub use bucket::S3Index;
 pub use config::{BeforeCommit, BucketAuthMethod, BucketStateStoreSpec, S3Options, SecretRef};
 
-use crate::git::credentials::Secrets;
-use crate::index::{self, INDEX_DIR, IndexEntry};
+use crate::index::IndexEntry;
+use crate::secrets::Secrets;
 use crate::{ApplyOutcome, ChangeSet, Error, StateStore, plan};
 
 /// Name of the metadata directory under `spec.path`.
@@ -117,32 +122,6 @@ pub const META_DIR: &str = ".promised";
 
 /// The longest object key S3 accepts, in bytes of UTF-8 (the bucket's `spec.path` included).
 pub const MAX_KEY_BYTES: usize = 1024;
-
-/// The index object as stored (see the module docs).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct S3Index {
-    /// Format version, always 1.
-    pub version: u32,
-    /// Content generation; increases by one per committed apply.
-    pub generation: u64,
-    /// Owned files, sorted by path.
-    pub entries: Vec<IndexEntry>,
-    /// ETag of each owned object as returned by the server when we wrote it (quotes removed).
-    #[serde(default)]
-    pub etags: BTreeMap<String, String>,
-    /// Keys an unfinished apply may have written (before commit) or must still delete (after).
-    #[serde(default)]
-    pub pending: Vec<String>,
-}
-
-impl S3Index {
-    fn encode(&self) -> Result<Vec<u8>, Error> {
-        let mut out = serde_json::to_vec_pretty(self)
-            .map_err(|e| Error::Task(format!("cannot serialise the ownership index: {e}")))?;
-        out.push(b'\n');
-        Ok(out)
-    }
-}
 
 const COND_UNKNOWN: u8 = 0;
 const COND_OK: u8 = 1;
@@ -188,34 +167,6 @@ pub(crate) fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s.source();
     }
     out
-}
-
-fn norm_etag(e: &str) -> String {
-    e.trim_start_matches("W/").trim_matches('"').to_owned()
-}
-
-fn md5_hex(content: &[u8]) -> String {
-    hex::encode(Md5::digest(content))
-}
-
-/// Why an attempt failed.
-enum AttemptError {
-    Stale,
-    Fatal(Error),
-}
-
-impl From<Error> for AttemptError {
-    fn from(e: Error) -> Self {
-        AttemptError::Fatal(e)
-    }
-}
-
-/// What the bucket holds right now.
-struct Head {
-    index: S3Index,
-    index_etag: Option<String>,
-    /// key -> ETag (quotes removed), excluding our metadata keys.
-    listing: BTreeMap<String, String>,
 }
 
 fn sanitize(name: &str) -> String {
@@ -356,108 +307,6 @@ impl S3StateStore {
         }
     }
 
-    async fn load_index(&self) -> Result<(S3Index, Option<String>), Error> {
-        let key = self.index_key();
-        match self.inner.client.get(&ObjPath::from(key.as_str())).await {
-            Ok(r) => {
-                let etag = r.meta.e_tag.clone();
-                let bytes = r.bytes().await.map_err(|e| self.map_err("get index", e))?;
-                let idx: S3Index =
-                    serde_json::from_slice(&bytes).map_err(|e| Error::CorruptIndex {
-                        path: key.clone(),
-                        message: e.to_string(),
-                    })?;
-                if idx.version != 1 {
-                    return Err(Error::CorruptIndex {
-                        path: key,
-                        message: format!("unsupported index version {}", idx.version),
-                    });
-                }
-                Ok((idx, etag))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok((
-                S3Index {
-                    version: 1,
-                    ..Default::default()
-                },
-                None,
-            )),
-            Err(e) => Err(self.map_err("get index", e)),
-        }
-    }
-
-    async fn load(&self) -> Result<Head, Error> {
-        let (index, index_etag) = self.load_index().await?;
-        let prefix =
-            (!self.inner.prefix.is_empty()).then(|| ObjPath::from(self.inner.prefix.as_str()));
-        let metas: Vec<object_store::ObjectMeta> = self
-            .inner
-            .client
-            .list(prefix.as_ref())
-            .try_collect()
-            .await
-            .map_err(|e| self.map_err("list", e))?;
-        let listing = metas
-            .into_iter()
-            .map(|m| {
-                let key = m.location.as_ref().to_owned();
-                (key, norm_etag(m.e_tag.as_deref().unwrap_or_default()))
-            })
-            .filter(|(k, _)| !self.is_meta(k))
-            .collect();
-        Ok(Head {
-            index,
-            index_etag,
-            listing,
-        })
-    }
-
-    /// CAS write of the index. `Ok(Some(etag))` on success, `Ok(None)` on a lost race.
-    async fn put_index(
-        &self,
-        idx: &S3Index,
-        expected: Option<&str>,
-    ) -> Result<Option<String>, Error> {
-        let mode = match expected {
-            None => PutMode::Create,
-            Some(e) => PutMode::Update(UpdateVersion {
-                e_tag: Some(e.to_owned()),
-                version: None,
-            }),
-        };
-        let opts = PutOptions {
-            mode,
-            ..Default::default()
-        };
-        let key = ObjPath::from(self.index_key().as_str());
-        match self
-            .inner
-            .client
-            .put_opts(&key, PutPayload::from(idx.encode()?), opts)
-            .await
-        {
-            Ok(r) => Ok(Some(r.e_tag.unwrap_or_default())),
-            Err(
-                object_store::Error::Precondition { .. }
-                | object_store::Error::AlreadyExists { .. },
-            ) => Ok(None),
-            Err(e) => Err(self.map_err("put index", e)),
-        }
-    }
-
-    fn cache_path(&self, oid: &ObjectId) -> Option<PathBuf> {
-        self.inner.cache.as_ref().map(|c| c.join(oid.to_string()))
-    }
-
-    fn validate_keys(&self, changes: &ChangeSet) -> Result<(), Error> {
-        for w in &changes.writes {
-            for f in &w.files {
-                self.validate_key(&f.path)?;
-            }
-        }
-        Ok(())
-    }
-
     /// The key rules: [`plan::validate_path`], inside the store's `spec.path`, not in our
     /// metadata, stored verbatim (no character the S3 client would percent-encode: control
     /// characters, the backtick and any of `\ { ^ } % ] " > [ ~ < # | * ?`) and at most
@@ -497,380 +346,6 @@ impl S3StateStore {
         }
         Ok(())
     }
-
-    async fn attempt(
-        &self,
-        changes: &ChangeSet,
-        attempt: u32,
-    ) -> Result<ApplyOutcome, AttemptError> {
-        self.validate_keys(changes)?;
-        let head = self.load().await?;
-        let old = &head.index.clone();
-
-        // Desired content per key (last claim wins, as in the plan).
-        let mut desired: HashMap<&str, &[u8]> = HashMap::new();
-        for w in &changes.writes {
-            for f in &w.files {
-                desired.insert(f.path.as_str(), f.content.as_slice());
-            }
-        }
-        let by_path: HashMap<&str, &IndexEntry> =
-            old.entries.iter().map(|e| (e.path.as_str(), e)).collect();
-        // Some servers (s3s-fs) omit ETags from listings: HEAD the keys that matter.
-        let blind: Vec<String> = head
-            .listing
-            .iter()
-            .filter(|(k, e)| {
-                e.is_empty()
-                    && (by_path.contains_key(k.as_str()) || desired.contains_key(k.as_str()))
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut head = head;
-        if !blind.is_empty() {
-            // `try_collect` stops at the first failure (a dead server fails fast).
-            let heads: Vec<(String, Option<String>)> = futures::stream::iter(blind)
-                .map(|k| self.head_etag(k))
-                .buffer_unordered(self.inner.opts.concurrency.max(1))
-                .try_collect()
-                .await?;
-            for h in heads {
-                match h {
-                    (k, Some(e)) => {
-                        head.listing.insert(k, e);
-                    }
-                    (k, None) => {
-                        head.listing.remove(&k);
-                    }
-                }
-            }
-        }
-        let head = head;
-        let old = &head.index;
-        // Translate the listing into "git blob ids" so the backend-independent plan applies:
-        // an owned key whose ETag is the one we recorded has its indexed id; a key whose ETag is
-        // the MD5 of the desired content has that content's id; anything else is foreign.
-        // Keys an interrupted apply may have written are never trusted (their ETag metadata may
-        // be torn on some servers): they are rewritten with the content they must have.
-        let pending: BTreeSet<&str> = old.pending.iter().map(String::as_str).collect();
-        let mut head_files: HashMap<String, ObjectId> = HashMap::new();
-        for (key, etag) in &head.listing {
-            if pending.contains(key.as_str()) {
-                head_files.insert(
-                    key.clone(),
-                    plan::blob_oid(format!("promised-s3-pending {etag}").as_bytes()),
-                );
-                continue;
-            }
-            let indexed = by_path
-                .get(key.as_str())
-                .filter(|_| old.etags.get(key) == Some(etag))
-                .and_then(|e| ObjectId::from_hex(e.oid.as_bytes()).ok());
-            let oid = match indexed {
-                Some(oid) => oid,
-                None => match desired.get(key.as_str()) {
-                    Some(c) if md5_hex(c) == *etag => plan::blob_oid(c),
-                    _ => plan::blob_oid(format!("promised-s3-foreign-etag {etag}").as_bytes()),
-                },
-            };
-            head_files.insert(key.clone(), oid);
-        }
-        let mut p = plan::plan(&head_files, &old.entries, changes, |oid| {
-            self.cache_path(oid).is_some_and(|p| p.is_file())
-        })?;
-
-        // The plan also emits Git-style per-destination index files; collect the new entries
-        // from them instead of writing them.
-        let mut new_entries: Vec<IndexEntry> = Vec::new();
-        let mut upserts = Vec::new();
-        for u in std::mem::take(&mut p.upserts) {
-            if u.path.starts_with(INDEX_DIR) {
-                if let Some(bytes) = &u.content {
-                    new_entries.extend(index::decode(&u.path, bytes)?);
-                }
-            } else {
-                upserts.push(u);
-            }
-        }
-        new_entries.sort_by(|a, b| a.path.cmp(&b.path));
-        let new_paths: BTreeSet<&str> = new_entries.iter().map(|e| e.path.as_str()).collect();
-        let mut removes: Vec<String> = p
-            .removes
-            .iter()
-            .filter(|r| !r.starts_with(INDEX_DIR))
-            .cloned()
-            .collect();
-        let mut deleted = p.deleted;
-        // Leftovers of an interrupted apply: delete what is no longer owned.
-        for k in &old.pending {
-            if !new_paths.contains(k.as_str())
-                && head.listing.contains_key(k)
-                && !removes.contains(k)
-                && !by_path.contains_key(k.as_str())
-            {
-                removes.push(k.clone());
-                deleted += 1;
-            }
-        }
-        removes.sort();
-        // Our own interrupted writes are not drift.
-        p.drift.retain(|d| !pending.contains(d.path.as_str()));
-
-        let mut outcome = ApplyOutcome {
-            version: None,
-            written: p.written,
-            deleted,
-            unchanged: p.unchanged,
-            drift: p.drift.clone(),
-            conflicts_retried: 0,
-        };
-        // ETags to record for entries this apply does not write: the listed one only when the
-        // object is known to hold the indexed content; otherwise keep the old record, so a
-        // drift that could not be repaired now is detected again next time.
-        let mut etags: BTreeMap<String, String> = new_entries
-            .iter()
-            .filter_map(|e| {
-                let known = ObjectId::from_hex(e.oid.as_bytes())
-                    .ok()
-                    .is_some_and(|oid| head_files.get(&e.path) == Some(&oid));
-                if known {
-                    head.listing
-                        .get(&e.path)
-                        .map(|t| (e.path.clone(), t.clone()))
-                } else {
-                    old.etags.get(&e.path).map(|t| (e.path.clone(), t.clone()))
-                }
-            })
-            .collect();
-        if upserts.is_empty()
-            && removes.is_empty()
-            && old.pending.is_empty()
-            && new_entries == old.entries
-            && etags == old.etags
-        {
-            return Ok(outcome);
-        }
-
-        // 1. Intent.
-        let mut expected = head.index_etag.clone();
-        if !upserts.is_empty() {
-            let mut intent = old.clone();
-            let mut pending: BTreeSet<String> = old.pending.iter().cloned().collect();
-            pending.extend(upserts.iter().map(|u| u.path.clone()));
-            intent.pending = pending.into_iter().collect();
-            match self.put_index(&intent, expected.as_deref()).await? {
-                Some(e) => expected = Some(e),
-                None => return Err(AttemptError::Stale),
-            }
-        }
-
-        // 2. Write.
-        let items: Vec<(String, ObjectId, Option<Vec<u8>>)> = upserts
-            .iter()
-            .map(|u| {
-                (
-                    u.path.clone(),
-                    u.oid,
-                    u.content.as_ref().map(|c| c.to_vec()),
-                )
-            })
-            .collect();
-        drop(upserts);
-        let results: Vec<(String, String)> = futures::stream::iter(items)
-            .map(|item| self.put_one(item))
-            .buffer_unordered(self.inner.opts.concurrency.max(1))
-            .try_collect()
-            .await?;
-        for (path, etag) in results {
-            if new_paths.contains(path.as_str()) {
-                etags.insert(path, etag);
-            }
-        }
-
-        if let Some(hook) = self.inner.opts.before_commit.clone() {
-            tokio::task::spawn_blocking(move || hook(attempt))
-                .await
-                .map_err(|e| Error::Task(e.to_string()))?;
-        }
-
-        // 3. Commit.
-        let generation = old.generation + 1;
-        let mut committed = S3Index {
-            version: 1,
-            generation,
-            entries: new_entries,
-            etags,
-            pending: removes.clone(),
-        };
-        let Some(mut etag) = self.put_index(&committed, expected.as_deref()).await? else {
-            return Err(AttemptError::Stale);
-        };
-        outcome.version = Some(generation.to_string());
-
-        // 4. Delete, after a grace period for listings that started before the commit.
-        if !removes.is_empty() {
-            tokio::time::sleep(self.inner.opts.delete_grace).await;
-            futures::stream::iter(removes.clone())
-                .map(|k| self.delete_one(k))
-                .buffer_unordered(self.inner.opts.concurrency.max(1))
-                .try_collect::<Vec<()>>()
-                .await?;
-            // 5. Clean.
-            committed.pending.clear();
-            match self.put_index(&committed, Some(&etag)).await {
-                Ok(Some(e)) => etag = e,
-                Ok(None) => tracing::info!(store = %self.inner.display,
-                    "index changed after our commit; pending deletions are cleared by the next apply"),
-                Err(e) => tracing::warn!(store = %self.inner.display, error = %e,
-                    "cannot clear pending deletions; the next apply does it"),
-            }
-        }
-        let _ = etag;
-        self.gc_cache(&committed.entries).await;
-        Ok(outcome)
-    }
-
-    /// PUT one object (content from the change set or the blob cache); returns its key and ETag.
-    async fn put_one(
-        &self,
-        (path, oid, content): (String, ObjectId, Option<Vec<u8>>),
-    ) -> Result<(String, String), Error> {
-        let bytes = match content {
-            Some(c) => c,
-            None => {
-                let cp = self
-                    .cache_path(&oid)
-                    .ok_or_else(|| Error::Task(format!("no cached content for {path}")))?;
-                tokio::fs::read(&cp).await.map_err(|e| Error::io(&cp, e))?
-            }
-        };
-        let r = self
-            .inner
-            .client
-            .put(
-                &ObjPath::from(path.as_str()),
-                PutPayload::from(bytes.clone()),
-            )
-            .await
-            .map_err(|e| self.map_err(&format!("put {path}"), e))?;
-        if let Some(cp) = self.cache_path(&oid)
-            && !cp.is_file()
-        {
-            let write = async {
-                if let Some(d) = cp.parent() {
-                    tokio::fs::create_dir_all(d).await?;
-                }
-                let tmp = cp.with_extension(format!("tmp{}", std::process::id()));
-                tokio::fs::write(&tmp, &bytes).await?;
-                tokio::fs::rename(&tmp, &cp).await
-            };
-            if let Err(e) = write.await {
-                tracing::warn!(path = %cp.display(), error = %e, "cannot cache written object");
-            }
-        }
-        Ok((path, norm_etag(r.e_tag.as_deref().unwrap_or_default())))
-    }
-
-    /// The ETag of one object (quotes removed), `None` when it is gone.
-    async fn head_etag(&self, key: String) -> Result<(String, Option<String>), Error> {
-        match self.inner.client.head(&ObjPath::from(key.as_str())).await {
-            Ok(m) => {
-                let e = norm_etag(m.e_tag.as_deref().unwrap_or_default());
-                Ok((key, Some(e)))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok((key, None)),
-            Err(e) => Err(self.map_err(&format!("head {key}"), e)),
-        }
-    }
-
-    /// DELETE one object; a missing object is fine.
-    async fn delete_one(&self, key: String) -> Result<(), Error> {
-        match self.inner.client.delete(&ObjPath::from(key.as_str())).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.map_err(&format!("delete {key}"), e)),
-        }
-    }
-
-    /// Drop cached blobs no owned file refers to any more. Best effort.
-    async fn gc_cache(&self, entries: &[IndexEntry]) {
-        let Some(dir) = self.inner.cache.clone() else {
-            return;
-        };
-        let keep: BTreeSet<String> = entries.iter().map(|e| e.oid.clone()).collect();
-        let _ = tokio::task::spawn_blocking(move || {
-            let Ok(rd) = std::fs::read_dir(&dir) else {
-                return;
-            };
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if !keep.contains(&name) {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        })
-        .await;
-    }
-
-    async fn probe_conditional(&self) -> Result<bool, Error> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let key = ObjPath::from(
-            self.meta_key(&format!(
-                "write-permission-check-{}-{nanos}",
-                std::process::id()
-            ))
-            .as_str(),
-        );
-        let create = || PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        let body = || PutPayload::from_static(b"promised write-permission check\n");
-        let c = &self.inner.client;
-        c.put_opts(&key, body(), create())
-            .await
-            .map_err(|e| self.map_err("write-permission check (put probe)", e))?;
-        let second = c.put_opts(&key, body(), create()).await;
-        let update = c
-            .put_opts(
-                &key,
-                body(),
-                PutOptions {
-                    mode: PutMode::Update(UpdateVersion {
-                        e_tag: Some("\"promised-no-such-etag\"".into()),
-                        version: None,
-                    }),
-                    ..Default::default()
-                },
-            )
-            .await;
-        let cleanup = c.delete(&key).await;
-        let refused = |r: &Result<object_store::PutResult, object_store::Error>| {
-            matches!(
-                r,
-                Err(object_store::Error::AlreadyExists { .. }
-                    | object_store::Error::Precondition { .. })
-            )
-        };
-        let honoured = refused(&second) && refused(&update);
-        if !honoured && second.is_err() && update.is_err() {
-            // A real failure (not a 412): report the first one.
-            for r in [second, update] {
-                if let Err(e) = r
-                    && !matches!(
-                        e,
-                        object_store::Error::AlreadyExists { .. }
-                            | object_store::Error::Precondition { .. }
-                    )
-                {
-                    return Err(self.map_err("write-permission check (conditional put)", e));
-                }
-            }
-        }
-        cleanup.map_err(|e| self.map_err("write-permission check (delete probe)", e))?;
-        Ok(honoured)
-    }
 }
 
 #[async_trait]
@@ -898,76 +373,5 @@ impl StateStore for S3StateStore {
     async fn apply(&self, changes: &ChangeSet) -> Result<ApplyOutcome, Error> {
         let _guard = self.inner.lock.lock().await;
         self.bounded("apply", self.apply_unbounded(changes)).await
-    }
-}
-
-impl S3StateStore {
-    async fn check_unbounded(&self) -> Result<(), Error> {
-        let honoured = self.probe_conditional().await?;
-        self.inner.conditional.store(
-            if honoured { COND_OK } else { COND_IGNORED },
-            Ordering::Relaxed,
-        );
-        if !honoured {
-            let msg = format!(
-                "the S3 server at {} ignores conditional writes (If-None-Match / If-Match); two daemons writing this bucket could overwrite each other's ownership index",
-                self.inner.display
-            );
-            if self.inner.opts.require_conditional_writes {
-                return Err(Error::Config(msg));
-            }
-            tracing::warn!("{msg}");
-        }
-        self.load_index().await?;
-        Ok(())
-    }
-
-    async fn owned_unbounded(&self, prefix: &str) -> Result<Vec<IndexEntry>, Error> {
-        let (idx, _) = self.load_index().await?;
-        let prefix = prefix.trim_matches('/');
-        let mut out: Vec<IndexEntry> = idx
-            .entries
-            .into_iter()
-            .filter(|e| {
-                prefix.is_empty()
-                    || e.path == prefix
-                    || e.path
-                        .strip_prefix(prefix)
-                        .is_some_and(|r| r.starts_with('/'))
-            })
-            .collect();
-        out.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(out)
-    }
-
-    async fn apply_unbounded(&self, changes: &ChangeSet) -> Result<ApplyOutcome, Error> {
-        let mut attempt = 0u32;
-        let max = self.inner.opts.max_attempts;
-        let run = || {
-            attempt += 1;
-            let n = attempt;
-            async move { self.attempt(changes, n).await }
-        };
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(50))
-            .with_max_delay(Duration::from_secs(2))
-            .with_max_times(max.saturating_sub(1) as usize)
-            .with_jitter();
-        let result = run
-            .retry(backoff)
-            .when(|e| matches!(e, AttemptError::Stale))
-            .notify(|_, d| {
-                tracing::info!(store = %self.inner.display, delay = ?d,
-                    "ownership index changed under us; rebuilding from desired state");
-            })
-            .await;
-        match result {
-            Ok(mut o) => {
-                o.conflicts_retried = attempt.saturating_sub(1);
-                Ok(o)
-            }
-            Err(AttemptError::Stale) => Err(Error::Conflict { attempts: attempt }),
-            Err(AttemptError::Fatal(e)) => Err(e),
-        }
     }
 }
