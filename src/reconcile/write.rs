@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use serde_json::Value;
 use statestores::{ChangeSet, CommitMeta, FileWrite, Owner, PlacementWrite};
 
 use super::destinations::{configured_stores, dest_mode};
@@ -31,22 +30,12 @@ impl Engine {
         let mut errors = BTreeMap::new();
         for s in &cfg.git_state_stores {
             let key = format!("GitStateStore/{}", s.id.name);
-            let mut spec_json = serde_json::to_value(&s.object.spec).expect("spec serialises");
-            if let Some(url) = spec_json.get("url").and_then(Value::as_str)
-                && let Some(resolved) = resolve_local_url(url, self.dir.root())
-            {
-                spec_json["url"] = Value::String(resolved);
+            let mut spec = s.object.spec.clone();
+            if let Some(resolved) = resolve_local_url(&spec.url, self.dir.root()) {
+                spec.url = resolved;
             }
-            let spec_hash = sha256_hex(spec_json.to_string().as_bytes());
+            let spec_hash = spec_hash(&spec);
             if self.stores.get(&key).is_none_or(|(h, _)| *h != spec_hash) {
-                let spec: statestores::git::GitStateStoreSpec =
-                    match serde_json::from_value(spec_json) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            errors.insert(key, format!("invalid spec: {e}"));
-                            continue;
-                        }
-                    };
                 let mut opts = statestores::GitOptions::new(self.dir.stores_dir());
                 opts.insecure_skip_tls_verify = self.settings.git.insecure_skip_tls_verify;
                 opts.secrets_dir = self.settings.secrets_dir.clone();
@@ -79,17 +68,9 @@ impl Engine {
         }
         for s in &cfg.bucket_state_stores {
             let key = format!("BucketStateStore/{}", s.id.name);
-            let spec_json = serde_json::to_value(&s.object.spec).expect("spec serialises");
-            let spec_hash = sha256_hex(spec_json.to_string().as_bytes());
+            let spec = s.object.spec.clone();
+            let spec_hash = spec_hash(&spec);
             if self.stores.get(&key).is_none_or(|(h, _)| *h != spec_hash) {
-                let spec: statestores::s3::BucketStateStoreSpec =
-                    match serde_json::from_value(spec_json) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            errors.insert(key, format!("invalid spec: {e}"));
-                            continue;
-                        }
-                    };
                 let opts = statestores::s3::S3Options {
                     secrets_dir: self.settings.secrets_dir.clone(),
                     state_dir: Some(self.dir.stores_dir()),
@@ -407,6 +388,15 @@ fn owner_for(okey: &str, pl: &PlacementRecord) -> Owner {
         resource,
         pipeline: (!pl.pipeline.is_empty()).then(|| pl.pipeline.clone()),
     }
+}
+
+/// The fingerprint of a state store spec: a store is opened again when it changes.
+fn spec_hash(spec: &impl serde::Serialize) -> String {
+    sha256_hex(
+        serde_json::to_string(spec)
+            .expect("a spec serialises")
+            .as_bytes(),
+    )
 }
 
 /// A relative local path (no scheme, no `user@host:`) is resolved against the state directory.
