@@ -94,6 +94,40 @@ pub enum Error {
         /// Image reference.
         image: String,
     },
+    /// The image runtime found nothing to run: the container has no `command` and the image
+    /// neither `Entrypoint` nor `Cmd`.
+    #[error(
+        "pipeline {pipeline:?} container {container:?}: image {image:?} has no Entrypoint or Cmd and the container no command: set spec.containers[].command"
+    )]
+    ImageNoCommand {
+        /// Pipeline name.
+        pipeline: String,
+        /// Container name.
+        container: String,
+        /// Image reference.
+        image: String,
+    },
+    /// The image's `User` names a user or group its `/etc/passwd` or `/etc/group` lacks.
+    #[error("image {image:?}: User {user:?}: {message}")]
+    ImageUser {
+        /// Image reference.
+        image: String,
+        /// The `User` value.
+        user: String,
+        /// What is missing.
+        message: String,
+    },
+    /// The image could not be pulled or unpacked (the message names the registry's answer
+    /// and what to do; never a credential).
+    #[error("pipeline {pipeline:?} container {container:?}: {message}")]
+    ImagePull {
+        /// Pipeline name.
+        pipeline: String,
+        /// Container name.
+        container: String,
+        /// Why, from the image store.
+        message: String,
+    },
     /// An `env[].valueFrom` that cannot be resolved: a config problem `validate` reports
     /// (`config`), or a Secret/ConfigMap file missing on this host. Never holds a value.
     #[error(

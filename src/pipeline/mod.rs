@@ -50,6 +50,7 @@ pub mod contract;
 pub mod env;
 mod error;
 pub mod metadata;
+pub mod oci;
 pub mod output;
 mod run;
 pub mod rundir;
