@@ -99,7 +99,7 @@ pub(crate) fn credentials_for(
 ) -> Result<Credentials, ImageError> {
     let Some(path) = auth_file else {
         return Ok(Credentials::anonymous(
-            "no auth file configured (images.authFile)".to_string(),
+            "no auth file configured in images.authFile".to_string(),
         ));
     };
     let text = std::fs::read(path).map_err(|e| ImageError::AuthFile {

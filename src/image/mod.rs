@@ -764,7 +764,7 @@ impl ImageStore {
                 ),
             ));
         }
-        self.fetch_blob(image, &target, &config).await?;
+        self.fetch_blob(image, &target, "config", &config).await?;
         let config_bytes = self.layout.read_blob(&config.digest)?.ok_or_else(|| {
             ImageError::invalid(image, format!("config {} vanished", config.digest))
         })?;
@@ -785,7 +785,7 @@ impl ImageStore {
             ));
         }
         for l in &layers {
-            self.fetch_blob(image, &target, l).await?;
+            self.fetch_blob(image, &target, "layer", l).await?;
         }
         let runtime = image_config(&parsed_config);
         let unpack_layers: Vec<unpack::Layer> = layers
@@ -862,6 +862,7 @@ impl ImageStore {
         &self,
         image: &str,
         target: &Target,
+        what: &str,
         blob: &Blob,
     ) -> Result<(), ImageError> {
         let path = self.layout.blob_path(&blob.digest).expect("checked digest");
@@ -883,6 +884,7 @@ impl ImageStore {
             .blob(
                 image,
                 target,
+                what,
                 &blob.media_type,
                 &blob.digest,
                 blob.size,

@@ -126,14 +126,16 @@ impl Registries {
             .map_err(|e| map_error(image, target, e))
     }
 
-    /// Downloads the blob `digest` (`size` bytes per its descriptor) of `target`'s repository
-    /// into `dest` (a temporary file the caller renames on success). Fails with
+    /// Downloads the blob `digest` (`size` bytes per its descriptor; `what` it is, for messages:
+    /// `layer`, `config`) of `target`'s repository into `dest` (a temporary file the caller renames on success). Fails with
     /// [`ImageError::DigestMismatch`] when the content does not match, and when the registry
     /// sends more than `size` bytes (it stops reading then).
+    #[allow(clippy::too_many_arguments)]
     pub async fn blob(
         &self,
         image: &str,
         target: &Target,
+        what: &str,
         media_type: &str,
         digest: &str,
         size: u64,
@@ -164,7 +166,7 @@ impl Registries {
         let mut received = 0u64;
         let mismatch = |actual: String| ImageError::DigestMismatch {
             image: image.to_string(),
-            what: "blob".to_string(),
+            what: what.to_string(),
             expected: digest.to_string(),
             actual,
         };
