@@ -241,6 +241,11 @@ pub struct ImageStore {
     in_flight: Mutex<BTreeMap<String, usize>>,
 }
 
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<ImageStore>();
+};
+
 impl std::fmt::Debug for ImageStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ImageStore")
@@ -306,6 +311,10 @@ struct Blob {
 const INDEX_TYPES: &[&str] = &[
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+const CONFIG_TYPES: &[&str] = &[
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
 ];
 const IMAGE_TYPES: &[&str] = &[
     "application/vnd.oci.image.manifest.v1+json",
@@ -463,12 +472,23 @@ impl ImageStore {
     }
 
     fn parse(image: &str) -> Result<Reference, ImageError> {
-        image
+        let reference = image
             .parse::<Reference>()
             .map_err(|e| ImageError::InvalidReference {
                 image: image.to_string(),
                 reason: e.to_string(),
-            })
+            })?;
+        if let Some(d) = reference.digest()
+            && cache::digest_hex(d).is_none()
+        {
+            return Err(ImageError::InvalidReference {
+                image: image.to_string(),
+                reason: format!(
+                    "digest {d:?} is not sha256:<64 lower-case hex>; only sha256 is supported"
+                ),
+            });
+        }
+        Ok(reference)
     }
 
     async fn lock(&self, key: String) -> tokio::sync::OwnedMutexGuard<()> {
@@ -489,13 +509,7 @@ impl ImageStore {
     /// Where `reference` is pulled from: the mirror of its registry if configured, with the
     /// credentials for that host.
     fn target(&self, reference: &Reference) -> Result<Target, ImageError> {
-        let registry = reference.registry();
-        let mirror = self.settings.mirrors.get(registry).or_else(|| {
-            (registry == "docker.io")
-                .then(|| self.settings.mirrors.get("index.docker.io"))
-                .flatten()
-        });
-        let (contact, host) = match mirror {
+        let (contact, host) = match self.mirror_for(reference) {
             Some(m) => {
                 let r = match (reference.digest(), reference.tag()) {
                     (Some(d), _) => Reference::with_digest(
@@ -528,7 +542,9 @@ impl ImageStore {
     /// - A tag: `Never` uses the cached resolution or fails with
     ///   [`ImageError::NotPresent`]; `IfNotPresent` uses the cached resolution if there is
     ///   one; `Always` uses it while younger than [`ImageSettings::resolve_interval`], else
-    ///   asks the registry (a HEAD first: an unchanged tag costs no manifest download).
+    ///   asks the registry (a HEAD first: an unchanged tag costs no manifest download). As
+    ///   in Kubernetes, `Always` fails when the registry cannot be asked: it does not fall
+    ///   back to a stale resolution.
     ///
     /// Errors: every registry failure ([`ImageError::NotFound`],
     /// [`ImageError::Unauthorized`], [`ImageError::Unreachable`], [`ImageError::Registry`]),
@@ -588,12 +604,20 @@ impl ImageStore {
 
     /// The registry host `reference` is pulled from (mirror applied), without credentials.
     fn target_host(&self, reference: &Reference) -> String {
-        let registry = reference.registry();
-        self.settings
-            .mirrors
-            .get(registry)
+        self.mirror_for(reference)
             .cloned()
             .unwrap_or_else(|| reference.resolve_registry().to_string())
+    }
+
+    /// The mirror configured for `reference`'s registry (`docker.io` also as
+    /// `index.docker.io`).
+    fn mirror_for(&self, reference: &Reference) -> Option<&String> {
+        let registry = reference.registry();
+        self.settings.mirrors.get(registry).or_else(|| {
+            (registry == "docker.io")
+                .then(|| self.settings.mirrors.get("index.docker.io"))
+                .flatten()
+        })
     }
 
     fn record(
@@ -754,6 +778,14 @@ impl ImageStore {
                     media_type: l.media_type.clone(),
                 });
             }
+        }
+        if !CONFIG_TYPES.contains(&config.media_type.as_str()) {
+            return Err(ImageError::UnsupportedMediaType {
+                image: image.to_string(),
+                what: "config (not a container image: an artifact?)".to_string(),
+                digest: config.digest.clone(),
+                media_type: config.media_type.clone(),
+            });
         }
         if cache::digest_hex(&config.digest).is_none() || config.size > MAX_CONFIG_BYTES {
             return Err(ImageError::invalid(
@@ -1011,6 +1043,13 @@ fn choose_entry(
     let platforms: Vec<Option<platform::Platform>> =
         entries.iter().map(|(_, p)| p.clone()).collect();
     match platform::choose(&platforms) {
+        Some(i) if cache::digest_hex(&entries[i].0).is_none() => Err(ImageError::invalid(
+            image,
+            format!(
+                "index {index} names {:?} for this platform: only sha256 digests are supported",
+                entries[i].0
+            ),
+        )),
         Some(i) => Ok(entries[i].0.clone()),
         None => Err(ImageError::NoPlatform {
             image: image.to_string(),
