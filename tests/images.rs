@@ -210,6 +210,7 @@ async fn whiteouts_opaque_directories_and_config() {
     assert_eq!(c.working_dir.as_deref(), Some("/work"));
     assert_eq!(c.user.as_deref(), Some("1000:1000"));
     assert!(pulled.size > 100_000);
+    let expected_tree = tree(r);
     // Idempotent; listed.
     let again = store
         .ensure(&image, PullPolicy::IfNotPresent)
@@ -225,6 +226,10 @@ async fn whiteouts_opaque_directories_and_config() {
     let reopened = store_same_cache(&store, &env.dir);
     let p = reopened.ensure(&image, PullPolicy::Never).await.unwrap();
     assert_eq!(p.rootfs, pulled.rootfs);
+    // `Never` unpacks again from the cached blobs, without a registry.
+    std::fs::remove_dir_all(pulled.rootfs.parent().unwrap()).unwrap();
+    let p = reopened.ensure(&image, PullPolicy::Never).await.unwrap();
+    assert_eq!(tree(&p.rootfs), expected_tree);
 }
 
 fn store_same_cache(store: &ImageStore, dir: &tempfile::TempDir) -> ImageStore {

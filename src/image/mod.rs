@@ -711,17 +711,13 @@ impl ImageStore {
     /// Errors: those of [`ImageStore::resolve`], plus [`ImageError::TooLarge`],
     /// [`ImageError::UnsafeEntry`], [`ImageError::DigestMismatch`] (blob or diff_id),
     /// [`ImageError::UnsupportedMediaType`], [`ImageError::InvalidImage`],
-    /// [`ImageError::NotPresent`] (policy `Never`, not unpacked), [`ImageError::Io`].
+    /// [`ImageError::NotPresent`] (policy `Never` and a blob is not cached: `Never` unpacks
+    /// from cached blobs, never downloads), [`ImageError::Io`].
     pub async fn ensure(&self, image: &str, policy: PullPolicy) -> Result<Pulled, ImageError> {
         let resolved = self.resolve(image, policy).await?;
         let digest = resolved.digest;
         if let Some(p) = self.load_pulled(image, &digest)? {
             return Ok(p);
-        }
-        if policy == PullPolicy::Never {
-            return Err(ImageError::NotPresent {
-                image: image.to_string(),
-            });
         }
         let _guard = self.lock(format!("digest:{digest}")).await;
         if let Some(p) = self.load_pulled(image, &digest)? {
@@ -730,13 +726,21 @@ impl ImageStore {
         let mut in_flight = self.in_flight();
         in_flight.add(&digest);
         let reference = Self::parse(image)?;
-        let target = self.target(&reference)?;
+        // `Never` unpacks from cached blobs only.
+        let target = match policy {
+            PullPolicy::Never => None,
+            _ => Some(self.target(&reference)?),
+        };
+        let not_present = || ImageError::NotPresent {
+            image: image.to_string(),
+        };
 
         let manifest_bytes = match self.layout.read_blob(&digest)? {
             Some(b) => b,
             None => {
+                let target = target.as_ref().ok_or_else(not_present)?;
                 let r = target.reference.clone_with_digest(digest.clone());
-                let (bytes, _) = self.registries.manifest(image, &target, &r).await?;
+                let (bytes, _) = self.registries.manifest(image, target, &r).await?;
                 self.layout.write_blob(&digest, &bytes)?;
                 bytes
             }
@@ -796,7 +800,8 @@ impl ImageStore {
                 ),
             ));
         }
-        self.fetch_blob(image, &target, "config", &config).await?;
+        self.fetch_blob(image, target.as_ref(), "config", &config)
+            .await?;
         let config_bytes = self.layout.read_blob(&config.digest)?.ok_or_else(|| {
             ImageError::invalid(image, format!("config {} vanished", config.digest))
         })?;
@@ -817,7 +822,7 @@ impl ImageStore {
             ));
         }
         for l in &layers {
-            self.fetch_blob(image, &target, "layer", l).await?;
+            self.fetch_blob(image, target.as_ref(), "layer", l).await?;
         }
         let runtime = image_config(&parsed_config);
         let unpack_layers: Vec<unpack::Layer> = layers
@@ -889,11 +894,12 @@ impl ImageStore {
 
     /// Makes blob `blob` present and verified in the cache: a cached copy is checked (and
     /// deleted when corrupt), a missing one downloaded into a temporary file and renamed
-    /// only when its digest matches.
+    /// only when its digest matches. Without a `target` (policy `Never`) a missing blob is
+    /// [`ImageError::NotPresent`].
     async fn fetch_blob(
         &self,
         image: &str,
-        target: &Target,
+        target: Option<&Target>,
         what: &str,
         blob: &Blob,
     ) -> Result<(), ImageError> {
@@ -910,6 +916,11 @@ impl ImageStore {
         if layout_ok {
             return Ok(());
         }
+        let Some(target) = target else {
+            return Err(ImageError::NotPresent {
+                image: image.to_string(),
+            });
+        };
         let temp = self.layout.blob_temp(&blob.digest);
         let result = self
             .registries
