@@ -288,7 +288,22 @@ async fn an_index_resolves_to_this_hosts_platform() {
     };
     env.reg
         .push(&env.layout, "multi", "test/multi:latest", &["--all"]);
+    registry::add_index(&env.layout, "s390x-only", &[("v1-arm64", "s390x", None)]);
+    env.reg
+        .push(&env.layout, "s390x-only", "test/multi:s390x", &["--all"]);
     let store = env.store("cache");
+    if std::env::consts::ARCH != "s390x" {
+        let e = store
+            .ensure(&env.reg.image("test/multi:s390x"), PullPolicy::IfNotPresent)
+            .await
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, ImageError::NoPlatform { .. }), "{text}");
+        assert!(
+            text.contains("linux/s390x") && text.contains("test/multi:s390x"),
+            "{text}"
+        );
+    }
     let image = env.reg.image("test/multi");
     assert_eq!(PullPolicy::default_for(&image), PullPolicy::Always);
     let arch = match std::env::consts::ARCH {
