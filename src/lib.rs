@@ -6,11 +6,13 @@
 //! - [`validate`]: cross-object checks and request admission, producing a validated config.
 //! - [`pipeline`]: the pipeline runner (Kratix pipeline contract on the host, sandboxed).
 //! - [`diag`]: errors and warnings that name file, document, object and field.
+//! - [`image`]: pulling, verifying, caching and unpacking OCI images for pipelines.
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod diag;
+pub mod image;
 pub mod layout;
 pub mod model;
 pub mod pipeline;
