@@ -179,6 +179,10 @@ pub struct Settings {
     pub max_log_bytes: usize,
     /// Image reference → host command and mounts.
     pub image_overrides: BTreeMap<String, ImageOverride>,
+    /// The image runtime (README "Images"): when set (`images: {}` is enough), a container
+    /// whose image has no override is pulled from its registry and run inside the image's
+    /// root file system. Default: unset (host process runtime only).
+    pub images: Option<crate::image::ImageSettings>,
     /// Secrets for `env[].valueFrom.secretKeyRef`, and which Promise may read which.
     pub pipeline_secrets: PipelineSecretsSettings,
     /// ConfigMaps for `env[].valueFrom.configMapKeyRef`.
@@ -243,6 +247,7 @@ impl Default for Settings {
             max_output_bytes: 50 * 1024 * 1024,
             max_log_bytes: 1024 * 1024,
             image_overrides: BTreeMap::new(),
+            images: None,
             pipeline_secrets: PipelineSecretsSettings::default(),
             pipeline_config_maps: PipelineConfigMapsSettings::default(),
             include: Vec::new(),
@@ -265,7 +270,8 @@ impl Default for Settings {
 /// command line, of `systemd/promised.service` or of the test suite, not daemon settings, so
 /// [`Settings::load`] does not read them as keys: `PROMISED_LOG` (`--log`), `PROMISED_CONFIG`
 /// (`--daemon-config`), `PROMISED_CONFIG_REPO` / `PROMISED_CONFIG_REF` (the unit's `--config`
-/// and `--ref`) and `PROMISED_REQUIRE_SANDBOX` (CI: sandbox tests fail rather than skip).
+/// and `--ref`), `PROMISED_REQUIRE_SANDBOX` and `PROMISED_REQUIRE_IMAGES` (CI: sandbox and
+/// registry tests fail rather than skip).
 /// `PROMISED_SECRET_<NAME>_<KEY>` (state store credentials) are skipped too. Every other
 /// `PROMISED_*` variable is a setting, and an unknown one is an error.
 pub const NOT_SETTINGS: &[&str] = &[
@@ -274,6 +280,7 @@ pub const NOT_SETTINGS: &[&str] = &[
     "CONFIG_REPO",
     "CONFIG_REF",
     "REQUIRE_SANDBOX",
+    "REQUIRE_IMAGES",
 ];
 
 /// Why the daemon config cannot be used; the message names the key or file.
@@ -463,6 +470,13 @@ impl Settings {
                 .map(|p| crate::pipeline::sandbox::Hidden::of(p))
                 .collect(),
             env_sources: self.env_sources(),
+            images: self.images.as_ref().map(|i| {
+                crate::pipeline::Images(
+                    crate::image::ImageStore::new(i, &self.state_dir, &self.network.timeouts())
+                        .map(std::sync::Arc::new)
+                        .map_err(|e| format!("images: {e}")),
+                )
+            }),
             ..crate::pipeline::RunnerConfig::default()
         }
     }

@@ -68,7 +68,8 @@ pub use error::Error;
 pub use metadata::{DestinationSelector, WorkflowControl, merge_status};
 pub use output::OutputFile;
 pub use workflow::{
-    ContainerLog, Outcome, PipelineResult, WorkflowInput, WorkflowResult, run_workflow, with_status,
+    ContainerLog, Outcome, PipelineResult, RanImage, WorkflowInput, WorkflowResult, run_workflow,
+    with_status,
 };
 
 /// Annotation on a Pipeline that lets it use the host network on the process runtime.
@@ -199,7 +200,28 @@ pub struct RunnerConfig {
     /// Where `secretKeyRef` and `configMapKeyRef` read, and which Secrets each Promise may
     /// read ([`mod@env`]; default: none).
     pub env_sources: env::EnvSources,
+    /// The image store of the image runtime ([`oci`]): `None` when the daemon config has no
+    /// `images:` section (host process runtime only), `Err` with the reason when the store
+    /// could not be opened (every container that needs an image then fails with it).
+    pub images: Option<Images>,
 }
+
+/// The image store of a runner, or why it could not be opened (the message names the
+/// setting). Two are equal when they are the same store or the same error.
+#[derive(Debug, Clone)]
+pub struct Images(pub Result<std::sync::Arc<crate::image::ImageStore>, String>);
+
+impl PartialEq for Images {
+    fn eq(&self, other: &Images) -> bool {
+        match (&self.0, &other.0) {
+            (Ok(a), Ok(b)) => std::sync::Arc::ptr_eq(a, b),
+            (Err(a), Err(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Images {}
 
 impl Default for RunnerConfig {
     fn default() -> Self {
@@ -214,6 +236,7 @@ impl Default for RunnerConfig {
             work_dir: std::env::temp_dir().join("promised-runs"),
             hidden: Vec::new(),
             env_sources: env::EnvSources::default(),
+            images: None,
         }
     }
 }

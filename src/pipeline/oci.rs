@@ -23,22 +23,8 @@ use std::path::{Path, PathBuf};
 
 use super::Error;
 use super::sandbox::DEFAULT_PATH;
+use crate::image::{ImageConfig, ImageStore, PullPolicy};
 use crate::model::Container;
-
-/// What an image's config says about running it (OCI image config `config` object).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ImageDefaults {
-    /// `Entrypoint` (argv).
-    pub entrypoint: Vec<String>,
-    /// `Cmd` (argv, or the arguments of the entrypoint).
-    pub cmd: Vec<String>,
-    /// `Env` as `(name, value)` in image order.
-    pub env: Vec<(String, String)>,
-    /// `WorkingDir`, when set.
-    pub working_dir: Option<String>,
-    /// `User` (`uid`, `uid:gid`, `name`, `name:group`), when set.
-    pub user: Option<String>,
-}
 
 /// How one container runs from its image: argv, environment, working directory and the
 /// numeric user, after the Kubernetes rules of the module docs.
@@ -65,7 +51,7 @@ pub struct ImageProcess {
 pub fn process_for(
     pipeline: &str,
     c: &Container,
-    defaults: &ImageDefaults,
+    defaults: &ImageConfig,
     rootfs: &Path,
     env: &[(String, String)],
 ) -> Result<ImageProcess, Error> {
@@ -230,6 +216,110 @@ PATH=$image_path
 exec "$@"
 "#;
 
+/// One container run prepared by [`image_invocation`].
+pub(super) struct ImageRun {
+    /// What to spawn.
+    pub invocation: super::runtime::Invocation,
+    /// What the sandbox allows, for error messages.
+    pub note: String,
+    /// The program the container runs (for the CRLF hint).
+    pub command0: String,
+    /// `sha256:…` of the image manifest that ran.
+    pub digest: String,
+}
+
+/// Pulls (or finds in the cache) the image of container `c` and prepares its run on an
+/// overlay root: the Kubernetes rules of [`process_for`], the contract directories of `dirs`,
+/// network when the runner, the Pipeline or nothing else allows it. `env` is the `KRATIX_*`
+/// variables and the container's resolved `env`.
+///
+/// Errors: [`Error::ImagePull`] naming the image and the registry's answer (also when the
+/// image store could not be opened, or the sandbox is off: the image runtime needs it), and
+/// those of [`process_for`] and [`OverlayDirs::create`].
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn image_invocation(
+    cfg: &super::RunnerConfig,
+    images: &super::Images,
+    pipeline: &str,
+    c: &Container,
+    env: &[(String, String)],
+    dirs: &super::contract::PipelineDirs,
+    input: &super::WorkflowInput<'_>,
+    pipeline_network: bool,
+) -> Result<ImageRun, Error> {
+    let fail = |message: String| Error::ImagePull {
+        pipeline: pipeline.into(),
+        container: c.name.clone(),
+        message,
+    };
+    if cfg.sandbox != super::SandboxMode::Bwrap {
+        return Err(fail(format!(
+            "image {:?}: the image runtime needs the sandbox (sandbox: bwrap); add an imageOverrides entry to run it as a host process",
+            c.image
+        )));
+    }
+    let store: &ImageStore = images.0.as_ref().map_err(|e| fail(e.clone()))?;
+    let policy = PullPolicy::for_container(
+        c.image_pull_policy
+            .as_ref()
+            .and_then(serde_json::Value::as_str),
+        &c.image,
+    )
+    .map_err(|e| fail(format!("image {:?}: imagePullPolicy: {e}", c.image)))?;
+    let pulled = store
+        .ensure(&c.image, policy)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let process = process_for(pipeline, c, &pulled.config, &pulled.rootfs, env)?;
+    let run_dir = dirs.root().join(format!("container-{}", sanitize(&c.name)));
+    let overlay = OverlayDirs::create(&run_dir)?;
+    let network = cfg.allow_network || pipeline_network;
+    let (input_dir, output_dir, meta_dir) = (dirs.input(), dirs.output(), dirs.metadata());
+    let spec = OverlaySpec {
+        rootfs: &pulled.rootfs,
+        dirs: &overlay,
+        bwrap: &cfg.bwrap,
+        input: &input_dir,
+        output: &output_dir,
+        metadata: &meta_dir,
+        promise_dir: input.promise_dir.as_deref(),
+        network,
+        process: &process,
+    };
+    let (program, args) = invocation_args(&spec);
+    Ok(ImageRun {
+        invocation: super::runtime::Invocation {
+            program,
+            args,
+            env: process.env.clone(),
+            cwd: None,
+            timeout: cfg.timeout,
+            log_cap: cfg.log_cap_bytes,
+        },
+        note: format!(
+            "; image {}@{}: network {}, a writable root of its own (discarded after the run)",
+            c.image,
+            pulled.digest,
+            if network { "on" } else { "off" }
+        ),
+        command0: process.argv[0].clone(),
+        digest: pulled.digest,
+    })
+}
+
+/// A container name as a directory name (anything but `[A-Za-z0-9._-]` becomes `_`).
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|ch| {
+            if ch.is_ascii_alphanumeric() || "._-".contains(ch) {
+                ch
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Everything [`invocation_args`] needs for one container run.
 #[derive(Debug, Clone)]
 pub struct OverlaySpec<'a> {
@@ -336,8 +426,8 @@ mod tests {
         }
     }
 
-    fn image() -> ImageDefaults {
-        ImageDefaults {
+    fn image() -> ImageConfig {
+        ImageConfig {
             entrypoint: vec!["/bin/sh".into(), "-c".into()],
             cmd: vec!["echo image".into()],
             env: vec![
@@ -368,7 +458,7 @@ mod tests {
             ["/bin/echo", "a", "b"]
         );
         // Nothing to run at all.
-        let empty = ImageDefaults::default();
+        let empty = ImageConfig::default();
         assert!(matches!(
             process_for("p", &container(None, None), &empty, root, &[]),
             Err(Error::ImageNoCommand { .. })
@@ -401,7 +491,7 @@ mod tests {
                 .working_dir,
             "/elsewhere"
         );
-        let bare = ImageDefaults {
+        let bare = ImageConfig {
             entrypoint: vec!["/x".into()],
             ..Default::default()
         };

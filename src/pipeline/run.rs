@@ -7,9 +7,10 @@
 
 use std::path::PathBuf;
 
+use super::oci::image_invocation;
 use super::{
-    Action, ContainerLog, Error, Mount, NETWORK_ANNOTATION, Outcome, PipelineResult, RunnerConfig,
-    SandboxMode, WorkflowInput, contract, env, metadata, output, runtime, sandbox,
+    Action, ContainerLog, Error, Mount, NETWORK_ANNOTATION, Outcome, PipelineResult, RanImage,
+    RunnerConfig, SandboxMode, WorkflowInput, contract, env, metadata, output, runtime, sandbox,
 };
 use crate::model::Pipeline;
 
@@ -27,6 +28,7 @@ pub(super) async fn run_pipeline(
         selectors: Vec::new(),
         status: None,
         logs: Vec::new(),
+        images: Vec::new(),
     };
     if let Err(error) = run_pipeline_inner(cfg, layout, input, object_yaml, p, &mut res).await {
         res.outcome = Outcome::Failed { error };
@@ -84,103 +86,122 @@ async fn run_pipeline_inner(
     }
     for (c, env) in p.spec.containers.iter().zip(envs) {
         let over = cfg.image_overrides.get(&c.image);
-        let command = match (&c.command, over) {
-            (Some(cmd), _) if !cmd.is_empty() => cmd.clone(),
-            (_, Some(o)) if !o.command.is_empty() => o.command.clone(),
-            _ => {
-                return Err(Error::NoCommand {
-                    pipeline: pname.into(),
-                    container: c.name.clone(),
-                    image: c.image.clone(),
-                });
-            }
+        // An image override wins over a pull; without one, the image runtime runs the image
+        // when the daemon config has `images:` (README "Images").
+        let image_run = match (over, &cfg.images) {
+            (None, Some(images)) => Some(
+                image_invocation(cfg, images, pname, c, &env, &dirs, input, pipeline_network)
+                    .await?,
+            ),
+            _ => None,
         };
-        let mut argv = command;
-        argv.extend(c.args.clone().unwrap_or_default());
-        let command0 = argv[0].clone();
-        let network =
-            cfg.allow_network || pipeline_network || over.map(|o| o.network).unwrap_or(false);
-        let mounts: &[Mount] = over.map(|o| o.mounts.as_slice()).unwrap_or(&[]);
-        let (inv, sandbox_note) = match cfg.sandbox {
-            SandboxMode::Bwrap => {
-                let (input_dir, output_dir, meta_dir) =
-                    (dirs.input(), dirs.output(), dirs.metadata());
-                sandbox::check_mounts(&c.image, mounts, &cfg.hidden)?;
-                let spec = sandbox::SandboxSpec {
-                    input: &input_dir,
-                    output: &output_dir,
-                    metadata: &meta_dir,
-                    promise_dir: input.promise_dir.as_deref(),
-                    mounts,
-                    network,
-                    working_dir: c.working_dir.as_deref(),
-                    env: &env,
-                    argv: &argv,
-                    hidden: &cfg.hidden,
-                };
-                let note = format!(
-                    "; sandbox: network {}, read-only root file system, writable only /kratix/output, /kratix/metadata and a private /tmp",
-                    if network { "on" } else { "off" }
-                );
-                (
-                    runtime::Invocation {
-                        program: cfg.bwrap.clone().into_os_string(),
-                        args: sandbox::bwrap_args(layout, &spec),
-                        // Through bwrap's own environment, which it passes on: values never
-                        // appear on a command line (`/proc/<pid>/cmdline` is world-readable).
-                        env: sandbox::bwrap_env(&spec),
-                        cwd: None,
-                        timeout: cfg.timeout,
-                        log_cap: cfg.log_cap_bytes,
-                    },
-                    note,
-                )
-            }
-            SandboxMode::None => {
-                if !mounts.is_empty() {
-                    return Err(Error::MountsNeedSandbox {
+        let (inv, sandbox_note, command0, mounts) = if let Some(run) = image_run {
+            res.images.push(RanImage {
+                container: c.name.clone(),
+                image: c.image.clone(),
+                digest: run.digest,
+            });
+            (run.invocation, run.note, run.command0, &[][..])
+        } else {
+            let command = match (&c.command, over) {
+                (Some(cmd), _) if !cmd.is_empty() => cmd.clone(),
+                (_, Some(o)) if !o.command.is_empty() => o.command.clone(),
+                _ => {
+                    return Err(Error::NoCommand {
+                        pipeline: pname.into(),
+                        container: c.name.clone(),
                         image: c.image.clone(),
                     });
                 }
-                if let (Some(first), Some(pd)) = (argv.first_mut(), &input.promise_dir)
-                    && let Some(rest) = first.strip_prefix("/promise/")
-                {
-                    *first = pd.join(rest).to_string_lossy().into_owned();
+            };
+            let mut argv = command;
+            argv.extend(c.args.clone().unwrap_or_default());
+            let command0 = argv[0].clone();
+            let network =
+                cfg.allow_network || pipeline_network || over.map(|o| o.network).unwrap_or(false);
+            let mounts: &[Mount] = over.map(|o| o.mounts.as_slice()).unwrap_or(&[]);
+            let (inv, sandbox_note) = match cfg.sandbox {
+                SandboxMode::Bwrap => {
+                    let (input_dir, output_dir, meta_dir) =
+                        (dirs.input(), dirs.output(), dirs.metadata());
+                    sandbox::check_mounts(&c.image, mounts, &cfg.hidden)?;
+                    let spec = sandbox::SandboxSpec {
+                        input: &input_dir,
+                        output: &output_dir,
+                        metadata: &meta_dir,
+                        promise_dir: input.promise_dir.as_deref(),
+                        mounts,
+                        network,
+                        working_dir: c.working_dir.as_deref(),
+                        env: &env,
+                        argv: &argv,
+                        hidden: &cfg.hidden,
+                    };
+                    let note = format!(
+                        "; sandbox: network {}, read-only root file system, writable only /kratix/output, /kratix/metadata and a private /tmp",
+                        if network { "on" } else { "off" }
+                    );
+                    (
+                        runtime::Invocation {
+                            program: cfg.bwrap.clone().into_os_string(),
+                            args: sandbox::bwrap_args(layout, &spec),
+                            // Through bwrap's own environment, which it passes on: values never
+                            // appear on a command line (`/proc/<pid>/cmdline` is world-readable).
+                            env: sandbox::bwrap_env(&spec),
+                            cwd: None,
+                            timeout: cfg.timeout,
+                            log_cap: cfg.log_cap_bytes,
+                        },
+                        note,
+                    )
                 }
-                let mut env = env.clone();
-                env.insert(0, ("PATH".into(), sandbox::DEFAULT_PATH.into()));
-                for (k, v) in [
-                    ("KRATIX_INPUT_DIR", dirs.input()),
-                    ("KRATIX_OUTPUT_DIR", dirs.output()),
-                    ("KRATIX_METADATA_DIR", dirs.metadata()),
-                ] {
-                    env.push((k.into(), v.to_string_lossy().into_owned()));
+                SandboxMode::None => {
+                    if !mounts.is_empty() {
+                        return Err(Error::MountsNeedSandbox {
+                            image: c.image.clone(),
+                        });
+                    }
+                    if let (Some(first), Some(pd)) = (argv.first_mut(), &input.promise_dir)
+                        && let Some(rest) = first.strip_prefix("/promise/")
+                    {
+                        *first = pd.join(rest).to_string_lossy().into_owned();
+                    }
+                    let mut env = env.clone();
+                    env.insert(0, ("PATH".into(), sandbox::DEFAULT_PATH.into()));
+                    for (k, v) in [
+                        ("KRATIX_INPUT_DIR", dirs.input()),
+                        ("KRATIX_OUTPUT_DIR", dirs.output()),
+                        ("KRATIX_METADATA_DIR", dirs.metadata()),
+                    ] {
+                        env.push((k.into(), v.to_string_lossy().into_owned()));
+                    }
+                    if let Some(pd) = &input.promise_dir {
+                        env.push((
+                            "KRATIX_PROMISE_DIR".into(),
+                            pd.to_string_lossy().into_owned(),
+                        ));
+                    }
+                    let mut args: Vec<std::ffi::OsString> = argv.iter().map(Into::into).collect();
+                    let program = args.remove(0);
+                    (
+                        runtime::Invocation {
+                            program,
+                            args,
+                            env,
+                            cwd: Some(
+                                c.working_dir
+                                    .as_ref()
+                                    .map(PathBuf::from)
+                                    .unwrap_or_else(|| dirs.root().to_path_buf()),
+                            ),
+                            timeout: cfg.timeout,
+                            log_cap: cfg.log_cap_bytes,
+                        },
+                        "; sandbox: none".to_string(),
+                    )
                 }
-                if let Some(pd) = &input.promise_dir {
-                    env.push((
-                        "KRATIX_PROMISE_DIR".into(),
-                        pd.to_string_lossy().into_owned(),
-                    ));
-                }
-                let mut args: Vec<std::ffi::OsString> = argv.iter().map(Into::into).collect();
-                let program = args.remove(0);
-                (
-                    runtime::Invocation {
-                        program,
-                        args,
-                        env,
-                        cwd: Some(
-                            c.working_dir
-                                .as_ref()
-                                .map(PathBuf::from)
-                                .unwrap_or_else(|| dirs.root().to_path_buf()),
-                        ),
-                        timeout: cfg.timeout,
-                        log_cap: cfg.log_cap_bytes,
-                    },
-                    "; sandbox: none".to_string(),
-                )
-            }
+            };
+            (inv, sandbox_note, command0, mounts)
         };
         let finished = runtime::run(&inv).await.map_err(|e| Error::SpawnFailed {
             pipeline: pname.into(),

@@ -179,6 +179,20 @@ pub struct PipelineResult {
     pub status: Option<Map<String, Value>>,
     /// One entry per container that ran.
     pub logs: Vec<ContainerLog>,
+    /// The image each container ran from, when the image runtime ran it.
+    pub images: Vec<RanImage>,
+}
+
+/// A container the image runtime ran, and the image manifest it ran (provenance: status and
+/// the output commit name it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RanImage {
+    /// Container name.
+    pub container: String,
+    /// The image as the Pipeline names it.
+    pub image: String,
+    /// `sha256:…` of the platform manifest that ran.
+    pub digest: String,
 }
 
 /// The result of a workflow.
@@ -233,6 +247,7 @@ pub async fn run_workflow(cfg: &RunnerConfig, input: &WorkflowInput<'_>) -> Work
             selectors: Vec::new(),
             status: None,
             logs: Vec::new(),
+            images: Vec::new(),
         });
         return result;
     }

@@ -521,6 +521,7 @@ fn spawn_jobs(
                             selectors: Vec::new(),
                             status: None,
                             logs: Vec::new(),
+                            images: Vec::new(),
                         }],
                         merged_status: Map::new(),
                     },

@@ -1,0 +1,252 @@
+//! The image runtime end to end: `promised reconcile` pulls a pipeline image from a real
+//! registry (`docker-registry` on 127.0.0.1, images built by `umoci` from `busybox-static`)
+//! and runs it in its own root file system through the Kratix contract.
+//!
+//! Skipped with a message when the image tools or bubblewrap are missing, unless
+//! `PROMISED_REQUIRE_IMAGES` / `PROMISED_REQUIRE_SANDBOX` is set (CI sets both).
+
+mod common;
+#[path = "common/registry.rs"]
+mod registry;
+
+use std::path::Path;
+
+use registry::{Registry, build_images, tools_available};
+
+/// A config repo at `config` with a Destination `dev` on a local GitStateStore (`state.git`
+/// in the state directory) and a Promise `app` whose resource configure pipeline runs `image`
+/// with `args` (the image's Entrypoint `/bin/sh -c` stays, its Cmd is replaced).
+fn config_repo(config: &Path, image: &str, script: &str) {
+    std::fs::create_dir_all(config.join("platform")).unwrap();
+    std::fs::create_dir_all(config.join("promises/app")).unwrap();
+    std::fs::create_dir_all(config.join("requests")).unwrap();
+    std::fs::write(
+        config.join("platform/platform.yaml"),
+        "apiVersion: platform.kratix.io/v1alpha1
+kind: Destination
+metadata: {name: dev, labels: {environment: dev}}
+spec:
+  path: clusters/dev
+  stateStoreRef: {kind: GitStateStore, name: local}
+---
+apiVersion: platform.kratix.io/v1alpha1
+kind: GitStateStore
+metadata: {name: local}
+spec:
+  url: state.git
+  branch: main
+",
+    )
+    .unwrap();
+    let script = serde_json::to_string(script).unwrap();
+    std::fs::write(
+        config.join("promises/app/promise.yaml"),
+        format!(
+            "apiVersion: platform.kratix.io/v1alpha1
+kind: Promise
+metadata: {{name: app}}
+spec:
+  api:
+    apiVersion: apiextensions.k8s.io/v1
+    kind: CustomResourceDefinition
+    metadata: {{name: apps.test.promised.dev}}
+    spec:
+      group: test.promised.dev
+      names: {{kind: App, plural: apps, singular: app}}
+      scope: Namespaced
+      versions:
+        - name: v1
+          served: true
+          storage: true
+          schema:
+            openAPIV3Schema:
+              type: object
+              properties:
+                spec: {{type: object, x-kubernetes-preserve-unknown-fields: true}}
+  workflows:
+    resource:
+      configure:
+        - apiVersion: platform.kratix.io/v1alpha1
+          kind: Pipeline
+          metadata: {{name: render}}
+          spec:
+            containers:
+              - name: render
+                image: {image}
+                args: [{script}]
+"
+        ),
+    )
+    .unwrap();
+}
+
+fn request(config: &Path, name: &str) {
+    std::fs::write(
+        config.join(format!("requests/{name}.yaml")),
+        format!(
+            "apiVersion: test.promised.dev/v1\nkind: App\nmetadata: {{name: {name}, namespace: default}}\nspec: {{}}\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// The daemon config: the image runtime on, the registry over plain HTTP, `concurrency`
+/// pipelines at once.
+fn daemon_config(dir: &Path, reg: &Registry, concurrency: usize) -> std::path::PathBuf {
+    let path = dir.join("promised.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "images:\n  insecureRegistries: [\"{}\"]\nconcurrency: {concurrency}\n",
+            reg.host
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn reconcile(config: &Path, state: &Path, daemon_config: &Path) -> (i32, String, String) {
+    common::promised(&[
+        "reconcile",
+        "--config",
+        config.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--daemon-config",
+        daemon_config.to_str().unwrap(),
+    ])
+}
+
+/// A file of the state store's `main` branch.
+fn state_file(state: &Path, path: &str) -> String {
+    common::git(&state.join("state.git"), &["show", &format!("main:{path}")])
+}
+
+fn ready() -> bool {
+    if !tools_available("image_runtime") {
+        return false;
+    }
+    if !common::bwrap_works() {
+        assert!(
+            std::env::var_os("PROMISED_REQUIRE_SANDBOX").is_none(),
+            "bubblewrap cannot create a sandbox here"
+        );
+        eprintln!("skipping: bubblewrap cannot create a sandbox here");
+        return false;
+    }
+    true
+}
+
+/// Each request's script writes its own name into the working directory (the image's
+/// `WorkingDir`, `/work`) and into `/etc`, then reports what it sees: a run sees only its own
+/// files, the image's second layer deleted `/etc/removed-later.txt`, the image's `Env` and
+/// `User` apply, and nothing of a run is left in the image's cached root.
+const SCRIPT: &str = r#"set -eu
+test ! -e /etc/removed-later.txt
+test -e /etc/added.txt
+echo "$KRATIX_OBJECT_NAME" > mine.txt
+echo "$KRATIX_OBJECT_NAME" > /etc/mine.txt
+cat > /kratix/output/app.yaml <<EOF
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: $KRATIX_OBJECT_NAME
+data:
+  greeting: "$GREETING"
+  uid: "$(id -u)"
+  pwd: "$(pwd)"
+  workdir: "$(cat mine.txt)"
+  etc: "$(cat /etc/mine.txt)"
+  files: "$(ls /work | tr '\n' ' ')"
+EOF
+"#;
+
+#[test]
+fn images_run_unchanged_each_request_in_a_root_of_its_own() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&dir.path().join("reg"));
+    let layout = build_images(dir.path());
+    reg.push(&layout, "v2", "test/busybox:v2", &[]);
+    let config = dir.path().join("config");
+    let state = dir.path().join("state");
+    config_repo(&config, &reg.image("test/busybox:v2"), SCRIPT);
+    let names: Vec<String> = (1..=8).map(|i| format!("app-{i}")).collect();
+    for n in &names {
+        request(&config, n);
+    }
+    let dc = daemon_config(dir.path(), &reg, 8);
+    let (code, out, err) = reconcile(&config, &state, &dc);
+    assert_eq!(code, 0, "{out}\n{err}");
+    for n in &names {
+        let file = state_file(
+            &state,
+            &format!("clusters/dev/resources/default/app/{n}/render/5058f/app.yaml"),
+        );
+        let doc: serde_json::Value = serde_saphyr::from_str(&file).unwrap();
+        let data = &doc["data"];
+        assert_eq!(data["greeting"], "world", "image Env: {file}");
+        assert_eq!(data["uid"], "1000", "image User: {file}");
+        assert_eq!(data["pwd"], "/work", "image WorkingDir: {file}");
+        assert_eq!(data["workdir"], n.as_str(), "{file}");
+        assert_eq!(data["etc"], n.as_str(), "{file}");
+        assert_eq!(data["files"], "mine.txt ", "only its own files: {file}");
+    }
+    // The image's cached root is untouched by eight runs that wrote into it.
+    let roots = state.join("images/roots");
+    let mut found = 0;
+    for e in std::fs::read_dir(&roots).unwrap() {
+        let rootfs = e.unwrap().path().join("rootfs");
+        if rootfs.is_dir() {
+            found += 1;
+            assert!(!rootfs.join("work/mine.txt").exists());
+            assert!(!rootfs.join("etc/mine.txt").exists());
+        }
+    }
+    assert_eq!(found, 1, "one unpacked root under {}", roots.display());
+}
+
+#[test]
+fn an_image_that_cannot_be_pulled_fails_only_its_promises_requests() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&dir.path().join("reg"));
+    let config = dir.path().join("config");
+    let state = dir.path().join("state");
+    // Nothing was pushed: the tag is unknown to the registry.
+    config_repo(&config, &reg.image("test/missing:v1"), "true");
+    request(&config, "lost");
+    // A second Promise without pipelines reconciles beside it.
+    std::fs::write(
+        config.join("promises/plain.yaml"),
+        "apiVersion: platform.kratix.io/v1alpha1
+kind: Promise
+metadata: {name: plain}
+spec:
+  dependencies:
+    - apiVersion: v1
+      kind: Namespace
+      metadata: {name: plain}
+",
+    )
+    .unwrap();
+    let dc = daemon_config(dir.path(), &reg, 2);
+    let (code, out, err) = reconcile(&config, &state, &dc);
+    assert_ne!(code, 0, "a failed request fails the pass: {out}\n{err}");
+    let row = common::status_row(&state, "app/default/lost");
+    let message = row["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("test/missing:v1") && message.contains("MANIFEST_UNKNOWN"),
+        "the message names the image and the registry's answer: {row}"
+    );
+    // The other Promise's dependency was written.
+    let deps = state_file(
+        &state,
+        "clusters/dev/dependencies/plain/5058f/static/plain-dependencies.yaml",
+    );
+    assert!(deps.contains("name: plain"), "{deps}");
+}
