@@ -450,7 +450,9 @@ fn failed_step(result: &WorkflowResult) -> Option<(&str, Option<&str>, &pipeline
                 | E::SpawnFailed { container, .. }
                 | E::NoCommand { container, .. }
                 | E::EnvValueFrom { container, .. }
-                | E::EnvFromUnsupported { container, .. } => Some(container.as_str()),
+                | E::EnvFromUnsupported { container, .. }
+                | E::ImageNoCommand { container, .. }
+                | E::ImagePull { container, .. } => Some(container.as_str()),
                 _ => None,
             };
             Some((p.name.as_str(), container, error))
