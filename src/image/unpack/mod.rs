@@ -17,12 +17,20 @@
 //!
 //! Files are owned by the daemon user; permission bits are kept except setuid/setgid;
 //! directories are made owner-writable (`u+rwx`) so later layers and prune can change them.
+//!
+//! Files: `paths` (tar path checks, the in-root resolver, removing a tree), `zstd` (the
+//! multi-frame zstd reader), `tests`.
+
+mod paths;
+#[cfg(test)]
+mod tests;
+mod zstd;
 
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -32,9 +40,9 @@ use sha2::Digest;
 
 use super::error::ImageError;
 
-/// Longest chain of symlinks followed while resolving one path inside the root (Linux's
-/// `MAXSYMLINKS`).
-const MAX_SYMLINK_HOPS: usize = 40;
+pub(crate) use paths::{ResolveError, remove_path, resolve_in_root};
+use paths::{climbs_out, path_components};
+use zstd::ZstdFrames;
 
 /// One layer to apply: its blob on disk and what it must decompress to.
 pub(crate) struct Layer {
@@ -255,23 +263,6 @@ struct Applier<'a> {
     bytes: u64,
 }
 
-/// The plain components of a tar path: refuses absolute paths and `..`; drops `.` and empty
-/// components.
-fn path_components(raw: &[u8]) -> Result<Vec<&OsStr>, &'static str> {
-    if raw.first() == Some(&b'/') {
-        return Err("absolute path");
-    }
-    let mut out = Vec::new();
-    for c in raw.split(|b| *b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => return Err("path with a '..' component"),
-            c => out.push(OsStr::from_bytes(c)),
-        }
-    }
-    Ok(out)
-}
-
 impl Applier<'_> {
     fn unsafe_entry(&self, entry: &[u8], reason: impl Into<String>) -> ImageError {
         ImageError::UnsafeEntry {
@@ -489,24 +480,6 @@ fn dir_mode(mode: u32) -> u32 {
     (mode & 0o1777) | 0o700
 }
 
-/// Whether the relative symlink `target`, placed in a directory `depth` levels below the
-/// root, climbs above the root.
-fn climbs_out(mut depth: usize, target: &[u8]) -> bool {
-    for c in target.split(|b| *b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => {
-                if depth == 0 {
-                    return true;
-                }
-                depth -= 1;
-            }
-            _ => depth += 1,
-        }
-    }
-    false
-}
-
 enum CopyError {
     Read(io::Error),
     Write(io::Error),
@@ -524,347 +497,5 @@ fn copy_entry(from: &mut impl Read, to: &mut fs::File) -> Result<u64, CopyError>
         };
         to.write_all(&buf[..got]).map_err(CopyError::Write)?;
         n += got as u64;
-    }
-}
-
-/// Removes a file, symlink or directory tree without following symlinks.
-pub(crate) fn remove_path(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => make_tree_writable(path).and_then(|()| fs::remove_dir_all(path)),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Adds `u+rwx` to every directory of the tree at `path` (symlinks are not followed), so
-/// `remove_dir_all` can empty them.
-fn make_tree_writable(path: &Path) -> io::Result<()> {
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let m = fs::symlink_metadata(&dir)?;
-        if !m.is_dir() {
-            continue;
-        }
-        let mode = m.permissions().mode();
-        if mode & 0o700 != 0o700 {
-            fs::set_permissions(&dir, fs::Permissions::from_mode(mode | 0o700))?;
-        }
-        for child in fs::read_dir(&dir)? {
-            let child = child?;
-            if child.file_type()?.is_dir() {
-                stack.push(child.path());
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Why [`resolve_in_root`] failed.
-pub(crate) enum ResolveError {
-    /// Creating a missing directory failed.
-    Io(PathBuf, io::Error),
-    /// The path cannot be resolved to a directory inside the root.
-    Refused(String),
-}
-
-/// Resolves the directory path `comps` inside `root` as if `root` were `/`: symlinks found on
-/// the way are read and followed inside the root (absolute targets restart at the root, `..`
-/// stops at the root), at most [`MAX_SYMLINK_HOPS`] of them; nothing is followed on the host.
-/// Returns the resolved path relative to the root, every component a real directory. With
-/// `create`, missing directories are created (mode 0755); else a missing one is refused.
-pub(crate) fn resolve_in_root(
-    root: &Path,
-    comps: &[&OsStr],
-    create: bool,
-) -> Result<PathBuf, ResolveError> {
-    let mut todo: std::collections::VecDeque<Vec<u8>> =
-        comps.iter().map(|c| c.as_bytes().to_vec()).collect();
-    let mut done: Vec<Vec<u8>> = Vec::new();
-    let mut hops = 0;
-    while let Some(c) = todo.pop_front() {
-        match c.as_slice() {
-            b"" | b"." => continue,
-            b".." => {
-                done.pop();
-                continue;
-            }
-            _ => {}
-        }
-        let rel: PathBuf = done
-            .iter()
-            .map(|d| OsStr::from_bytes(d))
-            .chain([OsStr::from_bytes(&c)])
-            .collect();
-        let host = root.join(&rel);
-        match fs::symlink_metadata(&host) {
-            Ok(m) if m.file_type().is_symlink() => {
-                hops += 1;
-                if hops > MAX_SYMLINK_HOPS {
-                    return Err(ResolveError::Refused(format!(
-                        "more than {MAX_SYMLINK_HOPS} symlinks while resolving {}",
-                        rel.display()
-                    )));
-                }
-                let target = fs::read_link(&host).map_err(|e| ResolveError::Io(host.clone(), e))?;
-                let target = target.as_os_str().as_bytes();
-                if target.first() == Some(&b'/') {
-                    done.clear();
-                }
-                for t in target.split(|b| *b == b'/').rev() {
-                    todo.push_front(t.to_vec());
-                }
-            }
-            Ok(m) if m.is_dir() => done.push(c),
-            Ok(_) => {
-                return Err(ResolveError::Refused(format!(
-                    "{} is not a directory in the image root",
-                    rel.display()
-                )));
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
-                fs::DirBuilder::new()
-                    .mode(0o755)
-                    .create(&host)
-                    .map_err(|e| ResolveError::Io(host.clone(), e))?;
-                done.push(c);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(ResolveError::Refused(format!(
-                    "{} does not exist in the image root",
-                    rel.display()
-                )));
-            }
-            Err(e) => return Err(ResolveError::Io(host, e)),
-        }
-    }
-    Ok(done.iter().map(|d| OsStr::from_bytes(d)).collect())
-}
-
-/// A reader over a zstd stream of any number of frames (skippable frames skipped), with the
-/// pure-Rust `ruzstd` decoder, whose `StreamingDecoder` reads one frame only.
-struct ZstdFrames<R> {
-    source: R,
-    decoder: ruzstd::decoding::FrameDecoder,
-    in_frame: bool,
-}
-
-impl<R: BufRead> ZstdFrames<R> {
-    fn new(source: R) -> Self {
-        ZstdFrames {
-            source,
-            decoder: ruzstd::decoding::FrameDecoder::new(),
-            in_frame: false,
-        }
-    }
-}
-
-impl<R: BufRead> Read for ZstdFrames<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        loop {
-            if self.in_frame {
-                if self.decoder.can_collect() > 0 {
-                    return self.decoder.read(buf);
-                }
-                if self.decoder.is_finished() {
-                    self.in_frame = false;
-                    continue;
-                }
-                self.decoder
-                    .decode_blocks(
-                        &mut self.source,
-                        ruzstd::decoding::BlockDecodingStrategy::UptoBytes(1024 * 1024),
-                    )
-                    .map_err(io::Error::other)?;
-                continue;
-            }
-            if self.source.fill_buf()?.is_empty() {
-                return Ok(0);
-            }
-            match self.decoder.reset(&mut self.source) {
-                Ok(()) => self.in_frame = true,
-                Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
-                    length,
-                    ..
-                })) => {
-                    let skipped = io::copy(
-                        &mut (&mut self.source).take(u64::from(length)),
-                        &mut io::sink(),
-                    )?;
-                    if skipped != u64::from(length) {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "zstd skippable frame truncated",
-                        ));
-                    }
-                }
-                Err(e) => return Err(io::Error::other(e)),
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn components_refuse_escapes() {
-        assert!(path_components(b"/etc/passwd").is_err());
-        assert!(path_components(b"a/../../x").is_err());
-        assert!(path_components(b"..").is_err());
-        assert_eq!(path_components(b"./a//b/.").unwrap().len(), 2);
-    }
-
-    #[test]
-    fn relative_symlinks_that_climb_out() {
-        assert!(climbs_out(0, b".."));
-        assert!(climbs_out(1, b"../../x"));
-        assert!(!climbs_out(1, b"../x"));
-        assert!(!climbs_out(0, b"a/../b"));
-        assert!(climbs_out(0, b"a/../../b"));
-    }
-
-    #[test]
-    fn resolver_stays_in_root() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path().join("root");
-        fs::create_dir_all(root.join("usr/lib")).unwrap();
-        std::os::unix::fs::symlink("/usr/lib", root.join("lib")).unwrap();
-        std::os::unix::fs::symlink("../../../../..", root.join("up")).unwrap();
-        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
-        let c = |s: &'static str| -> Vec<&OsStr> { s.split('/').map(OsStr::new).collect() };
-        let ok = |s| match resolve_in_root(&root, &c(s), true) {
-            Ok(p) => p,
-            Err(ResolveError::Refused(r)) => panic!("{s}: {r}"),
-            Err(ResolveError::Io(p, e)) => panic!("{s}: {} {e}", p.display()),
-        };
-        assert_eq!(ok("lib/x"), PathBuf::from("usr/lib/x"));
-        assert_eq!(ok("up/etc"), PathBuf::from("etc"));
-        assert!(root.join("etc").is_dir());
-        assert!(matches!(
-            resolve_in_root(&root, &c("loop/x"), true),
-            Err(ResolveError::Refused(_))
-        ));
-    }
-
-    fn tar_of(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (path, data) in entries {
-            let mut h = tar::Header::new_gnu();
-            match data {
-                Some(d) => {
-                    h.set_entry_type(tar::EntryType::Regular);
-                    h.set_size(d.len() as u64);
-                    h.set_mode(0o4755); // setuid: dropped
-                }
-                None => {
-                    h.set_entry_type(tar::EntryType::Directory);
-                    h.set_size(0);
-                    h.set_mode(0o555); // read-only: made owner-writable
-                }
-            }
-            b.append_data(&mut h, path, data.unwrap_or(b"")).unwrap();
-        }
-        b.into_inner().unwrap()
-    }
-
-    fn layer(dir: &Path, name: &str, tar: &[u8]) -> Layer {
-        let path = dir.join(name);
-        fs::write(&path, tar).unwrap();
-        Layer {
-            digest: format!("sha256:{name}"),
-            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
-            diff_id: format!("sha256:{}", hex::encode(sha2::Sha256::digest(tar))),
-            path,
-        }
-    }
-
-    #[test]
-    fn whiteouts_and_opaque_directories() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path().join("root");
-        fs::create_dir(&root).unwrap();
-        let l1 = tar_of(&[
-            ("a", None),
-            ("a/old", Some(b"old")),
-            ("a/sub", None),
-            ("a/sub/deep", Some(b"deep")),
-            ("x", Some(b"x")),
-            ("keep", Some(b"keep")),
-        ]);
-        // New content first, the opaque marker after it; a/sub2 has no directory entry; a/sub
-        // is written again, so its lower content must still go.
-        let l2 = tar_of(&[
-            ("a/sub2/new", Some(b"new")),
-            ("a/sub/fresh", Some(b"fresh")),
-            ("a/.wh..wh..opq", Some(b"")),
-            (".wh.x", Some(b"")),
-        ]);
-        let layers = [layer(d.path(), "l1", &l1), layer(d.path(), "l2", &l2)];
-        let written = apply_layers("img", "sha256:m", &root, &layers, 1 << 20).unwrap();
-        assert_eq!(written, 3 + 4 + 1 + 4 + 3 + 5);
-        assert!(!root.join("x").exists() && !root.join(".wh.x").exists());
-        assert!(root.join("keep").exists());
-        let mut names: Vec<String> = fs::read_dir(root.join("a"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["sub", "sub2"]);
-        assert!(!root.join("a/sub/deep").exists());
-        assert_eq!(fs::read(root.join("a/sub2/new")).unwrap(), b"new");
-        let mode = fs::metadata(root.join("keep"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o7777, 0o755);
-        let mode = fs::metadata(root.join("a")).unwrap().permissions().mode();
-        assert_eq!(mode & 0o7777, 0o755);
-
-        // A wrong diff_id is refused; so is a layer over the size budget.
-        let root2 = d.path().join("root2");
-        fs::create_dir(&root2).unwrap();
-        let mut bad = layer(d.path(), "l1b", &l1);
-        bad.diff_id = format!("sha256:{}", "0".repeat(64));
-        let e = apply_layers("img", "sha256:m", &root2, &[bad], 1 << 20).unwrap_err();
-        assert!(matches!(e, ImageError::DigestMismatch { .. }), "{e}");
-        let root3 = d.path().join("root3");
-        fs::create_dir(&root3).unwrap();
-        let e = apply_layers(
-            "img",
-            "sha256:m",
-            &root3,
-            &[layer(d.path(), "l1c", &l1)],
-            1000,
-        )
-        .unwrap_err();
-        assert!(matches!(e, ImageError::TooLarge { .. }), "{e}");
-    }
-
-    #[test]
-    fn zstd_multiple_frames_and_skippable() {
-        // Two frames of "hello " and "world" (raw blocks), with a skippable frame between.
-        fn raw_frame(data: &[u8]) -> Vec<u8> {
-            let mut f = vec![0x28, 0xB5, 0x2F, 0xFD];
-            // Frame header descriptor: single segment, FCS 1 byte.
-            f.push(0x20);
-            f.push(data.len() as u8);
-            // Last block, raw, size.
-            let header = 1u32 | ((data.len() as u32) << 3);
-            f.extend_from_slice(&header.to_le_bytes()[..3]);
-            f.extend_from_slice(data);
-            f
-        }
-        let mut s = raw_frame(b"hello ");
-        s.extend_from_slice(&[0x50, 0x2A, 0x4D, 0x18, 3, 0, 0, 0, 1, 2, 3]);
-        s.extend(raw_frame(b"world"));
-        let mut out = String::new();
-        ZstdFrames::new(&s[..]).read_to_string(&mut out).unwrap();
-        assert_eq!(out, "hello world");
     }
 }
