@@ -77,6 +77,10 @@ pub struct PipelineStatus {
     pub attempts: u32,
     /// RFC 3339 time the phase last changed.
     pub last_transition_time: String,
+    /// The image each container ran, as `<container>: <image>@sha256:…` (image runtime only;
+    /// provenance of the output).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -250,3 +250,76 @@ spec:
     );
     assert!(deps.contains("name: plain"), "{deps}");
 }
+
+/// The `<container>: <image>@<digest>` entries of a request's first pipeline status.
+fn ran_images(state: &Path, key: &str) -> Vec<String> {
+    let row = common::status_row(state, key);
+    let text = row.to_string();
+    let pipelines = row["status"]["pipelines"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no pipelines in {text}"));
+    pipelines[0]["images"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no images in {text}"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_moved_tag_runs_the_workflows_again_and_status_names_the_digest() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&dir.path().join("reg"));
+    let layout = build_images(dir.path());
+    reg.push(&layout, "v1", "test/busybox:latest", &[]);
+    let config = dir.path().join("config");
+    let state = dir.path().join("state");
+    let image = reg.image("test/busybox:latest");
+    config_repo(
+        &config,
+        &image,
+        r#"set -eu
+added=no; test -e /etc/added.txt && added=yes
+printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: %s\ndata:\n  added: "%s"\n' "$KRATIX_OBJECT_NAME" "$added" > /kratix/output/app.yaml
+"#,
+    );
+    request(&config, "moving");
+    // `:latest` is `Always`; a zero interval asks the registry on every pass.
+    let dc = dir.path().join("promised.yaml");
+    std::fs::write(
+        &dc,
+        format!(
+            "images:\n  insecureRegistries: [\"{}\"]\n  resolveInterval: 0s\n",
+            reg.host
+        ),
+    )
+    .unwrap();
+    let path = "clusters/dev/resources/default/app/moving/render/5058f/app.yaml";
+    let (code, out, err) = reconcile(&config, &state, &dc);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(state_file(&state, path).contains("added: \"no\""));
+    let first = ran_images(&state, "app/default/moving");
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(
+        first[0].starts_with(&format!("render: {image}@sha256:")),
+        "{first:?}"
+    );
+
+    // Same digest: nothing runs again.
+    let (code, out, err) = reconcile(&config, &state, &dc);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!out.contains("ran"), "an unchanged image re-ran: {out}");
+    assert_eq!(ran_images(&state, "app/default/moving"), first);
+
+    // The tag moves to v2 (whose second layer adds /etc/added.txt): the workflow runs again.
+    reg.push(&layout, "v2", "test/busybox:latest", &[]);
+    let (code, out, err) = reconcile(&config, &state, &dc);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(state_file(&state, path).contains("added: \"yes\""), "{out}");
+    let second = ran_images(&state, "app/default/moving");
+    assert_ne!(second, first, "the new digest is in status");
+    assert!(second[0].starts_with(&format!("render: {image}@sha256:")));
+}

@@ -48,6 +48,16 @@ impl Engine {
                 config_filter.as_ref(),
                 &mut trees,
             );
+            let digests = inputs::image_digests(
+                &self.runner,
+                p.promise.object.spec.workflows.promise.configure.iter(),
+            )
+            .await;
+            let hash = if digests.is_empty() {
+                hash
+            } else {
+                sha256_hex(format!("{hash}\n{digests}").as_bytes())
+            };
             pass.facts.hashes.insert(name.clone(), hash.clone());
             let pkey = promise_key(&name);
             let mut record = self
@@ -199,14 +209,19 @@ impl Engine {
                     .as_bytes(),
                 ),
             );
-            pass.facts.override_fps.insert(
-                name.clone(),
-                inputs::override_fingerprint(
+            let mut fingerprint = inputs::override_fingerprint(
+                &self.runner,
+                p.promise.object.spec.workflows.resource.configure.iter(),
+                &mut trees,
+            );
+            fingerprint.push_str(
+                &inputs::image_digests(
                     &self.runner,
                     p.promise.object.spec.workflows.resource.configure.iter(),
-                    &mut trees,
-                ),
+                )
+                .await,
             );
+            pass.facts.override_fps.insert(name.clone(), fingerprint);
             self.state.promises.insert(pkey, record);
         }
         Ok(())

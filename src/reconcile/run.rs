@@ -208,6 +208,11 @@ impl Engine {
                 attempts: if next.is_some() { attempts + 1 } else { 0 },
                 next_retry_at: next,
                 last_transition_time: now.clone(),
+                images: pr
+                    .images
+                    .iter()
+                    .map(|i| format!("{}: {}@{}", i.container, i.image, i.digest))
+                    .collect(),
             });
             if pr.outcome == Outcome::Succeeded {
                 let mut files = Vec::with_capacity(pr.outputs.len());
