@@ -253,6 +253,46 @@ pub(super) fn override_fingerprint<'a>(
     serde_json::to_string(&used).unwrap_or_default()
 }
 
+/// The manifest digest of every image the pipelines run through the image runtime (no image
+/// override, `images:` configured), as stable text; empty when there is none, so input hashes
+/// of the process runtime are unchanged. A moved tag changes it, so the workflows using the
+/// image run again. An image that cannot be resolved counts as `unresolved` (its workflow then
+/// runs and fails with the registry's answer). Resolving a pinned tag seen before needs no
+/// network (the image store's cache, `imagePullPolicy`).
+pub(super) async fn image_digests<'a>(
+    runner: &RunnerConfig,
+    pipelines: impl Iterator<Item = &'a Pipeline>,
+) -> String {
+    let Some(crate::pipeline::Images(Ok(store))) = &runner.images else {
+        return String::new();
+    };
+    let mut used = BTreeMap::new();
+    for p in pipelines {
+        for c in &p.spec.containers {
+            if runner.image_overrides.contains_key(&c.image) || used.contains_key(&c.image) {
+                continue;
+            }
+            let policy = crate::image::PullPolicy::for_container(
+                c.image_pull_policy.as_ref().and_then(Value::as_str),
+                &c.image,
+            );
+            let digest = match policy {
+                Ok(policy) => match store.resolve(&c.image, policy).await {
+                    Ok(r) => r.digest,
+                    Err(_) => "unresolved".to_string(),
+                },
+                Err(_) => "invalid imagePullPolicy".to_string(),
+            };
+            used.insert(c.image.clone(), digest);
+        }
+    }
+    if used.is_empty() {
+        String::new()
+    } else {
+        serde_json::to_string(&used).unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,45 +336,5 @@ mod tests {
             tree_hash(d, Some(&d.canonicalize().unwrap().join("state")), &yaml),
             with_state
         );
-    }
-}
-
-/// The manifest digest of every image the pipelines run through the image runtime (no image
-/// override, `images:` configured), as stable text; empty when there is none, so input hashes
-/// of the process runtime are unchanged. A moved tag changes it, so the workflows using the
-/// image run again. An image that cannot be resolved counts as `unresolved` (its workflow then
-/// runs and fails with the registry's answer). Resolving a pinned tag seen before needs no
-/// network (the image store's cache, `imagePullPolicy`).
-pub(super) async fn image_digests<'a>(
-    runner: &RunnerConfig,
-    pipelines: impl Iterator<Item = &'a Pipeline>,
-) -> String {
-    let Some(crate::pipeline::Images(Ok(store))) = &runner.images else {
-        return String::new();
-    };
-    let mut used = BTreeMap::new();
-    for p in pipelines {
-        for c in &p.spec.containers {
-            if runner.image_overrides.contains_key(&c.image) || used.contains_key(&c.image) {
-                continue;
-            }
-            let policy = crate::image::PullPolicy::for_container(
-                c.image_pull_policy.as_ref().and_then(Value::as_str),
-                &c.image,
-            );
-            let digest = match policy {
-                Ok(policy) => match store.resolve(&c.image, policy).await {
-                    Ok(r) => r.digest,
-                    Err(_) => "unresolved".to_string(),
-                },
-                Err(_) => "invalid imagePullPolicy".to_string(),
-            };
-            used.insert(c.image.clone(), digest);
-        }
-    }
-    if used.is_empty() {
-        String::new()
-    } else {
-        serde_json::to_string(&used).unwrap_or_default()
     }
 }
