@@ -322,4 +322,16 @@ printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: %s\ndata:\n  added: 
     let second = ran_images(&state, "app/default/moving");
     assert_ne!(second, first, "the new digest is in status");
     assert!(second[0].starts_with(&format!("render: {image}@sha256:")));
+    // The output commit names the image that produced it, at its new digest.
+    let message = common::git(
+        &state.join("state.git"),
+        &["log", "-1", "--format=%B", "main"],
+    );
+    let ran = second[0].trim_start_matches("render: ");
+    assert!(
+        message
+            .lines()
+            .any(|l| l == format!("Promised-Image: {ran}")),
+        "{message}"
+    );
 }

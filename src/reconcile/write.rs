@@ -248,6 +248,7 @@ impl Engine {
                 subject_template: self.settings.git.commit_subject.clone(),
                 note: None,
                 config_label,
+                images: self.images_of(pass.touched.get(&store_key)),
             };
             set.writes.sort_by(|a, b| a.owner.key.cmp(&b.owner.key));
             set.removals.sort();
@@ -294,6 +295,25 @@ impl Engine {
                 self.state.destinations.remove(name);
             }
         }
+    }
+
+    /// `<image>@<digest>` of every image that ran for the objects in `touched` (their pipelines'
+    /// status, `status.pipelines[].images`), for the commit's `Promised-Image:` trailers.
+    fn images_of(&self, touched: Option<&BTreeSet<String>>) -> Vec<String> {
+        let mut out = BTreeSet::new();
+        for key in touched.into_iter().flatten() {
+            let Some(record) = self.record(key) else {
+                continue;
+            };
+            for p in &record.status.pipelines {
+                for entry in &p.images {
+                    // `<container>: <image>@<digest>`
+                    let image = entry.split_once(": ").map_or(entry.as_str(), |(_, i)| i);
+                    out.insert(image.to_string());
+                }
+            }
+        }
+        out.into_iter().collect()
     }
 
     /// The contents of `files` from the blob cache.

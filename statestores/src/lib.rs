@@ -177,6 +177,9 @@ pub struct CommitMeta {
     /// `directory /srv/platform`): `{config}` and `{config_short}` in the subject. `None`:
     /// `unknown`.
     pub config_label: Option<String>,
+    /// `<image>@sha256:<hex>` of every pipeline image whose output this change writes (the
+    /// image runtime's provenance); one `Promised-Image:` trailer each, sorted.
+    pub images: Vec<String>,
 }
 
 /// One atomic unit of change across any number of placements and destinations.

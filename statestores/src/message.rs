@@ -8,7 +8,8 @@
 //!   `promised: {updated} updated, {deleted} deleted (config {config_short})`;
 //! - a body listing every changed placement and every repaired drift;
 //! - git trailers: `Promised-Config-Commit: <sha>`, one `Promised-Promise: <name>` per distinct
-//!   promise, one `Promised-Resource: <promise>/<namespace>/<name>` per request.
+//!   promise, one `Promised-Resource: <promise>/<namespace>/<name>` per request, one
+//!   `Promised-Image: <image>@sha256:<hex>` per pipeline image whose output changed.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -111,6 +112,10 @@ pub fn render(meta: &CommitMeta, plan: &Plan<'_>) -> String {
     }
     for r in resources {
         let _ = writeln!(m, "Promised-Resource: {r}");
+    }
+    let images: BTreeSet<&str> = meta.images.iter().map(String::as_str).collect();
+    for i in images {
+        let _ = writeln!(m, "Promised-Image: {i}");
     }
     m
 }
