@@ -335,3 +335,116 @@ printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: %s\ndata:\n  added: 
         "{message}"
     );
 }
+
+#[test]
+fn registry_credentials_come_from_the_auth_file_and_are_never_shown() {
+    if !ready() {
+        return;
+    }
+    const PASSWORD: &str = "pw-Zq8-never-shown";
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::start_with_htpasswd(&dir.path().join("reg"), "puller", PASSWORD);
+    let layout = build_images(dir.path());
+    reg.push(&layout, "v2", "test/private:v2", &[]);
+    let config = dir.path().join("config");
+    let state = dir.path().join("state");
+    config_repo(
+        &config,
+        &reg.image("test/private:v2"),
+        "printf 'apiVersion: v1\\nkind: ConfigMap\\nmetadata:\\n  name: %s\\n' \"$KRATIX_OBJECT_NAME\" > /kratix/output/app.yaml",
+    );
+    request(&config, "private");
+
+    // No credentials: the request fails with the registry's answer.
+    let dc = daemon_config(dir.path(), &reg, 1);
+    let (code, out, err) = reconcile(&config, &state, &dc);
+    assert_ne!(code, 0, "{out}\n{err}");
+    let row = common::status_row(&state, "app/default/private");
+    let message = row["status"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("test/private:v2") && message.contains("401"),
+        "the message names the image and the registry's answer: {message}"
+    );
+
+    // Credentials from a Docker config.json: it runs.
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("puller:{PASSWORD}"));
+    let auth = dir.path().join("auth.json");
+    std::fs::write(
+        &auth,
+        format!(
+            "{{\"auths\": {{\"{}\": {{\"auth\": \"{encoded}\"}}}}}}",
+            reg.host
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &dc,
+        format!(
+            "images:\n  insecureRegistries: [\"{}\"]\n  authFile: {}\n",
+            reg.host,
+            auth.display()
+        ),
+    )
+    .unwrap();
+    let (code, out2, err2) = common::promised(&[
+        "reconcile",
+        "--config",
+        config.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--daemon-config",
+        dc.to_str().unwrap(),
+        "--log",
+        "trace",
+    ]);
+    assert_eq!(code, 0, "{out2}\n{err2}");
+    let file = state_file(
+        &state,
+        "clusters/dev/resources/default/app/private/render/5058f/app.yaml",
+    );
+    assert!(file.contains("name: private"), "{file}");
+
+    // The password is nowhere: not in output or logs (at trace), status, commits or state.
+    let (_, status, _) = common::promised(&[
+        "status",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--output",
+        "json",
+        "--listen",
+        "127.0.0.1:1",
+    ]);
+    let history = common::git(&state.join("state.git"), &["log", "-p", "--all"]);
+    for (what, text) in [
+        ("first pass", format!("{out}{err}")),
+        ("second pass", format!("{out2}{err2}")),
+        ("status", status),
+        ("state store history", history),
+    ] {
+        assert!(!text.contains(PASSWORD), "password in {what}");
+        assert!(!text.contains(&encoded), "encoded credentials in {what}");
+    }
+    let mut stack = vec![state.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                stack.push(p);
+            } else if meta.is_file() && meta.len() < 1 << 20 {
+                let bytes = std::fs::read(&p).unwrap();
+                let text = String::from_utf8_lossy(&bytes);
+                assert!(!text.contains(PASSWORD), "password in {}", p.display());
+                assert!(
+                    !text.contains(&encoded),
+                    "encoded credentials in {}",
+                    p.display()
+                );
+            }
+        }
+    }
+}
