@@ -143,7 +143,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "10m")]
     pub timeout: String,
     /// Daemon config (promised.yaml) whose pipelineSecrets and pipelineConfigMaps settings
-    /// env[].valueFrom reads (without it, every secretKeyRef is refused).
+    /// env[].valueFrom reads (without it, every secretKeyRef is refused), and whose images
+    /// section pulls and runs containers from their images, as promised run does.
     #[arg(long, value_name = "FILE")]
     pub daemon_config: Option<PathBuf>,
     /// Output format.
@@ -378,6 +379,8 @@ fn run_cmd(a: &RunArgs, out: &mut dyn Write) -> Result<i32, String> {
             .map(|p| crate::pipeline::sandbox::Hidden::of(p))
             .collect(),
         env_sources: settings.env_sources(),
+        // The image runtime, as `promised run` has it (the daemon config's `images:`).
+        images: settings.runner().images,
         ..RunnerConfig::default()
     };
     let rt = tokio::runtime::Builder::new_current_thread()
