@@ -180,6 +180,10 @@ fn every_help_is_plain_text_and_ends_with_examples() {
         "run",
         "pipeline",
         "pipeline run",
+        "images",
+        "images pull",
+        "images prune",
+        "images list",
     ] {
         assert!(names.iter().any(|n| n == want), "{want:?} not in {names:?}");
     }

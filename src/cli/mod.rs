@@ -8,6 +8,7 @@
 //! | `status.rs` | `promised status` |
 //! | `run.rs` | `promised run` (the daemon, [`crate::daemon`]) |
 //! | `pipeline.rs` | `promised pipeline run` |
+//! | `images.rs` | `promised images pull`, `prune` and `list` (the image cache) |
 //! | `output.rs` | `--output` formats: text, table, JSON, YAML |
 //! | `stderr.rs` | errors and warnings on stderr (text or JSON lines) |
 //!
@@ -20,6 +21,7 @@
 //! Help is read by users in a terminal: each subcommand's `--help` is plain text (no rustdoc
 //! links or Rust paths) and ends with an `Examples:` block (tests/help.rs checks every one).
 
+pub mod images;
 pub mod output;
 pub mod pipeline;
 pub mod reconcile;
@@ -35,7 +37,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::Source;
 
-pub use output::{OutputFormat, StatusFormat};
+pub use images::ImagesArgs;
+pub use output::{OutputFormat, StatusFormat, TableFormat};
 pub use pipeline::PipelineArgs;
 pub use reconcile::ReconcileArgs;
 pub use run::RunArgs;
@@ -79,7 +82,7 @@ pub struct Cli {
 
 impl Cli {
     /// The log format to start with: `--log-format` (or `PROMISED_LOG_FORMAT`), else
-    /// `logFormat` from the daemon config of `reconcile`, `status` and `run` (file, then
+    /// `logFormat` from the daemon config of `reconcile`, `status`, `run` and `images` (file, then
     /// environment), else `text`. A daemon config that does not load gives `text` here; the
     /// command itself then reports the error. Read once at start (SIGHUP does not change it).
     pub fn log_format(&self) -> crate::settings::LogFormat {
@@ -90,6 +93,7 @@ impl Cli {
             Command::Reconcile(a) => &a.daemon,
             Command::Status(a) => &a.daemon,
             Command::Run(a) => &a.daemon,
+            Command::Images(a) => a.daemon(),
             Command::Validate(_) | Command::Pipeline(_) => return Default::default(),
         };
         daemon
@@ -106,7 +110,8 @@ Examples:
   promised reconcile --config testdata/quickstart
   promised status
   promised run --config https://github.com/acme/platform-config.git --ref main --daemon-config /etc/promised/promised.yaml
-  promised pipeline run --config testdata/quickstart --promise redis --request-name default/example";
+  promised pipeline run --config testdata/quickstart --promise redis --request-name default/example
+  promised images pull --config testdata/quickstart --daemon-config /etc/promised/promised.yaml";
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
@@ -126,6 +131,9 @@ pub enum Command {
     /// Run Promise workflows locally, without a state store (see promised pipeline run).
     #[command(after_help = pipeline::PIPELINE_EXAMPLES)]
     Pipeline(PipelineArgs),
+    /// Pull, prune and list the images of the image runtime (images in the daemon config).
+    #[command(after_help = images::IMAGES_EXAMPLES)]
+    Images(ImagesArgs),
 }
 
 /// Flags shared by commands that use the daemon config.
@@ -186,6 +194,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> i32 {
         Command::Status(a) => status::status_cmd(&a, out),
         Command::Run(a) => run::run_cmd(&a),
         Command::Pipeline(a) => pipeline::run(&a, out),
+        Command::Images(a) => images::run(&a, out),
     }
 }
 

@@ -36,6 +36,34 @@ pub enum StatusFormat {
     Yaml,
 }
 
+/// Output of the `promised images` subcommands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum TableFormat {
+    /// One line per image.
+    #[default]
+    Table,
+    /// JSON (stable keys, for scripts).
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// A byte count for people: `512 B`, `1.5 KiB`, `20.0 MiB`, `3.2 GiB` (powers of 1024, one
+/// decimal).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 /// Writes `value` as one pretty-printed JSON document and a newline. Errors are those of
 /// `out`, or serialisation errors wrapped as [`std::io::Error`].
 pub fn write_json<T: Serialize + ?Sized>(out: &mut dyn Write, value: &T) -> std::io::Result<()> {
@@ -129,4 +157,18 @@ fn write_table(rows: &[StatusRow], out: &mut dyn Write) -> std::io::Result<()> {
 /// message is in `--output json|yaml`).
 fn first_line(message: &str) -> &str {
     message.lines().next().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_bytes;
+
+    #[test]
+    fn human_bytes_for_people() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(20 << 20), "20.0 MiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
 }

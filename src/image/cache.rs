@@ -9,7 +9,8 @@
 //!
 //! Everything is written beside its final name as `.tmp-…` and renamed when complete, so a
 //! half-written blob or half-unpacked root is never used; a crash leaves only `.tmp-…`
-//! entries, removed by [`Layout::open`].
+//! entries (named with the writer's pid), removed by [`Layout::open`] once their writer is no
+//! longer running.
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -76,9 +77,28 @@ pub(crate) fn digest_hex(digest: &str) -> Option<&str> {
     .then_some(hex)
 }
 
+/// Whether the process that writes the temporary entry `name` (`.tmp-<stem>-<pid>-<n>`,
+/// [`Layout::temp_in`]) is still running: another process sharing the cache (`promised images
+/// pull` beside the daemon) or this one (a store opened again on reload) may be writing it
+/// right now. A name without a pid, or a pid not running, is a leftover.
+fn writer_alive(name: &str) -> bool {
+    let mut parts = name.rsplitn(3, '-');
+    let (Some(n), Some(pid)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    if n.parse::<u64>().is_err() {
+        return false;
+    }
+    match pid.parse::<u32>() {
+        Ok(pid) if pid > 0 => Path::new("/proc").join(pid.to_string()).exists(),
+        _ => false,
+    }
+}
+
 impl Layout {
     /// Creates the directories under `dir` and removes what an interrupted run left behind
-    /// (`.tmp-…` entries). One store per cache directory at a time.
+    /// (`.tmp-…` entries of processes no longer running: several stores, in this process or
+    /// another one such as `promised images pull` beside the daemon, may share the cache).
     pub fn open(dir: &Path) -> Result<Layout, ImageError> {
         let layout = Layout {
             dir: dir.to_path_buf(),
@@ -88,7 +108,9 @@ impl Layout {
             std::fs::create_dir_all(&d).map_err(|e| ImageError::io("create", &d, e))?;
             for entry in std::fs::read_dir(&d).map_err(|e| ImageError::io("list", &d, e))? {
                 let entry = entry.map_err(|e| ImageError::io("list", &d, e))?;
-                if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(TMP_PREFIX) && !writer_alive(&name) {
                     tracing::info!(path = %entry.path().display(), "image cache: removing an unfinished download or unpack");
                     remove_path(&entry.path())
                         .map_err(|e| ImageError::io("remove", entry.path(), e))?;
@@ -323,13 +345,23 @@ mod tests {
     }
 
     #[test]
-    fn open_removes_leftovers() {
+    fn open_removes_leftovers_of_processes_no_longer_running() {
         let d = tempfile::tempdir().unwrap();
         let layout = Layout::open(d.path()).unwrap();
-        let t = layout.temp_in(&layout.roots_dir(), "x");
-        std::fs::create_dir_all(t.join("rootfs/a")).unwrap();
+        // No process has this pid (above any pid_max).
+        let dead = layout
+            .roots_dir()
+            .join(format!("{TMP_PREFIX}x-{}-0", u32::MAX));
+        std::fs::create_dir_all(dead.join("rootfs/a")).unwrap();
+        let nameless = layout.blobs_dir().join(format!("{TMP_PREFIX}junk"));
+        std::fs::write(&nameless, b"x").unwrap();
+        // This process is alive: what it writes stays while another store opens the cache.
+        let live = layout.temp_in(&layout.roots_dir(), "x");
+        std::fs::create_dir_all(live.join("rootfs/a")).unwrap();
         drop(layout);
         Layout::open(d.path()).unwrap();
-        assert!(!t.exists());
+        assert!(!dead.exists());
+        assert!(!nameless.exists());
+        assert!(live.exists());
     }
 }

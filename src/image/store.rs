@@ -87,7 +87,9 @@ fn now_ms() -> u64 {
 
 impl ImageStore {
     /// Opens (creating it if needed) the cache at [`ImageSettings::cache_dir`], default
-    /// `<state_dir>/images`, and removes what an interrupted run left behind. `network`
+    /// `<state_dir>/images`, and removes what an interrupted run left behind (temporary
+    /// entries of processes no longer running: a daemon's pull under way is left alone by a
+    /// second store opened on its cache, e.g. by `promised images pull`). `network`
     /// bounds connecting (`connect`), silences (`read`) and each manifest request
     /// (`operation`); a layer download is bounded by `read` only, since a large layer may
     /// legitimately take longer than `operation`.
