@@ -16,7 +16,10 @@
 //! private mount namespace (`unshare -Urm`, then `mount -t overlay`, then bubblewrap with the
 //! merged tree as `/`). Nothing a run writes reaches the image or another run, and everything
 //! goes away with the namespace when the run ends (measured in
-//! `../shared/reference/oci-images.md` §4: about 11 ms per container).
+//! `../shared/reference/oci-images.md` §4: about 11 ms per container). `/tmp` is the image's
+//! own, writable on that overlay like the rest of the root, as in a container: images put
+//! files there (the marketplace pipelines `ADD resources/ /tmp/transfer/`), so no tmpfs hides
+//! it; an image without `/tmp` has none, as on Kubernetes.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -367,8 +370,6 @@ pub fn invocation_args(spec: &OverlaySpec<'_>) -> (OsString, Vec<OsString>) {
         os("/proc"),
         os("--dev"),
         os("/dev"),
-        os("--tmpfs"),
-        os("/tmp"),
         os("--ro-bind"),
         p(spec.input),
         os("/kratix/input"),
