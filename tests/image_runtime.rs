@@ -178,8 +178,19 @@ fn images_run_unchanged_each_request_in_a_root_of_its_own() {
         request(&config, n);
     }
     let dc = daemon_config(dir.path(), &reg, 8);
+    let runs = dir.path().join("runs");
+    let text = std::fs::read_to_string(&dc).unwrap();
+    std::fs::write(&dc, format!("{text}runDir: {}\n", runs.display())).unwrap();
     let (code, out, err) = reconcile(&config, &state, &dc);
     assert_eq!(code, 0, "{out}\n{err}");
+    // Nothing of the runs is left: their directories (contract dirs, overlay mount points)
+    // went with them, and their writable roots with their mount namespaces.
+    assert!(runs.is_dir(), "the runs were made under {}", runs.display());
+    let left: Vec<_> = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "left after the runs: {left:?}");
     for n in &names {
         let file = state_file(
             &state,
