@@ -851,6 +851,7 @@ fn redis_config(tmp: &Path, redis: &Path) -> RunnerConfig {
                 },
             ],
             network: false,
+            ..Default::default()
         },
     )]);
     config
@@ -1207,6 +1208,7 @@ async fn no_host_secret_is_visible_in_the_sandbox() {
                 writable: false,
             }],
             network: false,
+            ..Default::default()
         },
     )]);
     let (a, b) = token.split_at(16);
