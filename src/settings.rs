@@ -177,7 +177,8 @@ pub struct Settings {
     pub max_output_bytes: u64,
     /// Captured stdout/stderr per container, in bytes (the tail is kept). Default 1 MiB.
     pub max_log_bytes: usize,
-    /// Image reference → host command and mounts.
+    /// Image reference → host command, mounts, working directory, environment and scratch
+    /// directories ([`ImageOverride`]).
     pub image_overrides: BTreeMap<String, ImageOverride>,
     /// The image runtime (README "Images"): when set (`images: {}` is enough), a container
     /// whose image has no override is pulled from its registry and run inside the image's
@@ -340,6 +341,7 @@ impl Settings {
             }
         }
         s.check_pipeline_dirs()?;
+        crate::pipeline::check_overrides(&s.image_overrides).map_err(SettingsError)?;
         Ok(s)
     }
 

@@ -851,6 +851,7 @@ fn redis_config(tmp: &Path, redis: &Path) -> RunnerConfig {
                 },
             ],
             network: false,
+            ..Default::default()
         },
     )]);
     config
@@ -1207,6 +1208,7 @@ async fn no_host_secret_is_visible_in_the_sandbox() {
                 writable: false,
             }],
             network: false,
+            ..Default::default()
         },
     )]);
     let (a, b) = token.split_at(16);
@@ -1493,4 +1495,258 @@ echo "stdout says hello"; echo "stderr says hello" >&2"#;
         assert!(r.pipelines[0].logs.is_empty(), "no container ran");
         assert!(!e.contains(&secret));
     }
+}
+
+/// A stand-in for an image like the marketplace runtime one: its script (under a read-only
+/// mount) writes `deployment.yaml` into its working directory with a tool found through the
+/// override's `PATH`, waits at a barrier until `$BARRIER` runs have written theirs (through a
+/// writable mount, shared on purpose), then copies the file to the output with the variables
+/// it sees. A `deployment.yaml` there already (another run's) fails it.
+fn scratch_image(tmp: &Path) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let img = tmp.join("img");
+    std::fs::create_dir_all(img.join("bin")).unwrap();
+    let files = [
+        (
+            "configure",
+            r#"#!/bin/sh
+set -eu
+if [ -e deployment.yaml ]; then echo "$(pwd)/deployment.yaml is there already" >&2; exit 3; fi
+name=$(sed -n 's/^  name: *//p' /kratix/input/object.yaml | head -n1)
+stamp "$name" > deployment.yaml
+touch "/sync/$name"
+i=0
+while [ "$(ls /sync | wc -l)" -lt "$BARRIER" ] && [ "$i" -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+{
+  echo "pwd: $(pwd)"
+  echo "greeting: $GREETING"
+  echo "kratix: $KRATIX_OBJECT_NAME"
+  echo "own: $OWN"
+} >> deployment.yaml
+cp deployment.yaml /kratix/output/deployment.yaml
+"#,
+        ),
+        ("bin/stamp", "#!/bin/sh\necho \"name: $1\"\n"),
+    ];
+    for (f, text) in files {
+        std::fs::write(img.join(f), text).unwrap();
+        std::fs::set_permissions(img.join(f), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let sync = tmp.join("sync");
+    std::fs::create_dir_all(&sync).unwrap();
+    (img, sync)
+}
+
+/// The override for [`scratch_image`] (YAML as in the daemon config), `extra` appended.
+fn scratch_override(img: &Path, sync: &Path, barrier: usize, extra: &str) -> ImageOverride {
+    let yaml = format!(
+        "command: [/opt/img/configure]\nmounts:\n  - {{host: {}, target: /opt/img}}\n  - {{host: {}, target: /sync, writable: true}}\nenv:\n  PATH: /opt/img/bin:/usr/bin:/bin\n  GREETING: hello\n  BARRIER: \"{barrier}\"\n  KRATIX_OBJECT_NAME: from-the-override\n  OWN: from-the-override\n{extra}",
+        img.display(),
+        sync.display()
+    );
+    serde_saphyr::from_str(&yaml).unwrap()
+}
+
+/// A container of the override's image without a command, with its own `OWN`.
+fn scratch_pipeline() -> Pipeline {
+    let mut c = container("runtime", "");
+    c.command = None;
+    c.image = "ghcr.io/example/runtime:v1".into();
+    c.env.push(EnvVar {
+        name: "OWN".into(),
+        value: Some("from-the-container".into()),
+        value_from: None,
+    });
+    pipeline("instance", vec![c])
+}
+
+fn request_input<'a>(ps: &'a [Pipeline], name: &str) -> WorkflowInput<'a> {
+    let mut i = input(WorkflowType::Resource, Action::Configure, ps);
+    i.object.name = name.into();
+    i.object_yaml = OBJECT.replace("name: example", &format!("name: {name}"));
+    i
+}
+
+/// Every file left under the work directory (the per-process directories themselves aside).
+fn left_in_runs(work_dir: &Path) -> Vec<PathBuf> {
+    let mut left = Vec::new();
+    for proc_dir in std::fs::read_dir(work_dir).unwrap().flatten() {
+        left.extend(
+            std::fs::read_dir(proc_dir.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.path()),
+        );
+    }
+    left
+}
+
+#[tokio::test]
+async fn image_override_working_dir_env_and_private_scratch() {
+    need_bwrap!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (img, sync) = scratch_image(tmp.path());
+    let mut config = cfg(tmp.path());
+    let over = scratch_override(&img, &sync, 1, "workingDir: /work\nscratch: [/work]\n");
+    promised::pipeline::check_overrides(&BTreeMap::from([("x".to_string(), over.clone())]))
+        .unwrap();
+    config
+        .image_overrides
+        .insert("ghcr.io/example/runtime:v1".into(), over);
+    let ps = [scratch_pipeline()];
+    let r = run_workflow(&config, &request_input(&ps, "one")).await;
+    assert!(r.succeeded(), "{r:#?}");
+    // The tool came from the override's PATH; the KRATIX_* variables and the container's own
+    // env win over the override's.
+    assert_eq!(
+        file(&r, 0, "deployment.yaml"),
+        "name: one\npwd: /work\ngreeting: hello\nkratix: one\nown: from-the-container\n"
+    );
+    assert_eq!(left_in_runs(&config.work_dir), Vec::<PathBuf>::new());
+
+    // 8 runs at once (all waiting at the barrier, so their scratch directories exist at the
+    // same time): none finds another's file, each outputs only its own request's data.
+    std::fs::remove_dir_all(&sync).unwrap();
+    std::fs::create_dir(&sync).unwrap();
+    config.image_overrides.insert(
+        "ghcr.io/example/runtime:v1".into(),
+        scratch_override(&img, &sync, 8, "workingDir: /work\nscratch: [/work]\n"),
+    );
+    let names: Vec<String> = (0..8).map(|i| format!("req-{i}")).collect();
+    let inputs: Vec<_> = names.iter().map(|n| request_input(&ps, n)).collect();
+    let results =
+        futures_util::future::join_all(inputs.iter().map(|i| run_workflow(&config, i))).await;
+    for (name, r) in names.iter().zip(&results) {
+        assert!(r.succeeded(), "{name}: {r:#?}");
+        assert_eq!(
+            file(r, 0, "deployment.yaml"),
+            format!(
+                "name: {name}\npwd: /work\ngreeting: hello\nkratix: {name}\nown: from-the-container\n"
+            )
+        );
+    }
+    assert_eq!(std::fs::read_dir(&sync).unwrap().count(), 8);
+    assert_eq!(left_in_runs(&config.work_dir), Vec::<PathBuf>::new());
+}
+
+#[tokio::test]
+async fn image_override_without_scratch_fails_read_only() {
+    need_bwrap!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (img, sync) = scratch_image(tmp.path());
+    let mut config = cfg(tmp.path());
+    // The marketplace runtime image's case: the working directory is `/`.
+    config.image_overrides.insert(
+        "ghcr.io/example/runtime:v1".into(),
+        scratch_override(&img, &sync, 1, ""),
+    );
+    let ps = [scratch_pipeline()];
+    let r = run_workflow(&config, &request_input(&ps, "one")).await;
+    let e = err(&r);
+    assert!(e.contains("deployment.yaml: Read-only file system"), "{e}");
+    assert!(
+        e.contains("list it in the image override's `scratch`"),
+        "{e}"
+    );
+    assert_eq!(left_in_runs(&config.work_dir), Vec::<PathBuf>::new());
+}
+
+#[tokio::test]
+async fn image_override_without_sandbox_refuses_scratch_and_applies_working_dir_and_env() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = cfg(tmp.path());
+    config.sandbox = SandboxMode::None;
+    let wd = tmp.path().join("wd");
+    std::fs::create_dir(&wd).unwrap();
+    let over: ImageOverride = serde_saphyr::from_str(&format!(
+        "command: [sh, -c, 'pwd > $KRATIX_OUTPUT_DIR/pwd; echo $GREETING > $KRATIX_OUTPUT_DIR/greeting']\nworkingDir: {}\nenv: [{{name: GREETING, value: hi}}]\n",
+        wd.display()
+    ))
+    .unwrap();
+    config
+        .image_overrides
+        .insert("ghcr.io/example/runtime:v1".into(), over.clone());
+    let mut c = container("c", "");
+    c.command = None;
+    c.image = "ghcr.io/example/runtime:v1".into();
+    let ps = [pipeline("p", vec![c])];
+    let r = run_workflow(&config, &request_input(&ps, "one")).await;
+    assert!(r.succeeded(), "{r:#?}");
+    assert_eq!(file(&r, 0, "pwd"), format!("{}\n", wd.display()));
+    assert_eq!(file(&r, 0, "greeting"), "hi\n");
+    config.image_overrides.insert(
+        "ghcr.io/example/runtime:v1".into(),
+        ImageOverride {
+            scratch: vec!["/work".into()],
+            ..over
+        },
+    );
+    let r = run_workflow(&config, &request_input(&ps, "one")).await;
+    assert!(
+        matches!(r.error(), Some(Error::MountsNeedSandbox { .. })),
+        "{r:#?}"
+    );
+    assert!(err(&r).contains("scratch"), "{}", err(&r));
+}
+
+#[test]
+fn invalid_scratch_paths_are_refused_when_the_config_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("promised.yaml");
+    let load = |scratch: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "imageOverrides:\n  ghcr.io/example/runtime:v1:\n    command: [run]\n    workingDir: /work\n    env: {{PATH: /usr/bin}}\n    scratch: {scratch}\n"
+            ),
+        )
+        .unwrap();
+        promised::settings::Settings::load(
+            Some(&file),
+            json!({"stateDir": tmp.path().join("state")})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )
+    };
+    let s = load("[/work, /var/cache/app]").unwrap();
+    let o = &s.image_overrides["ghcr.io/example/runtime:v1"];
+    assert_eq!(o.scratch, ["/work", "/var/cache/app"]);
+    assert_eq!(o.working_dir.as_deref(), Some("/work"));
+    assert_eq!(o.env[0].name, "PATH");
+    for (bad, why) in [
+        ("work", "is not an absolute path"),
+        ("/", "is the root"),
+        ("/work/../etc", "is not a normalized path"),
+        ("/kratix/output", "is under /kratix"),
+        ("/proc/self", "is under /proc or /dev"),
+        ("/dev", "is under /proc or /dev"),
+    ] {
+        let e = load(&format!("[\"{bad}\"]")).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "imageOverrides[\"ghcr.io/example/runtime:v1\"].scratch: \"{bad}\" {why}"
+            )),
+            "{bad}: {e}"
+        );
+    }
+    // `promised pipeline run --image-overrides FILE` refuses them too (exit 2).
+    let overrides = tmp.path().join("overrides.yaml");
+    std::fs::write(
+        &overrides,
+        "ghcr.io/example/runtime:v1:\n  command: [run]\n  scratch: [/kratix/x]\n",
+    )
+    .unwrap();
+    let (code, _) = cli(&[
+        "promised",
+        "pipeline",
+        "run",
+        "--config",
+        &repo(),
+        "--promise",
+        "app",
+        "--image-overrides",
+        overrides.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
 }

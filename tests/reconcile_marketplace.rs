@@ -108,7 +108,7 @@ fn setup(mp: &Path) -> World {
         )],
     );
     yaml += &format!(
-        "  ghcr.io/syntasso/kratix-marketplace/runtime-configure-pipeline:v0.1.0:\n    mounts:\n      - {{host: \"{}\", target: /usr/local/bin}}\n",
+        "  ghcr.io/syntasso/kratix-marketplace/runtime-configure-pipeline:v0.1.0:\n    mounts:\n      - {{host: \"{}\", target: /usr/local/bin}}\n    workingDir: /work\n    scratch: [/work]\n",
         images.join("runtime-configure-pipeline/bin").display()
     );
     std::fs::write(&daemon_config, yaml).unwrap();

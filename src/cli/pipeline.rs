@@ -130,7 +130,8 @@ pub struct RunArgs {
     #[arg(long = "mount", value_name = "IMAGE:HOST:TARGET")]
     pub mount: Vec<String>,
     /// YAML map of image overrides, shaped like imageOverrides in the daemon config: image
-    /// to command, mounts and network. Relative host paths are relative to the file's folder.
+    /// to command, mounts, network, workingDir, env and scratch. Relative host paths are
+    /// relative to the file's folder.
     #[arg(long, value_name = "FILE")]
     pub image_overrides: Option<PathBuf>,
     /// How containers are isolated.
@@ -193,6 +194,7 @@ pub fn image_overrides(a: &RunArgs) -> Result<BTreeMap<String, ImageOverride>, S
             }
             map.insert(k, v);
         }
+        crate::pipeline::check_overrides(&map).map_err(|e| format!("{}: {e}", f.display()))?;
     }
     for s in &a.image_override {
         let (image, cmd) = s

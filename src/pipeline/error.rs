@@ -62,9 +62,9 @@ pub enum Error {
         /// `sandbox: none`.
         hint: String,
     },
-    /// Image-override mounts need the bwrap sandbox.
+    /// Image-override mounts and scratch directories need the bwrap sandbox.
     #[error(
-        "image {image:?} needs mounts, which `sandbox: none` cannot provide; use `sandbox: bwrap`"
+        "image {image:?} needs mounts or scratch directories, which `sandbox: none` cannot provide; use `sandbox: bwrap`"
     )]
     MountsNeedSandbox {
         /// The image reference.

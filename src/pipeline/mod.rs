@@ -26,9 +26,12 @@
 //!   the scripts should use another extension (e.g. `deployment.yaml.tmpl`), as in
 //!   `testdata/pipeline-repo/promises/app/`.
 //! - **Image overrides:** [`RunnerConfig::image_overrides`] maps an exact image reference to a
-//!   host command and extra mounts (e.g. `/tmp/transfer` → the image's assets). A container's
-//!   own `command` still wins (Kubernetes semantics: `command` replaces the entrypoint); a
-//!   container without `command` uses the override's. `args` are always the container's.
+//!   host command and extra mounts (e.g. `/tmp/transfer` → the image's assets), and may give
+//!   what the image would: a `workingDir`, `env` (before the `KRATIX_*` variables and the
+//!   container's own `env`, which win) and `scratch` directories, fresh, empty and writable for
+//!   each container run ([`overrides`]). A container's own `command` and `workingDir` still
+//!   win (Kubernetes semantics: `command` replaces the entrypoint); a container without
+//!   `command` uses the override's. `args` are always the container's.
 //! - **`env[].valueFrom`:** `fieldRef` (the pod Kratix would run), `secretKeyRef` (allowed
 //!   pipeline Secrets) and `configMapKeyRef`, resolved for every container before the first
 //!   starts ([`mod@env`]); bwrap gets the environment as its own, never on its command line.
@@ -39,10 +42,11 @@
 //!   user namespaces. There is no mount namespace, so the contract directories are *not* at `/kratix/...`: the process gets `KRATIX_INPUT_DIR`,
 //!   `KRATIX_OUTPUT_DIR`, `KRATIX_METADATA_DIR` and `KRATIX_PROMISE_DIR` (host paths), a
 //!   leading `/promise/` in `command[0]` is rewritten to the Promise folder, and image
-//!   override mounts are refused. Scripts must honour these variables. No isolation at all.
+//!   override mounts and scratch directories are refused (an override's `workingDir`, a host
+//!   path then, and `env` apply). Scripts must honour these variables. No isolation at all.
 //!
-//! Files: this one holds the runner's settings ([`RunnerConfig`], [`ImageOverride`],
-//! [`Mount`], [`SandboxMode`]) and the workflow vocabulary ([`WorkflowType`], [`Action`],
+//! Files: this one holds the runner's settings ([`RunnerConfig`], [`Mount`],
+//! [`SandboxMode`]; [`ImageOverride`] is in `overrides.rs`) and the workflow vocabulary ([`WorkflowType`], [`Action`],
 //! [`ObjectIdentity`]); `workflow.rs` runs a workflow ([`WorkflowInput`], [`run_workflow`],
 //! [`WorkflowResult`]), `run.rs` one Pipeline and its containers, `error.rs` holds [`Error`].
 
@@ -52,6 +56,7 @@ mod error;
 pub mod metadata;
 pub mod oci;
 pub mod output;
+pub mod overrides;
 mod run;
 pub mod rundir;
 pub mod runtime;
@@ -67,6 +72,7 @@ use serde::{Deserialize, Serialize};
 pub use error::Error;
 pub use metadata::{DestinationSelector, WorkflowControl, merge_status};
 pub use output::OutputFile;
+pub use overrides::{EnvEntry, ImageOverride, check_overrides};
 pub use workflow::{
     ContainerLog, Outcome, PipelineResult, RanImage, WorkflowInput, WorkflowResult, run_workflow,
     with_status,
@@ -153,23 +159,6 @@ pub struct Mount {
     /// Mount read-write (default read-only).
     #[serde(default)]
     pub writable: bool,
-}
-
-/// How the process runtime runs one container image (YAML: `{command: [..], mounts:
-/// [{host, target, writable}], network: bool}`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ImageOverride {
-    /// Host command standing in for the image entrypoint; used when the container has no
-    /// `command`. Paths are as seen inside the sandbox (so a mounted script works).
-    #[serde(default)]
-    pub command: Vec<String>,
-    /// Mounts the image's scripts expect (e.g. `/tmp/transfer`).
-    #[serde(default)]
-    pub mounts: Vec<Mount>,
-    /// Allow network access for containers of this image.
-    #[serde(default)]
-    pub network: bool,
 }
 
 /// Runner settings (the daemon config's pipeline section).

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use super::oci::image_invocation;
 use super::{
     Action, ContainerLog, Error, Mount, NETWORK_ANNOTATION, Outcome, PipelineResult, RanImage,
-    RunnerConfig, SandboxMode, WorkflowInput, contract, env, metadata, output, runtime, sandbox,
+    RunnerConfig, SandboxMode, WorkflowInput, contract, env, metadata, output, overrides, runtime,
+    sandbox,
 };
 use crate::model::Pipeline;
 
@@ -84,7 +85,7 @@ async fn run_pipeline_inner(
         )?);
         envs.push(env);
     }
-    for (c, env) in p.spec.containers.iter().zip(envs) {
+    for (ci, (c, env)) in p.spec.containers.iter().zip(envs).enumerate() {
         let over = cfg.image_overrides.get(&c.image);
         // An image override wins over a pull; without one, the image runtime runs the image
         // when the daemon config has `images:` (README "Images").
@@ -95,6 +96,7 @@ async fn run_pipeline_inner(
             ),
             _ => None,
         };
+        let process_runtime = image_run.is_none();
         let (inv, sandbox_note, command0, mounts) = if let Some(run) = image_run {
             res.images.push(RanImage {
                 container: c.name.clone(),
@@ -120,25 +122,48 @@ async fn run_pipeline_inner(
             let network =
                 cfg.allow_network || pipeline_network || over.map(|o| o.network).unwrap_or(false);
             let mounts: &[Mount] = over.map(|o| o.mounts.as_slice()).unwrap_or(&[]);
+            // The override stands in for the image: its `env` comes first (the `KRATIX_*`
+            // variables and the container's own `env` win), its `workingDir` when the
+            // container has none.
+            let env: Vec<(String, String)> = over
+                .into_iter()
+                .flat_map(|o| o.env_pairs())
+                .chain(env)
+                .collect();
+            let working_dir = c
+                .working_dir
+                .as_deref()
+                .or(over.and_then(|o| o.working_dir.as_deref()));
             let (inv, sandbox_note) = match cfg.sandbox {
                 SandboxMode::Bwrap => {
                     let (input_dir, output_dir, meta_dir) =
                         (dirs.input(), dirs.output(), dirs.metadata());
                     sandbox::check_mounts(&c.image, mounts, &cfg.hidden)?;
+                    // Fresh scratch directories for this container run, bound after the
+                    // override's mounts (so one may lie below a mount).
+                    let scratch = match over {
+                        Some(o) => overrides::scratch_mounts(o, dirs.root(), ci)?,
+                        None => Vec::new(),
+                    };
+                    let scratch_note: String = scratch
+                        .iter()
+                        .map(|m| format!(", private scratch {}", m.target))
+                        .collect();
+                    let all_mounts: Vec<Mount> = mounts.iter().cloned().chain(scratch).collect();
                     let spec = sandbox::SandboxSpec {
                         input: &input_dir,
                         output: &output_dir,
                         metadata: &meta_dir,
                         promise_dir: input.promise_dir.as_deref(),
-                        mounts,
+                        mounts: &all_mounts,
                         network,
-                        working_dir: c.working_dir.as_deref(),
+                        working_dir,
                         env: &env,
                         argv: &argv,
                         hidden: &cfg.hidden,
                     };
                     let note = format!(
-                        "; sandbox: network {}, read-only root file system, writable only /kratix/output, /kratix/metadata and a private /tmp",
+                        "; sandbox: network {}, read-only root file system, writable only /kratix/output, /kratix/metadata, a private /tmp{scratch_note}",
                         if network { "on" } else { "off" }
                     );
                     (
@@ -156,7 +181,7 @@ async fn run_pipeline_inner(
                     )
                 }
                 SandboxMode::None => {
-                    if !mounts.is_empty() {
+                    if !mounts.is_empty() || over.is_some_and(|o| !o.scratch.is_empty()) {
                         return Err(Error::MountsNeedSandbox {
                             image: c.image.clone(),
                         });
@@ -166,7 +191,7 @@ async fn run_pipeline_inner(
                     {
                         *first = pd.join(rest).to_string_lossy().into_owned();
                     }
-                    let mut env = env.clone();
+                    let mut env = env;
                     env.insert(0, ("PATH".into(), sandbox::DEFAULT_PATH.into()));
                     for (k, v) in [
                         ("KRATIX_INPUT_DIR", dirs.input()),
@@ -189,8 +214,7 @@ async fn run_pipeline_inner(
                             args,
                             env,
                             cwd: Some(
-                                c.working_dir
-                                    .as_ref()
+                                working_dir
                                     .map(PathBuf::from)
                                     .unwrap_or_else(|| dirs.root().to_path_buf()),
                             ),
@@ -242,13 +266,23 @@ async fn run_pipeline_inner(
             } else {
                 String::new()
             };
+            // The process runtime's root is read-only where an image's is writable: say how
+            // to give the command a writable directory.
+            let ro_hint = if process_runtime
+                && cfg.sandbox == SandboxMode::Bwrap
+                && finished.stderr.contains("Read-only file system")
+            {
+                "; to let the command write in a directory such as its working directory, list it in the image override's `scratch` (README \"Image overrides\")"
+            } else {
+                ""
+            };
             return Err(Error::ContainerFailed {
                 pipeline: pname.into(),
                 container: c.name.clone(),
                 exit_code: finished.exit_code,
                 signal: finished.signal,
                 stderr_tail,
-                sandbox_note: hint + &sandbox_note,
+                sandbox_note: hint + &sandbox_note + ro_hint,
             });
         }
     }
