@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use statestores::{ChangeSet, CommitMeta, FileWrite, Owner, PlacementWrite};
+use statestores::{ChangeSet, CommitMeta, FileWrite, Owner, PlacementWrite, StateStore};
 
 use super::destinations::{configured_stores, dest_mode};
 use super::place::aggregate_order;
@@ -24,84 +24,84 @@ use crate::state::{FileRecord, PlacementRecord, sha256_hex};
 use crate::validate::ValidConfig;
 
 impl Engine {
-    /// Opens a state store object for every GitStateStore in the config and runs its
-    /// write-permission check once. Returns `<kind>/<name>` → error for stores that cannot be used.
+    /// Opens a state store object for every GitStateStore and BucketStateStore in the config
+    /// (again only when its spec changed) and runs its write-permission check once. Returns
+    /// `<kind>/<name>` → error for stores that cannot be used.
     pub(super) async fn open_stores(&mut self, cfg: &ValidConfig) -> BTreeMap<String, String> {
         let mut errors = BTreeMap::new();
         for s in &cfg.git_state_stores {
-            let key = format!("GitStateStore/{}", s.id.name);
             let mut spec = s.object.spec.clone();
             if let Some(resolved) = resolve_local_url(&spec.url, self.dir.root()) {
                 spec.url = resolved;
             }
-            let spec_hash = spec_hash(&spec);
-            if self.stores.get(&key).is_none_or(|(h, _)| *h != spec_hash) {
-                let mut opts = statestores::GitOptions::new(self.dir.stores_dir());
-                opts.insecure_skip_tls_verify = self.settings.git.insecure_skip_tls_verify;
-                opts.secrets_dir = self.settings.secrets_dir.clone();
-                opts.max_push_attempts = self.settings.git.max_push_attempts.max(1);
-                opts.trust_head_for = self.settings.git.drift_check_interval;
-                opts.network = self.settings.network.timeouts();
-                match statestores::GitStateStore::open(&s.id.name, spec, opts) {
-                    Ok(store) => {
-                        self.stores
-                            .insert(key.clone(), (spec_hash, Arc::new(store)));
-                        self.checked.remove(&key);
-                    }
-                    Err(e) => {
-                        errors.insert(key, e.to_string());
-                        continue;
-                    }
-                }
-            }
-            if !self.checked.contains(&key) {
-                let store = self.stores[&key].1.clone();
-                match store.check().await {
-                    Ok(()) => {
-                        self.checked.insert(key);
-                    }
-                    Err(e) => {
-                        errors.insert(key, format!("write-permission check failed: {e}"));
-                    }
-                }
-            }
+            let mut opts = statestores::GitOptions::new(self.dir.stores_dir());
+            opts.insecure_skip_tls_verify = self.settings.git.insecure_skip_tls_verify;
+            opts.secrets_dir = self.settings.secrets_dir.clone();
+            opts.max_push_attempts = self.settings.git.max_push_attempts.max(1);
+            opts.trust_head_for = self.settings.git.drift_check_interval;
+            opts.network = self.settings.network.timeouts();
+            let name = &s.id.name;
+            let hash = spec_hash(&spec);
+            let open = || {
+                statestores::GitStateStore::open(name, spec, opts)
+                    .map(|s| Arc::new(s) as Arc<dyn StateStore>)
+            };
+            self.keep_open(format!("GitStateStore/{name}"), hash, open, &mut errors)
+                .await;
         }
         for s in &cfg.bucket_state_stores {
-            let key = format!("BucketStateStore/{}", s.id.name);
             let spec = s.object.spec.clone();
-            let spec_hash = spec_hash(&spec);
-            if self.stores.get(&key).is_none_or(|(h, _)| *h != spec_hash) {
-                let opts = statestores::s3::S3Options {
-                    secrets_dir: self.settings.secrets_dir.clone(),
-                    state_dir: Some(self.dir.stores_dir()),
-                    network: self.settings.network.timeouts(),
-                    ..Default::default()
-                };
-                match statestores::S3StateStore::open(&s.id.name, spec, opts) {
-                    Ok(store) => {
-                        self.stores
-                            .insert(key.clone(), (spec_hash, Arc::new(store)));
-                        self.checked.remove(&key);
-                    }
-                    Err(e) => {
-                        errors.insert(key, e.to_string());
-                        continue;
-                    }
+            let opts = statestores::s3::S3Options {
+                secrets_dir: self.settings.secrets_dir.clone(),
+                state_dir: Some(self.dir.stores_dir()),
+                network: self.settings.network.timeouts(),
+                ..Default::default()
+            };
+            let name = &s.id.name;
+            let hash = spec_hash(&spec);
+            let open = || {
+                statestores::S3StateStore::open(name, spec, opts)
+                    .map(|s| Arc::new(s) as Arc<dyn StateStore>)
+            };
+            self.keep_open(format!("BucketStateStore/{name}"), hash, open, &mut errors)
+                .await;
+        }
+        errors
+    }
+
+    /// Keeps state store `key` open with the spec of hash `spec_hash` (opened with `open` when
+    /// new or when its spec changed) and runs its write-permission check once; why it cannot be
+    /// used goes into `errors`.
+    async fn keep_open<E: std::fmt::Display>(
+        &mut self,
+        key: String,
+        spec_hash: String,
+        open: impl FnOnce() -> Result<Arc<dyn StateStore>, E>,
+        errors: &mut BTreeMap<String, String>,
+    ) {
+        if self.stores.get(&key).is_none_or(|(h, _)| *h != spec_hash) {
+            match open() {
+                Ok(store) => {
+                    self.stores.insert(key.clone(), (spec_hash, store));
+                    self.checked.remove(&key);
                 }
-            }
-            if !self.checked.contains(&key) {
-                let store = self.stores[&key].1.clone();
-                match store.check().await {
-                    Ok(()) => {
-                        self.checked.insert(key);
-                    }
-                    Err(e) => {
-                        errors.insert(key, format!("write-permission check failed: {e}"));
-                    }
+                Err(e) => {
+                    errors.insert(key, e.to_string());
+                    return;
                 }
             }
         }
-        errors
+        if !self.checked.contains(&key) {
+            let store = self.stores[&key].1.clone();
+            match store.check().await {
+                Ok(()) => {
+                    self.checked.insert(key);
+                }
+                Err(e) => {
+                    errors.insert(key, format!("write-permission check failed: {e}"));
+                }
+            }
+        }
     }
 
     /// The change set of every state store: placements that changed or were removed, rebuilt
