@@ -576,11 +576,7 @@ fn write_prune_table(r: &PruneOutput, out: &mut dyn Write) -> std::io::Result<()
                 "{what:<7}  {}  {:>9}  {}",
                 l.digest,
                 human_bytes(l.size),
-                if l.references.is_empty() {
-                    "-".to_string()
-                } else {
-                    l.references.join(",")
-                }
+                references_text(&l.references)
             )?;
         }
     }
@@ -594,6 +590,15 @@ fn write_prune_table(r: &PruneOutput, out: &mut dyn Write) -> std::io::Result<()
         human_bytes(r.removed_blob_bytes),
         count(r.kept.len(), "image")
     )
+}
+
+/// An image's references for a table cell: comma-separated, `-` when none.
+fn references_text(references: &[String]) -> String {
+    if references.is_empty() {
+        "-".to_string()
+    } else {
+        references.join(",")
+    }
 }
 
 /// `1 image`, `2 images`.
@@ -629,11 +634,7 @@ fn list_cmd(a: &ListArgs, out: &mut dyn Write) -> i32 {
                     "{:<dw$}  {:>9}  {}",
                     l.digest,
                     human_bytes(l.size),
-                    if l.references.is_empty() {
-                        "-".to_string()
-                    } else {
-                        l.references.join(",")
-                    }
+                    references_text(&l.references)
                 )?;
             }
             writeln!(
