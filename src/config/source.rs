@@ -101,7 +101,7 @@ pub struct RawFile {
     /// Repository-relative path, `/`-separated.
     pub path: String,
     /// File contents. Empty when the reader was told it already has this blob
-    /// ([`read_git_commit`]'s `want`); `oid` then names the content.
+    /// ([`GitRepo::read_commit`]'s `want`); `oid` then names the content.
     pub bytes: Vec<u8>,
     /// The executable bit (Git mode 100755, or any execute bit on disk).
     pub executable: bool,
