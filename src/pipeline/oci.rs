@@ -286,6 +286,7 @@ pub(super) async fn image_invocation(
         output: &output_dir,
         metadata: &meta_dir,
         promise_dir: input.promise_dir.as_deref(),
+        hidden: &cfg.hidden,
         network,
         process: &process,
     };
@@ -340,6 +341,9 @@ pub struct OverlaySpec<'a> {
     pub metadata: &'a Path,
     /// Host directory mounted read-only at `/promise`.
     pub promise_dir: Option<&'a Path>,
+    /// Host paths no pipeline may see, masked where the `/promise` bind would expose them
+    /// (the state directory inside a Promise folder, say), as the host runtime does.
+    pub hidden: &'a [super::sandbox::Hidden],
     /// Share the host network (with its `/etc/resolv.conf` and `/etc/hosts`).
     pub network: bool,
     /// What runs.
@@ -382,6 +386,11 @@ pub fn invocation_args(spec: &OverlaySpec<'_>) -> (OsString, Vec<OsString>) {
     ];
     if let Some(d) = spec.promise_dir {
         a.extend([os("--ro-bind"), p(d), os(super::sandbox::PROMISE_MOUNT)]);
+        a.extend(super::sandbox::mask_args(
+            d,
+            super::sandbox::PROMISE_MOUNT,
+            spec.hidden,
+        ));
     }
     a.push(os("--unshare-all"));
     if spec.network {
@@ -499,6 +508,46 @@ mod tests {
         let p = process_for("p", &container(None, None), &bare, root, &[]).unwrap();
         assert_eq!(p.working_dir, "/");
         assert_eq!(p.env[0], ("PATH".to_string(), DEFAULT_PATH.to_string()));
+    }
+
+    #[test]
+    fn hidden_paths_inside_the_promise_folder_are_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        let promise = dir.path().join("promise");
+        let state = promise.join(".promised");
+        std::fs::create_dir_all(&state).unwrap();
+        let hidden = [super::super::sandbox::Hidden::of(&state)];
+        let dirs = OverlayDirs {
+            scratch: dir.path().join("s"),
+            merged: dir.path().join("m"),
+        };
+        let process = ImageProcess {
+            argv: vec!["/bin/true".into()],
+            env: Vec::new(),
+            working_dir: "/".into(),
+            uid: 0,
+            gid: 0,
+        };
+        let (_, args) = invocation_args(&OverlaySpec {
+            rootfs: dir.path(),
+            dirs: &dirs,
+            bwrap: Path::new("/usr/bin/bwrap"),
+            input: dir.path(),
+            output: dir.path(),
+            metadata: dir.path(),
+            promise_dir: Some(&promise),
+            hidden: &hidden,
+            network: false,
+            process: &process,
+        });
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let at = args
+            .windows(2)
+            .position(|w| w[0] == "--tmpfs" && w[1] == "/promise/.promised");
+        assert!(at.is_some(), "{args:?}");
     }
 
     #[test]

@@ -324,6 +324,17 @@ fn masks(src: &Path, dst: &str, hidden: &[Hidden], push: &mut dyn FnMut(&[&dyn A
     }
 }
 
+/// The bwrap arguments masking every hidden path inside host directory `src` once it is bound
+/// at `dst` (what [`bwrap_args`] adds after each bind; the image runtime uses it for
+/// `/promise`).
+pub(super) fn mask_args(src: &Path, dst: &str, hidden: &[Hidden]) -> Vec<OsString> {
+    let mut a = Vec::new();
+    masks(src, dst, hidden, &mut |xs: &[&dyn AsRefOs]| {
+        a.extend(xs.iter().map(|x| x.as_os()))
+    });
+    a
+}
+
 fn s(x: &str) -> OsString {
     OsString::from(x)
 }
