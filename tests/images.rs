@@ -6,49 +6,17 @@
 mod registry;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use promised::image::{ImageError, ImageSettings, ImageStore, PullPolicy};
 use registry::{
-    Entry, Registry, add_layer, build_images, raw_tar, tag_descriptor, tools_available,
+    Entry, Registry, add_layer, build_images, log_text, logs, raw_tar, tag_descriptor,
+    tools_available,
 };
 use sha2::Digest;
 use statestores::NetworkTimeouts;
-
-/// Everything logged by the process (all tests), at TRACE.
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = buf.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || LogWriter(writer.clone()))
-            .try_init();
-        buf
-    })
-    .clone()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn log_text() -> String {
-    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
-}
 
 /// A test's directory, registry and image layout.
 struct Env {

@@ -10,11 +10,10 @@ mod registry;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -23,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
 use promised::image::{ImageError, ImageSettings, ImageStore, PullPolicy};
-use registry::{build_images, tag_descriptor, tools_available};
+use registry::{build_images, log_text, logs, tag_descriptor, tools_available};
 use statestores::NetworkTimeouts;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -33,38 +32,6 @@ const SERVICE: &str = "fake-registry";
 const REPO: &str = "test/busybox";
 const USER: &str = "tester";
 const PASSWORD: &str = "b3arer-Pw-4711";
-
-/// Everything logged by the process (all tests), at TRACE.
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = buf.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || LogWriter(writer.clone()))
-            .try_init();
-        buf
-    })
-    .clone()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn log_text() -> String {
-    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
-}
 
 /// A random hex string (64 bits from the std hasher's random keys, twice).
 fn random_hex() -> String {

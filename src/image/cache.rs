@@ -246,31 +246,27 @@ impl Layout {
 
     /// All blob digests present.
     pub fn blob_digests(&self) -> Result<Vec<String>, ImageError> {
-        let dir = self.blobs_dir();
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(|e| ImageError::io("list", &dir, e))? {
-            let entry = entry.map_err(|e| ImageError::io("list", &dir, e))?;
-            let digest = format!("sha256:{}", entry.file_name().to_string_lossy());
-            if digest_hex(&digest).is_some() {
-                out.push(digest);
-            }
-        }
-        Ok(out)
+        digests_in(&self.blobs_dir())
     }
 
     /// All unpacked images' digests (complete ones).
     pub fn root_digests(&self) -> Result<Vec<String>, ImageError> {
-        let dir = self.roots_dir();
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(|e| ImageError::io("list", &dir, e))? {
-            let entry = entry.map_err(|e| ImageError::io("list", &dir, e))?;
-            let digest = format!("sha256:{}", entry.file_name().to_string_lossy());
-            if digest_hex(&digest).is_some() {
-                out.push(digest);
-            }
-        }
-        Ok(out)
+        digests_in(&self.roots_dir())
     }
+}
+
+/// `sha256:<hex>` of every entry of `dir` named by a digest's hex (temporary and other entries
+/// are skipped).
+fn digests_in(dir: &Path) -> Result<Vec<String>, ImageError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| ImageError::io("list", dir, e))? {
+        let entry = entry.map_err(|e| ImageError::io("list", dir, e))?;
+        let digest = format!("sha256:{}", entry.file_name().to_string_lossy());
+        if digest_hex(&digest).is_some() {
+            out.push(digest);
+        }
+    }
+    Ok(out)
 }
 
 /// Whether the blob file at `path` exists and matches `digest`; one that does not match is
