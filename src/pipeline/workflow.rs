@@ -115,14 +115,9 @@ impl<'a> WorkflowInput<'a> {
 }
 
 fn pipeline_namespace(p: &ValidPromise) -> Option<String> {
-    p.promise
-        .object
-        .spec
-        .workflows
-        .config
-        .as_ref()
-        .and_then(|c| c.pipeline_namespace.clone())
+    p.pipeline_namespace()
         .filter(|n| !n.is_empty())
+        .map(str::to_string)
 }
 
 /// How one Pipeline ended.

@@ -38,18 +38,10 @@ impl Engine {
                 continue;
             };
             let key = key.to_string();
-            let ns = p
-                .promise
-                .object
-                .spec
-                .workflows
-                .config
-                .as_ref()
-                .and_then(|c| c.pipeline_namespace.clone())
-                .unwrap_or_else(|| r.namespace().to_string());
+            let ns = p.pipeline_namespace().unwrap_or(r.namespace());
             let placed = place_outputs(
                 &r.promise,
-                Some((&ns, r.name())),
+                Some((ns, r.name())),
                 &record.outputs,
                 &p.promise.object.spec.destination_selectors,
                 &pass.dests,

@@ -198,13 +198,7 @@ impl Engine {
                     format!(
                         "{dests_fingerprint}\n{:?}\n{:?}\n{is_available}",
                         p.promise.object.spec.destination_selectors,
-                        p.promise
-                            .object
-                            .spec
-                            .workflows
-                            .config
-                            .as_ref()
-                            .and_then(|c| c.pipeline_namespace.as_ref()),
+                        p.pipeline_namespace(),
                     )
                     .as_bytes(),
                 ),

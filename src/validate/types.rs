@@ -33,6 +33,18 @@ impl ValidPromise {
     pub fn name(&self) -> &str {
         &self.promise.object.metadata.name
     }
+
+    /// `spec.workflows.config.pipelineNamespace` as written (Kratix: the namespace its
+    /// pipelines run in, `kratix-contract.md` §2), when set.
+    pub fn pipeline_namespace(&self) -> Option<&str> {
+        self.promise
+            .object
+            .spec
+            .workflows
+            .config
+            .as_ref()
+            .and_then(|c| c.pipeline_namespace.as_deref())
+    }
 }
 
 /// A resource request admitted against its Promise.
