@@ -459,3 +459,22 @@ fn registry_credentials_come_from_the_auth_file_and_are_never_shown() {
         }
     }
 }
+
+#[test]
+fn an_unusable_images_section_stops_reconcile_at_once_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    config_repo(&config, "example.com/app:v1", "true");
+    let dc = dir.path().join("promised.yaml");
+    std::fs::write(
+        &dc,
+        "images:\n  mirrors: {ghcr.io: \"https://mirror.example/path\"}\n",
+    )
+    .unwrap();
+    let (code, out, err) = reconcile(&config, &dir.path().join("state"), &dc);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(
+        err.contains("images") && err.contains("mirrors") && err.contains("ghcr.io"),
+        "{err}"
+    );
+}

@@ -94,6 +94,9 @@ pub enum EngineError {
     /// The state directory cannot be used.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The daemon config's `images:` section cannot be used (the message names the setting).
+    #[error("{0}")]
+    Images(String),
 }
 
 /// The reconcile engine. Holds the state, the open state stores and the runner settings
@@ -165,7 +168,14 @@ impl Engine {
     /// Opens the state directory from `settings` and loads the previous state. A corrupt state
     /// file is not fatal: the pass starts from an empty state and rebuilds placements from the
     /// state stores' ownership indexes.
+    ///
+    /// Errors: the state directory cannot be opened ([`EngineError::State`]); the image store
+    /// of the `images:` section could not be opened, e.g. an invalid mirror host
+    /// ([`EngineError::Images`]).
     pub fn new(settings: Settings, runner: RunnerConfig) -> Result<Engine, EngineError> {
+        if let Some(crate::pipeline::Images(Err(e))) = &runner.images {
+            return Err(EngineError::Images(e.clone()));
+        }
         let dir = StateDir::open(&settings.state_dir)?;
         let mut startup_warnings = Vec::new();
         let state = match dir.load() {
