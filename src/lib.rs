@@ -6,9 +6,12 @@
 //! - [`validate`]: cross-object checks and request admission, producing a validated config.
 //! - [`pipeline`]: the pipeline runner (Kratix pipeline contract on the host, sandboxed).
 //! - [`diag`]: errors and warnings that name file, document, object and field.
+//! - [`cluster`]: in-cluster operation (Kubernetes client, RBAC access, Job runtime and
+//!   leader election settings).
 //! - [`image`]: pulling, verifying, caching and unpacking OCI images for pipelines.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod diag;

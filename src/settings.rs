@@ -184,6 +184,15 @@ pub struct Settings {
     /// whose image has no override is pulled from its registry and run inside the image's
     /// root file system. Default: unset (host process runtime only).
     pub images: Option<crate::image::ImageSettings>,
+    /// Where Pipelines run: `process` (default; this host) or `kubernetes` (one Job per
+    /// Pipeline; README "In a cluster"). A Promise may choose with the annotation
+    /// `promised.dev/runtime`.
+    pub runtime: crate::cluster::Runtime,
+    /// The Kubernetes Job runtime's settings (used by `runtime: kubernetes` and by Promises
+    /// annotated `promised.dev/runtime: kubernetes`).
+    pub kubernetes: crate::cluster::KubernetesSettings,
+    /// Leader election on a Lease (and sharding); unset: this replica always reconciles.
+    pub leader_election: Option<crate::cluster::LeaderElectionSettings>,
     /// Secrets for `env[].valueFrom.secretKeyRef`, and which Promise may read which.
     pub pipeline_secrets: PipelineSecretsSettings,
     /// ConfigMaps for `env[].valueFrom.configMapKeyRef`.
@@ -249,6 +258,9 @@ impl Default for Settings {
             max_log_bytes: 1024 * 1024,
             image_overrides: BTreeMap::new(),
             images: None,
+            runtime: crate::cluster::Runtime::Process,
+            kubernetes: crate::cluster::KubernetesSettings::default(),
+            leader_election: None,
             pipeline_secrets: PipelineSecretsSettings::default(),
             pipeline_config_maps: PipelineConfigMapsSettings::default(),
             include: Vec::new(),

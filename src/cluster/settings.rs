@@ -1,0 +1,84 @@
+//! The in-cluster parts of the daemon config: which runtime runs Pipelines
+//! ([`Runtime`]), the Kubernetes Job runtime ([`KubernetesSettings`], key `kubernetes`) and
+//! leader election ([`LeaderElectionSettings`], key `leaderElection`). README "In a cluster".
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where Pipelines run (`runtime:`; a Promise may choose with the annotation
+/// `promised.dev/runtime`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// On this host: bubblewrap (or `sandbox: none`), with the image runtime when `images:`
+    /// is set. The default.
+    #[default]
+    Process,
+    /// As Kubernetes Jobs, one per Pipeline, like Kratix (needs `kubernetes:` or its
+    /// defaults and an API to talk to).
+    Kubernetes,
+}
+
+/// `kubernetes:`: the Kubernetes Job runtime.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct KubernetesSettings {
+    /// Namespace of the Jobs and their input Secrets. Default: the daemon pod's namespace
+    /// (else `$KUBECONFIG`'s context namespace, else `default`).
+    pub namespace: Option<String>,
+    /// Image of the containers promised adds to each Job (input reader, output collector):
+    /// the daemon's own image, which holds the `promised` binary. Default
+    /// `ghcr.io/promised-dev/promised:<version of this binary>`.
+    pub adapter_image: String,
+    /// `ttlSecondsAfterFinished` of each Job: how long Kubernetes keeps a finished Job the
+    /// daemon did not delete (it deletes the ones it has read). Default `1h`.
+    #[serde(with = "humantime_serde")]
+    pub job_ttl: Duration,
+}
+
+impl Default for KubernetesSettings {
+    fn default() -> Self {
+        KubernetesSettings {
+            namespace: None,
+            adapter_image: format!(
+                "ghcr.io/promised-dev/promised:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            job_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `leaderElection:`: with two or more replicas, one reconciles and the others stand by on a
+/// `coordination.k8s.io/v1` Lease. Unset: no election (one replica, or systemd).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LeaderElectionSettings {
+    /// Lease name (with shards: the prefix of `<leaseName>-shard-<i>`). Default `promised`.
+    pub lease_name: String,
+    /// Namespace of the Leases. Default: the daemon pod's namespace.
+    pub namespace: Option<String>,
+    /// This replica's identity, the Lease `holderIdentity`. Default `$POD_NAME`, else the
+    /// host name.
+    pub identity: Option<String>,
+    /// Lease duration: a standby takes over at most this long after the leader stops
+    /// renewing. Default `15s`.
+    #[serde(with = "humantime_serde")]
+    pub lease_duration: Duration,
+    /// Shards the Promises are split into (each held by its own Lease). Default 1: one
+    /// leader does all the work.
+    pub shards: u32,
+}
+
+impl Default for LeaderElectionSettings {
+    fn default() -> Self {
+        LeaderElectionSettings {
+            lease_name: "promised".into(),
+            namespace: None,
+            identity: None,
+            lease_duration: Duration::from_secs(15),
+            shards: 1,
+        }
+    }
+}
