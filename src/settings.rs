@@ -294,6 +294,7 @@ pub const NOT_SETTINGS: &[&str] = &[
     "CONFIG_REF",
     "REQUIRE_SANDBOX",
     "REQUIRE_IMAGES",
+    "REQUIRE_KUBECTL",
 ];
 
 /// Why the daemon config cannot be used; the message names the key or file.
