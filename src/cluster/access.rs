@@ -39,11 +39,14 @@ pub const JOB_RUNTIME: &[Access] = &[
     },
 ];
 
-/// Leader election and sharding (`leaderElection:`): Leases.
+/// Leader election and sharding (`leaderElection:`): Leases. `create` (a missing Lease),
+/// `get` (kube-lease-manager's reads and the write fence), `patch` (server-side apply to
+/// acquire, strategic merge to renew and release) and `list` (membership Leases by label,
+/// with shards). No `update`, `watch` or `delete`.
 pub const LEADER_ELECTION: &[Access] = &[Access {
     group: "coordination.k8s.io",
     resource: "leases",
-    verbs: &["create", "get", "list", "patch", "update"],
+    verbs: &["create", "get", "list", "patch"],
 }];
 
 /// Everything the daemon may call, merged per `(group, resource)`, sorted: what the Role in

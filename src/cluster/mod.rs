@@ -5,15 +5,25 @@
 //!   `deploy/` grants exactly these (checked by `tests/deploy.rs`).
 //! - [`settings`]: `runtime: kubernetes` + `kubernetes:` and `leaderElection:` of the daemon
 //!   config.
+//! - [`election`]: leader election and sharding on `coordination.k8s.io/v1` Leases
+//!   ([`lease`] holds one Lease with a write gate, [`shards`] the pure shard and rendezvous
+//!   functions); docs/sharding.md.
 //!
 //! The client comes from [`client`]: `kube::Config::infer` (in a pod: the service account
 //! token and `KUBERNETES_SERVICE_HOST`; outside: `$KUBECONFIG` or `~/.kube/config`), so the
 //! daemon needs no kubeconfig in a cluster.
 
 pub mod access;
+pub mod election;
+pub mod lease;
 pub mod settings;
+pub mod shards;
+
+#[cfg(test)]
+mod shard_sim;
 
 pub use access::{Access, required_access};
+pub use election::{Election, Leadership};
 pub use settings::{KubernetesSettings, LeaderElectionSettings, Runtime};
 
 /// A client for the cluster the daemon runs in (or `$KUBECONFIG`'s current context), with

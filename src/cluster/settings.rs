@@ -66,6 +66,18 @@ pub struct LeaderElectionSettings {
     /// renewing. Default `15s`.
     #[serde(with = "humantime_serde")]
     pub lease_duration: Duration,
+    /// A leader whose last renewal it has seen is older than this stops writing (its pass
+    /// stops before the next state store write), so it stops before another replica may
+    /// take the Lease; `leaseDuration - renewDeadline` is the clock skew between nodes that
+    /// is tolerated. Below `leaseDuration`. Default `10s` (as client-go).
+    #[serde(with = "humantime_serde")]
+    pub renew_deadline: Duration,
+    /// How often each replica reads its Leases: the leader checks its renewal (the write
+    /// fence), standbys look for a free or expired Lease, and with shards the members are
+    /// listed and shards rebalanced. At most half of `renewDeadline`. Default `2s` (as
+    /// client-go).
+    #[serde(with = "humantime_serde")]
+    pub retry_period: Duration,
     /// Shards the Promises are split into (each held by its own Lease). Default 1: one
     /// leader does all the work.
     pub shards: u32,
@@ -78,6 +90,8 @@ impl Default for LeaderElectionSettings {
             namespace: None,
             identity: None,
             lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
             shards: 1,
         }
     }

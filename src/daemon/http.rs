@@ -39,11 +39,19 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
         .route("/api/v1/status", get(status_handler))
+        .route("/api/v1/leadership", get(leadership_handler))
         .route("/hooks/git", post(hook))
         .with_state(shared)
 }
 
+/// Ready: the config loaded and the state stores are writable. With leader election a standby
+/// is ready too (so rolling updates proceed; it can take over), and the body says its role.
 async fn readyz(AxState(s): AxState<Arc<Shared>>) -> Response {
+    if let Some(l) = s.leadership()
+        && l.role == "standby"
+    {
+        return (StatusCode::OK, format!("role: standby ({})\n", l.identity)).into_response();
+    }
     let loaded = s.config_loaded.load(Ordering::SeqCst);
     let stores = s.stores_ok.load(Ordering::SeqCst);
     let body = format!("config loaded: {loaded}\nstate stores writable: {stores}\n");
@@ -65,9 +73,31 @@ async fn metrics_handler(AxState(s): AxState<Arc<Shared>>) -> Response {
         .into_response()
 }
 
+/// Leader election: this replica's role, shards held and members seen
+/// ([`crate::cluster::Leadership`] as JSON); 404 without `leaderElection:`.
+async fn leadership_handler(AxState(s): AxState<Arc<Shared>>) -> Response {
+    match s.leadership() {
+        Some(l) => axum::Json(l).into_response(),
+        None => (StatusCode::NOT_FOUND, "no leaderElection configured\n").into_response(),
+    }
+}
+
 /// The status of the last pass; 503 until the first pass has ended (`promised status` then
-/// reads the state directory).
+/// reads the state directory). With leader election, a standby answers 503 (its rows, if
+/// any, are from when it led): the leader has the status.
 async fn status_handler(AxState(s): AxState<Arc<Shared>>) -> Response {
+    if let Some(l) = s.leadership()
+        && l.role == "standby"
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "standby: {} does not reconcile; the leader serves the status (/api/v1/leadership)\n",
+                l.identity
+            ),
+        )
+            .into_response();
+    }
     let rows = s.status_rows.read().await.clone();
     match rows {
         Some(rows) => {

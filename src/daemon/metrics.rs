@@ -51,6 +51,11 @@ pub struct Metrics {
     pub errors: Family<KindLabel, Counter>,
     /// Workflow runs by outcome.
     pub pipelines: Family<OutcomeLabel, Counter>,
+    /// Leader election (`promised_leader`): 1 while this replica holds its Lease (with
+    /// shards: at least one shard), else 0; 1 without leader election.
+    pub leader: Gauge,
+    /// Shards held now (`promised_shards_held`; 1 without leader election).
+    pub shards_held: Gauge,
 }
 
 impl Default for Metrics {
@@ -77,8 +82,20 @@ impl Metrics {
             noop_passes: Counter::default(),
             errors: Family::default(),
             pipelines: Family::default(),
+            leader: Gauge::default(),
+            shards_held: Gauge::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "leader",
+            "1 while this replica holds its Lease (leader election), else 0",
+            m.leader.clone(),
+        );
+        registry.register(
+            "shards_held",
+            "Shards of the Promises this replica holds",
+            m.shards_held.clone(),
+        );
         registry.register(
             "reconcile_duration_seconds",
             "Duration of reconcile passes",

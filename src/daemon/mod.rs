@@ -33,6 +33,12 @@ mod triggers;
 pub mod webhook;
 
 #[cfg(test)]
+mod fake_lease_api;
+#[cfg(test)]
+mod gate_tests;
+#[cfg(test)]
+mod lease_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;
@@ -80,12 +86,19 @@ pub struct Shared {
     /// Milliseconds after `born` of the loop's last sign of life (watchdog); [`NEVER`] before
     /// the first.
     heartbeat: AtomicU64,
+    /// Leader election (`leaderElection:`): this replica's role; `None` without it.
+    leadership: Option<watch::Receiver<crate::cluster::Leadership>>,
 }
 
 /// `Shared::heartbeat` before the loop's first beat.
 const NEVER: u64 = u64::MAX;
 
 impl Shared {
+    /// This replica's role now; `None` without leader election.
+    fn leadership(&self) -> Option<crate::cluster::Leadership> {
+        self.leadership.as_ref().map(|l| l.borrow().clone())
+    }
+
     fn trigger(&self, why: &str) {
         tracing::debug!(trigger = why, "reconcile requested");
         self.pending.fetch_add(1, Ordering::SeqCst);
@@ -113,6 +126,37 @@ impl Shared {
     }
 }
 
+/// Starts leader election on the cluster's API (`leaderElection:`). Errors: bad settings, no
+/// API to talk to, and `shards` above 1 (the Leases support it, the engine does not yet
+/// reconcile per shard: docs/sharding.md).
+async fn start_election(
+    le: &crate::cluster::LeaderElectionSettings,
+) -> Result<crate::cluster::Election, String> {
+    if le.shards > 1 {
+        return Err(format!(
+            "leaderElection.shards: {} is not supported by the daemon yet (only 1); see docs/sharding.md",
+            le.shards
+        ));
+    }
+    crate::cluster::lease::Timing::from_settings(le)?;
+    let client = crate::cluster::client(le.namespace.as_deref()).await?;
+    let election = crate::cluster::Election::start(client, le)?;
+    tracing::info!(lease = %le.lease_name, identity = %election.status().borrow().identity, "leader election started: standing by until the Lease is held");
+    Ok(election)
+}
+
+/// Waits until the write gate changes and says whether it opened; never returns without
+/// leader election.
+async fn gate_opened(gate: &mut Option<watch::Receiver<bool>>) -> bool {
+    match gate {
+        Some(g) => match g.changed().await {
+            Ok(()) => *g.borrow_and_update(),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs the daemon until SIGTERM/SIGINT. Errors only when it cannot start (bad config, port
 /// in use, unreadable state directory).
 pub async fn run(opts: DaemonOptions) -> Result<(), String> {
@@ -126,6 +170,10 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         );
     }
     let secret = lifecycle::read_secret(&settings)?;
+    let election = match &settings.leader_election {
+        Some(le) => Some(start_election(le).await?),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         metrics: Metrics::new(),
         pending: AtomicU64::new(0),
@@ -140,7 +188,28 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         },
         born: Instant::now(),
         heartbeat: AtomicU64::new(NEVER),
+        leadership: election.as_ref().map(|e| e.status()),
     });
+    match &election {
+        None => {
+            shared.metrics.leader.set(1);
+            shared.metrics.shards_held.set(1);
+        }
+        Some(e) => {
+            // The gauges follow the role as it changes.
+            let (mut status, shared) = (e.status(), shared.clone());
+            tokio::spawn(async move {
+                loop {
+                    let held = status.borrow_and_update().held.len() as i64;
+                    shared.metrics.leader.set(i64::from(held > 0));
+                    shared.metrics.shards_held.set(held);
+                    if status.changed().await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
     if shared.webhook_secret.read().await.is_none() {
         tracing::warn!("no webhookSecretFile configured: POST /hooks/git accepts unsigned calls");
     }
@@ -169,6 +238,11 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
     let mut engine = Engine::new(settings.clone(), settings.runner())
         .map_err(|e| e.to_string())?
         .with_backoff(true);
+    // Leader election: the engine writes only while this replica holds the Lease.
+    let mut gate = election.as_ref().map(|e| e.gate(0));
+    if let Some(g) = &gate {
+        engine = engine.with_write_gate(g.clone());
+    }
     let cancel = engine.cancel_handle();
     let mut cache = PassCache::new(&opts.source, &settings, engine.state_dir())?;
     let mut settings = settings;
@@ -195,6 +269,10 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
                     _ = tokio::time::sleep_until(wake_at) => { shared.trigger("timer"); break; }
                     _ = stop.wait_for(|s| *s) => break,
                     _ = beat.tick() => shared.beat(),
+                    opened = gate_opened(&mut gate) => if opened {
+                        shared.trigger("leadership acquired");
+                        break;
+                    },
                 }
             }
         }
@@ -231,6 +309,12 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
             }
         }
         first = false;
+        if !engine.may_write() {
+            // Standby: the leader reconciles; wait for the Lease (or a stop).
+            tracing::debug!("standby: no pass");
+            shared.pending.store(0, Ordering::SeqCst);
+            continue;
+        }
         shared.pending.store(0, Ordering::SeqCst);
         shared.metrics.queue_depth.set(0);
         shared.beat();
@@ -290,6 +374,12 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(e) = election {
+        // Release the Lease so a standby takes over at once.
+        e.stop().await;
+        shared.metrics.leader.set(0);
+        shared.metrics.shards_held.set(0);
+    }
     let _ = stop_tx.send(true);
     let _ = http.await;
     tracing::info!("stopped");

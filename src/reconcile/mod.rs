@@ -97,6 +97,11 @@ pub enum EngineError {
     /// The daemon config's `images:` section cannot be used (the message names the setting).
     #[error("{0}")]
     Images(String),
+    /// The write gate ([`Engine::with_write_gate`]) closed during the pass: this replica is
+    /// no longer the leader. The pass stopped before its next state store write and saved
+    /// nothing to the state directory.
+    #[error("leadership lost: the pass stopped before writing to {0}")]
+    LeadershipLost(String),
 }
 
 /// The reconcile engine. Holds the state, the open state stores and the runner settings
@@ -116,6 +121,8 @@ pub struct Engine {
     cancel: Arc<AtomicBool>,
     /// Daemon mode: failed workflows wait for their backoff before running again.
     backoff: bool,
+    /// Leader election: state stores are written only while this is `true`.
+    write_gate: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// The working state of one pass, handed from stage to stage in the order of
@@ -203,6 +210,7 @@ impl Engine {
             startup_warnings,
             cancel: Arc::new(AtomicBool::new(false)),
             backoff: false,
+            write_gate: None,
         })
     }
 
@@ -211,6 +219,20 @@ impl Engine {
     pub fn with_backoff(mut self, on: bool) -> Self {
         self.backoff = on;
         self
+    }
+
+    /// Leader election: the engine writes to a state store only while `gate` is `true`,
+    /// checked right before each store's write; a closed gate stops the pass there
+    /// ([`EngineError::LeadershipLost`]). The compare-and-swap push is the final guard for a
+    /// write already under way when the gate closes.
+    pub fn with_write_gate(mut self, gate: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.write_gate = Some(gate);
+        self
+    }
+
+    /// Whether the write gate is open (always, without leader election).
+    pub fn may_write(&self) -> bool {
+        self.write_gate.as_ref().is_none_or(|g| *g.borrow())
     }
 
     /// A flag that, once set, stops new workflows from starting (running ones finish).
@@ -283,7 +305,7 @@ impl Engine {
         self.deletions(&mut pass).await?;
         self.settle_placements(&mut pass);
         let sets = self.change_sets(&mut pass)?;
-        self.write_stores(&mut pass, sets).await;
+        self.write_stores(&mut pass, sets).await?;
         self.land(&mut pass);
         self.finish_pass(pass)
     }

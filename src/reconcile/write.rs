@@ -224,17 +224,24 @@ impl Engine {
     /// Applies `sets` to every state store in use (one commit each), into `pass.store_results`
     /// and the report; then canaries whose store failed are sent again next pass, and
     /// `cleanup: all` Destinations whose files are gone are forgotten.
+    ///
+    /// Errors: the write gate closed ([`EngineError::LeadershipLost`]), checked right before
+    /// each store's write; stores written before it stay written.
     pub(super) async fn write_stores(
         &mut self,
         pass: &mut Pass<'_>,
         mut sets: BTreeMap<String, ChangeSet>,
-    ) {
+    ) -> Result<(), EngineError> {
         // Apply: every store in use, so drift is repaired even on a no-op pass.
         let mut in_use: BTreeSet<String> = pass.dests.iter().map(|d| d.store.clone()).collect();
         in_use.extend(sets.keys().cloned());
         // A directory config: its Git HEAD (`+dirty`) or its path, for the commit message.
         let mut dir_config: Option<(Option<String>, Option<String>)> = None;
         for store_key in in_use {
+            if !self.may_write() {
+                tracing::warn!(store = %store_key, "leadership lost: not writing");
+                return Err(EngineError::LeadershipLost(store_key));
+            }
             let mut set = sets.remove(&store_key).unwrap_or_default();
             let (config_commit, config_label) = match &pass.cfg.commit {
                 Some(c) => (Some(c.clone()), None),
@@ -295,6 +302,7 @@ impl Engine {
                 self.state.destinations.remove(name);
             }
         }
+        Ok(())
     }
 
     /// `<image>@<digest>` of every image that ran for the objects in `touched` (their pipelines'
