@@ -88,7 +88,7 @@ pub struct JobObjects {
 /// template gets the Kratix labels (`kratix.io/promise-name`, `kratix.io/workflow-type`,
 /// `kratix.io/workflow-action`, `kratix.io/pipeline-name`, `kratix.io/resource-name` and,
 /// with a `pipelineNamespace`, `kratix.io/resource-namespace`, `kratix.io/hash`), with
-/// `app.kubernetes.io/managed-by: promised` and then the Pipeline's labels (which win), and
+/// `app.kubernetes.io/managed-by: Kratix` (as Kratix, and as the process runtime's `fieldRef` sees it) and then the Pipeline's labels (which win), and
 /// the Pipeline's annotations; `spec.volumes` (after the three emptyDirs, before
 /// `promised-input`), `imagePullSecrets`, `nodeSelector`, `tolerations`, `restartPolicy`
 /// (default `OnFailure`) and `rbac.serviceAccount` (`serviceAccountName`). The Job has the
@@ -383,7 +383,7 @@ pub fn job_name(input: &WorkflowInput<'_>, p: &Pipeline, suffix: &str) -> String
 }
 
 /// Kratix's labels of a pipeline Job and its pod (`pipeline_factory.go:pipelineJobLabels`),
-/// with `app.kubernetes.io/managed-by: promised`, then the Pipeline's own labels.
+/// with `app.kubernetes.io/managed-by: Kratix` (as the process runtime's `fieldRef` sees it), then the Pipeline's own labels.
 fn labels(input: &WorkflowInput<'_>, p: &Pipeline, object_yaml: &str) -> BTreeMap<String, String> {
     let mut l = BTreeMap::new();
     let mut set = |k: &str, v: &str| {
@@ -411,7 +411,7 @@ fn labels(input: &WorkflowInput<'_>, p: &Pipeline, object_yaml: &str) -> BTreeMa
         }
     };
     set("hash", &hash);
-    l.insert("app.kubernetes.io/managed-by".into(), "promised".into());
+    l.insert("app.kubernetes.io/managed-by".into(), "Kratix".into());
     l.extend(p.metadata.labels.clone());
     l
 }
