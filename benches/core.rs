@@ -1057,6 +1057,8 @@ fn container_cost(p: &Params, report: &mut Report) {
         pipeline_namespace: None,
         pipelines: &pipelines,
         existing_status: Default::default(),
+        runtime_annotation: None,
+        promise_hash: String::new(),
     };
     // The sandbox alone: the same mounts on directories made once.
     let dirs: Vec<PathBuf> = ["input", "output", "metadata"]

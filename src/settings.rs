@@ -492,6 +492,10 @@ impl Settings {
                         .map_err(|e| format!("images: {e}")),
                 )
             }),
+            runtime: self.runtime,
+            kubernetes: Some(crate::pipeline::kubernetes::KubeRuntime::new(
+                self.kubernetes.clone(),
+            )),
             ..crate::pipeline::RunnerConfig::default()
         }
     }

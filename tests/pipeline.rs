@@ -80,6 +80,8 @@ fn input(ty: WorkflowType, action: Action, pipelines: &[Pipeline]) -> WorkflowIn
         pipeline_namespace: None,
         pipelines,
         existing_status: Default::default(),
+        runtime_annotation: None,
+        promise_hash: String::new(),
     }
 }
 

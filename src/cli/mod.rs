@@ -9,6 +9,7 @@
 //! | `run.rs` | `promised run` (the daemon, [`crate::daemon`]) |
 //! | `pipeline.rs` | `promised pipeline run` |
 //! | `images.rs` | `promised images pull`, `prune` and `list` (the image cache) |
+//! | `adapter.rs` | `promised adapter read-input` and `emit-output` (inside Kubernetes Job runtime pods) |
 //! | `output.rs` | `--output` formats: text, table, JSON, YAML |
 //! | `stderr.rs` | errors and warnings on stderr (text or JSON lines) |
 //!
@@ -21,6 +22,7 @@
 //! Help is read by users in a terminal: each subcommand's `--help` is plain text (no rustdoc
 //! links or Rust paths) and ends with an `Examples:` block (tests/help.rs checks every one).
 
+pub mod adapter;
 pub mod images;
 pub mod output;
 pub mod pipeline;
@@ -94,7 +96,9 @@ impl Cli {
             Command::Status(a) => &a.daemon,
             Command::Run(a) => &a.daemon,
             Command::Images(a) => a.daemon(),
-            Command::Validate(_) | Command::Pipeline(_) => return Default::default(),
+            Command::Validate(_) | Command::Pipeline(_) | Command::Adapter(_) => {
+                return Default::default();
+            }
         };
         daemon
             .settings(Default::default())
@@ -134,6 +138,9 @@ pub enum Command {
     /// Pull, prune and list the images of the image runtime (images in the daemon config).
     #[command(after_help = images::IMAGES_EXAMPLES)]
     Images(ImagesArgs),
+    /// The commands promised runs inside the pods of the Kubernetes Job runtime.
+    #[command(after_help = adapter::ADAPTER_EXAMPLES)]
+    Adapter(adapter::AdapterArgs),
 }
 
 /// Flags shared by commands that use the daemon config.
@@ -195,6 +202,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> i32 {
         Command::Run(a) => run::run_cmd(&a),
         Command::Pipeline(a) => pipeline::run(&a, out),
         Command::Images(a) => images::run(&a, out),
+        Command::Adapter(a) => adapter::run(&a, out),
     }
 }
 

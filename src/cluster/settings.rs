@@ -20,6 +20,22 @@ pub enum Runtime {
     Kubernetes,
 }
 
+/// The Promise annotation that chooses the runtime of its workflows: `kubernetes` or
+/// `process` (overrides the daemon config's `runtime:`).
+pub const RUNTIME_ANNOTATION: &str = "promised.dev/runtime";
+
+impl Runtime {
+    /// The runtime a `promised.dev/runtime` annotation value names: `process` or
+    /// `kubernetes`. Errors: any other value (returned as is, for the message).
+    pub fn from_annotation(value: &str) -> Result<Runtime, String> {
+        match value {
+            "process" => Ok(Runtime::Process),
+            "kubernetes" => Ok(Runtime::Kubernetes),
+            other => Err(other.to_string()),
+        }
+    }
+}
+
 /// `kubernetes:`: the Kubernetes Job runtime.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -35,6 +51,9 @@ pub struct KubernetesSettings {
     /// daemon did not delete (it deletes the ones it has read). Default `1h`.
     #[serde(with = "humantime_serde")]
     pub job_ttl: Duration,
+    /// An image pull Secret (in the Jobs' namespace) for the adapter image, listed first in
+    /// each pod's `imagePullSecrets` (Kratix: `PIPELINE_ADAPTER_PULL_SECRET`). Default none.
+    pub adapter_pull_secret: Option<String>,
 }
 
 impl Default for KubernetesSettings {
@@ -46,6 +65,7 @@ impl Default for KubernetesSettings {
                 env!("CARGO_PKG_VERSION")
             ),
             job_ttl: Duration::from_secs(3600),
+            adapter_pull_secret: None,
         }
     }
 }

@@ -193,6 +193,112 @@ pub enum Error {
         /// Which rule was broken.
         reason: String,
     },
+    /// The Promise annotation `promised.dev/runtime` is neither `process` nor `kubernetes`
+    /// (validation reports it too).
+    #[error(
+        "Promise {promise:?}: annotation \"promised.dev/runtime\" is {value:?}; use \"process\" or \"kubernetes\""
+    )]
+    InvalidRuntime {
+        /// Promise name.
+        promise: String,
+        /// The annotation's value.
+        value: String,
+    },
+    /// The Kubernetes Job runtime has no API to talk to (no in-cluster environment, no
+    /// kubeconfig): every Pipeline on that runtime fails with it.
+    #[error(
+        "Promise {promise:?} pipeline {pipeline:?}: the Kubernetes Job runtime has no API to talk to: {message}"
+    )]
+    KubeUnavailable {
+        /// Promise name.
+        promise: String,
+        /// Pipeline name.
+        pipeline: String,
+        /// Why (kube's `InferConfigError`).
+        message: String,
+    },
+    /// A Pipeline field cannot be turned into its Kubernetes type (e.g. `spec.volumes`).
+    #[error("Promise {promise:?} pipeline {pipeline:?}: {field}: {reason}")]
+    JobSpec {
+        /// Promise name.
+        promise: String,
+        /// Pipeline name.
+        pipeline: String,
+        /// The field, e.g. `spec.tolerations`.
+        field: String,
+        /// The decoding error.
+        reason: String,
+    },
+    /// A Kubernetes API call failed. A 403 names the verb and resource the daemon's Role
+    /// must grant (`hint`).
+    #[error(
+        "Promise {promise:?} pipeline {pipeline:?}: Kubernetes API call {call} failed: {message}{hint}"
+    )]
+    KubeApi {
+        /// Promise name.
+        promise: String,
+        /// Pipeline name.
+        pipeline: String,
+        /// The call, e.g. `create batch/v1 Job "kratix-redis-example-p-1a2b3" in namespace "promised"`.
+        call: String,
+        /// HTTP status of the API's answer, `None` when there was none (connection).
+        code: Option<u16>,
+        /// The API's message.
+        message: String,
+        /// What to grant or do, or empty.
+        hint: String,
+    },
+    /// The Pipeline's Job failed (Kratix: `ConfigureWorkflowFailed`): the container that failed,
+    /// its exit code and the last lines of its log.
+    #[error(
+        "pipeline {pipeline:?} Job {job:?} failed ({reason}){}; last lines of its log:\n{log_tail}",
+        job_container_text(container.as_deref(), *exit_code, "")
+    )]
+    JobFailed {
+        /// Pipeline name.
+        pipeline: String,
+        /// Job name.
+        job: String,
+        /// The container that failed, when its pod could be found.
+        container: Option<String>,
+        /// Its exit code.
+        exit_code: Option<i32>,
+        /// The Job's `Failed` condition reason, e.g. `BackoffLimitExceeded`, then the
+        /// container's termination reason (`Error`, `OOMKilled`, `ErrImagePull: …`) or the
+        /// condition's message.
+        reason: String,
+        /// The last lines of the container's log (boxed: keeps [`Error`] small).
+        log_tail: Box<str>,
+    },
+    /// The Job ran longer than its `activeDeadlineSeconds` (the daemon's `pipelineTimeout`;
+    /// condition reason `DeadlineExceeded`).
+    #[error(
+        "pipeline {pipeline:?} Job {job:?} timed out after {after:?} (activeDeadlineSeconds, reason DeadlineExceeded){}; last lines of its log:\n{log_tail}",
+        job_container_text(container.as_deref(), None, "")
+    )]
+    JobTimeout {
+        /// Pipeline name.
+        pipeline: String,
+        /// Job name.
+        job: String,
+        /// The limit.
+        after: Duration,
+        /// The container that was running, when known.
+        container: Option<String>,
+        /// The last lines of its log.
+        log_tail: String,
+    },
+    /// The Job completed but its output could not be read back from the output container's
+    /// log (missing markers, bad encoding, an unsafe archive entry).
+    #[error("pipeline {pipeline:?} Job {job:?}: reading its output: {reason}")]
+    JobOutput {
+        /// Pipeline name.
+        pipeline: String,
+        /// Job name.
+        job: String,
+        /// What was wrong.
+        reason: String,
+    },
     /// Host I/O failed (creating run directories, reading output).
     #[error("{context}: {message}")]
     Io {
@@ -214,6 +320,20 @@ impl Error {
             Error::EnvValueFrom { config: true, .. } | Error::EnvFromUnsupported { .. }
         )
     }
+}
+
+fn job_container_text(container: Option<&str>, exit_code: Option<i32>, message: &str) -> String {
+    let mut out = String::new();
+    if let Some(c) = container {
+        out.push_str(&format!(": container {c:?}"));
+        if let Some(code) = exit_code {
+            out.push_str(&format!(" exit code {code}"));
+        }
+    }
+    if !message.is_empty() {
+        out.push_str(&format!(" ({message})"));
+    }
+    out
 }
 
 fn exit_text(code: Option<i32>, signal: Option<i32>) -> String {

@@ -53,6 +53,7 @@
 pub mod contract;
 pub mod env;
 mod error;
+pub mod kubernetes;
 pub mod metadata;
 pub mod oci;
 pub mod output;
@@ -69,6 +70,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::cluster::Runtime;
 pub use error::Error;
 pub use metadata::{DestinationSelector, WorkflowControl, merge_status};
 pub use output::OutputFile;
@@ -193,6 +195,13 @@ pub struct RunnerConfig {
     /// `images:` section (host process runtime only), `Err` with the reason when the store
     /// could not be opened (every container that needs an image then fails with it).
     pub images: Option<Images>,
+    /// Where workflows run unless their Promise's `promised.dev/runtime` annotation says
+    /// otherwise (default [`Runtime::Process`]; the daemon config's `runtime:`).
+    pub runtime: Runtime,
+    /// The Kubernetes Job runtime (its settings and API client), `None` when this runner has
+    /// none (every Pipeline on that runtime then fails with [`Error::KubeUnavailable`]).
+    /// [`crate::settings::Settings::runner`] always sets it; the client is made on first use.
+    pub kubernetes: Option<kubernetes::KubeRuntime>,
 }
 
 /// The image store of a runner, or why it could not be opened (the message names the
@@ -226,6 +235,8 @@ impl Default for RunnerConfig {
             hidden: Vec::new(),
             env_sources: env::EnvSources::default(),
             images: None,
+            runtime: Runtime::Process,
+            kubernetes: None,
         }
     }
 }

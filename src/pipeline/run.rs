@@ -287,7 +287,24 @@ async fn run_pipeline_inner(
         }
     }
 
-    // work-writer, then status-writer (kratix-contract.md §2.8, §2.6, §2.7).
+    finish_pipeline(cfg, input, &dirs, res)
+}
+
+/// What Kratix's `work-writer` and `status-writer` do after a Pipeline's containers, on the
+/// contract directories `dirs` (kratix-contract.md §2.8, §2.6, §2.7): reads
+/// `workflow-control.yaml` (suspend, retryAfter), collects `/kratix/output` with the size cap
+/// and parses `destination-selectors.yaml` (configure workflows that are not paused), parses
+/// `status.yaml`. Shared by the process and the Kubernetes Job runtime, so both check output
+/// alike.
+///
+/// Errors: [`Error::UnsafeOutput`], [`Error::OutputTooLarge`], [`Error::InvalidSelectors`],
+/// [`Error::InvalidStatus`], [`Error::InvalidWorkflowControl`], [`Error::Io`].
+pub(super) fn finish_pipeline(
+    cfg: &RunnerConfig,
+    input: &WorkflowInput<'_>,
+    dirs: &contract::PipelineDirs,
+    res: &mut PipelineResult,
+) -> Result<(), Error> {
     let meta = dirs.metadata();
     let read_meta = |name: &str| -> Result<String, Error> {
         let path = meta.join(name);

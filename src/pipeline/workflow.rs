@@ -16,6 +16,7 @@ use super::{
     Action, DestinationSelector, Error, ObjectIdentity, OutputFile, RunnerConfig, SandboxMode,
     WorkflowType, merge_status, sandbox,
 };
+use crate::cluster::Runtime;
 use crate::model::Pipeline;
 use crate::validate::{ValidPromise, ValidRequest};
 
@@ -46,6 +47,14 @@ pub struct WorkflowInput<'a> {
     /// The object's current `status` (merged with each Pipeline's `status.yaml`, and shown to
     /// each Pipeline in `object.yaml`).
     pub existing_status: Map<String, Value>,
+    /// The Promise's `promised.dev/runtime` annotation as written (`kubernetes` or `process`
+    /// override [`RunnerConfig::runtime`]; another value fails the workflow with
+    /// [`Error::InvalidRuntime`]).
+    pub runtime_annotation: Option<String>,
+    /// Kratix's hash of the Promise (`lib/hash.ComputeHashForResource`: hex md5 of its `spec`
+    /// as Go's `json.Marshal` writes it): part of the `kratix.io/hash` label of its Jobs on the
+    /// Kubernetes Job runtime ([`super::kubernetes::kratix_spec_hash`]).
+    pub promise_hash: String,
 }
 
 impl<'a> WorkflowInput<'a> {
@@ -72,6 +81,8 @@ impl<'a> WorkflowInput<'a> {
                 Action::Delete => &wf.delete,
             },
             existing_status: Map::new(),
+            runtime_annotation: runtime_annotation(p),
+            promise_hash: super::kubernetes::kratix_spec_hash(&p.promise.raw),
         }
     }
 
@@ -110,8 +121,19 @@ impl<'a> WorkflowInput<'a> {
                 .and_then(Value::as_object)
                 .cloned()
                 .unwrap_or_default(),
+            runtime_annotation: runtime_annotation(p),
+            promise_hash: super::kubernetes::kratix_spec_hash(&p.promise.raw),
         }
     }
+}
+
+fn runtime_annotation(p: &ValidPromise) -> Option<String> {
+    p.promise
+        .object
+        .metadata
+        .annotations
+        .get(crate::cluster::settings::RUNTIME_ANNOTATION)
+        .cloned()
 }
 
 fn pipeline_namespace(p: &ValidPromise) -> Option<String> {
@@ -217,9 +239,11 @@ impl WorkflowResult {
     }
 }
 
-/// Runs a workflow with the process runtime (see the module docs). Never panics; every
-/// problem ends up in a [`PipelineResult::outcome`]. A missing sandbox fails the first
-/// Pipeline with [`Error::SandboxUnavailable`].
+/// Runs a workflow on its runtime: the Promise's `promised.dev/runtime` annotation, else
+/// [`RunnerConfig::runtime`] (the process runtime, see the module docs, or the Kubernetes Job
+/// runtime, [`super::kubernetes`]). Never panics; every problem ends up in a
+/// [`PipelineResult::outcome`]. A missing sandbox (process runtime) fails the first Pipeline
+/// with [`Error::SandboxUnavailable`], an invalid annotation with [`Error::InvalidRuntime`].
 pub async fn run_workflow(cfg: &RunnerConfig, input: &WorkflowInput<'_>) -> WorkflowResult {
     let mut result = WorkflowResult {
         pipelines: Vec::new(),
@@ -232,18 +256,35 @@ pub async fn run_workflow(cfg: &RunnerConfig, input: &WorkflowInput<'_>) -> Work
     if pipelines.is_empty() {
         return result;
     }
-    if cfg.sandbox == SandboxMode::Bwrap
+    let failed = |error| PipelineResult {
+        name: pipelines[0].metadata.name.clone(),
+        outcome: Outcome::Failed { error },
+        outputs: Vec::new(),
+        selectors: Vec::new(),
+        status: None,
+        logs: Vec::new(),
+        images: Vec::new(),
+    };
+    let runtime = match input
+        .runtime_annotation
+        .as_deref()
+        .map(Runtime::from_annotation)
+    {
+        None => cfg.runtime,
+        Some(Ok(r)) => r,
+        Some(Err(value)) => {
+            result.pipelines.push(failed(Error::InvalidRuntime {
+                promise: input.promise_name.clone(),
+                value,
+            }));
+            return result;
+        }
+    };
+    if runtime == Runtime::Process
+        && cfg.sandbox == SandboxMode::Bwrap
         && let Err(error) = sandbox::probe(&cfg.bwrap).await
     {
-        result.pipelines.push(PipelineResult {
-            name: pipelines[0].metadata.name.clone(),
-            outcome: Outcome::Failed { error },
-            outputs: Vec::new(),
-            selectors: Vec::new(),
-            status: None,
-            logs: Vec::new(),
-            images: Vec::new(),
-        });
+        result.pipelines.push(failed(error));
         return result;
     }
     let layout = sandbox::HostLayout::detect();
@@ -251,7 +292,12 @@ pub async fn run_workflow(cfg: &RunnerConfig, input: &WorkflowInput<'_>) -> Work
         // The only channel between Pipelines is the object's status, re-read into
         // object.yaml (kratix-contract.md §2.2, §2.4).
         let object_yaml = with_status(&input.object_yaml, &result.merged_status);
-        let r = run_pipeline(cfg, &layout, input, &object_yaml, p).await;
+        let r = match runtime {
+            Runtime::Process => run_pipeline(cfg, &layout, input, &object_yaml, p).await,
+            Runtime::Kubernetes => {
+                super::kubernetes::run_pipeline(cfg, input, &object_yaml, p).await
+            }
+        };
         if let Some(s) = &r.status
             && matches!(
                 r.outcome,

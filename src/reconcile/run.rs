@@ -458,6 +458,9 @@ fn failed_step(result: &WorkflowResult) -> Option<(&str, Option<&str>, &pipeline
                 | E::EnvFromUnsupported { container, .. }
                 | E::ImageNoCommand { container, .. }
                 | E::ImagePull { container, .. } => Some(container.as_str()),
+                E::JobFailed { container, .. } | E::JobTimeout { container, .. } => {
+                    container.as_deref()
+                }
                 _ => None,
             };
             Some((p.name.as_str(), container, error))

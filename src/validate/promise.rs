@@ -259,6 +259,17 @@ fn check_promise(p: &Located<Promise>, all: &BTreeSet<String>) -> PromiseCheck {
             Err(m) => errs.push(o.diag(Code::InvalidField, id, field, m)),
         }
     }
+    let runtime_annotation = crate::cluster::settings::RUNTIME_ANNOTATION;
+    if let Some(v) = p.object.metadata.annotations.get(runtime_annotation)
+        && crate::cluster::Runtime::from_annotation(v).is_err()
+    {
+        errs.push(o.diag(
+            Code::InvalidField,
+            id,
+            format!("metadata.annotations[{runtime_annotation:?}]"),
+            format!("{v:?} is not a runtime: use \"process\" or \"kubernetes\""),
+        ));
+    }
     for (i, s) in p.object.spec.destination_selectors.iter().enumerate() {
         if s.match_labels.is_empty() {
             warns.push(
