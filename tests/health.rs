@@ -219,7 +219,10 @@ fn records_fold_into_health_status_with_the_worst_state() {
         ),
     ]
     .concat();
+    // No resourceRef: about no request (a validation warning).
+    let no_ref = "apiVersion: platform.kratix.io/v1alpha1\nkind: HealthRecord\nmetadata: {name: no-ref, namespace: default}\ndata: {promiseRef: {name: redis}, state: unhealthy}\n";
     w.write("health/records.yaml", &records);
+    w.write("health/no-ref.yaml", no_ref);
     let (out, err) = w.pass(0);
     assert!(out.contains("0 pipelines run"), "{out}\n{err}");
     assert_eq!(w.head(), head, "a change of health writes nothing");
@@ -252,6 +255,12 @@ fn records_fold_into_health_status_with_the_worst_state() {
         "{e}"
     );
     assert!(w.health("namespace/default/team-a").is_null());
+    let (code, out, err) = promised(&["validate", w.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("health/no-ref.yaml") && out.contains("data.resourceRef"),
+        "{out}{err}"
+    );
 
     // `promised status` shows it.
     let (code, table, _) = promised(&[

@@ -27,7 +27,9 @@ pub struct HealthRecord {
 pub struct HealthRecordData {
     /// `{name}` of the Promise.
     pub promise_ref: Value,
-    /// `{name, namespace, generation?}` of the request.
+    /// `{name, namespace, generation?}` of the request. Optional in Kratix's CRD (a record
+    /// without it concerns no request; validation warns).
+    #[serde(default)]
     pub resource_ref: Value,
     /// Reported state; default `unknown`.
     #[serde(default)]
