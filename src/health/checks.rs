@@ -253,11 +253,16 @@ pub fn due(checks: &[HealthCheckStatus], now: SystemTime) -> Vec<String> {
         .collect()
 }
 
-/// The earliest `nextRunAt` of `checks`.
-pub fn next_due<'a>(checks: impl Iterator<Item = &'a HealthCheckStatus>) -> Option<SystemTime> {
+/// The earliest `nextRunAt` of `checks` after `evaluated` (when due checks were last looked
+/// for: one due by then that did not run has no runner, its request being invalid or held).
+pub fn next_due<'a>(
+    checks: impl Iterator<Item = &'a HealthCheckStatus>,
+    evaluated: Option<SystemTime>,
+) -> Option<SystemTime> {
     checks
         .filter_map(|c| c.next_run_at.as_deref())
         .filter_map(|t| humantime::parse_rfc3339(t).ok())
+        .filter(|t| evaluated.is_none_or(|e| *t > e))
         .min()
 }
 
@@ -416,6 +421,33 @@ mod tests {
         let next = next_run("@hourly", t0).unwrap();
         assert_eq!(rfc3339(next), "2026-01-01T11:00:00Z");
         assert!(next_run("every minute", t0).is_err());
+    }
+
+    #[test]
+    fn a_check_that_was_due_and_did_not_run_does_not_wake_again() {
+        let t = |s: &str| humantime::parse_rfc3339(s).unwrap();
+        let check = |at: &str| HealthCheckStatus {
+            name: at.into(),
+            namespace: String::new(),
+            schedule: "* * * * *".into(),
+            declared_in: String::new(),
+            next_run_at: Some(at.into()),
+            last_run: None,
+            state: None,
+            details: None,
+            message: String::new(),
+            promise_version: None,
+        };
+        let checks = [check("2026-01-01T10:00:00Z"), check("2026-01-01T10:05:00Z")];
+        assert_eq!(
+            next_due(checks.iter(), None),
+            Some(t("2026-01-01T10:00:00Z"))
+        );
+        let evaluated = Some(t("2026-01-01T10:00:30Z"));
+        assert_eq!(
+            next_due(checks.iter(), evaluated),
+            Some(t("2026-01-01T10:05:00Z"))
+        );
     }
 
     #[test]

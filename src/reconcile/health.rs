@@ -23,8 +23,12 @@ pub(super) struct HealthRuntime {
     store_records: Vec<Sourced>,
     /// When the health state store was last read, and with which settings.
     store_read: Option<(tokio::time::Instant, health::HealthStoreSettings)>,
-    /// HealthDefinitions parsed from output files, by blob sha256.
+    /// HealthDefinitions parsed from output files, by blob sha256 (those of the cached outputs
+    /// of the last pass only).
     definitions: DefinitionCache,
+    /// When the last pass looked for due checks: a check due before then that did not run
+    /// (its request is invalid or held) does not wake the daemon again.
+    evaluated_at: Option<std::time::SystemTime>,
 }
 
 /// One health check to run in this pass.
@@ -49,11 +53,13 @@ impl Engine {
     /// the health state store (the daemon wakes for it).
     pub fn health_due(&self) -> Option<Duration> {
         let clock = &self.health.clock;
+        let evaluated = self.health.evaluated_at;
         let check = checks::next_due(
             self.state
                 .requests
                 .values()
                 .flat_map(|r| r.status.health_checks.iter()),
+            evaluated,
         )
         .map(|t| checks::until(clock, t));
         let store = self.settings.health_state_store.as_ref().map(|hs| {
@@ -126,7 +132,9 @@ impl Engine {
     /// most `concurrency` at once; none once the pass is cancelled).
     async fn run_health_checks(&mut self, pass: &mut Pass<'_>) {
         let now = self.health.clock.now();
+        self.health.evaluated_at = Some(now);
         let mut due = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for r in &pass.cfg.requests {
             let key = r.key();
             let Some(record) = self.state.requests.get_mut(key) else {
@@ -135,6 +143,13 @@ impl Engine {
             if record.deleting {
                 continue;
             }
+            seen.extend(
+                record
+                    .outputs
+                    .iter()
+                    .flat_map(|o| &o.files)
+                    .map(|f| f.sha256.clone()),
+            );
             let dir = &self.dir;
             let declared = checks::declared(
                 key,
@@ -163,6 +178,7 @@ impl Engine {
                 });
             }
         }
+        self.health.definitions.retain(|sha, _| seen.contains(sha));
         if due.is_empty() || self.cancel.load(Ordering::SeqCst) {
             return;
         }
