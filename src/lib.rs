@@ -8,6 +8,8 @@
 //! - [`diag`]: errors and warnings that name file, document, object and field.
 //! - [`cluster`]: in-cluster operation (Kubernetes client, RBAC access, Job runtime and
 //!   leader election settings).
+//! - [`health`]: HealthRecords, the health state store and health checks folded into each
+//!   request's `status.healthStatus`.
 //! - [`image`]: pulling, verifying, caching and unpacking OCI images for pipelines.
 
 pub mod cli;
@@ -15,6 +17,7 @@ pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod diag;
+pub mod health;
 pub mod image;
 pub mod layout;
 pub mod model;

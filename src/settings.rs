@@ -228,6 +228,9 @@ pub struct Settings {
     pub webhook_secret_file: Option<PathBuf>,
     /// `text` or `json`; `--log-format` wins. Read once at start (SIGHUP does not change it).
     pub log_format: LogFormat,
+    /// Where health agents write HealthRecords (README "Health"): a state store of the config
+    /// repo, or a directory in one, read every `pollInterval`. Default: none.
+    pub health_state_store: Option<crate::health::HealthStoreSettings>,
 }
 
 impl Default for Settings {
@@ -275,6 +278,7 @@ impl Default for Settings {
             max_retry_backoff: MAX_BACKOFF,
             webhook_secret_file: None,
             log_format: LogFormat::Text,
+            health_state_store: None,
         }
     }
 }

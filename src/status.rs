@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::model::ObjectRef;
+use crate::model::{HealthState, ObjectRef};
 
 /// `True`, `False` or `Unknown`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +139,148 @@ pub struct ObjectStatus {
     /// RFC 3339 time of the last successful configure workflow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful_configure_workflow_time: Option<String>,
+    /// Requests: `status.promiseVersion`, the Promise's `kratix.io/promise-version` label when
+    /// its configure workflow last completed (Kratix: `dynamic_resource_request_controller.go`,
+    /// kratix-lifecycle.md §2.3); unset for an unlabelled Promise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promise_version: Option<String>,
+    /// Requests: `status.healthStatus`, folded from its HealthRecords (kratix-lifecycle.md
+    /// §1.2); unset until a HealthRecord or health check concerns the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_status: Option<HealthStatus>,
+    /// Requests: the health checks (HealthDefinitions) its pipelines declared, with their
+    /// schedule and last result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<HealthCheckStatus>,
+    /// The last [`MAX_EVENTS`] events about the object, oldest first (Kratix records them as
+    /// Kubernetes Events on the object).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<Event>,
+}
+
+/// Events kept per object in [`ObjectStatus::events`].
+pub const MAX_EVENTS: usize = 20;
+
+/// `status.healthStatus` (Kratix: `internal/controller/healthrecord_controller.go`), plus
+/// what a health gate needs: when the state last changed, and the version it is about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthStatus {
+    /// The worst state of the records that count (unhealthy < degraded < unknown < healthy <
+    /// ready); `ready` with none; `unknown` when every record was ignored as older than the
+    /// applied Promise version (`syntasso/kratix#944`).
+    pub state: HealthState,
+    /// The records that count, by source.
+    #[serde(default)]
+    pub health_records: Vec<HealthRecordStatus>,
+    /// RFC 3339 time `state` last changed (promised; Kratix has none).
+    pub last_transition_time: String,
+    /// The applied Promise version the records were weighed against (`syntasso/kratix#944`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promise_version: Option<String>,
+    /// Records about the request that were ignored because they are older than
+    /// `promiseVersion` (`syntasso/kratix#945`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored_records: Vec<IgnoredRecord>,
+}
+
+/// One entry of `status.healthStatus.healthRecords`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthRecordStatus {
+    /// The record's state.
+    pub state: HealthState,
+    /// Unix seconds of the check, when the record says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<i64>,
+    /// `{name, namespace}` of the HealthRecord (of the HealthDefinition for a health check).
+    pub source: HealthSource,
+    /// The record's details.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
+    /// Where promised read it: `config <file>#<doc>`, `healthStateStore <kind>/<name>
+    /// <path>#<doc>` or `healthCheck` (promised; not in Kratix).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub from: String,
+    /// The record's `promiseVersion`, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promise_version: Option<String>,
+}
+
+/// `source` of a health record entry.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct HealthSource {
+    /// Object name.
+    pub name: String,
+    /// Object namespace.
+    pub namespace: String,
+}
+
+/// A record left out of the fold as older than the request's applied Promise version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IgnoredRecord {
+    /// Its source.
+    pub source: HealthSource,
+    /// Its `promiseVersion`.
+    pub promise_version: String,
+}
+
+/// A health check (HealthDefinition) of a request, and its last result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheckStatus {
+    /// `metadata.name` of the HealthDefinition (its records' `source.name`).
+    pub name: String,
+    /// Its namespace (the request's when unset).
+    pub namespace: String,
+    /// Cron schedule, UTC.
+    pub schedule: String,
+    /// The pipeline output that declared it: `<pipeline>/<path>`.
+    pub declared_in: String,
+    /// RFC 3339 time of the next run (unset when the schedule does not parse).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run_at: Option<String>,
+    /// Unix seconds of the last run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<i64>,
+    /// State of the last run (`unknown` when it failed or wrote no valid
+    /// `health-status.yaml`); unset before the first run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<HealthState>,
+    /// `details` of the last run's `health-status.yaml`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
+    /// Why the last run gave no state, or why the check cannot be scheduled.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// `spec.promiseVersion` of the HealthDefinition, copied onto its records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promise_version: Option<String>,
+}
+
+/// `Normal` or `Warning`, as for Kubernetes Events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventType {
+    /// Informational.
+    Normal,
+    /// Something is wrong.
+    Warning,
+}
+
+/// An event about an object (a Kubernetes Event in Kratix).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// Normal or Warning.
+    #[serde(rename = "type")]
+    pub type_: EventType,
+    /// CamelCase reason, e.g. `HealthRecord`.
+    pub reason: String,
+    /// Human-readable note, e.g. `Health state is unhealthy`.
+    pub message: String,
+    /// RFC 3339 time.
+    pub time: String,
 }
 
 impl ObjectStatus {
@@ -159,7 +301,23 @@ impl ObjectStatus {
             workflows_succeeded: 0,
             workflows_failed: 0,
             last_successful_configure_workflow_time: None,
+            promise_version: None,
+            health_status: None,
+            health_checks: Vec::new(),
+            events: Vec::new(),
         }
+    }
+
+    /// Records an event (keeping the last [`MAX_EVENTS`]).
+    pub fn event(&mut self, type_: EventType, reason: &str, message: &str) {
+        self.events.push(Event {
+            type_,
+            reason: reason.into(),
+            message: message.into(),
+            time: now_rfc3339(),
+        });
+        let over = self.events.len().saturating_sub(MAX_EVENTS);
+        self.events.drain(..over);
     }
 
     /// Sets a condition; `lastTransitionTime` only moves when the status value changes.

@@ -101,7 +101,8 @@ pub fn write_rows(
     }
 }
 
-/// The status table: `OBJECT  RECONCILED  DESTINATIONS  COMMIT  MESSAGE`, one line per row.
+/// The status table: `OBJECT  RECONCILED  DESTINATIONS  COMMIT  HEALTH  MESSAGE`, one line
+/// per row (HEALTH: `status.healthStatus.state`, `-` without one).
 fn write_table(rows: &[StatusRow], out: &mut dyn Write) -> std::io::Result<()> {
     // Objects held because their config file does not load come first: a person must fix
     // that file (`reconcile::held`).
@@ -118,8 +119,8 @@ fn write_table(rows: &[StatusRow], out: &mut dyn Write) -> std::io::Result<()> {
     let width = rows.iter().map(|r| r.key.len()).max().unwrap_or(10).max(10);
     writeln!(
         out,
-        "{:<width$}  {:<11}  {:<16}  {:<9}  MESSAGE",
-        "OBJECT", "RECONCILED", "DESTINATIONS", "COMMIT"
+        "{:<width$}  {:<11}  {:<16}  {:<9}  {:<9}  MESSAGE",
+        "OBJECT", "RECONCILED", "DESTINATIONS", "COMMIT", "HEALTH"
     )?;
     for r in rows {
         let mut dests: Vec<&str> = r
@@ -138,7 +139,7 @@ fn write_table(rows: &[StatusRow], out: &mut dyn Write) -> std::io::Result<()> {
             .unwrap_or("-");
         writeln!(
             out,
-            "{:<width$}  {:<11}  {:<16}  {:<9}  {}",
+            "{:<width$}  {:<11}  {:<16}  {:<9}  {:<9}  {}",
             r.key,
             r.status.summary(),
             if dests.is_empty() {
@@ -147,6 +148,10 @@ fn write_table(rows: &[StatusRow], out: &mut dyn Write) -> std::io::Result<()> {
                 dests.join(",")
             },
             commit,
+            r.status
+                .health_status
+                .as_ref()
+                .map_or("-", |h| h.state.as_str()),
             first_line(&r.status.message)
         )?;
     }

@@ -258,5 +258,7 @@ pub(super) fn next_wake(engine: &Engine, pass_started: SystemTime) -> Duration {
         );
     let retry =
         crate::reconcile::next_retry(engine.state(), since).unwrap_or(Duration::from_secs(60));
+    // Health checks and the health state store's poll (crate::health).
+    let retry = engine.health_due().map_or(retry, |h| retry.min(h));
     retry.clamp(Duration::from_millis(200), Duration::from_secs(60))
 }

@@ -20,7 +20,9 @@ pub use destination::{
     Cleanup, Destination, DestinationSpec, FilepathMode, FilepathSpec, InitWorkloads,
     StateStoreKind, StateStoreRef,
 };
-pub use health::{HealthRecord, HealthRecordData, HealthState};
+pub use health::{
+    HealthDefinition, HealthDefinitionSpec, HealthRecord, HealthRecordData, HealthState,
+};
 pub use meta::{
     CLUSTER_SCOPED_KINDS, ObjectMeta, ObjectRef, Selector, is_cluster_scoped, namespaced_name,
     promise_key, request_key,

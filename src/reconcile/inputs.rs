@@ -68,6 +68,35 @@ pub fn kratix_status(status: &ObjectStatus) -> Map<String, Value> {
             t.clone().into(),
         );
     }
+    if let Some(v) = &status.promise_version {
+        s.insert("promiseVersion".into(), v.clone().into());
+    }
+    if let Some(h) = &status.health_status {
+        // Kratix's shape (kratix-lifecycle.md §1.2): `state` and `healthRecords`.
+        let records: Vec<Value> = h
+            .health_records
+            .iter()
+            .map(|r| {
+                let mut m = Map::new();
+                m.insert("state".into(), r.state.as_str().into());
+                if let Some(t) = r.last_run {
+                    m.insert("lastRun".into(), t.into());
+                }
+                m.insert(
+                    "source".into(),
+                    serde_json::to_value(&r.source).unwrap_or_default(),
+                );
+                if let Some(d) = &r.details {
+                    m.insert("details".into(), d.clone());
+                }
+                Value::Object(m)
+            })
+            .collect();
+        let mut hs = Map::new();
+        hs.insert("state".into(), h.state.as_str().into());
+        hs.insert("healthRecords".into(), Value::Array(records));
+        s.insert("healthStatus".into(), Value::Object(hs));
+    }
     merge_status(&s, &status.fields, WorkflowType::Resource)
 }
 

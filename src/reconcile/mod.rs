@@ -22,8 +22,11 @@
 //! 9. **place** again: collisions and state-store path rules settle what is written;
 //! 10. **write** (`write`, second half): one change set per state store, applied as **one
 //!     commit per store**;
-//! 11. **records** (`records`, landing): status, placements and input hashes saved in the
-//!     state directory, and the pass report.
+//! 11. **records** (`records`, landing): status, placements and input hashes;
+//! 12. **health** (`health`): the health state store read when due, due health checks run,
+//!     and every request's HealthRecords folded into `status.healthStatus`
+//!     ([`crate::health`]); then everything is saved in the state directory, with the pass
+//!     report.
 //!
 //! The stages hand each other one `Pass` (the working state of the pass); the [`Engine`]
 //! keeps what lives between passes (state, open stores, settings).
@@ -54,6 +57,7 @@
 
 mod delete;
 mod destinations;
+mod health;
 pub mod held;
 mod inputs;
 mod place;
@@ -123,6 +127,8 @@ pub struct Engine {
     backoff: bool,
     /// Leader election: state stores are written only while this is `true`.
     write_gate: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The health stage's clock, health state store records and parsed health checks.
+    health: health::HealthRuntime,
 }
 
 /// The working state of one pass, handed from stage to stage in the order of
@@ -169,6 +175,8 @@ struct Pass<'c> {
     touched: BTreeMap<String, BTreeSet<String>>,
     /// write: state store → its new version (commit) or why the write failed.
     store_results: BTreeMap<String, Result<Option<String>, String>>,
+    /// health: request keys whose health status or health checks changed.
+    health_changed: BTreeSet<String>,
 }
 
 impl Engine {
@@ -211,6 +219,7 @@ impl Engine {
             cancel: Arc::new(AtomicBool::new(false)),
             backoff: false,
             write_gate: None,
+            health: health::HealthRuntime::default(),
         })
     }
 
@@ -307,6 +316,7 @@ impl Engine {
         let sets = self.change_sets(&mut pass)?;
         self.write_stores(&mut pass, sets).await?;
         self.land(&mut pass);
+        self.health_stage(&mut pass).await;
         self.finish_pass(pass)
     }
 
@@ -349,6 +359,7 @@ impl Engine {
             object_errors: BTreeMap::new(),
             touched: BTreeMap::new(),
             store_results: BTreeMap::new(),
+            health_changed: BTreeSet::new(),
         }
     }
 

@@ -77,6 +77,7 @@ impl Engine {
                     record.completed = true;
                     record.input_hash = step.hash;
                     record.object = r.object.clone();
+                    record.status.promise_version = step.promise.version().map(str::to_string);
                     set_completed(&mut record.status, 0, "Resource requested");
                 }
                 Decision::Run { rate_limited } => {
@@ -293,7 +294,7 @@ impl Engine {
             }
         }
         for k in self.state.requests.keys().chain(pass.removed.iter()) {
-            if !pass.steady.contains(k) {
+            if !pass.steady.contains(k) || pass.health_changed.contains(k) {
                 dirty.requests.insert(k.clone());
             }
         }

@@ -121,6 +121,11 @@ impl Engine {
                 record.object = r.object.clone();
             }
             self.absorb_result(&mut record, hash, &result, false, &mut pass.report)?;
+            if record.completed {
+                // The version applied (kratix-lifecycle.md §2.3): what health records are
+                // weighed against (`crate::health`).
+                record.status.promise_version = job.promise.version().map(str::to_string);
+            }
             self.note_failure(&mut record);
             ran[i] = Some(ObjectReport::new(&record, ObjectAction::Ran));
             self.state.requests.insert(job.key.clone(), record);

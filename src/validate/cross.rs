@@ -360,7 +360,8 @@ pub(super) fn reject_required_promise_cycles(
         .collect()
 }
 
-/// Health records must name a valid Promise (warnings: they only feed status).
+/// Health records must name a valid Promise and a request by `resourceRef.name` and
+/// `namespace` (warnings: they only feed status; README "Health").
 pub(super) fn check_health_records(
     health_records: &[Located<HealthRecord>],
     valid_promises: &[ValidPromise],
@@ -374,6 +375,18 @@ pub(super) fn check_health_records(
             .get("name")
             .and_then(Value::as_str)
             .unwrap_or_default();
+        if h.object.data.resource().is_none() {
+            diagnostics.push(
+                h.origin
+                    .diag(
+                        Code::InvalidField,
+                        Some(&h.id),
+                        "data.resourceRef",
+                        "needs name and namespace; the record concerns no request",
+                    )
+                    .warning(),
+            );
+        }
         if !valid_promises.iter().any(|p| p.name() == pname) {
             diagnostics.push(
                 h.origin

@@ -34,6 +34,17 @@ impl ValidPromise {
         &self.promise.object.metadata.name
     }
 
+    /// The Promise's version: its `kratix.io/promise-version` label, when set
+    /// (kratix-lifecycle.md §2.1; Kratix calls an unlabelled Promise `not-set`).
+    pub fn version(&self) -> Option<&str> {
+        self.promise
+            .object
+            .metadata
+            .labels
+            .get(crate::model::PROMISE_VERSION_LABEL)
+            .map(String::as_str)
+    }
+
     /// `spec.workflows.config.pipelineNamespace` as written (Kratix: the namespace its
     /// pipelines run in, `kratix-contract.md` §2), when set.
     pub fn pipeline_namespace(&self) -> Option<&str> {

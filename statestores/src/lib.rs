@@ -231,6 +231,26 @@ pub struct ApplyOutcome {
     pub conflicts_retried: u32,
 }
 
+/// A file read from a state store by [`StateStore::read_files`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFile {
+    /// Store-relative path (including the store's `spec.path`).
+    pub path: String,
+    /// Its content.
+    pub content: Vec<u8>,
+}
+
+/// Whether `path` is under the directory `prefix` (`""`: everything) and ends with one of
+/// `suffixes` (any, when empty).
+pub(crate) fn wanted(path: &str, prefix: &str, suffixes: &[String]) -> bool {
+    let prefix = prefix.trim_matches('/');
+    let under = prefix.is_empty()
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|r| r.starts_with('/'));
+    under && (suffixes.is_empty() || suffixes.iter().any(|s| path.ends_with(s.as_str())))
+}
+
 /// One state store. Implementations serialise their own writes; callers may share it via `Arc`.
 #[async_trait]
 pub trait StateStore: Send + Sync {
@@ -262,6 +282,17 @@ pub trait StateStore: Send + Sync {
     /// [`Error::Conflict`] when retries ran out, [`Error::Rejected`] with the server's text,
     /// [`Error::Auth`], [`Error::InvalidPath`], transport and I/O errors.
     async fn apply(&self, changes: &ChangeSet) -> Result<ApplyOutcome, Error>;
+
+    /// Every file under `prefix` (a store-relative directory including the store's
+    /// `spec.path`; `""` for everything) whose path ends with one of `suffixes` (all files
+    /// when empty), with its content, sorted by path, at the current head (Git: fetched
+    /// first; S3: listed now). Our own metadata (`.promised/`) is never listed. For files
+    /// others write into a store, such as HealthRecords from health agents; `apply` never
+    /// touches files it does not own, so reading them does not disturb writes.
+    ///
+    /// # Errors
+    /// Transport, auth and I/O errors naming the store.
+    async fn read_files(&self, prefix: &str, suffixes: &[&str]) -> Result<Vec<StoredFile>, Error>;
 
     /// Whether [`StateStore::apply`] would accept a file at `path` (store-relative, including
     /// the store's `spec.path`). The same rule `apply` checks every path of a change set with

@@ -786,3 +786,33 @@ async fn without_a_blob_cache_drift_outside_the_change_set_stays_reported_until_
     );
     assert!(store.apply(&batch()).await.unwrap().drift.is_empty());
 }
+
+/// `read_files` lists what others wrote under a prefix (HealthRecords from health agents):
+/// only the wanted suffixes, never our `.promised/` metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_files_under_a_prefix() {
+    let fx = fixture().await;
+    let store = fx.store();
+    store.apply(&batch()).await.unwrap();
+    fx.put("destinations/agents/a.yaml", "kind: HealthRecord\n")
+        .await;
+    fx.put("destinations/agents/notes.txt", "not yaml\n").await;
+    fx.put("destinations/agentsx/b.yaml", "kind: HealthRecord\n")
+        .await;
+    let files = store
+        .read_files("destinations/agents", &[".yaml", ".yml"])
+        .await
+        .unwrap();
+    let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["destinations/agents/a.yaml"]);
+    assert_eq!(files[0].content, b"kind: HealthRecord\n");
+    let all = store.read_files("", &[]).await.unwrap();
+    assert!(
+        all.iter()
+            .any(|f| f.path == "destinations/agents/notes.txt")
+    );
+    assert!(
+        all.iter().all(|f| !f.path.contains(".promised/")),
+        "{all:?}"
+    );
+}

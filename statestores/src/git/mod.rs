@@ -22,6 +22,7 @@
 pub mod config;
 pub mod credentials;
 mod push;
+mod read;
 mod repo;
 pub mod transport;
 
@@ -751,6 +752,14 @@ impl StateStore for GitStateStore {
             Ok(entries)
         })
         .await
+    }
+
+    async fn read_files(
+        &self,
+        prefix: &str,
+        suffixes: &[&str],
+    ) -> Result<Vec<crate::StoredFile>, Error> {
+        self.read_files_at_head(prefix, suffixes).await
     }
 
     async fn apply(&self, changes: &ChangeSet) -> Result<ApplyOutcome, Error> {

@@ -182,4 +182,51 @@ impl S3StateStore {
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
     }
+
+    /// [`crate::StateStore::read_files`]: the keys under `prefix` (store-relative, `""` for
+    /// the store's whole `spec.path`) ending with one of `suffixes`, our metadata left out,
+    /// each read, sorted by key.
+    pub(super) async fn read_files_unbounded(
+        &self,
+        prefix: &str,
+        suffixes: &[String],
+    ) -> Result<Vec<crate::StoredFile>, Error> {
+        let prefix = prefix.trim_matches('/');
+        let base = if prefix.is_empty() {
+            self.inner.prefix.clone()
+        } else {
+            prefix.to_owned()
+        };
+        let list = (!base.is_empty()).then(|| ObjPath::from(base.as_str()));
+        let metas: Vec<object_store::ObjectMeta> = self
+            .inner
+            .client
+            .list(list.as_ref())
+            .try_collect()
+            .await
+            .map_err(|e| self.map_err("list", e))?;
+        let mut out = Vec::new();
+        for m in metas {
+            let key = m.location.as_ref().to_owned();
+            if self.is_meta(&key) || !crate::wanted(&key, &base, suffixes) {
+                continue;
+            }
+            let r = self
+                .inner
+                .client
+                .get(&m.location)
+                .await
+                .map_err(|e| self.map_err(&format!("get {key}"), e))?;
+            let bytes = r
+                .bytes()
+                .await
+                .map_err(|e| self.map_err(&format!("get {key}"), e))?;
+            out.push(crate::StoredFile {
+                path: key,
+                content: bytes.to_vec(),
+            });
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
 }

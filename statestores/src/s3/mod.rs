@@ -366,6 +366,16 @@ impl StateStore for S3StateStore {
             .await
     }
 
+    async fn read_files(
+        &self,
+        prefix: &str,
+        suffixes: &[&str],
+    ) -> Result<Vec<crate::StoredFile>, Error> {
+        let suffixes: Vec<String> = suffixes.iter().map(|s| s.to_string()).collect();
+        self.bounded("read files", self.read_files_unbounded(prefix, &suffixes))
+            .await
+    }
+
     fn check_path(&self, path: &str) -> Result<(), Error> {
         self.validate_key(path)
     }
