@@ -84,7 +84,8 @@ async fn leadership_handler(AxState(s): AxState<Arc<Shared>>) -> Response {
 
 /// The status of the last pass; 503 until the first pass has ended (`promised status` then
 /// reads the state directory). With leader election, a standby answers 503 (its rows, if
-/// any, are from when it led): the leader has the status.
+/// any, are from when it led): the leader has the status. With shards, the rows are the
+/// objects of the shards this replica held at its last pass (docs/sharding.md).
 async fn status_handler(AxState(s): AxState<Arc<Shared>>) -> Response {
     if let Some(l) = s.leadership()
         && l.role == "standby"

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::engines::Engines;
 use super::pass::PassCache;
 use super::{DaemonOptions, Shared};
-use crate::reconcile::Engine;
 use crate::settings::Settings;
 
 /// Whether to send systemd `WATCHDOG=1` now: the loop beat within half the watchdog timeout
@@ -79,7 +79,7 @@ pub(super) fn spawn_watchdog(shared: Arc<Shared>, timeout: Duration) {
 pub(super) async fn reload(
     opts: &DaemonOptions,
     shared: &Shared,
-    engine: &mut Engine,
+    engines: &mut Engines,
     cache: &mut PassCache,
     settings: &mut Settings,
 ) {
@@ -91,8 +91,8 @@ pub(super) async fn reload(
                     tracing::error!(error = %e, "keeping the previous webhook secret")
                 }
             }
-            engine.set_settings(s.clone());
-            match PassCache::new(&opts.source, &s, engine.state_dir()) {
+            engines.set_settings(&s);
+            match PassCache::new(&opts.source, &s, engines.state_root()) {
                 Ok(c) => *cache = c,
                 Err(e) => tracing::error!(error = %e, "keeping the previous file filter"),
             }

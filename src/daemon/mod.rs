@@ -25,6 +25,7 @@
 //! `pass.rs` one pass (load, validate, reconcile) and the status rows it refreshes;
 //! `metrics.rs` and `webhook.rs` the metrics registry and webhook signatures.
 
+mod engines;
 mod http;
 mod lifecycle;
 pub mod metrics;
@@ -39,6 +40,8 @@ mod gate_tests;
 #[cfg(test)]
 mod lease_tests;
 #[cfg(test)]
+mod shard_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;
@@ -49,7 +52,6 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, RwLock, watch};
 
 use crate::config::Source;
-use crate::reconcile::Engine;
 use crate::settings::Settings;
 use metrics::Metrics;
 use pass::{PassCache, StatusRows};
@@ -126,34 +128,29 @@ impl Shared {
     }
 }
 
-/// Starts leader election on the cluster's API (`leaderElection:`). Errors: bad settings, no
-/// API to talk to, and `shards` above 1 (the Leases support it, the engine does not yet
-/// reconcile per shard: docs/sharding.md).
+/// Starts leader election on the cluster's API (`leaderElection:`; with `shards` > 1 each
+/// held shard gets its own engine, docs/sharding.md). Errors: bad settings, no API to talk to.
 async fn start_election(
     le: &crate::cluster::LeaderElectionSettings,
 ) -> Result<crate::cluster::Election, String> {
-    if le.shards > 1 {
-        return Err(format!(
-            "leaderElection.shards: {} is not supported by the daemon yet (only 1); see docs/sharding.md",
-            le.shards
-        ));
-    }
     crate::cluster::lease::Timing::from_settings(le)?;
     let client = crate::cluster::client(le.namespace.as_deref()).await?;
     let election = crate::cluster::Election::start(client, le)?;
-    tracing::info!(lease = %le.lease_name, identity = %election.status().borrow().identity, "leader election started: standing by until the Lease is held");
+    tracing::info!(lease = %le.lease_name, shards = le.shards.max(1), identity = %election.status().borrow().identity, "leader election started: standing by until a Lease is held");
     Ok(election)
 }
 
-/// Waits until the write gate changes and says whether it opened; never returns without
-/// leader election.
-async fn gate_opened(gate: &mut Option<watch::Receiver<bool>>) -> bool {
-    match gate {
-        Some(g) => match g.changed().await {
-            Ok(()) => *g.borrow_and_update(),
-            Err(_) => std::future::pending().await,
-        },
-        None => std::future::pending().await,
+/// Waits until one of the write gates (one per shard) changes and says whether it opened;
+/// never returns without leader election.
+async fn gate_opened(gates: &mut [watch::Receiver<bool>]) -> bool {
+    if gates.is_empty() {
+        return std::future::pending().await;
+    }
+    let (changed, i, _) =
+        futures_util::future::select_all(gates.iter_mut().map(|g| Box::pin(g.changed()))).await;
+    match changed {
+        Ok(()) => *gates[i].borrow_and_update(),
+        Err(_) => std::future::pending().await,
     }
 }
 
@@ -235,16 +232,13 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
     let mut beat = tokio::time::interval(beat_period(watchdog));
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    let mut engine = Engine::new(settings.clone(), settings.runner())
-        .map_err(|e| e.to_string())?
-        .with_backoff(true);
-    // Leader election: the engine writes only while this replica holds the Lease.
-    let mut gate = election.as_ref().map(|e| e.gate(0));
-    if let Some(g) = &gate {
-        engine = engine.with_write_gate(g.clone());
-    }
-    let cancel = engine.cancel_handle();
-    let mut cache = PassCache::new(&opts.source, &settings, engine.state_dir())?;
+    // One engine, or one per held shard; each writes only while its Lease is held.
+    let mut engines = engines::Engines::start(&settings, election.as_ref())?;
+    let mut gates: Vec<watch::Receiver<bool>> = match &election {
+        Some(e) => (0..e.status().borrow().shards).map(|i| e.gate(i)).collect(),
+        None => Vec::new(),
+    };
+    let mut cache = PassCache::new(&opts.source, &settings, engines.state_root())?;
     let mut settings = settings;
     let mut ready_sent = false;
     let mut first = true;
@@ -258,7 +252,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
     let mut stop = stop_rx.clone();
     loop {
         if !first {
-            let mut wait = pass::next_wake(&engine, pass_started);
+            let mut wait = engines.next_wake(pass_started);
             if failed_passes > 0 {
                 wait = wait.min(settings.failure_backoff(failed_passes));
             }
@@ -269,7 +263,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
                     _ = tokio::time::sleep_until(wake_at) => { shared.trigger("timer"); break; }
                     _ = stop.wait_for(|s| *s) => break,
                     _ = beat.tick() => shared.beat(),
-                    opened = gate_opened(&mut gate) => if opened {
+                    opened = gate_opened(&mut gates) => if opened {
                         shared.trigger("leadership acquired");
                         break;
                     },
@@ -309,7 +303,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
             }
         }
         first = false;
-        if !engine.may_write() {
+        if !engines.may_write() {
             // Standby: the leader reconciles; wait for the Lease (or a stop).
             tracing::debug!("standby: no pass");
             shared.pending.store(0, Ordering::SeqCst);
@@ -319,10 +313,12 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         shared.metrics.queue_depth.set(0);
         shared.beat();
         if reload.swap(false, Ordering::SeqCst) {
-            lifecycle::reload(&opts, &shared, &mut engine, &mut cache, &mut settings).await;
+            lifecycle::reload(&opts, &shared, &mut engines, &mut cache, &mut settings).await;
         }
+        engines.prepare(&shared);
+        let cancels = engines.cancel_handles();
         pass_started = SystemTime::now();
-        let pass = pass::one_pass(&mut engine, &mut cache, &shared);
+        let pass = engines.pass(&mut cache, &shared);
         tokio::pin!(pass);
         // Beat while driving the pass: pipelines may run for minutes.
         let outcome = loop {
@@ -336,7 +332,9 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
             Some(r) => r,
             None => {
                 // Draining: no new pipeline starts; running ones get the grace period.
-                cancel.store(true, Ordering::SeqCst);
+                for cancel in &cancels {
+                    cancel.store(true, Ordering::SeqCst);
+                }
                 match tokio::time::timeout(settings.shutdown_grace, &mut pass).await {
                     Ok(r) => r,
                     Err(_) => {
@@ -348,25 +346,33 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         };
         last_pass_end = tokio::time::Instant::now();
         busy_after_pass = shared.pending.load(Ordering::SeqCst) > 0;
-        failed_passes = match &outcome {
-            Ok(report) if report.stores.iter().all(|s| s.error.is_none()) => 0,
-            _ => failed_passes.saturating_add(1),
+        let all_ok = !outcome.is_empty()
+            && outcome.iter().all(|r| {
+                r.as_ref()
+                    .is_ok_and(|r| r.stores.iter().all(|s| s.error.is_none()))
+            });
+        failed_passes = if all_ok {
+            0
+        } else {
+            failed_passes.saturating_add(1)
         };
-        match outcome {
-            Ok(report) => {
-                shared.metrics.observe(&report);
-                pass::log_pass(&report);
-                if !ready_sent {
-                    let _ = sd_notify::notify(&[
-                        sd_notify::NotifyState::Ready,
-                        sd_notify::NotifyState::Status("first reconcile pass done"),
-                    ]);
-                    ready_sent = true;
+        for result in outcome {
+            match result {
+                Ok(report) => {
+                    shared.metrics.observe(&report);
+                    pass::log_pass(&report);
+                    if !ready_sent {
+                        let _ = sd_notify::notify(&[
+                            sd_notify::NotifyState::Ready,
+                            sd_notify::NotifyState::Status("first reconcile pass done"),
+                        ]);
+                        ready_sent = true;
+                    }
                 }
-            }
-            Err(e) => {
-                shared.metrics.error("pass");
-                tracing::error!(error = %e, "reconcile pass failed");
+                Err(e) => {
+                    shared.metrics.error("pass");
+                    tracing::error!(error = %e, "reconcile pass failed");
+                }
             }
         }
         if *stop.borrow() {

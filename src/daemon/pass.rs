@@ -62,12 +62,15 @@ impl PassCache {
     }
 }
 
-/// Loads the config (fetching a Git source), validates it and reconciles.
-pub(super) async fn one_pass(
-    engine: &mut Engine,
+/// Loads the config (fetching a Git source) and validates it; a pass at the commit of the
+/// last one reuses its validated config. `restore` puts back into freshly loaded objects the
+/// last good versions of those in files that did not load ([`Engine::restore_unloadable`]).
+pub(super) async fn load(
     cache: &mut PassCache,
     shared: &Shared,
-) -> Result<PassReport, String> {
+    settings: &Settings,
+    restore: impl FnOnce(&mut config::Objects),
+) -> Result<(Arc<validate::ValidConfig>, PathBuf), String> {
     let t_load = std::time::Instant::now();
     // The loader does blocking I/O (fetch, reads): keep it off the runtime's workers.
     let mut loader = cache
@@ -107,14 +110,14 @@ pub(super) async fn one_pass(
         }
         Some((commit, mut loaded)) => {
             // A file that does not load keeps its objects' last good versions (never prunes).
-            engine.restore_unloadable(&mut loaded.objects);
+            restore(&mut loaded.objects);
             let mut cfg = validate::validate_with_options(
                 loaded.objects,
                 &mut cache.admissions,
-                &engine.settings().validate_options(),
+                &settings.validate_options(),
             );
             // Needs the daemon config; a SIGHUP resets `cache.last`, so this runs again.
-            crate::pipeline::env::check_pipeline_env(&mut cfg, &engine.settings().env_sources());
+            crate::pipeline::env::check_pipeline_env(&mut cfg, &settings.env_sources());
             let cfg = Arc::new(cfg);
             let errors: std::collections::HashSet<&crate::diag::Diagnostic> =
                 cfg.diagnostics.iter().filter(|d| d.is_error()).collect();
@@ -142,21 +145,48 @@ pub(super) async fn one_pass(
             (cfg, loaded.root)
         }
     };
-    let validate_s = t_validate.elapsed().as_secs_f64();
-    let report = engine
-        .reconcile(&cfg, &config_root)
-        .await
-        .map_err(|e| e.to_string())?;
+    tracing::debug!(
+        load_s,
+        validate_s = t_validate.elapsed().as_secs_f64(),
+        "config loaded"
+    );
+    Ok((cfg, config_root))
+}
+
+/// Loads the config (fetching a Git source), validates it and reconciles.
+pub(super) async fn one_pass(
+    engine: &mut Engine,
+    cache: &mut PassCache,
+    shared: &Shared,
+) -> Result<PassReport, String> {
+    let (cfg, config_root) = load(cache, shared, engine.settings(), |objects| {
+        engine.restore_unloadable(objects);
+    })
+    .await?;
+    let report = reconcile(engine, &cfg, &config_root, &mut cache.rows).await?;
     shared.stores_ok.store(
         report.stores.iter().all(|s| s.error.is_none()),
         Ordering::SeqCst,
     );
-    let t_status = std::time::Instant::now();
-    refresh_rows(&mut cache.rows, engine.state(), &report.dirty);
     *shared.status_rows.write().await = Some(cache.rows.clone());
+    Ok(report)
+}
+
+/// One engine's pass over a loaded config; refreshes `rows` from its state.
+pub(super) async fn reconcile(
+    engine: &mut Engine,
+    cfg: &validate::ValidConfig,
+    config_root: &std::path::Path,
+    rows: &mut StatusRows,
+) -> Result<PassReport, String> {
+    let report = engine
+        .reconcile(cfg, config_root)
+        .await
+        .map_err(|e| e.to_string())?;
+    let t_status = std::time::Instant::now();
+    refresh_rows(rows, engine.state(), &report.dirty);
     tracing::debug!(
-        load_s,
-        validate_s,
+        shard = engine.shard().map(|s| s.index),
         reconcile_s = report.duration.as_secs_f64(),
         status_s = t_status.elapsed().as_secs_f64(),
         "pass phases"

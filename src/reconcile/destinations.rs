@@ -195,6 +195,9 @@ impl Engine {
                 continue;
             };
             for e in entries {
+                if !self.in_shard(&e.owner.promise) {
+                    continue; // another shard's
+                }
                 let Some(d) = dests
                     .iter()
                     .find(|d| d.info.name == e.owner.destination && &d.store == key)

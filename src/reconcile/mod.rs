@@ -31,6 +31,9 @@
 //! The stages hand each other one `Pass` (the working state of the pass); the [`Engine`]
 //! keeps what lives between passes (state, open stores, settings).
 //!
+//! Sharding (`leaderElection.shards` > 1): an engine made with [`Engine::for_shard`] sees only
+//! its shard's Promises and requests, and rebuilds and deletes only theirs (`shard`).
+//!
 //! Guarantees:
 //! - A workflow re-runs only when its inputs change: the hash of the Promise spec (which holds
 //!   the pipeline definitions), the request's defaulted spec, the image overrides its
@@ -67,6 +70,7 @@ mod promises;
 mod records;
 mod report;
 mod run;
+mod shard;
 mod write;
 
 pub use inputs::{TREE_CONTENT_BUDGET, TREE_MAX_ENTRIES};
@@ -75,6 +79,7 @@ pub use plan::reconciliation_interval;
 pub use records::next_retry;
 pub use report::{ObjectAction, ObjectReport, PassReport, StoreReport};
 pub use run::RunTiming;
+pub use shard::Shard;
 
 pub use crate::model::{promise_key, request_key};
 pub use crate::settings::{BASE_BACKOFF, MAX_BACKOFF};
@@ -106,6 +111,10 @@ pub enum EngineError {
     /// nothing to the state directory.
     #[error("leadership lost: the pass stopped before writing to {0}")]
     LeadershipLost(String),
+    /// A sharded engine ([`Engine::for_shard`]) cannot reconcile this config (an
+    /// `aggregatedYAML` Destination, named in the message); nothing was written.
+    #[error("sharding: {0}")]
+    Sharding(String),
 }
 
 /// The reconcile engine. Holds the state, the open state stores and the runner settings
@@ -129,12 +138,17 @@ pub struct Engine {
     write_gate: Option<tokio::sync::watch::Receiver<bool>>,
     /// The health stage's clock, health state store records and parsed health checks.
     health: health::HealthRuntime,
+    /// Sharding: only this shard's Promises and requests ([`Engine::for_shard`]).
+    shard: Option<Shard>,
 }
 
 /// The working state of one pass, handed from stage to stage in the order of
 /// [`Engine::reconcile`]. Each field says which stage fills it.
 struct Pass<'c> {
+    /// The config this engine reconciles (its shard's part with [`Engine::for_shard`]).
     cfg: &'c ValidConfig,
+    /// The whole config (`cfg` itself without a shard): `requiredPromises` look here.
+    all: &'c ValidConfig,
     /// The directory the config repo's files are in (Promise folders are mounted from there).
     config_root: &'c Path,
     started: Instant,
@@ -188,10 +202,20 @@ impl Engine {
     /// of the `images:` section could not be opened, e.g. an invalid mirror host
     /// ([`EngineError::Images`]).
     pub fn new(settings: Settings, runner: RunnerConfig) -> Result<Engine, EngineError> {
+        let dir = settings.state_dir.clone();
+        Engine::open(settings, runner, &dir)
+    }
+
+    /// [`Engine::new`] with its state directory at `state_dir`.
+    fn open(
+        settings: Settings,
+        runner: RunnerConfig,
+        state_dir: &Path,
+    ) -> Result<Engine, EngineError> {
         if let Some(crate::pipeline::Images(Err(e))) = &runner.images {
             return Err(EngineError::Images(e.clone()));
         }
-        let dir = StateDir::open(&settings.state_dir)?;
+        let dir = StateDir::open(state_dir)?;
         let mut startup_warnings = Vec::new();
         let state = match dir.load() {
             Ok(s) => s,
@@ -220,6 +244,7 @@ impl Engine {
             backoff: false,
             write_gate: None,
             health: health::HealthRuntime::default(),
+            shard: None,
         })
     }
 
@@ -290,10 +315,22 @@ impl Engine {
         config_root: &Path,
     ) -> Result<PassReport, EngineError> {
         let started = Instant::now();
+        let (all, own) = match self.shard {
+            None => (cfg, None),
+            Some(s) => {
+                s.check(cfg).map_err(EngineError::Sharding)?;
+                (cfg, Some(s.config(cfg)))
+            }
+        };
+        let cfg = own.as_ref().unwrap_or(all);
         let store_errors = self.open_stores(cfg).await;
         let dests = destinations::dest_views(cfg);
         self.rebuild_from_indexes_if_empty(&dests).await;
         let mut pass = self.start_pass(cfg, config_root, started, dests, store_errors);
+        pass.all = all;
+        if own.is_some() {
+            shard::assume_foreign_available(all, cfg, &mut pass.facts.available);
+        }
         self.register_destinations(&mut pass).await?;
         self.configure_promises(&mut pass).await?;
         let (present, held) = delete::Presence::with_held(cfg, &self.state);
@@ -337,6 +374,7 @@ impl Engine {
         report.warnings.append(&mut self.startup_warnings);
         Pass {
             cfg,
+            all: cfg,
             config_root,
             started,
             report,

@@ -35,7 +35,7 @@ impl Engine {
         let cfg = pass.cfg;
         let dests_fingerprint = format!("{:?}", pass.dests);
         // Host files pipelines run (Promise folders, image-override mounts), hashed once a pass.
-        let mut trees = inputs::TreeHashes::new(self.dir.root());
+        let mut trees = inputs::TreeHashes::new(&self.settings.state_dir);
         let config_filter = self.settings.file_filter().compile().ok();
 
         // Promises, in requiredPromises order.
@@ -77,7 +77,7 @@ impl Engine {
                 .spec
                 .required_promises
                 .iter()
-                .filter(|r| !requirement_met(cfg, &pass.facts.available, &r.name, &r.version))
+                .filter(|r| !requirement_met(pass.all, &pass.facts.available, &r.name, &r.version))
                 .map(|r| {
                     if r.version.is_empty() {
                         r.name.clone()

@@ -31,7 +31,7 @@ impl Engine {
         let mut errors = BTreeMap::new();
         for s in &cfg.git_state_stores {
             let mut spec = s.object.spec.clone();
-            if let Some(resolved) = resolve_local_url(&spec.url, self.dir.root()) {
+            if let Some(resolved) = resolve_local_url(&spec.url, &self.settings.state_dir) {
                 spec.url = resolved;
             }
             let mut opts = statestores::GitOptions::new(self.dir.stores_dir());
