@@ -285,6 +285,42 @@ fn a_store_refusing_pushes_turns_its_destination_not_ready_and_back() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(event_reasons(&status_json(&state, "dev")).len(), 3);
 
+    // The repository disappears from the server: the write-permission check fails, the store
+    // says why and the Destination points at it (Kratix's reasons); back when it returns.
+    let gone = bare.with_file_name("gone.git");
+    std::fs::rename(&bare, &gone).unwrap();
+    let (code, out, err) = reconcile(&config, &state);
+    assert_ne!(code, 0, "{out}\n{err}");
+    let store = status_json(&state, "git");
+    assert_eq!(
+        ready(&store)["reason"],
+        "ErrorValidatingPermissions",
+        "{store}"
+    );
+    assert!(
+        ready(&store)["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Error validating state store permissions: "),
+        "{store}"
+    );
+    let dev = status_json(&state, "dev");
+    assert_eq!(ready(&dev)["reason"], "StateStoreNotReady", "{dev}");
+    assert_eq!(ready(&dev)["message"], "GitStateStore/git: not ready");
+    std::fs::rename(&gone, &bare).unwrap();
+    let (code, out, err) = reconcile(&config, &state);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        event_reasons(&status_json(&state, "dev")),
+        [
+            "DestinationReady",
+            "DestinationNotReady",
+            "DestinationReady",
+            "DestinationNotReady",
+            "DestinationReady"
+        ]
+    );
+
     // An unknown name is exit 1.
     let (code, _, err) = promised(&[
         "status",
