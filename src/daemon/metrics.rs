@@ -79,6 +79,8 @@ pub struct Metrics {
     /// `promised_state_store_writes_total{store,result}`: writes (one per store in use per
     /// pass) by result.
     pub state_store_writes: Family<StoreResultLabel, Counter>,
+    /// Destinations and state stores with a readiness series, to drop those that leave.
+    ready_series: std::sync::Mutex<(Vec<String>, Vec<String>)>,
 }
 
 impl Default for Metrics {
@@ -110,6 +112,7 @@ impl Metrics {
             destination_ready: Family::default(),
             state_store_ready: Family::default(),
             state_store_writes: Family::default(),
+            ready_series: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -240,7 +243,27 @@ impl Metrics {
         let ready = |c: Option<&crate::status::Condition>| {
             i64::from(c.is_some_and(|c| c.status == crate::status::ConditionStatus::True))
         };
-        self.destination_ready.clear();
+        let mut known = self.ready_series.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in known
+            .0
+            .iter()
+            .filter(|n| !infra.destinations.contains_key(*n))
+        {
+            self.destination_ready.remove(&DestinationLabel {
+                destination: gone.clone(),
+            });
+        }
+        for gone in known
+            .1
+            .iter()
+            .filter(|k| !infra.state_stores.contains_key(*k))
+        {
+            self.state_store_ready.remove(&StoreLabel {
+                store: gone.clone(),
+            });
+        }
+        known.0 = infra.destinations.keys().cloned().collect();
+        known.1 = infra.state_stores.keys().cloned().collect();
         for (name, d) in &infra.destinations {
             self.destination_ready
                 .get_or_create(&DestinationLabel {
@@ -248,7 +271,6 @@ impl Metrics {
                 })
                 .set(ready(d.ready()));
         }
-        self.state_store_ready.clear();
         for (key, s) in &infra.state_stores {
             self.state_store_ready
                 .get_or_create(&StoreLabel { store: key.clone() })
@@ -269,5 +291,45 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+    use crate::infra::{DestinationStatus, InfraStatus, reason, set_ready};
+    use crate::status::ConditionStatus;
+
+    #[test]
+    fn ready_gauges_follow_the_status_and_drop_what_left() {
+        let m = Metrics::new();
+        let mut infra = InfraStatus::default();
+        let mut dev = DestinationStatus::new("dev", "GitStateStore", "git");
+        infra.destinations.insert("dev".into(), dev.clone());
+        infra.destinations.insert(
+            "old".into(),
+            DestinationStatus::new("old", "GitStateStore", "git"),
+        );
+        m.observe_infra(&infra);
+        let text = m.encode();
+        assert!(
+            text.contains("promised_destination_ready{destination=\"dev\"} 0"),
+            "{text}"
+        );
+        set_ready(
+            &mut dev.conditions,
+            ConditionStatus::True,
+            reason::TEST_DOCUMENTS_WRITTEN,
+            "Test documents written to State Store",
+        );
+        infra.destinations.insert("dev".into(), dev);
+        infra.destinations.remove("old");
+        m.observe_infra(&infra);
+        let text = m.encode();
+        assert!(
+            text.contains("promised_destination_ready{destination=\"dev\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("destination=\"old\""), "{text}");
     }
 }
