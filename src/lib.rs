@@ -10,6 +10,7 @@
 //!   leader election settings).
 //! - [`health`]: HealthRecords, the health state store and health checks folded into each
 //!   request's `status.healthStatus`.
+//! - [`infra`]: Destination and state store status (`Ready`, events, last write).
 //! - [`image`]: pulling, verifying, caching and unpacking OCI images for pipelines.
 
 pub mod cli;
@@ -19,6 +20,7 @@ pub mod daemon;
 pub mod diag;
 pub mod health;
 pub mod image;
+pub mod infra;
 pub mod layout;
 pub mod model;
 pub mod pipeline;

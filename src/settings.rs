@@ -217,6 +217,12 @@ pub struct Settings {
     /// `stateStoreReconciliationInterval`). Default `10h`.
     #[serde(with = "humantime_serde")]
     pub resync_interval: Duration,
+    /// How often the write-permission check of a ready state store is repeated, so a store
+    /// that lost its permissions turns not ready without a write (README "Destination and
+    /// state store status"; Kratix re-checks only on a change). `0s` = on every pass.
+    /// Default `5m`.
+    #[serde(with = "humantime_serde")]
+    pub state_store_check_interval: Duration,
     /// `promised run`: first retry delay after a failed workflow, doubling per consecutive
     /// failure up to `maxRetryBackoff`. Default `10s` (times are kept to the second).
     #[serde(with = "humantime_serde")]
@@ -274,6 +280,7 @@ impl Default for Settings {
             listen: "127.0.0.1:8473".into(),
             poll_interval: Duration::from_secs(30),
             resync_interval: Duration::from_secs(10 * 3600),
+            state_store_check_interval: Duration::from_secs(300),
             retry_backoff: BASE_BACKOFF,
             max_retry_backoff: MAX_BACKOFF,
             webhook_secret_file: None,

@@ -70,8 +70,11 @@ fn the_status_table_keeps_one_row_per_object() {
         "127.0.0.1:1",
     ]);
     assert_eq!(code, 0, "{err}");
-    // Header plus one row for each of the 2 Promises and 3 requests.
-    assert_eq!(table.lines().count(), 6, "{table}");
+    // Header plus one row for each of the 2 Promises and 3 requests (then, after a blank
+    // line, the Destinations and state stores).
+    let objects = table.split("\n\n").next().unwrap();
+    assert_eq!(objects.lines().count(), 6, "{table}");
+    assert!(table.contains("\nDESTINATION "), "{table}");
     assert!(!table.contains("stderr line"), "{table}");
     // The whole message is in the JSON form.
     let (_, json, _) = promised(&[

@@ -41,6 +41,23 @@ async fn reconcile(config: &Path, state: &Path) -> (i32, String, String) {
     .unwrap()
 }
 
+/// `promised status NAME --output json` (a Destination or state store) from the state
+/// directory.
+fn one_status(state: &Path, name: &str) -> serde_json::Value {
+    let (code, out, err) = common::promised(&[
+        "status",
+        name,
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:1",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
 /// Every object key in the bucket (s3s-fs keeps them as plain files).
 fn bucket_keys(root: &Path) -> Vec<String> {
     fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
@@ -147,6 +164,21 @@ async fn one_destination_on_git_one_on_s3() {
     );
     let head = git(&bare, &["rev-parse", "main"]);
     let index = std::fs::read_to_string(s3.file(INDEX)).unwrap();
+    // The bucket's status: ready, its endpoint and bucket, the generation it wrote.
+    let bucket = one_status(&state, "BucketStateStore/s3");
+    assert_eq!(bucket["status"], "Ready", "{bucket}");
+    assert_eq!(bucket["url"], s3.endpoint(), "{bucket}");
+    assert_eq!(bucket["branchOrBucket"], BUCKET, "{bucket}");
+    assert!(
+        bucket["lastSuccessfulWrite"]["version"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty()),
+        "{bucket}"
+    );
+    assert_eq!(
+        one_status(&state, "prod")["conditions"][0]["status"],
+        "True"
+    );
 
     // Second pass: nothing changes anywhere.
     let (code, out, err) = reconcile(&config, &state).await;
@@ -201,6 +233,11 @@ async fn one_destination_on_git_one_on_s3() {
         .unwrap_or_default()
         .to_owned();
     assert!(!row.contains("Reconciled"), "{status}");
+    // The bucket and its Destination are not ready, the Git one is.
+    let prod = one_status(&state, "prod");
+    assert_eq!(prod["conditions"][0]["status"], "False", "{prod}");
+    assert_eq!(one_status(&state, "s3")["status"], "NotReady");
+    assert_eq!(one_status(&state, "dev")["conditions"][0]["status"], "True");
     // The request's status carries the store's error.
     let team_c_status = common::status_row(&state, "namespace/default/team-c-prod");
     let message = team_c_status["status"]["message"]

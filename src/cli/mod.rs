@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `validate.rs` | `promised validate` |
 //! | `reconcile.rs` | `promised reconcile` |
-//! | `status.rs` | `promised status` |
+//! | `status.rs` | `promised status` (`status_infra.rs`: its Destinations and state stores) |
 //! | `run.rs` | `promised run` (the daemon, [`crate::daemon`]) |
 //! | `pipeline.rs` | `promised pipeline run` |
 //! | `images.rs` | `promised images pull`, `prune` and `list` (the image cache) |
@@ -29,6 +29,7 @@ pub mod pipeline;
 pub mod reconcile;
 pub mod run;
 pub mod status;
+mod status_infra;
 pub mod stderr;
 pub mod validate;
 

@@ -1,8 +1,10 @@
-//! `promised status`: the status of every Promise and resource request, from a running
-//! daemon (`GET /api/v1/status`) or else from the state directory, as a table, JSON or YAML
-//! ([`super::output`]).
+//! `promised status`: the status of every Promise and resource request, Destination and
+//! state store, from a running daemon (`GET /api/v1/status`, `GET /api/v1/destinations`) or
+//! else from the state directory, as a table, JSON or YAML ([`super::output`],
+//! [`super::status_infra`]); `promised status NAME` shows one of them with its conditions and
+//! events.
 //!
-//! Exit codes: `0` shown, `2` no status could be read.
+//! Exit codes: `0` shown, `1` NAME not found, `2` no status could be read.
 
 use std::io::Write;
 
@@ -19,10 +21,20 @@ pub(super) const STATUS_EXAMPLES: &str = "\
 Asks the daemon listening at --listen first; without one, reads the state directory (which
 must exist).
 
-Exit status: 0 shown, 2 no status could be read.
+The table lists Promises and requests, then Destinations (like kubectl get destinations)
+and state stores. NAME is a Destination, a state store (GitStateStore/NAME,
+BucketStateStore/NAME or its bare name), a Promise (promise/NAME) or a request
+(PROMISE/NAMESPACE/NAME, or its bare name when unique): it is shown with its conditions and
+events. --output json|yaml without NAME prints the rows of the Promises and requests (as
+/api/v1/status does); the daemon serves Destinations and state stores at
+/api/v1/destinations.
+
+Exit status: 0 shown, 1 NAME not found, 2 no status could be read.
 
 Examples:
   promised status
+  promised status prod-eu
+  promised status GitStateStore/default --output yaml
   promised status --state-dir /var/lib/promised --output yaml
   promised status --daemon-config /etc/promised/promised.yaml --output json";
 
@@ -38,6 +50,10 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(long, short, value_enum, value_name = "FORMAT", default_value_t)]
     pub output: StatusFormat,
+    /// Show only this Destination, state store, Promise or request, with its conditions and
+    /// events.
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
 }
 
 /// Runs `promised status`: prints the status of a running daemon, else the one persisted in
@@ -53,8 +69,12 @@ pub fn status_cmd(a: &StatusArgs, out: &mut dyn Write) -> i32 {
     // A running daemon has the freshest status; otherwise read the state directory, which
     // must exist: a mistyped path is an error, never created (status only reads).
     let listen = a.listen.as_deref().unwrap_or(&settings.listen);
-    let rows = match daemon_status(listen) {
-        Some(rows) => rows,
+    let (rows, infra) = match daemon_status(listen) {
+        Some(rows) => (
+            rows,
+            daemon_get(listen, "/api/v1/destinations")
+                .unwrap_or_else(|| crate::infra::load(&settings.state_dir)),
+        ),
         None => match StateDir::open_read_only(&settings.state_dir).and_then(|d| d.load()) {
             Ok(state) => {
                 if !settings.state_dir.join("state.json").exists() {
@@ -63,7 +83,7 @@ pub fn status_cmd(a: &StatusArgs, out: &mut dyn Write) -> i32 {
                         settings.state_dir.display()
                     ));
                 }
-                state.status_rows()
+                (state.status_rows(), crate::infra::load(&settings.state_dir))
             }
             Err(e) => {
                 eprint_error(format_args!("no status from a daemon at {listen}, and {e}"));
@@ -71,7 +91,25 @@ pub fn status_cmd(a: &StatusArgs, out: &mut dyn Write) -> i32 {
             }
         },
     };
-    let res = write_rows(&rows, a.output, out);
+    let res = match &a.name {
+        Some(name) => match super::status_infra::write_one(name, &rows, &infra, a.output, out) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                eprint_error(format_args!(
+                    "no Destination, state store, Promise or request named {name:?}"
+                ));
+                return 1;
+            }
+            Err(e) => Err(e),
+        },
+        None => write_rows(&rows, a.output, out).and_then(|()| {
+            if a.output == super::output::StatusFormat::Table {
+                super::status_infra::write_tables(&infra, out)
+            } else {
+                Ok(())
+            }
+        }),
+    };
     if let Err(e) = res {
         eprint_error(e);
         return 2;
@@ -83,14 +121,17 @@ pub fn status_cmd(a: &StatusArgs, out: &mut dyn Write) -> i32 {
 /// daemon answers within a second, or it answers with an error (503 before its first pass
 /// has ended).
 pub fn daemon_status(listen: &str) -> Option<Vec<StatusRow>> {
+    daemon_get(listen, "/api/v1/status")
+}
+
+/// `GET <path>` of a daemon listening on `listen`, as JSON; `None` when no daemon answers
+/// within a second, it answers with an error, or the body does not parse.
+fn daemon_get<T: serde::de::DeserializeOwned>(listen: &str, path: &str) -> Option<T> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(std::time::Duration::from_secs(1)))
         .build()
         .into();
-    let mut resp = agent
-        .get(format!("http://{listen}/api/v1/status"))
-        .call()
-        .ok()?;
+    let mut resp = agent.get(format!("http://{listen}{path}")).call().ok()?;
     let body = resp.body_mut().read_to_vec().ok()?;
     serde_json::from_slice(&body).ok()
 }

@@ -210,6 +210,13 @@ impl Engines {
             rows.requests.extend(slot.rows.requests.clone());
         }
         *shared.status_rows.write().await = Some(rows);
+        // Destinations and state stores are shared by every shard: the lowest held shard's
+        // view of them is served (each shard checks and writes them on its own pass).
+        if let Some(engine) = slots.iter().find_map(|slot| slot.engine.as_ref()) {
+            shared.metrics.observe_infra(engine.infra());
+            let infra = serde_json::to_vec(engine.infra()).expect("Destination status serialises");
+            *shared.infra.write().await = Some(infra.into());
+        }
         out
     }
 }

@@ -1,6 +1,7 @@
 //! The daemon's HTTP endpoints: `/healthz`, `/readyz`, `/metrics` (OpenMetrics),
-//! `/api/v1/status` (what `promised status --output json` prints) and `POST /hooks/git` (the
-//! webhook trigger).
+//! `/api/v1/status` (what `promised status --output json` prints), `/api/v1/destinations`
+//! (Destination and state store status, [`crate::infra::InfraStatus`]) and `POST /hooks/git`
+//! (the webhook trigger).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
         .route("/api/v1/status", get(status_handler))
+        .route("/api/v1/destinations", get(destinations_handler))
         .route("/api/v1/leadership", get(leadership_handler))
         .route("/hooks/git", post(hook))
         .with_state(shared)
@@ -116,6 +118,29 @@ async fn status_handler(AxState(s): AxState<Arc<Shared>>) -> Response {
             json.extend_from_slice(b"\n]\n");
             ([(header::CONTENT_TYPE, "application/json")], json).into_response()
         }
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no reconcile pass has finished yet; the state directory has the last status\n",
+        )
+            .into_response(),
+    }
+}
+
+/// Destination and state store status of the last pass, as JSON
+/// `{"destinations": {<name>: …}, "stateStores": {"<Kind>/<name>": …}}`; 503 until the first
+/// pass has ended, and on a standby (as `/api/v1/status`).
+async fn destinations_handler(AxState(s): AxState<Arc<Shared>>) -> Response {
+    if let Some(l) = s.leadership()
+        && l.role == "standby"
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("standby: {} does not reconcile\n", l.identity),
+        )
+            .into_response();
+    }
+    match s.infra.read().await.clone() {
+        Some(json) => ([(header::CONTENT_TYPE, "application/json")], json.to_vec()).into_response(),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "no reconcile pass has finished yet; the state directory has the last status\n",

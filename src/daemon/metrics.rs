@@ -23,6 +23,22 @@ pub struct StoreLabel {
     pub store: String,
 }
 
+/// Label set `{destination="..."}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabel {
+    /// Destination name.
+    pub destination: String,
+}
+
+/// Label set `{store="...",result="..."}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreResultLabel {
+    /// `<kind>/<name>` of the state store.
+    pub store: String,
+    /// `succeeded` or `failed` (a store that cannot be used counts as failed).
+    pub result: String,
+}
+
 /// Label set `{outcome="..."}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -56,6 +72,15 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Shards held now (`promised_shards_held`; 1 without leader election).
     pub shards_held: Gauge,
+    /// `promised_destination_ready{destination}`: 1 while its `Ready` condition is True.
+    pub destination_ready: Family<DestinationLabel, Gauge>,
+    /// `promised_state_store_ready{store}`: 1 while its `Ready` condition is True.
+    pub state_store_ready: Family<StoreLabel, Gauge>,
+    /// `promised_state_store_writes_total{store,result}`: writes (one per store in use per
+    /// pass) by result.
+    pub state_store_writes: Family<StoreResultLabel, Counter>,
+    /// Destinations and state stores with a readiness series, to drop those that leave.
+    ready_series: std::sync::Mutex<(Vec<String>, Vec<String>)>,
 }
 
 impl Default for Metrics {
@@ -84,6 +109,10 @@ impl Metrics {
             pipelines: Family::default(),
             leader: Gauge::default(),
             shards_held: Gauge::default(),
+            destination_ready: Family::default(),
+            state_store_ready: Family::default(),
+            state_store_writes: Family::default(),
+            ready_series: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -133,6 +162,21 @@ impl Metrics {
         );
         registry.register("errors", "Errors by kind", m.errors.clone());
         registry.register(
+            "destination_ready",
+            "1 while the Destination's Ready condition is True, else 0",
+            m.destination_ready.clone(),
+        );
+        registry.register(
+            "state_store_ready",
+            "1 while the state store's Ready condition is True, else 0",
+            m.state_store_ready.clone(),
+        );
+        registry.register(
+            "state_store_writes",
+            "State store writes by result",
+            m.state_store_writes.clone(),
+        );
+        registry.register(
             "pipeline_runs",
             "Workflow runs by outcome",
             m.pipelines.clone(),
@@ -174,11 +218,63 @@ impl Metrics {
                     })
                     .inc();
             }
+            self.state_store_writes
+                .get_or_create(&StoreResultLabel {
+                    store: s.store.clone(),
+                    result: if s.error.is_some() {
+                        "failed"
+                    } else {
+                        "succeeded"
+                    }
+                    .into(),
+                })
+                .inc();
             self.push_conflicts.inc_by(u64::from(s.conflicts_retried));
             self.drift_repairs.inc_by(s.drift.len() as u64);
         }
         if r.is_noop() {
             self.noop_passes.inc();
+        }
+    }
+
+    /// Sets the readiness gauges from the Destination and state store status of a pass;
+    /// Destinations and stores that left the config repo lose their series.
+    pub fn observe_infra(&self, infra: &crate::infra::InfraStatus) {
+        let ready = |c: Option<&crate::status::Condition>| {
+            i64::from(c.is_some_and(|c| c.status == crate::status::ConditionStatus::True))
+        };
+        let mut known = self.ready_series.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in known
+            .0
+            .iter()
+            .filter(|n| !infra.destinations.contains_key(*n))
+        {
+            self.destination_ready.remove(&DestinationLabel {
+                destination: gone.clone(),
+            });
+        }
+        for gone in known
+            .1
+            .iter()
+            .filter(|k| !infra.state_stores.contains_key(*k))
+        {
+            self.state_store_ready.remove(&StoreLabel {
+                store: gone.clone(),
+            });
+        }
+        known.0 = infra.destinations.keys().cloned().collect();
+        known.1 = infra.state_stores.keys().cloned().collect();
+        for (name, d) in &infra.destinations {
+            self.destination_ready
+                .get_or_create(&DestinationLabel {
+                    destination: name.clone(),
+                })
+                .set(ready(d.ready()));
+        }
+        for (key, s) in &infra.state_stores {
+            self.state_store_ready
+                .get_or_create(&StoreLabel { store: key.clone() })
+                .set(ready(s.ready()));
         }
     }
 
@@ -195,5 +291,45 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+    use crate::infra::{DestinationStatus, InfraStatus, reason, set_ready};
+    use crate::status::ConditionStatus;
+
+    #[test]
+    fn ready_gauges_follow_the_status_and_drop_what_left() {
+        let m = Metrics::new();
+        let mut infra = InfraStatus::default();
+        let mut dev = DestinationStatus::new("dev", "GitStateStore", "git");
+        infra.destinations.insert("dev".into(), dev.clone());
+        infra.destinations.insert(
+            "old".into(),
+            DestinationStatus::new("old", "GitStateStore", "git"),
+        );
+        m.observe_infra(&infra);
+        let text = m.encode();
+        assert!(
+            text.contains("promised_destination_ready{destination=\"dev\"} 0"),
+            "{text}"
+        );
+        set_ready(
+            &mut dev.conditions,
+            ConditionStatus::True,
+            reason::TEST_DOCUMENTS_WRITTEN,
+            "Test documents written to State Store",
+        );
+        infra.destinations.insert("dev".into(), dev);
+        infra.destinations.remove("old");
+        m.observe_infra(&infra);
+        let text = m.encode();
+        assert!(
+            text.contains("promised_destination_ready{destination=\"dev\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("destination=\"old\""), "{text}");
     }
 }

@@ -78,6 +78,9 @@ pub struct Shared {
     wake: Notify,
     /// `promised status --output json` of the last pass; `None` until the first pass ends.
     status_rows: RwLock<Option<StatusRows>>,
+    /// `GET /api/v1/destinations` of the last pass (JSON of [`crate::infra::InfraStatus`]);
+    /// `None` until the first pass ends.
+    infra: RwLock<Option<Arc<[u8]>>>,
     config_loaded: AtomicBool,
     stores_ok: AtomicBool,
     webhook_secret: RwLock<Option<Vec<u8>>>,
@@ -176,6 +179,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         pending: AtomicU64::new(0),
         wake: Notify::new(),
         status_rows: RwLock::new(None),
+        infra: RwLock::new(None),
         config_loaded: AtomicBool::new(false),
         stores_ok: AtomicBool::new(false),
         webhook_secret: RwLock::new(secret),

@@ -78,6 +78,7 @@ fn shared(leadership: &Election) -> Shared {
         followed_ref: None,
         born: Instant::now(),
         heartbeat: AtomicU64::new(super::NEVER),
+        infra: RwLock::new(None),
         leadership: Some(leadership.status()),
     }
 }

@@ -67,6 +67,7 @@ mod place;
 mod placement;
 mod plan;
 mod promises;
+mod readiness;
 mod records;
 mod report;
 mod run;
@@ -126,8 +127,11 @@ pub struct Engine {
     runner: Arc<RunnerConfig>,
     /// Open state stores by `<kind>/<name>`, with the hash of the spec they were opened with.
     stores: BTreeMap<String, (String, Arc<dyn StateStore>)>,
-    /// Stores whose write-permission check passed.
-    checked: BTreeSet<String>,
+    /// Stores whose write-permission check passed: when (to repeat it every
+    /// `stateStoreCheckInterval`) and at what RFC 3339 time (for their status).
+    checked: BTreeMap<String, (Instant, String)>,
+    /// Destination and state store status ([`crate::infra`], `destinations.json`).
+    infra: crate::infra::InfraStatus,
     /// Problems found while loading the state (reported once in the next pass).
     startup_warnings: Vec<String>,
     /// Set on shutdown: workflows not yet started are skipped (running ones finish).
@@ -216,6 +220,7 @@ impl Engine {
             return Err(EngineError::Images(e.clone()));
         }
         let dir = StateDir::open(state_dir)?;
+        let infra = crate::infra::load(dir.root());
         let mut startup_warnings = Vec::new();
         let state = match dir.load() {
             Ok(s) => s,
@@ -238,7 +243,8 @@ impl Engine {
             state,
             runner: Arc::new(runner),
             stores: BTreeMap::new(),
-            checked: BTreeSet::new(),
+            checked: BTreeMap::new(),
+            infra,
             startup_warnings,
             cancel: Arc::new(AtomicBool::new(false)),
             backoff: false,
@@ -353,6 +359,7 @@ impl Engine {
         let sets = self.change_sets(&mut pass)?;
         self.write_stores(&mut pass, sets).await?;
         self.land(&mut pass);
+        self.readiness(&mut pass)?;
         self.health_stage(&mut pass).await;
         self.finish_pass(pass)
     }

@@ -70,8 +70,8 @@ impl Engine {
     }
 
     /// Keeps state store `key` open with the spec of hash `spec_hash` (opened with `open` when
-    /// new or when its spec changed) and runs its write-permission check once; why it cannot be
-    /// used goes into `errors`.
+    /// new or when its spec changed) and runs its write-permission check once, and again every
+    /// `stateStoreCheckInterval`; why it cannot be used goes into `errors`.
     async fn keep_open<E: std::fmt::Display>(
         &mut self,
         key: String,
@@ -91,11 +91,18 @@ impl Engine {
                 }
             }
         }
-        if !self.checked.contains(&key) {
+        let every = self.settings.state_store_check_interval;
+        if self
+            .checked
+            .get(&key)
+            .is_none_or(|(at, _)| at.elapsed() >= every)
+        {
+            self.checked.remove(&key);
             let store = self.stores[&key].1.clone();
             match store.check().await {
                 Ok(()) => {
-                    self.checked.insert(key);
+                    let now = (std::time::Instant::now(), crate::status::now_rfc3339());
+                    self.checked.insert(key, now);
                 }
                 Err(e) => {
                     errors.insert(key, format!("write-permission check failed: {e}"));
