@@ -23,6 +23,7 @@ pub use source::{FileFilter, GitRepo, RawFile, Snapshot, Source, SourceError};
 use crate::diag::{Code, Diagnostic, Origin};
 use crate::model::{
     BucketStateStore, Destination, GitStateStore, HealthRecord, KRATIX_API_VERSION, ObjectRef,
+    ResourceBinding,
     Promise,
 };
 
@@ -66,6 +67,8 @@ pub struct Objects {
     pub bucket_state_stores: Vec<Located<BucketStateStore>>,
     /// `HealthRecord` objects.
     pub health_records: Vec<Located<HealthRecord>>,
+    /// `ResourceBinding` objects (README "Promise versions and ResourceBindings").
+    pub resource_bindings: Vec<Located<ResourceBinding>>,
     /// Objects of any other `apiVersion`/`kind`: resource requests if a Promise serves them.
     /// The document is in `raw`; `object` is `Value::Null` (no second copy).
     pub candidates: Vec<Located<Value>>,
@@ -549,7 +552,15 @@ pub fn classify(docs: Vec<Document>) -> Objects {
                     value,
                     blob,
                 ),
-                "PromiseRelease" | "PromiseRevision" | "ResourceBinding" | "Work"
+                "ResourceBinding" => push_typed(
+                    &mut out.resource_bindings,
+                    &mut out.diagnostics,
+                    origin,
+                    id,
+                    value,
+                    blob,
+                ),
+                "PromiseRelease" | "PromiseRevision" | "Work"
                 | "WorkPlacement" | "DryRun" => {
                     out.diagnostics.push(
                         origin

@@ -66,7 +66,9 @@ mod plan;
 mod promises;
 mod records;
 mod report;
+mod revisions;
 mod run;
+mod versions;
 mod write;
 
 pub use inputs::{TREE_CONTENT_BUDGET, TREE_MAX_ENTRIES};
@@ -129,6 +131,8 @@ pub struct Engine {
     write_gate: Option<tokio::sync::watch::Receiver<bool>>,
     /// The health stage's clock, health state store records and parsed health checks.
     health: health::HealthRuntime,
+    /// Every applied version of every Promise (`<stateDir>/revisions`).
+    revisions: revisions::Revisions,
 }
 
 /// The working state of one pass, handed from stage to stage in the order of
@@ -192,6 +196,7 @@ impl Engine {
             return Err(EngineError::Images(e.clone()));
         }
         let dir = StateDir::open(&settings.state_dir)?;
+        let revisions = revisions::Revisions::new(&settings.state_dir);
         let mut startup_warnings = Vec::new();
         let state = match dir.load() {
             Ok(s) => s,
@@ -220,6 +225,7 @@ impl Engine {
             backoff: false,
             write_gate: None,
             health: health::HealthRuntime::default(),
+            revisions,
         })
     }
 
@@ -298,10 +304,12 @@ impl Engine {
         self.configure_promises(&mut pass).await?;
         let (present, held) = delete::Presence::with_held(cfg, &self.state);
         (pass.present, pass.held) = (present, held);
+        let targets = self.resolve_versions(&pass);
         let steps = plan::requests(
             cfg,
             &self.state.requests,
             &pass.facts,
+            &targets,
             &pass.present.held,
             &self.settings,
             self.backoff,
@@ -310,12 +318,14 @@ impl Engine {
         let jobs = self.admit_requests(&mut pass, steps);
         self.note_invalid_requests(&mut pass);
         self.run_requests(&mut pass, jobs).await?;
+        self.note_upgrades(&pass, &targets);
         self.place_requests(&mut pass);
         self.deletions(&mut pass).await?;
         self.settle_placements(&mut pass);
         let sets = self.change_sets(&mut pass)?;
         self.write_stores(&mut pass, sets).await?;
         self.land(&mut pass);
+        versions::note_errors(&mut self.state.requests, &targets);
         self.health_stage(&mut pass).await;
         self.finish_pass(pass)
     }
