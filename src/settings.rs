@@ -125,9 +125,7 @@ pub struct PipelineConfigMapsSettings {
 
 /// `resourceBindingVersionStrategy`: what a request without a ResourceBinding runs at
 /// (Kratix's config key of the same name, kratix-lifecycle.md §2.2).
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BindingStrategy {
     /// `latest`: the request follows the Promise (Kratix's default).

@@ -163,8 +163,7 @@ fn write_table(rows: &[StatusRow], out: &mut dyn Write) -> std::io::Result<()> {
 /// version, and `!<version>` after a failed upgrade to that version: `v1 pinned`, `v1 !v2`.
 fn version(s: &crate::status::ObjectStatus) -> String {
     let mut v = s.promise_version.clone().unwrap_or_else(|| "-".into());
-    if s
-        .resource_binding_version
+    if s.resource_binding_version
         .as_deref()
         .is_some_and(|b| b != crate::model::LATEST_VERSION)
     {

@@ -23,8 +23,7 @@ pub use source::{FileFilter, GitRepo, RawFile, Snapshot, Source, SourceError};
 use crate::diag::{Code, Diagnostic, Origin};
 use crate::model::{
     BucketStateStore, Destination, GitStateStore, HealthRecord, KRATIX_API_VERSION, ObjectRef,
-    ResourceBinding,
-    Promise,
+    Promise, ResourceBinding,
 };
 
 /// One YAML document of the repo.
@@ -560,8 +559,7 @@ pub fn classify(docs: Vec<Document>) -> Objects {
                     value,
                     blob,
                 ),
-                "PromiseRelease" | "PromiseRevision" | "Work"
-                | "WorkPlacement" | "DryRun" => {
+                "PromiseRelease" | "PromiseRevision" | "Work" | "WorkPlacement" | "DryRun" => {
                     out.diagnostics.push(
                         origin
                             .diag(

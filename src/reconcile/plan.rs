@@ -154,6 +154,8 @@ pub(super) struct RequestStep<'c> {
 /// keys whose config file does not load (never steady), `cached` tells whether a record's
 /// outputs are still in the blob cache, and `backoff` is daemon mode (failed workflows wait
 /// for their retry time). Pure: reads the clock for retry times and nothing else.
+// Eight plain inputs of one pure decision; a struct of them would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn requests<'c>(
     cfg: &'c ValidConfig,
     records: &BTreeMap<String, ObjectRecord>,

@@ -93,7 +93,14 @@ impl Engine {
                     let (promise, pipelines, dir) = match step.revision {
                         Some(rev) => (
                             rev.promise.clone(),
-                            p.promise.object.spec.workflows.resource.configure.clone().into(),
+                            p.promise
+                                .object
+                                .spec
+                                .workflows
+                                .resource
+                                .configure
+                                .clone()
+                                .into(),
                             rev.dir.clone(),
                         ),
                         None => (

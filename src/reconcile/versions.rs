@@ -189,8 +189,7 @@ impl Engine {
         let strategy = self.settings.resource_binding_version_strategy;
         let mut targets = Targets::new();
         for r in &pass.cfg.requests {
-            let Some(current) = pass.cfg.promise(&r.promise).and_then(ValidPromise::version)
-            else {
+            let Some(current) = pass.cfg.promise(&r.promise).and_then(ValidPromise::version) else {
                 continue;
             };
             let found = bindings
@@ -305,9 +304,12 @@ pub(super) fn ran(record: &mut ObjectRecord, t: &Target, completed: bool) {
             .condition(cond::CONFIGURE_WORKFLOW_COMPLETED)
             .map(|c| c.message.clone())
             .unwrap_or_else(|| format!("Upgrade to version {} failed", t.version));
-        record
-            .status
-            .set(cond::UPGRADE_SUCCEEDED, CS::False, "UpgradeFailed", &message);
+        record.status.set(
+            cond::UPGRADE_SUCCEEDED,
+            CS::False,
+            "UpgradeFailed",
+            &message,
+        );
         record.status.event(
             EventType::Warning,
             "UpgradeFailed",
