@@ -123,6 +123,18 @@ pub struct PipelineConfigMapsSettings {
     pub dir: Option<PathBuf>,
 }
 
+/// `resourceBindingVersionStrategy`: what a request without a ResourceBinding runs at
+/// (Kratix's config key of the same name, kratix-lifecycle.md §2.2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BindingStrategy {
+    /// `latest`: the request follows the Promise (Kratix's default).
+    #[default]
+    Floating,
+    /// The version the Promise had when the request was first seen.
+    Pinned,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -237,6 +249,10 @@ pub struct Settings {
     /// Where health agents write HealthRecords (README "Health"): a state store of the config
     /// repo, or a directory in one, read every `pollInterval`. Default: none.
     pub health_state_store: Option<crate::health::HealthStoreSettings>,
+    /// What a request without a ResourceBinding runs at: `floating` (default; the Promise's
+    /// latest version) or `pinned` (the version it first ran at). README "Promise versions
+    /// and ResourceBindings".
+    pub resource_binding_version_strategy: BindingStrategy,
 }
 
 impl Default for Settings {
@@ -286,6 +302,7 @@ impl Default for Settings {
             webhook_secret_file: None,
             log_format: LogFormat::Text,
             health_state_store: None,
+            resource_binding_version_strategy: BindingStrategy::Floating,
         }
     }
 }

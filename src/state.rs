@@ -163,6 +163,10 @@ pub struct ObjectRecord {
     /// status change, nothing written).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub steady: String,
+    /// Inputs (spec, binding, version) of an upgrade that failed: while they stay the same,
+    /// the upgrade is not tried again (`reconcile::versions`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub failed_upgrade: String,
     /// Last status.
     pub status: ObjectStatus,
 }
@@ -611,6 +615,7 @@ mod tests {
             retry_at: None,
             deleting: false,
             steady: String::new(),
+            failed_upgrade: String::new(),
             status: ObjectStatus::new(
                 crate::model::ObjectRef {
                     kind: "p".into(),

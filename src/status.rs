@@ -144,6 +144,16 @@ pub struct ObjectStatus {
     /// kratix-lifecycle.md §2.3); unset for an unlabelled Promise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promise_version: Option<String>,
+    /// Requests: `status.resourceBindingVersion`, the `spec.version` of its ResourceBinding
+    /// (`latest` or a version) when its configure workflow last completed
+    /// (kratix-lifecycle.md §2.3); unset for an unlabelled Promise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_binding_version: Option<String>,
+    /// Requests: the version whose upgrade failed (Kratix keeps it in the binding's
+    /// `status.failedVersion`); not tried again until the request's spec or binding changes
+    /// or the Promise moves to another version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_version: Option<String>,
     /// Requests: `status.healthStatus`, folded from its HealthRecords (kratix-lifecycle.md
     /// §1.2); unset until a HealthRecord or health check concerns the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -302,6 +312,8 @@ impl ObjectStatus {
             workflows_failed: 0,
             last_successful_configure_workflow_time: None,
             promise_version: None,
+            resource_binding_version: None,
+            failed_version: None,
             health_status: None,
             health_checks: Vec::new(),
             events: Vec::new(),
@@ -390,6 +402,8 @@ pub mod cond {
     pub const REQUIREMENTS_FULFILLED: &str = "RequirementsFulfilled";
     /// Delete workflow state.
     pub const DELETE_WORKFLOW_COMPLETED: &str = "DeleteWorkflowCompleted";
+    /// Request: its move to another Promise version (kratix-lifecycle.md §2.2).
+    pub const UPGRADE_SUCCEEDED: &str = "UpgradeSucceeded";
 }
 
 /// Now, as RFC 3339 with seconds precision (`2026-11-22T02:10:13Z`).

@@ -101,8 +101,8 @@ pub fn write_rows(
     }
 }
 
-/// The status table: `OBJECT  RECONCILED  DESTINATIONS  COMMIT  HEALTH  MESSAGE`, one line
-/// per row (HEALTH: `status.healthStatus.state`, `-` without one).
+/// The status table: `OBJECT  RECONCILED  DESTINATIONS  COMMIT  HEALTH  VERSION  MESSAGE`, one
+/// line per row (HEALTH: `status.healthStatus.state`, `-` without one; VERSION: [`version`]).
 fn write_table(rows: &[StatusRow], out: &mut dyn Write) -> std::io::Result<()> {
     // Objects held because their config file does not load come first: a person must fix
     // that file (`reconcile::held`).
@@ -119,8 +119,8 @@ fn write_table(rows: &[StatusRow], out: &mut dyn Write) -> std::io::Result<()> {
     let width = rows.iter().map(|r| r.key.len()).max().unwrap_or(10).max(10);
     writeln!(
         out,
-        "{:<width$}  {:<11}  {:<16}  {:<9}  {:<9}  MESSAGE",
-        "OBJECT", "RECONCILED", "DESTINATIONS", "COMMIT", "HEALTH"
+        "{:<width$}  {:<11}  {:<16}  {:<9}  {:<9}  {:<14}  MESSAGE",
+        "OBJECT", "RECONCILED", "DESTINATIONS", "COMMIT", "HEALTH", "VERSION"
     )?;
     for r in rows {
         let mut dests: Vec<&str> = r
@@ -139,7 +139,7 @@ fn write_table(rows: &[StatusRow], out: &mut dyn Write) -> std::io::Result<()> {
             .unwrap_or("-");
         writeln!(
             out,
-            "{:<width$}  {:<11}  {:<16}  {:<9}  {:<9}  {}",
+            "{:<width$}  {:<11}  {:<16}  {:<9}  {:<9}  {:<14}  {}",
             r.key,
             r.status.summary(),
             if dests.is_empty() {
@@ -152,10 +152,27 @@ fn write_table(rows: &[StatusRow], out: &mut dyn Write) -> std::io::Result<()> {
                 .health_status
                 .as_ref()
                 .map_or("-", |h| h.state.as_str()),
+            version(&r.status),
             first_line(&r.status.message)
         )?;
     }
     Ok(())
+}
+
+/// A request's `status.promiseVersion` (`-` without one), `pinned` when its binding names a
+/// version, and `!<version>` after a failed upgrade to that version: `v1 pinned`, `v1 !v2`.
+fn version(s: &crate::status::ObjectStatus) -> String {
+    let mut v = s.promise_version.clone().unwrap_or_else(|| "-".into());
+    if s.resource_binding_version
+        .as_deref()
+        .is_some_and(|b| b != crate::model::LATEST_VERSION)
+    {
+        v.push_str(" pinned");
+    }
+    if let Some(f) = &s.failed_version {
+        v.push_str(&format!(" !{f}"));
+    }
+    v
 }
 
 /// The first line of a status message: the status table keeps one row per object (the whole

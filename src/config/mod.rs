@@ -23,7 +23,7 @@ pub use source::{FileFilter, GitRepo, RawFile, Snapshot, Source, SourceError};
 use crate::diag::{Code, Diagnostic, Origin};
 use crate::model::{
     BucketStateStore, Destination, GitStateStore, HealthRecord, KRATIX_API_VERSION, ObjectRef,
-    Promise,
+    Promise, ResourceBinding,
 };
 
 /// One YAML document of the repo.
@@ -66,6 +66,8 @@ pub struct Objects {
     pub bucket_state_stores: Vec<Located<BucketStateStore>>,
     /// `HealthRecord` objects.
     pub health_records: Vec<Located<HealthRecord>>,
+    /// `ResourceBinding` objects (README "Promise versions and ResourceBindings").
+    pub resource_bindings: Vec<Located<ResourceBinding>>,
     /// Objects of any other `apiVersion`/`kind`: resource requests if a Promise serves them.
     /// The document is in `raw`; `object` is `Value::Null` (no second copy).
     pub candidates: Vec<Located<Value>>,
@@ -549,8 +551,15 @@ pub fn classify(docs: Vec<Document>) -> Objects {
                     value,
                     blob,
                 ),
-                "PromiseRelease" | "PromiseRevision" | "ResourceBinding" | "Work"
-                | "WorkPlacement" | "DryRun" => {
+                "ResourceBinding" => push_typed(
+                    &mut out.resource_bindings,
+                    &mut out.diagnostics,
+                    origin,
+                    id,
+                    value,
+                    blob,
+                ),
+                "PromiseRelease" | "PromiseRevision" | "Work" | "WorkPlacement" | "DryRun" => {
                     out.diagnostics.push(
                         origin
                             .diag(

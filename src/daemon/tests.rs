@@ -89,6 +89,7 @@ fn failed(name: &str, retry_at: SystemTime) -> (String, crate::state::ObjectReco
         retry_at: Some(humantime::format_rfc3339_seconds(retry_at).to_string()),
         deleting: false,
         steady: String::new(),
+        failed_upgrade: String::new(),
         status: crate::status::ObjectStatus::new(id, "redis"),
     };
     (format!("redis/default/{name}"), record)

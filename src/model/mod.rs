@@ -9,6 +9,7 @@
 //! `DisallowUnknownFields`, so [`Pipeline`] rejects unknown fields
 //! (Kratix: `internal/webhook/v1alpha1/promise_webhook.go`).
 
+mod binding;
 mod destination;
 mod health;
 mod meta;
@@ -16,6 +17,7 @@ mod pipeline;
 mod promise;
 mod statestore;
 
+pub use binding::{LATEST_VERSION, RESOURCE_NAME_LABEL, ResourceBinding, ResourceBindingSpec};
 pub use destination::{
     Cleanup, Destination, DestinationSpec, FilepathMode, FilepathSpec, InitWorkloads,
     StateStoreKind, StateStoreRef,

@@ -84,10 +84,18 @@ impl Engine {
                     }
                     continue;
                 }
-                // The Promise that defines the delete pipeline: the current one, else the last seen.
-                let promise_doc = cfg
-                    .promise(&promise_name)
-                    .map(|p| (p.clone(), promise_dir(config_root, &p.promise.origin.file)))
+                // The Promise that defines the delete pipeline: a request's applied version
+                // (`versions`), else the current one, else the last seen.
+                let at_applied = if is_request {
+                    self.promise_for_delete(&record, cfg.promise(&promise_name))
+                } else {
+                    None
+                };
+                let promise_doc = at_applied
+                    .or_else(|| {
+                        cfg.promise(&promise_name)
+                            .map(|p| (p.clone(), promise_dir(config_root, &p.promise.origin.file)))
+                    })
                     .or_else(|| {
                         self.state
                             .promises
@@ -283,7 +291,7 @@ impl<'a> Presence<'a> {
 
 /// A Promise that left the config repo, rebuilt from its last seen document, so that its
 /// delete pipeline (or its requests') can run: no origin file, no schema.
-fn rebuild_valid_promise(promise: Promise, raw: Value) -> ValidPromise {
+pub(super) fn rebuild_valid_promise(promise: Promise, raw: Value) -> ValidPromise {
     let api = promise
         .spec
         .api

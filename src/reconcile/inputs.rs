@@ -71,6 +71,9 @@ pub fn kratix_status(status: &ObjectStatus) -> Map<String, Value> {
     if let Some(v) = &status.promise_version {
         s.insert("promiseVersion".into(), v.clone().into());
     }
+    if let Some(v) = &status.resource_binding_version {
+        s.insert("resourceBindingVersion".into(), v.clone().into());
+    }
     if let Some(h) = &status.health_status {
         // Kratix's shape (kratix-lifecycle.md §1.2): `state` and `healthRecords`.
         let records: Vec<Value> = h

@@ -70,8 +70,10 @@ mod promises;
 mod readiness;
 mod records;
 mod report;
+mod revisions;
 mod run;
 mod shard;
+mod versions;
 mod write;
 
 pub use inputs::{TREE_CONTENT_BUDGET, TREE_MAX_ENTRIES};
@@ -144,6 +146,8 @@ pub struct Engine {
     health: health::HealthRuntime,
     /// Sharding: only this shard's Promises and requests ([`Engine::for_shard`]).
     shard: Option<Shard>,
+    /// Every applied version of every Promise (`<stateDir>/revisions`).
+    revisions: revisions::Revisions,
 }
 
 /// The working state of one pass, handed from stage to stage in the order of
@@ -221,6 +225,7 @@ impl Engine {
         }
         let dir = StateDir::open(state_dir)?;
         let infra = crate::infra::load(dir.root());
+        let revisions = revisions::Revisions::new(&settings.state_dir);
         let mut startup_warnings = Vec::new();
         let state = match dir.load() {
             Ok(s) => s,
@@ -251,6 +256,7 @@ impl Engine {
             write_gate: None,
             health: health::HealthRuntime::default(),
             shard: None,
+            revisions,
         })
     }
 
@@ -341,10 +347,12 @@ impl Engine {
         self.configure_promises(&mut pass).await?;
         let (present, held) = delete::Presence::with_held(cfg, &self.state);
         (pass.present, pass.held) = (present, held);
+        let targets = self.resolve_versions(&pass);
         let steps = plan::requests(
             cfg,
             &self.state.requests,
             &pass.facts,
+            &targets,
             &pass.present.held,
             &self.settings,
             self.backoff,
@@ -353,6 +361,7 @@ impl Engine {
         let jobs = self.admit_requests(&mut pass, steps);
         self.note_invalid_requests(&mut pass);
         self.run_requests(&mut pass, jobs).await?;
+        self.note_upgrades(&pass, &targets);
         self.place_requests(&mut pass);
         self.deletions(&mut pass).await?;
         self.settle_placements(&mut pass);
@@ -360,6 +369,7 @@ impl Engine {
         self.write_stores(&mut pass, sets).await?;
         self.land(&mut pass);
         self.readiness(&mut pass)?;
+        versions::note_errors(&mut self.state.requests, &targets);
         self.health_stage(&mut pass).await;
         self.finish_pass(pass)
     }

@@ -126,8 +126,12 @@ pub(super) enum Decision {
 pub(super) struct RequestStep<'c> {
     /// The request as validated.
     pub request: &'c Arc<ValidRequest>,
-    /// Its Promise.
+    /// Its Promise at the version it runs at (a revision's when not the current one).
     pub promise: &'c ValidPromise,
+    /// The revision it runs at, when not the current Promise ([`super::versions`]).
+    pub revision: Option<&'c super::revisions::RevisionRun>,
+    /// Where it runs ([`super::versions`]); `None` for an unlabelled Promise.
+    pub target: Option<&'c super::versions::Target>,
     /// Input hash of its configure workflow.
     pub hash: String,
     /// Its steady key (the Promise's placement context).
@@ -143,14 +147,20 @@ pub(super) struct RequestStep<'c> {
 }
 
 /// Decides, for every request of `cfg` whose Promise is in the config, what this pass does
-/// with it (in config order). `records` are the request records of the last pass, `held` the
+/// with it (in config order). `records` are the request records of the last pass, `targets`
+/// the version each request runs at ([`super::versions`]: a pinned request hashes against its
+/// revision, so it stays steady while the Promise moves on; one whose binding cannot be
+/// followed is never steady and, with no version to run at, does not run), `held` the
 /// keys whose config file does not load (never steady), `cached` tells whether a record's
 /// outputs are still in the blob cache, and `backoff` is daemon mode (failed workflows wait
 /// for their retry time). Pure: reads the clock for retry times and nothing else.
+// Eight plain inputs of one pure decision; a struct of them would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn requests<'c>(
     cfg: &'c ValidConfig,
     records: &BTreeMap<String, ObjectRecord>,
     facts: &PromiseFacts,
+    targets: &'c super::versions::Targets,
     held: &HashSet<String>,
     settings: &Settings,
     backoff: bool,
@@ -160,14 +170,24 @@ pub(super) fn requests<'c>(
     let mut origin = String::new();
     for r in &cfg.requests {
         let key = r.key();
-        let Some(p) = cfg.promise(&r.promise) else {
+        let Some(current) = cfg.promise(&r.promise) else {
             continue;
         };
-        let hash = super::inputs::request_hash(
-            &facts.hashes[&r.promise],
-            r,
-            &facts.override_fps[&r.promise],
-        );
+        let target = targets.get(key);
+        let revision = target.and_then(|t| t.revision.as_ref());
+        let p: &ValidPromise = revision.map_or(current, |rev| &rev.promise);
+        let hash = match revision {
+            Some(rev) => {
+                super::inputs::request_hash(&rev.promise_hash, r, &rev.resource_fingerprint)
+            }
+            None => super::inputs::request_hash(
+                &facts.hashes[&r.promise],
+                r,
+                &facts.override_fps[&r.promise],
+            ),
+        };
+        let version_error = target.is_some_and(|t| t.error.is_some());
+        let blocked = target.is_some_and(|t| t.blocked);
         let ctx = &facts.steady_ctx[&r.promise];
         origin.clear();
         let _ = write!(origin, "{}", r.origin);
@@ -176,6 +196,8 @@ pub(super) fn requests<'c>(
         let step = |decision, spec_hash, cached| RequestStep {
             request: r,
             promise: p,
+            revision,
+            target,
             hash: hash.clone(),
             ctx: ctx.clone(),
             origin: origin.clone(),
@@ -186,6 +208,7 @@ pub(super) fn requests<'c>(
         // Steady: same inputs (`needs_run` compares the input hash), same placement context,
         // same place in the repo, fully reconciled last time.
         if !held.contains(key)
+            && !version_error
             && record.is_some_and(|rec| {
                 rec.steady == *ctx
                     && rec.status.source == origin
@@ -210,6 +233,7 @@ pub(super) fn requests<'c>(
             continue;
         }
         let run = match record {
+            _ if blocked => false,
             None => true,
             Some(_) if !cached => true,
             Some(rec) => needs_run(rec, &hash, interval, backoff),

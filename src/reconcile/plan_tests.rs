@@ -93,9 +93,13 @@ fn reconciled(step: &RequestStep<'_>) -> ObjectRecord {
         retry_at: None,
         deleting: false,
         steady: step.ctx.clone(),
+        failed_upgrade: String::new(),
         status,
     }
 }
+
+/// No labelled Promise: every request runs at the current Promise.
+static NO_TARGETS: crate::reconcile::versions::Targets = std::collections::BTreeMap::new();
 
 fn plan<'c>(
     cfg: &'c ValidConfig,
@@ -107,6 +111,7 @@ fn plan<'c>(
         cfg,
         records,
         facts,
+        &NO_TARGETS,
         held,
         &Settings::default(),
         true,
@@ -227,6 +232,7 @@ fn held_moved_lost_output_and_new_destinations_are_not_steady() {
         &cfg,
         &records,
         &moved,
+        &NO_TARGETS,
         &HashSet::new(),
         &Settings::default(),
         true,
@@ -266,6 +272,7 @@ fn a_failed_request_waits_for_its_backoff_in_daemon_mode_only() {
         &cfg,
         &records,
         &facts1,
+        &NO_TARGETS,
         &HashSet::new(),
         &Settings::default(),
         true,
@@ -276,6 +283,7 @@ fn a_failed_request_waits_for_its_backoff_in_daemon_mode_only() {
         &cfg,
         &records,
         &facts1,
+        &NO_TARGETS,
         &HashSet::new(),
         &Settings::default(),
         false,

@@ -215,6 +215,14 @@ impl Engine {
                 )
                 .await,
             );
+            // Every version applied is kept (kratix-lifecycle.md §2.1).
+            self.save_revision(
+                p,
+                &hash,
+                &fingerprint,
+                pass.config_root,
+                cfg.commit.as_ref(),
+            )?;
             pass.facts.override_fps.insert(name.clone(), fingerprint);
             self.state.promises.insert(pkey, record);
         }

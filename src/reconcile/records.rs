@@ -79,21 +79,47 @@ impl Engine {
                     record.object = r.object.clone();
                     record.status.promise_version = step.promise.version().map(str::to_string);
                     set_completed(&mut record.status, 0, "Resource requested");
+                    if let Some(t) = step.target {
+                        super::versions::admitted(record, t, true);
+                    }
                 }
                 Decision::Run { rate_limited } => {
                     record.spec_hash = step.spec_hash;
+                    if let Some(t) = step.target {
+                        super::versions::admitted(record, t, false);
+                    }
                     let p = step.promise;
+                    // A pinned request runs its revision's pipelines with its folder's copy.
+                    let (promise, pipelines, dir) = match step.revision {
+                        Some(rev) => (
+                            rev.promise.clone(),
+                            p.promise
+                                .object
+                                .spec
+                                .workflows
+                                .resource
+                                .configure
+                                .clone()
+                                .into(),
+                            rev.dir.clone(),
+                        ),
+                        None => (
+                            run::shared_promise(&mut shared, p),
+                            run::shared_pipelines(&mut shared, p),
+                            promise_dir(pass.config_root, &p.promise.origin.file),
+                        ),
+                    };
                     jobs.push((
                         step.hash,
                         Arc::new(Job {
                             key: key.clone(),
-                            promise: run::shared_promise(&mut shared, p),
+                            promise,
                             request: Some(r.clone()),
                             action: Action::Configure,
-                            pipelines: run::shared_pipelines(&mut shared, p),
+                            pipelines,
                             object_yaml: inputs::object_yaml(&r.object, &record.status),
                             existing_status: record.status.fields.clone(),
-                            promise_dir: promise_dir(pass.config_root, &p.promise.origin.file),
+                            promise_dir: dir,
                             rate_limited,
                         }),
                     ));
@@ -343,6 +369,7 @@ pub(super) fn new_record(id: &ObjectRef, promise: &str) -> ObjectRecord {
         retry_at: None,
         deleting: false,
         steady: String::new(),
+        failed_upgrade: String::new(),
         status: ObjectStatus::new(id.clone(), promise),
     }
 }

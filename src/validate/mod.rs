@@ -92,6 +92,7 @@ pub fn validate_with_options(
         git_state_stores,
         bucket_state_stores,
         health_records,
+        resource_bindings,
         candidates,
         undecoded_promises,
         diagnostics,
@@ -152,6 +153,7 @@ pub fn validate_with_options(
         &mut found,
     );
     cross::check_health_records(&health_records, &valid_promises, &mut found.diagnostics);
+    let resource_bindings = check_resource_bindings(resource_bindings, &mut found.diagnostics);
 
     let Findings {
         rejected,
@@ -176,6 +178,7 @@ pub fn validate_with_options(
             .into_iter()
             .filter(|h| not_dup(&h.origin))
             .collect(),
+        resource_bindings,
         rejected,
         assets: {
             let mut a = assets;
@@ -186,4 +189,32 @@ pub fn validate_with_options(
         commit,
         unloadable,
     }
+}
+
+/// ResourceBindings need the labels `kratix.io/promise-name` and `kratix.io/resource-name`,
+/// which is how Kratix finds a request's binding (kratix-lifecycle.md §2.2); one without them
+/// binds nothing and is skipped with a warning.
+fn check_resource_bindings(
+    bindings: Vec<crate::config::Located<crate::model::ResourceBinding>>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<crate::config::Located<crate::model::ResourceBinding>> {
+    bindings
+        .into_iter()
+        .filter(|b| {
+            let ok = b.object.target().is_some() && !b.object.spec.version.is_empty();
+            if !ok {
+                diagnostics.push(
+                    b.origin
+                        .diag(
+                            crate::diag::Code::InvalidField,
+                            Some(&b.id),
+                            "metadata.labels",
+                            "a ResourceBinding needs the labels kratix.io/promise-name and kratix.io/resource-name and a spec.version; it binds nothing and is skipped",
+                        )
+                        .warning(),
+                );
+            }
+            ok
+        })
+        .collect()
 }

@@ -176,6 +176,8 @@ pub struct ValidConfig {
     pub bucket_state_stores: Vec<Located<BucketStateStore>>,
     /// Health records.
     pub health_records: Vec<Located<HealthRecord>>,
+    /// ResourceBindings with both labels (README "Promise versions and ResourceBindings").
+    pub resource_bindings: Vec<Located<crate::model::ResourceBinding>>,
     /// Objects left out, with why.
     pub rejected: Vec<Rejected>,
     /// Pipeline assets (not config), sorted by file and document.
