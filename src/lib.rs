@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod diag;
+pub mod events;
 pub mod health;
 pub mod image;
 pub mod infra;

@@ -166,6 +166,16 @@ pub struct ObjectStatus {
     /// Kubernetes Events on the object).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<Event>,
+    /// `status.observedGeneration`: promised's count of the object's spec changes (a request
+    /// in Git has no `metadata.generation`; this plays its part): 1 for the spec first seen,
+    /// one more each time the spec (a request's defaulted spec, a Promise's document) changes.
+    /// It is the `generation` key of log lines (Kratix: `internal/logging/logger.go`).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub observed_generation: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Events kept per object in [`ObjectStatus::events`].
@@ -317,19 +327,54 @@ impl ObjectStatus {
             health_status: None,
             health_checks: Vec::new(),
             events: Vec::new(),
+            observed_generation: 0,
         }
     }
 
-    /// Records an event (keeping the last [`MAX_EVENTS`]).
+    /// Records an event (keeping the last [`MAX_EVENTS`]) and logs it with the object's log
+    /// keys ([`crate::events::log`]).
     pub fn event(&mut self, type_: EventType, reason: &str, message: &str) {
-        self.events.push(Event {
+        let e = Event {
             type_,
             reason: reason.into(),
             message: message.into(),
             time: now_rfc3339(),
-        });
+        };
+        crate::events::log(self, &e);
+        self.events.push(e);
         let over = self.events.len().saturating_sub(MAX_EVENTS);
         self.events.drain(..over);
+    }
+
+    /// Sets a condition like [`ObjectStatus::set`] and, when its status, reason or message
+    /// changed (or it was unset), records `event` `(type, reason, message)`: Kratix sends
+    /// most events when a condition moves, and an unchanged pass must not fill the
+    /// [`MAX_EVENTS`] window with repeats. Returns whether it changed.
+    pub fn set_noting(
+        &mut self,
+        type_: &str,
+        status: ConditionStatus,
+        reason: &str,
+        message: &str,
+        event: (EventType, &str, &str),
+    ) -> bool {
+        let changed = self
+            .condition(type_)
+            .is_none_or(|c| c.status != status || c.reason != reason || c.message != message);
+        self.set(type_, status, reason, message);
+        if changed {
+            self.event(event.0, event.1, event.2);
+        }
+        changed
+    }
+
+    /// The reason of the newest event whose reason is one of `reasons`.
+    pub fn last_event_of(&self, reasons: &[&str]) -> Option<&str> {
+        self.events
+            .iter()
+            .rev()
+            .map(|e| e.reason.as_str())
+            .find(|r| reasons.contains(r))
     }
 
     /// Sets a condition; `lastTransitionTime` only moves when the status value changes.

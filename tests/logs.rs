@@ -148,7 +148,7 @@ spec:
 
 const RENDER: &str = r#"#!/bin/sh
 set -eu
-if grep -q '^  name: fail$' "$KRATIX_INPUT_DIR/object.yaml"; then
+if grep -q '^  size: huge$' "$KRATIX_INPUT_DIR/object.yaml"; then
   echo 'render: size "huge" is not allowed' >&2
   exit 3
 fi
@@ -545,4 +545,131 @@ fn status_of_an_empty_state_directory_warns_and_writes_nothing() {
         0,
         "status wrote into it"
     );
+}
+
+/// Kratix's lifecycle reasons among an object's events, oldest first.
+fn lifecycle(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .filter(|r| {
+            [
+                "ReconcileStarted",
+                "ConfigureWorkflowFailed",
+                "ReconcileSucceeded",
+            ]
+            .contains(r)
+        })
+        .map(String::from)
+        .collect()
+}
+
+/// A request that fails and is then fixed by a commit: its events (state directory, `promised
+/// status NAME`) are `ReconcileStarted`, `ConfigureWorkflowFailed`, `ReconcileStarted`,
+/// `ReconcileSucceeded` in that order, and an unchanged pass adds none; its log lines carry
+/// Kratix's keys (`controller`, `promise`, `resourceRequest`, `namespace`, `object_name`,
+/// `generation`, which counts the spec change), so one request's history greps out of the
+/// log in the same order.
+#[test]
+fn events_and_log_keys_of_a_failed_then_fixed_request() {
+    let w = World::new();
+    let json = ["--log", "info", "--log-format", "json"];
+    let (code, out, err1) = w.reconcile(&json);
+    assert_eq!(code, 1, "the failed request fails the pass:\n{out}\n{err1}");
+    std::fs::write(
+        w.config.join("requests/apps.yaml"),
+        REQUESTS.replace("size: huge", "size: small"),
+    )
+    .unwrap();
+    let (code, out, err2) = w.reconcile(&json);
+    assert_eq!(code, 0, "fixed:\n{out}\n{err2}");
+    let key = "app/team-a/fail";
+    let row = common::status_row(&w.state, key);
+    let events = row["status"]["events"].as_array().expect("events").clone();
+    assert_eq!(
+        lifecycle(&events),
+        [
+            "ReconcileStarted",
+            "ConfigureWorkflowFailed",
+            "ReconcileStarted",
+            "ReconcileSucceeded"
+        ],
+        "{row}"
+    );
+    let failed = events
+        .iter()
+        .find(|e| e["reason"] == "ConfigureWorkflowFailed")
+        .unwrap();
+    assert_eq!(failed["type"], "Warning");
+    assert_eq!(
+        failed["message"],
+        "A Configure Pipeline has failed: configure"
+    );
+    assert_eq!(row["status"]["observedGeneration"], 2, "{row}");
+    // Times never go backwards.
+    let times: Vec<&str> = events.iter().map(|e| e["time"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|t| t[0] <= t[1]), "{times:?}");
+
+    // `promised status NAME` shows them.
+    let (code, text, _) = promised(&[
+        "status",
+        "--state-dir",
+        w.state.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:1",
+        key,
+    ]);
+    assert_eq!(code, 0, "{text}");
+    for reason in [
+        "ReconcileStarted",
+        "ConfigureWorkflowFailed",
+        "ReconcileSucceeded",
+    ] {
+        assert!(text.contains(reason), "{reason} missing:\n{text}");
+    }
+
+    // An unchanged pass records nothing new.
+    let (code, out, _) = w.reconcile(&[]);
+    assert_eq!(code, 0, "{out}");
+    let again = common::status_row(&w.state, key);
+    assert_eq!(
+        again["status"]["events"].as_array().unwrap().len(),
+        events.len()
+    );
+
+    // The log: the same history, keyed by resourceRequest, generation 1 then 2.
+    let mine: Vec<Value> = json_lines(&format!("{err1}{err2}"))
+        .into_iter()
+        .filter(|e| e["fields"]["resourceRequest"] == key && e["fields"].get("reason").is_some())
+        .collect();
+    let reasons: Vec<Value> = mine.iter().map(|e| e["fields"].clone()).collect();
+    assert_eq!(lifecycle(&reasons), lifecycle(&events), "{err1}\n{err2}");
+    for e in &mine {
+        let f = &e["fields"];
+        assert_eq!(f["controller"], "dynamicResourceRequest", "{e}");
+        assert_eq!(f["promise"], "app", "{e}");
+        assert_eq!(f["namespace"], "team-a", "{e}");
+        assert_eq!(f["object_name"], "fail", "{e}");
+        assert_eq!(e["level"], "INFO", "events are status changes: {e}");
+        let want = if f["reason"] == "ConfigureWorkflowFailed" {
+            "Warning"
+        } else {
+            "Normal"
+        };
+        assert_eq!(f["type_"], want, "{e}");
+    }
+    let generations: Vec<u64> = mine
+        .iter()
+        .filter(|e| e["fields"]["reason"] == "ReconcileStarted")
+        .map(|e| e["fields"]["generation"].as_u64().unwrap())
+        .collect();
+    assert_eq!(generations, [1, 2], "{err1}\n{err2}");
+    // The workflow failure line carries the same keys.
+    let wf = json_lines(&err1)
+        .into_iter()
+        .find(|e| e["fields"]["message"] == "workflow failed")
+        .expect("workflow failed line");
+    assert_eq!(wf["fields"]["resourceRequest"], key, "{wf}");
+    assert_eq!(wf["fields"]["generation"], 1, "{wf}");
+    assert_eq!(wf["fields"]["controller"], "dynamicResourceRequest", "{wf}");
 }

@@ -15,10 +15,11 @@ use serde_json::Value;
 
 use super::report::{ObjectAction, ObjectReport};
 use super::{Engine, EngineError, Pass, held, inputs, promise_dir, run};
+use crate::events;
 use crate::model::{ObjectRef, Promise, promise_key};
 use crate::pipeline::Action;
 use crate::state::{ObjectRecord, State};
-use crate::status::{ConditionStatus as CS, cond};
+use crate::status::{ConditionStatus as CS, EventType, cond};
 use crate::validate::{ValidConfig, ValidPromise, ValidRequest};
 
 impl Engine {
@@ -159,7 +160,13 @@ impl Engine {
                                     existing_status: record.status.fields.clone(),
                                     promise_dir: dir,
                                     rate_limited: false,
+                                    generation: record.status.observed_generation,
                                 };
+                                record.status.event(
+                                    EventType::Normal,
+                                    events::PIPELINE_STARTED,
+                                    &format!("Delete Pipeline started: {}", first.metadata.name),
+                                );
                                 let result = run::run_job(&self.runner, &job).await;
                                 report.pipelines_run += result.pipelines.len();
                                 match result.error() {
@@ -186,11 +193,16 @@ impl Engine {
                     if !is_request {
                         blocked.insert(promise_name.clone());
                     }
-                    record.status.set(
+                    record.status.set_noting(
                         cond::DELETE_WORKFLOW_COMPLETED,
                         CS::False,
                         "DeleteWorkflowFailed",
                         "The Delete Pipeline has failed",
+                        (
+                            EventType::Warning,
+                            events::DELETE_PIPELINE_FAILED,
+                            "The Delete Pipeline has failed",
+                        ),
                     );
                     record.status.message =
                         format!("Deletion blocked: delete pipeline failed: {err}");

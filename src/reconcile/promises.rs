@@ -18,10 +18,11 @@ use super::plan::{needs_run, reconciliation_interval};
 use super::report::{ObjectAction, ObjectReport};
 use super::run::RunTiming;
 use super::{Engine, EngineError, Pass, inputs, parent_dir, promise_dir, records, run};
+use crate::events;
 use crate::model::{PROMISE_VERSION_LABEL, promise_key};
 use crate::pipeline::Action;
 use crate::state::{FileRecord, sha256_hex};
-use crate::status::{ConditionStatus as CS, cond};
+use crate::status::{ConditionStatus as CS, EventType, cond};
 use crate::validate::{ValidConfig, ValidPromise, to_yaml};
 
 impl Engine {
@@ -103,6 +104,7 @@ impl Engine {
                     "Requirements not fulfilled",
                 );
             }
+            events::note_spec(&mut record.status, *record.object != *p.promise.raw);
             let pipelines = p.promise.object.spec.workflows.promise.configure.clone();
             let interval = reconciliation_interval(p, &self.settings);
             if needs_run(&record, &hash, interval, self.backoff) {
@@ -124,7 +126,9 @@ impl Engine {
                         existing_status: Map::new(),
                         promise_dir: promise_dir(pass.config_root, &p.promise.origin.file),
                         rate_limited: false,
+                        generation: record.status.observed_generation,
                     };
+                    events::started(&mut record.status, p.version());
                     let t = std::time::Instant::now();
                     let result = run::run_job(&self.runner, &job).await;
                     pass.report.pipelines_run += result.pipelines.len();
@@ -177,18 +181,24 @@ impl Engine {
                 .to_string(),
             );
             if is_available {
-                record.status.set(
+                record.status.set_noting(
                     cond::AVAILABLE,
                     CS::True,
                     "PromiseAvailable",
                     "Ready to fulfil resource requests",
+                    (EventType::Normal, "Available", "Promise is available"),
                 );
             } else {
-                record.status.set(
+                record.status.set_noting(
                     cond::AVAILABLE,
                     CS::False,
                     "PromiseUnavailable",
                     "Cannot fulfil resource requests",
+                    (
+                        EventType::Warning,
+                        "Unavailable",
+                        "Promise is not available: cannot fulfil resource requests",
+                    ),
                 );
             }
             pass.facts.available.insert(name.clone(), is_available);

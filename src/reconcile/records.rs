@@ -19,10 +19,11 @@ use super::plan::{Decision, RequestStep};
 use super::report::{ObjectAction, ObjectReport, PassReport};
 use super::run::{self, Job};
 use super::{Engine, EngineError, MAX_LISTED_UNCHANGED, Pass, held, inputs, promise_dir};
+use crate::events;
 use crate::model::{ObjectRef, request_key};
 use crate::pipeline::Action;
 use crate::state::{ObjectRecord, State, StateDir};
-use crate::status::{ConditionStatus as CS, Landed, ObjectStatus, cond, now_rfc3339};
+use crate::status::{ConditionStatus as CS, EventType, Landed, ObjectStatus, cond, now_rfc3339};
 
 /// A request the config repo holds but validation rejected: `(id, Promise name, origin
 /// "file#document", reasons)`. It keeps its placements and runs again once valid.
@@ -73,6 +74,7 @@ impl Engine {
             );
             match step.decision {
                 Decision::Complete => {
+                    events::note_spec(&mut record.status, record.spec_hash != step.spec_hash);
                     record.spec_hash = step.spec_hash;
                     record.completed = true;
                     record.input_hash = step.hash;
@@ -84,7 +86,13 @@ impl Engine {
                     }
                 }
                 Decision::Run { rate_limited } => {
+                    events::note_spec(&mut record.status, record.spec_hash != step.spec_hash);
                     record.spec_hash = step.spec_hash;
+                    let version = match &step.target {
+                        Some(t) if !t.version.is_empty() => Some(t.version.as_str()),
+                        _ => step.promise.version(),
+                    };
+                    events::started(&mut record.status, version);
                     if let Some(t) = step.target {
                         super::versions::admitted(record, t, false);
                     }
@@ -121,6 +129,7 @@ impl Engine {
                             existing_status: record.status.fields.clone(),
                             promise_dir: dir,
                             rate_limited,
+                            generation: record.status.observed_generation,
                         }),
                     ));
                 }
@@ -199,10 +208,15 @@ impl Engine {
                 .entry(key.clone())
                 .or_insert_with(|| new_record(id, promise));
             record.status.source = source.clone();
-            record
-                .status
-                .set(cond::RECONCILED, CS::False, "InvalidRequest", "Failing");
-            record.status.message = format!("Invalid: {}", reasons.join("; "));
+            let message = format!("Invalid: {}", reasons.join("; "));
+            record.status.set_noting(
+                cond::RECONCILED,
+                CS::False,
+                "InvalidRequest",
+                "Failing",
+                (EventType::Warning, events::INVALID_REQUEST, &message),
+            );
+            record.status.message = message;
             record.input_hash.clear();
             pass.report
                 .objects
@@ -275,9 +289,13 @@ impl Engine {
                 let Some(record) = self.record_mut(key) else {
                     continue;
                 };
-                record
-                    .status
-                    .set(cond::RECONCILED, CS::False, held::REASON, "Failing");
+                record.status.set_noting(
+                    cond::RECONCILED,
+                    CS::False,
+                    held::REASON,
+                    "Failing",
+                    (EventType::Warning, held::REASON, msg),
+                );
                 record.status.message = msg.clone();
                 record.steady.clear();
                 first.push(ObjectReport::new(record, ObjectAction::Failed));
@@ -414,7 +432,13 @@ pub(super) fn set_completed(status: &mut ObjectStatus, n: u32, default_message: 
 /// Conditions and message when an object's files could not be written (`why` names the store
 /// and its error). A failed pipeline's message is kept: it is the first thing to fix.
 pub(super) fn note_works_failing(status: &mut ObjectStatus, why: &str) {
-    status.set(cond::WORKS_SUCCEEDED, CS::False, "WorksFailing", why);
+    status.set_noting(
+        cond::WORKS_SUCCEEDED,
+        CS::False,
+        "WorksFailing",
+        why,
+        (EventType::Warning, "WorksFailing", why),
+    );
     status.set(cond::RECONCILED, CS::False, "WorksFailing", "Failing");
     if !status.message.starts_with("Failing: pipeline") {
         status.message = format!("Failing: {why}");
@@ -462,21 +486,25 @@ pub(super) fn finish_status(record: &mut ObjectRecord) {
     record.status.destinations.sort();
     record.status.destinations.dedup();
     if !misplaced.is_empty() {
-        record.status.set(
+        let m = format!(
+            "Some works associated with this resource are misplaced: [{}]",
+            misplaced.join(", ")
+        );
+        record.status.set_noting(
             cond::WORKS_SUCCEEDED,
             CS::False,
             "WorksMisplaced",
-            &format!(
-                "Some works associated with this resource are misplaced: [{}]",
-                misplaced.join(", ")
-            ),
+            &m,
+            (EventType::Warning, "WorksMisplaced", &m),
         );
     } else if !unscheduled {
-        record.status.set(
+        let m = "All works associated with this resource are ready";
+        record.status.set_noting(
             cond::WORKS_SUCCEEDED,
             CS::True,
             "WorksSucceeded",
-            "All works associated with this resource are ready",
+            m,
+            (EventType::Normal, "WorksSucceeded", m),
         );
     }
     let configured = record
@@ -501,6 +529,7 @@ pub(super) fn finish_status(record: &mut ObjectRecord) {
         }
         _ => {}
     }
+    events::finished(&mut record.status);
 }
 
 /// Start of a request's `status.message` while some of its output matches no Destination.

@@ -18,11 +18,12 @@ use tokio::sync::Semaphore;
 use super::placement::OutputRecord;
 use super::report::{ObjectAction, ObjectReport, PassReport};
 use super::{Engine, EngineError, Pass, records};
+use crate::events;
 use crate::model::Pipeline;
 use crate::pipeline::{self, Action, Outcome, RunnerConfig, WorkflowInput, WorkflowResult};
 use crate::scheduler::WorkflowSelector;
 use crate::state::{FileRecord, ObjectRecord};
-use crate::status::{ConditionStatus as CS, Phase, PipelineStatus, cond, now_rfc3339};
+use crate::status::{ConditionStatus as CS, EventType, Phase, PipelineStatus, cond, now_rfc3339};
 use crate::validate::{ValidPromise, ValidRequest};
 
 /// The inputs of one workflow run, owned so it can move into a task.
@@ -38,6 +39,8 @@ pub(super) struct Job {
     pub(super) promise_dir: Option<PathBuf>,
     /// Subject to `maxFanoutPerSecond` (a Promise edit re-running its requests).
     pub(super) rate_limited: bool,
+    /// The object's `status.observedGeneration`, for log lines ([`crate::events`]).
+    pub(super) generation: u64,
 }
 
 /// How long one workflow took.
@@ -274,11 +277,17 @@ impl Engine {
             record.completed = false;
             record.status.workflows_failed = 1;
             record.status.workflows_succeeded = 0;
+            let failed = format!("A Configure Pipeline has failed: {name}");
             record.status.set(
                 cond::CONFIGURE_WORKFLOW_COMPLETED,
                 CS::False,
                 "ConfigureWorkflowFailed",
-                &format!("A Configure Pipeline has failed: {name}"),
+                &failed,
+            );
+            record.status.event(
+                EventType::Warning,
+                events::CONFIGURE_WORKFLOW_FAILED,
+                &failed,
             );
             record.status.set(
                 cond::RECONCILED,
@@ -309,6 +318,13 @@ impl Engine {
             } else {
                 record.status.message = format!("Suspended at pipeline {name}");
             }
+            let note = format!(
+                "Pipeline {name} suspended the workflow: {}",
+                record.status.message
+            );
+            record
+                .status
+                .event(EventType::Normal, events::WORKFLOW_SUSPENDED, &note);
             record.outputs = outputs.into_values().collect();
             return Ok(());
         }
@@ -411,11 +427,23 @@ pub(super) async fn run_job(runner: &RunnerConfig, job: &Job) -> WorkflowResult 
         .map(|_| input.object.namespace.as_str());
     let object_name = input.object.name.as_str();
     let workflow = format!("{}.{}", input.workflow_type.as_str(), job.action.as_str());
+    let (controller, rr) = match namespace {
+        Some(ns) => (
+            "dynamicResourceRequest",
+            Some(format!("{promise}/{ns}/{object_name}")),
+        ),
+        None => ("promise", None),
+    };
+    let resource_request = rr.as_deref();
+    let generation = job.generation;
     let span = tracing::info_span!(
         "workflow",
+        controller,
         promise,
+        resourceRequest = resource_request,
         namespace,
         object_name,
+        generation,
         workflow = workflow.as_str(),
     );
     use tracing::Instrument;
@@ -429,9 +457,12 @@ pub(super) async fn run_job(runner: &RunnerConfig, job: &Job) -> WorkflowResult 
                 let e = e.to_string();
                 let (first, tail) = e.split_once('\n').unwrap_or((&e, ""));
                 tracing::warn!(
+                    controller,
                     promise,
+                    resourceRequest = resource_request,
                     namespace,
                     object_name,
+                    generation,
                     workflow = workflow.as_str(),
                     pipeline,
                     container,

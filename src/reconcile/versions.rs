@@ -289,10 +289,10 @@ pub(super) fn ran(record: &mut ObjectRecord, t: &Target, completed: bool) {
             );
             record.status.event(
                 EventType::Normal,
-                "ReconcileSucceeded",
+                "ResourceBindingVersionUpdated",
                 &format!(
-                    "Resource request reconciled with promise {} version {}",
-                    record.status.promise, t.version
+                    "Resource request moved to promise {} version {} (binding {})",
+                    record.status.promise, t.version, t.binding_version
                 ),
             );
             record.status.failed_version = None;
