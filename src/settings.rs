@@ -253,6 +253,9 @@ pub struct Settings {
     /// latest version) or `pinned` (the version it first ran at). README "Promise versions
     /// and ResourceBindings".
     pub resource_binding_version_strategy: BindingStrategy,
+    /// Apply only config commits whose signature verifies (README "Trust and tenancy"):
+    /// `{mode: head|all, sshAllowedSigners: FILE, gpgKeyring: FILE}`. Default: off.
+    pub verify: Option<crate::config::verify::VerifySettings>,
 }
 
 impl Default for Settings {
@@ -302,6 +305,7 @@ impl Default for Settings {
             webhook_secret_file: None,
             log_format: LogFormat::Text,
             health_state_store: None,
+            verify: None,
             resource_binding_version_strategy: BindingStrategy::Floating,
         }
     }

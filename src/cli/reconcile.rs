@@ -12,7 +12,7 @@ use clap::Args;
 
 use super::DaemonConfigArgs;
 use super::output::{OutputFormat, write_json};
-use super::stderr::{eprint_diagnostic, eprint_error};
+use super::stderr::{eprint_diagnostic, eprint_error, eprint_warning};
 use crate::config::{self, Source};
 use crate::reconcile::{Engine, ObjectAction, PassReport};
 use crate::state::StateDir;
@@ -72,21 +72,18 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
             return 2;
         }
     };
-    let cache = dir.root().join("config-cache");
-    let loaded = config::load_with_root(
-        &source,
-        &filter,
-        Some(&cache),
-        &dir.root().join("config-checkouts"),
-        &settings.network.timeouts(),
-    );
-    let (mut objects, root) = match loaded {
+    let (mut objects, root, refused) = match load(&source, &filter, &settings, &dir) {
         Ok(x) => x,
         Err(e) => {
             eprint_error(e);
             return 2;
         }
     };
+    if let Some(r) = &refused {
+        eprint_warning(format_args!(
+            "{r}: not applied; the last applied commit stays in force"
+        ));
+    }
     let runner = settings.runner();
     let options = settings.validate_options();
     let mut engine = match Engine::new(settings, runner) {
@@ -121,12 +118,54 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
         eprint_error(format_args!("writing output: {e}"));
         return 2;
     }
-    // Some object invalid or failed: 1, although everything else was committed.
-    if report.has_failures() || cfg.has_errors() {
+    // Some object invalid or failed, or the newest config commit refused: 1, although
+    // everything else was committed.
+    if report.has_failures() || cfg.has_errors() || refused.is_some() {
         1
     } else {
         0
     }
+}
+
+/// Loads the config for one pass: with `verify:`, through a verifying loader whose last
+/// applied commit is the state directory's (a refused head falls back to it, and the
+/// refusal is recorded for `promised status`). Returns the objects, the root of their
+/// Promise folders and the refusal, if any.
+fn load(
+    source: &Source,
+    filter: &config::FileFilter,
+    settings: &crate::settings::Settings,
+    dir: &StateDir,
+) -> Result<
+    (
+        config::Objects,
+        std::path::PathBuf,
+        Option<config::verify::Refused>,
+    ),
+    String,
+> {
+    let mut loader = config::Loader::new(
+        source.clone(),
+        filter,
+        Some(dir.root().join("config-cache")),
+        Some(dir.root().join("config-checkouts")),
+    )
+    .map_err(|e| e.to_string())?
+    .with_network(settings.network.timeouts());
+    if let Some(v) = &settings.verify {
+        let last = dir.load().ok().and_then(|s| s.config_commit);
+        let verifier = config::verify::Verifier::for_source(source, v, dir.root())?;
+        loader = loader.with_verifier(verifier, last);
+    }
+    let loaded = loader.load();
+    let refused = loader.refused().cloned();
+    if settings.verify.is_some()
+        && let Err(e) = config::verify::save_refusal(dir.root(), refused.as_ref())
+    {
+        eprint_warning(format_args!("recording the refused config commit: {e}"));
+    }
+    let loaded = loaded.map_err(|e| e.to_string())?;
+    Ok((loaded.objects, loaded.root, refused))
 }
 
 fn write_report(

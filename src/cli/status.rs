@@ -102,19 +102,37 @@ pub fn status_cmd(a: &StatusArgs, out: &mut dyn Write) -> i32 {
             }
             Err(e) => Err(e),
         },
-        None => write_rows(&rows, a.output, out).and_then(|()| {
-            if a.output == super::output::StatusFormat::Table {
-                super::status_infra::write_tables(&infra, out)
-            } else {
-                Ok(())
-            }
-        }),
+        None => refused_line(&settings.state_dir, a.output, out)
+            .and_then(|()| write_rows(&rows, a.output, out))
+            .and_then(|()| {
+                if a.output == super::output::StatusFormat::Table {
+                    super::status_infra::write_tables(&infra, out)
+                } else {
+                    Ok(())
+                }
+            }),
     };
     if let Err(e) = res {
         eprint_error(e);
         return 2;
     }
     0
+}
+
+/// The table's first line while the newest config commit is refused by verification
+/// (`<stateDir>/config-refused.json`, written by the daemon and `promised reconcile`).
+fn refused_line(
+    state_dir: &std::path::Path,
+    format: super::output::StatusFormat,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    match crate::config::verify::load_refusal(state_dir) {
+        Some(r) if format == super::output::StatusFormat::Table => writeln!(
+            out,
+            "config: {r}; not applied, the last applied commit stays in force\n"
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Asks a daemon listening on `listen` for its status (`GET /api/v1/status`); `None` when no

@@ -10,6 +10,7 @@
 //! config").
 
 pub mod source;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -79,6 +80,19 @@ pub struct Objects {
     pub diagnostics: Vec<Diagnostic>,
     /// Commit the objects were read from (Git sources).
     pub commit: Option<String>,
+    /// Who made that commit, and who signed it when verified (the audit trailers).
+    pub provenance: Option<Provenance>,
+}
+
+/// Who made the config commit a pass applies: its author and, when verification is on, its
+/// signer. Becomes the state store commit's `Promised-Requested-By:` and `Promised-Signed-By:`
+/// trailers (README "Trust and tenancy").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Provenance {
+    /// `Name <email>` of the config commit's author.
+    pub author: String,
+    /// `<principal> <key fingerprint>` of its verified signature.
+    pub signed_by: Option<String>,
 }
 
 /// Maximum size of one config file; larger files are rejected (protects the daemon against
@@ -283,6 +297,15 @@ pub struct Loader {
     listing: Option<source::TreeListing>,
     /// Timeouts of a remote's fetch.
     network: statestores::NetworkTimeouts,
+    /// Commit verification, when on ([`verify`]).
+    verifier: Option<verify::Verifier>,
+    /// The last commit that verified (or was applied before verification started), and
+    /// its provenance: what stays in force while newer commits are refused.
+    applied: Option<(String, Provenance)>,
+    /// Why the newest commit was not applied, until one verifies again.
+    refused: Option<verify::Refused>,
+    /// Provenance of the commit of the last [`Loader::fetch`].
+    provenance: Option<Provenance>,
 }
 
 impl Loader {
@@ -306,7 +329,30 @@ impl Loader {
             fetched: None,
             listing: None,
             network: statestores::NetworkTimeouts::default(),
+            verifier: None,
+            applied: None,
+            refused: None,
+            provenance: None,
         })
+    }
+
+    /// Applies only verified commits ([`verify`]). `last_applied` is the config commit
+    /// applied before (the state directory's): under `mode: all` the commits since it are
+    /// checked, and it stays in force when the first new commit is refused.
+    pub fn with_verifier(
+        mut self,
+        verifier: verify::Verifier,
+        last_applied: Option<String>,
+    ) -> Loader {
+        self.verifier = Some(verifier);
+        self.applied = last_applied.map(|c| (c, Provenance::default()));
+        self
+    }
+
+    /// Why the newest config commit is not applied (verification is on and it does not
+    /// verify); `None` once a commit verifies.
+    pub fn refused(&self) -> Option<&verify::Refused> {
+        self.refused.as_ref()
     }
 
     /// Fetches within `network` (default: [`statestores::NetworkTimeouts::default`]).
@@ -322,7 +368,54 @@ impl Loader {
             return Ok(None);
         };
         let repo = GitRepo::open(url, self.cache_dir.as_deref(), &self.network)?;
-        let commit = repo.resolve(reference)?;
+        let mut commit = repo.resolve(reference)?;
+        let mut provenance = Provenance {
+            author: repo.author(commit).unwrap_or_default(),
+            signed_by: None,
+        };
+        if let Some(v) = &self.verifier {
+            let head = commit.to_string();
+            let last = self.applied.as_ref().map(|(c, _)| c.as_str());
+            match v.check(repo.git_dir(), &head, last) {
+                Ok(signed) => {
+                    provenance.signed_by = Some(format!("{} {}", signed.signer, signed.key));
+                    self.applied = Some((head, provenance.clone()));
+                    self.refused = None;
+                }
+                Err(refused) => {
+                    if self.refused.as_ref() != Some(&refused) {
+                        tracing::warn!(
+                            commit = %refused.commit,
+                            author = %refused.author,
+                            reason = %refused.reason,
+                            "config commit not verified: not applied"
+                        );
+                    }
+                    self.refused = Some(refused.clone());
+                    let Some((prev, prev_provenance)) = self.applied.clone() else {
+                        return Err(SourceError::Unverified {
+                            url: repo.display_url(),
+                            refused,
+                        });
+                    };
+                    commit = gix::ObjectId::from_hex(prev.as_bytes()).map_err(|e| {
+                        SourceError::GitRepo {
+                            url: repo.display_url(),
+                            message: format!("last applied commit {prev}: {e}"),
+                        }
+                    })?;
+                    provenance = if prev_provenance.author.is_empty() {
+                        Provenance {
+                            author: repo.author(commit).unwrap_or_default(),
+                            signed_by: None,
+                        }
+                    } else {
+                        prev_provenance
+                    };
+                }
+            }
+        }
+        self.provenance = Some(provenance);
         self.fetched = Some((repo, commit));
         Ok(Some(commit.to_string()))
     }
@@ -361,6 +454,7 @@ impl Loader {
         let mut objects = classify(docs);
         objects.diagnostics.splice(0..0, diags);
         objects.commit = Some(commit.to_string());
+        objects.provenance = self.provenance.clone();
         let root = match &self.checkouts {
             Some(parent) => export_promise_dirs(&repo, commit, &objects, parent)?,
             None => PathBuf::new(),

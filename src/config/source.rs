@@ -157,6 +157,15 @@ pub enum SourceError {
         /// What failed.
         message: String,
     },
+    /// Verification is on and the commit does not verify, with no earlier verified commit to
+    /// keep applying ([`super::verify`]).
+    #[error("git repository {url}: {refused}; nothing applied")]
+    Unverified {
+        /// Repository location.
+        url: String,
+        /// The commit and why.
+        refused: super::verify::Refused,
+    },
     /// The ref does not resolve to a commit.
     #[error("git repository {url}: ref {reference:?} not found: {message}")]
     GitRef {
@@ -365,6 +374,18 @@ impl GitRepo {
             reference: reference.to_string(),
             message,
         })
+    }
+
+    /// The repository's Git directory (what `git --git-dir` takes).
+    pub fn git_dir(&self) -> &Path {
+        self.repo.git_dir()
+    }
+
+    /// `Name <email>` of `commit`'s author; `None` when the commit cannot be read.
+    pub fn author(&self, commit: gix::ObjectId) -> Option<String> {
+        let c = self.repo.find_commit(commit).ok()?;
+        let a = c.author().ok()?;
+        Some(format!("{} <{}>", a.name, a.email))
     }
 
     /// The repository's branch names (`refs/heads/*`, which a fetch mirrors), sorted.

@@ -81,6 +81,17 @@ impl Engines {
         Ok(Engines::One(Box::new(engine)))
     }
 
+    /// The config commit the last pass applied (the first running engine's), if any.
+    pub(super) fn config_commit(&self) -> Option<String> {
+        match self {
+            Engines::One(e) => e.state().config_commit.clone(),
+            Engines::Sharded(s) => s
+                .slots
+                .iter()
+                .find_map(|slot| slot.engine.as_ref()?.state().config_commit.clone()),
+        }
+    }
+
     /// The state directory the pass cache and the engines live under.
     pub(super) fn state_root(&self) -> &Path {
         match self {

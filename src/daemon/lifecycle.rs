@@ -92,7 +92,12 @@ pub(super) async fn reload(
                 }
             }
             engines.set_settings(&s);
-            match PassCache::new(&opts.source, &s, engines.state_root()) {
+            match PassCache::new(
+                &opts.source,
+                &s,
+                engines.state_root(),
+                engines.config_commit(),
+            ) {
                 Ok(c) => *cache = c,
                 Err(e) => tracing::error!(error = %e, "keeping the previous file filter"),
             }

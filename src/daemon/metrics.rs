@@ -72,6 +72,9 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Shards held now (`promised_shards_held`; 1 without leader election).
     pub shards_held: Gauge,
+    /// `promised_config_commit_refused`: 1 while the newest config commit is not applied
+    /// because it does not verify (`verify:`), else 0.
+    pub config_refused: Gauge,
     /// `promised_destination_ready{destination}`: 1 while its `Ready` condition is True.
     pub destination_ready: Family<DestinationLabel, Gauge>,
     /// `promised_state_store_ready{store}`: 1 while its `Ready` condition is True.
@@ -109,12 +112,18 @@ impl Metrics {
             pipelines: Family::default(),
             leader: Gauge::default(),
             shards_held: Gauge::default(),
+            config_refused: Gauge::default(),
             destination_ready: Family::default(),
             state_store_ready: Family::default(),
             state_store_writes: Family::default(),
             ready_series: Default::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "config_commit_refused",
+            "1 while the newest config commit is not applied because its signature does not verify",
+            m.config_refused.clone(),
+        );
         registry.register(
             "leader",
             "1 while this replica holds its Lease (leader election), else 0",

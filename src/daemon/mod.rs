@@ -242,7 +242,12 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         Some(e) => (0..e.status().borrow().shards).map(|i| e.gate(i)).collect(),
         None => Vec::new(),
     };
-    let mut cache = PassCache::new(&opts.source, &settings, engines.state_root())?;
+    let mut cache = PassCache::new(
+        &opts.source,
+        &settings,
+        engines.state_root(),
+        engines.config_commit(),
+    )?;
     let mut settings = settings;
     let mut ready_sent = false;
     let mut first = true;

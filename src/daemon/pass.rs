@@ -39,12 +39,17 @@ pub(super) struct StatusRows {
 }
 
 impl PassCache {
+    /// A cache for `source`; with `verify:` in `settings`, its loader applies only verified
+    /// commits, `last_applied` (the state directory's config commit) staying in force
+    /// while newer ones are refused. Errors: a bad glob, `verify:` with a directory source,
+    /// or key files that do not load.
     pub(super) fn new(
         source: &Source,
         settings: &Settings,
         state_dir: &std::path::Path,
+        last_applied: Option<String>,
     ) -> Result<Self, String> {
-        let loader = config::Loader::new(
+        let mut loader = config::Loader::new(
             source.clone(),
             &settings.file_filter(),
             Some(state_dir.join("config-cache")),
@@ -52,6 +57,12 @@ impl PassCache {
         )
         .map_err(|e| e.to_string())?
         .with_network(settings.network.timeouts());
+        if let Some(v) = &settings.verify {
+            loader = loader.with_verifier(
+                config::verify::Verifier::for_source(source, v, state_dir)?,
+                last_applied,
+            );
+        }
         Ok(PassCache {
             loader: Some(loader),
             admissions: validate::Admissions::default(),
@@ -92,7 +103,9 @@ pub(super) async fn load(
     })
     .await
     .map_err(|e| format!("config loader: {e}"))?;
+    let refused = loader.refused().cloned();
     cache.loader = Some(loader);
+    note_refusal(shared, settings, refused.as_ref());
     let loaded = match loaded {
         Ok(x) => x,
         Err(e) => {
@@ -296,4 +309,22 @@ pub(super) fn next_wake(engine: &Engine, pass_started: SystemTime) -> Duration {
     // The write-permission checks of ready state stores (`stateStoreCheckInterval`).
     let retry = engine.store_check_due().map_or(retry, |c| retry.min(c));
     retry.clamp(Duration::from_millis(200), Duration::from_secs(60))
+}
+
+/// Publishes whether the newest config commit was refused by verification: the
+/// `promised_config_commit_refused` gauge, and `<stateDir>/config-refused.json` for `promised
+/// status` (written only when it changes).
+fn note_refusal(shared: &Shared, settings: &Settings, refused: Option<&config::verify::Refused>) {
+    shared
+        .metrics
+        .config_refused
+        .set(i64::from(refused.is_some()));
+    if settings.verify.is_none() {
+        return;
+    }
+    if config::verify::load_refusal(&settings.state_dir).as_ref() != refused
+        && let Err(e) = config::verify::save_refusal(&settings.state_dir, refused)
+    {
+        tracing::warn!(error = %e, "cannot record the refused config commit in the state directory");
+    }
 }

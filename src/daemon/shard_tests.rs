@@ -185,8 +185,13 @@ async fn two_replicas_hold_one_shard_each_and_reconcile_only_its_promises() {
         .unwrap();
         let mut engines = Engines::start(&settings, Some(e)).unwrap();
         let shared = shared(e);
-        let mut cache =
-            PassCache::new(&Source::Dir(cfg.clone()), &settings, engines.state_root()).unwrap();
+        let mut cache = PassCache::new(
+            &Source::Dir(cfg.clone()),
+            &settings,
+            engines.state_root(),
+            None,
+        )
+        .unwrap();
         let shard = *e.held().iter().next().unwrap();
         let before = promises_in(&files(&store));
         let rows = pass(&mut engines, &mut cache, &shared).await;

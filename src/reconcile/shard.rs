@@ -108,6 +108,7 @@ impl Shard {
         out.assets = cfg.assets.clone();
         out.diagnostics = cfg.diagnostics.clone();
         out.commit = cfg.commit.clone();
+        out.provenance = cfg.provenance.clone();
         out.unloadable = cfg.unloadable.clone();
         out
     }

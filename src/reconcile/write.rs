@@ -263,6 +263,12 @@ impl Engine {
                 note: None,
                 config_label,
                 images: self.images_of(pass.touched.get(&store_key)),
+                requested_by: pass.cfg.provenance.as_ref().map(|p| p.author.clone()),
+                signed_by: pass
+                    .cfg
+                    .provenance
+                    .as_ref()
+                    .and_then(|p| p.signed_by.clone()),
             };
             set.writes.sort_by(|a, b| a.owner.key.cmp(&b.owner.key));
             set.removals.sort();

@@ -97,6 +97,7 @@ pub fn validate_with_options(
         undecoded_promises,
         diagnostics,
         commit,
+        provenance,
     } = objects;
 
     let mut found = Findings {
@@ -187,6 +188,7 @@ pub fn validate_with_options(
         },
         diagnostics,
         commit,
+        provenance,
         unloadable,
     }
 }

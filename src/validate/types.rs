@@ -186,6 +186,8 @@ pub struct ValidConfig {
     pub diagnostics: Vec<Diagnostic>,
     /// Config commit (Git sources).
     pub commit: Option<String>,
+    /// Its author and verified signer ([`crate::config::Provenance`]).
+    pub provenance: Option<crate::config::Provenance>,
     /// Config files that did not load (path → why): nothing they held at the last good load
     /// is pruned ([`crate::reconcile::held`]).
     pub unloadable: BTreeMap<String, String>,

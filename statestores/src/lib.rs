@@ -180,6 +180,11 @@ pub struct CommitMeta {
     /// `<image>@sha256:<hex>` of every pipeline image whose output this change writes (the
     /// image runtime's provenance); one `Promised-Image:` trailer each, sorted.
     pub images: Vec<String>,
+    /// `Name <email>` of the config commit's author: the `Promised-Requested-By:` trailer.
+    pub requested_by: Option<String>,
+    /// `<principal> <key fingerprint>` of the config commit's verified signature: the
+    /// `Promised-Signed-By:` trailer.
+    pub signed_by: Option<String>,
 }
 
 /// One atomic unit of change across any number of placements and destinations.

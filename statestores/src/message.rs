@@ -7,7 +7,9 @@
 //! - a subject from [`CommitMeta::subject_template`], default
 //!   `promised: {updated} updated, {deleted} deleted (config {config_short})`;
 //! - a body listing every changed placement and every repaired drift;
-//! - git trailers: `Promised-Config-Commit: <sha>`, one `Promised-Promise: <name>` per distinct
+//! - git trailers: `Promised-Config-Commit: <sha>`, `Promised-Requested-By: <author>` and
+//!   `Promised-Signed-By: <principal> <key>` (the config commit's author and verified signer,
+//!   when known), one `Promised-Promise: <name>` per distinct
 //!   promise, one `Promised-Resource: <promise>/<namespace>/<name>` per request, one
 //!   `Promised-Image: <image>@sha256:<hex>` per pipeline image whose output changed.
 
@@ -107,6 +109,18 @@ pub fn render(meta: &CommitMeta, plan: &Plan<'_>) -> String {
     if let Some(cc) = &meta.config_commit {
         let _ = writeln!(m, "Promised-Config-Commit: {cc}");
     }
+    // One line each: a trailer value never spans lines.
+    let one_line = |s: &str| s.lines().next().unwrap_or("").trim().to_string();
+    if let Some(a) = meta
+        .requested_by
+        .as_deref()
+        .filter(|a| !a.trim().is_empty())
+    {
+        let _ = writeln!(m, "Promised-Requested-By: {}", one_line(a));
+    }
+    if let Some(s) = meta.signed_by.as_deref().filter(|s| !s.trim().is_empty()) {
+        let _ = writeln!(m, "Promised-Signed-By: {}", one_line(s));
+    }
     for p in promises {
         let _ = writeln!(m, "Promised-Promise: {p}");
     }
@@ -185,5 +199,27 @@ mod tests {
             "{m}"
         );
         assert!(!m.contains("Promised-Config-Commit"), "{m}");
+    }
+
+    #[test]
+    fn requester_and_signer_trailers_are_one_line_each() {
+        let plan = Plan::default();
+        let meta = CommitMeta {
+            config_commit: Some("1a2b3c4d5e".into()),
+            requested_by: Some("Alice <alice@example.com>\nInjected: x".into()),
+            signed_by: Some("alice@example.com SHA256:abc".into()),
+            ..Default::default()
+        };
+        let m = render(&meta, &plan);
+        assert!(
+            m.contains("Promised-Config-Commit: 1a2b3c4d5e\nPromised-Requested-By: Alice <alice@example.com>\nPromised-Signed-By: alice@example.com SHA256:abc\n"),
+            "{m}"
+        );
+        assert!(!m.contains("Injected"), "{m}");
+        let none = render(&CommitMeta::default(), &plan);
+        assert!(
+            !none.contains("Requested-By") && !none.contains("Signed-By"),
+            "{none}"
+        );
     }
 }
