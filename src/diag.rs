@@ -67,6 +67,9 @@ pub enum Code {
     UnservedKind,
     /// A resource request that fails its Promise's schema.
     InvalidRequest,
+    /// The tenancy policy refuses the object (`promised-policy.yaml`), or the policy itself
+    /// does not load.
+    PolicyDenied,
 }
 
 /// One error or warning about the config repo.

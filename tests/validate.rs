@@ -1052,6 +1052,7 @@ fn pipeline_assets_in_a_promise_folder_are_counted_and_never_errors() {
             &format!(
                 "asset: {res}/namespace.yaml[0] Namespace name \"TBDNAMESPACE\" (pipeline asset of Promise app)"
             ),
+            "tenancy: no tenancy policy is in force (no promised-policy.yaml): any file may hold any object",
             "valid: 1 Promises, 1 requests, 0 Destinations, 0 state stores, 3 pipeline assets; 0 errors, 1 warnings",
         ]
     );
@@ -1100,6 +1101,7 @@ fn unserved_kinds_error_setting_and_the_exclude_hint() {
         out.lines().collect::<Vec<_>>(),
         [
             stray_line("error").as_str(),
+            "tenancy: no tenancy policy is in force (no promised-policy.yaml): any file may hold any object",
             "invalid: 1 Promises, 1 requests, 0 Destinations, 0 state stores, 3 pipeline assets (listed with --verbose); 1 errors, 0 warnings",
         ]
     );

@@ -13,65 +13,6 @@ use std::process::Command;
 
 use common::{git, promised};
 
-const PROMISE: &str = r#"apiVersion: platform.kratix.io/v1alpha1
-kind: Promise
-metadata:
-  name: app
-spec:
-  api:
-    apiVersion: apiextensions.k8s.io/v1
-    kind: CustomResourceDefinition
-    metadata:
-      name: apps.example.com
-    spec:
-      group: example.com
-      names: {kind: App, plural: apps, singular: app}
-      scope: Namespaced
-      versions:
-        - name: v1
-          served: true
-          storage: true
-          schema:
-            openAPIV3Schema:
-              type: object
-              properties:
-                spec:
-                  type: object
-                  properties:
-                    size: {type: string}
-  workflows:
-    resource:
-      configure:
-        - apiVersion: platform.kratix.io/v1alpha1
-          kind: Pipeline
-          metadata:
-            name: configure
-          spec:
-            containers:
-              - name: render
-                image: example.com/render
-                command: ["/promise/render"]
-"#;
-
-const RENDER: &str =
-    "#!/bin/sh\nset -eu\necho \"kind: ConfigMap\" > \"$KRATIX_OUTPUT_DIR/app.yaml\"\n";
-
-const PLATFORM: &str = r#"apiVersion: platform.kratix.io/v1alpha1
-kind: GitStateStore
-metadata:
-  name: local
-spec:
-  url: state.git
----
-apiVersion: platform.kratix.io/v1alpha1
-kind: Destination
-metadata:
-  name: dev
-spec:
-  path: dev
-  stateStoreRef: {kind: GitStateStore, name: local}
-"#;
-
 /// A config repo (a Git work tree), keys, a state directory.
 struct World {
     _tmp: tempfile::TempDir,
@@ -85,18 +26,7 @@ impl World {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
         let repo = root.join("config");
-        std::fs::create_dir_all(repo.join("promises/app")).unwrap();
-        std::fs::create_dir_all(repo.join("requests")).unwrap();
-        std::fs::create_dir_all(repo.join("platform")).unwrap();
-        std::fs::write(repo.join("promises/app/promise.yaml"), PROMISE).unwrap();
-        std::fs::write(repo.join("promises/app/render"), RENDER).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(
-            repo.join("promises/app/render"),
-            std::fs::Permissions::from_mode(0o755),
-        )
-        .unwrap();
-        std::fs::write(repo.join("platform/platform.yaml"), PLATFORM).unwrap();
+        common::app::write_config(&repo);
         git(&repo, &["init", "-q", "-b", "main"]);
         git(&repo, &["config", "user.name", "Alice Platform"]);
         git(&repo, &["config", "user.email", "alice@example.com"]);
@@ -125,9 +55,7 @@ impl World {
     fn request(&self, name: &str) {
         std::fs::write(
             self.repo.join(format!("requests/{name}.yaml")),
-            format!(
-                "apiVersion: example.com/v1\nkind: App\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  size: small\n"
-            ),
+            common::app::request(name, "default"),
         )
         .unwrap();
     }
@@ -445,4 +373,65 @@ fn verify_setup_errors_stop_before_anything_runs() {
         err.contains("is a directory, not a Git repository"),
         "{err}"
     );
+}
+
+/// Under verification, the tenancy policy of the last applied commit says who may change
+/// what: a team signer may add a request in the team's folder, but a change to
+/// `promised-policy.yaml` signed by that (trusted, non-platform) key is refused, naming the
+/// rule.
+#[test]
+fn a_policy_change_signed_by_a_non_platform_key_is_refused() {
+    let w = World::new();
+    let alice = w.ssh_key("alice");
+    let bob = w.ssh_key("bob");
+    let allowed = w.root.join("allowed_signers");
+    let line = |who: &str, key: &Path| {
+        let k = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        format!("{who}@example.com {k}")
+    };
+    std::fs::write(&allowed, line("alice", &alice) + &line("bob", &bob)).unwrap();
+    let cfg = w.daemon_config(&format!("{{sshAllowedSigners: {}}}", allowed.display()));
+    let policy = "apiVersion: promised.dev/v1alpha1\nkind: TenancyPolicy\nmetadata: {name: tenancy}\nspec:\n  platform:\n    paths: [\"platform/**\", \"promises/**\", \"requests/**\"]\n    signers: [alice@example.com]\n  teams:\n    - name: team-a\n      paths: [\"teams/a/**\"]\n      namespaces: [team-a]\n      promises: [app]\n      signers: [bob@example.com]\n";
+    std::fs::write(w.repo.join("promised-policy.yaml"), policy).unwrap();
+    let sa = ssh_signing(&alice);
+    let sa: Vec<&str> = sa.iter().map(String::as_str).collect();
+    let sb = ssh_signing(&bob);
+    let sb: Vec<&str> = sb.iter().map(String::as_str).collect();
+    w.commit("policy", Some(&sa));
+    let (code, out, err) = w.reconcile(&cfg);
+    assert_eq!(code, 0, "{out}\n{err}");
+
+    // Bob adds a request in his team's folder: applied.
+    std::fs::create_dir_all(w.repo.join("teams/a")).unwrap();
+    std::fs::write(
+        w.repo.join("teams/a/mine.yaml"),
+        common::app::request("mine", "team-a"),
+    )
+    .unwrap();
+    w.commit("team-a request", Some(&sb));
+    let (code, out, err) = w.reconcile(&cfg);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(w.output().contains("/mine/"), "{}", w.output());
+
+    // Bob widens his own rights: refused, the policy stays as it was.
+    std::fs::write(
+        w.repo.join("promised-policy.yaml"),
+        policy.replace("namespaces: [team-a]", "namespaces: [\"*\"]"),
+    )
+    .unwrap();
+    std::fs::write(
+        w.repo.join("teams/a/prod.yaml"),
+        common::app::request("prod", "prod"),
+    )
+    .unwrap();
+    let c = w.commit("more rights", Some(&sb));
+    let (code, _, err) = w.reconcile(&cfg);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&c[..12])
+            && err.contains("may not change promised-policy.yaml")
+            && err.contains("spec.platform.signers"),
+        "{err}"
+    );
+    assert!(!w.output().contains("/prod/"), "{}", w.output());
 }

@@ -137,6 +137,8 @@ struct ValidateReport<'a> {
     /// Pipeline assets: YAML in a Promise folder that is not config.
     assets: Vec<AssetLine<'a>>,
     diagnostics: &'a [Diagnostic],
+    /// Whether a tenancy policy is in force (README "Trust and tenancy").
+    tenancy: String,
     #[serde(skip)]
     verbose: bool,
 }
@@ -192,6 +194,22 @@ pub fn validate_cmd(a: &ValidateArgs, out: &mut dyn Write) -> i32 {
     let report = ValidateReport {
         valid,
         commit: cfg.commit.as_deref(),
+        tenancy: match &cfg.tenancy {
+            None => format!(
+                "no tenancy policy is in force (no {}): any file may hold any object",
+                crate::validate::policy::POLICY_FILE
+            ),
+            Some(Ok(p)) => format!(
+                "{} is in force: platform paths [{}], {} teams",
+                crate::validate::policy::POLICY_FILE,
+                p.spec.platform.paths.join(", "),
+                p.spec.teams.len()
+            ),
+            Some(Err(_)) => format!(
+                "{} does not load: every request and platform object is refused",
+                crate::validate::policy::POLICY_FILE
+            ),
+        },
         errors,
         warnings,
         promises: cfg.promises.iter().map(|p| p.name()).collect(),
@@ -266,6 +284,7 @@ fn write_text_report(r: &ValidateReport<'_>, out: &mut dyn Write) -> std::io::Re
             )?;
         }
     }
+    writeln!(out, "tenancy: {}", r.tenancy)?;
     writeln!(
         out,
         "{}: {} Promises, {} requests, {} Destinations, {} state stores, {} pipeline assets{}; {} errors, {} warnings",

@@ -159,6 +159,19 @@ impl Verifier {
         commit: &str,
         last_applied: Option<&str>,
     ) -> Result<Signed, Refused> {
+        let signed = self.check_signatures(git_dir, commit, last_applied)?;
+        self.check_policy(git_dir, commit, last_applied, &signed)?;
+        Ok(signed.into_iter().last().expect("the head is checked"))
+    }
+
+    /// The signatures of the commits to check (oldest first, the head last), or the first
+    /// refused.
+    fn check_signatures(
+        &self,
+        git_dir: &Path,
+        commit: &str,
+        last_applied: Option<&str>,
+    ) -> Result<Vec<Signed>, Refused> {
         let mut commits = vec![commit.to_string()];
         if self.mode == VerifyMode::All
             && let Some(last) = last_applied.filter(|l| *l != commit)
@@ -174,7 +187,7 @@ impl Verifier {
                 Err(e) => return Err(self.refusal(commit, commit, "-", e)),
             }
         }
-        let mut head = None;
+        let mut signed = Vec::with_capacity(commits.len());
         for c in &commits {
             let out = self
                 .git(
@@ -189,16 +202,75 @@ impl Verifier {
             if code != "G" {
                 return Err(self.refusal(c, commit, author, reason(code, key)));
             }
-            if c == commit {
-                head = Some(Signed {
-                    commit: commit.to_string(),
-                    author: author.to_string(),
-                    signer: signer.to_string(),
-                    key: key.to_string(),
-                });
+            signed.push(Signed {
+                commit: c.to_string(),
+                author: author.to_string(),
+                signer: signer.to_string(),
+                key: key.to_string(),
+            });
+        }
+        if signed.last().map(|s| s.commit.as_str()) != Some(commit) {
+            return Err(self.refusal(
+                commit,
+                commit,
+                "-",
+                "the head is not among the commits checked".into(),
+            ));
+        }
+        Ok(signed)
+    }
+
+    /// The tenancy policy's signer rules ([`crate::validate::policy::Policy::change_denied`]):
+    /// the policy of the last applied commit decides who may change which paths. Under
+    /// `mode: head` every path changed since the last applied commit is the head signer's;
+    /// under `mode: all` each commit answers for its own changes (a merge: against its first
+    /// parent). Nothing is checked without a last applied commit or a policy in it.
+    fn check_policy(
+        &self,
+        git_dir: &Path,
+        head: &str,
+        last_applied: Option<&str>,
+        signed: &[Signed],
+    ) -> Result<(), Refused> {
+        let Some(last) = last_applied.filter(|l| *l != head) else {
+            return Ok(());
+        };
+        let spec = format!("{last}:{}", crate::validate::policy::POLICY_FILE);
+        let Ok(text) = self.git(git_dir, &["show", &spec]) else {
+            return Ok(()); // no policy at the last applied commit
+        };
+        let policy = serde_saphyr::from_str::<crate::validate::policy::TenancyPolicy>(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|p| crate::validate::policy::Policy::new(p.spec).map_err(|(f, e)| format!("{f}: {e}")))
+            .map_err(|e| {
+                self.refusal(
+                    head,
+                    head,
+                    "-",
+                    format!("the tenancy policy of the last applied commit does not load ({e}): no change can be checked"),
+                )
+            })?;
+        let changes: Vec<(&Signed, String)> = match self.mode {
+            VerifyMode::Head => {
+                let s = signed.last().expect("the head is checked");
+                vec![(s, format!("{last}..{head}"))]
+            }
+            VerifyMode::All => signed
+                .iter()
+                .map(|s| (s, format!("{0}^1..{0}", s.commit)))
+                .collect(),
+        };
+        for (s, range) in changes {
+            let out = self
+                .git(git_dir, &["diff", "--name-only", "--no-renames", &range])
+                .map_err(|e| self.refusal(&s.commit, head, &s.author, e))?;
+            for path in out.lines().filter(|l| !l.is_empty()) {
+                if let Some(why) = policy.change_denied(path, &s.signer) {
+                    return Err(self.refusal(&s.commit, head, &s.author, why));
+                }
             }
         }
-        Ok(head.expect("the head is among the commits checked"))
+        Ok(())
     }
 
     fn refusal(&self, commit: &str, head: &str, author: &str, reason: String) -> Refused {

@@ -150,6 +150,18 @@ impl Engine {
         let mut retiring = Vec::new();
         for name in gone {
             let rec = self.state.destinations[&name].clone();
+            if rec.cleanup_all
+                && cfg
+                    .rejected
+                    .iter()
+                    .any(|r| r.id.kind == "Destination" && r.id.name == name)
+            {
+                // Still in the repo, but refused (invalid, or outside the tenancy policy's
+                // platform paths): like a Promise or request that becomes invalid, it keeps
+                // its files; only removal from the config repo deletes.
+                tracing::warn!(destination = %name, "a Destination with cleanup: all is refused by validation: its files stay");
+                continue;
+            }
             if rec.cleanup_all && !cfg.unloadable.is_empty() {
                 // A config file does not load, and the Destination may be in it (a state
                 // directory from before `infra_documents` cannot restore it): nothing of it

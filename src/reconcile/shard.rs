@@ -109,6 +109,7 @@ impl Shard {
         out.diagnostics = cfg.diagnostics.clone();
         out.commit = cfg.commit.clone();
         out.provenance = cfg.provenance.clone();
+        out.tenancy = cfg.tenancy.clone();
         out.unloadable = cfg.unloadable.clone();
         out
     }

@@ -43,6 +43,7 @@ use crate::diag::{Diagnostic, Origin};
 
 mod cross;
 mod helpers;
+pub mod policy;
 mod promise;
 mod request;
 mod stores;
@@ -104,6 +105,8 @@ pub fn validate_with_options(
         rejected: Vec::new(),
         diagnostics,
     };
+    let mut candidates = candidates;
+    let policy = policy::extract(&mut candidates, &mut found.diagnostics);
 
     let (served_by, candidates, assets) = cross::classify(
         &promises,
@@ -137,6 +140,20 @@ pub fn validate_with_options(
         &mut found,
     );
 
+    let (git_state_stores, bucket_state_stores, valid_destinations, promises) = match &policy {
+        Some(p) => (
+            deny_platform(p, git_state_stores, &mut found),
+            deny_platform(p, bucket_state_stores, &mut found),
+            deny_platform(p, valid_destinations, &mut found),
+            deny_platform(p, promises, &mut found),
+        ),
+        None => (
+            git_state_stores,
+            bucket_state_stores,
+            valid_destinations,
+            promises,
+        ),
+    };
     let (valid_promises, mut rejected_apis) =
         promise::check_promises(promises, &not_dup, &mut found);
     let valid_promises =
@@ -153,6 +170,10 @@ pub fn validate_with_options(
         cache,
         &mut found,
     );
+    let requests = match &policy {
+        Some(p) => deny_requests(p, requests, &mut found),
+        None => requests,
+    };
     cross::check_health_records(&health_records, &valid_promises, &mut found.diagnostics);
     let resource_bindings = check_resource_bindings(resource_bindings, &mut found.diagnostics);
 
@@ -189,6 +210,7 @@ pub fn validate_with_options(
         diagnostics,
         commit,
         provenance,
+        tenancy: policy.map(|p| p.map(std::sync::Arc::new)),
         unloadable,
     }
 }
@@ -218,5 +240,59 @@ fn check_resource_bindings(
             }
             ok
         })
+        .collect()
+}
+
+/// Platform objects of `items` that the tenancy policy refuses leave the config, each with an
+/// error (README "Trust and tenancy").
+fn deny_platform<T>(
+    policy: &Result<policy::Policy, String>,
+    items: Vec<crate::config::Located<T>>,
+    found: &mut Findings,
+) -> Vec<crate::config::Located<T>> {
+    items
+        .into_iter()
+        .filter(
+            |l| match policy::platform_denied(policy, &l.origin, &l.id) {
+                None => true,
+                Some(d) => {
+                    found.rejected.push(Rejected {
+                        origin: l.origin.clone(),
+                        id: l.id.clone(),
+                        reasons: vec![d.message.clone()],
+                        promise: None,
+                    });
+                    found.diagnostics.push(d);
+                    false
+                }
+            },
+        )
+        .collect()
+}
+
+/// Requests the tenancy policy refuses become rejected (`Reconciled=False InvalidRequest`,
+/// the rule in the message), alone.
+fn deny_requests(
+    policy: &Result<policy::Policy, String>,
+    requests: Vec<std::sync::Arc<ValidRequest>>,
+    found: &mut Findings,
+) -> Vec<std::sync::Arc<ValidRequest>> {
+    requests
+        .into_iter()
+        .filter(
+            |r| match policy::request_denied(policy, &r.origin, &r.id, &r.promise) {
+                None => true,
+                Some(d) => {
+                    found.rejected.push(Rejected {
+                        origin: r.origin.clone(),
+                        id: r.id.clone(),
+                        reasons: vec![d.message.clone()],
+                        promise: Some(r.promise.clone()),
+                    });
+                    found.diagnostics.push(d);
+                    false
+                }
+            },
+        )
         .collect()
 }

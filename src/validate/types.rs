@@ -188,6 +188,9 @@ pub struct ValidConfig {
     pub commit: Option<String>,
     /// Its author and verified signer ([`crate::config::Provenance`]).
     pub provenance: Option<crate::config::Provenance>,
+    /// The tenancy policy in force (`promised-policy.yaml`): `None` without one, `Err` when
+    /// it does not load (everything it guards is refused).
+    pub tenancy: Option<Result<std::sync::Arc<super::policy::Policy>, String>>,
     /// Config files that did not load (path → why): nothing they held at the last good load
     /// is pruned ([`crate::reconcile::held`]).
     pub unloadable: BTreeMap<String, String>,

@@ -1,6 +1,8 @@
 //! Shared test infrastructure: real servers on 127.0.0.1 and helpers to drive real git.
 #![allow(dead_code)]
 
+pub mod app;
+
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
