@@ -363,3 +363,27 @@ fn pipeline_run_reads_the_daemon_config() {
     assert!(all.contains("pipelineSecrets.allow"), "{all}");
     assert!(all.contains("DB_PASSWORD"), "{all}");
 }
+
+/// A pipeline that prints its granted Secret on stdout and stderr and fails: the value is
+/// redacted (`[redacted: secret db/password]`) in status, the report, the logs and the state
+/// directory, while the rest of its output stays readable.
+#[test]
+fn a_granted_secret_printed_by_a_pipeline_is_redacted() {
+    let w = World::new();
+    std::fs::write(
+        w.config.join("promises/app/render"),
+        "#!/bin/sh\necho \"connecting with $DB_PASSWORD\"\necho \"login failed for password $DB_PASSWORD at $REGION\" >&2\nexit 4\n",
+    )
+    .unwrap();
+    let (code, out, err) = w.reconcile();
+    assert_eq!(code, 1, "{out}\n{err}");
+    let status = w.status();
+    assert!(
+        status.contains("login failed for password [redacted: secret db/password] at eu-west-1"),
+        "{status}"
+    );
+    w.assert_no_secret("status", &status);
+    w.assert_no_secret("the reconcile report", &out);
+    w.assert_no_secret("the debug logs", &err);
+    w.assert_no_secret_in_state_dir();
+}

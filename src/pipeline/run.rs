@@ -74,15 +74,12 @@ async fn run_pipeline_inner(
         p,
     );
     let mut envs = Vec::with_capacity(p.spec.containers.len());
+    let mut secrets = Vec::new();
     for c in &p.spec.containers {
         let mut env = base_env.clone();
-        env.extend(contract::container_env(
-            &input.promise_name,
-            pname,
-            c,
-            &pod,
-            &cfg.env_sources,
-        )?);
+        let own = contract::container_env(&input.promise_name, pname, c, &pod, &cfg.env_sources)?;
+        secrets.extend(secret_values(c, &own));
+        env.extend(own);
         envs.push(env);
     }
     for (ci, (c, env)) in p.spec.containers.iter().zip(envs).enumerate() {
@@ -227,7 +224,7 @@ async fn run_pipeline_inner(
             };
             (inv, sandbox_note, command0, mounts)
         };
-        let finished = runtime::run(&inv).await.map_err(|e| Error::SpawnFailed {
+        let mut finished = runtime::run(&inv).await.map_err(|e| Error::SpawnFailed {
             pipeline: pname.into(),
             container: c.name.clone(),
             message: if e.kind() == std::io::ErrorKind::NotFound {
@@ -239,6 +236,10 @@ async fn run_pipeline_inner(
                 e.to_string()
             },
         })?;
+        // Granted Secret values never reach a log, error or status (README "Trust and
+        // tenancy").
+        finished.stdout = redact(&finished.stdout, &secrets);
+        finished.stderr = redact(&finished.stderr, &secrets);
         res.logs.push(ContainerLog {
             name: c.name.clone(),
             stdout: finished.stdout.clone(),
@@ -288,6 +289,38 @@ async fn run_pipeline_inner(
     }
 
     finish_pipeline(cfg, input, &dirs, res)
+}
+
+/// Secret values shorter than this are not redacted from logs: a one- to three-character
+/// value (`1`, `yes`) would blank out unrelated text and hides nothing.
+pub const MIN_REDACTED_LEN: usize = 4;
+
+/// The `secretKeyRef` values of container `c` among its resolved `env`, labelled
+/// `<secret>/<key>`, for [`redact`].
+fn secret_values(c: &crate::model::Container, env: &[(String, String)]) -> Vec<(String, String)> {
+    c.env
+        .iter()
+        .filter_map(|e| {
+            let r = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+            let (_, v) = env.iter().rev().find(|(n, _)| *n == e.name)?;
+            Some((format!("{}/{}", r.name, r.key), v.clone()))
+        })
+        .collect()
+}
+
+/// `text` with every occurrence of a secret value (as given, and without surrounding
+/// whitespace: a file's trailing newline) replaced by `[redacted: secret <secret>/<key>]`.
+/// Values shorter than [`MIN_REDACTED_LEN`] are left.
+pub fn redact(text: &str, secrets: &[(String, String)]) -> String {
+    let mut out = text.to_string();
+    for (label, value) in secrets {
+        for v in [value.as_str(), value.trim()] {
+            if v.len() >= MIN_REDACTED_LEN && out.contains(v) {
+                out = out.replace(v, &format!("[redacted: secret {label}]"));
+            }
+        }
+    }
+    out
 }
 
 /// What Kratix's `work-writer` and `status-writer` do after a Pipeline's containers, on the
