@@ -263,6 +263,10 @@ impl Engine {
                 note: None,
                 config_label,
                 images: self.images_of(pass.touched.get(&store_key)),
+                trailers: super::compound::parent_trailers(
+                    &self.state,
+                    pass.touched.get(&store_key),
+                ),
             };
             set.writes.sort_by(|a, b| a.owner.key.cmp(&b.owner.key));
             set.removals.sort();

@@ -180,6 +180,9 @@ pub struct CommitMeta {
     /// `<image>@sha256:<hex>` of every pipeline image whose output this change writes (the
     /// image runtime's provenance); one `Promised-Image:` trailer each, sorted.
     pub images: Vec<String>,
+    /// More trailers, whole `Key: value` lines (e.g. `Promised-Parent: <child> -> <parent>`
+    /// for a compound Promise's children), written after the others, sorted.
+    pub trailers: Vec<String>,
 }
 
 /// One atomic unit of change across any number of placements and destinations.
