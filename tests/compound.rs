@@ -77,8 +77,8 @@ spec:
     )
 }
 
-/// The `stack` pipeline: a `db` and a `cache` request named after its request, to the
-/// platform Destination. `spec.bad: true` makes the db's size a string (its schema wants an
+/// The `stack` pipeline: a `db` and a `cache` request named after its request, and a
+/// HealthRecord for the cache, to the platform Destination. `spec.bad: true` makes the db's size a string (its schema wants an
 /// integer); `spec.loop: true` asks the db to request a stack in turn.
 const STACK_RUN: &str = r#"#!/bin/sh
 set -eu
@@ -96,6 +96,14 @@ apiVersion: test.promised.dev/v1alpha1
 kind: cache
 metadata: {name: $KRATIX_OBJECT_NAME-cache}
 spec: {}
+---
+apiVersion: platform.kratix.io/v1alpha1
+kind: HealthRecord
+metadata: {name: $KRATIX_OBJECT_NAME-cache-health, namespace: default}
+data:
+  promiseRef: {name: cache}
+  resourceRef: {name: $KRATIX_OBJECT_NAME-cache, namespace: default}
+  state: degraded
 EOF
 "#;
 
@@ -269,6 +277,8 @@ fn a_compound_request_reconciles_its_children_in_one_pass_and_deletes_them_with_
     assert_eq!(db["status"]["parent"], "stack/default/a", "{db}");
     assert_eq!(cache["status"]["parent"], "stack/default/a", "{cache}");
     assert!(parent["status"].get("parent").is_none(), "{parent}");
+    // The HealthRecord fed back is folded into the cache's health.
+    assert_eq!(cache["status"]["healthStatus"]["state"], "degraded", "{cache}");
 
     // The children's output is on their Destination; the pipeline saw the component-of label.
     let db_out = w.output("db", "a-db").expect("db output");
@@ -316,12 +326,33 @@ fn a_compound_request_reconciles_its_children_in_one_pass_and_deletes_them_with_
     assert!(lines[c1].starts_with("  "), "{table}");
     assert!(lines[c2].starts_with("  "), "{table}");
 
+    // `promised status NAME` names the parent and the children.
+    let show = |name: &str| {
+        promised(&[
+            "status",
+            name,
+            "--state-dir",
+            w.state.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:1",
+        ])
+        .1
+    };
+    assert!(show("a-db").contains("Parent:        stack/default/a"));
+    let a = show("stack/default/a");
+    assert!(
+        a.contains("Children:      cache/default/a-cache, db/default/a-db"),
+        "{a}"
+    );
+
     // Another pass: nothing runs, and the children stay (from the parent's cached output).
     let (code, out) = w.pass();
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains(" ran "), "{out}");
     assert!(reconciled(&status_row(&w.state, "db/default/a-db")));
     assert!(w.output("db", "a-db").is_some());
+    let cache = status_row(&w.state, "cache/default/a-cache");
+    assert_eq!(cache["status"]["healthStatus"]["state"], "degraded", "{cache}");
     assert_eq!(w.deletes(), "");
 
     // Removing the parent's request deletes the children through their delete workflows.
@@ -377,7 +408,10 @@ fn a_cycle_and_a_bad_child_fail_only_the_request_concerned() {
     assert_eq!(condition(&bad, "Reconciled")["status"], "False", "{bad}");
     let msg = bad["status"]["message"].as_str().unwrap();
     assert!(msg.contains("spec.size"), "{msg}");
-    assert!(msg.contains("requested by stack/default/b"), "{msg}");
+    assert!(
+        msg.contains("(requested by stack/default/b in platform-cluster/"),
+        "{msg}"
+    );
     assert!(w.output("db", "b-db").is_none());
     assert!(reconciled(&status_row(&w.state, "stack/default/b")), "{out}");
     assert!(reconciled(&status_row(&w.state, "cache/default/b-cache")), "{out}");

@@ -241,7 +241,13 @@ fn read_document(
     base: &ValidConfig,
     taken: &mut BTreeSet<String>,
 ) -> Option<Parent> {
-    let at = format!("output of {} ({})", parent.key, origin.file);
+    // `origin.file` is `<parent key>:<path>` (`platform_documents`).
+    let path = origin
+        .file
+        .strip_prefix(&format!("{}:", parent.key))
+        .unwrap_or(&origin.file)
+        .to_string();
+    let at = format!("output of {} ({path})", parent.key);
     let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
     let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
     let meta = doc.get("metadata");
@@ -374,7 +380,7 @@ fn read_document(
             Err((_, reasons)) => Some(
                 reasons
                     .iter()
-                    .map(|r| format!("{r} (requested by {}, {})", parent.key, origin.file))
+                    .map(|r| format!("{r} (requested by {} in {path})", parent.key))
                     .collect(),
             ),
         }
@@ -492,10 +498,13 @@ impl Engine {
             self.place_requests(pass);
             last = next;
         }
-        // Platform output is config, never written to a state store.
+        // Requests' platform output is config, never written to a state store (Promise-level
+        // output is not fed back: it is written as before).
         let platform = platform_names(&pass.dests);
-        for places in pass.desired.values_mut() {
-            places.retain(|p| !platform.contains(p.destination.as_str()));
+        for (key, places) in pass.desired.iter_mut() {
+            if !self.state.promises.contains_key(key) {
+                places.retain(|p| !platform.contains(p.destination.as_str()));
+            }
         }
         for (child, parent) in &last.parents {
             if let Some(r) = self.state.requests.get_mut(child) {
