@@ -278,7 +278,10 @@ fn a_compound_request_reconciles_its_children_in_one_pass_and_deletes_them_with_
     assert_eq!(cache["status"]["parent"], "stack/default/a", "{cache}");
     assert!(parent["status"].get("parent").is_none(), "{parent}");
     // The HealthRecord fed back is folded into the cache's health.
-    assert_eq!(cache["status"]["healthStatus"]["state"], "degraded", "{cache}");
+    assert_eq!(
+        cache["status"]["healthStatus"]["state"], "degraded",
+        "{cache}"
+    );
 
     // The children's output is on their Destination; the pipeline saw the component-of label.
     let db_out = w.output("db", "a-db").expect("db output");
@@ -352,7 +355,10 @@ fn a_compound_request_reconciles_its_children_in_one_pass_and_deletes_them_with_
     assert!(reconciled(&status_row(&w.state, "db/default/a-db")));
     assert!(w.output("db", "a-db").is_some());
     let cache = status_row(&w.state, "cache/default/a-cache");
-    assert_eq!(cache["status"]["healthStatus"]["state"], "degraded", "{cache}");
+    assert_eq!(
+        cache["status"]["healthStatus"]["state"], "degraded",
+        "{cache}"
+    );
     assert_eq!(w.deletes(), "");
 
     // Removing the parent's request deletes the children through their delete workflows.
@@ -399,7 +405,11 @@ fn a_cycle_and_a_bad_child_fail_only_the_request_concerned() {
     );
     assert_eq!(closing["status"]["parent"], "db/default/c-db");
     // Everything before it reconciled.
-    for k in ["stack/default/c", "db/default/c-db", "cache/default/c-cache"] {
+    for k in [
+        "stack/default/c",
+        "db/default/c-db",
+        "cache/default/c-cache",
+    ] {
         assert!(reconciled(&status_row(&w.state, k)), "{k}\n{out}");
     }
 
@@ -413,15 +423,24 @@ fn a_cycle_and_a_bad_child_fail_only_the_request_concerned() {
         "{msg}"
     );
     assert!(w.output("db", "b-db").is_none());
-    assert!(reconciled(&status_row(&w.state, "stack/default/b")), "{out}");
-    assert!(reconciled(&status_row(&w.state, "cache/default/b-cache")), "{out}");
+    assert!(
+        reconciled(&status_row(&w.state, "stack/default/b")),
+        "{out}"
+    );
+    assert!(
+        reconciled(&status_row(&w.state, "cache/default/b-cache")),
+        "{out}"
+    );
 
     // The next pass changes nothing: the same verdicts, no run.
     let (code, out) = w.pass();
     assert_eq!(code, 1, "{out}");
     assert!(!out.contains(" ran "), "{out}");
     assert_eq!(
-        condition(&status_row(&w.state, "stack/default/c-db-stack"), "Reconciled")["status"],
+        condition(
+            &status_row(&w.state, "stack/default/c-db-stack"),
+            "Reconciled"
+        )["status"],
         "False"
     );
 }

@@ -117,7 +117,12 @@ fn write_table(rows: &[StatusRow], out: &mut dyn Write) -> std::io::Result<()> {
         .chain(rows.iter().filter(|r| !held(r)))
         .collect();
     let rows = tree(&rows);
-    let width = rows.iter().map(|(_, k)| k.chars().count()).max().unwrap_or(10).max(10);
+    let width = rows
+        .iter()
+        .map(|(_, k)| k.chars().count())
+        .max()
+        .unwrap_or(10)
+        .max(10);
     writeln!(
         out,
         "{:<width$}  {:<11}  {:<16}  {:<9}  {:<9}  {:<14}  MESSAGE",
@@ -170,7 +175,12 @@ fn tree<'r>(rows: &[&'r StatusRow]) -> Vec<(&'r StatusRow, String)> {
     let mut children: BTreeMap<&str, Vec<&'r StatusRow>> = BTreeMap::new();
     let mut roots = Vec::new();
     for r in rows {
-        match r.status.parent.as_deref().filter(|p| keys.contains(p) && *p != r.key) {
+        match r
+            .status
+            .parent
+            .as_deref()
+            .filter(|p| keys.contains(p) && *p != r.key)
+        {
             Some(p) => children.entry(p).or_default().push(r),
             None => roots.push(*r),
         }
@@ -179,7 +189,11 @@ fn tree<'r>(rows: &[&'r StatusRow]) -> Vec<(&'r StatusRow, String)> {
     let mut stack: Vec<(&'r StatusRow, usize)> = roots.into_iter().rev().map(|r| (r, 0)).collect();
     while let Some((r, depth)) = stack.pop() {
         // A parent chain that loops back never shows a row twice.
-        if out.iter().any(|(o, _): &(&StatusRow, String)| std::ptr::eq(*o, r)) || depth > rows.len() {
+        if out
+            .iter()
+            .any(|(o, _): &(&StatusRow, String)| std::ptr::eq(*o, r))
+            || depth > rows.len()
+        {
             continue;
         }
         let key = match depth {

@@ -248,8 +248,16 @@ fn read_document(
         .unwrap_or(&origin.file)
         .to_string();
     let at = format!("output of {} ({path})", parent.key);
-    let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
-    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+    let api_version = doc
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let kind = doc
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let meta = doc.get("metadata");
     let name = meta
         .and_then(|m| m.get("name"))
@@ -262,7 +270,9 @@ fn read_document(
         .unwrap_or("default")
         .to_string();
     if kind.is_empty() || api_version.is_empty() {
-        e.warnings.push(format!("{at}: a document without apiVersion and kind is skipped"));
+        e.warnings.push(format!(
+            "{at}: a document without apiVersion and kind is skipped"
+        ));
         return None;
     }
     let id = ObjectRef {
@@ -299,9 +309,9 @@ fn read_document(
             Ok(()) => {
                 e.fingerprint.insert(key, fp);
             }
-            Err((field, msg)) => e
-                .warnings
-                .push(format!("{at}: {kind} {namespace}/{name}: {field}: {msg}; skipped")),
+            Err((field, msg)) => e.warnings.push(format!(
+                "{at}: {kind} {namespace}/{name}: {field}: {msg}; skipped"
+            )),
         }
         return None;
     }
@@ -418,7 +428,13 @@ impl Engine {
         if platform_names(&pass.dests).is_empty() {
             return Expansion::default();
         }
-        let e = derive(pass.cfg, &pass.present.held, &self.state, &self.dir, &pass.dests);
+        let e = derive(
+            pass.cfg,
+            &pass.present.held,
+            &self.state,
+            &self.dir,
+            &pass.dests,
+        );
         if !e.is_empty() {
             self.use_config(pass, &slots[0], &e);
         }
@@ -427,7 +443,12 @@ impl Engine {
 
     /// `pass.cfg` becomes the base config plus `e`, kept in `slot` (the base is `slots`'
     /// common base: the config the pass was started with, without children).
-    fn use_config<'c>(&mut self, pass: &mut Pass<'c>, slot: &'c OnceCell<ValidConfig>, e: &Expansion) {
+    fn use_config<'c>(
+        &mut self,
+        pass: &mut Pass<'c>,
+        slot: &'c OnceCell<ValidConfig>,
+        e: &Expansion,
+    ) {
         let base = pass.base.unwrap_or(pass.cfg);
         pass.base = Some(base);
         let cfg: &'c ValidConfig = slot.get_or_init(|| e.config(base));
@@ -453,7 +474,13 @@ impl Engine {
         }
         for slot in &slots[1..] {
             let base = pass.base.unwrap_or(pass.cfg);
-            let next = derive(base, &pass.present.held, &self.state, &self.dir, &pass.dests);
+            let next = derive(
+                base,
+                &pass.present.held,
+                &self.state,
+                &self.dir,
+                &pass.dests,
+            );
             if next.fingerprint == last.fingerprint {
                 last = next;
                 break;

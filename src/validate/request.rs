@@ -354,7 +354,10 @@ pub fn admit_one(
     }) else {
         return Err((
             None,
-            vec![format!("kind: no Promise serves {api_version} {}", c.id.kind)],
+            vec![format!(
+                "kind: no Promise serves {api_version} {}",
+                c.id.kind
+            )],
         ));
     };
     let api = promise.api.as_ref().expect("found by its API");
@@ -369,11 +372,13 @@ pub fn admit_one(
             )],
         ));
     }
-    admit_request(c, promise, api).map(Arc::new).map_err(|errs| {
-        let reasons = errs
-            .iter()
-            .map(|e| format!("{}: {}", e.field.clone().unwrap_or_default(), e.message))
-            .collect();
-        (pname, reasons)
-    })
+    admit_request(c, promise, api)
+        .map(Arc::new)
+        .map_err(|errs| {
+            let reasons = errs
+                .iter()
+                .map(|e| format!("{}: {}", e.field.clone().unwrap_or_default(), e.message))
+                .collect();
+            (pname, reasons)
+        })
 }
