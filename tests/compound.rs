@@ -77,20 +77,25 @@ spec:
     )
 }
 
-/// The `stack` pipeline: a `db` and a `cache` request named after its request, and a
-/// HealthRecord for the cache, to the platform Destination. `spec.bad: true` makes the db's size a string (its schema wants an
+/// The `stack` pipeline: a `db` request and, unless `spec.nocache: true`, a `cache` request
+/// and a HealthRecord for it, all named after its request, to the platform Destination. The
+/// db gets `spec.size` (default 3); `spec.bad: true` makes it a string (its schema wants an
 /// integer); `spec.loop: true` asks the db to request a stack in turn.
 const STACK_RUN: &str = r#"#!/bin/sh
 set -eu
-bad=$(sed -n 's/^  bad: *//p' /kratix/input/object.yaml)
-loop=$(sed -n 's/^  loop: *//p' /kratix/input/object.yaml)
-size=3
-[ "$bad" = "true" ] && size='"huge"'
+field() { sed -n "s/^  $1: *//p" /kratix/input/object.yaml; }
+size=$(field size)
+size=${size:-3}
+[ "$(field bad)" = "true" ] && size='"huge"'
+loop=$(field loop)
 cat > /kratix/output/children.yaml <<EOF
 apiVersion: test.promised.dev/v1alpha1
 kind: db
 metadata: {name: $KRATIX_OBJECT_NAME-db, namespace: default}
 spec: {size: $size, loop: ${loop:-false}}
+EOF
+[ "$(field nocache)" = "true" ] && exit 0
+cat >> /kratix/output/children.yaml <<EOF
 ---
 apiVersion: test.promised.dev/v1alpha1
 kind: cache
@@ -113,7 +118,8 @@ EOF
 const CHILD_RUN: &str = r#"#!/bin/sh
 set -eu
 parent=$(sed -n 's/^ *kratix.io\/component-of-resource-name: *//p' /kratix/input/object.yaml | tr -d '"')
-printf 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: %s}\ndata: {parent: %s}\n' "$KRATIX_OBJECT_NAME" "$parent" > /kratix/output/out.yaml
+size=$(sed -n 's/^  size: *//p' /kratix/input/object.yaml)
+printf 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: %s}\ndata: {parent: %s, size: "%s"}\n' "$KRATIX_OBJECT_NAME" "$parent" "$size" > /kratix/output/out.yaml
 if [ "$(sed -n 's/^  loop: *//p' /kratix/input/object.yaml)" = "true" ]; then
   mkdir -p /kratix/output/platform
   printf 'apiVersion: test.promised.dev/v1alpha1\nkind: stack\nmetadata: {name: %s-stack}\nspec: {}\n' "$KRATIX_OBJECT_NAME" > /kratix/output/platform/stack.yaml
@@ -148,7 +154,7 @@ impl World {
         );
         let required = "[{name: db, version: v1}, {name: cache, version: v1}]";
         let platform = "{promised.dev/platform: \"true\"}";
-        let stack_props = "{bad: {type: boolean}, loop: {type: boolean}}";
+        let stack_props = "{bad: {type: boolean}, loop: {type: boolean}, size: {type: integer}, nocache: {type: boolean}}";
         w.write(
             "promises/stack/promise.yaml",
             &promise_yaml("stack", platform, required, stack_props),
@@ -360,6 +366,22 @@ fn a_compound_request_reconciles_its_children_in_one_pass_and_deletes_them_with_
         "{cache}"
     );
     assert_eq!(w.deletes(), "");
+
+    // The parent changes: in the same pass its db re-runs with the new spec, and the cache
+    // it no longer requests is deleted through its delete workflow.
+    w.stack("a", "{size: 5, nocache: true}");
+    let (code, out) = w.pass();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("db/default/a-db ") && l.contains(" ran ")),
+        "{out}"
+    );
+    let db_out = w.output("db", "a-db").expect("db output");
+    assert!(db_out.contains("size: \"5\""), "{db_out}");
+    assert_eq!(w.deletes(), "a-cache\n", "{out}");
+    assert_eq!(w.output("cache", "a-cache"), None);
+    assert!(reconciled(&status_row(&w.state, "db/default/a-db")));
 
     // Removing the parent's request deletes the children through their delete workflows.
     std::fs::remove_file(w.config.join("requests/a.yaml")).unwrap();
