@@ -238,7 +238,49 @@ fn first_line(message: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::human_bytes;
+    use super::{human_bytes, tree};
+    use crate::model::ObjectRef;
+    use crate::status::{ObjectStatus, StatusRow};
+
+    fn row(key: &str, parent: Option<&str>) -> StatusRow {
+        let id = ObjectRef {
+            kind: "app".into(),
+            namespace: Some("default".into()),
+            name: key.into(),
+        };
+        let mut status = ObjectStatus::new(id, "p");
+        status.parent = parent.map(str::to_string);
+        StatusRow {
+            key: key.into(),
+            status,
+        }
+    }
+
+    #[test]
+    fn children_are_drawn_under_their_parent() {
+        let rows = [
+            row("a-db", Some("app")),
+            row("app", None),
+            row("a-db-cache", Some("a-db")),
+            row("orphan", Some("gone")),
+            row("x", Some("y")),
+            row("y", Some("x")),
+        ];
+        let refs: Vec<&StatusRow> = rows.iter().collect();
+        let shown: Vec<String> = tree(&refs).into_iter().map(|(_, k)| k).collect();
+        assert_eq!(
+            shown,
+            [
+                "app",
+                "  └─ a-db",
+                "    └─ a-db-cache",
+                "orphan",
+                // A parent chain that loops is shown as it is, never twice.
+                "x",
+                "y",
+            ]
+        );
+    }
 
     #[test]
     fn human_bytes_for_people() {

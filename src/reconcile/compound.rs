@@ -130,14 +130,15 @@ fn derive(
 ) -> Expansion {
     let platform = platform_names(dests);
     let mut e = Expansion::default();
-    let mut taken: BTreeSet<String> = base.requests.iter().map(|r| r.key().to_string()).collect();
-    let mut roots: Vec<String> = taken.iter().cloned().collect();
+    let mut roots: Vec<String> = base.requests.iter().map(|r| r.key().to_string()).collect();
     for r in &base.rejected {
         if let Some(p) = r.promise.as_ref().filter(|_| r.id.kind != "Promise") {
             let ns = r.id.namespace.as_deref().unwrap_or("default");
             roots.push(request_key(p, ns, &r.id.name));
         }
     }
+    // The config repo's requests (valid or not) keep their keys: a child cannot take one.
+    let mut taken: BTreeSet<String> = roots.iter().cloned().collect();
     roots.extend(
         held.iter()
             .filter(|k| state.requests.contains_key(*k))
