@@ -80,7 +80,8 @@ spec:
 /// The `stack` pipeline: a `db` request and, unless `spec.nocache: true`, a `cache` request
 /// and a HealthRecord for it, all named after its request, to the platform Destination. The
 /// db gets `spec.size` (default 3); `spec.bad: true` makes it a string (its schema wants an
-/// integer); `spec.loop: true` asks the db to request a stack in turn.
+/// integer); `spec.loop: true` asks the db to request a stack in turn; `spec.pin: V` adds a
+/// ResourceBinding pinning the db to version V.
 const STACK_RUN: &str = r#"#!/bin/sh
 set -eu
 field() { sed -n "s/^  $1: *//p" /kratix/input/object.yaml; }
@@ -94,6 +95,19 @@ kind: db
 metadata: {name: $KRATIX_OBJECT_NAME-db, namespace: default}
 spec: {size: $size, loop: ${loop:-false}}
 EOF
+pin=$(field pin)
+if [ -n "$pin" ]; then
+  cat >> /kratix/output/children.yaml <<EOF
+---
+apiVersion: platform.kratix.io/v1alpha1
+kind: ResourceBinding
+metadata:
+  name: $KRATIX_OBJECT_NAME-db-binding
+  namespace: default
+  labels: {kratix.io/promise-name: db, kratix.io/resource-name: $KRATIX_OBJECT_NAME-db}
+spec: {version: $pin}
+EOF
+fi
 [ "$(field nocache)" = "true" ] && exit 0
 cat >> /kratix/output/children.yaml <<EOF
 ---
@@ -154,7 +168,7 @@ impl World {
         );
         let required = "[{name: db, version: v1}, {name: cache, version: v1}]";
         let platform = "{promised.dev/platform: \"true\"}";
-        let stack_props = "{bad: {type: boolean}, loop: {type: boolean}, size: {type: integer}, nocache: {type: boolean}}";
+        let stack_props = "{bad: {type: boolean}, loop: {type: boolean}, size: {type: integer}, nocache: {type: boolean}, pin: {type: string}}";
         w.write(
             "promises/stack/promise.yaml",
             &promise_yaml("stack", platform, required, stack_props),
@@ -413,6 +427,7 @@ fn a_cycle_and_a_bad_child_fail_only_the_request_concerned() {
     let w = World::new();
     w.stack("c", "{loop: true}");
     w.stack("b", "{bad: true}");
+    w.stack("p", "{pin: v9, nocache: true}");
     let (code, out) = w.pass();
     assert_eq!(code, 1, "{out}");
 
@@ -453,6 +468,18 @@ fn a_cycle_and_a_bad_child_fail_only_the_request_concerned() {
         reconciled(&status_row(&w.state, "cache/default/b-cache")),
         "{out}"
     );
+
+    // A ResourceBinding fed back pins p's db: to a version with no revision, so it says so
+    // and does not run.
+    let pinned = status_row(&w.state, "db/default/p-db");
+    assert_eq!(
+        condition(&pinned, "Reconciled")["status"],
+        "False",
+        "{pinned}"
+    );
+    let msg = pinned["status"]["message"].as_str().unwrap();
+    assert!(msg.contains("no revision at version v9"), "{msg}");
+    assert!(w.output("db", "p-db").is_none());
 
     // The next pass changes nothing: the same verdicts, no run.
     let (code, out) = w.pass();
