@@ -81,7 +81,8 @@ spec:
 /// and a HealthRecord for it, all named after its request, to the platform Destination. The
 /// db gets `spec.size` (default 3); `spec.bad: true` makes it a string (its schema wants an
 /// integer); `spec.loop: true` asks the db to request a stack in turn; `spec.pin: V` adds a
-/// ResourceBinding pinning the db to version V.
+/// ResourceBinding pinning the db to version V; `spec.broken: true` appends YAML that does
+/// not parse.
 const STACK_RUN: &str = r#"#!/bin/sh
 set -eu
 field() { sed -n "s/^  $1: *//p" /kratix/input/object.yaml; }
@@ -108,6 +109,7 @@ metadata:
 spec: {version: $pin}
 EOF
 fi
+if [ "$(field broken)" = "true" ]; then printf -- '---\nkind: [unclosed\n' >> /kratix/output/children.yaml; fi
 [ "$(field nocache)" = "true" ] && exit 0
 cat >> /kratix/output/children.yaml <<EOF
 ---
@@ -168,7 +170,7 @@ impl World {
         );
         let required = "[{name: db, version: v1}, {name: cache, version: v1}]";
         let platform = "{promised.dev/platform: \"true\"}";
-        let stack_props = "{bad: {type: boolean}, loop: {type: boolean}, size: {type: integer}, nocache: {type: boolean}, pin: {type: string}}";
+        let stack_props = "{bad: {type: boolean}, loop: {type: boolean}, size: {type: integer}, nocache: {type: boolean}, pin: {type: string}, broken: {type: boolean}}";
         w.write(
             "promises/stack/promise.yaml",
             &promise_yaml("stack", platform, required, stack_props),
@@ -428,6 +430,7 @@ fn a_cycle_and_a_bad_child_fail_only_the_request_concerned() {
     w.stack("c", "{loop: true}");
     w.stack("b", "{bad: true}");
     w.stack("p", "{pin: v9, nocache: true}");
+    w.stack("k", "{}");
     let (code, out) = w.pass();
     assert_eq!(code, 1, "{out}");
 
@@ -480,6 +483,24 @@ fn a_cycle_and_a_bad_child_fail_only_the_request_concerned() {
     let msg = pinned["status"]["message"].as_str().unwrap();
     assert!(msg.contains("no revision at version v9"), "{msg}");
     assert!(w.output("db", "p-db").is_none());
+
+    // k's pipeline now writes YAML that does not parse: a warning names it, and its
+    // children stay as they were (bad output never deletes).
+    w.stack("k", "{broken: true}");
+    let (code, out) = w.pass();
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("warning: output of stack/default/k (platform-cluster/"),
+        "{out}"
+    );
+    assert_eq!(w.deletes(), "", "{out}");
+    assert!(w.output("db", "k-db").is_some());
+    assert!(reconciled(&status_row(&w.state, "cache/default/k-cache")));
+    // Fixed: the same children, nothing deleted.
+    w.stack("k", "{}");
+    let (_, out) = w.pass();
+    assert_eq!(w.deletes(), "", "{out}");
+    assert!(w.output("db", "k-db").is_some());
 
     // The next pass changes nothing: the same verdicts, no run.
     let (code, out) = w.pass();

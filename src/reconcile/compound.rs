@@ -90,6 +90,8 @@ pub(super) struct Expansion {
     parents: BTreeMap<String, String>,
     /// Object key → hash of what it is (document and verdict).
     fingerprint: BTreeMap<String, String>,
+    /// Parents whose platform output could not be read: their children are kept as they are.
+    unreadable: BTreeSet<String>,
 }
 
 impl Expansion {
@@ -159,8 +161,13 @@ fn derive(
     let mut next = Vec::new();
     while !queue.is_empty() {
         for parent in queue.drain(..) {
-            for (origin, doc) in platform_documents(&parent.key, base, state, dir, dests, &platform)
-            {
+            let docs = platform_documents(&parent.key, base, state, dir, dests, &platform);
+            let docs = docs.unwrap_or_else(|w| {
+                e.warnings.push(w);
+                e.unreadable.insert(parent.key.clone());
+                Vec::new()
+            });
+            for (origin, doc) in docs {
                 let child = read_document(&mut e, &parent, origin, doc, base, &mut taken);
                 if let Some(c) = child {
                     next.push(c);
@@ -173,8 +180,10 @@ fn derive(
 }
 
 /// The YAML documents `parent_key`'s cached outputs place on a platform Destination, with
-/// the origin each is read from (`<parent key>:<path>`, document index). A file that is not
-/// in the blob cache or not YAML is skipped with a warning (logged).
+/// the origin each is read from (`<parent key>:<path>`, document index). Errors: a file that
+/// is not in the blob cache or not YAML (the message names the parent and the file); nothing
+/// of that parent's platform output is read this pass, and its children stay as they are
+/// ([`Engine::compound_rounds`]).
 fn platform_documents(
     parent_key: &str,
     base: &ValidConfig,
@@ -182,12 +191,12 @@ fn platform_documents(
     dir: &StateDir,
     dests: &[DestView],
     platform: &BTreeSet<&str>,
-) -> Vec<(Origin, Value)> {
+) -> Result<Vec<(Origin, Value)>, String> {
     let Some(record) = state.requests.get(parent_key) else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     let Some(p) = base.promise(&record.status.promise) else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     let id = &record.status.object;
     let ns = id.namespace.as_deref().unwrap_or("default");
@@ -206,30 +215,25 @@ fn platform_documents(
         .filter(|pl| platform.contains(pl.destination.as_str()))
     {
         for f in &pl.files {
-            let text = match dir.get_blob(&f.sha256) {
-                Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-                Err(err) => {
-                    tracing::warn!(request = %parent_key, file = %f.path, error = %err, "platform output not readable");
-                    continue;
-                }
+            let at = |err: &dyn std::fmt::Display| {
+                format!(
+                    "output of {parent_key} ({}): {err}; its children stay as they are",
+                    f.path
+                )
             };
-            match crate::config::parse_yaml_stream(&text) {
-                Ok(values) => {
-                    for (i, v) in values.into_iter().enumerate() {
-                        let origin = Origin {
-                            file: format!("{parent_key}:{}", f.path),
-                            document: i,
-                        };
-                        docs.push((origin, v));
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(request = %parent_key, file = %f.path, error = %err, "platform output is not YAML");
-                }
+            let bytes = dir.get_blob(&f.sha256).map_err(|e| at(&e))?;
+            let values = crate::config::parse_yaml_stream(&String::from_utf8_lossy(&bytes))
+                .map_err(|e| at(&e))?;
+            for (i, v) in values.into_iter().enumerate() {
+                let origin = Origin {
+                    file: format!("{parent_key}:{}", f.path),
+                    document: i,
+                };
+                docs.push((origin, v));
             }
         }
     }
-    docs
+    Ok(docs)
 }
 
 /// Sorts one platform document into `e`; returns the child to read next when it is an
@@ -537,6 +541,33 @@ impl Engine {
         for (child, parent) in &last.parents {
             if let Some(r) = self.state.requests.get_mut(child) {
                 r.status.parent = Some(parent.clone());
+            }
+        }
+        // Bad output never deletes: the descendants of a parent whose platform output could
+        // not be read count as present (never deleted, never steady), as held objects do.
+        if !last.unreadable.is_empty() {
+            let mut keep = last.unreadable.clone();
+            loop {
+                let more: Vec<String> = self
+                    .state
+                    .requests
+                    .iter()
+                    .filter(|(k, r)| {
+                        !keep.contains(*k)
+                            && r.status.parent.as_ref().is_some_and(|p| keep.contains(p))
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                if more.is_empty() {
+                    break;
+                }
+                keep.extend(more);
+            }
+            for k in keep.difference(&last.unreadable) {
+                if !last.parents.contains_key(k) {
+                    pass.steady.remove(k);
+                    pass.present.held.insert(k.clone());
+                }
             }
         }
         for w in last.warnings {
