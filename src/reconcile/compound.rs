@@ -381,6 +381,10 @@ fn read_document(
         .map(|(k, _)| k.as_str())
         .collect::<Vec<_>>()
         .join(" → ");
+    // A child that closes a cycle or nests too deep is never read further; one that fails
+    // admission keeps what it had, its own children included (as an invalid request of the
+    // config repo does).
+    let nested = parent.chain.iter().any(|(_, p)| *p == promise) || parent.chain.len() > MAX_DEPTH;
     let problem = if parent.chain.iter().any(|(_, p)| *p == promise) {
         Some(vec![format!(
             "compound cycle: {chain_text} (Promise {promise} is already an ancestor of this request)"
@@ -408,15 +412,17 @@ fn read_document(
         }
         (problem, _) => {
             let reasons = problem.unwrap_or_default();
-            e.fingerprint
-                .insert(key, sha256_hex(format!("{fp}{reasons:?}").as_bytes()));
+            e.fingerprint.insert(
+                key.clone(),
+                sha256_hex(format!("{fp}{reasons:?}").as_bytes()),
+            );
             e.rejected.push(Rejected {
                 origin,
                 id,
                 reasons,
                 promise: Some(promise),
             });
-            None
+            (!nested).then_some(Parent { key, chain })
         }
     }
 }
