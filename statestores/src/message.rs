@@ -190,5 +190,17 @@ mod tests {
             "{m}"
         );
         assert!(!m.contains("Promised-Config-Commit"), "{m}");
+        let extra = CommitMeta {
+            trailers: vec![
+                "Promised-Parent: db/default/a-db -> app/default/a".into(),
+                "Promised-Parent: cache/default/a-cache -> app/default/a".into(),
+            ],
+            ..Default::default()
+        };
+        let m = render(&extra, &plan);
+        assert!(
+            m.ends_with("Promised-Resource: redis/default/example\nPromised-Parent: cache/default/a-cache -> app/default/a\nPromised-Parent: db/default/a-db -> app/default/a\n"),
+            "{m}"
+        );
     }
 }
