@@ -514,3 +514,56 @@ fn a_cycle_and_a_bad_child_fail_only_the_request_concerned() {
         "False"
     );
 }
+
+#[test]
+fn a_compound_promise_waits_for_the_versions_it_requires_then_runs_its_children() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let w = World::new();
+    // The stack requires db v2; the config has db v1.
+    let stack = std::fs::read_to_string(w.config.join("promises/stack/promise.yaml")).unwrap();
+    w.write(
+        "promises/stack/promise.yaml",
+        &stack.replace("{name: db, version: v1}", "{name: db, version: v2}"),
+    );
+    w.stack("a", "{}");
+    let (_, out) = w.pass();
+    let a = status_row(&w.state, "stack/default/a");
+    assert_eq!(condition(&a, "PromiseAvailable")["status"], "False", "{a}");
+    let (_, rows, _) = promised(&[
+        "status",
+        "--state-dir",
+        w.state.to_str().unwrap(),
+        "--output",
+        "json",
+        "--listen",
+        "127.0.0.1:1",
+    ]);
+    assert!(!rows.contains("a-db"), "{out}\n{rows}");
+
+    // db v2 is applied: the stack becomes available and its children run in the same pass.
+    let db = std::fs::read_to_string(w.config.join("promises/db/promise.yaml")).unwrap();
+    w.write(
+        "promises/db/promise.yaml",
+        &db.replace(
+            "kratix.io/promise-version: v1",
+            "kratix.io/promise-version: v2",
+        ),
+    );
+    let (code, out) = w.pass();
+    assert_eq!(code, 0, "{out}");
+    for k in [
+        "stack/default/a",
+        "db/default/a-db",
+        "cache/default/a-cache",
+    ] {
+        assert!(reconciled(&status_row(&w.state, k)), "{k}\n{out}");
+    }
+    assert_eq!(
+        status_row(&w.state, "db/default/a-db")["status"]["promiseVersion"],
+        "v2"
+    );
+    assert!(w.output("db", "a-db").is_some());
+}
