@@ -162,6 +162,10 @@ pub struct ObjectStatus {
     /// schedule and last result.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health_checks: Vec<HealthCheckStatus>,
+    /// Requests: the request whose compound Promise's workflow requested this one
+    /// (`<promise>/<namespace>/<name>`, README "Compound Promises"); unset otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     /// The last [`MAX_EVENTS`] events about the object, oldest first (Kratix records them as
     /// Kubernetes Events on the object).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -326,6 +330,7 @@ impl ObjectStatus {
             failed_version: None,
             health_status: None,
             health_checks: Vec::new(),
+            parent: None,
             events: Vec::new(),
             observed_generation: 0,
         }

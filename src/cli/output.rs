@@ -116,13 +116,19 @@ fn write_table(rows: &[StatusRow], out: &mut dyn Write) -> std::io::Result<()> {
         .filter(held)
         .chain(rows.iter().filter(|r| !held(r)))
         .collect();
-    let width = rows.iter().map(|r| r.key.len()).max().unwrap_or(10).max(10);
+    let rows = tree(&rows);
+    let width = rows
+        .iter()
+        .map(|(_, k)| k.chars().count())
+        .max()
+        .unwrap_or(10)
+        .max(10);
     writeln!(
         out,
         "{:<width$}  {:<11}  {:<16}  {:<9}  {:<9}  {:<14}  MESSAGE",
         "OBJECT", "RECONCILED", "DESTINATIONS", "COMMIT", "HEALTH", "VERSION"
     )?;
-    for r in rows {
+    for (r, key) in rows {
         let mut dests: Vec<&str> = r
             .status
             .destinations
@@ -140,7 +146,7 @@ fn write_table(rows: &[StatusRow], out: &mut dyn Write) -> std::io::Result<()> {
         writeln!(
             out,
             "{:<width$}  {:<11}  {:<16}  {:<9}  {:<9}  {:<14}  {}",
-            r.key,
+            key,
             r.status.summary(),
             if dests.is_empty() {
                 "-".to_string()
@@ -157,6 +163,55 @@ fn write_table(rows: &[StatusRow], out: &mut dyn Write) -> std::io::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The rows in table order with the key each is shown as: a compound Promise's children
+/// (`status.parent`, README "Compound Promises") right under their parent, indented two
+/// spaces per level with `└─ `; everything else keeps its place. A child whose parent is not
+/// among `rows` stays where it is, unindented.
+fn tree<'r>(rows: &[&'r StatusRow]) -> Vec<(&'r StatusRow, String)> {
+    use std::collections::BTreeMap;
+    let keys: std::collections::HashSet<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+    let mut children: BTreeMap<&str, Vec<&'r StatusRow>> = BTreeMap::new();
+    let mut roots = Vec::new();
+    for r in rows {
+        match r
+            .status
+            .parent
+            .as_deref()
+            .filter(|p| keys.contains(p) && *p != r.key)
+        {
+            Some(p) => children.entry(p).or_default().push(r),
+            None => roots.push(*r),
+        }
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    let mut stack: Vec<(&'r StatusRow, usize)> = roots.into_iter().rev().map(|r| (r, 0)).collect();
+    while let Some((r, depth)) = stack.pop() {
+        // A parent chain that loops back never shows a row twice.
+        if out
+            .iter()
+            .any(|(o, _): &(&StatusRow, String)| std::ptr::eq(*o, r))
+            || depth > rows.len()
+        {
+            continue;
+        }
+        let key = match depth {
+            0 => r.key.clone(),
+            d => format!("{}└─ {}", "  ".repeat(d), r.key),
+        };
+        out.push((r, key));
+        for c in children.get(r.key.as_str()).into_iter().flatten().rev() {
+            stack.push((c, depth + 1));
+        }
+    }
+    // Rows only reachable through a parent chain that loops: shown as they are.
+    for r in rows {
+        if !out.iter().any(|(o, _)| std::ptr::eq(*o, *r)) {
+            out.push((r, r.key.clone()));
+        }
+    }
+    out
 }
 
 /// A request's `status.promiseVersion` (`-` without one), `pinned` when its binding names a
@@ -183,7 +238,49 @@ fn first_line(message: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::human_bytes;
+    use super::{human_bytes, tree};
+    use crate::model::ObjectRef;
+    use crate::status::{ObjectStatus, StatusRow};
+
+    fn row(key: &str, parent: Option<&str>) -> StatusRow {
+        let id = ObjectRef {
+            kind: "app".into(),
+            namespace: Some("default".into()),
+            name: key.into(),
+        };
+        let mut status = ObjectStatus::new(id, "p");
+        status.parent = parent.map(str::to_string);
+        StatusRow {
+            key: key.into(),
+            status,
+        }
+    }
+
+    #[test]
+    fn children_are_drawn_under_their_parent() {
+        let rows = [
+            row("a-db", Some("app")),
+            row("app", None),
+            row("a-db-cache", Some("a-db")),
+            row("orphan", Some("gone")),
+            row("x", Some("y")),
+            row("y", Some("x")),
+        ];
+        let refs: Vec<&StatusRow> = rows.iter().collect();
+        let shown: Vec<String> = tree(&refs).into_iter().map(|(_, k)| k).collect();
+        assert_eq!(
+            shown,
+            [
+                "app",
+                "  └─ a-db",
+                "    └─ a-db-cache",
+                "orphan",
+                // A parent chain that loops is shown as it is, never twice.
+                "x",
+                "y",
+            ]
+        );
+    }
 
     #[test]
     fn human_bytes_for_people() {

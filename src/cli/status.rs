@@ -21,8 +21,9 @@ pub(super) const STATUS_EXAMPLES: &str = "\
 Asks the daemon listening at --listen first; without one, reads the state directory (which
 must exist).
 
-The table lists Promises and requests, then Destinations (like kubectl get destinations)
-and state stores. NAME is a Destination, a state store (GitStateStore/NAME,
+The table lists Promises and requests (a compound Promise's children indented under the
+request that asked for them), then Destinations (like kubectl get destinations) and state
+stores. NAME is a Destination, a state store (GitStateStore/NAME,
 BucketStateStore/NAME or its bare name), a Promise (promise/NAME) or a request
 (PROMISE/NAMESPACE/NAME, or its bare name when unique): it is shown with its conditions and
 events. --output json|yaml without NAME prints the rows of the Promises and requests (as

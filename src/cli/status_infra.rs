@@ -134,6 +134,18 @@ pub(super) fn write_one(
         writeln!(out, "Object:        {}", row.key)?;
         writeln!(out, "Reconciled:    {}", row.status.summary())?;
         writeln!(out, "Message:       {}", row.status.message)?;
+        // Compound Promises: the request that requested this one, and those it requested.
+        if let Some(p) = &row.status.parent {
+            writeln!(out, "Parent:        {p}")?;
+        }
+        let children: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.status.parent.as_deref() == Some(row.key.as_str()))
+            .map(|r| r.key.as_str())
+            .collect();
+        if !children.is_empty() {
+            writeln!(out, "Children:      {}", children.join(", "))?;
+        }
         conditions(&row.status.conditions, out)?;
         events(&row.status.events, out)
     })

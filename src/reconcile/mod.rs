@@ -16,6 +16,11 @@
 //!    configured concurrency, journalling finished work as it arrives;
 //! 7. **place** (`place`): place every output on Destinations (kratix-contract.md §3,
 //!    [`crate::scheduler`]);
+//!    Then **compound** (`compound`): output placed on a platform Destination is read back
+//!    as config (child requests, HealthRecords, ResourceBindings); new and changed children
+//!    go through plan → records → run → place again, level by level (children of the cached
+//!    outputs already joined the config before the plan), and platform placements are
+//!    dropped from what is written;
 //! 8. **delete** (`delete`): run the first delete pipeline of every request or Promise that
 //!    left the config repo, and mark its files for pruning (a removed Promise's own delete
 //!    pipeline before its requests', as in Kratix);
@@ -58,6 +63,7 @@
 //!   a Git store trusts the head it last saw for `git.driftCheckInterval` (the push lease
 //!   protects writes on it), so an idle daemon finds such drift within that interval.
 
+mod compound;
 mod delete;
 mod destinations;
 mod health;
@@ -76,6 +82,10 @@ mod shard;
 mod versions;
 mod write;
 
+pub use compound::{
+    COMPONENT_OF_NAMESPACE, COMPONENT_OF_PROMISE, COMPONENT_OF_RESOURCE, KRATIX_PLATFORM_LABEL,
+    PLATFORM_LABEL, is_platform,
+};
 pub use inputs::{TREE_CONTENT_BUDGET, TREE_MAX_ENTRIES};
 pub use placement::{DestView, OutputRecord, owner_key, place_outputs};
 pub use plan::reconciliation_interval;
@@ -157,6 +167,8 @@ struct Pass<'c> {
     cfg: &'c ValidConfig,
     /// The whole config (`cfg` itself without a shard): `requiredPromises` look here.
     all: &'c ValidConfig,
+    /// compound: the config the pass started with, once `cfg` holds children too.
+    base: Option<&'c ValidConfig>,
     /// The directory the config repo's files are in (Promise folders are mounted from there).
     config_root: &'c Path,
     started: Instant,
@@ -338,6 +350,8 @@ impl Engine {
         let store_errors = self.open_stores(cfg).await;
         let dests = destinations::dest_views(cfg);
         self.rebuild_from_indexes_if_empty(&dests).await;
+        // compound: the configs with children, one per round (`compound`).
+        let slots: [std::cell::OnceCell<ValidConfig>; compound::SLOTS] = Default::default();
         let mut pass = self.start_pass(cfg, config_root, started, dests, store_errors);
         pass.all = all;
         if own.is_some() {
@@ -347,9 +361,10 @@ impl Engine {
         self.configure_promises(&mut pass).await?;
         let (present, held) = delete::Presence::with_held(cfg, &self.state);
         (pass.present, pass.held) = (present, held);
-        let targets = self.resolve_versions(&pass);
+        let children = self.expand_round_zero(&mut pass, &slots);
+        let mut targets = self.resolve_versions(&pass);
         let steps = plan::requests(
-            cfg,
+            pass.cfg,
             &self.state.requests,
             &pass.facts,
             &targets,
@@ -363,6 +378,8 @@ impl Engine {
         self.run_requests(&mut pass, jobs).await?;
         self.note_upgrades(&pass, &targets);
         self.place_requests(&mut pass);
+        self.compound_rounds(&mut pass, &slots, children, &mut targets)
+            .await?;
         self.deletions(&mut pass).await?;
         self.settle_placements(&mut pass);
         let sets = self.change_sets(&mut pass)?;
@@ -392,6 +409,7 @@ impl Engine {
         Pass {
             cfg,
             all: cfg,
+            base: None,
             config_root,
             started,
             report,

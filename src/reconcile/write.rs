@@ -269,6 +269,10 @@ impl Engine {
                     .provenance
                     .as_ref()
                     .and_then(|p| p.signed_by.clone()),
+                trailers: super::compound::parent_trailers(
+                    &self.state,
+                    pass.touched.get(&store_key),
+                ),
             };
             set.writes.sort_by(|a, b| a.owner.key.cmp(&b.owner.key));
             set.removals.sort();

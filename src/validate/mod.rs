@@ -55,7 +55,7 @@ pub use helpers::{check_label, parse_go_duration, to_yaml};
 pub use promise::{
     MAX_PIPELINE_FULL_NAME, MIN_RECONCILIATION_INTERVAL, RECONCILIATION_INTERVAL_ANNOTATION,
 };
-pub use request::{Admissions, MAX_REQUEST_NAME, spec_digest};
+pub use request::{Admissions, MAX_REQUEST_NAME, admit_one, spec_digest};
 pub use stores::{SSH_URL_PATTERN, normalise_path};
 pub use types::{Asset, Options, Rejected, UnservedKinds, ValidConfig, ValidPromise, ValidRequest};
 

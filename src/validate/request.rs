@@ -331,3 +331,54 @@ pub fn spec_digest(object: &Value) -> String {
     let spec = object.get("spec").unwrap_or(&Value::Null);
     crate::state::sha256_hex(spec.to_string().as_bytes())
 }
+
+/// Admits one request that did not come from the config repo (a compound Promise's
+/// sub-request, [`crate::reconcile`] `compound`) exactly as a request read from a file: the
+/// Promise of `promises` whose API serves its `apiVersion` group and kind, at a served
+/// version, then [`admit_request`]'s rules. `Err((promise, reasons))`: the Promise that
+/// serves it (`None` when none does) and one `field: message` reason per problem.
+pub fn admit_one(
+    c: &Located<Value>,
+    promises: &[ValidPromise],
+) -> Result<Arc<ValidRequest>, (Option<String>, Vec<String>)> {
+    let api_version = c
+        .raw
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let Some(promise) = promises.iter().find(|p| {
+        p.api
+            .as_ref()
+            .is_some_and(|a| a.group == group && a.kind == c.id.kind)
+    }) else {
+        return Err((
+            None,
+            vec![format!(
+                "kind: no Promise serves {api_version} {}",
+                c.id.kind
+            )],
+        ));
+    };
+    let api = promise.api.as_ref().expect("found by its API");
+    let pname = Some(promise.name().to_string());
+    if !api.served_versions.iter().any(|v| v == version) {
+        return Err((
+            pname,
+            vec![format!(
+                "apiVersion: version {version:?} is not served by Promise {} (served: {})",
+                promise.name(),
+                api.served_versions.join(", ")
+            )],
+        ));
+    }
+    admit_request(c, promise, api)
+        .map(Arc::new)
+        .map_err(|errs| {
+            let reasons = errs
+                .iter()
+                .map(|e| format!("{}: {}", e.field.clone().unwrap_or_default(), e.message))
+                .collect();
+            (pname, reasons)
+        })
+}

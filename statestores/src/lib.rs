@@ -185,6 +185,9 @@ pub struct CommitMeta {
     /// `<principal> <key fingerprint>` of the config commit's verified signature: the
     /// `Promised-Signed-By:` trailer.
     pub signed_by: Option<String>,
+    /// More trailers, whole `Key: value` lines (e.g. `Promised-Parent: <child> -> <parent>`
+    /// for a compound Promise's children), written after the others, sorted.
+    pub trailers: Vec<String>,
 }
 
 /// One atomic unit of change across any number of placements and destinations.

@@ -11,7 +11,8 @@
 //!   `Promised-Signed-By: <principal> <key>` (the config commit's author and verified signer,
 //!   when known), one `Promised-Promise: <name>` per distinct
 //!   promise, one `Promised-Resource: <promise>/<namespace>/<name>` per request, one
-//!   `Promised-Image: <image>@sha256:<hex>` per pipeline image whose output changed.
+//!   `Promised-Image: <image>@sha256:<hex>` per pipeline image whose output changed, then
+//!   the caller's [`CommitMeta::trailers`] (e.g. `Promised-Parent:`).
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -131,6 +132,10 @@ pub fn render(meta: &CommitMeta, plan: &Plan<'_>) -> String {
     for i in images {
         let _ = writeln!(m, "Promised-Image: {i}");
     }
+    let extra: BTreeSet<&str> = meta.trailers.iter().map(String::as_str).collect();
+    for t in extra {
+        let _ = writeln!(m, "{}", t.trim());
+    }
     m
 }
 
@@ -199,6 +204,18 @@ mod tests {
             "{m}"
         );
         assert!(!m.contains("Promised-Config-Commit"), "{m}");
+        let extra = CommitMeta {
+            trailers: vec![
+                "Promised-Parent: db/default/a-db -> app/default/a".into(),
+                "Promised-Parent: cache/default/a-cache -> app/default/a".into(),
+            ],
+            ..Default::default()
+        };
+        let m = render(&extra, &plan);
+        assert!(
+            m.ends_with("Promised-Resource: redis/default/example\nPromised-Parent: cache/default/a-cache -> app/default/a\nPromised-Parent: db/default/a-db -> app/default/a\n"),
+            "{m}"
+        );
     }
 
     #[test]
