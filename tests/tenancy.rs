@@ -182,3 +182,102 @@ fn a_policy_that_does_not_load_refuses_everything() {
         "{out}"
     );
 }
+
+/// A sandboxed pipeline cannot read a state store credential by any route: a random token is
+/// in promised's own environment (as a systemd `Environment=` would put it), in the secrets
+/// directory (`secretsDir`), in `$CREDENTIALS_DIRECTORY`, in the webhook secret file and in the
+/// state directory; the pipeline looks in its environment and greps its whole file system
+/// (but its private /proc, /sys, /dev) and writes what it finds into its output, which stays
+/// empty. The token reaches the script in two halves, so its own definition holds no copy.
+#[test]
+fn a_pipeline_cannot_read_a_state_store_token_by_any_route() {
+    if !common::bwrap_works() {
+        assert!(
+            std::env::var_os("PROMISED_REQUIRE_SANDBOX").is_none(),
+            "bubblewrap is required"
+        );
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let config = root.join("config");
+    common::app::write_config(&config);
+    use sha2::Digest;
+    let token = hex::encode(sha2::Sha256::digest(
+        format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes(),
+    ))[..32]
+        .to_string();
+    let (a, b) = token.split_at(16);
+    let promise = common::app::PROMISE.replace(
+        "                command: [\"/promise/render\"]\n",
+        &format!(
+            "                command: [\"/promise/render\"]\n                env:\n                  - {{name: A, value: \"{a}\"}}\n                  - {{name: B, value: \"{b}\"}}\n"
+        ),
+    );
+    write(&config, "promises/app/promise.yaml", &promise);
+    write(
+        &config,
+        "promises/app/render",
+        r#"#!/bin/sh
+set -u
+printf %s%s "$A" "$B" > /tmp/pattern
+{
+  env | grep -F -f /tmp/pattern | sed 's/^/env: /'
+  for d in /*; do
+    case "$d" in /proc|/sys|/dev) continue ;; esac
+    [ -L "$d" ] && continue
+    grep -rlF -f /tmp/pattern "$d" 2>/dev/null
+  done | grep -v '^/tmp/pattern$'
+} > /tmp/found
+printf 'kind: ConfigMap\nsearched: true\nfound: "%s"\n' "$(tr '\n' ' ' < /tmp/found)" > /kratix/output/app.yaml
+"#,
+    );
+    write(
+        &config,
+        "requests/a.yaml",
+        &common::app::request("a", "default"),
+    );
+    let secrets = root.join("secrets");
+    write(&secrets, "git-credentials/password", &token);
+    let creds = root.join("credentials");
+    write(&creds, "webhook-secret", &token);
+    let state = root.join("state");
+    write(&state, "leftover-token", &token);
+    let daemon_config = root.join("promised.yaml");
+    std::fs::write(
+        &daemon_config,
+        format!(
+            "secretsDir: {}\nwebhookSecretFile: {}\n",
+            secrets.display(),
+            creds.join("webhook-secret").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_promised"))
+        .args(["reconcile", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--daemon-config")
+        .arg(&daemon_config)
+        .env("GIT_PASSWORD", &token)
+        .env("AWS_SECRET_ACCESS_KEY", &token)
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let file = common::git(
+        &state.join("state.git"),
+        &[
+            "show",
+            "main:dev/resources/default/app/a/configure/5058f/app.yaml",
+        ],
+    );
+    assert!(file.contains("searched: true"), "{file}");
+    assert!(file.contains("found: \"\""), "the token is visible: {file}");
+}
