@@ -100,6 +100,12 @@ impl Shard {
                 })
                 .cloned()
                 .collect(),
+            upgrade_plans: cfg
+                .upgrade_plans
+                .iter()
+                .filter(|u| self.owns(&u.object.spec.promise_ref.name))
+                .cloned()
+                .collect(),
             ..ValidConfig::default()
         };
         out.destinations = cfg.destinations.clone();
