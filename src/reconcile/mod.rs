@@ -9,7 +9,9 @@
 //!    `requiredPromises` order, render its `spec.dependencies`, place its output, and decide
 //!    whether it is available;
 //! 4. **plan** (`plan`): the pure decision of which requests run and why (steady, waiting,
-//!    run, complete, unchanged), from input hashes (`inputs`) and records;
+//!    run, complete, unchanged), from input hashes (`inputs`) and records; before it, the
+//!    version each request runs at (`versions`), and UpgradePlans (`rollout`) hold the
+//!    requests not yet admitted to their rollout at their applied version;
 //! 5. **records** (`records`, admission): apply the plan to the request records (and mark
 //!    rejected requests Failed), yielding the jobs to run;
 //! 6. **run** (`run`): run `resource.configure` for those requests in parallel up to the
@@ -71,6 +73,7 @@ mod readiness;
 mod records;
 mod report;
 mod revisions;
+mod rollout;
 mod run;
 mod shard;
 mod versions;
@@ -148,6 +151,8 @@ pub struct Engine {
     shard: Option<Shard>,
     /// Every applied version of every Promise (`<stateDir>/revisions`).
     revisions: revisions::Revisions,
+    /// UpgradePlans' progress (`<stateDir>/rollouts.json`) and this pass's trailers.
+    rollout: rollout::RolloutRuntime,
 }
 
 /// The working state of one pass, handed from stage to stage in the order of
@@ -257,6 +262,7 @@ impl Engine {
             health: health::HealthRuntime::default(),
             shard: None,
             revisions,
+            rollout: rollout::RolloutRuntime::default(),
         })
     }
 
@@ -347,7 +353,8 @@ impl Engine {
         self.configure_promises(&mut pass).await?;
         let (present, held) = delete::Presence::with_held(cfg, &self.state);
         (pass.present, pass.held) = (present, held);
-        let targets = self.resolve_versions(&pass);
+        let mut targets = self.resolve_versions(&pass);
+        self.rollout_stage(&mut pass, &mut targets);
         let steps = plan::requests(
             cfg,
             &self.state.requests,

@@ -263,6 +263,7 @@ impl Engine {
                 note: None,
                 config_label,
                 images: self.images_of(pass.touched.get(&store_key)),
+                trailers: self.rollout_trailers(pass.touched.get(&store_key)),
             };
             set.writes.sort_by(|a, b| a.owner.key.cmp(&b.owner.key));
             set.removals.sort();

@@ -180,6 +180,9 @@ pub struct CommitMeta {
     /// `<image>@sha256:<hex>` of every pipeline image whose output this change writes (the
     /// image runtime's provenance); one `Promised-Image:` trailer each, sorted.
     pub images: Vec<String>,
+    /// Extra trailers (`Key: value` lines, e.g. `Promised-Rollout: …`), written after the
+    /// others, sorted and without duplicates.
+    pub trailers: Vec<String>,
 }
 
 /// One atomic unit of change across any number of placements and destinations.

@@ -9,7 +9,8 @@
 //! - a body listing every changed placement and every repaired drift;
 //! - git trailers: `Promised-Config-Commit: <sha>`, one `Promised-Promise: <name>` per distinct
 //!   promise, one `Promised-Resource: <promise>/<namespace>/<name>` per request, one
-//!   `Promised-Image: <image>@sha256:<hex>` per pipeline image whose output changed.
+//!   `Promised-Image: <image>@sha256:<hex>` per pipeline image whose output changed, then the
+//!   extra [`CommitMeta::trailers`] (e.g. `Promised-Rollout:`).
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -116,6 +117,10 @@ pub fn render(meta: &CommitMeta, plan: &Plan<'_>) -> String {
     let images: BTreeSet<&str> = meta.images.iter().map(String::as_str).collect();
     for i in images {
         let _ = writeln!(m, "Promised-Image: {i}");
+    }
+    let trailers: BTreeSet<&str> = meta.trailers.iter().map(String::as_str).collect();
+    for t in trailers {
+        let _ = writeln!(m, "{}", t.replace('\n', " "));
     }
     m
 }

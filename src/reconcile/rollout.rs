@@ -1,0 +1,254 @@
+//! Rollout stage (after versions, before the plan): UpgradePlans hold the requests of their
+//! Promise that are not admitted to the rollout yet at their applied version
+//! (README "Rolling out a Promise change", [`crate::rollout`]).
+//!
+//! For every `UpgradePlan` of the config (by name), [`crate::rollout::step::step`] decides
+//! from the plan, the request records of the last pass (applied version, failure, health as
+//! folded at the end of that pass), the operator overrides and the health stage's clock which
+//! requests are admitted; the [`Targets`] of the others are replaced by their applied version's
+//! revision (as a pinned request's), so the plan stage neither runs nor moves them. The
+//! rollout records are saved before any workflow runs. A plan with a bad field, or a second
+//! plan for one Promise, holds every request of its Promise that would move. Plans that left
+//! the config repo are forgotten: their requests move as without a plan.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::versions::{self, Targets};
+use super::{Engine, Pass};
+use crate::model::LATEST_VERSION;
+use crate::rollout::step::{Candidate, step};
+use crate::rollout::{RolloutRecord, RolloutState, Rollouts};
+use crate::state::sha256_hex;
+use crate::status::cond;
+
+/// What the rollout stage keeps between passes.
+#[derive(Debug, Default)]
+pub(super) struct RolloutRuntime {
+    /// `rollouts.json`, loaded at the first pass.
+    loaded: Option<Rollouts>,
+    /// Request key → its `Promised-Rollout:` trailer, for requests admitted in this pass.
+    trailers: BTreeMap<String, String>,
+}
+
+/// The labels of object `v` (`metadata.labels`).
+fn labels_of(v: &serde_json::Value) -> BTreeMap<String, String> {
+    v.get("metadata")
+        .and_then(|m| m.get("labels"))
+        .and_then(serde_json::Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Engine {
+    /// The rollout stage (see the module docs). Problems are pass warnings.
+    pub(super) fn rollout_stage(&mut self, pass: &mut Pass<'_>, targets: &mut Targets) {
+        let root = self.dir.root().to_path_buf();
+        if self.rollout.loaded.is_none() {
+            let loaded = crate::rollout::load(&root).unwrap_or_else(|e| {
+                pass.report
+                    .warnings
+                    .push(format!("rollouts: starting afresh: {e}"));
+                Rollouts::default()
+            });
+            self.rollout.loaded = Some(loaded);
+        }
+        self.rollout.trailers.clear();
+        if pass.cfg.upgrade_plans.is_empty()
+            && self
+                .rollout
+                .loaded
+                .as_ref()
+                .is_some_and(|r| r.plans.is_empty())
+        {
+            return;
+        }
+        let overrides = crate::rollout::load_overrides(&root).unwrap_or_else(|e| {
+            pass.report
+                .warnings
+                .push(format!("rollouts: operator overrides ignored: {e}"));
+            Default::default()
+        });
+        let now = self.health.now();
+        let rollouts = self.rollout.loaded.as_mut().expect("loaded above");
+        let before = rollouts.clone();
+        let mut plans: Vec<_> = pass.cfg.upgrade_plans.iter().collect();
+        plans.sort_by(|a, b| a.id.name.cmp(&b.id.name));
+        let mut bindings: BTreeMap<(&str, &str, &str), BTreeMap<String, String>> = BTreeMap::new();
+        for b in &pass.cfg.resource_bindings {
+            if let Some(t) = b.object.target() {
+                bindings.insert(t, b.object.metadata.labels.clone());
+            }
+        }
+        let mut planned: BTreeSet<&str> = BTreeSet::new();
+        for up in plans {
+            let name = up.id.name.as_str();
+            let promise_name = up.object.spec.promise_ref.name.as_str();
+            let Some(promise) = pass.cfg.promise(promise_name) else {
+                continue;
+            };
+            let current = promise.version();
+            let rec = rollouts
+                .plans
+                .entry(name.to_string())
+                .or_insert_with(|| RolloutRecord {
+                    plan: name.to_string(),
+                    promise: promise_name.to_string(),
+                    ..RolloutRecord::default()
+                });
+            let requests: Vec<_> = pass
+                .cfg
+                .requests
+                .iter()
+                .filter(|r| r.promise == promise_name)
+                .collect();
+            let checked = if planned.insert(promise_name) {
+                up.object
+                    .check()
+                    .map_err(|(field, msg)| format!("{}: {field}: {msg}", up.origin))
+            } else {
+                Err(format!(
+                    "another UpgradePlan already rolls out Promise {promise_name}"
+                ))
+            };
+            let plan = match checked {
+                Ok(p) => p,
+                Err(e) => {
+                    rec.state = RolloutState::Invalid;
+                    rec.message = format!("{e}; requests of {promise_name} stay at their version");
+                    for r in &requests {
+                        if let Some(t) = targets.get_mut(r.key())
+                            && t.upgrading
+                        {
+                            let applied = self
+                                .state
+                                .requests
+                                .get(r.key())
+                                .and_then(|x| x.status.promise_version.clone());
+                            let held = std::mem::take(t);
+                            *t = versions::stay(
+                                held,
+                                applied,
+                                current.unwrap_or_default(),
+                                promise_name,
+                                &mut self.revisions,
+                            );
+                        }
+                    }
+                    continue;
+                }
+            };
+            if rec.state == RolloutState::Invalid {
+                rec.state = RolloutState::Pending;
+            }
+            let labels: Vec<(String, Vec<BTreeMap<String, String>>)> = requests
+                .iter()
+                .map(|r| {
+                    let mut l = vec![labels_of(&r.object)];
+                    if let Some(b) = bindings.get(&(promise_name, r.namespace(), r.name())) {
+                        l.push(b.clone());
+                    }
+                    (r.key().to_string(), l)
+                })
+                .collect();
+            let mut cands: BTreeMap<String, Candidate<'_>> = BTreeMap::new();
+            for (key, l) in &labels {
+                let record = self.state.requests.get(key);
+                let target = targets.get(key);
+                let failure = record.and_then(|rec| {
+                    let s = &rec.status;
+                    if s.failed_version.as_deref() == Some(plan.to.as_str()) {
+                        Some(
+                            s.condition(cond::UPGRADE_SUCCEEDED)
+                                .map(|c| c.message.clone())
+                                .unwrap_or_else(|| s.message.clone()),
+                        )
+                    } else if !rec.completed
+                        && s.condition(cond::CONFIGURE_WORKFLOW_COMPLETED)
+                            .is_some_and(|c| c.reason == "ConfigureWorkflowFailed")
+                    {
+                        Some(s.message.clone())
+                    } else {
+                        None
+                    }
+                });
+                cands.insert(
+                    key.clone(),
+                    Candidate {
+                        labels: l.iter().collect(),
+                        applied: record.and_then(|r| r.status.promise_version.as_deref()),
+                        completed: record.is_some_and(|r| r.completed),
+                        failure,
+                        health: record.and_then(|r| r.status.health_status.as_ref()),
+                        floating: target.is_some_and(|t| t.binding_version == LATEST_VERSION),
+                    },
+                );
+            }
+            let spec_hash = sha256_hex(
+                up.raw
+                    .get("spec")
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+                    .as_bytes(),
+            );
+            let operator = overrides.plans.get(name).copied();
+            let d = step(&plan, &spec_hash, current, rec, &cands, operator, now);
+            drop(cands);
+            for key in &d.held {
+                let Some(t) = targets.get_mut(key) else {
+                    continue;
+                };
+                if !(t.upgrading && t.version == plan.to) {
+                    continue;
+                }
+                let applied = self
+                    .state
+                    .requests
+                    .get(key)
+                    .and_then(|x| x.status.promise_version.clone());
+                let held = std::mem::take(t);
+                *t = versions::stay(
+                    held,
+                    applied,
+                    current.unwrap_or_default(),
+                    promise_name,
+                    &mut self.revisions,
+                );
+            }
+            for (key, group) in d.admitted {
+                let trailer = format!(
+                    "{name} promise={promise_name} to={} group={group} request={key} completed={}/{}",
+                    plan.to, rec.completed_resources, rec.total_resources
+                );
+                self.rollout.trailers.insert(key, trailer);
+            }
+        }
+        let in_config: BTreeSet<&str> = pass
+            .cfg
+            .upgrade_plans
+            .iter()
+            .map(|u| u.id.name.as_str())
+            .collect();
+        rollouts.plans.retain(|k, _| in_config.contains(k.as_str()));
+        if *rollouts != before
+            && let Err(e) = crate::rollout::save(&root, rollouts)
+        {
+            pass.report
+                .warnings
+                .push(format!("rollouts: cannot save the rollout state: {e}"));
+        }
+    }
+
+    /// The `Promised-Rollout:` trailers of the requests in `touched` admitted in this pass.
+    pub(super) fn rollout_trailers(&self, touched: Option<&BTreeSet<String>>) -> Vec<String> {
+        touched
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.rollout.trailers.get(k))
+            .map(|t| format!("Promised-Rollout: {t}"))
+            .collect()
+    }
+}
