@@ -19,6 +19,8 @@ struct World {
     config: PathBuf,
     state: PathBuf,
     store: PathBuf,
+    root: PathBuf,
+    daemon_config: PathBuf,
     /// Every `ran` line of every pass report so far.
     runs: Vec<String>,
 }
@@ -34,9 +36,34 @@ impl World {
             config: root.join("config"),
             state: root.join("state"),
             store: root.join("store.git"),
+            daemon_config: root.join("promised.yaml"),
+            root,
             runs: Vec::new(),
             _tmp: tmp,
         };
+        // The configure pipeline runs the image `promised.dev/render`: a script outside the
+        // Promise that writes the Promise version into its output and logs every run.
+        let bin = w.root.join("render-bin");
+        let runs = w.root.join("runs");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&runs).unwrap();
+        let script = bin.join("run");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\nset -eu\nprintf 'apiVersion: v1\\nkind: ConfigMap\\nmetadata: {name: %s}\\ndata: {version: %s}\\n' \"$KRATIX_OBJECT_NAME\" \"$APP_VERSION\" > /kratix/output/app.yaml\necho \"$KRATIX_OBJECT_NAME $APP_VERSION\" >> /tmp/runs/log\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(
+            &w.daemon_config,
+            format!(
+                "imageOverrides:\n  promised.dev/render:\n    command: [/opt/render/run]\n    mounts:\n      - {{host: \"{}\", target: /opt/render}}\n      - {{host: \"{}\", target: /tmp/runs, writable: true}}\n",
+                bin.display(),
+                runs.display()
+            ),
+        )
+        .unwrap();
         w.write(
             "platform/platform.yaml",
             &format!(
@@ -103,22 +130,19 @@ spec:
           spec:
             containers:
               - name: render
-                image: promised.dev/local
-                command: ["/promise/pipeline/run"]
+                image: promised.dev/render
                 env: [{{name: APP_VERSION, value: {version}}}]
 "#
             ),
         );
-        self.write(
-            "promises/app/pipeline/run",
-            "#!/bin/sh\nset -eu\nprintf 'apiVersion: v1\\nkind: ConfigMap\\nmetadata: {name: %s}\\ndata: {version: %s}\\n' \"$KRATIX_OBJECT_NAME\" \"$APP_VERSION\" > /kratix/output/app.yaml\n",
-        );
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(
-            self.config.join("promises/app/pipeline/run"),
-            std::fs::Permissions::from_mode(0o755),
-        )
-        .unwrap();
+    }
+
+    /// How many times request `name` ran at `version` (the pipeline's run log).
+    fn ran(&self, name: &str, version: &str) -> usize {
+        let log = std::fs::read_to_string(self.root.join("runs/log")).unwrap_or_default();
+        log.lines()
+            .filter(|l| *l == format!("{name} {version}"))
+            .count()
     }
 
     /// The plan: `canary` (the request labelled `tier: canary`), then `rest` at 25%, behind
@@ -165,6 +189,8 @@ spec:
             self.config.to_str().unwrap(),
             "--state-dir",
             self.state.to_str().unwrap(),
+            "--daemon-config",
+            self.daemon_config.to_str().unwrap(),
         ]);
         assert_eq!(code, 0, "{out}\n{err}");
         let ran: Vec<String> = out
@@ -319,6 +345,7 @@ fn canary_then_rest_pauses_on_bad_health_resumes_and_never_reruns() {
         let name = format!("r{i}");
         let n = w.runs.iter().filter(|r| **r == name).count();
         assert_eq!(n, 2, "{name} ran {n} times: {:?}", w.runs);
+        assert_eq!((w.ran(&name, "v1"), w.ran(&name, "v2")), (1, 1), "{name}");
     }
     assert!(w.pass().is_empty());
 
@@ -338,4 +365,156 @@ fn canary_then_rest_pauses_on_bad_health_resumes_and_never_reruns() {
         line.contains("Completed") && line.contains("8/8"),
         "{table}"
     );
+}
+
+/// A running `promised run` (killed with SIGKILL on drop).
+struct Daemon {
+    child: std::process::Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn start(w: &World, n: usize) -> Daemon {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = w.root.join(format!("daemon-{n}.log"));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_promised"))
+            .args(["run", "--config", w.config.to_str().unwrap()])
+            .args(["--state-dir", w.state.to_str().unwrap()])
+            .args(["--daemon-config", w.daemon_config.to_str().unwrap()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon { child, port, log }
+    }
+
+    fn get(&self, path: &str) -> Option<String> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(std::time::Duration::from_secs(5)))
+            .build()
+            .into();
+        let mut r = agent
+            .get(format!("http://127.0.0.1:{}{path}", self.port))
+            .call()
+            .ok()?;
+        r.body_mut().read_to_string().ok()
+    }
+
+    /// The rollout `app-v2` from `/api/v1/rollouts`.
+    fn rollout(&self) -> Option<Value> {
+        let all: Value = serde_json::from_str(&self.get("/api/v1/rollouts")?).ok()?;
+        Some(all["plans"]["app-v2"].clone()).filter(|v| !v.is_null())
+    }
+
+    /// Waits (up to two minutes) until the rollout satisfies `ok`.
+    fn wait(&self, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_secs(120) {
+            if let Some(r) = self.rollout()
+                && ok(&r)
+            {
+                return r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "timed out waiting for {what}; rollout {:?}; daemon log:\n{}",
+            self.rollout(),
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+}
+
+#[test]
+fn a_daemon_killed_mid_rollout_continues_where_it_was() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let mut w = World::new();
+    w.promise("v1");
+    assert_eq!(w.pass().len(), N);
+    // r2 and r3 form a second group; `rest` may not start (a deny window that is always
+    // open), so the rollout stops in the middle, deterministically.
+    for i in [2, 3] {
+        w.write(
+            &format!("requests/r{i}.yaml"),
+            &format!(
+                "apiVersion: test.promised.dev/v1alpha1\nkind: app\nmetadata: {{name: r{i}, namespace: default, labels: {{tier: early}}}}\nspec: {{}}\n"
+            ),
+        );
+    }
+    assert!(w.pass().is_empty());
+    let plan = |rest_window: &str| {
+        w.write(
+            "rollouts/app-v2.yaml",
+            &format!(
+                "apiVersion: platform.syntasso.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: app-v2}}\n\
+                 spec:\n  promiseRef: {{name: app}}\n  upgradePath: {{from: v1, to: v2}}\n  healthGate: {{soak: 0s}}\n\
+                 \x20 rolloutGroups:\n\
+                 \x20   - {{name: canary, selectors: {{matchLabels: {{tier: canary}}}}}}\n\
+                 \x20   - {{name: early, selectors: {{matchExpressions: [{{key: tier, operator: In, values: [early]}}]}}, maxConcurrent: 1}}\n\
+                 \x20   - name: rest\n      selectors: {{matchAll: true}}\n      maxConcurrent: 2\n{rest_window}"
+            ),
+        );
+    };
+    plan("      resourceUpgradeWindows: [{kind: deny, schedule: \"* * * * *\", duration: 1h}]\n");
+    w.promise("v2");
+    let d = Daemon::start(&w, 1);
+    let r = d.wait("the rest group's window", |r| {
+        r["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("waits for its upgrade window"))
+    });
+    assert_eq!(r["state"], "InProgress", "{r}");
+    assert_eq!(r["completedResources"], 3, "{r}");
+    let metrics = d.get("/metrics").unwrap();
+    assert!(
+        metrics.contains(
+            r#"promised_rollout_resources{plan="app-v2",promise="app",status="completed"} 3"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"promised_rollout_state{plan="app-v2",promise="app",state="InProgress"} 1"#
+        ),
+        "{metrics}"
+    );
+    // Killed (SIGKILL) mid-rollout.
+    drop(d);
+    assert_eq!(
+        w.versions(),
+        ["v2", "v2", "v2", "v1", "v1", "v1", "v1", "v1"]
+    );
+
+    // The window opens (a commit), a new daemon continues where the last one was.
+    plan("");
+    let d = Daemon::start(&w, 2);
+    let r = d.wait("the rollout to complete", |r| r["state"] == "Completed");
+    assert_eq!(r["completedResources"], N, "{r}");
+    let rest = &r["groups"][2];
+    assert_eq!(
+        (rest["name"].as_str(), rest["succeeded"].as_u64()),
+        (Some("rest"), Some(5))
+    );
+    drop(d);
+    assert_eq!(w.versions(), at(N, "v2"));
+    for i in 1..=N {
+        let name = format!("r{i}");
+        assert_eq!((w.ran(&name, "v1"), w.ran(&name, "v2")), (1, 1), "{name}");
+    }
 }

@@ -242,6 +242,32 @@ impl Engine {
         }
     }
 
+    /// Every UpgradePlan's rollout as of the last pass (`None` before the first).
+    pub fn rollouts(&self) -> Option<&Rollouts> {
+        self.rollout.loaded.as_ref()
+    }
+
+    /// How long until a rollout has its next step: none when nothing is rolling out; at once
+    /// after a pass that admitted requests (the pass after it admits the next ones); the end
+    /// of a group's soak otherwise.
+    pub fn rollout_due(&self) -> Option<std::time::Duration> {
+        if !self.rollout.trailers.is_empty() {
+            return Some(std::time::Duration::ZERO);
+        }
+        let now = self.health.now();
+        self.rollout
+            .loaded
+            .as_ref()?
+            .plans
+            .values()
+            .filter(|r| r.state == RolloutState::InProgress)
+            .flat_map(|r| r.groups.iter())
+            .filter_map(|g| g.soak_until.as_deref())
+            .filter_map(|t| humantime::parse_rfc3339(t).ok())
+            .map(|t| t.duration_since(now).unwrap_or_default())
+            .min()
+    }
+
     /// The `Promised-Rollout:` trailers of the requests in `touched` admitted in this pass.
     pub(super) fn rollout_trailers(&self, touched: Option<&BTreeSet<String>>) -> Vec<String> {
         touched

@@ -170,6 +170,9 @@ pub struct GroupProgress {
     /// counts from here; cleared when one stops passing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy_since: Option<String>,
+    /// RFC 3339 time its soak ends (while `Soaking`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak_until: Option<String>,
     /// RFC 3339 time it completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<String>,

@@ -442,7 +442,9 @@ fn groups(
                 .get_or_insert_with(|| now_s.to_string());
             let soak = g.gate.map(|x| x.soak).unwrap_or_default();
             let soaked = parse(since).is_none_or(|t| t + soak <= now);
+            let until = ts(parse(since).unwrap_or(now) + soak);
             if soaked {
+                progress.soak_until = None;
                 progress.completed_at = Some(now_s.to_string());
                 progress.started_at.get_or_insert_with(|| now_s.to_string());
                 let n = size;
@@ -453,14 +455,12 @@ fn groups(
                 );
                 continue;
             }
-            rec.message = format!(
-                "group {:?} soaks until {}",
-                g.name,
-                ts(parse(since).unwrap_or(now) + soak)
-            );
+            progress.soak_until = Some(until.clone());
+            rec.message = format!("group {:?} soaks until {until}", g.name);
             return;
         }
         progress.healthy_since = None;
+        progress.soak_until = None;
         if rec.paused.is_some() {
             return;
         }

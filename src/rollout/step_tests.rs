@@ -121,6 +121,7 @@ fn canary_then_soak_then_rest_one_at_a_time_with_a_timeout() {
     assert!(d.admitted.is_empty());
     assert_eq!(rec.groups[0].state, "Soaking");
     assert_eq!(rec.groups[0].healthy_since.as_deref(), Some(&*ts(at(120))));
+    assert_eq!(rec.groups[0].soak_until.as_deref(), Some(&*ts(at(720))));
     let d = step(&p, "h", Some("v2"), &mut rec, &w.cands(), None, at(719));
     assert!(d.admitted.is_empty(), "{rec:?}");
     // A dip resets the soak.
