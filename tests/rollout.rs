@@ -518,3 +518,61 @@ fn a_daemon_killed_mid_rollout_continues_where_it_was() {
         assert_eq!((w.ran(&name, "v1"), w.ran(&name, "v2")), (1, 1), "{name}");
     }
 }
+
+#[test]
+fn a_plan_with_a_bad_field_holds_every_request_and_says_which_field() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let mut w = World::new();
+    w.promise("v1");
+    assert_eq!(w.pass().len(), N);
+    w.promise("v2");
+    w.write(
+        "rollouts/app-v2.yaml",
+        "apiVersion: platform.kratix.io/v1alpha1\nkind: UpgradePlan\nmetadata: {name: app-v2}\n\
+         spec:\n  promiseRef: {name: app}\n  upgradePath: {from: v1, to: v2}\n\
+         \x20 rolloutGroups: [{name: all, selectors: {matchAll: true}, maxConcurrent: \"0%\"}]\n",
+    );
+    let (code, out, err) = promised(&["validate", w.config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    let text = format!("{out}{err}");
+    assert!(
+        text.contains("rollouts/app-v2.yaml")
+            && text.contains("spec.rolloutGroups[0].maxConcurrent"),
+        "{text}"
+    );
+    let (code, out, err) = promised(&[
+        "reconcile",
+        "--config",
+        w.config.to_str().unwrap(),
+        "--state-dir",
+        w.state.to_str().unwrap(),
+        "--daemon-config",
+        w.daemon_config.to_str().unwrap(),
+    ]);
+    assert!(
+        !out.lines()
+            .any(|l| l.contains("app/default/") && l.contains(" ran ")),
+        "{out}\n{err}"
+    );
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert_eq!(w.versions(), at(N, "v1"));
+    let r = w.rollout();
+    assert_eq!(r["state"], "Invalid", "{r}");
+    assert!(
+        r["message"].as_str().unwrap().contains("maxConcurrent"),
+        "{r}"
+    );
+
+    // Fixed: the rollout starts (all at once: no maxConcurrent).
+    w.write(
+        "rollouts/app-v2.yaml",
+        "apiVersion: platform.kratix.io/v1alpha1\nkind: UpgradePlan\nmetadata: {name: app-v2}\n\
+         spec:\n  promiseRef: {name: app}\n  upgradePath: {from: v1, to: v2}\n\
+         \x20 rolloutGroups: [{name: all, selectors: {matchAll: true}}]\n",
+    );
+    assert_eq!(w.pass().len(), N);
+    assert_eq!(w.versions(), at(N, "v2"));
+}

@@ -484,12 +484,8 @@ fn groups(
             return;
         }
         let limit = g.max_concurrent.limit(size);
-        let mut flying = in_flight;
-        for k in pending {
-            if flying >= limit {
-                break;
-            }
-            flying += 1;
+        // Admitted in key order while fewer than `limit` are in flight.
+        for k in pending.into_iter().take(limit.saturating_sub(in_flight)) {
             let m = rec.members.get_mut(&k).expect("member");
             m.phase = MemberPhase::Moving;
             m.admitted_at = Some(now_s.to_string());

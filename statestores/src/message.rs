@@ -132,6 +132,27 @@ mod tests {
     use crate::plan::OwnerChange;
 
     #[test]
+    fn extra_trailers_come_last_sorted_and_once() {
+        let plan = Plan::default();
+        let meta = CommitMeta {
+            config_commit: Some("abc".into()),
+            trailers: vec![
+                "Promised-Rollout: b group=rest".into(),
+                "Promised-Rollout: a group=canary".into(),
+                "Promised-Rollout: b group=rest".into(),
+            ],
+            ..Default::default()
+        };
+        let m = render(&meta, &plan);
+        assert!(
+            m.ends_with(
+                "Promised-Config-Commit: abc\nPromised-Rollout: a group=canary\nPromised-Rollout: b group=rest\n"
+            ),
+            "{m}"
+        );
+    }
+
+    #[test]
     fn subject_body_and_trailers() {
         let mut plan = Plan {
             written: 3,
