@@ -283,6 +283,12 @@ fn canary_then_rest_pauses_on_bad_health_resumes_and_never_reruns() {
         msg.contains("Promised-Rollout: app-v2 promise=app to=v2 group=canary request=app/default/r1 completed=0/8"),
         "{msg}"
     );
+    let events = status_row(&w.state, "app/default/r1")["status"]["events"].to_string();
+    assert!(
+        events.contains("RolloutAdmitted")
+            && events.contains("UpgradePlan app-v2, group canary: moving to version v2"),
+        "{events}"
+    );
     // A pinned-like request did not even run, so its status still says v1.
     assert_eq!(
         status_row(&w.state, "app/default/r2")["status"]["promiseVersion"],
@@ -294,6 +300,11 @@ fn canary_then_rest_pauses_on_bad_health_resumes_and_never_reruns() {
     assert_eq!(w.pass(), ["r2"]);
     let r = w.rollout();
     assert_eq!(r["groups"][0]["state"], "Completed", "{r}");
+    let events = r["events"].to_string();
+    assert!(
+        events.contains(r#"Group \"canary\": 1/1 resources upgraded to v2"#),
+        "{events}"
+    );
     assert_eq!(r["completedResources"], 1, "{r}");
 
     // r2 turns unhealthy (a HealthRecord in the config repo, folded at the end of the pass):

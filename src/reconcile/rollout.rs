@@ -219,6 +219,16 @@ impl Engine {
                 );
             }
             for (key, group) in d.admitted {
+                if let Some(record) = self.state.requests.get_mut(&key) {
+                    record.status.event(
+                        crate::status::EventType::Normal,
+                        "RolloutAdmitted",
+                        &format!(
+                            "UpgradePlan {name}, group {group}: moving to version {}",
+                            plan.to
+                        ),
+                    );
+                }
                 let trailer = format!(
                     "{name} promise={promise_name} to={} group={group} request={key} completed={}/{}",
                     plan.to, rec.completed_resources, rec.total_resources

@@ -117,7 +117,13 @@ pub fn window_open(g: &CheckedGroup, now: SystemTime) -> bool {
 }
 
 fn pause(rec: &mut RolloutRecord, by: &str, request: Option<&str>, reason: String, now: &str) {
-    rec.event(now, "RolloutPaused", reason.clone());
+    // SKE's event for a failed resource; `RolloutPaused` for every other pause.
+    let event = if by == "Failure" {
+        "ResourceUpgradeFailed"
+    } else {
+        "RolloutPaused"
+    };
+    rec.event(now, event, reason.clone());
     rec.paused = Some(Pause {
         by: by.to_string(),
         request: request.map(str::to_string),
@@ -276,6 +282,7 @@ pub fn step(
         }
     }
     let to = plan.to.clone();
+    let mut arrived: BTreeSet<String> = BTreeSet::new();
     for (k, m) in rec.members.iter_mut() {
         let c = cands.get(k);
         match m.phase {
@@ -295,6 +302,7 @@ pub fn step(
                 Some(c) if c.applied == Some(to.as_str()) && c.completed => {
                     m.phase = MemberPhase::Succeeded;
                     m.reason = None;
+                    arrived.insert(m.group.clone());
                 }
                 Some(c) if c.failure.is_some() => {
                     m.phase = MemberPhase::Failed;
@@ -305,6 +313,19 @@ pub fn step(
             },
             MemberPhase::Succeeded | MemberPhase::Skipped => {}
         }
+    }
+    // SKE's `GroupInProgress` event: `Group "dev": 1/3 resources upgraded to v2.0.0`.
+    for g in arrived {
+        let of_group = rec.members.values().filter(|m| m.group == g);
+        let total = of_group.clone().count();
+        let done = of_group
+            .filter(|m| m.phase == MemberPhase::Succeeded)
+            .count();
+        rec.event(
+            &now_s,
+            "GroupInProgress",
+            format!("Group {g:?}: {done}/{total} resources upgraded to {to}"),
+        );
     }
 
     if !terminal(rec) {
