@@ -359,6 +359,16 @@ fn canary_then_rest_pauses_on_bad_health_resumes_and_never_reruns() {
         assert_eq!((w.ran(&name, "v1"), w.ran(&name, "v2")), (1, 1), "{name}");
     }
     assert!(w.pass().is_empty());
+    // Nothing left to resume.
+    let (code, _, err) = promised(&[
+        "rollout",
+        "resume",
+        "app-v2",
+        "--state-dir",
+        w.state.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("rollout app-v2 is Completed"), "{err}");
 
     // `promised status` lists the rollout.
     let (_, table, _) = promised(&[
