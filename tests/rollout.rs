@@ -554,6 +554,7 @@ fn a_plan_with_a_bad_field_holds_every_request_and_says_which_field() {
         "rollouts/app-v2.yaml",
         "apiVersion: platform.kratix.io/v1alpha1\nkind: UpgradePlan\nmetadata: {name: app-v2}\n\
          spec:\n  promiseRef: {name: app}\n  upgradePath: {from: v1, to: v2}\n\
+         \x20 upgradeExecutionPolicy: {repeatSchedule: \"0 23 * * 6\"}\n\
          \x20 rolloutGroups: [{name: all, selectors: {matchAll: true}, maxConcurrent: \"0%\"}]\n",
     );
     let (code, out, err) = promised(&["validate", w.config.to_str().unwrap()]);
@@ -564,6 +565,8 @@ fn a_plan_with_a_bad_field_holds_every_request_and_says_which_field() {
             && text.contains("spec.rolloutGroups[0].maxConcurrent"),
         "{text}"
     );
+    // SKE's schedule is not supported: a warning says so.
+    assert!(text.contains("spec.upgradeExecutionPolicy"), "{text}");
     let (code, out, err) = promised(&[
         "reconcile",
         "--config",

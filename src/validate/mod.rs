@@ -213,6 +213,21 @@ fn check_upgrade_plans(
                 format!("{message}; the rollout holds the Promise's requests at their version until the plan is fixed"),
             ));
         }
+        if p.raw
+            .get("spec")
+            .is_some_and(|s| s.get("upgradeExecutionPolicy").is_some())
+        {
+            diagnostics.push(
+                p.origin
+                    .diag(
+                        crate::diag::Code::InvalidField,
+                        Some(&p.id),
+                        "spec.upgradeExecutionPolicy",
+                        "not supported by promised (there are no UpgradeRuns): the plan runs whenever the Promise is at spec.upgradePath.to; use resourceUpgradeWindows to limit when requests move",
+                    )
+                    .warning(),
+            );
+        }
         let promise = &p.object.spec.promise_ref.name;
         if !promises.iter().any(|v| v.name() == promise) {
             diagnostics.push(
