@@ -298,6 +298,13 @@ fn canary_then_rest_pauses_on_bad_health_resumes_and_never_reruns() {
     // The canary is at v2 and healthy (no HealthRecords: ready): its group completes and
     // `rest` admits one request at a time (25% of 7, at least one), in key order.
     assert_eq!(w.pass(), ["r2"]);
+    let msg = git(&w.store, &["log", "-1", "--format=%B", "main"]);
+    assert!(
+        msg.contains(
+            "Promised-Rollout: app-v2 GroupCompleted: group \"canary\": 1 resources at v2"
+        ) && msg.contains("group=rest request=app/default/r2 completed=1/8"),
+        "{msg}"
+    );
     let r = w.rollout();
     assert_eq!(r["groups"][0]["state"], "Completed", "{r}");
     let events = r["events"].to_string();

@@ -28,6 +28,9 @@ pub(super) struct RolloutRuntime {
     loaded: Option<Rollouts>,
     /// Request key → its `Promised-Rollout:` trailer, for requests admitted in this pass.
     trailers: BTreeMap<String, String>,
+    /// Promise → the other steps of its rollout in this pass (group completed, paused,
+    /// resumed…), as `Promised-Rollout:` trailers of commits that touch its requests.
+    steps: BTreeMap<String, Vec<String>>,
 }
 
 /// The labels of object `v` (`metadata.labels`).
@@ -57,6 +60,7 @@ impl Engine {
             self.rollout.loaded = Some(loaded);
         }
         self.rollout.trailers.clear();
+        self.rollout.steps.clear();
         if pass.cfg.upgrade_plans.is_empty()
             && self
                 .rollout
@@ -197,6 +201,24 @@ impl Engine {
             let operator = overrides.plans.get(name).copied();
             let d = step(&plan, &spec_hash, current, rec, &cands, operator, now);
             drop(cands);
+            let old = before
+                .plans
+                .get(name)
+                .map(|r| r.events.as_slice())
+                .unwrap_or_default();
+            let steps: Vec<String> = rec
+                .events
+                .iter()
+                .filter(|e| e.reason != "RequestAdmitted" && !old.contains(e))
+                .map(|e| format!("{name} {}: {}", e.reason, e.message))
+                .collect();
+            if !steps.is_empty() {
+                self.rollout
+                    .steps
+                    .entry(promise_name.to_string())
+                    .or_default()
+                    .extend(steps);
+            }
             for key in &d.held {
                 let Some(t) = targets.get_mut(key) else {
                     continue;
@@ -278,12 +300,21 @@ impl Engine {
             .min()
     }
 
-    /// The `Promised-Rollout:` trailers of the requests in `touched` admitted in this pass.
+    /// The `Promised-Rollout:` trailers of a commit that touches `touched`: one per request
+    /// admitted in this pass, and the other steps of this pass of the rollouts of their
+    /// Promises.
     pub(super) fn rollout_trailers(&self, touched: Option<&BTreeSet<String>>) -> Vec<String> {
-        touched
+        let touched = touched.into_iter().flatten();
+        let admitted = touched.clone().filter_map(|k| self.rollout.trailers.get(k));
+        let promises: BTreeSet<&str> = touched
+            .filter_map(|k| k.split_once('/').map(|(p, _)| p))
+            .collect();
+        let steps = promises
             .into_iter()
-            .flatten()
-            .filter_map(|k| self.rollout.trailers.get(k))
+            .filter_map(|p| self.rollout.steps.get(p))
+            .flatten();
+        admitted
+            .chain(steps)
             .map(|t| format!("Promised-Rollout: {t}"))
             .collect()
     }
