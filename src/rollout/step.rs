@@ -455,13 +455,22 @@ fn groups(
             })
             .count();
         let size = members.len();
-        let first_waiting = waiting.first().map(|k| (*k).clone());
+        // The request a timeout names: the first admitted one still waiting, else the first.
+        let first_waiting = waiting
+            .iter()
+            .find(|k| rec.members[**k].phase != MemberPhase::Pending)
+            .or(waiting.first())
+            .map(|k| (*k).clone());
         let progress = &mut rec.groups[idx];
         if waiting.is_empty() {
             let since = progress
                 .healthy_since
                 .get_or_insert_with(|| now_s.to_string());
-            let soak = g.gate.map(|x| x.soak).unwrap_or_default();
+            // An empty group has nothing to soak.
+            let soak = match size {
+                0 => Duration::ZERO,
+                _ => g.gate.map(|x| x.soak).unwrap_or_default(),
+            };
             let soaked = parse(since).is_none_or(|t| t + soak <= now);
             let until = ts(parse(since).unwrap_or(now) + soak);
             if soaked {

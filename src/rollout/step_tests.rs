@@ -320,3 +320,32 @@ fn windows_allow_and_deny() {
     assert!(window_open(g, day(25, 59)));
     assert!(!window_open(g, day(26, 0)));
 }
+
+#[test]
+fn an_empty_group_completes_at_once_and_a_timeout_names_the_admitted_request() {
+    let p = plan("  healthGate: {soak: 10m, timeout: 1h}\n");
+    // No canary label anywhere: `canary` is empty.
+    let mut w = World::new(4);
+    w.labels[0].clear();
+    for i in 1..=4 {
+        w.set_health(i, HealthState::Unknown);
+    }
+    let mut rec = RolloutRecord::default();
+    let d = step(&p, "h", Some("v2"), &mut rec, &w.cands(), None, at(0));
+    assert_eq!(rec.groups[0].state, "Completed", "{rec:?}");
+    // 25% of 4: one at a time, in key order.
+    assert_eq!(keys(&d), ["app/default/r1"]);
+    // r1 never gets healthy: after an hour the pause names it, not a pending request.
+    step(&p, "h", Some("v2"), &mut rec, &w.cands(), None, at(3600));
+    let pause = rec.paused.clone().unwrap();
+    assert_eq!(pause.by, "Timeout");
+    assert_eq!(pause.request.as_deref(), Some("app/default/r1"));
+    // Resumed by an operator: r1 is acknowledged and the timeout counts again.
+    let o = Some(Override {
+        action: Action::Resume,
+        seq: 1,
+    });
+    let d = step(&p, "h", Some("v2"), &mut rec, &w.cands(), o, at(3601));
+    assert!(rec.paused.is_none());
+    assert!(d.admitted.is_empty(), "r1 is still moving: {d:?}");
+}
