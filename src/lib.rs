@@ -11,6 +11,7 @@
 //! - [`health`]: HealthRecords, the health state store and health checks folded into each
 //!   request's `status.healthStatus`.
 //! - [`infra`]: Destination and state store status (`Ready`, events, last write).
+//! - [`rollout`]: staged rollouts of a Promise version (UpgradePlans) and their progress.
 //! - [`image`]: pulling, verifying, caching and unpacking OCI images for pipelines.
 
 pub mod cli;
@@ -26,6 +27,7 @@ pub mod layout;
 pub mod model;
 pub mod pipeline;
 pub mod reconcile;
+pub mod rollout;
 pub mod scheduler;
 pub mod schema;
 pub mod settings;

@@ -27,6 +27,7 @@ pub mod images;
 pub mod output;
 pub mod pipeline;
 pub mod reconcile;
+pub mod rollout;
 pub mod run;
 pub mod status;
 mod status_infra;
@@ -44,6 +45,7 @@ pub use images::ImagesArgs;
 pub use output::{OutputFormat, StatusFormat, TableFormat};
 pub use pipeline::PipelineArgs;
 pub use reconcile::ReconcileArgs;
+pub use rollout::RolloutArgs;
 pub use run::RunArgs;
 pub use status::StatusArgs;
 pub use stderr::{eprint_diagnostic, eprint_error, eprint_warning, set_json_logs};
@@ -96,6 +98,7 @@ impl Cli {
             Command::Reconcile(a) => &a.daemon,
             Command::Status(a) => &a.daemon,
             Command::Run(a) => &a.daemon,
+            Command::Rollout(a) => &a.daemon,
             Command::Images(a) => a.daemon(),
             Command::Validate(_) | Command::Pipeline(_) | Command::Adapter(_) => {
                 return Default::default();
@@ -139,6 +142,9 @@ pub enum Command {
     /// Pull, prune and list the images of the image runtime (images in the daemon config).
     #[command(after_help = images::IMAGES_EXAMPLES)]
     Images(ImagesArgs),
+    /// Pause, resume or abort the staged rollout of an UpgradePlan.
+    #[command(after_help = rollout::ROLLOUT_EXAMPLES)]
+    Rollout(RolloutArgs),
     /// The commands promised runs inside the pods of the Kubernetes Job runtime.
     #[command(after_help = adapter::ADAPTER_EXAMPLES)]
     Adapter(adapter::AdapterArgs),
@@ -203,6 +209,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> i32 {
         Command::Run(a) => run::run_cmd(&a),
         Command::Pipeline(a) => pipeline::run(&a, out),
         Command::Images(a) => images::run(&a, out),
+        Command::Rollout(a) => rollout::rollout_cmd(&a, out),
         Command::Adapter(a) => adapter::run(&a, out),
     }
 }

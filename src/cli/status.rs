@@ -23,9 +23,10 @@ must exist).
 
 The table lists Promises and requests (a compound Promise's children indented under the
 request that asked for them), then Destinations (like kubectl get destinations) and state
-stores. NAME is a Destination, a state store (GitStateStore/NAME,
+stores, then rollouts (UpgradePlans). NAME is a Destination, a state store (GitStateStore/NAME,
 BucketStateStore/NAME or its bare name), a Promise (promise/NAME) or a request
 (PROMISE/NAMESPACE/NAME, or its bare name when unique): it is shown with its conditions and
+events; or a rollout (its UpgradePlan's name, or UpgradePlan/NAME): its state, groups and
 events. --output json|yaml without NAME prints the rows of the Promises and requests (as
 /api/v1/status does); the daemon serves Destinations and state stores at
 /api/v1/destinations.
@@ -92,12 +93,17 @@ pub fn status_cmd(a: &StatusArgs, out: &mut dyn Write) -> i32 {
             }
         },
     };
+    let rollouts =
+        super::rollout::load(daemon_get(listen, "/api/v1/rollouts"), &settings.state_dir);
     let res = match &a.name {
-        Some(name) => match super::status_infra::write_one(name, &rows, &infra, a.output, out) {
+        Some(name) => match super::status_infra::write_one(name, &rows, &infra, a.output, out)
+            .and_then(|found| {
+                Ok(found || super::rollout::write_one(name, &rollouts, a.output, out)?)
+            }) {
             Ok(true) => Ok(()),
             Ok(false) => {
                 eprint_error(format_args!(
-                    "no Destination, state store, Promise or request named {name:?}"
+                    "no Destination, state store, Promise, request or rollout named {name:?}"
                 ));
                 return 1;
             }
@@ -108,6 +114,7 @@ pub fn status_cmd(a: &StatusArgs, out: &mut dyn Write) -> i32 {
             .and_then(|()| {
                 if a.output == super::output::StatusFormat::Table {
                     super::status_infra::write_tables(&infra, out)
+                        .and_then(|()| super::rollout::write_table(&rollouts, out))
                 } else {
                     Ok(())
                 }

@@ -69,6 +69,8 @@ pub struct Objects {
     pub health_records: Vec<Located<HealthRecord>>,
     /// `ResourceBinding` objects (README "Promise versions and ResourceBindings").
     pub resource_bindings: Vec<Located<ResourceBinding>>,
+    /// `UpgradePlan` objects (README "Rolling out a Promise change").
+    pub upgrade_plans: Vec<Located<crate::model::UpgradePlan>>,
     /// Objects of any other `apiVersion`/`kind`: resource requests if a Promise serves them.
     /// The document is in `raw`; `object` is `Value::Null` (no second copy).
     pub candidates: Vec<Located<Value>>,
@@ -597,6 +599,19 @@ pub fn classify(docs: Vec<Document>) -> Objects {
             }
         };
         let id = object_ref(&api_version, &kind, &value);
+        if kind == crate::model::UPGRADE_PLAN_KIND
+            && (api_version == KRATIX_API_VERSION || api_version == crate::model::SKE_API_VERSION)
+        {
+            push_typed(
+                &mut out.upgrade_plans,
+                &mut out.diagnostics,
+                origin,
+                id,
+                value,
+                blob,
+            );
+            continue;
+        }
         if api_version == KRATIX_API_VERSION {
             match kind.as_str() {
                 "Promise" => {

@@ -228,6 +228,7 @@ impl Engines {
             let infra = serde_json::to_vec(engine.infra()).expect("Destination status serialises");
             *shared.infra.write().await = Some(infra.into());
         }
+        super::rollout_api::publish(shared, slots.iter().filter_map(|s| s.engine.as_ref())).await;
         out
     }
 }

@@ -1,6 +1,7 @@
 //! The daemon's HTTP endpoints: `/healthz`, `/readyz`, `/metrics` (OpenMetrics),
 //! `/api/v1/status` (what `promised status --output json` prints), `/api/v1/destinations`
-//! (Destination and state store status, [`crate::infra::InfraStatus`]) and `POST /hooks/git`
+//! (Destination and state store status, [`crate::infra::InfraStatus`]), `/api/v1/rollouts`
+//! (UpgradePlans' rollouts, [`super::rollout_api`]) and `POST /hooks/git`
 //! (the webhook trigger).
 
 use std::collections::BTreeMap;
@@ -41,6 +42,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics_handler))
         .route("/api/v1/status", get(status_handler))
         .route("/api/v1/destinations", get(destinations_handler))
+        .route("/api/v1/rollouts", get(super::rollout_api::handler))
         .route("/api/v1/leadership", get(leadership_handler))
         .route("/hooks/git", post(hook))
         .with_state(shared)

@@ -82,6 +82,8 @@ pub struct Metrics {
     /// `promised_state_store_writes_total{store,result}`: writes (one per store in use per
     /// pass) by result.
     pub state_store_writes: Family<StoreResultLabel, Counter>,
+    /// `promised_rollout_*` (UpgradePlans, [`super::rollout_api`]).
+    pub rollouts: super::rollout_api::RolloutMetrics,
     /// Destinations and state stores with a readiness series, to drop those that leave.
     ready_series: std::sync::Mutex<(Vec<String>, Vec<String>)>,
 }
@@ -117,8 +119,10 @@ impl Metrics {
             state_store_ready: Family::default(),
             state_store_writes: Family::default(),
             ready_series: Default::default(),
+            rollouts: Default::default(),
             registry: Registry::default(),
         };
+        m.rollouts.register(&mut registry);
         registry.register(
             "config_commit_refused",
             "1 while the newest config commit is not applied because its signature does not verify",

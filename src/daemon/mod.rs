@@ -30,6 +30,7 @@ mod http;
 mod lifecycle;
 pub mod metrics;
 mod pass;
+mod rollout_api;
 mod triggers;
 pub mod webhook;
 
@@ -81,6 +82,8 @@ pub struct Shared {
     /// `GET /api/v1/destinations` of the last pass (JSON of [`crate::infra::InfraStatus`]);
     /// `None` until the first pass ends.
     infra: RwLock<Option<Arc<[u8]>>>,
+    /// `GET /api/v1/rollouts` of the last pass (JSON of [`crate::rollout::Rollouts`]).
+    rollouts: RwLock<Option<Arc<[u8]>>>,
     config_loaded: AtomicBool,
     stores_ok: AtomicBool,
     webhook_secret: RwLock<Option<Vec<u8>>>,
@@ -180,6 +183,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         wake: Notify::new(),
         status_rows: RwLock::new(None),
         infra: RwLock::new(None),
+        rollouts: RwLock::new(None),
         config_loaded: AtomicBool::new(false),
         stores_ok: AtomicBool::new(false),
         webhook_secret: RwLock::new(secret),

@@ -185,6 +185,7 @@ pub(super) async fn one_pass(
     shared.metrics.observe_infra(engine.infra());
     let infra = serde_json::to_vec(engine.infra()).expect("Destination status serialises");
     *shared.infra.write().await = Some(infra.into());
+    super::rollout_api::publish(shared, [&*engine]).await;
     Ok(report)
 }
 
@@ -306,6 +307,8 @@ pub(super) fn next_wake(engine: &Engine, pass_started: SystemTime) -> Duration {
         crate::reconcile::next_retry(engine.state(), since).unwrap_or(Duration::from_secs(60));
     // Health checks and the health state store's poll (crate::health).
     let retry = engine.health_due().map_or(retry, |h| retry.min(h));
+    // The next step of a rollout (crate::rollout): at once after an admission, at a soak's end.
+    let retry = engine.rollout_due().map_or(retry, |r| retry.min(r));
     // The write-permission checks of ready state stores (`stateStoreCheckInterval`).
     let retry = engine.store_check_due().map_or(retry, |c| retry.min(c));
     retry.clamp(Duration::from_millis(200), Duration::from_secs(60))

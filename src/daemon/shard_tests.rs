@@ -79,6 +79,7 @@ fn shared(leadership: &Election) -> Shared {
         born: Instant::now(),
         heartbeat: AtomicU64::new(super::NEVER),
         infra: RwLock::new(None),
+        rollouts: RwLock::new(None),
         leadership: Some(leadership.status()),
     }
 }

@@ -16,6 +16,7 @@ mod meta;
 mod pipeline;
 mod promise;
 mod statestore;
+mod upgrade_plan;
 
 pub use binding::{LATEST_VERSION, RESOURCE_NAME_LABEL, ResourceBinding, ResourceBindingSpec};
 pub use destination::{
@@ -40,6 +41,11 @@ pub use promise::{
 pub use statestore::{
     BucketAuthMethod, BucketStateStore, BucketStateStoreSpec, GitAuthMethod, GitAuthor,
     GitStateStore, GitStateStoreSpec, SecretRef,
+};
+pub use upgrade_plan::{
+    CheckedGate, CheckedGroup, CheckedPlan, Concurrency, GroupSelector, HealthGate,
+    LabelExpression, PromiseRef, RolloutGroup, SKE_API_VERSION, UPGRADE_PLAN_KIND, UpgradePath,
+    UpgradePlan, UpgradePlanSpec, UpgradeWindow,
 };
 
 /// API group of every Kratix kind.

@@ -41,6 +41,13 @@ struct Due {
     promise_dir: Option<std::path::PathBuf>,
 }
 
+impl HealthRuntime {
+    /// Now by the health stage's clock (also the rollout stage's: soak times and timeouts).
+    pub(super) fn now(&self) -> std::time::SystemTime {
+        self.clock.now()
+    }
+}
+
 impl Engine {
     /// The health stage (see the module docs). Problems are pass warnings.
     pub(super) async fn health_stage(&mut self, pass: &mut Pass<'_>) {

@@ -9,7 +9,9 @@
 //!    `requiredPromises` order, render its `spec.dependencies`, place its output, and decide
 //!    whether it is available;
 //! 4. **plan** (`plan`): the pure decision of which requests run and why (steady, waiting,
-//!    run, complete, unchanged), from input hashes (`inputs`) and records;
+//!    run, complete, unchanged), from input hashes (`inputs`) and records; before it, the
+//!    version each request runs at (`versions`), and UpgradePlans (`rollout`) hold the
+//!    requests not yet admitted to their rollout at their applied version;
 //! 5. **records** (`records`, admission): apply the plan to the request records (and mark
 //!    rejected requests Failed), yielding the jobs to run;
 //! 6. **run** (`run`): run `resource.configure` for those requests in parallel up to the
@@ -77,6 +79,7 @@ mod readiness;
 mod records;
 mod report;
 mod revisions;
+mod rollout;
 mod run;
 mod shard;
 mod versions;
@@ -158,6 +161,8 @@ pub struct Engine {
     shard: Option<Shard>,
     /// Every applied version of every Promise (`<stateDir>/revisions`).
     revisions: revisions::Revisions,
+    /// UpgradePlans' progress (`<stateDir>/rollouts.json`) and this pass's trailers.
+    rollout: rollout::RolloutRuntime,
 }
 
 /// The working state of one pass, handed from stage to stage in the order of
@@ -269,6 +274,7 @@ impl Engine {
             health: health::HealthRuntime::default(),
             shard: None,
             revisions,
+            rollout: rollout::RolloutRuntime::default(),
         })
     }
 
@@ -363,6 +369,7 @@ impl Engine {
         (pass.present, pass.held) = (present, held);
         let children = self.expand_round_zero(&mut pass, &slots);
         let mut targets = self.resolve_versions(&pass);
+        self.rollout_stage(&mut pass, &mut targets);
         let steps = plan::requests(
             pass.cfg,
             &self.state.requests,

@@ -100,6 +100,12 @@ impl Shard {
                 })
                 .cloned()
                 .collect(),
+            upgrade_plans: cfg
+                .upgrade_plans
+                .iter()
+                .filter(|u| self.owns(&u.object.spec.promise_ref.name))
+                .cloned()
+                .collect(),
             ..ValidConfig::default()
         };
         out.destinations = cfg.destinations.clone();
@@ -110,6 +116,19 @@ impl Shard {
         out.commit = cfg.commit.clone();
         out.provenance = cfg.provenance.clone();
         out.tenancy = cfg.tenancy.clone();
+        // Bindings name their Promise by label; one without it is kept (it pins nothing).
+        out.resource_bindings = cfg
+            .resource_bindings
+            .iter()
+            .filter(|b| {
+                b.object
+                    .metadata
+                    .labels
+                    .get("kratix.io/promise-name")
+                    .is_none_or(|p| self.owns(p))
+            })
+            .cloned()
+            .collect();
         out.unloadable = cfg.unloadable.clone();
         out
     }

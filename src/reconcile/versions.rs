@@ -140,7 +140,7 @@ fn at(
 }
 
 /// `t` kept at the applied version (blocked when there is none to run at).
-fn stay(
+pub(super) fn stay(
     mut t: Target,
     applied: Option<String>,
     current: &str,

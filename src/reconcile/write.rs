@@ -272,7 +272,10 @@ impl Engine {
                 trailers: super::compound::parent_trailers(
                     &self.state,
                     pass.touched.get(&store_key),
-                ),
+                )
+                .into_iter()
+                .chain(self.rollout_trailers(pass.touched.get(&store_key)))
+                .collect(),
             };
             set.writes.sort_by(|a, b| a.owner.key.cmp(&b.owner.key));
             set.removals.sort();

@@ -94,6 +94,7 @@ pub fn validate_with_options(
         bucket_state_stores,
         health_records,
         resource_bindings,
+        upgrade_plans,
         candidates,
         undecoded_promises,
         diagnostics,
@@ -176,6 +177,7 @@ pub fn validate_with_options(
     };
     cross::check_health_records(&health_records, &valid_promises, &mut found.diagnostics);
     let resource_bindings = check_resource_bindings(resource_bindings, &mut found.diagnostics);
+    let upgrade_plans = check_upgrade_plans(upgrade_plans, &valid_promises, &mut found.diagnostics);
 
     let Findings {
         rejected,
@@ -201,6 +203,7 @@ pub fn validate_with_options(
             .filter(|h| not_dup(&h.origin))
             .collect(),
         resource_bindings,
+        upgrade_plans,
         rejected,
         assets: {
             let mut a = assets;
@@ -213,6 +216,65 @@ pub fn validate_with_options(
         tenancy: policy.map(|p| p.map(std::sync::Arc::new)),
         unloadable,
     }
+}
+
+/// UpgradePlans (README "Rolling out a Promise change"): a plan with a bad field is an error
+/// naming the field, and is kept: its rollout stays `Invalid` and holds its Promise's requests
+/// at their version (a broken plan must not let everything move). A plan naming an unknown
+/// Promise, or two plans for one Promise, are errors too.
+fn check_upgrade_plans(
+    plans: Vec<crate::config::Located<crate::model::UpgradePlan>>,
+    promises: &[ValidPromise],
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<crate::config::Located<crate::model::UpgradePlan>> {
+    let mut by_promise = std::collections::BTreeMap::<String, String>::new();
+    for p in &plans {
+        if let Err((field, message)) = p.object.check() {
+            diagnostics.push(p.origin.diag(
+                crate::diag::Code::InvalidField,
+                Some(&p.id),
+                &field,
+                format!("{message}; the rollout holds the Promise's requests at their version until the plan is fixed"),
+            ));
+        }
+        if p.raw
+            .get("spec")
+            .is_some_and(|s| s.get("upgradeExecutionPolicy").is_some())
+        {
+            diagnostics.push(
+                p.origin
+                    .diag(
+                        crate::diag::Code::InvalidField,
+                        Some(&p.id),
+                        "spec.upgradeExecutionPolicy",
+                        "not supported by promised (there are no UpgradeRuns): the plan runs whenever the Promise is at spec.upgradePath.to; use resourceUpgradeWindows to limit when requests move",
+                    )
+                    .warning(),
+            );
+        }
+        let promise = &p.object.spec.promise_ref.name;
+        if !promises.iter().any(|v| v.name() == promise) {
+            diagnostics.push(
+                p.origin
+                    .diag(
+                        crate::diag::Code::InvalidField,
+                        Some(&p.id),
+                        "spec.promiseRef.name",
+                        format!("no valid Promise {promise:?} in the config repo"),
+                    )
+                    .warning(),
+            );
+        }
+        if let Some(other) = by_promise.insert(promise.clone(), p.id.name.clone()) {
+            diagnostics.push(p.origin.diag(
+                crate::diag::Code::InvalidField,
+                Some(&p.id),
+                "spec.promiseRef.name",
+                format!("UpgradePlan {other} already rolls out Promise {promise:?}; keep one plan per Promise (both hold its requests)"),
+            ));
+        }
+    }
+    plans
 }
 
 /// ResourceBindings need the labels `kratix.io/promise-name` and `kratix.io/resource-name`,

@@ -178,6 +178,8 @@ pub struct ValidConfig {
     pub health_records: Vec<Located<HealthRecord>>,
     /// ResourceBindings with both labels (README "Promise versions and ResourceBindings").
     pub resource_bindings: Vec<Located<crate::model::ResourceBinding>>,
+    /// UpgradePlans, checked or not (README "Rolling out a Promise change").
+    pub upgrade_plans: Vec<Located<crate::model::UpgradePlan>>,
     /// Objects left out, with why.
     pub rejected: Vec<Rejected>,
     /// Pipeline assets (not config), sorted by file and document.

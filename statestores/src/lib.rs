@@ -186,7 +186,8 @@ pub struct CommitMeta {
     /// `Promised-Signed-By:` trailer.
     pub signed_by: Option<String>,
     /// More trailers, whole `Key: value` lines (e.g. `Promised-Parent: <child> -> <parent>`
-    /// for a compound Promise's children), written after the others, sorted.
+    /// for a compound Promise's children, `Promised-Rollout: …` for a rollout's steps), written
+    /// after the others, sorted and without duplicates.
     pub trailers: Vec<String>,
 }
 

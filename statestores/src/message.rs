@@ -12,7 +12,7 @@
 //!   when known), one `Promised-Promise: <name>` per distinct
 //!   promise, one `Promised-Resource: <promise>/<namespace>/<name>` per request, one
 //!   `Promised-Image: <image>@sha256:<hex>` per pipeline image whose output changed, then
-//!   the caller's [`CommitMeta::trailers`] (e.g. `Promised-Parent:`).
+//!   the caller's [`CommitMeta::trailers`] (e.g. `Promised-Parent:`, `Promised-Rollout:`).
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -132,9 +132,9 @@ pub fn render(meta: &CommitMeta, plan: &Plan<'_>) -> String {
     for i in images {
         let _ = writeln!(m, "Promised-Image: {i}");
     }
-    let extra: BTreeSet<&str> = meta.trailers.iter().map(String::as_str).collect();
-    for t in extra {
-        let _ = writeln!(m, "{}", t.trim());
+    let trailers: BTreeSet<&str> = meta.trailers.iter().map(String::as_str).collect();
+    for t in trailers {
+        let _ = writeln!(m, "{}", t.replace('\n', " "));
     }
     m
 }
@@ -144,6 +144,27 @@ mod tests {
     use super::*;
     use crate::Owner;
     use crate::plan::OwnerChange;
+
+    #[test]
+    fn extra_trailers_come_last_sorted_and_once() {
+        let plan = Plan::default();
+        let meta = CommitMeta {
+            config_commit: Some("abc".into()),
+            trailers: vec![
+                "Promised-Rollout: b group=rest".into(),
+                "Promised-Rollout: a group=canary".into(),
+                "Promised-Rollout: b group=rest".into(),
+            ],
+            ..Default::default()
+        };
+        let m = render(&meta, &plan);
+        assert!(
+            m.ends_with(
+                "Promised-Config-Commit: abc\nPromised-Rollout: a group=canary\nPromised-Rollout: b group=rest\n"
+            ),
+            "{m}"
+        );
+    }
 
     #[test]
     fn subject_body_and_trailers() {
