@@ -389,3 +389,70 @@ fn a_failed_upgrade_is_not_retried_until_the_spec_changes_and_unknown_versions_s
     assert_eq!(condition(&s, "Reconciled")["status"], "True", "{s}");
     assert_eq!(w.output("stuck"), v1_output());
 }
+
+/// A fresh host (a new state directory, the same config repo and state store): the revision
+/// of an older version a request is pinned to is rebuilt from the Git config repo's history
+/// (the newest commit whose Promise file has that version, its folder with it), so the
+/// pinned request runs at its version instead of failing `FailedPromiseRevisionLookup`.
+#[test]
+fn a_fresh_host_rebuilds_an_older_revision_from_the_config_history() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let w = World::new();
+    std::fs::write(&w.daemon_config, "{}\n").unwrap();
+    let pass_at = |state: &std::path::Path| {
+        let (code, out, err) = promised(&[
+            "reconcile",
+            "--config",
+            w.config.to_str().unwrap(),
+            "--ref",
+            "HEAD",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--daemon-config",
+            w.daemon_config.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        out
+    };
+    let commit = |msg: &str| {
+        git(&w.config, &["add", "-A"]);
+        git(&w.config, &["commit", "-q", "--no-gpg-sign", "-m", msg]);
+        git(&w.config, &["rev-parse", "HEAD"]).trim().to_string()
+    };
+    w.promise("v1");
+    w.request("pinned", None);
+    w.binding("pinned", "v1");
+    w.request("floating", None);
+    git(&w.config, &["init", "-q", "-b", "main"]);
+    let c1 = commit("v1");
+    pass_at(&w.state);
+    w.promise("v2");
+    commit("v2");
+    pass_at(&w.state);
+    assert_eq!(w.output("pinned"), v1_output());
+    assert_eq!(w.output("floating"), v2_output());
+
+    // The fresh host.
+    let fresh = w.root.join("fresh-state");
+    let out = pass_at(&fresh);
+    let s = status_row(&fresh, "app/default/pinned");
+    assert_eq!(s["status"]["promiseVersion"], "v1", "{out}\n{s}");
+    assert!(
+        !s["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no revision"),
+        "{s}"
+    );
+    assert_eq!(w.output("pinned"), v1_output(), "{out}");
+    assert_eq!(w.output("floating"), v2_output(), "{out}");
+    let rev: Value = serde_json::from_slice(
+        &std::fs::read(fresh.join("revisions/app/v1.json")).expect("the rebuilt revision"),
+    )
+    .unwrap();
+    assert_eq!(rev["configCommit"], c1.as_str(), "{rev}");
+    assert!(fresh.join("revisions/app/v1.tree/pipeline/run").is_file());
+}

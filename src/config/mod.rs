@@ -9,6 +9,7 @@
 //! decides whether it is a request, a pipeline asset or neither (README "Which YAML is
 //! config").
 
+pub mod history;
 pub mod source;
 pub mod verify;
 
@@ -84,6 +85,9 @@ pub struct Objects {
     pub commit: Option<String>,
     /// Who made that commit, and who signed it when verified (the audit trailers).
     pub provenance: Option<Provenance>,
+    /// The repository's history at that commit (Git sources): rebuilds revisions of older
+    /// Promise versions ([`history`]).
+    pub history: Option<history::History>,
 }
 
 /// Who made the config commit a pass applies: its author and, when verification is on, its
@@ -457,6 +461,10 @@ impl Loader {
         objects.diagnostics.splice(0..0, diags);
         objects.commit = Some(commit.to_string());
         objects.provenance = self.provenance.clone();
+        objects.history = Some(history::History {
+            git_dir: repo.git_dir().to_path_buf(),
+            head: commit.to_string(),
+        });
         let root = match &self.checkouts {
             Some(parent) => export_promise_dirs(&repo, commit, &objects, parent)?,
             None => PathBuf::new(),

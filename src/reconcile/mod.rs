@@ -345,6 +345,13 @@ impl Engine {
         config_root: &Path,
     ) -> Result<PassReport, EngineError> {
         let started = Instant::now();
+        self.revisions.set_history(
+            cfg.history.clone(),
+            cfg.promises
+                .iter()
+                .map(|p| (p.name().to_string(), p.promise.origin.file.clone()))
+                .collect(),
+        );
         let (all, own) = match self.shard {
             None => (cfg, None),
             Some(s) => {

@@ -72,6 +72,11 @@ pub(super) struct RevisionRun {
 pub(super) struct Revisions {
     root: PathBuf,
     cache: BTreeMap<(String, String), Option<Revision>>,
+    /// The config repository's history and each Promise's file in this pass: where a missing
+    /// revision is rebuilt from ([`Revisions::set_history`]).
+    history: Option<(crate::config::history::History, BTreeMap<String, String>)>,
+    /// `(promise, version, head)` searched for in vain: not searched again at that head.
+    missed: std::collections::BTreeSet<(String, String, String)>,
 }
 
 impl Revisions {
@@ -80,7 +85,70 @@ impl Revisions {
         Revisions {
             root: state_dir.join("revisions"),
             cache: BTreeMap::new(),
+            history: None,
+            missed: Default::default(),
         }
+    }
+
+    /// Where missing revisions come from in this pass: the config repository's `history`
+    /// (Git sources) and `files`, Promise name → its file in the repository.
+    pub fn set_history(
+        &mut self,
+        history: Option<crate::config::history::History>,
+        files: BTreeMap<String, String>,
+    ) {
+        self.history = history.map(|h| (h, files));
+    }
+
+    /// Rebuilds the revision of `promise` at `version` from the config repository's
+    /// history (a fresh host: README "Promise versions and ResourceBindings"): the newest
+    /// commit whose Promise file has that version, its document and folder. Its input
+    /// hashes are unknown (empty), so a request pinned to it runs once more. `None` when
+    /// history has no such version or the revision cannot be written.
+    fn rebuild(&mut self, promise: &str, version: &str) -> Option<()> {
+        let (history, files) = self.history.as_ref()?;
+        let file = files.get(promise)?.clone();
+        let miss = (
+            promise.to_string(),
+            version.to_string(),
+            history.head.clone(),
+        );
+        if self.missed.contains(&miss) {
+            return None;
+        }
+        let Some(found) = history.find(&file, promise, version) else {
+            self.missed.insert(miss);
+            return None;
+        };
+        let folder = file
+            .rsplit_once('/')
+            .map(|(d, _)| d.to_string())
+            .unwrap_or_default();
+        let staged = tempfile::tempdir().ok()?;
+        let dir = staged.path().join("folder");
+        if let Err(e) = history.export(&found.commit, &folder, &dir) {
+            tracing::warn!(promise, version, error = %e, "cannot export an older Promise version from the config history");
+            return None;
+        }
+        let rev = Revision {
+            promise: promise.to_string(),
+            version: version.to_string(),
+            document: found.document,
+            promise_hash: String::new(),
+            resource_fingerprint: String::new(),
+            folder: Some(folder),
+            tree_error: None,
+            config_commit: Some(found.commit.clone()),
+            applied_at: crate::status::now_rfc3339(),
+        };
+        self.cache
+            .remove(&(promise.to_string(), version.to_string()));
+        if let Err(e) = self.save(rev, Some(&dir)) {
+            tracing::warn!(promise, version, error = %e, "cannot save a revision rebuilt from the config history");
+            return None;
+        }
+        tracing::info!(promise, version, commit = %found.commit, "revision rebuilt from the config history");
+        Some(())
     }
 
     fn base(&self, promise: &str, version: &str) -> PathBuf {
@@ -182,6 +250,9 @@ impl Revisions {
     /// or its folder was not kept).
     pub fn run_at(&mut self, promise: &str, version: &str) -> Result<RevisionRun, String> {
         let dir = self.tree_dir(promise, version);
+        if self.get(promise, version).is_none() {
+            let _ = self.rebuild(promise, version);
+        }
         let Some(rev) = self.get(promise, version) else {
             let known = self.versions(promise);
             return Err(format!(

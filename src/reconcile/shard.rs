@@ -115,6 +115,7 @@ impl Shard {
         out.diagnostics = cfg.diagnostics.clone();
         out.commit = cfg.commit.clone();
         out.provenance = cfg.provenance.clone();
+        out.history = cfg.history.clone();
         out.tenancy = cfg.tenancy.clone();
         // Bindings name their Promise by label; one without it is kept (it pins nothing).
         out.resource_bindings = cfg

@@ -100,6 +100,7 @@ pub fn validate_with_options(
         diagnostics,
         commit,
         provenance,
+        history,
     } = objects;
 
     let mut found = Findings {
@@ -213,6 +214,7 @@ pub fn validate_with_options(
         diagnostics,
         commit,
         provenance,
+        history,
         tenancy: policy.map(|p| p.map(std::sync::Arc::new)),
         unloadable,
     }

@@ -190,6 +190,8 @@ pub struct ValidConfig {
     pub commit: Option<String>,
     /// Its author and verified signer ([`crate::config::Provenance`]).
     pub provenance: Option<crate::config::Provenance>,
+    /// The config repository's history at `commit` (Git sources).
+    pub history: Option<crate::config::history::History>,
     /// The tenancy policy in force (`promised-policy.yaml`): `None` without one, `Err` when
     /// it does not load (everything it guards is refused).
     pub tenancy: Option<Result<std::sync::Arc<super::policy::Policy>, String>>,
