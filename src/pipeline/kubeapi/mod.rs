@@ -38,6 +38,7 @@
 pub mod forward;
 pub mod published;
 mod server;
+mod tls;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -69,6 +70,7 @@ pub struct KubeApi {
     binary: Option<PathBuf>,
     catalog: RwLock<Arc<Catalog>>,
     runs: Mutex<HashMap<String, Arc<RunCtx>>>,
+    tls: std::sync::OnceLock<Result<tls::Tls, String>>,
 }
 
 /// One Promise's API as pipelines see it.
@@ -204,6 +206,7 @@ impl KubeApi {
             binary: std::env::current_exe().ok().filter(|p| p.is_file()),
             catalog: RwLock::new(Arc::new(Catalog::default())),
             runs: Mutex::new(HashMap::new()),
+            tls: std::sync::OnceLock::new(),
         }
     }
 
@@ -274,6 +277,11 @@ impl KubeApi {
                 "the promised executable cannot be found",
             )
         })?;
+        let tls = self
+            .tls
+            .get_or_init(tls::make)
+            .clone()
+            .map_err(std::io::Error::other)?;
         let catalog = self.catalog();
         let o = &input.object;
         let key = crate::model::request_key(&input.promise_name, &o.namespace, &o.name);
@@ -331,7 +339,12 @@ impl KubeApi {
         let kubeconfig = dir.join("kubeconfig");
         write_private(
             &kubeconfig,
-            &kubeconfig_yaml(&format!("http://{FORWARD_ADDR}"), &token, &o.namespace),
+            &kubeconfig_yaml(
+                &format!("https://{FORWARD_ADDR}"),
+                &tls.ca_pem,
+                &token,
+                &o.namespace,
+            ),
         )?;
         let mut host_kubeconfig = None;
         let mut tasks = Vec::new();
@@ -341,14 +354,22 @@ impl KubeApi {
             let path = dir.join("kubeconfig-host");
             write_private(
                 &path,
-                &kubeconfig_yaml(&format!("http://{addr}"), &token, &o.namespace),
+                &kubeconfig_yaml(&format!("https://{addr}"), &tls.ca_pem, &token, &o.namespace),
             )?;
             host_kubeconfig = Some(path);
             let r = router.clone();
+            let tcp = tls::TlsListener {
+                inner: tcp,
+                acceptor: tls.acceptor.clone(),
+            };
             tasks.push(tokio::spawn(async move {
                 let _ = axum::serve(tcp, r).await;
             }));
         }
+        let listener = tls::TlsListener {
+            inner: listener,
+            acceptor: tls.acceptor.clone(),
+        };
         tasks.push(tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         }));
@@ -415,7 +436,8 @@ impl Drop for RunApi {
     }
 }
 
-fn kubeconfig_yaml(server: &str, token: &str, namespace: &str) -> String {
+fn kubeconfig_yaml(server: &str, ca_pem: &str, token: &str, namespace: &str) -> String {
+    use base64::Engine;
     let ns = if namespace.is_empty() {
         "default"
     } else {
@@ -424,7 +446,10 @@ fn kubeconfig_yaml(server: &str, token: &str, namespace: &str) -> String {
     let v = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "promised", "cluster": {"server": server}}],
+        "clusters": [{"name": "promised", "cluster": {
+            "server": server,
+            "certificate-authority-data": base64::engine::general_purpose::STANDARD.encode(ca_pem),
+        }}],
         "users": [{"name": "pipeline", "user": {"token": token}}],
         "contexts": [{"name": "promised", "context": {"cluster": "promised", "user": "pipeline", "namespace": ns}}],
         "current-context": "promised",
@@ -503,9 +528,10 @@ mod tests {
 
     #[test]
     fn kubeconfig_names_server_token_and_namespace() {
-        let y = kubeconfig_yaml("http://127.0.0.1:6443", "tok", "team-a");
+        let y = kubeconfig_yaml("https://127.0.0.1:6443", "PEM", "tok", "team-a");
         let v = &crate::config::parse_yaml_stream(&y).unwrap()[0];
-        assert_eq!(v["clusters"][0]["cluster"]["server"], "http://127.0.0.1:6443");
+        assert_eq!(v["clusters"][0]["cluster"]["server"], "https://127.0.0.1:6443");
+        assert_eq!(v["clusters"][0]["cluster"]["certificate-authority-data"], "UEVN");
         assert_eq!(v["users"][0]["user"]["token"], "tok");
         assert_eq!(v["contexts"][0]["context"]["namespace"], "team-a");
         assert_eq!(v["current-context"], "promised");
