@@ -1,0 +1,239 @@
+//! The pipeline API (README "Pipeline API"): a Kubernetes-style API each Pipeline run reaches
+//! through its kubeconfig, with no other network. `kubectl patch --subresource=status` and
+//! `kubectl get` from a pipeline (the host's kubectl), and the HTTP calls of the Kratix SDKs'
+//! `PublishStatus` (testdata/kubeapi/promises/app/pipeline/sdk.py): status shows in
+//! `promised status` while the pipeline still runs, `status.yaml` still replaces top-level
+//! keys at the end, another request cannot be patched (403), and a run's token stops working
+//! when the run ends (401). Real `promised reconcile`, bubblewrap and local Git state stores.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{bwrap_works, copy_dir, promised, repo_root, status_row};
+use serde_json::{Value, json};
+
+macro_rules! need_bwrap {
+    () => {
+        if !bwrap_works() {
+            eprintln!("skipped: no bubblewrap");
+            return;
+        }
+    };
+}
+
+/// `/usr/bin/kubectl` when present; skips the test (returns `None`) otherwise, unless
+/// `PROMISED_REQUIRE_KUBECTL=1` (CI), which fails it.
+fn kubectl() -> Option<PathBuf> {
+    let p = PathBuf::from("/usr/bin/kubectl");
+    if p.is_file() {
+        return Some(p);
+    }
+    if std::env::var("PROMISED_REQUIRE_KUBECTL").as_deref() == Ok("1") {
+        panic!("PROMISED_REQUIRE_KUBECTL=1 but /usr/bin/kubectl is missing");
+    }
+    eprintln!("skipped: no /usr/bin/kubectl (set PROMISED_REQUIRE_KUBECTL=1 to fail instead)");
+    None
+}
+
+/// testdata/kubeapi in a temporary directory: (guard, config, state).
+fn world() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config");
+    copy_dir(&repo_root().join("testdata/kubeapi"), &config);
+    let state = tmp.path().join("state");
+    (tmp, config, state)
+}
+
+fn fields(state: &Path, key: &str) -> Value {
+    status_row(state, key)["status"]["fields"].clone()
+}
+
+#[test]
+fn kubectl_patches_status_and_reads_requests() {
+    need_bwrap!();
+    if kubectl().is_none() {
+        return;
+    }
+    let (_tmp, config, state) = world();
+    let (code, out, err) = promised(&[
+        "reconcile",
+        "--config",
+        config.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let f = fields(&state, "app/default/kube");
+    // Patched by kubectl (deep merge; null deleted `nested.drop`), kept at the end.
+    assert_eq!(f["phase"], "x", "{f}");
+    assert_eq!(f["nested"], json!({"keep": 1}), "{f}");
+    // status.yaml at the end of the Pipeline replaces the top-level keys it sets.
+    assert_eq!(f["fromPatch"], "replaced", "{f}");
+    assert_eq!(f["viaFile"], true, "{f}");
+    // The patch was visible at once inside the run, and to the next Pipeline (object.yaml
+    // and the API).
+    assert_eq!(f["seenPhase"], "x", "{f}");
+    assert_eq!(f["secondSaw"], "x/x", "{f}");
+    // kubectl get lists the Promise's requests and reads a required Promise's request.
+    assert_eq!(f["listed"], "kube other", "{f}");
+    assert_eq!(f["dbSize"], "small", "{f}");
+    // Another request's status and the `kratix` key are refused.
+    assert_eq!(f["patchOther"], "Forbidden", "{f}");
+    assert_eq!(f["patchKratix"], "refused", "{f}");
+    assert!(f.get("kratix").is_none(), "{f}");
+    // The other request was not touched.
+    let other = fields(&state, "app/default/other");
+    assert!(other.get("phase").is_none(), "{other}");
+    // The token is never logged.
+    assert!(!err.contains("token"), "{err}");
+}
+
+/// `promised status --output json` rows, or `None` when it cannot be read yet.
+fn try_fields(state: &Path, key: &str) -> Option<Value> {
+    let (_, out, _) = promised(&[
+        "status",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--output",
+        "json",
+        "--listen",
+        "127.0.0.1:1",
+    ]);
+    let rows: Value = serde_json::from_str(&out).ok()?;
+    rows.as_array()?
+        .iter()
+        .find(|r| r["key"] == key)
+        .map(|r| r["status"]["fields"].clone())
+}
+
+fn spawn_reconcile(config: &Path, state: &Path, daemon_config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_promised"))
+        .args([
+            "reconcile",
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--daemon-config",
+            daemon_config.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promised runs")
+}
+
+/// Opens the FIFO for writing without blocking: `None` until the pipeline opened it.
+fn open_fifo(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .ok()
+}
+
+#[test]
+fn sdk_publish_status_shows_before_the_pipeline_ends() {
+    need_bwrap!();
+    if !Path::new("/usr/bin/python3").is_file()
+        || !Command::new("/usr/bin/python3")
+            .args(["-c", "import yaml, ssl"])
+            .status()
+            .is_ok_and(|s| s.success())
+    {
+        eprintln!("skipped: no /usr/bin/python3 with yaml and ssl");
+        return;
+    }
+    let (tmp, config, state) = world();
+    // Only the SDK request uses the API here (no kubectl needed).
+    let requests = config.join("requests/apps.yaml");
+    let text = std::fs::read_to_string(&requests)
+        .unwrap()
+        .replace("mode: kubectl", "mode: none");
+    std::fs::write(
+        &requests,
+        format!(
+            "{text}---\napiVersion: test.promised.dev/v1alpha1\nkind: App\nmetadata:\n  name: sdk\n  namespace: default\nspec:\n  mode: sdk\n"
+        ),
+    )
+    .unwrap();
+    // A directory shared with the pipeline: its token (for the 401 check) and the FIFO it
+    // waits on.
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let fifo = shared.join("go");
+    let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(st.success());
+    let dc = tmp.path().join("promised.yaml");
+    std::fs::write(
+        &dc,
+        format!(
+            "imageOverrides:\n  promised.dev/app:\n    mounts:\n      - {{host: {}, target: /shared, writable: true}}\n",
+            shared.display()
+        ),
+    )
+    .unwrap();
+    let mut child = spawn_reconcile(&config, &state, &dc);
+    // The first Pipeline published `stage: started` and now waits on the FIFO: the status
+    // shows it while the pipeline runs.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let live = loop {
+        if let Some(f) = try_fields(&state, "app/default/sdk")
+            && f["stage"] == "started"
+        {
+            break f;
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "reconcile ended ({st}) before the status was published:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no published status in promised status"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(live["publishedDirectly"], true, "{live}");
+    assert!(live.get("viaFile").is_none(), "{live}");
+    // Let the pipeline finish.
+    let mut w = loop {
+        if let Some(w) = open_fifo(&fifo) {
+            break w;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "reconcile ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    w.write_all(b"go\n").unwrap();
+    drop(w);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f = fields(&state, "app/default/sdk");
+    // Published keys stay; status.yaml replaced `stage`.
+    assert_eq!(f["publishedDirectly"], true, "{f}");
+    assert_eq!(f["stage"], "finished", "{f}");
+    assert_eq!(f["viaFile"], true, "{f}");
+    assert_eq!(f["ownPatch"], 200, "{f}");
+    // Another request: 403; the first Pipeline's token in the second Pipeline: 401; the
+    // second Pipeline's own token works.
+    assert_eq!(f["otherPatch"], 403, "{f}");
+    assert_eq!(f["staleToken"], 401, "{f}");
+    assert_eq!(f["secondPatch"], 200, "{f}");
+    assert_eq!(f["second"], true, "{f}");
+    assert!(f.get("stale").is_none(), "{f}");
+    let other = fields(&state, "app/default/other");
+    assert!(other.get("stage").is_none(), "{other}");
+}
