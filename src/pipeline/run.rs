@@ -32,10 +32,10 @@ pub(super) async fn run_pipeline(
         logs: Vec::new(),
         images: Vec::new(),
     };
-    let mut api = None;
-    let r = run_pipeline_inner(cfg, layout, input, object_yaml, p, &mut res, status, &mut api).await;
+    let mut slot = ApiSlot { status, api: None };
+    let r = run_pipeline_inner(cfg, layout, input, object_yaml, p, &mut res, &mut slot).await;
     // Status the Pipeline published stays, whatever the outcome (Kratix patches at once).
-    if let Some(api) = api {
+    if let Some(api) = slot.api {
         *status = api.finish();
     }
     if let Err(error) = r {
@@ -44,6 +44,12 @@ pub(super) async fn run_pipeline(
         res.selectors.clear();
     }
     res
+}
+
+/// The pipeline API of one Pipeline run: the status it starts from, and the API once started.
+struct ApiSlot<'a> {
+    status: &'a serde_json::Map<String, serde_json::Value>,
+    api: Option<kubeapi::RunApi>,
 }
 
 /// Starts the pipeline API for this Pipeline when the runner serves one and this is a
@@ -64,11 +70,10 @@ async fn start_api(
     let host_port = cfg.sandbox == SandboxMode::None
         || cfg.allow_network
         || pipeline_network
-        || p.spec.containers.iter().any(|c| {
-            cfg.image_overrides
-                .get(&c.image)
-                .is_some_and(|o| o.network)
-        });
+        || p.spec
+            .containers
+            .iter()
+            .any(|c| cfg.image_overrides.get(&c.image).is_some_and(|o| o.network));
     match hub.0.start(input, status, dir, host_port).await {
         Ok(api) => Some(api),
         Err(e) => {
@@ -147,8 +152,7 @@ async fn run_pipeline_inner(
     object_yaml: &str,
     p: &Pipeline,
     res: &mut PipelineResult,
-    status: &serde_json::Map<String, serde_json::Value>,
-    api: &mut Option<kubeapi::RunApi>,
+    slot: &mut ApiSlot<'_>,
 ) -> Result<(), Error> {
     let pname = p.metadata.name.as_str();
     let dirs = contract::PipelineDirs::create(&cfg.work_dir, object_yaml)?;
@@ -166,11 +170,11 @@ async fn run_pipeline_inner(
         .get(NETWORK_ANNOTATION)
         .map(String::as_str)
         == Some("true");
-    *api = start_api(
+    slot.api = start_api(
         cfg,
         input,
         p,
-        status,
+        slot.status,
         &dirs.root().join("kubeapi"),
         pipeline_network,
     )
@@ -261,7 +265,7 @@ async fn run_pipeline_inner(
                         .iter()
                         .map(|m| format!(", private scratch {}", m.target))
                         .collect();
-                    let api_mounts = match api.as_ref() {
+                    let api_mounts = match slot.api.as_ref() {
                         Some(api) => api_wiring(api, network, &mut env, &mut argv),
                         None => Vec::new(),
                     };
@@ -314,11 +318,8 @@ async fn run_pipeline_inner(
                     }
                     let mut env = env;
                     env.insert(0, ("PATH".into(), sandbox::DEFAULT_PATH.into()));
-                    if let Some(kc) = api.as_ref().and_then(|a| a.host_kubeconfig.as_ref()) {
-                        env.insert(
-                            1,
-                            ("KUBECONFIG".into(), kc.to_string_lossy().into_owned()),
-                        );
+                    if let Some(kc) = slot.api.as_ref().and_then(|a| a.host_kubeconfig.as_ref()) {
+                        env.insert(1, ("KUBECONFIG".into(), kc.to_string_lossy().into_owned()));
                     }
                     for (k, v) in [
                         ("KRATIX_INPUT_DIR", dirs.input()),

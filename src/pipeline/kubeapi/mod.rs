@@ -21,7 +21,8 @@
 //!   `<state dir>/published/<sha256 of the request key>.json` ([`published`]), which
 //!   `promised status` lays over the rows it reads (daemon or state directory) until the
 //!   record holds the result of the run.
-//! - **Reaching it** ([`super::run`]): the server listens on a unix socket in the run
+//! - **Reaching it** ([`super::run`]): the server speaks TLS ([`tls`]: client-go sends a
+//!   kubeconfig's token only to `https` servers) and listens on a unix socket in the run
 //!   directory, bound into the sandbox at [`SOCKET`]; with the network off, the container's
 //!   command runs under `promised adapter kube-forward` ([`forward`]; the promised binary is
 //!   bound read-only at [`BINARY`]), which listens on `127.0.0.1:6443` inside the run's own
@@ -354,7 +355,12 @@ impl KubeApi {
             let path = dir.join("kubeconfig-host");
             write_private(
                 &path,
-                &kubeconfig_yaml(&format!("https://{addr}"), &tls.ca_pem, &token, &o.namespace),
+                &kubeconfig_yaml(
+                    &format!("https://{addr}"),
+                    &tls.ca_pem,
+                    &token,
+                    &o.namespace,
+                ),
             )?;
             host_kubeconfig = Some(path);
             let r = router.clone();
@@ -530,8 +536,14 @@ mod tests {
     fn kubeconfig_names_server_token_and_namespace() {
         let y = kubeconfig_yaml("https://127.0.0.1:6443", "PEM", "tok", "team-a");
         let v = &crate::config::parse_yaml_stream(&y).unwrap()[0];
-        assert_eq!(v["clusters"][0]["cluster"]["server"], "https://127.0.0.1:6443");
-        assert_eq!(v["clusters"][0]["cluster"]["certificate-authority-data"], "UEVN");
+        assert_eq!(
+            v["clusters"][0]["cluster"]["server"],
+            "https://127.0.0.1:6443"
+        );
+        assert_eq!(
+            v["clusters"][0]["cluster"]["certificate-authority-data"],
+            "UEVN"
+        );
         assert_eq!(v["users"][0]["user"]["token"], "tok");
         assert_eq!(v["contexts"][0]["context"]["namespace"], "team-a");
         assert_eq!(v["current-context"], "promised");

@@ -212,7 +212,10 @@ fn render(hub: &KubeApi, ctx: &RunCtx, a: &ApiEntry, l: &Listed) -> Value {
         }
     }
     if let Some(m) = o.as_object_mut() {
-        m.insert("apiVersion".into(), json!(format!("{}/{}", a.group, a.version)));
+        m.insert(
+            "apiVersion".into(),
+            json!(format!("{}/{}", a.group, a.version)),
+        );
         m.insert("kind".into(), json!(a.kind));
         if !st.is_empty() {
             m.insert("status".into(), Value::Object(st));
