@@ -96,10 +96,11 @@ fn api_wiring(
     env: &mut Vec<(String, String)>,
     argv: &mut Vec<String>,
 ) -> Vec<Mount> {
-    let Some(kubeconfig) = (if network {
-        api.host_kubeconfig.clone()
-    } else {
-        Some(api.kubeconfig.clone())
+    let Some(kubeconfig) = (match (network, &api.binary) {
+        (true, _) => api.host_kubeconfig.clone(),
+        (false, Some(_)) => Some(api.kubeconfig.clone()),
+        // No forwarder to run: the API is out of reach without network.
+        (false, None) => None,
     }) else {
         return Vec::new();
     };
@@ -126,13 +127,13 @@ fn api_wiring(
             format!("{}/.kube/config", home.trim_end_matches('/')),
         ),
     ];
-    if !network {
+    if let (false, Some(binary)) = (network, &api.binary) {
         mounts.push(Mount {
             host: api.socket.clone(),
             target: kubeapi::SOCKET.into(),
             writable: true,
         });
-        mounts.push(ro(&api.binary, kubeapi::BINARY.into()));
+        mounts.push(ro(binary, kubeapi::BINARY.into()));
         let mut wrapped = vec![
             kubeapi::BINARY.to_string(),
             "adapter".into(),

@@ -67,9 +67,18 @@ pub fn run(socket: &Path, listen: &str, argv: &[String]) -> i32 {
         }
     }
     match std::process::Command::new(cmd).args(args).status() {
-        Ok(s) => s
-            .code()
-            .unwrap_or_else(|| 128 + s.signal().unwrap_or_default()),
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => code,
+            (None, Some(sig)) => {
+                // Die of the same signal, so the runner reports it as it would without the
+                // forwarder; 128 + the signal when that does not end this process.
+                if let Some(signal) = rustix::process::Signal::from_named_raw(sig) {
+                    let _ = rustix::process::kill_process(rustix::process::getpid(), signal);
+                }
+                128 + sig
+            }
+            (None, None) => 1,
+        },
         Err(e) => {
             let why = match e.kind() {
                 std::io::ErrorKind::NotFound => "No such file or directory".to_string(),

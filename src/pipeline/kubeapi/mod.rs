@@ -204,7 +204,11 @@ impl KubeApi {
     pub fn new(state_dir: &Path) -> KubeApi {
         KubeApi {
             published_dir: published::dir(state_dir),
-            binary: std::env::current_exe().ok().filter(|p| p.is_file()),
+            // Only the promised binary itself has `adapter kube-forward` (not, say, a test
+            // harness running the engine in process).
+            binary: std::env::current_exe()
+                .ok()
+                .filter(|p| p.is_file() && p.file_name().is_some_and(|n| n == "promised")),
             catalog: RwLock::new(Arc::new(Catalog::default())),
             runs: Mutex::new(HashMap::new()),
             tls: std::sync::OnceLock::new(),
@@ -272,12 +276,6 @@ impl KubeApi {
         dir: &Path,
         host_port: bool,
     ) -> std::io::Result<RunApi> {
-        let binary = self.binary.clone().ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "the promised executable cannot be found",
-            )
-        })?;
         let tls = self
             .tls
             .get_or_init(tls::make)
@@ -389,7 +387,7 @@ impl KubeApi {
             socket,
             kubeconfig,
             host_kubeconfig,
-            binary,
+            binary: self.binary.clone(),
             tasks,
         })
     }
@@ -407,8 +405,9 @@ pub(crate) struct RunApi {
     pub kubeconfig: PathBuf,
     /// Host path of the kubeconfig naming the host loopback port, when there is one.
     pub host_kubeconfig: Option<PathBuf>,
-    /// Host path of the promised binary.
-    pub binary: PathBuf,
+    /// Host path of the promised binary (`None` when this process is not `promised`: then
+    /// only sandboxes with network reach the API).
+    pub binary: Option<PathBuf>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 

@@ -124,3 +124,42 @@ fn new_row(p: &Published) -> Option<StatusRow> {
         status,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn overlay_shows_live_status_and_adds_a_row_for_a_first_run() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = dir(d.path());
+        write(
+            &file(&dir, "app/default/a"),
+            "app/default/a",
+            "App",
+            true,
+            &fields(json!({"stage": "started", "message": "working"})),
+        );
+        write(
+            &file(&dir, "app/default/done"),
+            "app/default/done",
+            "App",
+            false,
+            &fields(json!({"stage": "finished"})),
+        );
+        let mut rows = Vec::new();
+        overlay(d.path(), &mut rows);
+        // The live one gets a row; the finished one has no run to show it for.
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].key, "app/default/a");
+        assert_eq!(rows[0].status.promise, "app");
+        assert_eq!(rows[0].status.object.name, "a");
+        assert_eq!(rows[0].status.message, "working");
+        assert_eq!(rows[0].status.fields["stage"], "started");
+    }
+}
