@@ -59,6 +59,16 @@ fn kubectl_patches_status_and_reads_requests() {
         return;
     }
     let (_tmp, config, state) = world();
+    // A server on the host's loopback that the pipeline must not reach (its own network
+    // namespace has only the API's forwarder).
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = host.local_addr().unwrap().port();
+    let requests = config.join("requests/apps.yaml");
+    let text = std::fs::read_to_string(&requests).unwrap().replace(
+        "mode: kubectl",
+        &format!("mode: kubectl\n  probe: {port}"),
+    );
+    std::fs::write(&requests, text).unwrap();
     let (code, out, err) = promised(&[
         "reconcile",
         "--config",
@@ -85,6 +95,9 @@ fn kubectl_patches_status_and_reads_requests() {
     assert_eq!(f["patchOther"], "Forbidden", "{f}");
     assert_eq!(f["patchKratix"], "refused", "{f}");
     assert!(f.get("kratix").is_none(), "{f}");
+    // The host's loopback stayed out of reach (curl: 7, could not connect).
+    assert_eq!(f["hostProbe"], "7", "{f}");
+    drop(host);
     // The other request was not touched.
     let other = fields(&state, "app/default/other");
     assert!(other.get("phase").is_none(), "{other}");
