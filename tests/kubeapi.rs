@@ -64,10 +64,9 @@ fn kubectl_patches_status_and_reads_requests() {
     let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = host.local_addr().unwrap().port();
     let requests = config.join("requests/apps.yaml");
-    let text = std::fs::read_to_string(&requests).unwrap().replace(
-        "mode: kubectl",
-        &format!("mode: kubectl\n  probe: {port}"),
-    );
+    let text = std::fs::read_to_string(&requests)
+        .unwrap()
+        .replace("mode: kubectl", &format!("mode: kubectl\n  probe: {port}"));
     std::fs::write(&requests, text).unwrap();
     let (code, out, err) = promised(&[
         "reconcile",
@@ -150,33 +149,31 @@ fn open_fifo(path: &Path) -> Option<std::fs::File> {
         .ok()
 }
 
-#[test]
-fn sdk_publish_status_shows_before_the_pipeline_ends() {
-    need_bwrap!();
-    if !Path::new("/usr/bin/python3").is_file()
-        || !Command::new("/usr/bin/python3")
-            .args(["-c", "import yaml, ssl"])
-            .status()
-            .is_ok_and(|s| s.success())
-    {
+/// True when `/usr/bin/python3` has the modules sdk.py needs; else says the test is skipped.
+fn have_python() -> bool {
+    let ok = Command::new("/usr/bin/python3")
+        .args(["-c", "import yaml, ssl"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
         eprintln!("skipped: no /usr/bin/python3 with yaml and ssl");
-        return;
     }
+    ok
+}
+
+/// The SDK request `sdk` (added to `requests/apps.yaml`; the other apps do nothing).
+const SDK_REQUEST: &str = "---\napiVersion: test.promised.dev/v1alpha1\nkind: App\nmetadata:\n  name: sdk\n  namespace: default\nspec:\n  mode: sdk\n";
+
+/// [`world`] where only the SDK request will use the API (no kubectl needed), with a
+/// directory shared with its pipeline (its token, for the 401 check, and the FIFO `go` it
+/// waits on) and a daemon config mounting it: (guard, config, state, daemon config, FIFO).
+fn sdk_world() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf, PathBuf) {
     let (tmp, config, state) = world();
-    // Only the SDK request uses the API here (no kubectl needed).
     let requests = config.join("requests/apps.yaml");
     let text = std::fs::read_to_string(&requests)
         .unwrap()
         .replace("mode: kubectl", "mode: none");
-    std::fs::write(
-        &requests,
-        format!(
-            "{text}---\napiVersion: test.promised.dev/v1alpha1\nkind: App\nmetadata:\n  name: sdk\n  namespace: default\nspec:\n  mode: sdk\n"
-        ),
-    )
-    .unwrap();
-    // A directory shared with the pipeline: its token (for the 401 check) and the FIFO it
-    // waits on.
+    std::fs::write(&requests, text).unwrap();
     let shared = tmp.path().join("shared");
     std::fs::create_dir_all(&shared).unwrap();
     let fifo = shared.join("go");
@@ -191,6 +188,55 @@ fn sdk_publish_status_shows_before_the_pipeline_ends() {
         ),
     )
     .unwrap();
+    (tmp, config, state, dc, fifo)
+}
+
+/// Appends the SDK request to the config repo.
+fn add_sdk_request(config: &Path) {
+    let requests = config.join("requests/apps.yaml");
+    let text = std::fs::read_to_string(&requests).unwrap();
+    std::fs::write(&requests, format!("{text}{SDK_REQUEST}")).unwrap();
+}
+
+/// Lets the waiting pipeline go on (`alive` says whether what runs it is still running).
+fn release(fifo: &Path, mut alive: impl FnMut() -> bool) {
+    let mut w = loop {
+        if let Some(w) = open_fifo(fifo) {
+            break w;
+        }
+        assert!(
+            alive(),
+            "promised ended before the pipeline opened the FIFO"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    w.write_all(b"go\n").unwrap();
+}
+
+/// The final status of the SDK request, after both Pipelines.
+fn assert_sdk_final(f: &Value) {
+    // Published keys stay; status.yaml replaced `stage`.
+    assert_eq!(f["publishedDirectly"], true, "{f}");
+    assert_eq!(f["stage"], "finished", "{f}");
+    assert_eq!(f["viaFile"], true, "{f}");
+    assert_eq!(f["ownPatch"], 200, "{f}");
+    // Another request: 403; the first Pipeline's token in the second Pipeline: 401; the
+    // second Pipeline's own token works.
+    assert_eq!(f["otherPatch"], 403, "{f}");
+    assert_eq!(f["staleToken"], 401, "{f}");
+    assert_eq!(f["secondPatch"], 200, "{f}");
+    assert_eq!(f["second"], true, "{f}");
+    assert!(f.get("stale").is_none(), "{f}");
+}
+
+#[test]
+fn sdk_publish_status_shows_before_the_pipeline_ends() {
+    need_bwrap!();
+    if !have_python() {
+        return;
+    }
+    let (_tmp, config, state, dc, fifo) = sdk_world();
+    add_sdk_request(&config);
     let mut child = spawn_reconcile(&config, &state, &dc);
     // The first Pipeline published `stage: started` and now waits on the FIFO: the status
     // shows it while the pipeline runs.
@@ -218,15 +264,7 @@ fn sdk_publish_status_shows_before_the_pipeline_ends() {
     assert_eq!(live["publishedDirectly"], true, "{live}");
     assert!(live.get("viaFile").is_none(), "{live}");
     // Let the pipeline finish.
-    let mut w = loop {
-        if let Some(w) = open_fifo(&fifo) {
-            break w;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "reconcile ended early");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    w.write_all(b"go\n").unwrap();
-    drop(w);
+    release(&fifo, || child.try_wait().unwrap().is_none());
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -234,19 +272,103 @@ fn sdk_publish_status_shows_before_the_pipeline_ends() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let f = fields(&state, "app/default/sdk");
-    // Published keys stay; status.yaml replaced `stage`.
-    assert_eq!(f["publishedDirectly"], true, "{f}");
-    assert_eq!(f["stage"], "finished", "{f}");
-    assert_eq!(f["viaFile"], true, "{f}");
-    assert_eq!(f["ownPatch"], 200, "{f}");
-    // Another request: 403; the first Pipeline's token in the second Pipeline: 401; the
-    // second Pipeline's own token works.
-    assert_eq!(f["otherPatch"], 403, "{f}");
-    assert_eq!(f["staleToken"], 401, "{f}");
-    assert_eq!(f["secondPatch"], 200, "{f}");
-    assert_eq!(f["second"], true, "{f}");
-    assert!(f.get("stale").is_none(), "{f}");
+    assert_sdk_final(&fields(&state, "app/default/sdk"));
     let other = fields(&state, "app/default/other");
     assert!(other.get("stage").is_none(), "{other}");
+}
+
+fn daemon_fields(port: u16, key: &str) -> Option<Value> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let mut r = agent
+        .get(format!("http://127.0.0.1:{port}/api/v1/status"))
+        .call()
+        .ok()?;
+    let rows: Value = serde_json::from_slice(&r.body_mut().read_to_vec().ok()?).ok()?;
+    rows.as_array()?
+        .iter()
+        .find(|r| r["key"] == key)
+        .map(|r| r["status"]["fields"].clone())
+}
+
+/// The daemon's `/api/v1/status` (rows of its last pass) shows status a pipeline of the
+/// running pass publishes.
+#[test]
+fn the_daemon_serves_published_status_during_a_pass() {
+    need_bwrap!();
+    if !have_python() {
+        return;
+    }
+    let (tmp, config, state, dc, fifo) = sdk_world();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut daemon = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_promised"))
+            .args([
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--state-dir",
+                state.to_str().unwrap(),
+                "--daemon-config",
+                dc.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(tmp.path().join("daemon.log")).unwrap())
+            .spawn()
+            .expect("promised run starts"),
+    );
+    let child = &mut daemon.0;
+    let log = || std::fs::read_to_string(tmp.path().join("daemon.log")).unwrap_or_default();
+    let wait = |what: &str, ok: &mut dyn FnMut() -> bool, child: &mut Child| {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !ok() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the daemon exited:\n{}",
+                log()
+            );
+            assert!(Instant::now() < deadline, "no {what}:\n{}", log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // The first pass ends (its rows are served); then the SDK request arrives and its
+    // pipeline publishes while the second pass runs.
+    wait(
+        "first pass",
+        &mut || daemon_fields(port, "app/default/other").is_some(),
+        child,
+    );
+    add_sdk_request(&config);
+    wait(
+        "published status in /api/v1/status",
+        &mut || daemon_fields(port, "app/default/sdk").is_some_and(|f| f["stage"] == "started"),
+        child,
+    );
+    let live = daemon_fields(port, "app/default/sdk").unwrap();
+    assert_eq!(live["publishedDirectly"], true, "{live}");
+    release(&fifo, || true);
+    wait(
+        "the end of the pass",
+        &mut || daemon_fields(port, "app/default/sdk").is_some_and(|f| f["stage"] == "finished"),
+        child,
+    );
+    assert_sdk_final(&daemon_fields(port, "app/default/sdk").unwrap());
+}
+
+/// Kills the daemon when the test ends, also on a failed assertion.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

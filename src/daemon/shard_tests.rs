@@ -80,6 +80,7 @@ fn shared(leadership: &Election) -> Shared {
         heartbeat: AtomicU64::new(super::NEVER),
         infra: RwLock::new(None),
         leadership: Some(leadership.status()),
+        published_in: None,
     }
 }
 

@@ -82,25 +82,30 @@ pub fn overlay(state_dir: &Path, rows: &mut Vec<StatusRow>) {
         return;
     }
     for p in all {
-        if p.live
-            && !rows.iter().any(|r| r.key == p.key)
-            && let Some(row) = new_row(&p)
-        {
-            rows.push(row);
-        }
-        let Some(row) = rows.iter_mut().find(|r| r.key == p.key) else {
-            continue;
-        };
-        if !p.live && row.status.pipelines.is_empty() {
-            continue;
-        }
-        if p.live
-            && let Some(m) = p.fields.get("message").and_then(Value::as_str)
-        {
-            row.status.message = m.to_string();
-        }
-        row.status.fields = p.fields;
+        apply(p, rows);
     }
+}
+
+/// Lays one published status over `rows` (see [`overlay`]).
+pub fn apply(p: Published, rows: &mut Vec<StatusRow>) {
+    if p.live
+        && !rows.iter().any(|r| r.key == p.key)
+        && let Some(row) = new_row(&p)
+    {
+        rows.push(row);
+    }
+    let Some(row) = rows.iter_mut().find(|r| r.key == p.key) else {
+        return;
+    };
+    if !p.live && row.status.pipelines.is_empty() {
+        return;
+    }
+    if p.live
+        && let Some(m) = p.fields.get("message").and_then(Value::as_str)
+    {
+        row.status.message = m.to_string();
+    }
+    row.status.fields = p.fields;
 }
 
 /// A row for a request seen only in its published status.
