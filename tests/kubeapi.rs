@@ -4,7 +4,11 @@
 //! `PublishStatus` (testdata/kubeapi/promises/app/pipeline/sdk.py): status shows in
 //! `promised status` while the pipeline still runs, `status.yaml` still replaces top-level
 //! keys at the end, another request cannot be patched (403), and a run's token stops working
-//! when the run ends (401). Real `promised reconcile`, bubblewrap and local Git state stores.
+//! when the run ends (401); the daemon's `/api/v1/status` shows published status during a
+//! pass. Real `promised reconcile` / `promised run`, bubblewrap and local Git state stores.
+//! Skips without bubblewrap (fails with `PROMISED_REQUIRE_SANDBOX`), without
+//! `/usr/bin/kubectl` (fails with `PROMISED_REQUIRE_KUBECTL=1`) and without `/usr/bin/python3`
+//! with PyYAML (fails with `PROMISED_REQUIRE_PYTHON=1`).
 
 mod common;
 
@@ -19,6 +23,10 @@ use serde_json::{Value, json};
 macro_rules! need_bwrap {
     () => {
         if !bwrap_works() {
+            assert!(
+                std::env::var_os("PROMISED_REQUIRE_SANDBOX").is_none(),
+                "PROMISED_REQUIRE_SANDBOX is set but bubblewrap cannot run"
+            );
             eprintln!("skipped: no bubblewrap");
             return;
         }
@@ -156,7 +164,13 @@ fn have_python() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("skipped: no /usr/bin/python3 with yaml and ssl");
+        assert!(
+            std::env::var("PROMISED_REQUIRE_PYTHON").as_deref() != Ok("1"),
+            "PROMISED_REQUIRE_PYTHON=1 but /usr/bin/python3 with yaml and ssl is missing"
+        );
+        eprintln!(
+            "skipped: no /usr/bin/python3 with yaml and ssl (set PROMISED_REQUIRE_PYTHON=1 to fail instead)"
+        );
     }
     ok
 }
