@@ -39,6 +39,8 @@
 pub mod forward;
 pub mod published;
 mod server;
+#[cfg(test)]
+mod server_tests;
 mod tls;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
