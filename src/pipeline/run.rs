@@ -67,6 +67,15 @@ async fn start_api(
     if input.workflow_type != super::WorkflowType::Resource {
         return None;
     }
+    // Containers the image runtime runs do not get it (README "Pipeline API").
+    if cfg.images.is_some()
+        && p.spec
+            .containers
+            .iter()
+            .all(|c| !cfg.image_overrides.contains_key(&c.image))
+    {
+        return None;
+    }
     let host_port = cfg.sandbox == SandboxMode::None
         || cfg.allow_network
         || pipeline_network
