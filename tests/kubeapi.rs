@@ -369,9 +369,13 @@ fn the_daemon_serves_published_status_during_a_pass() {
     let live = daemon_fields(port, "app/default/sdk").unwrap();
     assert_eq!(live["publishedDirectly"], true, "{live}");
     release(&fifo, || true);
+    // `staleToken` comes only with the second Pipeline's status.yaml, at the end of the
+    // workflow (`stage: finished` already shows while the second Pipeline runs).
     wait(
-        "the end of the pass",
-        &mut || daemon_fields(port, "app/default/sdk").is_some_and(|f| f["stage"] == "finished"),
+        "the end of the workflow",
+        &mut || {
+            daemon_fields(port, "app/default/sdk").is_some_and(|f| f.get("staleToken").is_some())
+        },
         child,
     );
     assert_sdk_final(&daemon_fields(port, "app/default/sdk").unwrap());
