@@ -66,23 +66,48 @@ fn kubectl_patches_status_and_reads_requests() {
     if kubectl().is_none() {
         return;
     }
-    let (_tmp, config, state) = world();
-    // A server on the host's loopback that the pipeline must not reach (its own network
-    // namespace has only the API's forwarder).
+    kubectl_case(false);
+}
+
+/// With the network on, the pipeline reaches the API on a host loopback port instead of the
+/// forwarder: the same calls work.
+#[test]
+fn kubectl_works_with_the_network_on() {
+    need_bwrap!();
+    if kubectl().is_none() {
+        return;
+    }
+    kubectl_case(true);
+}
+
+/// `promised reconcile` of testdata/kubeapi (the `kube` request runs kubectl), then what its
+/// pipelines recorded.
+fn kubectl_case(network: bool) {
+    let (tmp, config, state) = world();
+    // Without network: a server on the host's loopback that the pipeline must not reach (its
+    // own network namespace has only the API's forwarder).
     let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = host.local_addr().unwrap().port();
-    let requests = config.join("requests/apps.yaml");
-    let text = std::fs::read_to_string(&requests)
-        .unwrap()
-        .replace("mode: kubectl", &format!("mode: kubectl\n  probe: {port}"));
-    std::fs::write(&requests, text).unwrap();
-    let (code, out, err) = promised(&[
-        "reconcile",
-        "--config",
-        config.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]);
+    let mut args = vec![
+        "reconcile".to_string(),
+        "--config".into(),
+        config.display().to_string(),
+        "--state-dir".into(),
+        state.display().to_string(),
+    ];
+    if network {
+        let dc = tmp.path().join("promised.yaml");
+        std::fs::write(&dc, "allowNetwork: true\n").unwrap();
+        args.extend(["--daemon-config".into(), dc.display().to_string()]);
+    } else {
+        let requests = config.join("requests/apps.yaml");
+        let text = std::fs::read_to_string(&requests)
+            .unwrap()
+            .replace("mode: kubectl", &format!("mode: kubectl\n  probe: {port}"));
+        std::fs::write(&requests, text).unwrap();
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = promised(&args);
     assert_eq!(code, 0, "{out}\n{err}");
     let f = fields(&state, "app/default/kube");
     // Patched by kubectl (deep merge; null deleted `nested.drop`), kept at the end.
@@ -103,7 +128,9 @@ fn kubectl_patches_status_and_reads_requests() {
     assert_eq!(f["patchKratix"], "refused", "{f}");
     assert!(f.get("kratix").is_none(), "{f}");
     // The host's loopback stayed out of reach (curl: 7, could not connect).
-    assert_eq!(f["hostProbe"], "7", "{f}");
+    if !network {
+        assert_eq!(f["hostProbe"], "7", "{f}");
+    }
     drop(host);
     // The other request was not touched.
     let other = fields(&state, "app/default/other");
