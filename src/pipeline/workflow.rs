@@ -337,7 +337,12 @@ pub async fn run_workflow(cfg: &RunnerConfig, input: &WorkflowInput<'_>) -> Work
         }
     }
     if let Some((hub, key)) = api_key {
-        hub.0.workflow_finished(&key, &result.merged_status);
+        if input.action == Action::Delete {
+            // The request is going: nothing to show its status for.
+            hub.0.workflow_started(&key);
+        } else {
+            hub.0.workflow_finished(&key, &result.merged_status);
+        }
     }
     result
 }

@@ -247,8 +247,8 @@ impl KubeApi {
         runs.values().find(|r| r.key == key).cloned()
     }
 
-    /// A resource workflow of request `key` starts: a published status of an earlier run is
-    /// dropped (the record has it).
+    /// A resource workflow of request `key` starts (or its delete workflow ends): a published
+    /// status of an earlier run is dropped (the record has it).
     pub fn workflow_started(&self, key: &str) {
         let _ = std::fs::remove_file(published::file(&self.published_dir, key));
     }
