@@ -528,6 +528,9 @@ impl Settings {
             kubernetes: Some(crate::pipeline::kubernetes::KubeRuntime::new(
                 self.kubernetes.clone(),
             )),
+            kube_api: Some(crate::pipeline::KubeApiHandle(std::sync::Arc::new(
+                crate::pipeline::kubeapi::KubeApi::new(&self.state_dir),
+            ))),
             ..crate::pipeline::RunnerConfig::default()
         }
     }

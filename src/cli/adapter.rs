@@ -45,6 +45,24 @@ pub enum AdapterCommand {
     /// output container; the daemon reads it from the container's log).
     #[command(after_help = EMIT_OUTPUT_EXAMPLES)]
     EmitOutput(EmitOutputArgs),
+    /// Forward 127.0.0.1:6443 to the pipeline API's socket and run a command (inside the
+    /// process runtime's sandbox; README "Pipeline API").
+    #[command(hide = true)]
+    KubeForward(KubeForwardArgs),
+}
+
+/// `promised adapter kube-forward`.
+#[derive(Debug, Clone, Args)]
+pub struct KubeForwardArgs {
+    /// The pipeline API's unix socket.
+    #[arg(long, value_name = "PATH", default_value = crate::pipeline::kubeapi::SOCKET)]
+    pub socket: PathBuf,
+    /// The TCP address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = crate::pipeline::kubeapi::FORWARD_ADDR)]
+    pub listen: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 /// `promised adapter read-input`.
@@ -77,6 +95,9 @@ pub struct EmitOutputArgs {
 
 /// Runs an adapter subcommand; exit code 0, or 2 with the reason on stderr.
 pub fn run(a: &AdapterArgs, out: &mut dyn Write) -> i32 {
+    if let AdapterCommand::KubeForward(k) = &a.command {
+        return crate::pipeline::kubeapi::forward::run(&k.socket, &k.listen, &k.command);
+    }
     let result = match &a.command {
         AdapterCommand::ReadInput(a) => {
             crate::pipeline::kubernetes::transfer::read_input(&a.from, &a.to)
@@ -89,6 +110,7 @@ pub fn run(a: &AdapterArgs, out: &mut dyn Write) -> i32 {
             out,
         )
         .map_err(|e| format!("writing the output archive: {e}")),
+        AdapterCommand::KubeForward(_) => Ok(()),
     };
     match result {
         Ok(()) => 0,

@@ -95,6 +95,9 @@ pub fn status_cmd(a: &StatusArgs, out: &mut dyn Write) -> i32 {
     };
     let rollouts =
         super::rollout::load(daemon_get(listen, "/api/v1/rollouts"), &settings.state_dir);
+    // Status pipelines published while running (README "Pipeline API").
+    let mut rows = rows;
+    crate::pipeline::kubeapi::published::overlay(&settings.state_dir, &mut rows);
     let res = match &a.name {
         Some(name) => match super::status_infra::write_one(name, &rows, &infra, a.output, out)
             .and_then(|found| {

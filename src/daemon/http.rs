@@ -105,7 +105,26 @@ async fn status_handler(AxState(s): AxState<Arc<Shared>>) -> Response {
     }
     let rows = s.status_rows.read().await.clone();
     match rows {
-        Some(rows) => {
+        Some(mut rows) => {
+            // Status pipelines are publishing right now (README "Pipeline API").
+            for p in s
+                .published_in
+                .as_deref()
+                .map(crate::pipeline::kubeapi::published::load)
+                .unwrap_or_default()
+            {
+                let key = p.key.clone();
+                let mut one: Vec<crate::status::StatusRow> = rows
+                    .requests
+                    .get(&key)
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .into_iter()
+                    .collect();
+                crate::pipeline::kubeapi::published::apply(p, &mut one);
+                if let Some(b) = one.pop().and_then(|r| serde_json::to_vec(&r).ok()) {
+                    rows.requests.insert(key, b.into());
+                }
+            }
             // Promises first, then requests, each by key: what `promised status` prints.
             let all = rows.promises.values().chain(rows.requests.values());
             let mut json = Vec::with_capacity(all.clone().map(|r| r.len() + 2).sum::<usize>() + 4);

@@ -96,6 +96,9 @@ pub struct Shared {
     heartbeat: AtomicU64,
     /// Leader election (`leaderElection:`): this replica's role; `None` without it.
     leadership: Option<watch::Receiver<crate::cluster::Leadership>>,
+    /// The state directory, whose status published by running pipelines `/api/v1/status`
+    /// lays over its rows (README "Pipeline API"); `None`: none.
+    published_in: Option<std::path::PathBuf>,
 }
 
 /// `Shared::heartbeat` before the loop's first beat.
@@ -194,6 +197,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         born: Instant::now(),
         heartbeat: AtomicU64::new(NEVER),
         leadership: election.as_ref().map(|e| e.status()),
+        published_in: Some(settings.state_dir.clone()),
     });
     match &election {
         None => {

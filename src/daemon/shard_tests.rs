@@ -81,6 +81,7 @@ fn shared(leadership: &Election) -> Shared {
         infra: RwLock::new(None),
         rollouts: RwLock::new(None),
         leadership: Some(leadership.status()),
+        published_in: None,
     }
 }
 

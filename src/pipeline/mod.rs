@@ -53,6 +53,7 @@
 pub mod contract;
 pub mod env;
 mod error;
+pub mod kubeapi;
 pub mod kubernetes;
 pub mod metadata;
 pub mod oci;
@@ -202,7 +203,22 @@ pub struct RunnerConfig {
     /// none (every Pipeline on that runtime then fails with [`Error::KubeUnavailable`]).
     /// [`crate::settings::Settings::runner`] always sets it; the client is made on first use.
     pub kubernetes: Option<kubernetes::KubeRuntime>,
+    /// The pipeline API served to resource workflows on the process runtime ([`kubeapi`]);
+    /// `None`: none (the default; [`crate::settings::Settings::runner`] sets it).
+    pub kube_api: Option<KubeApiHandle>,
 }
+
+/// The pipeline API of a runner; two are equal when they are the same one.
+#[derive(Debug, Clone)]
+pub struct KubeApiHandle(pub std::sync::Arc<kubeapi::KubeApi>);
+
+impl PartialEq for KubeApiHandle {
+    fn eq(&self, other: &KubeApiHandle) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for KubeApiHandle {}
 
 /// The image store of a runner, or why it could not be opened (the message names the
 /// setting). Two are equal when they are the same store or the same error.
@@ -237,6 +253,7 @@ impl Default for RunnerConfig {
             images: None,
             runtime: Runtime::Process,
             kubernetes: None,
+            kube_api: None,
         }
     }
 }

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use super::oci::image_invocation;
 use super::{
     Action, ContainerLog, Error, Mount, NETWORK_ANNOTATION, Outcome, PipelineResult, RanImage,
-    RunnerConfig, SandboxMode, WorkflowInput, contract, env, metadata, output, overrides, runtime,
-    sandbox,
+    RunnerConfig, SandboxMode, WorkflowInput, contract, env, kubeapi, metadata, output, overrides,
+    runtime, sandbox,
 };
 use crate::model::Pipeline;
 
@@ -21,6 +21,7 @@ pub(super) async fn run_pipeline(
     input: &WorkflowInput<'_>,
     object_yaml: &str,
     p: &Pipeline,
+    status: &mut serde_json::Map<String, serde_json::Value>,
 ) -> PipelineResult {
     let mut res = PipelineResult {
         name: p.metadata.name.clone(),
@@ -31,12 +32,127 @@ pub(super) async fn run_pipeline(
         logs: Vec::new(),
         images: Vec::new(),
     };
-    if let Err(error) = run_pipeline_inner(cfg, layout, input, object_yaml, p, &mut res).await {
+    let mut slot = ApiSlot { status, api: None };
+    let r = run_pipeline_inner(cfg, layout, input, object_yaml, p, &mut res, &mut slot).await;
+    // Status the Pipeline published stays, whatever the outcome (Kratix patches at once).
+    if let Some(api) = slot.api {
+        *status = api.finish();
+    }
+    if let Err(error) = r {
         res.outcome = Outcome::Failed { error };
         res.outputs.clear();
         res.selectors.clear();
     }
     res
+}
+
+/// The pipeline API of one Pipeline run: the status it starts from, and the API once started.
+struct ApiSlot<'a> {
+    status: &'a serde_json::Map<String, serde_json::Value>,
+    api: Option<kubeapi::RunApi>,
+}
+
+/// Starts the pipeline API for this Pipeline when the runner serves one and this is a
+/// resource workflow ([`kubeapi`]); a failure to start is logged and the Pipeline runs
+/// without it.
+async fn start_api(
+    cfg: &RunnerConfig,
+    input: &WorkflowInput<'_>,
+    p: &Pipeline,
+    status: &serde_json::Map<String, serde_json::Value>,
+    dir: &std::path::Path,
+    pipeline_network: bool,
+) -> Option<kubeapi::RunApi> {
+    let hub = cfg.kube_api.as_ref()?;
+    if input.workflow_type != super::WorkflowType::Resource {
+        return None;
+    }
+    // Containers the image runtime runs do not get it (README "Pipeline API").
+    if cfg.images.is_some()
+        && p.spec
+            .containers
+            .iter()
+            .all(|c| !cfg.image_overrides.contains_key(&c.image))
+    {
+        return None;
+    }
+    let host_port = cfg.sandbox == SandboxMode::None
+        || cfg.allow_network
+        || pipeline_network
+        || p.spec
+            .containers
+            .iter()
+            .any(|c| cfg.image_overrides.get(&c.image).is_some_and(|o| o.network));
+    match hub.0.start(input, status, dir, host_port).await {
+        Ok(api) => Some(api),
+        Err(e) => {
+            tracing::warn!(
+                pipeline = p.metadata.name.as_str(),
+                error = %e,
+                "the pipeline API cannot start; the pipeline runs without it"
+            );
+            None
+        }
+    }
+}
+
+/// What the pipeline API adds to a sandboxed container with `network` (or without): its
+/// mounts, the variables (first, so the container's own win) and, without network, the
+/// command wrapped in `promised adapter kube-forward`.
+fn api_wiring(
+    api: &kubeapi::RunApi,
+    network: bool,
+    env: &mut Vec<(String, String)>,
+    argv: &mut Vec<String>,
+) -> Vec<Mount> {
+    let Some(kubeconfig) = (match (network, &api.binary) {
+        (true, _) => api.host_kubeconfig.clone(),
+        (false, Some(_)) => Some(api.kubeconfig.clone()),
+        // No forwarder to run: the API is out of reach without network.
+        (false, None) => None,
+    }) else {
+        return Vec::new();
+    };
+    let home = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "HOME")
+        .map(|(_, v)| v.clone());
+    let mut first = vec![("KUBECONFIG".to_string(), kubeapi::KUBECONFIG.to_string())];
+    if home.is_none() {
+        first.push(("HOME".into(), kubeapi::DEFAULT_HOME.into()));
+    }
+    let home = home.unwrap_or_else(|| kubeapi::DEFAULT_HOME.into());
+    env.splice(0..0, first);
+    let ro = |host: &std::path::Path, target: String| Mount {
+        host: host.to_path_buf(),
+        target,
+        writable: false,
+    };
+    let mut mounts = vec![
+        ro(&kubeconfig, kubeapi::KUBECONFIG.into()),
+        ro(
+            &kubeconfig,
+            format!("{}/.kube/config", home.trim_end_matches('/')),
+        ),
+    ];
+    if let (false, Some(binary)) = (network, &api.binary) {
+        mounts.push(Mount {
+            host: api.socket.clone(),
+            target: kubeapi::SOCKET.into(),
+            writable: true,
+        });
+        mounts.push(ro(binary, kubeapi::BINARY.into()));
+        let mut wrapped = vec![
+            kubeapi::BINARY.to_string(),
+            "adapter".into(),
+            "kube-forward".into(),
+            "--".into(),
+        ];
+        wrapped.append(argv);
+        *argv = wrapped;
+    }
+    mounts
 }
 
 async fn run_pipeline_inner(
@@ -46,6 +162,7 @@ async fn run_pipeline_inner(
     object_yaml: &str,
     p: &Pipeline,
     res: &mut PipelineResult,
+    slot: &mut ApiSlot<'_>,
 ) -> Result<(), Error> {
     let pname = p.metadata.name.as_str();
     let dirs = contract::PipelineDirs::create(&cfg.work_dir, object_yaml)?;
@@ -63,6 +180,15 @@ async fn run_pipeline_inner(
         .get(NETWORK_ANNOTATION)
         .map(String::as_str)
         == Some("true");
+    slot.api = start_api(
+        cfg,
+        input,
+        p,
+        slot.status,
+        &dirs.root().join("kubeapi"),
+        pipeline_network,
+    )
+    .await;
     // Every container's environment before the first starts: a variable that cannot be
     // resolved fails the Pipeline before anything ran.
     let pod = env::PodMeta::new(
@@ -122,7 +248,7 @@ async fn run_pipeline_inner(
             // The override stands in for the image: its `env` comes first (the `KRATIX_*`
             // variables and the container's own `env` win), its `workingDir` when the
             // container has none.
-            let env: Vec<(String, String)> = over
+            let mut env: Vec<(String, String)> = over
                 .into_iter()
                 .flat_map(|o| o.env_pairs())
                 .chain(env)
@@ -146,7 +272,16 @@ async fn run_pipeline_inner(
                         .iter()
                         .map(|m| format!(", private scratch {}", m.target))
                         .collect();
-                    let all_mounts: Vec<Mount> = mounts.iter().cloned().chain(scratch).collect();
+                    let api_mounts = match slot.api.as_ref() {
+                        Some(api) => api_wiring(api, network, &mut env, &mut argv),
+                        None => Vec::new(),
+                    };
+                    let all_mounts: Vec<Mount> = mounts
+                        .iter()
+                        .cloned()
+                        .chain(scratch)
+                        .chain(api_mounts)
+                        .collect();
                     let spec = sandbox::SandboxSpec {
                         input: &input_dir,
                         output: &output_dir,
@@ -190,6 +325,9 @@ async fn run_pipeline_inner(
                     }
                     let mut env = env;
                     env.insert(0, ("PATH".into(), sandbox::DEFAULT_PATH.into()));
+                    if let Some(kc) = slot.api.as_ref().and_then(|a| a.host_kubeconfig.as_ref()) {
+                        env.insert(1, ("KUBECONFIG".into(), kc.to_string_lossy().into_owned()));
+                    }
                     for (k, v) in [
                         ("KRATIX_INPUT_DIR", dirs.input()),
                         ("KRATIX_OUTPUT_DIR", dirs.output()),
@@ -261,7 +399,8 @@ async fn run_pipeline_inner(
             let hint = if cfg.sandbox == SandboxMode::Bwrap
                 && finished.exit_code == Some(1)
                 && finished.stderr.lines().any(|l| {
-                    l.starts_with("bwrap: execvp") && l.ends_with("No such file or directory")
+                    (l.starts_with("bwrap: execvp") || l.starts_with("promised adapter: execvp"))
+                        && l.ends_with("No such file or directory")
                 }) {
                 crlf_shebang_hint(&command0, input.promise_dir.as_deref(), mounts)
             } else {

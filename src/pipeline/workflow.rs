@@ -288,12 +288,36 @@ pub async fn run_workflow(cfg: &RunnerConfig, input: &WorkflowInput<'_>) -> Work
         return result;
     }
     let layout = sandbox::HostLayout::detect();
+    // The pipeline API (process runtime, resource workflows): status published during the
+    // workflow is laid over `promised status` until the record has it.
+    let api_key = match (&cfg.kube_api, runtime, input.workflow_type) {
+        (Some(hub), Runtime::Process, WorkflowType::Resource) => {
+            let key = crate::model::request_key(
+                &input.promise_name,
+                &input.object.namespace,
+                &input.object.name,
+            );
+            hub.0.workflow_started(&key);
+            Some((hub, key))
+        }
+        _ => None,
+    };
     for p in pipelines {
         // The only channel between Pipelines is the object's status, re-read into
         // object.yaml (kratix-contract.md §2.2, §2.4).
         let object_yaml = with_status(&input.object_yaml, &result.merged_status);
         let r = match runtime {
-            Runtime::Process => run_pipeline(cfg, &layout, input, &object_yaml, p).await,
+            Runtime::Process => {
+                run_pipeline(
+                    cfg,
+                    &layout,
+                    input,
+                    &object_yaml,
+                    p,
+                    &mut result.merged_status,
+                )
+                .await
+            }
             Runtime::Kubernetes => {
                 super::kubernetes::run_pipeline(cfg, input, &object_yaml, p).await
             }
@@ -310,6 +334,14 @@ pub async fn run_workflow(cfg: &RunnerConfig, input: &WorkflowInput<'_>) -> Work
         result.pipelines.push(r);
         if stop {
             break;
+        }
+    }
+    if let Some((hub, key)) = api_key {
+        if input.action == Action::Delete {
+            // The request is going: nothing to show its status for.
+            hub.0.workflow_started(&key);
+        } else {
+            hub.0.workflow_finished(&key, &result.merged_status);
         }
     }
     result

@@ -74,6 +74,21 @@ impl Engine {
         pass: &mut Pass<'_>,
         jobs: Vec<(String, Arc<Job>)>,
     ) -> Result<(), EngineError> {
+        // What the pipeline API serves of other requests (README "Pipeline API").
+        if let Some(api) = &self.runner.kube_api
+            && !jobs.is_empty()
+        {
+            let requests = &self.state.requests;
+            api.0.set_catalog(pipeline::kubeapi::Catalog::build(
+                &pass.all.promises,
+                &pass.all.requests,
+                |key| {
+                    requests
+                        .get(key)
+                        .map(|r| pipeline::kubeapi::status_view(&r.status))
+                },
+            ));
+        }
         // Results are absorbed as they arrive (outputs go to the blob cache at once), so a
         // pass holds the output of the running workflows only, not of all 10,000.
         let mut results = spawn_jobs(
