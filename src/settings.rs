@@ -315,8 +315,8 @@ impl Default for Settings {
 /// command line, of `systemd/promised.service` or of the test suite, not daemon settings, so
 /// [`Settings::load`] does not read them as keys: `PROMISED_LOG` (`--log`), `PROMISED_CONFIG`
 /// (`--daemon-config`), `PROMISED_CONFIG_REPO` / `PROMISED_CONFIG_REF` (the unit's `--config`
-/// and `--ref`), `PROMISED_REQUIRE_SANDBOX` and `PROMISED_REQUIRE_IMAGES` (CI: sandbox and
-/// registry tests fail rather than skip).
+/// and `--ref`), `PROMISED_REQUIRE_SANDBOX`, `_IMAGES`, `_KUBECTL`, `_GPG` and `_PYTHON` (CI:
+/// tests that need those tools fail rather than skip).
 /// `PROMISED_SECRET_<NAME>_<KEY>` (state store credentials) are skipped too. Every other
 /// `PROMISED_*` variable is a setting, and an unknown one is an error.
 pub const NOT_SETTINGS: &[&str] = &[
@@ -327,6 +327,8 @@ pub const NOT_SETTINGS: &[&str] = &[
     "REQUIRE_SANDBOX",
     "REQUIRE_IMAGES",
     "REQUIRE_KUBECTL",
+    "REQUIRE_GPG",
+    "REQUIRE_PYTHON",
 ];
 
 /// Why the daemon config cannot be used; the message names the key or file.

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::app::{PLATFORM, PROMISE};
 use common::promised;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
@@ -106,46 +107,6 @@ struct World {
     daemon_config: PathBuf,
 }
 
-const PROMISE: &str = r#"apiVersion: platform.kratix.io/v1alpha1
-kind: Promise
-metadata:
-  name: app
-spec:
-  api:
-    apiVersion: apiextensions.k8s.io/v1
-    kind: CustomResourceDefinition
-    metadata:
-      name: apps.example.com
-    spec:
-      group: example.com
-      names: {kind: App, plural: apps, singular: app}
-      scope: Namespaced
-      versions:
-        - name: v1
-          served: true
-          storage: true
-          schema:
-            openAPIV3Schema:
-              type: object
-              properties:
-                spec:
-                  type: object
-                  properties:
-                    size: {type: string}
-  workflows:
-    resource:
-      configure:
-        - apiVersion: platform.kratix.io/v1alpha1
-          kind: Pipeline
-          metadata:
-            name: configure
-          spec:
-            containers:
-              - name: render
-                image: example.com/render
-                command: ["/promise/render"]
-"#;
-
 const RENDER: &str = r#"#!/bin/sh
 set -eu
 if grep -q '^  size: huge$' "$KRATIX_INPUT_DIR/object.yaml"; then
@@ -153,22 +114,6 @@ if grep -q '^  size: huge$' "$KRATIX_INPUT_DIR/object.yaml"; then
   exit 3
 fi
 echo 'kind: ConfigMap' > "$KRATIX_OUTPUT_DIR/app.yaml"
-"#;
-
-const PLATFORM: &str = r#"apiVersion: platform.kratix.io/v1alpha1
-kind: GitStateStore
-metadata:
-  name: local
-spec:
-  url: state.git
----
-apiVersion: platform.kratix.io/v1alpha1
-kind: Destination
-metadata:
-  name: dev
-spec:
-  path: dev
-  stateStoreRef: {kind: GitStateStore, name: local}
 "#;
 
 const REQUESTS: &str = r#"apiVersion: example.com/v1

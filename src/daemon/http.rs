@@ -151,6 +151,16 @@ async fn status_handler(AxState(s): AxState<Arc<Shared>>) -> Response {
 /// `{"destinations": {<name>: …}, "stateStores": {"<Kind>/<name>": …}}`; 503 until the first
 /// pass has ended, and on a standby (as `/api/v1/status`).
 async fn destinations_handler(AxState(s): AxState<Arc<Shared>>) -> Response {
+    last_pass_json(&s, &s.infra, "status").await
+}
+
+/// The JSON a pass left in `slot`; 503 on a standby, and until the first pass has ended
+/// (saying the state directory has the last `what`).
+pub(super) async fn last_pass_json(
+    s: &Shared,
+    slot: &tokio::sync::RwLock<Option<Arc<[u8]>>>,
+    what: &str,
+) -> Response {
     if let Some(l) = s.leadership()
         && l.role == "standby"
     {
@@ -160,11 +170,13 @@ async fn destinations_handler(AxState(s): AxState<Arc<Shared>>) -> Response {
         )
             .into_response();
     }
-    match s.infra.read().await.clone() {
+    match slot.read().await.clone() {
         Some(json) => ([(header::CONTENT_TYPE, "application/json")], json.to_vec()).into_response(),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "no reconcile pass has finished yet; the state directory has the last status\n",
+            format!(
+                "no reconcile pass has finished yet; the state directory has the last {what}\n"
+            ),
         )
             .into_response(),
     }

@@ -177,21 +177,5 @@ pub(super) async fn publish<'e>(shared: &Shared, engines: impl IntoIterator<Item
 /// `{"plans": {<name>: …}}` ([`Rollouts`], what `promised status NAME --output json` prints
 /// for one); 503 until the first pass has ended, and on a standby.
 pub(super) async fn handler(AxState(s): AxState<Arc<Shared>>) -> Response {
-    if let Some(l) = s.leadership()
-        && l.role == "standby"
-    {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("standby: {} does not reconcile\n", l.identity),
-        )
-            .into_response();
-    }
-    match s.rollouts.read().await.clone() {
-        Some(json) => ([(header::CONTENT_TYPE, "application/json")], json.to_vec()).into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no reconcile pass has finished yet; the state directory has the last rollouts\n",
-        )
-            .into_response(),
-    }
+    super::http::last_pass_json(&s, &s.rollouts, "rollouts").await
 }
