@@ -29,7 +29,7 @@
 //! `warn` (`workflow failed`, `state store write failed`) or `error` (a config file or object
 //! that does not load or validate: a person must change it).
 
-use crate::status::{Event, EventType, ObjectStatus};
+use crate::status::{EventType, ObjectStatus};
 
 /// A configure workflow starts (Kratix: "reconciling resource request with promise revision
 /// …", sent every reconcile; promised sends it when a workflow runs).
@@ -47,51 +47,7 @@ pub const DELETE_PIPELINE_FAILED: &str = "Failed Pipeline";
 /// A request fails validation (promised: Kratix's admission webhook refuses it instead).
 pub const INVALID_REQUEST: &str = "InvalidRequest";
 
-/// `resourceRequest=<promise>/<namespace>/<name>` of a request; `None` for a Promise.
-pub fn resource_request_key(s: &ObjectStatus) -> Option<String> {
-    s.object
-        .namespace
-        .as_ref()
-        .map(|ns| format!("{}/{}/{}", s.promise, ns, s.object.name))
-}
-
-/// `controller` of an object's log lines: `promise` or `dynamicResourceRequest` (Kratix's
-/// controller names).
-pub fn controller(s: &ObjectStatus) -> &'static str {
-    if s.object.namespace.is_some() {
-        "dynamicResourceRequest"
-    } else {
-        "promise"
-    }
-}
-
-/// Logs event `e` about the object of `s` with Kratix's log keys (module docs).
-pub fn log(s: &ObjectStatus, e: &Event) {
-    let controller = controller(s);
-    let rr = resource_request_key(s);
-    let resource_request = rr.as_deref();
-    let promise = s.promise.as_str();
-    let namespace = s.object.namespace.as_deref();
-    let object_name = s.object.name.as_str();
-    let generation = s.observed_generation;
-    let reason = e.reason.as_str();
-    let message = e.message.as_str();
-    let type_ = match e.type_ {
-        EventType::Normal => "Normal",
-        EventType::Warning => "Warning",
-    };
-    tracing::info!(
-        controller,
-        promise,
-        resourceRequest = resource_request,
-        namespace,
-        object_name,
-        generation,
-        reason,
-        type_,
-        "{message}"
-    );
-}
+pub use crate::status::{controller, log_event as log, resource_request_key};
 
 /// `ReconcileStarted` for an object whose configure workflow is about to run: Kratix's
 /// message for a request ("reconciling resource request with promise revision …", naming

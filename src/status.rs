@@ -345,7 +345,7 @@ impl ObjectStatus {
             message: message.into(),
             time: now_rfc3339(),
         };
-        crate::events::log(self, &e);
+        log_event(self, &e);
         self.events.push(e);
         let over = self.events.len().saturating_sub(MAX_EVENTS);
         self.events.drain(..over);
@@ -459,6 +459,54 @@ pub mod cond {
 /// Now, as RFC 3339 with seconds precision (`2026-11-22T02:10:13Z`).
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// `resourceRequest=<promise>/<namespace>/<name>` of a request; `None` for a Promise.
+pub fn resource_request_key(s: &ObjectStatus) -> Option<String> {
+    s.object
+        .namespace
+        .as_ref()
+        .map(|ns| format!("{}/{}/{}", s.promise, ns, s.object.name))
+}
+
+/// `controller` of an object's log lines: `promise` or `dynamicResourceRequest` (Kratix's
+/// controller names).
+pub fn controller(s: &ObjectStatus) -> &'static str {
+    if s.object.namespace.is_some() {
+        "dynamicResourceRequest"
+    } else {
+        "promise"
+    }
+}
+
+/// Logs event `e` about the object of `s` with Kratix's log keys (`controller`, `promise`,
+/// `resourceRequest`, `namespace`, `object_name`, `generation`, `reason`, `type_`; Kratix:
+/// `internal/logging/logger.go`) at `info`: events are status changes ([`crate::events`]).
+pub fn log_event(s: &ObjectStatus, e: &Event) {
+    let controller = controller(s);
+    let rr = resource_request_key(s);
+    let resource_request = rr.as_deref();
+    let promise = s.promise.as_str();
+    let namespace = s.object.namespace.as_deref();
+    let object_name = s.object.name.as_str();
+    let generation = s.observed_generation;
+    let reason = e.reason.as_str();
+    let message = e.message.as_str();
+    let type_ = match e.type_ {
+        EventType::Normal => "Normal",
+        EventType::Warning => "Warning",
+    };
+    tracing::info!(
+        controller,
+        promise,
+        resourceRequest = resource_request,
+        namespace,
+        object_name,
+        generation,
+        reason,
+        type_,
+        "{message}"
+    );
 }
 
 #[cfg(test)]

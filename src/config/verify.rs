@@ -220,7 +220,7 @@ impl Verifier {
         Ok(signed)
     }
 
-    /// The tenancy policy's signer rules ([`crate::validate::policy::Policy::change_denied`]):
+    /// The tenancy policy's signer rules ([`super::policy::Policy::change_denied`]):
     /// the policy of the last applied commit decides who may change which paths. Under
     /// `mode: head` every path changed since the last applied commit is the head signer's;
     /// under `mode: all` each commit answers for its own changes (a merge: against its first
@@ -235,13 +235,13 @@ impl Verifier {
         let Some(last) = last_applied.filter(|l| *l != head) else {
             return Ok(());
         };
-        let spec = format!("{last}:{}", crate::validate::policy::POLICY_FILE);
+        let spec = format!("{last}:{}", super::policy::POLICY_FILE);
         let Ok(text) = self.git(git_dir, &["show", &spec]) else {
             return Ok(()); // no policy at the last applied commit
         };
-        let policy = serde_saphyr::from_str::<crate::validate::policy::TenancyPolicy>(&text)
+        let policy = serde_saphyr::from_str::<super::policy::TenancyPolicy>(&text)
             .map_err(|e| e.to_string())
-            .and_then(|p| crate::validate::policy::Policy::new(p.spec).map_err(|(f, e)| format!("{f}: {e}")))
+            .and_then(|p| super::policy::Policy::new(p.spec).map_err(|(f, e)| format!("{f}: {e}")))
             .map_err(|e| {
                 self.refusal(
                     head,
@@ -404,7 +404,9 @@ pub fn save_refusal(state_dir: &Path, refused: Option<&Refused>) -> std::io::Res
     match refused {
         Some(r) => {
             let bytes = serde_json::to_vec_pretty(r).expect("a refusal serialises");
-            crate::state::write_atomic(&path, &bytes).map_err(std::io::Error::other)
+            let mut tmp = tempfile::NamedTempFile::new_in(state_dir)?;
+            std::io::Write::write_all(&mut tmp, &bytes)?;
+            tmp.persist(&path).map(|_| ()).map_err(|e| e.error)
         }
         None => match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),

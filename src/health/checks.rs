@@ -67,22 +67,7 @@ impl Default for Clock {
     }
 }
 
-/// The next time after `after` that `schedule` fires (UTC).
-///
-/// Errors: the schedule does not parse (the parser's message).
-pub fn next_run(schedule: &str, after: SystemTime) -> Result<SystemTime, String> {
-    use croner::parser::{CronParser, Seconds};
-    let cron = CronParser::builder()
-        .seconds(Seconds::Disallowed)
-        .build()
-        .parse(schedule)
-        .map_err(|e| format!("schedule {schedule:?}: {e}"))?;
-    let t: chrono::DateTime<chrono::Utc> = after.into();
-    let next = cron
-        .find_next_occurrence(&t, false)
-        .map_err(|e| format!("schedule {schedule:?}: {e}"))?;
-    Ok(next.into())
-}
+pub use crate::model::next_run;
 
 /// A HealthDefinition found in a request's output, with the `<pipeline>/<path>` it came from.
 #[derive(Debug, Clone, PartialEq)]

@@ -16,6 +16,7 @@ mod meta;
 mod pipeline;
 mod promise;
 mod statestore;
+mod time;
 mod upgrade_plan;
 
 pub use binding::{LATEST_VERSION, RESOURCE_NAME_LABEL, ResourceBinding, ResourceBindingSpec};
@@ -42,6 +43,7 @@ pub use statestore::{
     BucketAuthMethod, BucketStateStore, BucketStateStoreSpec, GitAuthMethod, GitAuthor,
     GitStateStore, GitStateStoreSpec, SecretRef,
 };
+pub use time::{next_run, parse_go_duration};
 pub use upgrade_plan::{
     CheckedGate, CheckedGroup, CheckedPlan, Concurrency, GroupSelector, HealthGate,
     LabelExpression, PromiseRef, RolloutGroup, SKE_API_VERSION, UPGRADE_PLAN_KIND, UpgradePath,

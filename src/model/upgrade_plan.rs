@@ -355,9 +355,9 @@ impl UpgradePlan {
                         format!("{tz:?}: only UTC is supported"),
                     );
                 }
-                crate::health::checks::next_run(&w.schedule, std::time::SystemTime::UNIX_EPOCH)
+                super::next_run(&w.schedule, std::time::SystemTime::UNIX_EPOCH)
                     .map_err(|m| (format!("{wat}.schedule"), m))?;
-                let d = crate::validate::parse_go_duration(&w.duration)
+                let d = super::parse_go_duration(&w.duration)
                     .map_err(|m| (format!("{wat}.duration"), m))?;
                 windows.push((allow, w.schedule.clone(), d));
             }
@@ -403,7 +403,7 @@ fn check_gate(g: &HealthGate, at: &str) -> Result<CheckedGate, (String, String)>
                 if s == "0" {
                     Ok(Duration::ZERO)
                 } else {
-                    crate::validate::parse_go_duration(s)
+                    super::parse_go_duration(s)
                 }
             })
             .transpose()

@@ -43,7 +43,7 @@ use crate::diag::{Diagnostic, Origin};
 
 mod cross;
 mod helpers;
-pub mod policy;
+pub use crate::config::policy;
 mod promise;
 mod request;
 mod stores;

@@ -33,7 +33,7 @@ use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::Located;
+use super::Located;
 use crate::diag::{Code, Diagnostic, Origin};
 use crate::model::ObjectRef;
 
@@ -241,7 +241,7 @@ impl Policy {
 /// in [`POLICY_FILE`] at the root, a second one, or one that does not parse is an error
 /// diagnostic; a policy that does not parse denies every request and platform object (a
 /// typo must not open the repository). Returns the policy (`None`: no policy in force).
-pub(super) fn extract(
+pub(crate) fn extract(
     candidates: &mut Vec<Located<Value>>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<Result<Policy, String>> {
@@ -292,7 +292,7 @@ pub(super) fn extract(
 
 /// Why the platform object `id` in `origin` is refused by `policy` (`Err`: the policy does
 /// not load), or `None`.
-pub(super) fn platform_denied(
+pub(crate) fn platform_denied(
     policy: &Result<Policy, String>,
     origin: &Origin,
     id: &ObjectRef,
@@ -311,7 +311,7 @@ pub(super) fn platform_denied(
 }
 
 /// Why the request `id` of `promise` in `origin` is refused by `policy`, or `None`.
-pub(super) fn request_denied(
+pub(crate) fn request_denied(
     policy: &Result<Policy, String>,
     origin: &Origin,
     id: &ObjectRef,
