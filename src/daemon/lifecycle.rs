@@ -36,16 +36,18 @@ pub(super) fn spawn_signals(
     shared: Arc<Shared>,
     reload: Arc<AtomicBool>,
 ) {
+    // Installed before this returns (not in the task): a SIGTERM that arrives before the
+    // task first runs must drain, not kill the process with the default action.
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
         loop {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: draining"); let _ = stop_tx.send(true); shared.wake.notify_one(); }
