@@ -14,6 +14,7 @@
 //!   none of its output is in the state store;
 //! - `status: TEXT`: TEXT appears in the status message of every `failed:` object;
 //! - `reconciled: KEY`: the object KEY is `Reconciled` (bad input that promised accepts);
+//! - `output-under: BYTES`: `reconcile` prints less than BYTES (stdout and stderr together);
 //! - `generate: huge-document | file-name-not-utf8`: input built here rather than committed
 //!   (a 17 MiB file, over the 16 MiB cap; a file name that is not UTF-8).
 //!
@@ -40,6 +41,7 @@ struct Expect {
     status: Vec<String>,
     reconciled: Vec<String>,
     generate: Vec<String>,
+    output_under: Option<usize>,
 }
 
 fn parse_expect(path: &Path) -> Result<Expect, String> {
@@ -67,6 +69,13 @@ fn parse_expect(path: &Path) -> Result<Expect, String> {
             "status" => x.status.push(value),
             "reconciled" => x.reconciled.push(value),
             "generate" => x.generate.push(value),
+            "output-under" => {
+                x.output_under = Some(
+                    value
+                        .parse()
+                        .map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?,
+                )
+            }
             _ => return Err(format!("{}:{}: unknown key {key:?}", path.display(), n + 1)),
         }
     }
@@ -160,10 +169,10 @@ fn check_case(case: &Path, work: &Path) -> Vec<String> {
     let config_arg = config.to_str().expect("utf-8 path");
 
     let (code, validate) = run(&["validate", config_arg]);
-    if let Some(want) = expect.validate_exit {
-        if code != want {
-            problems.push(format!("validate exited {code}, expected {want}"));
-        }
+    if let Some(want) = expect.validate_exit
+        && code != want
+    {
+        problems.push(format!("validate exited {code}, expected {want}"));
     }
     let (code, reconcile) = run(&[
         "reconcile",
@@ -174,10 +183,18 @@ fn check_case(case: &Path, work: &Path) -> Vec<String> {
         "--daemon-config",
         daemon_config.to_str().expect("utf-8 path"),
     ]);
-    if let Some(want) = expect.reconcile_exit {
-        if code != want {
-            problems.push(format!("reconcile exited {code}, expected {want}"));
-        }
+    if let Some(want) = expect.reconcile_exit
+        && code != want
+    {
+        problems.push(format!("reconcile exited {code}, expected {want}"));
+    }
+    if let Some(cap) = expect.output_under
+        && reconcile.len() >= cap
+    {
+        problems.push(format!(
+            "reconcile printed {} bytes, expected under {cap}",
+            reconcile.len()
+        ));
     }
     for m in &expect.message {
         if !validate.contains(m.as_str()) {
@@ -211,12 +228,19 @@ fn check_case(case: &Path, work: &Path) -> Vec<String> {
         files.iter().filter(|f| f.starts_with(&prefix)).collect()
     };
 
-    for key in expect.reconciled.iter().map(String::as_str).chain(["app/default/good"]) {
+    for key in expect
+        .reconciled
+        .iter()
+        .map(String::as_str)
+        .chain(["app/default/good"])
+    {
         if !reconciled(key) {
             problems.push(format!("{key} is not Reconciled: {:?}", row(key)));
         }
         if !output_of(key).iter().any(|f| f.ends_with("/app.yaml")) {
-            problems.push(format!("no app.yaml of {key} in the state store: {files:?}"));
+            problems.push(format!(
+                "no app.yaml of {key} in the state store: {files:?}"
+            ));
         }
     }
     for key in &expect.failed {
@@ -236,7 +260,9 @@ fn check_case(case: &Path, work: &Path) -> Vec<String> {
         }
         let leaked = output_of(key);
         if !leaked.is_empty() {
-            problems.push(format!("{key} failed but has output in the store: {leaked:?}"));
+            problems.push(format!(
+                "{key} failed but has output in the store: {leaked:?}"
+            ));
         }
     }
     if !problems.is_empty() {
