@@ -208,7 +208,9 @@ fn a_burst_of_1000_signed_webhook_deliveries_is_absorbed_in_coalesced_passes() {
     let tmp = tempfile::tempdir().unwrap();
     let d = Daemon::start(tmp.path());
     let passes = || d.metric("promised_reconcile_duration_seconds_count");
-    d.wait_for(Duration::from_secs(60), "the first pass", || passes() >= 1.0);
+    d.wait_for(Duration::from_secs(60), "the first pass", || {
+        passes() >= 1.0
+    });
     let before = passes();
     let rss_before = d.rss_kib();
 
@@ -248,7 +250,11 @@ fn a_burst_of_1000_signed_webhook_deliveries_is_absorbed_in_coalesced_passes() {
     assert!(
         codes.iter().all(|c| *c == 202),
         "every delivery is accepted: {:?}",
-        codes.iter().filter(|c| **c != 202).take(10).collect::<Vec<_>>()
+        codes
+            .iter()
+            .filter(|c| **c != 202)
+            .take(10)
+            .collect::<Vec<_>>()
     );
 
     // Every delivery is followed by a pass (none is lost) ...
