@@ -143,7 +143,7 @@ spec:
     use std::os::unix::fs::PermissionsExt;
     for e in walkdir::WalkDir::new(&secrets)
         .into_iter()
-        .chain(walkdir::WalkDir::new(&webhook).into_iter())
+        .chain(walkdir::WalkDir::new(&webhook))
     {
         let e = e.unwrap();
         let mode = if e.file_type().is_dir() { 0o700 } else { 0o600 };
