@@ -196,7 +196,9 @@ pub fn source_of(config: &str, reference: Option<&str>) -> Source {
             reference: reference.unwrap_or("HEAD").to_string(),
         }
     } else {
-        Source::Dir(path.to_path_buf())
+        // Absolute: pipelines run with another working directory (`sandbox: none` resolves
+        // `/promise/...` against the Promise folder's path).
+        Source::Dir(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()))
     }
 }
 

@@ -3,36 +3,115 @@
 //! (Destination and state store status, [`crate::infra::InfraStatus`]), `/api/v1/rollouts`
 //! (UpgradePlans' rollouts, [`super::rollout_api`]) and `POST /hooks/git`
 //! (the webhook trigger).
+//!
+//! Limits against slow or abusive clients: [`MAX_BODY_BYTES`], [`HEADER_READ_TIMEOUT`],
+//! [`REQUEST_TIMEOUT`], [`MAX_CONNECTIONS`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State as AxState;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tokio::sync::watch;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::{Semaphore, watch};
+use tower::ServiceExt;
 
 use super::{Shared, webhook};
 
-/// Serves the endpoints on `listener` until `stop` is set; the task ends after a graceful
-/// shutdown.
+/// Largest request body accepted, in bytes (1 MiB); a larger one is answered
+/// `413 Payload Too Large` before it is read in full. Forge push payloads are far smaller
+/// (the daemon reads only their `ref`); a refused delivery is picked up by the next poll.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// How long a client may take to send a request's headers, counted from when the connection
+/// waits for a request: a client that sends nothing or never ends its headers, and a kept-alive
+/// connection idle that long, is closed (hyper's `header_read_timeout`).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one request may take in all, body included: a client that trickles its body is
+/// answered `408 Request Timeout` and the connection closed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connections served at once; more wait in the listen backlog until one closes.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Serves the endpoints on `listener` until `stop` is set: HTTP/1.1 with the caps above
+/// ([`MAX_BODY_BYTES`], [`HEADER_READ_TIMEOUT`], [`REQUEST_TIMEOUT`], [`MAX_CONNECTIONS`]).
+/// On `stop`, idle connections close and open requests are answered; the task ends when every
+/// connection has closed.
 pub(super) fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let app = router(shared);
+    let app = router(shared)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                    (StatusCode::REQUEST_TIMEOUT, "request took too long\n")
+                }))
+                .layer(tower::timeout::TimeoutLayer::new(REQUEST_TIMEOUT)),
+        );
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                _ = stopped(&mut stop) => break,
+            };
+            let stream = tokio::select! {
+                a = listener.accept() => match a {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait, do not spin.
+                        tracing::warn!(error = %e, "HTTP accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = stopped(&mut stop) => break,
+            };
+            let service = TowerToHyperService::new(
+                app.clone()
+                    .map_request(|r: axum::http::Request<Incoming>| r.map(axum::body::Body::new)),
+            );
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = stopped(&mut stop) => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            });
+        }
+        drop(listener);
+        // Every connection has ended when all slots are back.
+        let _ = slots.acquire_many(MAX_CONNECTIONS as u32).await;
     })
+}
+
+/// Resolves once `stop` is set (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 fn router(shared: Arc<Shared>) -> Router {

@@ -26,7 +26,7 @@
 //! `metrics.rs` and `webhook.rs` the metrics registry and webhook signatures.
 
 mod engines;
-mod http;
+pub mod http;
 mod lifecycle;
 pub mod metrics;
 mod pass;
