@@ -72,6 +72,23 @@ fn team_folders_request_only_what_they_may_and_promises_stay_in_platform_paths()
         "teams/a/rogue/promise.yaml",
         &rogue_promise(&marker),
     );
+    // A platform Promise team-a may not use.
+    write(
+        &config,
+        "promises/other/promise.yaml",
+        &common::app::PROMISE
+            .replace("name: app", "name: other")
+            .replace("apps.example.com", "others.example.com")
+            .replace(
+                "{kind: App, plural: apps, singular: app}",
+                "{kind: Other, plural: others, singular: other}",
+            ),
+    );
+    write(
+        &config,
+        "teams/a/other.yaml",
+        &common::app::request("theirs", "team-a").replace("kind: App", "kind: Other"),
+    );
     let daemon_config = tmp.path().join("promised.yaml");
     std::fs::write(&daemon_config, "sandbox: none\n").unwrap();
     let state = tmp.path().join("state");
@@ -96,6 +113,13 @@ fn team_folders_request_only_what_they_may_and_promises_stay_in_platform_paths()
         out.contains("requests/stray.yaml") && out.contains("in no team's paths"),
         "{out}"
     );
+    assert!(
+        out.contains("teams/a/other.yaml")
+            && out.contains(
+                "team team-a may not request Promise other (rule spec.teams[0].promises: [app])"
+            ),
+        "{out}"
+    );
 
     let (code, out, err) = promised(&[
         "reconcile",
@@ -118,6 +142,12 @@ fn team_folders_request_only_what_they_may_and_promises_stay_in_platform_paths()
     );
     let msg = prod["status"]["message"].as_str().unwrap();
     assert!(msg.contains("spec.teams[0].namespaces"), "{msg}");
+    let theirs = status_row(&state, "other/team-a/theirs");
+    assert_eq!(
+        condition(&theirs, "Reconciled")["reason"],
+        "InvalidRequest",
+        "{theirs}"
+    );
     let stray = status_row(&state, "app/team-a/stray");
     assert!(
         stray["status"]["message"]
