@@ -230,6 +230,12 @@ fn check_git_store(s: &Located<GitStateStore>) -> Vec<Diagnostic> {
             "spec.url",
             "must not be empty",
         ));
+    } else if let Err(e) = statestores::git::config::parse_url_quiet(url) {
+        // What the store would refuse at its first write, said at validation.
+        out.push(
+            s.origin
+                .diag(Code::InvalidField, Some(&s.id), "spec.url", e.to_string()),
+        );
     } else if url.starts_with("http://") {
         out.push(
             s.origin

@@ -140,7 +140,7 @@ pub fn parse_url(raw: &str) -> Result<ParsedUrl, Error> {
 }
 
 /// [`parse_url`] without the plain-`http://` warning (for looking a URL up again).
-pub(crate) fn parse_url_quiet(raw: &str) -> Result<ParsedUrl, Error> {
+pub fn parse_url_quiet(raw: &str) -> Result<ParsedUrl, Error> {
     parse_url_with(raw, false)
 }
 
