@@ -463,19 +463,29 @@ pub fn now_rfc3339() -> String {
 
 /// `resourceRequest=<promise>/<namespace>/<name>` of a request; `None` for a Promise.
 pub fn resource_request_key(s: &ObjectStatus) -> Option<String> {
-    s.object
-        .namespace
-        .as_ref()
-        .map(|ns| format!("{}/{}/{}", s.promise, ns, s.object.name))
+    log_keys(&s.promise, s.object.namespace.as_deref(), &s.object.name).1
 }
 
 /// `controller` of an object's log lines: `promise` or `dynamicResourceRequest` (Kratix's
 /// controller names).
 pub fn controller(s: &ObjectStatus) -> &'static str {
-    if s.object.namespace.is_some() {
-        "dynamicResourceRequest"
-    } else {
-        "promise"
+    log_keys(&s.promise, s.object.namespace.as_deref(), &s.object.name).0
+}
+
+/// `(controller, resourceRequest)` log keys of an object of Promise `promise`: a request
+/// (with a namespace) is `("dynamicResourceRequest", Some("<promise>/<namespace>/<name>"))`,
+/// a Promise `("promise", None)` (Kratix: `internal/logging/logger.go`).
+pub fn log_keys(
+    promise: &str,
+    namespace: Option<&str>,
+    name: &str,
+) -> (&'static str, Option<String>) {
+    match namespace {
+        Some(ns) => (
+            "dynamicResourceRequest",
+            Some(format!("{promise}/{ns}/{name}")),
+        ),
+        None => ("promise", None),
     }
 }
 

@@ -442,13 +442,7 @@ pub(super) async fn run_job(runner: &RunnerConfig, job: &Job) -> WorkflowResult 
         .map(|_| input.object.namespace.as_str());
     let object_name = input.object.name.as_str();
     let workflow = format!("{}.{}", input.workflow_type.as_str(), job.action.as_str());
-    let (controller, rr) = match namespace {
-        Some(ns) => (
-            "dynamicResourceRequest",
-            Some(format!("{promise}/{ns}/{object_name}")),
-        ),
-        None => ("promise", None),
-    };
+    let (controller, rr) = crate::status::log_keys(promise, namespace, object_name);
     let resource_request = rr.as_deref();
     let generation = job.generation;
     let span = tracing::info_span!(
