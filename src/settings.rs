@@ -19,43 +19,14 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::pipeline::{ImageOverride, Mount, SandboxMode};
 
+mod git;
+pub use git::GitSettings;
+
 /// Default first retry delay after a failed workflow (`retryBackoff`); doubles per failure up
 /// to `maxRetryBackoff`.
 pub const BASE_BACKOFF: Duration = Duration::from_secs(10);
 /// Default longest delay between retries of a failing workflow (`maxRetryBackoff`).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
-
-/// Git state store options.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct GitSettings {
-    /// Skip TLS certificate verification for https remotes (Kratix always skips; we never do
-    /// unless told). Default false.
-    pub insecure_skip_tls_verify: bool,
-    /// Push attempts before giving up on a contended branch. Default 5.
-    pub max_push_attempts: u32,
-    /// Commit subject template; placeholders `{updated}`, `{deleted}`, `{unchanged}`,
-    /// `{restored}`, `{placements}`, `{config}`, `{config_short}`.
-    pub commit_subject: Option<String>,
-    /// How long the daemon trusts a remote state store branch it verified or pushed without
-    /// fetching it again: passes with nothing to write within it touch no remote, and writes
-    /// build on it (the push's `--force-with-lease` catches anyone who pushed meanwhile, and
-    /// the retry repairs what they changed). So drift pushed by someone else is found at the
-    /// latest after this long. `0s` = fetch on every pass. Default `30s`.
-    #[serde(with = "humantime_serde")]
-    pub drift_check_interval: Duration,
-}
-
-impl Default for GitSettings {
-    fn default() -> Self {
-        GitSettings {
-            insecure_skip_tls_verify: false,
-            max_push_attempts: 5,
-            commit_subject: None,
-            drift_check_interval: Duration::from_secs(30),
-        }
-    }
-}
 
 /// Deadlines of network operations: fetching the config remote, fetching and pushing Git state
 /// stores, S3 requests. A server that accepts a connection and never answers fails the

@@ -41,8 +41,20 @@ impl Engine {
             opts.trust_head_for = self.settings.git.drift_check_interval;
             opts.network = self.settings.network.timeouts();
             let name = &s.id.name;
-            let hash = spec_hash(&spec);
+            let signing = self.settings.git.signing_for(name).cloned();
+            // The key is part of what opens the store: a changed key reopens it.
+            let hash = spec_hash(&(&spec, &signing));
             let open = || {
+                if let Some(key) = &signing {
+                    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty());
+                    let signer = statestores::git::signing::Signer::load(
+                        name,
+                        key,
+                        creds.as_deref().map(Path::new),
+                    )?;
+                    tracing::info!(store = %name, key = %signer.identity(), "signing commits");
+                    opts.signing = Some(Arc::new(signer));
+                }
                 statestores::GitStateStore::open(name, spec, opts)
                     .map(|s| Arc::new(s) as Arc<dyn StateStore>)
             };

@@ -168,7 +168,9 @@ pub struct CommitMeta {
     /// `Promised-Config-Commit:` trailer and `{config_short}` (first 7 characters).
     pub config_commit: Option<String>,
     /// Subject template. Placeholders: `{updated}`, `{deleted}`, `{unchanged}`, `{restored}`,
-    /// `{placements}`, `{config}`, `{config_short}`. Default:
+    /// `{placements}`, `{config}`, `{config_short}`, `{promises}` and `{requests}` (the first
+    /// three names of the changed Promises and requests, `<promise>/<namespace>/<name>`, then
+    /// `+N`), `{promise_count}`, `{request_count}`. Default:
     /// `promised: {updated} updated, {deleted} deleted (config {config_short})`.
     pub subject_template: Option<String>,
     /// Extra free text appended to the body before the trailers.

@@ -24,6 +24,19 @@ use crate::{CommitMeta, DriftKind};
 pub const DEFAULT_SUBJECT: &str =
     "promised: {updated} updated, {deleted} deleted (config {config_short})";
 
+/// At most this many names in `{promises}` and `{requests}`; more are counted (`a, b, c +2`).
+pub const SUBJECT_NAMES: usize = 3;
+
+/// `a, b, c` for a subject: the first [`SUBJECT_NAMES`] names, then `+N` for the rest.
+fn name_list<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
+    let total = names.len();
+    let mut s = names.take(SUBJECT_NAMES).collect::<Vec<_>>().join(", ");
+    if total > SUBJECT_NAMES {
+        s.push_str(&format!(" +{}", total - SUBJECT_NAMES));
+    }
+    s
+}
+
 /// Render the full commit message for `plan`.
 pub fn render(meta: &CommitMeta, plan: &Plan<'_>) -> String {
     let (config, config_short) = match (&meta.config_commit, &meta.config_label) {
@@ -41,6 +54,23 @@ pub fn render(meta: &CommitMeta, plan: &Plan<'_>) -> String {
         (None, Some(label)) => (label.as_str(), label.clone()),
         (None, None) => ("unknown", "unknown".to_string()),
     };
+    let promises: BTreeSet<&str> = plan
+        .changed
+        .values()
+        .map(|c| c.owner.promise.as_str())
+        // Files that no Promise produced (Destination canaries, aggregates) have no promise.
+        .filter(|p| !p.is_empty())
+        .collect();
+    let resources: BTreeSet<String> = plan
+        .changed
+        .values()
+        .filter_map(|c| {
+            c.owner
+                .resource
+                .as_ref()
+                .map(|r| format!("{}/{}", c.owner.promise, r))
+        })
+        .collect();
     let restored = plan.drift.len();
     let subject = meta
         .subject_template
@@ -51,6 +81,13 @@ pub fn render(meta: &CommitMeta, plan: &Plan<'_>) -> String {
         .replace("{unchanged}", &plan.unchanged.to_string())
         .replace("{restored}", &restored.to_string())
         .replace("{placements}", &plan.changed.len().to_string())
+        .replace("{promise_count}", &promises.len().to_string())
+        .replace("{request_count}", &resources.len().to_string())
+        .replace("{promises}", &name_list(promises.iter().copied()))
+        .replace(
+            "{requests}",
+            &name_list(resources.iter().map(String::as_str)),
+        )
         .replace("{config_short}", &config_short)
         .replace("{config}", config);
     // A subject is one line.
@@ -90,23 +127,6 @@ pub fn render(meta: &CommitMeta, plan: &Plan<'_>) -> String {
     }
     m.push('\n');
 
-    let promises: BTreeSet<&str> = plan
-        .changed
-        .values()
-        .map(|c| c.owner.promise.as_str())
-        // Files that no Promise produced (Destination canaries, aggregates) have no promise.
-        .filter(|p| !p.is_empty())
-        .collect();
-    let resources: BTreeSet<String> = plan
-        .changed
-        .values()
-        .filter_map(|c| {
-            c.owner
-                .resource
-                .as_ref()
-                .map(|r| format!("{}/{}", c.owner.promise, r))
-        })
-        .collect();
     if let Some(cc) = &meta.config_commit {
         let _ = writeln!(m, "Promised-Config-Commit: {cc}");
     }
@@ -235,6 +255,49 @@ mod tests {
         let m = render(&extra, &plan);
         assert!(
             m.ends_with("Promised-Resource: redis/default/example\nPromised-Parent: cache/default/a-cache -> app/default/a\nPromised-Parent: db/default/a-db -> app/default/a\n"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn subject_names_promises_and_requests_with_a_count_past_three() {
+        let mut plan = Plan::default();
+        for (i, (promise, req)) in [
+            ("redis", "default/a"),
+            ("redis", "default/b"),
+            ("redis", "team/c"),
+            ("namespace", "default/d"),
+            ("namespace", "default/e"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            plan.changed.insert(
+                format!("k{i}"),
+                OwnerChange {
+                    owner: Owner {
+                        key: format!("k{i}"),
+                        destination: "d".into(),
+                        promise: promise.into(),
+                        resource: Some(req.into()),
+                        pipeline: None,
+                    },
+                    written: 1,
+                    deleted: 0,
+                    removed: false,
+                },
+            );
+        }
+        let meta = CommitMeta {
+            subject_template: Some(
+                "{promise_count} promises ({promises}), {request_count} requests: {requests}"
+                    .into(),
+            ),
+            ..Default::default()
+        };
+        let m = render(&meta, &plan);
+        assert!(
+            m.starts_with("2 promises (namespace, redis), 5 requests: namespace/default/d, namespace/default/e, redis/default/a +2\n"),
             "{m}"
         );
     }

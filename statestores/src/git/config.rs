@@ -48,6 +48,8 @@ pub struct GitOptions {
     pub trust_head_for: std::time::Duration,
     /// Connect, read and whole-operation timeouts of every fetch and push ([`crate::net`]).
     pub network: crate::NetworkTimeouts,
+    /// Sign every commit with this key ([`super::signing`]); `None` = unsigned commits.
+    pub signing: Option<std::sync::Arc<super::signing::Signer>>,
 }
 
 impl std::fmt::Debug for GitOptions {
@@ -60,6 +62,7 @@ impl std::fmt::Debug for GitOptions {
             .field("before_publish", &self.before_publish.is_some())
             .field("trust_head_for", &self.trust_head_for)
             .field("network", &self.network)
+            .field("signing", &self.signing)
             .finish()
     }
 }
@@ -75,6 +78,7 @@ impl GitOptions {
             before_publish: None,
             trust_head_for: std::time::Duration::ZERO,
             network: crate::NetworkTimeouts::default(),
+            signing: None,
         }
     }
 }

@@ -15,15 +15,15 @@
 //! desired state** on the new head, never textually rebased, so files we do not own are never
 //! touched; retries back off exponentially (`backon`) up to [`GitOptions::max_push_attempts`],
 //! then fail with [`Error::Conflict`]. Kratix instead errors and requeues after 15 s
-//! (`util/git/git.go` `CommitAndPush`).
-//!
-//! All applies to one store are serialised by an async mutex (Kratix: one lock per repo).
+//! (`util/git/git.go` `CommitAndPush`). All applies to one store are serialised by an async
+//! mutex (Kratix: one lock per repo). Commits are signed when [`GitOptions::signing`] is set.
 
 pub mod config;
 pub mod credentials;
 mod push;
 mod read;
 mod repo;
+pub mod signing;
 pub mod transport;
 
 use std::collections::HashMap;
@@ -505,6 +505,7 @@ impl GitStateStore {
             &p,
             &msg,
             &inner.spec.git_author,
+            inner.opts.signing.as_deref(),
             &inner.secrets,
         )? {
             None => {

@@ -259,6 +259,7 @@ pub fn build_commit(
     plan: &Plan<'_>,
     message: &str,
     author: &GitAuthor,
+    signer: Option<&super::signing::Signer>,
     secrets: &Secrets,
 ) -> Result<Option<(ObjectId, usize)>, Error> {
     let err = repo_err(secrets);
@@ -285,12 +286,26 @@ pub fn build_commit(
         email: author.email.as_str().into(),
         time: gix::date::Time::now_local_or_utc(),
     };
-    let mut buf = gix::date::parse::TimeBuf::default();
-    let sref = sig.to_ref(&mut buf);
-    let commit = mem
-        .new_commit_as(sref, sref, message, tree, parent)
-        .map_err(&err)?
-        .id;
+    let mut commit = gix::objs::Commit {
+        tree,
+        parents: parent.into_iter().collect(),
+        author: sig.clone(),
+        committer: sig,
+        encoding: None,
+        message: message.into(),
+        extra_headers: Vec::new(),
+    };
+    if let Some(signer) = signer {
+        // As git: the signature covers the commit object without its `gpgsig` header.
+        let mut payload = Vec::new();
+        gix::objs::WriteTo::write_to(&commit, &mut payload)
+            .map_err(|e| Error::Repository(e.to_string()))?;
+        let signature = signer.sign(&payload)?;
+        commit
+            .extra_headers
+            .push(("gpgsig".into(), signature.trim_end().into()));
+    }
+    let commit = mem.write_object(&commit).map_err(&err)?.detach();
     let objects = mem.objects.take_object_memory().unwrap_or_default();
     let n = objects.len();
     if n > PACK_THRESHOLD {
