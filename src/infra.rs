@@ -100,6 +100,25 @@ pub struct DestinationStatus {
     /// The last [`MAX_EVENTS`] events, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<Event>,
+    /// Consumer lint findings ([`crate::lint`]) on the files placed on it, as of the last pass
+    /// that changed them: warnings, never failures. At most [`MAX_LINT`]; the rest counted in
+    /// `lintOmitted`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lint: Vec<crate::lint::Finding>,
+    /// Findings beyond [`MAX_LINT`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lint_omitted: usize,
+    /// sha256 of the linted files' paths and hashes and of the lint settings: files that did
+    /// not change are not linted again.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub lint_fingerprint: String,
+}
+
+/// Lint findings kept per Destination.
+pub const MAX_LINT: usize = 50;
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The last successful write that made a new version.
@@ -156,6 +175,9 @@ impl DestinationStatus {
             requests: 0,
             promises: 0,
             events: Vec::new(),
+            lint: Vec::new(),
+            lint_omitted: 0,
+            lint_fingerprint: String::new(),
         };
         set_ready(
             &mut d.conditions,

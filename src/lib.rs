@@ -24,6 +24,7 @@ pub mod health;
 pub mod image;
 pub mod infra;
 pub mod layout;
+pub mod lint;
 pub mod model;
 pub mod pipeline;
 pub mod reconcile;

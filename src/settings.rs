@@ -227,6 +227,9 @@ pub struct Settings {
     /// Apply only config commits whose signature verifies (README "Trust and tenancy"):
     /// `{mode: head|all, sshAllowedSigners: FILE, gpgKeyring: FILE}`. Default: off.
     pub verify: Option<crate::config::verify::VerifySettings>,
+    /// Consumer lint severities (README "Consumer lint"): `{rules: {<rule>: off|warning|error},
+    /// skipDestinations: [NAME]}`.
+    pub lint: crate::lint::LintSettings,
 }
 
 impl Default for Settings {
@@ -277,6 +280,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             health_state_store: None,
             verify: None,
+            lint: Default::default(),
             resource_binding_version_strategy: BindingStrategy::Floating,
         }
     }

@@ -113,7 +113,7 @@ if grep -q '^  size: huge$' "$KRATIX_INPUT_DIR/object.yaml"; then
   echo 'render: size "huge" is not allowed' >&2
   exit 3
 fi
-echo 'kind: ConfigMap' > "$KRATIX_OUTPUT_DIR/app.yaml"
+printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n' > "$KRATIX_OUTPUT_DIR/app.yaml"
 "#;
 
 const REQUESTS: &str = r#"apiVersion: example.com/v1

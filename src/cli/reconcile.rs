@@ -264,6 +264,9 @@ fn write_report(
     for w in &r.warnings {
         writeln!(out, "warning: {w}")?;
     }
+    for f in &r.lint {
+        writeln!(out, "lint: {f}")?;
+    }
     writeln!(
         out,
         "{} pipelines run in {:.2}s",

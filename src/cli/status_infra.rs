@@ -36,6 +36,17 @@ pub(super) fn write_tables(infra: &InfraStatus, out: &mut dyn Write) -> std::io:
                 d.state_store_ref.kind, d.state_store_ref.name, d.requests
             )?;
         }
+        for (name, d) in infra
+            .destinations
+            .iter()
+            .filter(|(_, d)| !d.lint.is_empty())
+        {
+            writeln!(
+                out,
+                "warning: {} consumer lint findings on Destination {name} (promised status {name})",
+                d.lint.len() + d.lint_omitted
+            )?;
+        }
     }
     if !infra.state_stores.is_empty() {
         let w = width(infra.state_stores.keys(), 10);
@@ -80,6 +91,15 @@ pub(super) fn write_one(
             writeln!(out, "Requests:      {}", d.requests)?;
             writeln!(out, "Promises:      {}", d.promises)?;
             conditions(&d.conditions, out)?;
+            if !d.lint.is_empty() {
+                writeln!(out, "Consumer lint:")?;
+                for f in &d.lint {
+                    writeln!(out, "  {f}")?;
+                }
+                if d.lint_omitted > 0 {
+                    writeln!(out, "  … and {} more", d.lint_omitted)?;
+                }
+            }
             events(&d.events, out)
         })
         .map(|()| true);

@@ -3,7 +3,8 @@
 //! against its Promise, and with `--daemon-config` what needs the daemon config.
 //!
 //! Exit codes: `0` valid, `1` the config has errors (or warnings, with `--deny-warnings`), `2`
-//! the config repo could not be read.
+//! the config repo could not be read. `--lint-output DIR` lints rendered output instead
+//! ([`crate::lint`]), with the same exit codes.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -26,7 +27,8 @@ Examples:
   promised validate testdata/quickstart
   promised validate . --exclude 'ci/**' --deny-warnings
   promised validate --git https://github.com/acme/platform-config.git --ref main --output json
-  promised validate . --daemon-config /etc/promised/promised.yaml --verbose";
+  promised validate . --daemon-config /etc/promised/promised.yaml --verbose
+  promised validate --lint-output state/clusters/dev";
 
 /// Where the config repo is and which files are read.
 #[derive(Debug, Clone, Args)]
@@ -100,6 +102,12 @@ pub struct ValidateArgs {
     /// (pipelineSecrets.allow) and that each source is configured.
     #[arg(long, value_name = "FILE", env = "PROMISED_CONFIG")]
     pub daemon_config: Option<PathBuf>,
+    /// Instead of a config repo, lint rendered output as Argo CD and Flux would read it: each
+    /// DIR is one Destination's directory (a checkout of a state store path). Rules and their
+    /// severity: README "Consumer lint" (the daemon config's lint section applies). Exit 1 on an
+    /// error-severity finding (or any finding with --deny-warnings). Repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub lint_output: Vec<PathBuf>,
 }
 
 /// Loads and validates the config repo a [`SourceArgs`] points at.
@@ -168,6 +176,9 @@ struct RequestLine<'a> {
 
 /// Runs `promised validate`; returns the exit code (see the module docs).
 pub fn validate_cmd(a: &ValidateArgs, out: &mut dyn Write) -> i32 {
+    if !a.lint_output.is_empty() {
+        return lint_output_cmd(a, out);
+    }
     let mut cfg = match load_valid_for(a) {
         Ok(c) => c,
         Err(e) => {
@@ -302,4 +313,86 @@ fn write_text_report(r: &ValidateReport<'_>, out: &mut dyn Write) -> std::io::Re
         r.errors,
         r.warnings
     )
+}
+
+/// `promised validate --lint-output DIR…`: every file under each DIR (`.git` excepted) linted
+/// as one Destination named after the directory. Exit 0 clean (or warnings only), 1 an error
+/// finding (any finding with `--deny-warnings`), 2 a directory or the daemon config could not
+/// be read.
+fn lint_output_cmd(a: &ValidateArgs, out: &mut dyn Write) -> i32 {
+    let settings =
+        match crate::settings::Settings::load(a.daemon_config.as_deref(), Default::default()) {
+            Ok(s) => s.lint,
+            Err(e) => {
+                eprint_error(e);
+                return 2;
+            }
+        };
+    let mut findings = Vec::new();
+    for dir in &a.lint_output {
+        let files = match read_tree(dir) {
+            Ok(f) => f,
+            Err(e) => {
+                eprint_error(format!("--lint-output {}: {e}", dir.display()));
+                return 2;
+            }
+        };
+        let name = dir
+            .canonicalize()
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| dir.display().to_string());
+        findings.extend(crate::lint::lint_destination(&name, &files, &settings));
+    }
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == crate::lint::Severity::Error)
+        .count();
+    let failed = errors > 0 || (a.deny_warnings && !findings.is_empty());
+    let written = match a.output {
+        OutputFormat::Json => write_json(out, &findings),
+        OutputFormat::Text => (|| {
+            for f in &findings {
+                writeln!(out, "{f}")?;
+            }
+            writeln!(
+                out,
+                "{} directories linted: {errors} errors, {} warnings",
+                a.lint_output.len(),
+                findings.len() - errors
+            )
+        })(),
+    };
+    if let Err(e) = written {
+        eprint_error(e);
+        return 2;
+    }
+    i32::from(failed)
+}
+
+/// Every regular file under `root` (skipping `.git`), keyed by its path relative to `root`'s
+/// parent, so findings name `<dir>/<path>`.
+fn read_tree(
+    root: &std::path::Path,
+) -> std::io::Result<std::collections::BTreeMap<String, Vec<u8>>> {
+    let base = root.file_name().map(PathBuf::from).unwrap_or_default();
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![(root.to_path_buf(), base)];
+    while let Some((dir, rel)) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == ".git" {
+                continue;
+            }
+            let (path, rel) = (entry.path(), rel.join(&name));
+            let ft = entry.file_type()?;
+            if ft.is_dir() {
+                stack.push((path, rel));
+            } else if ft.is_file() {
+                out.insert(rel.to_string_lossy().into_owned(), std::fs::read(&path)?);
+            }
+        }
+    }
+    Ok(out)
 }

@@ -94,13 +94,13 @@ pub fn namespaced_name(namespace: &str, name: &str) -> String {
 }
 
 /// RFC 1123 subdomain (what Kubernetes requires of most object names).
-fn is_dns_subdomain(s: &str) -> bool {
+pub fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 /// RFC 1123 label (namespaces): at most 63 lower-case alphanumerics or `-`, alphanumeric at
 /// both ends.
-fn is_dns_label(s: &str) -> bool {
+pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63

@@ -28,8 +28,8 @@ pub use health::{
     HealthDefinition, HealthDefinitionSpec, HealthRecord, HealthRecordData, HealthState,
 };
 pub use meta::{
-    CLUSTER_SCOPED_KINDS, ObjectMeta, ObjectRef, Selector, is_cluster_scoped, namespaced_name,
-    promise_key, request_key,
+    CLUSTER_SCOPED_KINDS, ObjectMeta, ObjectRef, Selector, is_cluster_scoped, is_dns_label,
+    is_dns_subdomain, namespaced_name, promise_key, request_key,
 };
 pub use pipeline::{
     Container, EnvVar, EnvVarSource, KeySelector, ObjectFieldSelector, Pipeline, PipelineMeta,

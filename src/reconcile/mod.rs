@@ -71,6 +71,7 @@ mod destinations;
 mod health;
 pub mod held;
 mod inputs;
+mod lint;
 mod place;
 mod placement;
 mod plan;

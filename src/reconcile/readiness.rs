@@ -84,6 +84,8 @@ impl Engine {
                 canary_new,
             );
             apply_destination(&mut s, verdict);
+            self.lint_destination(&mut s);
+            pass.report.lint.extend(s.lint.iter().cloned());
             dests.insert(name.clone(), s);
         }
         self.infra = InfraStatus {

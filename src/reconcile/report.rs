@@ -150,6 +150,10 @@ pub struct PassReport {
     pub logs: Vec<String>,
     /// Non-fatal problems (e.g. a corrupt state file that was rebuilt).
     pub warnings: Vec<String>,
+    /// Consumer lint findings on every Destination after the pass ([`crate::lint`];
+    /// warnings, never failures; at most [`crate::infra::MAX_LINT`] per Destination).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lint: Vec<crate::lint::Finding>,
     /// Wall-clock time of the pass.
     #[serde(serialize_with = "ser_secs")]
     pub duration: Duration,

@@ -328,3 +328,69 @@ impl Drop for HungServer {
         let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
     }
 }
+
+/// Builds `dir` as Flux's kustomize-controller would (`users-and-peers.md` §3.2): with its own
+/// kustomization file as it is, else with a generated one listing every `.yaml`/`.yml` file
+/// below it, and each sub-directory that has its own kustomization file as one resource
+/// (`fluxcd/pkg: kustomize/kustomize_generator.go`). Runs `kubectl kustomize` on a copy;
+/// `Ok(rendered YAML)`, `Err(kubectl's stderr)`, or `None` without kubectl (a failure when
+/// `PROMISED_REQUIRE_KUBECTL` is set).
+pub fn flux_kustomize_build(dir: &Path) -> Option<Result<String, String>> {
+    const KFILES: [&str; 3] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
+    if let Err(e) = Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+    {
+        assert!(
+            std::env::var_os("PROMISED_REQUIRE_KUBECTL").is_none(),
+            "PROMISED_REQUIRE_KUBECTL is set: kubectl cannot run ({e})"
+        );
+        eprintln!("SKIPPED: kubectl cannot run ({e}); Debian: kubernetes-client");
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("build");
+    copy_dir(dir, &root);
+    if !KFILES.iter().any(|k| root.join(k).exists()) {
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+            let mut entries: Vec<_> = std::fs::read_dir(dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            entries.sort();
+            for p in entries {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                if p.is_dir() {
+                    if KFILES.iter().any(|k| p.join(k).exists()) {
+                        out.push(rel);
+                    } else {
+                        walk(root, &p, out);
+                    }
+                } else if rel.ends_with(".yaml") || rel.ends_with(".yml") {
+                    out.push(rel);
+                }
+            }
+        }
+        let mut resources = Vec::new();
+        walk(&root, &root, &mut resources);
+        let mut k = String::from(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n",
+        );
+        for r in resources {
+            k.push_str(&format!("  - {r}\n"));
+        }
+        std::fs::write(root.join("kustomization.yaml"), k).unwrap();
+    }
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&root)
+        .output()
+        .expect("kubectl runs");
+    Some(if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    })
+}

@@ -1,0 +1,420 @@
+//! Consumer lint: would Argo CD and Flux accept what a Destination holds?
+//!
+//! A pure check over one Destination's files (store-relative path → content), run by
+//! `promised plan`, by `promised validate --lint-output DIR` and after every pass (findings
+//! are warnings in the pass report and in the Destination's status, never failures). The
+//! rules come from how the consumers read a directory (`users-and-peers.md` §3):
+//!
+//! | rule | what | consumer |
+//! |---|---|---|
+//! | `parse` | a `.yaml`/`.yml` file parses (every document); a `.json` file is one object | Argo CD fails the app on a manifest that does not parse (`repository.go` `getObjsFromYAMLOrJSON`); Flux fails the Kustomization |
+//! | `object` | every document has `apiVersion`, `kind` and `metadata.name` | Flux: `missing Resource metadata`; Argo CD: `Object 'Kind' is missing` |
+//! | `name` | `metadata.name` is a DNS-1123 subdomain, `metadata.namespace` a DNS-1123 label | the API server refuses the object at apply time |
+//! | `cluster-scoped-namespace` | a known cluster-scoped kind carries no namespace ([`crate::model::CLUSTER_SCOPED_KINDS`]) | applies with a namespace dropped or refused, depending on the tool |
+//! | `duplicate-object` | no two documents on one Destination declare the same (group, kind, namespace, name) | Flux: `already registered id` fails the whole Kustomization; Argo CD: `RepeatedResourceWarning` |
+//! | `kustomization` | a directory with a kustomization file lists only paths that exist, lists directories that have a kustomization, and leaves no YAML file of its own unlisted | `kubectl kustomize` fails on a missing path; an unlisted file is never applied |
+//! | `file-type` | only `.yaml`, `.yml` and `.json` files | Argo CD and Flux skip anything else silently |
+//!
+//! Severity per rule is set in the daemon config ([`LintSettings`]); `off` disables a rule.
+//! Kustomization files themselves (`kustomization.yaml`, `kustomization.yml`,
+//! `Kustomization`) are exempt from `object` and `name`.
+
+mod kustomize;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The names a kustomization file may have (kustomize: `konfig.RecognizedKustomizationFileNames`).
+pub const KUSTOMIZATION_FILES: &[&str] =
+    &["kustomization.yaml", "kustomization.yml", "Kustomization"];
+
+/// One lint rule; its name in the daemon config and in findings is the kebab-case form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rule {
+    /// The file parses as YAML (or is one JSON object).
+    Parse,
+    /// Each document has `apiVersion`, `kind` and `metadata.name`.
+    Object,
+    /// Names are DNS-1123.
+    Name,
+    /// A cluster-scoped kind carries no namespace.
+    ClusterScopedNamespace,
+    /// No object is declared twice on one Destination.
+    DuplicateObject,
+    /// Kustomization files list what exists and what is needed.
+    Kustomization,
+    /// Only `.yaml`, `.yml` and `.json` files.
+    FileType,
+}
+
+impl Rule {
+    /// Every rule, in the order findings are reported.
+    pub const ALL: [Rule; 7] = [
+        Rule::Parse,
+        Rule::Object,
+        Rule::Name,
+        Rule::ClusterScopedNamespace,
+        Rule::DuplicateObject,
+        Rule::Kustomization,
+        Rule::FileType,
+    ];
+
+    /// The kebab-case name (`duplicate-object`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::Parse => "parse",
+            Rule::Object => "object",
+            Rule::Name => "name",
+            Rule::ClusterScopedNamespace => "cluster-scoped-namespace",
+            Rule::DuplicateObject => "duplicate-object",
+            Rule::Kustomization => "kustomization",
+            Rule::FileType => "file-type",
+        }
+    }
+
+    /// Default severity: `warning` for `file-type` (a Destination may hold files for people
+    /// or other tools), `error` for the rest (the consumer fails or applies the wrong thing).
+    pub fn default_severity(self) -> Severity {
+        match self {
+            Rule::FileType => Severity::Warning,
+            _ => Severity::Error,
+        }
+    }
+}
+
+/// How much a finding of a rule matters. In YAML, `off`, `warning` or `error`; an unquoted
+/// `off` (which YAML 1.1, like Kubernetes, reads as `false`) is accepted too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "SeverityInput")]
+pub enum Severity {
+    /// The rule is not checked.
+    Off,
+    /// Reported; `promised plan` and `validate --lint-output` still succeed.
+    Warning,
+    /// Reported; `promised plan` and `validate --lint-output` exit 1.
+    Error,
+}
+
+/// What the daemon config may say for a severity.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SeverityInput {
+    Bool(bool),
+    Name(String),
+}
+
+impl TryFrom<SeverityInput> for Severity {
+    type Error = String;
+    fn try_from(v: SeverityInput) -> Result<Self, String> {
+        match v {
+            SeverityInput::Bool(false) => Ok(Severity::Off),
+            SeverityInput::Name(s) if s == "off" => Ok(Severity::Off),
+            SeverityInput::Name(s) if s == "warning" => Ok(Severity::Warning),
+            SeverityInput::Name(s) if s == "error" => Ok(Severity::Error),
+            SeverityInput::Bool(true) => Err("expected off, warning or error, found true".into()),
+            SeverityInput::Name(s) => Err(format!("expected off, warning or error, found {s:?}")),
+        }
+    }
+}
+
+/// `lint:` in the daemon config.
+///
+/// ```yaml
+/// lint:
+///   rules: {file-type: off, duplicate-object: warning}
+///   skipDestinations: [terraform]   # Destinations whose consumer is not Argo CD or Flux
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LintSettings {
+    /// Severity per rule; rules not listed keep [`Rule::default_severity`].
+    pub rules: BTreeMap<Rule, Severity>,
+    /// Destinations not linted (for example a Terraform or Backstage Destination).
+    pub skip_destinations: Vec<String>,
+}
+
+impl LintSettings {
+    /// The severity of `rule`.
+    pub fn severity(&self, rule: Rule) -> Severity {
+        self.rules
+            .get(&rule)
+            .copied()
+            .unwrap_or_else(|| rule.default_severity())
+    }
+
+    /// Whether Destination `name` is linted.
+    pub fn lints(&self, destination: &str) -> bool {
+        !self.skip_destinations.iter().any(|d| d == destination)
+    }
+}
+
+/// One problem a consumer would have with a Destination's files.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    /// The rule that found it.
+    pub rule: Rule,
+    /// Its severity under the settings in use.
+    pub severity: Severity,
+    /// The Destination.
+    pub destination: String,
+    /// The file (store-relative path).
+    pub file: String,
+    /// The object, `<kind>/<name>` or `<kind>/<namespace>/<name>`, when the finding is about
+    /// one document; `document N` (1-based) when it has no usable identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    /// What is wrong and what the consumer does about it.
+    pub message: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Off => "off",
+        };
+        write!(f, "{sev}[{}]: {}", self.rule.name(), self.file)?;
+        if let Some(o) = &self.object {
+            write!(f, ": {o}")?;
+        }
+        write!(f, ": {} (Destination {})", self.message, self.destination)
+    }
+}
+
+/// One Kubernetes object found in a file.
+struct Obj<'a> {
+    file: &'a str,
+    group: String,
+    kind: String,
+    namespace: String,
+    name: String,
+}
+
+impl Obj<'_> {
+    fn label(&self) -> String {
+        if self.namespace.is_empty() {
+            format!("{}/{}", self.kind, self.name)
+        } else {
+            format!("{}/{}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// Lints one Destination's files: `files` maps store-relative paths to their content.
+/// Returns findings sorted by file, then rule; rules set to `off` produce none. A Destination
+/// in `skipDestinations` gets none.
+pub fn lint_destination(
+    destination: &str,
+    files: &BTreeMap<String, Vec<u8>>,
+    settings: &LintSettings,
+) -> Vec<Finding> {
+    if !settings.lints(destination) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut push = |rule: Rule, file: &str, object: Option<String>, message: String| {
+        let severity = settings.severity(rule);
+        if severity != Severity::Off {
+            out.push(Finding {
+                rule,
+                severity,
+                destination: destination.to_string(),
+                file: file.to_string(),
+                object,
+                message,
+            });
+        }
+    };
+    let mut objects: Vec<Obj<'_>> = Vec::new();
+    for (path, content) in files {
+        let base = path.rsplit('/').next().unwrap_or(path);
+        let ext = base.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+        if KUSTOMIZATION_FILES.contains(&base) {
+            continue; // checked by the kustomization rule
+        }
+        let docs = match ext {
+            "yaml" | "yml" => match parse_yaml(content) {
+                Ok(d) => d,
+                Err(e) => {
+                    push(Rule::Parse, path, None, e);
+                    continue;
+                }
+            },
+            "json" => match serde_json::from_slice::<Value>(content) {
+                Ok(v @ Value::Object(_)) => vec![v],
+                Ok(_) => {
+                    push(
+                        Rule::Parse,
+                        path,
+                        None,
+                        "a .json file must hold exactly one object (Argo CD: \"Only single objects are allowed in JSON files\")".into(),
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    push(Rule::Parse, path, None, format!("invalid JSON: {e}"));
+                    continue;
+                }
+            },
+            _ => {
+                push(
+                    Rule::FileType,
+                    path,
+                    None,
+                    "not a .yaml, .yml or .json file: Argo CD and Flux skip it".into(),
+                );
+                continue;
+            }
+        };
+        for (i, doc) in docs.iter().enumerate() {
+            for d in expand_list(doc) {
+                match identity(d) {
+                    Err(missing) => push(
+                        Rule::Object,
+                        path,
+                        Some(format!("document {}", i + 1)),
+                        format!(
+                            "missing {missing}: not a Kubernetes object (Flux: \"missing Resource metadata\"; Argo CD fails the app)"
+                        ),
+                    ),
+                    Ok(o) => {
+                        let obj = Obj {
+                            file: path,
+                            group: o.0,
+                            kind: o.1,
+                            namespace: o.2,
+                            name: o.3,
+                        };
+                        check_names(&obj, &mut push);
+                        objects.push(obj);
+                    }
+                }
+            }
+        }
+    }
+    duplicates(&objects, &mut push);
+    for (file, message) in kustomize::check(files) {
+        push(Rule::Kustomization, &file, None, message);
+    }
+    out.sort();
+    out
+}
+
+/// Every document of a YAML stream; empty and comment-only documents are dropped (as modern
+/// kustomize and Argo CD do).
+fn parse_yaml(content: &[u8]) -> Result<Vec<Value>, String> {
+    let text = std::str::from_utf8(content).map_err(|_| "not UTF-8 text".to_string())?;
+    let docs = crate::config::parse_yaml_stream(text)?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+/// A `kind: List` (or `…List`) with `items` stands for its items, as `kubectl apply` reads it.
+fn expand_list(doc: &Value) -> Vec<&Value> {
+    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
+    match doc.get("items").and_then(Value::as_array) {
+        Some(items) if kind.ends_with("List") => items.iter().collect(),
+        _ => vec![doc],
+    }
+}
+
+/// `(group, kind, namespace, name)` of a document, or the first missing field.
+fn identity(doc: &Value) -> Result<(String, String, String, String), &'static str> {
+    fn s(v: Option<&Value>) -> Option<&str> {
+        v.and_then(Value::as_str).filter(|s| !s.is_empty())
+    }
+    let Some(api_version) = s(doc.get("apiVersion")) else {
+        return Err("apiVersion");
+    };
+    let Some(kind) = s(doc.get("kind")) else {
+        return Err("kind");
+    };
+    let meta = doc.get("metadata");
+    let Some(name) = s(meta.and_then(|m| m.get("name"))) else {
+        return Err("metadata.name");
+    };
+    let namespace = s(meta.and_then(|m| m.get("namespace"))).unwrap_or("");
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    Ok((
+        group.to_string(),
+        kind.to_string(),
+        namespace.to_string(),
+        name.to_string(),
+    ))
+}
+
+fn check_names(o: &Obj<'_>, push: &mut impl FnMut(Rule, &str, Option<String>, String)) {
+    if !crate::model::is_dns_subdomain(&o.name) {
+        push(
+            Rule::Name,
+            o.file,
+            Some(o.label()),
+            format!(
+                "metadata.name {:?} is not a DNS-1123 subdomain (lower-case alphanumerics, '-' and '.', at most 253 characters): the API server refuses it",
+                o.name
+            ),
+        );
+    }
+    if !o.namespace.is_empty() && !crate::model::is_dns_label(&o.namespace) {
+        push(
+            Rule::Name,
+            o.file,
+            Some(o.label()),
+            format!(
+                "metadata.namespace {:?} is not a DNS-1123 label: the API server refuses it",
+                o.namespace
+            ),
+        );
+    }
+    let api_version = if o.group.is_empty() {
+        "v1".to_string()
+    } else {
+        format!("{}/v1", o.group)
+    };
+    if !o.namespace.is_empty() && crate::model::is_cluster_scoped(&api_version, &o.kind) {
+        push(
+            Rule::ClusterScopedNamespace,
+            o.file,
+            Some(o.label()),
+            format!(
+                "{} is cluster-scoped but has metadata.namespace {:?}: remove it",
+                o.kind, o.namespace
+            ),
+        );
+    }
+}
+
+fn duplicates(objects: &[Obj<'_>], push: &mut impl FnMut(Rule, &str, Option<String>, String)) {
+    let mut seen: BTreeMap<(&str, &str, &str, &str), &str> = BTreeMap::new();
+    let mut reported = BTreeSet::new();
+    for o in objects {
+        let key = (
+            o.group.as_str(),
+            o.kind.as_str(),
+            o.namespace.as_str(),
+            o.name.as_str(),
+        );
+        match seen.get(&key) {
+            Some(first) if reported.insert((key, o.file)) => push(
+                Rule::DuplicateObject,
+                o.file,
+                Some(o.label()),
+                format!(
+                    "also declared in {first}: Flux fails the whole Kustomization (\"already registered id\"), Argo CD reports RepeatedResourceWarning"
+                ),
+            ),
+            Some(_) => {}
+            None => {
+                seen.insert(key, o.file);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,52 @@
+//! Consumer lint after a pass ([`crate::lint`]): the files placed on each Destination are
+//! linted when they changed, and the findings kept in its status (`destinations.json`) and in
+//! the pass report, as warnings. A pass that changed nothing on a Destination reads no file.
+
+use std::collections::BTreeMap;
+
+use super::Engine;
+use crate::infra::{DestinationStatus, MAX_LINT};
+use crate::state::sha256_hex;
+
+impl Engine {
+    /// Lints the files placed on Destination `s.name` (every request's and Promise's
+    /// placements there, misplaced ones included) unless their paths and hashes and the lint
+    /// settings are those of the last lint. New findings are logged as warnings.
+    pub(super) fn lint_destination(&self, s: &mut DestinationStatus) {
+        let name = s.name.as_str();
+        let mut files: BTreeMap<&str, &str> = BTreeMap::new();
+        for r in self
+            .state
+            .requests
+            .values()
+            .chain(self.state.promises.values())
+        {
+            for p in r.placements.iter().filter(|p| p.destination == name) {
+                for f in &p.files {
+                    files.insert(&f.path, &f.sha256);
+                }
+            }
+        }
+        let mut listing = serde_json::to_string(&self.settings.lint).unwrap_or_default();
+        for (path, sha) in &files {
+            listing.push_str(&format!("\n{path} {sha}"));
+        }
+        let fingerprint = sha256_hex(listing.as_bytes());
+        if fingerprint == s.lint_fingerprint {
+            return;
+        }
+        // A blob that left the cache is not linted; its request re-runs and brings it back.
+        let contents: BTreeMap<String, Vec<u8>> = files
+            .iter()
+            .filter_map(|(path, sha)| Some((path.to_string(), self.dir.get_blob(sha).ok()?)))
+            .collect();
+        let mut findings = crate::lint::lint_destination(name, &contents, &self.settings.lint);
+        for f in findings.iter().filter(|f| !s.lint.contains(f)) {
+            tracing::warn!(destination = %name, file = %f.file, rule = f.rule.name(), "lint: {f}");
+        }
+        s.lint_omitted = findings.len().saturating_sub(MAX_LINT);
+        findings.truncate(MAX_LINT);
+        s.lint = findings;
+        s.lint_fingerprint = fingerprint;
+    }
+}
