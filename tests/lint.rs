@@ -15,7 +15,7 @@ const RULES: [(&str, bool); 7] = [
     ("parse", true),
     ("object", true),
     ("name", true),
-    ("cluster-scoped-namespace", true),
+    ("cluster-scoped-namespace", false),
     ("duplicate-object", true),
     ("kustomization", true),
     ("file-type", false),

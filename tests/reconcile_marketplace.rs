@@ -187,6 +187,43 @@ fn marketplace_promises_end_to_end() {
     let all = files(&w);
     let has = |p: &str| all.iter().any(|f| f == p);
 
+    // What lands passes the consumer lint, and Flux's view of each worker directory builds
+    // with kubectl kustomize (tests/lint.rs).
+    let lint_tmp = tempfile::tempdir().unwrap();
+    let tree = lint_tmp.path().join("tree");
+    git(
+        lint_tmp.path(),
+        &[
+            "clone",
+            "-q",
+            w.remote.to_str().unwrap(),
+            tree.to_str().unwrap(),
+        ],
+    );
+    for dest in ["worker-1", "backstage"] {
+        let dir = tree.join("destinations").join(dest);
+        let (code, out, err) = promised(&["validate", "--lint-output", dir.to_str().unwrap()]);
+        assert_eq!(code, 0, "lint of {dest}: {out}{err}");
+        // Found by the lint in the marketplace's redis operator, as published.
+        let expected = if dest == "worker-1" { 2 } else { 0 };
+        assert!(
+            out.contains(&format!("0 errors, {expected} warnings")),
+            "lint of {dest}: {out}"
+        );
+        if dest == "worker-1" {
+            assert!(
+                out.contains("warning[cluster-scoped-namespace]: worker-1/dependencies/redis/promise-configure/5058f/all-redis-operator-resources.yaml: ClusterRole/default/redisoperator"),
+                "{out}"
+            );
+        }
+    }
+    for part in ["dependencies", "resources"] {
+        let dir = tree.join("destinations/worker-1").join(part);
+        if let Some(built) = common::flux_kustomize_build(&dir) {
+            built.unwrap_or_else(|e| panic!("kubectl kustomize worker-1/{part}: {e}"));
+        }
+    }
+
     // Kratix-identical paths.
     for p in [
         "destinations/worker-1/resources/default/redis/example/instance-configure/5058f/redis-instance.yaml",

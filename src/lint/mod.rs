@@ -10,7 +10,7 @@
 //! | `parse` | a `.yaml`/`.yml` file parses (every document); a `.json` file is one object | Argo CD fails the app on a manifest that does not parse (`repository.go` `getObjsFromYAMLOrJSON`); Flux fails the Kustomization |
 //! | `object` | every document has `apiVersion`, `kind` and `metadata.name` | Flux: `missing Resource metadata`; Argo CD: `Object 'Kind' is missing` |
 //! | `name` | `metadata.name` is a DNS-1123 subdomain, `metadata.namespace` a DNS-1123 label | the API server refuses the object at apply time |
-//! | `cluster-scoped-namespace` | a known cluster-scoped kind carries no namespace ([`crate::model::CLUSTER_SCOPED_KINDS`]) | applies with a namespace dropped or refused, depending on the tool |
+//! | `cluster-scoped-namespace` | a known cluster-scoped kind carries no namespace ([`crate::model::CLUSTER_SCOPED_KINDS`]) | the API server ignores it; Git and the cluster disagree (a warning by default) |
 //! | `duplicate-object` | no two documents on one Destination declare the same (group, kind, namespace, name) | Flux: `already registered id` fails the whole Kustomization; Argo CD: `RepeatedResourceWarning` |
 //! | `kustomization` | a directory with a kustomization file lists only paths that exist, lists directories that have a kustomization, and leaves no YAML file of its own unlisted | `kubectl kustomize` fails on a missing path; an unlisted file is never applied |
 //! | `file-type` | only `.yaml`, `.yml` and `.json` files | Argo CD and Flux skip anything else silently |
@@ -77,10 +77,12 @@ impl Rule {
     }
 
     /// Default severity: `warning` for `file-type` (a Destination may hold files for people
-    /// or other tools), `error` for the rest (the consumer fails or applies the wrong thing).
+    /// or other tools) and `cluster-scoped-namespace` (the API server ignores the namespace;
+    /// the marketplace's redis operator has one), `error` for the rest (the consumer fails or
+    /// applies the wrong thing).
     pub fn default_severity(self) -> Severity {
         match self {
-            Rule::FileType => Severity::Warning,
+            Rule::FileType | Rule::ClusterScopedNamespace => Severity::Warning,
             _ => Severity::Error,
         }
     }
@@ -382,7 +384,7 @@ fn check_names(o: &Obj<'_>, push: &mut impl FnMut(Rule, &str, Option<String>, St
             o.file,
             Some(o.label()),
             format!(
-                "{} is cluster-scoped but has metadata.namespace {:?}: remove it",
+                "{} is cluster-scoped but has metadata.namespace {:?}: the API server ignores it, so Git and the cluster disagree; remove it",
                 o.kind, o.namespace
             ),
         );
