@@ -34,5 +34,6 @@ fn main() {
     }
     let code = promised::cli::run(cli, &mut std::io::stdout().lock());
     promised::pipeline::rundir::remove_own();
+    statestores::git::credentials::remove_key_dirs();
     std::process::exit(code);
 }

@@ -212,11 +212,15 @@ fn no_secret_value_is_in_logs_status_metrics_commits_or_the_state_directory() {
     // webhook, then its endpoints.
     let port = closed_port();
     let log = root.join("daemon.log");
+    // systemd's RuntimeDirectory=: where the SSH key file goes while a store is open.
+    let runtime = root.join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_promised"))
         .arg("run")
         .args(common_args)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env_remove("PROMISED_LOG")
+        .env("RUNTIME_DIRECTORY", &runtime)
         .stdout(std::fs::File::create(root.join("daemon.out")).unwrap())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -271,7 +275,9 @@ fn no_secret_value_is_in_logs_status_metrics_commits_or_the_state_directory() {
         let (_, text) = get(port, path).unwrap();
         assert_clean(path, text.as_bytes());
     }
-    let _ = child.kill();
+    // SIGTERM: a daemon that stops as systemd stops it removes the SSH key's directory.
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     let _ = child.wait();
     let daemon_log = std::fs::read(&log).unwrap();
     assert!(
@@ -289,6 +295,7 @@ fn no_secret_value_is_in_logs_status_metrics_commits_or_the_state_directory() {
         .arg("reconcile")
         .args(common_args)
         .env_remove("PROMISED_LOG")
+        .env("RUNTIME_DIRECTORY", &runtime)
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -317,16 +324,9 @@ fn no_secret_value_is_in_logs_status_metrics_commits_or_the_state_directory() {
     // Every file of the state directory, and the commit messages of every Git repository in
     // it (the local state store among them).
     let mut audit = false;
-    let mut ssh_copies = 0;
     for e in walkdir::WalkDir::new(&state) {
         let e = e.unwrap();
-        if e.file_type().is_file() && is_ssh_key_copy(e.path()) {
-            // The one known copy: ssh reads its key from a file, so the Git state store writes
-            // the key to `<stateDir>/stores/ssh/<store>/id`, mode 0600 (docs/reliability.md).
-            use std::os::unix::fs::MetadataExt;
-            assert_eq!(e.metadata().unwrap().mode() & 0o777, 0o600, "{e:?}");
-            ssh_copies += 1;
-        } else if e.file_type().is_file() {
+        if e.file_type().is_file() {
             assert_clean(
                 &e.path().display().to_string(),
                 &std::fs::read(e.path()).unwrap(),
@@ -351,16 +351,12 @@ fn no_secret_value_is_in_logs_status_metrics_commits_or_the_state_directory() {
         audit,
         "the local state store's commits were searched; promised reconcile said:\n{stderr}"
     );
-    assert!(ssh_copies <= 1, "one copy of the SSH key at most");
-}
-
-/// `<stateDir>/stores/ssh/<store id>/id`: where the Git state store puts the SSH key for ssh.
-fn is_ssh_key_copy(p: &Path) -> bool {
-    let names: Vec<_> = p
-        .iter()
-        .rev()
-        .take(4)
-        .map(|c| c.to_string_lossy().into_owned())
+    // The SSH key's private directory went with the store.
+    let left: Vec<_> = walkdir::WalkDir::new(&runtime)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().display().to_string())
         .collect();
-    names.len() == 4 && names[0] == "id" && names[2] == "ssh" && names[3] == "stores"
+    assert!(left.is_empty(), "left in the runtime directory: {left:?}");
 }

@@ -28,7 +28,7 @@ pub type BeforePublish = Arc<dyn Fn(u32) + Send + Sync>;
 #[derive(Clone)]
 pub struct GitOptions {
     /// The daemon's state directory; remote stores keep their persistent bare clone under
-    /// `<state_dir>/git/` and ssh key files under `<state_dir>/ssh/` (mode 0600).
+    /// `<state_dir>/git/` (ssh key files go to a private temporary directory, never here).
     pub state_dir: PathBuf,
     /// Skip TLS certificate verification (Kratix always does; we default to `false`).
     pub insecure_skip_tls_verify: bool,

@@ -10,7 +10,9 @@
 //!
 //! Secrets never reach process arguments: https credentials go to `git push` through
 //! `GIT_CONFIG_COUNT/KEY/VALUE` (`http.extraHeader`) and to gix through its credentials
-//! callback; ssh keys are written 0600 under the state directory and referenced from
+//! callback; ssh keys are written 0600 into a private temporary directory (mode 0700, under
+//! `$RUNTIME_DIRECTORY` when systemd sets it, a tmpfs, else the temporary directory), never
+//! into the state directory, removed when the state store closes, and referenced from
 //! `GIT_SSH_COMMAND`. Every message we keep from `git` or gix passes through
 //! [`Secrets::redact`].
 
@@ -36,12 +38,14 @@ pub enum Credentials {
         /// Password or token.
         password: String,
     },
-    /// ssh with files written under the state directory.
+    /// ssh with files written into a private temporary directory.
     Ssh {
         /// Private key file (0600).
         key_file: PathBuf,
         /// known_hosts file (0600).
         known_hosts_file: PathBuf,
+        /// The directory holding both (0700); removed when the last clone is dropped.
+        dir: std::sync::Arc<tempfile::TempDir>,
     },
 }
 
@@ -81,7 +85,19 @@ fn write_private(path: &Path, content: &str) -> Result<(), Error> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
-/// Resolve credentials for `spec` (`store_id` names the ssh key directory).
+/// Every ssh key directory this process made, for [`remove_key_dirs`].
+static KEY_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Removes every ssh key directory this process made. A state store removes its own when it
+/// is dropped; call this before `std::process::exit`, which skips destructors.
+pub fn remove_key_dirs() {
+    let dirs = std::mem::take(&mut *KEY_DIRS.lock().unwrap_or_else(|e| e.into_inner()));
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// Resolve credentials for `spec` (`store_id` prefixes the ssh key directory's name).
 pub fn load(
     spec: &GitStateStoreSpec,
     opts: &GitOptions,
@@ -144,7 +160,21 @@ pub fn load(
                 .ok_or_else(|| missing("sshPrivateKey"))?;
             let known =
                 read_key(dir, &secret.name, "knownHosts")?.ok_or_else(|| missing("knownHosts"))?;
-            let base = opts.state_dir.join("ssh").join(store_id);
+            let parent = std::env::var_os("RUNTIME_DIRECTORY")
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir);
+            // tempfile creates the directory 0700 with a random name: no other user can
+            // have made it, or read what goes in.
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("promised-ssh-{store_id}-"))
+                .tempdir_in(&parent)
+                .map_err(|e| Error::io(&parent, e))?;
+            let base = dir.path().to_path_buf();
+            KEY_DIRS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(base.clone());
             let key_file = base.join("id");
             let known_hosts_file = base.join("known_hosts");
             write_private(&key_file, &key)?;
@@ -156,6 +186,7 @@ pub fn load(
                 Credentials::Ssh {
                     key_file,
                     known_hosts_file,
+                    dir: std::sync::Arc::new(dir),
                 },
                 secrets,
             ))
@@ -175,6 +206,7 @@ impl Credentials {
             Credentials::Ssh {
                 key_file,
                 known_hosts_file,
+                ..
             } => Some(format!(
                 "ssh -i {} -o IdentitiesOnly=yes -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes",
                 shell_quote(&key_file.display().to_string()),
