@@ -1,0 +1,395 @@
+//! `promised plan` on the quickstart (and the marketplace Promises when present): what a
+//! reconcile would do, printed, with nothing written; then the reconcile writes exactly the
+//! planned files.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::{bwrap_works, copy_dir, git, promised, repo_root};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+struct World {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    config: PathBuf,
+    state: PathBuf,
+    store: PathBuf,
+}
+
+/// The quickstart with its state store at an absolute path outside the state directory (so
+/// a plan without a state directory reads the same store), and a delete pipeline on the
+/// namespace Promise; reconciled once.
+fn world() -> Option<World> {
+    if !bwrap_works() {
+        eprintln!("skipped: bubblewrap cannot create sandboxes here (apt-get install bubblewrap)");
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let config = root.join("config");
+    copy_dir(&repo_root().join("testdata/quickstart"), &config);
+    let store = root.join("store.git");
+    git(&root, &["init", "-q", "--bare", "-b", "main", "store.git"]);
+    let ss = config.join("platform/state-store.yaml");
+    let text = std::fs::read_to_string(&ss).unwrap().replace(
+        "url: quickstart-state.git",
+        &format!("url: {}", store.display()),
+    );
+    std::fs::write(&ss, text).unwrap();
+    let promise = config.join("promises/namespace/promise.yaml");
+    let text = std::fs::read_to_string(&promise).unwrap() + "      delete:\n        - apiVersion: platform.kratix.io/v1alpha1\n          kind: Pipeline\n          metadata:\n            name: instance-delete\n          spec:\n            containers:\n              - name: delete\n                image: promised.dev/local\n                command: [\"/promise/pipeline/delete\"]\n";
+    std::fs::write(&promise, text).unwrap();
+    let delete = config.join("promises/namespace/pipeline/delete");
+    std::fs::write(&delete, "#!/bin/sh\necho deleting\n").unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x", delete.to_str().unwrap()])
+        .status()
+        .unwrap();
+    let w = World {
+        state: root.join("state"),
+        root,
+        config,
+        store,
+        _tmp: tmp,
+    };
+    let (code, out, err) = reconcile(&w);
+    assert_eq!(code, 0, "{out}\n{err}");
+    Some(w)
+}
+
+fn reconcile(w: &World) -> (i32, String, String) {
+    common::reconcile(&w.config, &w.state)
+}
+
+/// `promised plan` with `extra` flags; the state directory is `state` (may not exist).
+fn plan_at(w: &World, state: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "plan",
+        "--config",
+        w.config.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    promised(&args)
+}
+
+/// The JSON plan against the state directory; asserts the exit code.
+fn plan_json(w: &World, code: i32) -> Value {
+    let (c, out, err) = plan_at(w, &w.state, &["--output", "json"]);
+    assert_eq!(c, code, "{out}\n{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Every planned file: path → (change, sha256 of the content written).
+fn planned(p: &Value) -> BTreeMap<String, (String, Option<String>)> {
+    let mut out = BTreeMap::new();
+    for s in p["stores"].as_array().unwrap() {
+        for d in s["destinations"].as_array().unwrap() {
+            for f in d["files"].as_array().unwrap() {
+                out.insert(
+                    f["path"].as_str().unwrap().to_string(),
+                    (
+                        f["change"].as_str().unwrap().to_string(),
+                        f["sha256"].as_str().map(str::to_string),
+                    ),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The runs: (object, workflow, reason).
+fn runs(p: &Value) -> Vec<(String, String, String)> {
+    p["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["object"].as_str().unwrap().to_string(),
+                r["workflow"].as_str().unwrap().to_string(),
+                r["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn head(w: &World) -> String {
+    git(&w.store, &["rev-parse", "main"]).trim().to_string()
+}
+
+/// Every file of the state directory with its content (what a plan must not change).
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| (e.path().to_path_buf(), std::fs::read(e.path()).unwrap()))
+        .collect()
+}
+
+/// Reconciles and checks the commit it makes holds exactly the planned files, byte for
+/// byte (sha256 of each written file, and the deleted ones gone).
+fn reconcile_matches(w: &World, plan: &Value) {
+    let before = head(w);
+    let (code, out, err) = reconcile(w);
+    assert!(code == 0 || code == 1, "{out}\n{err}");
+    let after = head(w);
+    assert_ne!(before, after, "the reconcile commits\n{out}");
+    let mut changed = BTreeMap::new();
+    for line in git(&w.store, &["diff", "--name-status", &before, &after]).lines() {
+        let (status, path) = line.split_once('\t').unwrap();
+        if path.starts_with(".promised/") {
+            continue; // the ownership index
+        }
+        let sha = (status != "D").then(|| {
+            let bytes = std::process::Command::new("git")
+                .args(["show", &format!("{after}:{path}")])
+                .current_dir(&w.store)
+                .output()
+                .unwrap()
+                .stdout;
+            hex(&Sha256::digest(&bytes))
+        });
+        let kind = match status {
+            "A" => "added",
+            "M" => "changed",
+            "D" => "removed",
+            s => panic!("unexpected status {s}"),
+        };
+        changed.insert(path.to_string(), (kind.to_string(), sha));
+    }
+    assert_eq!(changed, planned(plan), "the reconcile writes the planned files");
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The plan against the state store's content (no state directory) plans the same files.
+fn same_without_state_dir(w: &World, with: &Value) {
+    let none = w.root.join("no-state");
+    let (code, out, err) = plan_at(w, &none, &["--output", "json"]);
+    assert!(code == 1 || code == 2, "{out}\n{err}");
+    let without: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(without["base"], "state-stores");
+    assert_eq!(planned(&without), planned(with), "{out}");
+    assert!(!none.exists(), "the plan creates no state directory");
+}
+
+#[test]
+fn request_edit_plans_one_run_and_one_changed_file() {
+    let Some(w) = world() else { return };
+    // Nothing changed: exit 0, nothing planned.
+    let p = plan_json(&w, 0);
+    assert!(planned(&p).is_empty() && runs(&p).is_empty(), "{p:#}");
+
+    let req = w.config.join("requests/redis-example.yaml");
+    let text = std::fs::read_to_string(&req)
+        .unwrap()
+        .replace("spec: {}", "spec: {size: large}");
+    std::fs::write(&req, text).unwrap();
+    let state_before = snapshot(&w.state);
+    let head_before = head(&w);
+    let (code, out, err) = plan_at(&w, &w.state, &["--output", "json"]);
+    assert_eq!(code, 2, "changes: exit 2\n{out}\n{err}");
+    let p: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        runs(&p),
+        [(
+            "redis/default/example".to_string(),
+            "configure".to_string(),
+            "spec-changed".to_string()
+        )]
+    );
+    let files = planned(&p);
+    assert_eq!(files.len(), 1, "{files:#?}");
+    let path = "clusters/dev/resources/default/redis/example/instance-configure/5058f/redis-instance.yaml";
+    assert_eq!(files[path].0, "changed");
+    let diff = p["stores"][0]["destinations"][0]["files"][0]["diff"]
+        .as_str()
+        .unwrap();
+    assert!(diff.contains("-    replicas: 1\n+    replicas: 3"), "{diff}");
+    // Nothing written: the state directory and the state store are as they were.
+    assert_eq!(snapshot(&w.state), state_before, "the state directory is untouched");
+    assert_eq!(head(&w), head_before, "no commit");
+
+    // Text: the diff and the reason; `--stat`: counts only.
+    let (code, text, _) = plan_at(&w, &w.state, &[]);
+    assert_eq!(code, 2);
+    assert!(text.contains("+    replicas: 3") && text.contains("(spec changed)"), "{text}");
+    let (_, stat, _) = plan_at(&w, &w.state, &["--stat"]);
+    assert!(stat.contains("(+2 -2, redis/default/example)") && !stat.contains("@@"), "{stat}");
+
+    same_without_state_dir(&w, &p);
+    reconcile_matches(&w, &p);
+    assert_eq!(plan_json(&w, 0)["summary"]["runs"], 0, "applied: nothing left");
+}
+
+/// The Markdown plan of a Promise change, with the temporary directory shown as
+/// `/srv/platform`.
+fn markdown(w: &World) -> String {
+    let (code, out, err) = plan_at(w, &w.state, &["--output", "markdown"]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    out.replace(w.root.to_str().unwrap(), "/srv/platform")
+}
+
+#[test]
+fn promise_edit_plans_all_its_requests_with_the_blast_radius() {
+    let Some(w) = world() else { return };
+    let script = w.config.join("promises/namespace/pipeline/configure");
+    let text = std::fs::read_to_string(&script)
+        .unwrap()
+        .replace("    requested-by: ", "    team: platform\n    requested-by: ");
+    std::fs::write(&script, text).unwrap();
+    let p = plan_json(&w, 2);
+    let r = runs(&p);
+    for key in [
+        "promise/namespace",
+        "namespace/default/team-a",
+        "namespace/default/team-b-prod",
+    ] {
+        assert!(
+            r.contains(&(key.into(), "configure".into(), "promise-changed".into())),
+            "{key}: {r:#?}"
+        );
+    }
+    assert_eq!(r.len(), 3, "the redis request does not run: {r:#?}");
+    let blast = &p["blastRadius"][0];
+    assert_eq!(blast["promise"], "namespace");
+    assert_eq!(
+        blast["requests"],
+        serde_json::json!(["namespace/default/team-a", "namespace/default/team-b-prod"])
+    );
+    assert_eq!(blast["destinations"], serde_json::json!(["dev", "prod"]));
+    assert_eq!(blast["files"], 2);
+    assert_eq!(planned(&p).len(), 2);
+
+    // The Markdown of this change is the docs example (BLESS_PLAN_EXAMPLE=1 rewrites it).
+    let md = markdown(&w);
+    let example = repo_root().join("docs/plan-example.md");
+    if std::env::var_os("BLESS_PLAN_EXAMPLE").is_some() {
+        std::fs::write(&example, &md).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(&example).unwrap();
+    assert_eq!(
+        md, checked_in,
+        "docs/plan-example.md is out of date (BLESS_PLAN_EXAMPLE=1 cargo test --test plan)"
+    );
+    // It renders: a summary table, and one collapsible block per file with a diff.
+    let mut tables = 0;
+    let mut details = 0;
+    let mut code_blocks = 0;
+    let mut in_cell = false;
+    let mut cells = Vec::new();
+    for ev in pulldown_cmark::Parser::new_ext(&md, pulldown_cmark::Options::ENABLE_TABLES) {
+        use pulldown_cmark::{Event, Tag, TagEnd};
+        match ev {
+            Event::Start(Tag::Table(_)) => tables += 1,
+            Event::Start(Tag::TableCell) => in_cell = true,
+            Event::End(TagEnd::TableCell) => in_cell = false,
+            Event::Text(t) | Event::Code(t) if in_cell => cells.push(t.to_string()),
+            Event::Html(h) | Event::InlineHtml(h) if h.contains("<details>") => details += 1,
+            Event::Start(Tag::CodeBlock(pulldown_cmark::CodeBlockKind::Fenced(lang))) => {
+                assert_eq!(&*lang, "diff");
+                code_blocks += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(tables, 2, "summary and runs tables\n{md}");
+    assert_eq!((details, code_blocks), (2, 2), "{md}");
+    for c in ["GitStateStore/local", "dev", "prod", "namespace/default/team-a", "Promise changed"] {
+        assert!(cells.iter().any(|x| x == c), "{c} not in a table cell: {cells:?}");
+    }
+
+    // Past the size limit, diffs are left out and counted.
+    let (_, small, _) = plan_at(&w, &w.state, &["--output", "markdown", "--max-bytes", "1500"]);
+    assert!(small.len() <= 1500, "{}", small.len());
+    assert!(small.contains(" of 2 files not shown (size limit)"), "{small}");
+    assert!(small.matches("<details>").count() < 2, "{small}");
+
+    same_without_state_dir(&w, &p);
+    reconcile_matches(&w, &p);
+}
+
+#[test]
+fn deleted_request_plans_its_delete_pipeline_and_removed_files() {
+    let Some(w) = world() else { return };
+    let requests = w.config.join("requests/namespaces.yaml");
+    let text = std::fs::read_to_string(&requests).unwrap();
+    let kept = text.split("---").next().unwrap().to_string();
+    std::fs::write(&requests, kept).unwrap();
+    let p = plan_json(&w, 2);
+    assert_eq!(
+        runs(&p),
+        [(
+            "namespace/default/team-b-prod".to_string(),
+            "delete".to_string(),
+            "deleted".to_string()
+        )]
+    );
+    assert_eq!(p["runs"][0]["pipeline"], "instance-delete");
+    assert_eq!(p["runs"][0]["destinations"], serde_json::json!(["prod"]));
+    let files = planned(&p);
+    assert_eq!(
+        files,
+        BTreeMap::from([(
+            "clusters/prod/resources/default/namespace/team-b-prod/instance-configure/5058f/namespace.yaml"
+                .to_string(),
+            ("removed".to_string(), None)
+        )])
+    );
+    same_without_state_dir(&w, &p);
+    reconcile_matches(&w, &p);
+}
+
+#[test]
+fn invalid_request_plans_an_error_and_no_change_for_it() {
+    let Some(w) = world() else { return };
+    // The redis request becomes invalid, and the team-a namespace changes.
+    let req = w.config.join("requests/redis-example.yaml");
+    let text = std::fs::read_to_string(&req)
+        .unwrap()
+        .replace("spec: {}", "spec: {size: medium}");
+    std::fs::write(&req, text).unwrap();
+    let ns = w.config.join("requests/namespaces.yaml");
+    let text = std::fs::read_to_string(&ns)
+        .unwrap()
+        .replace("namespaceName: team-a", "namespaceName: team-a2");
+    std::fs::write(&ns, text).unwrap();
+    let (code, out, err) = plan_at(&w, &w.state, &["--output", "json"]);
+    assert_eq!(code, 1, "errors: exit 1, although there are changes\n{out}\n{err}");
+    let p: Value = serde_json::from_str(&out).unwrap();
+    let errors = p["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0]
+            .as_str()
+            .unwrap()
+            .contains("redis default/example: spec.size: \"medium\" does not match"),
+        "{errors:#?}"
+    );
+    assert_eq!(
+        runs(&p),
+        [(
+            "namespace/default/team-a".to_string(),
+            "configure".to_string(),
+            "spec-changed".to_string()
+        )],
+        "the invalid request does not run"
+    );
+    let files = planned(&p);
+    assert!(
+        files.keys().all(|f| !f.contains("/redis/example/")),
+        "nothing changes for the invalid request: {files:#?}"
+    );
+    assert_eq!(files.len(), 1, "{files:#?}");
+    same_without_state_dir(&w, &p);
+    reconcile_matches(&w, &p);
+}
