@@ -40,7 +40,8 @@ fn world() -> Option<World> {
     );
     std::fs::write(&ss, text).unwrap();
     let promise = config.join("promises/namespace/promise.yaml");
-    let text = std::fs::read_to_string(&promise).unwrap() + "      delete:\n        - apiVersion: platform.kratix.io/v1alpha1\n          kind: Pipeline\n          metadata:\n            name: instance-delete\n          spec:\n            containers:\n              - name: delete\n                image: promised.dev/local\n                command: [\"/promise/pipeline/delete\"]\n";
+    let text = std::fs::read_to_string(&promise).unwrap()
+        + "      delete:\n        - apiVersion: platform.kratix.io/v1alpha1\n          kind: Pipeline\n          metadata:\n            name: instance-delete\n          spec:\n            containers:\n              - name: delete\n                image: promised.dev/local\n                command: [\"/promise/pipeline/delete\"]\n";
     std::fs::write(&promise, text).unwrap();
     let delete = config.join("promises/namespace/pipeline/delete");
     std::fs::write(&delete, "#!/bin/sh\necho deleting\n").unwrap();
@@ -164,7 +165,11 @@ fn reconcile_matches(w: &World, plan: &Value) {
         };
         changed.insert(path.to_string(), (kind.to_string(), sha));
     }
-    assert_eq!(changed, planned(plan), "the reconcile writes the planned files");
+    assert_eq!(
+        changed,
+        planned(plan),
+        "the reconcile writes the planned files"
+    );
 }
 
 fn hex(b: &[u8]) -> String {
@@ -209,26 +214,44 @@ fn request_edit_plans_one_run_and_one_changed_file() {
     );
     let files = planned(&p);
     assert_eq!(files.len(), 1, "{files:#?}");
-    let path = "clusters/dev/resources/default/redis/example/instance-configure/5058f/redis-instance.yaml";
+    let path =
+        "clusters/dev/resources/default/redis/example/instance-configure/5058f/redis-instance.yaml";
     assert_eq!(files[path].0, "changed");
     let diff = p["stores"][0]["destinations"][0]["files"][0]["diff"]
         .as_str()
         .unwrap();
-    assert!(diff.contains("-    replicas: 1\n+    replicas: 3"), "{diff}");
+    assert!(
+        diff.contains("-    replicas: 1\n+    replicas: 3"),
+        "{diff}"
+    );
     // Nothing written: the state directory and the state store are as they were.
-    assert_eq!(snapshot(&w.state), state_before, "the state directory is untouched");
+    assert_eq!(
+        snapshot(&w.state),
+        state_before,
+        "the state directory is untouched"
+    );
     assert_eq!(head(&w), head_before, "no commit");
 
     // Text: the diff and the reason; `--stat`: counts only.
     let (code, text, _) = plan_at(&w, &w.state, &[]);
     assert_eq!(code, 2);
-    assert!(text.contains("+    replicas: 3") && text.contains("(spec changed)"), "{text}");
+    assert!(
+        text.contains("+    replicas: 3") && text.contains("(spec changed)"),
+        "{text}"
+    );
     let (_, stat, _) = plan_at(&w, &w.state, &["--stat"]);
-    assert!(stat.contains("(+2 -2, redis/default/example)") && !stat.contains("@@"), "{stat}");
+    assert!(
+        stat.contains("(+2 -2, redis/default/example)") && !stat.contains("@@"),
+        "{stat}"
+    );
 
     same_without_state_dir(&w, &p);
     reconcile_matches(&w, &p);
-    assert_eq!(plan_json(&w, 0)["summary"]["runs"], 0, "applied: nothing left");
+    assert_eq!(
+        plan_json(&w, 0)["summary"]["runs"],
+        0,
+        "applied: nothing left"
+    );
 }
 
 /// The Markdown plan of a Promise change, with the temporary directory shown as
@@ -243,9 +266,10 @@ fn markdown(w: &World) -> String {
 fn promise_edit_plans_all_its_requests_with_the_blast_radius() {
     let Some(w) = world() else { return };
     let script = w.config.join("promises/namespace/pipeline/configure");
-    let text = std::fs::read_to_string(&script)
-        .unwrap()
-        .replace("    requested-by: ", "    team: platform\n    requested-by: ");
+    let text = std::fs::read_to_string(&script).unwrap().replace(
+        "    requested-by: ",
+        "    team: platform\n    requested-by: ",
+    );
     std::fs::write(&script, text).unwrap();
     let p = plan_json(&w, 2);
     let r = runs(&p);
@@ -304,14 +328,30 @@ fn promise_edit_plans_all_its_requests_with_the_blast_radius() {
     }
     assert_eq!(tables, 2, "summary and runs tables\n{md}");
     assert_eq!((details, code_blocks), (2, 2), "{md}");
-    for c in ["GitStateStore/local", "dev", "prod", "namespace/default/team-a", "Promise changed"] {
-        assert!(cells.iter().any(|x| x == c), "{c} not in a table cell: {cells:?}");
+    for c in [
+        "GitStateStore/local",
+        "dev",
+        "prod",
+        "namespace/default/team-a",
+        "Promise changed",
+    ] {
+        assert!(
+            cells.iter().any(|x| x == c),
+            "{c} not in a table cell: {cells:?}"
+        );
     }
 
     // Past the size limit, diffs are left out and counted.
-    let (_, small, _) = plan_at(&w, &w.state, &["--output", "markdown", "--max-bytes", "1500"]);
+    let (_, small, _) = plan_at(
+        &w,
+        &w.state,
+        &["--output", "markdown", "--max-bytes", "1500"],
+    );
     assert!(small.len() <= 1500, "{}", small.len());
-    assert!(small.contains(" of 2 files not shown (size limit)"), "{small}");
+    assert!(
+        small.contains(" of 2 files not shown (size limit)"),
+        "{small}"
+    );
     assert!(small.matches("<details>").count() < 2, "{small}");
 
     same_without_state_dir(&w, &p);
@@ -364,7 +404,10 @@ fn invalid_request_plans_an_error_and_no_change_for_it() {
         .replace("namespaceName: team-a", "namespaceName: team-a2");
     std::fs::write(&ns, text).unwrap();
     let (code, out, err) = plan_at(&w, &w.state, &["--output", "json"]);
-    assert_eq!(code, 1, "errors: exit 1, although there are changes\n{out}\n{err}");
+    assert_eq!(
+        code, 1,
+        "errors: exit 1, although there are changes\n{out}\n{err}"
+    );
     let p: Value = serde_json::from_str(&out).unwrap();
     let errors = p["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 1, "{errors:#?}");
@@ -392,4 +435,20 @@ fn invalid_request_plans_an_error_and_no_change_for_it() {
     assert_eq!(files.len(), 1, "{files:#?}");
     same_without_state_dir(&w, &p);
     reconcile_matches(&w, &p);
+}
+
+#[test]
+fn a_plan_that_cannot_be_made_exits_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing");
+    let (code, out, err) = promised(&[
+        "plan",
+        "--config",
+        missing.to_str().unwrap(),
+        "--state-dir",
+        tmp.path().join("state").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("missing"), "{err}");
+    assert!(out.is_empty(), "{out}");
 }

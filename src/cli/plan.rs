@@ -34,7 +34,7 @@ Nothing is committed, pushed or written to the state directory.
 Examples:
   promised plan --config testdata/quickstart
   promised plan --config . --ref HEAD --state-dir /var/lib/promised --stat
-  promised plan --config https://github.com/acme/platform-config.git --ref pr-42 --output markdown > plan.md
+  promised plan --config https://github.com/acme/platform-config.git --ref pr-42 --output markdown
   promised plan --config . --ref HEAD --base origin/main --output json";
 
 /// Output of `promised plan`.

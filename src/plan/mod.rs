@@ -307,10 +307,10 @@ fn reason(key: &str, base: BaseKind, before: &State, after: &State) -> Reason {
     }
     let pkey = format!("promise/{}", promise_of(key));
     let promise_hash = |s: &State| s.promises.get(&pkey).map(|r| r.input_hash.clone());
-    if is_promise || promise_hash(before) != promise_hash(after) {
-        if old.input_hash != new.input_hash {
-            return Reason::PromiseChanged;
-        }
+    if old.input_hash != new.input_hash
+        && (is_promise || promise_hash(before) != promise_hash(after))
+    {
+        return Reason::PromiseChanged;
     }
     if old.input_hash != new.input_hash {
         return Reason::ImageChanged;
@@ -466,17 +466,15 @@ pub fn build(inputs: PlanInputs<'_>) -> Plan {
                 destinations: dests_of(&o.key, after),
                 failed: o.failed,
             }),
-            ObjectAction::Failed if ran.contains(o.key.as_str()) && !invalid => {
-                runs.push(Run {
-                    object: o.key.clone(),
-                    promise: promise_of(&o.key).to_string(),
-                    workflow: "configure",
-                    reason: reason(&o.key, base, before, after),
-                    pipeline: None,
-                    destinations: dests_of(&o.key, after),
-                    failed: true,
-                })
-            }
+            ObjectAction::Failed if ran.contains(o.key.as_str()) && !invalid => runs.push(Run {
+                object: o.key.clone(),
+                promise: promise_of(&o.key).to_string(),
+                workflow: "configure",
+                reason: reason(&o.key, base, before, after),
+                pipeline: None,
+                destinations: dests_of(&o.key, after),
+                failed: true,
+            }),
             _ => {}
         }
         if !o.failed && o.state == "Pending" {
@@ -504,8 +502,11 @@ pub fn build(inputs: PlanInputs<'_>) -> Plan {
             .map(|q| q.object.clone())
             .collect();
         objects.extend(requests.iter().cloned());
-        let touched: Vec<&(String, String)> =
-            objects.iter().filter_map(|k| files_of.get(k)).flatten().collect();
+        let touched: Vec<&(String, String)> = objects
+            .iter()
+            .filter_map(|k| files_of.get(k))
+            .flatten()
+            .collect();
         let destinations: BTreeSet<String> = touched.iter().map(|(d, _)| d.clone()).collect();
         blast_radius.push(Blast {
             promise: r.promise.clone(),

@@ -133,7 +133,11 @@ pub fn text(p: &Plan, out: &mut dyn std::io::Write) -> std::io::Result<()> {
             writeln!(out, "state store {}: ERROR: {e}", s.store)?;
         }
         for d in &s.destinations {
-            writeln!(out, "state store {}, Destination {}:", s.store, d.destination)?;
+            writeln!(
+                out,
+                "state store {}, Destination {}:",
+                s.store, d.destination
+            )?;
             for f in &d.files {
                 writeln!(
                     out,
@@ -155,13 +159,7 @@ pub fn text(p: &Plan, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     if !p.runs.is_empty() {
         writeln!(out, "runs:")?;
         for r in &p.runs {
-            writeln!(
-                out,
-                "  {:<9}  {}  ({})",
-                r.workflow,
-                r.object,
-                run_line(r)
-            )?;
+            writeln!(out, "  {:<9}  {}  ({})", r.workflow, r.object, run_line(r))?;
         }
     }
     for b in &p.blast_radius {

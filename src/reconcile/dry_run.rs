@@ -316,7 +316,13 @@ impl StateStore for DryRunStore {
                 copy.index.remove(&e.path);
                 if let Some(before) = copy.files.remove(&e.path) {
                     out.deleted += 1;
-                    self.record(&e.owner, &e.path, FileChangeKind::Removed, Some(before), None);
+                    self.record(
+                        &e.owner,
+                        &e.path,
+                        FileChangeKind::Removed,
+                        Some(before),
+                        None,
+                    );
                 }
             }
         }
