@@ -451,4 +451,46 @@ fn a_plan_that_cannot_be_made_exits_1() {
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(err.contains("missing"), "{err}");
     assert!(out.is_empty(), "{out}");
+    // A command line that does not parse is an error too, not "changes".
+    let (code, _, err) = promised(&["plan", "--config", ".", "--bogus"]);
+    assert_eq!(code, 1, "{err}");
+}
+
+#[test]
+fn base_ref_plans_what_the_branch_changes() {
+    let Some(w) = world() else { return };
+    git(&w.config, &["init", "-q", "-b", "main"]);
+    git(&w.config, &["add", "-A"]);
+    git(&w.config, &["commit", "-qm", "base"]);
+    git(&w.config, &["checkout", "-qb", "pr"]);
+    let req = w.config.join("requests/redis-example.yaml");
+    let text = std::fs::read_to_string(&req)
+        .unwrap()
+        .replace("spec: {}", "spec: {size: large}");
+    std::fs::write(&req, text).unwrap();
+    git(&w.config, &["commit", "-qam", "larger redis"]);
+    let (code, out, err) = promised(&[
+        "plan",
+        "--config",
+        w.config.to_str().unwrap(),
+        "--ref",
+        "pr",
+        "--base",
+        "main",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    let p: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["base"], "config-ref");
+    assert_eq!(
+        runs(&p),
+        [(
+            "redis/default/example".to_string(),
+            "configure".to_string(),
+            "spec-changed".to_string()
+        )],
+        "relative to main, only the edited request runs"
+    );
+    assert_eq!(planned(&p).len(), 1, "{out}");
 }

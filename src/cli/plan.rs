@@ -28,7 +28,9 @@ restored), like terraform plan -detailed-exitcode.
 
 The base is the state directory when it holds a state (--state-dir, stateDir in the daemon
 config), else the state stores' own content and ownership index; with --base REF, a reconcile
-of the config at REF is planned first and the plan shows what --ref changes on top of it.
+of the config at REF is planned first (on the state stores' content, without the state
+directory) and the plan shows what --ref changes on top of it. A command line that does not
+parse exits 1.
 Nothing is committed, pushed or written to the state directory.
 
 Examples:
@@ -60,8 +62,8 @@ pub struct PlanArgs {
     #[arg(long = "ref", value_name = "REF")]
     pub reference: Option<String>,
     /// Plan against a reconcile of the config at this Git ref (e.g. the target branch of a
-    /// pull request) instead of the state directory.
-    #[arg(long, value_name = "REF", conflicts_with = "state_dir")]
+    /// pull request) on top of the state stores' content; the state directory is not used.
+    #[arg(long, value_name = "REF")]
     pub base: Option<String>,
     /// Daemon config and state directory (read, never written).
     #[command(flatten)]

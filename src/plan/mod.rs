@@ -490,14 +490,19 @@ pub fn build(inputs: PlanInputs<'_>) -> Plan {
     // that run because of it and the Destinations their files change on.
     let mut blast_radius = Vec::new();
     for r in runs.iter().filter(|r| r.object.starts_with("promise/")) {
+        if matches!(r.reason, Reason::Retry | Reason::Resync) {
+            continue;
+        }
         let mut objects = vec![r.object.clone()];
+        // Without a state directory every request runs: those whose files change count.
         let requests: Vec<String> = runs
             .iter()
-            .filter(|q| {
-                !q.object.starts_with("promise/")
-                    && q.promise == r.promise
-                    && (r.reason == Reason::Deleted
-                        || matches!(q.reason, Reason::PromiseChanged | Reason::New))
+            .filter(|q| !q.object.starts_with("promise/") && q.promise == r.promise)
+            .filter(|q| match q.reason {
+                Reason::PromiseChanged | Reason::New => true,
+                Reason::NotRecorded => files_of.contains_key(&q.object),
+                Reason::Deleted => r.reason == Reason::Deleted,
+                _ => false,
             })
             .map(|q| q.object.clone())
             .collect();
@@ -507,6 +512,9 @@ pub fn build(inputs: PlanInputs<'_>) -> Plan {
             .filter_map(|k| files_of.get(k))
             .flatten()
             .collect();
+        if r.reason == Reason::NotRecorded && touched.is_empty() {
+            continue;
+        }
         let destinations: BTreeSet<String> = touched.iter().map(|(d, _)| d.clone()).collect();
         blast_radius.push(Blast {
             promise: r.promise.clone(),
