@@ -494,3 +494,147 @@ fn base_ref_plans_what_the_branch_changes() {
     );
     assert_eq!(planned(&p).len(), 1, "{out}");
 }
+
+/// The marketplace's redis Promise, unchanged, with two requests, an image override running
+/// the project's stand-in script, and a `git daemon` remote as the state store; reconciled
+/// once. Returns (tmp, config, state, daemon config, remote).
+fn marketplace_world(
+    mp: &Path,
+) -> (
+    tempfile::TempDir,
+    PathBuf,
+    PathBuf,
+    PathBuf,
+    PathBuf,
+    common::GitDaemon,
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("srv");
+    std::fs::create_dir_all(&base).unwrap();
+    let daemon = common::GitDaemon::start(&base);
+    let url = daemon.bare_repo("state.git");
+    let config = tmp.path().join("config");
+    let redis = config.join("redis");
+    std::fs::create_dir_all(&redis).unwrap();
+    std::fs::copy(mp.join("redis/promise.yaml"), redis.join("promise.yaml")).unwrap();
+    let request = std::fs::read_to_string(mp.join("redis/resource-request.yaml")).unwrap();
+    std::fs::write(redis.join("resource-request.yaml"), &request).unwrap();
+    std::fs::write(
+        redis.join("second.yaml"),
+        request.replace("name: example", "name: second"),
+    )
+    .unwrap();
+    std::fs::write(
+        config.join("platform.yaml"),
+        format!(
+            "apiVersion: platform.kratix.io/v1alpha1\nkind: GitStateStore\nmetadata:\n  name: remote\nspec:\n  url: {url}\n  branch: main\n  path: destinations\n---\napiVersion: platform.kratix.io/v1alpha1\nkind: Destination\nmetadata:\n  name: worker-1\n  labels:\n    environment: dev\nspec:\n  path: worker-1\n  stateStoreRef:\n    kind: GitStateStore\n    name: remote\n"
+        ),
+    )
+    .unwrap();
+    let daemon_config = tmp.path().join("promised.yaml");
+    std::fs::write(
+        &daemon_config,
+        format!(
+            "imageOverrides:\n  ghcr.io/syntasso/kratix-marketplace/redis-configure-pipeline:v0.1.0:\n    command: [\"/image/execute-pipeline\"]\n    mounts:\n      - {{host: \"{}\", target: /image}}\n      - {{host: \"{}\", target: /tmp/transfer}}\n",
+            repo_root().join("testdata/images/redis-configure-pipeline").display(),
+            mp.join("redis/internal/configure-pipeline/resources").display()
+        ),
+    )
+    .unwrap();
+    let state = tmp.path().join("state");
+    let (code, out, err) = promised(&[
+        "reconcile",
+        "--config",
+        config.to_str().unwrap(),
+        "--daemon-config",
+        daemon_config.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let remote = base.join("state.git");
+    (tmp, config, state, daemon_config, remote, daemon)
+}
+
+#[test]
+fn marketplace_request_and_promise_edits() {
+    let Some(mp) = common::marketplace() else {
+        eprintln!("skipped: ../shared/realworld/kratix-marketplace not present");
+        return;
+    };
+    if !bwrap_works() {
+        eprintln!("skipped: bubblewrap cannot create sandboxes here (apt-get install bubblewrap)");
+        return;
+    }
+    let (tmp, config, state, daemon_config, remote, _daemon) = marketplace_world(&mp);
+    let plan = |state: &Path| {
+        let (code, out, err) = promised(&[
+            "plan",
+            "--config",
+            config.to_str().unwrap(),
+            "--daemon-config",
+            daemon_config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--output",
+            "json",
+        ]);
+        assert!((0..=2).contains(&code), "{out}\n{err}");
+        (code, serde_json::from_str::<Value>(&out).unwrap())
+    };
+    let (code, p) = plan(&state);
+    assert_eq!(code, 0, "{p:#}");
+
+    // A request edit: one run, one changed file, the same without the state directory.
+    let req = config.join("redis/second.yaml");
+    let text = std::fs::read_to_string(&req)
+        .unwrap()
+        .replace("size: small", "size: large");
+    std::fs::write(&req, text).unwrap();
+    let head = git(&remote, &["rev-parse", "main"]);
+    let (code, p) = plan(&state);
+    assert_eq!(code, 2);
+    assert_eq!(
+        runs(&p),
+        [(
+            "redis/default/second".to_string(),
+            "configure".to_string(),
+            "spec-changed".to_string()
+        )]
+    );
+    let files = planned(&p);
+    assert_eq!(files.len(), 1, "{files:#?}");
+    let path = "destinations/worker-1/resources/default/redis/second/instance-configure/5058f/redis-instance.yaml";
+    assert_eq!(files[path].0, "changed", "{files:#?}");
+    let (_, without) = plan(&tmp.path().join("no-state"));
+    assert_eq!(planned(&without), files);
+    assert_eq!(git(&remote, &["rev-parse", "main"]), head, "nothing pushed");
+
+    // A Promise edit (an env var in its resource pipeline): every request runs, with the
+    // blast radius; their output is the same, so no file changes but the request edit's.
+    let promise = config.join("redis/promise.yaml");
+    let text = std::fs::read_to_string(&promise).unwrap().replacen(
+        "                name: redis-configure-pipeline\n",
+        "                name: redis-configure-pipeline\n                env: [{name: LOG_LEVEL, value: debug}]\n",
+        1,
+    );
+    std::fs::write(&promise, text).unwrap();
+    let (_, p) = plan(&state);
+    let r = runs(&p);
+    assert!(
+        r.contains(&(
+            "redis/default/example".into(),
+            "configure".into(),
+            "promise-changed".into()
+        )),
+        "{r:#?}"
+    );
+    let blast = &p["blastRadius"][0];
+    assert_eq!(blast["promise"], "redis", "{p:#}");
+    assert_eq!(
+        blast["requests"],
+        serde_json::json!(["redis/default/example", "redis/default/second"])
+    );
+    assert_eq!(blast["destinations"], serde_json::json!(["worker-1"]));
+    assert_eq!(planned(&p), files, "only the request edit changes a file");
+}

@@ -106,7 +106,7 @@ pub struct Blast {
     pub promise: String,
     /// New, changed or deleted.
     pub reason: Reason,
-    /// Requests that run because of it.
+    /// Requests of it that run (those whose own spec changed too included).
     pub requests: Vec<String>,
     /// Destinations whose files change because of it (its own and its requests').
     pub destinations: Vec<String>,
@@ -499,7 +499,9 @@ pub fn build(inputs: PlanInputs<'_>) -> Plan {
             .iter()
             .filter(|q| !q.object.starts_with("promise/") && q.promise == r.promise)
             .filter(|q| match q.reason {
-                Reason::PromiseChanged | Reason::New => true,
+                // Its spec may have changed too: the Promise change reaches it all the same.
+                Reason::PromiseChanged | Reason::New | Reason::SpecChanged => true,
+                Reason::ImageChanged => true,
                 Reason::NotRecorded => files_of.contains_key(&q.object),
                 Reason::Deleted => r.reason == Reason::Deleted,
                 _ => false,
