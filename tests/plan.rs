@@ -165,11 +165,14 @@ fn reconcile_matches(w: &World, plan: &Value) {
         };
         changed.insert(path.to_string(), (kind.to_string(), sha));
     }
-    assert_eq!(
-        changed,
-        planned(plan),
-        "the reconcile writes the planned files"
-    );
+    // A restored file (drift) is a modification in Git.
+    let mut want = planned(plan);
+    for (kind, _) in want.values_mut() {
+        if kind == "restored" {
+            *kind = "changed".into();
+        }
+    }
+    assert_eq!(changed, want, "the reconcile writes the planned files");
 }
 
 fn hex(b: &[u8]) -> String {
@@ -637,4 +640,64 @@ fn marketplace_request_and_promise_edits() {
     );
     assert_eq!(blast["destinations"], serde_json::json!(["worker-1"]));
     assert_eq!(planned(&p), files, "only the request edit changes a file");
+}
+
+#[test]
+fn drift_and_unschedulable_requests_are_planned() {
+    let Some(w) = world() else { return };
+    // Someone edits one of our files in the state store behind promised's back.
+    let work = w.root.join("work");
+    git(&w.root, &["clone", "-q", w.store.to_str().unwrap(), "work"]);
+    let path =
+        "clusters/dev/resources/default/namespace/team-a/instance-configure/5058f/namespace.yaml";
+    std::fs::write(work.join(path), "edited by hand\n").unwrap();
+    git(&work, &["commit", "-qam", "hand edit"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+    // A Promise whose Destination selector matches nothing, with one request.
+    let dir = w.config.join("promises/staging");
+    std::fs::create_dir_all(dir.join("pipeline")).unwrap();
+    std::fs::copy(
+        w.config.join("promises/namespace/pipeline/configure"),
+        dir.join("pipeline/configure"),
+    )
+    .unwrap();
+    let promise = std::fs::read_to_string(w.config.join("promises/namespace/promise.yaml"))
+        .unwrap()
+        .replace("name: namespace\n", "name: staging\n")
+        .replace(
+            "namespaces.marketplace.kratix.io",
+            "stagings.marketplace.kratix.io",
+        )
+        .replace("kind: namespace", "kind: staging")
+        .replace("plural: namespaces", "plural: stagings")
+        .replace("singular: namespace", "singular: staging")
+        .replace(
+            "spec:\n  api:",
+            "spec:\n  destinationSelectors:\n    - matchLabels: {environment: staging}\n  api:",
+        );
+    std::fs::write(dir.join("promise.yaml"), promise).unwrap();
+    std::fs::write(
+        w.config.join("requests/staging.yaml"),
+        "apiVersion: marketplace.kratix.io/v1alpha1\nkind: staging\nmetadata:\n  name: s1\n  namespace: default\nspec:\n  namespaceName: s1\n",
+    )
+    .unwrap();
+    let p = plan_json(&w, 2);
+    let files = planned(&p);
+    assert_eq!(files[path].0, "restored", "{p:#}");
+    let pending = p["pending"].as_array().unwrap();
+    assert!(
+        pending.iter().any(|q| q["object"] == "staging/default/s1"
+            && q["message"]
+                .as_str()
+                .unwrap()
+                .contains("no matching Destination")),
+        "{pending:#?}"
+    );
+    let (_, text, _) = plan_at(&w, &w.state, &[]);
+    assert!(
+        text.contains("-edited by hand"),
+        "the restore shows as a diff: {text}"
+    );
+    assert!(text.contains("pending: staging/default/s1"), "{text}");
+    reconcile_matches(&w, &p);
 }
