@@ -337,3 +337,135 @@ impl StateStore for DryRunStore {
         self.inner.check_path(path)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use statestores::{FileWrite, PlacementWrite};
+
+    /// A store holding `files` (path, content, owner key or `None` for files we never wrote).
+    struct Fake {
+        files: Vec<(String, Vec<u8>, Option<String>)>,
+    }
+
+    fn owner(key: &str) -> Owner {
+        Owner {
+            key: key.into(),
+            destination: "dev".into(),
+            promise: "app".into(),
+            resource: Some("default/a".into()),
+            pipeline: Some("configure".into()),
+        }
+    }
+
+    #[async_trait]
+    impl StateStore for Fake {
+        async fn check(&self) -> Result<(), Error> {
+            panic!("a dry run never checks write permission")
+        }
+        async fn owned(&self, _: &str) -> Result<Vec<IndexEntry>, Error> {
+            Ok(self
+                .files
+                .iter()
+                .filter_map(|(p, c, o)| o.as_ref().map(|o| entry(p, c, &owner(o))))
+                .collect())
+        }
+        async fn apply(&self, _: &ChangeSet) -> Result<ApplyOutcome, Error> {
+            panic!("a dry run never applies")
+        }
+        async fn read_files(&self, _: &str, _: &[&str]) -> Result<Vec<StoredFile>, Error> {
+            Ok(self
+                .files
+                .iter()
+                .map(|(p, c, _)| StoredFile {
+                    path: p.clone(),
+                    content: c.clone(),
+                })
+                .collect())
+        }
+    }
+
+    fn write(key: &str, files: &[(&str, &str)]) -> PlacementWrite {
+        PlacementWrite {
+            owner: owner(key),
+            files: files
+                .iter()
+                .map(|(p, c)| FileWrite {
+                    path: p.to_string(),
+                    content: c.as_bytes().to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The apply rules: identical content is left alone, an owner's unlisted files are
+    /// removed, a removal deletes every file of its owner, a claimed foreign path changes,
+    /// drift of an owner not in the change set is restored from the blob cache; the store is
+    /// never checked nor applied, and a second apply sees the first one's result.
+    #[tokio::test]
+    async fn applies_to_a_copy_with_the_stores_rules() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blobs = StateDir::open(tmp.path()).unwrap();
+        let drifted_sha = blobs.put_blob(b"ours\n").unwrap();
+        let fake = Fake {
+            files: vec![
+                ("d/a/keep.yaml".into(), b"same\n".to_vec(), Some("a".into())),
+                ("d/a/old.yaml".into(), b"old\n".to_vec(), Some("a".into())),
+                ("d/b/x.yaml".into(), b"x\n".to_vec(), Some("b".into())),
+                ("d/foreign.yaml".into(), b"theirs\n".to_vec(), None),
+                ("d/c/c.yaml".into(), b"edited\n".to_vec(), Some("c".into())),
+            ],
+        };
+        let recorder = Arc::new(Recorder::default());
+        let store = DryRunStore::new(
+            "GitStateStore/s".into(),
+            Arc::new(fake),
+            recorder.clone(),
+            blobs,
+        );
+        // `c`'s index says "ours", the head has "edited": drift.
+        {
+            let mut guard = store.copy().await.unwrap();
+            let copy = guard.as_mut().unwrap();
+            copy.index.get_mut("d/c/c.yaml").unwrap().sha256 = drifted_sha;
+        }
+        store.check().await.unwrap();
+        let set = ChangeSet {
+            writes: vec![
+                write(
+                    "a",
+                    &[("d/a/keep.yaml", "same\n"), ("d/a/new.yaml", "new\n")],
+                ),
+                write("f", &[("d/foreign.yaml", "mine\n")]),
+            ],
+            removals: vec!["b".into()],
+            meta: Default::default(),
+        };
+        let out = store.apply(&set).await.unwrap();
+        let got: Vec<(String, FileChangeKind)> = recorder
+            .take()
+            .into_iter()
+            .map(|f| (f.path, f.change))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("d/c/c.yaml".to_string(), FileChangeKind::Restored),
+                ("d/a/old.yaml".to_string(), FileChangeKind::Removed),
+                ("d/a/new.yaml".to_string(), FileChangeKind::Added),
+                ("d/foreign.yaml".to_string(), FileChangeKind::Changed),
+                ("d/b/x.yaml".to_string(), FileChangeKind::Removed),
+            ]
+        );
+        assert_eq!((out.written, out.deleted, out.unchanged), (3, 2, 1));
+        assert_eq!(out.drift.len(), 1);
+        assert!(out.version.is_some());
+        // The copy moved on: the same change set again changes nothing.
+        let again = store.apply(&set).await.unwrap();
+        assert!(recorder.take().is_empty());
+        assert_eq!((again.version, again.unchanged), (None, 3));
+        let files = store.read_files("d/a", &[]).await.unwrap();
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["d/a/keep.yaml", "d/a/new.yaml"]);
+    }
+}
