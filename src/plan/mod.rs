@@ -214,12 +214,13 @@ pub struct Plan {
     pub pending: Vec<Pending>,
     /// Every error: validation, failed pipelines, unreadable state stores.
     pub errors: Vec<String>,
-    /// Non-fatal problems the pass reported.
+    /// Validation warnings, then non-fatal problems the pass reported.
     pub warnings: Vec<String>,
-    /// Findings of the consumer lint (Argo CD and Flux rules) on the planned Destination
-    /// files. Empty until the lint is wired in: it is filled from
-    /// [`crate::reconcile::Engine::planned_destination_files`] after the pass, and a finding
-    /// of error severity counts as an error in [`Plan::exit_code`].
+    /// Findings of the consumer lint (Argo CD and Flux rules, issue 24 part 3) on the
+    /// planned Destination files. Always empty for now: the place where the lint is wired in,
+    /// from [`crate::reconcile::Engine::planned_destination_files`] after the pass (the
+    /// element type becomes the lint's finding type; findings of error severity should then
+    /// count in [`Plan::exit_code`] and be printed by [`render`]).
     pub lint: Vec<serde_json::Value>,
 }
 
@@ -540,7 +541,13 @@ pub fn build(inputs: PlanInputs<'_>) -> Plan {
         blast_radius,
         pending,
         errors,
-        warnings: report.warnings.clone(),
+        warnings: cfg
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity != Severity::Error)
+            .map(ToString::to_string)
+            .chain(report.warnings.iter().cloned())
+            .collect(),
         lint: Vec::new(),
     }
 }

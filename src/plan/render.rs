@@ -241,8 +241,8 @@ fn details(f: &FilePlan) -> String {
 }
 
 /// The plan as a pull-request comment: heading, a summary table per state store and
-/// Destination, the runs with their reasons, the blast radius, pending objects, errors, and
-/// each file's diff in a `<details>` block. Diffs stop before the output reaches `limit`
+/// Destination, the runs with their reasons, the blast radius, pending objects, errors,
+/// warnings, and each file's diff in a `<details>` block. Diffs stop before the output reaches `limit`
 /// bytes; a line counts those left out.
 pub fn markdown(p: &Plan, limit: usize) -> String {
     let mut s = String::new();
@@ -334,6 +334,13 @@ pub fn markdown(p: &Plan, limit: usize) -> String {
         s.push_str("**Errors**\n\n");
         for e in &p.errors {
             let _ = writeln!(s, "- {}", cell(e));
+        }
+        s.push('\n');
+    }
+    if !p.warnings.is_empty() {
+        s.push_str("**Warnings**\n\n");
+        for w in &p.warnings {
+            let _ = writeln!(s, "- {}", cell(w));
         }
         s.push('\n');
     }
