@@ -38,6 +38,12 @@
 //! The stages hand each other one `Pass` (the working state of the pass); the [`Engine`]
 //! keeps what lives between passes (state, open stores, settings).
 //!
+//! `promised plan` is this same pass, printed: an engine made with [`Engine::for_plan`] runs
+//! every stage above on a scratch state directory, and its state stores are dry-run stores
+//! (`dry_run`) that apply each change set to an in-memory copy of the store and record every
+//! file written or deleted ([`Engine::take_planned_files`]); [`crate::plan`] turns that into
+//! the plan.
+//!
 //! Sharding (`leaderElection.shards` > 1): an engine made with [`Engine::for_shard`] sees only
 //! its shard's Promises and requests, and rebuilds and deletes only theirs (`shard`).
 //!
