@@ -1,4 +1,4 @@
-//! Printing a [`Plan`](super::Plan): unified diffs ([`diff`], with the `similar` crate), plain text for a
+//! Printing a [`Plan`]: unified diffs (`diff`, with the `similar` crate), plain text for a
 //! terminal ([`text`]) and Markdown for a pull-request comment ([`markdown`]: a summary
 //! table, the runs and blast radius, and each diff in a collapsible `<details>` block, cut
 //! past a size limit with a count of what was left out).
