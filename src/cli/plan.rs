@@ -177,13 +177,16 @@ fn make_plan(a: &PlanArgs) -> Result<plan::Plan, String> {
     let state_dir = scratch.path().join("state");
     let (base, base_detail) = match &a.base {
         Some(r) => (BaseKind::ConfigRef, r.clone()),
-        None if has_state(&real) => {
-            copy_state(&real, &state_dir)
-                .map_err(|e| format!("copying the state directory {}: {e}", real.display()))?;
-            (BaseKind::StateDir, real.display().to_string())
-        }
+        None if has_state(&real) => (BaseKind::StateDir, real.display().to_string()),
         None => (BaseKind::StateStores, String::new()),
     };
+    // Also without a state (only state store clones, or a local store at a relative path):
+    // the engine rebuilds its records from the stores' ownership indexes, as a reconcile
+    // would.
+    if a.base.is_none() && real.is_dir() {
+        copy_state(&real, &state_dir)
+            .map_err(|e| format!("copying the state directory {}: {e}", real.display()))?;
+    }
     settings.state_dir = state_dir;
     let mut runner = settings.runner();
     if real.exists() {
