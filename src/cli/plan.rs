@@ -215,6 +215,8 @@ fn make_plan(a: &PlanArgs) -> Result<plan::Plan, String> {
         Some(r) => format!("{} at {r}", a.config),
         None => a.config.clone(),
     };
+    // The consumer lint (issue 24 part 3) reads the planned Destination files here:
+    // `rt.block_on(engine.planned_destination_files())`, into `Plan::lint`.
     Ok(plan::build(PlanInputs {
         config,
         base,

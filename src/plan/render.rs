@@ -34,7 +34,11 @@ pub(super) fn diff(f: &PlannedFile, stat: bool) -> (Option<String>, usize, usize
     if f.change == FileChangeKind::Restored && f.after.is_none() {
         return (None, 0, 0); // indexed content not in the blob cache
     }
-    let d = TextDiff::from_lines(&old, &new);
+    // Myers diff is quadratic in the worst case: a huge rewritten file gets a coarser diff
+    // after this long rather than stalling the plan.
+    let d = TextDiff::configure()
+        .timeout(std::time::Duration::from_secs(2))
+        .diff_lines(&old, &new);
     let (mut added, mut removed) = (0, 0);
     for op in d.ops() {
         for change in d.iter_changes(op) {
