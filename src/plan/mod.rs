@@ -286,32 +286,38 @@ fn object_of(f: &PlannedFile) -> String {
 /// Why `key` ran: from its record before and after the pass, and its Promise's.
 fn reason(key: &str, base: BaseKind, before: &State, after: &State) -> Reason {
     let is_promise = key.starts_with("promise/");
-    let get = |s: &'_ State| -> Option<ObjectRecord> {
-        if is_promise {
-            s.promises.get(key).cloned()
+    fn get<'s>(s: &'s State, key: &str, promise: bool) -> Option<&'s ObjectRecord> {
+        if promise {
+            s.promises.get(key)
         } else {
-            s.requests.get(key).cloned()
+            s.requests.get(key)
         }
-    };
-    let (Some(old), Some(new)) = (get(before), get(after)) else {
+    }
+    let (Some(old), Some(new)) = (get(before, key, is_promise), get(after, key, is_promise)) else {
         return if base == BaseKind::StateStores {
             Reason::NotRecorded
         } else {
             Reason::New
         };
     };
-    if old.input_hash.is_empty() && old.completed {
-        return Reason::NotRecorded;
-    }
     if !is_promise && old.spec_hash != new.spec_hash {
         return Reason::SpecChanged;
     }
+    // An empty input hash: its cached output was lost (or it was invalid); nothing to compare.
+    let known = !old.input_hash.is_empty();
     let pkey = format!("promise/{}", promise_of(key));
     let promise_hash = |s: &State| s.promises.get(&pkey).map(|r| r.input_hash.clone());
-    if old.input_hash != new.input_hash
-        && (is_promise || promise_hash(before) != promise_hash(after))
-    {
+    let promise_changed = if is_promise {
+        known
+    } else {
+        promise_hash(before).is_some_and(|h| !h.is_empty())
+            && promise_hash(before) != promise_hash(after)
+    };
+    if old.input_hash != new.input_hash && promise_changed {
         return Reason::PromiseChanged;
+    }
+    if !known {
+        return Reason::Resync;
     }
     if old.input_hash != new.input_hash {
         return Reason::ImageChanged;
