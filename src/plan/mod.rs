@@ -557,3 +557,6 @@ pub fn build(inputs: PlanInputs<'_>) -> Plan {
         lint: Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests;
