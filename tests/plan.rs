@@ -701,3 +701,30 @@ fn drift_and_unschedulable_requests_are_planned() {
     assert!(text.contains("pending: staging/default/s1"), "{text}");
     reconcile_matches(&w, &p);
 }
+
+#[test]
+fn without_a_state_directory_the_runs_that_change_nothing_are_counted() {
+    let Some(w) = world() else { return };
+    let req = w.config.join("requests/redis-example.yaml");
+    let text = std::fs::read_to_string(&req)
+        .unwrap()
+        .replace("spec: {}", "spec: {size: large}");
+    std::fs::write(&req, text).unwrap();
+    let none = w.root.join("no-state");
+    let (code, text, err) = plan_at(&w, &none, &[]);
+    assert_eq!(code, 2, "{text}\n{err}");
+    assert!(
+        text.contains("  configure  redis/default/example  (not in a state directory"),
+        "{text}"
+    );
+    assert!(!text.contains("namespace/default/team-a"), "{text}");
+    assert!(
+        text.contains("… and 4 more that run only to compare their output"),
+        "{text}"
+    );
+    // JSON lists them all.
+    let (_, json, _) = plan_at(&w, &none, &["--output", "json"]);
+    let p: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(runs(&p).len(), 5, "{p:#}");
+    assert!(runs(&p).iter().all(|r| r.2 == "not-recorded"), "{p:#}");
+}

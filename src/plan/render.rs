@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use similar::TextDiff;
 
-use super::{BaseKind, FilePlan, Plan};
+use super::{BaseKind, FilePlan, Plan, Reason};
 use crate::reconcile::{FileChangeKind, PlannedFile};
 
 /// Lines of context around each change in a unified diff.
@@ -107,6 +107,29 @@ fn headline(p: &Plan) -> String {
     )
 }
 
+/// The runs worth reading: all but those that only run to compare their output with the
+/// state stores (no state directory) and change no file; those are counted.
+fn shown_runs(p: &Plan) -> (Vec<&super::Run>, usize) {
+    let changed: std::collections::BTreeSet<&str> = p
+        .stores
+        .iter()
+        .flat_map(|s| s.destinations.iter())
+        .flat_map(|d| d.files.iter())
+        .map(|f| f.object.as_str())
+        .collect();
+    let (shown, quiet): (Vec<&super::Run>, Vec<&super::Run>) = p.runs.iter().partition(|r| {
+        r.reason != Reason::NotRecorded || r.failed || changed.contains(r.object.as_str())
+    });
+    (shown, quiet.len())
+}
+
+/// The line that counts the runs [`shown_runs`] leaves out.
+fn quiet_line(n: usize) -> String {
+    format!(
+        "… and {n} more that run only to compare their output with the state stores (no state directory): no file changes"
+    )
+}
+
 fn run_line(r: &super::Run) -> String {
     let mut why = r.reason.describe().to_string();
     if let Some(p) = &r.pipeline {
@@ -160,10 +183,14 @@ pub fn text(p: &Plan, out: &mut dyn std::io::Write) -> std::io::Result<()> {
             }
         }
     }
+    let (runs, quiet) = shown_runs(p);
     if !p.runs.is_empty() {
         writeln!(out, "runs:")?;
-        for r in &p.runs {
+        for r in runs {
             writeln!(out, "  {:<9}  {}  ({})", r.workflow, r.object, run_line(r))?;
+        }
+        if quiet > 0 {
+            writeln!(out, "  {}", quiet_line(quiet))?;
         }
     }
     for b in &p.blast_radius {
@@ -294,9 +321,10 @@ pub fn markdown(p: &Plan, limit: usize) -> String {
             s_.added, s_.changed, s_.removed, s_.restored
         );
     }
-    if !p.runs.is_empty() {
+    let (runs, quiet) = shown_runs(p);
+    if !runs.is_empty() {
         s.push_str("| Object | Workflow | Why | Destinations |\n|---|---|---|---|\n");
-        for r in &p.runs {
+        for r in runs {
             let _ = writeln!(
                 s,
                 "| `{}` | {} | {} | {} |",
@@ -307,6 +335,9 @@ pub fn markdown(p: &Plan, limit: usize) -> String {
             );
         }
         s.push('\n');
+    }
+    if quiet > 0 {
+        let _ = writeln!(s, "{}\n", quiet_line(quiet));
     }
     if !p.blast_radius.is_empty() {
         s.push_str("**Blast radius**\n\n");
@@ -378,7 +409,6 @@ pub fn markdown(p: &Plan, limit: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::Reason;
 
     #[test]
     fn fences_outgrow_backticks() {
