@@ -12,6 +12,7 @@
 //!   request's `status.healthStatus`.
 //! - [`infra`]: Destination and state store status (`Ready`, events, last write).
 //! - [`rollout`]: staged rollouts of a Promise version (UpgradePlans) and their progress.
+//! - [`plan`]: `promised plan`, what a reconcile would do (a dry-run pass), for review.
 //! - [`image`]: pulling, verifying, caching and unpacking OCI images for pipelines.
 
 pub mod cli;
@@ -27,6 +28,7 @@ pub mod layout;
 pub mod lint;
 pub mod model;
 pub mod pipeline;
+pub mod plan;
 pub mod reconcile;
 pub mod rollout;
 pub mod scheduler;

@@ -10,7 +10,16 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let cli = promised::cli::Cli::parse();
+    let cli = promised::cli::Cli::try_parse().unwrap_or_else(|e| {
+        // `promised plan` exits 2 for "changes" (like `terraform plan -detailed-exitcode`):
+        // a command line it cannot parse is an error, 1, not clap's usual 2.
+        let plan = std::env::args().skip(1).find(|a| !a.starts_with('-')) == Some("plan".into());
+        if plan && e.use_stderr() {
+            let _ = e.print();
+            std::process::exit(1);
+        }
+        e.exit()
+    });
     let default = if matches!(cli.command, promised::cli::Command::Run(_)) {
         "info"
     } else {

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `validate.rs` | `promised validate` |
 //! | `reconcile.rs` | `promised reconcile` |
+//! | `plan.rs` | `promised plan` (what a reconcile would do, for review) |
 //! | `status.rs` | `promised status` (`status_infra.rs`: its Destinations and state stores) |
 //! | `run.rs` | `promised run` (the daemon, [`crate::daemon`]) |
 //! | `pipeline.rs` | `promised pipeline run` |
@@ -26,6 +27,7 @@ pub mod adapter;
 pub mod images;
 pub mod output;
 pub mod pipeline;
+pub mod plan;
 pub mod reconcile;
 pub mod rollout;
 pub mod run;
@@ -44,6 +46,7 @@ use crate::config::Source;
 pub use images::ImagesArgs;
 pub use output::{OutputFormat, StatusFormat, TableFormat};
 pub use pipeline::PipelineArgs;
+pub use plan::PlanArgs;
 pub use reconcile::ReconcileArgs;
 pub use rollout::RolloutArgs;
 pub use run::RunArgs;
@@ -96,6 +99,7 @@ impl Cli {
         }
         let daemon = match &self.command {
             Command::Reconcile(a) => &a.daemon,
+            Command::Plan(a) => &a.daemon,
             Command::Status(a) => &a.daemon,
             Command::Run(a) => &a.daemon,
             Command::Rollout(a) => &a.daemon,
@@ -116,6 +120,7 @@ const TOP_EXAMPLES: &str = "\
 Examples:
   promised validate testdata/quickstart
   promised reconcile --config testdata/quickstart
+  promised plan --config testdata/quickstart --output markdown
   promised status
   promised run --config https://github.com/acme/platform-config.git --ref main --daemon-config /etc/promised/promised.yaml
   promised pipeline run --config testdata/quickstart --promise redis --request-name default/example
@@ -130,6 +135,9 @@ pub enum Command {
     /// One reconcile pass: run workflows, place output, commit to the state stores.
     #[command(after_help = reconcile::RECONCILE_EXAMPLES)]
     Reconcile(ReconcileArgs),
+    /// What a reconcile would do (files, runs, blast radius, errors); writes nothing.
+    #[command(after_help = plan::PLAN_EXAMPLES)]
+    Plan(PlanArgs),
     /// Show the status of every Promise and resource request.
     #[command(after_help = status::STATUS_EXAMPLES)]
     Status(StatusArgs),
@@ -207,6 +215,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> i32 {
     match cli.command {
         Command::Validate(a) => validate::validate_cmd(&a, out),
         Command::Reconcile(a) => reconcile::reconcile_cmd(&a, out),
+        Command::Plan(a) => plan::plan_cmd(&a, out),
         Command::Status(a) => status::status_cmd(&a, out),
         Command::Run(a) => run::run_cmd(&a),
         Command::Pipeline(a) => pipeline::run(&a, out),

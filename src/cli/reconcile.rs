@@ -131,7 +131,7 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
 /// applied commit is the state directory's (a refused head falls back to it, and the
 /// refusal is recorded for `promised status`). Returns the objects, the root of their
 /// Promise folders and the refusal, if any.
-fn load(
+pub(super) fn load(
     source: &Source,
     filter: &config::FileFilter,
     settings: &crate::settings::Settings,

@@ -38,6 +38,12 @@
 //! The stages hand each other one `Pass` (the working state of the pass); the [`Engine`]
 //! keeps what lives between passes (state, open stores, settings).
 //!
+//! `promised plan` is this same pass, printed: an engine made with [`Engine::for_plan`] runs
+//! every stage above on a scratch state directory, and its state stores are dry-run stores
+//! (`dry_run`) that apply each change set to an in-memory copy of the store and record every
+//! file written or deleted ([`Engine::take_planned_files`]); [`crate::plan`] turns that into
+//! the plan.
+//!
 //! Sharding (`leaderElection.shards` > 1): an engine made with [`Engine::for_shard`] sees only
 //! its shard's Promises and requests, and rebuilds and deletes only theirs (`shard`).
 //!
@@ -68,6 +74,7 @@
 mod compound;
 mod delete;
 mod destinations;
+mod dry_run;
 mod health;
 pub mod held;
 mod inputs;
@@ -90,6 +97,7 @@ pub use compound::{
     COMPONENT_OF_NAMESPACE, COMPONENT_OF_PROMISE, COMPONENT_OF_RESOURCE, KRATIX_PLATFORM_LABEL,
     PLATFORM_LABEL, is_platform,
 };
+pub use dry_run::{FileChangeKind, PlannedFile};
 pub use inputs::{TREE_CONTENT_BUDGET, TREE_MAX_ENTRIES};
 pub use placement::{DestView, OutputRecord, owner_key, place_outputs};
 pub use plan::reconciliation_interval;
@@ -164,6 +172,8 @@ pub struct Engine {
     revisions: revisions::Revisions,
     /// UpgradePlans' progress (`<stateDir>/rollouts.json`) and this pass's trailers.
     rollout: rollout::RolloutRuntime,
+    /// `promised plan` ([`Engine::for_plan`]): state stores are dry-run stores recording here.
+    dry_run: Option<Arc<dry_run::Recorder>>,
 }
 
 /// The working state of one pass, handed from stage to stage in the order of
@@ -276,7 +286,56 @@ impl Engine {
             shard: None,
             revisions,
             rollout: rollout::RolloutRuntime::default(),
+            dry_run: None,
         })
+    }
+
+    /// An engine for `promised plan`: every stage runs as in [`Engine::new`] (same code path
+    /// as `promised reconcile`), but the state stores are dry-run stores (`dry_run`): they read
+    /// the real store once and apply to an in-memory copy, so nothing is committed, pushed or
+    /// uploaded, and every file an apply would write or delete is recorded
+    /// ([`Engine::take_planned_files`]). `settings.state_dir` must be a scratch directory
+    /// (a copy of the real state directory, or empty): the engine writes its state, cached
+    /// outputs and state store clones there as usual. Errors: as [`Engine::new`].
+    pub fn for_plan(settings: Settings, runner: RunnerConfig) -> Result<Engine, EngineError> {
+        let mut engine = Engine::new(settings, runner)?;
+        engine.dry_run = Some(Arc::default());
+        Ok(engine)
+    }
+
+    /// The files the dry-run stores' applies wrote or deleted since the last call, in apply
+    /// order (empty for an engine not made with [`Engine::for_plan`]).
+    pub fn take_planned_files(&self) -> Vec<PlannedFile> {
+        self.dry_run.as_ref().map(|r| r.take()).unwrap_or_default()
+    }
+
+    /// After a pass of an engine made with [`Engine::for_plan`]: every file the state stores
+    /// would hold for each Destination (those their ownership index gives it), by Destination
+    /// name, sorted by path. What the consumer lint reads. Empty for other engines; a store
+    /// that cannot be read is left out (the pass reported it).
+    pub async fn planned_destination_files(
+        &self,
+    ) -> BTreeMap<String, Vec<statestores::StoredFile>> {
+        let mut out: BTreeMap<String, Vec<statestores::StoredFile>> = BTreeMap::new();
+        if self.dry_run.is_none() {
+            return out;
+        }
+        for (_, store) in self.stores.values() {
+            let (Ok(index), Ok(files)) = (store.owned("").await, store.read_files("", &[]).await)
+            else {
+                continue;
+            };
+            let owner: BTreeMap<&str, &str> = index
+                .iter()
+                .map(|e| (e.path.as_str(), e.owner.destination.as_str()))
+                .collect();
+            for f in files {
+                if let Some(d) = owner.get(f.path.as_str()) {
+                    out.entry(d.to_string()).or_default().push(f);
+                }
+            }
+        }
+        out
     }
 
     /// Daemon mode: failed workflows back off exponentially (`retryBackoff` doubling up to

@@ -94,6 +94,7 @@ impl Engine {
         if self.stores.get(&key).is_none_or(|(h, _)| *h != spec_hash) {
             match open() {
                 Ok(store) => {
+                    let store = self.dry_run_store(&key, store);
                     self.stores.insert(key.clone(), (spec_hash, store));
                     self.checked.remove(&key);
                 }
@@ -120,6 +121,20 @@ impl Engine {
                     errors.insert(key, format!("write-permission check failed: {e}"));
                 }
             }
+        }
+    }
+
+    /// `store` itself, or wrapped in a [`super::dry_run::DryRunStore`] for an engine made
+    /// with [`Engine::for_plan`].
+    fn dry_run_store(&self, key: &str, store: Arc<dyn StateStore>) -> Arc<dyn StateStore> {
+        match &self.dry_run {
+            None => store,
+            Some(recorder) => Arc::new(super::dry_run::DryRunStore::new(
+                key.to_string(),
+                store,
+                recorder.clone(),
+                self.dir.clone(),
+            )),
         }
     }
 
