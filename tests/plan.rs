@@ -728,3 +728,52 @@ fn without_a_state_directory_the_runs_that_change_nothing_are_counted() {
     assert_eq!(runs(&p).len(), 5, "{p:#}");
     assert!(runs(&p).iter().all(|r| r.2 == "not-recorded"), "{p:#}");
 }
+
+/// The consumer lint runs on what each Destination would hold: a pipeline change that adds a
+/// Helm values file to the output is planned with an `object` finding naming the file, and
+/// exits 1; the daemon config's severity turns it into a warning (exit 2, changes).
+#[test]
+fn the_plan_lints_what_each_destination_would_hold() {
+    let Some(w) = world() else { return };
+    let script = w.config.join("promises/namespace/pipeline/configure");
+    let text = std::fs::read_to_string(&script).unwrap().replace(
+        "cat > /kratix/metadata/destination-selectors.yaml",
+        "printf 'replicas: 3\\n' > /kratix/output/values.yaml\n\ncat > /kratix/metadata/destination-selectors.yaml",
+    );
+    std::fs::write(&script, text).unwrap();
+    let (code, out, err) = plan_at(&w, &w.state, &["--output", "json"]);
+    assert_eq!(
+        code, 1,
+        "an error-severity lint finding: exit 1\n{out}\n{err}"
+    );
+    let p: Value = serde_json::from_str(&out).unwrap();
+    let lint = p["lint"].as_array().unwrap();
+    let files: Vec<&str> = lint.iter().map(|f| f["file"].as_str().unwrap()).collect();
+    assert_eq!(
+        lint.len(),
+        2,
+        "team-a on dev, team-b-prod on prod: {lint:#?}"
+    );
+    assert!(
+        files.contains(
+            &"clusters/dev/resources/default/namespace/team-a/instance-configure/5058f/values.yaml"
+        ),
+        "{files:?}"
+    );
+    assert!(
+        lint.iter()
+            .all(|f| f["rule"] == "object" && f["severity"] == "error")
+    );
+    // Text names the rule, the file and the document.
+    let (_, text, _) = plan_at(&w, &w.state, &[]);
+    assert!(
+        text.contains("lint: error[object]: clusters/dev/resources/default/namespace/team-a/instance-configure/5058f/values.yaml: document 1: missing apiVersion"),
+        "{text}"
+    );
+    // As a warning, the plan only has changes.
+    let dc = w.root.join("promised.yaml");
+    std::fs::write(&dc, "lint:\n  rules: {object: warning}\n").unwrap();
+    let (code, out, err) = plan_at(&w, &w.state, &["--daemon-config", dc.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(out.contains("lint: warning[object]"), "{out}");
+}

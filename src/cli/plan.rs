@@ -23,7 +23,7 @@ use crate::validate::{self, ValidConfig};
 /// Exit status and examples at the end of `promised plan --help`.
 pub(super) const PLAN_EXAMPLES: &str = "\
 Exit status: 0 no changes, 1 errors (invalid objects, failed pipelines, unreadable state
-stores, or the plan could not be made), 2 changes (files would be added, changed, removed or
+stores, an error-severity consumer lint finding, or the plan could not be made), 2 changes (files would be added, changed, removed or
 restored), like terraform plan -detailed-exitcode.
 
 The base is the state directory when it holds a state (--state-dir, stateDir in the daemon
@@ -215,9 +215,17 @@ fn make_plan(a: &PlanArgs) -> Result<plan::Plan, String> {
         Some(r) => format!("{} at {r}", a.config),
         None => a.config.clone(),
     };
-    // The consumer lint (issue 24 part 3) reads the planned Destination files here:
-    // `rt.block_on(engine.planned_destination_files())`, into `Plan::lint`.
-    Ok(plan::build(PlanInputs {
+    // The consumer lint on what each Destination would hold after the plan.
+    let mut lint = Vec::new();
+    for (destination, files) in rt.block_on(engine.planned_destination_files()) {
+        let files = files.into_iter().map(|f| (f.path, f.content)).collect();
+        lint.extend(crate::lint::lint_destination(
+            &destination,
+            &files,
+            &settings.lint,
+        ));
+    }
+    let mut plan = plan::build(PlanInputs {
         config,
         base,
         base_detail,
@@ -227,5 +235,7 @@ fn make_plan(a: &PlanArgs) -> Result<plan::Plan, String> {
         after: engine.state(),
         files,
         stat: a.stat,
-    }))
+    });
+    plan.lint = lint;
+    Ok(plan)
 }

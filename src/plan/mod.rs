@@ -216,12 +216,11 @@ pub struct Plan {
     pub errors: Vec<String>,
     /// Validation warnings, then non-fatal problems the pass reported.
     pub warnings: Vec<String>,
-    /// Findings of the consumer lint (Argo CD and Flux rules, issue 24 part 3) on the
-    /// planned Destination files. Always empty for now: the place where the lint is wired in,
-    /// from [`crate::reconcile::Engine::planned_destination_files`] after the pass (the
-    /// element type becomes the lint's finding type; findings of error severity should then
-    /// count in [`Plan::exit_code`] and be printed by [`render`]).
-    pub lint: Vec<serde_json::Value>,
+    /// Findings of the consumer lint ([`crate::lint`], README "Consumer lint") on every file
+    /// the state stores would hold for each Destination after the plan
+    /// ([`crate::reconcile::Engine::planned_destination_files`]); error-severity findings make
+    /// the exit code 1.
+    pub lint: Vec<crate::lint::Finding>,
 }
 
 impl Plan {
@@ -234,7 +233,11 @@ impl Plan {
     /// The exit code of `promised plan`: `1` when there is any error, else `2` when any file
     /// changes, else `0` (`terraform plan -detailed-exitcode`).
     pub fn exit_code(&self) -> i32 {
-        if !self.errors.is_empty() {
+        let lint_errors = self
+            .lint
+            .iter()
+            .any(|f| f.severity == crate::lint::Severity::Error);
+        if !self.errors.is_empty() || lint_errors {
             1
         } else if self.has_changes() {
             2

@@ -219,6 +219,9 @@ pub fn text(p: &Plan, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     for w in &p.warnings {
         writeln!(out, "warning: {w}")?;
     }
+    for f in &p.lint {
+        writeln!(out, "lint: {f}")?;
+    }
     writeln!(out, "{}", headline(p))
 }
 
@@ -376,6 +379,13 @@ pub fn markdown(p: &Plan, limit: usize) -> String {
         s.push_str("**Warnings**\n\n");
         for w in &p.warnings {
             let _ = writeln!(s, "- {}", cell(w));
+        }
+        s.push('\n');
+    }
+    if !p.lint.is_empty() {
+        s.push_str("**Consumer lint** (how Argo CD and Flux will read the output)\n\n");
+        for f in &p.lint {
+            let _ = writeln!(s, "- {}", cell(&f.to_string()));
         }
         s.push('\n');
     }
