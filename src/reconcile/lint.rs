@@ -1,6 +1,8 @@
 //! Consumer lint after a pass ([`crate::lint`]): the files placed on each Destination are
 //! linted when they changed, and the findings kept in its status (`destinations.json`) and in
-//! the pass report, as warnings. A pass that changed nothing on a Destination reads no file.
+//! the pass report, as warnings. A pass that made no commit on a Destination's state store
+//! (the common no-op pass) costs one hash of the lint settings; one that did reads the files
+//! only when their paths and hashes changed.
 
 use std::collections::BTreeMap;
 
@@ -11,9 +13,20 @@ use crate::state::sha256_hex;
 impl Engine {
     /// Lints the files placed on Destination `s.name` (every request's and Promise's
     /// placements there, misplaced ones included) unless their paths and hashes and the lint
-    /// settings are those of the last lint. New findings are logged as warnings.
-    pub(super) fn lint_destination(&self, s: &mut DestinationStatus) {
+    /// settings are those of the last lint; `wrote` says whether its state store got a new
+    /// commit in this pass (without one, only a change of the settings re-lints). New findings
+    /// are logged as warnings. The fingerprint is `<settings hash>-<files hash>`.
+    pub(super) fn lint_destination(&self, s: &mut DestinationStatus, wrote: bool) {
         let name = s.name.as_str();
+        let settings = sha256_hex(
+            serde_json::to_string(&self.settings.lint)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        let settings = &settings[..16];
+        if !wrote && s.lint_fingerprint.starts_with(&format!("{settings}-")) {
+            return;
+        }
         let mut files: BTreeMap<&str, &str> = BTreeMap::new();
         for r in self
             .state
@@ -27,11 +40,11 @@ impl Engine {
                 }
             }
         }
-        let mut listing = serde_json::to_string(&self.settings.lint).unwrap_or_default();
+        let mut listing = String::new();
         for (path, sha) in &files {
-            listing.push_str(&format!("\n{path} {sha}"));
+            listing.push_str(&format!("{path} {sha}\n"));
         }
-        let fingerprint = sha256_hex(listing.as_bytes());
+        let fingerprint = format!("{settings}-{}", sha256_hex(listing.as_bytes()));
         if fingerprint == s.lint_fingerprint {
             return;
         }

@@ -84,7 +84,8 @@ impl Engine {
                 canary_new,
             );
             apply_destination(&mut s, verdict);
-            self.lint_destination(&mut s);
+            let wrote = matches!(pass.store_results.get(&key), Some(Ok(Some(_))));
+            self.lint_destination(&mut s, wrote);
             pass.report.lint.extend(s.lint.iter().cloned());
             dests.insert(name.clone(), s);
         }
