@@ -294,6 +294,9 @@ fn app_file(name: &str) -> String {
 
 /// `path → blob id` of branch `main` of the bare repository `repo`.
 fn tree(repo: &Path) -> BTreeMap<String, String> {
+    if !repo.is_dir() {
+        return BTreeMap::new();
+    }
     let out = Command::new("git")
         .args(["ls-tree", "-r", "main"])
         .current_dir(repo)
@@ -442,4 +445,234 @@ fn git_state_store_remote_down_for_30s_mid_pass() {
     });
     let owned = check_index(&repo, &[]);
     assert!(owned.contains(&app_file("one")) && owned.contains(&app_file("two")));
+}
+
+/// Runs `f` on a blocking-friendly thread of a multi-threaded runtime (the S3 server's tasks
+/// keep running on the other worker).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_server_down_for_30s_mid_pass() {
+    use s3_server::{ACCESS_KEY, S3Server, SECRET_KEY};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s3 = S3Server::start(&tmp.path().join("s3")).await;
+    let (config, gates) = config_dir(
+        tmp.path(),
+        &format!(
+            "apiVersion: platform.kratix.io/v1alpha1\nkind: BucketStateStore\nmetadata:\n  name: store\nspec:\n  bucketName: {}\n  endpoint: {}\n  insecure: true\n  path: state/\n  authMethod: accessKey\n  secretRef:\n    name: minio-creds\n    namespace: default\n",
+            s3_server::BUCKET,
+            s3.endpoint()
+        ),
+        "BucketStateStore",
+    );
+    add_request(&config, "one");
+    let state = tmp.path().join("state");
+    let key = "BucketStateStore/store";
+    let bucket = s3.file("state");
+    let object = |name: &str| bucket.join(app_file(name));
+    let mut d = blocking(|| {
+        let mut d = Daemon::start(
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--state-dir",
+                state.to_str().unwrap(),
+            ],
+            tmp.path(),
+            &[
+                ("PROMISED_SECRET_MINIO_CREDS_ACCESSKEYID", ACCESS_KEY),
+                ("PROMISED_SECRET_MINIO_CREDS_SECRETACCESSKEY", SECRET_KEY),
+            ],
+        );
+        d.wait_for("the first request written", |d| {
+            object("one").is_file() && is_reconciled(d, "app/default/one")
+        });
+        gates.hold("two");
+        add_request(&config, "two");
+        d.wait_for("the pipeline of two started", |_| gates.started("two"));
+        d
+    });
+    s3.stop().await;
+    let down = Instant::now();
+    blocking(|| {
+        gates.open("two");
+        d.wait_for("the state store not ready", |d| {
+            store_ready(d, key).is_some_and(|(s, _)| s == "False")
+        });
+        let (_, message) = store_ready(&d, key).unwrap();
+        eprintln!("store: {message}");
+        eprintln!("two: {:?}", reconciled(d.rows().get("app/default/two")));
+        let (code, out) = d.status_cli(&[]);
+        eprintln!("status {code}: {out}");
+        while down.elapsed() < OUTAGE {
+            assert!(d.alive(), "the daemon stays up: {}", d.log());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert_eq!(d.get("/healthz").map(|(c, _)| c), Some(200));
+    });
+    s3.restart().await;
+    blocking(|| {
+        d.wait_for("the second request written", |d| {
+            object("two").is_file()
+                && is_reconciled(d, "app/default/two")
+                && store_ready(d, key).is_some_and(|(s, _)| s == "True")
+        });
+        assert!(object("one").is_file(), "nothing lost");
+    });
+}
+
+/// A person's clone of the bare repository `repo` in `dir`.
+fn person_clone(repo: &Path, dir: &Path) {
+    git(
+        repo.parent().unwrap(),
+        &["clone", "-q", repo.to_str().unwrap(), dir.to_str().unwrap()],
+    );
+}
+
+#[test]
+fn state_store_branch_edited_and_force_pushed_by_a_person() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = GitServer::new(&tmp.path().join("srv"));
+    let url = server.bare_repo("state.git");
+    let repo = server.base.join("state.git");
+    let (config, gates) = config_dir(
+        tmp.path(),
+        &format!(
+            "apiVersion: platform.kratix.io/v1alpha1\nkind: GitStateStore\nmetadata:\n  name: store\nspec:\n  url: {url}\n  branch: main\n"
+        ),
+        "GitStateStore",
+    );
+    add_request(&config, "one");
+    add_request(&config, "three");
+    let state = tmp.path().join("state");
+    let mut d = Daemon::start(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        tmp.path(),
+        &[],
+    );
+    d.wait_for("the first requests committed", |d| {
+        tree(&repo).contains_key(&app_file("three")) && is_reconciled(d, "app/default/three")
+    });
+    let ours = tree(&repo);
+
+    // Mid-pass: a person rewrites the branch (a new root commit: force-pushed) without one
+    // of our files, with another changed, and with files of their own.
+    gates.hold("two");
+    add_request(&config, "two");
+    d.wait_for("the pipeline of two started", |_| gates.started("two"));
+    let work = tmp.path().join("person");
+    person_clone(&repo, &work);
+    git(&work, &["checkout", "-q", "--orphan", "rewritten"]);
+    git(&work, &["rm", "-qf", &app_file("one")]);
+    std::fs::write(work.join(app_file("three")), "kind: Edited\n").unwrap();
+    std::fs::create_dir_all(work.join("people")).unwrap();
+    std::fs::write(work.join("people/notes.yaml"), "note: mine\n").unwrap();
+    std::fs::write(work.join("dev/README.md"), "# ours too\n").unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-qm", "history rewritten by a person"]);
+    git(&work, &["push", "-q", "--force", "origin", "rewritten:main"]);
+    gates.open("two");
+
+    let foreign = ["people/notes.yaml", "dev/README.md"];
+    d.wait_for("two committed on top of the person's branch", |d| {
+        tree(&repo).contains_key(&app_file("two")) && is_reconciled(d, "app/default/two")
+    });
+    let now = tree(&repo);
+    for f in foreign {
+        assert!(now.contains_key(f), "the person's {f} is kept: {now:#?}");
+    }
+    for (path, oid) in &ours {
+        if !path.starts_with(".promised/") {
+            assert_eq!(now.get(path), Some(oid), "our {path} is restored");
+        }
+    }
+    check_index(&repo, &foreign);
+
+    // Between passes: a person deletes our index and edits our file in a normal commit.
+    git(&work, &["fetch", "-q", "origin"]);
+    git(&work, &["reset", "-q", "--hard", "origin/main"]);
+    git(&work, &["rm", "-q", "-r", ".promised"]);
+    std::fs::write(work.join(app_file("two")), "kind: Edited\n").unwrap();
+    git(&work, &["commit", "-qam", "index deleted by a person"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let edited = tree(&repo);
+    // A config change starts the next pass at once (no drift check interval to wait for).
+    add_request(&config, "four");
+    d.wait_for("four committed and the edits repaired", |d| {
+        let t = tree(&repo);
+        t.contains_key(&app_file("four"))
+            && t.get(&app_file("two")) != edited.get(&app_file("two"))
+            && is_reconciled(d, "app/default/four")
+    });
+    let owned = check_index(&repo, &foreign);
+    for name in ["one", "two", "three", "four"] {
+        assert!(owned.contains(&app_file(name)), "{name} indexed: {owned:?}");
+    }
+    let now = tree(&repo);
+    for (path, oid) in &ours {
+        if !path.starts_with(".promised/") {
+            assert_eq!(now.get(path), Some(oid), "our {path} is restored");
+        }
+    }
+}
+
+#[test]
+fn config_remote_unreachable_keeps_the_last_good_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = GitServer::new(&tmp.path().join("srv"));
+    let config_url = server.bare_repo("config.git");
+    let (work, gates) = config_dir(tmp.path(), common::app::PLATFORM.split("---").next().unwrap(), "GitStateStore");
+    let _ = &gates;
+    add_request(&work, "one");
+    git(&work, &["init", "-q"]);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-qm", "config"]);
+    git(&work, &["push", "-q", &config_url, "HEAD:main"]);
+    let state = tmp.path().join("state");
+    let store = state.join("state.git");
+    let args = [
+        "--config",
+        config_url.as_str(),
+        "--ref",
+        "main",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--poll-interval",
+        "300ms",
+    ];
+    let mut d = Daemon::start(&args, tmp.path(), &[]);
+    d.wait_for("one committed", |d| {
+        tree(&store).contains_key(&app_file("one")) && is_reconciled(d, "app/default/one")
+    });
+    let before = tree(&store);
+
+    server.stop();
+    // Polls fail; the last good config is still served.
+    d.wait_for("the config source's error in status", |d| {
+        let (_, out) = d.status_cli(&[]);
+        out.contains("config") && out.contains("refused")
+    });
+    let (code, out) = d.status_cli(&[]);
+    eprintln!("status {code}: {out}");
+    eprintln!("readyz: {:?}", d.get("/readyz"));
+    assert!(is_reconciled(&d, "app/default/one"));
+    assert_eq!(tree(&store), before, "nothing pruned");
+
+    server.start();
+    add_request(&work, "two");
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-qm", "two"]);
+    git(&work, &["push", "-q", &config_url, "HEAD:main"]);
+    d.wait_for("two committed", |d| {
+        tree(&store).contains_key(&app_file("two")) && is_reconciled(d, "app/default/two")
+    });
+    let (_, out) = d.status_cli(&[]);
+    assert!(!out.contains("refused"), "{out}");
 }

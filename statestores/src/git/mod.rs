@@ -19,6 +19,7 @@
 //!
 //! All applies to one store are serialised by an async mutex (Kratix: one lock per repo).
 
+mod adopt;
 pub mod config;
 pub mod credentials;
 mod push;
@@ -470,8 +471,19 @@ impl GitStateStore {
             }
             None => {
                 let (files, tree) = repo::head_files(&repo, head, &inner.secrets)?;
-                let index =
+                let mut index =
                     plan::load_index(&files, |oid| repo::read_blob(&repo, oid, &inner.secrets))?;
+                let adopted = adopt::adopt_lost_index(
+                    &repo,
+                    head,
+                    &files,
+                    &mut index,
+                    &inner.spec.git_author,
+                    &inner.secrets,
+                )?;
+                if !adopted.is_empty() {
+                    tracing::warn!(url = %inner.url_display, destinations = ?adopted, "ownership index deleted outside promised: re-adopted from the last commit promised applied, its files are restored");
+                }
                 (files, index, tree)
             }
         };
@@ -609,6 +621,16 @@ impl GitStateStore {
                 })
                 .await?;
             }
+        }
+        // What the next apply re-adopts an index deleted behind our back from (`adopt`).
+        let inner = self.inner.clone();
+        if let Err(e) = blocking(move || {
+            let repo = inner.repo();
+            repo::set_ref(&repo, adopt::APPLIED_REF, commit, &inner.secrets)
+        })
+        .await
+        {
+            tracing::warn!(store = %self.inner.url_display, error = %e, "cannot record the applied commit in the clone");
         }
         tracing::debug!(
             store = %self.inner.url_display,
