@@ -33,6 +33,8 @@ struct Daemon {
     child: Child,
     port: u16,
     log: PathBuf,
+    /// `--state-dir`.
+    state: PathBuf,
 }
 
 impl Drop for Daemon {
@@ -68,7 +70,17 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("promised run starts");
-        let mut d = Daemon { child, port, log };
+        let state = args
+            .iter()
+            .position(|a| *a == "--state-dir")
+            .map(|i| PathBuf::from(args[i + 1]))
+            .expect("--state-dir");
+        let mut d = Daemon {
+            child,
+            port,
+            log,
+            state,
+        };
         d.wait_for("/healthz", |d| d.get("/healthz").is_some_and(|(c, _)| c == 200));
         d
     }
@@ -127,10 +139,12 @@ impl Daemon {
         v["stateStores"].get(key).cloned()
     }
 
-    /// `promised status ARGS --listen <this daemon>`: (exit code, stdout).
+    /// `promised status ARGS --listen <this daemon> --state-dir <its state directory>`:
+    /// (exit code, stdout and stderr).
     fn status_cli(&self, args: &[&str]) -> (i32, String) {
         let listen = format!("127.0.0.1:{}", self.port);
-        let mut all = vec!["status", "--listen", listen.as_str()];
+        let state = self.state.to_str().unwrap();
+        let mut all = vec!["status", "--listen", listen.as_str(), "--state-dir", state];
         all.extend_from_slice(args);
         let (code, out, err) = common::promised(&all);
         (code, format!("{out}{err}"))
@@ -623,13 +637,42 @@ fn state_store_branch_edited_and_force_pushed_by_a_person() {
     }
 }
 
+/// `POST /hooks/git` (no webhook secret configured): the status code.
+fn hook(d: &Daemon) -> u16 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    agent
+        .post(format!("http://127.0.0.1:{}/hooks/git", d.port))
+        .header("X-GitHub-Event", "push")
+        .header("Content-Type", "application/json")
+        .send("{\"ref\": \"refs/heads/main\"}")
+        .map(|r| r.status().as_u16())
+        .unwrap_or_default()
+}
+
+/// `promised_reconcile_duration_seconds_count`: passes that ended.
+fn passes(d: &Daemon) -> f64 {
+    let (_, body) = d.get("/metrics").expect("metrics");
+    body.lines()
+        .filter(|l| l.starts_with("promised_reconcile_duration_seconds_count"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 #[test]
 fn config_remote_unreachable_keeps_the_last_good_config() {
     let tmp = tempfile::tempdir().unwrap();
     let mut server = GitServer::new(&tmp.path().join("srv"));
     let config_url = server.bare_repo("config.git");
-    let (work, gates) = config_dir(tmp.path(), common::app::PLATFORM.split("---").next().unwrap(), "GitStateStore");
-    let _ = &gates;
+    // A local Git state store in the state directory (`url: state.git`).
+    let (work, _gates) = config_dir(
+        tmp.path(),
+        "apiVersion: platform.kratix.io/v1alpha1\nkind: GitStateStore\nmetadata:\n  name: store\nspec:\n  url: state.git\n",
+        "GitStateStore",
+    );
     add_request(&work, "one");
     git(&work, &["init", "-q"]);
     git(&work, &["add", "-A"]);
@@ -654,17 +697,35 @@ fn config_remote_unreachable_keeps_the_last_good_config() {
     let before = tree(&store);
 
     server.stop();
-    // Polls fail; the last good config is still served.
-    d.wait_for("the config source's error in status", |d| {
-        let (_, out) = d.status_cli(&[]);
-        out.contains("config") && out.contains("refused")
+    // The poll fails: status says why, on the table's first line and in /readyz.
+    let says_why = |text: &str| {
+        text.contains("config remote unreachable since")
+            && text.contains("Connection refused")
+            && text.contains("stays in force")
+    };
+    d.wait_for("the config remote's outage in `promised status`", |d| {
+        says_why(d.status_cli(&[]).1.lines().next().unwrap_or_default())
     });
-    let (code, out) = d.status_cli(&[]);
-    eprintln!("status {code}: {out}");
-    eprintln!("readyz: {:?}", d.get("/readyz"));
-    assert!(is_reconciled(&d, "app/default/one"));
-    assert_eq!(tree(&store), before, "nothing pruned");
+    let (code, body) = d.get("/readyz").unwrap();
+    assert!(says_why(&body), "{body}");
+    assert_eq!(code, 200, "still ready: the last good config is served\n{body}");
 
+    // A pass during the outage (a webhook delivery) reconciles the last good config: it
+    // restores our file that a person deleted from the store, and prunes nothing.
+    let person = tmp.path().join("person");
+    person_clone(&store, &person);
+    git(&person, &["rm", "-q", &app_file("one")]);
+    git(&person, &["commit", "-qm", "deleted by a person"]);
+    git(&person, &["push", "-q", "origin", "HEAD:main"]);
+    let n = passes(&d);
+    assert_eq!(hook(&d), 202);
+    d.wait_for("a pass during the outage", |d| passes(d) > n);
+    d.wait_for("the deleted file restored", |_| tree(&store) == before);
+    assert!(is_reconciled(&d, "app/default/one"), "{:?}", d.rows());
+    assert!(!d.log().contains("reconcile pass failed"), "{}", d.log());
+    assert!(d.alive());
+
+    // Back: the outage line goes, new commits are applied.
     server.start();
     add_request(&work, "two");
     git(&work, &["add", "-A"]);
@@ -673,6 +734,9 @@ fn config_remote_unreachable_keeps_the_last_good_config() {
     d.wait_for("two committed", |d| {
         tree(&store).contains_key(&app_file("two")) && is_reconciled(d, "app/default/two")
     });
-    let (_, out) = d.status_cli(&[]);
-    assert!(!out.contains("refused"), "{out}");
+    d.wait_for("the outage line gone", |d| {
+        !d.status_cli(&[]).1.contains("unreachable")
+            && d.get("/readyz").is_some_and(|(_, b)| !b.contains("unreachable"))
+    });
+    assert!(!state.join("config-unreachable.json").exists());
 }

@@ -127,7 +127,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Ready: the config loaded and the state stores are writable. With leader election a standby
+/// Ready: the config loaded and the state stores are writable; an unreachable config remote
+/// is a line of the body, not a failure (its last good config is served). With leader election a standby
 /// is ready too (so rolling updates proceed; it can take over), and the body says its role.
 async fn readyz(AxState(s): AxState<Arc<Shared>>) -> Response {
     if let Some(l) = s.leadership()
@@ -137,7 +138,12 @@ async fn readyz(AxState(s): AxState<Arc<Shared>>) -> Response {
     }
     let loaded = s.config_loaded.load(Ordering::SeqCst);
     let stores = s.stores_ok.load(Ordering::SeqCst);
-    let body = format!("config loaded: {loaded}\nstate stores writable: {stores}\n");
+    let mut body = format!("config loaded: {loaded}\nstate stores writable: {stores}\n");
+    if let Some(outage) = s.config_outage() {
+        // Still ready: the last good config is reconciled (`crate::config::unreachable`).
+        body.push_str(&outage);
+        body.push('\n');
+    }
     if loaded && stores {
         (StatusCode::OK, body).into_response()
     } else {
