@@ -437,13 +437,32 @@ fn git_state_store_remote_down_for_30s_mid_pass() {
     d.wait_for("the state store not ready", |d| {
         store_ready(d, key).is_some_and(|(s, _)| s == "False")
     });
+    // git's own text for the refused connection, on one line (the table shows first lines).
+    let says_why = |text: &str| {
+        text.contains(&format!("transport error talking to {url}"))
+            && text.contains("unable to connect to 127.0.0.1: 127.0.0.1")
+            && text.contains("Connection refused")
+    };
     let (_, message) = store_ready(&d, key).unwrap();
-    eprintln!("store: {message}");
-    eprintln!("two: {:?}", reconciled(d.rows().get("app/default/two")));
+    assert!(says_why(&message), "{message}");
+    let (status, reason, message) = reconciled(d.rows().get("app/default/two")).unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "WorksFailing"));
+    let row = &d.rows()["app/default/two"];
+    assert!(says_why(row["status"]["message"].as_str().unwrap()), "{row} {message}");
     let (code, out) = d.status_cli(&[key]);
-    eprintln!("status {code}: {out}");
-    let (code, out) = d.status_cli(&[]);
-    eprintln!("status {code}: {out}");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("NotReady") && says_why(&out), "{out}");
+    let (_, table) = d.status_cli(&[]);
+    let line = |prefix: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {table}"))
+            .to_string()
+    };
+    assert!(says_why(&line("app/default/two")), "{table}");
+    assert!(says_why(&line("GitStateStore/store")), "{table}");
+    assert!(line("app/default/one").contains("Reconciled"), "{table}");
     while down.elapsed() < OUTAGE {
         assert!(d.alive(), "the daemon stays up: {}", d.log());
         std::thread::sleep(Duration::from_millis(500));
@@ -515,11 +534,21 @@ async fn s3_server_down_for_30s_mid_pass() {
         d.wait_for("the state store not ready", |d| {
             store_ready(d, key).is_some_and(|(s, _)| s == "False")
         });
+        // The S3 client's own text, on one line.
+        let says_why = |text: &str| {
+            text.contains("transport error talking to s3://kratix/state at http://127.0.0.1:")
+                && text.contains("Connection refused")
+        };
         let (_, message) = store_ready(&d, key).unwrap();
-        eprintln!("store: {message}");
-        eprintln!("two: {:?}", reconciled(d.rows().get("app/default/two")));
-        let (code, out) = d.status_cli(&[]);
-        eprintln!("status {code}: {out}");
+        assert!(says_why(&message), "{message}");
+        let (status, reason, _) = reconciled(d.rows().get("app/default/two")).unwrap();
+        assert_eq!((status.as_str(), reason.as_str()), ("False", "WorksFailing"));
+        let (code, out) = d.status_cli(&[key]);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("NotReady") && says_why(&out), "{out}");
+        let (_, table) = d.status_cli(&[]);
+        let two = table.lines().find(|l| l.starts_with("app/default/two")).unwrap();
+        assert!(says_why(two), "{table}");
         while down.elapsed() < OUTAGE {
             assert!(d.alive(), "the daemon stays up: {}", d.log());
             std::thread::sleep(Duration::from_millis(500));
