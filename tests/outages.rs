@@ -769,3 +769,172 @@ fn config_remote_unreachable_keeps_the_last_good_config() {
     });
     assert!(!state.join("config-unreachable.json").exists());
 }
+
+/// Whether this process can make a user and mount namespace and mount a tmpfs in it.
+fn can_mount_tmpfs() -> bool {
+    Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c"])
+        .arg("d=$(mktemp -d) && mount -t tmpfs -o size=1m tmpfs \"$d\" && umount \"$d\" && rmdir \"$d\"")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The state directory on a full file system, then read-only. One script runs in a user and
+/// mount namespace (`unshare --user --map-root-user --mount`: no mount outlives it) with the
+/// state directory on a 16 MiB tmpfs: each `promised reconcile` writes its exit code, stdout
+/// and stderr to `<out>/<step>.*`, and copies of the state directory are kept for the test.
+#[test]
+fn state_directory_full_or_read_only() {
+    if !can_mount_tmpfs() {
+        assert!(
+            std::env::var_os("PROMISED_REQUIRE_SANDBOX").is_none(),
+            "PROMISED_REQUIRE_SANDBOX is set but no tmpfs can be mounted in a user and mount namespace (unshare --user --map-root-user --mount)"
+        );
+        eprintln!(
+            "skipped: cannot mount a tmpfs in a user and mount namespace here (unshare -rm)"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let server = GitServer::new(&tmp.path().join("srv"));
+    let url = server.bare_repo("state.git");
+    let repo = server.base.join("state.git");
+    let (config, _gates) = config_dir(
+        tmp.path(),
+        &format!(
+            "apiVersion: platform.kratix.io/v1alpha1\nkind: GitStateStore\nmetadata:\n  name: store\nspec:\n  url: {url}\n  branch: main\n"
+        ),
+        "GitStateStore",
+    );
+    add_request(&config, "one");
+    // Requests the script adds: two while the file system is full, three while read-only.
+    let extra = tmp.path().join("extra");
+    std::fs::create_dir_all(&extra).unwrap();
+    for name in ["two", "three"] {
+        std::fs::write(
+            extra.join(format!("{name}.yaml")),
+            common::app::request(name, "default"),
+        )
+        .unwrap();
+    }
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let daemon_config = tmp.path().join("promised.yaml");
+    std::fs::write(&daemon_config, "sandbox: none\n").unwrap();
+    let script = r#"set -u
+run() {
+  "$PROMISED" reconcile --config "$CONFIG" --state-dir "$STATE" --daemon-config "$DC" >"$OUT/$1.out" 2>"$OUT/$1.err"
+  echo $? >"$OUT/$1.code"
+  git --git-dir "$REPO" ls-tree -r --name-only main >"$OUT/$1.tree"
+}
+snapshot() { cp -a "$STATE" "$OUT/$1"; rm -f "$OUT/$1/filler"; }
+mount -t tmpfs -o size=16m tmpfs "$STATE" || exit 90
+run 1-converge
+snapshot 1-state
+cp "$EXTRA/two.yaml" "$CONFIG/requests/"
+dd if=/dev/zero of="$STATE/filler" bs=64k 2>/dev/null
+run 2-full
+snapshot 2-state
+rm -f "$STATE/filler"
+run 3-space-back
+snapshot 3-state
+cp "$EXTRA/three.yaml" "$CONFIG/requests/"
+mount -o remount,ro "$STATE" || exit 91
+run 4-read-only
+mount -o remount,rw "$STATE" || exit 92
+snapshot 4-state
+run 5-writable
+snapshot 5-state
+umount "$STATE"
+"#;
+    let status = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", script])
+        .env("PROMISED", env!("CARGO_BIN_EXE_promised"))
+        .env("CONFIG", &config)
+        .env("STATE", &state)
+        .env("DC", &daemon_config)
+        .env("OUT", &out)
+        .env("EXTRA", &extra)
+        .env("REPO", &repo)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the script: {status}");
+    let step = |name: &str| -> (i32, String) {
+        let code = std::fs::read_to_string(out.join(format!("{name}.code"))).unwrap();
+        let text = std::fs::read_to_string(out.join(format!("{name}.out"))).unwrap()
+            + &std::fs::read_to_string(out.join(format!("{name}.err"))).unwrap();
+        (code.trim().parse().unwrap(), text)
+    };
+    let store_tree = |name: &str| std::fs::read_to_string(out.join(format!("{name}.tree"))).unwrap();
+    let state_json = |name: &str| std::fs::read(out.join(name).join("state.json")).unwrap();
+    let state_path = state.display().to_string();
+
+    let (code, text) = step("1-converge");
+    assert_eq!(code, 0, "{text}");
+    let before = store_tree("1-converge");
+
+    // Full: the run fails naming the state directory's file and the cause; the state
+    // directory is as before (no half-written file), the store has no commit.
+    let (code, text) = step("2-full");
+    assert_ne!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!("error: state directory {state_path}/"))
+            && text.contains("No space left on device"),
+        "{text}"
+    );
+    assert_eq!(state_json("2-state"), state_json("1-state"), "state.json unchanged");
+    no_temporary_files(&out.join("2-state"));
+    assert_eq!(store_tree("2-full"), before);
+
+    // Space back: converges, the request of the failed run included.
+    let (code, text) = step("3-space-back");
+    assert_eq!(code, 0, "{text}");
+    assert!(store_tree("3-space-back").contains(&app_file("two")));
+
+    // Read-only: the same.
+    let (code, text) = step("4-read-only");
+    assert_ne!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!("error: state directory {state_path}/"))
+            && text.contains("Read-only file system"),
+        "{text}"
+    );
+    assert_eq!(state_json("4-state"), state_json("3-state"), "state.json unchanged");
+    no_temporary_files(&out.join("4-state"));
+    assert_eq!(store_tree("4-read-only"), store_tree("3-space-back"));
+
+    // Writable again: converges, nothing lost.
+    let (code, text) = step("5-writable");
+    assert_eq!(code, 0, "{text}");
+    for name in ["one", "two", "three"] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(&format!("app/default/{name} ")) && l.contains("Reconciled")),
+            "{name}: {text}"
+        );
+    }
+    let owned = check_index(&repo, &[]);
+    for name in ["one", "two", "three"] {
+        assert!(owned.contains(&app_file(name)), "{name} indexed: {owned:?}");
+    }
+}
+
+/// Panics when a file of the state directory `dir` (outside the Git clones) is a temporary
+/// file left by an interrupted write (`.tmp*`).
+fn no_temporary_files(dir: &Path) {
+    for e in walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_entry(|e| e.file_name() != "stores")
+    {
+        let e = e.unwrap();
+        assert!(
+            !e.file_name().to_string_lossy().starts_with(".tmp"),
+            "left behind: {}",
+            e.path().display()
+        );
+    }
+}
