@@ -81,7 +81,9 @@ impl Daemon {
             log,
             state,
         };
-        d.wait_for("/healthz", |d| d.get("/healthz").is_some_and(|(c, _)| c == 200));
+        d.wait_for("/healthz", |d| {
+            d.get("/healthz").is_some_and(|(c, _)| c == 200)
+        });
         d
     }
 
@@ -331,7 +333,10 @@ fn tree(repo: &Path) -> BTreeMap<String, String> {
 fn check_index(repo: &Path, foreign: &[&str]) -> Vec<String> {
     let files = tree(repo);
     let mut owned = Vec::new();
-    for (path, oid) in files.iter().filter(|(p, _)| p.starts_with(".promised/index/")) {
+    for (path, oid) in files
+        .iter()
+        .filter(|(p, _)| p.starts_with(".promised/index/"))
+    {
         let text = git(repo, &["cat-file", "-p", oid]);
         let index: serde_json::Value = serde_json::from_str(&text).unwrap();
         for e in index["entries"].as_array().unwrap() {
@@ -446,9 +451,15 @@ fn git_state_store_remote_down_for_30s_mid_pass() {
     let (_, message) = store_ready(&d, key).unwrap();
     assert!(says_why(&message), "{message}");
     let (status, reason, message) = reconciled(d.rows().get("app/default/two")).unwrap();
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "WorksFailing"));
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "WorksFailing")
+    );
     let row = &d.rows()["app/default/two"];
-    assert!(says_why(row["status"]["message"].as_str().unwrap()), "{row} {message}");
+    assert!(
+        says_why(row["status"]["message"].as_str().unwrap()),
+        "{row} {message}"
+    );
     let (code, out) = d.status_cli(&[key]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("NotReady") && says_why(&out), "{out}");
@@ -542,12 +553,18 @@ async fn s3_server_down_for_30s_mid_pass() {
         let (_, message) = store_ready(&d, key).unwrap();
         assert!(says_why(&message), "{message}");
         let (status, reason, _) = reconciled(d.rows().get("app/default/two")).unwrap();
-        assert_eq!((status.as_str(), reason.as_str()), ("False", "WorksFailing"));
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "WorksFailing")
+        );
         let (code, out) = d.status_cli(&[key]);
         assert_eq!(code, 0, "{out}");
         assert!(out.contains("NotReady") && says_why(&out), "{out}");
         let (_, table) = d.status_cli(&[]);
-        let two = table.lines().find(|l| l.starts_with("app/default/two")).unwrap();
+        let two = table
+            .lines()
+            .find(|l| l.starts_with("app/default/two"))
+            .unwrap();
         assert!(says_why(two), "{table}");
         while down.elapsed() < OUTAGE {
             assert!(d.alive(), "the daemon stays up: {}", d.log());
@@ -620,7 +637,10 @@ fn state_store_branch_edited_and_force_pushed_by_a_person() {
     std::fs::write(work.join("dev/README.md"), "# ours too\n").unwrap();
     git(&work, &["add", "-A"]);
     git(&work, &["commit", "-qm", "history rewritten by a person"]);
-    git(&work, &["push", "-q", "--force", "origin", "rewritten:main"]);
+    git(
+        &work,
+        &["push", "-q", "--force", "origin", "rewritten:main"],
+    );
     gates.open("two");
 
     let foreign = ["people/notes.yaml", "dev/README.md"];
@@ -737,7 +757,10 @@ fn config_remote_unreachable_keeps_the_last_good_config() {
     });
     let (code, body) = d.get("/readyz").unwrap();
     assert!(says_why(&body), "{body}");
-    assert_eq!(code, 200, "still ready: the last good config is served\n{body}");
+    assert_eq!(
+        code, 200,
+        "still ready: the last good config is served\n{body}"
+    );
 
     // A pass during the outage (a webhook delivery) reconciles the last good config: it
     // restores our file that a person deleted from the store, and prunes nothing.
@@ -765,7 +788,8 @@ fn config_remote_unreachable_keeps_the_last_good_config() {
     });
     d.wait_for("the outage line gone", |d| {
         !d.status_cli(&[]).1.contains("unreachable")
-            && d.get("/readyz").is_some_and(|(_, b)| !b.contains("unreachable"))
+            && d.get("/readyz")
+                .is_some_and(|(_, b)| !b.contains("unreachable"))
     });
     assert!(!state.join("config-unreachable.json").exists());
 }
@@ -792,9 +816,7 @@ fn state_directory_full_or_read_only() {
             std::env::var_os("PROMISED_REQUIRE_SANDBOX").is_none(),
             "PROMISED_REQUIRE_SANDBOX is set but no tmpfs can be mounted in a user and mount namespace (unshare --user --map-root-user --mount)"
         );
-        eprintln!(
-            "skipped: cannot mount a tmpfs in a user and mount namespace here (unshare -rm)"
-        );
+        eprintln!("skipped: cannot mount a tmpfs in a user and mount namespace here (unshare -rm)");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -869,7 +891,8 @@ umount "$STATE"
             + &std::fs::read_to_string(out.join(format!("{name}.err"))).unwrap();
         (code.trim().parse().unwrap(), text)
     };
-    let store_tree = |name: &str| std::fs::read_to_string(out.join(format!("{name}.tree"))).unwrap();
+    let store_tree =
+        |name: &str| std::fs::read_to_string(out.join(format!("{name}.tree"))).unwrap();
     let state_json = |name: &str| std::fs::read(out.join(name).join("state.json")).unwrap();
     let state_path = state.display().to_string();
 
@@ -886,7 +909,11 @@ umount "$STATE"
             && text.contains("No space left on device"),
         "{text}"
     );
-    assert_eq!(state_json("2-state"), state_json("1-state"), "state.json unchanged");
+    assert_eq!(
+        state_json("2-state"),
+        state_json("1-state"),
+        "state.json unchanged"
+    );
     no_temporary_files(&out.join("2-state"));
     assert_eq!(store_tree("2-full"), before);
 
@@ -903,7 +930,11 @@ umount "$STATE"
             && text.contains("Read-only file system"),
         "{text}"
     );
-    assert_eq!(state_json("4-state"), state_json("3-state"), "state.json unchanged");
+    assert_eq!(
+        state_json("4-state"),
+        state_json("3-state"),
+        "state.json unchanged"
+    );
     no_temporary_files(&out.join("4-state"));
     assert_eq!(store_tree("4-read-only"), store_tree("3-space-back"));
 

@@ -162,7 +162,11 @@ impl Shared {
             serving: s.serving.clone(),
         };
         if s.outage.is_none() {
-            tracing::warn!(error, serving = next.serving.as_deref(), "config remote unreachable: the last good config stays in force");
+            tracing::warn!(
+                error,
+                serving = next.serving.as_deref(),
+                "config remote unreachable: the last good config stays in force"
+            );
         } else {
             tracing::debug!(error, "config remote still unreachable");
         }

@@ -61,12 +61,9 @@ pub fn adopt_lost_index(
     {
         return Ok(Vec::new());
     }
-    let lost_files: HashMap<String, ObjectId> = lost
-        .iter()
-        .map(|p| ((*p).clone(), old_files[*p]))
-        .collect();
-    let entries =
-        crate::plan::load_index(&lost_files, |oid| repo::read_blob(repo, oid, secrets))?;
+    let lost_files: HashMap<String, ObjectId> =
+        lost.iter().map(|p| ((*p).clone(), old_files[*p])).collect();
+    let entries = crate::plan::load_index(&lost_files, |oid| repo::read_blob(repo, oid, secrets))?;
     let known: BTreeSet<&str> = index.iter().map(|e| e.path.as_str()).collect();
     let adopted: Vec<IndexEntry> = entries
         .into_iter()
