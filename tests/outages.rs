@@ -49,6 +49,12 @@ impl Daemon {
     /// (`retryBackoff: 1s`, `maxRetryBackoff: 4s`: a failed pass is retried within seconds),
     /// debug logs to `<dir>/daemon-<port>.log`; waits until `/healthz` answers.
     fn start(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_wrapped(&[], args, dir, env)
+    }
+
+    /// [`Daemon::start`], run as `WRAP… promised run …` (`WRAP` ends with a command that
+    /// `exec`s its arguments, so the child is the daemon).
+    fn start_wrapped(wrap: &[&str], args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Daemon {
         let port = free_port();
         let log = dir.join(format!("daemon-{port}.log"));
         let daemon_config = dir.join(format!("promised-{port}.yaml"));
@@ -57,7 +63,15 @@ impl Daemon {
             "sandbox: none\nretryBackoff: 1s\nmaxRetryBackoff: 4s\nnetwork:\n  connectTimeout: 5s\n  readTimeout: 10s\n  operationTimeout: 30s\n",
         )
         .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_promised"))
+        let mut cmd = match wrap.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_promised"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_promised")),
+        };
+        let child = cmd
             .arg("run")
             .args(args)
             .arg("--daemon-config")
@@ -967,5 +981,130 @@ fn no_temporary_files(dir: &Path) {
             "left behind: {}",
             e.path().display()
         );
+    }
+}
+
+/// `promised run` with its state directory on a 16 MiB tmpfs in a user and mount namespace of
+/// its own; the test fills the file system and makes it read-only from inside that namespace
+/// (`nsenter`). The daemon stays up, `/readyz` answers 503 naming the path and the cause, and it
+/// converges once space and write access are back.
+#[test]
+fn daemon_state_directory_full_or_read_only() {
+    if !can_mount_tmpfs() {
+        assert!(
+            std::env::var_os("PROMISED_REQUIRE_SANDBOX").is_none(),
+            "PROMISED_REQUIRE_SANDBOX is set but no tmpfs can be mounted in a user and mount namespace (unshare --user --map-root-user --mount)"
+        );
+        eprintln!("skipped: cannot mount a tmpfs in a user and mount namespace here (unshare -rm)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let server = GitServer::new(&tmp.path().join("srv"));
+    let url = server.bare_repo("state.git");
+    let repo = server.base.join("state.git");
+    let (config, _gates) = config_dir(
+        tmp.path(),
+        &format!(
+            "apiVersion: platform.kratix.io/v1alpha1\nkind: GitStateStore\nmetadata:\n  name: store\nspec:\n  url: {url}\n  branch: main\n"
+        ),
+        "GitStateStore",
+    );
+    add_request(&config, "one");
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mount = format!(
+        "mount -t tmpfs -o size=16m tmpfs '{}' && exec \"$@\"",
+        state.display()
+    );
+    let mut d = Daemon::start_wrapped(
+        &[
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "sh",
+            "-c",
+            &mount,
+            "sh",
+        ],
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        tmp.path(),
+        &[],
+    );
+    // Runs `script` in the daemon's namespaces (where its tmpfs is mounted).
+    let pid = d.child.id().to_string();
+    let inside = |script: &str| {
+        let st = Command::new("nsenter")
+            .args([
+                "-t",
+                &pid,
+                "--user",
+                "--mount",
+                "--preserve-credentials",
+                "sh",
+                "-c",
+                script,
+            ])
+            .env("STATE", &state)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{script}: {st}");
+    };
+    d.wait_for("one committed", |d| {
+        tree(&repo).contains_key(&app_file("one")) && is_reconciled(d, "app/default/one")
+    });
+    assert!(
+        !state.join("state.json").exists(),
+        "the state directory is the daemon's tmpfs"
+    );
+    let state_path = state.display().to_string();
+    let readyz_says = |d: &Daemon, cause: &str| {
+        d.get("/readyz").is_some_and(|(c, b)| {
+            c == 503
+                && b.contains(&format!("last pass failed: state directory {state_path}/"))
+                && b.contains(cause)
+        })
+    };
+    let ready = |d: &Daemon| d.get("/readyz").is_some_and(|(c, _)| c == 200);
+
+    for (name, break_it, cause, mend) in [
+        (
+            "two",
+            "dd if=/dev/zero of=\"$STATE/filler\" bs=64k 2>/dev/null; true",
+            "No space left on device",
+            "rm \"$STATE/filler\"",
+        ),
+        (
+            "three",
+            "mount -o remount,ro \"$STATE\"",
+            "Read-only file system",
+            "mount -o remount,rw \"$STATE\"",
+        ),
+    ] {
+        inside(break_it);
+        add_request(&config, name);
+        d.wait_for(&format!("/readyz naming {cause}"), |d| {
+            readyz_says(d, cause)
+        });
+        assert!(d.alive());
+        assert!(
+            is_reconciled(&d, "app/default/one"),
+            "the last status is still served"
+        );
+        inside(mend);
+        d.wait_for(&format!("{name} committed"), |d| {
+            tree(&repo).contains_key(&app_file(name))
+                && is_reconciled(d, &format!("app/default/{name}"))
+                && ready(d)
+        });
+    }
+    let owned = check_index(&repo, &[]);
+    for name in ["one", "two", "three"] {
+        assert!(owned.contains(&app_file(name)), "{name} indexed: {owned:?}");
     }
 }

@@ -102,6 +102,9 @@ pub struct Shared {
     /// Whether the Git config remote answers, and the config commit in force
     /// ([`crate::config::unreachable`]).
     config_source: std::sync::Mutex<ConfigSourceState>,
+    /// Why the last pass failed as a whole (the state directory cannot be written, the config
+    /// cannot be loaded); `None` after a pass that ran. `/readyz` says it.
+    pass_error: std::sync::Mutex<Option<String>>,
 }
 
 /// [`Shared::config_source`].
@@ -262,6 +265,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         leadership: election.as_ref().map(|e| e.status()),
         published_in: Some(settings.state_dir.clone()),
         config_source: Default::default(),
+        pass_error: Default::default(),
     });
     match &election {
         None => {
@@ -437,6 +441,8 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         } else {
             failed_passes.saturating_add(1)
         };
+        *shared.pass_error.lock().expect("pass error") =
+            outcome.iter().find_map(|r| r.as_ref().err().cloned());
         for result in outcome {
             match result {
                 Ok(report) => {

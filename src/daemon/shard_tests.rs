@@ -83,6 +83,7 @@ fn shared(leadership: &Election) -> Shared {
         leadership: Some(leadership.status()),
         published_in: None,
         config_source: Default::default(),
+        pass_error: Default::default(),
     }
 }
 
