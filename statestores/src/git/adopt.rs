@@ -30,9 +30,19 @@ pub const APPLIED_REF: &str = "refs/promised/applied";
 /// history need not contain it).
 const WALK_LIMIT: usize = 200;
 
+/// Points [`APPLIED_REF`] at `commit`, just applied; a failure is logged (naming the store's
+/// `url`), not returned: the commit is published either way.
+pub fn record_applied(repo: &gix::Repository, commit: ObjectId, secrets: &Secrets, url: &str) {
+    if let Err(e) = repo::set_ref(repo, APPLIED_REF, commit, secrets) {
+        tracing::warn!(store = %url, error = %e, "cannot record the applied commit in the clone");
+    }
+}
+
 /// Adds to `index` the entries of every index file that [`APPLIED_REF`]'s tree has and the
-/// head's tree (`files`) lacks, unless a commit since has `author`. Returns the Destinations
-/// whose index was re-adopted (logged by the caller). Errors: the repository cannot be read.
+/// head's tree (`files`) lacks, unless a commit since has `author`; logs the Destinations
+/// whose index was re-adopted (naming the store's `url`) and returns them. Errors: the
+/// repository cannot be read.
+#[allow(clippy::too_many_arguments)]
 pub fn adopt_lost_index(
     repo: &gix::Repository,
     head: Option<ObjectId>,
@@ -40,6 +50,7 @@ pub fn adopt_lost_index(
     index: &mut Vec<IndexEntry>,
     author: &GitAuthor,
     secrets: &Secrets,
+    url: &str,
 ) -> Result<Vec<String>, Error> {
     let Some(applied) = repo::read_ref(repo, APPLIED_REF, secrets)? else {
         return Ok(Vec::new());
@@ -70,14 +81,16 @@ pub fn adopt_lost_index(
         .filter(|e| !known.contains(e.path.as_str()))
         .collect();
     index.extend(adopted);
-    Ok(lost
+    let destinations: Vec<String> = lost
         .iter()
         .map(|p| {
             p.trim_start_matches(&prefix)
                 .trim_end_matches(".json")
                 .to_string()
         })
-        .collect())
+        .collect();
+    tracing::warn!(store = %url, ?destinations, "ownership index deleted outside promised: re-adopted from the last commit promised applied, its files are restored");
+    Ok(destinations)
 }
 
 /// Whether a commit reachable from `head` before `applied` (at most [`WALK_LIMIT`]) has

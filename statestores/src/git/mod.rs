@@ -473,17 +473,15 @@ impl GitStateStore {
                 let (files, tree) = repo::head_files(&repo, head, &inner.secrets)?;
                 let mut index =
                     plan::load_index(&files, |oid| repo::read_blob(&repo, oid, &inner.secrets))?;
-                let adopted = adopt::adopt_lost_index(
+                adopt::adopt_lost_index(
                     &repo,
                     head,
                     &files,
                     &mut index,
                     &inner.spec.git_author,
                     &inner.secrets,
+                    &inner.url_display,
                 )?;
-                if !adopted.is_empty() {
-                    tracing::warn!(url = %inner.url_display, destinations = ?adopted, "ownership index deleted outside promised: re-adopted from the last commit promised applied, its files are restored");
-                }
                 (files, index, tree)
             }
         };
@@ -622,16 +620,6 @@ impl GitStateStore {
                 .await?;
             }
         }
-        // What the next apply re-adopts an index deleted behind our back from (`adopt`).
-        let inner = self.inner.clone();
-        if let Err(e) = blocking(move || {
-            let repo = inner.repo();
-            repo::set_ref(&repo, adopt::APPLIED_REF, commit, &inner.secrets)
-        })
-        .await
-        {
-            tracing::warn!(store = %self.inner.url_display, error = %e, "cannot record the applied commit in the clone");
-        }
         tracing::debug!(
             store = %self.inner.url_display,
             prepare_s,
@@ -645,6 +633,7 @@ impl GitStateStore {
         };
         self.inner.set_verified(Some(next));
         blocking(move || {
+            adopt::record_applied(&inner.repo(), commit, &inner.secrets, &inner.url_display);
             inner.maybe_gc(&env);
             Ok(())
         })
