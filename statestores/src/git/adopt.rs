@@ -38,20 +38,32 @@ pub fn record_applied(repo: &gix::Repository, commit: ObjectId, secrets: &Secret
     }
 }
 
+/// The ownership index of the head's tree (`files`), with lost index files re-adopted
+/// ([`adopt_lost_index`]). Errors: the repository cannot be read, an index file does not parse.
+pub(super) fn load_index(
+    inner: &super::Inner,
+    repo: &gix::Repository,
+    head: Option<ObjectId>,
+    files: &HashMap<String, ObjectId>,
+) -> Result<Vec<IndexEntry>, Error> {
+    let mut index =
+        crate::plan::load_index(files, |oid| repo::read_blob(repo, oid, &inner.secrets))?;
+    adopt_lost_index(inner, repo, head, files, &mut index)?;
+    Ok(index)
+}
+
 /// Adds to `index` the entries of every index file that [`APPLIED_REF`]'s tree has and the
-/// head's tree (`files`) lacks, unless a commit since has `author`; logs the Destinations
-/// whose index was re-adopted (naming the store's `url`) and returns them. Errors: the
-/// repository cannot be read.
-#[allow(clippy::too_many_arguments)]
-pub fn adopt_lost_index(
+/// head's tree (`files`) lacks, unless a commit since has the store's `gitAuthor`; logs the
+/// Destinations whose index was re-adopted and returns them. Errors: the repository cannot be
+/// read.
+pub(super) fn adopt_lost_index(
+    inner: &super::Inner,
     repo: &gix::Repository,
     head: Option<ObjectId>,
     files: &HashMap<String, ObjectId>,
     index: &mut Vec<IndexEntry>,
-    author: &GitAuthor,
-    secrets: &Secrets,
-    url: &str,
 ) -> Result<Vec<String>, Error> {
+    let (author, secrets, url) = (&inner.spec.git_author, &inner.secrets, &inner.url_display);
     let Some(applied) = repo::read_ref(repo, APPLIED_REF, secrets)? else {
         return Ok(Vec::new());
     };

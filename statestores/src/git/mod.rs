@@ -471,17 +471,7 @@ impl GitStateStore {
             }
             None => {
                 let (files, tree) = repo::head_files(&repo, head, &inner.secrets)?;
-                let mut index =
-                    plan::load_index(&files, |oid| repo::read_blob(&repo, oid, &inner.secrets))?;
-                adopt::adopt_lost_index(
-                    &repo,
-                    head,
-                    &files,
-                    &mut index,
-                    &inner.spec.git_author,
-                    &inner.secrets,
-                    &inner.url_display,
-                )?;
+                let index = adopt::load_index(inner, &repo, head, &files)?;
                 (files, index, tree)
             }
         };
