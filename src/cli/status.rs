@@ -130,19 +130,28 @@ pub fn status_cmd(a: &StatusArgs, out: &mut dyn Write) -> i32 {
     0
 }
 
-/// The table's first line while the newest config commit is refused by verification
-/// (`<stateDir>/config-refused.json`, written by the daemon and `promised reconcile`).
+/// The table's first lines while the config remote is unreachable
+/// (`<stateDir>/config-unreachable.json`, written by the daemon) or the newest config commit is
+/// refused by verification (`<stateDir>/config-refused.json`, written by the daemon and
+/// `promised reconcile`).
 fn refused_line(
     state_dir: &std::path::Path,
     format: super::output::StatusFormat,
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
+    if format != super::output::StatusFormat::Table {
+        return Ok(());
+    }
+    // The daemon cannot fetch its config remote (`crate::config::unreachable`).
+    if let Some(u) = crate::config::unreachable::load(state_dir) {
+        writeln!(out, "config: {u}\n")?;
+    }
     match crate::config::verify::load_refusal(state_dir) {
-        Some(r) if format == super::output::StatusFormat::Table => writeln!(
+        Some(r) => writeln!(
             out,
             "config: {r}; not applied, the last applied commit stays in force\n"
         ),
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
 

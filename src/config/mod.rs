@@ -13,6 +13,7 @@ pub mod history;
 mod loader;
 pub mod policy;
 pub mod source;
+pub mod unreachable;
 pub mod verify;
 
 use std::collections::HashMap;

@@ -127,7 +127,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Ready: the config loaded and the state stores are writable. With leader election a standby
+/// Ready: the config loaded, the state stores are writable and the last pass did not fail as a
+/// whole (its error is a line of the body: `last pass failed: …`); an unreachable config remote
+/// is a line of the body, not a failure (its last good config is served). With leader election a standby
 /// is ready too (so rolling updates proceed; it can take over), and the body says its role.
 async fn readyz(AxState(s): AxState<Arc<Shared>>) -> Response {
     if let Some(l) = s.leadership()
@@ -137,8 +139,18 @@ async fn readyz(AxState(s): AxState<Arc<Shared>>) -> Response {
     }
     let loaded = s.config_loaded.load(Ordering::SeqCst);
     let stores = s.stores_ok.load(Ordering::SeqCst);
-    let body = format!("config loaded: {loaded}\nstate stores writable: {stores}\n");
-    if loaded && stores {
+    let mut body = format!("config loaded: {loaded}\nstate stores writable: {stores}\n");
+    let failed = s.pass_error.lock().expect("pass error").clone();
+    if let Some(e) = &failed {
+        // The whole pass failed (a full or read-only state directory): nothing reconciles.
+        body.push_str(&format!("last pass failed: {e}\n"));
+    }
+    if let Some(outage) = s.config_outage() {
+        // Still ready: the last good config is reconciled (`crate::config::unreachable`).
+        body.push_str(&outage);
+        body.push('\n');
+    }
+    if loaded && stores && failed.is_none() {
         (StatusCode::OK, body).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()

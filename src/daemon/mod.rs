@@ -99,6 +99,21 @@ pub struct Shared {
     /// The state directory, whose status published by running pipelines `/api/v1/status`
     /// lays over its rows (README "Pipeline API"); `None`: none.
     published_in: Option<std::path::PathBuf>,
+    /// Whether the Git config remote answers, and the config commit in force
+    /// ([`crate::config::unreachable`]).
+    config_source: std::sync::Mutex<ConfigSourceState>,
+    /// Why the last pass failed as a whole (the state directory cannot be written, the config
+    /// cannot be loaded); `None` after a pass that ran. `/readyz` says it.
+    pass_error: std::sync::Mutex<Option<String>>,
+}
+
+/// [`Shared::config_source`].
+#[derive(Debug, Default)]
+struct ConfigSourceState {
+    /// The current outage, if any.
+    outage: Option<crate::config::unreachable::Unreachable>,
+    /// The config commit of the last load.
+    serving: Option<String>,
 }
 
 /// `Shared::heartbeat` before the loop's first beat.
@@ -117,6 +132,57 @@ impl Shared {
             .queue_depth
             .set(self.pending.load(Ordering::SeqCst) as i64);
         self.wake.notify_one();
+    }
+
+    /// A fetch or poll of the config remote succeeded (`commit`: the one loaded, if any):
+    /// an outage ends (logged, and its file in `state_dir` removed).
+    fn config_reached(&self, state_dir: &std::path::Path, commit: Option<&str>) {
+        let mut s = self.config_source.lock().expect("config source state");
+        if let Some(c) = commit {
+            s.serving = Some(c.to_string());
+        }
+        if let Some(o) = s.outage.take() {
+            tracing::info!(since = %o.since, "config remote reachable again");
+        }
+        if let Err(e) = crate::config::unreachable::save(state_dir, None) {
+            tracing::warn!(error = %e, "cannot update the config remote's status in the state directory");
+        }
+    }
+
+    /// A fetch or poll of the config remote failed with `error`: recorded for `/readyz` and
+    /// `promised status` (`<stateDir>/config-unreachable.json`); logged as a warning when the
+    /// outage starts, at debug level on later failures.
+    fn config_unreachable(&self, state_dir: &std::path::Path, error: &str) {
+        let mut s = self.config_source.lock().expect("config source state");
+        let since = s
+            .outage
+            .as_ref()
+            .map(|o| o.since.clone())
+            .unwrap_or_else(crate::status::now_rfc3339);
+        let next = crate::config::unreachable::Unreachable {
+            error: error.to_string(),
+            since,
+            serving: s.serving.clone(),
+        };
+        if s.outage.is_none() {
+            tracing::warn!(
+                error,
+                serving = next.serving.as_deref(),
+                "config remote unreachable: the last good config stays in force"
+            );
+        } else {
+            tracing::debug!(error, "config remote still unreachable");
+        }
+        if let Err(e) = crate::config::unreachable::save(state_dir, Some(&next)) {
+            tracing::warn!(error = %e, "cannot record the config remote's status in the state directory");
+        }
+        s.outage = Some(next);
+    }
+
+    /// The current outage of the config remote, one line (for `/readyz`).
+    fn config_outage(&self) -> Option<String> {
+        let s = self.config_source.lock().expect("config source state");
+        s.outage.as_ref().map(|o| o.to_string())
     }
 
     fn beat(&self) {
@@ -198,6 +264,8 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         heartbeat: AtomicU64::new(NEVER),
         leadership: election.as_ref().map(|e| e.status()),
         published_in: Some(settings.state_dir.clone()),
+        config_source: Default::default(),
+        pass_error: Default::default(),
     });
     match &election {
         None => {
@@ -373,6 +441,8 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         } else {
             failed_passes.saturating_add(1)
         };
+        *shared.pass_error.lock().expect("pass error") =
+            outcome.iter().find_map(|r| r.as_ref().err().cloned());
         for result in outcome {
             match result {
                 Ok(report) => {

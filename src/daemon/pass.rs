@@ -106,13 +106,32 @@ pub(super) async fn load(
     let refused = loader.refused().cloned();
     cache.loader = Some(loader);
     note_refusal(shared, settings, refused.as_ref());
+    let is_git = shared.followed_ref.is_some();
     let loaded = match loaded {
         Ok(x) => x,
+        Err(e) if is_git => {
+            // The config remote is unreachable (or its commit cannot be read): the last good
+            // config stays in force (`crate::config::unreachable`).
+            shared.metrics.error("config");
+            let e = e.to_string();
+            shared.config_unreachable(&settings.state_dir, &e);
+            return match &cache.last {
+                Some((_, cfg, root)) => Ok((cfg.clone(), root.clone())),
+                None => Err(e),
+            };
+        }
         Err(e) => {
             shared.metrics.error("config");
             return Err(e.to_string());
         }
     };
+    if is_git {
+        let commit = match &loaded {
+            Some((commit, _)) => commit.clone(),
+            None => cache.last.as_ref().map(|(c, _, _)| c.clone()),
+        };
+        shared.config_reached(&settings.state_dir, commit.as_deref());
+    }
     shared.config_loaded.store(true, Ordering::SeqCst);
     let load_s = t_load.elapsed().as_secs_f64();
     let t_validate = std::time::Instant::now();

@@ -82,6 +82,8 @@ fn shared(leadership: &Election) -> Shared {
         rollouts: RwLock::new(None),
         leadership: Some(leadership.status()),
         published_in: None,
+        config_source: Default::default(),
+        pass_error: Default::default(),
     }
 }
 

@@ -37,6 +37,7 @@ pub(super) fn start(
                 cache,
                 settings.poll_interval,
                 settings.network.timeouts(),
+                state_root.clone(),
                 stop,
             );
             None
@@ -46,7 +47,9 @@ pub(super) fn start(
 }
 
 /// Polls the Git config source every `every` (at least 100 ms) with a ref check and triggers a
-/// pass when the ref moved; failures are counted (`poll` errors) and logged.
+/// pass when the ref moved; failures are counted (`poll` errors), logged and recorded in
+/// `state_dir` ([`crate::config::unreachable`]), until a poll succeeds again.
+#[allow(clippy::too_many_arguments)]
 fn spawn_poller(
     shared: Arc<Shared>,
     url: String,
@@ -54,6 +57,7 @@ fn spawn_poller(
     cache: PathBuf,
     every: Duration,
     network: statestores::NetworkTimeouts,
+    state_dir: PathBuf,
     mut stop: watch::Receiver<bool>,
 ) {
     tokio::spawn(async move {
@@ -76,10 +80,11 @@ fn spawn_poller(
                         shared.trigger("poll");
                     }
                     last = Some(id);
+                    shared.config_reached(&state_dir, None);
                 }
                 Ok(Err(e)) => {
                     shared.metrics.error("poll");
-                    tracing::warn!(error = %e, "polling the config repository failed");
+                    shared.config_unreachable(&state_dir, &e.to_string());
                 }
                 Err(e) => tracing::warn!(error = %e, "poller task failed"),
             }

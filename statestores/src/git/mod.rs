@@ -18,6 +18,7 @@
 //! (`util/git/git.go` `CommitAndPush`). All applies to one store are serialised by an async
 //! mutex (Kratix: one lock per repo). Commits are signed when [`GitOptions::signing`] is set.
 
+mod adopt;
 pub mod config;
 pub mod credentials;
 mod push;
@@ -470,8 +471,7 @@ impl GitStateStore {
             }
             None => {
                 let (files, tree) = repo::head_files(&repo, head, &inner.secrets)?;
-                let index =
-                    plan::load_index(&files, |oid| repo::read_blob(&repo, oid, &inner.secrets))?;
+                let index = adopt::load_index(inner, &repo, head, &files)?;
                 (files, index, tree)
             }
         };
@@ -624,6 +624,7 @@ impl GitStateStore {
         };
         self.inner.set_verified(Some(next));
         blocking(move || {
+            adopt::record_applied(&inner.repo(), commit, &inner.secrets, &inner.url_display);
             inner.maybe_gc(&env);
             Ok(())
         })

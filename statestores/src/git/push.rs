@@ -152,7 +152,7 @@ pub fn classify(success: bool, stdout: &str, stderr: &str, dst: &str) -> PushOut
     if success {
         return PushOutcome::Pushed;
     }
-    let text = stderr.trim().to_owned();
+    let text = one_line(stderr);
     let lower = text.to_ascii_lowercase();
     if [
         "authentication failed",
@@ -171,6 +171,17 @@ pub fn classify(success: bool, stdout: &str, stderr: &str, dst: &str) -> PushOut
         return PushOutcome::Auth(text);
     }
     PushOutcome::Failed(text)
+}
+
+/// git's error text on one line (status tables show a message's first line): lines trimmed,
+/// empty ones dropped, joined with a space; git prints the address of a refused connection
+/// on a line of its own (`unable to connect to 127.0.0.1:` / `127.0.0.1[0: …]: errno=…`).
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -214,5 +225,16 @@ mod tests {
             ),
             PushOutcome::Auth(_)
         ));
+        assert_eq!(
+            classify(
+                false,
+                "",
+                "fatal: unable to connect to 127.0.0.1:\n127.0.0.1[0: 127.0.0.1]: errno=Connection refused\n\n",
+                DST
+            ),
+            PushOutcome::Failed(
+                "fatal: unable to connect to 127.0.0.1: 127.0.0.1[0: 127.0.0.1]: errno=Connection refused".into()
+            )
+        );
     }
 }
