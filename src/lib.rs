@@ -34,3 +34,4 @@ pub mod settings;
 pub mod state;
 pub mod status;
 pub mod validate;
+pub mod web;

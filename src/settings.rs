@@ -256,6 +256,8 @@ pub struct Settings {
     /// Apply only config commits whose signature verifies (README "Trust and tenancy"):
     /// `{mode: head|all, sshAllowedSigners: FILE, gpgKeyring: FILE}`. Default: off.
     pub verify: Option<crate::config::verify::VerifySettings>,
+    /// The web console (README "Web console"; [`crate::web::WebSettings`]).
+    pub web: crate::web::WebSettings,
 }
 
 impl Default for Settings {
@@ -306,6 +308,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             health_state_store: None,
             verify: None,
+            web: Default::default(),
             resource_binding_version_strategy: BindingStrategy::Floating,
         }
     }
@@ -315,10 +318,9 @@ impl Default for Settings {
 /// command line, of `systemd/promised.service` or of the test suite, not daemon settings, so
 /// [`Settings::load`] does not read them as keys: `PROMISED_LOG` (`--log`), `PROMISED_CONFIG`
 /// (`--daemon-config`), `PROMISED_CONFIG_REPO` / `PROMISED_CONFIG_REF` (the unit's `--config`
-/// and `--ref`), `PROMISED_REQUIRE_SANDBOX`, `_IMAGES`, `_KUBECTL`, `_GPG` and `_PYTHON` (CI:
-/// tests that need those tools fail rather than skip).
-/// `PROMISED_SECRET_<NAME>_<KEY>` (state store credentials) are skipped too. Every other
-/// `PROMISED_*` variable is a setting, and an unknown one is an error.
+/// and `--ref`), `PROMISED_REQUIRE_SANDBOX`, `_IMAGES`, `_KUBECTL`, `_GPG`, `_PYTHON` and
+/// `_BROWSER` (CI: tests that need those tools fail rather than skip). `PROMISED_SECRET_*`
+/// (state store credentials) are skipped too; any other `PROMISED_*` is a setting.
 pub const NOT_SETTINGS: &[&str] = &[
     "LOG",
     "CONFIG",
@@ -329,6 +331,7 @@ pub const NOT_SETTINGS: &[&str] = &[
     "REQUIRE_KUBECTL",
     "REQUIRE_GPG",
     "REQUIRE_PYTHON",
+    "REQUIRE_BROWSER",
 ];
 
 /// Why the daemon config cannot be used; the message names the key or file.

@@ -227,7 +227,15 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         .map_err(|e| format!("listening on {}: {e}", settings.listen))?;
     tracing::info!(listen = %settings.listen, "HTTP endpoints up");
     let (stop_tx, stop_rx) = watch::channel(false);
-    let http = http::serve(listener, shared.clone(), stop_rx.clone());
+    // The web console (README "Web console"): off on a public address without a token.
+    let console = if settings.web.serves(&settings.listen) {
+        let c = crate::web::Console::new(settings.state_dir.clone(), settings.web.clone())?;
+        Some(crate::web::router(Arc::new(c)))
+    } else {
+        tracing::info!(listen = %settings.listen, "web console off: a non-loopback address needs web.tokenFile (or web.enabled: true)");
+        None
+    };
+    let http = http::serve(listener, shared.clone(), console, stop_rx.clone());
 
     // Signals.
     let reload = Arc::new(AtomicBool::new(false));
@@ -378,6 +386,10 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
                 Ok(report) => {
                     shared.metrics.observe(&report);
                     pass::log_pass(&report);
+                    let record = crate::web::records::PassRecord::from_report(&report);
+                    if let Err(e) = crate::web::records::save_pass(&settings.state_dir, &record) {
+                        tracing::warn!(error = %e, "cannot record the last pass for the web console");
+                    }
                     if !ready_sent {
                         let _ = sd_notify::notify(&[
                             sd_notify::NotifyState::Ready,

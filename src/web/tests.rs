@@ -1,0 +1,1 @@
+//! Rendering tests of the console pages over a made-up state directory.
