@@ -80,7 +80,12 @@ fn write_state(dir: &Path, n: usize, commit: &str) {
             p,
         );
         s.status = Some("Available".into());
-        s.set("Reconciled", ConditionStatus::True, "Reconciled", "Reconciled");
+        s.set(
+            "Reconciled",
+            ConditionStatus::True,
+            "Reconciled",
+            "Reconciled",
+        );
         let mut r = record(s, promise_doc(p));
         r.promise = Some(promise_doc(p));
         st.promises.insert(format!("promise/{p}"), r);
@@ -100,10 +105,22 @@ fn write_state(dir: &Path, n: usize, commit: &str) {
         s.source = format!("requests/{p}/{name}.yaml[0]");
         let dir = format!("clusters/{d}/resources/{ns}/{p}/{name}/configure/5058f");
         if i % 100 == 7 {
-            s.set("Reconciled", ConditionStatus::False, "ConfigureWorkflowFailed", "Failing");
-            s.message = format!("Failing: pipeline configure: container render failed (exit code 1); last lines of stderr:\nerror: quota for {name}");
+            s.set(
+                "Reconciled",
+                ConditionStatus::False,
+                "ConfigureWorkflowFailed",
+                "Failing",
+            );
+            s.message = format!(
+                "Failing: pipeline configure: container render failed (exit code 1); last lines of stderr:\nerror: quota for {name}"
+            );
         } else {
-            s.set("Reconciled", ConditionStatus::True, "Reconciled", "Reconciled");
+            s.set(
+                "Reconciled",
+                ConditionStatus::True,
+                "Reconciled",
+                "Reconciled",
+            );
             s.message = "Resource requested".into();
             s.destinations.push(Landed {
                 destination: d.into(),
@@ -111,7 +128,8 @@ fn write_state(dir: &Path, n: usize, commit: &str) {
                 path: dir.clone(),
                 misplaced: false,
             });
-            s.commits.insert("GitStateStore/local".into(), commit.into());
+            s.commits
+                .insert("GitStateStore/local".into(), commit.into());
         }
         for e in 0..5 {
             s.events.push(promised::status::Event {
@@ -180,13 +198,19 @@ fn write_store(dir: &Path) -> String {
             .env("GIT_COMMITTER_EMAIL", "p@example.com")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     git(&["init", "-q", "--bare", "-b", "main", "store.git"]);
     let mut stream = String::new();
     for i in 1..=100 {
-        let msg = format!("promised: 1 updated, 0 deleted (config c{i:06})\n\n- updated alpha/team-1/req-{i:05}\n\nPromised-Config-Commit: {i:040x}\nPromised-Promise: alpha\nPromised-Resource: alpha/team-1/req-{i:05}\n");
+        let msg = format!(
+            "promised: 1 updated, 0 deleted (config c{i:06})\n\n- updated alpha/team-1/req-{i:05}\n\nPromised-Config-Commit: {i:040x}\nPromised-Promise: alpha\nPromised-Resource: alpha/team-1/req-{i:05}\n"
+        );
         stream.push_str(&format!(
             "commit refs/heads/main\nmark :{i}\ncommitter promised <p@example.com> {} +0000\ndata {}\n{msg}\n",
             1_700_000_000 + i,
@@ -204,7 +228,12 @@ fn write_store(dir: &Path) -> String {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(stream.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stream.as_bytes())
+        .unwrap();
     assert!(child.wait().unwrap().success());
     git(&["--git-dir", "store.git", "rev-parse", "main"])
 }
@@ -258,38 +287,59 @@ fn main() {
     println!("| snapshot load (once per pass) | {} | | |", ms(load));
     let row = |name: &str, f: &mut dyn FnMut() -> usize| {
         let (med, max, bytes) = time(runs, f);
-        println!("| {name} | {} | {} | {} KB |", ms(med), ms(max), bytes / 1024);
+        println!(
+            "| {name} | {} | {} | {} KB |",
+            ms(med),
+            ms(max),
+            bytes / 1024
+        );
     };
     row("overview", &mut || {
         let s = console.snapshot().unwrap();
-        overview::render(&overview::build(&console, &s, &filter)).into_string().len()
+        overview::render(&overview::build(&console, &s, &filter))
+            .into_string()
+            .len()
     });
     row("overview, failed only", &mut || {
         let s = console.snapshot().unwrap();
-        overview::render(&overview::build(&console, &s, &failed)).into_string().len()
+        overview::render(&overview::build(&console, &s, &failed))
+            .into_string()
+            .len()
     });
     row("overview, last page", &mut || {
         let s = console.snapshot().unwrap();
-        overview::render(&overview::build(&console, &s, &last_page)).into_string().len()
+        overview::render(&overview::build(&console, &s, &last_page))
+            .into_string()
+            .len()
     });
     row("overview, name search", &mut || {
         let s = console.snapshot().unwrap();
-        overview::render(&overview::build(&console, &s, &search)).into_string().len()
+        overview::render(&overview::build(&console, &s, &search))
+            .into_string()
+            .len()
     });
     row("Promise page (1/3 of the requests)", &mut || {
         let s = console.snapshot().unwrap();
-        promise::render(&promise::build(&console, &s, "alpha", &filter).unwrap()).into_string().len()
+        promise::render(&promise::build(&console, &s, "alpha", &filter).unwrap())
+            .into_string()
+            .len()
     });
     row("request page", &mut || {
         let s = console.snapshot().unwrap();
-        request::render(&request::build(&console, &s, &key).unwrap()).into_string().len()
+        request::render(&request::build(&console, &s, &key).unwrap())
+            .into_string()
+            .len()
     });
     row("audit page (100 store commits, `git log`)", &mut || {
         let s = console.snapshot().unwrap();
-        audit::render(&audit::build(&console, &s, &audit::Filter::default())).into_string().len()
+        audit::render(&audit::build(&console, &s, &audit::Filter::default()))
+            .into_string()
+            .len()
     });
     row("overview JSON twin", &mut || {
         let s = console.snapshot().unwrap();
-        serde_json::to_vec(&overview::build(&console, &s, &filter)).unwrap().len()
+        serde_json::to_vec(&overview::build(&console, &s, &filter))
+            .unwrap()
+            .len()
     });
 }

@@ -121,7 +121,10 @@ fn browser() -> Result<PathBuf, String> {
     }
     let pw = repo_root().join("tests/web/node_modules/playwright-core");
     if !pw.is_dir() {
-        return Err(format!("{} missing: run `npm ci` in tests/web", pw.display()));
+        return Err(format!(
+            "{} missing: run `npm ci` in tests/web",
+            pw.display()
+        ));
     }
     Ok(chromium)
 }
@@ -140,13 +143,23 @@ fn config_repo(tmp: &Path, name: &str, extra: Option<&str>) -> PathBuf {
     git(&config, &["add", "-A"]);
     git(
         &config,
-        &["-c", "user.name=Test", "-c", "user.email=test@example.com", "commit", "-qm", "initial config"],
+        &[
+            "-c",
+            "user.name=Test",
+            "-c",
+            "user.email=test@example.com",
+            "commit",
+            "-qm",
+            "initial config",
+        ],
     );
     config
 }
 
 fn run_browser(chromium: &Path, mode: &str, port: u16, config: &Path) -> PathBuf {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-console").join(mode);
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("web-console")
+        .join(mode);
     let _ = std::fs::remove_dir_all(&out);
     let res = Command::new("node")
         .arg(repo_root().join("tests/web/console.mjs"))
@@ -198,10 +211,18 @@ fn console_in_a_browser_on_the_quickstart_and_a_failing_promise() {
     let config = config_repo(tmp.path(), "quickstart", None);
     let state = tmp.path().join("state-quickstart");
     let mut d = start(
-        &["run", "--config", config.to_str().unwrap(), "--state-dir", state.to_str().unwrap()],
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
         tmp.path(),
     );
-    wait_overview(&mut d, |v| v["counts"]["reconciled"] == 3 && !v["lastPass"].is_null());
+    wait_overview(&mut d, |v| {
+        v["counts"]["reconciled"] == 3 && !v["lastPass"].is_null()
+    });
     let out = run_browser(&chromium, "quickstart", d.port, &config);
     for page in ["overview", "request", "promise", "audit", "overview-live"] {
         assert!(is_png(&out.join(format!("{page}.png"))), "{page}.png");
@@ -212,10 +233,18 @@ fn console_in_a_browser_on_the_quickstart_and_a_failing_promise() {
     let config = config_repo(tmp.path(), "failing", Some("testdata/web-failing"));
     let state = tmp.path().join("state-failing");
     let mut d = start(
-        &["run", "--config", config.to_str().unwrap(), "--state-dir", state.to_str().unwrap()],
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
         tmp.path(),
     );
-    wait_overview(&mut d, |v| v["counts"]["failed"] == 1 && v["counts"]["reconciled"] == 4);
+    wait_overview(&mut d, |v| {
+        v["counts"]["failed"] == 1 && v["counts"]["reconciled"] == 4
+    });
     let out = run_browser(&chromium, "failing", d.port, &config);
     for page in ["overview-failing", "request-failing", "promise-failing"] {
         assert!(is_png(&out.join(format!("{page}.png"))), "{page}.png");
@@ -248,7 +277,10 @@ fn reconciled_app(tmp: &Path) -> (PathBuf, PathBuf) {
 fn status_serve_shows_a_state_directory_with_json_twins() {
     let tmp = tempfile::tempdir().unwrap();
     let (state, _) = reconciled_app(tmp.path());
-    let s = start(&["status", "--state-dir", state.to_str().unwrap()], tmp.path());
+    let s = start(
+        &["status", "--state-dir", state.to_str().unwrap()],
+        tmp.path(),
+    );
 
     let (code, html) = get(s.port, "/ui/", None).unwrap();
     assert_eq!(code, 200);
@@ -275,11 +307,16 @@ fn status_serve_shows_a_state_directory_with_json_twins() {
     assert_eq!(pv["api"][0]["fields"][1]["path"], "spec.size", "{pv}");
     let (_, json) = get(s.port, "/api/v1/console/audit?resource=app/team-a/a", None).unwrap();
     let a: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let outs = a["configCommits"][0]["outputs"].as_array().expect("outputs");
+    let outs = a["configCommits"][0]["outputs"]
+        .as_array()
+        .expect("outputs");
     assert!(outs.iter().any(|o| o["commit"] == commit), "{a}");
 
     // Unknown objects are 404; the console is read-only.
-    assert_eq!(get(s.port, "/ui/requests/app/team-a/nope", None).unwrap().0, 404);
+    assert_eq!(
+        get(s.port, "/ui/requests/app/team-a/nope", None).unwrap().0,
+        404
+    );
     assert_eq!(get(s.port, "/ui/promises/nope", None).unwrap().0, 404);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -316,7 +353,13 @@ fn a_token_guards_the_console_and_public_addresses_need_one() {
     )
     .unwrap();
     let s = start(
-        &["status", "--state-dir", state.to_str().unwrap(), "--daemon-config", cfg.to_str().unwrap()],
+        &[
+            "status",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--daemon-config",
+            cfg.to_str().unwrap(),
+        ],
         tmp.path(),
     );
     for path in ["/ui/", "/api/v1/console/overview", "/ui/audit"] {
@@ -324,6 +367,10 @@ fn a_token_guards_the_console_and_public_addresses_need_one() {
         assert_eq!(code, 401, "{path}");
         assert!(!body.contains("s3cret"), "{body}");
         assert_eq!(get(s.port, path, Some("wrong")).unwrap().0, 401, "{path}");
-        assert_eq!(get(s.port, path, Some("s3cret-t0ken")).unwrap().0, 200, "{path}");
+        assert_eq!(
+            get(s.port, path, Some("s3cret-t0ken")).unwrap().0,
+            200,
+            "{path}"
+        );
     }
 }

@@ -60,15 +60,13 @@ pub(super) fn serve(
     if let Some(console) = console {
         app = app.merge(console);
     }
-    let app = app
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-                    (StatusCode::REQUEST_TIMEOUT, "request took too long\n")
-                }))
-                .layer(tower::timeout::TimeoutLayer::new(REQUEST_TIMEOUT)),
-        );
+    let app = app.layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).layer(
+        tower::ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                (StatusCode::REQUEST_TIMEOUT, "request took too long\n")
+            }))
+            .layer(tower::timeout::TimeoutLayer::new(REQUEST_TIMEOUT)),
+    );
     tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {

@@ -386,7 +386,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
                 Ok(report) => {
                     shared.metrics.observe(&report);
                     pass::log_pass(&report);
-                    let record = crate::web::records::PassRecord::from_report(&report);
+                    let record = pass_record(&report);
                     if let Err(e) = crate::web::records::save_pass(&settings.state_dir, &record) {
                         tracing::warn!(error = %e, "cannot record the last pass for the web console");
                     }
@@ -419,4 +419,49 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
     let _ = http.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What the web console shows of a pass (`<stateDir>/last-pass.json`,
+/// [`crate::web::records`]), ended now.
+fn pass_record(report: &crate::reconcile::PassReport) -> crate::web::records::PassRecord {
+    use crate::reconcile::ObjectAction;
+    use crate::web::records::{MAX_LISTED, PassObject, PassRecord, PassStore};
+    let mut ran = Vec::new();
+    let mut not_listed = 0;
+    for o in &report.objects {
+        let action = match o.action {
+            ObjectAction::Ran => "ran",
+            ObjectAction::Failed => "failed",
+            ObjectAction::Deleted => "deleted",
+            ObjectAction::Unchanged | ObjectAction::Waiting => continue,
+        };
+        if ran.len() < MAX_LISTED {
+            ran.push(PassObject {
+                key: o.key.clone(),
+                action: action.into(),
+                state: o.state.clone(),
+            });
+        } else {
+            not_listed += 1;
+        }
+    }
+    PassRecord {
+        finished_at: crate::status::now_rfc3339(),
+        config_commit: report.config_commit.clone(),
+        duration_seconds: report.duration.as_secs_f64(),
+        pipelines_run: report.pipelines_run,
+        ran,
+        ran_not_listed: not_listed,
+        stores: report
+            .stores
+            .iter()
+            .map(|s| PassStore {
+                store: s.store.clone(),
+                commit: s.commit.clone(),
+                written: s.written,
+                deleted: s.deleted,
+                error: s.error.as_deref().map(crate::infra::redact),
+            })
+            .collect(),
+    }
 }

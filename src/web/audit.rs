@@ -101,21 +101,36 @@ pub struct AuditView {
 
 /// The Git directory and ref holding the history of a Git state store with `url` (as shown,
 /// without user-info) and `branch`, named `name`; `None` when there is none here.
-pub fn store_repo(state_dir: &Path, name: &str, url: &str, branch: &str) -> Option<(PathBuf, String)> {
+pub fn store_repo(
+    state_dir: &Path,
+    name: &str,
+    url: &str,
+    branch: &str,
+) -> Option<(PathBuf, String)> {
     let local = url.strip_prefix("file://").map(str::to_string).or_else(|| {
         let scp = !url.contains("://") && url.split('/').next().is_some_and(|h| h.contains(':'));
         (!url.contains("://") && !scp).then(|| url.to_string())
     });
     if let Some(p) = local {
         let p = PathBuf::from(p);
-        let p = if p.is_relative() { state_dir.join(p) } else { p };
+        let p = if p.is_relative() {
+            state_dir.join(p)
+        } else {
+            p
+        };
         return p.is_dir().then(|| (p, format!("refs/heads/{branch}")));
     }
     // The persistent clone: `<stateDir>/stores/git/<sanitised name>-<12 hex>.git`
     // (statestores `git/mod.rs`, `store_id`); the newest when the URL changed.
     let prefix: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(64)
         .collect();
     let dir = state_dir.join("stores").join("git");
@@ -131,7 +146,10 @@ pub fn store_repo(state_dir: &Path, name: &str, url: &str, branch: &str) -> Opti
         if hash.len() != 12 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             continue;
         }
-        let t = e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+        let t = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::UNIX_EPOCH);
         if best.as_ref().is_none_or(|(bt, _)| t > *bt) {
             best = Some((t, e.path()));
         }
@@ -139,8 +157,15 @@ pub fn store_repo(state_dir: &Path, name: &str, url: &str, branch: &str) -> Opti
     best.map(|(_, p)| (p, format!("refs/remotes/origin/{branch}")))
 }
 
+/// One commit of a store's history: id, committer time (RFC 3339), subject, trailers.
+pub type LogEntry = (String, String, String, Vec<(String, String)>);
+
 /// The last `limit` commits of `git_dir` at `reference`, newest first. Errors as text.
-pub fn read_log(git_dir: &Path, reference: &str, limit: usize) -> Result<Vec<(String, String, String, Vec<(String, String)>)>, String> {
+pub fn read_log(
+    git_dir: &Path,
+    reference: &str,
+    limit: usize,
+) -> Result<Vec<LogEntry>, String> {
     let out = Command::new("git")
         .arg("--git-dir")
         .arg(git_dir)
@@ -175,7 +200,12 @@ pub fn read_log(git_dir: &Path, reference: &str, limit: usize) -> Result<Vec<(St
                 .filter_map(|l| l.split_once(": "))
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
-            Some((sha.to_string(), time.to_string(), subject.to_string(), trailers))
+            Some((
+                sha.to_string(),
+                time.to_string(),
+                subject.to_string(),
+                trailers,
+            ))
         })
         .collect())
 }
@@ -197,11 +227,15 @@ pub fn build(console: &Console, snap: &Snapshot, filter: &Filter) -> AuditView {
             });
             continue;
         }
-        let Some((dir, reference)) = store_repo(&console.state_dir, &s.name, &s.url, &s.branch_or_bucket) else {
+        let Some((dir, reference)) =
+            store_repo(&console.state_dir, &s.name, &s.url, &s.branch_or_bucket)
+        else {
             stores.push(StoreHistory {
                 store: key.clone(),
                 commits: 0,
-                note: Some("no local repository or clone of this store in the state directory".into()),
+                note: Some(
+                    "no local repository or clone of this store in the state directory".into(),
+                ),
             });
             continue;
         };
@@ -251,13 +285,20 @@ pub fn build(console: &Console, snap: &Snapshot, filter: &Filter) -> AuditView {
         .map(|(c, mut outputs)| {
             outputs.sort_by(|a, b| b.time.cmp(&a.time));
             ConfigCommit {
-                url: (!c.is_empty()).then(|| console.settings.config_url(&c)).flatten(),
+                url: (!c.is_empty())
+                    .then(|| console.settings.config_url(&c))
+                    .flatten(),
                 commit: c,
                 outputs,
             }
         })
         .collect();
-    let newest = |c: &ConfigCommit| c.outputs.first().map(|o| o.time.clone()).unwrap_or_default();
+    let newest = |c: &ConfigCommit| {
+        c.outputs
+            .first()
+            .map(|o| o.time.clone())
+            .unwrap_or_default()
+    };
     config_commits.sort_by_key(|c| std::cmp::Reverse(newest(c)));
     AuditView {
         version: snap.version.clone(),

@@ -85,7 +85,10 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
         .route("/ui/", get(overview_page))
         .route("/ui/promises/{name}", get(promise_page))
-        .route("/ui/requests/{promise}/{namespace}/{name}", get(request_page))
+        .route(
+            "/ui/requests/{promise}/{namespace}/{name}",
+            get(request_page),
+        )
         .route("/ui/audit", get(audit_page))
         .route("/ui/static/console.css", get(css))
         .route("/ui/static/console.js", get(js))
@@ -109,9 +112,8 @@ async fn auth(
     next: Next,
 ) -> Response {
     if let Some(token) = &c.token
-        && !presented(&headers).is_some_and(|t| {
-            subtle::ConstantTimeEq::ct_eq(t.as_bytes(), token.as_bytes()).into()
-        })
+        && !presented(&headers)
+            .is_some_and(|t| subtle::ConstantTimeEq::ct_eq(t.as_bytes(), token.as_bytes()).into())
     {
         return (
             StatusCode::UNAUTHORIZED,
@@ -167,11 +169,7 @@ fn json<T: Serialize>(v: &T) -> Response {
 }
 
 fn html(m: maud::Markup) -> Response {
-    (
-        [(header::CACHE_CONTROL, "no-store")],
-        Html(m.into_string()),
-    )
-        .into_response()
+    ([(header::CACHE_CONTROL, "no-store")], Html(m.into_string())).into_response()
 }
 
 async fn overview_page(
@@ -238,20 +236,14 @@ async fn request_json(
     }
 }
 
-async fn audit_page(
-    AxState(c): AxState<Arc<Console>>,
-    Query(q): Query<audit::Filter>,
-) -> Response {
+async fn audit_page(AxState(c): AxState<Arc<Console>>, Query(q): Query<audit::Filter>) -> Response {
     match view(c, move |c, s| Some(audit::build(c, s, &q))).await {
         Ok(v) => html(audit::render(&v)),
         Err(r) => r,
     }
 }
 
-async fn audit_json(
-    AxState(c): AxState<Arc<Console>>,
-    Query(q): Query<audit::Filter>,
-) -> Response {
+async fn audit_json(AxState(c): AxState<Arc<Console>>, Query(q): Query<audit::Filter>) -> Response {
     match view(c, move |c, s| Some(audit::build(c, s, &q))).await {
         Ok(v) => json(&v),
         Err(r) => r,

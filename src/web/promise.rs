@@ -176,7 +176,10 @@ pub fn fields(schema: &Value, path: &str, required: bool, out: &mut Vec<Field>) 
 
 fn api_of(doc: &Value) -> Vec<ApiVersion> {
     let crd = doc.pointer("/spec/api").unwrap_or(&Value::Null);
-    let group = crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or("");
+    let group = crd
+        .pointer("/spec/group")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let kind = crd
         .pointer("/spec/names/kind")
         .and_then(Value::as_str)
@@ -277,7 +280,12 @@ pub fn store_key(store: &str) -> String {
 }
 
 /// Builds the page of Promise `name`; `None` when there is no such Promise.
-pub fn build(console: &Console, snap: &Snapshot, name: &str, filter: &Filter) -> Option<PromiseView> {
+pub fn build(
+    console: &Console,
+    snap: &Snapshot,
+    name: &str,
+    filter: &Filter,
+) -> Option<PromiseView> {
     let r = snap.promise(name)?;
     let doc = r.promise.as_ref().unwrap_or(&r.object);
     let keys = snap.by_promise.get(name).map(Vec::as_slice).unwrap_or(&[]);
@@ -430,5 +438,10 @@ pub fn render(v: &PromiseView) -> Markup {
         h2 { "Requests" }
         (render_requests(&v.requests, &base))
     };
-    layout::page(&format!("Promise {}", v.name), &v.version, Nav::Overview, body)
+    layout::page(
+        &format!("Promise {}", v.name),
+        &v.version,
+        Nav::Overview,
+        body,
+    )
 }

@@ -11,16 +11,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::reconcile::{ObjectAction, PassReport};
-
 /// File of [`PassRecord`] in the state directory.
 pub const LAST_PASS_FILE: &str = "last-pass.json";
 /// Directory of [`LogTail`] files in the state directory.
 pub const LOGS_DIR: &str = "logs";
 /// Lines kept per stream (stdout, stderr) of each container.
 pub const TAIL_LINES: usize = 40;
-/// Objects listed in [`PassRecord::ran`]; the rest are counted in
-/// [`PassRecord::ran_not_listed`].
+/// Objects listed in [`PassRecord::ran`] (the daemon cuts the list); the rest are counted
+/// in [`PassRecord::ran_not_listed`].
 pub const MAX_LISTED: usize = 100;
 
 /// The last pass of `promised run`.
@@ -73,50 +71,6 @@ pub struct PassStore {
     /// Why the write failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-}
-
-impl PassRecord {
-    /// The record of `report`, ended now.
-    pub fn from_report(report: &PassReport) -> Self {
-        let mut ran = Vec::new();
-        let mut not_listed = 0;
-        for o in &report.objects {
-            let action = match o.action {
-                ObjectAction::Ran => "ran",
-                ObjectAction::Failed => "failed",
-                ObjectAction::Deleted => "deleted",
-                ObjectAction::Unchanged | ObjectAction::Waiting => continue,
-            };
-            if ran.len() < MAX_LISTED {
-                ran.push(PassObject {
-                    key: o.key.clone(),
-                    action: action.into(),
-                    state: o.state.clone(),
-                });
-            } else {
-                not_listed += 1;
-            }
-        }
-        PassRecord {
-            finished_at: crate::status::now_rfc3339(),
-            config_commit: report.config_commit.clone(),
-            duration_seconds: report.duration.as_secs_f64(),
-            pipelines_run: report.pipelines_run,
-            ran,
-            ran_not_listed: not_listed,
-            stores: report
-                .stores
-                .iter()
-                .map(|s| PassStore {
-                    store: s.store.clone(),
-                    commit: s.commit.clone(),
-                    written: s.written,
-                    deleted: s.deleted,
-                    error: s.error.as_deref().map(crate::infra::redact),
-                })
-                .collect(),
-        }
-    }
 }
 
 /// Writes `record` as the last pass. Errors: I/O on the state directory.
@@ -176,11 +130,7 @@ pub fn tail(text: &str, n: usize) -> String {
 /// Keeps the output of the workflow run of `key` that just ended (`pipelines`: each
 /// pipeline's name and container logs). A failure is logged, not fatal: the console then
 /// shows an older tail or none.
-pub fn save_logs(
-    state_dir: &Path,
-    key: &str,
-    pipelines: &[crate::pipeline::PipelineResult],
-) {
+pub fn save_logs(state_dir: &Path, key: &str, pipelines: &[crate::pipeline::PipelineResult]) {
     let containers = pipelines
         .iter()
         .flat_map(|p| {
