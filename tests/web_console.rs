@@ -253,10 +253,20 @@ fn console_in_a_browser_on_the_quickstart_and_a_failing_promise() {
 
 /// The `app` Promise with `sandbox: none` (no bubblewrap needed), reconciled once.
 fn reconciled_app(tmp: &Path) -> (PathBuf, PathBuf) {
+    reconciled_app_on(tmp, None)
+}
+
+/// As [`reconciled_app`], with the state store at `store_url` when given (else the local
+/// `state.git`).
+fn reconciled_app_on(tmp: &Path, store_url: Option<&str>) -> (PathBuf, PathBuf) {
     let config = tmp.join("config");
     common::app::write_config(&config);
+    if let Some(url) = store_url {
+        let platform = PLATFORM.replace("url: state.git", &format!("url: {url}\n  branch: main"));
+        std::fs::write(config.join("platform/platform.yaml"), platform).unwrap();
+    }
     std::fs::write(config.join("requests/a.yaml"), request("a", "team-a")).unwrap();
-    let _ = (PROMISE, PLATFORM, RENDER);
+    let _ = (PROMISE, RENDER);
     let daemon_config = tmp.join("promised.yaml");
     std::fs::write(&daemon_config, "sandbox: none\n").unwrap();
     let state = tmp.join("state");
@@ -373,4 +383,67 @@ fn a_token_guards_the_console_and_public_addresses_need_one() {
             "{path}"
         );
     }
+}
+
+#[test]
+fn the_audit_reads_a_remote_state_stores_clone_and_links_commits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    let gd = common::GitDaemon::start(&srv);
+    let url = gd.bare_repo("state.git");
+    let (state, _) = reconciled_app_on(tmp.path(), Some(&url));
+    let head = git(&srv.join("state.git"), &["rev-parse", "main"])
+        .trim()
+        .to_string();
+    let cfg = tmp.path().join("web.yaml");
+    std::fs::write(
+        &cfg,
+        "web:\n  commitUrls:\n    GitStateStore/local: https://git.example/state/commit/{commit}\n  configCommitUrl: https://git.example/config/commit/{commit}\n",
+    )
+    .unwrap();
+    let s = start(
+        &[
+            "status",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--daemon-config",
+            cfg.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    let (_, json) = get(s.port, "/api/v1/console/audit", None).unwrap();
+    let a: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(a["stores"][0]["store"], "GitStateStore/local", "{a}");
+    assert!(a["stores"][0]["commits"].as_u64().unwrap() >= 1, "{a}");
+    let outs: Vec<&serde_json::Value> = a["configCommits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["outputs"].as_array().unwrap())
+        .collect();
+    let top = outs
+        .iter()
+        .find(|o| o["commit"] == head.as_str())
+        .expect("the remote head");
+    assert_eq!(
+        top["url"],
+        format!("https://git.example/state/commit/{head}").as_str()
+    );
+    assert!(
+        top["trailers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t[0] == "Promised-Resource" && t[1] == "app/team-a/a"),
+        "{top}"
+    );
+    // The request page links the same commit; the state store URL shows no user-info.
+    let (_, html) = get(s.port, "/ui/requests/app/team-a/a", None).unwrap();
+    assert!(
+        html.contains(&format!("https://git.example/state/commit/{head}")),
+        "{html}"
+    );
+    let (_, html) = get(s.port, "/ui/audit", None).unwrap();
+    assert!(html.contains(&format!("id=\"out-{head}\"")), "{html}");
 }

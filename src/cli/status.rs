@@ -2,9 +2,11 @@
 //! state store, from a running daemon (`GET /api/v1/status`, `GET /api/v1/destinations`) or
 //! else from the state directory, as a table, JSON or YAML ([`super::output`],
 //! [`super::status_infra`]); `promised status NAME` shows one of them with its conditions and
-//! events.
+//! events. `promised status --serve ADDR` serves the read-only web console over the state
+//! directory instead ([`crate::web`]).
 //!
-//! Exit codes: `0` shown, `1` NAME not found, `2` no status could be read.
+//! Exit codes: `0` shown, `1` NAME not found, `2` no status could be read (or, with
+//! `--serve`, the console could not start).
 
 use std::io::Write;
 
@@ -31,7 +33,11 @@ events. --output json|yaml without NAME prints the rows of the Promises and requ
 /api/v1/status does); the daemon serves Destinations and state stores at
 /api/v1/destinations.
 
-Exit status: 0 shown, 1 NAME not found, 2 no status could be read.
+--serve ADDR serves the read-only web console (overview, Promise, request and audit pages
+and their JSON) over the state directory until interrupted, for a host with no daemon.
+
+Exit status: 0 shown, 1 NAME not found, 2 no status could be read (or the console could not
+start).
 
 Examples:
   promised status

@@ -161,11 +161,7 @@ pub fn store_repo(
 pub type LogEntry = (String, String, String, Vec<(String, String)>);
 
 /// The last `limit` commits of `git_dir` at `reference`, newest first. Errors as text.
-pub fn read_log(
-    git_dir: &Path,
-    reference: &str,
-    limit: usize,
-) -> Result<Vec<LogEntry>, String> {
+pub fn read_log(git_dir: &Path, reference: &str, limit: usize) -> Result<Vec<LogEntry>, String> {
     let out = Command::new("git")
         .arg("--git-dir")
         .arg(git_dir)

@@ -503,7 +503,7 @@ fn render_pass(v: &Overview) -> Markup {
                     dt { "Config commit" } dd {
                         @match &p.config_commit {
                             Some(c) => (commit(c, v.last_pass_commit_url.as_deref())),
-                            None => span.muted { "a directory (no commit)" },
+                            None => span.muted { "none (a config directory)" },
                         }
                     }
                     dt { "Duration" } dd { (format!("{:.2} s", p.duration_seconds)) }
@@ -534,6 +534,19 @@ fn render_pass(v: &Overview) -> Markup {
     }
 }
 
+/// How an attention kind reads on the page.
+fn kind_label(kind: &str) -> &str {
+    match kind {
+        "failedRequest" => "Failed request",
+        "failedPromise" => "Failed Promise",
+        "pausedRollout" => "Paused rollout",
+        "unverifiedCommit" => "Unverified config commit",
+        "stateStoreNotReady" => "State store not ready",
+        "destinationNotReady" => "Destination not ready",
+        other => other,
+    }
+}
+
 /// Renders the overview page.
 pub fn render(v: &Overview) -> Markup {
     let c = &v.counts;
@@ -553,7 +566,7 @@ pub fn render(v: &Overview) -> Markup {
                 @for a in &v.attention {
                     div.item data-kind=(a.kind) {
                         p {
-                            strong { (a.kind) } " "
+                            strong { (kind_label(&a.kind)) } " "
                             @match &a.href { Some(h) => a href=(h) { (a.subject) }, None => code { (a.subject) } }
                             " " span.muted { (a.message) }
                         }
