@@ -37,3 +37,4 @@ pub mod settings;
 pub mod state;
 pub mod status;
 pub mod validate;
+pub mod web;

@@ -230,6 +230,8 @@ pub struct Settings {
     /// Consumer lint severities (README "Consumer lint"): `{rules: {<rule>: off|warning|error},
     /// skipDestinations: [NAME]}`.
     pub lint: crate::lint::LintSettings,
+    /// The web console (README "Web console"; [`crate::web::WebSettings`]).
+    pub web: crate::web::WebSettings,
 }
 
 impl Default for Settings {
@@ -281,6 +283,7 @@ impl Default for Settings {
             health_state_store: None,
             verify: None,
             lint: Default::default(),
+            web: Default::default(),
             resource_binding_version_strategy: BindingStrategy::Floating,
         }
     }
@@ -290,10 +293,9 @@ impl Default for Settings {
 /// command line, of `systemd/promised.service` or of the test suite, not daemon settings, so
 /// [`Settings::load`] does not read them as keys: `PROMISED_LOG` (`--log`), `PROMISED_CONFIG`
 /// (`--daemon-config`), `PROMISED_CONFIG_REPO` / `PROMISED_CONFIG_REF` (the unit's `--config`
-/// and `--ref`), `PROMISED_REQUIRE_SANDBOX`, `_IMAGES`, `_KUBECTL`, `_GPG` and `_PYTHON` (CI:
-/// tests that need those tools fail rather than skip).
-/// `PROMISED_SECRET_<NAME>_<KEY>` (state store credentials) are skipped too. Every other
-/// `PROMISED_*` variable is a setting, and an unknown one is an error.
+/// and `--ref`), `PROMISED_REQUIRE_SANDBOX`, `_IMAGES`, `_KUBECTL`, `_GPG`, `_PYTHON` and
+/// `_BROWSER` (CI: tests that need those tools fail rather than skip). `PROMISED_SECRET_*`
+/// (state store credentials) are skipped too; any other `PROMISED_*` is a setting.
 pub const NOT_SETTINGS: &[&str] = &[
     "LOG",
     "CONFIG",
@@ -304,6 +306,7 @@ pub const NOT_SETTINGS: &[&str] = &[
     "REQUIRE_KUBECTL",
     "REQUIRE_GPG",
     "REQUIRE_PYTHON",
+    "REQUIRE_BROWSER",
 ];
 
 /// Why the daemon config cannot be used; the message names the key or file.

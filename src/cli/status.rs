@@ -2,9 +2,11 @@
 //! state store, from a running daemon (`GET /api/v1/status`, `GET /api/v1/destinations`) or
 //! else from the state directory, as a table, JSON or YAML ([`super::output`],
 //! [`super::status_infra`]); `promised status NAME` shows one of them with its conditions and
-//! events.
+//! events. `promised status --serve ADDR` serves the read-only web console over the state
+//! directory instead ([`crate::web`]).
 //!
-//! Exit codes: `0` shown, `1` NAME not found, `2` no status could be read.
+//! Exit codes: `0` shown, `1` NAME not found, `2` no status could be read (or, with
+//! `--serve`, the console could not start).
 
 use std::io::Write;
 
@@ -31,14 +33,19 @@ events. --output json|yaml without NAME prints the rows of the Promises and requ
 /api/v1/status does); the daemon serves Destinations and state stores at
 /api/v1/destinations.
 
-Exit status: 0 shown, 1 NAME not found, 2 no status could be read.
+--serve ADDR serves the read-only web console (overview, Promise, request and audit pages
+and their JSON) over the state directory until interrupted, for a host with no daemon.
+
+Exit status: 0 shown, 1 NAME not found, 2 no status could be read (or the console could not
+start).
 
 Examples:
   promised status
   promised status prod-eu
   promised status GitStateStore/default --output yaml
   promised status --state-dir /var/lib/promised --output yaml
-  promised status --daemon-config /etc/promised/promised.yaml --output json";
+  promised status --daemon-config /etc/promised/promised.yaml --output json
+  promised status --state-dir /var/lib/promised --serve 127.0.0.1:8474";
 
 /// `promised status`.
 #[derive(Debug, Clone, Args)]
@@ -52,6 +59,10 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(long, short, value_enum, value_name = "FORMAT", default_value_t)]
     pub output: StatusFormat,
+    /// Serve the read-only web console over the state directory on ADDR (host:port) until
+    /// interrupted, for a host with no daemon (README "Web console").
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["name", "output"])]
+    pub serve: Option<String>,
     /// Show only this Destination, state store, Promise or request, with its conditions and
     /// events.
     #[arg(value_name = "NAME")]
@@ -68,6 +79,9 @@ pub fn status_cmd(a: &StatusArgs, out: &mut dyn Write) -> i32 {
             return 2;
         }
     };
+    if let Some(addr) = &a.serve {
+        return serve(addr, &settings);
+    }
     // A running daemon has the freshest status; otherwise read the state directory, which
     // must exist: a mistyped path is an error, never created (status only reads).
     let listen = a.listen.as_deref().unwrap_or(&settings.listen);
@@ -128,6 +142,34 @@ pub fn status_cmd(a: &StatusArgs, out: &mut dyn Write) -> i32 {
         return 2;
     }
     0
+}
+
+/// `--serve ADDR`: the web console over the state directory (which must exist); `2` when it
+/// cannot start.
+fn serve(addr: &str, settings: &crate::settings::Settings) -> i32 {
+    if let Err(e) = StateDir::open_read_only(&settings.state_dir) {
+        eprint_error(e);
+        return 2;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprint_error(e);
+            return 2;
+        }
+    };
+    let dir = settings.state_dir.clone();
+    match rt.block_on(crate::web::serve_state_dir(addr, dir, settings.web.clone())) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprint_error(e);
+            2
+        }
+    }
 }
 
 /// The table's first lines while the config remote is unreachable

@@ -45,24 +45,28 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once; more wait in the listen backlog until one closes.
 pub const MAX_CONNECTIONS: usize = 256;
 
-/// Serves the endpoints on `listener` until `stop` is set: HTTP/1.1 with the caps above
-/// ([`MAX_BODY_BYTES`], [`HEADER_READ_TIMEOUT`], [`REQUEST_TIMEOUT`], [`MAX_CONNECTIONS`]).
+/// Serves the endpoints (and `console`'s routes, when given) on `listener` until `stop` is
+/// set: HTTP/1.1 with the caps above ([`MAX_BODY_BYTES`], [`HEADER_READ_TIMEOUT`],
+/// [`REQUEST_TIMEOUT`], [`MAX_CONNECTIONS`]).
 /// On `stop`, idle connections close and open requests are answered; the task ends when every
 /// connection has closed.
 pub(super) fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
+    console: Option<Router>,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let app = router(shared)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-                    (StatusCode::REQUEST_TIMEOUT, "request took too long\n")
-                }))
-                .layer(tower::timeout::TimeoutLayer::new(REQUEST_TIMEOUT)),
-        );
+    let mut app = router(shared);
+    if let Some(console) = console {
+        app = app.merge(console);
+    }
+    let app = app.layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).layer(
+        tower::ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                (StatusCode::REQUEST_TIMEOUT, "request took too long\n")
+            }))
+            .layer(tower::timeout::TimeoutLayer::new(REQUEST_TIMEOUT)),
+    );
     tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {

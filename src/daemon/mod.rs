@@ -295,7 +295,15 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
         .map_err(|e| format!("listening on {}: {e}", settings.listen))?;
     tracing::info!(listen = %settings.listen, "HTTP endpoints up");
     let (stop_tx, stop_rx) = watch::channel(false);
-    let http = http::serve(listener, shared.clone(), stop_rx.clone());
+    // The web console (README "Web console"): off on a public address without a token.
+    let console = if settings.web.serves(&settings.listen) {
+        let c = crate::web::Console::new(settings.state_dir.clone(), settings.web.clone())?;
+        Some(crate::web::router(Arc::new(c)))
+    } else {
+        tracing::info!(listen = %settings.listen, "web console off: a non-loopback address needs web.tokenFile (or web.enabled: true)");
+        None
+    };
+    let http = http::serve(listener, shared.clone(), console, stop_rx.clone());
 
     // Signals.
     let reload = Arc::new(AtomicBool::new(false));
@@ -448,6 +456,10 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
                 Ok(report) => {
                     shared.metrics.observe(&report);
                     pass::log_pass(&report);
+                    let record = pass_record(&report);
+                    if let Err(e) = crate::web::records::save_pass(&settings.state_dir, &record) {
+                        tracing::warn!(error = %e, "cannot record the last pass for the web console");
+                    }
                     if !ready_sent {
                         let _ = sd_notify::notify(&[
                             sd_notify::NotifyState::Ready,
@@ -477,4 +489,49 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
     let _ = http.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What the web console shows of a pass (`<stateDir>/last-pass.json`,
+/// [`crate::web::records`]), ended now.
+fn pass_record(report: &crate::reconcile::PassReport) -> crate::web::records::PassRecord {
+    use crate::reconcile::ObjectAction;
+    use crate::web::records::{MAX_LISTED, PassObject, PassRecord, PassStore};
+    let mut ran = Vec::new();
+    let mut not_listed = 0;
+    for o in &report.objects {
+        let action = match o.action {
+            ObjectAction::Ran => "ran",
+            ObjectAction::Failed => "failed",
+            ObjectAction::Deleted => "deleted",
+            ObjectAction::Unchanged | ObjectAction::Waiting => continue,
+        };
+        if ran.len() < MAX_LISTED {
+            ran.push(PassObject {
+                key: o.key.clone(),
+                action: action.into(),
+                state: o.state.clone(),
+            });
+        } else {
+            not_listed += 1;
+        }
+    }
+    PassRecord {
+        finished_at: crate::status::now_rfc3339(),
+        config_commit: report.config_commit.clone(),
+        duration_seconds: report.duration.as_secs_f64(),
+        pipelines_run: report.pipelines_run,
+        ran,
+        ran_not_listed: not_listed,
+        stores: report
+            .stores
+            .iter()
+            .map(|s| PassStore {
+                store: s.store.clone(),
+                commit: s.commit.clone(),
+                written: s.written,
+                deleted: s.deleted,
+                error: s.error.as_deref().map(crate::infra::redact),
+            })
+            .collect(),
+    }
 }

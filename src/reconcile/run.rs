@@ -281,6 +281,18 @@ impl Engine {
                 ));
             }
         }
+        // The web console's log tail of this run (README "Web console").
+        if !result.pipelines.is_empty() {
+            let key = match &record.status.object.namespace {
+                Some(ns) => crate::model::request_key(
+                    &record.status.promise,
+                    ns,
+                    &record.status.object.name,
+                ),
+                None => crate::model::promise_key(&record.status.object.name),
+            };
+            crate::web::records::save_logs(self.dir.root(), &key, &result.pipelines);
+        }
         record.input_hash = hash.to_string();
         record.status.fields = result.merged_status.clone();
         if let Some(m) = record.status.fields.get("message").and_then(Value::as_str) {
