@@ -142,3 +142,24 @@ pub(super) fn read_secret(settings: &Settings) -> Result<Option<Vec<u8>>, String
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An empty (or whitespace-only) secret file would let anyone sign a delivery: refused.
+    #[test]
+    fn an_empty_webhook_secret_file_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("secret");
+        let settings = Settings {
+            webhook_secret_file: Some(file.clone()),
+            ..Settings::default()
+        };
+        std::fs::write(&file, " \n").unwrap();
+        let e = read_secret(&settings).unwrap_err();
+        assert!(e.contains("the file is empty"), "{e}");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        assert_eq!(read_secret(&settings).unwrap(), Some(b"s3cret".to_vec()));
+    }
+}
