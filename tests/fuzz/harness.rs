@@ -129,6 +129,22 @@ where
     );
 }
 
+/// Runs `check` once on `input`, guarded as a fuzz case (thread, timeout, allocation bound);
+/// panics with the reason when it fails. Prints the case's time and allocation peak.
+pub fn once<T: Send + 'static + Debug>(name: &str, input: T, check: fn(T) -> Result<(), String>) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    MAX_PEAK.store(0, Ordering::Relaxed);
+    let start = Instant::now();
+    if let Err(e) = guarded(input, check) {
+        panic!("{name}: {e}");
+    }
+    println!(
+        "{name}: {:.1} s, allocation peak {:.1} MiB",
+        start.elapsed().as_secs_f64(),
+        MAX_PEAK.load(Ordering::Relaxed) as f64 / (1 << 20) as f64,
+    );
+}
+
 /// One case on its own thread (default 2 MiB stack, as the daemon's threads have): its result,
 /// a panic, a timeout or an allocation over the bound.
 fn guarded<T: Send + 'static + Debug>(

@@ -691,3 +691,43 @@ fn check_webhook((secret, body, header, value, followed, flip): Delivery) -> Res
 fn webhook_deliveries() {
     fuzz("webhook", 500, delivery(), check_webhook);
 }
+
+/// The pathological inputs at their largest, each once, through every YAML reader: an alias
+/// bomb of 11^13 nodes and 200,000 levels of nesting are refused (an error, no panic, no
+/// stack overflow, bounded memory and time, as every fuzz case). The alias bomb is the most
+/// expensive input of all: serde-saphyr's budget (250,000 nodes) refuses it after about
+/// 100 MiB and, in a debug build, a few seconds per reader.
+#[test]
+fn pathological_yaml_is_refused() {
+    let cases: Vec<(&str, String, bool)> = vec![
+        ("alias bomb 11^13", inputs::alias_bomb(13, 11, false), true),
+        (
+            "alias bomb 11^13 with merge keys",
+            inputs::alias_bomb(13, 11, true),
+            true,
+        ),
+        (
+            "200,000 nested flow sequences",
+            inputs::deep(200_000, 0),
+            true,
+        ),
+        ("200,000 nested flow maps", inputs::deep(200_000, 1), true),
+        ("600 nested block maps", inputs::deep(600, 2), false),
+        ("600 nested block sequences", inputs::deep(600, 3), false),
+    ];
+    for (name, text, must_fail) in cases {
+        harness::once(name, (text, must_fail), |(text, must_fail)| {
+            let config = config::parse_yaml_stream(&text);
+            if must_fail && config.is_ok() {
+                return Err("the config reader accepted it".into());
+            }
+            // The selectors and workflow-control readers share one YAML path: one of them.
+            let selectors = metadata::parse_destination_selectors(&text, &BTreeSet::new());
+            let status = metadata::parse_status(&text);
+            if must_fail && (selectors.is_ok() || status.is_ok()) {
+                return Err("a /kratix/metadata reader accepted it".into());
+            }
+            Ok(())
+        });
+    }
+}
