@@ -322,6 +322,16 @@ pub fn classify(docs: Vec<Document>) -> Objects {
         let api_version = map.get("apiVersion");
         let kind = map.get("kind");
         let (api_version, kind) = match (api_version, kind) {
+            // A document with an `apiVersion` and a `metadata.name` but no `kind` may be a
+            // resource request that lost its kind: kept as a candidate of kind "", which
+            // validation reports when a Promise serves its API group (and skips otherwise).
+            (Some(Value::String(a)), None)
+                if value
+                    .pointer("/metadata/name")
+                    .is_some_and(Value::is_string) =>
+            {
+                (a.clone(), String::new())
+            }
             (None, _) | (_, None) => {
                 tracing::debug!(file = %origin, "skipping document without apiVersion/kind");
                 continue;

@@ -114,7 +114,8 @@ pub(super) async fn reload(
 }
 
 /// The webhook secret: `webhookSecretFile`, else the systemd credential `webhook-secret`
-/// (`$CREDENTIALS_DIRECTORY/webhook-secret`) when present.
+/// (`$CREDENTIALS_DIRECTORY/webhook-secret`) when present. An empty secret (after trailing
+/// whitespace is trimmed) is an error: anyone could sign with it.
 pub(super) fn read_secret(settings: &Settings) -> Result<Option<Vec<u8>>, String> {
     let from_credentials = std::env::var_os("CREDENTIALS_DIRECTORY")
         .map(|d| PathBuf::from(d).join("webhook-secret"))
@@ -126,8 +127,39 @@ pub(super) fn read_secret(settings: &Settings) -> Result<Option<Vec<u8>>, String
         .as_ref()
     {
         None => Ok(None),
-        Some(p) => std::fs::read(p)
-            .map(|b| Some(String::from_utf8_lossy(&b).trim_end().as_bytes().to_vec()))
-            .map_err(|e| format!("webhookSecretFile {}: {e}", p.display())),
+        Some(p) => {
+            let b =
+                std::fs::read(p).map_err(|e| format!("webhookSecretFile {}: {e}", p.display()))?;
+            let secret = String::from_utf8_lossy(&b).trim_end().as_bytes().to_vec();
+            if secret.is_empty() {
+                // Anyone could sign with an empty HMAC key (daemon/webhook.rs).
+                return Err(format!(
+                    "webhookSecretFile {}: the file is empty; put the webhook secret in it, or leave webhookSecretFile unset to accept unsigned deliveries",
+                    p.display()
+                ));
+            }
+            Ok(Some(secret))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An empty (or whitespace-only) secret file would let anyone sign a delivery: refused.
+    #[test]
+    fn an_empty_webhook_secret_file_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("secret");
+        let settings = Settings {
+            webhook_secret_file: Some(file.clone()),
+            ..Settings::default()
+        };
+        std::fs::write(&file, " \n").unwrap();
+        let e = read_secret(&settings).unwrap_err();
+        assert!(e.contains("the file is empty"), "{e}");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        assert_eq!(read_secret(&settings).unwrap(), Some(b"s3cret".to_vec()));
     }
 }

@@ -29,13 +29,18 @@ pub enum WebhookError {
 }
 
 /// Checks a webhook call. `header` looks up a request header by (case-insensitive) name.
-/// With no secret every call is accepted.
+/// With no secret every call is accepted; with an empty one every call is refused.
 pub fn verify<'a>(
     secret: Option<&[u8]>,
     body: &[u8],
     header: impl Fn(&str) -> Option<&'a str>,
 ) -> Result<(), WebhookError> {
     let Some(secret) = secret else { return Ok(()) };
+    if secret.is_empty() {
+        // Anyone can compute an HMAC with an empty key, and an empty GitLab token matches
+        // it: an empty secret refuses every call (the daemon refuses to start with one).
+        return Err(WebhookError::BadSignature);
+    }
     if let Some(sig) = header("x-hub-signature-256") {
         let hex_sig = sig
             .strip_prefix("sha256=")

@@ -43,3 +43,6 @@ pub use settings::{
 };
 pub use store::ImageStore;
 pub use types::{CachedImage, ImageConfig, PruneReport, Pulled, Resolved};
+/// Layer unpacking, public for the fuzz targets (`tests/fuzz.rs`); the image store calls it
+/// for every pull.
+pub use unpack::{Layer, apply_layers};

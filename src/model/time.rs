@@ -3,7 +3,11 @@
 
 use std::time::SystemTime;
 
-/// Parses a Go `time.ParseDuration` string (`1h30m`, `90s`, `10h`). Errors quote the input.
+/// Longest Go duration, in seconds: `i64::MAX` nanoseconds (2562047h47m16.854775807s).
+const MAX_GO_DURATION_SECS: f64 = i64::MAX as f64 / 1e9;
+
+/// Parses a Go `time.ParseDuration` string (`1h30m`, `90s`, `10h`). Errors quote the input;
+/// a duration longer than Go's int64 nanoseconds allow (about 292 years) is an error.
 pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
     let bad = || format!("{s:?} is not a duration (expected e.g. \"10h\", \"30m\", \"1h30m\")");
     let mut rest = s.trim();
@@ -38,7 +42,15 @@ pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
         total += n * mult;
         rest = &rest[unit_end..];
     }
-    Ok(std::time::Duration::from_secs_f64(total))
+    // Go's durations are int64 nanoseconds: larger ones are an error there too (and
+    // `Duration::from_secs_f64` would panic on them; found by the workflow_control fuzz
+    // target with `retryAfter: 9999999999999999999h`).
+    if !total.is_finite() || total > MAX_GO_DURATION_SECS {
+        return Err(format!(
+            "{s:?} is too long: a duration is at most 2562047h47m16.854775807s (Go's int64 nanoseconds)"
+        ));
+    }
+    std::time::Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
 /// The next time after `after` that `schedule` fires (UTC).

@@ -28,6 +28,14 @@ impl ServedBy {
             .find(|(g, k, _)| g == group && k == kind)
             .map(|(_, _, p)| p.clone())
     }
+
+    /// The first (kind, Promise) serving a kind of `group`, if any.
+    fn any_of_group(&self, group: &str) -> Option<(&str, &str)> {
+        self.0
+            .iter()
+            .find(|(g, _, _)| g == group)
+            .map(|(_, k, p)| (k.as_str(), p.as_str()))
+    }
 }
 
 /// Sorts the request candidates (documents of no Kratix kind) by what they are: a document of
@@ -82,6 +90,35 @@ pub(super) fn classify(
             .unwrap_or_default()
             .to_string();
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        if c.id.kind.is_empty() {
+            // No `kind` (config::classify keeps such a document only with a metadata.name):
+            // a request that lost its kind when a Promise serves the group, else not config.
+            match served_by.any_of_group(group) {
+                Some((kind, promise)) => {
+                    let id = crate::model::ObjectRef {
+                        kind: kind.to_string(),
+                        ..c.id.clone()
+                    };
+                    let d = c.origin.diag(
+                        Code::InvalidRequest,
+                        Some(&id),
+                        "kind",
+                        format!("required field is missing: Promise {promise} serves {api_version} as kind: {kind}"),
+                    );
+                    rejected.push(Rejected {
+                        origin: c.origin.clone(),
+                        id,
+                        reasons: vec![d.message.clone()],
+                        promise: Some(promise.to_string()),
+                    });
+                    diagnostics.push(d);
+                }
+                None => {
+                    tracing::debug!(file = %c.origin, "skipping document without kind");
+                }
+            }
+            continue;
+        }
         if served_by.of(group, &c.id.kind).is_some() {
             requests_in.push(c);
             continue;

@@ -72,6 +72,27 @@ pub fn check_label(key: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The apimachinery wording for a name that is not a lowercase RFC 1123 subdomain.
+pub(super) const DNS_SUBDOMAIN_RULE: &str = "must consist of lower case alphanumeric characters, '-' or '.', and start and end with an alphanumeric character";
+
+/// `metadata.name` of an object Kubernetes would store: a lowercase RFC 1123 subdomain of at
+/// most 253 characters (apimachinery `NameIsDNSSubdomain`, which the API server applies to
+/// Promises, Destinations and custom resources alike). The error is one sentence.
+pub(super) fn check_object_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        Err("required field is missing".into())
+    } else if name.len() > 253 {
+        Err(format!(
+            "{name:?} is {} characters; must be no more than 253",
+            name.len()
+        ))
+    } else if !is_dns_subdomain(name) {
+        Err(format!("{name:?} {DNS_SUBDOMAIN_RULE}"))
+    } else {
+        Ok(())
+    }
+}
+
 /// RFC 1123 subdomain: what Kubernetes requires of most object names.
 pub(super) fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(|l| !l.is_empty() && is_label_chars(l))

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::helpers::check_object_name;
 use super::value_from::check_container_env;
 use super::{Findings, Rejected, ValidPromise, check_label, parse_go_duration, sorted};
 use crate::config::{Located, from_value};
@@ -88,6 +89,9 @@ fn check_promise(p: &Located<Promise>, all: &BTreeSet<String>) -> PromiseCheck {
     let o = &p.origin;
     let id = Some(&p.id);
     let name = &p.object.metadata.name;
+    if let Err(m) = check_object_name(name) {
+        errs.push(o.diag(Code::InvalidField, id, "metadata.name", m));
+    }
 
     // Pipelines are re-decoded from the raw document so every bad pipeline is reported with
     // its full field path, not only the first one serde meets.
@@ -152,6 +156,12 @@ fn check_promise(p: &Located<Promise>, all: &BTreeSet<String>) -> PromiseCheck {
                     ));
                     continue;
                 }
+                // The pipeline name becomes part of Kubernetes object names (the Job and its
+                // service account `<promise>-<type>-<action>-<pipeline>`), so it follows their
+                // rule (Kratix: `pipeline_types.go`; apimachinery `NameIsDNSSubdomain`).
+                if let Err(m) = check_object_name(pname) {
+                    errs.push(o.diag(Code::InvalidPipeline, id, format!("{at}.metadata.name"), m));
+                }
                 let full = format!("{name}-{ty}-{action}-{pname}");
                 if full.len() > MAX_PIPELINE_FULL_NAME {
                     errs.push(o.diag(
@@ -187,6 +197,10 @@ fn check_promise(p: &Located<Promise>, all: &BTreeSet<String>) -> PromiseCheck {
                         "at least one container is required",
                     ));
                 }
+                // Container names are unique within a Pipeline: Kubernetes refuses a pod
+                // with two containers of one name (core validation `validateContainers`),
+                // and a Pipeline is one pod in Kratix.
+                let mut container_names: BTreeMap<&str, usize> = BTreeMap::new();
                 for (ci, c) in pl.spec.containers.iter().enumerate() {
                     if c.name.is_empty() {
                         errs.push(o.diag(
@@ -194,6 +208,16 @@ fn check_promise(p: &Located<Promise>, all: &BTreeSet<String>) -> PromiseCheck {
                             id,
                             format!("{at}.spec.containers[{ci}].name"),
                             "required field is missing",
+                        ));
+                    } else if let Some(first) = container_names.insert(&c.name, ci) {
+                        errs.push(o.diag(
+                            Code::InvalidPipeline,
+                            id,
+                            format!("{at}.spec.containers[{ci}].name"),
+                            format!(
+                                "container name {:?} is already used by {at}.spec.containers[{first}]; names must be unique in a Pipeline",
+                                c.name
+                            ),
                         ));
                     }
                     if c.image.is_empty() {
@@ -271,6 +295,18 @@ fn check_promise(p: &Located<Promise>, all: &BTreeSet<String>) -> PromiseCheck {
         ));
     }
     for (i, s) in p.object.spec.destination_selectors.iter().enumerate() {
+        // A selector compares against Destination labels, which are Kubernetes labels: a key
+        // or value no label can have would match nothing, silently.
+        for (k, v) in &s.match_labels {
+            if let Err(m) = check_label(k, v) {
+                errs.push(o.diag(
+                    Code::InvalidField,
+                    id,
+                    format!("spec.destinationSelectors[{i}].matchLabels[{k:?}]"),
+                    m,
+                ));
+            }
+        }
         if s.match_labels.is_empty() {
             warns.push(
                 o.diag(
@@ -318,6 +354,36 @@ fn check_promise(p: &Located<Promise>, all: &BTreeSet<String>) -> PromiseCheck {
         match PromiseApi::from_crd(raw_api) {
             Ok(None) => {}
             Ok(Some(a)) => {
+                if a.served_versions.is_empty() {
+                    errs.push(o.diag(
+                        Code::InvalidApi,
+                        id,
+                        "spec.api.spec.versions",
+                        "no version is served (every version has served: false), so no resource request could be made; set served: true on one",
+                    ));
+                }
+                let storage: Vec<&str> = raw_api
+                    .pointer("/spec/versions")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
+                    .filter_map(|v| v.get("name").and_then(Value::as_str))
+                    .collect();
+                if storage.len() > 1 {
+                    // Kubernetes CRD validation: "must have exactly one version marked as
+                    // storage version".
+                    errs.push(o.diag(
+                        Code::InvalidApi,
+                        id,
+                        "spec.api.spec.versions",
+                        format!(
+                            "must have exactly one version marked as storage version, found {}: {}",
+                            storage.len(),
+                            storage.join(", ")
+                        ),
+                    ));
+                }
                 if a.scope != "Namespaced" {
                     errs.push(o.diag(
                         Code::ClusterScopedApi,

@@ -94,6 +94,22 @@ pub(super) fn check_destinations(
             }
         };
         let mut errs = Vec::new();
+        if let Err(m) = super::helpers::check_object_name(&d.id.name) {
+            errs.push(
+                d.origin
+                    .diag(Code::InvalidField, Some(&d.id), "metadata.name", m),
+            );
+        }
+        for (k, v) in &d.object.metadata.labels {
+            if let Err(m) = super::check_label(k, v) {
+                errs.push(d.origin.diag(
+                    Code::InvalidField,
+                    Some(&d.id),
+                    format!("metadata.labels[{k:?}]"),
+                    m,
+                ));
+            }
+        }
         if !exists {
             errs.push(d.origin.diag(
                 Code::MissingStateStore,

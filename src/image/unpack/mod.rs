@@ -11,7 +11,8 @@
 //! - a hard link must name a regular file already in the root;
 //! - device and FIFO entries are skipped.
 //!
-//! Whiteouts: `.wh.NAME` removes `NAME` of the lower layers, `.wh..wh..opq` empties its
+//! Whiteouts: `.wh.NAME` removes `NAME` of the lower layers (`.wh..` and `.wh...` are refused),
+//! `.wh..wh..opq` empties its
 //! directory of lower content (entries of the same layer stay, in any order). A later entry
 //! replaces an earlier one (a directory over a directory is merged).
 //!
@@ -45,7 +46,7 @@ use paths::{climbs_out, path_components};
 use zstd::ZstdFrames;
 
 /// One layer to apply: its blob on disk and what it must decompress to.
-pub(crate) struct Layer {
+pub struct Layer {
     /// The compressed blob's digest (`sha256:…`), for messages.
     pub digest: String,
     /// The layer's media type (decides the decompressor).
@@ -92,7 +93,7 @@ impl Compression {
 /// Applies `layers` in order to `root` (an existing, empty directory). Returns the bytes of
 /// regular file content written. `max_unpacked` caps the uncompressed tar bytes of all
 /// layers together.
-pub(crate) fn apply_layers(
+pub fn apply_layers(
     image: &str,
     manifest_digest: &str,
     root: &Path,
@@ -298,6 +299,16 @@ impl Applier<'_> {
         if let Some(hidden) = name_bytes.strip_prefix(b".wh.") {
             if hidden.starts_with(b".wh.") || hidden.is_empty() {
                 return Ok(()); // aufs bookkeeping (.wh..wh.plnk etc.)
+            }
+            if hidden == b"." || hidden == b".." {
+                // `.wh..` would remove the directory itself and `.wh...` the one above it
+                // (above the root for a top-level entry): found by the layer_tar fuzz target.
+                return Err(self
+                    .unsafe_entry(
+                        &raw,
+                        "a whiteout must name an entry of its directory, not . or ..",
+                    )
+                    .into());
             }
             let victim = parent.join(OsStr::from_bytes(hidden));
             self.remove(&self.root.join(&victim))?;

@@ -158,3 +158,31 @@ fn zstd_multiple_frames_and_skippable() {
     ZstdFrames::new(&s[..]).read_to_string(&mut out).unwrap();
     assert_eq!(out, "hello world");
 }
+
+#[test]
+fn whiteouts_of_dot_and_dotdot_are_refused() {
+    // Found by the layer_tar fuzz target (tests/fuzz): `.wh...` removed the directory that
+    // holds the root.
+    let d = tempfile::tempdir().unwrap();
+    for (i, name) in [".wh...", ".wh..", "a/.wh...", "a/.wh.."]
+        .iter()
+        .enumerate()
+    {
+        let root = d.path().join(format!("root{i}"));
+        fs::create_dir(&root).unwrap();
+        fs::write(d.path().join("canary"), "canary").unwrap();
+        let l = tar_of(&[("a", None), ("a/f", Some(b"f")), (name, Some(b""))]);
+        let e = apply_layers(
+            "img",
+            "sha256:m",
+            &root,
+            &[layer(d.path(), &format!("l{i}"), &l)],
+            1 << 20,
+        )
+        .unwrap_err();
+        assert!(matches!(e, ImageError::UnsafeEntry { .. }), "{name}: {e}");
+        assert!(e.to_string().contains("not . or .."), "{e}");
+        assert!(root.join("a/f").is_file(), "{name}");
+        assert_eq!(fs::read(d.path().join("canary")).unwrap(), b"canary");
+    }
+}
