@@ -39,7 +39,7 @@ pub struct State {
     /// Replicas whose calls are answered 503 (cut off from the API).
     pub cut_off: BTreeSet<String>,
     /// `(identity, thief)`: the next renewal by `identity` is refused with 409 after `thief`
-    /// took the Lease.
+    /// took the Lease (for an hour: the thief never renews).
     pub steal_on_renew: Option<(String, String)>,
 }
 
@@ -174,6 +174,10 @@ impl FakeApi {
                 {
                     l.spec.insert("holderIdentity".into(), json!(thief));
                     l.spec.insert("renewTime".into(), now_micro());
+                    // The thief is not a running replica and never renews: its hold lasts an
+                    // hour, so the victim cannot take the Lease back while a slow test still
+                    // checks that it lost it.
+                    l.spec.insert("leaseDurationSeconds".into(), json!(3600));
                     l.holder_manager = Some(format!("thief-{thief}"));
                     l.rv = rv;
                     st.rv = rv;
