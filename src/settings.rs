@@ -316,7 +316,8 @@ impl Default for Settings {
 /// [`Settings::load`] does not read them as keys: `PROMISED_LOG` (`--log`), `PROMISED_CONFIG`
 /// (`--daemon-config`), `PROMISED_CONFIG_REPO` / `PROMISED_CONFIG_REF` (the unit's `--config`
 /// and `--ref`), `PROMISED_REQUIRE_SANDBOX`, `_IMAGES`, `_KUBECTL`, `_GPG` and `_PYTHON` (CI:
-/// tests that need those tools fail rather than skip).
+/// tests that need those tools fail rather than skip), `PROMISED_CRASH_AT` (the crash loop's
+/// test hook, [`statestores::crash`]).
 /// `PROMISED_SECRET_<NAME>_<KEY>` (state store credentials) are skipped too. Every other
 /// `PROMISED_*` variable is a setting, and an unknown one is an error.
 pub const NOT_SETTINGS: &[&str] = &[
@@ -329,6 +330,7 @@ pub const NOT_SETTINGS: &[&str] = &[
     "REQUIRE_KUBECTL",
     "REQUIRE_GPG",
     "REQUIRE_PYTHON",
+    "CRASH_AT",
 ];
 
 /// Why the daemon config cannot be used; the message names the key or file.

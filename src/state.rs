@@ -451,6 +451,7 @@ impl StateDir {
             w.flush().map_err(io)?;
         }
         tmp.as_file().sync_all().map_err(io)?;
+        statestores::crash::point("state-save");
         tmp.persist(&path).map_err(|e| io(e.error))?;
         match std::fs::remove_file(self.journal_file()) {
             Ok(()) => Ok(()),
@@ -504,6 +505,7 @@ impl StateDir {
             .open(&path)
             .map_err(io)?;
         f.write_all(&line).map_err(io)?;
+        statestores::crash::point("state-journal");
         f.sync_data().map_err(io)
     }
 

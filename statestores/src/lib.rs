@@ -98,6 +98,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod crash;
 pub mod error;
 pub mod git;
 mod index;

@@ -581,6 +581,7 @@ impl GitStateStore {
                 if let CasOutcome::Stale = cas {
                     return Err(AttemptError::Stale);
                 }
+                crate::crash::point("git-pushed");
             }
             Backend::Remote { url, env, .. } => {
                 let res = push::push(
@@ -600,6 +601,7 @@ impl GitStateStore {
                     message: format!("cannot run git push: {e}"),
                 })?;
                 self.push_result(res, "push")?;
+                crate::crash::point("git-pushed");
                 // Keep the tracking ref (and so our objects) current for the next negotiation.
                 let inner = self.inner.clone();
                 let tracking = format!("refs/remotes/origin/{}", self.inner.spec.branch);

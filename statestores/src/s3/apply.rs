@@ -299,6 +299,7 @@ impl S3StateStore {
             return Err(AttemptError::Stale);
         };
         outcome.version = Some(generation.to_string());
+        crate::crash::point("s3-committed");
 
         // 4. Delete, after a grace period for listings that started before the commit.
         if !removes.is_empty() {
@@ -346,6 +347,7 @@ impl S3StateStore {
             )
             .await
             .map_err(|e| self.map_err(&format!("put {path}"), e))?;
+        crate::crash::point("s3-upload");
         if let Some(cp) = self.cache_path(&oid)
             && !cp.is_file()
         {
