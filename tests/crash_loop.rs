@@ -52,6 +52,9 @@ const POINTS: &[&str] = &[
     "state-save",
 ];
 
+/// Iterations between two starts from empty stores and state directory.
+const RESET_EVERY: u64 = 50;
+
 /// The key prefix of the BucketStateStore, and its ownership index.
 const S3_PREFIX: &str = "state/";
 const S3_INDEX: &str = "state/.promised/index.json";
@@ -65,14 +68,17 @@ fn env_num(name: &str, default: u64) -> u64 {
 
 /// The requests of variant `b` (false: A, true: B) for `n` base requests: name to
 /// (namespaceName, environment).
+/// B differs from A in about 3n/r requests, r = max(5, n/20): every r-th renamed, every
+/// (r+2)-th removed, n/2r added (n = 40: 19 of 40; n = 1000: 49 of 1000).
 fn requests(n: usize, b: bool) -> BTreeMap<String, (String, &'static str)> {
+    let r = (n / 20).max(5);
     let mut out = BTreeMap::new();
     let env = |i: usize| if i % 2 == 0 { "dev" } else { "prod" };
     for i in 0..n {
-        if b && i % 7 == 3 {
+        if b && i % (r + 2) == 3 {
             continue; // removed in B
         }
-        let ns = if b && i % 5 == 0 {
+        let ns = if b && i % r == 0 {
             format!("ns-{i}-renamed")
         } else {
             format!("ns-{i}")
@@ -80,7 +86,7 @@ fn requests(n: usize, b: bool) -> BTreeMap<String, (String, &'static str)> {
         out.insert(format!("ns-{i}"), (ns, env(i)));
     }
     if b {
-        for i in n..n + n.div_ceil(10) {
+        for i in n..n + n.div_ceil(2 * r) {
             out.insert(format!("ns-{i}"), (format!("ns-{i}"), env(i)));
         }
     }
@@ -303,6 +309,19 @@ impl World {
             state: dir.join("state"),
             run_dir: dir.join("run"),
         }
+    }
+
+    /// Empties both stores and removes the state directory.
+    fn reset(&self) {
+        std::fs::remove_dir_all(&self.state).unwrap();
+        std::fs::remove_dir_all(&self.stores.bare).unwrap();
+        git(
+            self.stores.bare.parent().unwrap(),
+            &["init", "-q", "--bare", "-b", "main", self.stores.bare.file_name().unwrap().to_str().unwrap()],
+        );
+        let bucket = self.stores.s3.root.join(BUCKET);
+        std::fs::remove_dir_all(&bucket).unwrap();
+        std::fs::create_dir_all(&bucket).unwrap();
     }
 
     fn reconcile(&self) -> (std::process::Output, Duration) {
@@ -591,9 +610,8 @@ impl World {
                 let path = format!("{}/", d["path"].as_str().unwrap_or_default());
                 let there = match d["destination"].as_str() {
                     Some("dev") => files.keys().any(|f| f.starts_with(&path)),
-                    Some("prod") => bucket
-                        .keys()
-                        .any(|k| k.starts_with(&format!("{S3_PREFIX}{path}"))),
+                    // The bucket's paths include the store's `path`.
+                    Some("prod") => bucket.keys().any(|k| k.starts_with(&path)),
                     other => {
                         diffs.push(format!("status: {name} placed on {other:?}"));
                         continue;
@@ -689,7 +707,7 @@ fn nth_for(rng: &mut fastrand::Rng, point: &str, work: usize) -> u64 {
     let upto = match point {
         "pipeline" => work.max(1),
         "s3-upload" => work.div_ceil(2).max(1),
-        "state-journal" => 3,
+        "state-journal" => 2,
         _ => 1,
     };
     rng.u64(1..=upto as u64)
@@ -800,11 +818,16 @@ async fn killed_again_and_again_the_stores_converge_to_a_clean_run() {
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut tally = Tally::default();
         for it in 0..iterations {
+            // Every RESET_EVERY iterations (the first among them) start from nothing: empty
+            // stores and state directory, every request runs.
+            let fresh = it % RESET_EVERY == 0;
+            if fresh && it > 0 {
+                world.reset();
+            }
             let b = it % 2 == 1;
             write_config(&world.config, &world.stores, n, b);
             let daemon = it % 4 == 3;
-            // Iteration 0 starts from nothing: every request runs.
-            let (left, span) = if it == 0 {
+            let (left, span) = if fresh {
                 (n + 2, full)
             } else {
                 (
@@ -834,6 +857,9 @@ async fn killed_again_and_again_the_stores_converge_to_a_clean_run() {
                     (Kill::At(p, _), Ended::Killed) => *tally.points_hit.entry(p).or_default() += 1,
                 }
                 history.push(format!("{kill:?}: {ended:?}"));
+                if ended == Ended::Finished {
+                    break; // converged already: no work left to kill
+                }
             }
             let t = Instant::now();
             tally.runs += 1;

@@ -453,13 +453,17 @@ impl GitStateStore {
             Some(h) => Some(h),
             None => Self::head_blocking(inner, &repo)?,
         };
+        let found = ApplyOutcome {
+            head: head.map(|h| h.to_string()),
+            ..ApplyOutcome::default()
+        };
         let (files, index, base_tree) = match inner.take_verified(head) {
             Some(mut v) if changes.writes.is_empty() && changes.removals.is_empty() => {
                 if trusted.is_none() {
                     v.seen = std::time::Instant::now(); // just fetched: still at this head
                 }
                 inner.set_verified(Some(v));
-                return Ok(Prepared::NoChange(ApplyOutcome::default()));
+                return Ok(Prepared::NoChange(found));
             }
             Some(v) => {
                 let tree = repo
@@ -477,12 +481,11 @@ impl GitStateStore {
         };
         let p = plan::plan(&files, &index, changes, |oid| repo.has_object(oid))?;
         let mut outcome = ApplyOutcome {
-            version: None,
             written: p.written,
             deleted: p.deleted,
             unchanged: p.unchanged,
             drift: p.drift.clone(),
-            conflicts_retried: 0,
+            ..found
         };
         if p.is_empty() {
             if p.drift.is_empty()
@@ -630,6 +633,7 @@ impl GitStateStore {
         })
         .await?;
         outcome.version = Some(commit.to_string());
+        outcome.head = outcome.version.clone();
         Ok(outcome)
     }
 
