@@ -24,7 +24,8 @@
 //! test at once with the seed, the iteration and its kills, so it can be replayed.
 //!
 //! Parameters (environment): `CRASH_LOOP_ITERATIONS` (default 20), `CRASH_LOOP_REQUESTS`
-//! (default 40; the long form uses 1000), `CRASH_LOOP_SEED` (default: from the clock; printed).
+//! (default 40; the long form uses 1000), `CRASH_LOOP_SEED` (default: from the clock; printed),
+//! `CRASH_LOOP_PROMISED` (the promised binary to run; default: cargo's).
 //! The long form: `CRASH_LOOP_ITERATIONS=200 CRASH_LOOP_REQUESTS=1000 cargo test --release
 //! --test crash_loop -- --nocapture`.
 
@@ -62,7 +63,10 @@ const S3_INDEX: &str = "state/.promised/index.json";
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v}: not a number")))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v}: not a number"))
+        })
         .unwrap_or(default)
 }
 
@@ -152,10 +156,19 @@ fn write_config(dir: &Path, stores: &Stores, n: usize, b: bool) {
     }
 }
 
+/// The promised binary: `CRASH_LOOP_PROMISED` (a copy, so that a long run is not affected by
+/// a rebuild), else the one cargo built.
+fn promised_bin() -> PathBuf {
+    std::env::var_os("CRASH_LOOP_PROMISED").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_promised")),
+        PathBuf::from,
+    )
+}
+
 /// promised with what every run is told: the bucket's credentials, the run directory,
 /// 4 pipelines at once, no fan-out limit, a short debounce.
 fn promised_cmd(run_dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_promised"));
+    let mut cmd = Command::new(promised_bin());
     cmd.env("PROMISED_SECRET_MINIO_CREDS_ACCESSKEYID", ACCESS_KEY)
         .env("PROMISED_SECRET_MINIO_CREDS_SECRETACCESSKEY", SECRET_KEY)
         .env("PROMISED_RUN_DIR", run_dir)
@@ -317,7 +330,14 @@ impl World {
         std::fs::remove_dir_all(&self.stores.bare).unwrap();
         git(
             self.stores.bare.parent().unwrap(),
-            &["init", "-q", "--bare", "-b", "main", self.stores.bare.file_name().unwrap().to_str().unwrap()],
+            &[
+                "init",
+                "-q",
+                "--bare",
+                "-b",
+                "main",
+                self.stores.bare.file_name().unwrap().to_str().unwrap(),
+            ],
         );
         let bucket = self.stores.s3.root.join(BUCKET);
         std::fs::remove_dir_all(&bucket).unwrap();
@@ -347,7 +367,9 @@ impl World {
     }
 
     fn git_head(&self) -> String {
-        git(&self.stores.bare, &["rev-parse", "main"]).trim().to_owned()
+        git(&self.stores.bare, &["rev-parse", "main"])
+            .trim()
+            .to_owned()
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -490,7 +512,10 @@ impl World {
             ));
         }
         if index["pending"].as_array().is_some_and(|p| !p.is_empty()) {
-            diffs.push(format!("bucket index has pending keys: {}", index["pending"]));
+            diffs.push(format!(
+                "bucket index has pending keys: {}",
+                index["pending"]
+            ));
         }
         // 3. git fsck: the remote and promised's persistent clone.
         if let Some(e) = fsck(&self.stores.bare) {
@@ -519,7 +544,10 @@ impl World {
         {
             let name = e.file_name().to_string_lossy();
             if name.ends_with(".lock") || name.ends_with(".keep") {
-                diffs.push(format!("left in the state directory: {}", e.path().display()));
+                diffs.push(format!(
+                    "left in the state directory: {}",
+                    e.path().display()
+                ));
             }
         }
         let left: Vec<String> = std::fs::read_dir(&self.run_dir)
@@ -571,7 +599,7 @@ impl World {
         let mut diffs = Vec::new();
         let state = self.state.to_str().unwrap();
         let status = |args: &[&str]| -> serde_json::Value {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_promised"));
+            let mut cmd = Command::new(promised_bin());
             cmd.arg("status")
                 .args(args)
                 .args(["--state-dir", state, "--output", "json"])
@@ -618,7 +646,9 @@ impl World {
                     }
                 };
                 if !there {
-                    diffs.push(format!("status: {name}'s files at {path} are not in the store"));
+                    diffs.push(format!(
+                        "status: {name}'s files at {path} are not in the store"
+                    ));
                 }
                 if d["destination"] == "dev" {
                     match s["commits"]["GitStateStore/git"].as_str() {
@@ -647,7 +677,8 @@ impl World {
         }
         let git_store = status(&["GitStateStore/git"]);
         if git_store["status"] != "Ready"
-            || git_store["lastSuccessfulWrite"]["version"].as_str() != Some(self.git_head().as_str())
+            || git_store["lastSuccessfulWrite"]["version"].as_str()
+                != Some(self.git_head().as_str())
         {
             diffs.push(format!(
                 "status of the Git store does not name its head {}: {git_store}",

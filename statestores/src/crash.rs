@@ -72,7 +72,8 @@ pub fn point(name: &str) {
     }
     if HITS.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
         eprintln!("promised: crash point {name}:{nth} reached, SIGKILL");
-        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
         // SIGKILL cannot be caught: delivery ends the process before this returns for long.
         loop {
             std::thread::park();
