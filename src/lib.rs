@@ -33,4 +33,5 @@ pub mod schema;
 pub mod settings;
 pub mod state;
 pub mod status;
+pub mod tmpfiles;
 pub mod validate;

@@ -159,7 +159,11 @@ impl World {
             .filter_map(Result::ok)
         {
             let name = e.file_name().to_string_lossy();
-            if name.ends_with(".lock") || name.ends_with(".keep") {
+            // Temporary files of killed processes: removed when the restart opened the state
+            // directory (`src/tmpfiles.rs`); Git's own `.tmp*` under the clone are not ours.
+            let tmp = (name.starts_with(".promised-tmp-") || name.starts_with(".tmp"))
+                && !e.path().starts_with(self.state.join("stores"));
+            if name.ends_with(".lock") || name.ends_with(".keep") || tmp {
                 diffs.push(format!(
                     "left in the state directory: {}",
                     e.path().display()
