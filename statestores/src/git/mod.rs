@@ -241,7 +241,7 @@ impl From<Error> for AttemptError {
 /// persistent clone and the credential files.
 fn store_id(name: &str, url: &RemoteUrl, branch: &str) -> String {
     let h = plan::sha256_hex(format!("{}\n{}", url.as_str(), branch).as_bytes());
-    format!("{}-{}", sanitize(name), &h[..12])
+    format!("{}-{}", config::sanitize(name), &h[..12])
 }
 
 /// Where [`GitStateStore::open`] keeps the persistent clone of the remote store `name` with
@@ -264,21 +264,6 @@ pub fn clone_path(
                 .join(format!("{}.git", store_id(name, &remote, branch))),
         ),
     }
-}
-
-fn sanitize(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect();
-    if s.is_empty() { "store".into() } else { s }
 }
 
 async fn blocking<T: Send + 'static>(
