@@ -21,7 +21,8 @@
 //!   0, runs nothing and writes nothing; no run directory or lock file is left.
 //!
 //! The restart must converge in one run (a daemon: in its first pass). A difference fails the
-//! test at once with the seed, the iteration and its kills, so it can be replayed.
+//! test at once with the seed, the iteration and its kills, so it can be replayed. Skipped
+//! without bubblewrap (fails instead with `PROMISED_REQUIRE_SANDBOX`).
 //!
 //! Parameters (environment): `CRASH_LOOP_ITERATIONS` (default 20), `CRASH_LOOP_REQUESTS`
 //! (default 40; the long form uses 1000), `CRASH_LOOP_SEED` (default: from the clock; printed),
@@ -492,7 +493,11 @@ fn restart(world: &World, daemon: bool) -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_again_and_again_the_stores_converge_to_a_clean_run() {
     if !bwrap_works() {
-        eprintln!("skipped: no bubblewrap");
+        assert!(
+            std::env::var_os("PROMISED_REQUIRE_SANDBOX").is_none(),
+            "PROMISED_REQUIRE_SANDBOX is set but bubblewrap cannot run"
+        );
+        eprintln!("skipped: no bubblewrap (set PROMISED_REQUIRE_SANDBOX=1 to fail instead)");
         return;
     }
     let iterations = env_num("CRASH_LOOP_ITERATIONS", 20);
