@@ -151,7 +151,8 @@ pub struct StateStoreStatus {
     /// Destinations that write to it.
     #[serde(default)]
     pub destinations: Vec<String>,
-    /// The last write that made a commit (Git) or a new generation (S3).
+    /// The last write that made a commit (Git) or a new generation (S3); a version first seen
+    /// by a pass with nothing to write (made by a process killed before recording it) counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful_write: Option<LastWrite>,
     /// RFC 3339 time the write-permission check last passed.

@@ -36,5 +36,6 @@ pub mod schema;
 pub mod settings;
 pub mod state;
 pub mod status;
+pub mod tmpfiles;
 pub mod validate;
 pub mod web;

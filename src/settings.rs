@@ -294,8 +294,10 @@ impl Default for Settings {
 /// [`Settings::load`] does not read them as keys: `PROMISED_LOG` (`--log`), `PROMISED_CONFIG`
 /// (`--daemon-config`), `PROMISED_CONFIG_REPO` / `PROMISED_CONFIG_REF` (the unit's `--config`
 /// and `--ref`), `PROMISED_REQUIRE_SANDBOX`, `_IMAGES`, `_KUBECTL`, `_GPG`, `_PYTHON` and
-/// `_BROWSER` (CI: tests that need those tools fail rather than skip). `PROMISED_SECRET_*`
-/// (state store credentials) are skipped too; any other `PROMISED_*` is a setting.
+/// `_BROWSER` (CI: tests that need those tools fail rather than skip), `PROMISED_CRASH_AT` (the
+/// crash loop's test hook, [`statestores::crash`]). `PROMISED_SECRET_<NAME>_<KEY>` (state
+/// store credentials) are skipped too. Every other `PROMISED_*` variable is a setting, and an
+/// unknown one is an error.
 pub const NOT_SETTINGS: &[&str] = &[
     "LOG",
     "CONFIG",
@@ -307,6 +309,7 @@ pub const NOT_SETTINGS: &[&str] = &[
     "REQUIRE_GPG",
     "REQUIRE_PYTHON",
     "REQUIRE_BROWSER",
+    "CRASH_AT",
 ];
 
 /// Why the daemon config cannot be used; the message names the key or file.

@@ -284,6 +284,8 @@ impl StateDir {
                 path: p.display().to_string(),
                 source,
             })?;
+            // What killed processes left ([`crate::tmpfiles`]).
+            crate::tmpfiles::remove_stale(&p);
         }
         Ok(StateDir {
             root,
@@ -444,13 +446,14 @@ impl StateDir {
             path: path.display().to_string(),
             source,
         };
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.root).map_err(io)?;
+        let mut tmp = crate::tmpfiles::create_in(&self.root).map_err(io)?;
         {
             let mut w = std::io::BufWriter::with_capacity(1 << 16, tmp.as_file_mut());
             serde_json::to_writer(&mut w, &*state).map_err(|e| io(e.into()))?;
             w.flush().map_err(io)?;
         }
         tmp.as_file().sync_all().map_err(io)?;
+        statestores::crash::point("state-save");
         tmp.persist(&path).map_err(|e| io(e.error))?;
         match std::fs::remove_file(self.journal_file()) {
             Ok(()) => Ok(()),
@@ -504,6 +507,7 @@ impl StateDir {
             .open(&path)
             .map_err(io)?;
         f.write_all(&line).map_err(io)?;
+        statestores::crash::point("state-journal");
         f.sync_data().map_err(io)
     }
 
@@ -517,7 +521,7 @@ impl StateDir {
                 path: path.display().to_string(),
                 source,
             };
-            let mut tmp = tempfile::NamedTempFile::new_in(self.root.join("blobs")).map_err(io)?;
+            let mut tmp = crate::tmpfiles::create_in(&self.root.join("blobs")).map_err(io)?;
             tmp.write_all(content).map_err(io)?;
             tmp.persist(&path).map_err(|e| io(e.error))?;
         }
@@ -570,7 +574,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         source,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    let mut tmp = crate::tmpfiles::create_in(dir).map_err(io)?;
     tmp.write_all(bytes).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;

@@ -404,7 +404,7 @@ pub fn save_refusal(state_dir: &Path, refused: Option<&Refused>) -> std::io::Res
     match refused {
         Some(r) => {
             let bytes = serde_json::to_vec_pretty(r).expect("a refusal serialises");
-            let mut tmp = tempfile::NamedTempFile::new_in(state_dir)?;
+            let mut tmp = crate::tmpfiles::create_in(state_dir)?;
             std::io::Write::write_all(&mut tmp, &bytes)?;
             tmp.persist(&path).map(|_| ()).map_err(|e| e.error)
         }

@@ -223,7 +223,8 @@ struct Pass<'c> {
     object_errors: BTreeMap<String, String>,
     /// write: state store → object keys whose files it changed.
     touched: BTreeMap<String, BTreeSet<String>>,
-    /// write: state store → its new version (commit) or why the write failed.
+    /// write: state store → its version after the write (the new commit, or the head found
+    /// when nothing was written) or why the write failed.
     store_results: BTreeMap<String, Result<Option<String>, String>>,
     /// health: request keys whose health status or health checks changed.
     health_changed: BTreeSet<String>,

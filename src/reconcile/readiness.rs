@@ -41,7 +41,10 @@ impl Engine {
                 .cloned()
                 .unwrap_or_else(|| new_store(&key));
             describe_store(pass, &mut s);
-            if let Some(Ok(Some(version))) = pass.store_results.get(&key) {
+            // A new version: written by this pass, or by one killed before recording it.
+            if let Some(Ok(Some(version))) = pass.store_results.get(&key)
+                && s.last_successful_write.as_ref().map(|w| &w.version) != Some(version)
+            {
                 s.last_successful_write = Some(LastWrite {
                     time: now_rfc3339(),
                     version: version.clone(),

@@ -470,6 +470,7 @@ pub(super) async fn run_job(runner: &RunnerConfig, job: &Job) -> WorkflowResult 
     use tracing::Instrument;
     async {
         tracing::debug!("workflow started");
+        statestores::crash::point("pipeline");
         let result = pipeline::run_workflow(runner, &input).await;
         match failed_step(&result) {
             Some((pipeline, container, e)) => {

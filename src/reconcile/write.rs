@@ -318,7 +318,9 @@ impl Engine {
                         pass.report
                             .stores
                             .push(StoreReport::from_outcome(&store_key, &outcome));
-                        Ok(outcome.version)
+                        // The store's version also when nothing was written: a write whose
+                        // process was killed before recording it is recorded now.
+                        Ok(outcome.version.or(outcome.head))
                     }
                     Err(e) => {
                         pass.report

@@ -98,6 +98,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod crash;
 pub mod error;
 pub mod git;
 mod index;
@@ -230,6 +231,12 @@ pub struct ApplyOutcome {
     /// The new version (for Git, the commit SHA in hex); `None` when nothing changed and no
     /// commit was made.
     pub version: Option<String>,
+    /// The store's version once this apply is done: [`Self::version`] when it wrote, else the
+    /// version it found (the branch head, the index generation); `None` for an empty store.
+    /// A caller that records versions compares it with the last one it recorded: they differ
+    /// when an earlier write landed but was never recorded (its process was killed between
+    /// the write and recording it, see the crash loop in docs/reliability.md).
+    pub head: Option<String>,
     /// Files written (added, changed or restored).
     pub written: usize,
     /// Files deleted (pruned or removed).

@@ -217,6 +217,23 @@ fn parse_url_with(raw: &str, warn: bool) -> Result<ParsedUrl, Error> {
     })
 }
 
+/// `name` for a file name: ASCII letters, digits, `-` and `_` kept, anything else `_`, at most
+/// 64 characters; `store` when empty.
+pub(super) fn sanitize(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if s.is_empty() { "store".into() } else { s }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

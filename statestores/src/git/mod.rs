@@ -193,7 +193,7 @@ impl From<Error> for AttemptError {
 /// persistent clone and the credential files.
 fn store_id(name: &str, url: &RemoteUrl, branch: &str) -> String {
     let h = plan::sha256_hex(format!("{}\n{}", url.as_str(), branch).as_bytes());
-    format!("{}-{}", sanitize(name), &h[..12])
+    format!("{}-{}", config::sanitize(name), &h[..12])
 }
 
 /// Where [`GitStateStore::open`] keeps the persistent clone of the remote store `name` with
@@ -216,21 +216,6 @@ pub fn clone_path(
                 .join(format!("{}.git", store_id(name, &remote, branch))),
         ),
     }
-}
-
-fn sanitize(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect();
-    if s.is_empty() { "store".into() } else { s }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -405,13 +390,17 @@ impl GitStateStore {
             Some(h) => Some(h),
             None => Self::head_blocking(inner, &repo)?,
         };
+        let found = ApplyOutcome {
+            head: head.map(|h| h.to_string()),
+            ..ApplyOutcome::default()
+        };
         let (files, index, base_tree) = match inner.take_verified(head) {
             Some(mut v) if changes.writes.is_empty() && changes.removals.is_empty() => {
                 if trusted.is_none() {
                     v.seen = std::time::Instant::now(); // just fetched: still at this head
                 }
                 inner.set_verified(Some(v));
-                return Ok(Prepared::NoChange(ApplyOutcome::default()));
+                return Ok(Prepared::NoChange(found));
             }
             Some(v) => {
                 let tree = repo
@@ -428,12 +417,11 @@ impl GitStateStore {
         };
         let p = plan::plan(&files, &index, changes, |oid| repo.has_object(oid))?;
         let mut outcome = ApplyOutcome {
-            version: None,
             written: p.written,
             deleted: p.deleted,
             unchanged: p.unchanged,
             drift: p.drift.clone(),
-            conflicts_retried: 0,
+            ..found
         };
         if p.is_empty() {
             if p.drift.is_empty()
@@ -533,6 +521,7 @@ impl GitStateStore {
                 if let CasOutcome::Stale = cas {
                     return Err(AttemptError::Stale);
                 }
+                crate::crash::point("git-pushed");
             }
             Backend::Remote { url, env, .. } => {
                 let res = push::push(
@@ -552,6 +541,7 @@ impl GitStateStore {
                     message: format!("cannot run git push: {e}"),
                 })?;
                 self.push_result(res, "push")?;
+                crate::crash::point("git-pushed");
                 // Keep the tracking ref (and so our objects) current for the next negotiation.
                 let inner = self.inner.clone();
                 let tracking = format!("refs/remotes/origin/{}", self.inner.spec.branch);
@@ -581,6 +571,7 @@ impl GitStateStore {
         })
         .await?;
         outcome.version = Some(commit.to_string());
+        outcome.head = outcome.version.clone();
         Ok(outcome)
     }
 

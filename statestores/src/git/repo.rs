@@ -311,7 +311,10 @@ pub fn build_commit(
     if n > PACK_THRESHOLD {
         write_pack(repo, &objects, secrets)?;
     } else {
-        for (kind, data) in objects.values() {
+        for (i, (kind, data)) in objects.values().enumerate() {
+            if i == n / 2 {
+                crate::crash::point("git-tree-write");
+            }
             gix::objs::Write::write_buf(repo, *kind, data).map_err(&err)?;
         }
     }
@@ -410,6 +413,8 @@ fn write_pack(
     // gix leaves a `.keep` file (as fetch does until refs are updated). We do not want one:
     // it would stop `git gc` from ever consolidating our packs. Unreferenced objects are still
     // safe from gc for two weeks (cruft packs), far longer than one apply.
+    // The pack is on disk, its commit not yet published.
+    crate::crash::point("git-tree-write");
     if let Some(keep) = outcome.keep_path {
         std::fs::remove_file(&keep).map_err(|e| Error::io(&keep, e))?;
     }

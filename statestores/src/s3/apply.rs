@@ -211,6 +211,11 @@ impl S3StateStore {
 
         let mut outcome = ApplyOutcome {
             version: None,
+            // The generation found; the one committed below once written.
+            head: head
+                .index_etag
+                .is_some()
+                .then(|| old.generation.to_string()),
             written: p.written,
             deleted,
             unchanged: p.unchanged,
@@ -299,6 +304,8 @@ impl S3StateStore {
             return Err(AttemptError::Stale);
         };
         outcome.version = Some(generation.to_string());
+        outcome.head = outcome.version.clone();
+        crate::crash::point("s3-committed");
 
         // 4. Delete, after a grace period for listings that started before the commit.
         if !removes.is_empty() {
@@ -346,6 +353,7 @@ impl S3StateStore {
             )
             .await
             .map_err(|e| self.map_err(&format!("put {path}"), e))?;
+        crate::crash::point("s3-upload");
         if let Some(cp) = self.cache_path(&oid)
             && !cp.is_file()
         {
