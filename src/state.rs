@@ -287,6 +287,8 @@ impl StateDir {
             // What killed processes left ([`crate::tmpfiles`]).
             crate::tmpfiles::remove_stale(&p);
         }
+        // The pipeline log tails of the web console (written with `write_atomic` too).
+        crate::tmpfiles::remove_stale(&root.join("logs"));
         Ok(StateDir {
             root,
             read_only: false,

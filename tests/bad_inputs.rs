@@ -3,7 +3,10 @@
 //! `app` whose `sandbox: none` shell pipeline `render` behaves badly on demand by the request's
 //! `spec.size`, a local Git state store `local`, a Destination `dev` and one GOOD request
 //! `app/default/good`), run with the daemon config `testdata/bad/_promised.yaml`
-//! (`pipelineTimeout: 2s`, `maxOutputBytes: 1000000`, `maxLogBytes: 65536`).
+//! (`pipelineTimeout: 2s`, `maxOutputBytes: 1000000`, `maxLogBytes: 65536`) plus the case's
+//! own `daemon.yaml` keys when it has one (the image cases configure `images:` and the
+//! bubblewrap sandbox the image runtime needs; they are skipped without bubblewrap unless
+//! `PROMISED_REQUIRE_SANDBOX` is set).
 //!
 //! Each case's `expect.txt` holds one check per line (`#` starts a comment):
 //! - `validate-exit: N` / `reconcile-exit: N`: the exit code of `promised validate` /
@@ -160,12 +163,32 @@ fn check_case(case: &Path, work: &Path) -> Vec<String> {
     copy_dir(&base.join("_base"), &config);
     copy_dir(case, &config);
     std::fs::remove_file(config.join("expect.txt")).expect("expect.txt was copied");
+    // A case's own daemon config keys (`daemon.yaml`) replace the shared ones.
+    let mut daemon: serde_json::Map<String, serde_json::Value> =
+        serde_saphyr::from_str(&std::fs::read_to_string(base.join("_promised.yaml")).unwrap())
+            .unwrap();
+    if let Ok(extra) = std::fs::read_to_string(case.join("daemon.yaml")) {
+        let extra: serde_json::Map<String, serde_json::Value> =
+            serde_saphyr::from_str(&extra).unwrap();
+        if extra.get("sandbox").is_some_and(|s| s == "bwrap") && !common::bwrap_works() {
+            assert!(
+                std::env::var_os("PROMISED_REQUIRE_SANDBOX").is_none(),
+                "{}: bubblewrap cannot create a sandbox",
+                case.display()
+            );
+            eprintln!("skipped {}: no bubblewrap", case.display());
+            return Vec::new();
+        }
+        daemon.extend(extra);
+        std::fs::remove_file(config.join("daemon.yaml")).expect("daemon.yaml was copied");
+    }
+    let daemon_config = work.join("promised.yaml");
+    std::fs::write(&daemon_config, serde_json::to_string(&daemon).unwrap()).unwrap();
     for what in &expect.generate {
         if let Err(e) = generate(&config, what) {
             return vec![e];
         }
     }
-    let daemon_config = base.join("_promised.yaml");
     let config_arg = config.to_str().expect("utf-8 path");
 
     let (code, validate) = run(&["validate", config_arg]);

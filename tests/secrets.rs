@@ -1,10 +1,12 @@
 //! Secrets never leave their files (issue 23 part 6): known values in every credential slot a
 //! state store and the daemon have (Git basicAuth token, SSH private key and known hosts, S3
-//! access keys, the webhook secret), `promised run` and `promised reconcile` at trace level,
-//! and none of the values in the logs, `/metrics`, `/api/v1/status`, `/api/v1/destinations`,
-//! `promised status --output json`, the state store's commit messages or any file of the state
-//! directory. The Git-over-HTTP, SSH and S3 servers are closed ports on 127.0.0.1: promised
-//! reads each credential and fails to connect, so the error texts are searched too.
+//! access keys, the webhook secret, a registry password in `images.authFile`), `promised run`
+//! and `promised reconcile` at trace level, and none of the values in the logs, `/metrics`,
+//! `/api/v1/status`, `/api/v1/destinations`, `promised status --output json`, the state
+//! store's commit messages or any file of the state directory. The Git-over-HTTP, SSH, S3 and
+//! registry servers are closed ports on 127.0.0.1: promised reads each credential and fails to
+//! connect, so the error texts are searched too. The SSH key's private directory under
+//! `$RUNTIME_DIRECTORY` is gone once promised exits.
 //! (The sandbox side is tests/pipeline.rs `no_host_secret_is_visible_in_the_sandbox`.)
 
 mod common;
@@ -27,6 +29,7 @@ const SECRETS: &[(&str, &str)] = &[
         "s3Secr3tK3y/wJalrXUtnFEMIK7MDENGbPxRfiCY",
     ),
     ("webhook", "whsec-5e6f7a8b9c0d1e2f3a4b5c6d"),
+    ("registry/password", "regPassw0rd-8c1d2e3f4a5b6c7d"),
 ];
 
 fn closed_port() -> u16 {
@@ -50,7 +53,30 @@ fn world(root: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
         common::app::request("a", "team-a"),
     )
     .unwrap();
-    let (http, ssh, s3) = (closed_port(), closed_port(), closed_port());
+    let (http, ssh, s3, registry) = (closed_port(), closed_port(), closed_port(), closed_port());
+    // A second Promise whose image is pulled from a registry (a closed port) with a password
+    // from `images.authFile`.
+    std::fs::create_dir_all(config.join("promises/pulled")).unwrap();
+    std::fs::write(
+        config.join("promises/pulled/promise.yaml"),
+        common::app::PROMISE
+            .replace("name: app", "name: pulled")
+            .replace("apps.example.com", "pulleds.example.com")
+            .replace(
+                "{kind: App, plural: apps, singular: app}",
+                "{kind: Pulled, plural: pulleds, singular: pulled}",
+            )
+            .replace(
+                "image: example.com/render",
+                &format!("image: 127.0.0.1:{registry}/team/render:v1"),
+            ),
+    )
+    .unwrap();
+    std::fs::write(
+        config.join("requests/pulled.yaml"),
+        common::app::request("p", "team-a").replace("kind: App", "kind: Pulled"),
+    )
+    .unwrap();
     std::fs::write(
         config.join("platform/remote.yaml"),
         format!(
@@ -118,7 +144,7 @@ spec:
     .unwrap();
     let secrets = root.join("secrets");
     for (slot, value) in SECRETS {
-        if *slot == "webhook" {
+        if *slot == "webhook" || slot.starts_with("registry/") {
             continue;
         }
         let p = secrets.join(slot);
@@ -140,6 +166,15 @@ spec:
     .unwrap();
     let webhook = root.join("webhook-secret");
     std::fs::write(&webhook, secret("webhook")).unwrap();
+    let registry_auth = secrets.join("registry-auth.json");
+    std::fs::write(
+        &registry_auth,
+        format!(
+            r#"{{"auths": {{"127.0.0.1:{registry}": {{"username": "puller", "password": "{}"}}}}}}"#,
+            secret("registry/password")
+        ),
+    )
+    .unwrap();
     use std::os::unix::fs::PermissionsExt;
     for e in walkdir::WalkDir::new(&secrets)
         .into_iter()
@@ -153,9 +188,10 @@ spec:
     std::fs::write(
         &daemon_config,
         format!(
-            "sandbox: none\nsecretsDir: {}\nwebhookSecretFile: {}\n",
+            "sandbox: none\nsecretsDir: {}\nwebhookSecretFile: {}\nimageOverrides:\n  example.com/render: {{}}\nimages:\n  authFile: {}\n  insecureRegistries: ['127.0.0.1:{registry}']\n",
             secrets.display(),
-            webhook.display()
+            webhook.display(),
+            registry_auth.display()
         ),
     )
     .unwrap();
@@ -312,6 +348,25 @@ fn no_secret_value_is_in_logs_status_metrics_commits_or_the_state_directory() {
             "the {store} state store was tried (its error is searched):\n{stderr}"
         );
     }
+    // `promised images pull` asks the registry with the password of `images.authFile`
+    // (the pipelines above run with `sandbox: none`, so the image runtime does not pull).
+    let pull = Command::new(env!("CARGO_BIN_EXE_promised"))
+        .args(["images", "pull", "--log", "trace", "--config"])
+        .arg(&config)
+        .arg("--daemon-config")
+        .arg(&daemon_config)
+        .env_remove("PROMISED_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_clean("promised images pull's stdout", &pull.stdout);
+    assert_clean("promised images pull's stderr", &pull.stderr);
+    let pulled =
+        String::from_utf8_lossy(&pull.stdout).into_owned() + &String::from_utf8_lossy(&pull.stderr);
+    assert!(
+        pulled.contains("team/render:v1") && pulled.contains("unreachable"),
+        "the registry was tried:\n{pulled}"
+    );
     let status = Command::new(env!("CARGO_BIN_EXE_promised"))
         .args(["status", "--output", "json", "--state-dir"])
         .arg(&state)

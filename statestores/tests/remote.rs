@@ -235,7 +235,7 @@ fn unsupported_and_incomplete_configs_fail_clearly() {
 }
 
 #[test]
-fn ssh_keys_are_written_private_under_the_state_dir() {
+fn ssh_keys_are_written_private_outside_the_state_dir_and_removed_with_the_store() {
     let tmp = tempfile::tempdir().unwrap();
     let secrets = tmp.path().join("secrets/ssh-creds");
     std::fs::create_dir_all(&secrets).unwrap();
@@ -255,18 +255,49 @@ fn ssh_keys_are_written_private_under_the_state_dir() {
     opts.secrets_dir = Some(tmp.path().join("secrets"));
     let store = GitStateStore::open("ssh", spec, opts).unwrap();
     assert!(!store.is_local());
-    let ssh_dir = tmp.path().join("state/ssh");
-    let dir = std::fs::read_dir(&ssh_dir)
+    // The key's directory: private, in the temporary directory ($RUNTIME_DIRECTORY unset).
+    let holds_key = |d: &std::path::Path| {
+        std::fs::read_to_string(d.join("id")).is_ok_and(|k| k.contains("secretkeymaterial"))
+    };
+    let dir = std::fs::read_dir(std::env::temp_dir())
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("promised-ssh-"))
+                && holds_key(p)
+        })
+        .expect("the key's directory in the temporary directory");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
     for f in ["id", "known_hosts"] {
-        let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "{f}");
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+    for e in walk(&tmp.path().join("state")) {
+        let text = std::fs::read(&e).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&text).contains("secretkeymaterial"),
+            "the key is in {}",
+            e.display()
+        );
     }
     assert!(!format!("{store:?}").contains("secretkeymaterial"));
+    drop(store);
+    assert!(!dir.exists(), "the key's directory goes with the store");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,8 @@
 //! the plan then restores the index and every indexed file that was deleted or edited (drift),
 //! from the desired content or from the indexed blob (which the clone has: it wrote it).
 //!
+//! An index file deleted together with every file it lists is a person letting that
+//! Destination's files go (README "Deletion": after a `cleanup: none` removal), and stands.
 //! Only an outside edit is undone: when a commit between the head and [`APPLIED_REF`] has the
 //! store's own author (`spec.gitAuthor`), another promised (a shard, another replica) wrote
 //! the branch since, and its removal of an index file stands. An index file edited rather than
@@ -84,23 +86,26 @@ pub(super) fn adopt_lost_index(
     {
         return Ok(Vec::new());
     }
-    let lost_files: HashMap<String, ObjectId> =
-        lost.iter().map(|p| ((*p).clone(), old_files[*p])).collect();
-    let entries = crate::plan::load_index(&lost_files, |oid| repo::read_blob(repo, oid, secrets))?;
-    let known: BTreeSet<&str> = index.iter().map(|e| e.path.as_str()).collect();
-    let adopted: Vec<IndexEntry> = entries
-        .into_iter()
-        .filter(|e| !known.contains(e.path.as_str()))
-        .collect();
-    index.extend(adopted);
-    let destinations: Vec<String> = lost
-        .iter()
-        .map(|p| {
+    let known: BTreeSet<String> = index.iter().map(|e| e.path.clone()).collect();
+    let mut destinations = Vec::new();
+    for p in lost {
+        let one: HashMap<String, ObjectId> = HashMap::from([(p.clone(), old_files[p])]);
+        let entries = crate::plan::load_index(&one, |oid| repo::read_blob(repo, oid, secrets))?;
+        // Index and every file it lists deleted together: a person let that Destination's
+        // files go (README "Deletion", `cleanup: none`); that stands.
+        if !entries.iter().any(|e| files.contains_key(&e.path)) {
+            continue;
+        }
+        index.extend(entries.into_iter().filter(|e| !known.contains(&e.path)));
+        destinations.push(
             p.trim_start_matches(&prefix)
                 .trim_end_matches(".json")
-                .to_string()
-        })
-        .collect();
+                .to_string(),
+        );
+    }
+    if destinations.is_empty() {
+        return Ok(destinations);
+    }
     tracing::warn!(store = %url, ?destinations, "ownership index deleted outside promised: re-adopted from the last commit promised applied, its files are restored");
     Ok(destinations)
 }

@@ -164,10 +164,12 @@ pub fn load(
                 .filter(|d| !d.is_empty())
                 .map(PathBuf::from)
                 .unwrap_or_else(std::env::temp_dir);
-            // tempfile creates the directory 0700 with a random name: no other user can
-            // have made it, or read what goes in.
+            // A new directory with a random name, mode 0700: no other user can have made it
+            // or read what goes in (tempfile's default mode follows the umask).
+            use std::os::unix::fs::PermissionsExt;
             let dir = tempfile::Builder::new()
                 .prefix(&format!("promised-ssh-{store_id}-"))
+                .permissions(std::fs::Permissions::from_mode(0o700))
                 .tempdir_in(&parent)
                 .map_err(|e| Error::io(&parent, e))?;
             let base = dir.path().to_path_buf();

@@ -139,8 +139,10 @@ impl Signer {
                 Ok(signer)
             }
             SigningFormat::Openpgp => {
+                use std::os::unix::fs::PermissionsExt;
                 let home = tempfile::Builder::new()
                     .prefix("promised-gnupg-")
+                    .permissions(std::fs::Permissions::from_mode(0o700))
                     .tempdir()
                     .map_err(|e| err(format!("cannot create a GnuPG home: {e}")))?;
                 run(
