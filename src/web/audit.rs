@@ -122,17 +122,7 @@ pub fn store_repo(
     }
     // The persistent clone: `<stateDir>/stores/git/<sanitised name>-<12 hex>.git`
     // (statestores `git/mod.rs`, `store_id`); the newest when the URL changed.
-    let prefix: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect();
+    let prefix = statestores::git::config::sanitize(name);
     let dir = state_dir.join("stores").join("git");
     let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
     for e in std::fs::read_dir(&dir).ok()?.flatten() {

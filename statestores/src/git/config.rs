@@ -218,8 +218,9 @@ fn parse_url_with(raw: &str, warn: bool) -> Result<ParsedUrl, Error> {
 }
 
 /// `name` for a file name: ASCII letters, digits, `-` and `_` kept, anything else `_`, at most
-/// 64 characters; `store` when empty.
-pub(super) fn sanitize(name: &str) -> String {
+/// 64 characters; `store` when empty. The persistent clone of a store is named after it
+/// (`<state_dir>/git/<sanitize(name)>-<12 hex>.git`).
+pub fn sanitize(name: &str) -> String {
     let s: String = name
         .chars()
         .map(|c| {
