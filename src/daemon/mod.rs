@@ -298,12 +298,17 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
     // The web console (README "Web console"): off on a public address without a token.
     let console = if settings.web.serves(&settings.listen) {
         let c = crate::web::Console::new(settings.state_dir.clone(), settings.web.clone())?;
-        Some(crate::web::router(Arc::new(c)))
+        Some(Arc::new(c))
     } else {
         tracing::info!(listen = %settings.listen, "web console off: a non-loopback address needs web.tokenFile (or web.enabled: true)");
         None
     };
-    let http = http::serve(listener, shared.clone(), console, stop_rx.clone());
+    let http = http::serve(
+        listener,
+        shared.clone(),
+        console.clone().map(crate::web::router),
+        stop_rx.clone(),
+    );
 
     // Signals.
     let reload = Arc::new(AtomicBool::new(false));
@@ -459,6 +464,10 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
                     let record = pass_record(&report);
                     if let Err(e) = crate::web::records::save_pass(&settings.state_dir, &record) {
                         tracing::warn!(error = %e, "cannot record the last pass for the web console");
+                    }
+                    // The console's snapshot is re-read now, not by the next page view.
+                    if let Some(c) = console.clone() {
+                        tokio::task::spawn_blocking(move || c.snapshot().map(drop));
                     }
                     if !ready_sent {
                         let _ = sd_notify::notify(&[
