@@ -42,6 +42,15 @@ pub use settings::{
     PullPolicy,
 };
 pub use store::ImageStore;
+
+/// Checks that `image` is a reference the image store can pull (`[registry[:port]/]repository
+/// [:tag][@sha256:<64 hex>]`, the distribution reference grammar, lower case), without any
+/// I/O. `promised validate` uses it so a bad reference is refused at commit time.
+///
+/// Errors: [`ImageError::InvalidReference`] naming the image and what is wrong.
+pub fn check_reference(image: &str) -> Result<(), ImageError> {
+    store::ImageStore::parse(image).map(drop)
+}
 pub use types::{CachedImage, ImageConfig, PruneReport, Pulled, Resolved};
 /// Layer unpacking, public for the fuzz targets (`tests/fuzz.rs`); the image store calls it
 /// for every pull.

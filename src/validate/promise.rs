@@ -227,6 +227,14 @@ fn check_promise(p: &Located<Promise>, all: &BTreeSet<String>) -> PromiseCheck {
                             format!("{at}.spec.containers[{ci}].image"),
                             "required field is missing",
                         ));
+                    } else if let Err(e) = crate::image::check_reference(&c.image) {
+                        // Kubernetes refuses such a pod too (`InvalidImageName`).
+                        errs.push(o.diag(
+                            Code::InvalidPipeline,
+                            id,
+                            format!("{at}.spec.containers[{ci}].image"),
+                            e.to_string(),
+                        ));
                     }
                     errs.extend(check_container_env(o, id, &at, ci, pname, c));
                 }
