@@ -302,6 +302,9 @@ impl GitStateStore {
             }
             (Backend::Local, Err(e)) => return Err(e),
         };
+        if let Backend::Remote { .. } = &backend {
+            repo::remove_stale_keeps(&repo_path);
+        }
         let repo = std::sync::RwLock::new(repo);
         Ok(Self {
             inner: Arc::new(Inner {

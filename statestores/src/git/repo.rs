@@ -421,6 +421,20 @@ fn write_pack(
     Ok(())
 }
 
+/// Removes `objects/pack/*.keep` from our own persistent clone: we never keep one (see
+/// [`write_pack`]), so any there is left by a process killed between writing a pack and
+/// removing it, or mid-fetch, and would stop `git gc` from consolidating that pack. Call it
+/// only while nothing else uses the clone (when the store opens). Failures are ignored.
+pub fn remove_stale_keeps(git_dir: &std::path::Path) {
+    let dir = git_dir.join("objects").join("pack");
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().ends_with(".keep") {
+            tracing::debug!(path = %e.path().display(), "removing a stale pack .keep file");
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Packs above which [`needs_gc`] asks for a `git gc` (git's `gc.autoPackLimit` is 50).
 pub const GC_PACK_LIMIT: usize = 25;
 /// Estimated loose objects above which [`needs_gc`] asks for a `git gc` (git's `gc.auto` is
