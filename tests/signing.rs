@@ -147,34 +147,11 @@ fn ssh_signed_commits_pass_git_verify_commit() {
 
 #[test]
 fn openpgp_signed_commits_from_a_systemd_credential_pass_git_verify_commit() {
-    if Command::new("gpg").arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("PROMISED_REQUIRE_GPG").is_none(),
-            "gpg is required"
-        );
-        eprintln!("skipped: no gpg");
+    let Some(home) = common::GpgHome::new() else {
         return;
-    }
-    let w = World::new();
-    // The key owner's GnuPG home (short path: gpg-agent's socket path has a length limit).
-    let home = tempfile::Builder::new()
-        .prefix("g")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let gpg = |args: &[&str]| {
-        let out = Command::new("gpg")
-            .env("GNUPGHOME", home.path())
-            .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
-            .args(args)
-            .output()
-            .expect("gpg runs");
-        assert!(
-            out.status.success(),
-            "gpg {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
     };
+    let w = World::new();
+    let gpg = |args: &[&str]| home.run(args);
     gpg(&[
         "--quick-gen-key",
         "Platform Bot <bot@example.com>",
@@ -227,10 +204,6 @@ fn openpgp_signed_commits_from_a_systemd_credential_pass_git_verify_commit() {
             entry.display()
         );
     }
-    let _ = Command::new("gpgconf")
-        .env("GNUPGHOME", home.path())
-        .args(["--kill", "gpg-agent"])
-        .status();
 }
 
 #[test]

@@ -262,34 +262,11 @@ fn mode_all_refuses_a_signed_merge_of_an_unsigned_commit() {
 /// (in the signer's own keyring, not in ours) is refused.
 #[test]
 fn gpg_signed_commits_verify_against_the_keyring_only() {
-    if Command::new("gpg").arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("PROMISED_REQUIRE_GPG").is_none(),
-            "gpg is required"
-        );
-        eprintln!("skipped: no gpg");
+    let Some(home) = common::GpgHome::new() else {
         return;
-    }
-    let w = World::new();
-    // The signers' GnuPG home (short path: gpg-agent's socket path has a length limit).
-    let home = tempfile::Builder::new()
-        .prefix("g")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let gpg = |args: &[&str]| {
-        let out = Command::new("gpg")
-            .env("GNUPGHOME", home.path())
-            .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
-            .args(args)
-            .output()
-            .expect("gpg runs");
-        assert!(
-            out.status.success(),
-            "gpg {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    let w = World::new();
+    let gpg = |args: &[&str]| home.run(args);
     for uid in ["Alice <alice@example.com>", "Mallory <mallory@example.com>"] {
         gpg(&["--quick-gen-key", uid, "ed25519", "sign", "never"]);
     }
@@ -340,11 +317,7 @@ fn gpg_signed_commits_verify_against_the_keyring_only() {
         "{err}"
     );
     assert!(!w.output().contains("/mallory/"), "{}", w.output());
-    // The signers' agent goes with their home.
-    let _ = Command::new("gpgconf")
-        .env("GNUPGHOME", home.path())
-        .args(["--kill", "gpg-agent"])
-        .status();
+    // The signers' agent goes with their home (GpgHome's drop).
 }
 
 /// `verify:` with a directory source, or a key file that does not exist, stops the pass

@@ -394,3 +394,55 @@ pub fn flux_kustomize_build(dir: &Path) -> Option<Result<String, String>> {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     })
 }
+
+/// A throwaway GnuPG home for a key owner (short path under /tmp: gpg-agent's socket path has
+/// a length limit); its agent is stopped on drop. `None` (skipped) without gpg, a failure when
+/// `PROMISED_REQUIRE_GPG` is set.
+pub struct GpgHome(tempfile::TempDir);
+
+impl GpgHome {
+    pub fn new() -> Option<GpgHome> {
+        if Command::new("gpg").arg("--version").output().is_err() {
+            assert!(
+                std::env::var_os("PROMISED_REQUIRE_GPG").is_none(),
+                "gpg is required"
+            );
+            eprintln!("skipped: no gpg");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("g")
+            .tempdir_in("/tmp")
+            .unwrap();
+        Some(GpgHome(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// `gpg --batch` with no passphrase in this home; panics with stderr on failure; stdout.
+    pub fn run(&self, args: &[&str]) -> Vec<u8> {
+        let out = Command::new("gpg")
+            .env("GNUPGHOME", self.path())
+            .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args(args)
+            .output()
+            .expect("gpg runs");
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+}
+
+impl Drop for GpgHome {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .env("GNUPGHOME", self.path())
+            .args(["--kill", "gpg-agent"])
+            .status();
+    }
+}
