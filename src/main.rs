@@ -10,6 +10,14 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // The resident sandbox's helper: before anything else, while the process has one thread
+    // (it unshares a user namespace and forks).
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "sandbox-helper")
+    {
+        std::process::exit(promised::pipeline::resident::helper::main());
+    }
     let cli = promised::cli::Cli::try_parse().unwrap_or_else(|e| {
         // `promised plan` exits 2 for "changes" (like `terraform plan -detailed-exitcode`):
         // a command line it cannot parse is an error, 1, not clap's usual 2.

@@ -133,7 +133,9 @@ pub struct Settings {
     /// Secrets directory laid out as `<dir>/<secret name>/<key>`. Default:
     /// `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`), else none (environment only).
     pub secrets_dir: Option<PathBuf>,
-    /// Pipelines running at once (different requests). `0` = one per CPU core.
+    /// Pipelines running at once (different requests). `0` = two per CPU core: a sandboxed
+    /// run waits in the kernel for part of its time (namespace set-up and tear-down), so one
+    /// per core leaves the cores idle then (docs/benchmarks.md, "Sandbox").
     pub concurrency: usize,
     /// When a Promise changes, its requests re-run at most this many per second (their own
     /// specs unchanged); `0` = unlimited. Default 20.
@@ -153,6 +155,10 @@ pub struct Settings {
     /// Let every pipeline use the network. Default false (a Pipeline can opt in with the
     /// annotation `promised.dev/network: "true"`).
     pub allow_network: bool,
+    /// Run sandboxed containers in the resident sandbox: one helper process that holds the
+    /// namespaces and forks each run, instead of one bwrap per container (README "Sandbox").
+    /// Default true; runs with network always use bwrap.
+    pub resident_sandbox: bool,
     /// Kill a container's whole process group after this long. Default `10m`.
     #[serde(with = "humantime_serde")]
     pub pipeline_timeout: Duration,
@@ -257,6 +263,7 @@ impl Default for Settings {
             shutdown_grace: Duration::from_secs(60),
             sandbox: SandboxMode::Bwrap,
             allow_network: false,
+            resident_sandbox: true,
             pipeline_timeout: Duration::from_secs(600),
             max_output_bytes: 50 * 1024 * 1024,
             max_log_bytes: 1024 * 1024,
@@ -492,6 +499,12 @@ impl Settings {
             output_cap_bytes: self.max_output_bytes,
             log_cap_bytes: self.max_log_bytes,
             allow_network: self.allow_network,
+            // The helper is this binary's `sandbox-helper`; a library caller has none.
+            resident: self
+                .resident_sandbox
+                .then(|| std::env::current_exe().ok())
+                .flatten()
+                .filter(|_| self.sandbox == crate::pipeline::SandboxMode::Bwrap),
             image_overrides: self.image_overrides.clone(),
             work_dir: self.effective_run_dir(),
             hidden: self
@@ -599,8 +612,8 @@ impl Settings {
             self.concurrency
         } else {
             std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
+                .map(|n| n.get() * 2)
+                .unwrap_or(2)
         }
     }
 }

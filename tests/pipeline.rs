@@ -52,10 +52,14 @@ fn pipeline(name: &str, containers: Vec<Container>) -> Pipeline {
     }
 }
 
+/// The runner every test here uses: the resident sandbox (the daemon's default), or one
+/// bwrap per container when `SANDBOX_UNDER_TEST=bwrap` (CI runs this file both ways).
 fn cfg(tmp: &Path) -> RunnerConfig {
+    let per_run_bwrap = std::env::var("SANDBOX_UNDER_TEST").is_ok_and(|v| v == "bwrap");
     RunnerConfig {
         work_dir: tmp.join("runs"),
         timeout: Duration::from_secs(30),
+        resident: (!per_run_bwrap).then(|| PathBuf::from(env!("CARGO_BIN_EXE_promised"))),
         ..Default::default()
     }
 }

@@ -59,6 +59,7 @@ pub mod metadata;
 pub mod oci;
 pub mod output;
 pub mod overrides;
+pub mod resident;
 mod run;
 pub mod rundir;
 pub mod runtime;
@@ -206,6 +207,11 @@ pub struct RunnerConfig {
     /// The pipeline API served to resource workflows on the process runtime ([`kubeapi`]);
     /// `None`: none (the default; [`crate::settings::Settings::runner`] sets it).
     pub kube_api: Option<KubeApiHandle>,
+    /// The `promised` binary whose `sandbox-helper` runs sandboxed containers in the
+    /// resident sandbox ([`resident`]); `None` (the default): one bwrap per container.
+    /// [`crate::settings::Settings::runner`] sets it to the running binary unless
+    /// `residentSandbox: false`.
+    pub resident: Option<PathBuf>,
 }
 
 /// The pipeline API of a runner; two are equal when they are the same one.
@@ -254,6 +260,7 @@ impl Default for RunnerConfig {
             runtime: Runtime::Process,
             kubernetes: None,
             kube_api: None,
+            resident: None,
         }
     }
 }

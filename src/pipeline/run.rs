@@ -11,7 +11,7 @@ use super::oci::image_invocation;
 use super::{
     Action, ContainerLog, Error, Mount, NETWORK_ANNOTATION, Outcome, PipelineResult, RanImage,
     RunnerConfig, SandboxMode, WorkflowInput, contract, env, kubeapi, metadata, output, overrides,
-    runtime, sandbox,
+    resident, runtime, sandbox,
 };
 use crate::model::Pipeline;
 
@@ -362,18 +362,21 @@ async fn run_pipeline_inner(
             };
             (inv, sandbox_note, command0, mounts)
         };
-        let mut finished = runtime::run(&inv).await.map_err(|e| Error::SpawnFailed {
-            pipeline: pname.into(),
-            container: c.name.clone(),
-            message: if e.kind() == std::io::ErrorKind::NotFound {
-                format!(
-                    "{e}{}",
-                    crlf_shebang_hint(&command0, input.promise_dir.as_deref(), mounts)
-                )
-            } else {
-                e.to_string()
-            },
-        })?;
+        let mut finished =
+            start(cfg, &inv, dirs.root(), ci)
+                .await
+                .map_err(|e| Error::SpawnFailed {
+                    pipeline: pname.into(),
+                    container: c.name.clone(),
+                    message: if e.kind() == std::io::ErrorKind::NotFound {
+                        format!(
+                            "{e}{}",
+                            crlf_shebang_hint(&command0, input.promise_dir.as_deref(), mounts)
+                        )
+                    } else {
+                        e.to_string()
+                    },
+                })?;
         // Granted Secret values never reach a log, error or status (README "Trust and
         // tenancy").
         finished.stdout = redact(&finished.stdout, &secrets);
@@ -399,7 +402,9 @@ async fn run_pipeline_inner(
             let hint = if cfg.sandbox == SandboxMode::Bwrap
                 && finished.exit_code == Some(1)
                 && finished.stderr.lines().any(|l| {
-                    (l.starts_with("bwrap: execvp") || l.starts_with("promised adapter: execvp"))
+                    (l.starts_with("bwrap: execvp")
+                        || l.starts_with("promised sandbox: execvp")
+                        || l.starts_with("promised adapter: execvp"))
                         && l.ends_with("No such file or directory")
                 }) {
                 crlf_shebang_hint(&command0, input.promise_dir.as_deref(), mounts)
@@ -428,6 +433,61 @@ async fn run_pipeline_inner(
     }
 
     finish_pipeline(cfg, input, &dirs, res)
+}
+
+/// Runs one container: in the resident sandbox ([`super::resident`]) when the runner has one
+/// and can hand it the run (a bwrap or image-runtime command line it reads, no network), else
+/// the invocation as it is (bwrap, `unshare` for an image, or the bare command).
+async fn start(
+    cfg: &RunnerConfig,
+    inv: &runtime::Invocation,
+    run_root: &std::path::Path,
+    container: usize,
+) -> std::io::Result<runtime::Finished> {
+    if let (Some(exe), SandboxMode::Bwrap) = (&cfg.resident, cfg.sandbox)
+        && let Some(req) = resident_request(inv, run_root, container)?
+        && let Some(done) = resident::Resident::for_exe(exe)
+            .run(req, inv.timeout, inv.log_cap)
+            .await
+    {
+        return done;
+    }
+    runtime::run(inv).await
+}
+
+/// The resident sandbox's form of `inv`, or `None` when it has to run as it is.
+fn resident_request(
+    inv: &runtime::Invocation,
+    run_root: &std::path::Path,
+    container: usize,
+) -> std::io::Result<Option<resident::RunRequest>> {
+    use resident::request::{from_bwrap_args, from_image_args};
+    let (root, mountpoint, parsed) = if inv.program == "unshare" {
+        match from_image_args(&inv.args) {
+            Some((lower, scratch, p)) => (resident::Root::Overlay { lower }, scratch, p),
+            None => return Ok(None),
+        }
+    } else {
+        match from_bwrap_args(&inv.args) {
+            Some(p) => (
+                resident::Root::Tmpfs,
+                resident::mountpoint(run_root, container)?,
+                p,
+            ),
+            None => return Ok(None),
+        }
+    };
+    Ok(Some(resident::RunRequest {
+        mountpoint,
+        root,
+        ops: parsed.ops,
+        argv: parsed.argv,
+        env: inv.env.clone(),
+        chdir: parsed.chdir,
+        uid: parsed.uid,
+        gid: parsed.gid,
+        own_network: true,
+    }))
 }
 
 /// Secret values shorter than this are not redacted from logs: a one- to three-character

@@ -120,7 +120,7 @@ fn kill_group(pgid: Option<u32>) {
     let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
 }
 
-async fn read_capped<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> Vec<u8> {
+pub(super) async fn read_capped<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> Vec<u8> {
     let mut keep: Vec<u8> = Vec::new();
     let mut buf = [0u8; 8192];
     loop {

@@ -17,7 +17,9 @@ fn pump(mut from: impl Read, mut to: impl Write, close: impl FnOnce()) {
     close();
 }
 
-fn forward(tcp: TcpStream, socket: &Path) {
+/// Forwards one accepted connection to the unix socket `socket`, both ways, until each side
+/// ends (also used by the resident sandbox's init, [`crate::pipeline::resident::helper`]).
+pub fn forward(tcp: TcpStream, socket: &Path) {
     let Ok(unix) = UnixStream::connect(socket) else {
         let _ = tcp.shutdown(Shutdown::Both);
         return;
