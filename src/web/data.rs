@@ -119,6 +119,10 @@ impl Cache {
         {
             return Ok(s.clone());
         }
+        // The old snapshot goes before the new one is read (pages still showing it keep their
+        // own reference): at 10,000 requests each is tens of MB, and the daemon reloads it after
+        // every pass (docs/benchmarks.md, "Memory").
+        *last = None;
         let s = Arc::new(Snapshot::load(dir)?);
         *last = Some(s.clone());
         Ok(s)
