@@ -614,3 +614,65 @@ fn panicked(e: &tokio::task::JoinError) -> WorkflowResult {
         merged_status: Map::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Jobs waiting for a concurrency permit have no task (and no future) yet: 100 queued
+    /// jobs at a limit of 2 are a handful of tasks, not 100 (docs/benchmarks.md, "Memory").
+    #[tokio::test(flavor = "current_thread")]
+    async fn queued_jobs_hold_no_task() {
+        let promise: crate::model::Promise = serde_json::from_value(serde_json::json!({
+            "apiVersion": "platform.kratix.io/v1alpha1",
+            "kind": "Promise",
+            "metadata": {"name": "p"},
+            "spec": {}
+        }))
+        .expect("Promise");
+        let promise = Arc::new(super::super::delete::rebuild_valid_promise(
+            promise,
+            Value::Null,
+        ));
+        let jobs: Vec<Arc<Job>> = (0..100)
+            .map(|i| {
+                Arc::new(Job {
+                    key: format!("p/default/r{i}"),
+                    promise: promise.clone(),
+                    request: None,
+                    action: Action::Configure,
+                    pipelines: Arc::from(Vec::new()),
+                    object_yaml: String::new(),
+                    existing_status: Map::new(),
+                    promise_dir: None,
+                    // One start per second: the second job holds its permit for a second,
+                    // the third for two, so no permit comes free while the test looks.
+                    rate_limited: true,
+                    generation: 0,
+                })
+            })
+            .collect();
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.num_alive_tasks();
+        // Cancelled: a job that gets its slot returns at once without running anything.
+        let cancel = Arc::new(AtomicBool::new(true));
+        let mut results = spawn_jobs(&Arc::default(), jobs, 2, 1, &cancel);
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        let alive = metrics.num_alive_tasks() - before;
+        assert!(
+            alive < 50,
+            "{alive} tasks for 100 jobs at a concurrency of 2"
+        );
+        // Every job still reports, in order of its slot.
+        let mut seen = 0;
+        while let Some((i, outcome)) = results.recv().await {
+            assert!(outcome.is_none(), "job {i} was cancelled");
+            seen += 1;
+            if seen == 3 {
+                break;
+            }
+        }
+    }
+}
