@@ -46,6 +46,7 @@ pub struct State {
     pub promises: BTreeMap<String, ObjectRecord>,
     /// Per request key `<promise>/<namespace>/<name>`.
     #[serde(default)]
+    #[serde(deserialize_with = "request_records")]
     pub requests: BTreeMap<String, ObjectRecord>,
     /// Per Destination name: what was registered (canary files written).
     #[serde(default)]
@@ -110,7 +111,7 @@ struct JournalEntry<P = ObjectRecord> {
     generation: String,
     #[serde(default)]
     promises: BTreeMap<String, Option<P>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "request_records")]
     requests: BTreeMap<String, Option<P>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     destinations: Option<BTreeMap<String, DestinationRecord>>,
@@ -130,6 +131,7 @@ pub struct ObjectRecord {
     pub completed: bool,
     /// The object as last admitted (`/kratix/input/object.yaml` for a delete pipeline after
     /// the object left the config repo).
+    #[serde(deserialize_with = "document")]
     pub object: std::sync::Arc<Value>,
     /// Promises: the last valid Promise document (its delete workflow outlives the file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,7 +141,7 @@ pub struct ObjectRecord {
     pub promise_dir: Option<String>,
     /// Cached output of the last successful run of each pipeline (placement is recomputed
     /// from it on every pass without re-running anything).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "outputs")]
     pub outputs: Vec<OutputRecord>,
     /// Where the output went (as last written).
     #[serde(default)]
@@ -169,6 +171,51 @@ pub struct ObjectRecord {
     pub failed_upgrade: String,
     /// Last status.
     pub status: ObjectStatus,
+}
+
+std::thread_local! {
+    /// Set by [`StateDir::load_without_documents`] on its thread while it parses.
+    static SKIP_DOCUMENTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set while the request records of a snapshot or journal line are parsed (Promise
+    /// records keep their documents: the console's Promise page shows them).
+    static IN_REQUESTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a request record's document and outputs are skipped now.
+fn skipping() -> bool {
+    SKIP_DOCUMENTS.with(std::cell::Cell::get) && IN_REQUESTS.with(std::cell::Cell::get)
+}
+
+/// The request records of a snapshot or journal line (marked for [`skipping`]).
+fn request_records<'de, D, V>(d: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    let before = IN_REQUESTS.with(|f| f.replace(true));
+    let records = BTreeMap::deserialize(d);
+    IN_REQUESTS.with(|f| f.set(before));
+    records
+}
+
+/// `ObjectRecord::object`, or `null` without parsing it for a request record under
+/// [`StateDir::load_without_documents`].
+fn document<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::sync::Arc<Value>, D::Error> {
+    if skipping() {
+        serde::de::IgnoredAny::deserialize(d)?;
+        return Ok(std::sync::Arc::new(Value::Null));
+    }
+    std::sync::Arc::<Value>::deserialize(d)
+}
+
+/// `ObjectRecord::outputs`, or empty without parsing them for a request record under
+/// [`StateDir::load_without_documents`].
+fn outputs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<OutputRecord>, D::Error> {
+    if skipping() {
+        serde::de::IgnoredAny::deserialize(d)?;
+        return Ok(Vec::new());
+    }
+    Vec::<OutputRecord>::deserialize(d)
 }
 
 /// One placement: a workload group of one pipeline on one Destination (a Kratix
@@ -336,9 +383,45 @@ impl StateDir {
     /// Loads `state.json`. A missing file is an empty state; a corrupt one is an error the caller
     /// reports before starting from an empty state.
     pub fn load(&self) -> Result<State, StateError> {
+        self.load_with(false)
+    }
+
+    /// [`StateDir::load`] without what only the engine needs: every request record's
+    /// `object` is `null` and its `outputs` empty, and `state.json` is parsed as it is read instead of
+    /// read whole first. For the web console's snapshot, which the daemon re-reads after
+    /// each pass next to its own state: at 10,000 requests the full load holds the 25 MB file
+    /// and every request document at once (docs/benchmarks.md, "Memory").
+    pub fn load_without_documents(&self) -> Result<State, StateError> {
+        /// Clears the flag also when parsing panics (the thread may load the engine's state
+        /// next).
+        struct Reset;
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                SKIP_DOCUMENTS.with(|s| s.set(false));
+                IN_REQUESTS.with(|s| s.set(false));
+            }
+        }
+        SKIP_DOCUMENTS.with(|s| s.set(true));
+        let _reset = Reset;
+        self.load_with(true)
+    }
+
+    fn load_with(&self, streaming: bool) -> Result<State, StateError> {
         let path = self.state_file();
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
+        let corrupt = |e: serde_json::Error| StateError::Corrupt {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let read = if streaming {
+            std::fs::File::open(&path).map(|f| {
+                serde_json::from_reader(std::io::BufReader::with_capacity(1 << 16, f))
+                    .map_err(corrupt)
+            })
+        } else {
+            std::fs::read(&path).map(|b| serde_json::from_slice(&b).map_err(corrupt))
+        };
+        let state: State = match read {
+            Ok(s) => s?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(State {
                     version: STATE_VERSION,
@@ -352,10 +435,6 @@ impl StateDir {
                 });
             }
         };
-        let state: State = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
         let mut state: State = state;
         if state.version != STATE_VERSION {
             return Err(StateError::Corrupt {
@@ -638,6 +717,52 @@ mod tests {
             requests: keys.iter().map(|k| k.to_string()).collect(),
             ..Dirty::default()
         }
+    }
+
+    #[test]
+    fn load_without_documents_skips_request_documents_and_outputs_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        let mut st = dir.load().unwrap();
+        let heavy = |hash: &str| {
+            let mut r = record(hash);
+            r.object = serde_json::json!({"kind": "p", "spec": {"size": hash}}).into();
+            r.outputs = vec![OutputRecord {
+                pipeline: "configure".into(),
+                files: vec![FileRecord {
+                    path: "cm.yaml".into(),
+                    sha256: "ab".into(),
+                }],
+                selectors: vec![],
+            }];
+            r
+        };
+        st.promises.insert("promise/p".into(), heavy("p0"));
+        st.requests.insert("p/default/r0".into(), heavy("h0"));
+        dir.save_changes(&mut st, &dirty_requests(&["p/default/r0"]))
+            .unwrap();
+        // A journal line with a request and a Promise record.
+        st.requests.insert("p/default/r1".into(), heavy("h1"));
+        st.promises.get_mut("promise/p").unwrap().input_hash = "p1".into();
+        let mut dirty = dirty_requests(&["p/default/r1"]);
+        dirty.promises.insert("promise/p".into());
+        dir.save_changes(&mut st, &dirty).unwrap();
+        assert!(tmp.path().join("state.journal").exists());
+
+        let light = dir.load_without_documents().unwrap();
+        for key in ["p/default/r0", "p/default/r1"] {
+            let r = &light.requests[key];
+            assert_eq!(*r.object, Value::Null, "{key}");
+            assert!(r.outputs.is_empty(), "{key}");
+            assert_eq!(r.status, st.requests[key].status, "{key}");
+            assert_eq!(r.input_hash, st.requests[key].input_hash, "{key}");
+        }
+        assert_eq!(
+            light.promises, st.promises,
+            "Promise records keep everything"
+        );
+        // The same thread loads everything again afterwards.
+        assert_eq!(dir.load().unwrap(), st);
     }
 
     #[test]

@@ -527,12 +527,15 @@ fn failed_step(result: &WorkflowResult) -> Option<(&str, Option<&str>, &pipeline
     })
 }
 
-/// Runs jobs with at most `limit` at once; results in job order, with wall-clock seconds.
-/// Rate-limited jobs start at most `per_second` per second (0 = unlimited). Once `cancel` is
-/// set, jobs that have not started yet return `None`; running ones finish.
 /// Starts `jobs`, at most `limit` at a time and rate-limited ones at most `per_second`, and
 /// sends `(index, result and seconds)` for each as it finishes; `None` for a job that never
 /// started because `cancel` was set. A job whose task panicked reports a failed pipeline.
+///
+/// Jobs start in order. A job's task is spawned only once it holds one of the `limit`
+/// permits: a task owns its whole future (the workflow run's state machine, several KB in a
+/// release build), so spawning all jobs of a 10,000-request pass up front held 10,000 of
+/// them until the pass ended (most of the daemon's peak memory; docs/benchmarks.md,
+/// "Memory").
 fn spawn_jobs(
     runner: &Arc<RunnerConfig>,
     jobs: Vec<Arc<Job>>,
@@ -548,56 +551,128 @@ fn spawn_jobs(
         Duration::from_secs(1) / per_second
     };
     let next_slot = Arc::new(tokio::sync::Mutex::new(tokio::time::Instant::now()));
-    for (i, job) in jobs.into_iter().enumerate() {
-        let sem = sem.clone();
-        let runner = runner.clone();
-        let cancel = cancel.clone();
-        let next_slot = next_slot.clone();
-        let tx = tx.clone();
-        let work = async move {
-            let _permit = sem.acquire_owned().await.expect("semaphore never closed");
-            if job.rate_limited && !spacing.is_zero() {
-                let at = {
-                    let mut slot = next_slot.lock().await;
-                    let at = (*slot).max(tokio::time::Instant::now());
-                    *slot = at + spacing;
-                    at
-                };
-                tokio::time::sleep_until(at).await;
-            }
-            if cancel.load(Ordering::SeqCst) {
-                return None;
-            }
-            let t = Instant::now();
-            let r = run_job(&runner, &job).await;
-            Some((r, t.elapsed().as_secs_f64()))
-        };
-        tokio::spawn(async move {
-            let outcome = tokio::spawn(work).await.unwrap_or_else(|e| {
-                Some((
-                    WorkflowResult {
-                        pipelines: vec![pipeline::PipelineResult {
-                            name: String::new(),
-                            outcome: Outcome::Failed {
-                                error: pipeline::Error::SpawnFailed {
-                                    pipeline: String::new(),
-                                    container: String::new(),
-                                    message: format!("pipeline task panicked: {e}"),
-                                },
-                            },
-                            outputs: Vec::new(),
-                            selectors: Vec::new(),
-                            status: None,
-                            logs: Vec::new(),
-                            images: Vec::new(),
-                        }],
-                        merged_status: Map::new(),
-                    },
-                    0.0,
-                ))
+    let runner = runner.clone();
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        for (i, job) in jobs.into_iter().enumerate() {
+            let permit = sem
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore never closed");
+            let runner = runner.clone();
+            let cancel = cancel.clone();
+            let next_slot = next_slot.clone();
+            let work = async move {
+                // Released when the job ends, also when its task panics.
+                let _permit = permit;
+                if job.rate_limited && !spacing.is_zero() {
+                    let at = {
+                        let mut slot = next_slot.lock().await;
+                        let at = (*slot).max(tokio::time::Instant::now());
+                        *slot = at + spacing;
+                        at
+                    };
+                    tokio::time::sleep_until(at).await;
+                }
+                if cancel.load(Ordering::SeqCst) {
+                    return None;
+                }
+                let t = Instant::now();
+                let r = run_job(&runner, &job).await;
+                Some((r, t.elapsed().as_secs_f64()))
+            };
+            let handle = tokio::spawn(work);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let outcome = handle.await.unwrap_or_else(|e| Some((panicked(&e), 0.0)));
+                let _ = tx.send((i, outcome));
             });
-            let _ = tx.send((i, outcome));
-        });
-    }
+        }
+    });
     rx
+}
+
+/// The result of a job whose task panicked: one failed pipeline saying so.
+fn panicked(e: &tokio::task::JoinError) -> WorkflowResult {
+    WorkflowResult {
+        pipelines: vec![pipeline::PipelineResult {
+            name: String::new(),
+            outcome: Outcome::Failed {
+                error: pipeline::Error::SpawnFailed {
+                    pipeline: String::new(),
+                    container: String::new(),
+                    message: format!("pipeline task panicked: {e}"),
+                },
+            },
+            outputs: Vec::new(),
+            selectors: Vec::new(),
+            status: None,
+            logs: Vec::new(),
+            images: Vec::new(),
+        }],
+        merged_status: Map::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Jobs waiting for a concurrency permit have no task (and no future) yet: 100 queued
+    /// jobs at a limit of 2 are a handful of tasks, not 100 (docs/benchmarks.md, "Memory").
+    #[tokio::test(flavor = "current_thread")]
+    async fn queued_jobs_hold_no_task() {
+        let promise: crate::model::Promise = serde_json::from_value(serde_json::json!({
+            "apiVersion": "platform.kratix.io/v1alpha1",
+            "kind": "Promise",
+            "metadata": {"name": "p"},
+            "spec": {}
+        }))
+        .expect("Promise");
+        let promise = Arc::new(super::super::delete::rebuild_valid_promise(
+            promise,
+            Value::Null,
+        ));
+        let jobs: Vec<Arc<Job>> = (0..100)
+            .map(|i| {
+                Arc::new(Job {
+                    key: format!("p/default/r{i}"),
+                    promise: promise.clone(),
+                    request: None,
+                    action: Action::Configure,
+                    pipelines: Arc::from(Vec::new()),
+                    object_yaml: String::new(),
+                    existing_status: Map::new(),
+                    promise_dir: None,
+                    // One start per second: the second job holds its permit for a second,
+                    // the third for two, so no permit comes free while the test looks.
+                    rate_limited: true,
+                    generation: 0,
+                })
+            })
+            .collect();
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.num_alive_tasks();
+        // Cancelled: a job that gets its slot returns at once without running anything.
+        let cancel = Arc::new(AtomicBool::new(true));
+        let mut results = spawn_jobs(&Arc::default(), jobs, 2, 1, &cancel);
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        let alive = metrics.num_alive_tasks() - before;
+        assert!(
+            alive < 50,
+            "{alive} tasks for 100 jobs at a concurrency of 2"
+        );
+        // Every job still reports, in order of its slot.
+        let mut seen = 0;
+        while let Some((i, outcome)) = results.recv().await {
+            assert!(outcome.is_none(), "job {i} was cancelled");
+            seen += 1;
+            if seen == 3 {
+                break;
+            }
+        }
+    }
 }

@@ -49,16 +49,11 @@ impl Snapshot {
     /// Reads `dir`. Errors: the directory is missing or `state.json` is corrupt.
     pub fn load(dir: &Path) -> Result<Snapshot, String> {
         let version = fingerprint(dir);
-        let mut state = StateDir::open_read_only(dir)
-            .and_then(|d| d.load())
+        // What no page shows is not read: records' documents and cached pipeline outputs
+        // (most of a record), so a daemon's console costs little memory, also while it loads.
+        let state = StateDir::open_read_only(dir)
+            .and_then(|d| d.load_without_documents())
             .map_err(|e| e.to_string())?;
-        // What no page shows is not kept: requests' documents and cached pipeline outputs
-        // (most of a record), so a daemon's console costs little memory.
-        let empty = Arc::new(serde_json::Value::Null);
-        for r in state.requests.values_mut() {
-            r.object = empty.clone();
-            r.outputs = Vec::new();
-        }
         let mut children: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut by_promise: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (k, r) in &state.requests {
@@ -124,6 +119,10 @@ impl Cache {
         {
             return Ok(s.clone());
         }
+        // The old snapshot goes before the new one is read (pages still showing it keep their
+        // own reference): at 10,000 requests each is tens of MB, and the daemon reloads it after
+        // every pass (docs/benchmarks.md, "Memory").
+        *last = None;
         let s = Arc::new(Snapshot::load(dir)?);
         *last = Some(s.clone());
         Ok(s)
