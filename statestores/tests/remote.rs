@@ -91,6 +91,27 @@ async fn wrong_password_is_a_clear_auth_error_without_the_password() {
     );
 }
 
+/// An http(s) server that lets these credentials fetch but not push (a read-only token: `403`
+/// on `git-receive-pack`) fails the write-permission check as an authentication error, before
+/// any apply, and without the password; reading still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_http_token_fails_the_write_permission_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    common::init_bare(&srv.join("repo.git"));
+    let server = common::HttpServer::start_read_only(&srv, "alice", "read-0nly-pw");
+    let mut opts = GitOptions::new(tmp.path().join("state"));
+    opts.secrets_dir = Some(secrets_dir(tmp.path(), "alice", "read-0nly-pw"));
+    let store = GitStateStore::open("http", http_spec(server.port), opts).unwrap();
+    let err = store.check().await.unwrap_err();
+    let shown = format!("{err} / {err:?}");
+    assert!(matches!(err, Error::Auth { .. }), "{shown}");
+    assert!(shown.contains("403"), "{shown}");
+    assert!(!shown.contains("read-0nly-pw"), "{shown}");
+    assert_eq!(store.owned("").await.unwrap().len(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pre_receive_hook_rejection_shows_the_hook_message() {
     let tmp = tempfile::tempdir().unwrap();
