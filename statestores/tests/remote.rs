@@ -758,3 +758,51 @@ fn gc_that_cannot_help_is_not_repeated_on_every_call() {
         "gc could not help (kept packs): not run again within the backoff"
     );
 }
+
+/// A fresh store (a new `promised reconcile`) checks, then applies: the apply starts from the
+/// head the check fetched instead of fetching again. When someone pushed in between, the
+/// lease refuses the push and the retry fetches: their commit is kept under ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_head_fetched_by_the_check_is_protected_by_the_push_lease() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, url) = served_repo(tmp.path());
+    let seed = GitStateStore::open(
+        "seed",
+        GitStateStoreSpec::new(url.clone()),
+        GitOptions::new(tmp.path().join("state-seed")),
+    )
+    .unwrap();
+    seed.apply(&one_file("a: 1\n")).await.unwrap();
+
+    let mut opts = GitOptions::new(tmp.path().join("state"));
+    opts.trust_head_for = std::time::Duration::from_secs(3600);
+    let store = GitStateStore::open("checking", GitStateStoreSpec::new(url.clone()), opts).unwrap();
+    store.check().await.unwrap();
+    let person = common::Person::clone(&url);
+    person.write("people/notes.md", "theirs\n");
+    person.commit_and_push("a person's commit");
+    let theirs = common::View::of(&url).head();
+
+    let out = store.apply(&one_file("a: 2\n")).await.unwrap();
+    assert_eq!(out.conflicts_retried, 1, "{out:?}");
+    let view = common::View::of(&url);
+    assert_eq!(view.head(), out.version.clone().unwrap());
+    assert!(view.is_ancestor(&theirs, &view.head()));
+    assert_eq!(view.read("people/notes.md").unwrap(), "theirs\n");
+    assert_eq!(
+        view.read("worker-1/dependencies/redis/configure/5058f/crd.yaml")
+            .unwrap(),
+        "a: 2\n"
+    );
+
+    // Without a push in between, the apply after a check needs no retry.
+    store.check().await.unwrap();
+    let out = store.apply(&one_file("a: 3\n")).await.unwrap();
+    assert_eq!(out.conflicts_retried, 0, "{out:?}");
+    assert_eq!(
+        common::View::of(&url)
+            .read("worker-1/dependencies/redis/configure/5058f/crd.yaml")
+            .unwrap(),
+        "a: 3\n"
+    );
+}

@@ -12,8 +12,8 @@
 //! same connection as a fetch ([`super::transport::connect_fetch`]: `TCP_NODELAY` and the
 //! network deadlines), the same credentials, a different service.
 
-use gix::protocol::transport::client::TransportWithoutIO as _;
 use gix::protocol::transport::Service;
+use gix::protocol::transport::client::TransportWithoutIO as _;
 use gix::remote::Direction;
 
 use super::credentials::{Credentials, Secrets};

@@ -100,6 +100,10 @@ struct Inner {
     /// The last branch head whose tree is known to match the ownership index (checked by an
     /// apply, or committed by us on top of a checked tree), with its listing and index.
     verified: std::sync::Mutex<Option<Verified>>,
+    /// The branch head the write-permission check just fetched (`None` inside: no branch
+    /// yet) and when: the next apply starts from it instead of fetching again, once, within
+    /// [`GitOptions::trust_head_for`] (a fresh `promised reconcile` checks, then applies).
+    checked_head: std::sync::Mutex<Option<(Option<ObjectId>, std::time::Instant)>>,
 }
 
 /// A branch head whose tree matches its ownership index, so the next apply on the same head
@@ -127,6 +131,19 @@ impl Inner {
         v.as_ref()
             .filter(|v| v.seen.elapsed() < self.opts.trust_head_for)
             .map(|v| v.head)
+    }
+
+    /// The head the write-permission check fetched, if recent enough to trust (see
+    /// `checked_head`); taken, so only the first apply after a check uses it.
+    fn take_checked_head(&self) -> Option<Option<ObjectId>> {
+        let taken = self
+            .checked_head
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        taken
+            .filter(|(_, at)| at.elapsed() < self.opts.trust_head_for)
+            .map(|(head, _)| head)
     }
 
     fn take_verified(&self, head: Option<ObjectId>) -> Option<Verified> {
@@ -345,6 +362,7 @@ impl GitStateStore {
                 url_display,
                 lock: tokio::sync::Mutex::new(()),
                 verified: std::sync::Mutex::new(None),
+                checked_head: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -401,9 +419,15 @@ impl GitStateStore {
         } else {
             None
         };
-        let head = match trusted {
-            Some(h) => Some(h),
-            None => Self::head_blocking(inner, &repo)?,
+        let checked = if attempt <= 1 && trusted.is_none() {
+            inner.take_checked_head()
+        } else {
+            None
+        };
+        let head = match (trusted, checked) {
+            (Some(h), _) => Some(h),
+            (None, Some(h)) => h,
+            (None, None) => Self::head_blocking(inner, &repo)?,
         };
         let found = ApplyOutcome {
             head: head.map(|h| h.to_string()),
@@ -644,7 +668,7 @@ impl StateStore for GitStateStore {
                 // push` does, in process (see `access`).
                 blocking(move || {
                     let repo = inner.repo();
-                    Self::head_blocking(&inner, &repo)?;
+                    let head = Self::head_blocking(&inner, &repo)?;
                     let Backend::Remote { url, creds, .. } = &inner.backend else {
                         return Ok(());
                     };
@@ -653,7 +677,13 @@ impl StateStore for GitStateStore {
                         insecure_skip_tls_verify: inner.opts.insecure_skip_tls_verify,
                     };
                     access::check_receive_pack(&repo, url, creds, &opts, &inner.secrets)
-                        .map_err(|e| inner.access_error(e, &opts, "write-permission check"))
+                        .map_err(|e| inner.access_error(e, &opts, "write-permission check"))?;
+                    *inner
+                        .checked_head
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some((head, std::time::Instant::now()));
+                    Ok(())
                 })
                 .await
             }
