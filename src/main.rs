@@ -10,6 +10,14 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // No transparent huge pages for promised (inherited by what it starts), as mimalloc's own
+    // `MIMALLOC_ALLOW_THP=0` does: mimalloc advises huge pages for its arenas, and with the
+    // common `defrag=madvise` setting every first touch of such a 2 MiB page may compact
+    // memory synchronously. A no-op `promised reconcile` at 10,000 requests spent 0.1–0.66 s
+    // of system time there (0.12–0.18 s without) and peaked 15–25 MB higher
+    // (docs/benchmarks.md, "No-op and one-change paths"). Failure (an old kernel) is harmless.
+    #[cfg(all(feature = "mimalloc", target_os = "linux"))]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let cli = promised::cli::Cli::try_parse().unwrap_or_else(|e| {
         // `promised plan` exits 2 for "changes" (like `terraform plan -detailed-exitcode`):
         // a command line it cannot parse is an error, 1, not clap's usual 2.
