@@ -1,7 +1,7 @@
 //! The write-permission check of a remote Git state store, in process.
 //!
-//! Kratix checks that it may write to a Git state store with an empty `git push` (Kratix:
-//! `lib/writers/git.go`, `ValidatePermissions`). `git push --dry-run` does the same: it
+//! Kratix checks that it may write to a Git state store with a `git push` that has nothing to
+//! push (the Git writer's `ValidatePermissions`, `kratix-contract.md`). `git push --dry-run` does the same: it
 //! connects to the server's `git-receive-pack` service, reads the ref advertisement (where the
 //! server has already decided whether we may push: an http(s) server answers `401`/`403` to
 //! `info/refs?service=git-receive-pack`, a `git daemon` without `--enable=receive-pack` says
