@@ -10,6 +10,14 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // No transparent huge pages for promised (inherited by what it starts), as mimalloc's own
+    // `MIMALLOC_ALLOW_THP=0` does: mimalloc advises huge pages for its arenas, and with the
+    // common `defrag=madvise` setting every first touch of such a 2 MiB page may compact
+    // memory synchronously. A no-op `promised reconcile` at 10,000 requests spent 0.1–0.66 s
+    // of system time there (0.12–0.18 s without) and peaked 15–25 MB higher
+    // (docs/benchmarks.md, "No-op and one-change paths"). Failure (an old kernel) is harmless.
+    #[cfg(all(feature = "mimalloc", target_os = "linux"))]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     // The resident sandbox's helper: before anything else, while the process has one thread
     // (it unshares a user namespace and forks).
     if std::env::args_os()

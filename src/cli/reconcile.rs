@@ -72,6 +72,7 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
             return 2;
         }
     };
+    let t_load = std::time::Instant::now();
     let (mut objects, root, refused) = match load(&source, &filter, &settings, &dir) {
         Ok(x) => x,
         Err(e) => {
@@ -84,8 +85,10 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
             "{r}: not applied; the last applied commit stays in force"
         ));
     }
+    let load_s = t_load.elapsed().as_secs_f64();
     let runner = settings.runner();
     let options = settings.validate_options();
+    let t_state = std::time::Instant::now();
     let mut engine = match Engine::new(settings, runner) {
         Ok(e) => e,
         Err(e) => {
@@ -94,9 +97,12 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
         }
     };
     // A file that does not load keeps its objects' last good versions (never prunes).
+    let state_s = t_state.elapsed().as_secs_f64();
     engine.restore_unloadable(&mut objects);
+    let t_validate = std::time::Instant::now();
     let mut cfg = validate::validate_with_options(objects, &mut Default::default(), &options);
     crate::pipeline::env::check_pipeline_env(&mut cfg, &engine.settings().env_sources());
+    let validate_s = t_validate.elapsed().as_secs_f64();
     for d in &cfg.diagnostics {
         eprint_diagnostic(d);
     }
@@ -110,6 +116,14 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
             return 2;
         }
     };
+    // The same phases as the daemon's `pass phases` line, plus the state directory's load.
+    tracing::debug!(
+        load_s,
+        state_s,
+        validate_s,
+        reconcile_s = report.duration.as_secs_f64(),
+        "pass phases"
+    );
     let res = match a.output {
         OutputFormat::Json => write_json(out, &report),
         OutputFormat::Text => write_report(&report, &cfg, engine.state_dir(), &source, out),

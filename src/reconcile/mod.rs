@@ -422,6 +422,7 @@ impl Engine {
         };
         let cfg = own.as_ref().unwrap_or(all);
         let store_errors = self.open_stores(cfg).await;
+        let stores_s = started.elapsed().as_secs_f64();
         let dests = destinations::dest_views(cfg);
         self.rebuild_from_indexes_if_empty(&dests).await;
         // compound: the configs with children, one per round (`compound`).
@@ -457,13 +458,25 @@ impl Engine {
             .await?;
         self.deletions(&mut pass).await?;
         self.settle_placements(&mut pass);
+        let t_write = Instant::now();
+        let plan_s = (t_write - started).as_secs_f64() - stores_s;
         let sets = self.change_sets(&mut pass)?;
         self.write_stores(&mut pass, sets).await?;
+        let write_s = t_write.elapsed().as_secs_f64();
+        let t_finish = Instant::now();
         self.land(&mut pass);
         self.readiness(&mut pass)?;
         versions::note_errors(&mut self.state.requests, &targets);
         self.health_stage(&mut pass).await;
-        self.finish_pass(pass)
+        let report = self.finish_pass(pass);
+        tracing::debug!(
+            stores_s,
+            plan_s,
+            write_s,
+            finish_s = t_finish.elapsed().as_secs_f64(),
+            "engine stages"
+        );
+        report
     }
 
     /// A new [`Pass`] over `cfg`, with the records as they are before it (after a rebuild

@@ -275,8 +275,9 @@ pub trait StateStore: Send + Sync {
     /// Write-permission check (Kratix `ValidatePermissions`: an empty `git push`). promised runs
     /// it when it opens a store, before the first write: in every `promised reconcile`, and in
     /// `promised run` at start-up and whenever the store's spec changes (`/readyz` reports it).
-    /// Git: a dry-run push of the branch head (or a local root commit), which the server never
-    /// runs hooks for, so a pre-receive hook or branch protection that refuses real pushes is
+    /// Git: a fetch, then the handshake of a push (the server's `git-receive-pack` ref
+    /// advertisement, as `git push --dry-run` does, in process), which the server never runs
+    /// hooks for, so a pre-receive hook or branch protection that refuses real pushes is
     /// only reported by the first [`StateStore::apply`] (as in Kratix). Local repositories: a
     /// probe file is created in `objects/` and `refs/heads/`. S3: a conditional write of a
     /// probe object, then the index is read.

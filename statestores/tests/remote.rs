@@ -91,6 +91,27 @@ async fn wrong_password_is_a_clear_auth_error_without_the_password() {
     );
 }
 
+/// An http(s) server that lets these credentials fetch but not push (a read-only token: `403`
+/// on `git-receive-pack`) fails the write-permission check as an authentication error, before
+/// any apply, and without the password; reading still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_http_token_fails_the_write_permission_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    common::init_bare(&srv.join("repo.git"));
+    let server = common::HttpServer::start_read_only(&srv, "alice", "read-0nly-pw");
+    let mut opts = GitOptions::new(tmp.path().join("state"));
+    opts.secrets_dir = Some(secrets_dir(tmp.path(), "alice", "read-0nly-pw"));
+    let store = GitStateStore::open("http", http_spec(server.port), opts).unwrap();
+    let err = store.check().await.unwrap_err();
+    let shown = format!("{err} / {err:?}");
+    assert!(matches!(err, Error::Auth { .. }), "{shown}");
+    assert!(shown.contains("403"), "{shown}");
+    assert!(!shown.contains("read-0nly-pw"), "{shown}");
+    assert_eq!(store.owned("").await.unwrap().len(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pre_receive_hook_rejection_shows_the_hook_message() {
     let tmp = tempfile::tempdir().unwrap();
@@ -735,5 +756,53 @@ fn gc_that_cannot_help_is_not_repeated_on_every_call() {
     assert!(
         !statestores::git::gc_if_needed(&repo, &[]),
         "gc could not help (kept packs): not run again within the backoff"
+    );
+}
+
+/// A fresh store (a new `promised reconcile`) checks, then applies: the apply starts from the
+/// head the check fetched instead of fetching again. When someone pushed in between, the
+/// lease refuses the push and the retry fetches: their commit is kept under ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_head_fetched_by_the_check_is_protected_by_the_push_lease() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, url) = served_repo(tmp.path());
+    let seed = GitStateStore::open(
+        "seed",
+        GitStateStoreSpec::new(url.clone()),
+        GitOptions::new(tmp.path().join("state-seed")),
+    )
+    .unwrap();
+    seed.apply(&one_file("a: 1\n")).await.unwrap();
+
+    let mut opts = GitOptions::new(tmp.path().join("state"));
+    opts.trust_head_for = std::time::Duration::from_secs(3600);
+    let store = GitStateStore::open("checking", GitStateStoreSpec::new(url.clone()), opts).unwrap();
+    store.check().await.unwrap();
+    let person = common::Person::clone(&url);
+    person.write("people/notes.md", "theirs\n");
+    person.commit_and_push("a person's commit");
+    let theirs = common::View::of(&url).head();
+
+    let out = store.apply(&one_file("a: 2\n")).await.unwrap();
+    assert_eq!(out.conflicts_retried, 1, "{out:?}");
+    let view = common::View::of(&url);
+    assert_eq!(view.head(), out.version.clone().unwrap());
+    assert!(view.is_ancestor(&theirs, &view.head()));
+    assert_eq!(view.read("people/notes.md").unwrap(), "theirs\n");
+    assert_eq!(
+        view.read("worker-1/dependencies/redis/configure/5058f/crd.yaml")
+            .unwrap(),
+        "a: 2\n"
+    );
+
+    // Without a push in between, the apply after a check needs no retry.
+    store.check().await.unwrap();
+    let out = store.apply(&one_file("a: 3\n")).await.unwrap();
+    assert_eq!(out.conflicts_retried, 0, "{out:?}");
+    assert_eq!(
+        common::View::of(&url)
+            .read("worker-1/dependencies/redis/configure/5058f/crd.yaml")
+            .unwrap(),
+        "a: 3\n"
     );
 }

@@ -18,6 +18,7 @@
 //! (`util/git/git.go` `CommitAndPush`). All applies to one store are serialised by an async
 //! mutex (Kratix: one lock per repo). Commits are signed when [`GitOptions::signing`] is set.
 
+mod access;
 mod adopt;
 pub mod config;
 pub mod gc;
@@ -60,6 +61,32 @@ enum Backend {
     },
 }
 
+impl Inner {
+    /// A failed fetch or write-permission check as the store's error: [`Error::Auth`] naming
+    /// where the credentials came from, else [`Error::Transport`] as `<operation>: <why>`
+    /// (the deadline first when it passed).
+    fn access_error(
+        &self,
+        e: repo::FetchError,
+        opts: &transport::FetchOptions,
+        operation: &str,
+    ) -> Error {
+        match e {
+            repo::FetchError::Auth(message) => Error::Auth {
+                url_without_secrets: self.url_display.clone(),
+                message: match &self.spec.secret_ref {
+                    Some(r) => format!("{message} (credentials from secret {:?})", r.name),
+                    None => format!("{message} (no secretRef configured)"),
+                },
+            },
+            repo::FetchError::Other(message) => Error::Transport {
+                url_without_secrets: self.url_display.clone(),
+                message: transport::describe(operation, &opts.deadline, &message),
+            },
+        }
+    }
+}
+
 struct Inner {
     spec: GitStateStoreSpec,
     opts: GitOptions,
@@ -73,6 +100,10 @@ struct Inner {
     /// The last branch head whose tree is known to match the ownership index (checked by an
     /// apply, or committed by us on top of a checked tree), with its listing and index.
     verified: std::sync::Mutex<Option<Verified>>,
+    /// The branch head the write-permission check just fetched (`None` inside: no branch
+    /// yet) and when: the next apply starts from it instead of fetching again, once, within
+    /// [`GitOptions::trust_head_for`] (a fresh `promised reconcile` checks, then applies).
+    checked_head: std::sync::Mutex<Option<(Option<ObjectId>, std::time::Instant)>>,
 }
 
 /// A branch head whose tree matches its ownership index, so the next apply on the same head
@@ -100,6 +131,19 @@ impl Inner {
         v.as_ref()
             .filter(|v| v.seen.elapsed() < self.opts.trust_head_for)
             .map(|v| v.head)
+    }
+
+    /// The head the write-permission check fetched, if recent enough to trust (see
+    /// `checked_head`); taken, so only the first apply after a check uses it.
+    fn take_checked_head(&self) -> Option<Option<ObjectId>> {
+        let taken = self
+            .checked_head
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        taken
+            .filter(|(_, at)| at.elapsed() < self.opts.trust_head_for)
+            .map(|(head, _)| head)
     }
 
     fn take_verified(&self, head: Option<ObjectId>) -> Option<Verified> {
@@ -318,6 +362,7 @@ impl GitStateStore {
                 url_display,
                 lock: tokio::sync::Mutex::new(()),
                 verified: std::sync::Mutex::new(None),
+                checked_head: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -354,23 +399,8 @@ impl GitStateStore {
                     deadline: inner.opts.network.deadline(),
                     insecure_skip_tls_verify: inner.opts.insecure_skip_tls_verify,
                 };
-                repo::fetch(repo, url, &inner.spec.branch, creds, &opts, &inner.secrets).map_err(
-                    |e| match e {
-                        repo::FetchError::Auth(message) => Error::Auth {
-                            url_without_secrets: inner.url_display.clone(),
-                            message: match &inner.spec.secret_ref {
-                                Some(r) => {
-                                    format!("{message} (credentials from secret {:?})", r.name)
-                                }
-                                None => format!("{message} (no secretRef configured)"),
-                            },
-                        },
-                        repo::FetchError::Other(message) => Error::Transport {
-                            url_without_secrets: inner.url_display.clone(),
-                            message: transport::describe("fetch", &opts.deadline, &message),
-                        },
-                    },
-                )
+                repo::fetch(repo, url, &inner.spec.branch, creds, &opts, &inner.secrets)
+                    .map_err(|e| inner.access_error(e, &opts, "fetch"))
             }
         }
     }
@@ -389,9 +419,15 @@ impl GitStateStore {
         } else {
             None
         };
-        let head = match trusted {
-            Some(h) => Some(h),
-            None => Self::head_blocking(inner, &repo)?,
+        let checked = if attempt <= 1 && trusted.is_none() {
+            inner.take_checked_head()
+        } else {
+            None
+        };
+        let head = match (trusted, checked) {
+            (Some(h), _) => Some(h),
+            (None, Some(h)) => h,
+            (None, None) => Self::head_blocking(inner, &repo)?,
         };
         let found = ApplyOutcome {
             head: head.map(|h| h.to_string()),
@@ -535,7 +571,6 @@ impl GitStateStore {
                     commit,
                     env,
                     &self.inner.secrets,
-                    false,
                     &self.inner.opts.network,
                 )
                 .await
@@ -627,57 +662,30 @@ impl StateStore for GitStateStore {
                 })
                 .await
             }
-            Backend::Remote { url, env, .. } => {
-                // Fetch checks read access and credentials; a dry-run push of the current head
-                // (or of a local, unpublished root commit when the branch does not exist yet)
-                // checks receive-pack access, as Kratix's empty `git push` does.
-                let (head, probe) = blocking(move || {
+            Backend::Remote { .. } => {
+                // The fetch checks read access and credentials; the handshake with the
+                // server's receive-pack service checks write access, as Kratix's empty `git
+                // push` does, in process (see `access`).
+                blocking(move || {
                     let repo = inner.repo();
                     let head = Self::head_blocking(&inner, &repo)?;
-                    let probe = match head {
-                        Some(h) => h,
-                        None => {
-                            let empty = ObjectId::empty_tree(repo.object_hash());
-                            repo.write_object(gix::objs::Tree::empty())
-                                .map_err(repo::repo_err(&inner.secrets))?;
-                            let msg = "promised: write-permission check (never published)";
-                            let sig = gix::actor::Signature {
-                                name: inner.spec.git_author.name.as_str().into(),
-                                email: inner.spec.git_author.email.as_str().into(),
-                                time: gix::date::Time::now_utc(),
-                            };
-                            let mut buf = gix::date::parse::TimeBuf::default();
-                            let s = sig.to_ref(&mut buf);
-                            repo.new_commit_as(s, s, msg, empty, None::<ObjectId>)
-                                .map_err(repo::repo_err(&inner.secrets))?
-                                .id
-                        }
+                    let Backend::Remote { url, creds, .. } = &inner.backend else {
+                        return Ok(());
                     };
-                    Ok((head, probe))
+                    let opts = transport::FetchOptions {
+                        deadline: inner.opts.network.deadline(),
+                        insecure_skip_tls_verify: inner.opts.insecure_skip_tls_verify,
+                    };
+                    access::check_receive_pack(&repo, url, creds, &opts, &inner.secrets)
+                        .map_err(|e| inner.access_error(e, &opts, "write-permission check"))?;
+                    *inner
+                        .checked_head
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some((head, std::time::Instant::now()));
+                    Ok(())
                 })
-                .await?;
-                let res = push::push(
-                    &self.inner.repo_path,
-                    url,
-                    &self.inner.spec.branch,
-                    head,
-                    probe,
-                    env,
-                    &self.inner.secrets,
-                    true,
-                    &self.inner.opts.network,
-                )
                 .await
-                .map_err(|e| Error::Transport {
-                    url_without_secrets: self.inner.url_display.clone(),
-                    message: format!("cannot run git push: {e}"),
-                })?;
-                match self.push_result(res, "write-permission check (git push --dry-run)") {
-                    Ok(()) => Ok(()),
-                    Err(AttemptError::Fatal(e)) => Err(e),
-                    // The branch moved between fetch and dry run: access is fine.
-                    Err(AttemptError::Stale) => Ok(()),
-                }
             }
         }
     }

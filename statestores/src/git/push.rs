@@ -32,7 +32,8 @@ pub enum PushOutcome {
     Failed(String),
 }
 
-/// Run one push. `dry_run` performs the Kratix write-permission check. `git` runs in a
+/// Run one push (the write-permission check is a receive-pack handshake in process, see
+/// `super::access`). `git` runs in a
 /// process group of its own, killed whole (with its ssh or `git-remote-http` child) when
 /// `timeouts.operation` has passed: [`PushOutcome::Failed`] then says so.
 #[allow(clippy::too_many_arguments)]
@@ -44,7 +45,6 @@ pub async fn push(
     new: ObjectId,
     env: &[(String, String)],
     secrets: &Secrets,
-    dry_run: bool,
     timeouts: &crate::NetworkTimeouts,
 ) -> std::io::Result<PushOutcome> {
     let dst = format!("refs/heads/{branch}");
@@ -56,9 +56,6 @@ pub async fn push(
     cmd.arg("-C")
         .arg(clone)
         .args(["push", "--porcelain", "--no-verify"]);
-    if dry_run {
-        cmd.arg("--dry-run");
-    }
     cmd.arg(lease).arg(url).arg(format!("{new}:{dst}"));
     for var in [
         "GIT_DIR",

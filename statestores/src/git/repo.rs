@@ -108,63 +108,66 @@ fn looks_like_auth(text: &str) -> bool {
         .any(|k| t.contains(k))
 }
 
-/// Fetch `refs/heads/<branch>` from `url` into `refs/remotes/origin/<branch>` and return the
-/// remote's branch tip (`None` when the branch does not exist on the remote).
-pub fn fetch(
-    repo: &gix::Repository,
-    url: &str,
-    branch: &str,
-    creds: &Credentials,
-    opts: &super::transport::FetchOptions,
-    secrets: &Secrets,
-) -> Result<Option<ObjectId>, FetchError> {
-    // An ssh fetch logs to a file of its own (`ssh -E`, see `transport::SSH_LOG`): why ssh
-    // failed is read from there, whatever gix saw of its stderr.
-    let ssh_log = url
-        .starts_with("ssh://")
-        .then(|| tempfile::NamedTempFile::new().ok())
-        .flatten();
-    super::transport::SSH_LOG
-        .with(|l| *l.borrow_mut() = ssh_log.as_ref().map(|f| f.path().to_path_buf()));
-    struct ClearLog;
-    impl Drop for ClearLog {
-        fn drop(&mut self) {
-            super::transport::SSH_LOG.with(|l| *l.borrow_mut() = None);
-        }
+/// For an `ssh://` URL, a file `ssh -E` logs to while this lives (see `transport::SSH_LOG`):
+/// why ssh failed is read from there, whatever gix saw of its stderr. Other URLs: nothing.
+pub(super) struct SshLog(Option<tempfile::NamedTempFile>);
+
+impl SshLog {
+    /// Sets `transport::SSH_LOG` on this thread for an ssh URL, until dropped.
+    pub(super) fn for_url(url: &str) -> Self {
+        let log = url
+            .starts_with("ssh://")
+            .then(|| tempfile::NamedTempFile::new().ok())
+            .flatten();
+        super::transport::SSH_LOG
+            .with(|l| *l.borrow_mut() = log.as_ref().map(|f| f.path().to_path_buf()));
+        Self(log)
     }
-    let _clear = ClearLog;
-    let classify = |e: gix::Error| {
-        let unauth = {
-            let c = e.classify();
-            c.is_unauthenticated()
-        } || e.classify().is_permission_denied();
-        let mut text = secrets.redact(&error_text(&e));
-        let ssh_said = ssh_log
-            .as_ref()
-            .and_then(|f| std::fs::read_to_string(f.path()).ok())
-            .map(|t| secrets.redact(t.trim()))
-            .filter(|t| !t.is_empty());
-        if let Some(said) = &ssh_said {
-            text = format!("{text}: ssh: {}", said.lines().last().unwrap_or_default());
-        }
-        if unauth || looks_like_auth(&text) {
-            FetchError::Auth(text)
-        } else {
-            FetchError::Other(text)
-        }
-    };
-    let remote_ref = format!("refs/heads/{branch}");
-    let remote = repo
-        .remote_at(url)
-        .map_err(classify)?
-        .with_refspecs(
-            [format!("+{remote_ref}:refs/remotes/origin/{branch}").as_str()],
-            gix::remote::Direction::Fetch,
-        )
-        .map_err(classify)?;
-    let conn = super::transport::connect_fetch(&remote, opts).map_err(classify)?;
-    let creds = creds.clone();
-    let conn = conn.with_credentials(move |action| match action {
+
+    /// The log file, if any.
+    pub(super) fn path(&self) -> Option<std::path::PathBuf> {
+        self.0.as_ref().map(|f| f.path().to_path_buf())
+    }
+}
+
+impl Drop for SshLog {
+    fn drop(&mut self) {
+        super::transport::SSH_LOG.with(|l| *l.borrow_mut() = None);
+    }
+}
+
+/// A gix error as a [`FetchError`]: [`FetchError::Auth`] when gix classifies it as
+/// unauthenticated or permission denied or its text reads like an authentication failure.
+/// `ssh_log` is the file `ssh -E` wrote (its last line is appended: gix may not have seen
+/// ssh's stderr yet). Secrets are redacted.
+pub(super) fn classify_error(
+    e: gix::Error,
+    secrets: &Secrets,
+    ssh_log: Option<&Path>,
+) -> FetchError {
+    let unauth = {
+        let c = e.classify();
+        c.is_unauthenticated()
+    } || e.classify().is_permission_denied();
+    let mut text = secrets.redact(&error_text(&e));
+    let ssh_said = ssh_log
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .map(|t| secrets.redact(t.trim()))
+        .filter(|t| !t.is_empty());
+    if let Some(said) = &ssh_said {
+        text = format!("{text}: ssh: {}", said.lines().last().unwrap_or_default());
+    }
+    if unauth || looks_like_auth(&text) {
+        FetchError::Auth(text)
+    } else {
+        FetchError::Other(text)
+    }
+}
+
+/// The credentials callback of a connection: `creds` when the server asks (Basic only;
+/// anything else is an error saying none are configured), nothing stored or erased.
+pub(super) fn credentials_helper(creds: Credentials) -> gix::protocol::AuthenticateFn<'static> {
+    Box::new(move |action| match action {
         gix::credentials::helper::Action::Get(ctx) => match &creds {
             Credentials::Basic { username, password } => {
                 Ok(Some(gix::credentials::protocol::Outcome {
@@ -185,7 +188,33 @@ pub fn fetch(
         gix::credentials::helper::Action::Store(_) | gix::credentials::helper::Action::Erase(_) => {
             Ok(None)
         }
-    });
+    })
+}
+
+/// Fetch `refs/heads/<branch>` from `url` into `refs/remotes/origin/<branch>` and return the
+/// remote's branch tip (`None` when the branch does not exist on the remote).
+pub fn fetch(
+    repo: &gix::Repository,
+    url: &str,
+    branch: &str,
+    creds: &Credentials,
+    opts: &super::transport::FetchOptions,
+    secrets: &Secrets,
+) -> Result<Option<ObjectId>, FetchError> {
+    let ssh_log = SshLog::for_url(url);
+    let log_path = ssh_log.path();
+    let classify = |e: gix::Error| classify_error(e, secrets, log_path.as_deref());
+    let remote_ref = format!("refs/heads/{branch}");
+    let remote = repo
+        .remote_at(url)
+        .map_err(classify)?
+        .with_refspecs(
+            [format!("+{remote_ref}:refs/remotes/origin/{branch}").as_str()],
+            gix::remote::Direction::Fetch,
+        )
+        .map_err(classify)?;
+    let conn = super::transport::connect_fetch(&remote, opts).map_err(classify)?;
+    let conn = conn.with_credentials(credentials_helper(creds.clone()));
     let prepare = conn
         .prepare_fetch(gix::progress::Discard, Default::default())
         .map_err(classify)?;

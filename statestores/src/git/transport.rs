@@ -121,7 +121,7 @@ pub fn describe(operation: &str, deadline: &Deadline, text: &str) -> String {
 /// The reqwest client settings of an http(s) fetch: connect timeout, request timeout = what
 /// is left of the deadline, and `insecure_skip_tls_verify` (gix's reqwest backend does not
 /// honour `http.sslVerify`, so the client is configured directly).
-fn http_options(
+pub(super) fn http_options(
     remote: &gix::Remote<'_>,
     opts: &FetchOptions,
 ) -> Result<Box<gix_transport::client::blocking_io::http::Options>, gix::Error> {

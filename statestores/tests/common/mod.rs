@@ -98,6 +98,8 @@ class H(BaseHTTPRequestHandler):
             self.send_response(401); self.send_header("WWW-Authenticate", 'Basic realm="git"')
             self.send_header("Content-Length", "0"); self.end_headers(); return
         path, _, query = self.path.partition("?")
+        if os.environ.get("GITHTTP_DENY_PUSH") and ("git-receive-pack" in path or "git-receive-pack" in query):
+            self.send_response(403); self.send_header("Content-Length", "0"); self.end_headers(); return
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_PROJECT_ROOT": ROOT, "GIT_HTTP_EXPORT_ALL": "1",
                "REMOTE_USER": USER,
                "REMOTE_ADDR": self.client_address[0], "REQUEST_METHOD": self.command, "PATH_INFO": path,
@@ -145,6 +147,13 @@ pub struct HttpServer {
 
 impl HttpServer {
     pub fn start(root: &Path, user: &str, pass: &str) -> Self {
+        Self::start_with(root, user, pass, &[])
+    }
+
+    /// Like [`HttpServer::start`], but every request for the `git-receive-pack` service
+    /// (push) is answered `403 Forbidden`, as a hosted server does for a read-only token.
+    pub fn start_read_only(root: &Path, user: &str, pass: &str) -> Self {
+        std::fs::write(root.join(".deny-push"), "").unwrap();
         Self::start_with(root, user, pass, &[])
     }
 
@@ -198,6 +207,12 @@ impl HttpServer {
             .arg(user)
             .arg(pass)
             .args(extra)
+            .env_remove("GITHTTP_DENY_PUSH")
+            .envs(
+                root.join(".deny-push")
+                    .exists()
+                    .then_some(("GITHTTP_DENY_PUSH", "1")),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
