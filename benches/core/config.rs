@@ -72,13 +72,17 @@ spec:
 }
 
 /// Shell builtins only: one `sh` process per container (host `dash`, or the image's busybox).
+/// `data.root` says which root it ran on: `image` when the bench image's
+/// `/etc/removed-later.txt` is there, else `host`.
 const PIPELINE_SCRIPT: &str = r#"#!/bin/sh
 size=small
+root=host
+[ -e /etc/removed-later.txt ] && root=image
 while IFS= read -r line; do
   case "$line" in "  size: "*) size=${line#  size: } ;; esac
 done < /kratix/input/object.yaml
-printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: %s\n  namespace: %s\ndata:\n  promise: %s\n  size: %s\n' \
-  "$KRATIX_OBJECT_NAME" "$KRATIX_OBJECT_NAMESPACE" "$KRATIX_PROMISE_NAME" "$size" > /kratix/output/configmap.yaml
+printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: %s\n  namespace: %s\ndata:\n  promise: %s\n  size: %s\n  root: %s\n' \
+  "$KRATIX_OBJECT_NAME" "$KRATIX_OBJECT_NAMESPACE" "$KRATIX_PROMISE_NAME" "$size" "$root" > /kratix/output/configmap.yaml
 printf 'message: %s is %s\n' "$KRATIX_OBJECT_NAME" "$size" > /kratix/metadata/status.yaml
 "#;
 

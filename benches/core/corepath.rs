@@ -62,8 +62,9 @@ fn reset_bare(d: &GitDaemon, name: &str) -> PathBuf {
     path
 }
 
-/// Asserts that the state store at `bare` holds one ConfigMap per request.
-fn assert_landed(bare: &Path, n: usize) {
+/// Asserts that the state store at `bare` holds one ConfigMap per request, and that the
+/// pipeline ran on the `root` expected (`host` or `image`).
+fn assert_landed(bare: &Path, n: usize, root: &str) {
     let head = remote_head(bare).expect("the cold pass pushed a commit");
     let files = git(bare, &["ls-tree", "-r", "--name-only", &head]);
     let configmaps = files
@@ -71,6 +72,11 @@ fn assert_landed(bare: &Path, n: usize) {
         .filter(|l| l.ends_with("/configmap.yaml"))
         .count();
     assert_eq!(configmaps, n, "every request landed");
+    let roots = git(bare, &["grep", "-h", "root:", &head, "--", "*/r-00000/*"]);
+    assert!(
+        roots.contains(&format!("root: {root}")),
+        "the pipeline ran on the {root} root: {roots}"
+    );
 }
 
 /// What the measures at one size need besides N.
@@ -79,6 +85,8 @@ pub struct SizeParams<'a> {
     pub changes: usize,
     pub promises: &'a [String],
     pub images: Option<&'a ImageEnv>,
+    /// `BENCH_SETTINGS`: YAML added to the daemon config of every `promised` run.
+    pub settings: &'a str,
 }
 
 pub fn measure(n: usize, p: &SizeParams) -> SizeResult {
@@ -102,8 +110,14 @@ pub fn measure(n: usize, p: &SizeParams) -> SizeResult {
         p.promises.len(),
         started.elapsed().as_secs_f64()
     );
-    let args = |state: &Path, branch: &str| -> Vec<String> {
-        vec![
+    // The host process runtime's runs get a daemon config only when there are settings.
+    let host_config = (!p.settings.trim().is_empty()).then(|| {
+        let path = tmp.path().join("promised-cli.yaml");
+        std::fs::write(&path, format!("{}\n", p.settings)).expect("daemon config");
+        path
+    });
+    let args = |state: &Path, branch: &str, daemon_config: Option<&Path>| -> Vec<String> {
+        let mut a: Vec<String> = vec![
             "reconcile".into(),
             "--config".into(),
             config_url.clone(),
@@ -111,38 +125,66 @@ pub fn measure(n: usize, p: &SizeParams) -> SizeResult {
             branch.into(),
             "--state-dir".into(),
             state.display().to_string(),
-        ]
+        ];
+        if let Some(dc) = daemon_config {
+            a.extend(["--daemon-config".into(), dc.display().to_string()]);
+        }
+        a
     };
 
-    // 1. Cold, host process runtime. Each run's state directory is removed after the next
-    // (the last one stays for the no-op runs).
-    let mut cold_host = Samples::default();
-    let mut cold_host_hwm = Vec::new();
-    let mut last_state: Option<PathBuf> = None;
-    for r in 0..p.runs {
+    // 1. Cold passes, the two runtimes interleaved (image, then host, per round) so that
+    // machine noise hits both alike. The image runtime's cache is warmed first with `promised
+    // images pull`; the cache directory is shared, the state directory new for every run. The
+    // last host run's state directory and state store stay for the no-op runs.
+    let image_config = p.images.map(|img| {
+        let dc = img.daemon_config(tmp.path(), p.settings);
+        let pulled = img.pull(&config_url, "image", &dc, &tmp.path().join("state-pull"));
+        println!("N={n}: images pull: {}", pulled.trim());
+        dc
+    });
+    let cold = |r: usize, runtime: &str| -> (crate::daemon::Run, PathBuf) {
         let bare = reset_bare(&d, "state.git");
-        let state = tmp.path().join(format!("state-cold-{r}"));
-        let a = args(&state, "main");
+        let state = tmp.path().join(format!("state-{runtime}-{r}"));
+        let (branch, dc) = match runtime {
+            "image" => ("image", image_config.as_deref()),
+            _ => ("main", host_config.as_deref()),
+        };
+        let a = args(&state, branch, dc);
         let run = promised(&a.iter().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(pipelines_run(&run.stdout), n, "{}", run.stdout);
-        assert_landed(&bare, n);
+        assert_landed(&bare, n, runtime);
         println!(
-            "N={n}: cold pass, host process runtime: {:.2} s",
-            run.took.as_secs_f64()
+            "N={n}: cold pass, {runtime} runtime: {:.2} s, peak RSS {} KiB",
+            run.took.as_secs_f64(),
+            run.hwm_kib
         );
+        (run, state)
+    };
+    let (mut cold_host, mut cold_host_hwm) = (Samples::default(), Vec::new());
+    let (mut image_samples, mut cold_image_hwm) = (Samples::default(), Vec::new());
+    let mut last_state: Option<PathBuf> = None;
+    for r in 0..p.runs {
+        if image_config.is_some() {
+            let (run, state) = cold(r, "image");
+            image_samples.push(run.took);
+            cold_image_hwm.push(run.hwm_kib);
+            let _ = std::fs::remove_dir_all(&state);
+        }
+        let (run, state) = cold(r, "host");
         cold_host.push(run.took);
         cold_host_hwm.push(run.hwm_kib);
         if let Some(old) = last_state.replace(state) {
             let _ = std::fs::remove_dir_all(old);
         }
     }
+    let cold_image = image_config.is_some().then_some(image_samples);
     let last_state = last_state.expect("at least one run");
 
     // 2. No-op, the whole CLI process.
     let bare = srv.join("state.git");
     let head = remote_head(&bare).expect("head");
     let mut noop_process = Samples::default();
-    let a = args(&last_state, "main");
+    let a = args(&last_state, "main", host_config.as_deref());
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     for _ in 0..p.runs.max(3) {
         let run = promised(&a);
@@ -157,36 +199,10 @@ pub fn measure(n: usize, p: &SizeParams) -> SizeResult {
     let noop_spawns = count_spawns(&a);
     let _ = std::fs::remove_dir_all(&last_state);
 
-    // 1b. Cold, image runtime on a warm image cache.
-    let (mut cold_image, mut cold_image_hwm) = (None, Vec::new());
-    if let Some(img) = p.images {
-        let dc = img.daemon_config(tmp.path());
-        let pulled = img.pull(&config_url, "image", &dc, &tmp.path().join("state-pull"));
-        println!("N={n}: images pull: {}", pulled.trim());
-        let mut s = Samples::default();
-        for r in 0..p.runs {
-            let bare = reset_bare(&d, "state.git");
-            let state = tmp.path().join(format!("state-image-{r}"));
-            let mut a = args(&state, "image");
-            a.extend(["--daemon-config".into(), dc.display().to_string()]);
-            let run = promised(&a.iter().map(String::as_str).collect::<Vec<_>>());
-            assert_eq!(pipelines_run(&run.stdout), n, "{}", run.stdout);
-            assert_landed(&bare, n);
-            println!(
-                "N={n}: cold pass, image runtime: {:.2} s",
-                run.took.as_secs_f64()
-            );
-            s.push(run.took);
-            cold_image_hwm.push(run.hwm_kib);
-            let _ = std::fs::remove_dir_all(&state);
-        }
-        cold_image = Some(s);
-    }
-
     // 3. The daemon: its cold start, then changes and no-op passes, then its memory.
     let bare = reset_bare(&d, "state.git");
     let state = tmp.path().join("state-daemon");
-    let daemon = Daemon::start(tmp.path(), &config_url, &state);
+    let daemon = Daemon::start(tmp.path(), &config_url, &state, p.settings);
     let t = Instant::now();
     wait_until(Duration::from_secs(3600), || remote_head(&bare).is_some());
     daemon.wait_ready();

@@ -130,8 +130,13 @@ fn summarise_execs(text: &str, skip: usize) -> String {
         "0 processes spawned".into()
     } else {
         format!(
-            "{} processes spawned ({})",
+            "{} {} spawned ({})",
             execs.len(),
+            if execs.len() == 1 {
+                "process"
+            } else {
+                "processes"
+            },
             by.iter()
                 .map(|(k, v)| format!("{k} ×{v}"))
                 .collect::<Vec<_>>()
@@ -167,8 +172,8 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `promised run` on `config_url` (branch `main`), state in `state`, its files
-    /// (daemon config, secret, log) in `dir`.
-    pub fn start(dir: &Path, config_url: &str, state: &Path) -> Daemon {
+    /// (daemon config with `extra` appended, secret, log) in `dir`.
+    pub fn start(dir: &Path, config_url: &str, state: &Path, extra: &str) -> Daemon {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -179,7 +184,7 @@ impl Daemon {
         std::fs::write(
             &cfg,
             format!(
-                "listen: 127.0.0.1:{port}\npollInterval: 1h\nwebhookSecretFile: {}\n",
+                "listen: 127.0.0.1:{port}\npollInterval: 1h\nwebhookSecretFile: {}\n{extra}\n",
                 secret.display()
             ),
         )

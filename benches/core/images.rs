@@ -53,13 +53,13 @@ pub fn start() -> Result<ImageEnv, String> {
 
 impl ImageEnv {
     /// Writes `<dir>/promised-images.yaml`: the image runtime on, this registry over plain
-    /// HTTP, the shared cache.
-    pub fn daemon_config(&self, dir: &Path) -> PathBuf {
+    /// HTTP, the shared cache; `extra` (YAML) appended.
+    pub fn daemon_config(&self, dir: &Path, extra: &str) -> PathBuf {
         let path = dir.join("promised-images.yaml");
         std::fs::write(
             &path,
             format!(
-                "images:\n  insecureRegistries: [\"{}\"]\n  cacheDir: {}\n",
+                "images:\n  insecureRegistries: [\"{}\"]\n  cacheDir: {}\n{extra}\n",
                 self.host,
                 self.cache_dir.display()
             ),

@@ -9,9 +9,10 @@
 //! | `BENCH_RUNS` | `3,10000:2,50000:1` | cold passes per runtime (and whole-process no-ops, at least 3, and store pushes) per size: a plain number for every size, `SIZE:RUNS` for one size |
 //! | `BENCH_PROMISES` | `3` | Promises the requests are spread over (e.g. `100`) |
 //! | `BENCH_CHANGES` | `20` | one-request changes sent through the daemon per size |
-//! | `BENCH_CONTAINERS` | `100` | samples per side of the per-container comparison, and per part and concurrency of the sandbox breakdown |
+//! | `BENCH_CONTAINERS` | `200` | samples per side of the per-container comparison, and per part and concurrency of the sandbox breakdown |
 //! | `BENCH_CONCURRENCY` | `1,2,8` | containers at once in the sandbox breakdown |
 //! | `BENCH_IMAGES` | `1` | `0`: skip the image runtime's cold passes |
+//! | `BENCH_SETTINGS` | empty | YAML added to the daemon config of every `promised` run and to the runner of the per-container measures (e.g. `concurrency: 4`, or the setting of a sandbox mechanism under test) |
 //! | `BENCH_OUT` | `target/bench-core.md` | where the results (markdown, a `## Results` section) are written, also after each size |
 //! | `BENCH_GENERATE` | unset | only write the config repo of the first size to this directory |
 //!
@@ -77,6 +78,9 @@ struct Params {
     containers: usize,
     concurrency: Vec<usize>,
     images: bool,
+    /// YAML added to every daemon config (`BENCH_SETTINGS`).
+    settings_yaml: String,
+    settings: promised::settings::Settings,
     out: PathBuf,
 }
 
@@ -114,13 +118,22 @@ impl Params {
                 }
             }
         }
+        let settings_yaml = std::env::var("BENCH_SETTINGS").unwrap_or_default();
+        let settings = if settings_yaml.trim().is_empty() {
+            promised::settings::Settings::default()
+        } else {
+            serde_saphyr::from_str(&settings_yaml)
+                .unwrap_or_else(|e| panic!("BENCH_SETTINGS is not a daemon config: {e}"))
+        };
         Params {
+            settings_yaml,
+            settings,
             sizes: list("BENCH_SIZES", "1000,10000,50000"),
             runs,
             runs_at,
             promises: env_or("BENCH_PROMISES", 3usize).max(1),
             changes: env_or("BENCH_CHANGES", 20usize).max(1),
-            containers: env_or("BENCH_CONTAINERS", 100usize).max(5),
+            containers: env_or("BENCH_CONTAINERS", 200usize).max(5),
             concurrency: list("BENCH_CONCURRENCY", "1,2,8"),
             images: std::env::var("BENCH_IMAGES").map_or(true, |v| v != "0"),
             out: std::env::var_os("BENCH_OUT")
@@ -204,7 +217,7 @@ fn main() {
     let date = version("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let machine = format!(
-        "{date}, commit `{commit}`{}, {cores} cores, kernel {}, {}, {}, {}, release profile (`cargo bench`).",
+        "{date}, commit `{commit}`{}, {cores} cores, kernel {}, {}, {}, {}, {}.",
         if dirty {
             " with uncommitted changes"
         } else {
@@ -214,6 +227,11 @@ fn main() {
         version("bwrap", &["--version"]),
         version("git", &["--version"]),
         version("rustc", &["--version"]),
+        if cfg!(debug_assertions) {
+            "**debug build** (`cargo test --bench core`: not for results)"
+        } else {
+            "release profile (`cargo bench`)"
+        },
     );
     println!("promised core benchmark: {machine}");
     let runs: Vec<String> = p
@@ -221,13 +239,19 @@ fn main() {
         .iter()
         .map(|&n| format!("{} at {}", p.runs(n), thousands(n)))
         .collect();
-    let params = format!(
+    let mut params = format!(
         "Requests over {} Promises; cold passes per runtime: {}; {} one-request changes per size; {} samples per side (and per part and concurrency) for the per-container measures.",
         p.promises,
         runs.join(", "),
         p.changes,
         p.containers
     );
+    if !p.settings_yaml.trim().is_empty() {
+        params.push_str(&format!(
+            " Daemon settings (`BENCH_SETTINGS`): `{}`.",
+            p.settings_yaml.trim().replace('\n', "; ")
+        ));
+    }
     let mut results = Results {
         header: vec![machine, String::new(), params],
         sizes: Vec::new(),
@@ -239,7 +263,7 @@ fn main() {
     };
 
     let t = Instant::now();
-    results.sandbox = Some(sandbox::measure(p.containers, &p.concurrency));
+    results.sandbox = Some(sandbox::measure(p.containers, &p.concurrency, &p.settings));
     results.notes.push(format!(
         "the per-container measures took {:.0} s",
         t.elapsed().as_secs_f64()
@@ -272,6 +296,7 @@ fn main() {
                 changes: p.changes,
                 promises: &promises,
                 images: image_env.as_ref(),
+                settings: &p.settings_yaml,
             },
         );
         results.notes.push(format!(

@@ -4,7 +4,7 @@
 
 use crate::corepath::SizeResult;
 use crate::sandbox::{SandboxResult, ladder_table, summary};
-use crate::stats::{Samples, Unit, mb, thousands};
+use crate::stats::{Samples, Unit, mb, sig3, thousands};
 use crate::store::StoreResult;
 
 /// The size the goals are stated for.
@@ -190,9 +190,9 @@ fn growth_row(
                 match prev {
                     Some((pn, pv)) if s.n > pn => {
                         let marginal = (v - pv) * scale / (s.n - pn) as f64;
-                        md.push_str(&format!(" {per:.3} ({marginal:.3}) |"));
+                        md.push_str(&format!(" {} ({}) |", sig3(per), sig3(marginal)));
                     }
-                    _ => md.push_str(&format!(" {per:.3} |")),
+                    _ => md.push_str(&format!(" {} |", sig3(per))),
                 }
                 prev = Some((s.n, v));
             }

@@ -91,9 +91,13 @@ fn os(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
 }
 
-/// Measures everything above: `samples` per side for the one-at-a-time comparison, and per
+/// Measures everything above, the runner configured by `settings` (`BENCH_SETTINGS`): `samples` per side for the one-at-a-time comparison, and per
 /// rung and concurrency for the breakdown.
-pub fn measure(samples: usize, concurrencies: &[usize]) -> SandboxResult {
+pub fn measure(
+    samples: usize,
+    concurrencies: &[usize],
+    settings: &promised::settings::Settings,
+) -> SandboxResult {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -111,7 +115,7 @@ pub fn measure(samples: usize, concurrencies: &[usize]) -> SandboxResult {
     // The runner as the daemon configures it (run directories in `runDir`'s default).
     let cfg = promised::settings::Settings {
         state_dir: tmp.path().join("state"),
-        ..Default::default()
+        ..settings.clone()
     }
     .runner();
     let object_yaml = "apiVersion: bench.promised.dev/v1\nkind: alpha\nmetadata:\n  name: r-00001\n  namespace: default\nspec:\n  size: small\n";
@@ -194,7 +198,7 @@ pub fn measure(samples: usize, concurrencies: &[usize]) -> SandboxResult {
     }
 
     // The floor of a cold pass: the sandbox alone at the daemon's default concurrency.
-    let floor_workers = promised::settings::Settings::default().effective_concurrency();
+    let floor_workers = settings.effective_concurrency();
     let floor_total = samples * 2;
     let (wall, _) = parallel(floor_total, floor_workers, &run_bwrap);
     let floor_per = wall.as_secs_f64() / floor_total as f64;
@@ -314,8 +318,9 @@ pub fn ladder_table(r: &SandboxResult, cores: usize) -> String {
     md.push_str(&format!(
         "\nms per container; wall = elapsed ÷ containers with that many running at once, CPU = \
          user + system time of the sandbox processes ÷ containers (namespace teardown done later \
-         by kernel threads is not counted). With {cores} cores, a rung whose CPU per container \
-         is above {cores} × its wall time at concurrency ≥ {cores} is CPU-bound.\n"
+         by kernel threads is not counted; the clock has 10 ms ticks, summed over all containers of a \
+         cell). CPU ÷ wall is how many cores the sandboxes kept busy: where it nears {cores} \
+         (the cores here), the rung is CPU-bound.\n"
     ));
     md
 }

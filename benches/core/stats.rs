@@ -65,6 +65,20 @@ impl Unit {
     }
 }
 
+/// About three significant digits: `1234`, `123`, `12.3`, `1.23`, `0.123`.
+pub fn sig3(x: f64) -> String {
+    let a = x.abs();
+    if a >= 100.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else if a >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
 /// `10,000` for 10000.
 pub fn thousands(n: usize) -> String {
     let s = n.to_string();
