@@ -20,7 +20,7 @@
 //! resource `configure` Pipeline each: a `sh` script kept beside `promise.yaml` that reads
 //! `/kratix/input/object.yaml` and writes one ConfigMap and a `status.yaml`) and 3
 //! Destinations on one `GitStateStore`, served with the config repo by `git daemon` on
-//! 127.0.0.1, and measures (module):
+//! 127.0.0.1, and measures (module under `benches/core/`):
 //!
 //! 1. **cold** (`corepath`): `promised reconcile` with an empty state directory and an empty
 //!    state store, process start to exit (the commit is pushed before it exits), with the host
@@ -46,18 +46,26 @@
 
 #![allow(missing_docs)]
 
-#[path = "../../tests/common/mod.rs"]
+#[path = "../tests/common/mod.rs"]
 mod common;
-#[path = "../../tests/common/registry.rs"]
+#[path = "../tests/common/registry.rs"]
 mod registry;
 
+#[path = "core/config.rs"]
 mod config;
+#[path = "core/corepath.rs"]
 mod corepath;
+#[path = "core/daemon.rs"]
 mod daemon;
+#[path = "core/images.rs"]
 mod images;
+#[path = "core/report.rs"]
 mod report;
+#[path = "core/sandbox.rs"]
 mod sandbox;
+#[path = "core/stats.rs"]
 mod stats;
+#[path = "core/store.rs"]
 mod store;
 
 use std::collections::BTreeMap;
