@@ -270,6 +270,11 @@ fn main() {
         notes: Vec::new(),
     };
 
+    assert!(
+        common::bwrap_works(),
+        "bubblewrap cannot create a sandbox here, and every pipeline of the bench runs in it \
+         (Debian: apt-get install bubblewrap; unprivileged user namespaces must be allowed)"
+    );
     let t = Instant::now();
     results.sandbox = Some(sandbox::measure(p.containers, &p.concurrency, &p.settings));
     results.notes.push(format!(
