@@ -24,8 +24,15 @@ impl Samples {
         let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
         v[rank.clamp(1, v.len()) - 1]
     }
+    /// The middle sample, or the mean of the two middle ones.
     pub fn median(&self) -> f64 {
-        self.pct(50.0)
+        let v = self.sorted();
+        let m = v.len() / 2;
+        if v.len().is_multiple_of(2) {
+            (v[m - 1] + v[m]) / 2.0
+        } else {
+            v[m]
+        }
     }
     pub fn min(&self) -> f64 {
         self.sorted()[0]
