@@ -29,8 +29,14 @@ pub struct Rung {
 
 /// The per-container measures (size-independent).
 pub struct SandboxResult {
-    /// One container through `run_workflow`, one at a time.
+    /// One container through `run_workflow`, one at a time, as the daemon runs it (the
+    /// resident sandbox unless `BENCH_SETTINGS` says `residentSandbox: false`).
     pub runtime: Samples,
+    /// The same with one bwrap per container (`residentSandbox: false`).
+    pub runtime_bwrap: Samples,
+    /// Seconds per container of `run_workflow` as the daemon runs it, back to back at
+    /// `floor_workers` at once: what a cold pass's pipelines cost at the least.
+    pub runtime_floor_per: f64,
     /// `bwrap` alone with our mounts, one at a time.
     pub bwrap: Samples,
     /// A bare `sh -c true` spawn, one at a time.
@@ -112,12 +118,20 @@ pub fn measure(
         }))
         .expect("pipeline"),
     ];
-    // The runner as the daemon configures it (run directories in `runDir`'s default).
-    let cfg = promised::settings::Settings {
+    // The runner as the daemon configures it (run directories in `runDir`'s default); its
+    // resident sandbox's helper is the `promised` binary, not this harness.
+    let mut cfg = promised::settings::Settings {
         state_dir: tmp.path().join("state"),
         ..settings.clone()
     }
     .runner();
+    if cfg.resident.is_some() {
+        cfg.resident = Some(PathBuf::from(env!("CARGO_BIN_EXE_promised")));
+    }
+    let cfg_bwrap = promised::pipeline::RunnerConfig {
+        resident: None,
+        ..cfg.clone()
+    };
     let object_yaml = "apiVersion: bench.promised.dev/v1\nkind: alpha\nmetadata:\n  name: r-00001\n  namespace: default\nspec:\n  size: small\n";
     let input = WorkflowInput {
         workflow_type: WorkflowType::Resource,
@@ -179,15 +193,25 @@ pub fn measure(
     let run_bare = || run_quiet(&sh, &os(&["-c", "true"]), &benv);
 
     // One at a time, interleaved so machine noise hits all three alike (after a warm-up).
-    let (mut runtime, mut sandbox, mut bare) =
-        (Samples::default(), Samples::default(), Samples::default());
-    let r = rt.block_on(run_workflow(&cfg, &input));
-    assert!(r.succeeded(), "{:?}", r.error());
+    let (mut runtime, mut runtime_bwrap, mut sandbox, mut bare) = (
+        Samples::default(),
+        Samples::default(),
+        Samples::default(),
+        Samples::default(),
+    );
+    for c in [&cfg, &cfg_bwrap] {
+        let r = rt.block_on(run_workflow(c, &input));
+        assert!(r.succeeded(), "{:?}", r.error());
+    }
     run_bwrap();
     for _ in 0..samples {
         let t = Instant::now();
         let r = rt.block_on(run_workflow(&cfg, &input));
         runtime.push(t.elapsed());
+        assert!(r.succeeded(), "{:?}", r.error());
+        let t = Instant::now();
+        let r = rt.block_on(run_workflow(&cfg_bwrap, &input));
+        runtime_bwrap.push(t.elapsed());
         assert!(r.succeeded(), "{:?}", r.error());
         let t = Instant::now();
         run_bwrap();
@@ -202,6 +226,18 @@ pub fn measure(
     let floor_total = samples * 2;
     let (wall, _) = parallel(floor_total, floor_workers, &run_bwrap);
     let floor_per = wall.as_secs_f64() / floor_total as f64;
+    // The same count through the runtime as the daemon runs it, at the same concurrency.
+    let runtime_floor_per = rt.block_on(async {
+        use futures_util::StreamExt;
+        let t = Instant::now();
+        let mut runs = futures_util::stream::iter(0..floor_total)
+            .map(|_| run_workflow(&cfg, &input))
+            .buffer_unordered(floor_workers);
+        while let Some(r) = runs.next().await {
+            assert!(r.succeeded(), "{:?}", r.error());
+        }
+        t.elapsed().as_secs_f64() / floor_total as f64
+    });
 
     // The ladder.
     let base = ["--unshare-user", "--bind", "/", "/"];
@@ -278,6 +314,8 @@ pub fn measure(
         .collect();
     SandboxResult {
         runtime,
+        runtime_bwrap,
+        runtime_floor_per,
         bwrap: sandbox,
         bare,
         floor_per,
@@ -329,10 +367,12 @@ pub fn ladder_table(r: &SandboxResult, cores: usize) -> String {
 pub fn summary(r: &SandboxResult) -> Vec<String> {
     vec![
         format!(
-            "one container at a time: process runtime (`run_workflow`) {}, `bwrap` alone with our mounts {} ({:.2}×), bare `sh -c true` spawn {} (`bwrap` {:.2}× of it); {} samples each; run directories in {}",
+            "one container at a time: process runtime (`run_workflow`) in the resident sandbox {} ({:.2}× `bwrap` alone), with one bwrap per container {}, `bwrap` alone with our mounts {} ({:.2}× the resident runtime), bare `sh -c true` spawn {} (`bwrap` {:.2}× of it); {} samples each; run directories in {}",
             r.runtime.show(Unit::Ms),
-            r.bwrap.show(Unit::Ms),
             r.runtime.median() / r.bwrap.median(),
+            r.runtime_bwrap.show(Unit::Ms),
+            r.bwrap.show(Unit::Ms),
+            r.bwrap.median() / r.runtime.median(),
             r.bare.show(Unit::Ms),
             r.bwrap.median() / r.bare.median(),
             r.runtime.len(),
@@ -343,6 +383,13 @@ pub fn summary(r: &SandboxResult) -> Vec<String> {
             r.floor_total,
             r.floor_workers,
             Unit::Ms.fmt(r.floor_per)
+        ),
+        format!(
+            "the process runtime as the daemon runs it (`run_workflow`, resident sandbox), {} containers back to back, {} at once: {} per container ({:.2}× the bwrap-alone floor)",
+            r.floor_total,
+            r.floor_workers,
+            Unit::Ms.fmt(r.runtime_floor_per),
+            r.runtime_floor_per / r.floor_per
         ),
     ]
 }
