@@ -135,7 +135,7 @@ pub struct Settings {
     pub secrets_dir: Option<PathBuf>,
     /// Pipelines running at once (different requests). `0` = two per CPU core: a sandboxed
     /// run waits in the kernel for part of its time (namespace set-up and tear-down), so one
-    /// per core leaves the cores idle then (docs/benchmarks.md, "Sandbox").
+    /// per core leaves the cores idle then (docs/benchmarks.md, "Sandbox and cold pass").
     pub concurrency: usize,
     /// When a Promise changes, its requests re-run at most this many per second (their own
     /// specs unchanged); `0` = unlimited. Default 20.
@@ -156,7 +156,7 @@ pub struct Settings {
     /// annotation `promised.dev/network: "true"`).
     pub allow_network: bool,
     /// Run sandboxed containers in the resident sandbox: one helper process that holds the
-    /// namespaces and forks each run, instead of one bwrap per container (README "Sandbox").
+    /// namespaces and forks each run, instead of one bwrap per container (README "Resident sandbox").
     /// Default true; runs with network always use bwrap.
     pub resident_sandbox: bool,
     /// Kill a container's whole process group after this long. Default `10m`.

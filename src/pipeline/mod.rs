@@ -13,7 +13,9 @@
 //! its output and selectors.
 //!
 //! ## Process runtime
-//! Each container's `command` + `args` runs on the host inside bubblewrap ([`sandbox`]), with
+//! Each container's `command` + `args` runs on the host inside bubblewrap ([`sandbox`]; by
+//! default through the resident sandbox, [`resident`], which builds the same tree without a
+//! bwrap per container), with
 //! `/kratix/*` at their contract paths, host `/usr` and the needed part of `/etc`
 //! ([`sandbox::ETC_ENTRIES`]) read-only, the state directory and secrets masked
 //! ([`RunnerConfig::hidden`]), a private `/tmp`, no network unless allowed, and a timeout that

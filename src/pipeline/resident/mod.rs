@@ -3,22 +3,22 @@
 //! bubblewrap costs 4–9 ms of wall time per container on the 2-core bench machine, most of
 //! it its own start (a dynamically linked `execve`), creating and tearing down a user and a
 //! network namespace, and re-reading `/proc/self/mountinfo` for every read-only bind
-//! (docs/benchmarks.md, "Sandbox"). The resident sandbox is one helper process
+//! (docs/benchmarks.md, "Sandbox and cold pass"). The resident sandbox is one helper process
 //! ([`helper`], `promised sandbox-helper`) that holds a user namespace and an empty network
-//! namespace and forks each run into fresh mount, PID, IPC and UTS namespaces, building the
+//! namespace and forks each run into fresh mount, PID, network, IPC and UTS namespaces, building the
 //! same tree bwrap would from the same description ([`request`]): what the README promises
 //! (no network, read-only host, private `/tmp`, writable only `/kratix/output`,
 //! `/kratix/metadata` and the root of an image run, the whole run killed on timeout) holds
 //! for both.
 //!
-//! Differences from bwrap, on purpose: every run without network shares one empty network
-//! namespace (no interface is up, so nothing, not even another run, is reachable; abstract
-//! Unix sockets are shared between such runs); runs with network (`allowNetwork`, the
-//! Pipeline annotation, an override's `network`) still use bwrap.
+//! Each run has a network namespace of its own with only `lo`, up, as bwrap's
+//! `--unshare-net` gives (the pipeline API's forwarder listens there); runs with network
+//! (`allowNetwork`, the Pipeline annotation, an override's `network`) still use bwrap. The
+//! helper's own network namespace is empty, so nothing it forks starts with the host's.
 //!
 //! [`Resident::run`] returns `None` when the helper cannot run a container (it did not
-//! start, it died, the run needs the host network): the caller then runs bwrap, and the
-//! first reason is logged once.
+//! start, it died, the run needs the host network): the caller then runs bwrap; why the
+//! helper is unusable is logged once.
 
 // The one module of the crate with `unsafe`: fork, unshare, mount, pivot_root and execve.
 #[allow(unsafe_code)]
