@@ -367,10 +367,10 @@ fn exec(argv: &[String], environment: &[(String, String)]) -> ! {
             break;
         }
     }
-    let msg = format!(
-        "promised sandbox: execvp {argv0}: {}\n",
-        std::io::Error::from_raw_os_error(errno)
-    );
+    // As bwrap words it (`strerror`, no "(os error N)"): the runner's hints match the text.
+    let why = std::io::Error::from_raw_os_error(errno).to_string();
+    let why = why.split(" (os error").next().unwrap_or_default();
+    let msg = format!("promised sandbox: execvp {argv0}: {why}\n");
     unsafe {
         libc::write(2, msg.as_ptr().cast(), msg.len());
         libc::_exit(1)
