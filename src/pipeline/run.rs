@@ -486,7 +486,6 @@ fn resident_request(
         chdir: parsed.chdir,
         uid: parsed.uid,
         gid: parsed.gid,
-        own_network: true,
     }))
 }
 

@@ -77,16 +77,6 @@ pub async fn run(inv: &Invocation) -> std::io::Result<Finished> {
     };
     // Leftover background processes of the group die with the container.
     kill_group(pgid);
-    let collect = |h: Option<tokio::task::JoinHandle<Vec<u8>>>| async move {
-        match h {
-            // Processes that left the group may still hold the pipe: don't wait for ever.
-            Some(h) => match tokio::time::timeout(Duration::from_secs(2), h).await {
-                Ok(Ok(b)) => String::from_utf8_lossy(&b).into_owned(),
-                _ => String::new(),
-            },
-            None => String::new(),
-        }
-    };
     let stdout = collect(out).await;
     let stderr = collect(err).await;
     use std::os::unix::process::ExitStatusExt;
@@ -118,6 +108,18 @@ fn kill_group(pgid: Option<u32>) {
         return;
     };
     let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+}
+
+/// What a [`read_capped`] task read, as lossy UTF-8; empty when there is no task or it is
+/// not done within 2 s (processes that left the group may still hold the pipe).
+pub(super) async fn collect(h: Option<tokio::task::JoinHandle<Vec<u8>>>) -> String {
+    let Some(h) = h else {
+        return String::new();
+    };
+    match tokio::time::timeout(Duration::from_secs(2), h).await {
+        Ok(Ok(b)) => String::from_utf8_lossy(&b).into_owned(),
+        _ => String::new(),
+    }
 }
 
 pub(super) async fn read_capped<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> Vec<u8> {

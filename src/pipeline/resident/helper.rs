@@ -179,11 +179,12 @@ fn supervise(req: &RunRequest, out: OwnedFd, err: OwnedFd, status: OwnedFd) -> !
     die_with_parent();
     // SAFETY: plain syscalls in the forked, single-threaded supervisor.
     write_fd(&status, &format!("pid {}\n", unsafe { libc::getpid() }));
-    let mut flags =
-        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
-    if req.own_network {
-        flags |= libc::CLONE_NEWNET;
-    }
+    // A network namespace of the run's own, with only `lo` (bwrap's `--unshare-net`).
+    let flags = libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS;
     if let Err(e) = check(unsafe { libc::unshare(flags) }, "unshare") {
         report(&err, &status, &e);
         unsafe { libc::_exit(1) };
@@ -205,13 +206,7 @@ fn supervise(req: &RunRequest, out: OwnedFd, err: OwnedFd, status: OwnedFd) -> !
 fn init(req: &RunRequest, out: OwnedFd, err: OwnedFd, status: OwnedFd) -> ! {
     die_with_parent();
     let setup = build(req)
-        .and_then(|()| {
-            if req.own_network {
-                loopback_up()
-            } else {
-                Ok(())
-            }
-        })
+        .and_then(|()| loopback_up())
         .and_then(|()| drop_privileges(req.uid, req.gid));
     if let Err(e) = setup {
         report(&err, &status, &e);

@@ -37,7 +37,7 @@ use std::time::Duration;
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-use super::runtime::{Finished, read_capped};
+use super::runtime::{Finished, collect, read_capped};
 pub use request::{Message, Op, Root, RunRequest};
 
 /// One helper process, shared by every runner of this process that names the same
@@ -225,14 +225,8 @@ impl Resident {
             // Killed (the supervisor) or ended without a word (the helper died).
             _ => (None, Some(9)),
         };
-        let collect = |h: tokio::task::JoinHandle<Vec<u8>>| async move {
-            match tokio::time::timeout(Duration::from_secs(2), h).await {
-                Ok(Ok(b)) => String::from_utf8_lossy(&b).into_owned(),
-                _ => String::new(),
-            }
-        };
-        let stdout = collect(out).await;
-        let mut stderr = collect(err).await;
+        let stdout = collect(Some(out)).await;
+        let mut stderr = collect(Some(err)).await;
         if !timed_out && last.is_empty() && first.is_empty() {
             stderr.push_str("promised sandbox: the helper ended the run without a status\n");
         }

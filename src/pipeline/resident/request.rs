@@ -96,9 +96,6 @@ pub struct RunRequest {
     pub uid: Option<u32>,
     /// See `uid`.
     pub gid: Option<u32>,
-    /// A network namespace of the run's own with only `lo`, up (bwrap's `--unshare-net`);
-    /// `false`: the helper's empty one, shared by every such run, with no interface up.
-    pub own_network: bool,
 }
 
 /// A message on the helper's socket.
