@@ -465,9 +465,10 @@ pub async fn run(opts: DaemonOptions) -> Result<(), String> {
                     if let Err(e) = crate::web::records::save_pass(&settings.state_dir, &record) {
                         tracing::warn!(error = %e, "cannot record the last pass for the web console");
                     }
-                    // The console's snapshot is re-read now, not by the next page view.
+                    // The console's snapshot is re-read now (while someone is looking) or let
+                    // go (README "Web console").
                     if let Some(c) = console.clone() {
-                        tokio::task::spawn_blocking(move || c.snapshot().map(drop));
+                        tokio::task::spawn_blocking(move || c.after_pass());
                     }
                     if !ready_sent {
                         let _ = sd_notify::notify(&[

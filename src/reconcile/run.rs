@@ -85,7 +85,7 @@ impl Engine {
                 |key| {
                     requests
                         .get(key)
-                        .map(|r| pipeline::kubeapi::status_view(&r.status))
+                        .map(|r| pipeline::kubeapi::status_text(&r.status))
                 },
             ));
         }

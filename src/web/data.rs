@@ -175,6 +175,19 @@ impl Cache {
         *last = Some(s.clone());
         Ok(s)
     }
+
+    /// Lets the cached snapshot go (the next [`Cache::get`] reads the state directory).
+    pub fn clear(&self) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Whether a snapshot is cached.
+    pub fn holds(&self) -> bool {
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
 }
 
 #[cfg(test)]

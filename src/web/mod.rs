@@ -56,7 +56,13 @@ pub struct Console {
     pub settings: WebSettings,
     token: Option<String>,
     cache: data::Cache,
+    /// When a page or its JSON last read the snapshot.
+    viewed: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long after the last page view the daemon keeps re-reading the snapshot after each pass
+/// ([`Console::after_pass`]); after that it lets the snapshot go.
+pub const KEEP_WARM: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 impl Console {
     /// A console over `state_dir`. Errors: the token file cannot be read.
@@ -67,13 +73,34 @@ impl Console {
             settings,
             token,
             cache: data::Cache::default(),
+            viewed: std::sync::Mutex::new(None),
         })
     }
 
     /// The snapshot of the state directory, reloaded when its files changed. Errors: the
     /// state directory cannot be read.
     pub fn snapshot(&self) -> Result<Arc<data::Snapshot>, String> {
+        *self.viewed.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
         self.cache.get(&self.state_dir)
+    }
+
+    /// What the daemon does after each pass (blocking: call it off the async runtime). While
+    /// someone viewed the console within [`KEEP_WARM`], the snapshot is re-read now, so the
+    /// next page does not wait for it; otherwise the cached snapshot is dropped, so a
+    /// console nobody looks at holds no copy of the state (at 10,000 requests about 28 MB:
+    /// docs/benchmarks.md, "Memory (issue 25)"). The next page view then reads it.
+    pub fn after_pass(&self) {
+        let viewed = *self.viewed.lock().unwrap_or_else(|e| e.into_inner());
+        if viewed.is_some_and(|t| t.elapsed() < KEEP_WARM) {
+            let _ = self.cache.get(&self.state_dir);
+        } else {
+            self.cache.clear();
+        }
+    }
+
+    /// Whether a snapshot is held now (tests).
+    pub fn holds_snapshot(&self) -> bool {
+        self.cache.holds()
     }
 }
 

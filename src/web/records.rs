@@ -152,7 +152,7 @@ pub fn save_logs(state_dir: &Path, key: &str, pipelines: &[crate::pipeline::Pipe
     let res = std::fs::create_dir_all(state_dir.join(LOGS_DIR))
         .map_err(|e| e.to_string())
         .and_then(|()| serde_json::to_vec(&t).map_err(|e| e.to_string()))
-        .and_then(|json| crate::state::write_atomic(&path, &json).map_err(|e| e.to_string()));
+        .and_then(|json| crate::state::write_replace(&path, &json).map_err(|e| e.to_string()));
     if let Err(e) = res {
         tracing::warn!(error = %e, path = %path.display(), "cannot keep the pipeline log tail for the web console");
     }

@@ -206,6 +206,30 @@ fn the_snapshot_is_reloaded_only_when_the_state_directory_changes() {
     assert!(d.last_pass.is_some());
 }
 
+/// After a pass the daemon re-reads the snapshot only while someone looks at the console;
+/// otherwise it lets it go, and the next page reads the state directory again.
+#[test]
+fn after_a_pass_the_snapshot_is_kept_warm_only_while_the_console_is_viewed() {
+    let (tmp, c) = world(1);
+    // Never viewed: nothing is read, nothing held.
+    c.after_pass();
+    assert!(!c.holds_snapshot());
+    // Viewed: the pass's changes are read at once.
+    let a = c.snapshot().unwrap();
+    records::save_pass(tmp.path(), &records::PassRecord::default()).unwrap();
+    c.after_pass();
+    assert!(c.holds_snapshot());
+    let b = c.cache.get(tmp.path()).unwrap();
+    assert!(!Arc::ptr_eq(&a, &b));
+    assert!(b.last_pass.is_some());
+    // Last viewed longer ago than KEEP_WARM: let go.
+    *c.viewed.lock().unwrap() = std::time::Instant::now().checked_sub(KEEP_WARM * 2);
+    c.after_pass();
+    assert!(!c.holds_snapshot());
+    let d = c.snapshot().unwrap();
+    assert_eq!(d.version, b.version);
+}
+
 #[test]
 fn bearer_tokens_come_from_the_header_or_the_cookie() {
     let mut h = HeaderMap::new();

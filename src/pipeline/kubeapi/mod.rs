@@ -105,7 +105,32 @@ pub struct Listed {
     /// The admitted object (no `status`).
     pub object: Arc<Value>,
     /// Its status as last recorded: the pipelines' keys, `message`, `conditions`.
-    pub status: Map<String, Value>,
+    pub status: StatusText,
+}
+
+/// A request's status as pipelines read it, kept as its JSON text (one allocation) and parsed
+/// when a pipeline reads the request: the catalog holds one for every request between passes,
+/// and as `serde_json` maps they were most of the daemon's memory after a few passes at
+/// 10,000 requests (docs/benchmarks.md, "Memory (issue 25)").
+#[derive(Debug, Clone, Default)]
+pub struct StatusText(Option<Arc<str>>);
+
+impl StatusText {
+    /// The text of `status` (nothing for an empty one).
+    pub fn new(status: &Map<String, Value>) -> StatusText {
+        if status.is_empty() {
+            return StatusText(None);
+        }
+        StatusText(serde_json::to_string(status).ok().map(Arc::from))
+    }
+
+    /// The status as a JSON object (empty when there is none).
+    pub fn to_map(&self) -> Map<String, Value> {
+        self.0
+            .as_deref()
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or_default()
+    }
 }
 
 /// What pipelines may read: every Promise's API and every admitted request, by Promise.
@@ -123,7 +148,7 @@ impl Catalog {
     pub fn build(
         promises: &[ValidPromise],
         requests: &[Arc<ValidRequest>],
-        status: impl Fn(&str) -> Option<Map<String, Value>>,
+        status: impl Fn(&str) -> Option<StatusText>,
     ) -> Catalog {
         let mut c = Catalog::default();
         for p in promises {
@@ -163,6 +188,11 @@ impl Catalog {
     }
 }
 
+/// [`status_view`] as the catalog keeps it.
+pub fn status_text(s: &crate::status::ObjectStatus) -> StatusText {
+    StatusText::new(&status_view(s))
+}
+
 /// A recorded status as pipelines read it: the pipelines' own keys (`fields`), with
 /// `message` and `conditions` from the record unless a pipeline set them.
 pub fn status_view(s: &crate::status::ObjectStatus) -> Map<String, Value> {
@@ -194,7 +224,7 @@ pub(crate) struct RunCtx {
     /// The request's status during the run: what it started with, with every patch merged.
     live: Mutex<Map<String, Value>>,
     /// The status view of the record (message, conditions) shown with `live`.
-    recorded: Map<String, Value>,
+    recorded: StatusText,
     user: String,
     published: PathBuf,
 }

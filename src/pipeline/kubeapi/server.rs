@@ -205,7 +205,7 @@ fn render(hub: &KubeApi, ctx: &RunCtx, a: &ApiEntry, l: &Listed) -> Value {
     } else {
         hub.live_run(&l.key).map(|r| r.clone_live())
     };
-    let mut st = l.status.clone();
+    let mut st = l.status.to_map();
     if let Some(live) = live {
         for (k, v) in live {
             st.insert(k, v);

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value, json};
 
-use super::{ApiEntry, Catalog, KubeApi, Listed, RunCtx};
+use super::{ApiEntry, Catalog, KubeApi, Listed, RunCtx, StatusText};
 
 fn entry(promise: &str, kind: &str, plural: &str, required: &[&str]) -> ApiEntry {
     ApiEntry {
@@ -29,10 +29,11 @@ fn listed(promise: &str, kind: &str, name: &str) -> Listed {
             "apiVersion": "test.promised.dev/v1alpha1", "kind": kind,
             "metadata": {"name": name, "namespace": "default"}, "spec": {"n": name},
         })),
-        status: json!({"message": "Resource requested"})
-            .as_object()
-            .unwrap()
-            .clone(),
+        status: StatusText::new(
+            json!({"message": "Resource requested"})
+                .as_object()
+                .unwrap(),
+        ),
     }
 }
 
