@@ -648,8 +648,21 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Writes `bytes` to `path` via a temporary file in the same directory and a rename, without
+/// waiting for the disk: readers see the old or the new content, never a mix, but after a power
+/// loss the file may be empty or missing. For what may be lost and is rebuilt (the web
+/// console's log tails): an `fsync` per workflow run held up the loop that absorbs results
+/// (docs/benchmarks.md, "Cold pass"). Errors: I/O on the directory or the file.
+pub fn write_replace(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    replace_file(path, bytes, false)
+}
+
 /// Writes `bytes` to `path` via a temporary file in the same directory, fsync and rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    replace_file(path, bytes, true)
+}
+
+fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> Result<(), StateError> {
     let io = |source| StateError::Io {
         path: path.display().to_string(),
         source,
@@ -657,7 +670,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = crate::tmpfiles::create_in(dir).map_err(io)?;
     tmp.write_all(bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
+    if durable {
+        tmp.as_file().sync_all().map_err(io)?;
+    }
     tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())
 }
