@@ -78,9 +78,42 @@ pub struct Declared {
     pub definition: HealthDefinition,
 }
 
+/// What one output file declares: each document's definition or why it is not one.
+type FileDefinitions = Vec<(usize, Result<HealthDefinition, String>)>;
+
 /// Parsed definitions by blob sha256 (output files are content-addressed, so each is parsed
-/// once): the definitions of the file, or nothing when it holds none.
-pub type DefinitionCache = BTreeMap<String, Vec<(usize, Result<HealthDefinition, String>)>>;
+/// once): the definitions of the file, or nothing when it holds none. Entries not used since
+/// the last [`DefinitionCache::start`] are dropped by [`DefinitionCache::prune`], without a
+/// set of every file seen (the health stage walks every request on every pass).
+#[derive(Debug, Default)]
+pub struct DefinitionCache {
+    /// sha256 → (the round it was last used in, its definitions).
+    files: std::collections::HashMap<String, (u64, FileDefinitions)>,
+    round: u64,
+}
+
+impl DefinitionCache {
+    /// Starts a round of [`declared`] calls.
+    pub fn start(&mut self) {
+        self.round += 1;
+    }
+
+    /// Drops the files no [`declared`] call of this round used.
+    pub fn prune(&mut self) {
+        let round = self.round;
+        self.files.retain(|_, (used, _)| *used == round);
+    }
+
+    /// The number of files cached.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// True when no file is cached.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
 
 /// The HealthDefinitions in the cached `outputs` of request `key` (`<promise>/<ns>/<name>`),
 /// read with `blob(sha256)`; problems are warnings naming the request, the file, the document
@@ -100,10 +133,21 @@ pub fn declared(
                 continue;
             }
             // Warnings once per file content (every pass sees the same cached output).
-            let fresh = !cache.contains_key(&f.sha256);
-            let defs = cache
-                .entry(f.sha256.clone())
-                .or_insert_with(|| parse_definitions(blob(&f.sha256)));
+            let round = cache.round;
+            let (fresh, defs) = match cache.files.get_mut(&f.sha256) {
+                Some((used, defs)) => {
+                    *used = round;
+                    (false, &*defs)
+                }
+                None => {
+                    let defs = parse_definitions(blob(&f.sha256));
+                    let (_, defs) = cache.files.entry(f.sha256.clone()).or_insert((round, defs));
+                    (true, &*defs)
+                }
+            };
+            if defs.is_empty() {
+                continue;
+            }
             let mut warn = |w: String| {
                 if fresh {
                     warnings.push(w);

@@ -141,7 +141,7 @@ impl Engine {
         let now = self.health.clock.now();
         self.health.evaluated_at = Some(now);
         let mut due = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        self.health.definitions.start();
         for r in &pass.cfg.requests {
             let key = r.key();
             let Some(record) = self.state.requests.get_mut(key) else {
@@ -150,13 +150,6 @@ impl Engine {
             if record.deleting {
                 continue;
             }
-            seen.extend(
-                record
-                    .outputs
-                    .iter()
-                    .flat_map(|o| &o.files)
-                    .map(|f| f.sha256.clone()),
-            );
             let dir = &self.dir;
             let declared = checks::declared(
                 key,
@@ -185,7 +178,7 @@ impl Engine {
                 });
             }
         }
-        self.health.definitions.retain(|sha, _| seen.contains(sha));
+        self.health.definitions.prune();
         if due.is_empty() || self.cancel.load(Ordering::SeqCst) {
             return;
         }

@@ -8,7 +8,7 @@
 //! without Git or pipelines. The engine applies it (`records::admit_requests`) and runs the
 //! jobs ([`super::run`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -168,6 +168,8 @@ pub(super) fn requests<'c>(
 ) -> Vec<RequestStep<'c>> {
     let mut steps = Vec::with_capacity(cfg.requests.len());
     let mut origin = String::new();
+    // Per Promise (by address): the interval parses annotations and durations.
+    let mut intervals: HashMap<*const ValidPromise, Duration> = HashMap::new();
     for r in &cfg.requests {
         let key = r.key();
         let Some(current) = cfg.promise(&r.promise) else {
@@ -191,19 +193,26 @@ pub(super) fn requests<'c>(
         let ctx = &facts.steady_ctx[&r.promise];
         origin.clear();
         let _ = write!(origin, "{}", r.origin);
-        let interval = reconciliation_interval(p, settings);
+        let interval = *intervals
+            .entry(std::ptr::from_ref(p))
+            .or_insert_with(|| reconciliation_interval(p, settings));
         let record = records.get(key);
-        let step = |decision, spec_hash, cached| RequestStep {
-            request: r,
-            promise: p,
-            revision,
-            target,
-            hash: hash.clone(),
-            ctx: ctx.clone(),
-            origin: origin.clone(),
-            spec_hash,
-            cached,
-            decision,
+        // A steady request is skipped by every later stage: its step carries no strings.
+        let step = |decision, spec_hash, cached| {
+            let steady = decision == Decision::Steady;
+            let text = |s: &String| if steady { String::new() } else { s.clone() };
+            RequestStep {
+                request: r,
+                promise: p,
+                revision,
+                target,
+                hash: text(&hash),
+                ctx: text(ctx),
+                origin: text(&origin),
+                spec_hash,
+                cached,
+                decision,
+            }
         };
         // Steady: same inputs (`needs_run` compares the input hash), same placement context,
         // same place in the repo, fully reconciled last time.

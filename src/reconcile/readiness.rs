@@ -33,6 +33,9 @@ impl Engine {
     pub(super) fn readiness(&mut self, pass: &mut Pass<'_>) -> Result<(), EngineError> {
         let before = self.infra.clone();
         let mut stores = BTreeMap::new();
+        // Stores whose version moved in this pass: only their Destinations are linted again
+        // (every apply reports the store's version, also when it wrote nothing).
+        let mut moved = BTreeSet::new();
         for key in configured_stores(pass.cfg) {
             let verdict = store_verdict(pass, &key);
             let mut s = before
@@ -49,6 +52,7 @@ impl Engine {
                     time: now_rfc3339(),
                     version: version.clone(),
                 });
+                moved.insert(key.clone());
             }
             s.last_check_time = self.checked.get(&key).map(|(_, t)| t.clone());
             apply_store(&key, &mut s, verdict);
@@ -87,8 +91,7 @@ impl Engine {
                 canary_new,
             );
             apply_destination(&mut s, verdict);
-            let wrote = matches!(pass.store_results.get(&key), Some(Ok(Some(_))));
-            self.lint_destination(&mut s, wrote);
+            self.lint_destination(&mut s, moved.contains(&key));
             pass.report.lint.extend(s.lint.iter().cloned());
             dests.insert(name.clone(), s);
         }
@@ -107,11 +110,17 @@ impl Engine {
         let mut out: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
         for (records, is_request) in [(&self.state.requests, true), (&self.state.promises, false)] {
             for r in records.values() {
-                let on: BTreeSet<&str> = r
+                // Each Destination once per record; a set only for records placed widely
+                // (this runs over every record on every pass).
+                let mut on: Vec<&str> = r
                     .placements
                     .iter()
                     .map(|p| p.destination.as_str())
                     .collect();
+                if on.len() > 1 {
+                    on.sort_unstable();
+                    on.dedup();
+                }
                 for d in on {
                     let c = out.entry(d).or_default();
                     if is_request {
