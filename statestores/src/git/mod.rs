@@ -24,9 +24,11 @@ pub mod config;
 pub mod gc;
 
 pub mod credentials;
+mod pack;
 mod push;
 mod read;
 mod repo;
+mod send_pack;
 pub mod signing;
 pub mod transport;
 
@@ -62,6 +64,28 @@ enum Backend {
 }
 
 impl Inner {
+    /// [`send_pack::push`] of `new` over `expected` with this store's URL, credentials and
+    /// network options (blocking).
+    fn push_in_process(&self, expected: Option<ObjectId>, new: ObjectId) -> send_pack::InProcess {
+        let Backend::Remote { url, creds, .. } = &self.backend else {
+            return send_pack::InProcess::UseCli("not a remote store".into());
+        };
+        let opts = transport::FetchOptions {
+            deadline: self.opts.network.deadline(),
+            insecure_skip_tls_verify: self.opts.insecure_skip_tls_verify,
+        };
+        send_pack::push(
+            &self.repo(),
+            url,
+            &self.spec.branch,
+            expected,
+            new,
+            creds,
+            &opts,
+            &self.secrets,
+        )
+    }
+
     /// A failed fetch or write-permission check as the store's error: [`Error::Auth`] naming
     /// where the credentials came from, else [`Error::Transport`] as `<operation>: <why>`
     /// (the deadline first when it passed).
@@ -104,6 +128,15 @@ struct Inner {
     /// yet) and when: the next apply starts from it instead of fetching again, once, within
     /// [`GitOptions::trust_head_for`] (a fresh `promised reconcile` checks, then applies).
     checked_head: std::sync::Mutex<Option<(Option<ObjectId>, std::time::Instant)>>,
+    /// How many pushes were made in process and with the git CLI ([`GitStateStore::push_counts`]).
+    pushes: PushCounts,
+}
+
+/// Pushes of one store by how they were made.
+#[derive(Debug, Default)]
+struct PushCounts {
+    in_process: AtomicU32,
+    cli: AtomicU32,
 }
 
 /// A branch head whose tree matches its ownership index, so the next apply on the same head
@@ -363,6 +396,7 @@ impl GitStateStore {
                 lock: tokio::sync::Mutex::new(()),
                 verified: std::sync::Mutex::new(None),
                 checked_head: std::sync::Mutex::new(None),
+                pushes: PushCounts::default(),
             }),
         })
     }
@@ -375,6 +409,16 @@ impl GitStateStore {
     /// The spec this store was opened with.
     pub fn spec(&self) -> &GitStateStoreSpec {
         &self.inner.spec
+    }
+
+    /// How many pushes this store made in process ([`send_pack`]) and with the git CLI, in
+    /// that order, since it was opened: `git://` and `http(s)://` pushes of a small change go in
+    /// process; the first push of a branch, large changes, ssh and `file://` use the CLI.
+    pub fn push_counts(&self) -> (u32, u32) {
+        (
+            self.inner.pushes.in_process.load(Ordering::Relaxed),
+            self.inner.pushes.cli.load(Ordering::Relaxed),
+        )
     }
 
     /// `true` for the local-repository backend.
@@ -563,21 +607,33 @@ impl GitStateStore {
                 crate::crash::point("git-pushed");
             }
             Backend::Remote { url, env, .. } => {
-                let res = push::push(
-                    &self.inner.repo_path,
-                    url,
-                    &self.inner.spec.branch,
-                    head,
-                    commit,
-                    env,
-                    &self.inner.secrets,
-                    &self.inner.opts.network,
-                )
-                .await
-                .map_err(|e| Error::Transport {
-                    url_without_secrets: self.inner.url_display.clone(),
-                    message: format!("cannot run git push: {e}"),
-                })?;
+                let inner = self.inner.clone();
+                let in_process = blocking(move || Ok(inner.push_in_process(head, commit))).await?;
+                let res = match in_process {
+                    send_pack::InProcess::Done(res) => {
+                        self.inner.pushes.in_process.fetch_add(1, Ordering::Relaxed);
+                        res
+                    }
+                    send_pack::InProcess::UseCli(why) => {
+                        tracing::debug!(store = %self.inner.url_display, why, "pushing with the git CLI");
+                        self.inner.pushes.cli.fetch_add(1, Ordering::Relaxed);
+                        push::push(
+                            &self.inner.repo_path,
+                            url,
+                            &self.inner.spec.branch,
+                            head,
+                            commit,
+                            env,
+                            &self.inner.secrets,
+                            &self.inner.opts.network,
+                        )
+                        .await
+                        .map_err(|e| Error::Transport {
+                            url_without_secrets: self.inner.url_display.clone(),
+                            message: format!("cannot run git push: {e}"),
+                        })?
+                    }
+                };
                 self.push_result(res, "push")?;
                 crate::crash::point("git-pushed");
                 // Keep the tracking ref (and so our objects) current for the next negotiation.
