@@ -6,7 +6,9 @@
 //!   clone per store at `<state_dir>/git/<store name>-<hash>.git` (Kratix re-clones into a temp
 //!   dir; we keep the clone so fetches are incremental). Each apply attempt fetches the branch
 //!   with gix, plans against the remote head, writes blobs and one commit with gix, and pushes
-//!   with `git push --porcelain --force-with-lease=refs/heads/<b>:<fetched head>`.
+//!   it with a lease on the fetched head: in process over `git://` and http(s) ([`send_pack`]),
+//!   else (first push of a branch, large changes, ssh, `file://`) with `git push --porcelain
+//!   --force-with-lease=refs/heads/<b>:<fetched head>` ([`push`]).
 //! - **Local** (`file://…` or a plain path): a bare repository on disk, created if missing,
 //!   written directly with gix; the branch ref is updated with a compare-and-swap
 //!   (`PreviousValue::MustExistAndMatch`). No server, no push. This is the embedded default.
@@ -64,28 +66,6 @@ enum Backend {
 }
 
 impl Inner {
-    /// [`send_pack::push`] of `new` over `expected` with this store's URL, credentials and
-    /// network options (blocking).
-    fn push_in_process(&self, expected: Option<ObjectId>, new: ObjectId) -> send_pack::InProcess {
-        let Backend::Remote { url, creds, .. } = &self.backend else {
-            return send_pack::InProcess::UseCli("not a remote store".into());
-        };
-        let opts = transport::FetchOptions {
-            deadline: self.opts.network.deadline(),
-            insecure_skip_tls_verify: self.opts.insecure_skip_tls_verify,
-        };
-        send_pack::push(
-            &self.repo(),
-            url,
-            &self.spec.branch,
-            expected,
-            new,
-            creds,
-            &opts,
-            &self.secrets,
-        )
-    }
-
     /// A failed fetch or write-permission check as the store's error: [`Error::Auth`] naming
     /// where the credentials came from, else [`Error::Transport`] as `<operation>: <why>`
     /// (the deadline first when it passed).
@@ -129,14 +109,7 @@ struct Inner {
     /// [`GitOptions::trust_head_for`] (a fresh `promised reconcile` checks, then applies).
     checked_head: std::sync::Mutex<Option<(Option<ObjectId>, std::time::Instant)>>,
     /// How many pushes were made in process and with the git CLI ([`GitStateStore::push_counts`]).
-    pushes: PushCounts,
-}
-
-/// Pushes of one store by how they were made.
-#[derive(Debug, Default)]
-struct PushCounts {
-    in_process: AtomicU32,
-    cli: AtomicU32,
+    pushes: send_pack::PushCounts,
 }
 
 /// A branch head whose tree matches its ownership index, so the next apply on the same head
@@ -396,7 +369,7 @@ impl GitStateStore {
                 lock: tokio::sync::Mutex::new(()),
                 verified: std::sync::Mutex::new(None),
                 checked_head: std::sync::Mutex::new(None),
-                pushes: PushCounts::default(),
+                pushes: send_pack::PushCounts::default(),
             }),
         })
     }

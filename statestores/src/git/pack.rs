@@ -297,7 +297,10 @@ mod tests {
             "index-pack: {}",
             String::from_utf8_lossy(&res.stderr)
         );
-        let listed = git(dir.path(), &["verify-pack", "-v", &pack_path.to_string_lossy()]);
+        let listed = git(
+            dir.path(),
+            &["verify-pack", "-v", &pack_path.to_string_lossy()],
+        );
         let mut ids: Vec<String> = listed
             .lines()
             .filter(|l| l.len() > 40 && l.as_bytes()[40] == b' ')

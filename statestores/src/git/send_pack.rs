@@ -12,7 +12,7 @@
 //!    branch head must be `expected`, else [`PushOutcome::Stale`] and nothing is sent (already
 //!    `new`: [`PushOutcome::Pushed`]);
 //! 3. one command pkt-line `<expected> <new> refs/heads/<b>\0report-status side-band-64k
-//!    agent=…` (each capability only when the server advertised it), a flush, then a pack of
+//!    quiet agent=…` (each capability only when the server advertised it), a flush, then a pack of
 //!    the objects the server lacks ([`super::pack`]);
 //! 4. the report: `unpack ok` and `ok <ref>` is [`PushOutcome::Pushed`]; `ng <ref> <reason>`
 //!    is [`PushOutcome::Stale`] when someone else moved the branch (the server compares the
@@ -28,6 +28,7 @@
 //! commits, and changes larger than [`super::pack::MAX_OBJECTS`] objects (the CLI deltifies).
 
 use std::io::Write as _;
+use std::sync::atomic::AtomicU32;
 
 use gix::ObjectId;
 use gix_transport::client::blocking_io::Transport;
@@ -51,6 +52,7 @@ pub enum InProcess {
 /// Push `new` to `refs/heads/<branch>` of `url` if the branch is at `expected` (see the
 /// module docs). Blocking: run it on a blocking thread. Every network step is bounded by
 /// `opts.deadline` (`network.operationTimeout`).
+#[allow(clippy::too_many_arguments)]
 pub fn push(
     repo: &gix::Repository,
     url: &str,
@@ -99,9 +101,41 @@ pub fn push(
         Ok(Sent::Report(report)) => InProcess::Done(report.outcome(&dst, secrets)),
         Ok(Sent::Lease(outcome)) => InProcess::Done(outcome),
         Ok(Sent::UseCli(why)) => InProcess::UseCli(why),
+        Ok(Sent::Auth(text)) => InProcess::Done(PushOutcome::Auth(secrets.redact(&text))),
         Ok(Sent::Failed(text)) => InProcess::Done(PushOutcome::Failed(failed(text))),
         Err(FetchError::Auth(text)) => InProcess::Done(PushOutcome::Auth(text)),
         Err(FetchError::Other(text)) => InProcess::Done(PushOutcome::Failed(failed(text))),
+    }
+}
+
+/// Pushes of one store by how they were made ([`super::GitStateStore::push_counts`]).
+#[derive(Debug, Default)]
+pub(super) struct PushCounts {
+    pub(super) in_process: AtomicU32,
+    pub(super) cli: AtomicU32,
+}
+
+impl super::Inner {
+    /// [`push`] of `new` over `expected` with this store's URL, credentials and
+    /// network options (blocking).
+    pub(super) fn push_in_process(&self, expected: Option<ObjectId>, new: ObjectId) -> InProcess {
+        let super::Backend::Remote { url, creds, .. } = &self.backend else {
+            return InProcess::UseCli("not a remote store".into());
+        };
+        let opts = FetchOptions {
+            deadline: self.opts.network.deadline(),
+            insecure_skip_tls_verify: self.opts.insecure_skip_tls_verify,
+        };
+        push(
+            &self.repo(),
+            url,
+            &self.spec.branch,
+            expected,
+            new,
+            creds,
+            &opts,
+            &self.secrets,
+        )
     }
 }
 
@@ -109,6 +143,8 @@ enum Sent {
     Report(Report),
     Lease(PushOutcome),
     UseCli(String),
+    /// An http server asked for (other) credentials only when the pack was posted.
+    Auth(String),
     Failed(String),
 }
 
@@ -151,6 +187,11 @@ fn send(
     let mut ours = vec!["report-status".to_owned()];
     if sideband {
         ours.push("side-band-64k".into());
+    }
+    // No progress lines among the server's messages (the git CLI asks the same when its
+    // stderr is not a terminal).
+    if caps.contains("quiet") {
+        ours.push("quiet".into());
     }
     if caps.contains("agent") {
         ours.push(format!("agent=promised/{}", env!("CARGO_PKG_VERSION")));
@@ -200,6 +241,9 @@ fn send(
             (Ok(()), Some(e)) => format!("reading the push report: {e}"),
             (Ok(()), None) => "the server ended the push without a report".into(),
         };
+        if super::repo::looks_like_auth(&why) {
+            return Sent::Auth(why);
+        }
         return Sent::Failed(report.with_remote_lines(why));
     }
     Sent::Report(report)
@@ -411,7 +455,11 @@ mod tests {
             let mut r = Report::new(false);
             r.feed(b"unpack ok\n");
             r.feed(format!("ng refs/heads/main {reason}\n").as_bytes());
-            assert_eq!(r.outcome(DST, &no_secrets()), PushOutcome::Stale, "{reason}");
+            assert_eq!(
+                r.outcome(DST, &no_secrets()),
+                PushOutcome::Stale,
+                "{reason}"
+            );
         }
     }
 
@@ -419,11 +467,16 @@ mod tests {
     fn an_unpack_failure_or_a_missing_line_fails() {
         let mut r = Report::new(false);
         r.feed(b"unpack index-pack abnormal exit\n");
-        assert!(matches!(r.outcome(DST, &no_secrets()), PushOutcome::Failed(m) if m.contains("abnormal exit")));
+        assert!(
+            matches!(r.outcome(DST, &no_secrets()), PushOutcome::Failed(m) if m.contains("abnormal exit"))
+        );
         let mut r = Report::new(false);
         r.feed(b"unpack ok\n");
         r.feed(b"ok refs/heads/other\n");
-        assert!(matches!(r.outcome(DST, &no_secrets()), PushOutcome::Failed(_)));
+        assert!(matches!(
+            r.outcome(DST, &no_secrets()),
+            PushOutcome::Failed(_)
+        ));
     }
 
     #[test]
