@@ -284,6 +284,10 @@ impl Report {
 
     /// One pkt-line payload of the response.
     fn feed(&mut self, payload: &[u8]) {
+        if let Some(msg) = payload.strip_prefix(b"ERR ") {
+            self.fatal = Some(text(msg));
+            return;
+        }
         if !self.sideband {
             self.lines.push(text(payload));
             return;
@@ -477,6 +481,14 @@ mod tests {
             r.outcome(DST, &no_secrets()),
             PushOutcome::Failed(_)
         ));
+    }
+
+    #[test]
+    fn an_err_line_is_fatal() {
+        let mut r = Report::new(true);
+        r.feed(b"ERR access denied\n");
+        assert!(!r.has_status());
+        assert_eq!(r.fatal.as_deref(), Some("access denied"));
     }
 
     #[test]
