@@ -16,7 +16,22 @@ use statestores::{ChangeSet, Error, FileWrite, GitStateStore, Owner, PlacementWr
 
 const FILE: &str = "worker-1/dependencies/redis/configure/5058f/crd.yaml";
 
+/// The files in `contents` and 40 that never change: the ownership index is then large
+/// enough (over 4 KiB) to be sent as a delta against its previous version.
 fn files(contents: &[(&str, &str)]) -> ChangeSet {
+    let constant: Vec<(String, String)> = (0..40)
+        .map(|i| {
+            (
+                format!("worker-1/dependencies/redis/configure/5058f/more/f{i}.yaml"),
+                format!("n: {i}\n"),
+            )
+        })
+        .collect();
+    let contents: Vec<(&str, &str)> = contents
+        .iter()
+        .copied()
+        .chain(constant.iter().map(|(p, c)| (p.as_str(), c.as_str())))
+        .collect();
     ChangeSet {
         writes: vec![PlacementWrite {
             owner: Owner {

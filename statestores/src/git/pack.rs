@@ -11,9 +11,15 @@
 //! ([`Selection::TooLarge`], [`Selection::Unsupported`]), which negotiates properly.
 //!
 //! **The pack** (`Documentation/gitformat-pack.txt`): `PACK`, version 2, the object count
-//! (big-endian u32), then each object undeltified: a type-and-size header (type in bits 4-6 of
-//! the first byte, size in 4 + 7·n bits, little-endian groups, high bit = more), the zlib
-//! stream of its content; then the SHA-1 of everything before it.
+//! (big-endian u32), then each object: a type-and-size header (type in bits 4-6 of the first
+//! byte, size in 4 + 7·n bits, little-endian groups, high bit = more), the zlib stream of its
+//! content; then the SHA-1 of everything before it. Objects go whole, except a blob of
+//! [`DELTA_MIN`] bytes or more that replaced one at its path: it goes as a `REF_DELTA` against
+//! that blob (the id of the base after the header, then the zlib stream of the delta) when the
+//! delta is under half its size. The server has the base, so the pack is thin, as `git push`'s
+//! are; receive-pack completes it. The delta is the common prefix and suffix copied and the
+//! middle inserted: the ownership index, which changes with every change and is about 400
+//! bytes per file, is then a few hundred bytes on the wire whatever the store's size.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
@@ -29,11 +35,29 @@ pub const MAX_OBJECTS: usize = 2_000;
 /// At most this many bytes of (uncompressed) object content in an in-process pack.
 pub const MAX_BYTES: usize = 32 * 1024 * 1024;
 
+/// Blobs at least this large that replace a blob at the same path may go as a delta.
+pub const DELTA_MIN: usize = 4 * 1024;
+
+/// One object to send.
+#[derive(Debug)]
+pub struct Object {
+    /// Its type.
+    pub kind: Kind,
+    /// Its id (the pack does not carry it; tests and `Debug` read it).
+    #[allow(dead_code)]
+    pub id: ObjectId,
+    /// Its content (without the loose object header).
+    pub data: Vec<u8>,
+    /// For a blob of [`DELTA_MIN`] bytes or more: the blob it replaced at its path, id and
+    /// content, which the server has (a delta base).
+    pub base: Option<(ObjectId, Vec<u8>)>,
+}
+
 /// What [`select`] found.
 #[derive(Debug)]
 pub enum Selection {
     /// The objects to send, commits first, each once.
-    Objects(Vec<(Kind, ObjectId, Vec<u8>)>),
+    Objects(Vec<Object>),
     /// More than [`MAX_COMMITS`], [`MAX_OBJECTS`] or [`MAX_BYTES`]: let the git CLI push.
     TooLarge,
     /// A shape we do not handle (a merge commit, a root commit, `expected` not on the first
@@ -90,16 +114,32 @@ pub fn select(
 struct Collector<'r> {
     repo: &'r gix::Repository,
     seen: HashSet<ObjectId>,
-    out: Vec<(Kind, ObjectId, Vec<u8>)>,
+    out: Vec<Object>,
     bytes: usize,
 }
 
 impl Collector<'_> {
     /// `false` when a limit is reached.
     fn add(&mut self, kind: Kind, id: ObjectId, data: Vec<u8>) -> bool {
+        self.add_with_base(kind, id, data, None)
+    }
+
+    /// [`Collector::add`], with the blob this one replaced, as a delta base.
+    fn add_with_base(
+        &mut self,
+        kind: Kind,
+        id: ObjectId,
+        data: Vec<u8>,
+        base: Option<(ObjectId, Vec<u8>)>,
+    ) -> bool {
         if self.seen.insert(id) {
-            self.bytes += data.len();
-            self.out.push((kind, id, data));
+            self.bytes += data.len() + base.as_ref().map_or(0, |b| b.1.len());
+            self.out.push(Object {
+                kind,
+                id,
+                data,
+                base,
+            });
         }
         self.out.len() <= MAX_OBJECTS && self.bytes <= MAX_BYTES
     }
@@ -137,7 +177,15 @@ impl Collector<'_> {
                 true
             } else {
                 let data = find(self.repo, id)?;
-                self.add(Kind::Blob, id, data)
+                // The blob this one replaced at its path: the server has it (or gets it in
+                // this pack), so a large one may go as a delta against it.
+                let base = match before {
+                    Some((false, old_id)) if data.len() >= DELTA_MIN => {
+                        Some((*old_id, find(self.repo, *old_id)?))
+                    }
+                    _ => None,
+                };
+                self.add_with_base(Kind::Blob, id, data, base)
             };
             if !within {
                 return Ok(false);
@@ -170,22 +218,36 @@ fn find(repo: &gix::Repository, id: ObjectId) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("object {id}: {e}"))
 }
 
-/// A version 2 pack of `objects`, undeltified (see the module docs).
+/// A version 2 pack of `objects` (see the module docs). With `thin`, a blob that has a base
+/// goes as a `REF_DELTA` against it when the delta is under half its size (the server has the
+/// base: a thin pack, which receive-pack completes; only when it does not advertise
+/// `no-thin`); everything else undeltified.
 ///
 /// # Errors
 /// Only compression errors (none in practice: the output is a `Vec`).
-pub fn write(objects: &[(Kind, ObjectId, Vec<u8>)]) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(64 + objects.iter().map(|o| o.2.len()).sum::<usize>());
+pub fn write(objects: &[Object], thin: bool) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(64 + objects.iter().map(|o| o.data.len()).sum::<usize>());
     out.extend_from_slice(b"PACK");
     out.extend_from_slice(&2u32.to_be_bytes());
     let count = u32::try_from(objects.len()).map_err(std::io::Error::other)?;
     out.extend_from_slice(&count.to_be_bytes());
-    for (kind, _, data) in objects {
-        let type_bits: u8 = match kind {
-            Kind::Commit => 1,
-            Kind::Tree => 2,
-            Kind::Blob => 3,
-            Kind::Tag => 4,
+    for o in objects {
+        let delta = o
+            .base
+            .as_ref()
+            .filter(|_| thin)
+            .map(|(base_id, base)| (base_id, delta(base, &o.data)))
+            .filter(|(_, d)| d.len() < o.data.len() / 2);
+        let type_bits: u8 = match (&delta, o.kind) {
+            (Some(_), _) => 7, // OBJ_REF_DELTA
+            (None, Kind::Commit) => 1,
+            (None, Kind::Tree) => 2,
+            (None, Kind::Blob) => 3,
+            (None, Kind::Tag) => 4,
+        };
+        let data = match &delta {
+            Some((_, d)) => d.as_slice(),
+            None => o.data.as_slice(),
         };
         let mut size = data.len();
         let mut byte = (type_bits << 4) | (size & 0x0f) as u8;
@@ -196,6 +258,9 @@ pub fn write(objects: &[(Kind, ObjectId, Vec<u8>)]) -> std::io::Result<Vec<u8>> 
             size >>= 7;
         }
         out.push(byte);
+        if let Some((base_id, _)) = &delta {
+            out.extend_from_slice(base_id.as_slice());
+        }
         let mut z = flate2::write::ZlibEncoder::new(&mut out, flate2::Compression::fast());
         z.write_all(data)?;
         z.finish()?;
@@ -205,6 +270,70 @@ pub fn write(objects: &[(Kind, ObjectId, Vec<u8>)]) -> std::io::Result<Vec<u8>> 
     let digest = hasher.try_finalize().map_err(std::io::Error::other)?;
     out.extend_from_slice(digest.as_slice());
     Ok(out)
+}
+
+/// A git delta (`gitformat-pack.txt`, "Deltified representation") turning `base` into
+/// `target`: the common prefix and suffix are copied from `base`, the middle inserted. One
+/// change in a large file (the ownership index) is a few instructions.
+pub fn delta(base: &[u8], target: &[u8]) -> Vec<u8> {
+    let prefix = base.iter().zip(target).take_while(|(a, b)| a == b).count();
+    let room = base.len().min(target.len()) - prefix;
+    let suffix = base
+        .iter()
+        .rev()
+        .zip(target.iter().rev())
+        .take(room)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let mut out = Vec::new();
+    varint(&mut out, base.len());
+    varint(&mut out, target.len());
+    copy(&mut out, 0, prefix);
+    for chunk in target[prefix..target.len() - suffix].chunks(0x7f) {
+        out.push(chunk.len() as u8);
+        out.extend_from_slice(chunk);
+    }
+    copy(&mut out, base.len() - suffix, suffix);
+    out
+}
+
+/// A delta header size: 7 bits at a time, least significant first, high bit = more.
+fn varint(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Copy instructions for `len` bytes of the base from `offset`: at most 0xffffff each, the
+/// offset and size bytes present only when not zero.
+fn copy(out: &mut Vec<u8>, mut offset: usize, mut len: usize) {
+    while len > 0 {
+        let n = len.min(0xff_ffff);
+        let at = out.len();
+        out.push(0x80);
+        for i in 0..4 {
+            let b = ((offset >> (8 * i)) & 0xff) as u8;
+            if b != 0 {
+                out[at] |= 1 << i;
+                out.push(b);
+            }
+        }
+        for i in 0..3 {
+            let b = ((n >> (8 * i)) & 0xff) as u8;
+            if b != 0 {
+                out[at] |= 0x10 << i;
+                out.push(b);
+            }
+        }
+        offset += n;
+        len -= n;
+    }
 }
 
 #[cfg(test)]
@@ -271,8 +400,8 @@ mod tests {
         };
         // commit; trees: root, d1, d1/e1, new, new/dir; blobs: f1, x.
         assert_eq!(objects.len(), 8, "{objects:?}");
-        assert_eq!(objects[0].1, second);
-        let pack = write(&objects).expect("pack");
+        assert_eq!(objects[0].id, second);
+        let pack = write(&objects, false).expect("pack");
 
         let out = tempfile::tempdir().expect("tmp");
         let pack_path = out.path().join("p.pack");
@@ -307,9 +436,94 @@ mod tests {
             .map(|l| l[..40].to_owned())
             .collect();
         ids.sort();
-        let mut want: Vec<String> = objects.iter().map(|o| o.1.to_string()).collect();
+        let mut want: Vec<String> = objects.iter().map(|o| o.id.to_string()).collect();
         want.sort();
         assert_eq!(ids, want);
+    }
+
+    /// A large blob changed in the middle and one grown at its end go as deltas against the
+    /// blobs they replaced: a repository that has only the first commit completes the thin
+    /// pack with `git index-pack --fix-thin` and then has the second commit, byte for byte.
+    #[test]
+    fn large_changed_blobs_go_as_deltas_in_a_thin_pack_git_completes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path();
+        git(p, &["init", "-q", "-b", "main"]);
+        git(p, &["config", "user.name", "t"]);
+        git(p, &["config", "user.email", "t@example.com"]);
+        let big = |change: &str| {
+            (0..2000)
+                .map(|i| {
+                    if i == 1000 {
+                        format!("entry {i}: {change}\n")
+                    } else {
+                        format!("entry {i}: 0123456789abcdef\n")
+                    }
+                })
+                .collect::<String>()
+        };
+        std::fs::write(p.join("index.json"), big("before")).expect("write");
+        std::fs::write(p.join("log.txt"), big("x")).expect("write");
+        git(p, &["add", "-A"]);
+        git(p, &["commit", "-q", "-m", "one"]);
+        git(p, &["branch", "one"]);
+        let first = ObjectId::from_hex(git(p, &["rev-parse", "HEAD"]).as_bytes()).expect("oid");
+        std::fs::write(p.join("index.json"), big("after, and longer")).expect("write");
+        std::fs::write(p.join("log.txt"), big("x") + "appended\n").expect("write");
+        git(p, &["add", "-A"]);
+        git(p, &["commit", "-q", "-m", "two"]);
+        let second = ObjectId::from_hex(git(p, &["rev-parse", "HEAD"]).as_bytes()).expect("oid");
+
+        let repo = gix::open(p).expect("open");
+        let Selection::Objects(objects) = select(&repo, first, second).expect("select") else {
+            panic!("not selected")
+        };
+        assert_eq!(objects.iter().filter(|o| o.base.is_some()).count(), 2);
+        let thin = write(&objects, true).expect("pack");
+        let whole = write(&objects, false).expect("pack");
+        assert!(
+            thin.len() < 1000 && thin.len() * 4 < whole.len(),
+            "{} {}",
+            thin.len(),
+            whole.len()
+        );
+
+        let server = tempfile::tempdir().expect("tmp");
+        let s = server.path();
+        git(s, &["init", "-q", "--bare"]);
+        git(
+            s,
+            &["fetch", "-q", &p.to_string_lossy(), "one:refs/heads/main"],
+        );
+        let mut child = Command::new("git")
+            .args(["index-pack", "--strict", "--stdin", "--fix-thin"])
+            .current_dir(s)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("index-pack");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(&thin)
+            .expect("write");
+        let res = child.wait_with_output().expect("wait");
+        assert!(
+            res.status.success(),
+            "index-pack: {}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        git(s, &["update-ref", "refs/heads/main", &second.to_string()]);
+        git(s, &["fsck", "--strict"]);
+        for (file, content) in [
+            ("index.json", big("after, and longer")),
+            ("log.txt", big("x") + "appended\n"),
+        ] {
+            let got = git(s, &["cat-file", "blob", &format!("main:{file}")]);
+            assert_eq!(got, content.trim_end(), "{file}");
+        }
     }
 
     /// A root commit or a head that is not on the chain is not ours to push in process.

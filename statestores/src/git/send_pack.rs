@@ -13,7 +13,8 @@
 //!    `new`: [`PushOutcome::Pushed`]);
 //! 3. one command pkt-line `<expected> <new> refs/heads/<b>\0report-status side-band-64k
 //!    quiet agent=…` (each capability only when the server advertised it), a flush, then a pack of
-//!    the objects the server lacks ([`super::pack`]);
+//!    the objects the server lacks ([`super::pack`]; thin, with large changed blobs as deltas,
+//!    unless the server advertises `no-thin`);
 //! 4. the report: `unpack ok` and `ok <ref>` is [`PushOutcome::Pushed`]; `ng <ref> <reason>`
 //!    is [`PushOutcome::Stale`] when someone else moved the branch (the server compares the
 //!    old id of our command with the ref under its lock) and [`PushOutcome::Rejected`] with
@@ -81,13 +82,13 @@ pub fn push(
         Ok(Selection::Unsupported(why)) => return InProcess::UseCli(why),
         Err(e) => return InProcess::UseCli(secrets.redact(&e)),
     };
-    let pack = match pack::write(&objects) {
-        Ok(p) => p,
-        Err(e) => return InProcess::UseCli(format!("cannot write the pack: {e}")),
-    };
     let dst = format!("refs/heads/{branch}");
     let sent = super::access::with_receive_pack(repo, url, creds, opts, secrets, |t, hs| {
-        send(t, hs, &dst, expected, new, &pack)
+        // A thin pack (deltas against blobs the server has) unless the server refuses them.
+        match pack::write(&objects, !hs.capabilities.contains("no-thin")) {
+            Ok(pack) => send(t, hs, &dst, expected, new, &pack),
+            Err(e) => Sent::UseCli(format!("cannot write the pack: {e}")),
+        }
     });
     let failed = |text: String| {
         let text = secrets.redact(&text);
