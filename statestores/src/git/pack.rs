@@ -276,15 +276,8 @@ pub fn write(objects: &[Object], thin: bool) -> std::io::Result<Vec<u8>> {
 /// `target`: the common prefix and suffix are copied from `base`, the middle inserted. One
 /// change in a large file (the ownership index) is a few instructions.
 pub fn delta(base: &[u8], target: &[u8]) -> Vec<u8> {
-    let prefix = base.iter().zip(target).take_while(|(a, b)| a == b).count();
-    let room = base.len().min(target.len()) - prefix;
-    let suffix = base
-        .iter()
-        .rev()
-        .zip(target.iter().rev())
-        .take(room)
-        .take_while(|(a, b)| a == b)
-        .count();
+    let prefix = prefix_len(base, target);
+    let suffix = suffix_len(base, target, base.len().min(target.len()) - prefix);
     let mut out = Vec::new();
     varint(&mut out, base.len());
     varint(&mut out, target.len());
@@ -295,6 +288,39 @@ pub fn delta(base: &[u8], target: &[u8]) -> Vec<u8> {
     }
     copy(&mut out, base.len() - suffix, suffix);
     out
+}
+
+/// Compared a block at a time (`memcmp`) before byte by byte.
+const BLOCK: usize = 4096;
+
+/// How many leading bytes `a` and `b` share.
+fn prefix_len(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + BLOCK <= n && a[i..i + BLOCK] == b[i..i + BLOCK] {
+        i += BLOCK;
+    }
+    i + a[i..n]
+        .iter()
+        .zip(&b[i..n])
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
+/// How many trailing bytes `a` and `b` share, at most `max`.
+fn suffix_len(a: &[u8], b: &[u8], max: usize) -> usize {
+    let (la, lb) = (a.len(), b.len());
+    let mut i = 0;
+    while i + BLOCK <= max && a[la - i - BLOCK..la - i] == b[lb - i - BLOCK..lb - i] {
+        i += BLOCK;
+    }
+    i + a[..la - i]
+        .iter()
+        .rev()
+        .zip(b[..lb - i].iter().rev())
+        .take(max - i)
+        .take_while(|(x, y)| x == y)
+        .count()
 }
 
 /// A delta header size: 7 bits at a time, least significant first, high bit = more.
@@ -524,6 +550,20 @@ mod tests {
             let got = git(s, &["cat-file", "blob", &format!("main:{file}")]);
             assert_eq!(got, content.trim_end(), "{file}");
         }
+    }
+
+    /// Prefix and suffix never overlap, across block boundaries too.
+    #[test]
+    fn prefix_and_suffix_lengths() {
+        let a = vec![7u8; 10_000];
+        let mut b = a.clone();
+        b[5_000] = 8;
+        assert_eq!(prefix_len(&a, &b), 5_000);
+        assert_eq!(suffix_len(&a, &b, 10_000 - 5_000), 4_999);
+        let longer = [a.as_slice(), &[7u8; 3]].concat();
+        let p = prefix_len(&a, &longer);
+        assert_eq!((p, suffix_len(&a, &longer, a.len() - p)), (10_000, 0));
+        assert_eq!(prefix_len(b"", b"x"), 0);
     }
 
     /// A root commit or a head that is not on the chain is not ours to push in process.
