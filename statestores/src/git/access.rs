@@ -15,6 +15,7 @@
 use gix::protocol::transport::Service;
 use gix::protocol::transport::client::TransportWithoutIO as _;
 use gix::remote::Direction;
+use gix_transport::client::blocking_io::Transport;
 
 use super::credentials::{Credentials, Secrets};
 use super::repo::{FetchError, SshLog, classify_error, credentials_helper};
@@ -33,6 +34,27 @@ pub fn check_receive_pack(
     opts: &FetchOptions,
     secrets: &Secrets,
 ) -> Result<(), FetchError> {
+    // Dropping the connection sends the flush packet that tells receive-pack we push nothing.
+    with_receive_pack(repo, url, creds, opts, secrets, |_, _| ())
+}
+
+/// Connect to `url`'s `git-receive-pack` service (the connection of a fetch, see the module
+/// docs), do the handshake (credentials from `creds` when the server asks) and hand the
+/// transport and the server's ref advertisement and capabilities (protocol v0/v1: receive-pack
+/// has no v2) to `f`. The connection ends when `f` returns; what `f` sends is up to it
+/// (`super::send_pack`).
+///
+/// # Errors
+/// As [`check_receive_pack`], for the connection and handshake; `f`'s own result is returned
+/// as is.
+pub fn with_receive_pack<R>(
+    repo: &gix::Repository,
+    url: &str,
+    creds: &Credentials,
+    opts: &FetchOptions,
+    secrets: &Secrets,
+    f: impl FnOnce(&mut Box<dyn Transport + Send>, &gix::protocol::Handshake) -> R,
+) -> Result<R, FetchError> {
     let ssh_log = SshLog::for_url(url);
     let log_path = ssh_log.path();
     let classify = |e: gix::Error| classify_error(e, secrets, log_path.as_deref());
@@ -48,7 +70,7 @@ pub fn check_receive_pack(
             .configure(&*options)
             .map_err(|e| classify(gix::Error::from_error(e)))?;
     }
-    gix::protocol::handshake(
+    let handshake = gix::protocol::handshake(
         conn.transport_mut(),
         Service::ReceivePack,
         credentials_helper(creds.clone()),
@@ -56,7 +78,5 @@ pub fn check_receive_pack(
         &mut gix::progress::Discard,
     )
     .map_err(classify)?;
-    // Dropping the connection sends the flush packet that tells receive-pack we push nothing.
-    drop(conn);
-    Ok(())
+    Ok(f(conn.transport_mut(), &handshake))
 }

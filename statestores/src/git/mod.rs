@@ -6,7 +6,9 @@
 //!   clone per store at `<state_dir>/git/<store name>-<hash>.git` (Kratix re-clones into a temp
 //!   dir; we keep the clone so fetches are incremental). Each apply attempt fetches the branch
 //!   with gix, plans against the remote head, writes blobs and one commit with gix, and pushes
-//!   with `git push --porcelain --force-with-lease=refs/heads/<b>:<fetched head>`.
+//!   it with a lease on the fetched head: in process over `git://` and http(s) ([`send_pack`]),
+//!   else (first push of a branch, large changes, ssh, `file://`) with `git push --porcelain
+//!   --force-with-lease=refs/heads/<b>:<fetched head>` ([`push`]).
 //! - **Local** (`file://…` or a plain path): a bare repository on disk, created if missing,
 //!   written directly with gix; the branch ref is updated with a compare-and-swap
 //!   (`PreviousValue::MustExistAndMatch`). No server, no push. This is the embedded default.
@@ -24,9 +26,11 @@ pub mod config;
 pub mod gc;
 
 pub mod credentials;
+mod pack;
 mod push;
 mod read;
 mod repo;
+mod send_pack;
 pub mod signing;
 pub mod transport;
 
@@ -104,6 +108,8 @@ struct Inner {
     /// yet) and when: the next apply starts from it instead of fetching again, once, within
     /// [`GitOptions::trust_head_for`] (a fresh `promised reconcile` checks, then applies).
     checked_head: std::sync::Mutex<Option<(Option<ObjectId>, std::time::Instant)>>,
+    /// How many pushes were made in process and with the git CLI ([`GitStateStore::push_counts`]).
+    pushes: send_pack::PushCounts,
 }
 
 /// A branch head whose tree matches its ownership index, so the next apply on the same head
@@ -363,6 +369,7 @@ impl GitStateStore {
                 lock: tokio::sync::Mutex::new(()),
                 verified: std::sync::Mutex::new(None),
                 checked_head: std::sync::Mutex::new(None),
+                pushes: send_pack::PushCounts::default(),
             }),
         })
     }
@@ -375,6 +382,16 @@ impl GitStateStore {
     /// The spec this store was opened with.
     pub fn spec(&self) -> &GitStateStoreSpec {
         &self.inner.spec
+    }
+
+    /// How many pushes this store made in process ([`send_pack`]) and with the git CLI, in
+    /// that order, since it was opened: `git://` and `http(s)://` pushes of a small change go in
+    /// process; the first push of a branch, large changes, ssh and `file://` use the CLI.
+    pub fn push_counts(&self) -> (u32, u32) {
+        (
+            self.inner.pushes.in_process.load(Ordering::Relaxed),
+            self.inner.pushes.cli.load(Ordering::Relaxed),
+        )
     }
 
     /// `true` for the local-repository backend.
@@ -563,21 +580,33 @@ impl GitStateStore {
                 crate::crash::point("git-pushed");
             }
             Backend::Remote { url, env, .. } => {
-                let res = push::push(
-                    &self.inner.repo_path,
-                    url,
-                    &self.inner.spec.branch,
-                    head,
-                    commit,
-                    env,
-                    &self.inner.secrets,
-                    &self.inner.opts.network,
-                )
-                .await
-                .map_err(|e| Error::Transport {
-                    url_without_secrets: self.inner.url_display.clone(),
-                    message: format!("cannot run git push: {e}"),
-                })?;
+                let inner = self.inner.clone();
+                let in_process = blocking(move || Ok(inner.push_in_process(head, commit))).await?;
+                let res = match in_process {
+                    send_pack::InProcess::Done(res) => {
+                        self.inner.pushes.in_process.fetch_add(1, Ordering::Relaxed);
+                        res
+                    }
+                    send_pack::InProcess::UseCli(why) => {
+                        tracing::debug!(store = %self.inner.url_display, why, "pushing with the git CLI");
+                        self.inner.pushes.cli.fetch_add(1, Ordering::Relaxed);
+                        push::push(
+                            &self.inner.repo_path,
+                            url,
+                            &self.inner.spec.branch,
+                            head,
+                            commit,
+                            env,
+                            &self.inner.secrets,
+                            &self.inner.opts.network,
+                        )
+                        .await
+                        .map_err(|e| Error::Transport {
+                            url_without_secrets: self.inner.url_display.clone(),
+                            message: format!("cannot run git push: {e}"),
+                        })?
+                    }
+                };
                 self.push_result(res, "push")?;
                 crate::crash::point("git-pushed");
                 // Keep the tracking ref (and so our objects) current for the next negotiation.

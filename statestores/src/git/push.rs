@@ -1,5 +1,6 @@
 //! Pushing with the `git` CLI, because gix cannot push (GitoxideLabs/gitoxide#306;
-//! `rust-crates.md` §1c):
+//! `rust-crates.md` §1c), for what the in-process push ([`super::send_pack`]) leaves to it
+//! (the first push of a branch, large changes, ssh and `file://`):
 //!
 //! ```text
 //! git -C <clone> push --porcelain --force-with-lease=refs/heads/<b>:<expected> <url> <new>:refs/heads/<b>

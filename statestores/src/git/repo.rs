@@ -85,7 +85,7 @@ pub enum FetchError {
     Other(String),
 }
 
-fn looks_like_auth(text: &str) -> bool {
+pub(super) fn looks_like_auth(text: &str) -> bool {
     // URLs are left out: a port such as 40335 is not an HTTP 403.
     let t: String = text
         .to_ascii_lowercase()
