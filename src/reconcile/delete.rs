@@ -34,6 +34,9 @@ impl Engine {
     pub(super) async fn deletions(&mut self, pass: &mut Pass<'_>) -> Result<(), EngineError> {
         let (cfg, config_root) = (pass.cfg, pass.config_root);
         let (present, steady) = (&pass.present, &pass.steady);
+        let all = pass.all;
+        // The Promise the pipeline API's catalog was last set for in this stage.
+        let mut catalog_for: Option<String> = None;
         let (desired, report) = (&mut pass.desired, &mut pass.report);
         let mut dropped = Vec::new();
         let gone_requests: Vec<String> = self
@@ -167,6 +170,12 @@ impl Engine {
                                     events::PIPELINE_STARTED,
                                     &format!("Delete Pipeline started: {}", first.metadata.name),
                                 );
+                                if is_request
+                                    && catalog_for.as_deref() != Some(promise_name.as_str())
+                                {
+                                    self.set_catalog(all, [promise_name.as_str()]);
+                                    catalog_for = Some(promise_name.clone());
+                                }
                                 let result = run::run_job(&self.runner, &job).await;
                                 report.pipelines_run += result.pipelines.len();
                                 match result.error() {

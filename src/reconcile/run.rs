@@ -67,6 +67,49 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 }
 
 impl Engine {
+    /// What the pipeline API serves of other requests (README "Pipeline API"), set before
+    /// workflows of `promises` run: the requests of those Promises and of the Promises they
+    /// require (all a run may read), with their recorded status. Only those: at 10,000
+    /// requests, a status for every request before each run stage was 10–25 ms on the way
+    /// from a webhook to its commit and tens of MB (docs/benchmarks.md).
+    pub(super) fn set_catalog<'a>(
+        &self,
+        all: &crate::validate::ValidConfig,
+        promises: impl IntoIterator<Item = &'a str>,
+    ) {
+        let Some(api) = &self.runner.kube_api else {
+            return;
+        };
+        let mut readable: BTreeSet<&str> = BTreeSet::new();
+        for name in promises {
+            if !readable.insert(name) {
+                continue;
+            }
+            if let Some(p) = all.promises.iter().find(|p| p.name() == name) {
+                readable.extend(
+                    p.promise
+                        .object
+                        .spec
+                        .required_promises
+                        .iter()
+                        .map(|r| r.name.as_str()),
+                );
+            }
+        }
+        let requests = &self.state.requests;
+        api.0.set_catalog(pipeline::kubeapi::Catalog::build(
+            &all.promises,
+            all.requests
+                .iter()
+                .filter(|r| readable.contains(r.promise.as_str())),
+            |key| {
+                requests
+                    .get(key)
+                    .map(|r| pipeline::kubeapi::status_text(&r.status))
+            },
+        ));
+    }
+
     /// Runs `jobs` (with their input hashes) and absorbs each result into its record as it
     /// arrives. Errors only when the blob cache or the state directory cannot be written.
     pub(super) async fn run_requests(
@@ -74,20 +117,8 @@ impl Engine {
         pass: &mut Pass<'_>,
         jobs: Vec<(String, Arc<Job>)>,
     ) -> Result<(), EngineError> {
-        // What the pipeline API serves of other requests (README "Pipeline API").
-        if let Some(api) = &self.runner.kube_api
-            && !jobs.is_empty()
-        {
-            let requests = &self.state.requests;
-            api.0.set_catalog(pipeline::kubeapi::Catalog::build(
-                &pass.all.promises,
-                &pass.all.requests,
-                |key| {
-                    requests
-                        .get(key)
-                        .map(|r| pipeline::kubeapi::status_text(&r.status))
-                },
-            ));
+        if !jobs.is_empty() {
+            self.set_catalog(pass.all, jobs.iter().map(|(_, j)| j.promise.name()));
         }
         // Results are absorbed as they arrive (outputs go to the blob cache at once), so a
         // pass holds the output of the running workflows only, not of all 10,000.

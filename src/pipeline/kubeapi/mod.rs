@@ -145,9 +145,9 @@ pub struct Catalog {
 impl Catalog {
     /// Builds the catalog of `promises` and `requests`; `status` gives a request's recorded
     /// status (by key) as pipelines see it ([`status_view`]).
-    pub fn build(
+    pub fn build<'r>(
         promises: &[ValidPromise],
-        requests: &[Arc<ValidRequest>],
+        requests: impl IntoIterator<Item = &'r Arc<ValidRequest>>,
         status: impl Fn(&str) -> Option<StatusText>,
     ) -> Catalog {
         let mut c = Catalog::default();
@@ -188,9 +188,31 @@ impl Catalog {
     }
 }
 
-/// [`status_view`] as the catalog keeps it.
+/// [`status_view`] as the catalog keeps it, written straight to JSON text (the engine makes
+/// one for every request before each run stage: no intermediate map).
 pub fn status_text(s: &crate::status::ObjectStatus) -> StatusText {
-    StatusText::new(&status_view(s))
+    struct View<'a>(&'a crate::status::ObjectStatus);
+    impl serde::Serialize for View<'_> {
+        fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let s = self.0;
+            let mut m = ser.serialize_map(None)?;
+            if !s.message.is_empty() && !s.fields.contains_key("message") {
+                m.serialize_entry("message", &s.message)?;
+            }
+            if !s.conditions.is_empty() && !s.fields.contains_key("conditions") {
+                m.serialize_entry("conditions", &s.conditions)?;
+            }
+            for (k, v) in &s.fields {
+                m.serialize_entry(k, v)?;
+            }
+            m.end()
+        }
+    }
+    if s.message.is_empty() && s.conditions.is_empty() && s.fields.is_empty() {
+        return StatusText(None);
+    }
+    StatusText(serde_json::to_string(&View(s)).ok().map(Arc::from))
 }
 
 /// A recorded status as pipelines read it: the pipelines' own keys (`fields`), with
@@ -561,6 +583,33 @@ mod tests {
             Value::Object(t),
             json!({"a": 1, "b": {"d": 2, "e": 3}, "l": [3], "n": {"m": 1}})
         );
+    }
+
+    #[test]
+    fn the_catalogs_status_text_is_the_status_view() {
+        let id = crate::model::ObjectRef {
+            kind: "App".into(),
+            namespace: Some("default".into()),
+            name: "a".into(),
+        };
+        let mut st = crate::status::ObjectStatus::new(id, "app");
+        assert_eq!(status_text(&st).to_map(), status_view(&st));
+        st.message = "Resource requested".into();
+        st.set(
+            "Reconciled",
+            crate::status::ConditionStatus::True,
+            "ReconcileSucceeded",
+            "Reconciled",
+        );
+        st.fields.insert("url".into(), json!("https://x"));
+        assert_eq!(status_text(&st).to_map(), status_view(&st));
+        // A pipeline's own `message` wins over the record's.
+        st.fields
+            .insert("message".into(), json!("from the pipeline"));
+        let view = status_text(&st).to_map();
+        assert_eq!(view, status_view(&st));
+        assert_eq!(view["message"], "from the pipeline");
+        assert_eq!(view["conditions"][0]["type"], "Reconciled");
     }
 
     #[test]
