@@ -88,7 +88,7 @@ type FileDefinitions = Vec<(usize, Result<HealthDefinition, String>)>;
 #[derive(Debug, Default)]
 pub struct DefinitionCache {
     /// sha256 → (the round it was last used in, its definitions).
-    files: std::collections::HashMap<String, (u64, FileDefinitions)>,
+    files: std::collections::HashMap<String, (u64, FileDefinitions), foldhash::fast::RandomState>,
     round: u64,
 }
 

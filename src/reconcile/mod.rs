@@ -210,7 +210,7 @@ struct Pass<'c> {
     present: delete::Presence<'c>,
     held: held::Held,
     /// plan: requests skipped as steady.
-    steady: HashSet<String>,
+    steady: HashSet<String, foldhash::fast::RandomState>,
     /// records: the steady key each looked-at request earns if it ends the pass reconciled.
     eligible: BTreeMap<String, String>,
     /// records: rejected requests (key → what and why), which keep their placements.
@@ -512,7 +512,7 @@ impl Engine {
             facts: plan::PromiseFacts::default(),
             present: delete::Presence::default(),
             held: held::Held::default(),
-            steady: HashSet::new(),
+            steady: HashSet::default(),
             eligible: BTreeMap::new(),
             invalid: BTreeMap::new(),
             removed: Vec::new(),

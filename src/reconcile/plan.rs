@@ -170,6 +170,8 @@ pub(super) fn requests<'c>(
     let mut origin = String::new();
     // Per Promise (by address): the interval parses annotations and durations.
     let mut intervals: HashMap<*const ValidPromise, Duration> = HashMap::new();
+    let empty = String::new();
+    let mut facts_of: (&str, Option<&String>, Option<&String>, &String) = ("", None, None, &empty);
     for r in &cfg.requests {
         let key = r.key();
         let Some(current) = cfg.promise(&r.promise) else {
@@ -178,19 +180,29 @@ pub(super) fn requests<'c>(
         let target = targets.get(key);
         let revision = target.and_then(|t| t.revision.as_ref());
         let p: &ValidPromise = revision.map_or(current, |rev| &rev.promise);
+        // The Promise's facts, looked up once per run of its requests (config order keeps a
+        // Promise's requests together).
+        if facts_of.0 != r.promise {
+            facts_of = (
+                r.promise.as_str(),
+                facts.hashes.get(&r.promise),
+                facts.override_fps.get(&r.promise),
+                &facts.steady_ctx[&r.promise],
+            );
+        }
+        let (_, promise_hash, override_fp, ctx) = facts_of;
         let hash = match revision {
             Some(rev) => {
                 super::inputs::request_hash(&rev.promise_hash, r, &rev.resource_fingerprint)
             }
             None => super::inputs::request_hash(
-                &facts.hashes[&r.promise],
+                promise_hash.unwrap_or_else(|| &facts.hashes[&r.promise]),
                 r,
-                &facts.override_fps[&r.promise],
+                override_fp.unwrap_or_else(|| &facts.override_fps[&r.promise]),
             ),
         };
         let version_error = target.is_some_and(|t| t.error.is_some());
         let blocked = target.is_some_and(|t| t.blocked);
-        let ctx = &facts.steady_ctx[&r.promise];
         origin.clear();
         let _ = write!(origin, "{}", r.origin);
         let interval = *intervals
