@@ -367,6 +367,32 @@ mod tests {
     use super::*;
     use std::process::{Command, Stdio};
 
+    /// `git index-pack ARGS` in `dir` with `pack` on stdin; panics with git's stderr unless
+    /// it succeeds (a real git accepts what we wrote).
+    fn index_pack(dir: &std::path::Path, args: &[&str], pack: &[u8]) {
+        let mut child = Command::new("git")
+            .arg("index-pack")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("index-pack");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(pack)
+            .expect("write");
+        let res = child.wait_with_output().expect("wait");
+        assert!(
+            res.status.success(),
+            "index-pack: {}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+    }
+
     fn git(dir: &std::path::Path, args: &[&str]) -> String {
         let out = Command::new("git")
             .arg("-C")
@@ -431,26 +457,10 @@ mod tests {
 
         let out = tempfile::tempdir().expect("tmp");
         let pack_path = out.path().join("p.pack");
-        let mut child = Command::new("git")
-            .args(["index-pack", "--strict", "--stdin"])
-            .arg(&pack_path)
-            .current_dir(dir.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("index-pack");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(&pack)
-            .expect("write");
-        let res = child.wait_with_output().expect("wait");
-        assert!(
-            res.status.success(),
-            "index-pack: {}",
-            String::from_utf8_lossy(&res.stderr)
+        index_pack(
+            dir.path(),
+            &["--strict", "--stdin", &pack_path.to_string_lossy()],
+            &pack,
         );
         let listed = git(
             dir.path(),
@@ -521,26 +531,7 @@ mod tests {
             s,
             &["fetch", "-q", &p.to_string_lossy(), "one:refs/heads/main"],
         );
-        let mut child = Command::new("git")
-            .args(["index-pack", "--strict", "--stdin", "--fix-thin"])
-            .current_dir(s)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("index-pack");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(&thin)
-            .expect("write");
-        let res = child.wait_with_output().expect("wait");
-        assert!(
-            res.status.success(),
-            "index-pack: {}",
-            String::from_utf8_lossy(&res.stderr)
-        );
+        index_pack(s, &["--strict", "--stdin", "--fix-thin"], &thin);
         git(s, &["update-ref", "refs/heads/main", &second.to_string()]);
         git(s, &["fsck", "--strict"]);
         for (file, content) in [
