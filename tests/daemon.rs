@@ -380,6 +380,13 @@ fn webhook_triggers_and_signatures_are_checked() {
         &d,
         "the newest spec",
     );
+    // The pass that pushed the newest spec counts its runs when it ends, after the push.
+    wait_for(
+        Duration::from_secs(60),
+        || metric(d.port, "promised_pipeline_runs_total") > runs_before,
+        &d,
+        "the burst's runs counted",
+    );
     let runs = metric(d.port, "promised_pipeline_runs_total") - runs_before;
     assert!(
         (1.0..50.0).contains(&runs),
