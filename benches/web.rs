@@ -39,17 +39,7 @@ fn record(status: ObjectStatus, object: serde_json::Value) -> ObjectRecord {
         input_hash: "h".into(),
         completed: true,
         object: Arc::new(object),
-        promise: None,
-        promise_dir: None,
-        outputs: Vec::new(),
-        placements: Vec::new(),
-        spec_hash: String::new(),
-        failures: 0,
-        retry_at: None,
-        deleting: false,
-        steady: String::new(),
-        failed_upgrade: String::new(),
-        status,
+        ..ObjectRecord::new(status)
     }
 }
 

@@ -173,6 +173,29 @@ pub struct ObjectRecord {
     pub status: ObjectStatus,
 }
 
+impl ObjectRecord {
+    /// The record of an object nothing has been done for yet, with `status`: no input hash,
+    /// not completed, no object, outputs or placements.
+    pub fn new(status: ObjectStatus) -> ObjectRecord {
+        ObjectRecord {
+            input_hash: String::new(),
+            completed: false,
+            object: std::sync::Arc::new(Value::Null),
+            promise: None,
+            promise_dir: None,
+            outputs: Vec::new(),
+            placements: Vec::new(),
+            spec_hash: String::new(),
+            failures: 0,
+            retry_at: None,
+            deleting: false,
+            steady: String::new(),
+            failed_upgrade: String::new(),
+            status,
+        }
+    }
+}
+
 std::thread_local! {
     /// Set by [`StateDir::load_without_documents`] on its thread while it parses.
     static SKIP_DOCUMENTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };

@@ -103,16 +103,6 @@ impl DefinitionCache {
         let round = self.round;
         self.files.retain(|_, (used, _)| *used == round);
     }
-
-    /// The number of files cached.
-    pub fn len(&self) -> usize {
-        self.files.len()
-    }
-
-    /// True when no file is cached.
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
 }
 
 /// The HealthDefinitions in the cached `outputs` of request `key` (`<promise>/<ns>/<name>`),

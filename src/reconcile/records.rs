@@ -374,22 +374,7 @@ impl Engine {
 
 /// A record for an object seen for the first time.
 pub(super) fn new_record(id: &ObjectRef, promise: &str) -> ObjectRecord {
-    ObjectRecord {
-        input_hash: String::new(),
-        completed: false,
-        object: Arc::new(Value::Null),
-        promise: None,
-        promise_dir: None,
-        placements: Vec::new(),
-        outputs: Vec::new(),
-        spec_hash: String::new(),
-        failures: 0,
-        retry_at: None,
-        deleting: false,
-        steady: String::new(),
-        failed_upgrade: String::new(),
-        status: ObjectStatus::new(id.clone(), promise),
-    }
+    ObjectRecord::new(ObjectStatus::new(id.clone(), promise))
 }
 
 /// True when every cached pipeline output of `record` is still in the blob cache (static

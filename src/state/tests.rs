@@ -26,24 +26,14 @@ fn record(hash: &str) -> ObjectRecord {
         input_hash: hash.into(),
         completed: true,
         object: Value::Null.into(),
-        promise: None,
-        promise_dir: None,
-        outputs: vec![],
-        placements: vec![],
-        spec_hash: String::new(),
-        failures: 0,
-        retry_at: None,
-        deleting: false,
-        steady: String::new(),
-        failed_upgrade: String::new(),
-        status: ObjectStatus::new(
+        ..ObjectRecord::new(ObjectStatus::new(
             crate::model::ObjectRef {
                 kind: "p".into(),
                 namespace: Some("default".into()),
                 name: hash.into(),
             },
             "p",
-        ),
+        ))
     }
 }
 

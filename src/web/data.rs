@@ -204,17 +204,7 @@ mod tests {
             input_hash: hash.into(),
             completed: true,
             object: Arc::new(serde_json::Value::Null),
-            promise: None,
-            promise_dir: None,
-            placements: Vec::new(),
-            outputs: Vec::new(),
-            spec_hash: String::new(),
-            failures: 0,
-            retry_at: None,
-            deleting: false,
-            steady: String::new(),
-            failed_upgrade: String::new(),
-            status: crate::status::ObjectStatus::new(id, "redis"),
+            ..ObjectRecord::new(crate::status::ObjectStatus::new(id, "redis"))
         }
     }
 

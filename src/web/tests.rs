@@ -26,17 +26,7 @@ fn record(kind: &str, ns: Option<&str>, name: &str, promise: &str, state: &str) 
         input_hash: String::new(),
         completed: true,
         object: Arc::new(serde_json::json!({})),
-        promise: None,
-        promise_dir: None,
-        outputs: vec![],
-        placements: vec![],
-        spec_hash: String::new(),
-        failures: 0,
-        retry_at: None,
-        deleting: false,
-        steady: String::new(),
-        failed_upgrade: String::new(),
-        status: s,
+        ..ObjectRecord::new(s)
     }
 }
 
