@@ -20,22 +20,31 @@ use serde_json::Value;
 
 use super::KUSTOMIZATION_FILES;
 
-/// `(file, message)` per problem, over all kustomization files in `files` (store-relative
-/// paths → content).
-pub(super) fn check(files: &BTreeMap<String, Vec<u8>>) -> Vec<(String, String)> {
+/// `(file, message)` per problem, over all kustomization files among `files` (store-relative
+/// paths, each with any value), whose content `content(path)` reads (`None`: skipped).
+pub(super) fn check<V>(
+    files: &BTreeMap<&str, V>,
+    content: impl Fn(&str) -> Option<Vec<u8>>,
+) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let dirs: BTreeSet<String> = files.keys().flat_map(|p| ancestors(p)).collect();
-    let kdirs: BTreeMap<String, &String> = files
+    let kdirs: BTreeMap<String, &str> = files
         .keys()
         .filter_map(|p| {
             let (dir, base) = split(p);
             KUSTOMIZATION_FILES
                 .contains(&base)
-                .then(|| (dir.to_string(), p))
+                .then(|| (dir.to_string(), *p))
         })
         .collect();
+    if kdirs.is_empty() {
+        return out; // the common case: nothing to check, and no directory set to build
+    }
+    let dirs: BTreeSet<String> = files.keys().flat_map(|p| ancestors(p)).collect();
     for (dir, kfile) in &kdirs {
-        let doc = match super::parse_yaml(&files[*kfile]) {
+        let Some(bytes) = content(kfile) else {
+            continue;
+        };
+        let doc = match super::parse_yaml(&bytes) {
             Ok(mut docs) if docs.len() <= 1 => docs.pop().unwrap_or(Value::Null),
             Ok(_) => {
                 out.push((
@@ -73,7 +82,7 @@ pub(super) fn check(files: &BTreeMap<String, Vec<u8>>) -> Vec<(String, String)> 
                     ));
                     continue;
                 };
-                if files.contains_key(&target) {
+                if files.contains_key(target.as_str()) {
                     continue;
                 }
                 if dirs.contains(&target) || target.is_empty() {
@@ -109,7 +118,7 @@ pub(super) fn check(files: &BTreeMap<String, Vec<u8>>) -> Vec<(String, String)> 
                 .any(|l| l == path || (kdirs.contains_key(l) && within(fdir, l)));
             if !covered {
                 out.push((
-                    path.clone(),
+                    path.to_string(),
                     format!(
                         "not listed in {kfile}: kustomize (and Flux and Argo CD with it) never applies it"
                     ),
@@ -142,7 +151,7 @@ fn within(dir: &str, root: &str) -> bool {
 }
 
 /// The deepest directory at or above `dir` that has a kustomization file.
-fn nearest_kdir<'a>(dir: &str, kdirs: &'a BTreeMap<String, &String>) -> Option<&'a str> {
+fn nearest_kdir<'a>(dir: &str, kdirs: &'a BTreeMap<String, &str>) -> Option<&'a str> {
     kdirs
         .keys()
         .filter(|k| within(dir, k))

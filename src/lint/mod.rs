@@ -21,7 +21,7 @@
 
 mod kustomize;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -192,10 +192,10 @@ impl fmt::Display for Finding {
 /// One Kubernetes object found in a file.
 struct Obj<'a> {
     file: &'a str,
-    group: String,
-    kind: String,
-    namespace: String,
-    name: String,
+    group: &'a str,
+    kind: &'a str,
+    namespace: &'a str,
+    name: &'a str,
 }
 
 impl Obj<'_> {
@@ -208,6 +208,27 @@ impl Obj<'_> {
     }
 }
 
+/// What linting one file finds whatever else its Destination holds: its own problems (rules
+/// `parse`, `file-type`, `object`, `name`, `cluster-scoped-namespace`, each as `(rule, object,
+/// message)`) and the `(group, kind, namespace, name)` of its objects (for `duplicate-object`).
+/// A kustomization file has none: its rule reads it with the directory.
+#[derive(Debug, Default)]
+struct FileFacts {
+    problems: Vec<(Rule, Option<String>, String)>,
+    objects: Vec<[String; 4]>,
+}
+
+/// Per-file lint results kept between lints of one Destination, by path and content id, so
+/// linting it again after a write reads and parses only the files that changed (at 10,000
+/// requests this was 100 ms of every pass that wrote). Entries the last lint did not use are
+/// dropped. Keep one per Destination.
+#[derive(Debug, Default)]
+pub struct LintCache {
+    /// Path → the content id linted, the lint it was last used in, and the file's facts.
+    files: std::collections::HashMap<String, (String, u64, FileFacts), foldhash::fast::RandomState>,
+    round: u64,
+}
+
 /// Lints one Destination's files: `files` maps store-relative paths to their content.
 /// Returns findings sorted by file, then rule; rules set to `off` produce none. A Destination
 /// in `skipDestinations` gets none.
@@ -216,9 +237,53 @@ pub fn lint_destination(
     files: &BTreeMap<String, Vec<u8>>,
     settings: &LintSettings,
 ) -> Vec<Finding> {
+    let ids: BTreeMap<&str, &str> = files.keys().map(|p| (p.as_str(), p.as_str())).collect();
+    lint_destination_with(
+        destination,
+        &ids,
+        |path| files.get(path).cloned(),
+        &mut LintCache::default(),
+        settings,
+    )
+}
+
+/// [`lint_destination`] over `files` (store-relative path → content id, e.g. its sha256),
+/// reading a file's content with `blob(content id)` only when `cache` has no facts for that
+/// path and id. A file whose content cannot be read (`None`) is left out, as if absent.
+pub fn lint_destination_with(
+    destination: &str,
+    files: &BTreeMap<&str, &str>,
+    blob: impl Fn(&str) -> Option<Vec<u8>>,
+    cache: &mut LintCache,
+    settings: &LintSettings,
+) -> Vec<Finding> {
     if !settings.lints(destination) {
         return Vec::new();
     }
+    cache.round += 1;
+    let round = cache.round;
+    let mut present: Vec<&str> = Vec::with_capacity(files.len());
+    // Kustomization files are read every time: their rule reads them with the directory.
+    let mut kustomizations: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
+    for (path, id) in files {
+        let base = path.rsplit('/').next().unwrap_or(path);
+        match cache.files.get_mut(*path) {
+            Some((linted, used, _)) if linted == id => *used = round,
+            _ if KUSTOMIZATION_FILES.contains(&base) => {
+                let Some(content) = blob(id) else { continue };
+                kustomizations.insert(path, content);
+            }
+            _ => {
+                let Some(content) = blob(id) else { continue };
+                let facts = file_facts(path, &content);
+                cache
+                    .files
+                    .insert(path.to_string(), (id.to_string(), round, facts));
+            }
+        }
+        present.push(path);
+    }
+    cache.files.retain(|_, (_, used, _)| *used == round);
     let mut out = Vec::new();
     let mut push = |rule: Rule, file: &str, object: Option<String>, message: String| {
         let severity = settings.severity(rule);
@@ -233,79 +298,105 @@ pub fn lint_destination(
             });
         }
     };
-    let mut objects: Vec<Obj<'_>> = Vec::new();
-    for (path, content) in files {
-        let base = path.rsplit('/').next().unwrap_or(path);
-        let ext = base.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
-        if KUSTOMIZATION_FILES.contains(&base) {
-            continue; // checked by the kustomization rule
-        }
-        let docs = match ext {
-            "yaml" | "yml" => match parse_yaml(content) {
-                Ok(d) => d,
-                Err(e) => {
-                    push(Rule::Parse, path, None, e);
-                    continue;
-                }
-            },
-            "json" => match serde_json::from_slice::<Value>(content) {
-                Ok(v @ Value::Object(_)) => vec![v],
-                Ok(_) => {
-                    push(
-                        Rule::Parse,
-                        path,
-                        None,
-                        "a .json file must hold exactly one object (Argo CD: \"Only single objects are allowed in JSON files\")".into(),
-                    );
-                    continue;
-                }
-                Err(e) => {
-                    push(Rule::Parse, path, None, format!("invalid JSON: {e}"));
-                    continue;
-                }
-            },
-            _ => {
-                push(
-                    Rule::FileType,
-                    path,
-                    None,
-                    "not a .yaml, .yml or .json file: Argo CD and Flux skip it".into(),
-                );
-                continue;
-            }
+    let mut objects: Vec<Obj<'_>> = Vec::with_capacity(present.len());
+    for path in &present {
+        let Some((_, _, facts)) = cache.files.get(*path) else {
+            continue; // a kustomization file
         };
-        for (i, doc) in docs.iter().enumerate() {
-            for d in expand_list(doc) {
-                match identity(d) {
-                    Err(missing) => push(
-                        Rule::Object,
-                        path,
-                        Some(format!("document {}", i + 1)),
-                        format!(
-                            "missing {missing}: not a Kubernetes object (Flux: \"missing Resource metadata\"; Argo CD fails the app)"
-                        ),
-                    ),
-                    Ok(o) => {
-                        let obj = Obj {
-                            file: path,
-                            group: o.0,
-                            kind: o.1,
-                            namespace: o.2,
-                            name: o.3,
-                        };
-                        check_names(&obj, &mut push);
-                        objects.push(obj);
-                    }
-                }
-            }
+        for (rule, object, message) in &facts.problems {
+            push(*rule, path, object.clone(), message.clone());
         }
+        objects.extend(
+            facts
+                .objects
+                .iter()
+                .map(|[group, kind, namespace, name]| Obj {
+                    file: path,
+                    group,
+                    kind,
+                    namespace,
+                    name,
+                }),
+        );
     }
     duplicates(&objects, &mut push);
-    for (file, message) in kustomize::check(files) {
-        push(Rule::Kustomization, &file, None, message);
+    if !kustomizations.is_empty() {
+        let paths: BTreeMap<&str, ()> = present.iter().map(|p| (*p, ())).collect();
+        for (file, message) in kustomize::check(&paths, |path| kustomizations.get(path).cloned()) {
+            push(Rule::Kustomization, &file, None, message);
+        }
     }
     out.sort();
     out
+}
+
+/// Lints one file on its own (see [`FileFacts`]); `path` decides how it is read.
+fn file_facts(path: &str, content: &[u8]) -> FileFacts {
+    let mut facts = FileFacts::default();
+    let mut push = |rule: Rule, object: Option<String>, message: String| {
+        facts.problems.push((rule, object, message));
+    };
+    let base = path.rsplit('/').next().unwrap_or(path);
+    let ext = base.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+    let docs = match ext {
+        "yaml" | "yml" => match parse_yaml(content) {
+            Ok(d) => d,
+            Err(e) => {
+                push(Rule::Parse, None, e);
+                return facts;
+            }
+        },
+        "json" => match serde_json::from_slice::<Value>(content) {
+            Ok(v @ Value::Object(_)) => vec![v],
+            Ok(_) => {
+                push(
+                    Rule::Parse,
+                    None,
+                    "a .json file must hold exactly one object (Argo CD: \"Only single objects are allowed in JSON files\")".into(),
+                );
+                return facts;
+            }
+            Err(e) => {
+                push(Rule::Parse, None, format!("invalid JSON: {e}"));
+                return facts;
+            }
+        },
+        _ => {
+            push(
+                Rule::FileType,
+                None,
+                "not a .yaml, .yml or .json file: Argo CD and Flux skip it".into(),
+            );
+            return facts;
+        }
+    };
+    for (i, doc) in docs.iter().enumerate() {
+        for d in expand_list(doc) {
+            match identity(d) {
+                Err(missing) => push(
+                    Rule::Object,
+                    Some(format!("document {}", i + 1)),
+                    format!(
+                        "missing {missing}: not a Kubernetes object (Flux: \"missing Resource metadata\"; Argo CD fails the app)"
+                    ),
+                ),
+                Ok((group, kind, namespace, name)) => {
+                    let obj = Obj {
+                        file: path,
+                        group: &group,
+                        kind: &kind,
+                        namespace: &namespace,
+                        name: &name,
+                    };
+                    check_names(&obj, &mut |rule, _, object, message| {
+                        push(rule, object, message)
+                    });
+                    facts.objects.push([group, kind, namespace, name]);
+                }
+            }
+        }
+    }
+    facts
 }
 
 /// Every document of a YAML stream; empty and comment-only documents are dropped (as modern
@@ -351,7 +442,7 @@ fn identity(doc: &Value) -> Result<(String, String, String, String), &'static st
 }
 
 fn check_names(o: &Obj<'_>, push: &mut impl FnMut(Rule, &str, Option<String>, String)) {
-    if !crate::model::is_dns_subdomain(&o.name) {
+    if !crate::model::is_dns_subdomain(o.name) {
         push(
             Rule::Name,
             o.file,
@@ -362,7 +453,7 @@ fn check_names(o: &Obj<'_>, push: &mut impl FnMut(Rule, &str, Option<String>, St
             ),
         );
     }
-    if !o.namespace.is_empty() && !crate::model::is_dns_label(&o.namespace) {
+    if !o.namespace.is_empty() && !crate::model::is_dns_label(o.namespace) {
         push(
             Rule::Name,
             o.file,
@@ -378,7 +469,7 @@ fn check_names(o: &Obj<'_>, push: &mut impl FnMut(Rule, &str, Option<String>, St
     } else {
         format!("{}/v1", o.group)
     };
-    if !o.namespace.is_empty() && crate::model::is_cluster_scoped(&api_version, &o.kind) {
+    if !o.namespace.is_empty() && crate::model::is_cluster_scoped(&api_version, o.kind) {
         push(
             Rule::ClusterScopedNamespace,
             o.file,
@@ -392,15 +483,13 @@ fn check_names(o: &Obj<'_>, push: &mut impl FnMut(Rule, &str, Option<String>, St
 }
 
 fn duplicates(objects: &[Obj<'_>], push: &mut impl FnMut(Rule, &str, Option<String>, String)) {
-    let mut seen: BTreeMap<(&str, &str, &str, &str), &str> = BTreeMap::new();
-    let mut reported = BTreeSet::new();
+    // Hash maps: at 10,000 files the ordered maps' string comparisons were most of a lint.
+    let mut seen: std::collections::HashMap<_, &str, foldhash::fast::RandomState> =
+        Default::default();
+    let mut reported: std::collections::HashSet<_, foldhash::fast::RandomState> =
+        Default::default();
     for o in objects {
-        let key = (
-            o.group.as_str(),
-            o.kind.as_str(),
-            o.namespace.as_str(),
-            o.name.as_str(),
-        );
+        let key = (o.group, o.kind, o.namespace, o.name);
         match seen.get(&key) {
             Some(first) if reported.insert((key, o.file)) => push(
                 Rule::DuplicateObject,

@@ -249,3 +249,97 @@ fn other_file_types_are_warnings_and_severity_is_configurable() {
     let quoted: LintSettings = serde_saphyr::from_str("rules: {parse: 'off'}\n").unwrap();
     assert_eq!(quoted.severity(Rule::Parse), Severity::Off);
 }
+
+/// Lints `files` (path → content) through `cache`, with each file's content id being its
+/// content; returns the findings and the paths whose content was read.
+fn lint_cached(files: &[(&str, &str)], cache: &mut LintCache) -> (Vec<Finding>, Vec<String>) {
+    let ids: BTreeMap<&str, &str> = files.iter().map(|(p, c)| (*p, *c)).collect();
+    let by_content: BTreeMap<&str, &str> = files.iter().map(|(p, c)| (*c, *p)).collect();
+    let read = std::cell::RefCell::new(Vec::new());
+    let findings = lint_destination_with(
+        "dev",
+        &ids,
+        |id| {
+            read.borrow_mut().push(by_content[id].to_string());
+            Some(id.as_bytes().to_vec())
+        },
+        cache,
+        &LintSettings::default(),
+    );
+    (findings, read.into_inner())
+}
+
+#[test]
+fn a_cached_lint_reads_only_changed_files_and_finds_what_a_fresh_one_finds() {
+    let dup = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  namespace: default\n#2\n";
+    let kust = "resources: [a.yaml]\n";
+    let first = [
+        ("dev/resources/a.yaml", CM),
+        ("dev/resources/bad.yaml", "a: [\n"),
+        ("dev/other/kustomization.yaml", kust),
+    ];
+    let mut cache = LintCache::default();
+    let (findings, read) = lint_cached(&first, &mut cache);
+    assert_eq!(findings, lint(&first));
+    assert!(findings.iter().any(|f| f.rule == Rule::Parse));
+    assert!(findings.iter().any(|f| f.rule == Rule::Kustomization));
+    assert_eq!(read.len(), 3, "{read:?}");
+
+    // One file changed (fixed), one added (a duplicate of a.yaml): only those two are read,
+    // and the kustomization file (its rule reads it with the directory every time).
+    let second = [
+        ("dev/resources/a.yaml", CM),
+        (
+            "dev/resources/bad.yaml",
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: ok\n",
+        ),
+        ("dev/resources/dup.yaml", dup),
+        ("dev/other/kustomization.yaml", kust),
+    ];
+    let (findings, mut read) = lint_cached(&second, &mut cache);
+    assert_eq!(findings, lint(&second));
+    read.sort();
+    assert_eq!(
+        read,
+        [
+            "dev/other/kustomization.yaml",
+            "dev/resources/bad.yaml",
+            "dev/resources/dup.yaml"
+        ]
+    );
+    assert!(!findings.iter().any(|f| f.rule == Rule::Parse));
+    assert!(findings.iter().any(|f| f.rule == Rule::DuplicateObject));
+
+    // The duplicate and the kustomization removed: the finding goes, and nothing is read.
+    let (findings, read) = lint_cached(&first[..1], &mut cache);
+    assert_eq!(findings, lint(&first[..1]));
+    assert!(findings.is_empty(), "{findings:?}");
+    assert!(read.is_empty(), "{read:?}");
+    // Files no longer listed left the cache: listing them again reads them again.
+    let (_, read) = lint_cached(&second[1..3], &mut cache);
+    assert_eq!(read.len(), 2, "{read:?}");
+}
+
+#[test]
+fn an_unreadable_file_is_left_out_as_if_absent() {
+    let files = [
+        ("dev/resources/a.yaml", CM),
+        ("dev/kustomization.yaml", "resources: [resources/a.yaml]\n"),
+    ];
+    let ids: BTreeMap<&str, &str> = files.iter().map(|(p, c)| (*p, *c)).collect();
+    // a.yaml cannot be read: the kustomization lists a path that is not there.
+    let findings = lint_destination_with(
+        "dev",
+        &ids,
+        |id| (id != CM).then(|| id.as_bytes().to_vec()),
+        &mut LintCache::default(),
+        &LintSettings::default(),
+    );
+    assert_eq!(findings, lint(&files[1..]));
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.message.contains("does not exist")),
+        "{findings:?}"
+    );
+}

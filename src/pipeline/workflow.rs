@@ -287,7 +287,7 @@ pub async fn run_workflow(cfg: &RunnerConfig, input: &WorkflowInput<'_>) -> Work
         result.pipelines.push(failed(error));
         return result;
     }
-    let layout = sandbox::HostLayout::detect();
+    let layout = sandbox::HostLayout::current();
     // The pipeline API (process runtime, resource workflows): status published during the
     // workflow is laid over `promised status` until the record has it.
     let api_key = match (&cfg.kube_api, runtime, input.workflow_type) {

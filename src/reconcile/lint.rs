@@ -1,8 +1,8 @@
 //! Consumer lint after a pass ([`crate::lint`]): the files placed on each Destination are
 //! linted when they changed, and the findings kept in its status (`destinations.json`) and in
 //! the pass report, as warnings. A pass that made no commit on a Destination's state store
-//! (the common no-op pass) costs one hash of the lint settings; one that did reads the files
-//! only when their paths and hashes changed.
+//! (the common no-op pass) costs one hash of the lint settings; one that did reads and parses
+//! only the files whose path or hash is new since the last lint ([`crate::lint::LintCache`]).
 
 use std::collections::BTreeMap;
 
@@ -48,12 +48,17 @@ impl Engine {
         if fingerprint == s.lint_fingerprint {
             return;
         }
-        // A blob that left the cache is not linted; its request re-runs and brings it back.
-        let contents: BTreeMap<String, Vec<u8>> = files
-            .iter()
-            .filter_map(|(path, sha)| Some((path.to_string(), self.dir.get_blob(sha).ok()?)))
-            .collect();
-        let mut findings = crate::lint::lint_destination(name, &contents, &self.settings.lint);
+        // Only files not linted before are read. A blob that left the cache is not linted;
+        // its request re-runs and brings it back.
+        let mut caches = self.lint_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut findings = crate::lint::lint_destination_with(
+            name,
+            &files,
+            |sha| self.dir.get_blob(sha).ok(),
+            caches.entry(name.to_string()).or_default(),
+            &self.settings.lint,
+        );
+        drop(caches);
         for f in findings.iter().filter(|f| !s.lint.contains(f)) {
             tracing::warn!(destination = %name, file = %f.file, rule = f.rule.name(), "lint: {f}");
         }

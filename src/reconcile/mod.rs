@@ -109,7 +109,7 @@ pub use shard::Shard;
 pub use crate::model::{promise_key, request_key};
 pub use crate::settings::{BASE_BACKOFF, MAX_BACKOFF};
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -166,6 +166,9 @@ pub struct Engine {
     write_gate: Option<tokio::sync::watch::Receiver<bool>>,
     /// The health stage's clock, health state store records and parsed health checks.
     health: health::HealthRuntime,
+    /// Per-file lint results of each Destination's last lint (`lint`), by Destination name.
+    /// (A mutex: the lint runs while the readiness stage borrows the state.)
+    lint_cache: std::sync::Mutex<HashMap<String, crate::lint::LintCache>>,
     /// Sharding: only this shard's Promises and requests ([`Engine::for_shard`]).
     shard: Option<Shard>,
     /// Every applied version of every Promise (`<stateDir>/revisions`).
@@ -284,6 +287,7 @@ impl Engine {
             backoff: false,
             write_gate: None,
             health: health::HealthRuntime::default(),
+            lint_cache: Default::default(),
             shard: None,
             revisions,
             rollout: rollout::RolloutRuntime::default(),

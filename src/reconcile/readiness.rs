@@ -95,6 +95,10 @@ impl Engine {
             pass.report.lint.extend(s.lint.iter().cloned());
             dests.insert(name.clone(), s);
         }
+        self.lint_cache
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name, _| dests.contains_key(name));
         self.infra = InfraStatus {
             destinations: dests,
             state_stores: stores,

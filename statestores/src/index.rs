@@ -1,18 +1,20 @@
 //! The ownership index: one JSON file per destination at `.promised/index/<destination>.json`
 //! (see the crate docs for why it lives at the repository root).
 //!
-//! Format (stable, sorted by path, one entry per file, pretty-printed so that `git diff` of
-//! the index is readable):
+//! Format (stable, sorted by path, one entry per line, so that `git diff` of the index shows
+//! one changed line per changed file):
 //!
 //! ```json
-//! {
-//!   "version": 1,
-//!   "destination": "worker-1",
-//!   "entries": [
-//!     { "path": "...", "sha256": "<64 hex>", "oid": "<40 hex git blob id>", "owner": { ... } }
-//!   ]
-//! }
+//! {"version":1,"destination":"worker-1","entries":[
+//! {"path":"...","sha256":"<64 hex>","oid":"<40 hex git blob id>","owner":{...}},
+//! {"path":"...","sha256":"<64 hex>","oid":"<40 hex git blob id>","owner":{...}}
+//! ]}
 //! ```
+//!
+//! Any JSON of this shape decodes (indexes written pretty-printed by earlier versions too); the
+//! line layout is what keeps a one-request change small: the index of a destination with
+//! 3,000 files is about 1 MB in it and 1.7 MB pretty-printed, and every write re-hashes,
+//! compresses and pushes it (docs/benchmarks.md, "One change, third round").
 
 use serde::{Deserialize, Serialize};
 
@@ -50,20 +52,16 @@ pub fn index_path(destination: &str) -> String {
 /// Serialise the entries of one destination to the canonical bytes (sorted by path: `entries`
 /// is sorted in place).
 pub fn encode_sorted(destination: &str, entries: &mut [IndexEntry]) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct IndexFileRef<'a> {
-        version: u32,
-        destination: &'a str,
-        entries: &'a [IndexEntry],
-    }
     entries.sort_by(|a, b| a.path.cmp(&b.path));
-    let file = IndexFileRef {
-        version: 1,
-        destination,
-        entries,
-    };
-    let mut out = serde_json::to_vec_pretty(&file).expect("index entries always serialise");
-    out.push(b'\n');
+    let mut out = Vec::with_capacity(64 + entries.len() * 320);
+    out.extend_from_slice(b"{\"version\":1,\"destination\":");
+    serde_json::to_writer(&mut out, destination).expect("strings always serialise");
+    out.extend_from_slice(b",\"entries\":[");
+    for (i, e) in entries.iter().enumerate() {
+        out.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
+        serde_json::to_writer(&mut out, e).expect("index entries always serialise");
+    }
+    out.extend_from_slice(b"\n]}\n");
     out
 }
 
@@ -109,5 +107,39 @@ mod tests {
         assert_eq!(back[1].path, "b");
         let mut back = back;
         assert_eq!(encode_sorted("d", &mut back), bytes);
+    }
+
+    #[test]
+    fn each_entry_is_one_line_and_an_empty_index_is_valid_json() {
+        let bytes = encode_sorted("w\"1", &mut [entry("b"), entry("a"), entry("c")]);
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert_eq!(lines[0], r#"{"version":1,"destination":"w\"1","entries":["#);
+        assert!(lines[1].starts_with(r#"{"path":"a","sha256":"00","oid":"11","owner":{"#));
+        assert!(lines[1].ends_with("},"), "{}", lines[1]);
+        assert!(lines[3].starts_with(r#"{"path":"c""#) && !lines[3].ends_with(','));
+        assert_eq!(lines[4], "]}");
+        let parsed: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(parsed["destination"], "w\"1");
+        let empty = encode_sorted("d", &mut []);
+        assert_eq!(decode("x", &empty).unwrap(), Vec::<IndexEntry>::new());
+    }
+
+    #[test]
+    fn a_pretty_printed_index_of_an_earlier_version_still_decodes() {
+        let mut entries = vec![entry("b"), entry("a")];
+        let earlier = serde_json::to_vec_pretty(&serde_json::json!({
+            "version": 1,
+            "destination": "d",
+            "entries": entries,
+        }))
+        .unwrap();
+        let back = decode("x", &earlier).unwrap();
+        assert_eq!(back, entries);
+        // Rewritten, it takes the line layout (and fewer bytes).
+        let now = encode_sorted("d", &mut entries);
+        assert!(now.len() < earlier.len());
+        assert_eq!(decode("x", &now).unwrap(), vec![entry("a"), entry("b")]);
     }
 }
