@@ -242,8 +242,25 @@ fn gpg(home: &Path) -> Command {
     c
 }
 
-/// Runs `cmd` with `input` on stdin; its stdout, or an error with its stderr's last lines.
+/// How long a signing program (`ssh-keygen`, `gpg`, with the agent `gpg` talks to) may take
+/// for one call before it is killed, with its process group, and the commit is not made (the
+/// next pass tries again). Signing is local and takes milliseconds; this bounds a program that
+/// hangs, such as a `gpg-agent` that does not answer, which would otherwise stop every write.
+pub const SIGN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs `cmd` with `input` on stdin; its stdout, or an error with its stderr's last lines
+/// (or saying it was killed at [`SIGN_DEADLINE`]).
 fn run(cmd: &mut Command, input: Option<&[u8]>) -> Result<Vec<u8>, String> {
+    run_within(cmd, input, SIGN_DEADLINE)
+}
+
+/// [`run`] with the deadline `limit`.
+fn run_within(
+    cmd: &mut Command,
+    input: Option<&[u8]>,
+    limit: std::time::Duration,
+) -> Result<Vec<u8>, String> {
+    use std::os::unix::process::CommandExt;
     let program = cmd.get_program().to_string_lossy().into_owned();
     let mut child = cmd
         .stdin(if input.is_some() {
@@ -253,16 +270,33 @@ fn run(cmd: &mut Command, input: Option<&[u8]>) -> Result<Vec<u8>, String> {
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot run {program}: {e}"))?;
+    let group = rustix::process::Pid::from_raw(child.id() as i32);
     if let Some(input) = input {
         let mut stdin = child.stdin.take().expect("piped");
-        // A program that exits early closes its stdin; its exit status tells why.
+        // A program that exits early closes its stdin; its exit status tells why. (A commit
+        // is far smaller than a pipe's buffer: this write does not wait for the program.)
         let _ = stdin.write_all(input);
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("{program}: {e}"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(limit) {
+        Ok(out) => out.map_err(|e| format!("{program}: {e}"))?,
+        Err(_) => {
+            // The waiting thread reaps it once the kill lands.
+            if let Some(g) = group {
+                let _ = rustix::process::kill_process_group(g, rustix::process::Signal::KILL);
+            }
+            return Err(format!(
+                "{program} did not finish within {}; it was stopped",
+                crate::net::human(limit)
+            ));
+        }
+    };
     if out.status.success() {
         return Ok(out.stdout);
     }
@@ -296,6 +330,70 @@ fn secret_fingerprint(listing: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signing_program_that_hangs_is_stopped_with_its_children_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let err = run_within(
+            Command::new("sh").arg("-c").arg(format!(
+                "sleep 600 & echo $! > {}; wait",
+                pid_file.display()
+            )),
+            Some(b"payload"),
+            std::time::Duration::from_millis(300),
+        )
+        .unwrap_err();
+        assert_eq!(err, "sh did not finish within 300ms; it was stopped");
+        // The program's child was in its process group: it is killed too (gone, or a zombie
+        // until init reaps it). On a machine slow enough that the kill came before `sh`
+        // started it, there is no child to look at.
+        let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .filter(|p| p.ends_with('\n'))
+            .map(|p| p.trim().to_string())
+        else {
+            return;
+        };
+        let stat = std::path::PathBuf::from(format!("/proc/{pid}/stat"));
+        let gone = || match std::fs::read_to_string(&stat) {
+            Err(_) => true,
+            Ok(s) => s
+                .rsplit(')')
+                .next()
+                .is_some_and(|state| state.trim_start().starts_with('Z')),
+        };
+        // Waits for the kill to land (bounded only so that a failure ends the test).
+        let waited = std::time::Instant::now();
+        while !gone() {
+            assert!(
+                waited.elapsed() < std::time::Duration::from_secs(120),
+                "process {pid} of the stopped program's group still runs"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_program_within_the_deadline_gives_its_output_or_its_error() {
+        let out = run_within(
+            Command::new("cat").arg("-"),
+            Some(b"signed"),
+            std::time::Duration::from_secs(600),
+        )
+        .unwrap();
+        assert_eq!(out, b"signed");
+        let err = run_within(
+            Command::new("sh").args(["-c", "echo no such key >&2; exit 3"]),
+            None,
+            std::time::Duration::from_secs(600),
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("sh failed (exit status: 3): no such key"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_key_needs_exactly_one_source() {
