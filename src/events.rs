@@ -36,11 +36,11 @@ use crate::status::{EventType, ObjectStatus};
 pub const RECONCILE_STARTED: &str = "ReconcileStarted";
 /// The configure workflow completed and its output was written.
 pub const RECONCILE_SUCCEEDED: &str = "ReconcileSucceeded";
-/// A configure Pipeline failed: "A Configure Pipeline has failed: <pipeline>".
+/// A configure Pipeline failed: "A Configure Pipeline has failed: `<pipeline>`".
 pub const CONFIGURE_WORKFLOW_FAILED: &str = "ConfigureWorkflowFailed";
 /// A Pipeline suspended the workflow, or asked to be retried later.
 pub const WORKFLOW_SUSPENDED: &str = "WorkflowSuspended";
-/// A delete Pipeline starts: "Delete Pipeline started: <pipeline>".
+/// A delete Pipeline starts: "Delete Pipeline started: `<pipeline>`".
 pub const PIPELINE_STARTED: &str = "PipelineStarted";
 /// The delete workflow failed (Kratix's reason has a space: `Failed Pipeline`).
 pub const DELETE_PIPELINE_FAILED: &str = "Failed Pipeline";
@@ -65,7 +65,7 @@ pub fn started(s: &mut ObjectStatus, version: Option<&str>) {
 }
 
 /// `ReconcileSucceeded` once an object that started reconciling ([`started`]) is
-/// `Reconciled=True`: "Resource request reconciled with promise <p> version <v>" (Kratix's
+/// `Reconciled=True`: "Resource request reconciled with promise `<p>` version `<v>`" (Kratix's
 /// words), "Promise reconciled" for a Promise. Nothing when no workflow started since the
 /// last success or failure, so a steady object logs nothing.
 pub fn finished(s: &mut ObjectStatus) {

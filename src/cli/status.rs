@@ -1,7 +1,7 @@
 //! `promised status`: the status of every Promise and resource request, Destination and
 //! state store, from a running daemon (`GET /api/v1/status`, `GET /api/v1/destinations`) or
 //! else from the state directory, as a table, JSON or YAML ([`super::output`],
-//! [`super::status_infra`]); `promised status NAME` shows one of them with its conditions and
+//! `status_infra.rs`); `promised status NAME` shows one of them with its conditions and
 //! events. `promised status --serve ADDR` serves the read-only web console over the state
 //! directory instead ([`crate::web`]).
 //!

@@ -1,7 +1,7 @@
 //! The daemon's HTTP endpoints: `/healthz`, `/readyz`, `/metrics` (OpenMetrics),
 //! `/api/v1/status` (what `promised status --output json` prints), `/api/v1/destinations`
 //! (Destination and state store status, [`crate::infra::InfraStatus`]), `/api/v1/rollouts`
-//! (UpgradePlans' rollouts, [`super::rollout_api`]) and `POST /hooks/git`
+//! (UpgradePlans' rollouts, `rollout_api.rs`) and `POST /hooks/git`
 //! (the webhook trigger).
 //!
 //! Limits against slow or abusive clients: [`MAX_BODY_BYTES`], [`HEADER_READ_TIMEOUT`],

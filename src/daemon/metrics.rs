@@ -82,7 +82,7 @@ pub struct Metrics {
     /// `promised_state_store_writes_total{store,result}`: writes (one per store in use per
     /// pass) by result.
     pub state_store_writes: Family<StoreResultLabel, Counter>,
-    /// `promised_rollout_*` (UpgradePlans, [`super::rollout_api`]).
+    /// `promised_rollout_*` (UpgradePlans, `rollout_api.rs`).
     pub rollouts: super::rollout_api::RolloutMetrics,
     /// Destinations and state stores with a readiness series, to drop those that leave.
     ready_series: std::sync::Mutex<(Vec<String>, Vec<String>)>,

@@ -335,7 +335,7 @@ pub fn spec_digest(object: &Value) -> String {
 /// Admits one request that did not come from the config repo (a compound Promise's
 /// sub-request, [`crate::reconcile`] `compound`) exactly as a request read from a file: the
 /// Promise of `promises` whose API serves its `apiVersion` group and kind, at a served
-/// version, then [`admit_request`]'s rules. `Err((promise, reasons))`: the Promise that
+/// version, then `admit_request`'s rules. `Err((promise, reasons))`: the Promise that
 /// serves it (`None` when none does) and one `field: message` reason per problem.
 pub fn admit_one(
     c: &Located<Value>,

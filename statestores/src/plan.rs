@@ -99,7 +99,7 @@ const GIT_NAME_RULES: gix::validate::path::component::Options =
 
 /// Reject what no state store can store, wherever it is placed: an empty or absolute path, NUL,
 /// backslash, empty, `.` or `..` segments, and segments Git refuses (`.git` in any case or
-/// disguise, see [`GIT_NAME_RULES`]). The one rule for store-relative paths, also applied to
+/// disguise, see `GIT_NAME_RULES`). The one rule for store-relative paths, also applied to
 /// `/kratix/output` paths before placement so one request's output fails that request alone.
 pub fn validate_relative_path(path: &str) -> Result<(), Error> {
     let bad = |reason: &str| {

@@ -3,7 +3,7 @@
 //! from inside a resource workflow work unchanged (kratix-lifecycle.md §4, README "Pipeline
 //! API").
 //!
-//! - **What is served** ([`server`]): discovery (`/version`, `/api`, `/api/v1`, `/apis`,
+//! - **What is served** (`server.rs`): discovery (`/version`, `/api`, `/api/v1`, `/apis`,
 //!   `/apis/<group>`, `/apis/<group>/<version>`), `GET` of one request and list by plural (in a
 //!   namespace or across all), and `PATCH …/namespaces/<ns>/<plural>/<name>/status` with
 //!   `application/merge-patch+json` (RFC 7386) on the run's own request. Errors are Kubernetes
@@ -21,7 +21,7 @@
 //!   `<state dir>/published/<sha256 of the request key>.json` ([`published`]), which
 //!   `promised status` lays over the rows it reads (daemon or state directory) until the
 //!   record holds the result of the run.
-//! - **Reaching it** ([`super::run`]): the server speaks TLS ([`tls`]: client-go sends a
+//! - **Reaching it** (`pipeline/run.rs`): the server speaks TLS (`tls.rs`: client-go sends a
 //!   kubeconfig's token only to `https` servers) and listens on a unix socket in the run
 //!   directory, bound into the sandbox at [`SOCKET`]; with the network off, the container's
 //!   command runs under `promised adapter kube-forward` ([`forward`]; the promised binary is

@@ -3,7 +3,7 @@
 //! Kratix's (Kratix: `api/v1alpha1/pipeline_factory.go`), and its output comes back through
 //! the Job's log. README "Kubernetes Job runtime".
 //!
-//! One Pipeline ([`run_pipeline`]):
+//! One Pipeline (`run_pipeline`):
 //! 1. [`job_objects`] builds the input Secret (`object.yaml`, with the status of the
 //!    Pipelines before it) and the Job, named `kratix-<promise>-<object>-<pipeline>-<hash>`
 //!    with a suffix from a hash of both, so the same inputs always give the same name.

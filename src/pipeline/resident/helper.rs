@@ -7,7 +7,7 @@
 //! socket. Each run is three processes:
 //! 1. the **supervisor**, forked from the helper: writes `pid <its pid>` on the run's status
 //!    pipe, unshares a mount, PID, IPC and UTS namespace and forks
-//! 2. the run's **init** (PID 1 of the new PID namespace): builds the root ([`build`]),
+//! 2. the run's **init** (PID 1 of the new PID namespace): builds the root (`build`),
 //!    `pivot_root`s into it, detaches the host tree, enters a user namespace of its own with
 //!    the run's uid and gid mapped (so no capability it keeps reaches the mounts, the PID or
 //!    the network namespace), drops the bounding set and every capability, sets

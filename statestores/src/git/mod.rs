@@ -6,9 +6,9 @@
 //!   clone per store at `<state_dir>/git/<store name>-<hash>.git` (Kratix re-clones into a temp
 //!   dir; we keep the clone so fetches are incremental). Each apply attempt fetches the branch
 //!   with gix, plans against the remote head, writes blobs and one commit with gix, and pushes
-//!   it with a lease on the fetched head: in process over `git://` and http(s) ([`send_pack`]),
+//!   it with a lease on the fetched head: in process over `git://` and http(s) (`send_pack.rs`),
 //!   else (first push of a branch, large changes, ssh, `file://`) with `git push --porcelain
-//!   --force-with-lease=refs/heads/<b>:<fetched head>` ([`push`]).
+//!   --force-with-lease=refs/heads/<b>:<fetched head>` (`push.rs`).
 //! - **Local** (`file://…` or a plain path): a bare repository on disk, created if missing,
 //!   written directly with gix; the branch ref is updated with a compare-and-swap
 //!   (`PreviousValue::MustExistAndMatch`). No server, no push. This is the embedded default.
@@ -384,7 +384,7 @@ impl GitStateStore {
         &self.inner.spec
     }
 
-    /// How many pushes this store made in process ([`send_pack`]) and with the git CLI, in
+    /// How many pushes this store made in process (`send_pack.rs`) and with the git CLI, in
     /// that order, since it was opened: `git://` and `http(s)://` pushes of a small change go in
     /// process; the first push of a branch, large changes, ssh and `file://` use the CLI.
     pub fn push_counts(&self) -> (u32, u32) {
