@@ -816,3 +816,29 @@ async fn read_files_under_a_prefix() {
         "{all:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_left_by_a_killed_check_is_deleted_by_a_later_check() {
+    let fx = fixture().await;
+    let store = fx.store();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let hours = |h: u128| h * 3600 * 1_000_000_000;
+    let old = format!(
+        "destinations/.promised/write-permission-check-4242-{}",
+        now - hours(2)
+    );
+    // Another process's check running now: its probe is left alone.
+    let current = format!("destinations/.promised/write-permission-check-4343-{now}");
+    fx.put(&old, "promised write-permission check\n").await;
+    fx.put(&current, "promised write-permission check\n").await;
+    store.check().await.expect("check");
+    let keys = fx.keys().await;
+    assert!(!keys.contains(&old), "{keys:?}");
+    assert!(keys.contains(&current), "{keys:?}");
+    // The check's own probe is gone too: only the other process's remains (no index is
+    // written before the first apply).
+    assert_eq!(keys.len(), 1, "{keys:?}");
+}
