@@ -16,7 +16,7 @@ impl Engine {
     /// settings are those of the last lint; `wrote` says whether its state store got a new
     /// commit in this pass (without one, only a change of the settings re-lints). New findings
     /// are logged as warnings. The fingerprint is `<settings hash>-<files hash>`.
-    pub(super) fn lint_destination(&self, s: &mut DestinationStatus, wrote: bool) {
+    pub(super) fn lint_destination(&mut self, s: &mut DestinationStatus, wrote: bool) {
         let name = s.name.as_str();
         let settings = sha256_hex(
             serde_json::to_string(&self.settings.lint)
@@ -50,15 +50,14 @@ impl Engine {
         }
         // Only files not linted before are read. A blob that left the cache is not linted;
         // its request re-runs and brings it back.
-        let mut caches = self.lint_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = &self.dir;
         let mut findings = crate::lint::lint_destination_with(
             name,
             &files,
-            |sha| self.dir.get_blob(sha).ok(),
-            caches.entry(name.to_string()).or_default(),
+            |sha| dir.get_blob(sha).ok(),
+            self.lint_cache.entry(name.to_string()).or_default(),
             &self.settings.lint,
         );
-        drop(caches);
         for f in findings.iter().filter(|f| !s.lint.contains(f)) {
             tracing::warn!(destination = %name, file = %f.file, rule = f.rule.name(), "lint: {f}");
         }

@@ -167,8 +167,7 @@ pub struct Engine {
     /// The health stage's clock, health state store records and parsed health checks.
     health: health::HealthRuntime,
     /// Per-file lint results of each Destination's last lint (`lint`), by Destination name.
-    /// (A mutex: the lint runs while the readiness stage borrows the state.)
-    lint_cache: std::sync::Mutex<HashMap<String, crate::lint::LintCache>>,
+    lint_cache: HashMap<String, crate::lint::LintCache>,
     /// Sharding: only this shard's Promises and requests ([`Engine::for_shard`]).
     shard: Option<Shard>,
     /// Every applied version of every Promise (`<stateDir>/revisions`).

@@ -95,10 +95,7 @@ impl Engine {
             pass.report.lint.extend(s.lint.iter().cloned());
             dests.insert(name.clone(), s);
         }
-        self.lint_cache
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|name, _| dests.contains_key(name));
+        self.lint_cache.retain(|name, _| dests.contains_key(name));
         self.infra = InfraStatus {
             destinations: dests,
             state_stores: stores,
@@ -109,8 +106,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Destination name → (requests, Promises) with output placed on it.
-    fn placed_counts(&self) -> BTreeMap<&str, (usize, usize)> {
+    /// Destination name → (requests, Promises) with output placed on it (owned keys: the
+    /// readiness stage lints, which needs the engine mutably, while it reads them).
+    fn placed_counts(&self) -> BTreeMap<String, (usize, usize)> {
         let mut out: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
         for (records, is_request) in [(&self.state.requests, true), (&self.state.promises, false)] {
             for r in records.values() {
@@ -135,7 +133,7 @@ impl Engine {
                 }
             }
         }
-        out
+        out.into_iter().map(|(d, c)| (d.to_string(), c)).collect()
     }
 
     /// Destination and state store status as of the last pass (loaded from the state

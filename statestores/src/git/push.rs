@@ -100,8 +100,8 @@ pub async fn push(
     Ok(classify(out.status.success(), &stdout, &stderr, &dst))
 }
 
-/// `SIGKILL` to a process group on drop, unless emptied.
-struct GroupKill(Option<rustix::process::Pid>);
+/// `SIGKILL` to a process group on drop, unless emptied (a push's `git`, a signing program).
+pub(super) struct GroupKill(pub(super) Option<rustix::process::Pid>);
 
 impl Drop for GroupKill {
     fn drop(&mut self) {

@@ -273,7 +273,7 @@ fn run_within(
         .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot run {program}: {e}"))?;
-    let group = rustix::process::Pid::from_raw(child.id() as i32);
+    let mut group = super::push::GroupKill(rustix::process::Pid::from_raw(child.id() as i32));
     if let Some(input) = input {
         let mut stdin = child.stdin.take().expect("piped");
         // A program that exits early closes its stdin; its exit status tells why. (A commit
@@ -285,12 +285,12 @@ fn run_within(
         let _ = tx.send(child.wait_with_output());
     });
     let out = match rx.recv_timeout(limit) {
-        Ok(out) => out.map_err(|e| format!("{program}: {e}"))?,
+        Ok(out) => {
+            group.0 = None; // finished: its pid may be reused, never killed
+            out.map_err(|e| format!("{program}: {e}"))?
+        }
         Err(_) => {
-            // The waiting thread reaps it once the kill lands.
-            if let Some(g) = group {
-                let _ = rustix::process::kill_process_group(g, rustix::process::Signal::KILL);
-            }
+            // Dropping `group` kills it; the waiting thread reaps it once the kill lands.
             return Err(format!(
                 "{program} did not finish within {}; it was stopped",
                 crate::net::human(limit)
