@@ -92,6 +92,9 @@ pub struct Dirty {
     pub requests: BTreeSet<String>,
     /// `destinations`, `config_commit` or `infra_documents` changed.
     pub globals: bool,
+    /// Of those, only `config_commit` changed (a pass repeated at the new commit would change
+    /// none of them: `reconcile::quiet`).
+    pub commit_only: bool,
 }
 
 impl Dirty {

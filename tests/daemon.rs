@@ -1253,3 +1253,92 @@ fn an_unchanged_invalid_object_is_logged_once() {
         "logged again",
     );
 }
+
+/// `reconcile pass done` lines of the daemon log so far, each as whether it was reused.
+fn passes_reused(d: &Daemon) -> Vec<bool> {
+    std::fs::read_to_string(&d.log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("reconcile pass done"))
+        .map(|l| l.contains("reused=true"))
+        .collect()
+}
+
+/// Sends a webhook and waits for the pass it starts; returns whether that pass was reused.
+fn webhook_pass(d: &Daemon) -> bool {
+    let before = passes_reused(d).len();
+    assert_eq!(hook(d.port, &[], "{}").0, 202, "webhook accepted");
+    wait_for(
+        Duration::from_secs(30),
+        || passes_reused(d).len() > before,
+        d,
+        "the webhook's pass",
+    );
+    passes_reused(d)[before]
+}
+
+#[test]
+fn a_repeated_webhook_at_the_same_commit_is_answered_from_the_quiet_pass() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    let gd = GitDaemon::start(&srv);
+    let (url, work, store) = world(tmp.path(), &gd);
+    let state = tmp.path().join("state");
+    // The store's head is trusted for longer than the quiet window (a minute at most), so
+    // only the rules of the quiet pass decide here.
+    let dc = tmp.path().join("promised.yaml");
+    std::fs::write(&dc, "git:\n  driftCheckInterval: 10m\n").unwrap();
+    let args = [
+        "--config",
+        url.as_str(),
+        "--ref",
+        "main",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--poll-interval",
+        "1h",
+        "--daemon-config",
+        dc.to_str().unwrap(),
+    ];
+    let d = start(&args, tmp.path());
+    wait_for(
+        Duration::from_secs(30),
+        || !passes_reused(&d).is_empty(),
+        &d,
+        "the first pass",
+    );
+    let first = head(&store);
+    let runs = metric(d.port, "promised_pipeline_runs_total");
+    assert!(runs > 0.0, "the first pass ran the quickstart's workflows");
+
+    // The pass after the writing one changes nothing: it is reconciled in full, and the next
+    // trigger at the same commit is answered from it.
+    assert!(!webhook_pass(&d), "the first no-op pass is a full one");
+    assert!(webhook_pass(&d), "a repeat of a quiet pass is reused");
+    assert!(webhook_pass(&d), "and again");
+    assert_eq!(head(&store), first, "reused passes make no commit");
+    assert_eq!(
+        metric(d.port, "promised_pipeline_runs_total"),
+        runs,
+        "nor run anything"
+    );
+
+    // A new config commit is reconciled in full, even when it changes no request; a repeat of
+    // it is reused again.
+    std::fs::write(work.join("README.md"), "edited\n").unwrap();
+    push(&work, &url, "readme");
+    assert!(!webhook_pass(&d), "a new commit is reconciled in full");
+    assert!(webhook_pass(&d), "its repeat is reused");
+
+    // A new request is reconciled (the webhook after its push is never answered from the
+    // quiet pass).
+    add_namespace_request(&work, "team-quiet");
+    push(&work, &url, "add team-quiet");
+    assert!(!webhook_pass(&d), "a change is reconciled in full");
+    assert!(store_has(&store, "team-quiet"), "and lands");
+}

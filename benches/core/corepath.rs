@@ -32,9 +32,13 @@ pub struct SizeResult {
     pub hwm_after_cold: u64,
     /// Webhook to pushed commit, one changed request each.
     pub change: Samples,
-    /// Daemon no-op passes: same config commit, and a new commit changing no request.
+    /// Daemon no-op passes: same config commit (answered from the last quiet pass), and a
+    /// new commit changing no request.
     pub noop_same: Samples,
     pub noop_new: Samples,
+    /// Daemon no-op passes at the same config commit right after a pass that wrote: full
+    /// passes (the last pass was not quiet), one after each change.
+    pub noop_full: Samples,
     pub noop_daemon_spawns: [String; 2],
     /// The daemon's `VmHWM` and `VmRSS` (KiB) at the end.
     pub hwm: u64,
@@ -215,6 +219,7 @@ pub fn measure(n: usize, p: &SizeParams) -> SizeResult {
     );
 
     let mut change = Samples::default();
+    let mut noop_full = Samples::default();
     let mut large = BTreeSet::new();
     for k in 0..p.changes {
         let i = (k * 7919) % n; // spread over the requests and the Promises
@@ -261,6 +266,8 @@ pub fn measure(n: usize, p: &SizeParams) -> SizeResult {
             cm.contains(size_now),
             "request {i} has size {size_now}: {cm}"
         );
+        // The pass after one that wrote reconciles in full (README "Quiet passes").
+        noop_full.push(daemon.pass());
     }
 
     // No-op passes in the daemon: (a) a webhook with no new config commit (a repeated
@@ -269,6 +276,8 @@ pub fn measure(n: usize, p: &SizeParams) -> SizeResult {
     let runs0 = daemon.metric("promised_pipeline_runs_total");
     let head = remote_head(&bare);
     let (mut noop_same, mut noop_new) = (Samples::default(), Samples::default());
+    // The pass after the last full one is the first one answered from it.
+    daemon.pass();
     for k in 0..p.runs.max(5) {
         noop_same.push(daemon.pass());
         std::fs::write(work.join("README.md"), format!("edit {k}\n")).expect("readme");
@@ -308,6 +317,7 @@ pub fn measure(n: usize, p: &SizeParams) -> SizeResult {
         change,
         noop_same,
         noop_new,
+        noop_full,
         noop_daemon_spawns,
         hwm,
         rss,

@@ -128,11 +128,18 @@ const GOALS: &[Goal] = &[
         met: |_, s| Some(s.noop_process.median() <= 0.150),
     },
     Goal {
-        measure: "no-op: daemon pass, same config commit (webhook to pass done)",
+        measure: "no-op: daemon pass, same config commit (webhook to pass done), answered from the last pass, which changed nothing (README \"Quiet passes\")",
         goal: "≤ 20 ms at 10,000",
         before: "48–50 ms",
         cell: |_, s| format!("{}; {}", s_ms(&s.noop_same), s.noop_daemon_spawns[0]),
         met: |_, s| Some(s.noop_same.median() <= 0.020),
+    },
+    Goal {
+        measure: "no-op: daemon pass, same config commit, reconciled in full (the pass right after one that wrote)",
+        goal: "reported (the goal above, before quiet passes)",
+        before: "48–50 ms",
+        cell: |_, s| s_ms(&s.noop_full),
+        met: |_, _| None,
     },
     Goal {
         measure: "no-op: daemon pass, new config commit changing no request",
@@ -297,6 +304,14 @@ impl Results {
             1e6,
             sz,
             |s| Some(s.noop_same.median()),
+        );
+        growth_row(
+            &mut md,
+            "no-op, daemon, same commit, full pass",
+            "µs/request",
+            1e6,
+            sz,
+            |s| Some(s.noop_full.median()),
         );
         growth_row(
             &mut md,

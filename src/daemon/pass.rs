@@ -200,7 +200,10 @@ pub(super) async fn one_pass(
         report.stores.iter().all(|s| s.error.is_none()),
         Ordering::SeqCst,
     );
-    *shared.status_rows.write().await = Some(cache.rows.clone());
+    // A pass that changed no record leaves the rows as they are (a copy is 10,000 keys).
+    if !report.dirty.is_empty() || shared.status_rows.read().await.is_none() {
+        *shared.status_rows.write().await = Some(cache.rows.clone());
+    }
     shared.metrics.observe_infra(engine.infra());
     let infra = serde_json::to_vec(engine.infra()).expect("Destination status serialises");
     *shared.infra.write().await = Some(infra.into());
@@ -285,6 +288,7 @@ pub(super) fn log_pass(r: &PassReport) {
     tracing::info!(
         pipelines = r.pipelines_run,
         seconds = r.duration.as_secs_f64(),
+        reused = r.reused,
         "reconcile pass done"
     );
 }
@@ -314,23 +318,12 @@ pub(super) fn warning_object(w: &str) -> (Option<&str>, Option<&str>, Option<&st
 /// started, or at most a minute (cheap no-op passes keep drift repair and resync going even
 /// without triggers).
 pub(super) fn next_wake(engine: &Engine, pass_started: SystemTime) -> Duration {
-    // Retry times are kept to the second: weigh those of the pass's own second too.
-    let since = SystemTime::UNIX_EPOCH
-        + Duration::from_secs(
-            pass_started
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs(),
-        );
-    let retry =
-        crate::reconcile::next_retry(engine.state(), since).unwrap_or(Duration::from_secs(60));
-    // Health checks and the health state store's poll (crate::health).
-    let retry = engine.health_due().map_or(retry, |h| retry.min(h));
-    // The next step of a rollout (crate::rollout): at once after an admission, at a soak's end.
-    let retry = engine.rollout_due().map_or(retry, |r| retry.min(r));
-    // The write-permission checks of ready state stores (`stateStoreCheckInterval`).
-    let retry = engine.store_check_due().map_or(retry, |c| retry.min(c));
-    retry.clamp(Duration::from_millis(200), Duration::from_secs(60))
+    // Retries, health checks and the health state store's poll (crate::health), rollout steps
+    // (crate::rollout), the write-permission checks of ready state stores.
+    engine
+        .next_due(pass_started)
+        .unwrap_or(Duration::from_secs(60))
+        .clamp(Duration::from_millis(200), Duration::from_secs(60))
 }
 
 /// Publishes whether the newest config commit was refused by verification: the

@@ -83,6 +83,7 @@ mod place;
 mod placement;
 mod plan;
 mod promises;
+mod quiet;
 mod readiness;
 mod records;
 mod report;
@@ -101,6 +102,7 @@ pub use dry_run::{FileChangeKind, PlannedFile};
 pub use inputs::{TREE_CONTENT_BUDGET, TREE_MAX_ENTRIES};
 pub use placement::{DestView, OutputRecord, owner_key, place_outputs};
 pub use plan::reconciliation_interval;
+pub use quiet::QUIET_AT_MOST;
 pub use records::next_retry;
 pub use report::{ObjectAction, ObjectReport, PassReport, StoreReport};
 pub use run::RunTiming;
@@ -176,6 +178,8 @@ pub struct Engine {
     rollout: rollout::RolloutRuntime,
     /// `promised plan` ([`Engine::for_plan`]): state stores are dry-run stores recording here.
     dry_run: Option<Arc<dry_run::Recorder>>,
+    /// The last pass, when it changed nothing: repeats of it are answered from it (`quiet`).
+    quiet: Option<quiet::QuietPass>,
 }
 
 /// The working state of one pass, handed from stage to stage in the order of
@@ -291,6 +295,7 @@ impl Engine {
             revisions,
             rollout: rollout::RolloutRuntime::default(),
             dry_run: None,
+            quiet: None,
         })
     }
 
@@ -375,6 +380,7 @@ impl Engine {
         self.runner = Arc::new(settings.runner());
         self.settings = settings;
         self.checked.clear();
+        self.quiet = None;
     }
 
     /// The settings in use.
@@ -409,6 +415,12 @@ impl Engine {
         config_root: &Path,
     ) -> Result<PassReport, EngineError> {
         let started = Instant::now();
+        if let Some(mut report) = self.reuse_quiet(cfg) {
+            report.duration = started.elapsed();
+            return Ok(report);
+        }
+        let started_at = (std::time::SystemTime::now(), tokio::time::Instant::now());
+        let outer = cfg;
         self.revisions.set_history(
             cfg.history.clone(),
             cfg.promises
@@ -472,6 +484,9 @@ impl Engine {
         versions::note_errors(&mut self.state.requests, &targets);
         self.health_stage(&mut pass).await;
         let report = self.finish_pass(pass);
+        if let Ok(r) = &report {
+            self.note_quiet(outer, started_at, r);
+        }
         tracing::debug!(
             stores_s,
             plan_s,

@@ -322,10 +322,11 @@ impl Engine {
         let infra = held::infra_documents(pass.cfg, &self.state.infra_documents);
         let infra_changed = infra != self.state.infra_documents;
         self.state.infra_documents = infra;
+        let others_changed = pass.destinations_at_start != self.state.destinations || infra_changed;
+        let commit_changed = pass.commit_before != self.state.config_commit;
         let mut dirty = crate::state::Dirty {
-            globals: pass.destinations_at_start != self.state.destinations
-                || pass.commit_before != self.state.config_commit
-                || infra_changed,
+            globals: others_changed || commit_changed,
+            commit_only: commit_changed && !others_changed,
             ..Default::default()
         };
         for k in pass

@@ -160,6 +160,11 @@ pub struct PassReport {
     /// Requests skipped as steady but not listed in `objects` (more than
     /// [`super::MAX_LISTED_UNCHANGED`]).
     pub unchanged_not_listed: usize,
+    /// The daemon answered a repeated trigger with the report of its last pass, which changed
+    /// nothing and after which nothing became due (`reconcile::quiet`); nothing ran or was
+    /// read in this one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reused: bool,
     /// What the pass changed in the state (the daemon refreshes only these status rows).
     #[serde(skip)]
     pub dirty: crate::state::Dirty,

@@ -279,6 +279,15 @@ impl Engine {
         self.rollout.loaded.as_ref()
     }
 
+    /// Whether an UpgradePlan is rolling out (its steps depend on health, not only on time).
+    pub(super) fn rollout_in_progress(&self) -> bool {
+        self.rollout.loaded.as_ref().is_some_and(|l| {
+            l.plans
+                .values()
+                .any(|r| r.state == RolloutState::InProgress)
+        })
+    }
+
     /// How long until a rollout has its next step: none when nothing is rolling out; at once
     /// after a pass that admitted requests (the pass after it admits the next ones); the end
     /// of a group's soak otherwise.

@@ -323,4 +323,15 @@ pub trait StateStore: Send + Sync {
     fn check_path(&self, path: &str) -> Result<(), Error> {
         validate_path(path)
     }
+
+    /// How much longer an [`StateStore::apply`] with nothing to write would read nothing
+    /// from the store: the store trusts what it last saw of it until then, so it would find
+    /// no drift before that. `None` (the default): every apply reads the store, so a caller
+    /// that skips an apply would miss drift. Git (remote): the rest of
+    /// `GitOptions::trust_head_for` since the branch head was last seen; S3 and local
+    /// repositories: `None`. The daemon answers a repeated trigger from its last pass only
+    /// within this time (`promised::reconcile`, quiet passes).
+    fn quiet_for(&self) -> Option<std::time::Duration> {
+        None
+    }
 }

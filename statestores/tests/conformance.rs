@@ -268,6 +268,8 @@ async fn reapply_makes_no_commit<S: StateStore>(store: &S, fx: &Fixture) {
     assert_eq!(out.version, None);
     assert_eq!((out.written, out.deleted, out.unchanged), (0, 0, 4));
     assert_eq!(remote_head(&fx.cli_url), head);
+    // No head is trusted by default: every apply reads the store, so none may be skipped.
+    assert_eq!(store.quiet_for(), None);
 }
 
 async fn prune_and_remove<S: StateStore>(store: &S, fx: &Fixture) {

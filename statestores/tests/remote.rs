@@ -667,8 +667,13 @@ async fn a_trusted_head_is_protected_by_the_push_lease() {
     let mut opts = GitOptions::new(tmp.path().join("state"));
     opts.trust_head_for = std::time::Duration::from_secs(3600);
     let store = GitStateStore::open("trusting", GitStateStoreSpec::new(url.clone()), opts).unwrap();
+    assert_eq!(store.quiet_for(), None, "nothing seen of the remote yet");
     let first = store.apply(&one_file("a: 1\n")).await.unwrap();
     assert!(first.version.is_some());
+    // The pushed head is trusted: an apply with nothing to write would read nothing for the
+    // rest of the hour.
+    let quiet = store.quiet_for().expect("trusted after the push");
+    assert!(quiet <= std::time::Duration::from_secs(3600), "{quiet:?}");
 
     // Someone else edits our file and adds their own, behind our back.
     let person = common::Person::clone(&url);

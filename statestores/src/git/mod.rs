@@ -125,8 +125,8 @@ struct Verified {
 
 impl Inner {
     /// The verified head when it is recent enough to be trusted without a fetch
-    /// ([`GitOptions::trust_head_for`]); remote backend only.
-    fn trusted_head(&self) -> Option<ObjectId> {
+    /// ([`GitOptions::trust_head_for`]), and for how much longer; remote backend only.
+    fn trusted_head(&self) -> Option<(ObjectId, std::time::Duration)> {
         if !matches!(self.backend, Backend::Remote { .. }) || self.opts.trust_head_for.is_zero() {
             return None;
         }
@@ -134,9 +134,9 @@ impl Inner {
             .verified
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        v.as_ref()
-            .filter(|v| v.seen.elapsed() < self.opts.trust_head_for)
-            .map(|v| v.head)
+        let v = v.as_ref()?;
+        let left = self.opts.trust_head_for.checked_sub(v.seen.elapsed())?;
+        (!left.is_zero()).then_some((v.head, left))
     }
 
     /// The head the write-permission check fetched, if recent enough to trust (see
@@ -432,7 +432,7 @@ impl GitStateStore {
         // First attempt: a recently verified head is used without fetching (the push lease
         // protects it); a retry after a lost race always fetches.
         let trusted = if attempt <= 1 {
-            inner.trusted_head()
+            inner.trusted_head().map(|(head, _)| head)
         } else {
             None
         };
@@ -665,6 +665,10 @@ impl GitStateStore {
 
 #[async_trait]
 impl StateStore for GitStateStore {
+    fn quiet_for(&self) -> Option<std::time::Duration> {
+        self.inner.trusted_head().map(|(_, left)| left)
+    }
+
     async fn check(&self) -> Result<(), Error> {
         let _guard = self.inner.lock.lock().await;
         let inner = self.inner.clone();
