@@ -328,6 +328,16 @@ pub enum StateError {
         /// The directory.
         path: String,
     },
+    /// Another process reconciles from this state directory ([`StateDir::lock`]).
+    #[error(
+        "state directory {path} is in use by another promised process ({holder}); stop it, or give this one its own --state-dir"
+    )]
+    InUse {
+        /// The directory.
+        path: String,
+        /// What the holder wrote in the lock file (`pid 1234: promised run`).
+        holder: String,
+    },
     /// `state.json` is not valid.
     #[error("state file {path} is corrupt ({message}); it will be rebuilt from the state stores")]
     Corrupt {
@@ -337,6 +347,10 @@ pub enum StateError {
         message: String,
     },
 }
+
+/// A state directory taken by this process ([`StateDir::lock`]); released on drop.
+#[derive(Debug)]
+pub struct StateLock(#[allow(dead_code)] std::fs::File);
 
 /// The state directory.
 #[derive(Debug, Clone)]
@@ -391,6 +405,45 @@ impl StateDir {
     /// The directory itself.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Takes the directory for this process's engine: an exclusive `flock` on `<root>/lock`,
+    /// held until the [`StateLock`] is dropped (the kernel releases it when a process dies),
+    /// with this process's id and command line in the file for the message another one gets.
+    /// Two engines writing one state directory would interleave their journals and records.
+    ///
+    /// Errors: [`StateError::InUse`] naming the holder; [`StateError::Io`].
+    pub fn lock(&self) -> Result<StateLock, StateError> {
+        let path = self.root.join("lock");
+        let io = |source| StateError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            return Err(StateError::InUse {
+                path: self.root.display().to_string(),
+                holder: if holder.is_empty() {
+                    "unknown process".into()
+                } else {
+                    holder.to_string()
+                },
+            });
+        }
+        let args: Vec<String> = std::env::args().take(2).collect();
+        let line = format!("pid {}: {}\n", std::process::id(), args.join(" "));
+        file.set_len(0)
+            .and_then(|()| file.write_all(line.as_bytes()))
+            .map_err(io)?;
+        Ok(StateLock(file))
     }
 
     /// Where state store clones live.

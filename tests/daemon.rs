@@ -1321,6 +1321,17 @@ fn a_repeated_webhook_at_the_same_commit_is_answered_from_the_quiet_pass() {
     assert!(!webhook_pass(&d), "the first no-op pass is a full one");
     assert!(webhook_pass(&d), "a repeat of a quiet pass is reused");
     assert!(webhook_pass(&d), "and again");
+    // An operator's rollout override is acted on by the next pass, which is a full one.
+    let (code, _, err) = common::promised(&[
+        "rollout",
+        "pause",
+        "a-later-plan",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!webhook_pass(&d), "a rollout override ends the quiet pass");
+    assert!(webhook_pass(&d), "the pass after it is quiet again");
     assert_eq!(head(&store), first, "reused passes make no commit");
     assert_eq!(
         metric(d.port, "promised_pipeline_runs_total"),
@@ -1341,4 +1352,48 @@ fn a_repeated_webhook_at_the_same_commit_is_answered_from_the_quiet_pass() {
     push(&work, &url, "add team-quiet");
     assert!(!webhook_pass(&d), "a change is reconciled in full");
     assert!(store_has(&store, "team-quiet"), "and lands");
+}
+
+/// One state directory, one engine: a `promised reconcile` (or a second daemon) on the
+/// directory a running daemon holds is refused with exit code 2 and the holder named, without
+/// touching the state; once the daemon is gone, the same command runs.
+#[test]
+fn a_second_process_on_a_held_state_directory_is_refused() {
+    if !bwrap_works() {
+        eprintln!("skipped: no bubblewrap");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config");
+    copy_dir(&repo_root().join("testdata/quickstart"), &config);
+    let state = tmp.path().join("state");
+    let mut d = start(&dirs(&config, &state), tmp.path());
+    let journal = std::fs::read(state.join("state.journal")).unwrap_or_default();
+
+    let (code, _, err) = common::reconcile(&config, &state);
+    assert_eq!(code, 2, "{err}");
+    let holder = format!("pid {}: ", d.child.id());
+    assert!(
+        err.contains(&format!(
+            "state directory {} is in use by another promised process ({holder}",
+            state.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(state.join("state.journal")).unwrap_or_default(),
+        journal,
+        "the refused process wrote nothing"
+    );
+    // A second daemon on it does not start.
+    let (mut cmd, _, log) = run_cmd(&dirs(&config, &state), tmp.path());
+    let status = cmd.status().unwrap();
+    assert!(!status.success(), "a second daemon exits");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains(&holder), "{text}");
+
+    assert!(d.child_alive(), "the holder is unaffected");
+    drop(d);
+    let (code, _, err) = common::reconcile(&config, &state);
+    assert_eq!(code, 0, "released when the holder is gone: {err}");
 }

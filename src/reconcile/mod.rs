@@ -149,6 +149,8 @@ pub enum EngineError {
 pub struct Engine {
     settings: Settings,
     dir: StateDir,
+    /// This process's hold on the state directory (one engine per directory).
+    _lock: crate::state::StateLock,
     state: State,
     runner: Arc<RunnerConfig>,
     /// Open state stores by `<kind>/<name>`, with the hash of the spec they were opened with.
@@ -241,7 +243,11 @@ impl Engine {
     /// file is not fatal: the pass starts from an empty state and rebuilds placements from the
     /// state stores' ownership indexes.
     ///
-    /// Errors: the state directory cannot be opened ([`EngineError::State`]); the image store
+    /// The engine holds the state directory until it is dropped ([`StateDir::lock`]): a
+    /// second engine on it, in this process or another, is refused.
+    ///
+    /// Errors: the state directory cannot be opened or another engine holds it
+    /// ([`EngineError::State`]); the image store
     /// of the `images:` section could not be opened, e.g. an invalid mirror host
     /// ([`EngineError::Images`]).
     pub fn new(settings: Settings, runner: RunnerConfig) -> Result<Engine, EngineError> {
@@ -259,6 +265,7 @@ impl Engine {
             return Err(EngineError::Images(e.clone()));
         }
         let dir = StateDir::open(state_dir)?;
+        let _lock = dir.lock()?;
         let infra = crate::infra::load(dir.root());
         let revisions = revisions::Revisions::new(&settings.state_dir);
         let mut startup_warnings = Vec::new();
@@ -280,6 +287,7 @@ impl Engine {
         Ok(Engine {
             settings,
             dir,
+            _lock,
             state,
             runner: Arc::new(runner),
             stores: BTreeMap::new(),

@@ -20,7 +20,8 @@
 //!   `imagePullPolicy: Always`, cached outputs removed from the state directory) is looked at
 //!   again by the next full pass, which the daemon's own timer and polls always are.
 //!
-//! The settings changing (SIGHUP), the write gate opening or closing (leader election), or a
+//! The settings changing (SIGHUP), the write gate opening or closing (leader election), an
+//! operator's `promised rollout pause|resume|abort` (`rollout-overrides.json` changing), or a
 //! pass that is not quiet end it.
 
 use std::time::{Duration, SystemTime};
@@ -41,9 +42,15 @@ pub(super) struct QuietPass {
     report: PassReport,
     /// When something becomes due (by tokio's clock, which the health clock follows).
     until: tokio::time::Instant,
+    /// When [`Engine::next_due`] said the next time-based work is (it walks every record;
+    /// while the quiet pass stands, the records do not change).
+    next_due: Option<tokio::time::Instant>,
     /// The write gate as it was seen then: any change to it (leadership lost or gained) ends
     /// the quiet pass, as another replica may have written meanwhile.
     gate: Option<tokio::sync::watch::Receiver<bool>>,
+    /// `rollout-overrides.json` as it was then (`promised rollout pause|resume|abort`
+    /// records there what the next pass acts on).
+    overrides: Option<(u64, SystemTime, u64)>,
 }
 
 impl Engine {
@@ -57,7 +64,12 @@ impl Engine {
             .gate
             .as_ref()
             .is_some_and(|g| g.has_changed().unwrap_or(true));
-        if !same || tokio::time::Instant::now() >= q.until || gate_moved || !self.may_write() {
+        if !same
+            || tokio::time::Instant::now() >= q.until
+            || gate_moved
+            || !self.may_write()
+            || q.overrides != self.overrides_stamp()
+        {
             self.quiet = None;
             return None;
         }
@@ -95,9 +107,10 @@ impl Engine {
         // From the pass's start: the daemon's own timer, a minute at most after a pass ends,
         // always finds the quiet pass over.
         let cap = t0 + self.settings.poll_interval.min(QUIET_AT_MOST);
+        let next_due = self.next_due(started);
         let due = stores
             .into_iter()
-            .chain(self.next_due(started))
+            .chain(next_due)
             .chain(self.next_resync(cfg))
             .min()
             .map_or(cap, |d| cap.min(now + d));
@@ -109,10 +122,12 @@ impl Engine {
             commit,
             report: r.clone(),
             until: due,
+            next_due: next_due.map(|d| now + d),
             gate: self.write_gate.clone().map(|mut g| {
                 g.borrow_and_update();
                 g
             }),
+            overrides: self.overrides_stamp(),
         });
     }
 
@@ -120,7 +135,12 @@ impl Engine {
     /// retry (`retryAfter`, failure backoff; times before the pass's own second are skipped,
     /// as that pass already weighed them), a health check or health state store read, a
     /// rollout step, a state store write-permission check. `None`: nothing is scheduled.
+    /// While a quiet pass stands (nothing in the records can have changed), what it computed.
     pub fn next_due(&self, started: SystemTime) -> Option<Duration> {
+        if let Some(q) = &self.quiet {
+            let now = tokio::time::Instant::now();
+            return q.next_due.map(|at| at.saturating_duration_since(now));
+        }
         // Retry times are kept to the second: weigh those of the pass's own second too.
         let since = SystemTime::UNIX_EPOCH
             + Duration::from_secs(
@@ -138,6 +158,14 @@ impl Engine {
         .into_iter()
         .flatten()
         .min()
+    }
+
+    /// Inode, modification time and size of `<stateDir>/rollout-overrides.json` (`None`:
+    /// there is none): an operator's override ends the quiet pass.
+    fn overrides_stamp(&self) -> Option<(u64, SystemTime, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(self.dir.root().join(crate::rollout::OVERRIDES_FILE)).ok()?;
+        Some((m.ino(), m.modified().ok()?, m.len()))
     }
 
     /// How long until the soonest reconciliation interval (Kratix: a completed workflow runs
