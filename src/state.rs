@@ -419,13 +419,14 @@ impl StateDir {
             path: path.display().to_string(),
             source,
         };
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
+        // Locked through a read-only descriptor: a file held open for writing would keep the
+        // file system from being remounted read-only under the daemon.
+        std::fs::OpenOptions::new()
+            .append(true)
             .create(true)
-            .truncate(false)
             .open(&path)
             .map_err(io)?;
+        let file = std::fs::File::open(&path).map_err(io)?;
         if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
             let holder = holder.trim();
@@ -440,9 +441,7 @@ impl StateDir {
         }
         let args: Vec<String> = std::env::args().take(2).collect();
         let line = format!("pid {}: {}\n", std::process::id(), args.join(" "));
-        file.set_len(0)
-            .and_then(|()| file.write_all(line.as_bytes()))
-            .map_err(io)?;
+        std::fs::write(&path, line).map_err(io)?;
         Ok(StateLock(file))
     }
 
