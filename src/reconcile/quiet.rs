@@ -2,10 +2,10 @@
 //!
 //! A pass is *quiet* when it ran no workflow or health check, wrote nothing to any state
 //! store (no commit, no drift repaired, no error), changed no record but the config commit it
-//! is at ([`crate::state::Dirty`]: every request was steady) and warned about nothing. Run again over the same config
-//! commit before anything time-based is due, a pass would find the same inputs and do the
-//! same nothing, so [`Engine::reconcile`] returns that pass's report instead
-//! ([`PassReport::reused`]) while all of this holds:
+//! is at ([`crate::state::Dirty`]: every request was steady) and warned about nothing. Run
+//! again over the same config commit before anything time-based is due, a pass would find
+//! the same inputs and do the same nothing, so [`Engine::reconcile`] returns that pass's
+//! report instead ([`PassReport::reused`]) while all of this holds:
 //! - the config is the same validated config (same object, same Git commit; a directory
 //!   source has no commit and is always reconciled in full);
 //! - nothing time-based is due: a retry (`retryAfter`, failure backoff), a health check or
