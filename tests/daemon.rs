@@ -141,9 +141,12 @@ fn metric(port: u16, name: &str) -> f64 {
         .sum()
 }
 
-/// A config repo (quickstart Promises) in a bare repo served by `daemon`, plus a state store
-/// repo. Returns (config URL, working clone, state store bare repo path).
-fn world(tmp: &Path, daemon: &GitDaemon) -> (String, PathBuf, PathBuf) {
+/// A `git daemon` serving `<tmp>/srv`, a config repo there (quickstart Promises) and a state
+/// store repo. Returns (the daemon, config URL, working clone, state store bare repo path).
+fn world(tmp: &Path) -> (GitDaemon, String, PathBuf, PathBuf) {
+    let srv = tmp.join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    let daemon = GitDaemon::start(&srv);
     let config_url = daemon.bare_repo("config.git");
     let store_url = daemon.bare_repo("state.git");
     let work = tmp.join("work");
@@ -158,7 +161,8 @@ fn world(tmp: &Path, daemon: &GitDaemon) -> (String, PathBuf, PathBuf) {
     git(&work, &["add", "-A"]);
     git(&work, &["commit", "-qm", "initial config"]);
     git(&work, &["push", "-q", &config_url, "HEAD:main"]);
-    (config_url, work, daemon.base.join("state.git"))
+    let store = daemon.base.join("state.git");
+    (daemon, config_url, work, store)
 }
 
 /// The quickstart config repo in `<tmp>/config`, with `prelude` (shell lines) run first by the
@@ -212,10 +216,7 @@ fn webhook_triggers_and_signatures_are_checked() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let srv = tmp.path().join("srv");
-    std::fs::create_dir_all(&srv).unwrap();
-    let gd = GitDaemon::start(&srv);
-    let (url, work, store) = world(tmp.path(), &gd);
+    let (_gd, url, work, store) = world(tmp.path());
     let secret = tmp.path().join("secret");
     std::fs::write(&secret, "hook-s3cret\n").unwrap();
     let state = tmp.path().join("state");
@@ -429,10 +430,7 @@ fn polling_alone_picks_up_commits_and_state_loss_converges_without_a_commit() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let srv = tmp.path().join("srv");
-    std::fs::create_dir_all(&srv).unwrap();
-    let gd = GitDaemon::start(&srv);
-    let (url, work, store) = world(tmp.path(), &gd);
+    let (_gd, url, work, store) = world(tmp.path());
     let state = tmp.path().join("state");
     let args = [
         "--config",
@@ -1056,10 +1054,7 @@ fn the_daemon_on_a_git_remote_never_prunes_for_a_file_that_does_not_load() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let srv = tmp.path().join("srv");
-    std::fs::create_dir_all(&srv).unwrap();
-    let gd = GitDaemon::start(&srv);
-    let (url, work, store) = world(tmp.path(), &gd);
+    let (_gd, url, work, store) = world(tmp.path());
     let state = tmp.path().join("state");
     let d = start(
         &[
@@ -1284,10 +1279,7 @@ fn a_repeated_webhook_at_the_same_commit_is_answered_from_the_quiet_pass() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let srv = tmp.path().join("srv");
-    std::fs::create_dir_all(&srv).unwrap();
-    let gd = GitDaemon::start(&srv);
-    let (url, work, store) = world(tmp.path(), &gd);
+    let (_gd, url, work, store) = world(tmp.path());
     let state = tmp.path().join("state");
     // The store's head is trusted for longer than the quiet window (a minute at most), so
     // only the rules of the quiet pass decide here.
