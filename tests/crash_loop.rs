@@ -390,7 +390,8 @@ impl World {
             s3_objects: bucket
                 .iter()
                 // A probe of the write-permission check orphaned by a kill between its PUT and
-                // DELETE is a known leftover, not fixed yet (docs/reliability.md "Crash loop").
+                // DELETE stays until a later check finds it an hour old (`PROBE_STALE_AFTER`,
+                // docs/reliability.md "Crash loop"): longer than this loop runs.
                 .filter(|(k, _)| k.as_str() != S3_INDEX && !k.starts_with(S3_PROBE))
                 .map(|(k, v)| (k.clone(), hex::encode(Sha256::digest(v))))
                 .collect(),
