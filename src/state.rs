@@ -350,7 +350,10 @@ pub enum StateError {
 
 /// A state directory taken by this process ([`StateDir::lock`]); released on drop.
 #[derive(Debug)]
-pub struct StateLock(#[allow(dead_code)] std::fs::File);
+pub struct StateLock {
+    /// The locked descriptor: the lock lives as long as it is open.
+    _file: std::fs::File,
+}
 
 /// The state directory.
 #[derive(Debug, Clone)]
@@ -442,7 +445,7 @@ impl StateDir {
         let args: Vec<String> = std::env::args().take(2).collect();
         let line = format!("pid {}: {}\n", std::process::id(), args.join(" "));
         std::fs::write(&path, line).map_err(io)?;
-        Ok(StateLock(file))
+        Ok(StateLock { _file: file })
     }
 
     /// Where state store clones live.

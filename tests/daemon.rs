@@ -1356,8 +1356,7 @@ fn a_second_process_on_a_held_state_directory_is_refused() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("config");
-    copy_dir(&repo_root().join("testdata/quickstart"), &config);
+    let config = quickstart(tmp.path(), "");
     let state = tmp.path().join("state");
     let mut d = start(&dirs(&config, &state), tmp.path());
     let journal = std::fs::read(state.join("state.journal")).unwrap_or_default();
