@@ -621,13 +621,13 @@ fn removing_a_destination_with_cleanup_none_keeps_every_file() {
     let (code, out, err) = reconcile(&config, &state);
     assert_eq!(code, 0, "{out}\n{err}");
     let store = state.join("quickstart-state.git");
-    let prod = || tree_under(&store, &["clusters/prod/", ".promised/index/prod.json"]);
+    let prod = || tree_under(&store, &["clusters/prod/", ".promised/index/prod/"]);
     let before = prod();
     for f in [
         "clusters/prod/resources/default/namespace/team-b-prod/",
         "clusters/prod/dependencies/kratix-canary-namespace.yaml",
         "clusters/prod/resources/kratix-canary-configmap.yaml",
-        ".promised/index/prod.json",
+        ".promised/index/prod/",
     ] {
         assert!(before.iter().any(|l| l.contains(f)), "{f}: {before:#?}");
     }
@@ -694,19 +694,25 @@ fn removing_a_destination_with_cleanup_all_removes_everything_under_it() {
     let (code, out, err) = reconcile(&config, &state);
     assert_eq!(code, 0, "{out}\n{err}");
     let store = state.join("quickstart-state.git");
-    let dev = || tree_under(&store, &["clusters/dev/", ".promised/index/dev.json"]);
+    let dev = || tree_under(&store, &["clusters/dev/", ".promised/index/dev/"]);
     let dev_before = dev();
-    assert_eq!(dev_before.len(), 4, "{dev_before:#?}"); // aggregate, 2 canaries, index
+    // Files, and whether there is an index (one shard per placement's shard: 1 to 3 files).
+    let count = |lines: &[String]| {
+        let index = lines.iter().filter(|l| l.contains("\t.promised/")).count();
+        (lines.len() - index, index.min(1))
+    };
     assert_eq!(
-        tree_under(&store, &["clusters/prod/", ".promised/index/prod.json"]).len(),
-        4,
-        "team-b-prod, 2 canaries, index"
+        count(&dev_before),
+        (3, 1),
+        "aggregate, 2 canaries: {dev_before:#?}"
     );
+    let prod = tree_under(&store, &["clusters/prod/", ".promised/index/prod/"]);
+    assert_eq!(count(&prod), (3, 1), "team-b-prod, 2 canaries: {prod:#?}");
 
     remove_prod(&config);
     let (code, out, err) = reconcile(&config, &state);
     assert_eq!(code, 0, "{out}\n{err}");
-    let prod = tree_under(&store, &["clusters/prod", ".promised/index/prod.json"]);
+    let prod = tree_under(&store, &["clusters/prod", ".promised/index/prod/"]);
     assert!(prod.is_empty(), "{prod:#?}");
     assert_eq!(dev(), dev_before, "dev is untouched");
     let b = status(&state, "namespace/default/team-b-prod");
@@ -750,7 +756,7 @@ fn a_removed_none_destination_lets_go_with_its_index_and_is_adopted_back() {
     let (tmp, config, state) = setup();
     assert_eq!(reconcile(&config, &state).0, 0);
     let store = state.join("quickstart-state.git");
-    let prod = || tree_under(&store, &["clusters/prod/", ".promised/index/prod.json"]);
+    let prod = || tree_under(&store, &["clusters/prod/", ".promised/index/prod/"]);
     let before = prod();
     let destinations = remove_prod(&config);
     assert_eq!(reconcile(&config, &state).0, 0);
@@ -769,7 +775,7 @@ fn a_removed_none_destination_lets_go_with_its_index_and_is_adopted_back() {
     );
     git(
         &work,
-        &["rm", "-rq", "clusters/prod", ".promised/index/prod.json"],
+        &["rm", "-rq", "clusters/prod", ".promised/index/prod"],
     );
     git(&work, &["commit", "-qm", "let prod go"]);
     git(&work, &["push", "-q", "origin", "main"]);
@@ -792,18 +798,18 @@ fn a_removed_none_destination_lets_go_with_its_index_and_is_adopted_back() {
     std::fs::write(&r, text.split("---\n").next().unwrap()).unwrap();
     let (code, out, err) = reconcile(&config, &state);
     assert_eq!(code, 0, "{out}\n{err}");
-    let after: Vec<String> = prod()
+    let (index, files): (Vec<String>, Vec<String>) = prod()
         .iter()
         .map(|l| l.split_once('\t').unwrap().1.to_string())
-        .collect();
+        .partition(|p| p.starts_with(".promised/"));
     assert_eq!(
-        after,
+        files,
         [
-            ".promised/index/prod.json",
             "clusters/prod/dependencies/kratix-canary-namespace.yaml",
             "clusters/prod/resources/kratix-canary-configmap.yaml",
         ]
     );
+    assert!(!index.is_empty(), "the canaries stay indexed");
 }
 
 /// A Destination removed with `cleanup: none` that comes back with another `path` takes its

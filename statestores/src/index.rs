@@ -1,8 +1,16 @@
-//! The ownership index: one JSON file per destination at `.promised/index/<destination>.json`
-//! (see the crate docs for why it lives at the repository root).
+//! The ownership index: JSON files at `.promised/index/<destination>/<shard>.json`, one per
+//! Destination and shard (see the crate docs for why it lives at the repository root).
 //!
-//! Format (stable, sorted by path, one entry per line, so that `git diff` of the index shows
-//! one changed line per changed file):
+//! A placement's entries all go to one shard, `shard_of(owner key)`: one of 256, named by two
+//! lower-case hex digits. A one-request change therefore rewrites one shard (a few KB at
+//! 10,000 requests) instead of the Destination's whole index (1.35 MB at 3,300 requests per
+//! Destination, re-hashed, compressed, pushed and unpacked by the server on every change:
+//! docs/benchmarks.md, "Fifth round"). Earlier versions kept one file per Destination at
+//! `.promised/index/<destination>.json`; such a file is still read, and the first write to the
+//! store replaces it with shards ([`crate::plan::plan`]).
+//!
+//! Format of each file (stable, sorted by path, one entry per line, so that `git diff` of the
+//! index shows one changed line per changed file):
 //!
 //! ```json
 //! {"version":1,"destination":"worker-1","entries":[
@@ -11,10 +19,7 @@
 //! ]}
 //! ```
 //!
-//! Any JSON of this shape decodes (indexes written pretty-printed by earlier versions too); the
-//! line layout is what keeps a one-request change small: the index of a destination with
-//! 3,000 files is about 1 MB in it and 1.7 MB pretty-printed, and every write re-hashes,
-//! compresses and pushes it (docs/benchmarks.md, "One change, third round").
+//! Any JSON of this shape decodes (indexes written pretty-printed by earlier versions too).
 
 use serde::{Deserialize, Serialize};
 
@@ -44,9 +49,34 @@ struct IndexFile {
     entries: Vec<IndexEntry>,
 }
 
-/// Repository path of the index file of `destination`.
-pub fn index_path(destination: &str) -> String {
-    format!("{INDEX_DIR}/{destination}.json")
+/// The shard of the placement with owner key `key`, one of 256: the low byte of the key's 32-bit FNV-1a
+/// hash (a published, stable function: the layout must not change between versions or
+/// platforms).
+pub fn shard_of(key: &str) -> u8 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in key.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h as u8
+}
+
+/// Repository path of shard `shard` of the index of `destination`:
+/// `.promised/index/<destination>/<two hex digits>.json`.
+pub fn index_path(destination: &str, shard: u8) -> String {
+    format!("{INDEX_DIR}/{destination}/{shard:02x}.json")
+}
+
+/// The Destination whose index file `path` is: `.promised/index/<destination>/<shard>.json`,
+/// or an earlier version's `.promised/index/<destination>.json`. `None` for any other path.
+pub fn destination_of(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix(INDEX_DIR)?.strip_prefix('/')?;
+    let rest = rest.strip_suffix(".json")?;
+    match rest.split_once('/') {
+        Some((dest, shard)) if !dest.is_empty() && !shard.contains('/') => Some(dest),
+        Some(_) => None,
+        None => Some(rest).filter(|d| !d.is_empty()),
+    }
 }
 
 /// Serialise the entries of one destination to the canonical bytes (sorted by path: `entries`
@@ -97,6 +127,33 @@ mod tests {
                 pipeline: None,
             },
         }
+    }
+
+    #[test]
+    fn shards_are_stable_and_spread() {
+        // FNV-1a 32 of "" is 0x811c9dc5 and of "a" is 0xe40c292c (the published test vectors).
+        assert_eq!(shard_of(""), 0xc5);
+        assert_eq!(shard_of("a"), 0x2c);
+        let mut seen = [0usize; 256];
+        for i in 0..10_000 {
+            seen[usize::from(shard_of(&format!("resource/ns/request-{i}/configure")))] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 10 && n < 80), "{seen:?}");
+        assert_eq!(index_path("w-1", 0x0a), ".promised/index/w-1/0a.json");
+    }
+
+    #[test]
+    fn index_paths_name_their_destination() {
+        assert_eq!(destination_of(".promised/index/w-1/0a.json"), Some("w-1"));
+        assert_eq!(destination_of(".promised/index/w-1.json"), Some("w-1"));
+        assert_eq!(
+            destination_of(".promised/index/a.json/ff.json"),
+            Some("a.json")
+        );
+        assert_eq!(destination_of(".promised/index/w/x/0a.json"), None);
+        assert_eq!(destination_of(".promised/index/w-1/0a.yaml"), None);
+        assert_eq!(destination_of(".promised/indexes/w.json"), None);
+        assert_eq!(destination_of("clusters/w.json"), None);
     }
 
     #[test]

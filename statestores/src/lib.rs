@@ -73,8 +73,9 @@
 //!
 //! For every file we wrote, the index records its path, its sha256, its git blob id and the
 //! placement that produced it ([`Owner`]). It is committed **in the same commit** as the files
-//! (so content and index can never disagree) as one JSON file per destination at
-//! `.promised/index/<destination>.json` at the **repository root**, outside every
+//! (so content and index can never disagree) as JSON files per destination, sharded by
+//! placement, at `.promised/index/<destination>/<shard>.json` at the **repository root**
+//! (format and sharding: [`index_path`], [`shard_of`]), outside every
 //! `<spec.path>/<destination path>` directory that GitOps agents consume:
 //!
 //! - Flux's auto-generated kustomization fails the whole Kustomization on any YAML file that is
@@ -111,7 +112,7 @@ pub mod spec;
 
 pub use error::Error;
 pub use git::{GitOptions, GitStateStore};
-pub use index::IndexEntry;
+pub use index::{IndexEntry, index_path, shard_of};
 pub use net::NetworkTimeouts;
 pub use plan::{validate_path, validate_relative_path};
 pub use s3::S3StateStore;
@@ -128,7 +129,7 @@ pub struct Owner {
     /// Unique placement key, for example
     /// `worker-1/resources/default/redis/example/instance-configure/5058f`.
     pub key: String,
-    /// Destination name; selects the index file `.promised/index/<destination>.json`.
+    /// Destination name; selects the index directory `.promised/index/<destination>/`.
     /// Must be a single path segment.
     pub destination: String,
     /// Promise name; empty for files no Promise produced (Destination canary files, the

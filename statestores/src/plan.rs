@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use gix::ObjectId;
 use sha2::{Digest, Sha256};
 
-use crate::index::{self, INDEX_DIR, IndexEntry};
+use crate::index::{self, IndexEntry};
 use crate::{ChangeSet, Drift, DriftKind, Error, Owner};
 
 /// One blob to place at a path.
@@ -167,15 +167,15 @@ pub fn validate_destination(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Read every index file present in `head_files` via `read_blob` and return all entries.
+/// Read every index file present in `head_files` (shards, and an earlier version's one file per
+/// Destination: [`index::destination_of`]) via `read_blob` and return all entries.
 pub fn load_index(
     head_files: &HashMap<String, ObjectId>,
     mut read_blob: impl FnMut(&ObjectId) -> Result<Vec<u8>, Error>,
 ) -> Result<Vec<IndexEntry>, Error> {
-    let prefix = format!("{INDEX_DIR}/");
     let mut paths: Vec<&String> = head_files
         .keys()
-        .filter(|p| p.starts_with(&prefix) && p.ends_with(".json"))
+        .filter(|p| index::destination_of(p).is_some())
         .collect();
     paths.sort();
     let mut out = Vec::new();
@@ -221,15 +221,10 @@ pub fn plan<'a>(
         .iter()
         .map(|e| (e.path.clone(), e.clone()))
         .collect();
-    let mut old_dests: BTreeSet<String> = BTreeSet::new();
-    for e in old_index {
-        if !old_dests.contains(&e.owner.destination) {
-            old_dests.insert(e.owner.destination.clone());
-        }
-    }
-    // Destinations whose index may change; the others keep their index file as it is (an
-    // incremental apply on 1 of 3 destinations of 10,000 files re-encodes a third).
-    let mut touched: BTreeSet<String> = BTreeSet::new();
+    // Index shards (Destination, shard of the owner key) whose entries may change; the others
+    // keep their file as it is (a one-request change re-encodes one shard of one Destination).
+    let mut touched: BTreeSet<(String, u8)> = BTreeSet::new();
+    let slot = |o: &Owner| (o.destination.clone(), index::shard_of(&o.key));
 
     let parse_oid = |e: &IndexEntry| ObjectId::from_hex(e.oid.as_bytes()).ok();
     let drift_kind = |e: &IndexEntry| -> Option<DriftKind> {
@@ -278,7 +273,7 @@ pub fn plan<'a>(
             continue;
         }
         new_index.remove(&e.path);
-        touched.insert(e.owner.destination.clone());
+        touched.insert(slot(&e.owner));
         if head_files.contains_key(&e.path) {
             p.removes.push(e.path.clone());
             p.deleted += 1;
@@ -296,15 +291,15 @@ pub fn plan<'a>(
 
     // 2. Writes.
     for w in &changes.writes {
-        touched.insert(w.owner.destination.clone());
+        touched.insert(slot(&w.owner));
     }
     for (path, (content, owner)) in &desired {
         let oid = blob_oid(content);
         let old = new_index.get(*path);
         if let Some(old) = old
-            && old.owner.destination != owner.destination
+            && old.owner.key != owner.key
         {
-            touched.insert(old.owner.destination.clone());
+            touched.insert(slot(&old.owner));
         }
         if let Some(old) = old
             && let Some(kind) = drift_kind(old)
@@ -349,7 +344,7 @@ pub fn plan<'a>(
             continue;
         }
         let Some(kind) = drift_kind(e) else { continue };
-        touched.insert(e.owner.destination.clone());
+        touched.insert(slot(&e.owner));
         p.drift.push(Drift {
             path: e.path.clone(),
             owner: e.owner.clone(),
@@ -373,43 +368,35 @@ pub fn plan<'a>(
         }
     }
 
-    // 4. Index files, one per destination.
-    let mut by_dest: BTreeMap<String, Vec<IndexEntry>> = BTreeMap::new();
+    // 4. Index files, one per Destination and shard. Every other index file of the head (a
+    // shard emptied, a Destination gone, an earlier version's one file per Destination) goes.
+    let mut by_slot: BTreeMap<(String, u8), Vec<IndexEntry>> = BTreeMap::new();
     for e in new_index.into_values() {
-        by_dest
-            .entry(e.owner.destination.clone())
-            .or_default()
-            .push(e);
+        by_slot.entry(slot(&e.owner)).or_default().push(e);
     }
-    let all_dests: BTreeSet<String> = old_dests
-        .into_iter()
-        .chain(by_dest.keys().cloned())
+    let mut stale: BTreeSet<&String> = head_files
+        .keys()
+        .filter(|p| index::destination_of(p).is_some())
         .collect();
-    for dest in all_dests {
-        let path = index::index_path(&dest);
-        match by_dest.remove(&dest) {
-            Some(entries) if !touched.contains(&dest) && head_files.contains_key(&path) => {
-                p.index.extend(entries); // unchanged: its file stays
-            }
-            Some(mut entries) => {
-                let bytes = index::encode_sorted(&dest, &mut entries);
-                p.index.extend(entries);
-                let oid = blob_oid(&bytes);
-                if head_files.get(&path) != Some(&oid) {
-                    p.upserts.push(Upsert {
-                        path,
-                        oid,
-                        content: Some(Cow::Owned(bytes)),
-                    });
-                }
-            }
-            None => {
-                if head_files.contains_key(&path) {
-                    p.removes.push(path);
-                }
-            }
+    for ((dest, shard), mut entries) in by_slot {
+        let path = index::index_path(&dest, shard);
+        let present = stale.remove(&path);
+        if present && !touched.contains(&(dest.clone(), shard)) {
+            p.index.extend(entries); // unchanged: its file stays
+            continue;
+        }
+        let bytes = index::encode_sorted(&dest, &mut entries);
+        p.index.extend(entries);
+        let oid = blob_oid(&bytes);
+        if head_files.get(&path) != Some(&oid) {
+            p.upserts.push(Upsert {
+                path,
+                oid,
+                content: Some(Cow::Owned(bytes)),
+            });
         }
     }
+    p.removes.extend(stale.into_iter().cloned());
     p.drift.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(p)
 }
@@ -464,6 +451,11 @@ mod tests {
         tree.iter().map(|(k, v)| (k.clone(), blob_oid(v))).collect()
     }
 
+    /// The index shard of placement `key` on `dest`.
+    fn shard(dest: &str, key: &str) -> String {
+        index::index_path(dest, index::shard_of(key))
+    }
+
     fn index_of(tree: &HashMap<String, Vec<u8>>) -> Vec<IndexEntry> {
         load_index(&files_of(tree), |oid| {
             Ok(tree.values().find(|v| blob_oid(v) == *oid).unwrap().clone())
@@ -515,8 +507,9 @@ mod tests {
         };
         let (w, d, u, drift, empty) = run(&mut tree, &cs);
         assert_eq!((w, d, u, drift.len(), empty), (3, 0, 0, 0, false));
-        assert!(tree.contains_key(".promised/index/d1.json"));
-        assert!(tree.contains_key(".promised/index/d2.json"));
+        assert!(tree.contains_key(&shard("d1", "a")));
+        assert!(tree.contains_key(&shard("d2", "b")));
+        assert_eq!(shard("d2", "b"), ".promised/index/d2/e5.json");
 
         let (w, d, u, _, empty) = run(&mut tree, &cs);
         assert_eq!((w, d, u, empty), (0, 0, 3, true));
@@ -536,22 +529,27 @@ mod tests {
         let (w, d, _, _, _) = run(&mut tree, &remove);
         assert_eq!((w, d), (0, 1));
         assert!(!tree.contains_key("d2/b/z.yaml"));
-        assert!(!tree.contains_key(".promised/index/d2.json"));
+        assert!(
+            !tree.contains_key(&shard("d2", "b")),
+            "an emptied shard goes"
+        );
         assert_eq!(tree["README.md"], b"theirs");
     }
 
     #[test]
-    fn only_the_touched_destinations_index_is_rewritten() {
+    fn only_the_touched_shard_of_the_index_is_rewritten() {
         let mut tree = HashMap::new();
         let cs = ChangeSet {
             writes: vec![
                 write("a", "d1", &[("d1/a/x.yaml", "x")]),
+                write("c", "d1", &[("d1/c/z.yaml", "z")]),
                 write("b", "d2", &[("d2/b/y.yaml", "y")]),
             ],
             ..Default::default()
         };
         run(&mut tree, &cs);
-        let d2_index = tree[".promised/index/d2.json"].clone();
+        assert_ne!(shard("d1", "a"), shard("d1", "c"));
+        let before = tree.clone();
         let only_a = ChangeSet {
             writes: vec![write("a", "d1", &[("d1/a/x.yaml", "x2")])],
             ..Default::default()
@@ -559,13 +557,65 @@ mod tests {
         let idx = index_of(&tree);
         let p = plan(&files_of(&tree), &idx, &only_a, |_| true).unwrap();
         let paths: Vec<&str> = p.upserts.iter().map(|u| u.path.as_str()).collect();
-        assert_eq!(paths, ["d1/a/x.yaml", ".promised/index/d1.json"]);
+        assert_eq!(paths, ["d1/a/x.yaml", shard("d1", "a").as_str()]);
+        assert!(p.removes.is_empty(), "{:?}", p.removes);
         // The plan still knows the whole index (the store caches it for the next apply).
-        assert_eq!(p.index.len(), 2);
+        assert_eq!(p.index.len(), 3);
         let store = HashMap::new();
         apply_to(&mut tree, &p, &store);
-        assert_eq!(tree[".promised/index/d2.json"], d2_index);
-        assert_eq!(index_of(&tree).len(), 2);
+        for untouched in [shard("d1", "c"), shard("d2", "b")] {
+            assert_eq!(tree[&untouched], before[&untouched], "{untouched}");
+        }
+        assert_eq!(index_of(&tree).len(), 3);
+    }
+
+    #[test]
+    fn an_earlier_versions_index_is_read_and_replaced_by_shards_on_the_next_write() {
+        // Written by an earlier version: one file per Destination.
+        let mut legacy = vec![
+            IndexEntry {
+                path: "d1/a/x.yaml".into(),
+                sha256: sha256_hex(b"x"),
+                oid: blob_oid(b"x").to_string(),
+                owner: owner("a", "d1"),
+            },
+            IndexEntry {
+                path: "d1/c/z.yaml".into(),
+                sha256: sha256_hex(b"z"),
+                oid: blob_oid(b"z").to_string(),
+                owner: owner("c", "d1"),
+            },
+        ];
+        let mut tree = HashMap::from([
+            ("d1/a/x.yaml".to_string(), b"x".to_vec()),
+            ("d1/c/z.yaml".to_string(), b"z".to_vec()),
+            (
+                ".promised/index/d1.json".to_string(),
+                index::encode_sorted("d1", &mut legacy),
+            ),
+        ]);
+        assert_eq!(index_of(&tree), legacy, "read as it is");
+        // A change to placement a only: c's entry is not lost in the move.
+        let only_a = ChangeSet {
+            writes: vec![write("a", "d1", &[("d1/a/x.yaml", "x2")])],
+            ..Default::default()
+        };
+        let (w, d, u, drift, _) = run(&mut tree, &only_a);
+        assert_eq!((w, d, u, drift.len()), (1, 0, 0, 0));
+        assert!(!tree.contains_key(".promised/index/d1.json"));
+        let mut index_files: Vec<&String> = tree
+            .keys()
+            .filter(|p| p.starts_with(".promised/"))
+            .collect();
+        index_files.sort();
+        assert_eq!(index_files, [&shard("d1", "a"), &shard("d1", "c")]);
+        let now = index_of(&tree);
+        assert_eq!(now.len(), 2);
+        assert_eq!(now.iter().find(|e| e.owner.key == "c"), Some(&legacy[1]));
+        assert_eq!(tree["d1/c/z.yaml"], b"z");
+        // And the next pass with nothing new writes nothing.
+        let (w, d, _, _, empty) = run(&mut tree, &only_a);
+        assert_eq!((w, d, empty), (0, 0, true));
     }
 
     #[test]

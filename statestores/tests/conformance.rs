@@ -227,8 +227,13 @@ async fn batched_apply_is_one_commit<S: StateStore>(store: &S, fx: &Fixture) {
         view.read(&path_of(&c, "pg.yaml")).unwrap(),
         "kind: Postgres\nname: c\n"
     );
-    assert!(view.read(".promised/index/worker-1.json").is_some());
-    assert!(view.read(".promised/index/worker-2.json").is_some());
+    for o in [&a, &c] {
+        let index = statestores::index_path(&o.destination, statestores::shard_of(&o.key));
+        assert!(
+            view.read(&index).is_some_and(|i| i.contains(&o.key)),
+            "{index}"
+        );
+    }
     let msg = view.message("HEAD");
     assert!(
         msg.starts_with("promised: 4 updated, 0 deleted (config 1a2b3c4)\n"),
@@ -292,7 +297,11 @@ async fn prune_and_remove<S: StateStore>(store: &S, fx: &Fixture) {
     assert!(view.read(&path_of(&a, "redis.yaml")).is_some());
     assert!(view.read(&path_of(&c, "pg.yaml")).is_none());
     assert!(
-        view.read(".promised/index/worker-2.json").is_none(),
+        view.read(&statestores::index_path(
+            &c.destination,
+            statestores::shard_of(&c.key)
+        ))
+        .is_none(),
         "empty index files are deleted"
     );
     assert!(

@@ -1,6 +1,7 @@
 //! An ownership index file deleted behind our back (a Git remote served by `git daemon` on
 //! 127.0.0.1): re-adopted from the last commit the store applied when a person deleted it,
-//! left deleted when another promised (the store's own author) did.
+//! left deleted when another promised (the store's own author) did; and an index in an earlier
+//! version's layout, read and replaced by shards.
 
 #![allow(missing_docs)]
 
@@ -12,13 +13,18 @@ use statestores::{
 };
 
 const FILE: &str = "worker-1/dependencies/redis/configure/5058f/crd.yaml";
-const INDEX: &str = ".promised/index/worker-1.json";
+const KEY: &str = "worker-1/dependencies/redis/configure/5058f";
+
+/// The index file (shard) that lists [`FILE`].
+fn index() -> String {
+    statestores::index_path("worker-1", statestores::shard_of(KEY))
+}
 
 fn one_file(content: &str) -> ChangeSet {
     ChangeSet {
         writes: vec![PlacementWrite {
             owner: Owner {
-                key: "worker-1/dependencies/redis/configure/5058f".into(),
+                key: KEY.into(),
                 destination: "worker-1".into(),
                 promise: "redis".into(),
                 resource: None,
@@ -36,7 +42,7 @@ fn one_file(content: &str) -> ChangeSet {
 /// Deletes the index and edits our file in a commit by `author` (`name <email>`), pushed.
 fn delete_index_and_edit(url: &str, author: (&str, &str)) {
     let person = common::Person::clone(url);
-    person.delete(INDEX);
+    person.delete(&index());
     person.write(FILE, "edited: true\n");
     let w = person.path();
     common::git(Some(&w), &["add", "-A"]);
@@ -81,12 +87,10 @@ async fn a_deleted_index_is_re_adopted_unless_promised_deleted_it() {
     assert_eq!(out.drift[0].kind, DriftKind::Modified);
     let view = common::View::of(&url);
     assert_eq!(view.read(FILE).as_deref(), Some("kind: CRD\n"));
-    assert!(view.read(INDEX).is_some_and(|i| i.contains(FILE)));
+    assert!(view.read(&index()).is_some_and(|i| i.contains(FILE)));
     // Still ours: a removal prunes it.
     let mut removal = ChangeSet::default();
-    removal
-        .removals
-        .push("worker-1/dependencies/redis/configure/5058f".into());
+    removal.removals.push(KEY.into());
     let out = store.apply(&removal).await.unwrap();
     assert_eq!(out.deleted, 1, "{out:?}");
     assert_eq!(common::View::of(&url).read(FILE), None);
@@ -98,6 +102,75 @@ async fn a_deleted_index_is_re_adopted_unless_promised_deleted_it() {
     let out = store.apply(&ChangeSet::default()).await.unwrap();
     assert!(out.drift.is_empty() && out.version.is_none(), "{out:?}");
     let view = common::View::of(&url);
-    assert_eq!(view.read(INDEX), None);
+    assert_eq!(view.read(&index()), None);
     assert_eq!(view.read(FILE).as_deref(), Some("edited: true\n"));
+}
+
+/// A store written by an earlier version has one index file per Destination,
+/// `.promised/index/<destination>.json` (pretty-printed by the oldest ones). It is read as it
+/// is: nothing is re-adopted or reported as drift, and the placements it lists stay owned.
+/// The next write replaces it with shards, in the same commit as the write's own files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_versions_index_file_is_read_and_replaced_by_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    common::init_bare(&srv.join("repo.git"));
+    let port = common::start_git_daemon(srv.clone());
+    let url = format!("git://127.0.0.1:{port}/repo.git");
+    let store = GitStateStore::open(
+        "s",
+        GitStateStoreSpec::new(url.clone()),
+        GitOptions::new(tmp.path().join("state")),
+    )
+    .unwrap();
+    // Two placements on worker-1, in different shards.
+    const OTHER_KEY: &str = "worker-1/resources/default/redis/b/configure/5058f";
+    const OTHER: &str = "worker-1/resources/default/redis/b/configure/5058f/b.yaml";
+    assert_ne!(statestores::shard_of(KEY), statestores::shard_of(OTHER_KEY));
+    let other_index = statestores::index_path("worker-1", statestores::shard_of(OTHER_KEY));
+    let mut both = one_file("kind: CRD\n");
+    let mut other = both.writes[0].clone();
+    other.owner.key = OTHER_KEY.into();
+    other.files[0].path = OTHER.into();
+    both.writes.push(other);
+    store.apply(&both).await.unwrap();
+
+    // What an earlier version would have written: both shards' entries in one file.
+    let person = common::Person::clone(&url);
+    let mut entries = Vec::new();
+    for shard in [index(), other_index.clone()] {
+        let text = std::fs::read_to_string(person.path().join(&shard)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        entries.extend(v["entries"].as_array().unwrap().iter().cloned());
+        person.delete(&shard);
+    }
+    let legacy = ".promised/index/worker-1.json";
+    let file = serde_json::json!({"version": 1, "destination": "worker-1", "entries": entries});
+    person.write(legacy, &serde_json::to_string_pretty(&file).unwrap());
+    person.commit_and_push("the index as an earlier version wrote it");
+
+    // A change to the first placement only.
+    let out = store.apply(&one_file("kind: CRD\nv: 2\n")).await.unwrap();
+    assert_eq!((out.written, out.deleted), (1, 0), "{out:?}");
+    assert!(out.drift.is_empty(), "{out:?}");
+    let view = common::View::of(&url);
+    assert_eq!(view.read(legacy), None, "replaced");
+    assert!(view.read(&index()).is_some_and(|i| i.contains(FILE)));
+    assert!(view.read(&other_index).is_some_and(|i| i.contains(OTHER)));
+    assert_eq!(view.read(OTHER).as_deref(), Some("kind: CRD\n"));
+    assert_eq!(
+        view.message("HEAD").lines().next(),
+        Some("promised: 1 updated, 0 deleted (config unknown)")
+    );
+
+    // The other placement is still ours: removing it deletes its file and its shard.
+    let mut removal = ChangeSet::default();
+    removal.removals.push(OTHER_KEY.into());
+    let out = store.apply(&removal).await.unwrap();
+    assert_eq!(out.deleted, 1, "{out:?}");
+    let view = common::View::of(&url);
+    assert_eq!(view.read(OTHER), None);
+    assert_eq!(view.read(&other_index), None);
+    assert_eq!(view.read(FILE).as_deref(), Some("kind: CRD\nv: 2\n"));
 }

@@ -23,7 +23,7 @@ use super::config::GitAuthor;
 use super::credentials::Secrets;
 use super::repo;
 use crate::Error;
-use crate::index::{INDEX_DIR, IndexEntry};
+use crate::index::{self, IndexEntry};
 
 /// The clone's ref at the last commit it applied (pushed, or compare-and-swapped locally).
 pub const APPLIED_REF: &str = "refs/promised/applied";
@@ -73,10 +73,9 @@ pub(super) fn adopt_lost_index(
         return Ok(Vec::new());
     }
     let (old_files, _) = repo::head_files(repo, Some(applied), secrets)?;
-    let prefix = format!("{INDEX_DIR}/");
     let lost: BTreeSet<&String> = old_files
         .keys()
-        .filter(|p| p.starts_with(&prefix) && p.ends_with(".json") && !files.contains_key(*p))
+        .filter(|p| index::destination_of(p).is_some() && !files.contains_key(*p))
         .collect();
     if lost.is_empty() {
         return Ok(Vec::new());
@@ -87,7 +86,7 @@ pub(super) fn adopt_lost_index(
         return Ok(Vec::new());
     }
     let known: BTreeSet<String> = index.iter().map(|e| e.path.clone()).collect();
-    let mut destinations = Vec::new();
+    let mut destinations = BTreeSet::new();
     for p in lost {
         let one: HashMap<String, ObjectId> = HashMap::from([(p.clone(), old_files[p])]);
         let entries = crate::plan::load_index(&one, |oid| repo::read_blob(repo, oid, secrets))?;
@@ -97,12 +96,9 @@ pub(super) fn adopt_lost_index(
             continue;
         }
         index.extend(entries.into_iter().filter(|e| !known.contains(&e.path)));
-        destinations.push(
-            p.trim_start_matches(&prefix)
-                .trim_end_matches(".json")
-                .to_string(),
-        );
+        destinations.extend(index::destination_of(p).map(str::to_owned));
     }
+    let destinations: Vec<String> = destinations.into_iter().collect();
     if destinations.is_empty() {
         return Ok(destinations);
     }
