@@ -5,7 +5,9 @@
 //! `promised status` while the pipeline still runs, `status.yaml` still replaces top-level
 //! keys at the end, another request cannot be patched (403), and a run's token stops working
 //! when the run ends (401); the daemon's `/api/v1/status` shows published status during a
-//! pass. Real `promised reconcile` / `promised run`, bubblewrap and local Git state stores.
+//! pass; one engine's later pass serves the status an earlier pass recorded (the catalog's
+//! kept status texts). Real `promised reconcile` / `promised run`, bubblewrap and local Git
+//! state stores.
 //! Skips without bubblewrap (fails with `PROMISED_REQUIRE_SANDBOX`), without
 //! `/usr/bin/kubectl` (fails with `PROMISED_REQUIRE_KUBECTL=1`) and without `/usr/bin/python3`
 //! with PyYAML (fails with `PROMISED_REQUIRE_PYTHON=1`).
@@ -416,4 +418,65 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// One engine, several passes (as in the daemon): the engine keeps the status texts of the
+/// pipeline API's catalog between passes and rebuilds only those of requests a pass changed.
+/// A reader that runs in a later pass sees the status the writer's own last run recorded, not
+/// the text an earlier catalog held (made before that run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_pass_serves_the_status_an_earlier_pass_recorded() {
+    use promised::config::{self, Source};
+    use promised::reconcile::Engine;
+    use promised::settings::Settings;
+
+    need_bwrap!();
+    if kubectl().is_none() {
+        return;
+    }
+    let (tmp, config, state) = world();
+    let requests = |value: &str, rev: u32| {
+        let doc = |name: &str, spec: &str| {
+            format!(
+                "---\napiVersion: test.promised.dev/v1alpha1\nkind: App\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n{spec}"
+            )
+        };
+        let text = doc("writer", &format!("  mode: writer\n  value: {value}\n"))
+            + &doc("reader", &format!("  mode: reader\n  rev: {rev}\n"));
+        std::fs::write(config.join("requests/cache.yaml"), text).unwrap();
+    };
+    let settings = Settings::load(
+        None,
+        // With the network on, the pipeline reaches the API on a host loopback port: the
+        // forwarder inside the sandbox is the `promised` binary, and this process is a test.
+        json!({"stateDir": state, "allowNetwork": true})
+            .as_object()
+            .unwrap()
+            .clone(),
+    )
+    .unwrap();
+    let runner = settings.runner();
+    let mut engine = Engine::new(settings, runner).unwrap();
+    let mut pass = async |what: &str| {
+        let (objects, root) = config::load_with_root(
+            &Source::Dir(config.clone()),
+            &Default::default(),
+            None,
+            &tmp.path().join("checkouts"),
+            &Default::default(),
+        )
+        .unwrap();
+        let cfg = promised::validate::validate(objects);
+        let report = engine.reconcile(&cfg, &root).await.unwrap();
+        assert!(report.pipelines_run > 0, "{what}: {report:#?}");
+    };
+    requests("one", 1);
+    pass("both run").await;
+    requests("two", 1);
+    pass("the writer runs, the reader is steady").await;
+    requests("two", 2);
+    pass("the reader runs, the writer is steady").await;
+    drop(engine);
+    assert_eq!(fields(&state, "app/default/writer")["value"], "two");
+    assert_eq!(fields(&state, "app/default/reader")["seen"], "two");
 }

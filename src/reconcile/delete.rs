@@ -173,7 +173,7 @@ impl Engine {
                                 if is_request
                                     && catalog_for.as_deref() != Some(promise_name.as_str())
                                 {
-                                    self.set_catalog(all, [promise_name.as_str()]);
+                                    self.set_catalog(all, [promise_name.as_str()], |_| false);
                                     catalog_for = Some(promise_name.clone());
                                 }
                                 let result = run::run_job(&self.runner, &job).await;

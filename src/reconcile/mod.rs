@@ -182,6 +182,8 @@ pub struct Engine {
     dry_run: Option<Arc<dry_run::Recorder>>,
     /// The last pass, when it changed nothing: repeats of it are answered from it (`quiet`).
     quiet: Option<quiet::QuietPass>,
+    /// Status texts of the pipeline API's last catalog (`run::StatusTexts`).
+    status_texts: std::sync::Mutex<run::StatusTexts>,
 }
 
 /// The working state of one pass, handed from stage to stage in the order of
@@ -304,6 +306,7 @@ impl Engine {
             rollout: rollout::RolloutRuntime::default(),
             dry_run: None,
             quiet: None,
+            status_texts: Default::default(),
         })
     }
 
@@ -428,6 +431,10 @@ impl Engine {
             return Ok(report);
         }
         let started_at = (std::time::SystemTime::now(), tokio::time::Instant::now());
+        self.status_texts
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .begin();
         let outer = cfg;
         self.revisions.set_history(
             cfg.history.clone(),

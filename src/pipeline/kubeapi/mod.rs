@@ -148,7 +148,7 @@ impl Catalog {
     pub fn build<'r>(
         promises: &[ValidPromise],
         requests: impl IntoIterator<Item = &'r Arc<ValidRequest>>,
-        status: impl Fn(&str) -> Option<StatusText>,
+        mut status: impl FnMut(&str) -> Option<StatusText>,
     ) -> Catalog {
         let mut c = Catalog::default();
         for p in promises {
