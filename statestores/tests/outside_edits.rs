@@ -62,10 +62,9 @@ fn delete_index_and_edit(url: &str, author: (&str, &str)) {
     common::git(Some(&w), &["push", "-q", "origin", "HEAD:main"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_index_is_re_adopted_unless_promised_deleted_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let srv = tmp.path().join("srv");
+/// A Git state store on an empty repository served by `git daemon` from `dir`, and its URL.
+fn store(dir: &std::path::Path) -> (GitStateStore, String) {
+    let srv = dir.join("srv");
     std::fs::create_dir_all(&srv).unwrap();
     common::init_bare(&srv.join("repo.git"));
     let port = common::start_git_daemon(srv.clone());
@@ -73,9 +72,16 @@ async fn a_deleted_index_is_re_adopted_unless_promised_deleted_it() {
     let store = GitStateStore::open(
         "s",
         GitStateStoreSpec::new(url.clone()),
-        GitOptions::new(tmp.path().join("state")),
+        GitOptions::new(dir.join("state")),
     )
     .unwrap();
+    (store, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_index_is_re_adopted_unless_promised_deleted_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, url) = store(tmp.path());
     store.apply(&one_file("kind: CRD\n")).await.unwrap();
 
     // A person: the index comes back and the edit is repaired (drift), with nothing else to
@@ -113,17 +119,7 @@ async fn a_deleted_index_is_re_adopted_unless_promised_deleted_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_earlier_versions_index_file_is_read_and_replaced_by_shards() {
     let tmp = tempfile::tempdir().unwrap();
-    let srv = tmp.path().join("srv");
-    std::fs::create_dir_all(&srv).unwrap();
-    common::init_bare(&srv.join("repo.git"));
-    let port = common::start_git_daemon(srv.clone());
-    let url = format!("git://127.0.0.1:{port}/repo.git");
-    let store = GitStateStore::open(
-        "s",
-        GitStateStoreSpec::new(url.clone()),
-        GitOptions::new(tmp.path().join("state")),
-    )
-    .unwrap();
+    let (store, url) = store(tmp.path());
     // Two placements on worker-1, in different shards.
     const OTHER_KEY: &str = "worker-1/resources/default/redis/b/configure/5058f";
     const OTHER: &str = "worker-1/resources/default/redis/b/configure/5058f/b.yaml";
