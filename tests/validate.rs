@@ -566,9 +566,10 @@ fn credentials_in_a_config_url_are_not_printed() {
 }
 
 /// The loader the daemon keeps: a later commit reuses what did not change, only Promise
-/// folders are exported for pipelines, and only the newest two exports stay on disk.
+/// folders are exported for pipelines, a commit that changes no Promise folder reuses the
+/// export as it is, and only the newest two exports stay on disk.
 #[test]
-fn loader_exports_promise_folders_of_the_newest_two_commits() {
+fn loader_exports_promise_folders_once_per_content_and_keeps_the_newest_two() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("config");
     copy_dir(&repo_root().join("testdata/quickstart"), &repo);
@@ -587,9 +588,11 @@ fn loader_exports_promise_folders_of_the_newest_two_commits() {
         Some(checkouts.clone()),
     )
     .unwrap();
+    let script_rel = "promises/redis/pipeline/configure";
     let mut roots = Vec::new();
-    for round in 0..3 {
-        if round > 0 {
+    // Rounds 1 and 2 edit a request, 3 and 4 the redis Promise's script.
+    for round in 0..5 {
+        if (1..=2).contains(&round) {
             std::fs::write(
                 repo.join("requests/redis-example.yaml"),
                 format!(
@@ -598,12 +601,18 @@ fn loader_exports_promise_folders_of_the_newest_two_commits() {
                 ),
             )
             .unwrap();
+        } else if round > 2 {
+            let script = repo.join(script_rel);
+            let text = std::fs::read_to_string(&script).unwrap();
+            std::fs::write(&script, format!("{text}# edit {round}\n")).unwrap();
+        }
+        if round > 0 {
             git(&repo, &["commit", "-qam", &format!("c{}", round + 1)]);
         }
         let commit = loader.fetch().unwrap().expect("a Git source has a commit");
         let loaded = loader.load().unwrap();
         assert_eq!(loaded.objects.commit.as_deref(), Some(commit.as_str()));
-        assert_eq!(loaded.root, checkouts.join(&commit));
+        assert_eq!(loaded.root.parent(), Some(checkouts.as_path()));
         let cfg = validate(loaded.objects);
         assert!(!cfg.has_errors(), "{:?}", cfg.diagnostics);
         let size = cfg
@@ -613,9 +622,13 @@ fn loader_exports_promise_folders_of_the_newest_two_commits() {
             .map(|r| r.object["spec"]["size"].clone())
             .unwrap();
         assert_eq!(size, if round == 1 { "large" } else { "small" });
-        // Promise folders with their scripts, executable; nothing else.
-        let script = loaded.root.join("promises/redis/pipeline/configure");
-        assert!(script.is_file(), "{}", script.display());
+        // Promise folders with their scripts, executable, as in this commit; nothing else.
+        let script = loaded.root.join(script_rel);
+        assert_eq!(
+            std::fs::read_to_string(&script).unwrap(),
+            std::fs::read_to_string(repo.join(script_rel)).unwrap(),
+            "round {round}"
+        );
         use std::os::unix::fs::PermissionsExt;
         assert_ne!(
             std::fs::metadata(&script).unwrap().permissions().mode() & 0o111,
@@ -633,14 +646,21 @@ fn loader_exports_promise_folders_of_the_newest_two_commits() {
         // Let modification times differ so "newest" is well defined.
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    assert_eq!(roots[0], roots[1], "a request edit reuses the export");
+    assert_eq!(roots[0], roots[2]);
+    assert_ne!(roots[2], roots[3], "a script edit makes a new one");
+    assert_ne!(roots[3], roots[4]);
     let mut left: Vec<PathBuf> = std::fs::read_dir(&checkouts)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
     left.sort();
-    let mut want = vec![roots[1].clone(), roots[2].clone()];
+    let mut want = vec![roots[3].clone(), roots[4].clone()];
     want.sort();
-    assert_eq!(left, want, "the oldest export is removed");
+    assert_eq!(
+        left, want,
+        "the oldest export is removed, and nothing else is left"
+    );
 }
 
 /// The admissions cache (`validate_with`, what the daemon uses between passes) is invisible:

@@ -393,6 +393,28 @@ impl GitRepo {
         branches_of(&self.repo)
     }
 
+    /// The id of the tree at directory `dir` of `commit` (`""`: the commit's root tree);
+    /// `None` when the commit has no directory there. Errors: the commit or one of the trees
+    /// on the path cannot be read.
+    pub fn tree_at(
+        &self,
+        commit: gix::ObjectId,
+        dir: &str,
+    ) -> Result<Option<gix::ObjectId>, SourceError> {
+        let tree = self
+            .repo
+            .find_commit(commit)
+            .and_then(|c| c.tree())
+            .map_err(|e| self.err(e.to_string()))?;
+        if dir.is_empty() {
+            return Ok(Some(tree.id));
+        }
+        let entry = tree
+            .lookup_entry_by_path(dir)
+            .map_err(|e| self.err(format!("{dir}/: {e}")))?;
+        Ok(entry.filter(|e| e.mode().is_tree()).map(|e| e.object_id()))
+    }
+
     /// The blobs of `commit`'s tree that `filter` matches, sorted by path. Blobs for which
     /// `want(oid)` is false are listed without reading them (`bytes` empty).
     pub fn read_commit(

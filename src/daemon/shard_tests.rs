@@ -102,12 +102,22 @@ fn election(api: &FakeApi, identity: &str) -> Election {
 
 /// Files on the store's `main` branch under the Destination.
 fn files(store: &Path) -> BTreeSet<String> {
+    if !store.exists() {
+        return BTreeSet::new(); // before the first write
+    }
     let out = std::process::Command::new("git")
         .arg("--git-dir")
         .arg(store)
         .args(["ls-tree", "-r", "--name-only", "main"])
         .output()
         .unwrap();
+    // A failed read must not look like an empty store (a CI run under heavy load once saw
+    // no files here after the second passes, with no reason recorded).
+    assert!(
+        out.status.success(),
+        "git ls-tree main: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.starts_with("clusters/dev/dependencies/p-"))
