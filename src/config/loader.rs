@@ -267,7 +267,7 @@ fn export_promise_dirs(
             repo.read_commit(commit, &filter, |_| true)?
         };
         let tmp = parent.join(format!(".promises-{key}.tmp"));
-        source::export(&files, &tmp)
+        export(&files, &tmp)
             .and_then(|_| std::fs::create_dir_all(&tmp))
             .and_then(|_| std::fs::rename(&tmp, &root))
             .map_err(|e| io_err(e, &root))?;
@@ -300,4 +300,26 @@ fn export_promise_dirs(
         }
     }
     Ok(root)
+}
+
+/// Writes `files` under `dest` (created; existing content is replaced), keeping executable
+/// bits, so Promise folders read from a Git commit can be mounted into pipelines.
+fn export(files: &[source::RawFile], dest: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if dest.exists() {
+        std::fs::remove_dir_all(dest)?;
+    }
+    for f in files {
+        if f.path.split('/').any(|s| s == ".." || s.is_empty()) {
+            continue;
+        }
+        let p = dest.join(&f.path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&p, &f.bytes)?;
+        let mode = if f.executable { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }

@@ -679,28 +679,6 @@ fn cache_name(url: &str) -> String {
     format!("{tail}-{h}")
 }
 
-/// Writes `files` under `dest` (created; existing content is replaced), keeping executable
-/// bits, so Promise folders read from a Git commit can be mounted into pipelines.
-pub fn export(files: &[RawFile], dest: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if dest.exists() {
-        std::fs::remove_dir_all(dest)?;
-    }
-    for f in files {
-        if f.path.split('/').any(|s| s == ".." || s.is_empty()) {
-            continue;
-        }
-        let p = dest.join(&f.path);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(&p, &f.bytes)?;
-        let mode = if f.executable { 0o755 } else { 0o644 };
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
-    }
-    Ok(())
-}
-
 /// The commit a ref points at, checked as cheaply as possible: a local repository's ref is
 /// read directly; a remote is asked for its refs only (`ls-refs`, no pack is downloaded),
 /// through the bare cache that [`read`] created under `cache_dir`. Used by the daemon's poller.
