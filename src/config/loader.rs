@@ -233,10 +233,10 @@ fn export_promise_dirs(
     let key = {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
-        for d in &dirs {
+        for (d, tree) in dirs.iter().zip(repo.trees_at(commit, &dirs)?) {
             h.update(d.as_bytes());
             h.update([0]);
-            match repo.tree_at(commit, d)? {
+            match tree {
                 Some(tree) => h.update(tree.as_bytes()),
                 None => h.update(b"-"),
             }

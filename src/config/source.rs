@@ -393,26 +393,29 @@ impl GitRepo {
         branches_of(&self.repo)
     }
 
-    /// The id of the tree at directory `dir` of `commit` (`""`: the commit's root tree);
-    /// `None` when the commit has no directory there. Errors: the commit or one of the trees
-    /// on the path cannot be read.
-    pub fn tree_at(
+    /// The id of the tree at each directory of `dirs` in `commit` (`""`: the commit's root
+    /// tree), in order; `None` where the commit has no directory. Errors: the commit or one of
+    /// the trees on a path cannot be read.
+    pub fn trees_at(
         &self,
         commit: gix::ObjectId,
-        dir: &str,
-    ) -> Result<Option<gix::ObjectId>, SourceError> {
+        dirs: &[String],
+    ) -> Result<Vec<Option<gix::ObjectId>>, SourceError> {
         let tree = self
             .repo
             .find_commit(commit)
             .and_then(|c| c.tree())
             .map_err(|e| self.err(e.to_string()))?;
-        if dir.is_empty() {
-            return Ok(Some(tree.id));
-        }
-        let entry = tree
-            .lookup_entry_by_path(dir)
-            .map_err(|e| self.err(format!("{dir}/: {e}")))?;
-        Ok(entry.filter(|e| e.mode().is_tree()).map(|e| e.object_id()))
+        let at = |dir: &str| {
+            if dir.is_empty() {
+                return Ok(Some(tree.id));
+            }
+            let entry = tree
+                .lookup_entry_by_path(dir)
+                .map_err(|e| self.err(format!("{dir}/: {e}")))?;
+            Ok(entry.filter(|e| e.mode().is_tree()).map(|e| e.object_id()))
+        };
+        dirs.iter().map(|d| at(d)).collect()
     }
 
     /// The blobs of `commit`'s tree that `filter` matches, sorted by path. Blobs for which

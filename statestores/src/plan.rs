@@ -378,14 +378,15 @@ pub fn plan<'a>(
         .keys()
         .filter(|p| index::destination_of(p).is_some())
         .collect();
-    for ((dest, shard), mut entries) in by_slot {
-        let path = index::index_path(&dest, shard);
+    for (key, mut entries) in by_slot {
+        let (dest, shard) = (&key.0, key.1);
+        let path = index::index_path(dest, shard);
         let present = stale.remove(&path);
-        if present && !touched.contains(&(dest.clone(), shard)) {
+        if present && !touched.contains(&key) {
             p.index.extend(entries); // unchanged: its file stays
             continue;
         }
-        let bytes = index::encode_sorted(&dest, &mut entries);
+        let bytes = index::encode_sorted(dest, &mut entries);
         p.index.extend(entries);
         let oid = blob_oid(&bytes);
         if head_files.get(&path) != Some(&oid) {
