@@ -308,6 +308,16 @@ pub struct Event {
 }
 
 impl ObjectStatus {
+    /// Gives back the spare capacity of the status's lists (conditions, pipelines,
+    /// destinations, health checks, events); [`crate::state::ObjectRecord::shrink_to_fit`].
+    pub fn shrink_to_fit(&mut self) {
+        self.conditions.shrink_to_fit();
+        self.pipelines.shrink_to_fit();
+        self.destinations.shrink_to_fit();
+        self.health_checks.shrink_to_fit();
+        self.events.shrink_to_fit();
+    }
+
     /// A fresh status with `message: Pending` and no conditions.
     pub fn new(object: ObjectRef, promise: &str) -> Self {
         ObjectStatus {

@@ -629,6 +629,82 @@ async fn a_cancelled_pass_starts_no_workflow() {
     assert!(!w.files().contains("resources/default/redis/example/"));
 }
 
+/// After a pass, the engine's records keep no spare capacity in their lists (placements,
+/// outputs, files, the status's conditions, pipelines, destinations and events): at 10,000
+/// requests the room that pushes leave for 4 or more entries was 9–11 MB of the cold pass's
+/// peak heap (docs/benchmarks.md, "Memory", third round).
+#[tokio::test]
+async fn records_keep_no_spare_capacity_after_a_pass() {
+    use promised::config::{self, Source};
+    use promised::reconcile::Engine;
+    use promised::settings::Settings;
+
+    need_bwrap!();
+    let w = World::new();
+    let settings = Settings::load(
+        None,
+        serde_json::json!({"stateDir": w.state})
+            .as_object()
+            .unwrap()
+            .clone(),
+    )
+    .unwrap();
+    let (objects, root) = config::load_with_root(
+        &Source::Dir(w.config.clone()),
+        &settings.file_filter(),
+        None,
+        &w.root.join("checkouts"),
+        &settings.network.timeouts(),
+    )
+    .unwrap();
+    let cfg = promised::validate::validate(objects);
+    let runner = settings.runner();
+    let mut engine = Engine::new(settings, runner).unwrap();
+    let report = engine.reconcile(&cfg, &root).await.unwrap();
+    assert!(report.pipelines_run > 0, "{report:#?}");
+    let state = engine.state();
+    assert!(!state.requests.is_empty());
+    for (key, r) in state.requests.iter().chain(&state.promises) {
+        assert!(!r.status.conditions.is_empty(), "{key}: {r:#?}");
+        let lists = [
+            ("placements", r.placements.len(), r.placements.capacity()),
+            ("outputs", r.outputs.len(), r.outputs.capacity()),
+            (
+                "conditions",
+                r.status.conditions.len(),
+                r.status.conditions.capacity(),
+            ),
+            (
+                "pipelines",
+                r.status.pipelines.len(),
+                r.status.pipelines.capacity(),
+            ),
+            (
+                "destinations",
+                r.status.destinations.len(),
+                r.status.destinations.capacity(),
+            ),
+            ("events", r.status.events.len(), r.status.events.capacity()),
+        ];
+        let files = r
+            .placements
+            .iter()
+            .map(|p| ("placement files", p.files.len(), p.files.capacity()))
+            .chain(
+                r.outputs
+                    .iter()
+                    .map(|o| ("output files", o.files.len(), o.files.capacity())),
+            );
+        for (what, len, cap) in lists.into_iter().chain(files) {
+            assert_eq!(cap, len, "{key}: {what} has room for {cap}, holds {len}");
+        }
+    }
+    assert!(
+        state.requests.values().any(|r| !r.placements.is_empty()),
+        "some request was placed"
+    );
+}
+
 /// A pass over many unchanged requests skips them as steady: nothing runs, nothing is written
 /// to the state directory, the report counts them instead of listing them; an edit of one
 /// request runs only that one and journals only its record.

@@ -168,6 +168,7 @@ pub fn place_outputs(
         }
     }
     placed.placements.sort();
+    placed.placements.shrink_to_fit();
     placed
 }
 

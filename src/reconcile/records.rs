@@ -272,6 +272,7 @@ impl Engine {
             }
             record.placements = places;
             finish_status(record);
+            record.shrink_to_fit();
             if let Some(k) = pass.eligible.get(&okey)
                 && record.completed
                 && record.failures == 0

@@ -265,8 +265,22 @@ impl Engine {
         *progress = crate::state::Dirty::default();
     }
 
-    /// Turns a workflow result into the record: status, pipeline phases, cached outputs.
+    /// Turns a workflow result into the record: status, pipeline phases, cached outputs (the
+    /// record's lists without spare capacity, [`ObjectRecord::shrink_to_fit`]).
     pub(super) fn absorb_result(
+        &self,
+        record: &mut ObjectRecord,
+        hash: &str,
+        result: &WorkflowResult,
+        promise_level: bool,
+        report: &mut PassReport,
+    ) -> Result<(), EngineError> {
+        let absorbed = self.absorb(record, hash, result, promise_level, report);
+        record.shrink_to_fit();
+        absorbed
+    }
+
+    fn absorb(
         &self,
         record: &mut ObjectRecord,
         hash: &str,
