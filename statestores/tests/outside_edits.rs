@@ -170,3 +170,89 @@ async fn an_earlier_versions_index_file_is_read_and_replaced_by_shards() {
     assert_eq!(view.read(&other_index), None);
     assert_eq!(view.read(FILE).as_deref(), Some("kind: CRD\nv: 2\n"));
 }
+
+/// The verified head recorded in the persistent clone (`promised-verified-head`).
+fn recorded_head(store: &GitStateStore) -> String {
+    std::fs::read_to_string(store.repo_path().join("promised-verified-head")).unwrap_or_default()
+}
+
+/// A fresh process (here: a new store on the same persistent clone) trusts the head the last
+/// one verified, which the clone records, only while the remote is still at it: with nothing
+/// to write it finds nothing; after an outside edit it finds and repairs the drift; after the
+/// remote is rewound to an older commit, that commit is checked in full; a record it cannot
+/// read is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_process_trusts_only_the_head_the_last_one_verified() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, url) = store(tmp.path());
+    let reopen = || {
+        GitStateStore::open(
+            "s",
+            GitStateStoreSpec::new(url.clone()),
+            GitOptions::new(tmp.path().join("state")),
+        )
+        .unwrap()
+    };
+    let c1 = first.apply(&one_file("kind: CRD\n")).await.unwrap();
+    let c1 = c1.version.unwrap();
+    assert_eq!(recorded_head(&first), format!("v1 {c1}\n"));
+    drop(first);
+
+    // Nothing to write, the remote where the last process left it.
+    let second = reopen();
+    let out = second.apply(&ChangeSet::default()).await.unwrap();
+    assert!(out.drift.is_empty() && out.version.is_none(), "{out:?}");
+    assert_eq!(out.head.as_deref(), Some(c1.as_str()));
+    // A write on top of it: its listing was not in memory, so the tree is read for it.
+    let c2 = second.apply(&one_file("kind: CRD\nv: 2\n")).await.unwrap();
+    assert_eq!((c2.written, c2.deleted), (1, 0), "{c2:?}");
+    let c2 = c2.version.unwrap();
+    assert_eq!(recorded_head(&second), format!("v1 {c2}\n"));
+    drop(second);
+
+    // An outside edit is a new head: found and repaired by the next process.
+    let person = common::Person::clone(&url);
+    person.write(FILE, "edited: true\n");
+    person.commit_and_push("an edit by hand");
+    let third = reopen();
+    let out = third.apply(&ChangeSet::default()).await.unwrap();
+    assert_eq!(out.drift.len(), 1, "{out:?}");
+    assert_eq!(out.drift[0].kind, DriftKind::Modified);
+    let c4 = out.version.unwrap();
+    assert_eq!(recorded_head(&third), format!("v1 {c4}\n"));
+    assert_eq!(
+        common::View::of(&url).read(FILE).as_deref(),
+        Some("kind: CRD\nv: 2\n")
+    );
+    drop(third);
+
+    // The remote rewound to the first commit: not the recorded head, so checked in full (its
+    // tree matches its own index: nothing to repair), and recorded in turn.
+    common::git(
+        Some(&person.path()),
+        &[
+            "push",
+            "-q",
+            "-f",
+            "origin",
+            &format!("{c1}:refs/heads/main"),
+        ],
+    );
+    let fourth = reopen();
+    let out = fourth.apply(&ChangeSet::default()).await.unwrap();
+    assert!(out.drift.is_empty() && out.version.is_none(), "{out:?}");
+    assert_eq!(out.head.as_deref(), Some(c1.as_str()));
+    assert_eq!(recorded_head(&fourth), format!("v1 {c1}\n"));
+
+    // A record that does not parse is ignored, and replaced by the next verification.
+    std::fs::write(
+        fourth.repo_path().join("promised-verified-head"),
+        "v1 nonsense\n",
+    )
+    .unwrap();
+    drop(fourth);
+    let fifth = reopen();
+    let out = fifth.apply(&ChangeSet::default()).await.unwrap();
+    assert!(out.drift.is_empty() && out.version.is_none(), "{out:?}");
+    assert_eq!(recorded_head(&fifth), format!("v1 {c1}\n"));
+}

@@ -33,10 +33,10 @@ mod repo;
 mod send_pack;
 pub mod signing;
 pub mod transport;
+mod verified;
 
 pub use gc::{GC_BACKOFF, gc_if_needed};
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -52,6 +52,7 @@ pub use config::{
 use credentials::{Credentials, Secrets};
 use push::PushOutcome;
 use repo::CasOutcome;
+use verified::Verified;
 
 use crate::index::IndexEntry;
 use crate::{ApplyOutcome, ChangeSet, Error, StateStore, message, plan};
@@ -110,65 +111,6 @@ struct Inner {
     checked_head: std::sync::Mutex<Option<(Option<ObjectId>, std::time::Instant)>>,
     /// How many pushes were made in process and with the git CLI ([`GitStateStore::push_counts`]).
     pushes: send_pack::PushCounts,
-}
-
-/// A branch head whose tree matches its ownership index, so the next apply on the same head
-/// skips the tree walk and the index parse (an incremental apply at 10,000 files), and an
-/// apply with nothing to write skips the plan too: a tree that did not change cannot drift.
-struct Verified {
-    head: ObjectId,
-    files: HashMap<String, ObjectId>,
-    index: Vec<crate::index::IndexEntry>,
-    /// When the remote was last seen at `head` (fetched, or pushed by us).
-    seen: std::time::Instant,
-}
-
-impl Inner {
-    /// The verified head when it is recent enough to be trusted without a fetch
-    /// ([`GitOptions::trust_head_for`]), and for how much longer; remote backend only.
-    fn trusted_head(&self) -> Option<(ObjectId, std::time::Duration)> {
-        if !matches!(self.backend, Backend::Remote { .. }) || self.opts.trust_head_for.is_zero() {
-            return None;
-        }
-        let v = self
-            .verified
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let v = v.as_ref()?;
-        let left = self.opts.trust_head_for.checked_sub(v.seen.elapsed())?;
-        (!left.is_zero()).then_some((v.head, left))
-    }
-
-    /// The head the write-permission check fetched, if recent enough to trust (see
-    /// `checked_head`); taken, so only the first apply after a check uses it.
-    fn take_checked_head(&self) -> Option<Option<ObjectId>> {
-        let taken = self
-            .checked_head
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        taken
-            .filter(|(_, at)| at.elapsed() < self.opts.trust_head_for)
-            .map(|(head, _)| head)
-    }
-
-    fn take_verified(&self, head: Option<ObjectId>) -> Option<Verified> {
-        let mut v = self
-            .verified
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match (&*v, head) {
-            (Some(cached), Some(h)) if cached.head == h => v.take(),
-            _ => None,
-        }
-    }
-
-    fn set_verified(&self, v: Option<Verified>) {
-        *self
-            .verified
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = v;
-    }
 }
 
 impl Inner {
@@ -450,7 +392,17 @@ impl GitStateStore {
             head: head.map(|h| h.to_string()),
             ..ApplyOutcome::default()
         };
-        let (files, index, base_tree) = match inner.take_verified(head) {
+        // Known to match its index: verified in this process, or (its listing not in memory)
+        // by the last process, which recorded it in the clone.
+        let known = inner.take_verified(head).or_else(|| {
+            let h = head?;
+            (inner.persisted_head() == Some(h)).then(|| Verified {
+                head: h,
+                listing: None,
+                seen: std::time::Instant::now(),
+            })
+        });
+        let (files, index, base_tree) = match known {
             Some(mut v) if changes.writes.is_empty() && changes.removals.is_empty() => {
                 if trusted.is_none() {
                     v.seen = std::time::Instant::now(); // just fetched: still at this head
@@ -458,14 +410,18 @@ impl GitStateStore {
                 inner.set_verified(Some(v));
                 return Ok(Prepared::NoChange(found));
             }
-            Some(v) => {
+            Some(Verified {
+                head: h,
+                listing: Some((files, index)),
+                ..
+            }) => {
                 let tree = repo
-                    .find_commit(v.head)
+                    .find_commit(h)
                     .and_then(|c| c.tree_id().map(|t| t.detach()))
                     .map_err(repo::repo_err(&inner.secrets))?;
-                (v.files, v.index, tree)
+                (files, index, tree)
             }
-            None => {
+            _ => {
                 let (files, tree) = repo::head_files(&repo, head, &inner.secrets)?;
                 let index = adopt::load_index(inner, &repo, head, &files)?;
                 (files, index, tree)
@@ -485,8 +441,7 @@ impl GitStateStore {
             {
                 inner.set_verified(Some(Verified {
                     head: h,
-                    files,
-                    index,
+                    listing: Some((files, index)),
                     seen: std::time::Instant::now(),
                 }));
             }
@@ -518,8 +473,7 @@ impl GitStateStore {
                 }
                 let next = Verified {
                     head: commit,
-                    files,
-                    index: p.index,
+                    listing: Some((files, p.index)),
                     seen: std::time::Instant::now(),
                 };
                 Ok(Prepared::Commit {
