@@ -58,6 +58,38 @@ impl World {
         promised(&args)
     }
 
+    /// The library's engine on this world's state directory (and daemon config), with the
+    /// config validated and its root, for a pass run in process.
+    fn engine(
+        &self,
+    ) -> (
+        promised::reconcile::Engine,
+        promised::validate::ValidConfig,
+        PathBuf,
+    ) {
+        use promised::config::{self, Source};
+        let settings = promised::settings::Settings::load(
+            self.daemon_config.as_deref(),
+            serde_json::json!({"stateDir": self.state})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )
+        .unwrap();
+        let (objects, root) = config::load_with_root(
+            &Source::Dir(self.config.clone()),
+            &settings.file_filter(),
+            None,
+            &self.root.join("checkouts"),
+            &settings.network.timeouts(),
+        )
+        .unwrap();
+        let cfg = promised::validate::validate(objects);
+        let runner = settings.runner();
+        let engine = promised::reconcile::Engine::new(settings, runner).unwrap();
+        (engine, cfg, root)
+    }
+
     /// Reconciles and asserts the exit code; returns stdout.
     fn pass(&self, want: i32) -> String {
         let (code, out, err) = self.reconcile();
@@ -579,9 +611,6 @@ fn after_state_loss_a_removed_unknown_promise_is_pruned_with_a_warning() {
 
 #[tokio::test]
 async fn a_cancelled_pass_starts_no_workflow() {
-    use promised::config::{self, Source};
-    use promised::reconcile::Engine;
-    use promised::settings::Settings;
     use std::sync::atomic::Ordering;
 
     need_bwrap!();
@@ -591,25 +620,7 @@ async fn a_cancelled_pass_starts_no_workflow() {
     // A removed request (delete pipeline) and an edited Promise script (promise workflow).
     std::fs::remove_file(w.config.join("requests/redis-example.yaml")).unwrap();
     w.edit("promises/redis/pipeline/configure", |t| t + "# edited\n");
-    let settings = Settings::load(
-        w.daemon_config.as_deref(),
-        serde_json::json!({"stateDir": w.state})
-            .as_object()
-            .unwrap()
-            .clone(),
-    )
-    .unwrap();
-    let (objects, root) = config::load_with_root(
-        &Source::Dir(w.config.clone()),
-        &settings.file_filter(),
-        None,
-        &w.root.join("checkouts"),
-        &settings.network.timeouts(),
-    )
-    .unwrap();
-    let cfg = promised::validate::validate(objects);
-    let runner = settings.runner();
-    let mut engine = Engine::new(settings, runner).unwrap();
+    let (mut engine, cfg, root) = w.engine();
     engine.cancel_handle().store(true, Ordering::SeqCst);
     let report = engine.reconcile(&cfg, &root).await.unwrap();
     assert_eq!(report.pipelines_run, 0, "{report:#?}");
@@ -635,31 +646,9 @@ async fn a_cancelled_pass_starts_no_workflow() {
 /// peak heap (docs/benchmarks.md, "Memory", third round).
 #[tokio::test]
 async fn records_keep_no_spare_capacity_after_a_pass() {
-    use promised::config::{self, Source};
-    use promised::reconcile::Engine;
-    use promised::settings::Settings;
-
     need_bwrap!();
     let w = World::new();
-    let settings = Settings::load(
-        None,
-        serde_json::json!({"stateDir": w.state})
-            .as_object()
-            .unwrap()
-            .clone(),
-    )
-    .unwrap();
-    let (objects, root) = config::load_with_root(
-        &Source::Dir(w.config.clone()),
-        &settings.file_filter(),
-        None,
-        &w.root.join("checkouts"),
-        &settings.network.timeouts(),
-    )
-    .unwrap();
-    let cfg = promised::validate::validate(objects);
-    let runner = settings.runner();
-    let mut engine = Engine::new(settings, runner).unwrap();
+    let (mut engine, cfg, root) = w.engine();
     let report = engine.reconcile(&cfg, &root).await.unwrap();
     assert!(report.pipelines_run > 0, "{report:#?}");
     let state = engine.state();

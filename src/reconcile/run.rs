@@ -223,7 +223,9 @@ impl Engine {
             if let Some(r) = &job.request {
                 record.object = r.object.clone();
             }
-            self.absorb_result(&mut record, hash, &result, false, &mut pass.report)?;
+            let absorbed = self.absorb_result(&mut record, hash, &result, false, &mut pass.report);
+            record.shrink_to_fit();
+            absorbed?;
             if record.completed {
                 // The version applied (kratix-lifecycle.md §2.3): what health records are
                 // weighed against (`crate::health`).
@@ -265,22 +267,10 @@ impl Engine {
         *progress = crate::state::Dirty::default();
     }
 
-    /// Turns a workflow result into the record: status, pipeline phases, cached outputs (the
-    /// record's lists without spare capacity, [`ObjectRecord::shrink_to_fit`]).
+    /// Turns a workflow result into the record: status, pipeline phases, cached outputs.
+    /// Callers then give back the record's spare list capacity
+    /// ([`ObjectRecord::shrink_to_fit`]).
     pub(super) fn absorb_result(
-        &self,
-        record: &mut ObjectRecord,
-        hash: &str,
-        result: &WorkflowResult,
-        promise_level: bool,
-        report: &mut PassReport,
-    ) -> Result<(), EngineError> {
-        let absorbed = self.absorb(record, hash, result, promise_level, report);
-        record.shrink_to_fit();
-        absorbed
-    }
-
-    fn absorb(
         &self,
         record: &mut ObjectRecord,
         hash: &str,
