@@ -87,12 +87,17 @@ fn shared(leadership: &Election) -> Shared {
     }
 }
 
+/// A replica's election. The lease and renew deadline are long enough that a replica starved
+/// of CPU (a loaded CI machine) does not lose its Leases mid-test (with 3 s and 2 s this test
+/// failed twice in many runs under load, once with the shared store found empty after the
+/// second passes; the cause was not confirmed), and short enough that settling, which can
+/// wait for a Lease to expire, stays well inside the test's wait.
 fn election(api: &FakeApi, identity: &str) -> Election {
     let settings = LeaderElectionSettings {
         namespace: Some(NS.into()),
         identity: Some(identity.into()),
-        lease_duration: Duration::from_secs(3),
-        renew_deadline: Duration::from_secs(2),
+        lease_duration: Duration::from_secs(10),
+        renew_deadline: Duration::from_secs(6),
         retry_period: Duration::from_secs(1),
         shards: 2,
         ..Default::default()
@@ -176,7 +181,7 @@ async fn two_replicas_hold_one_shard_each_and_reconcile_only_its_promises() {
     let (ea, eb) = (election(&api, &a), election(&api, &b));
     // Settled: each holds one shard, not the same.
     let mut status = ea.status();
-    tokio::time::timeout(Duration::from_secs(60), async {
+    tokio::time::timeout(Duration::from_secs(180), async {
         loop {
             let (ha, hb) = (ea.held(), eb.held());
             if ha.len() == 1 && hb.len() == 1 && ha != hb {
