@@ -383,9 +383,7 @@ fn records_from_the_health_state_store() {
 /// check as the record's source, and the configure workflow does not run again.
 #[tokio::test(start_paused = true)]
 async fn a_scheduled_health_check_reports_into_status() {
-    use promised::config::{self, Source};
     use promised::reconcile::Engine;
-    use promised::settings::Settings;
 
     need_bwrap!();
     let w = World::new();
@@ -428,23 +426,8 @@ YAML
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&check, std::fs::Permissions::from_mode(0o755)).unwrap();
 
-    let settings = Settings::load(
-        None,
-        serde_json::json!({"stateDir": w.state})
-            .as_object()
-            .unwrap()
-            .clone(),
-    )
-    .unwrap();
-    let (objects, root) = config::load_with_root(
-        &Source::Dir(w.config.clone()),
-        &settings.file_filter(),
-        None,
-        &w.root.join("checkouts"),
-        &settings.network.timeouts(),
-    )
-    .unwrap();
-    let cfg = promised::validate::validate(objects);
+    let settings = common::settings(&w.state, None);
+    let (cfg, root) = common::valid_config(&w.config, &w.root.join("checkouts"), &settings);
     let runner = settings.runner();
     let mut engine = Engine::new(settings, runner).unwrap();
     let key = "redis/default/example";

@@ -67,24 +67,9 @@ impl World {
         promised::validate::ValidConfig,
         PathBuf,
     ) {
-        use promised::config::{self, Source};
-        let settings = promised::settings::Settings::load(
-            self.daemon_config.as_deref(),
-            serde_json::json!({"stateDir": self.state})
-                .as_object()
-                .unwrap()
-                .clone(),
-        )
-        .unwrap();
-        let (objects, root) = config::load_with_root(
-            &Source::Dir(self.config.clone()),
-            &settings.file_filter(),
-            None,
-            &self.root.join("checkouts"),
-            &settings.network.timeouts(),
-        )
-        .unwrap();
-        let cfg = promised::validate::validate(objects);
+        let settings = common::settings(&self.state, self.daemon_config.as_deref());
+        let (cfg, root) =
+            common::valid_config(&self.config, &self.root.join("checkouts"), &settings);
         let runner = settings.runner();
         let engine = promised::reconcile::Engine::new(settings, runner).unwrap();
         (engine, cfg, root)

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 
 use common::{bwrap_works, git};
 use promised::cluster::shards::shard_of;
-use promised::config::{self, Source};
 use promised::reconcile::{Engine, EngineError, PassReport, Shard};
 use promised::settings::Settings;
 use tokio::sync::watch;
@@ -120,29 +119,15 @@ spec:
 
     async fn pass(&self, engine: &mut Engine) -> Result<PassReport, EngineError> {
         let settings = settings(&self.root.join("loader"));
-        let (objects, root) = config::load_with_root(
-            &Source::Dir(self.config.clone()),
-            &settings.file_filter(),
-            None,
-            &self.root.join("checkouts"),
-            &settings.network.timeouts(),
-        )
-        .unwrap();
-        let cfg = promised::validate::validate(objects);
+        let (cfg, root) =
+            common::valid_config(&self.config, &self.root.join("checkouts"), &settings);
         assert!(!cfg.has_errors(), "{:?}", cfg.diagnostics);
         engine.reconcile(&cfg, &root).await
     }
 }
 
 fn settings(state: &Path) -> Settings {
-    Settings::load(
-        None,
-        serde_json::json!({"stateDir": state})
-            .as_object()
-            .unwrap()
-            .clone(),
-    )
-    .unwrap()
+    common::settings(state, None)
 }
 
 /// Promise `name` (kind `name` in `test.promised.dev`) with a dependency and a resource

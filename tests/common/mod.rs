@@ -446,3 +446,34 @@ impl Drop for GpgHome {
             .status();
     }
 }
+
+/// The daemon config of a test: `stateDir: state`, on top of the file `daemon_config` when
+/// given.
+pub fn settings(state: &Path, daemon_config: Option<&Path>) -> promised::settings::Settings {
+    promised::settings::Settings::load(
+        daemon_config,
+        serde_json::json!({"stateDir": state})
+            .as_object()
+            .unwrap()
+            .clone(),
+    )
+    .unwrap()
+}
+
+/// The config directory `config` loaded (Promise folders exported under `checkouts`) and
+/// validated, with its root, for a pass run in process.
+pub fn valid_config(
+    config: &Path,
+    checkouts: &Path,
+    settings: &promised::settings::Settings,
+) -> (promised::validate::ValidConfig, PathBuf) {
+    let (objects, root) = promised::config::load_with_root(
+        &promised::config::Source::Dir(config.to_path_buf()),
+        &settings.file_filter(),
+        None,
+        checkouts,
+        &settings.network.timeouts(),
+    )
+    .unwrap();
+    (promised::validate::validate(objects), root)
+}
