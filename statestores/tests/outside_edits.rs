@@ -256,3 +256,38 @@ async fn a_fresh_process_trusts_only_the_head_the_last_one_verified() {
     assert!(out.drift.is_empty() && out.version.is_none(), "{out:?}");
     assert_eq!(recorded_head(&fifth), format!("v1 {c1}\n"));
 }
+
+/// A process killed while a fetch moved the clone's tracking ref leaves the ref's lock file
+/// behind; the next process removes it when it opens the store, so its fetch and write work
+/// (found by `tests/crash_loop.rs`: the restart failed its write-permission check on the lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ref_lock_left_by_a_killed_process_is_removed_when_the_store_opens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, url) = store(tmp.path());
+    first.apply(&one_file("kind: CRD\n")).await.unwrap();
+    let lock = first.repo_path().join("refs/remotes/origin/main.lock");
+    std::fs::write(&lock, "").unwrap();
+    drop(first);
+    // Someone else moves the branch, so the fetch must update the tracking ref.
+    let person = common::Person::clone(&url);
+    person.write("README.md", "hello\n");
+    person.commit_and_push("a file of someone else's");
+
+    let second = GitStateStore::open(
+        "s",
+        GitStateStoreSpec::new(url.clone()),
+        GitOptions::new(tmp.path().join("state")),
+    )
+    .unwrap();
+    assert!(
+        !lock.exists(),
+        "the stale lock is removed when the store opens"
+    );
+    second.check().await.unwrap();
+    let out = second.apply(&one_file("kind: CRD\nv: 2\n")).await.unwrap();
+    assert_eq!((out.written, out.deleted), (1, 0), "{out:?}");
+    assert_eq!(
+        common::View::of(&url).read(FILE).as_deref(),
+        Some("kind: CRD\nv: 2\n")
+    );
+}

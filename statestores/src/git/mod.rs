@@ -296,6 +296,7 @@ impl GitStateStore {
         };
         if let Backend::Remote { .. } = &backend {
             repo::remove_stale_keeps(&repo_path);
+            repo::remove_stale_ref_locks(&repo_path);
         }
         let repo = std::sync::RwLock::new(repo);
         Ok(Self {

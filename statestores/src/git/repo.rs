@@ -464,6 +464,30 @@ pub fn remove_stale_keeps(git_dir: &std::path::Path) {
     }
 }
 
+/// Removes the ref lock files (`refs/**/*.lock`, `packed-refs.lock`) from our own persistent
+/// clone: a process killed while a fetch or a push moved a ref leaves its lock behind, and
+/// every later ref update (the next fetch) fails on it ("The lock for resource ... could not
+/// be obtained"). Like [`remove_stale_keeps`], call it only while nothing else uses the clone
+/// (when the store opens: the state directory's lock keeps other processes out). Failures are
+/// ignored.
+pub fn remove_stale_ref_locks(git_dir: &std::path::Path) {
+    let mut dirs = vec![git_dir.join("refs")];
+    let mut locks = vec![git_dir.join("packed-refs.lock")];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(e.path()),
+                Ok(_) if e.file_name().to_string_lossy().ends_with(".lock") => locks.push(e.path()),
+                _ => {}
+            }
+        }
+    }
+    for lock in locks.into_iter().filter(|l| l.exists()) {
+        tracing::debug!(path = %lock.display(), "removing a stale ref lock");
+        let _ = std::fs::remove_file(lock);
+    }
+}
+
 /// Packs above which [`needs_gc`] asks for a `git gc` (git's `gc.autoPackLimit` is 50).
 pub const GC_PACK_LIMIT: usize = 25;
 /// Estimated loose objects above which [`needs_gc`] asks for a `git gc` (git's `gc.auto` is
