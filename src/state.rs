@@ -296,6 +296,19 @@ pub struct OutputRecord {
     /// Parsed `destination-selectors.yaml`.
     #[serde(default)]
     pub selectors: Vec<crate::scheduler::WorkflowSelector>,
+    /// Whether some YAML file of the output mentions `HealthDefinition`: the health stage
+    /// reads the files of such outputs only (`health::checks::declared`). `None` in records
+    /// written before promised kept it: their files are read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<bool>,
+}
+
+/// Whether the output file `path` with content `bytes` may declare a health check: a YAML
+/// file that mentions `HealthDefinition` (what [`OutputRecord::health`] records).
+pub fn may_declare_health(path: &str, bytes: &[u8]) -> bool {
+    const KIND: &[u8] = b"HealthDefinition";
+    (path.ends_with(".yaml") || path.ends_with(".yml"))
+        && bytes.windows(KIND.len()).any(|w| w == KIND)
 }
 
 /// One placed file.
@@ -394,8 +407,10 @@ impl StateDir {
             // What killed processes left ([`crate::tmpfiles`]).
             crate::tmpfiles::remove_stale(&p);
         }
-        // The pipeline log tails of the web console (written with `write_atomic` too).
+        // The pipeline log tails of the web console (written with `write_atomic` too), and
+        // the parse cache of `promised reconcile` (`config::parsed`).
         crate::tmpfiles::remove_stale(&root.join("logs"));
+        crate::tmpfiles::remove_stale(&root.join("config-cache"));
         Ok(StateDir {
             root,
             read_only: false,

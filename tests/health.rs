@@ -438,6 +438,13 @@ YAML
     tokio::time::resume();
     let r = engine.reconcile(&cfg, &root).await.unwrap();
     assert!(r.pipelines_run > 0);
+    // The output is marked as declaring a check, so a new process reads its files again.
+    let outputs = &engine.state().requests[key].outputs;
+    assert_eq!(
+        outputs.iter().map(|o| o.health).collect::<Vec<_>>(),
+        [Some(true)],
+        "{outputs:?}"
+    );
     for _ in 0..2 {
         let s = status(&engine);
         assert_eq!(s.health_checks.len(), 1, "{:?}", s.health_checks);

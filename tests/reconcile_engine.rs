@@ -638,6 +638,12 @@ async fn records_keep_no_spare_capacity_after_a_pass() {
     assert!(report.pipelines_run > 0, "{report:#?}");
     let state = engine.state();
     assert!(!state.requests.is_empty());
+    for (key, r) in &state.requests {
+        // No pipeline here declares a health check: a new process reads none of the files.
+        for o in &r.outputs {
+            assert_eq!(o.health, Some(false), "{key}: {o:?}");
+        }
+    }
     for (key, r) in state.requests.iter().chain(&state.promises) {
         assert!(!r.status.conditions.is_empty(), "{key}: {r:#?}");
         let lists = [

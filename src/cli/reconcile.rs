@@ -73,9 +73,12 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
         }
     };
     // The config and the state directory load side by side (each takes about a third of a
-    // no-op pass at 10,000 requests; docs/benchmarks.md, "Sixth round").
+    // no-op pass at 10,000 requests; docs/benchmarks.md, "Sixth round"), and the config is
+    // validated on its thread too unless some file did not load (then the state's last good
+    // versions of its objects go back in first; `reconcile::held`).
     let runner = settings.runner();
     let options = settings.validate_options();
+    let env_sources = settings.env_sources();
     let engine_settings = settings.clone();
     let (loaded, (opened, state_s)) = std::thread::scope(|s| {
         let opening = s.spawn(move || {
@@ -84,14 +87,21 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
             (opened, t_state.elapsed().as_secs_f64())
         });
         let t_load = std::time::Instant::now();
-        let loaded = load(&source, &filter, &settings, &dir);
-        let loaded = loaded.map(|l| (l, t_load.elapsed().as_secs_f64()));
+        let loaded = load(&source, &filter, &settings, &dir).map(|(objects, root, refused)| {
+            let load_s = t_load.elapsed().as_secs_f64();
+            let pending = if config::unloadable_files(&objects.diagnostics).is_empty() {
+                Pending::Validated(validated(objects, &options, &env_sources))
+            } else {
+                Pending::Unloadable(objects)
+            };
+            (pending, root, refused, load_s)
+        });
         let opened = opening
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (loaded, opened)
     });
-    let ((mut objects, root, refused), load_s) = match loaded {
+    let (pending, root, refused, load_s) = match loaded {
         Ok(x) => x,
         Err(e) => {
             eprint_error(e);
@@ -110,12 +120,14 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
             return 2;
         }
     };
-    // A file that does not load keeps its objects' last good versions (never prunes).
-    engine.restore_unloadable(&mut objects);
-    let t_validate = std::time::Instant::now();
-    let mut cfg = validate::validate_with_options(objects, &mut Default::default(), &options);
-    crate::pipeline::env::check_pipeline_env(&mut cfg, &engine.settings().env_sources());
-    let validate_s = t_validate.elapsed().as_secs_f64();
+    let (cfg, validate_s) = match pending {
+        Pending::Validated(v) => v,
+        Pending::Unloadable(mut objects) => {
+            // A file that does not load keeps its objects' last good versions (never prunes).
+            engine.restore_unloadable(&mut objects);
+            validated(objects, &options, &env_sources)
+        }
+    };
     for d in &cfg.diagnostics {
         eprint_diagnostic(d);
     }
@@ -147,11 +159,38 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
     }
     // Some object invalid or failed, or the newest config commit refused: 1, although
     // everything else was committed.
-    if report.has_failures() || cfg.has_errors() || refused.is_some() {
+    let code = if report.has_failures() || cfg.has_errors() || refused.is_some() {
         1
     } else {
         0
-    }
+    };
+    // The process ends next: freeing every record and document one by one would take a
+    // tenth of a no-op pass at 10,000 requests (docs/benchmarks.md, "Seventh round"). The
+    // engine's stores and locks were released by the pass; only memory is left.
+    std::mem::forget((engine, cfg, report));
+    code
+}
+
+/// The config of a pass, validated now or once the state's last good versions of the objects
+/// of files that did not load are back in.
+enum Pending {
+    /// Validated, and how long that took in seconds.
+    Validated((validate::ValidConfig, f64)),
+    /// Some file did not load.
+    Unloadable(config::Objects),
+}
+
+/// Validates `objects` and checks the pipelines' environment sources; returns the config and
+/// how long that took in seconds.
+fn validated(
+    objects: config::Objects,
+    options: &validate::Options,
+    env_sources: &crate::pipeline::env::EnvSources,
+) -> (validate::ValidConfig, f64) {
+    let started = std::time::Instant::now();
+    let mut cfg = validate::validate_with_options(objects, &mut Default::default(), options);
+    crate::pipeline::env::check_pipeline_env(&mut cfg, env_sources);
+    (cfg, started.elapsed().as_secs_f64())
 }
 
 /// Loads the config for one pass: with `verify:`, through a verifying loader whose last
@@ -178,7 +217,8 @@ pub(super) fn load(
         Some(dir.root().join("config-checkouts")),
     )
     .map_err(|e| e.to_string())?
-    .with_network(settings.network.timeouts());
+    .with_network(settings.network.timeouts())
+    .with_parse_record(dir.root().join("config-cache").join("parsed.json"));
     if let Some(v) = &settings.verify {
         let last = dir.load().ok().and_then(|s| s.config_commit);
         let verifier = config::verify::Verifier::for_source(source, v, dir.root())?;

@@ -11,6 +11,7 @@
 
 pub mod history;
 mod loader;
+mod parsed;
 pub mod policy;
 pub mod source;
 pub mod unreachable;
@@ -124,6 +125,8 @@ type Parsed = Result<Vec<Arc<Value>>, (Code, String)>;
 #[derive(Debug, Default)]
 pub struct ParseCache {
     parsed: HashMap<gix::ObjectId, Arc<Parsed>>,
+    /// What [`ParseCache::write_record`] would write changed since it last ran.
+    changed: bool,
 }
 
 impl ParseCache {
@@ -142,7 +145,11 @@ impl ParseCache {
         for f in files {
             let parsed = match self.parsed.get(&f.oid) {
                 Some(p) => p.clone(),
-                None => Arc::new(parse_file(f)),
+                None => {
+                    let p = Arc::new(parse_file(f));
+                    self.changed |= parsed::recordable(&p);
+                    p
+                }
             };
             match &*parsed {
                 Ok(values) => {
@@ -161,6 +168,10 @@ impl ParseCache {
             }
             next.insert(f.oid, parsed);
         }
+        self.changed |= self
+            .parsed
+            .iter()
+            .any(|(oid, p)| !next.contains_key(oid) && parsed::recordable(p));
         self.parsed = next;
         (docs, diags)
     }

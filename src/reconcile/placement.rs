@@ -239,6 +239,7 @@ mod tests {
                     .into_iter()
                     .collect(),
             }],
+            health: None,
         };
         let promise_sel = [Selector {
             match_labels: [("environment".to_string(), "dev".to_string())]
@@ -278,6 +279,7 @@ mod tests {
             pipeline: "p".into(),
             files: vec![fr("a.yaml")],
             selectors: vec![],
+            health: None,
         };
         let both = vec![
             dv("dev", "dev", FilepathMode::NestedByMetadata),
@@ -348,6 +350,7 @@ mod tests {
             pipeline: "p".into(),
             files: vec![fr(f)],
             selectors: vec![],
+            health: None,
         };
         let a = place_outputs("x", None, &[out("a.yaml")], &[], &dests, &[]).placements;
         assert_eq!(a[0].files[0].path, "ss/clusters/dev/a.yaml");

@@ -257,6 +257,7 @@ impl Engine {
                 sha256: sha,
             }],
             selectors: Vec::new(),
+            health: None, // `spec.dependencies` declare no health check (`checks::declared`)
         }))
     }
 }

@@ -349,6 +349,11 @@ impl Engine {
                         pipeline: pr.name.clone(),
                         files,
                         selectors,
+                        health: Some(
+                            pr.outputs
+                                .iter()
+                                .any(|f| crate::state::may_declare_health(&f.path, &f.bytes)),
+                        ),
                     },
                 );
             }

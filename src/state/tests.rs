@@ -59,6 +59,7 @@ fn load_without_documents_skips_request_documents_and_outputs_only() {
                 sha256: "ab".into(),
             }],
             selectors: vec![],
+            health: None,
         }];
         r
     };
