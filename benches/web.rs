@@ -38,7 +38,7 @@ fn record(status: ObjectStatus, object: serde_json::Value) -> ObjectRecord {
     ObjectRecord {
         input_hash: "h".into(),
         completed: true,
-        object: Arc::new(object),
+        object: Arc::new(object).into(),
         ..ObjectRecord::new(status)
     }
 }

@@ -32,6 +32,9 @@ use sha2::{Digest, Sha256};
 
 use crate::status::{ObjectStatus, StatusRow};
 
+mod document;
+pub use document::StoredDocument;
+
 /// Version of the `state.json` format.
 pub const STATE_VERSION: u32 = 1;
 
@@ -134,8 +137,9 @@ pub struct ObjectRecord {
     pub completed: bool,
     /// The object as last admitted (`/kratix/input/object.yaml` for a delete pipeline after
     /// the object left the config repo).
+    /// Read from `state.json` as text, parsed on first use ([`StoredDocument`]).
     #[serde(deserialize_with = "document")]
-    pub object: std::sync::Arc<Value>,
+    pub object: StoredDocument,
     /// Promises: the last valid Promise document (its delete workflow outlives the file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promise: Option<Value>,
@@ -200,7 +204,7 @@ impl ObjectRecord {
         ObjectRecord {
             input_hash: String::new(),
             completed: false,
-            object: std::sync::Arc::new(Value::Null),
+            object: StoredDocument::default(),
             promise: None,
             promise_dir: None,
             outputs: Vec::new(),
@@ -241,14 +245,14 @@ where
     records
 }
 
-/// `ObjectRecord::object`, or `null` without parsing it for a request record under
+/// `ObjectRecord::object`, or `null` without reading it for a request record under
 /// [`StateDir::load_without_documents`].
-fn document<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::sync::Arc<Value>, D::Error> {
+fn document<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StoredDocument, D::Error> {
     if skipping() {
         serde::de::IgnoredAny::deserialize(d)?;
-        return Ok(std::sync::Arc::new(Value::Null));
+        return Ok(StoredDocument::default());
     }
-    std::sync::Arc::<Value>::deserialize(d)
+    StoredDocument::deserialize(d)
 }
 
 /// `ObjectRecord::outputs`, or empty without parsing them for a request record under

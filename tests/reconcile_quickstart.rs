@@ -60,6 +60,19 @@ fn quickstart_reconciles_incrementally_and_survives_losing_its_state() {
         "one commit for the whole pass"
     );
 
+    // What the next process takes from this one instead of parsing and checking again: every
+    // config file that parsed, by blob id, and the pipeline images found valid.
+    let parsed = std::fs::read_to_string(state.join("config-cache/parsed.json")).unwrap();
+    let blob = std::process::Command::new("git")
+        .args(["hash-object", "requests/redis-example.yaml"])
+        .current_dir(&config)
+        .output()
+        .unwrap();
+    let blob = String::from_utf8(blob.stdout).unwrap();
+    assert!(parsed.contains(&format!("\"{}\"", blob.trim())), "{parsed}");
+    let references = std::fs::read_to_string(state.join("config-cache/references.json")).unwrap();
+    assert!(references.contains("\"references\":[\""), "{references}");
+
     // No change: no pipeline, no commit.
     let (code, out, _) = reconcile(&config, &state);
     assert_eq!(code, 0);

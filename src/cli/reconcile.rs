@@ -80,6 +80,8 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
     let options = settings.validate_options();
     let env_sources = settings.env_sources();
     let engine_settings = settings.clone();
+    // Image references found valid before are not checked again (`image::checked`).
+    let references = dir.root().join("config-cache").join("references.json");
     let (loaded, (opened, state_s)) = std::thread::scope(|s| {
         let opening = s.spawn(move || {
             let t_state = std::time::Instant::now();
@@ -87,6 +89,7 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
             (opened, t_state.elapsed().as_secs_f64())
         });
         let t_load = std::time::Instant::now();
+        crate::image::read_checked_references(&references);
         let loaded = load(&source, &filter, &settings, &dir).map(|(objects, root, refused)| {
             let load_s = t_load.elapsed().as_secs_f64();
             let pending = if config::unloadable_files(&objects.diagnostics).is_empty() {
@@ -128,6 +131,12 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
             validated(objects, &options, &env_sources)
         }
     };
+    if let Err(e) = crate::image::write_checked_references(&references) {
+        eprint_warning(format_args!(
+            "recording the checked image references in {}: {e}",
+            references.display()
+        ));
+    }
     for d in &cfg.diagnostics {
         eprint_diagnostic(d);
     }

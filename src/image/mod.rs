@@ -21,10 +21,11 @@
 //! Files: `settings` ([`ImageSettings`], [`PullPolicy`]), `types` (the public value types),
 //! `store` ([`ImageStore`], resolving), `pull` ([`ImageStore::ensure`]), `prune` (listing
 //! and pruning), `manifest` (manifest and config parsing), `registry`, `auth`, `cache`,
-//! `platform`, `unpack`, `error`.
+//! `platform`, `unpack`, `error`, `checked` (references found valid, kept between processes).
 
 mod auth;
 mod cache;
+mod checked;
 mod error;
 mod manifest;
 mod platform;
@@ -49,7 +50,19 @@ pub use store::ImageStore;
 ///
 /// Errors: [`ImageError::InvalidReference`] naming the image and what is wrong.
 pub fn check_reference(image: &str) -> Result<(), ImageError> {
-    store::ImageStore::parse(image).map(drop)
+    checked::with(|c| c.check(image))
+}
+
+/// Takes the references listed in the record at `path` as checked by [`check_reference`]
+/// (`promised reconcile`: `<stateDir>/config-cache/references.json`); see `image::checked`.
+pub fn read_checked_references(path: &std::path::Path) {
+    checked::with(|c| c.read_record(path));
+}
+
+/// Writes the references [`check_reference`] found valid to the record at `path`, when it
+/// found a new one. Errors: the file cannot be written.
+pub fn write_checked_references(path: &std::path::Path) -> std::io::Result<()> {
+    checked::with(|c| c.write_record(path))
 }
 pub use types::{CachedImage, ImageConfig, PruneReport, Pulled, Resolved};
 /// Layer unpacking, public for the fuzz targets (`tests/fuzz.rs`); the image store calls it

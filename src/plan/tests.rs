@@ -15,7 +15,7 @@ fn rec(input: &str, spec: &str, completed: bool) -> ObjectRecord {
     ObjectRecord {
         input_hash: input.into(),
         completed,
-        object: Arc::new(serde_json::Value::Null),
+        object: Arc::new(serde_json::Value::Null).into(),
         promise: None,
         promise_dir: None,
         outputs: Vec::new(),

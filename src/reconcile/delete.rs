@@ -133,7 +133,7 @@ impl Engine {
                             Some(r) => Some(r.object.clone()),
                             None if is_request => None,
                             None if record.object.is_null() => Some(vp.promise.raw.clone()),
-                            None => Some(record.object.clone()),
+                            None => Some(Arc::clone(&record.object)),
                         };
                         match object {
                             None => {
@@ -360,7 +360,7 @@ fn valid_request_from_record(
             },
         }))
     } else {
-        record.object.clone()
+        Arc::clone(&record.object)
     };
     Some(ValidRequest {
         origin: crate::diag::Origin {

@@ -126,7 +126,7 @@ pub fn restore(objects: &mut Objects, state: &State) -> usize {
             && !id.kind.is_empty()
             && !requests.contains(&(id.kind.as_str(), ns, id.name.as_str()))
         {
-            push(file, document, rec.object.clone());
+            push(file, document, Arc::clone(&rec.object));
         }
     }
     for (file, documents) in &state.infra_documents {

@@ -104,7 +104,7 @@ impl Engine {
                     "Requirements not fulfilled",
                 );
             }
-            events::note_spec(&mut record.status, *record.object != *p.promise.raw);
+            events::note_spec(&mut record.status, **record.object != *p.promise.raw);
             let pipelines = p.promise.object.spec.workflows.promise.configure.clone();
             let interval = reconciliation_interval(p, &self.settings);
             if needs_run(&record, &hash, interval, self.backoff) {
@@ -161,7 +161,7 @@ impl Engine {
                 .collect();
             outputs.extend(static_out);
             record.outputs = outputs;
-            record.object = p.promise.raw.clone();
+            record.object = p.promise.raw.clone().into();
             record.promise = Some((*p.promise.raw).clone());
             record.promise_dir = Some(parent_dir(&p.promise.origin.file));
             let placed = place_outputs(

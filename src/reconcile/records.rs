@@ -78,7 +78,7 @@ impl Engine {
                     record.spec_hash = step.spec_hash;
                     record.completed = true;
                     record.input_hash = step.hash;
-                    record.object = r.object.clone();
+                    record.object = r.object.clone().into();
                     record.status.promise_version = step.promise.version().map(str::to_string);
                     set_completed(&mut record.status, 0, "Resource requested");
                     if let Some(t) = step.target {

@@ -78,7 +78,7 @@ fn load_without_documents_skips_request_documents_and_outputs_only() {
     let light = dir.load_without_documents().unwrap();
     for key in ["p/default/r0", "p/default/r1"] {
         let r = &light.requests[key];
-        assert_eq!(*r.object, Value::Null, "{key}");
+        assert_eq!(**r.object, Value::Null, "{key}");
         assert!(r.outputs.is_empty(), "{key}");
         assert_eq!(r.status, st.requests[key].status, "{key}");
         assert_eq!(r.input_hash, st.requests[key].input_hash, "{key}");

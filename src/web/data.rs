@@ -203,7 +203,7 @@ mod tests {
         ObjectRecord {
             input_hash: hash.into(),
             completed: true,
-            object: Arc::new(serde_json::Value::Null),
+            object: Arc::new(serde_json::Value::Null).into(),
             ..ObjectRecord::new(crate::status::ObjectStatus::new(id, "redis"))
         }
     }

@@ -25,7 +25,7 @@ fn record(kind: &str, ns: Option<&str>, name: &str, promise: &str, state: &str) 
     ObjectRecord {
         input_hash: String::new(),
         completed: true,
-        object: Arc::new(serde_json::json!({})),
+        object: Arc::new(serde_json::json!({})).into(),
         ..ObjectRecord::new(s)
     }
 }
