@@ -175,8 +175,10 @@ pub fn reconcile_cmd(a: &ReconcileArgs, out: &mut dyn Write) -> i32 {
     };
     // The process ends next: freeing every record and document one by one would take a
     // tenth of a no-op pass at 10,000 requests (docs/benchmarks.md, "Seventh round"). The
-    // engine's stores and locks were released by the pass; only memory is left.
-    std::mem::forget((engine, cfg, report));
+    // engine itself is dropped, so the state directory's lock goes as before.
+    engine.forget_state();
+    drop(engine);
+    std::mem::forget((cfg, report));
     code
 }
 

@@ -411,6 +411,14 @@ impl Engine {
         &self.state
     }
 
+    /// For a process about to exit (`promised reconcile`): leaves the records in memory to
+    /// the exit instead of freeing them one by one (about 20 ms at 10,000 requests), and
+    /// empties the engine's state. Dropping the engine afterwards still releases the state
+    /// directory's lock. Nothing is written: call it after the last pass.
+    pub fn forget_state(&mut self) {
+        std::mem::forget(std::mem::take(&mut self.state));
+    }
+
     /// The state directory.
     pub fn state_dir(&self) -> &Path {
         self.dir.root()
