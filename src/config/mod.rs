@@ -604,7 +604,8 @@ fn dotted_path(p: &serde_path_to_error::Path) -> String {
 mod tests {
     use super::*;
 
-    fn file(path: &str, text: &str) -> RawFile {
+    /// A file with `text`, named by its blob id (also for `config::parsed`'s tests).
+    pub(super) fn file(path: &str, text: &str) -> RawFile {
         RawFile {
             path: path.into(),
             bytes: text.as_bytes().to_vec(),

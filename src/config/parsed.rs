@@ -116,16 +116,7 @@ fn holds_float(v: &Value) -> bool {
 mod tests {
     use super::*;
     use crate::config::RawFile;
-    use crate::config::source::blob_id;
-
-    fn file(path: &str, text: &str) -> RawFile {
-        RawFile {
-            path: path.into(),
-            bytes: text.as_bytes().to_vec(),
-            executable: false,
-            oid: blob_id(text.as_bytes()),
-        }
-    }
+    use crate::config::tests::file;
 
     #[test]
     fn a_new_process_reads_unchanged_files_from_the_record_without_their_bytes() {
