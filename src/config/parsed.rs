@@ -82,14 +82,9 @@ impl ParseCache {
             format: FORMAT.to_string(),
             blobs,
         };
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let mut tmp = crate::tmpfiles::create_in(dir)?;
-        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
-        serde_json::to_writer(&mut w, &record)?;
-        std::io::Write::flush(&mut w)?;
-        drop(w);
-        tmp.persist(path).map_err(|e| e.error)?;
+        let bytes = serde_json::to_vec(&record)?;
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+        crate::state::write_replace(path, &bytes).map_err(std::io::Error::other)?;
         self.changed = false;
         Ok(())
     }

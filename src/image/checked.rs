@@ -69,15 +69,13 @@ impl CheckedReferences {
         if !self.changed {
             return Ok(());
         }
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let mut tmp = crate::tmpfiles::create_in(dir)?;
         let record = Record {
             format: FORMAT.to_string(),
             references: self.valid.clone(),
         };
-        serde_json::to_writer(tmp.as_file_mut(), &record)?;
-        tmp.persist(path).map_err(|e| e.error)?;
+        let bytes = serde_json::to_vec(&record)?;
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+        crate::state::write_replace(path, &bytes).map_err(std::io::Error::other)?;
         self.changed = false;
         Ok(())
     }
