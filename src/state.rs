@@ -33,6 +33,7 @@ use sha2::{Digest, Sha256};
 use crate::status::{ObjectStatus, StatusRow};
 
 mod document;
+mod journal;
 pub use document::StoredDocument;
 
 /// Version of the `state.json` format.
@@ -665,7 +666,8 @@ impl StateDir {
 
     /// Persists what a pass changed: nothing when `dirty` is empty; one journal line when the
     /// journal stays smaller than the snapshot; a whole snapshot ([`StateDir::save`]) when
-    /// `dirty.all`, when there is no snapshot yet, or when the journal has outgrown it.
+    /// `dirty.all`, when there is no snapshot yet, when the journal has outgrown it, or when
+    /// the line would be longer than `journal::LINE_MAX` (4 MiB).
     pub fn save_changes(&self, state: &mut State, dirty: &Dirty) -> Result<(), StateError> {
         if dirty.is_empty() {
             return Ok(());
@@ -674,27 +676,22 @@ impl StateDir {
         if dirty.all || state.generation.is_empty() || snapshot_len == 0 {
             return self.save(state);
         }
-        fn pick<'a>(
-            map: &'a BTreeMap<String, ObjectRecord>,
-            keys: &BTreeSet<String>,
-        ) -> BTreeMap<String, Option<&'a ObjectRecord>> {
-            keys.iter().map(|k| (k.clone(), map.get(k))).collect()
-        }
         let entry = JournalEntry::<&ObjectRecord> {
             generation: state.generation.clone(),
-            promises: pick(&state.promises, &dirty.promises),
-            requests: pick(&state.requests, &dirty.requests),
+            promises: journal::pick(&state.promises, &dirty.promises),
+            requests: journal::pick(&state.requests, &dirty.requests),
             destinations: dirty.globals.then(|| state.destinations.clone()),
             config_commit: dirty.globals.then(|| state.config_commit.clone()),
             infra_documents: dirty.globals.then(|| state.infra_documents.clone()),
         };
-        let mut line = serde_json::to_vec(&entry).expect("journal entry serialises");
-        line.push(b'\n');
         let path = self.journal_file();
         let journal_len = std::fs::metadata(&path).map_or(0, |m| m.len());
-        if journal_len + line.len() as u64 > snapshot_len {
+        let limit = snapshot_len
+            .saturating_sub(journal_len)
+            .min(journal::LINE_MAX);
+        let Some(line) = journal::line(&entry, limit) else {
             return self.save(state);
-        }
+        };
         let io = |source| StateError::Io {
             path: path.display().to_string(),
             source,

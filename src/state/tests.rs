@@ -161,6 +161,42 @@ fn journal_extends_the_snapshot() {
 }
 
 #[test]
+fn a_pass_whose_journal_line_would_pass_4_mib_writes_a_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = StateDir::open(tmp.path()).unwrap();
+    let mut st = dir.load().unwrap();
+    for i in 0..10 {
+        st.requests
+            .insert(format!("p/default/r{i}"), record(&"a".repeat(1 << 20)));
+    }
+    dir.save_changes(&mut st, &dirty_requests(&["p/default/r0"]))
+        .unwrap();
+    let snapshot = std::fs::read(tmp.path().join("state.json")).unwrap();
+    // Five changed records: a 5 MiB line, shorter than the 10 MiB snapshot.
+    let keys: Vec<String> = (0..5).map(|i| format!("p/default/r{i}")).collect();
+    for k in &keys {
+        st.requests.get_mut(k).unwrap().input_hash = "b".repeat(1 << 20);
+    }
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    dir.save_changes(&mut st, &dirty_requests(&keys)).unwrap();
+    assert!(
+        !tmp.path().join("state.journal").exists(),
+        "a snapshot, not a journal line"
+    );
+    assert_ne!(
+        std::fs::read(tmp.path().join("state.json")).unwrap(),
+        snapshot
+    );
+    assert_eq!(dir.load().unwrap(), st);
+    // One changed record: a journal line again.
+    st.requests.get_mut("p/default/r9").unwrap().input_hash = "c".into();
+    dir.save_changes(&mut st, &dirty_requests(&["p/default/r9"]))
+        .unwrap();
+    assert!(tmp.path().join("state.journal").exists());
+    assert_eq!(dir.load().unwrap(), st);
+}
+
+#[test]
 fn a_journal_of_another_snapshot_is_ignored() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = StateDir::open(tmp.path()).unwrap();

@@ -92,6 +92,8 @@ pub fn encode_sorted(destination: &str, entries: &mut [IndexEntry]) -> Vec<u8> {
         serde_json::to_writer(&mut out, e).expect("index entries always serialise");
     }
     out.extend_from_slice(b"\n]}\n");
+    // The estimate above is generous; the bytes are kept until the commit is written.
+    out.shrink_to_fit();
     out
 }
 

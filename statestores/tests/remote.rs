@@ -332,14 +332,20 @@ async fn large_apply_is_written_as_a_pack_and_pushes_a_valid_history() {
     )
     .unwrap();
     let mut cs = one_file("x\n");
-    cs.writes[0].files = (0..500)
+    // More objects than one compressed chunk of the streamed pack (2,048), and two files of
+    // the same content (one blob, written once).
+    cs.writes[0].files = (0..2600)
         .map(|i| FileWrite {
-            path: format!("worker-1/dependencies/redis/configure/5058f/f{i:03}.yaml"),
+            path: format!("worker-1/dependencies/redis/configure/5058f/f{i:04}.yaml"),
             content: format!("n: {i}\n").into_bytes(),
         })
+        .chain(["same-a.yaml", "same-b.yaml"].map(|name| FileWrite {
+            path: format!("worker-1/dependencies/redis/configure/5058f/{name}"),
+            content: b"same\n".to_vec(),
+        }))
         .collect();
     let out = store.apply(&cs).await.unwrap();
-    assert_eq!(out.written, 500);
+    assert_eq!(out.written, 2602);
     let packs = std::fs::read_dir(store.repo_path().join("objects/pack"))
         .unwrap()
         .filter(|e| {
@@ -361,9 +367,14 @@ async fn large_apply_is_written_as_a_pack_and_pushes_a_valid_history() {
     );
     let view = common::View::of(&url);
     assert_eq!(
-        view.read("worker-1/dependencies/redis/configure/5058f/f499.yaml")
+        view.read("worker-1/dependencies/redis/configure/5058f/f2599.yaml")
             .unwrap(),
-        "n: 499\n"
+        "n: 2599\n"
+    );
+    assert_eq!(
+        view.read("worker-1/dependencies/redis/configure/5058f/same-b.yaml")
+            .unwrap(),
+        "same\n"
     );
     // Re-apply: nothing to do, even though the objects now live in a pack.
     assert_eq!(store.apply(&cs).await.unwrap().version, None);

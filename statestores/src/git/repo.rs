@@ -278,8 +278,9 @@ pub const PACK_THRESHOLD: usize = 100;
 /// write a commit with `parent`. Returns the commit id and how many objects were written, or
 /// `None` when the tree did not change.
 ///
-/// All new objects are first kept in memory; small sets are then written as loose objects,
-/// large ones as one pack with its index (see [`PACK_THRESHOLD`]).
+/// The new trees and the commit are first kept in memory; the blobs are read from the plan
+/// itself (not copied). Small sets are then written as loose objects, large ones as one pack
+/// with its index (see [`PACK_THRESHOLD`]), streamed to disk as it is compressed.
 #[allow(clippy::too_many_arguments)]
 pub fn build_commit(
     repo: &gix::Repository,
@@ -294,19 +295,57 @@ pub fn build_commit(
     let err = repo_err(secrets);
     let mut mem = repo.clone().with_object_memory();
     mem.object_cache_size_if_unset(16 * 1024 * 1024);
-    let mut ed = mem.edit_tree(base_tree).map_err(&err)?;
+    // gix's plumbing editor: the porcelain one checks that every entry's object exists, and
+    // the new blobs are not in `mem` (they are read from the plan when written). Entry names
+    // are validated below as the porcelain does.
+    let mut ed = mem.edit_tree(base_tree).map_err(&err)?.detach();
     for path in &plan.removes {
-        ed.remove(path.as_str()).map_err(&err)?;
+        ed.remove(path.split('/')).map_err(&err)?;
     }
+    // New blobs, once each (the same content may sit at several paths). The tree editor only
+    // needs their ids; `Upsert::oid` is the blob id of `content` (`Plan`'s invariant).
+    let mut seen = std::collections::HashSet::with_capacity(plan.upserts.len());
+    let mut blobs: Vec<(ObjectId, gix::objs::Kind, &[u8])> = Vec::new();
     for u in &plan.upserts {
-        if let Some(content) = &u.content {
-            let id = mem.write_blob(content.as_ref()).map_err(&err)?;
-            debug_assert_eq!(id.detach(), u.oid);
+        match &u.content {
+            Some(content) if seen.insert(u.oid) => {
+                debug_assert_eq!(
+                    gix::objs::compute_hash(repo.object_hash(), gix::objs::Kind::Blob, content)
+                        .ok(),
+                    Some(u.oid)
+                );
+                blobs.push((u.oid, gix::objs::Kind::Blob, content.as_ref()));
+            }
+            Some(_) => {} // the same content at another path
+            // Restored from history: the object must be there already.
+            None if !repo.has_object(u.oid) => {
+                return Err(Error::Repository(format!(
+                    "the object {} at {:?} could not be found",
+                    u.oid, u.path
+                )));
+            }
+            None => {}
         }
-        ed.upsert(u.path.as_str(), gix::objs::tree::EntryKind::Blob, u.oid)
+        ed.upsert(u.path.split('/'), gix::objs::tree::EntryKind::Blob, u.oid)
             .map_err(&err)?;
     }
-    let tree = ed.write().map_err(&err)?.detach();
+    drop(seen);
+    let tree = ed.write(|t| -> Result<ObjectId, Error> {
+        for e in &t.entries {
+            let mode = e
+                .mode
+                .is_link()
+                .then_some(gix::validate::path::component::Mode::Symlink);
+            gix::validate::path::component(e.filename.as_ref(), mode, PROTECT).map_err(|v| {
+                Error::Repository(format!(
+                    "invalid file name {:?} in the tree: {v}",
+                    e.filename
+                ))
+            })?;
+        }
+        Ok(mem.write_object(t).map_err(&err)?.detach())
+    })?;
+    drop(ed);
     if tree == base_tree {
         return Ok(None);
     }
@@ -335,12 +374,29 @@ pub fn build_commit(
             .push(("gpgsig".into(), signature.trim_end().into()));
     }
     let commit = mem.write_object(&commit).map_err(&err)?.detach();
+    // Only trees and the commit: the blobs were never written to it.
     let objects = mem.objects.take_object_memory().unwrap_or_default();
-    let n = objects.len();
+    drop(mem);
+    // Commit, trees, then blobs, as git orders packs (readers touch them in that order).
+    let mut all: Vec<(ObjectId, gix::objs::Kind, &[u8])> = objects
+        .iter()
+        .map(|(id, (kind, data))| (*id, *kind, data.as_slice()))
+        .collect();
+    all.append(&mut blobs);
+    all.sort_by_key(|(id, kind, _)| {
+        let rank = match kind {
+            gix::objs::Kind::Commit => 0,
+            gix::objs::Kind::Tag => 1,
+            gix::objs::Kind::Tree => 2,
+            gix::objs::Kind::Blob => 3,
+        };
+        (rank, *id)
+    });
+    let n = all.len();
     if n > PACK_THRESHOLD {
-        write_pack(repo, &objects, secrets)?;
+        write_pack(repo, &all, secrets)?;
     } else {
-        for (i, (kind, data)) in objects.values().enumerate() {
+        for (i, (_, kind, data)) in all.iter().enumerate() {
             if i == n / 2 {
                 crate::crash::point("git-tree-write");
             }
@@ -350,35 +406,41 @@ pub fn build_commit(
     Ok(Some((commit, n)))
 }
 
-/// Write `objects` as one undeltified pack plus index into `objects/pack/`.
+/// What file names a tree may hold: gix's defaults on Linux (git's `core.protectNTFS` on,
+/// `core.protectHFS` and gitoxide's `core.protectWindows` off), as the porcelain tree editor
+/// applied them before the plumbing one was used (`build_commit`).
+const PROTECT: gix::validate::path::component::Options = gix::validate::path::component::Options {
+    protect_windows: false,
+    protect_hfs: false,
+    protect_ntfs: true,
+};
+
+/// Objects compressed at a time: at most this many compressed entries are held in memory
+/// while the pack is streamed to disk.
+const PACK_CHUNK: usize = 2048;
+
+/// Write `objects` (sorted as they go into the pack) as one undeltified pack plus index into
+/// `objects/pack/`. The pack is streamed through a pipe into gix's bundle writer as chunks of
+/// [`PACK_CHUNK`] objects are compressed (on up to 8 threads), so neither the compressed
+/// entries nor the pack are held in memory whole.
 fn write_pack(
     repo: &gix::Repository,
-    objects: &gix::odb::memory::Storage,
+    objects: &[(ObjectId, gix::objs::Kind, &[u8])],
     secrets: &Secrets,
 ) -> Result<(), Error> {
     use gix::odb::pack::data::output;
     let hash = repo.object_hash();
-    let mut sorted: Vec<(&ObjectId, &(gix::objs::Kind, Vec<u8>))> = objects.iter().collect();
-    // Commit, trees, then blobs, as git orders packs (readers touch them in that order).
-    sorted.sort_by_key(|(id, (kind, _))| {
-        let rank = match kind {
-            gix::objs::Kind::Commit => 0,
-            gix::objs::Kind::Tag => 1,
-            gix::objs::Kind::Tree => 2,
-            gix::objs::Kind::Blob => 3,
-        };
-        (rank, **id)
-    });
+    let n = u32::try_from(objects.len())
+        .map_err(|_| Error::Repository("too many objects for one pack".into()))?;
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8);
-    let chunk = sorted.len().div_ceil(threads).max(1);
     let compress =
-        |part: &[(&ObjectId, &(gix::objs::Kind, Vec<u8>))]| -> Result<Vec<output::Entry>, String> {
+        |part: &[(ObjectId, gix::objs::Kind, &[u8])]| -> Result<Vec<output::Entry>, String> {
             part.iter()
-                .map(|(id, (kind, data))| {
+                .map(|(id, kind, data)| {
                     output::Entry::from_data(
-                        &output::Count::from_data(**id, None),
+                        &output::Count::from_data(*id, None),
                         &gix::objs::Data::new(data, *kind, hash),
                         gix::zlib::Compression::BEST_SPEED,
                     )
@@ -386,59 +448,79 @@ fn write_pack(
                 })
                 .collect()
         };
-    let parts: Vec<Result<Vec<output::Entry>, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = sorted
-            .chunks(chunk)
-            .map(|c| s.spawn(move || compress(c)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err("compression thread panicked".into()))
-            })
-            .collect()
-    });
-    let mut entries = Vec::with_capacity(sorted.len());
-    for p in parts {
-        entries.extend(p.map_err(Error::Repository)?);
-    }
-    let n = u32::try_from(entries.len())
-        .map_err(|_| Error::Repository("too many objects for one pack".into()))?;
-    let mut pack = Vec::with_capacity(
-        entries
-            .iter()
-            .map(|e| e.compressed_data.len() + 8)
-            .sum::<usize>()
-            + 64,
-    );
-    {
-        let iter = output::bytes::FromEntriesIter::new(
-            std::iter::once(Ok::<_, gix::Error>(entries)),
-            &mut pack,
-            n,
-            gix::odb::pack::data::Version::V2,
-            hash,
-        );
-        for r in iter {
-            r.map_err(|e| Error::Repository(secrets.redact(&e.to_string())))?;
-        }
-    }
+    // One chunk's entries, compressed side by side.
+    let compress_chunk =
+        |chunk: &[(ObjectId, gix::objs::Kind, &[u8])]| -> Result<Vec<output::Entry>, String> {
+            let part = chunk.len().div_ceil(threads).max(1);
+            let parts: Vec<Result<Vec<output::Entry>, String>> = std::thread::scope(|s| {
+                let handles: Vec<_> = chunk
+                    .chunks(part)
+                    .map(|c| s.spawn(move || compress(c)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err("compression thread panicked".into()))
+                    })
+                    .collect()
+            });
+            let mut entries = Vec::with_capacity(chunk.len());
+            for p in parts {
+                entries.extend(p?);
+            }
+            Ok(entries)
+        };
     let dir = repo.common_dir().join("objects").join("pack");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let outcome = gix::odb::pack::Bundle::write_to_directory(
-        &mut &pack[..],
-        Some(&dir),
-        &mut gix::progress::Discard,
-        &AtomicBool::new(false),
-        None::<gix::objs::find::Never>,
-        hash,
-        gix::odb::pack::bundle::write::Options {
-            iteration_mode: gix::odb::pack::data::input::Mode::AsIs,
-            ..Default::default()
-        },
-    )
-    .map_err(|e| Error::Repository(secrets.redact(&e.to_string())))?;
+    let (reader, writer) = std::io::pipe().map_err(|e| Error::io(&dir, e))?;
+    // A compression failure, kept apart from the broken pipe or truncated pack it causes.
+    let compress_failed = std::sync::OnceLock::<String>::new();
+    let (written, outcome) = std::thread::scope(|s| {
+        let producer = s.spawn(|| -> Result<(), String> {
+            let mut out = std::io::BufWriter::with_capacity(256 * 1024, writer);
+            let chunks = objects.chunks(PACK_CHUNK).map(|c| {
+                compress_chunk(c).map_err(|e| {
+                    let _ = compress_failed.set(e.clone());
+                    gix::Error::from_error(std::io::Error::other(e))
+                })
+            });
+            let iter = output::bytes::FromEntriesIter::new(
+                chunks,
+                &mut out,
+                n,
+                gix::odb::pack::data::Version::V2,
+                hash,
+            );
+            for r in iter {
+                r.map_err(|e| error_text(&e))?;
+            }
+            std::io::Write::flush(&mut out).map_err(|e| e.to_string())
+        });
+        let outcome = gix::odb::pack::Bundle::write_to_directory(
+            &mut std::io::BufReader::with_capacity(256 * 1024, reader),
+            Some(&dir),
+            &mut gix::progress::Discard,
+            &AtomicBool::new(false),
+            None::<gix::objs::find::Never>,
+            hash,
+            gix::odb::pack::bundle::write::Options {
+                iteration_mode: gix::odb::pack::data::input::Mode::AsIs,
+                ..Default::default()
+            },
+        );
+        let written = producer
+            .join()
+            .unwrap_or_else(|_| Err("pack writer thread panicked".into()));
+        (written, outcome)
+    });
+    if let Some(e) = compress_failed.get() {
+        return Err(Error::Repository(secrets.redact(e)));
+    }
+    // The bundle writer's error first: when it stops reading, the writer only sees a broken
+    // pipe.
+    let outcome = outcome.map_err(|e| Error::Repository(secrets.redact(&error_text(&e))))?;
+    written.map_err(|e| Error::Repository(secrets.redact(&e)))?;
     // gix leaves a `.keep` file (as fetch does until refs are updated). We do not want one:
     // it would stop `git gc` from ever consolidating our packs. Unreferenced objects are still
     // safe from gc for two weeks (cruft packs), far longer than one apply.
