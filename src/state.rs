@@ -32,8 +32,10 @@ use sha2::{Digest, Sha256};
 
 use crate::status::{ObjectStatus, StatusRow};
 
+mod compact;
 mod document;
 mod journal;
+pub use compact::CompactValue;
 pub use document::StoredDocument;
 
 /// Version of the `state.json` format.

@@ -231,7 +231,9 @@ fn job_names_are_deterministic() {
     assert_eq!(a.name, b.name);
     assert_eq!(a.job, b.job);
     let mut other = (**request).clone();
-    std::sync::Arc::make_mut(&mut other.object)["spec"]["size"] = json!("large");
+    let mut object = (*other.object()).clone();
+    object["spec"]["size"] = json!("large");
+    other.object = promised::state::CompactValue::new(object);
     let input2 = WorkflowInput::for_request(promise, &other, Action::Configure);
     let c = job_objects(
         &input2,

@@ -912,7 +912,9 @@ async fn marketplace_redis_via_image_override() {
     // Resource workflow: small → 1 replica, large → 3.
     for (size, replicas) in [("small", 1), ("large", 3)] {
         let mut req = (**request).clone();
-        std::sync::Arc::make_mut(&mut req.object)["spec"]["size"] = json!(size);
+        let mut object = (*req.object()).clone();
+        object["spec"]["size"] = json!(size);
+        req.object = promised::state::CompactValue::new(object);
         let r = run_workflow(
             &config,
             &WorkflowInput::for_request(promise, &req, Action::Configure),

@@ -164,12 +164,12 @@ fn marketplace_promises_and_requests_validate() {
 
     // Defaults: runtime's request leaves lifecycle/replicas/servicePort to the schema.
     let cfg = load(Source::Dir(root.join("runtime")), &["internal/**"]);
-    let spec = &cfg.requests[0].object["spec"];
+    let spec = &cfg.requests[0].object()["spec"];
     assert_eq!(spec["lifecycle"], "dev");
     assert_eq!(spec["replicas"], 1);
     assert_eq!(spec["servicePort"], 80);
     assert_eq!(
-        cfg.requests[0].object["metadata"]["labels"]["kratix.io/promise-name"],
+        cfg.requests[0].object()["metadata"]["labels"]["kratix.io/promise-name"],
         "runtime"
     );
 }
@@ -274,17 +274,17 @@ fn requests_are_admitted_with_the_storage_version_schema() {
             .unwrap_or_else(|| panic!("request {n} admitted"))
     };
     // Written in the storage version.
-    assert_eq!(by_name("new").object["apiVersion"], "example.com/v1beta1");
+    assert_eq!(by_name("new").object()["apiVersion"], "example.com/v1beta1");
     assert_eq!(
-        by_name("new").object["spec"],
+        by_name("new").object()["spec"],
         serde_json::json!({"size": "L", "tier": "gold"})
     );
     // Written in the other served version: stored as v1beta1, the v1alpha1-only field pruned
     // and the v1beta1 defaults applied (not v1alpha1's `size: small`).
     let old = by_name("old");
-    assert_eq!(old.object["apiVersion"], "example.com/v1beta1");
+    assert_eq!(old.object()["apiVersion"], "example.com/v1beta1");
     assert_eq!(
-        old.object["spec"],
+        old.object()["spec"],
         serde_json::json!({"size": "M", "tier": "gold"})
     );
     assert!(
@@ -619,7 +619,7 @@ fn loader_exports_promise_folders_once_per_content_and_keeps_the_newest_two() {
             .requests
             .iter()
             .find(|r| r.name() == "example")
-            .map(|r| r.object["spec"]["size"].clone())
+            .map(|r| r.object()["spec"]["size"].clone())
             .unwrap();
         assert_eq!(size, if round == 1 { "large" } else { "small" });
         // Promise folders with their scripts, executable, as in this commit; nothing else.
@@ -724,7 +724,10 @@ fn admissions_cache_matches_a_fresh_validation_pass_after_pass() {
             .requests
             .iter()
             .map(|r| {
-                let size = r.object["spec"]["size"].as_str().unwrap_or("-").to_string();
+                let size = r.object()["spec"]["size"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .to_string();
                 format!("{}={size}", r.name())
             })
             .collect();
@@ -1100,7 +1103,7 @@ fn pipeline_assets_in_a_promise_folder_are_counted_and_never_errors() {
         Source::Dir(repo_root().join("testdata/promise-folder")),
         &[],
     );
-    assert_eq!(cfg.requests[0].object["spec"]["replicas"], 1);
+    assert_eq!(cfg.requests[0].object()["spec"]["replicas"], 1);
     assert!(cfg.rejected.is_empty(), "{:?}", cfg.rejected);
 }
 

@@ -26,14 +26,11 @@ use serde_json::value::RawValue;
 
 use super::{ParseCache, Parsed};
 use crate::diag::Code;
+use crate::state::CompactValue;
 
 /// Format of the record: bumped when parsing rules change (what a YAML file parses into or
 /// whether it is refused), together with the crate version.
 const FORMAT: &str = concat!("promised parse cache 1, ", env!("CARGO_PKG_VERSION"));
-
-/// Nesting deeper than this stays a `Value` in the cache: `serde_json` refuses to read back
-/// text nested more than 128 levels.
-const MAX_TEXT_DEPTH: usize = 100;
 
 #[derive(Serialize, Deserialize)]
 struct Record<D> {
@@ -41,43 +38,23 @@ struct Record<D> {
     blobs: HashMap<String, Vec<D>>,
 }
 
-/// One file in the parse cache: its documents, or the one problem that made it unreadable
+/// One file in the parse cache: its documents (each kept as compact JSON text unless that
+/// would not read back exactly, [`CompactValue`]), or the one problem that made it unreadable
 /// (kept, so the same diagnostic comes back without parsing again).
 #[derive(Debug)]
-pub(super) struct Cached(Result<Vec<CachedDocument>, (Code, String)>);
-
-/// One document in the parse cache.
-#[derive(Debug)]
-enum CachedDocument {
-    /// Compact JSON text (the usual case): about a tenth of the memory of the `Value`.
-    Text(Box<RawValue>),
-    /// A document holding a floating-point number (`serde_json` reads a float back to within
-    /// one unit in the last place, not always exactly) or nested too deep to read back.
-    Value(Arc<Value>),
-}
+pub(super) struct Cached(Result<Vec<CompactValue>, (Code, String)>);
 
 impl Cached {
     /// What `parsed` (a file's parse result) is kept as.
     pub(super) fn new(parsed: Parsed) -> Cached {
-        Cached(parsed.map(|docs| {
-            docs.into_iter()
-                .map(|v| {
-                    if textual(&v, 0)
-                        && let Ok(text) = serde_json::value::to_raw_value(&v)
-                    {
-                        return CachedDocument::Text(text);
-                    }
-                    CachedDocument::Value(Arc::new(v))
-                })
-                .collect()
-        }))
+        Cached(parsed.map(|docs| docs.into_iter().map(CompactValue::new).collect()))
     }
 
     /// Whether the entry goes into the record: the file parsed, and every document is text.
     pub(super) fn recordable(&self) -> bool {
         self.0
             .as_ref()
-            .is_ok_and(|docs| docs.iter().all(|d| matches!(d, CachedDocument::Text(_))))
+            .is_ok_and(|docs| docs.iter().all(CompactValue::is_text))
     }
 
     /// The file's documents, read back from their text; or the file's problem. Errors: a text
@@ -86,14 +63,13 @@ impl Cached {
     pub(super) fn documents(&self) -> Result<Vec<Arc<Value>>, (Code, String)> {
         let docs = self.0.as_ref().map_err(Clone::clone)?;
         docs.iter()
-            .map(|d| match d {
-                CachedDocument::Text(t) => serde_json::from_str(t.get()).map(Arc::new).map_err(|e| {
+            .map(|d| {
+                d.try_value().map_err(|e| {
                     (
                         Code::Read,
                         format!("the parse cache's copy of this file does not read back ({e}); remove config-cache/parsed.json from the state directory"),
                     )
-                }),
-                CachedDocument::Value(v) => Ok(v.clone()),
+                })
             })
             .collect()
     }
@@ -124,7 +100,7 @@ impl ParseCache {
                 let oid = gix::ObjectId::from_hex(oid.as_bytes()).ok()?;
                 Some((
                     oid,
-                    Cached(Ok(docs.into_iter().map(CachedDocument::Text).collect())),
+                    Cached(Ok(docs.into_iter().map(CompactValue::from_text).collect())),
                 ))
             })
             .collect();
@@ -147,11 +123,10 @@ impl ParseCache {
             .filter(|(_, c)| c.recordable())
             .filter_map(|(oid, c)| {
                 let docs = c.0.as_ref().ok()?;
-                let texts = docs.iter().filter_map(|d| match d {
-                    CachedDocument::Text(t) => Some(&**t),
-                    CachedDocument::Value(_) => None,
-                });
-                Some((oid.to_string(), texts.collect()))
+                Some((
+                    oid.to_string(),
+                    docs.iter().filter_map(CompactValue::text).collect(),
+                ))
             })
             .collect();
         let record = Record::<&RawValue> {
@@ -163,17 +138,6 @@ impl ParseCache {
         crate::state::write_replace(path, &bytes).map_err(std::io::Error::other)?;
         self.changed = false;
         Ok(())
-    }
-}
-
-/// Whether `v` (at nesting `depth`) reads back exactly from its JSON text: it holds no
-/// floating-point number and is nested at most [`MAX_TEXT_DEPTH`] levels.
-fn textual(v: &Value, depth: usize) -> bool {
-    match v {
-        Value::Number(n) => !n.is_f64(),
-        Value::Array(a) => depth < MAX_TEXT_DEPTH && a.iter().all(|x| textual(x, depth + 1)),
-        Value::Object(m) => depth < MAX_TEXT_DEPTH && m.values().all(|x| textual(x, depth + 1)),
-        _ => true,
     }
 }
 
@@ -218,21 +182,6 @@ mod tests {
         let (again, diags) = cache.parse(&files.each_ref().map(unread));
         assert!(diags.is_empty(), "{diags:?}");
         assert_eq!(again, first, "read back from the cache as parsed");
-    }
-
-    #[test]
-    fn a_document_nested_deeper_than_json_reads_back_stays_a_value() {
-        // YAML stops at 64 levels (serde-saphyr's budget); the rule guards the 128 of
-        // serde_json's reader should that change.
-        let mut deep = Value::from(1);
-        for _ in 0..120 {
-            deep = Value::Array(vec![deep]);
-        }
-        let cached = Cached::new(Ok(vec![deep.clone()]));
-        assert!(!cached.recordable(), "kept as a value");
-        assert_eq!(cached.documents().unwrap(), [Arc::new(deep)]);
-        let shallow = Cached::new(Ok(vec![serde_json::json!({"a": [[1]]})]));
-        assert!(shallow.recordable(), "kept as text");
     }
 
     #[test]

@@ -175,7 +175,7 @@ pub fn check_pipeline_env(cfg: &mut ValidConfig, sources: &EnvSources) {
         cfg.requests = stay;
         for r in gone {
             let api_version = r
-                .object
+                .object()
                 .get("apiVersion")
                 .and_then(Value::as_str)
                 .unwrap_or_default()

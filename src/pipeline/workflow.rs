@@ -90,8 +90,8 @@ impl<'a> WorkflowInput<'a> {
     pub fn for_request(p: &'a ValidPromise, r: &ValidRequest, action: Action) -> Self {
         let wf = &p.promise.object.spec.workflows.resource;
         let api = p.api.as_ref();
-        let api_version = r
-            .object
+        let object = r.object();
+        let api_version = object
             .get("apiVersion")
             .and_then(Value::as_str)
             .unwrap_or_default();
@@ -115,8 +115,7 @@ impl<'a> WorkflowInput<'a> {
                 Action::Configure => &wf.configure,
                 Action::Delete => &wf.delete,
             },
-            existing_status: r
-                .object
+            existing_status: object
                 .get("status")
                 .and_then(Value::as_object)
                 .cloned()

@@ -130,7 +130,7 @@ impl Engine {
                             None
                         };
                         let object = match &request {
-                            Some(r) => Some(r.object.clone()),
+                            Some(r) => Some(r.object()),
                             None if is_request => None,
                             None if record.object.is_null() => Some(vp.promise.raw.clone()),
                             None => Some(Arc::clone(&record.object)),
@@ -372,6 +372,6 @@ fn valid_request_from_record(
         spec_digest: crate::validate::spec_digest(&object),
         input_hash_memo: Default::default(),
         key_memo: Default::default(),
-        object,
+        object: crate::state::CompactValue::Value(object),
     })
 }

@@ -173,7 +173,7 @@ impl Engine {
                     name,
                     definition: d.definition.clone(),
                     request: r.clone(),
-                    object_yaml: inputs::object_yaml(&r.object, &record.status),
+                    object_yaml: inputs::object_yaml(&r.object(), &record.status),
                     promise_dir: promise_dir(pass.config_root, &p.promise.origin.file),
                 });
             }

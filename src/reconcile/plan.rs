@@ -13,10 +13,8 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde_json::Value;
-
 use crate::settings::Settings;
-use crate::state::{ObjectRecord, sha256_hex};
+use crate::state::ObjectRecord;
 use crate::status::Phase;
 use crate::validate::{ValidConfig, ValidPromise, ValidRequest};
 
@@ -241,14 +239,7 @@ pub(super) fn requests<'c>(
         }
         // A record whose cached output left the blob cache re-runs to restore it.
         let cached = record.is_none_or(&cached);
-        let spec_hash = sha256_hex(
-            r.object
-                .get("spec")
-                .cloned()
-                .unwrap_or(Value::Null)
-                .to_string()
-                .as_bytes(),
-        );
+        let spec_hash = r.spec_digest.clone();
         if !facts.available.get(&r.promise).copied().unwrap_or(false) {
             steps.push(step(Decision::Waiting, spec_hash, cached));
             continue;

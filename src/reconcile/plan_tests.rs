@@ -83,7 +83,7 @@ fn reconciled(step: &RequestStep<'_>) -> ObjectRecord {
     ObjectRecord {
         input_hash: step.hash.clone(),
         completed: true,
-        object: step.request.object.clone().into(),
+        object: (&step.request.object).into(),
         promise: None,
         promise_dir: None,
         placements: Vec::new(),

@@ -78,7 +78,7 @@ impl Engine {
                     record.spec_hash = step.spec_hash;
                     record.completed = true;
                     record.input_hash = step.hash;
-                    record.object = r.object.clone().into();
+                    record.object = (&r.object).into();
                     record.status.promise_version = step.promise.version().map(str::to_string);
                     set_completed(&mut record.status, 0, "Resource requested");
                     if let Some(t) = step.target {
@@ -125,7 +125,7 @@ impl Engine {
                             request: Some(r.clone()),
                             action: Action::Configure,
                             pipelines,
-                            object_yaml: inputs::object_yaml(&r.object, &record.status),
+                            object_yaml: inputs::object_yaml(&r.object(), &record.status),
                             existing_status: record.status.fields.clone(),
                             promise_dir: dir,
                             rate_limited,

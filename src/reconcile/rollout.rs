@@ -151,7 +151,7 @@ impl Engine {
             let labels: Vec<(String, Vec<BTreeMap<String, String>>)> = requests
                 .iter()
                 .map(|r| {
-                    let mut l = vec![labels_of(&r.object)];
+                    let mut l = vec![labels_of(&r.object())];
                     if let Some(b) = bindings.get(&(promise_name, r.namespace(), r.name())) {
                         l.push(b.clone());
                     }

@@ -221,7 +221,7 @@ impl Engine {
                 .remove(&job.key)
                 .expect("job from state");
             if let Some(r) = &job.request {
-                record.object = r.object.clone().into();
+                record.object = (&r.object).into();
             }
             let absorbed = self.absorb_result(&mut record, hash, &result, false, &mut pass.report);
             record.shrink_to_fit();

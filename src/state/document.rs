@@ -22,6 +22,14 @@ pub struct StoredDocument {
 }
 
 impl StoredDocument {
+    /// A document of JSON text, parsed on first use.
+    pub fn from_text(raw: Box<RawValue>) -> StoredDocument {
+        StoredDocument {
+            raw: Some(raw),
+            value: OnceLock::new(),
+        }
+    }
+
     /// The value: the text parsed on the first call. Text that is not JSON (it was checked
     /// as JSON when read, so only a bug) reads as `null`, logged as an error.
     pub fn get(&self) -> &Arc<Value> {
@@ -83,11 +91,7 @@ impl Serialize for StoredDocument {
 
 impl<'de> Deserialize<'de> for StoredDocument {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StoredDocument, D::Error> {
-        let raw = Box::<RawValue>::deserialize(d)?;
-        Ok(StoredDocument {
-            raw: Some(raw),
-            value: OnceLock::new(),
-        })
+        Ok(StoredDocument::from_text(Box::<RawValue>::deserialize(d)?))
     }
 }
 

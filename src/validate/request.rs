@@ -319,7 +319,7 @@ fn admit_request(
             spec_digest: spec_digest(&obj),
             input_hash_memo: Default::default(),
             key_memo: Default::default(),
-            object: Arc::new(obj),
+            object: crate::state::CompactValue::new(obj),
         })
     } else {
         Err(errs)

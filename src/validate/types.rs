@@ -16,6 +16,7 @@ use crate::model::{
     BucketStateStore, Destination, GitStateStore, HealthRecord, ObjectRef, Promise, PromiseApi,
 };
 use crate::schema::CrdSchema;
+use crate::state::CompactValue;
 
 /// A Promise that passed every check.
 #[derive(Debug, Clone)]
@@ -69,8 +70,9 @@ pub struct ValidRequest {
     pub promise: String,
     /// The object as a Kratix pipeline finds it in `/kratix/input/object.yaml`: pruned,
     /// defaulted, namespace set, `kratix.io/promise-name` label added, `status` removed.
-    /// Shared with the state record of the request (one copy in memory).
-    pub object: Arc<Value>,
+    /// Kept as compact JSON text, read on each use ([`ValidRequest::object`]); the state
+    /// record of the request holds the same text.
+    pub object: CompactValue,
     /// Hex sha256 of `object.spec` as compact JSON (`null` when absent): what the engine's
     /// input hash covers, computed once per admission.
     #[serde(skip)]
@@ -88,7 +90,12 @@ pub struct ValidRequest {
 impl ValidRequest {
     /// `/kratix/input/object.yaml` contents: deterministic YAML with sorted keys.
     pub fn to_yaml(&self) -> String {
-        to_yaml(&self.object)
+        to_yaml(&self.object())
+    }
+
+    /// The object as a value, read from its text on each call (a few microseconds).
+    pub fn object(&self) -> Arc<Value> {
+        self.object.value()
     }
 
     /// The request's namespace.

@@ -167,7 +167,7 @@ fn check_config((mutations, added): Repo) -> Result<(), String> {
         }
     }
     for r in &cfg.requests {
-        let _ = promised::validate::to_yaml(&r.object);
+        let _ = promised::validate::to_yaml(&r.object());
     }
     if base_intact && only_random && !cfg.requests.iter().any(|r| r.id.name == "good") {
         return Err(format!(

@@ -102,8 +102,8 @@ pub struct Listed {
     pub namespace: String,
     /// `metadata.name`.
     pub name: String,
-    /// The admitted object (no `status`).
-    pub object: Arc<Value>,
+    /// The admitted object (no `status`), as compact text read when a pipeline reads it.
+    pub object: crate::state::CompactValue,
     /// Its status as last recorded: the pipelines' keys, `message`, `conditions`.
     pub status: StatusText,
 }

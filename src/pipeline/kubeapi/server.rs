@@ -199,7 +199,7 @@ fn api_group(apis: &[ApiEntry], g: &str) -> Value {
 /// The request as pipelines read it: the admitted object with its status (the live status
 /// of a run in progress, else the recorded one).
 fn render(hub: &KubeApi, ctx: &RunCtx, a: &ApiEntry, l: &Listed) -> Value {
-    let mut o = (*l.object).clone();
+    let mut o = Arc::unwrap_or_clone(l.object.value());
     let live = if l.key == ctx.key {
         Some(ctx.clone_live())
     } else {
@@ -237,7 +237,7 @@ impl RunCtx {
             key: self.key.clone(),
             namespace: self.namespace.clone(),
             name: self.name.clone(),
-            object: self.object.clone(),
+            object: crate::state::CompactValue::Value(self.object.clone()),
             status: self.recorded.clone(),
         }
     }

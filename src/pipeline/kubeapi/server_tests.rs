@@ -25,7 +25,7 @@ fn listed(promise: &str, kind: &str, name: &str) -> Listed {
         key: format!("{promise}/default/{name}"),
         namespace: "default".into(),
         name: name.into(),
-        object: Arc::new(json!({
+        object: crate::state::CompactValue::new(json!({
             "apiVersion": "test.promised.dev/v1alpha1", "kind": kind,
             "metadata": {"name": name, "namespace": "default"}, "spec": {"n": name},
         })),
@@ -65,7 +65,7 @@ fn hub() -> (Arc<KubeApi>, Arc<RunCtx>, tempfile::TempDir) {
         name: "a".into(),
         api: app,
         allowed: BTreeSet::from(["app".to_string(), "db".to_string()]),
-        object: own.object.clone(),
+        object: own.object.value(),
         live: Mutex::new(json!({"old": 1}).as_object().unwrap().clone()),
         recorded: own.status.clone(),
         user: "promised:pipeline:app/default/a".into(),
