@@ -313,7 +313,7 @@ impl Engine {
             ) {
                 (Some(e), _) => Err(e.clone()),
                 (None, None) => Err(format!("{store_key} does not exist")),
-                (None, Some((_, store))) => match store.apply(&set).await {
+                (None, Some((_, store))) => match store.apply_shared(Arc::new(set)).await {
                     Ok(outcome) => {
                         pass.report
                             .stores

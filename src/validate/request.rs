@@ -149,16 +149,18 @@ pub(super) fn admit_requests(
                 let result = a.result.clone();
                 admitted
                     .entry((c.blob.expect("cached"), c.origin.document))
-                    .or_default()
+                    .or_insert_with(|| Vec::with_capacity(1))
                     .push(a);
                 result
             }
             None => {
                 let result = admit_request(&c, promise, api).map(Arc::new);
                 if let Some(blob) = c.blob {
+                    // Room for one: the same text in several files is rare, and a
+                    // pushed-to empty `Vec` keeps room for four (320 bytes a request).
                     admitted
                         .entry((blob, c.origin.document))
-                        .or_default()
+                        .or_insert_with(|| Vec::with_capacity(1))
                         .push(Admission {
                             file: c.origin.file.clone(),
                             promise: pname.to_string(),

@@ -303,6 +303,19 @@ pub trait StateStore: Send + Sync {
     /// [`Error::Auth`], [`Error::InvalidPath`], transport and I/O errors.
     async fn apply(&self, changes: &ChangeSet) -> Result<ApplyOutcome, Error>;
 
+    /// [`StateStore::apply`] of a change set the caller gives away: a store that hands the
+    /// work to a blocking thread (Git) then needs no copy of every file's content (5 MB of
+    /// the daemon's peak at 10,000 requests, docs/benchmarks.md "Memory", fourth round).
+    ///
+    /// # Errors
+    /// Those of [`StateStore::apply`].
+    async fn apply_shared(
+        &self,
+        changes: std::sync::Arc<ChangeSet>,
+    ) -> Result<ApplyOutcome, Error> {
+        self.apply(&changes).await
+    }
+
     /// Every file under `prefix` (a store-relative directory including the store's
     /// `spec.path`; `""` for everything) whose path ends with one of `suffixes` (all files
     /// when empty), with its content, sorted by path, at the current head (Git: fetched

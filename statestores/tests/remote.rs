@@ -332,7 +332,7 @@ async fn large_apply_is_written_as_a_pack_and_pushes_a_valid_history() {
     )
     .unwrap();
     let mut cs = one_file("x\n");
-    // More objects than one compressed chunk of the streamed pack (2,048), and two files of
+    // More objects than one compressed chunk of the streamed pack (512), and two files of
     // the same content (one blob, written once).
     cs.writes[0].files = (0..2600)
         .map(|i| FileWrite {

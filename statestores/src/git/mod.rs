@@ -706,8 +706,11 @@ impl StateStore for GitStateStore {
     }
 
     async fn apply(&self, changes: &ChangeSet) -> Result<ApplyOutcome, Error> {
+        self.apply_shared(Arc::new(changes.clone())).await
+    }
+
+    async fn apply_shared(&self, changes: Arc<ChangeSet>) -> Result<ApplyOutcome, Error> {
         let _guard = self.inner.lock.lock().await;
-        let changes = Arc::new(changes.clone());
         let attempts = AtomicU32::new(0);
         let max = self.inner.opts.max_push_attempts;
         let run = || {

@@ -417,7 +417,7 @@ const PROTECT: gix::validate::path::component::Options = gix::validate::path::co
 
 /// Objects compressed at a time: at most this many compressed entries are held in memory
 /// while the pack is streamed to disk.
-const PACK_CHUNK: usize = 2048;
+const PACK_CHUNK: usize = 512;
 
 /// Write `objects` (sorted as they go into the pack) as one undeltified pack plus index into
 /// `objects/pack/`. The pack is streamed through a pipe into gix's bundle writer as chunks of
@@ -439,12 +439,15 @@ fn write_pack(
         |part: &[(ObjectId, gix::objs::Kind, &[u8])]| -> Result<Vec<output::Entry>, String> {
             part.iter()
                 .map(|(id, kind, data)| {
-                    output::Entry::from_data(
+                    let mut e = output::Entry::from_data(
                         &output::Count::from_data(*id, None),
                         &gix::objs::Data::new(data, *kind, hash),
                         gix::zlib::Compression::BEST_SPEED,
                     )
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?;
+                    // The compressor leaves room for kilobytes; most objects are far smaller.
+                    e.compressed_data.shrink_to_fit();
+                    Ok(e)
                 })
                 .collect()
         };
