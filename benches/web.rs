@@ -78,7 +78,7 @@ fn write_state(dir: &Path, n: usize, commit: &str) {
         );
         let mut r = record(s, promise_doc(p));
         r.promise = Some(promise_doc(p));
-        st.promises.insert(format!("promise/{p}"), r);
+        st.promises.insert(format!("promise/{p}"), Box::new(r));
     }
     for i in 0..n {
         let p = PROMISES[i % 3];
@@ -145,7 +145,7 @@ fn write_state(dir: &Path, n: usize, commit: &str) {
                 sha256: "0".repeat(64),
             }],
         });
-        st.requests.insert(format!("{p}/{ns}/{name}"), r);
+        st.requests.insert(format!("{p}/{ns}/{name}"), Box::new(r));
     }
     sd.save(&mut st).unwrap();
     let mut infra = InfraStatus::default();

@@ -41,6 +41,9 @@ pub use document::StoredDocument;
 /// Version of the `state.json` format.
 pub const STATE_VERSION: u32 = 1;
 
+/// Records by key, boxed: B-tree nodes of inline 800-byte records stood half empty (8 MB).
+pub type Records = BTreeMap<String, Box<ObjectRecord>>;
+
 /// Everything promised remembers between passes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -49,11 +52,11 @@ pub struct State {
     pub version: u32,
     /// Per Promise name.
     #[serde(default)]
-    pub promises: BTreeMap<String, ObjectRecord>,
+    pub promises: Records,
     /// Per request key `<promise>/<namespace>/<name>`.
     #[serde(default)]
     #[serde(deserialize_with = "request_records")]
-    pub requests: BTreeMap<String, ObjectRecord>,
+    pub requests: Records,
     /// Per Destination name: what was registered (canary files written).
     #[serde(default)]
     pub destinations: BTreeMap<String, DestinationRecord>,
@@ -619,7 +622,7 @@ impl StateDir {
             ] {
                 for (k, v) in changes {
                     match v {
-                        Some(r) => map.insert(k, r),
+                        Some(r) => map.insert(k, Box::new(r)),
                         None => map.remove(&k),
                     };
                 }

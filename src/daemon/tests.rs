@@ -70,7 +70,7 @@ fn state_dir_and_git_changes_are_not_config_changes() {
 }
 
 /// A failed request whose backoff ends at `retry_at`.
-fn failed(name: &str, retry_at: SystemTime) -> (String, crate::state::ObjectRecord) {
+fn failed(name: &str, retry_at: SystemTime) -> (String, Box<crate::state::ObjectRecord>) {
     let id = crate::model::ObjectRef {
         kind: "redis".into(),
         namespace: Some("default".into()),
@@ -92,7 +92,7 @@ fn failed(name: &str, retry_at: SystemTime) -> (String, crate::state::ObjectReco
         failed_upgrade: String::new(),
         status: crate::status::ObjectStatus::new(id, "redis"),
     };
-    (format!("redis/default/{name}"), record)
+    (format!("redis/default/{name}"), Box::new(record))
 }
 
 #[test]

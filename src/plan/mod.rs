@@ -291,9 +291,9 @@ fn reason(key: &str, base: BaseKind, before: &State, after: &State) -> Reason {
     let is_promise = key.starts_with("promise/");
     fn get<'s>(s: &'s State, key: &str, promise: bool) -> Option<&'s ObjectRecord> {
         if promise {
-            s.promises.get(key)
+            s.promises.get(key).map(|r| &**r)
         } else {
-            s.requests.get(key)
+            s.requests.get(key).map(|r| &**r)
         }
     }
     let (Some(old), Some(new)) = (get(before, key, is_promise), get(after, key, is_promise)) else {

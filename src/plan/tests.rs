@@ -34,9 +34,9 @@ fn rec(input: &str, spec: &str, completed: bool) -> ObjectRecord {
 fn state(promise: &str, request: Option<ObjectRecord>) -> State {
     let mut s = State::default();
     s.promises
-        .insert("promise/app".into(), rec(promise, "", true));
+        .insert("promise/app".into(), Box::new(rec(promise, "", true)));
     if let Some(r) = request {
-        s.requests.insert("app/default/a".into(), r);
+        s.requests.insert("app/default/a".into(), Box::new(r));
     }
     s
 }

@@ -104,6 +104,7 @@ impl Engine {
                         self.state
                             .promises
                             .get(&promise_key(&promise_name))
+                            .map(|r| &**r)
                             .or(if is_request { None } else { Some(&record) })
                             .and_then(|pr| {
                                 let doc = pr.promise.clone()?;

@@ -203,7 +203,7 @@ struct Pass<'c> {
     /// Records as they were before the pass (to persist only what changed, and so that a
     /// journal written in the middle of the pass does not say the canaries are written).
     destinations_at_start: BTreeMap<String, DestinationRecord>,
-    promises_before: BTreeMap<String, ObjectRecord>,
+    promises_before: crate::state::Records,
     commit_before: Option<String>,
     requests_before: usize,
     /// write (open): `<kind>/<name>` → why that state store cannot be used this pass.
@@ -570,10 +570,11 @@ impl Engine {
             .requests
             .get(key)
             .or_else(|| self.state.promises.get(key))
+            .map(|r| &**r)
     }
 
     /// The requests' or the Promises' records.
-    fn records_mut(&mut self, requests: bool) -> &mut BTreeMap<String, ObjectRecord> {
+    fn records_mut(&mut self, requests: bool) -> &mut crate::state::Records {
         if requests {
             &mut self.state.requests
         } else {
@@ -583,9 +584,9 @@ impl Engine {
 
     fn record_mut(&mut self, key: &str) -> Option<&mut ObjectRecord> {
         if self.state.requests.contains_key(key) {
-            self.state.requests.get_mut(key)
+            self.state.requests.get_mut(key).map(|r| &mut **r)
         } else {
-            self.state.promises.get_mut(key)
+            self.state.promises.get_mut(key).map(|r| &mut **r)
         }
     }
 }

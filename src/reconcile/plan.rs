@@ -156,7 +156,7 @@ pub(super) struct RequestStep<'c> {
 #[allow(clippy::too_many_arguments)]
 pub(super) fn requests<'c>(
     cfg: &'c ValidConfig,
-    records: &BTreeMap<String, ObjectRecord>,
+    records: &crate::state::Records,
     facts: &PromiseFacts,
     targets: &'c super::versions::Targets,
     held: &HashSet<String>,
@@ -206,7 +206,7 @@ pub(super) fn requests<'c>(
         let interval = *intervals
             .entry(std::ptr::from_ref(p))
             .or_insert_with(|| reconciliation_interval(p, settings));
-        let record = records.get(key);
+        let record = records.get(key).map(|r| &**r);
         // A steady request is skipped by every later stage: its step carries no strings.
         let step = |decision, spec_hash, cached| {
             let steady = decision == Decision::Steady;

@@ -103,7 +103,7 @@ static NO_TARGETS: crate::reconcile::versions::Targets = std::collections::BTree
 
 fn plan<'c>(
     cfg: &'c ValidConfig,
-    records: &BTreeMap<String, ObjectRecord>,
+    records: &crate::state::Records,
     facts: &PromiseFacts,
     held: &HashSet<String>,
 ) -> Vec<RequestStep<'c>> {
@@ -149,9 +149,9 @@ fn new_requests_run_and_a_reconciled_one_is_steady() {
             ),
         ]
     );
-    let records: BTreeMap<String, ObjectRecord> = first
+    let records: crate::state::Records = first
         .iter()
-        .map(|s| (s.request.key().to_string(), reconciled(s)))
+        .map(|s| (s.request.key().to_string(), Box::new(reconciled(s))))
         .collect();
     let second = plan(&cfg, &records, &facts, &HashSet::new());
     assert_eq!(
@@ -166,14 +166,14 @@ fn new_requests_run_and_a_reconciled_one_is_steady() {
 #[test]
 fn a_promise_edit_reruns_its_requests_rate_limited_and_a_spec_edit_does_not() {
     let before = config(true, &[("a", "1"), ("b", "2")]);
-    let records: BTreeMap<String, ObjectRecord> = plan(
+    let records: crate::state::Records = plan(
         &before,
         &BTreeMap::new(),
         &facts(true, "p1"),
         &HashSet::new(),
     )
     .iter()
-    .map(|s| (s.request.key().to_string(), reconciled(s)))
+    .map(|s| (s.request.key().to_string(), Box::new(reconciled(s))))
     .collect();
     // The Promise changed (its hash), request b's own spec changed too.
     let after = config(true, &[("a", "1"), ("b", "3")]);
@@ -207,11 +207,10 @@ fn requests_wait_for_an_unavailable_promise_and_complete_without_pipelines() {
 fn held_moved_lost_output_and_new_destinations_are_not_steady() {
     let cfg = config(true, &[("a", "1")]);
     let facts1 = facts(true, "p1");
-    let records: BTreeMap<String, ObjectRecord> =
-        plan(&cfg, &BTreeMap::new(), &facts1, &HashSet::new())
-            .iter()
-            .map(|s| (s.request.key().to_string(), reconciled(s)))
-            .collect();
+    let records: crate::state::Records = plan(&cfg, &BTreeMap::new(), &facts1, &HashSet::new())
+        .iter()
+        .map(|s| (s.request.key().to_string(), Box::new(reconciled(s))))
+        .collect();
     let key = cfg.requests[0].key().to_string();
 
     // Held (its file did not load last time): looked at again, nothing to run.
@@ -254,11 +253,10 @@ fn held_moved_lost_output_and_new_destinations_are_not_steady() {
 fn a_failed_request_waits_for_its_backoff_in_daemon_mode_only() {
     let cfg = config(true, &[("a", "1")]);
     let facts1 = facts(true, "p1");
-    let mut records: BTreeMap<String, ObjectRecord> =
-        plan(&cfg, &BTreeMap::new(), &facts1, &HashSet::new())
-            .iter()
-            .map(|s| (s.request.key().to_string(), reconciled(s)))
-            .collect();
+    let mut records: crate::state::Records = plan(&cfg, &BTreeMap::new(), &facts1, &HashSet::new())
+        .iter()
+        .map(|s| (s.request.key().to_string(), Box::new(reconciled(s))))
+        .collect();
     for r in records.values_mut() {
         r.completed = false;
         r.steady.clear();

@@ -53,7 +53,7 @@ impl Engine {
                 .state
                 .requests
                 .entry(key.clone())
-                .or_insert_with(|| new_record(&r.id, &r.promise));
+                .or_insert_with(|| Box::new(new_record(&r.id, &r.promise)));
             record.steady.clear();
             record.status.source = step.origin;
             if record.status.object.kind.is_empty() {
@@ -206,7 +206,7 @@ impl Engine {
                 .state
                 .requests
                 .entry(key.clone())
-                .or_insert_with(|| new_record(id, promise));
+                .or_insert_with(|| Box::new(new_record(id, promise)));
             record.status.source = source.clone();
             let message = format!("Invalid: {}", reasons.join("; "));
             record.status.set_noting(

@@ -248,7 +248,7 @@ impl Engine {
     fn save_progress(
         &mut self,
         progress: &mut crate::state::Dirty,
-        promises_before: &BTreeMap<String, ObjectRecord>,
+        promises_before: &crate::state::Records,
         destinations_before: &BTreeMap<String, crate::state::DestinationRecord>,
     ) {
         for (k, r) in &self.state.promises {

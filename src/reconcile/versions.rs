@@ -196,7 +196,7 @@ impl Engine {
                 .get(&(r.promise.as_str(), r.namespace(), r.name()))
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            let record = self.state.requests.get(r.key());
+            let record = self.state.requests.get(r.key()).map(|r| &**r);
             let t = resolve(r, current, found, strategy, record, &mut self.revisions);
             targets.insert(r.key().to_string(), t);
         }
@@ -327,7 +327,7 @@ pub(super) fn ran(record: &mut ObjectRecord, t: &Target, completed: bool) {
 /// After landing: a request whose binding cannot be followed says so
 /// (`Reconciled=False FailedPromiseRevisionLookup`, the message names the binding and the
 /// version) and stays where it is; once the problem is gone its message comes back.
-pub(super) fn note_errors(records: &mut BTreeMap<String, ObjectRecord>, targets: &Targets) {
+pub(super) fn note_errors(records: &mut crate::state::Records, targets: &Targets) {
     for (key, t) in targets {
         let Some(record) = records.get_mut(key) else {
             continue;

@@ -29,10 +29,12 @@ pub(super) fn line(entry: &impl Serialize, limit: u64) -> Option<Vec<u8>> {
 
 /// The records of `map` named by `keys`, `None` for a key whose record is gone.
 pub(super) fn pick<'a>(
-    map: &'a BTreeMap<String, ObjectRecord>,
+    map: &'a super::Records,
     keys: &BTreeSet<String>,
 ) -> BTreeMap<String, Option<&'a ObjectRecord>> {
-    keys.iter().map(|k| (k.clone(), map.get(k))).collect()
+    keys.iter()
+        .map(|k| (k.clone(), map.get(k).map(|r| &**r)))
+        .collect()
 }
 
 /// A `Vec` that refuses to grow past `limit` bytes.

@@ -63,12 +63,15 @@ fn load_without_documents_skips_request_documents_and_outputs_only() {
         }];
         r
     };
-    st.promises.insert("promise/p".into(), heavy("p0"));
-    st.requests.insert("p/default/r0".into(), heavy("h0"));
+    st.promises
+        .insert("promise/p".into(), Box::new(heavy("p0")));
+    st.requests
+        .insert("p/default/r0".into(), Box::new(heavy("h0")));
     dir.save_changes(&mut st, &dirty_requests(&["p/default/r0"]))
         .unwrap();
     // A journal line with a request and a Promise record.
-    st.requests.insert("p/default/r1".into(), heavy("h1"));
+    st.requests
+        .insert("p/default/r1".into(), Box::new(heavy("h1")));
     st.promises.get_mut("promise/p").unwrap().input_hash = "p1".into();
     let mut dirty = dirty_requests(&["p/default/r1"]);
     dirty.promises.insert("promise/p".into());
@@ -97,7 +100,8 @@ fn journal_extends_the_snapshot() {
     let dir = StateDir::open(tmp.path()).unwrap();
     let mut st = dir.load().unwrap();
     for i in 0..50 {
-        st.requests.insert(format!("p/default/r{i}"), record("h0"));
+        st.requests
+            .insert(format!("p/default/r{i}"), Box::new(record("h0")));
     }
     // No snapshot yet: the first save writes one whatever the dirty set says.
     dir.save_changes(&mut st, &dirty_requests(&["p/default/r0"]))
@@ -166,8 +170,10 @@ fn a_pass_whose_journal_line_would_pass_4_mib_writes_a_snapshot() {
     let dir = StateDir::open(tmp.path()).unwrap();
     let mut st = dir.load().unwrap();
     for i in 0..10 {
-        st.requests
-            .insert(format!("p/default/r{i}"), record(&"a".repeat(1 << 20)));
+        st.requests.insert(
+            format!("p/default/r{i}"),
+            Box::new(record(&"a".repeat(1 << 20))),
+        );
     }
     dir.save_changes(&mut st, &dirty_requests(&["p/default/r0"]))
         .unwrap();
@@ -201,7 +207,8 @@ fn a_journal_of_another_snapshot_is_ignored() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = StateDir::open(tmp.path()).unwrap();
     let mut st = dir.load().unwrap();
-    st.requests.insert("p/default/a".into(), record("h0"));
+    st.requests
+        .insert("p/default/a".into(), Box::new(record("h0")));
     dir.save(&mut st).unwrap();
     let old_snapshot = std::fs::read(tmp.path().join("state.json")).unwrap();
     let before = st.clone();
@@ -246,7 +253,8 @@ fn a_read_only_state_dir_is_never_written() {
     // line and left as it is: its writer, a running daemon, may still finish it.
     let dir = StateDir::open(tmp.path().join("s")).unwrap();
     let mut st = dir.load().unwrap();
-    st.requests.insert("p/default/a".into(), record("h0"));
+    st.requests
+        .insert("p/default/a".into(), Box::new(record("h0")));
     dir.save(&mut st).unwrap();
     st.requests.get_mut("p/default/a").unwrap().input_hash = "h1".into();
     dir.save_changes(&mut st, &dirty_requests(&["p/default/a"]))

@@ -120,7 +120,10 @@ impl Snapshot {
 
     /// The record of a Promise by name.
     pub fn promise(&self, name: &str) -> Option<&ObjectRecord> {
-        self.state.promises.get(&crate::model::promise_key(name))
+        self.state
+            .promises
+            .get(&crate::model::promise_key(name))
+            .map(|r| &**r)
     }
 }
 
@@ -221,7 +224,7 @@ mod tests {
         };
         state
             .requests
-            .insert("redis/default/a".into(), record("h1"));
+            .insert("redis/default/a".into(), Box::new(record("h1")));
         dir.save(&mut state).unwrap();
         let cache = Cache::default();
         let first = cache.get(tmp.path()).unwrap();

@@ -237,7 +237,7 @@ pub fn request_list<'a>(
 ) -> RequestList {
     let mut hits: Vec<(&String, &ObjectRecord)> = keys
         .filter(|k| filter.q.is_empty() || k.contains(filter.q.as_str()))
-        .filter_map(|k| snap.state.requests.get(k).map(|r| (k, r)))
+        .filter_map(|k| snap.state.requests.get(k).map(|r| (k, &**r)))
         .filter(|(_, r)| matches(r, &filter.state))
         .collect();
     hits.sort_by_key(|(k, r)| (state_of(r) != "Failing", *k));

@@ -43,7 +43,7 @@ fn world(n: usize) -> (tempfile::TempDir, Console) {
             "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {"type": "object", "required": ["size"],
                 "properties": {"size": {"type": "string", "default": "small", "enum": ["small", "big"]}}}}}}}]}}}}),
     );
-    st.promises.insert("promise/app".into(), p);
+    st.promises.insert("promise/app".into(), Box::new(p));
     for i in 0..n {
         let name = format!("r{i:03}");
         let mut r = record("App", Some("default"), &name, "app", "Reconciled");
@@ -66,11 +66,13 @@ fn world(n: usize) -> (tempfile::TempDir, Console) {
                 .insert("GitStateStore/local".into(), "c0ffee".repeat(6) + "abcd");
             r.status.message = "<script>alert(1)</script>".into();
         }
-        st.requests.insert(format!("app/default/{name}"), r);
+        st.requests
+            .insert(format!("app/default/{name}"), Box::new(r));
     }
     let mut broken = record("App", Some("default"), "zz-broken", "app", "Failing");
     broken.status.message = "Failing: pipeline configure".into();
-    st.requests.insert("app/default/zz-broken".into(), broken);
+    st.requests
+        .insert("app/default/zz-broken".into(), Box::new(broken));
     dir.save(&mut st).unwrap();
     let logs = crate::pipeline::PipelineResult {
         name: "configure".into(),
