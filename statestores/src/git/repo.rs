@@ -421,8 +421,8 @@ const PACK_CHUNK: usize = 512;
 
 /// Write `objects` (sorted as they go into the pack) as one undeltified pack plus index into
 /// `objects/pack/`. The pack is streamed through a pipe into gix's bundle writer as chunks of
-/// [`PACK_CHUNK`] objects are compressed (on up to 8 threads), so neither the compressed
-/// entries nor the pack are held in memory whole.
+/// [`PACK_CHUNK`] objects are compressed, so neither the compressed entries nor the pack are
+/// held in memory whole.
 fn write_pack(
     repo: &gix::Repository,
     objects: &[(ObjectId, gix::objs::Kind, &[u8])],
@@ -432,12 +432,14 @@ fn write_pack(
     let hash = repo.object_hash();
     let n = u32::try_from(objects.len())
         .map_err(|_| Error::Repository("too many objects for one pack".into()))?;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(8);
-    let compress =
-        |part: &[(ObjectId, gix::objs::Kind, &[u8])]| -> Result<Vec<output::Entry>, String> {
-            part.iter()
+    // Compressed on the writer thread while the bundle writer (this thread) hashes and
+    // indexes what it already wrote: two threads for the whole pack. Threads per chunk cost
+    // more than they gave: each one's freed memory stays committed until another thread
+    // takes its pages over (docs/benchmarks.md, "Memory", fourth round).
+    let compress_chunk =
+        |chunk: &[(ObjectId, gix::objs::Kind, &[u8])]| -> Result<Vec<output::Entry>, String> {
+            chunk
+                .iter()
                 .map(|(id, kind, data)| {
                     let mut e = output::Entry::from_data(
                         &output::Count::from_data(*id, None),
@@ -450,29 +452,6 @@ fn write_pack(
                     Ok(e)
                 })
                 .collect()
-        };
-    // One chunk's entries, compressed side by side.
-    let compress_chunk =
-        |chunk: &[(ObjectId, gix::objs::Kind, &[u8])]| -> Result<Vec<output::Entry>, String> {
-            let part = chunk.len().div_ceil(threads).max(1);
-            let parts: Vec<Result<Vec<output::Entry>, String>> = std::thread::scope(|s| {
-                let handles: Vec<_> = chunk
-                    .chunks(part)
-                    .map(|c| s.spawn(move || compress(c)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join()
-                            .unwrap_or_else(|_| Err("compression thread panicked".into()))
-                    })
-                    .collect()
-            });
-            let mut entries = Vec::with_capacity(chunk.len());
-            for p in parts {
-                entries.extend(p?);
-            }
-            Ok(entries)
         };
     let dir = repo.common_dir().join("objects").join("pack");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
