@@ -38,8 +38,7 @@ use crate::model::{
 pub struct Document {
     /// File and index.
     pub origin: Origin,
-    /// The parsed document (of an unchanged file: read back from the parse cache's JSON
-    /// text, not parsed as YAML again).
+    /// The parsed document (shared with the parse cache: an unchanged file is not copied).
     pub value: Arc<Value>,
     /// Git blob id of the file it came from ([`RawFile::oid`]).
     pub blob: Option<gix::ObjectId>,
@@ -118,16 +117,14 @@ pub fn parse_documents(files: &[RawFile]) -> (Vec<Document>, Vec<Diagnostic>) {
 }
 
 /// What one file parsed into: its documents, or the one problem that made it unreadable.
-type Parsed = Result<Vec<Value>, (Code, String)>;
+type Parsed = Result<Vec<Arc<Value>>, (Code, String)>;
 
-/// Parsed files by Git blob id, so a file whose content did not change is not parsed as YAML
-/// again (the daemon reads a 10,000-request repo on every pass). Holds only the blobs of the
-/// last [`ParseCache::parse`] call, each document as compact JSON text
-/// ([`parsed::Cached`]): a few hundred bytes where a `serde_json::Value` of the same request
-/// takes kilobytes, read back on each use.
+/// Parsed files by Git blob id, so a file whose content did not change is not parsed again
+/// (the daemon reads a 10,000-request repo on every pass). Holds only the blobs of the last
+/// [`ParseCache::parse`] call.
 #[derive(Debug, Default)]
 pub struct ParseCache {
-    parsed: HashMap<gix::ObjectId, parsed::Cached>,
+    parsed: HashMap<gix::ObjectId, Arc<Parsed>>,
     /// What [`ParseCache::write_record`] would write changed since it last ran.
     changed: bool,
 }
@@ -144,36 +141,37 @@ impl ParseCache {
     pub fn parse(&mut self, files: &[RawFile]) -> (Vec<Document>, Vec<Diagnostic>) {
         let mut docs = Vec::new();
         let mut diags = Vec::new();
-        let mut next: HashMap<gix::ObjectId, parsed::Cached> = HashMap::with_capacity(files.len());
+        let mut next = HashMap::with_capacity(files.len());
         for f in files {
-            let cached = next
-                .entry(f.oid)
-                .or_insert_with(|| match self.parsed.remove(&f.oid) {
-                    Some(c) => c,
-                    None => {
-                        let c = parsed::Cached::new(parse_file(f));
-                        self.changed |= c.recordable();
-                        c
-                    }
-                });
-            match cached.documents() {
+            let parsed = match self.parsed.get(&f.oid) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = Arc::new(parse_file(f));
+                    self.changed |= parsed::recordable(&p);
+                    p
+                }
+            };
+            match &*parsed {
                 Ok(values) => {
-                    for (i, value) in values.into_iter().enumerate() {
+                    for (i, value) in values.iter().enumerate() {
                         docs.push(Document {
                             origin: Origin {
                                 file: f.path.clone(),
                                 document: i,
                             },
-                            value,
+                            value: value.clone(),
                             blob: Some(f.oid),
                         });
                     }
                 }
-                Err((code, msg)) => diags.push(Diagnostic::file_error(code, &f.path, msg)),
+                Err((code, msg)) => diags.push(Diagnostic::file_error(*code, &f.path, msg)),
             }
+            next.insert(f.oid, parsed);
         }
-        // Blobs gone since the last call.
-        self.changed |= self.parsed.values().any(parsed::Cached::recordable);
+        self.changed |= self
+            .parsed
+            .iter()
+            .any(|(oid, p)| !next.contains_key(oid) && parsed::recordable(p));
         self.parsed = next;
         (docs, diags)
     }
@@ -191,7 +189,9 @@ fn parse_file(f: &RawFile) -> Parsed {
     }
     let text =
         std::str::from_utf8(&f.bytes).map_err(|e| (Code::Read, format!("not valid UTF-8: {e}")))?;
-    parse_yaml_stream(text).map_err(|msg| (Code::Yaml, msg))
+    parse_yaml_stream(text)
+        .map(|docs| docs.into_iter().map(Arc::new).collect())
+        .map_err(|msg| (Code::Yaml, msg))
 }
 
 /// Parses a multi-document YAML stream with serde-saphyr (YAML 1.1 booleans like Kubernetes,

@@ -1,11 +1,6 @@
-//! The parse cache's entries ([`Cached`]) and its record on disk: what the last `promised
-//! reconcile` parsed, by Git blob id, so the next process does not parse an unchanged file
-//! again. YAML parsing was 27% of a whole-process no-op at 10,000 requests
-//! (docs/benchmarks.md, "No-op", seventh round).
-//!
-//! In memory, each document is kept as its compact JSON text and read back on each use: the
-//! daemon's cache of 10,000 requests held 23 MB as `serde_json::Value`s, most of a request's
-//! few hundred bytes of text being map nodes (docs/benchmarks.md, "Memory", fourth round).
+//! The parse cache on disk: what the last `promised reconcile` parsed, by Git blob id, so the
+//! next process does not parse an unchanged file again. YAML parsing was 27% of a whole-process
+//! no-op at 10,000 requests (docs/benchmarks.md, "No-op", seventh round).
 //!
 //! The record is one JSON file, `{"format": "…", "blobs": {"<blob id>": [document, …]}}`.
 //! It is a cache and nothing more: a record that is missing, torn, of another format or of
@@ -22,11 +17,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use serde_json::value::RawValue;
 
-use super::{ParseCache, Parsed};
-use crate::diag::Code;
-use crate::state::CompactValue;
+use super::ParseCache;
 
 /// Format of the record: bumped when parsing rules change (what a YAML file parses into or
 /// whether it is refused), together with the crate version.
@@ -38,43 +30,6 @@ struct Record<D> {
     blobs: HashMap<String, Vec<D>>,
 }
 
-/// One file in the parse cache: its documents (each kept as compact JSON text unless that
-/// would not read back exactly, [`CompactValue`]), or the one problem that made it unreadable
-/// (kept, so the same diagnostic comes back without parsing again).
-#[derive(Debug)]
-pub(super) struct Cached(Result<Vec<CompactValue>, (Code, String)>);
-
-impl Cached {
-    /// What `parsed` (a file's parse result) is kept as.
-    pub(super) fn new(parsed: Parsed) -> Cached {
-        Cached(parsed.map(|docs| docs.into_iter().map(CompactValue::new).collect()))
-    }
-
-    /// Whether the entry goes into the record: the file parsed, and every document is text.
-    pub(super) fn recordable(&self) -> bool {
-        self.0
-            .as_ref()
-            .is_ok_and(|docs| docs.iter().all(CompactValue::is_text))
-    }
-
-    /// The file's documents, read back from their text; or the file's problem. Errors: a text
-    /// that does not read back (only a record edited by hand could hold one) is reported as
-    /// the file's problem, naming the cache.
-    pub(super) fn documents(&self) -> Result<Vec<Arc<Value>>, (Code, String)> {
-        let docs = self.0.as_ref().map_err(Clone::clone)?;
-        docs.iter()
-            .map(|d| {
-                d.try_value().map_err(|e| {
-                    (
-                        Code::Read,
-                        format!("the parse cache's copy of this file does not read back ({e}); remove config-cache/parsed.json from the state directory"),
-                    )
-                })
-            })
-            .collect()
-    }
-}
-
 impl ParseCache {
     /// A cache holding the record at `path`; empty when there is none or it cannot be used
     /// (logged at debug level: the files are parsed instead).
@@ -82,7 +37,7 @@ impl ParseCache {
         let Ok(bytes) = std::fs::read(path) else {
             return ParseCache::default();
         };
-        let record: Record<Box<RawValue>> = match serde_json::from_slice(&bytes) {
+        let record: Record<Value> = match serde_json::from_slice(&bytes) {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(file = %path.display(), error = %e, "parse cache record not read");
@@ -98,10 +53,7 @@ impl ParseCache {
             .into_iter()
             .filter_map(|(oid, docs)| {
                 let oid = gix::ObjectId::from_hex(oid.as_bytes()).ok()?;
-                Some((
-                    oid,
-                    Cached(Ok(docs.into_iter().map(CompactValue::from_text).collect())),
-                ))
+                Some((oid, Arc::new(Ok(docs.into_iter().map(Arc::new).collect()))))
             })
             .collect();
         ParseCache {
@@ -120,16 +72,13 @@ impl ParseCache {
         let blobs = self
             .parsed
             .iter()
-            .filter(|(_, c)| c.recordable())
-            .filter_map(|(oid, c)| {
-                let docs = c.0.as_ref().ok()?;
-                Some((
-                    oid.to_string(),
-                    docs.iter().filter_map(CompactValue::text).collect(),
-                ))
+            .filter(|(_, parsed)| recordable(parsed))
+            .filter_map(|(oid, parsed)| {
+                let docs = parsed.as_ref().as_ref().ok()?;
+                Some((oid.to_string(), docs.iter().map(|d| &**d).collect()))
             })
             .collect();
-        let record = Record::<&RawValue> {
+        let record = Record::<&Value> {
             format: FORMAT.to_string(),
             blobs,
         };
@@ -141,48 +90,28 @@ impl ParseCache {
     }
 }
 
+/// Whether a parse result goes into the record: the file parsed, and holds no float.
+pub(super) fn recordable(parsed: &super::Parsed) -> bool {
+    parsed
+        .as_ref()
+        .is_ok_and(|docs| !docs.iter().any(|d| holds_float(d)))
+}
+
+/// Whether `v` holds a floating-point number anywhere.
+fn holds_float(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => n.is_f64(),
+        Value::Array(a) => a.iter().any(holds_float),
+        Value::Object(m) => m.values().any(holds_float),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::RawFile;
     use crate::config::tests::file;
-
-    /// `f` with its bytes left out, as the loader passes a cached blob.
-    fn unread(f: &RawFile) -> RawFile {
-        RawFile {
-            bytes: Vec::new(),
-            ..f.clone()
-        }
-    }
-
-    #[test]
-    fn documents_kept_as_text_read_back_exactly_and_floats_stay_values() {
-        let files = [
-            file(
-                "a.yaml",
-                "kind: A\nspec:\n  n: -3\n  big: 18446744073709551615\n  s: \"x\\ty\"\n  list: [a, {b: null}]\n",
-            ),
-            file(
-                "f.yaml",
-                "kind: F\nspec:\n  ratio: 0.30000000000000004\n  e: 1e300\n",
-            ),
-        ];
-        let mut cache = ParseCache::default();
-        let (first, diags) = cache.parse(&files);
-        assert!(diags.is_empty(), "{diags:?}");
-        let text: Vec<bool> = files
-            .iter()
-            .map(|f| cache.parsed[&f.oid].recordable())
-            .collect();
-        assert_eq!(
-            text,
-            [true, false],
-            "text, and the float document kept as a value"
-        );
-        let (again, diags) = cache.parse(&files.each_ref().map(unread));
-        assert!(diags.is_empty(), "{diags:?}");
-        assert_eq!(again, first, "read back from the cache as parsed");
-    }
 
     #[test]
     fn the_same_content_in_two_files_is_parsed_once_and_given_to_both() {
@@ -195,6 +124,10 @@ mod tests {
         let (docs, _) = cache.parse(&[a.clone(), b.clone()]);
         let files: Vec<&str> = docs.iter().map(|d| d.origin.file.as_str()).collect();
         assert_eq!(files, ["a.yaml", "b.yaml"]);
+        let unread = |f: &RawFile| RawFile {
+            bytes: Vec::new(),
+            ..f.clone()
+        };
         let (again, _) = cache.parse(&[unread(&a), unread(&b)]);
         assert_eq!(again, docs, "both copies come back from one cached blob");
     }

@@ -1,8 +1,8 @@
 //! [`CompactValue`]: a JSON document kept as its compact text, read into a `Value` on each
 //! use. A resource request of a few hundred bytes of JSON takes 2–3 KB as a
 //! `serde_json::Value` (each map a B-tree node of eleven slots): at 10,000 requests the
-//! admitted objects were 27 MB of the daemon's peak and the parse cache's documents another
-//! 23 MB (docs/benchmarks.md, "Memory", fourth round).
+//! admitted objects were 27 MB of the daemon's peak (docs/benchmarks.md, "Memory", fourth
+//! round).
 
 use std::sync::Arc;
 
@@ -39,19 +39,13 @@ impl CompactValue {
         CompactValue::Value(Arc::new(v))
     }
 
-    /// Text read from a record (not checked against [`MAX_TEXT_DEPTH`]: see
-    /// [`CompactValue::try_value`]).
-    pub fn from_text(text: Box<RawValue>) -> CompactValue {
-        CompactValue::Text(Arc::from(text))
-    }
-
     /// True when kept as text.
     pub fn is_text(&self) -> bool {
         matches!(self, CompactValue::Text(_))
     }
 
-    /// The value, parsed from the text on each call. Errors: only text that did not come
-    /// from [`CompactValue::new`] can fail (nested too deep).
+    /// The value, parsed from the text on each call. Errors: none for a value made by
+    /// [`CompactValue::new`] (it keeps text only when the text reads back).
     pub fn try_value(&self) -> Result<Arc<Value>, serde_json::Error> {
         match self {
             CompactValue::Text(t) => serde_json::from_str(t.get()).map(Arc::new),
