@@ -18,7 +18,7 @@ const MAX_TEXT_DEPTH: usize = 100;
 
 /// A JSON document: its compact text (shared by clones), or the `Value` itself when the text
 /// would not read back exactly (a floating-point number, which `serde_json` reads back to
-/// within one unit in the last place, or nesting past [`MAX_TEXT_DEPTH`]). Equality, `Debug`
+/// within one unit in the last place, or nesting past 100 levels). Equality, `Debug`
 /// and serialization are those of the value.
 #[derive(Clone)]
 pub enum CompactValue {
