@@ -108,7 +108,8 @@ impl<'a> WorkflowInput<'a> {
                 name: r.name().to_string(),
                 namespace: r.namespace().to_string(),
             },
-            object_yaml: r.to_yaml(),
+            // `ValidRequest::to_yaml` of the object read once above.
+            object_yaml: crate::validate::to_yaml(&object),
             promise_dir: None,
             pipeline_namespace: pipeline_namespace(p),
             pipelines: match action {

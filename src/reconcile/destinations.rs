@@ -260,7 +260,7 @@ impl Engine {
                     &mut self.state.promises
                 }
                 .entry(okey)
-                .or_insert_with(|| Box::new(super::records::new_record(&object, &e.owner.promise)));
+                .or_insert_with(|| super::records::new_record(&object, &e.owner.promise));
                 let group_id = e
                     .owner
                     .key

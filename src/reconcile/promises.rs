@@ -65,7 +65,7 @@ impl Engine {
                 .state
                 .promises
                 .remove(&pkey)
-                .unwrap_or_else(|| Box::new(records::new_record(&p.promise.id, &name)));
+                .unwrap_or_else(|| records::new_record(&p.promise.id, &name));
             record.status.source = p.promise.origin.to_string();
             record.status.status = None;
             if !records::outputs_cached(&self.dir, &record) {

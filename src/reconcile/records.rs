@@ -53,7 +53,7 @@ impl Engine {
                 .state
                 .requests
                 .entry(key.clone())
-                .or_insert_with(|| Box::new(new_record(&r.id, &r.promise)));
+                .or_insert_with(|| new_record(&r.id, &r.promise));
             record.steady.clear();
             record.status.source = step.origin;
             if record.status.object.kind.is_empty() {
@@ -206,7 +206,7 @@ impl Engine {
                 .state
                 .requests
                 .entry(key.clone())
-                .or_insert_with(|| Box::new(new_record(id, promise)));
+                .or_insert_with(|| new_record(id, promise));
             record.status.source = source.clone();
             let message = format!("Invalid: {}", reasons.join("; "));
             record.status.set_noting(
@@ -378,9 +378,10 @@ impl Engine {
     }
 }
 
-/// A record for an object seen for the first time.
-pub(super) fn new_record(id: &ObjectRef, promise: &str) -> ObjectRecord {
-    ObjectRecord::new(ObjectStatus::new(id.clone(), promise))
+/// A record for an object seen for the first time, boxed as the state holds it
+/// ([`crate::state::Records`]).
+pub(super) fn new_record(id: &ObjectRef, promise: &str) -> Box<ObjectRecord> {
+    Box::new(ObjectRecord::new(ObjectStatus::new(id.clone(), promise)))
 }
 
 /// True when every cached pipeline output of `record` is still in the blob cache (static
