@@ -84,7 +84,7 @@ impl State {
             .chain(self.requests.iter())
             .map(|(k, r)| StatusRow {
                 key: k.clone(),
-                status: r.status.clone(),
+                status: (*r.status).clone(),
             })
             .collect()
     }
@@ -183,7 +183,7 @@ pub struct ObjectRecord {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub failed_upgrade: String,
     /// Last status.
-    pub status: ObjectStatus,
+    pub status: crate::status::SharedStatus,
 }
 
 impl ObjectRecord {
@@ -221,7 +221,7 @@ impl ObjectRecord {
             deleting: false,
             steady: String::new(),
             failed_upgrade: String::new(),
-            status,
+            status: status.into(),
         }
     }
 }

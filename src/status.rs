@@ -8,6 +8,7 @@
 //! store commit.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -180,6 +181,51 @@ pub struct ObjectStatus {
 
 fn is_zero_u64(n: &u64) -> bool {
     *n == 0
+}
+
+/// An [`ObjectStatus`] behind a reference count: an object's record and the daemon's status
+/// API (`GET /api/v1/status`) hold the same one, not a copy each (at 10,000 requests the copy
+/// was 18 MB; docs/benchmarks.md, "Memory"). Reads go through `Deref`; a write through
+/// `DerefMut` copies the status first when another holder still has it (`Arc::make_mut`),
+/// so a holder never sees a status change under it. Serialises as the status itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SharedStatus(Arc<ObjectStatus>);
+
+impl SharedStatus {
+    /// Another handle on the same status (no copy).
+    pub fn share(&self) -> Arc<ObjectStatus> {
+        self.0.clone()
+    }
+
+    /// True when `other` is this very status (not merely an equal one).
+    pub fn is(&self, other: &Arc<ObjectStatus>) -> bool {
+        Arc::ptr_eq(&self.0, other)
+    }
+
+    /// The status itself (copied only when another holder has it).
+    pub fn into_inner(self) -> ObjectStatus {
+        Arc::unwrap_or_clone(self.0)
+    }
+}
+
+impl From<ObjectStatus> for SharedStatus {
+    fn from(status: ObjectStatus) -> Self {
+        SharedStatus(Arc::new(status))
+    }
+}
+
+impl std::ops::Deref for SharedStatus {
+    type Target = ObjectStatus;
+    fn deref(&self) -> &ObjectStatus {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for SharedStatus {
+    fn deref_mut(&mut self) -> &mut ObjectStatus {
+        Arc::make_mut(&mut self.0)
+    }
 }
 
 /// Events kept per object in [`ObjectStatus::events`].
@@ -577,5 +623,37 @@ mod tests {
         );
         assert!(t0.ends_with('Z'));
         assert_eq!(s.summary(), "Reconciled");
+    }
+
+    #[test]
+    fn a_shared_status_is_copied_on_write_and_serialises_as_the_status() {
+        let id = ObjectRef {
+            kind: "redis".into(),
+            namespace: Some("default".into()),
+            name: "a".into(),
+        };
+        let mut mine = SharedStatus::from(ObjectStatus::new(id, "redis"));
+        let theirs = mine.share();
+        assert!(mine.is(&theirs), "sharing copies nothing");
+        // A read does not copy; a write copies, and the other holder keeps what it had.
+        assert_eq!(mine.message, "Pending");
+        assert!(mine.is(&theirs));
+        mine.message = "Reconciled".into();
+        assert!(!mine.is(&theirs));
+        assert_eq!(theirs.message, "Pending");
+        assert_eq!(mine.message, "Reconciled");
+        // Unshared, a write happens in place.
+        drop(theirs);
+        let ptr = Arc::as_ptr(&mine.share());
+        mine.workflows = 1;
+        assert_eq!(Arc::as_ptr(&mine.share()), ptr);
+        assert_eq!(
+            serde_json::to_value(&mine).unwrap(),
+            serde_json::to_value(&*mine).unwrap()
+        );
+        let back: SharedStatus =
+            serde_json::from_value(serde_json::to_value(&mine).unwrap()).unwrap();
+        assert_eq!(back, mine);
+        assert_eq!(back.into_inner().workflows, 1);
     }
 }

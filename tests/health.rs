@@ -431,7 +431,7 @@ YAML
     let runner = settings.runner();
     let mut engine = Engine::new(settings, runner).unwrap();
     let key = "redis/default/example";
-    let status = |e: &Engine| e.state().requests[key].status.clone();
+    let status = |e: &Engine| (*e.state().requests[key].status).clone();
 
     // Pipelines run on the real clock (their timeouts are tokio timers); schedules are judged
     // on the paused one, moved by hand in between.

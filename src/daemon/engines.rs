@@ -206,7 +206,10 @@ impl Engines {
                 continue;
             };
             let r = pass::reconcile(engine, &cfg, &root, &mut slot.rows).await;
-            out.push(r.map_err(|e| format!("shard {}: {e}", slot.shard.index)));
+            out.push(
+                r.map(|(report, _)| report)
+                    .map_err(|e| format!("shard {}: {e}", slot.shard.index)),
+            );
         }
         let reports: Vec<&PassReport> = out.iter().filter_map(|r| r.as_ref().ok()).collect();
         if !reports.is_empty() {

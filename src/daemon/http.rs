@@ -212,24 +212,33 @@ async fn status_handler(AxState(s): AxState<Arc<Shared>>) -> Response {
                 let mut one: Vec<crate::status::StatusRow> = rows
                     .requests
                     .get(&key)
-                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .map(|status| crate::status::StatusRow {
+                        key: key.clone(),
+                        status: (**status).clone(),
+                    })
                     .into_iter()
                     .collect();
                 crate::pipeline::kubeapi::published::apply(p, &mut one);
-                if let Some(b) = one.pop().and_then(|r| serde_json::to_vec(&r).ok()) {
-                    rows.requests.insert(key, b.into());
+                if let Some(row) = one.pop() {
+                    rows.requests.insert(key, Arc::new(row.status));
                 }
             }
             // Promises first, then requests, each by key: what `promised status` prints.
-            let all = rows.promises.values().chain(rows.requests.values());
-            let mut json = Vec::with_capacity(all.clone().map(|r| r.len() + 2).sum::<usize>() + 4);
+            #[derive(serde::Serialize)]
+            struct Row<'a> {
+                key: &'a str,
+                status: &'a crate::status::ObjectStatus,
+            }
+            let all = rows.promises.iter().chain(rows.requests.iter());
+            let mut json = Vec::with_capacity(64 * 1024);
             json.push(b'[');
-            for (i, row) in all.enumerate() {
+            for (i, (key, status)) in all.enumerate() {
                 if i > 0 {
                     json.push(b',');
                 }
                 json.push(b'\n');
-                json.extend_from_slice(row);
+                serde_json::to_writer(&mut json, &Row { key, status })
+                    .expect("status rows serialise");
             }
             json.extend_from_slice(b"\n]\n");
             ([(header::CONTENT_TYPE, "application/json")], json).into_response()

@@ -12,6 +12,7 @@ use super::Shared;
 use crate::config::{self, Source};
 use crate::reconcile::{Engine, PassReport};
 use crate::settings::Settings;
+use crate::status::ObjectStatus;
 use crate::validate;
 
 /// What the daemon keeps between passes so a pass costs what changed, not the repo's size.
@@ -30,12 +31,13 @@ pub(super) struct PassCache {
     logged: std::collections::HashSet<crate::diag::Diagnostic>,
 }
 
-/// Status rows as JSON, by object key, Promises apart from requests (the order of
-/// `promised status`).
+/// Status rows by object key, Promises apart from requests (the order of `promised
+/// status`). Each status is the record's own ([`crate::status::SharedStatus`]), serialised
+/// when asked for.
 #[derive(Debug, Clone, Default)]
 pub(super) struct StatusRows {
-    pub(super) promises: BTreeMap<String, Arc<[u8]>>,
-    pub(super) requests: BTreeMap<String, Arc<[u8]>>,
+    pub(super) promises: BTreeMap<String, Arc<ObjectStatus>>,
+    pub(super) requests: BTreeMap<String, Arc<ObjectStatus>>,
 }
 
 impl PassCache {
@@ -195,13 +197,13 @@ pub(super) async fn one_pass(
         engine.restore_unloadable(objects);
     })
     .await?;
-    let report = reconcile(engine, &cfg, &config_root, &mut cache.rows).await?;
+    let (report, rows_changed) = reconcile(engine, &cfg, &config_root, &mut cache.rows).await?;
     shared.stores_ok.store(
         report.stores.iter().all(|s| s.error.is_none()),
         Ordering::SeqCst,
     );
-    // A pass that changed no record leaves the rows as they are (a copy is 10,000 keys).
-    if !report.dirty.is_empty() || shared.status_rows.read().await.is_none() {
+    // A pass that changed no status leaves the rows as they are (a copy is 10,000 keys).
+    if rows_changed || shared.status_rows.read().await.is_none() {
         *shared.status_rows.write().await = Some(cache.rows.clone());
     }
     shared.metrics.observe_infra(engine.infra());
@@ -211,60 +213,56 @@ pub(super) async fn one_pass(
     Ok(report)
 }
 
-/// One engine's pass over a loaded config; refreshes `rows` from its state.
+/// One engine's pass over a loaded config; refreshes `rows` from its state. Returns the
+/// report and whether any row changed.
 pub(super) async fn reconcile(
     engine: &mut Engine,
     cfg: &validate::ValidConfig,
     config_root: &std::path::Path,
     rows: &mut StatusRows,
-) -> Result<PassReport, String> {
+) -> Result<(PassReport, bool), String> {
     let report = engine
         .reconcile(cfg, config_root)
         .await
         .map_err(|e| e.to_string())?;
     let t_status = std::time::Instant::now();
-    refresh_rows(rows, engine.state(), &report.dirty);
+    let rows_changed = refresh_rows(rows, engine.state());
     tracing::debug!(
         shard = engine.shard().map(|s| s.index),
         reconcile_s = report.duration.as_secs_f64(),
         status_s = t_status.elapsed().as_secs_f64(),
         "pass phases"
     );
-    Ok(report)
+    Ok((report, rows_changed))
 }
 
-/// Re-serialises the status rows of the objects `dirty` names (every row when the cache is
-/// empty or `dirty.all`) and drops rows of objects that are gone.
-fn refresh_rows(rows: &mut StatusRows, state: &crate::state::State, dirty: &crate::state::Dirty) {
-    let row = |key: &str, r: &crate::state::ObjectRecord| -> Arc<[u8]> {
-        let row = crate::status::StatusRow {
-            key: key.to_string(),
-            status: r.status.clone(),
-        };
-        serde_json::to_vec(&row)
-            .expect("status rows serialise")
-            .into()
-    };
-    let fresh = rows.promises.is_empty() && rows.requests.is_empty();
-    for (keys, map, out) in [
-        (&dirty.promises, &state.promises, &mut rows.promises),
-        (&dirty.requests, &state.requests, &mut rows.requests),
+/// Points `rows` at the records' statuses: a row whose status is not its record's (the
+/// record's changed this pass) is replaced, and the rows are rebuilt when objects came or
+/// went. Returns true when any row changed. A pointer comparison per object: no status is
+/// copied or compared.
+fn refresh_rows(rows: &mut StatusRows, state: &crate::state::State) -> bool {
+    let mut changed = false;
+    for (map, out) in [
+        (&state.promises, &mut rows.promises),
+        (&state.requests, &mut rows.requests),
     ] {
-        if fresh || dirty.all {
-            *out = map.iter().map(|(k, r)| (k.clone(), row(k, r))).collect();
+        let same_keys = out.len() == map.len() && out.keys().zip(map.keys()).all(|(a, b)| a == b);
+        if !same_keys {
+            *out = map
+                .iter()
+                .map(|(k, r)| (k.clone(), r.status.share()))
+                .collect();
+            changed = true;
             continue;
         }
-        for k in keys {
-            match map.get(k) {
-                Some(r) => {
-                    out.insert(k.clone(), row(k, r));
-                }
-                None => {
-                    out.remove(k);
-                }
+        for (row, r) in out.values_mut().zip(map.values()) {
+            if !r.status.is(row) {
+                *row = r.status.share();
+                changed = true;
             }
         }
     }
+    changed
 }
 
 /// Logs a pass: its warnings (with the object they are about), each state store's commit or
@@ -341,5 +339,66 @@ fn note_refusal(shared: &Shared, settings: &Settings, refused: Option<&config::v
         && let Err(e) = config::verify::save_refusal(&settings.state_dir, refused)
     {
         tracing::warn!(error = %e, "cannot record the refused config commit in the state directory");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ObjectRef;
+    use crate::state::{ObjectRecord, State};
+
+    fn record(name: &str) -> Box<ObjectRecord> {
+        let id = ObjectRef {
+            kind: "redis".into(),
+            namespace: Some("default".into()),
+            name: name.into(),
+        };
+        Box::new(ObjectRecord::new(ObjectStatus::new(id, "redis")))
+    }
+
+    #[test]
+    fn status_rows_follow_the_records_without_copying_their_statuses() {
+        let mut state = State::default();
+        for n in ["a", "b"] {
+            state
+                .requests
+                .insert(format!("redis/default/{n}"), record(n));
+        }
+        let mut rows = StatusRows::default();
+        assert!(refresh_rows(&mut rows, &state), "first rows");
+        assert!(
+            state.requests["redis/default/a"]
+                .status
+                .is(&rows.requests["redis/default/a"])
+        );
+        assert!(!refresh_rows(&mut rows, &state), "nothing changed");
+
+        // A status written by the engine (whether or not the pass called it dirty) is served.
+        let served_before = rows.requests["redis/default/a"].clone();
+        state
+            .requests
+            .get_mut("redis/default/a")
+            .unwrap()
+            .status
+            .message = "Reconciled".into();
+        assert_eq!(
+            served_before.message, "Pending",
+            "a served row never changes under a reader"
+        );
+        assert!(refresh_rows(&mut rows, &state));
+        assert_eq!(rows.requests["redis/default/a"].message, "Reconciled");
+        assert!(
+            state.requests["redis/default/a"]
+                .status
+                .is(&rows.requests["redis/default/a"])
+        );
+
+        // Objects that come and go come and go in the rows.
+        state.requests.remove("redis/default/b");
+        state.requests.insert("redis/default/c".into(), record("c"));
+        assert!(refresh_rows(&mut rows, &state));
+        let keys: Vec<&String> = rows.requests.keys().collect();
+        assert_eq!(keys, ["redis/default/a", "redis/default/c"]);
     }
 }

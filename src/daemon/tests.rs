@@ -90,7 +90,7 @@ fn failed(name: &str, retry_at: SystemTime) -> (String, Box<crate::state::Object
         deleting: false,
         steady: String::new(),
         failed_upgrade: String::new(),
-        status: crate::status::ObjectStatus::new(id, "redis"),
+        status: crate::status::ObjectStatus::new(id, "redis").into(),
     };
     (format!("redis/default/{name}"), Box::new(record))
 }

@@ -221,13 +221,21 @@ fn parse_definitions(bytes: Option<Vec<u8>>) -> Vec<(usize, Result<HealthDefinit
         .collect()
 }
 
-/// Brings `checks` (a request's [`HealthCheckStatus`] list) in line with the `declared`
+/// `checks` (a request's [`HealthCheckStatus`] list) brought in line with the `declared`
 /// definitions at `now`: new ones are scheduled, removed ones dropped (with their records),
-/// a changed schedule is scheduled again. Returns true when anything changed.
-pub fn sync(checks: &mut Vec<HealthCheckStatus>, declared: &[Declared], now: SystemTime) -> bool {
-    let before = checks.clone();
+/// a changed schedule is scheduled again. `None` when nothing changes (the status is then
+/// not written, so not copied: [`crate::status::SharedStatus`]).
+pub fn sync(
+    checks: &[HealthCheckStatus],
+    declared: &[Declared],
+    now: SystemTime,
+) -> Option<Vec<HealthCheckStatus>> {
+    if checks.is_empty() && declared.is_empty() {
+        return None;
+    }
     let mut old: BTreeMap<String, HealthCheckStatus> =
-        checks.drain(..).map(|c| (c.name.clone(), c)).collect();
+        checks.iter().map(|c| (c.name.clone(), c.clone())).collect();
+    let mut synced = Vec::with_capacity(declared.len());
     for d in declared {
         let def = &d.definition;
         let mut c = old.remove(&def.metadata.name).unwrap_or(HealthCheckStatus {
@@ -256,9 +264,9 @@ pub fn sync(checks: &mut Vec<HealthCheckStatus>, declared: &[Declared], now: Sys
                 }
             }
         }
-        checks.push(c);
+        synced.push(c);
     }
-    *checks != before
+    (synced != checks).then_some(synced)
 }
 
 /// The names of the checks due at `now`.

@@ -178,19 +178,37 @@ pub fn fold(
 /// (`Warning` unless healthy or ready). A request that never had a record keeps no
 /// `healthStatus`; one whose records all went away is `ready` with none (Kratix).
 pub fn apply(status: &mut ObjectStatus, records: &[&Sourced]) -> bool {
+    match folded(status, records) {
+        Some(new) => {
+            set(status, new);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The `healthStatus` [`apply`] would set, or `None` when it would change nothing (so a
+/// status is only written when it changes: [`crate::status::SharedStatus`]).
+pub fn folded(status: &ObjectStatus, records: &[&Sourced]) -> Option<HealthStatus> {
     if records.is_empty() && status.health_status.is_none() {
-        return false;
+        return None;
     }
     let new = fold(
         records,
         status.promise_version.as_deref(),
         status.health_status.as_ref(),
     );
-    let old = status.health_status.as_ref();
-    if old == Some(&new) {
-        return false;
-    }
-    if old.is_none_or(|o| o.state != new.state) {
+    (status.health_status.as_ref() != Some(&new)).then_some(new)
+}
+
+/// Sets `healthStatus` to `new` (from [`folded`]), recording the `HealthRecord` event when
+/// the state changed.
+pub fn set(status: &mut ObjectStatus, new: HealthStatus) {
+    if status
+        .health_status
+        .as_ref()
+        .is_none_or(|o| o.state != new.state)
+    {
         let type_ = if new.state.is_good() {
             EventType::Normal
         } else {
@@ -203,7 +221,6 @@ pub fn apply(status: &mut ObjectStatus, records: &[&Sourced]) -> bool {
         );
     }
     status.health_status = Some(new);
-    true
 }
 
 #[cfg(test)]

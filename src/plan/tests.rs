@@ -26,7 +26,7 @@ fn rec(input: &str, spec: &str, completed: bool) -> ObjectRecord {
         deleting: false,
         steady: String::new(),
         failed_upgrade: String::new(),
-        status: ObjectStatus::new(id, "app"),
+        status: ObjectStatus::new(id, "app").into(),
     }
 }
 

@@ -158,7 +158,8 @@ impl Engine {
                 &mut self.health.definitions,
                 &mut pass.report.warnings,
             );
-            if checks::sync(&mut record.status.health_checks, &declared, now) {
+            if let Some(synced) = checks::sync(&record.status.health_checks, &declared, now) {
+                record.status.health_checks = synced;
                 pass.health_changed.insert(key.to_string());
             }
             let Some(p) = pass.cfg.promise(&r.promise) else {
@@ -248,7 +249,8 @@ impl Engine {
             let own = checks::records(key, &record.status.health_checks);
             let mut records: Vec<&Sourced> = grouped.get(key).cloned().unwrap_or_default();
             records.extend(own.iter());
-            if health::apply(&mut record.status, &records) {
+            if let Some(folded) = health::folded(&record.status, &records) {
+                health::set(&mut record.status, folded);
                 pass.health_changed.insert(key.clone());
             }
         }

@@ -94,7 +94,7 @@ fn reconciled(step: &RequestStep<'_>) -> ObjectRecord {
         deleting: false,
         steady: step.ctx.clone(),
         failed_upgrade: String::new(),
-        status,
+        status: status.into(),
     }
 }
 

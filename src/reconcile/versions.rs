@@ -287,14 +287,13 @@ pub(super) fn ran(record: &mut ObjectRecord, t: &Target, completed: bool) {
                 "UpgradeComplete",
                 &format!("Resource is at version {}", t.version),
             );
-            record.status.event(
-                EventType::Normal,
-                "ResourceBindingVersionUpdated",
-                &format!(
-                    "Resource request moved to promise {} version {} (binding {})",
-                    record.status.promise, t.version, t.binding_version
-                ),
+            let note = format!(
+                "Resource request moved to promise {} version {} (binding {})",
+                record.status.promise, t.version, t.binding_version
             );
+            record
+                .status
+                .event(EventType::Normal, "ResourceBindingVersionUpdated", &note);
             record.status.failed_version = None;
             record.failed_upgrade.clear();
         }
@@ -310,15 +309,14 @@ pub(super) fn ran(record: &mut ObjectRecord, t: &Target, completed: bool) {
             "UpgradeFailed",
             &message,
         );
-        record.status.event(
-            EventType::Warning,
-            "UpgradeFailed",
-            &format!(
-                "Upgrade to version {} failed; the request stays at version {}",
-                t.version,
-                record.status.promise_version.as_deref().unwrap_or("-")
-            ),
+        let note = format!(
+            "Upgrade to version {} failed; the request stays at version {}",
+            t.version,
+            record.status.promise_version.as_deref().unwrap_or("-")
         );
+        record
+            .status
+            .event(EventType::Warning, "UpgradeFailed", &note);
         record.status.failed_version = Some(t.version.clone());
         record.failed_upgrade = t.inputs.clone();
     }
