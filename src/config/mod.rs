@@ -9,6 +9,7 @@
 //! decides whether it is a request, a pipeline asset or neither (README "Which YAML is
 //! config").
 
+mod doc;
 pub mod history;
 mod loader;
 mod parsed;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+pub use doc::{Doc, Lazy};
 pub use loader::{Loaded, Loader};
 pub use source::{FileFilter, GitRepo, RawFile, Snapshot, Source, SourceError};
 
@@ -39,7 +41,7 @@ pub struct Document {
     /// File and index.
     pub origin: Origin,
     /// The parsed document (shared with the parse cache: an unchanged file is not copied).
-    pub value: Arc<Value>,
+    pub doc: Doc,
     /// Git blob id of the file it came from ([`RawFile::oid`]).
     pub blob: Option<gix::ObjectId>,
 }
@@ -60,6 +62,34 @@ pub struct Located<T> {
     pub blob: Option<gix::ObjectId>,
 }
 
+/// A document of no Kratix kind: a resource request if a Promise serves its kind, else a
+/// pipeline asset or nothing ([`crate::validate`], "Which YAML is config").
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// File and document index.
+    pub origin: Origin,
+    /// Kind, namespace and name (kind `""` for a document with an `apiVersion` and a
+    /// `metadata.name` but no `kind`).
+    pub id: ObjectRef,
+    /// The document (shared with the parse cache; read into a value by [`Candidate::value`]).
+    pub doc: Doc,
+    /// Git blob id of the file it came from (with `origin`, the key of
+    /// [`crate::validate::Admissions`]).
+    pub blob: Option<gix::ObjectId>,
+}
+
+impl Candidate {
+    /// The document's `apiVersion` (always a string: [`classify`] keeps no other candidate).
+    pub fn api_version(&self) -> &str {
+        self.doc.api_version().unwrap_or_default()
+    }
+
+    /// The document as a value ([`Doc::value`]: read from its text when kept as text).
+    pub fn value(&self) -> Arc<Value> {
+        self.doc.value()
+    }
+}
+
 /// Every object of a config repo, classified but not yet cross-checked.
 #[derive(Debug, Clone, Default)]
 pub struct Objects {
@@ -78,8 +108,7 @@ pub struct Objects {
     /// `UpgradePlan` objects (README "Rolling out a Promise change").
     pub upgrade_plans: Vec<Located<crate::model::UpgradePlan>>,
     /// Objects of any other `apiVersion`/`kind`: resource requests if a Promise serves them.
-    /// The document is in `raw`; `object` is `Value::Null` (no second copy).
-    pub candidates: Vec<Located<Value>>,
+    pub candidates: Vec<Candidate>,
     /// `Promise` documents that did not decode (their errors are in `diagnostics`): they
     /// still mark their folder as a Promise folder and the kind their `spec.api` names as
     /// served ([`crate::validate`], "Which YAML is config"). `object` is `Value::Null`.
@@ -117,7 +146,7 @@ pub fn parse_documents(files: &[RawFile]) -> (Vec<Document>, Vec<Diagnostic>) {
 }
 
 /// What one file parsed into: its documents, or the one problem that made it unreadable.
-type Parsed = Result<Vec<Arc<Value>>, (Code, String)>;
+type Parsed = Result<Vec<Doc>, (Code, String)>;
 
 /// Parsed files by Git blob id, so a file whose content did not change is not parsed again
 /// (the daemon reads a 10,000-request repo on every pass). Holds only the blobs of the last
@@ -153,13 +182,13 @@ impl ParseCache {
             };
             match &*parsed {
                 Ok(values) => {
-                    for (i, value) in values.iter().enumerate() {
+                    for (i, doc) in values.iter().enumerate() {
                         docs.push(Document {
                             origin: Origin {
                                 file: f.path.clone(),
                                 document: i,
                             },
-                            value: value.clone(),
+                            doc: doc.clone(),
                             blob: Some(f.oid),
                         });
                     }
@@ -190,7 +219,7 @@ fn parse_file(f: &RawFile) -> Parsed {
     let text =
         std::str::from_utf8(&f.bytes).map_err(|e| (Code::Read, format!("not valid UTF-8: {e}")))?;
     parse_yaml_stream(text)
-        .map(|docs| docs.into_iter().map(Arc::new).collect())
+        .map(|docs| docs.into_iter().map(Doc::new).collect())
         .map_err(|msg| (Code::Yaml, msg))
 }
 
@@ -313,11 +342,20 @@ pub fn unloadable_files(diagnostics: &[Diagnostic]) -> std::collections::BTreeMa
 pub fn classify(docs: Vec<Document>) -> Objects {
     let mut out = Objects::default();
     for doc in docs {
-        let Document {
-            origin,
-            value,
-            blob,
-        } = doc;
+        let Document { origin, doc, blob } = doc;
+        let value = match doc {
+            Doc::Lazy(l) => {
+                let id = object_ref(&l.api_version, &l.kind, &l.name, l.namespace.as_deref());
+                out.candidates.push(Candidate {
+                    origin,
+                    id,
+                    doc: Doc::Lazy(l),
+                    blob,
+                });
+                continue;
+            }
+            Doc::Value(value) => value,
+        };
         let Value::Object(map) = &*value else {
             out.diagnostics.push(origin.diag(
                 Code::NotAnObject,
@@ -363,7 +401,14 @@ pub fn classify(docs: Vec<Document>) -> Objects {
                 continue;
             }
         };
-        let id = object_ref(&api_version, &kind, &value);
+        let meta = value.get("metadata");
+        let field = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str);
+        let id = object_ref(
+            &api_version,
+            &kind,
+            field("name").unwrap_or_default(),
+            field("namespace"),
+        );
         if kind == crate::model::UPGRADE_PLAN_KIND
             && (api_version == KRATIX_API_VERSION || api_version == crate::model::SKE_API_VERSION)
         {
@@ -458,36 +503,27 @@ pub fn classify(docs: Vec<Document>) -> Objects {
             }
             continue;
         }
-        out.candidates.push(Located {
+        out.candidates.push(Candidate {
             origin,
             id,
-            object: Value::Null,
-            raw: value,
+            doc: Doc::Value(value),
             blob,
         });
     }
     out
 }
 
-/// Kind, namespace and name of a document, leniently (missing parts are empty). A
-/// cluster-scoped kind ([`crate::model::is_cluster_scoped`]) has no namespace, whatever
-/// `metadata.namespace` says.
-fn object_ref(api_version: &str, kind: &str, value: &Value) -> ObjectRef {
-    let meta = value.get("metadata");
-    let name = meta
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let namespace = meta
-        .and_then(|m| m.get("namespace"))
-        .and_then(Value::as_str)
-        .filter(|_| !crate::model::is_cluster_scoped(api_version, kind))
-        .map(str::to_string);
+/// Kind, namespace and name of a document from its `metadata.name` and
+/// `metadata.namespace` (read leniently: a missing name is empty). A cluster-scoped kind
+/// ([`crate::model::is_cluster_scoped`]) has no namespace, whatever `metadata.namespace`
+/// says.
+fn object_ref(api_version: &str, kind: &str, name: &str, namespace: Option<&str>) -> ObjectRef {
     ObjectRef {
         kind: kind.to_string(),
-        namespace,
-        name,
+        namespace: namespace
+            .filter(|_| !crate::model::is_cluster_scoped(api_version, kind))
+            .map(str::to_string),
+        name: name.to_string(),
     }
 }
 
@@ -632,7 +668,7 @@ mod tests {
         };
         let (again, diags) = cache.parse(&[lazy]);
         assert!(diags.is_empty());
-        assert_eq!(again[0].value, docs[0].value);
+        assert_eq!(again[0].doc, docs[0].doc);
         assert_eq!(again[0].origin.file, "moved/a.yaml");
         assert!(!cache.has(&b.oid), "blobs no longer present are dropped");
     }

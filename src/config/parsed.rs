@@ -18,7 +18,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::ParseCache;
+use super::{Doc, ParseCache};
 
 /// Format of the record: bumped when parsing rules change (what a YAML file parses into or
 /// whether it is refused), together with the crate version.
@@ -37,7 +37,8 @@ impl ParseCache {
         let Ok(bytes) = std::fs::read(path) else {
             return ParseCache::default();
         };
-        let record: Record<Value> = match serde_json::from_slice(&bytes) {
+        let record: Record<Box<serde_json::value::RawValue>> = match serde_json::from_slice(&bytes)
+        {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(file = %path.display(), error = %e, "parse cache record not read");
@@ -53,7 +54,8 @@ impl ParseCache {
             .into_iter()
             .filter_map(|(oid, docs)| {
                 let oid = gix::ObjectId::from_hex(oid.as_bytes()).ok()?;
-                Some((oid, Arc::new(Ok(docs.into_iter().map(Arc::new).collect()))))
+                let docs: Result<Vec<Doc>, _> = docs.into_iter().map(Doc::from_text).collect();
+                Some((oid, Arc::new(Ok(docs.ok()?))))
             })
             .collect();
         ParseCache {
@@ -75,10 +77,10 @@ impl ParseCache {
             .filter(|(_, parsed)| recordable(parsed))
             .filter_map(|(oid, parsed)| {
                 let docs = parsed.as_ref().as_ref().ok()?;
-                Some((oid.to_string(), docs.iter().map(|d| &**d).collect()))
+                Some((oid.to_string(), docs.iter().collect()))
             })
             .collect();
-        let record = Record::<&Value> {
+        let record = Record::<&Doc> {
             format: FORMAT.to_string(),
             blobs,
         };
@@ -92,9 +94,12 @@ impl ParseCache {
 
 /// Whether a parse result goes into the record: the file parsed, and holds no float.
 pub(super) fn recordable(parsed: &super::Parsed) -> bool {
-    parsed
-        .as_ref()
-        .is_ok_and(|docs| !docs.iter().any(|d| holds_float(d)))
+    parsed.as_ref().is_ok_and(|docs| {
+        !docs.iter().any(|d| match d {
+            Doc::Value(v) => holds_float(v),
+            Doc::Lazy(_) => false, // text only when it reads back exactly
+        })
+    })
 }
 
 /// Whether `v` holds a floating-point number anywhere.

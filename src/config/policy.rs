@@ -33,7 +33,6 @@ use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::Located;
 use crate::diag::{Code, Diagnostic, Origin};
 use crate::model::ObjectRef;
 
@@ -242,12 +241,11 @@ impl Policy {
 /// diagnostic; a policy that does not parse denies every request and platform object (a
 /// typo must not open the repository). Returns the policy (`None`: no policy in force).
 pub(crate) fn extract(
-    candidates: &mut Vec<Located<Value>>,
+    candidates: &mut Vec<super::Candidate>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<Result<Policy, String>> {
-    let is_policy = |c: &Located<Value>| {
-        c.raw.get("apiVersion").and_then(Value::as_str) == Some(POLICY_API_VERSION)
-            && c.raw.get("kind").and_then(Value::as_str) == Some(POLICY_KIND)
+    let is_policy = |c: &super::Candidate| {
+        c.doc.api_version() == Some(POLICY_API_VERSION) && c.doc.kind() == Some(POLICY_KIND)
     };
     let (docs, rest): (Vec<_>, Vec<_>) =
         std::mem::take(candidates).into_iter().partition(is_policy);
@@ -273,9 +271,10 @@ pub(crate) fn extract(
             ));
             continue;
         }
-        let parsed = serde_json::from_value::<TenancyPolicy>((*d.raw).clone())
-            .map_err(|e| ("spec".to_string(), e.to_string()))
-            .and_then(|p| Policy::new(p.spec));
+        let parsed =
+            serde_json::from_value::<TenancyPolicy>(std::sync::Arc::unwrap_or_clone(d.value()))
+                .map_err(|e| ("spec".to_string(), e.to_string()))
+                .and_then(|p| Policy::new(p.spec));
         policy = Some(match parsed {
             Ok(p) => Ok(p),
             Err((field, e)) => {

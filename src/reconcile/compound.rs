@@ -345,14 +345,13 @@ fn read_document(
             }
         }
     }
-    let candidate = Located {
+    let fp = sha256_hex(doc.to_string().as_bytes());
+    let candidate = crate::config::Candidate {
         origin: origin.clone(),
         id: id.clone(),
-        object: Value::Null,
-        raw: Arc::new(doc),
+        doc: Arc::new(doc).into(),
         blob: None,
     };
-    let fp = sha256_hex(candidate.raw.to_string().as_bytes());
     let admitted = crate::validate::admit_one(&candidate, &base.promises);
     let promise = match &admitted {
         Ok(r) => Some(r.promise.clone()),

@@ -99,7 +99,7 @@ pub fn restore(objects: &mut Objects, state: &State) -> usize {
                 file: file.to_string(),
                 document,
             },
-            value,
+            doc: value.into(),
             blob: None,
         })
     };

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde_json::Value;
 
 use super::{Asset, Findings, Options, Rejected, UnservedKinds, ValidPromise};
-use crate::config::Located;
+use crate::config::{Candidate, Located};
 use crate::diag::{Code, Diagnostic, Origin};
 use crate::model::{
     BucketStateStore, Destination, GitStateStore, HealthRecord, KRATIX_API_VERSION, ObjectRef,
@@ -46,10 +46,10 @@ impl ServedBy {
 pub(super) fn classify(
     promises: &[Located<Promise>],
     undecoded_promises: &[Located<Value>],
-    candidates: Vec<Located<Value>>,
+    candidates: Vec<Candidate>,
     options: &Options,
     found: &mut Findings,
-) -> (ServedBy, Vec<Located<Value>>, Vec<Asset>) {
+) -> (ServedBy, Vec<Candidate>, Vec<Asset>) {
     let Findings {
         rejected,
         diagnostics,
@@ -83,12 +83,7 @@ pub(super) fn classify(
     let mut assets = Vec::new();
     let mut requests_in = Vec::with_capacity(candidates.len());
     for c in candidates {
-        let api_version = c
-            .raw
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let api_version = c.api_version().to_string();
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
         if c.id.kind.is_empty() {
             // No `kind` (config::classify keeps such a document only with a metadata.name):
@@ -181,7 +176,7 @@ pub(super) fn duplicates(
     git_state_stores: &[Located<GitStateStore>],
     bucket_state_stores: &[Located<BucketStateStore>],
     health_records: &[Located<HealthRecord>],
-    candidates: &[Located<Value>],
+    candidates: &[Candidate],
     found: &mut Findings,
 ) -> BTreeSet<(String, usize)> {
     let Findings {
@@ -233,12 +228,7 @@ pub(super) fn duplicates(
     }
     // A request without a namespace is in `default`.
     for c in candidates {
-        let api = c
-            .raw
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let group = api.split('/').next().unwrap_or_default();
+        let group = c.api_version().split('/').next().unwrap_or_default();
         let ns = c.id.namespace.as_deref().or(Some("default"));
         add(&mut seen, (group, &c.id.kind, ns, &c.id.name), &c.origin);
     }

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use super::cross::ServedBy;
 use super::helpers::{is_dns_label, is_dns_subdomain};
 use super::{Findings, Rejected, ValidPromise, ValidRequest};
-use crate::config::Located;
+use crate::config::Candidate;
 use crate::diag::{Code, Diagnostic, Origin};
 use crate::model::{PROMISE_NAME_LABEL, PromiseApi, type_name_of};
 
@@ -48,7 +48,7 @@ struct Admission {
 /// reusing and refreshing `cache`. A kind served only by a rejected Promise (`rejected_apis`,
 /// `served_by`) is reported as such, not as "unserved". Sorted by (promise, namespace, name).
 pub(super) fn admit_requests(
-    candidates: Vec<Located<Value>>,
+    candidates: Vec<Candidate>,
     valid_promises: &[ValidPromise],
     rejected_apis: &[(String, String, String)],
     served_by: &ServedBy,
@@ -72,11 +72,7 @@ pub(super) fn admit_requests(
     let mut admitted: HashMap<(gix::ObjectId, usize), Vec<Admission>> =
         HashMap::with_capacity(cache.done.len());
     for c in candidates {
-        let api_version = c
-            .raw
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let api_version = c.api_version();
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
         let served = valid_promises.iter().find(|p| {
             p.api
@@ -196,13 +192,13 @@ pub(super) fn admit_requests(
 
 /// Admits one request: namespace, name length, prune/default/validate, Kratix label.
 fn admit_request(
-    c: &Located<Value>,
+    c: &Candidate,
     promise: &ValidPromise,
     api: &PromiseApi,
 ) -> Result<ValidRequest, Vec<Diagnostic>> {
     let o = &c.origin;
     let mut id = c.id.clone();
-    let mut obj = (*c.raw).clone();
+    let mut obj = Arc::unwrap_or_clone(c.value());
     let mut errs = Vec::new();
     let Some(map) = obj.as_object_mut() else {
         return Err(vec![o.diag(
@@ -340,14 +336,10 @@ pub fn spec_digest(object: &Value) -> String {
 /// version, then `admit_request`'s rules. `Err((promise, reasons))`: the Promise that
 /// serves it (`None` when none does) and one `field: message` reason per problem.
 pub fn admit_one(
-    c: &Located<Value>,
+    c: &Candidate,
     promises: &[ValidPromise],
 ) -> Result<Arc<ValidRequest>, (Option<String>, Vec<String>)> {
-    let api_version = c
-        .raw
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let api_version = c.api_version();
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     let Some(promise) = promises.iter().find(|p| {
         p.api
