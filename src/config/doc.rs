@@ -9,7 +9,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -53,30 +52,6 @@ impl Doc {
         }
     }
 
-    /// A document from JSON `text` written from a [`Doc`] by this build (the parse cache's
-    /// record, `config::parsed`). Errors: the text is not JSON.
-    pub fn from_text(text: Box<RawValue>) -> Result<Doc, serde_json::Error> {
-        let read = serde_json::from_str::<TextHead>(text.get()).ok();
-        let meta = read.as_ref().and_then(|h| h.metadata.as_ref());
-        let head = read.as_ref().and_then(|h| {
-            Some(Head {
-                api_version: h.api_version.as_ref()?.as_str()?,
-                kind: h.kind.as_ref()?.as_str()?,
-                name: meta
-                    .and_then(|m| m.name.as_ref())
-                    .and_then(Value::as_str)
-                    .unwrap_or_default(),
-                namespace: meta
-                    .and_then(|m| m.namespace.as_ref())
-                    .and_then(Value::as_str),
-            })
-        });
-        match head {
-            Some(h) if !h.is_kratix() => Ok(Doc::lazy(h.owned(), text)),
-            _ => serde_json::from_str(text.get()).map(|v| Doc::Value(Arc::new(v))),
-        }
-    }
-
     fn lazy((api_version, kind, name, namespace): OwnedHead, text: Box<RawValue>) -> Doc {
         Doc::Lazy(Arc::new(Lazy {
             api_version,
@@ -115,14 +90,6 @@ impl Doc {
         match self {
             Doc::Value(v) => v.get("kind").and_then(Value::as_str),
             Doc::Lazy(l) => Some(&l.kind),
-        }
-    }
-
-    /// The JSON text of a [`Doc::Lazy`] (what the parse cache's record writes).
-    pub fn text(&self) -> Option<&RawValue> {
-        match self {
-            Doc::Value(_) => None,
-            Doc::Lazy(l) => Some(&l.text),
         }
     }
 }
@@ -202,23 +169,6 @@ impl<'a> Head<'a> {
     }
 }
 
-/// [`Head`] read from text without building the rest of the document (other keys are
-/// skipped). A `metadata` that is not a mapping fails the read: the document is then read
-/// whole, as a [`Doc::Value`].
-#[derive(Deserialize)]
-struct TextHead {
-    #[serde(rename = "apiVersion")]
-    api_version: Option<Value>,
-    kind: Option<Value>,
-    metadata: Option<TextMeta>,
-}
-
-#[derive(Deserialize)]
-struct TextMeta {
-    name: Option<Value>,
-    namespace: Option<Value>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,12 +205,8 @@ mod tests {
             (d.api_version(), d.kind()),
             (Some("marketplace.kratix.io/v1alpha1"), Some("redis"))
         );
-        // What the parse cache's record writes reads back the same, head and all.
-        let text = serde_json::to_string(&d).unwrap();
-        let back = Doc::from_text(serde_json::from_str(&text).unwrap()).unwrap();
-        assert_eq!(lazy(&back).namespace.as_deref(), Some("team-a"));
-        assert_eq!(back, d);
-        assert_eq!(*back.value(), v);
+        // What the parse cache's record writes is the document.
+        assert_eq!(serde_json::to_value(&d).unwrap(), v);
     }
 
     #[test]
@@ -275,14 +221,9 @@ mod tests {
         for v in kept_as_values {
             let d = Doc::new(v.clone());
             assert!(matches!(d, Doc::Value(_)), "{v}");
-            let back =
-                Doc::from_text(serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap())
-                    .unwrap();
-            assert!(matches!(back, Doc::Value(_)), "{v}");
-            assert_eq!(*back.value(), v);
+            assert_eq!(*d.value(), v);
         }
-        // A float would not read back exactly from text (the parse cache's record leaves such
-        // documents out, so `from_text` never meets one).
+        // A float would not read back exactly from text.
         let float =
             json!({"apiVersion": "example.com/v1", "kind": "redis", "spec": {"ratio": 0.1}});
         assert!(matches!(Doc::new(float), Doc::Value(_)));
@@ -291,12 +232,5 @@ mod tests {
             json!({"apiVersion": "a/v1", "kind": "k", "metadata": {"name": 7, "namespace": ["x"]}}),
         );
         assert_eq!((&*lazy(&d).name, lazy(&d).namespace.as_deref()), ("", None));
-        let back =
-            Doc::from_text(serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap())
-                .unwrap();
-        assert_eq!(
-            (&*lazy(&back).name, lazy(&back).namespace.as_deref()),
-            ("", None)
-        );
     }
 }

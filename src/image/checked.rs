@@ -1,8 +1,9 @@
 //! Image references already found valid, kept between processes: checking one compiles the
-//! distribution reference grammar (oci-spec's regular expression), about 30 ms of CPU and
-//! 7 MB, a fifth of a whole-process no-op at 10,000 requests (docs/benchmarks.md, "No-op",
-//! seventh round). oci-spec stays the judge: a reference is remembered only after it passed,
-//! and a record of another build of promised is ignored.
+//! distribution reference grammar (with oci-spec's own grammar, about 30 ms of CPU and 7 MB,
+//! a fifth of a whole-process no-op at 10,000 requests: docs/benchmarks.md, "No-op", seventh
+//! round; ASCII references now use a smaller compile of the same grammar, `image::reference`).
+//! oci-spec's rules stay the judge: a reference is remembered only after it passed, and a
+//! record of another build of promised is ignored.
 //!
 //! The record, `<stateDir>/config-cache/references.json`, is
 //! `{"format": "…", "references": ["…", …]}`, written by `promised reconcile` when it checked

@@ -31,6 +31,7 @@ mod manifest;
 mod platform;
 mod prune;
 mod pull;
+mod reference;
 mod registry;
 mod settings;
 mod store;

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use oci_client::Reference;
 use serde::{Deserialize, Serialize};
 
 #[cfg(doc)]
@@ -84,7 +83,7 @@ impl PullPolicy {
     /// Kubernetes' default: `Always` for `:latest` or an untagged image without digest, else
     /// `IfNotPresent`.
     pub fn default_for(image: &str) -> PullPolicy {
-        match image.parse::<Reference>() {
+        match super::reference::parse(image) {
             Ok(r) if r.digest().is_none() && r.tag().is_none_or(|t| t == "latest") => {
                 PullPolicy::Always
             }

@@ -143,9 +143,8 @@ impl ImageStore {
     }
 
     pub(super) fn parse(image: &str) -> Result<Reference, ImageError> {
-        let reference = image
-            .parse::<Reference>()
-            .map_err(|e| ImageError::InvalidReference {
+        let reference =
+            super::reference::parse(image).map_err(|e| ImageError::InvalidReference {
                 image: image.to_string(),
                 reason: e.to_string(),
             })?;

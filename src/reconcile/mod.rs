@@ -182,8 +182,6 @@ pub struct Engine {
     dry_run: Option<Arc<dry_run::Recorder>>,
     /// The last pass, when it changed nothing: repeats of it are answered from it (`quiet`).
     quiet: Option<quiet::QuietPass>,
-    /// Status texts of the pipeline API's last catalog (`run::StatusTexts`).
-    status_texts: std::sync::Mutex<run::StatusTexts>,
 }
 
 /// The working state of one pass, handed from stage to stage in the order of
@@ -306,7 +304,6 @@ impl Engine {
             rollout: rollout::RolloutRuntime::default(),
             dry_run: None,
             quiet: None,
-            status_texts: Default::default(),
         })
     }
 
@@ -439,10 +436,6 @@ impl Engine {
             return Ok(report);
         }
         let started_at = (std::time::SystemTime::now(), tokio::time::Instant::now());
-        self.status_texts
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .begin();
         let outer = cfg;
         self.revisions.set_history(
             cfg.history.clone(),
@@ -506,6 +499,9 @@ impl Engine {
         self.readiness(&mut pass)?;
         versions::note_errors(&mut self.state.requests, &targets);
         self.health_stage(&mut pass).await;
+        // The catalog shares the records' statuses: once no pipeline runs, it would keep
+        // the old ones alive beside those the pass wrote.
+        self.clear_catalog();
         let report = self.finish_pass(pass);
         if let Ok(r) = &report {
             self.note_quiet(outer, started_at, r);

@@ -349,10 +349,6 @@ impl Engine {
             "every removed request is accounted for"
         );
         self.dir.save_changes(&mut self.state, &dirty)?;
-        self.status_texts
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .finish(&dirty);
         pass.report.dirty = dirty;
         // Steady requests: listed when a person can read the list, counted otherwise.
         if pass.steady.len() <= MAX_LISTED_UNCHANGED {

@@ -6,7 +6,7 @@
 //! journalled every [`PROGRESS_INTERVAL`], so a killed pass restarts with the finished work.
 //! Promise and delete workflows use [`run_job`] directly, one at a time.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,44 +43,6 @@ pub(super) struct Job {
     pub(super) generation: u64,
 }
 
-/// The status texts of requests as the pipeline API's catalog last held them, by request key,
-/// kept between passes, so that a catalog rebuilds only the texts of requests that may have
-/// changed (at 10,000 requests, a text for each of a Promise's 3,300 requests was about 10 ms
-/// of every one-request change: docs/benchmarks.md, "Fifth round").
-///
-/// A kept text is used only for a request that is steady in the pass and whose health did not
-/// change ([`Engine::set_catalog`]): its record is then as the last finished pass left it.
-/// [`StatusTexts::finish`] drops the texts of every request a pass changed; a pass that does not
-/// finish (an error) leaves none behind ([`StatusTexts::begin`]).
-#[derive(Debug, Default)]
-pub(super) struct StatusTexts {
-    texts: std::collections::HashMap<String, pipeline::kubeapi::StatusText>,
-    /// A pass began and has not finished: what it changed is unknown.
-    open: bool,
-}
-
-impl StatusTexts {
-    /// A pass begins. After one that did not finish, nothing kept is trusted.
-    pub(super) fn begin(&mut self) {
-        if self.open {
-            self.texts.clear();
-        }
-        self.open = true;
-    }
-
-    /// A pass finished and saved `dirty`: the texts of the requests it changed go.
-    pub(super) fn finish(&mut self, dirty: &crate::state::Dirty) {
-        if dirty.all {
-            self.texts.clear();
-        } else {
-            for k in &dirty.requests {
-                self.texts.remove(k);
-            }
-        }
-        self.open = false;
-    }
-}
-
 /// How long one workflow took.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RunTiming {
@@ -108,15 +70,16 @@ impl Engine {
     /// What the pipeline API serves of other requests (README "Pipeline API"), set before
     /// workflows of `promises` run: the requests of those Promises and of the Promises they
     /// require (all a run may read), with their recorded status. Only those: at 10,000
-    /// requests, a status for every request before each run stage was 10–25 ms on the way
-    /// from a webhook to its commit and tens of MB (docs/benchmarks.md). The status text of a
-    /// request for which `unchanged(key)` holds is taken from the last catalog when it has one
-    /// ([`StatusTexts`]).
+    /// requests, a status text for every request before each run stage was 10–25 ms on the
+    /// way from a webhook to its commit and tens of MB (docs/benchmarks.md). Each status is
+    /// the record's own, shared ([`pipeline::kubeapi::status_text`]), but for requests
+    /// `running(key)` names, whose records the stage changes: theirs are copied
+    /// ([`pipeline::kubeapi::status_copy`]).
     pub(super) fn set_catalog<'a>(
         &self,
         all: &crate::validate::ValidConfig,
         promises: impl IntoIterator<Item = &'a str>,
-        unchanged: impl Fn(&str) -> bool,
+        running: impl Fn(&str) -> bool,
     ) {
         let Some(api) = &self.runner.kube_api else {
             return;
@@ -138,27 +101,28 @@ impl Engine {
             }
         }
         let requests = &self.state.requests;
-        let mut kept = self
-            .status_texts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         api.0.set_catalog(pipeline::kubeapi::Catalog::build(
             &all.promises,
             all.requests
                 .iter()
                 .filter(|r| readable.contains(r.promise.as_str())),
             |key| {
-                let record = requests.get(key)?;
-                if unchanged(key)
-                    && let Some(text) = kept.texts.get(key)
-                {
-                    return Some(text.clone());
-                }
-                let text = pipeline::kubeapi::status_text(&record.status);
-                kept.texts.insert(key.to_owned(), text.clone());
-                Some(text)
+                let status = &requests.get(key)?.status;
+                Some(if running(key) {
+                    pipeline::kubeapi::status_copy(status)
+                } else {
+                    pipeline::kubeapi::status_text(status)
+                })
             },
         ));
+    }
+
+    /// Empties the pipeline API's catalog (at the end of a pass: no pipeline runs until the
+    /// next one sets it again).
+    pub(super) fn clear_catalog(&self) {
+        if let Some(api) = &self.runner.kube_api {
+            api.0.set_catalog(pipeline::kubeapi::Catalog::default());
+        }
     }
 
     /// Runs `jobs` (with their input hashes) and absorbs each result into its record as it
@@ -169,9 +133,9 @@ impl Engine {
         jobs: Vec<(String, Arc<Job>)>,
     ) -> Result<(), EngineError> {
         if !jobs.is_empty() {
-            let (steady, health) = (&pass.steady, &pass.health_changed);
+            let running: HashSet<&str> = jobs.iter().map(|(_, j)| j.key.as_str()).collect();
             self.set_catalog(pass.all, jobs.iter().map(|(_, j)| j.promise.name()), |k| {
-                steady.contains(k) && !health.contains(k)
+                running.contains(k)
             });
         }
         // Results are absorbed as they arrive (outputs go to the blob cache at once), so a

@@ -108,29 +108,55 @@ pub struct Listed {
     pub status: StatusText,
 }
 
-/// A request's status as pipelines read it, kept as its JSON text (one allocation) and parsed
-/// when a pipeline reads the request: the catalog holds one for every request between passes,
-/// and as `serde_json` maps they were most of the daemon's memory after a few passes at
-/// 10,000 requests (docs/benchmarks.md, "Memory (issue 25)").
+/// A request's status as pipelines read it: the record's own status (shared, not copied:
+/// [`crate::status::SharedStatus`]; the catalog lists every request of the Promises a run
+/// may read), or a given map. Turned into a map when a pipeline reads the request.
 #[derive(Debug, Clone, Default)]
-pub struct StatusText(Option<Arc<str>>);
+pub struct StatusText(Option<Shown>);
+
+#[derive(Debug, Clone)]
+enum Shown {
+    Map(Arc<Map<String, Value>>),
+    Record(Arc<crate::status::ObjectStatus>),
+    /// A copy as JSON text (a request the stage runs: its record changes under the catalog).
+    Text(Arc<str>),
+}
 
 impl StatusText {
-    /// The text of `status` (nothing for an empty one).
+    /// `status` as it is (nothing for an empty one).
     pub fn new(status: &Map<String, Value>) -> StatusText {
         if status.is_empty() {
             return StatusText(None);
         }
-        StatusText(serde_json::to_string(status).ok().map(Arc::from))
+        StatusText(Some(Shown::Map(Arc::new(status.clone()))))
     }
 
-    /// The status as a JSON object (empty when there is none).
+    /// The status as a JSON object (empty when there is none): for a record's, the
+    /// pipelines' own keys (`fields`), with `message` and `conditions` from the record unless
+    /// a pipeline set them.
     pub fn to_map(&self) -> Map<String, Value> {
-        self.0
-            .as_deref()
-            .and_then(|t| serde_json::from_str(t).ok())
-            .unwrap_or_default()
+        match &self.0 {
+            None => Map::new(),
+            Some(Shown::Map(m)) => (**m).clone(),
+            Some(Shown::Record(s)) => view(s),
+            Some(Shown::Text(t)) => serde_json::from_str(t).unwrap_or_default(),
+        }
     }
+}
+
+/// A recorded status as pipelines read it: the pipelines' own keys (`fields`), with
+/// `message` and `conditions` from the record unless a pipeline set them.
+fn view(s: &crate::status::ObjectStatus) -> Map<String, Value> {
+    let mut m = Map::new();
+    if !s.message.is_empty() && !s.fields.contains_key("message") {
+        m.insert("message".into(), Value::String(s.message.clone()));
+    }
+    if !s.conditions.is_empty() && !s.fields.contains_key("conditions") {
+        let conditions = serde_json::to_value(&s.conditions).expect("conditions serialise");
+        m.insert("conditions".into(), conditions);
+    }
+    m.extend(s.fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+    m
 }
 
 /// What pipelines may read: every Promise's API and every admitted request, by Promise.
@@ -188,33 +214,25 @@ impl Catalog {
     }
 }
 
-/// A recorded status as pipelines read it, as the catalog keeps it: the pipelines' own keys
-/// (`fields`), with `message` and `conditions` from the record unless a pipeline set them.
-/// Written straight to JSON text (the engine makes one for every request the runs may read
-/// before each run stage: no intermediate map).
-pub fn status_text(s: &crate::status::ObjectStatus) -> StatusText {
-    struct View<'a>(&'a crate::status::ObjectStatus);
-    impl serde::Serialize for View<'_> {
-        fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-            use serde::ser::SerializeMap;
-            let s = self.0;
-            let mut m = ser.serialize_map(None)?;
-            if !s.message.is_empty() && !s.fields.contains_key("message") {
-                m.serialize_entry("message", &s.message)?;
-            }
-            if !s.conditions.is_empty() && !s.fields.contains_key("conditions") {
-                m.serialize_entry("conditions", &s.conditions)?;
-            }
-            for (k, v) in &s.fields {
-                m.serialize_entry(k, v)?;
-            }
-            m.end()
-        }
-    }
-    if s.message.is_empty() && s.conditions.is_empty() && s.fields.is_empty() {
+/// A recorded status as pipelines read it ([`StatusText::to_map`]), sharing the record's:
+/// for a request whose record the stage does not change.
+pub fn status_text(s: &crate::status::SharedStatus) -> StatusText {
+    StatusText(Some(Shown::Record(s.share())))
+}
+
+/// A recorded status as pipelines read it, copied as JSON text: for a request the stage runs
+/// (its record's status changes during the stage; a shared one would then be kept alive
+/// beside the new one, 13 MB in a cold pass at 10,000 requests).
+pub fn status_copy(s: &crate::status::ObjectStatus) -> StatusText {
+    let m = view(s);
+    if m.is_empty() {
         return StatusText(None);
     }
-    StatusText(serde_json::to_string(&View(s)).ok().map(Arc::from))
+    StatusText(
+        serde_json::to_string(&m)
+            .ok()
+            .map(|t| Shown::Text(t.into())),
+    )
 }
 
 /// One Pipeline run the API serves.
@@ -576,9 +594,11 @@ mod tests {
             namespace: Some("default".into()),
             name: "a".into(),
         };
-        let mut st = crate::status::ObjectStatus::new(id, "app");
+        let mut st: crate::status::SharedStatus =
+            crate::status::ObjectStatus::new(id, "app").into();
         st.message = String::new();
         assert!(status_text(&st).to_map().is_empty());
+        assert!(status_copy(&st).to_map().is_empty());
         st.message = "Resource requested".into();
         st.set(
             "Reconciled",
@@ -599,6 +619,11 @@ mod tests {
         st.fields
             .insert("message".into(), json!("from the pipeline"));
         let view = status_text(&st).to_map();
+        assert_eq!(
+            status_copy(&st).to_map(),
+            view,
+            "a copy reads as the shared status"
+        );
         assert_eq!(view["message"], "from the pipeline");
         assert_eq!(view["conditions"][0]["type"], "Reconciled");
         assert_eq!(view.len(), 3);
