@@ -187,10 +187,12 @@ pub fn load_index(
 }
 
 /// Compute the plan. `has_object` tells whether an indexed blob is still in the object database
-/// (for restoring drift of placements that are not part of this change set).
+/// (for restoring drift of placements that are not part of this change set). `old_index` is
+/// taken, not copied: its entries move into [`Plan::index`] (at 10,000 files a copy was 5 MB
+/// of a pass's peak; docs/benchmarks.md, "Memory", fifth round).
 pub fn plan<'a>(
     head_files: &HashMap<String, ObjectId>,
-    old_index: &[IndexEntry],
+    old_index: Vec<IndexEntry>,
     changes: &'a ChangeSet,
     has_object: impl Fn(&ObjectId) -> bool,
 ) -> Result<Plan<'a>, Error> {
@@ -217,10 +219,8 @@ pub fn plan<'a>(
         .collect();
 
     // path -> entry, the index we will commit.
-    let mut new_index: BTreeMap<String, IndexEntry> = old_index
-        .iter()
-        .map(|e| (e.path.clone(), e.clone()))
-        .collect();
+    let mut new_index: BTreeMap<String, IndexEntry> =
+        old_index.into_iter().map(|e| (e.path.clone(), e)).collect();
     // Index shards (Destination, shard of the owner key) whose entries may change; the others
     // keep their file as it is (a one-request change re-encodes one shard of one Destination).
     let mut touched: BTreeSet<(String, u8)> = BTreeSet::new();
@@ -261,7 +261,8 @@ pub fn plan<'a>(
     };
 
     // 1. Deletions: removed owners, and files of written owners they no longer produce.
-    for e in old_index {
+    let mut gone = Vec::new();
+    for e in new_index.values() {
         let key = e.owner.key.as_str();
         let is_removed = removed_keys.contains(key);
         let is_pruned = written_keys.contains(key) && !desired.contains_key(e.path.as_str());
@@ -272,7 +273,7 @@ pub fn plan<'a>(
         if desired.contains_key(e.path.as_str()) {
             continue;
         }
-        new_index.remove(&e.path);
+        gone.push(e.path.clone());
         touched.insert(slot(&e.owner));
         if head_files.contains_key(&e.path) {
             p.removes.push(e.path.clone());
@@ -282,6 +283,9 @@ pub fn plan<'a>(
             c.deleted += 1;
             c.removed |= is_removed;
         }
+    }
+    for path in gone {
+        new_index.remove(&path);
     }
     for key in &removed_keys {
         if let Some(c) = p.changed.get_mut(*key) {
@@ -334,8 +338,10 @@ pub fn plan<'a>(
             .written += 1;
     }
 
-    // 3. Drift of placements outside this change set: restore the indexed blob.
-    for e in old_index {
+    // 3. Drift of placements outside this change set: restore the indexed blob. (What is
+    // left of the old index in `new_index` after 1 and 2 is its entries of owners neither
+    // written nor removed, and the paths now desired, skipped here.)
+    for e in new_index.values() {
         let key = e.owner.key.as_str();
         if written_keys.contains(key)
             || removed_keys.contains(key)
@@ -479,7 +485,10 @@ mod tests {
         });
         let objects: HashMap<ObjectId, Vec<u8>> = HISTORY.with(|h| h.borrow().clone());
         let idx = index_of(tree);
-        let p = plan(&files_of(tree), &idx, cs, |o| objects.contains_key(o)).unwrap();
+        let p = plan(&files_of(tree), idx.clone(), cs, |o| {
+            objects.contains_key(o)
+        })
+        .unwrap();
         let r = (
             p.written,
             p.deleted,
@@ -556,7 +565,7 @@ mod tests {
             ..Default::default()
         };
         let idx = index_of(&tree);
-        let p = plan(&files_of(&tree), &idx, &only_a, |_| true).unwrap();
+        let p = plan(&files_of(&tree), idx.clone(), &only_a, |_| true).unwrap();
         let paths: Vec<&str> = p.upserts.iter().map(|u| u.path.as_str()).collect();
         assert_eq!(paths, ["d1/a/x.yaml", shard("d1", "a").as_str()]);
         assert!(p.removes.is_empty(), "{:?}", p.removes);

@@ -428,7 +428,7 @@ impl GitStateStore {
                 (files, index, tree)
             }
         };
-        let p = plan::plan(&files, &index, changes, |oid| repo.has_object(oid))?;
+        let p = plan::plan(&files, index, changes, |oid| repo.has_object(oid))?;
         let mut outcome = ApplyOutcome {
             written: p.written,
             deleted: p.deleted,
@@ -442,7 +442,8 @@ impl GitStateStore {
             {
                 inner.set_verified(Some(Verified {
                     head: h,
-                    listing: Some((files, index)),
+                    // An empty plan's index is the index it was given.
+                    listing: Some((files, p.index)),
                     seen: std::time::Instant::now(),
                 }));
             }

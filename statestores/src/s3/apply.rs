@@ -168,7 +168,7 @@ impl S3StateStore {
             };
             head_files.insert(key.clone(), oid);
         }
-        let mut p = plan::plan(&head_files, &old.entries, changes, |oid| {
+        let mut p = plan::plan(&head_files, old.entries.clone(), changes, |oid| {
             self.cache_path(oid).is_some_and(|p| p.is_file())
         })?;
 
