@@ -183,6 +183,12 @@ impl Engine {
         if due.is_empty() || self.cancel.load(Ordering::SeqCst) {
             return;
         }
+        // What the checks' pipelines may read (the pipeline API), as for a workflow.
+        self.set_catalog(
+            pass.all,
+            due.iter().map(|d| d.request.promise.as_str()),
+            |_| false,
+        );
         let runner = self.runner.clone();
         let cancel = self.cancel.clone();
         let cfg = pass.cfg;

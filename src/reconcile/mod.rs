@@ -488,6 +488,10 @@ impl Engine {
         self.compound_rounds(&mut pass, &slots, children, &mut targets)
             .await?;
         self.deletions(&mut pass).await?;
+        // No workflow runs past here but health checks, which set their own catalog. The
+        // catalog shares the records' statuses: kept, it would hold the old ones alive beside
+        // those the pass wrote.
+        self.clear_catalog();
         self.settle_placements(&mut pass);
         let t_write = Instant::now();
         let plan_s = (t_write - started).as_secs_f64() - stores_s;
@@ -499,8 +503,6 @@ impl Engine {
         self.readiness(&mut pass)?;
         versions::note_errors(&mut self.state.requests, &targets);
         self.health_stage(&mut pass).await;
-        // The catalog shares the records' statuses: once no pipeline runs, it would keep
-        // the old ones alive beside those the pass wrote.
         self.clear_catalog();
         let report = self.finish_pass(pass);
         if let Ok(r) = &report {
