@@ -173,22 +173,10 @@ pub fn fold(
     }
 }
 
-/// Folds `records` into `status` (the request's). Returns true when `healthStatus` changed
-/// (ignoring `lastTransitionTime`); a change of state also records the `HealthRecord` event
-/// (`Warning` unless healthy or ready). A request that never had a record keeps no
+/// The request's `healthStatus` with `records` folded in (ignoring `lastTransitionTime`), or
+/// `None` when it would not change (so a status is only written when it changes:
+/// [`crate::status::SharedStatus`]). A request that never had a record keeps no
 /// `healthStatus`; one whose records all went away is `ready` with none (Kratix).
-pub fn apply(status: &mut ObjectStatus, records: &[&Sourced]) -> bool {
-    match folded(status, records) {
-        Some(new) => {
-            set(status, new);
-            true
-        }
-        None => false,
-    }
-}
-
-/// The `healthStatus` [`apply`] would set, or `None` when it would change nothing (so a
-/// status is only written when it changes: [`crate::status::SharedStatus`]).
 pub fn folded(status: &ObjectStatus, records: &[&Sourced]) -> Option<HealthStatus> {
     if records.is_empty() && status.health_status.is_none() {
         return None;
@@ -201,8 +189,8 @@ pub fn folded(status: &ObjectStatus, records: &[&Sourced]) -> Option<HealthStatu
     (status.health_status.as_ref() != Some(&new)).then_some(new)
 }
 
-/// Sets `healthStatus` to `new` (from [`folded`]), recording the `HealthRecord` event when
-/// the state changed.
+/// Sets `healthStatus` to `new` (from [`folded`]); a change of state also records the
+/// `HealthRecord` event (`Warning` unless healthy or ready).
 pub fn set(status: &mut ObjectStatus, new: HealthStatus) {
     if status
         .health_status
