@@ -202,11 +202,6 @@ impl SharedStatus {
     pub fn is(&self, other: &Arc<ObjectStatus>) -> bool {
         Arc::ptr_eq(&self.0, other)
     }
-
-    /// The status itself (copied only when another holder has it).
-    pub fn into_inner(self) -> ObjectStatus {
-        Arc::unwrap_or_clone(self.0)
-    }
 }
 
 impl From<ObjectStatus> for SharedStatus {
@@ -654,6 +649,6 @@ mod tests {
         let back: SharedStatus =
             serde_json::from_value(serde_json::to_value(&mine).unwrap()).unwrap();
         assert_eq!(back, mine);
-        assert_eq!(back.into_inner().workflows, 1);
+        assert_eq!(back.workflows, 1);
     }
 }

@@ -36,7 +36,7 @@ pub struct Lazy {
     /// `metadata.namespace` when a string.
     pub namespace: Option<Box<str>>,
     /// The document as compact JSON.
-    text: Box<RawValue>,
+    text: Arc<RawValue>,
 }
 
 impl Doc {
@@ -47,12 +47,12 @@ impl Doc {
             _ => return Doc::Value(Arc::new(v)),
         };
         match CompactValue::new(v) {
-            CompactValue::Text(text) => Doc::lazy(head, (*text).to_owned()),
+            CompactValue::Text(text) => Doc::lazy(head, text),
             CompactValue::Value(v) => Doc::Value(v),
         }
     }
 
-    fn lazy((api_version, kind, name, namespace): OwnedHead, text: Box<RawValue>) -> Doc {
+    fn lazy((api_version, kind, name, namespace): OwnedHead, text: Arc<RawValue>) -> Doc {
         Doc::Lazy(Arc::new(Lazy {
             api_version,
             kind,
@@ -68,12 +68,7 @@ impl Doc {
     pub fn value(&self) -> Arc<Value> {
         match self {
             Doc::Value(v) => v.clone(),
-            Doc::Lazy(l) => serde_json::from_str(l.text.get())
-                .map(Arc::new)
-                .unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "a config document kept as text does not read back");
-                    Arc::new(Value::Null)
-                }),
+            Doc::Lazy(l) => CompactValue::Text(l.text.clone()).value(),
         }
     }
 

@@ -220,6 +220,7 @@ impl Engine {
                 .buffer_unordered(self.settings.effective_concurrency().max(1))
                 .collect()
                 .await;
+        self.clear_catalog();
         let finished = self.health.clock.now();
         let mut ran = BTreeSet::new();
         for (key, name, result) in results {

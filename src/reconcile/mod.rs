@@ -488,9 +488,9 @@ impl Engine {
         self.compound_rounds(&mut pass, &slots, children, &mut targets)
             .await?;
         self.deletions(&mut pass).await?;
-        // No workflow runs past here but health checks, which set their own catalog. The
-        // catalog shares the records' statuses: kept, it would hold the old ones alive beside
-        // those the pass wrote.
+        // No workflow runs past here but health checks, which set (and empty) their own
+        // catalog. The catalog shares the records' statuses: kept, it would hold the old ones
+        // alive beside those the pass wrote.
         self.clear_catalog();
         self.settle_placements(&mut pass);
         let t_write = Instant::now();
@@ -503,7 +503,6 @@ impl Engine {
         self.readiness(&mut pass)?;
         versions::note_errors(&mut self.state.requests, &targets);
         self.health_stage(&mut pass).await;
-        self.clear_catalog();
         let report = self.finish_pass(pass);
         if let Ok(r) = &report {
             self.note_quiet(outer, started_at, r);

@@ -117,8 +117,8 @@ impl Engine {
         ));
     }
 
-    /// Empties the pipeline API's catalog (at the end of a pass: no pipeline runs until the
-    /// next one sets it again).
+    /// Empties the pipeline API's catalog once the workflows (or health checks) that read it
+    /// have run: no pipeline runs until the next [`Engine::set_catalog`].
     pub(super) fn clear_catalog(&self) {
         if let Some(api) = &self.runner.kube_api {
             api.0.set_catalog(pipeline::kubeapi::Catalog::default());

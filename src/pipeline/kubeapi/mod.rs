@@ -116,9 +116,9 @@ pub struct StatusText(Option<Shown>);
 
 #[derive(Debug, Clone)]
 enum Shown {
-    Map(Arc<Map<String, Value>>),
     Record(Arc<crate::status::ObjectStatus>),
-    /// A copy as JSON text (a request the stage runs: its record changes under the catalog).
+    /// A copy as JSON text (a request the stage runs: its record changes under the catalog;
+    /// a given map).
     Text(Arc<str>),
 }
 
@@ -128,7 +128,11 @@ impl StatusText {
         if status.is_empty() {
             return StatusText(None);
         }
-        StatusText(Some(Shown::Map(Arc::new(status.clone()))))
+        StatusText(
+            serde_json::to_string(status)
+                .ok()
+                .map(|t| Shown::Text(t.into())),
+        )
     }
 
     /// The status as a JSON object (empty when there is none): for a record's, the
@@ -137,7 +141,6 @@ impl StatusText {
     pub fn to_map(&self) -> Map<String, Value> {
         match &self.0 {
             None => Map::new(),
-            Some(Shown::Map(m)) => (**m).clone(),
             Some(Shown::Record(s)) => view(s),
             Some(Shown::Text(t)) => serde_json::from_str(t).unwrap_or_default(),
         }
@@ -224,15 +227,7 @@ pub fn status_text(s: &crate::status::SharedStatus) -> StatusText {
 /// (its record's status changes during the stage; a shared one would then be kept alive
 /// beside the new one, 13 MB in a cold pass at 10,000 requests).
 pub fn status_copy(s: &crate::status::ObjectStatus) -> StatusText {
-    let m = view(s);
-    if m.is_empty() {
-        return StatusText(None);
-    }
-    StatusText(
-        serde_json::to_string(&m)
-            .ok()
-            .map(|t| Shown::Text(t.into())),
-    )
+    StatusText::new(&view(s))
 }
 
 /// One Pipeline run the API serves.
