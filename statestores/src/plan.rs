@@ -86,8 +86,8 @@ pub fn sha256_hex(content: &[u8]) -> String {
     hex::encode(Sha256::digest(content))
 }
 
-/// The name rules Git itself applies to every tree entry, as the Git writer's tree editor
-/// (gix, `core.protectNTFS` on) checks them, plus `core.protectHFS`: no empty, `.` or `..`
+/// The name rules Git itself applies to every tree entry, as the Git writer checks them with
+/// gix's rules (`core.protectNTFS` on), plus `core.protectHFS`: no empty, `.` or `..`
 /// names and no name Git or a checkout on NTFS or HFS+ would take for `.git` (`.GIT`, `.git.`,
 /// `.git::$INDEX_ALLOCATION`, `git~1`, `.g\u{200c}it`, …).
 const GIT_NAME_RULES: gix::validate::path::component::Options =

@@ -26,6 +26,7 @@ pub mod config;
 pub mod gc;
 
 pub mod credentials;
+mod objects;
 mod pack;
 mod push;
 mod read;
@@ -33,6 +34,7 @@ mod repo;
 mod send_pack;
 pub mod signing;
 pub mod transport;
+mod tree;
 mod verified;
 
 pub use gc::{GC_BACKOFF, gc_if_needed};

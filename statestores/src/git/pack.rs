@@ -238,26 +238,11 @@ pub fn write(objects: &[Object], thin: bool) -> std::io::Result<Vec<u8>> {
             .filter(|_| thin)
             .map(|(base_id, base)| (base_id, delta(base, &o.data)))
             .filter(|(_, d)| d.len() < o.data.len() / 2);
-        let type_bits: u8 = match (&delta, o.kind) {
-            (Some(_), _) => 7, // OBJ_REF_DELTA
-            (None, Kind::Commit) => 1,
-            (None, Kind::Tree) => 2,
-            (None, Kind::Blob) => 3,
-            (None, Kind::Tag) => 4,
+        let (type_bits, data) = match &delta {
+            Some((_, d)) => (7, d.as_slice()), // OBJ_REF_DELTA
+            None => (super::objects::type_bits(o.kind), o.data.as_slice()),
         };
-        let data = match &delta {
-            Some((_, d)) => d.as_slice(),
-            None => o.data.as_slice(),
-        };
-        let mut size = data.len();
-        let mut byte = (type_bits << 4) | (size & 0x0f) as u8;
-        size >>= 4;
-        while size != 0 {
-            out.push(byte | 0x80);
-            byte = (size & 0x7f) as u8;
-            size >>= 7;
-        }
-        out.push(byte);
+        entry_header(&mut out, type_bits, data.len());
         if let Some((base_id, _)) = &delta {
             out.extend_from_slice(base_id.as_slice());
         }
@@ -270,6 +255,20 @@ pub fn write(objects: &[Object], thin: bool) -> std::io::Result<Vec<u8>> {
     let digest = hasher.try_finalize().map_err(std::io::Error::other)?;
     out.extend_from_slice(digest.as_slice());
     Ok(out)
+}
+
+/// Appends a pack entry's type-and-size header: the type in bits 4-6 of the first byte, the
+/// size in 4 + 7·n bits, little-endian groups, the high bit meaning "more".
+pub(super) fn entry_header(out: &mut Vec<u8>, type_bits: u8, size: usize) {
+    let mut size = size;
+    let mut byte = (type_bits << 4) | (size & 0x0f) as u8;
+    size >>= 4;
+    while size != 0 {
+        out.push(byte | 0x80);
+        byte = (size & 0x7f) as u8;
+        size >>= 7;
+    }
+    out.push(byte);
 }
 
 /// A git delta (`gitformat-pack.txt`, "Deltified representation") turning `base` into
@@ -363,7 +362,7 @@ fn copy(out: &mut Vec<u8>, mut offset: usize, mut len: usize) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::process::{Command, Stdio};
 
@@ -393,7 +392,9 @@ mod tests {
         );
     }
 
-    fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    /// `git -C dir ARGS` without the user's or system's config; its stdout, trimmed. Panics
+    /// with git's stderr unless it succeeds.
+    pub(in crate::git) fn git(dir: &std::path::Path, args: &[&str]) -> String {
         let out = Command::new("git")
             .arg("-C")
             .arg(dir)

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 
 use gix::ObjectId;
 use gix::bstr::ByteSlice;
@@ -12,6 +11,8 @@ use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
 
 use super::config::GitAuthor;
 use super::credentials::{Credentials, Secrets};
+use super::objects::Objects;
+use super::tree;
 use crate::Error;
 use crate::plan::Plan;
 
@@ -269,18 +270,13 @@ pub fn read_blob(
     Ok(obj.detach().data)
 }
 
-/// Above this many new objects one apply writes a single pack instead of loose objects (the
-/// same threshold as git's `transfer.unpackLimit`): thousands of loose files are slow to write
-/// and slow for `git push` to read back.
-pub const PACK_THRESHOLD: usize = 100;
-
 /// Write the plan's blobs, build the new tree on top of `base_tree` in one editing pass, and
 /// write a commit with `parent`. Returns the commit id and how many objects were written, or
 /// `None` when the tree did not change.
 ///
-/// The new trees and the commit are first kept in memory; the blobs are read from the plan
-/// itself (not copied). Small sets are then written as loose objects, large ones as one pack
-/// with its index (see [`PACK_THRESHOLD`]), streamed to disk as it is compressed.
+/// Objects go to [`Objects`] as they are produced: the blobs from the plan (not copied), each
+/// new tree as [`tree::build`] writes it, the commit last. A few are written loose, more as one pack
+/// streamed to disk (see [`super::objects`]).
 #[allow(clippy::too_many_arguments)]
 pub fn build_commit(
     repo: &gix::Repository,
@@ -293,30 +289,14 @@ pub fn build_commit(
     secrets: &Secrets,
 ) -> Result<Option<(ObjectId, usize)>, Error> {
     let err = repo_err(secrets);
-    let mut mem = repo.clone().with_object_memory();
-    mem.object_cache_size_if_unset(16 * 1024 * 1024);
-    // gix's plumbing editor: the porcelain one checks that every entry's object exists, and
-    // the new blobs are not in `mem` (they are read from the plan when written). Entry names
-    // are validated below as the porcelain does.
-    let mut ed = mem.edit_tree(base_tree).map_err(&err)?.detach();
-    for path in &plan.removes {
-        ed.remove(path.split('/')).map_err(&err)?;
-    }
-    // New blobs, once each (the same content may sit at several paths). The tree editor only
-    // needs their ids; `Upsert::oid` is the blob id of `content` (`Plan`'s invariant).
-    let mut seen = std::collections::HashSet::with_capacity(plan.upserts.len());
-    let mut blobs: Vec<(ObjectId, gix::objs::Kind, &[u8])> = Vec::new();
+    let mut reader = repo.clone();
+    reader.object_cache_size_if_unset(16 * 1024 * 1024);
+    let mut objects = Objects::new(repo, plan.upserts.len());
+    // New blobs, once each (the same content may sit at several paths; `Objects` skips an id
+    // it has). `Upsert::oid` is the blob id of `content` (`Plan`'s invariant).
     for u in &plan.upserts {
         match &u.content {
-            Some(content) if seen.insert(u.oid) => {
-                debug_assert_eq!(
-                    gix::objs::compute_hash(repo.object_hash(), gix::objs::Kind::Blob, content)
-                        .ok(),
-                    Some(u.oid)
-                );
-                blobs.push((u.oid, gix::objs::Kind::Blob, content.as_ref()));
-            }
-            Some(_) => {} // the same content at another path
+            Some(content) => objects.add(u.oid, gix::objs::Kind::Blob, content)?,
             // Restored from history: the object must be there already.
             None if !repo.has_object(u.oid) => {
                 return Err(Error::Repository(format!(
@@ -326,11 +306,11 @@ pub fn build_commit(
             }
             None => {}
         }
-        ed.upsert(u.path.split('/'), gix::objs::tree::EntryKind::Blob, u.oid)
-            .map_err(&err)?;
     }
-    drop(seen);
-    let tree = ed.write(|t| -> Result<ObjectId, Error> {
+    let hash = repo.object_hash();
+    let mut buf = Vec::new();
+    let mut write_tree = |t: &gix::objs::Tree| -> Result<ObjectId, Error> {
+        // The file names the porcelain editor would accept.
         for e in &t.entries {
             let mode = e
                 .mode
@@ -343,10 +323,38 @@ pub fn build_commit(
                 ))
             })?;
         }
-        Ok(mem.write_object(t).map_err(&err)?.detach())
-    })?;
-    drop(ed);
+        buf.clear();
+        gix::objs::WriteTo::write_to(t, &mut buf).map_err(|e| Error::Repository(e.to_string()))?;
+        let id = gix::objs::compute_hash(hash, gix::objs::Kind::Tree, &buf)
+            .map_err(|e| Error::Repository(e.to_string()))?;
+        objects.add(id, gix::objs::Kind::Tree, &buf)?;
+        Ok(id)
+    };
+    let changes = tree::changes(
+        plan.removes.iter().map(String::as_str),
+        plan.upserts.iter().map(|u| (u.path.as_str(), u.oid)),
+    );
+    let built = tree::build(&reader, base_tree, &changes, &mut write_tree, &err)?;
+    drop(changes);
+    let tree = match built {
+        Ok(id) => id,
+        // The same name as a file and a directory: gix's plumbing editor applies the
+        // removals and upserts in order (the porcelain one checks that every entry's object
+        // exists, and the new blobs are not in the repository until `objects` is finished).
+        Err(tree::Conflict) => {
+            let mut ed = reader.edit_tree(base_tree).map_err(&err)?.detach();
+            for path in &plan.removes {
+                ed.remove(path.split('/')).map_err(&err)?;
+            }
+            for u in &plan.upserts {
+                ed.upsert(u.path.split('/'), gix::objs::tree::EntryKind::Blob, u.oid)
+                    .map_err(&err)?;
+            }
+            ed.write(&mut write_tree)?
+        }
+    };
     if tree == base_tree {
+        // Nothing is written: blobs added to a pack are in its temporary file, removed here.
         return Ok(None);
     }
     let sig = gix::actor::Signature {
@@ -373,150 +381,29 @@ pub fn build_commit(
             .extra_headers
             .push(("gpgsig".into(), signature.trim_end().into()));
     }
-    let commit = mem.write_object(&commit).map_err(&err)?.detach();
-    // Only trees and the commit: the blobs were never written to it.
-    let objects = mem.objects.take_object_memory().unwrap_or_default();
-    drop(mem);
-    // Commit, trees, then blobs, as git orders packs (readers touch them in that order).
-    let mut all: Vec<(ObjectId, gix::objs::Kind, &[u8])> = objects
-        .iter()
-        .map(|(id, (kind, data))| (*id, *kind, data.as_slice()))
-        .collect();
-    all.append(&mut blobs);
-    all.sort_by_key(|(id, kind, _)| {
-        let rank = match kind {
-            gix::objs::Kind::Commit => 0,
-            gix::objs::Kind::Tag => 1,
-            gix::objs::Kind::Tree => 2,
-            gix::objs::Kind::Blob => 3,
-        };
-        (rank, *id)
-    });
-    let n = all.len();
-    if n > PACK_THRESHOLD {
-        write_pack(repo, &all, secrets)?;
-    } else {
-        for (i, (_, kind, data)) in all.iter().enumerate() {
-            if i == n / 2 {
-                crate::crash::point("git-tree-write");
-            }
-            gix::objs::Write::write_buf(repo, *kind, data).map_err(&err)?;
-        }
-    }
+    buf.clear();
+    gix::objs::WriteTo::write_to(&commit, &mut buf)
+        .map_err(|e| Error::Repository(e.to_string()))?;
+    let commit = gix::objs::compute_hash(hash, gix::objs::Kind::Commit, &buf)
+        .map_err(|e| Error::Repository(e.to_string()))?;
+    objects.add(commit, gix::objs::Kind::Commit, &buf)?;
+    let n = objects.finish(secrets)?;
     Ok(Some((commit, n)))
 }
 
 /// What file names a tree may hold: gix's defaults on Linux (git's `core.protectNTFS` on,
-/// `core.protectHFS` and gitoxide's `core.protectWindows` off), as the porcelain tree editor
-/// applied them before the plumbing one was used (`build_commit`).
+/// `core.protectHFS` and gitoxide's `core.protectWindows` off), as gix's porcelain tree editor
+/// applies them; `build_commit` checks every entry of every tree it writes.
 const PROTECT: gix::validate::path::component::Options = gix::validate::path::component::Options {
     protect_windows: false,
     protect_hfs: false,
     protect_ntfs: true,
 };
 
-/// Objects compressed at a time: at most this many compressed entries are held in memory
-/// while the pack is streamed to disk.
-const PACK_CHUNK: usize = 512;
-
-/// Write `objects` (sorted as they go into the pack) as one undeltified pack plus index into
-/// `objects/pack/`. The pack is streamed through a pipe into gix's bundle writer as chunks of
-/// [`PACK_CHUNK`] objects are compressed, so neither the compressed entries nor the pack are
-/// held in memory whole.
-fn write_pack(
-    repo: &gix::Repository,
-    objects: &[(ObjectId, gix::objs::Kind, &[u8])],
-    secrets: &Secrets,
-) -> Result<(), Error> {
-    use gix::odb::pack::data::output;
-    let hash = repo.object_hash();
-    let n = u32::try_from(objects.len())
-        .map_err(|_| Error::Repository("too many objects for one pack".into()))?;
-    // Compressed on the writer thread while the bundle writer (this thread) hashes and
-    // indexes what it already wrote: two threads for the whole pack. Threads per chunk cost
-    // more than they gave: each one's freed memory stays committed until another thread
-    // takes its pages over (docs/benchmarks.md, "Memory", fourth round).
-    let compress_chunk =
-        |chunk: &[(ObjectId, gix::objs::Kind, &[u8])]| -> Result<Vec<output::Entry>, String> {
-            chunk
-                .iter()
-                .map(|(id, kind, data)| {
-                    let mut e = output::Entry::from_data(
-                        &output::Count::from_data(*id, None),
-                        &gix::objs::Data::new(data, *kind, hash),
-                        gix::zlib::Compression::BEST_SPEED,
-                    )
-                    .map_err(|e| e.to_string())?;
-                    // The compressor leaves room for kilobytes; most objects are far smaller.
-                    e.compressed_data.shrink_to_fit();
-                    Ok(e)
-                })
-                .collect()
-        };
-    let dir = repo.common_dir().join("objects").join("pack");
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let (reader, writer) = std::io::pipe().map_err(|e| Error::io(&dir, e))?;
-    // A compression failure, kept apart from the broken pipe or truncated pack it causes.
-    let compress_failed = std::sync::OnceLock::<String>::new();
-    let (written, outcome) = std::thread::scope(|s| {
-        let producer = s.spawn(|| -> Result<(), String> {
-            let mut out = std::io::BufWriter::with_capacity(256 * 1024, writer);
-            let chunks = objects.chunks(PACK_CHUNK).map(|c| {
-                compress_chunk(c).map_err(|e| {
-                    let _ = compress_failed.set(e.clone());
-                    gix::Error::from_error(std::io::Error::other(e))
-                })
-            });
-            let iter = output::bytes::FromEntriesIter::new(
-                chunks,
-                &mut out,
-                n,
-                gix::odb::pack::data::Version::V2,
-                hash,
-            );
-            for r in iter {
-                r.map_err(|e| error_text(&e))?;
-            }
-            std::io::Write::flush(&mut out).map_err(|e| e.to_string())
-        });
-        let outcome = gix::odb::pack::Bundle::write_to_directory(
-            &mut std::io::BufReader::with_capacity(256 * 1024, reader),
-            Some(&dir),
-            &mut gix::progress::Discard,
-            &AtomicBool::new(false),
-            None::<gix::objs::find::Never>,
-            hash,
-            gix::odb::pack::bundle::write::Options {
-                iteration_mode: gix::odb::pack::data::input::Mode::AsIs,
-                ..Default::default()
-            },
-        );
-        let written = producer
-            .join()
-            .unwrap_or_else(|_| Err("pack writer thread panicked".into()));
-        (written, outcome)
-    });
-    if let Some(e) = compress_failed.get() {
-        return Err(Error::Repository(secrets.redact(e)));
-    }
-    // The bundle writer's error first: when it stops reading, the writer only sees a broken
-    // pipe.
-    let outcome = outcome.map_err(|e| Error::Repository(secrets.redact(&error_text(&e))))?;
-    written.map_err(|e| Error::Repository(secrets.redact(&e)))?;
-    // gix leaves a `.keep` file (as fetch does until refs are updated). We do not want one:
-    // it would stop `git gc` from ever consolidating our packs. Unreferenced objects are still
-    // safe from gc for two weeks (cruft packs), far longer than one apply.
-    // The pack is on disk, its commit not yet published.
-    crate::crash::point("git-tree-write");
-    if let Some(keep) = outcome.keep_path {
-        std::fs::remove_file(&keep).map_err(|e| Error::io(&keep, e))?;
-    }
-    Ok(())
-}
-
-/// Removes `objects/pack/*.keep` from our own persistent clone: we never keep one (see
-/// [`write_pack`]), so any there is left by a process killed between writing a pack and
-/// removing it, or mid-fetch, and would stop `git gc` from consolidating that pack. Call it
+/// Removes `objects/pack/*.keep` from our own persistent clone: we never keep one (our packs
+/// are written without, [`super::objects`]), so any there is left by an older version killed
+/// between writing a pack and removing it, or by one killed mid-fetch, and would stop
+/// `git gc` from consolidating that pack. Call it
 /// only while nothing else uses the clone (when the store opens). Failures are ignored.
 pub fn remove_stale_keeps(git_dir: &std::path::Path) {
     let dir = git_dir.join("objects").join("pack");
