@@ -125,7 +125,7 @@ fn write_state(dir: &Path, n: usize, commit: &str) {
             s.events.push(promised::status::Event {
                 type_: EventType::Normal,
                 reason: "ConfigureWorkflowCompleted".into(),
-                message: format!("event {e}"),
+                message: format!("event {e}").into(),
                 time: "2026-01-01T00:00:00Z".into(),
             });
         }

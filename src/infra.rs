@@ -214,7 +214,7 @@ pub fn set_ready(
         Some(c) => {
             let flipped = c.status != status;
             if flipped {
-                c.last_transition_time = now_rfc3339();
+                c.last_transition_time = now_rfc3339().into();
             }
             c.status = status;
             c.reason = reason.into();
@@ -227,7 +227,7 @@ pub fn set_ready(
                 status,
                 reason: reason.into(),
                 message: message.into(),
-                last_transition_time: now_rfc3339(),
+                last_transition_time: now_rfc3339().into(),
             });
             true
         }
@@ -240,7 +240,7 @@ pub fn push_event(events: &mut Vec<Event>, type_: EventType, reason: &str, messa
         type_,
         reason: reason.into(),
         message: message.into(),
-        time: now_rfc3339(),
+        time: now_rfc3339().into(),
     });
     let over = events.len().saturating_sub(MAX_EVENTS);
     events.drain(..over);

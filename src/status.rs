@@ -16,6 +16,9 @@ use serde_json::{Map, Value};
 
 use crate::model::{HealthState, ObjectRef};
 
+mod text;
+pub use text::Text;
+
 /// `True`, `False` or `Unknown`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConditionStatus {
@@ -33,15 +36,15 @@ pub enum ConditionStatus {
 pub struct Condition {
     /// e.g. `ConfigureWorkflowCompleted`, `WorksSucceeded`, `Reconciled`.
     #[serde(rename = "type")]
-    pub type_: String,
+    pub type_: Text,
     /// True, False or Unknown.
     pub status: ConditionStatus,
     /// CamelCase reason, e.g. `PipelinesExecutedSuccessfully`.
-    pub reason: String,
+    pub reason: Text,
     /// Human-readable message.
-    pub message: String,
+    pub message: Text,
     /// RFC 3339 time the status last changed.
-    pub last_transition_time: String,
+    pub last_transition_time: Text,
 }
 
 /// Phase of one pipeline (`status.kratix.workflows.pipelines[].phase`).
@@ -64,12 +67,12 @@ pub enum Phase {
 #[serde(rename_all = "camelCase")]
 pub struct PipelineStatus {
     /// Pipeline name.
-    pub name: String,
+    pub name: Text,
     /// Phase.
     pub phase: Phase,
     /// Failure or suspension message.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub message: String,
+    #[serde(default, skip_serializing_if = "Text::is_empty")]
+    pub message: Text,
     /// RFC 3339 time of the next retry (`retryAfter`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_retry_at: Option<String>,
@@ -77,7 +80,7 @@ pub struct PipelineStatus {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts: u32,
     /// RFC 3339 time the phase last changed.
-    pub last_transition_time: String,
+    pub last_transition_time: Text,
     /// The image each container ran, as `<container>: <image>@sha256:…` (image runtime only;
     /// provenance of the output).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -341,11 +344,11 @@ pub struct Event {
     #[serde(rename = "type")]
     pub type_: EventType,
     /// CamelCase reason, e.g. `HealthRecord`.
-    pub reason: String,
+    pub reason: Text,
     /// Human-readable note, e.g. `Health state is unhealthy`.
-    pub message: String,
+    pub message: Text,
     /// RFC 3339 time.
-    pub time: String,
+    pub time: Text,
 }
 
 impl ObjectStatus {
@@ -394,7 +397,7 @@ impl ObjectStatus {
             type_,
             reason: reason.into(),
             message: message.into(),
-            time: now_rfc3339(),
+            time: now_rfc3339().into(),
         };
         log_event(self, &e);
         self.events.push(e);
@@ -433,13 +436,39 @@ impl ObjectStatus {
             .find(|r| reasons.contains(r))
     }
 
+    /// Replaces each repeated string (condition types, reasons, messages and times; pipeline
+    /// names, messages and times; event reasons, messages and times) by the process's shared
+    /// copy ([`Text::share`]).
+    pub fn share_texts(&mut self) {
+        for c in &mut self.conditions {
+            for t in [
+                &mut c.type_,
+                &mut c.reason,
+                &mut c.message,
+                &mut c.last_transition_time,
+            ] {
+                t.share();
+            }
+        }
+        for p in &mut self.pipelines {
+            for t in [&mut p.name, &mut p.message, &mut p.last_transition_time] {
+                t.share();
+            }
+        }
+        for e in &mut self.events {
+            for t in [&mut e.reason, &mut e.message, &mut e.time] {
+                t.share();
+            }
+        }
+    }
+
     /// Sets a condition; `lastTransitionTime` only moves when the status value changes.
     pub fn set(&mut self, type_: &str, status: ConditionStatus, reason: &str, message: &str) {
         let now = now_rfc3339();
         match self.conditions.iter_mut().find(|c| c.type_ == type_) {
             Some(c) => {
                 if c.status != status {
-                    c.last_transition_time = now;
+                    c.last_transition_time = now.into();
                 }
                 c.status = status;
                 c.reason = reason.into();
@@ -451,7 +480,7 @@ impl ObjectStatus {
                     status,
                     reason: reason.into(),
                     message: message.into(),
-                    last_transition_time: now,
+                    last_transition_time: now.into(),
                 });
                 self.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
             }

@@ -73,7 +73,8 @@ impl Engines {
         }
         let mut engine = Engine::new(settings.clone(), settings.runner())
             .map_err(|e| e.to_string())?
-            .with_backoff(true);
+            .with_backoff(true)
+            .with_shared_status_texts();
         // Leader election: the engine writes only while this replica holds the Lease.
         if let Some(e) = election {
             engine = engine.with_write_gate(e.gate(0));
@@ -135,7 +136,11 @@ impl Engines {
             match Engine::for_shard(settings, runner, slot.shard) {
                 Ok(e) => {
                     tracing::info!(shard = slot.shard.index, state_dir = %e.state_dir().display(), "shard held: engine started from the state stores");
-                    slot.engine = Some(e.with_backoff(true).with_write_gate(slot.gate.clone()));
+                    slot.engine = Some(
+                        e.with_backoff(true)
+                            .with_shared_status_texts()
+                            .with_write_gate(slot.gate.clone()),
+                    );
                 }
                 Err(e) => {
                     shared.metrics.error("state");

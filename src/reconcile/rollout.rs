@@ -167,7 +167,7 @@ impl Engine {
                     if s.failed_version.as_deref() == Some(plan.to.as_str()) {
                         Some(
                             s.condition(cond::UPGRADE_SUCCEEDED)
-                                .map(|c| c.message.clone())
+                                .map(|c| c.message.to_string())
                                 .unwrap_or_else(|| s.message.clone()),
                         )
                     } else if !rec.completed

@@ -278,12 +278,12 @@ impl Engine {
                 .map(|p| p.attempts)
                 .unwrap_or(0);
             phases.push(PipelineStatus {
-                name: pr.name.clone(),
+                name: pr.name.as_str().into(),
                 phase,
-                message,
+                message: message.into(),
                 attempts: if next.is_some() { attempts + 1 } else { 0 },
                 next_retry_at: next,
-                last_transition_time: now.clone(),
+                last_transition_time: now.as_str().into(),
                 images: pr
                     .images
                     .iter()

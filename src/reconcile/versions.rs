@@ -302,7 +302,7 @@ pub(super) fn ran(record: &mut ObjectRecord, t: &Target, completed: bool) {
             .status
             .condition(cond::CONFIGURE_WORKFLOW_COMPLETED)
             .map(|c| c.message.clone())
-            .unwrap_or_else(|| format!("Upgrade to version {} failed", t.version));
+            .unwrap_or_else(|| format!("Upgrade to version {} failed", t.version).into());
         record.status.set(
             cond::UPGRADE_SUCCEEDED,
             CS::False,

@@ -354,7 +354,7 @@ pub fn build(console: &Console, snap: &Snapshot, filter: &Filter) -> Overview {
         });
     }
     let ready_msg = |c: Option<&crate::status::Condition>| {
-        c.map(|c| (format!("{:?}", c.status), c.message.clone()))
+        c.map(|c| (format!("{:?}", c.status), c.message.to_string()))
             .unwrap_or_else(|| ("Unknown".into(), String::new()))
     };
     let state_stores: Vec<StoreRow> = snap
