@@ -21,15 +21,25 @@
 //!
 //! Prompt takeover: a standby without a running crate manager reads the Lease every
 //! `retryPeriod` and starts one when the Lease is free (released) or expired, so a Lease
-//! released on SIGTERM is taken within one `retryPeriod`. A crate manager that waits on a Lease
-//! held by someone else is stopped (it would only notice a release at the holder's expiry).
+//! released on SIGTERM is taken within one `retryPeriod`. A crate manager is stopped as soon as
+//! a read shows another live holder: one that waits would only notice a release at the
+//! holder's expiry, and one that still believes it leads would renew over the other holder.
+//!
+//! Release is this module's, never the crate's: the crate's release (when its channel closes)
+//! trusts its cached holder, which it refreshes only once its cached expiry has passed, and
+//! sends an unconditional strategic merge patch that nulls `holderIdentity`; the API server
+//! applies that whoever holds the Lease (field-manager conflicts are a server-side apply
+//! matter), so a replica that had just lost the Lease would clear the new holder's hold. So the
+//! crate's task is aborted (it writes nothing more), and on stop the Lease is read and, only if
+//! it names this replica, released by a patch carrying the `resourceVersion` read: a
+//! precondition, answered `409 Conflict` if anyone wrote the Lease since.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube_lease_manager::{LeaseCreateMode, LeaseManager, LeaseParams};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -149,8 +159,9 @@ impl Keeper {
         *self.gate.borrow()
     }
 
-    /// Closes the gate and releases the Lease if held (so another replica can take it at
-    /// once); returns when the release was answered or failed, with the gate's sender.
+    /// Closes the gate and releases the Lease if it names this replica (so another replica
+    /// can take it at once), never a Lease someone else has taken meanwhile; returns when the
+    /// release was answered or failed, with the gate's sender.
     pub async fn stop(self) -> Option<watch::Sender<bool>> {
         let _ = self.stop.send(true);
         self.task.await.ok()
@@ -243,9 +254,10 @@ async fn keep(
                 };
                 if running.is_none() && !live {
                     running = start_manager(&client, &target, &timing).await;
-                } else if running.is_some() && !leader && live && !mine {
-                    // Someone else holds it: stop waiting inside the crate (it would see a
-                    // release only at the holder's expiry); poll instead.
+                } else if running.is_some() && live && !mine {
+                    // Someone else holds it: stop the crate (waiting, it would see a release
+                    // only at the holder's expiry; believing it still leads, it would renew over
+                    // the holder) without a release; poll instead.
                     stop_manager(&mut running, &target.name).await;
                 }
             }
@@ -265,8 +277,61 @@ async fn keep(
         }
     }
     gate.send_replace(false);
-    stop_manager(&mut running, &target.name).await;
+    if running.is_some() {
+        stop_manager(&mut running, &target.name).await;
+        release(&api, &target).await;
+    }
     gate
+}
+
+/// Releases the Lease if it names this replica: a strategic merge patch clearing the holder,
+/// conditional on the `resourceVersion` read (so a Lease taken by someone else after the read
+/// is left alone: `409 Conflict`).
+async fn release(api: &Api<Lease>, target: &LeaseTarget) {
+    let lease = match api.get_opt(&target.name).await {
+        Ok(Some(lease)) => lease,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(lease = %target.name, error = %e, "reading the Lease to release it failed");
+            return;
+        }
+    };
+    if seen(&lease).holder.as_deref() != Some(target.identity.as_str()) {
+        return;
+    }
+    let Some(version) = lease.metadata.resource_version else {
+        tracing::warn!(lease = %target.name, "the Lease has no resourceVersion: not releasing it");
+        return;
+    };
+    let patch = serde_json::json!({
+        "metadata": { "resourceVersion": version },
+        "spec": {
+            "acquireTime": null,
+            "renewTime": null,
+            "holderIdentity": null,
+            "leaseDurationSeconds": null,
+        },
+    });
+    let params = PatchParams {
+        field_manager: Some(field_manager(&target.identity)),
+        ..Default::default()
+    };
+    match api
+        .patch(&target.name, &params, &Patch::Strategic(patch))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            tracing::info!(lease = %target.name, "the Lease changed since it was read: not releasing it");
+        }
+        Err(e) => tracing::warn!(lease = %target.name, error = %e, "releasing the Lease failed"),
+    }
+}
+
+/// The field manager `kube-lease-manager` writes the Lease with (`LeaseParams::new`'s
+/// default), used for the release too.
+fn field_manager(identity: &str) -> String {
+    format!("kube-lease-manager-{identity}")
 }
 
 /// Creates the Lease with `target.labels` (a membership Lease); an existing one is kept.
@@ -308,16 +373,20 @@ async fn start_manager(
     }
 }
 
-/// Drops the crate's channel, which makes its task release the Lease if this replica holds
-/// it, and waits for that task.
+/// Stops the crate's task without letting it release the Lease: it is aborted (cancelled at
+/// its next await point) and waited for while its channel is still open, so it never sees the
+/// channel closed, which would make it release the Lease by its possibly stale cache (see the
+/// module docs); [`release`] does that safely.
 async fn stop_manager(running: &mut Option<Running>, name: &str) {
     if let Some((rx, task)) = running.take() {
-        drop(rx);
+        task.abort();
         match task.await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(lease = %name, error = %e, "releasing the Lease failed"),
+            Ok(Err(e)) => tracing::warn!(lease = %name, error = %e, "lease manager stopped"),
+            Err(e) if e.is_cancelled() => {}
             Err(e) => tracing::warn!(lease = %name, error = %e, "lease manager task failed"),
         }
+        drop(rx);
     }
 }
 

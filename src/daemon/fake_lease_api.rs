@@ -2,10 +2,13 @@
 //! `tower-test` mock service, keeping Lease objects with the semantics `kube-lease-manager`
 //! relies on: `resourceVersion`s, `409 AlreadyExists` on a second create, server-side apply
 //! (`application/apply-patch+yaml`) that answers `409 Conflict` when it would change
-//! `holderIdentity` owned by another field manager, strategic merge patches (`null` removes a
-//! field, clearing its owner), label-selected lists. Every call is logged (method, path,
-//! query) for the access checks; a replica can be cut off (answered 503) and renewals can be
-//! refused with a 409 after someone else took the Lease.
+//! `holderIdentity` owned by another field manager, strategic merge patches (no field-manager
+//! conflicts, as on the API server: they apply whoever owns a field; `null` removes a field,
+//! clearing its owner), a `metadata.resourceVersion` in a patch as a precondition (`409
+//! Conflict` when the Lease has been written since), label-selected lists. Every call is logged
+//! (method, path, query) for the access checks; a replica can be cut off (answered 503),
+//! renewals can be refused with a 409 after someone else took the Lease, and a Lease can be
+//! taken behind the replicas' backs ([`FakeApi::take`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -39,8 +42,38 @@ pub struct State {
     /// Replicas whose calls are answered 503 (cut off from the API).
     pub cut_off: BTreeSet<String>,
     /// `(identity, thief)`: the next renewal by `identity` is refused with 409 after `thief`
-    /// took the Lease (for an hour: the thief never renews).
+    /// took the Lease (see [`FakeApi::take`]).
     pub steal_on_renew: Option<(String, String)>,
+    /// Thieves: live holders outside the replicas under test, which renew their hold (for an
+    /// hour) right before every call is answered.
+    thieves: BTreeSet<String>,
+}
+
+impl State {
+    /// `thief` takes Lease `name` from whoever holds it (as a forced takeover would) and keeps
+    /// renewing it, so however slow the test, the Lease stays the thief's: a replica's renewal
+    /// sent on a stale belief that it still holds the Lease (a strategic merge patch, which the
+    /// API server applies to anyone's Lease) changes the hold only until the next call.
+    fn take(&mut self, name: &str, thief: &str) {
+        self.thieves.insert(thief.to_string());
+        let l = self.leases.get_mut(name).expect("a Lease to take");
+        l.spec.insert("holderIdentity".into(), json!(thief));
+        l.holder_manager = Some(format!("thief-{thief}"));
+        self.renew_thieves();
+    }
+
+    /// Each thief renews the Leases it holds.
+    fn renew_thieves(&mut self) {
+        for l in self.leases.values_mut() {
+            let holder = l.spec.get("holderIdentity").and_then(Value::as_str);
+            if holder.is_some_and(|h| self.thieves.contains(h)) {
+                l.spec.insert("renewTime".into(), now_micro());
+                l.spec.insert("leaseDurationSeconds".into(), json!(3600));
+                self.rv += 1;
+                l.rv = self.rv;
+            }
+        }
+    }
 }
 
 /// The shared fake API; [`FakeApi::client`] gives each replica its own connection.
@@ -77,6 +110,11 @@ impl FakeApi {
         self.0.lock().unwrap().calls.clone()
     }
 
+    /// `thief` takes Lease `name` now and keeps it (see `State::take`).
+    pub fn take(&self, name: &str, thief: &str) {
+        self.0.lock().unwrap().take(name, thief);
+    }
+
     async fn answer(&self, replica: &str, req: Request<Body>) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let body = body.collect_bytes().await.expect("request body");
@@ -89,6 +127,7 @@ impl FakeApi {
             .unwrap_or_default()
             .to_string();
         let mut st = self.0.lock().unwrap();
+        st.renew_thieves();
         st.calls.push(Call {
             replica: replica.into(),
             method: parts.method.clone(),
@@ -163,24 +202,24 @@ impl FakeApi {
                 let renewal = pspec.contains_key("renewTime")
                     && !pspec.contains_key("holderIdentity")
                     && !pspec["renewTime"].is_null();
-                let rv = st.rv + 1;
-                let steal = st.steal_on_renew.clone();
-                let Some(l) = st.leases.get_mut(n) else {
+                let Some(l) = st.leases.get(n) else {
                     return status(StatusCode::NOT_FOUND, "NotFound", "not found");
                 };
-                if let Some((victim, thief)) = steal
+                // A resourceVersion in the patch is a precondition, whatever the patch type.
+                if let Some(want) = patch["metadata"]["resourceVersion"].as_str()
+                    && want != l.rv.to_string()
+                {
+                    return status(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        "the object has been modified; please apply your changes to the latest version and try again",
+                    );
+                }
+                if let Some((victim, thief)) = st.steal_on_renew.clone()
                     && renewal
                     && manager.ends_with(&format!("-{victim}"))
                 {
-                    l.spec.insert("holderIdentity".into(), json!(thief));
-                    l.spec.insert("renewTime".into(), now_micro());
-                    // The thief is not a running replica and never renews: its hold lasts an
-                    // hour, so the victim cannot take the Lease back while a slow test still
-                    // checks that it lost it.
-                    l.spec.insert("leaseDurationSeconds".into(), json!(3600));
-                    l.holder_manager = Some(format!("thief-{thief}"));
-                    l.rv = rv;
-                    st.rv = rv;
+                    st.take(n, &thief);
                     st.steal_on_renew = None;
                     return status(
                         StatusCode::CONFLICT,
@@ -188,6 +227,8 @@ impl FakeApi {
                         "the object has been modified",
                     );
                 }
+                let rv = st.rv + 1;
+                let l = st.leases.get_mut(n).expect("checked above");
                 let apply = ctype.starts_with("application/apply-patch");
                 if apply
                     && let Some(new) = pspec.get("holderIdentity")

@@ -1,7 +1,7 @@
 //! Leader election at the HTTP level, against [`super::fake_lease_api`]: acquire, renew, lose (a
 //! refused renewal closes the write gate and the engine then writes nothing), takeover after
-//! the leader stops renewing (its gate closes first), release on stop, and every call allowed
-//! by [`crate::cluster::access::LEADER_ELECTION`].
+//! the leader stops renewing (its gate closes first), release on stop (never of a Lease another
+//! replica has taken), and every call allowed by [`crate::cluster::access::LEADER_ELECTION`].
 //!
 //! `kube-lease-manager` reckons expiry with the wall clock (`SystemTime`) while it sleeps on
 //! tokio's clock, so these tests run on the real clock with a short Lease (3 s) and wait for
@@ -169,7 +169,7 @@ async fn a_refused_renewal_closes_the_gate_and_the_engine_writes_nothing() {
     let a = Keeper::start(api.client("a", NS), target("a"), timing());
     let mut ga = a.gate();
     until(&mut ga, true).await;
-    // The next renewal is answered 409: "b" took the Lease.
+    // The next renewal is answered 409: "b" took the Lease (and keeps it).
     api.0.lock().unwrap().steal_on_renew = Some(("a".into(), "b".into()));
     until(&mut ga, false).await;
     assert_eq!(api.holder("promised").as_deref(), Some("b"));
@@ -180,6 +180,28 @@ async fn a_refused_renewal_closes_the_gate_and_the_engine_writes_nothing() {
         api.holder("promised").as_deref(),
         Some("b"),
         "a's stop did not clear b's hold"
+    );
+    assert_calls_allowed(&api);
+}
+
+/// `kube-lease-manager` believes it holds the Lease until it next writes it (it rereads the
+/// Lease after a write, or once its cached expiry has passed); a replica stopped before that,
+/// after another took the Lease, must not release the Lease on that stale belief (a release
+/// patch the API server would apply to the new holder's Lease).
+#[tokio::test]
+async fn a_replica_that_lost_the_lease_does_not_release_it_on_stop() {
+    let api = FakeApi::default();
+    let a = Keeper::start(api.client("a", NS), target("a"), timing());
+    let mut ga = a.gate();
+    until(&mut ga, true).await;
+    // "b" takes the Lease behind a's back (and keeps it); a's next read closes its gate.
+    api.take("promised", "b");
+    until(&mut ga, false).await;
+    a.stop().await;
+    assert_eq!(
+        api.holder("promised").as_deref(),
+        Some("b"),
+        "a's stop released b's Lease"
     );
     assert_calls_allowed(&api);
 }
