@@ -142,7 +142,7 @@ fn write_state(dir: &Path, n: usize, commit: &str) {
             misplaced: false,
             files: vec![FileRecord {
                 path: format!("{dir}/configmap.yaml"),
-                sha256: "0".repeat(64),
+                sha256: "0".repeat(64).into(),
             }],
         });
         st.requests.insert(format!("{p}/{ns}/{name}"), Box::new(r));

@@ -30,11 +30,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::status::{ObjectStatus, StatusRow};
+use crate::status::{StatusRow, Text};
 
 mod compact;
 mod document;
 mod journal;
+mod record;
 pub use compact::CompactValue;
 pub use document::StoredDocument;
 
@@ -186,46 +187,6 @@ pub struct ObjectRecord {
     pub status: crate::status::SharedStatus,
 }
 
-impl ObjectRecord {
-    /// Gives back the spare capacity of the record's lists (outputs, placements, their files,
-    /// the status's). A list built by pushes keeps room for 4 or more entries where a request
-    /// mostly has 1: at 10,000 requests 9–11 MB of the cold pass's peak heap
-    /// (docs/benchmarks.md, "Memory", third round).
-    pub fn shrink_to_fit(&mut self) {
-        for o in &mut self.outputs {
-            o.files.shrink_to_fit();
-            o.selectors.shrink_to_fit();
-        }
-        self.outputs.shrink_to_fit();
-        for p in &mut self.placements {
-            p.files.shrink_to_fit();
-        }
-        self.placements.shrink_to_fit();
-        self.status.shrink_to_fit();
-    }
-
-    /// The record of an object nothing has been done for yet, with `status`: no input hash,
-    /// not completed, no object, outputs or placements.
-    pub fn new(status: ObjectStatus) -> ObjectRecord {
-        ObjectRecord {
-            input_hash: String::new(),
-            completed: false,
-            object: StoredDocument::default(),
-            promise: None,
-            promise_dir: None,
-            outputs: Vec::new(),
-            placements: Vec::new(),
-            spec_hash: String::new(),
-            failures: 0,
-            retry_at: None,
-            deleting: false,
-            steady: String::new(),
-            failed_upgrade: String::new(),
-            status: status.into(),
-        }
-    }
-}
-
 std::thread_local! {
     /// Set by [`StateDir::load_without_documents`] on its thread while it parses.
     static SKIP_DOCUMENTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -278,12 +239,12 @@ fn outputs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<OutputRecord>, 
 pub struct PlacementRecord {
     /// Owner key in the state store index (unique per store).
     pub key: String,
-    /// `<kind>/<name>` of the state store.
-    pub store: String,
-    /// Destination name.
-    pub destination: String,
-    /// Pipeline name (`""` for static dependencies).
-    pub pipeline: String,
+    /// `<kind>/<name>` of the state store (shared: [`Text`]).
+    pub store: Text,
+    /// Destination name (shared).
+    pub destination: Text,
+    /// Pipeline name (`""` for static dependencies; shared).
+    pub pipeline: Text,
     /// Workload group id (hex md5 of its directory).
     pub group_id: String,
     /// Store-relative directory of the placement.
@@ -327,7 +288,7 @@ pub struct FileRecord {
     /// Store-relative path.
     pub path: String,
     /// Hex sha256 of the content.
-    pub sha256: String,
+    pub sha256: std::sync::Arc<str>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -7,7 +7,6 @@
 //! Kratix users ask for and do not get: where the request landed (kratix #823) and the state
 //! store commit.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -16,11 +15,35 @@ use serde_json::{Map, Value};
 
 use crate::model::{HealthState, ObjectRef};
 
+mod list;
 mod text;
+pub use list::List;
 pub use text::Text;
 
+/// [`ObjectStatus::fields`]: the keys a pipeline wrote in `status.yaml`, as a vector sorted by
+/// key (`litemap`) rather than a `serde_json::Map`, whose B-tree node takes about 630 bytes
+/// for the one key (`message`) most requests have: 6.3 MB at 10,000 requests
+/// (docs/benchmarks.md, "Memory", seventh round). Serialises as a JSON object when it has
+/// keys; an empty one must be skipped (`litemap` writes it as `[]`).
+pub type Fields = litemap::LiteMap<String, Value>;
+
+/// [`ObjectStatus::commits`]: state store (`<kind>/<name>`) to commit, as a sorted vector of
+/// shared texts (the requests written by one pass name the same commit); the same reason and
+/// the same caveat as [`Fields`].
+pub type Commits = litemap::LiteMap<Text, Text>;
+
+/// `fields` as a `serde_json` object (what the pipeline contract and the status merge take).
+pub fn fields_map(fields: &Fields) -> Map<String, Value> {
+    fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// `map` as [`Fields`].
+pub fn fields_from(map: Map<String, Value>) -> Fields {
+    map.into_iter().collect()
+}
+
 /// `True`, `False` or `Unknown`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
 pub enum ConditionStatus {
     /// The condition holds.
     True,
@@ -31,7 +54,7 @@ pub enum ConditionStatus {
 }
 
 /// A Kubernetes-style condition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     /// e.g. `ConfigureWorkflowCompleted`, `WorksSucceeded`, `Reconciled`.
@@ -48,7 +71,7 @@ pub struct Condition {
 }
 
 /// Phase of one pipeline (`status.kratix.workflows.pipelines[].phase`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
 pub enum Phase {
     /// Not started.
     Pending,
@@ -63,7 +86,7 @@ pub enum Phase {
 }
 
 /// One pipeline's status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase")]
 pub struct PipelineStatus {
     /// Pipeline name.
@@ -95,10 +118,10 @@ fn is_zero(n: &u32) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Landed {
-    /// Destination name.
-    pub destination: String,
-    /// Pipeline that produced the files (empty for static dependencies).
-    pub pipeline: String,
+    /// Destination name (shared: [`Text`]).
+    pub destination: Text,
+    /// Pipeline that produced the files (empty for static dependencies; shared).
+    pub pipeline: Text,
     /// Directory of the placement in the state store.
     pub path: String,
     /// The Destination no longer matches the selectors (Kratix `kratix.io/misplaced`).
@@ -123,17 +146,18 @@ pub struct ObjectStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
     /// Kratix conditions, sorted by type.
-    pub conditions: Vec<Condition>,
+    pub conditions: List<Condition>,
     /// `status.kratix.workflows.pipelines`.
-    pub pipelines: Vec<PipelineStatus>,
+    pub pipelines: List<PipelineStatus>,
     /// Keys written by pipelines in `/kratix/metadata/status.yaml`, merged (§2.6).
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub fields: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Fields::is_empty")]
+    pub fields: Fields,
     /// Where the output landed.
     pub destinations: Vec<Landed>,
-    /// State store commit (or version) per state store that holds this object's files.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub commits: BTreeMap<String, String>,
+    /// State store commit (or version) per state store (`<kind>/<name>`) that holds this
+    /// object's files.
+    #[serde(default, skip_serializing_if = "Commits::is_empty")]
+    pub commits: Commits,
     /// `workflows`: number of configure pipelines.
     pub workflows: u32,
     /// `workflowsSucceeded`.
@@ -161,7 +185,7 @@ pub struct ObjectStatus {
     /// Requests: `status.healthStatus`, folded from its HealthRecords (kratix-lifecycle.md
     /// §1.2); unset until a HealthRecord or health check concerns the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_status: Option<HealthStatus>,
+    pub health_status: Option<Box<HealthStatus>>,
     /// Requests: the health checks (HealthDefinitions) its pipelines declared, with their
     /// schedule and last result.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -173,7 +197,7 @@ pub struct ObjectStatus {
     /// The last [`MAX_EVENTS`] events about the object, oldest first (Kratix records them as
     /// Kubernetes Events on the object).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub events: Vec<Event>,
+    pub events: List<Event>,
     /// `status.observedGeneration`: promised's count of the object's spec changes (a request
     /// in Git has no `metadata.generation`; this plays its part): 1 for the spec first seen,
     /// one more each time the spec (a request's defaulted spec, a Promise's document) changes.
@@ -328,7 +352,7 @@ pub struct HealthCheckStatus {
 }
 
 /// `Normal` or `Warning`, as for Kubernetes Events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
 pub enum EventType {
     /// Informational.
     Normal,
@@ -337,7 +361,7 @@ pub enum EventType {
 }
 
 /// An event about an object (a Kubernetes Event in Kratix).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
     /// Normal or Warning.
@@ -352,14 +376,15 @@ pub struct Event {
 }
 
 impl ObjectStatus {
-    /// Gives back the spare capacity of the status's lists (conditions, pipelines,
-    /// destinations, health checks, events); [`crate::state::ObjectRecord::shrink_to_fit`].
+    /// Gives back the spare capacity of the status's lists (destinations, health checks)
+    /// and shares its conditions, pipeline phases and events with the statuses that hold
+    /// equal ones ([`List::share`]); [`crate::state::ObjectRecord::shrink_to_fit`].
     pub fn shrink_to_fit(&mut self) {
-        self.conditions.shrink_to_fit();
-        self.pipelines.shrink_to_fit();
+        self.conditions.share();
+        self.pipelines.share();
         self.destinations.shrink_to_fit();
         self.health_checks.shrink_to_fit();
-        self.events.shrink_to_fit();
+        self.events.share();
     }
 
     /// A fresh status with `message: Pending` and no conditions.
@@ -370,11 +395,11 @@ impl ObjectStatus {
             source: String::new(),
             message: "Pending".into(),
             status: None,
-            conditions: Vec::new(),
-            pipelines: Vec::new(),
-            fields: Map::new(),
+            conditions: List::new(),
+            pipelines: List::new(),
+            fields: Fields::new(),
             destinations: Vec::new(),
-            commits: BTreeMap::new(),
+            commits: Commits::new(),
             workflows: 0,
             workflows_succeeded: 0,
             workflows_failed: 0,
@@ -385,7 +410,7 @@ impl ObjectStatus {
             health_status: None,
             health_checks: Vec::new(),
             parent: None,
-            events: Vec::new(),
+            events: List::new(),
             observed_generation: 0,
         }
     }
@@ -437,10 +462,11 @@ impl ObjectStatus {
     }
 
     /// Replaces each repeated string (condition types, reasons, messages and times; pipeline
-    /// names, messages and times; event reasons, messages and times) by the process's shared
-    /// copy ([`Text::share`]).
+    /// names, messages and times; event reasons, messages and times; where the output landed;
+    /// the commits) by the process's shared copy ([`Text::share`]), and each list of
+    /// conditions, pipeline phases and events by the shared equal list ([`List::share`]).
     pub fn share_texts(&mut self) {
-        for c in &mut self.conditions {
+        self.conditions.share_each(|c| {
             for t in [
                 &mut c.type_,
                 &mut c.reason,
@@ -449,24 +475,45 @@ impl ObjectStatus {
             ] {
                 t.share();
             }
-        }
-        for p in &mut self.pipelines {
+        });
+        self.pipelines.share_each(|p| {
             for t in [&mut p.name, &mut p.message, &mut p.last_transition_time] {
                 t.share();
             }
-        }
-        for e in &mut self.events {
+        });
+        self.events.share_each(|e| {
             for t in [&mut e.reason, &mut e.message, &mut e.time] {
                 t.share();
             }
+        });
+        for d in &mut self.destinations {
+            d.destination.share();
+            d.pipeline.share();
+        }
+        if !self.commits.is_empty() {
+            self.commits = std::mem::take(&mut self.commits)
+                .into_tuple_vec()
+                .into_iter()
+                .map(|(mut store, mut commit)| {
+                    store.share();
+                    commit.share();
+                    (store, commit)
+                })
+                .collect();
         }
     }
 
     /// Sets a condition; `lastTransitionTime` only moves when the status value changes.
+    /// The list is copied (when shared, [`List`]) only when the condition changes.
     pub fn set(&mut self, type_: &str, status: ConditionStatus, reason: &str, message: &str) {
         let now = now_rfc3339();
-        match self.conditions.iter_mut().find(|c| c.type_ == type_) {
-            Some(c) => {
+        match self.conditions.iter().position(|c| c.type_ == type_) {
+            Some(i) => {
+                let c = &self.conditions[i];
+                if c.status == status && c.reason == reason && c.message == message {
+                    return;
+                }
+                let c = &mut self.conditions[i];
                 if c.status != status {
                     c.last_transition_time = now.into();
                 }
@@ -494,7 +541,9 @@ impl ObjectStatus {
 
     /// Removes a condition.
     pub fn clear(&mut self, type_: &str) {
-        self.conditions.retain(|c| c.type_ != type_);
+        if self.condition(type_).is_some() {
+            self.conditions.retain(|c| c.type_ != type_);
+        }
     }
 
     /// `Reconciled` summarised as one word for tables: `Reconciled`, `Pending`, `Failing`, ….
@@ -600,84 +649,4 @@ pub fn log_event(s: &ObjectStatus, e: &Event) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn transition_time_moves_only_on_status_change() {
-        let mut s = ObjectStatus::new(
-            ObjectRef {
-                kind: "redis".into(),
-                namespace: Some("default".into()),
-                name: "a".into(),
-            },
-            "redis",
-        );
-        s.set(
-            cond::RECONCILED,
-            ConditionStatus::Unknown,
-            "WorkflowPending",
-            "Pending",
-        );
-        let t0 = s
-            .condition(cond::RECONCILED)
-            .unwrap()
-            .last_transition_time
-            .clone();
-        s.conditions[0].last_transition_time = "2000-01-01T00:00:00Z".into();
-        s.set(
-            cond::RECONCILED,
-            ConditionStatus::Unknown,
-            "WorksPending",
-            "Pending",
-        );
-        assert_eq!(
-            s.condition(cond::RECONCILED).unwrap().last_transition_time,
-            "2000-01-01T00:00:00Z"
-        );
-        s.set(
-            cond::RECONCILED,
-            ConditionStatus::True,
-            "Reconciled",
-            "Reconciled",
-        );
-        assert_ne!(
-            s.condition(cond::RECONCILED).unwrap().last_transition_time,
-            "2000-01-01T00:00:00Z"
-        );
-        assert!(t0.ends_with('Z'));
-        assert_eq!(s.summary(), "Reconciled");
-    }
-
-    #[test]
-    fn a_shared_status_is_copied_on_write_and_serialises_as_the_status() {
-        let id = ObjectRef {
-            kind: "redis".into(),
-            namespace: Some("default".into()),
-            name: "a".into(),
-        };
-        let mut mine = SharedStatus::from(ObjectStatus::new(id, "redis"));
-        let theirs = mine.share();
-        assert!(mine.is(&theirs), "sharing copies nothing");
-        // A read does not copy; a write copies, and the other holder keeps what it had.
-        assert_eq!(mine.message, "Pending");
-        assert!(mine.is(&theirs));
-        mine.message = "Reconciled".into();
-        assert!(!mine.is(&theirs));
-        assert_eq!(theirs.message, "Pending");
-        assert_eq!(mine.message, "Reconciled");
-        // Unshared, a write happens in place.
-        drop(theirs);
-        let ptr = Arc::as_ptr(&mine.share());
-        mine.workflows = 1;
-        assert_eq!(Arc::as_ptr(&mine.share()), ptr);
-        assert_eq!(
-            serde_json::to_value(&mine).unwrap(),
-            serde_json::to_value(&*mine).unwrap()
-        );
-        let back: SharedStatus =
-            serde_json::from_value(serde_json::to_value(&mine).unwrap()).unwrap();
-        assert_eq!(back, mine);
-        assert_eq!(back.workflows, 1);
-    }
-}
+mod tests;

@@ -219,7 +219,13 @@ fn parse_file(f: &RawFile) -> Parsed {
     let text =
         std::str::from_utf8(&f.bytes).map_err(|e| (Code::Read, format!("not valid UTF-8: {e}")))?;
     parse_yaml_stream(text)
-        .map(|docs| docs.into_iter().map(Doc::new).collect())
+        .map(|docs| {
+            // Collected in place, the list would keep the parser's room for several 32-byte
+            // values (about 280 bytes a file, 2.8 MB of the cache at 10,000 files).
+            let mut docs: Vec<Doc> = docs.into_iter().map(Doc::new).collect();
+            docs.shrink_to_fit();
+            docs
+        })
         .map_err(|msg| (Code::Yaml, msg))
 }
 

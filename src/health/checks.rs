@@ -127,14 +127,17 @@ pub fn declared(
             }
             // Warnings once per file content (every pass sees the same cached output).
             let round = cache.round;
-            let (fresh, defs) = match cache.files.get_mut(&f.sha256) {
+            let (fresh, defs) = match cache.files.get_mut(&*f.sha256) {
                 Some((used, defs)) => {
                     *used = round;
                     (false, &*defs)
                 }
                 None => {
                     let defs = parse_definitions(blob(&f.sha256));
-                    let (_, defs) = cache.files.entry(f.sha256.clone()).or_insert((round, defs));
+                    let (_, defs) = cache
+                        .files
+                        .entry(f.sha256.to_string())
+                        .or_insert((round, defs));
                     (true, &*defs)
                 }
             };

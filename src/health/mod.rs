@@ -184,9 +184,9 @@ pub fn folded(status: &ObjectStatus, records: &[&Sourced]) -> Option<HealthStatu
     let new = fold(
         records,
         status.promise_version.as_deref(),
-        status.health_status.as_ref(),
+        status.health_status.as_deref(),
     );
-    (status.health_status.as_ref() != Some(&new)).then_some(new)
+    (status.health_status.as_deref() != Some(&new)).then_some(new)
 }
 
 /// Sets `healthStatus` to `new` (from [`folded`]); a change of state also records the
@@ -208,7 +208,7 @@ pub fn set(status: &mut ObjectStatus, new: HealthStatus) {
             &format!("Health state is {}", new.state),
         );
     }
-    status.health_status = Some(new);
+    status.health_status = Some(Box::new(new));
 }
 
 #[cfg(test)]

@@ -443,7 +443,12 @@ pub fn build(inputs: PlanInputs<'_>) -> Plan {
     let dests_of = |key: &str, s: &State| -> Vec<String> {
         let rec = s.requests.get(key).or_else(|| s.promises.get(key));
         let mut d: Vec<String> = rec
-            .map(|r| r.placements.iter().map(|p| p.destination.clone()).collect())
+            .map(|r| {
+                r.placements
+                    .iter()
+                    .map(|p| p.destination.to_string())
+                    .collect()
+            })
             .unwrap_or_default();
         d.sort();
         d.dedup();

@@ -161,7 +161,9 @@ impl Engine {
                                     action: Action::Delete,
                                     pipelines: vec![first.clone()].into(),
                                     object_yaml: inputs::object_yaml(&object, &record.status),
-                                    existing_status: record.status.fields.clone(),
+                                    existing_status: crate::status::fields_map(
+                                        &record.status.fields,
+                                    ),
                                     promise_dir: dir,
                                     rate_limited: false,
                                     generation: record.status.observed_generation,

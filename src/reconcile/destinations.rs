@@ -187,7 +187,7 @@ impl Engine {
                 .chain(self.state.promises.values_mut())
             {
                 for p in obj.placements.iter().filter(|p| p.destination == name) {
-                    out.push((p.store.clone(), Err(p.key.clone())));
+                    out.push((p.store.to_string(), Err(p.key.clone())));
                 }
                 obj.placements.retain(|p| p.destination != name);
             }
@@ -272,13 +272,13 @@ impl Engine {
                 match rec.placements.iter_mut().find(|p| p.key == e.owner.key) {
                     Some(p) => p.files.push(FileRecord {
                         path: e.path.clone(),
-                        sha256: e.sha256.clone(),
+                        sha256: e.sha256.clone().into(),
                     }),
                     None => rec.placements.push(PlacementRecord {
                         key: e.owner.key.clone(),
-                        store: key.clone(),
-                        destination: e.owner.destination.clone(),
-                        pipeline,
+                        store: key.clone().into(),
+                        destination: e.owner.destination.clone().into(),
+                        pipeline: pipeline.into(),
                         // The index keeps id5 only; the scheduler matches on the full id, so
                         // stickiness is restored through `destination` below.
                         group_id: group_id_from_id5(&group_id),
@@ -286,7 +286,7 @@ impl Engine {
                         misplaced: false,
                         files: vec![FileRecord {
                             path: e.path.clone(),
-                            sha256: e.sha256.clone(),
+                            sha256: e.sha256.clone().into(),
                         }],
                     }),
                 }

@@ -100,7 +100,11 @@ pub fn kratix_status(status: &ObjectStatus) -> Map<String, Value> {
         hs.insert("healthRecords".into(), Value::Array(records));
         s.insert("healthStatus".into(), Value::Object(hs));
     }
-    merge_status(&s, &status.fields, WorkflowType::Resource)
+    merge_status(
+        &s,
+        &crate::status::fields_map(&status.fields),
+        WorkflowType::Resource,
+    )
 }
 
 /// `/kratix/input/object.yaml` for `object` with its current status (sorted keys).
@@ -253,9 +257,10 @@ pub(super) fn promise_hash(
 pub(super) fn request_hash(promise_hash: &str, r: &ValidRequest, overrides: &str) -> String {
     let compute =
         || sha256_hex(format!("{promise_hash}\n{}\n{overrides}", r.spec_digest).as_bytes());
-    let (inputs, hash) = r
-        .input_hash_memo
-        .get_or_init(|| (format!("{promise_hash}\n{overrides}"), compute()));
+    let (inputs, hash) = r.input_hash_memo.get_or_init(|| {
+        let inputs = format!("{promise_hash}\n{overrides}");
+        (inputs.as_str().into(), compute())
+    });
     let same = inputs.len() == promise_hash.len() + 1 + overrides.len()
         && inputs.starts_with(promise_hash)
         && inputs.ends_with(overrides);

@@ -362,9 +362,9 @@ impl Engine {
         self
     }
 
-    /// For a long-running process (the daemon): the loaded statuses' repeated strings share one
-    /// allocation per value ([`crate::status::ObjectStatus::share_texts`]; 9 MB at 10,000
-    /// requests). A one-shot `promised reconcile` skips it: the lookups would cost its no-op
+    /// For a long-running process (the daemon): the loaded records' repeated strings and status
+    /// lists share one allocation per value ([`crate::state::ObjectRecord::share_texts`]; 9 MB
+    /// at 10,000 requests before status lists were shared too). A one-shot `promised reconcile` skips it: the lookups would cost its no-op
     /// more than the memory it gives back at exit.
     pub fn with_shared_status_texts(mut self) -> Self {
         for r in self
@@ -373,7 +373,7 @@ impl Engine {
             .values_mut()
             .chain(self.state.requests.values_mut())
         {
-            r.status.share_texts();
+            r.share_texts();
         }
         self
     }

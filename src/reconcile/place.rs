@@ -18,6 +18,7 @@ use super::placement::{DestView, place_outputs};
 use super::{Engine, Pass, records};
 use crate::model::FilepathMode;
 use crate::state::{PlacementRecord, State};
+use crate::status::Text;
 
 impl Engine {
     /// Places the outputs of every request that is not steady (into `pass.desired`), marking
@@ -112,7 +113,7 @@ pub(super) fn detect_collisions(
     let writes_paths = |p: &PlacementRecord| {
         dest_mode(dests, &p.destination) != Some(FilepathMode::AggregatedYaml)
     };
-    let mut claimed: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut claimed: BTreeMap<(Text, String), String> = BTreeMap::new();
     for p in kept {
         for f in &p.files {
             claimed.insert((p.store.clone(), f.path.clone()), p.key.clone());
@@ -165,7 +166,7 @@ fn check_store_paths(
             .iter()
             .filter(|p| dest_mode(dests, &p.destination) != Some(FilepathMode::AggregatedYaml))
             .find_map(|p| {
-                let (_, store) = stores.get(&p.store)?;
+                let (_, store) = stores.get(p.store.as_str())?;
                 p.files
                     .iter()
                     .find_map(|f| store.check_path(&f.path).err())

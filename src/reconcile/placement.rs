@@ -109,7 +109,7 @@ pub fn place_outputs(
             if kept_on_gone && request.is_some() {
                 continue;
             }
-            let before: Vec<String> = before.iter().map(|p| p.destination.clone()).collect();
+            let before: Vec<String> = before.iter().map(|p| p.destination.to_string()).collect();
             let decision = scheduler::place(&g, identity.as_deref(), &infos, &before);
             if decision.is_unscheduled() {
                 if !kept_on_gone {
@@ -156,9 +156,9 @@ pub fn place_outputs(
                 };
                 placed.placements.push(PlacementRecord {
                     key: owner_key(&d.info.name, promise, &scope, &out.pipeline, &g.id),
-                    store: d.store.clone(),
-                    destination: d.info.name.clone(),
-                    pipeline: out.pipeline.clone(),
+                    store: d.store.clone().into(),
+                    destination: d.info.name.clone().into(),
+                    pipeline: out.pipeline.clone().into(),
                     group_id: g.id.clone(),
                     dir,
                     misplaced: on.misplaced,
@@ -220,7 +220,7 @@ mod tests {
     fn fr(p: &str) -> FileRecord {
         FileRecord {
             path: p.into(),
-            sha256: format!("sha-{p}"),
+            sha256: format!("sha-{p}").into(),
         }
     }
 

@@ -254,7 +254,7 @@ impl Engine {
             pipeline: String::new(),
             files: vec![FileRecord {
                 path: format!("static/{}-dependencies.yaml", p.name()),
-                sha256: sha,
+                sha256: sha.into(),
             }],
             selectors: Vec::new(),
             health: None, // `spec.dependencies` declare no health check (`checks::declared`)

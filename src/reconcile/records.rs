@@ -23,7 +23,9 @@ use crate::events;
 use crate::model::{ObjectRef, request_key};
 use crate::pipeline::Action;
 use crate::state::{ObjectRecord, State, StateDir};
-use crate::status::{ConditionStatus as CS, EventType, Landed, ObjectStatus, cond, now_rfc3339};
+use crate::status::{
+    ConditionStatus as CS, EventType, Landed, ObjectStatus, Text, cond, now_rfc3339,
+};
 
 /// A request the config repo holds but validation rejected: `(id, Promise name, origin
 /// "file#document", reasons)`. It keeps its placements and runs again once valid.
@@ -126,7 +128,7 @@ impl Engine {
                             action: Action::Configure,
                             pipelines,
                             object_yaml: inputs::object_yaml(&r.object(), &record.status),
-                            existing_status: record.status.fields.clone(),
+                            existing_status: crate::status::fields_map(&record.status.fields),
                             promise_dir: dir,
                             rate_limited,
                             generation: record.status.observed_generation,
@@ -238,14 +240,14 @@ impl Engine {
             let Some(record) = self.record_mut(&okey) else {
                 continue;
             };
-            let stores: BTreeSet<&String> = places
+            let stores: BTreeSet<&Text> = places
                 .iter()
                 .map(|p| &p.store)
                 .chain(record.placements.iter().map(|p| &p.store))
                 .collect();
             let failed: Vec<String> = stores
                 .iter()
-                .filter_map(|s| match pass.store_results.get(*s) {
+                .filter_map(|s| match pass.store_results.get(s.as_str()) {
                     Some(Err(e)) => Some(format!("{s}: {e}")),
                     _ => None,
                 })
@@ -264,10 +266,16 @@ impl Engine {
                 continue;
             }
             for s in &stores {
-                if let Some(Ok(Some(sha))) = pass.store_results.get(*s)
-                    && pass.touched.get(*s).is_some_and(|t| t.contains(&okey))
+                if let Some(Ok(Some(sha))) = pass.store_results.get(s.as_str())
+                    && pass
+                        .touched
+                        .get(s.as_str())
+                        .is_some_and(|t| t.contains(&okey))
                 {
-                    record.status.commits.insert((*s).clone(), sha.clone());
+                    record
+                        .status
+                        .commits
+                        .insert(s.as_str().into(), sha.as_str().into());
                 }
             }
             record.placements = places;

@@ -69,7 +69,7 @@ impl ObjectReport {
         let mut d: Vec<String> = record
             .placements
             .iter()
-            .map(|p| p.destination.clone())
+            .map(|p| p.destination.to_string())
             .collect();
         d.sort();
         d.dedup();

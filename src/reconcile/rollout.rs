@@ -186,7 +186,7 @@ impl Engine {
                         applied: record.and_then(|r| r.status.promise_version.as_deref()),
                         completed: record.is_some_and(|r| r.completed),
                         failure,
-                        health: record.and_then(|r| r.status.health_status.as_ref()),
+                        health: record.and_then(|r| r.status.health_status.as_deref()),
                         floating: target.is_some_and(|t| t.binding_version == LATEST_VERSION),
                     },
                 );

@@ -296,7 +296,7 @@ impl Engine {
                     let sha = self.dir.put_blob(&f.bytes)?;
                     files.push(FileRecord {
                         path: f.path.clone(),
-                        sha256: sha,
+                        sha256: sha.into(),
                     });
                 }
                 let selectors = pr
@@ -352,11 +352,11 @@ impl Engine {
             crate::web::records::save_logs(self.dir.root(), &key, &result.pipelines);
         }
         record.input_hash = hash.to_string();
-        record.status.fields = result.merged_status.clone();
+        record.status.fields = crate::status::fields_from(result.merged_status.clone());
         if let Some(m) = record.status.fields.get("message").and_then(Value::as_str) {
             record.status.message = m.to_string();
         }
-        record.status.pipelines = phases;
+        record.status.pipelines = phases.into();
         record.status.workflows = total;
         if let Some((name, err)) = failed {
             record.completed = false;

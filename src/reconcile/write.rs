@@ -175,7 +175,7 @@ impl Engine {
             for pl in changed {
                 if dest_mode(&pass.dests, &pl.destination) == Some(FilepathMode::AggregatedYaml) {
                     pass.touched
-                        .entry(pl.store.clone())
+                        .entry(pl.store.to_string())
                         .or_default()
                         .insert(okey.clone());
                     continue; // written via the Destination's aggregate below
@@ -195,20 +195,20 @@ impl Engine {
                         continue;
                     }
                 };
-                let set = sets.entry(pl.store.clone()).or_default();
+                let set = sets.entry(pl.store.to_string()).or_default();
                 set.writes.push(PlacementWrite {
                     owner: owner_for(okey, pl),
                     files,
                 });
                 pass.touched
-                    .entry(pl.store.clone())
+                    .entry(pl.store.to_string())
                     .or_default()
                     .insert(okey.clone());
             }
             for key in removed {
                 if let Some(old) = before.iter().find(|p| p.key == key) {
                     if dest_mode(&pass.dests, &old.destination).is_none()
-                        && !configured_stores.contains(&old.store)
+                        && !configured_stores.contains(old.store.as_str())
                     {
                         // Its Destination and its state store both left the config repo:
                         // nothing can be pruned, the files stay (as with `cleanup: none`).
@@ -217,13 +217,13 @@ impl Engine {
                     if dest_mode(&pass.dests, &old.destination)
                         != Some(FilepathMode::AggregatedYaml)
                     {
-                        sets.entry(old.store.clone())
+                        sets.entry(old.store.to_string())
                             .or_default()
                             .removals
                             .push(key.clone());
                     }
                     pass.touched
-                        .entry(old.store.clone())
+                        .entry(old.store.to_string())
                         .or_default()
                         .insert(okey.clone());
                 }
@@ -362,7 +362,7 @@ impl Engine {
             let Some(record) = self.record(key) else {
                 continue;
             };
-            for p in &record.status.pipelines {
+            for p in record.status.pipelines.iter() {
                 for entry in &p.images {
                     // `<container>: <image>@<digest>`
                     let image = entry.split_once(": ").map_or(entry.as_str(), |(_, i)| i);
@@ -460,10 +460,10 @@ fn owner_for(okey: &str, pl: &PlacementRecord) -> Owner {
     };
     Owner {
         key: pl.key.clone(),
-        destination: pl.destination.clone(),
+        destination: pl.destination.to_string(),
         promise,
         resource,
-        pipeline: (!pl.pipeline.is_empty()).then(|| pl.pipeline.clone()),
+        pipeline: (!pl.pipeline.is_empty()).then(|| pl.pipeline.to_string()),
     }
 }
 

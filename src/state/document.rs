@@ -15,15 +15,16 @@ use serde_json::value::RawValue;
 /// `Debug` and serialization are those of the value.
 #[derive(Clone, Default)]
 pub struct StoredDocument {
-    /// The JSON text, while not parsed (and after, when parsed through `&self`).
-    raw: Option<Box<RawValue>>,
+    /// The JSON text, while not parsed (and after, when parsed through `&self`); shared with
+    /// the admission it came from ([`From<&CompactValue>`](super::CompactValue)).
+    raw: Option<Arc<RawValue>>,
     /// The value, once parsed or when made from one.
     value: OnceLock<Arc<Value>>,
 }
 
 impl StoredDocument {
     /// A document of JSON text, parsed on first use.
-    pub fn from_text(raw: Box<RawValue>) -> StoredDocument {
+    pub fn from_text(raw: Arc<RawValue>) -> StoredDocument {
         StoredDocument {
             raw: Some(raw),
             value: OnceLock::new(),
@@ -91,7 +92,9 @@ impl Serialize for StoredDocument {
 
 impl<'de> Deserialize<'de> for StoredDocument {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StoredDocument, D::Error> {
-        Ok(StoredDocument::from_text(Box::<RawValue>::deserialize(d)?))
+        Ok(StoredDocument::from_text(
+            Box::<RawValue>::deserialize(d)?.into(),
+        ))
     }
 }
 

@@ -1,5 +1,6 @@
 //! Tests of the state directory (`src/state.rs`).
 use super::*;
+use crate::status::ObjectStatus;
 
 #[test]
 fn round_trip_and_corruption() {
@@ -284,4 +285,69 @@ fn torn_blobs_read_as_errors() {
     std::fs::write(tmp.path().join("blobs").join(&sha), b"apiVer").unwrap();
     let err = dir.get_blob(&sha).unwrap_err().to_string();
     assert!(err.contains("does not match its sha256"), "{err}");
+}
+
+#[test]
+fn a_record_read_back_shares_its_placed_hashes_texts_and_status_lists() {
+    let sha = "c0ffee".repeat(10) + "abcd";
+    let placed = |r: &mut ObjectRecord| {
+        r.outputs = vec![OutputRecord {
+            pipeline: "configure".into(),
+            files: vec![FileRecord {
+                path: "cm.yaml".into(),
+                sha256: sha.as_str().into(),
+            }],
+            selectors: Vec::new(),
+            health: Some(false),
+        }];
+        r.placements = vec![PlacementRecord {
+            key: "d/k".into(),
+            store: "GitStateStore/s".into(),
+            destination: "d".into(),
+            pipeline: "configure".into(),
+            group_id: "g".into(),
+            dir: "d/k".into(),
+            misplaced: false,
+            files: vec![FileRecord {
+                path: "d/k/cm.yaml".into(),
+                sha256: sha.as_str().into(),
+            }],
+        }];
+        r.status.set(
+            crate::status::cond::RECONCILED,
+            crate::status::ConditionStatus::True,
+            "Reconciled",
+            "Reconciled",
+        );
+        // The same time in both, whenever the second turns.
+        r.status.conditions[0].last_transition_time = "2026-12-06T00:00:00Z".into();
+    };
+    let (mut a, mut b) = (record("a"), record("b"));
+    placed(&mut a);
+    placed(&mut b);
+    let text = |r: &ObjectRecord| serde_json::to_string(r).unwrap();
+    let mut a: ObjectRecord = serde_json::from_str(&text(&a)).unwrap();
+    let mut b: ObjectRecord = serde_json::from_str(&text(&b)).unwrap();
+    let hash = |r: &ObjectRecord, placed: bool| match placed {
+        true => r.placements[0].files[0].sha256.as_ptr(),
+        false => r.outputs[0].files[0].sha256.as_ptr(),
+    };
+    assert_ne!(hash(&a, true), hash(&a, false), "read back: two strings");
+    let before = text(&a);
+    a.share_texts();
+    b.share_texts();
+    assert_eq!(text(&a), before, "sharing changes no value");
+    assert_eq!(
+        hash(&a, true),
+        hash(&a, false),
+        "one hash for output and placement"
+    );
+    let store = |r: &ObjectRecord| r.placements[0].store.as_ptr();
+    assert_eq!(store(&a), store(&b), "equal texts are one");
+    let conditions = |r: &ObjectRecord| r.status.conditions.as_ptr();
+    assert_eq!(
+        conditions(&a),
+        conditions(&b),
+        "equal condition lists are one"
+    );
 }

@@ -79,9 +79,10 @@ pub struct ValidRequest {
     pub spec_digest: String,
     /// The engine's input hash of this request with the Promise-side inputs it was computed
     /// for: `(promise inputs, hash)`. Requests are shared between passes, so an unchanged
-    /// request is hashed once, not on every pass.
+    /// request is hashed once, not on every pass. The Promise inputs are the same text for
+    /// every request of a Promise: shared ([`crate::status::Text`]).
     #[serde(skip)]
-    pub input_hash_memo: std::sync::OnceLock<(String, String)>,
+    pub input_hash_memo: std::sync::OnceLock<(crate::status::Text, String)>,
     /// [`ValidRequest::key`], computed on first use.
     #[serde(skip)]
     pub key_memo: std::sync::OnceLock<String>,

@@ -213,7 +213,7 @@ pub fn request_row(key: &str, r: &ObjectRecord) -> RequestRow {
         .status
         .destinations
         .iter()
-        .map(|d| d.destination.clone())
+        .map(|d| d.destination.to_string())
         .collect();
     destinations.dedup();
     RequestRow {

@@ -250,11 +250,11 @@ pub fn placements_of(console: &Console, r: &ObjectRecord) -> Vec<PlacementRow> {
             let commit = r
                 .status
                 .commits
-                .get(&p.store)
-                .or_else(|| r.status.commits.get(&store))
-                .cloned();
+                .get(p.store.as_str())
+                .or_else(|| r.status.commits.get(store.as_str()))
+                .map(|c| c.to_string());
             PlacementRow {
-                destination: p.destination.clone(),
+                destination: p.destination.to_string(),
                 commit_url: commit
                     .as_deref()
                     .and_then(|c| console.settings.store_commit_url(&store, c)),
@@ -299,10 +299,10 @@ pub fn build(
             .unwrap_or_else(|| r.status.summary().to_string()),
         message: r.status.message.clone(),
         promise_version: version_of(r),
-        conditions: r.status.conditions.clone(),
+        conditions: r.status.conditions.to_vec(),
         api: api_of(doc),
         pipelines: pipelines_of(doc),
-        pipeline_status: r.status.pipelines.clone(),
+        pipeline_status: r.status.pipelines.to_vec(),
         rollouts: snap
             .rollouts
             .plans

@@ -68,16 +68,16 @@ pub fn build(console: &Console, snap: &Snapshot, key: &str) -> Option<RequestVie
         message: s.message.clone(),
         source: s.source.clone(),
         promise_version: s.promise_version.clone(),
-        conditions: s.conditions.clone(),
-        pipelines: s.pipelines.clone(),
-        health: s.health_status.clone(),
+        conditions: s.conditions.to_vec(),
+        pipelines: s.pipelines.to_vec(),
+        health: s.health_status.as_deref().cloned(),
         health_checks: s.health_checks.clone(),
         placements: placements_of(console, r),
         logs: super::records::load_logs(&console.state_dir, key),
-        events: s.events.clone(),
+        events: s.events.to_vec(),
         parent: s.parent.clone(),
         children: snap.children.get(key).cloned().unwrap_or_default(),
-        fields: s.fields.clone(),
+        fields: crate::status::fields_map(&s.fields),
     })
 }
 

@@ -58,12 +58,13 @@ fn world(n: usize) -> (tempfile::TempDir, Console) {
                 misplaced: false,
                 files: vec![FileRecord {
                     path: "dev/x.yaml".into(),
-                    sha256: "0".repeat(64),
+                    sha256: "0".repeat(64).into(),
                 }],
             });
-            r.status
-                .commits
-                .insert("GitStateStore/local".into(), "c0ffee".repeat(6) + "abcd");
+            r.status.commits.insert(
+                "GitStateStore/local".into(),
+                ("c0ffee".repeat(6) + "abcd").into(),
+            );
             r.status.message = "<script>alert(1)</script>".into();
         }
         st.requests

@@ -83,6 +83,12 @@ pub fn destination_of(path: &str) -> Option<&str> {
 /// is sorted in place).
 pub fn encode_sorted(destination: &str, entries: &mut [IndexEntry]) -> Vec<u8> {
     entries.sort_by(|a, b| a.path.cmp(&b.path));
+    encode(destination, entries)
+}
+
+/// Serialise the entries of one destination, already sorted by path, to the canonical bytes
+/// (what [`encode_sorted`] writes).
+pub fn encode(destination: &str, entries: &[IndexEntry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + entries.len() * 320);
     out.extend_from_slice(b"{\"version\":1,\"destination\":");
     serde_json::to_writer(&mut out, destination).expect("strings always serialise");

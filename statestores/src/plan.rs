@@ -30,8 +30,26 @@ pub struct Upsert<'a> {
     pub path: String,
     /// Git blob id of the content.
     pub oid: ObjectId,
-    /// The bytes to write, or `None` when the object already exists (restore from history).
-    pub content: Option<Cow<'a, [u8]>>,
+    /// What to write ([`Plan::bytes`]).
+    pub content: Content<'a>,
+}
+
+/// The content of an [`Upsert`].
+#[derive(Debug)]
+pub enum Content<'a> {
+    /// These bytes (a file of the change set).
+    Bytes(Cow<'a, [u8]>),
+    /// The object is in the store's history already (drift restored): nothing to write.
+    Existing,
+    /// An ownership index file: the entries `Plan::index[range]` of `destination`, encoded
+    /// again when written ([`index::encode`]). Kept as bytes, a cold pass's index files were
+    /// held until the commit was written (4 MB at 10,000 entries).
+    Index {
+        /// The Destination whose index file this is.
+        destination: String,
+        /// Its entries in [`Plan::index`], sorted by path.
+        range: std::ops::Range<usize>,
+    },
 }
 
 /// Per-owner summary for the commit body and trailers.
@@ -72,6 +90,19 @@ impl Plan<'_> {
     /// `true` when applying the plan would not change the tree.
     pub fn is_empty(&self) -> bool {
         self.upserts.is_empty() && self.removes.is_empty()
+    }
+
+    /// The bytes of `u` (an upsert of this plan), whose Git blob id is `u.oid`; `None` when
+    /// the object exists already ([`Content::Existing`]).
+    pub fn bytes<'b>(&'b self, u: &'b Upsert<'_>) -> Option<Cow<'b, [u8]>> {
+        match &u.content {
+            Content::Bytes(b) => Some(Cow::Borrowed(b)),
+            Content::Existing => None,
+            Content::Index { destination, range } => Some(Cow::Owned(index::encode(
+                destination,
+                &self.index[range.clone()],
+            ))),
+        }
     }
 }
 
@@ -328,7 +359,7 @@ pub fn plan<'a>(
         p.upserts.push(Upsert {
             path: (*path).to_owned(),
             oid,
-            content: Some(Cow::Borrowed(content)),
+            content: Content::Bytes(Cow::Borrowed(content)),
         });
         p.written += 1;
         touch(&mut p, owner);
@@ -361,7 +392,7 @@ pub fn plan<'a>(
                 p.upserts.push(Upsert {
                     path: e.path.clone(),
                     oid,
-                    content: None,
+                    content: Content::Existing,
                 });
                 p.written += 1;
                 touch(&mut p, &e.owner);
@@ -377,6 +408,9 @@ pub fn plan<'a>(
     // 4. Index files, one per Destination and shard. Every other index file of the head (a
     // shard emptied, a Destination gone, an earlier version's one file per Destination) goes.
     let mut by_slot: BTreeMap<(String, u8), Vec<IndexEntry>> = BTreeMap::new();
+    // The index is kept with the store's listing until the next apply: sized once, not grown
+    // by doubling (up to 1 MB of spare room at 10,000 entries).
+    p.index.reserve_exact(new_index.len());
     for e in new_index.into_values() {
         by_slot.entry(slot(&e.owner)).or_default().push(e);
     }
@@ -392,14 +426,17 @@ pub fn plan<'a>(
             p.index.extend(entries); // unchanged: its file stays
             continue;
         }
-        let bytes = index::encode_sorted(dest, &mut entries);
+        let oid = blob_oid(&index::encode_sorted(dest, &mut entries));
+        let start = p.index.len();
         p.index.extend(entries);
-        let oid = blob_oid(&bytes);
         if head_files.get(&path) != Some(&oid) {
             p.upserts.push(Upsert {
                 path,
                 oid,
-                content: Some(Cow::Owned(bytes)),
+                content: Content::Index {
+                    destination: dest.clone(),
+                    range: start..p.index.len(),
+                },
             });
         }
     }
@@ -446,10 +483,11 @@ mod tests {
             tree.remove(r);
         }
         for u in &p.upserts {
-            let c = match &u.content {
+            let c = match p.bytes(u) {
                 Some(c) => c.to_vec(),
                 None => store[&u.oid].clone(),
             };
+            assert_eq!(blob_oid(&c), u.oid, "{}", u.path);
             tree.insert(u.path.clone(), c);
         }
     }

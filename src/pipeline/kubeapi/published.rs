@@ -105,7 +105,7 @@ pub fn apply(p: Published, rows: &mut Vec<StatusRow>) {
     {
         row.status.message = m.to_string();
     }
-    row.status.fields = p.fields;
+    row.status.fields = crate::status::fields_from(p.fields);
 }
 
 /// A row for a request seen only in its published status.
@@ -165,6 +165,6 @@ mod tests {
         assert_eq!(rows[0].status.promise, "app");
         assert_eq!(rows[0].status.object.name, "a");
         assert_eq!(rows[0].status.message, "working");
-        assert_eq!(rows[0].status.fields["stage"], "started");
+        assert_eq!(rows[0].status.fields.get("stage").unwrap(), "started");
     }
 }

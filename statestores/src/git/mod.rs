@@ -457,7 +457,7 @@ impl GitStateStore {
             base_tree,
             head,
             &p,
-            &msg,
+            msg,
             &inner.spec.git_author,
             inner.opts.signing.as_deref(),
             &inner.secrets,

@@ -178,8 +178,14 @@ impl S3StateStore {
         let mut upserts = Vec::new();
         for u in std::mem::take(&mut p.upserts) {
             if u.path.starts_with(INDEX_DIR) {
-                if let Some(bytes) = &u.content {
-                    new_entries.extend(index::decode(&u.path, bytes)?);
+                match &u.content {
+                    plan::Content::Index { range, .. } => {
+                        new_entries.extend_from_slice(&p.index[range.clone()]);
+                    }
+                    plan::Content::Bytes(bytes) => {
+                        new_entries.extend(index::decode(&u.path, bytes)?);
+                    }
+                    plan::Content::Existing => {}
                 }
             } else {
                 upserts.push(u);
@@ -265,13 +271,7 @@ impl S3StateStore {
         // 2. Write.
         let items: Vec<(String, ObjectId, Option<Vec<u8>>)> = upserts
             .iter()
-            .map(|u| {
-                (
-                    u.path.clone(),
-                    u.oid,
-                    u.content.as_ref().map(|c| c.to_vec()),
-                )
-            })
+            .map(|u| (u.path.clone(), u.oid, p.bytes(u).map(|c| c.to_vec())))
             .collect();
         drop(upserts);
         let results: Vec<(String, String)> = futures::stream::iter(items)
