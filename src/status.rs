@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::model::{HealthState, ObjectRef};
 
+mod intern;
 mod list;
 mod text;
 pub use list::List;

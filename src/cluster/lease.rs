@@ -279,7 +279,14 @@ async fn keep(
     gate.send_replace(false);
     if running.is_some() {
         stop_manager(&mut running, &target.name).await;
-        release(&api, &target).await;
+        // Bounded like a renewal: an API that does not answer must not hold up shutdown (the
+        // Lease then expires on its own).
+        if tokio::time::timeout(timing.renew_deadline, release(&api, &target))
+            .await
+            .is_err()
+        {
+            tracing::warn!(lease = %target.name, "releasing the Lease timed out; it expires on its own");
+        }
     }
     gate
 }

@@ -8,49 +8,27 @@
 //! through `Deref`; writing through `DerefMut` copies the vector first when another status
 //! holds it (`Arc::make_mut`), so no status sees another's change. [`List::share`] replaces
 //! the vector by an equal one from a process-wide table (one table per element type), as
-//! [`super::Text`] does for strings; the table drops the lists no status holds when it has
-//! doubled since it was last swept.
+//! [`super::Text`] does for strings ([`super::intern::Table`]).
 
-use std::collections::HashSet;
 use std::hash::Hash;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
+use super::intern::Table;
+
 /// A list kept in a [`Table`]: its element type names its table.
 pub trait Shareable: Clone + Eq + Hash + Send + Sync + 'static {
     /// The process's table of lists of this element type.
-    fn table() -> &'static Mutex<Table<Self>>;
-}
-
-/// The lists shared so far, and the size at which the table is next swept.
-pub struct Table<T> {
-    set: HashSet<Arc<Vec<T>>, foldhash::fast::RandomState>,
-    sweep_at: usize,
-}
-
-impl<T> Table<T> {
-    /// An empty table (swept first at 1,024 lists).
-    pub fn new() -> Self {
-        Table {
-            set: HashSet::default(),
-            sweep_at: 1024,
-        }
-    }
-}
-
-impl<T> Default for Table<T> {
-    fn default() -> Self {
-        Table::new()
-    }
+    fn table() -> &'static Mutex<Table<Vec<Self>>>;
 }
 
 /// Defines the table of one element type.
 macro_rules! shareable {
     ($t:ty) => {
         impl Shareable for $t {
-            fn table() -> &'static Mutex<Table<Self>> {
-                static TABLE: LazyLock<Mutex<Table<$t>>> = LazyLock::new(Mutex::default);
+            fn table() -> &'static Mutex<Table<Vec<Self>>> {
+                static TABLE: LazyLock<Mutex<Table<Vec<$t>>>> = LazyLock::new(Mutex::default);
                 &TABLE
             }
         }
@@ -74,22 +52,15 @@ impl<T: Shareable> List<T> {
     /// Makes this list the shared one: the table's equal list, or this one (without spare
     /// room) entered in the table.
     pub fn share(&mut self) {
-        let mut t = T::table().lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(shared) = t.set.get(&self.0) {
-            if !Arc::ptr_eq(shared, &self.0) {
-                self.0 = shared.clone();
-            }
-            return;
-        }
-        if self.0.capacity() > self.0.len() {
-            self.0 = Arc::new(self.0.as_slice().to_vec());
-        }
-        t.set.insert(self.0.clone());
-        if t.set.len() >= t.sweep_at {
-            // Held only by the table: no status uses it any more.
-            t.set.retain(|l| Arc::strong_count(l) > 1);
-            t.sweep_at = (t.set.len() * 2).max(1024);
-        }
+        let own = &self.0;
+        let shared = T::table()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .intern(own, || match own.capacity() > own.len() {
+                true => Arc::new(own.as_slice().to_vec()),
+                false => own.clone(),
+            });
+        self.0 = shared;
     }
 }
 

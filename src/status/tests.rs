@@ -1,16 +1,18 @@
 //! Unit tests of [`super`]: conditions, shared statuses, lists and maps.
 use super::*;
 
+/// A `redis` request in `default`.
+fn redis(name: &str) -> ObjectRef {
+    ObjectRef {
+        kind: "redis".into(),
+        namespace: Some("default".into()),
+        name: name.into(),
+    }
+}
+
 #[test]
 fn transition_time_moves_only_on_status_change() {
-    let mut s = ObjectStatus::new(
-        ObjectRef {
-            kind: "redis".into(),
-            namespace: Some("default".into()),
-            name: "a".into(),
-        },
-        "redis",
-    );
+    let mut s = ObjectStatus::new(redis("a"), "redis");
     s.set(
         cond::RECONCILED,
         ConditionStatus::Unknown,
@@ -49,12 +51,7 @@ fn transition_time_moves_only_on_status_change() {
 
 #[test]
 fn a_shared_status_is_copied_on_write_and_serialises_as_the_status() {
-    let id = ObjectRef {
-        kind: "redis".into(),
-        namespace: Some("default".into()),
-        name: "a".into(),
-    };
-    let mut mine = SharedStatus::from(ObjectStatus::new(id, "redis"));
+    let mut mine = SharedStatus::from(ObjectStatus::new(redis("a"), "redis"));
     let theirs = mine.share();
     assert!(mine.is(&theirs), "sharing copies nothing");
     // A read does not copy; a write copies, and the other holder keeps what it had.
@@ -80,12 +77,7 @@ fn a_shared_status_is_copied_on_write_and_serialises_as_the_status() {
 
 #[test]
 fn fields_and_commits_serialise_as_objects_and_are_left_out_when_empty() {
-    let id = ObjectRef {
-        kind: "redis".into(),
-        namespace: Some("default".into()),
-        name: "a".into(),
-    };
-    let mut s = ObjectStatus::new(id, "redis");
+    let mut s = ObjectStatus::new(redis("a"), "redis");
     let empty = serde_json::to_value(&s).unwrap();
     assert!(empty.get("fields").is_none() && empty.get("commits").is_none());
     // Keys out of order, as a pipeline's status.yaml may have them.
@@ -113,12 +105,7 @@ fn fields_and_commits_serialise_as_objects_and_are_left_out_when_empty() {
 #[test]
 fn statuses_share_equal_condition_lists_and_an_unchanged_set_copies_nothing() {
     let status = |name: &str| {
-        let id = ObjectRef {
-            kind: "redis".into(),
-            namespace: Some("default".into()),
-            name: name.into(),
-        };
-        let mut s = ObjectStatus::new(id, "redis");
+        let mut s = ObjectStatus::new(redis(name), "redis");
         s.set(
             cond::RECONCILED,
             ConditionStatus::True,

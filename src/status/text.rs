@@ -8,7 +8,6 @@
 //! from the table as it grows (it is swept when it has doubled since the last sweep, so a
 //! long-running daemon's table stays proportional to what its statuses hold).
 
-use std::collections::HashSet;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
@@ -17,33 +16,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Text(Arc<str>);
 
-/// The values made so far, and the size at which the table is next swept.
-struct Table {
-    set: HashSet<Arc<str>, foldhash::fast::RandomState>,
-    sweep_at: usize,
-}
-
-static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(|| {
-    Mutex::new(Table {
-        set: HashSet::default(),
-        sweep_at: 1024,
-    })
-});
+/// The values made so far ([`super::intern::Table`]).
+static TABLE: LazyLock<Mutex<super::intern::Table<str>>> = LazyLock::new(Mutex::default);
 
 /// The table's value equal to `s`, or `make()` entered in it.
 fn intern(s: &str, make: impl FnOnce() -> Arc<str>) -> Arc<str> {
-    let mut t = TABLE.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(a) = t.set.get(s) {
-        return a.clone();
-    }
-    let a = make();
-    t.set.insert(a.clone());
-    if t.set.len() >= t.sweep_at {
-        // Held only by the table: no status uses it any more.
-        t.set.retain(|a| Arc::strong_count(a) > 1);
-        t.sweep_at = (t.set.len() * 2).max(1024);
-    }
-    a
+    TABLE
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .intern(s, make)
 }
 
 impl Text {
@@ -223,7 +204,7 @@ mod tests {
         assert_eq!(a, "PipelinesExecutedSuccessfully");
         let gone = "text-test: a value nothing keeps";
         drop(Text::new(gone));
-        let before = TABLE.lock().expect("table").sweep_at;
+        let before = TABLE.lock().expect("table").sweep_at();
         for i in 0..before + 1 {
             drop(Text::new(&format!("text-test: {i}")));
         }
