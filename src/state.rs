@@ -34,10 +34,12 @@ use crate::status::{StatusRow, Text};
 
 mod compact;
 mod document;
+mod hash_text;
 mod journal;
 mod record;
 pub use compact::CompactValue;
 pub use document::StoredDocument;
+pub use hash_text::HashText;
 
 /// Version of the `state.json` format.
 pub const STATE_VERSION: u32 = 1;
@@ -139,7 +141,7 @@ struct JournalEntry<P = ObjectRecord> {
 #[serde(rename_all = "camelCase")]
 pub struct ObjectRecord {
     /// Hash of every input of the configure workflow; unchanged ⇒ no re-run.
-    pub input_hash: String,
+    pub input_hash: HashText,
     /// True when the last configure workflow ran to completion (not failed, not suspended).
     pub completed: bool,
     /// The object as last admitted (`/kratix/input/object.yaml` for a delete pipeline after
@@ -161,8 +163,8 @@ pub struct ObjectRecord {
     #[serde(default)]
     pub placements: Vec<PlacementRecord>,
     /// Hash of the request's own spec (tells a Promise edit from a request edit).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub spec_hash: String,
+    #[serde(default, skip_serializing_if = "HashText::is_empty")]
+    pub spec_hash: HashText,
     /// Consecutive failed runs (exponential backoff in the daemon).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failures: u32,
@@ -177,8 +179,8 @@ pub struct ObjectRecord {
     /// context, the same input hash, the request at the same place in the repo
     /// (`status.source`) and no re-run due skips the request entirely (no placement, no
     /// status change, nothing written).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub steady: String,
+    #[serde(default, skip_serializing_if = "HashText::is_empty")]
+    pub steady: HashText,
     /// Inputs (spec, binding, version) of an upgrade that failed: while they stay the same,
     /// the upgrade is not tried again (`reconcile::versions`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -246,7 +248,7 @@ pub struct PlacementRecord {
     /// Pipeline name (`""` for static dependencies; shared).
     pub pipeline: Text,
     /// Workload group id (hex md5 of its directory).
-    pub group_id: String,
+    pub group_id: Text,
     /// Store-relative directory of the placement.
     pub dir: String,
     /// The Destination no longer matches (kept, not moved).
@@ -261,7 +263,7 @@ pub struct PlacementRecord {
 #[serde(rename_all = "camelCase")]
 pub struct OutputRecord {
     /// Pipeline name (`""` for static `spec.dependencies`).
-    pub pipeline: String,
+    pub pipeline: Text,
     /// Files relative to `/kratix/output`, with the sha256 of their content (in `blobs/`).
     pub files: Vec<FileRecord>,
     /// Parsed `destination-selectors.yaml`.

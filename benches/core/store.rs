@@ -55,7 +55,10 @@ fn change_set(n_files: usize) -> ChangeSet {
                 }
             })
             .collect();
-        writes.push(PlacementWrite { owner, files });
+        writes.push(PlacementWrite {
+            owner: owner.into(),
+            files,
+        });
     }
     ChangeSet {
         writes,

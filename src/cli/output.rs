@@ -217,7 +217,7 @@ fn tree<'r>(rows: &[&'r StatusRow]) -> Vec<(&'r StatusRow, String)> {
 /// A request's `status.promiseVersion` (`-` without one), `pinned` when its binding names a
 /// version, and `!<version>` after a failed upgrade to that version: `v1 pinned`, `v1 !v2`.
 fn version(s: &crate::status::ObjectStatus) -> String {
-    let mut v = s.promise_version.clone().unwrap_or_else(|| "-".into());
+    let mut v = s.promise_version.as_deref().unwrap_or("-").to_string();
     if s.resource_binding_version
         .as_deref()
         .is_some_and(|b| b != crate::model::LATEST_VERSION)

@@ -77,18 +77,18 @@ fn failed(name: &str, retry_at: SystemTime) -> (String, Box<crate::state::Object
         name: name.into(),
     };
     let record = crate::state::ObjectRecord {
-        input_hash: String::new(),
+        input_hash: Default::default(),
         completed: false,
         object: serde_json::Value::Null.into(),
         promise: None,
         promise_dir: None,
         outputs: Vec::new(),
         placements: Vec::new(),
-        spec_hash: String::new(),
+        spec_hash: Default::default(),
         failures: 1,
         retry_at: Some(humantime::format_rfc3339_seconds(retry_at).to_string()),
         deleting: false,
-        steady: String::new(),
+        steady: Default::default(),
         failed_upgrade: String::new(),
         status: crate::status::ObjectStatus::new(id, "redis").into(),
     };

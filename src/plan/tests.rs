@@ -24,7 +24,7 @@ fn rec(input: &str, spec: &str, completed: bool) -> ObjectRecord {
         failures: 0,
         retry_at: None,
         deleting: false,
-        steady: String::new(),
+        steady: Default::default(),
         failed_upgrade: String::new(),
         status: ObjectStatus::new(id, "app").into(),
     }

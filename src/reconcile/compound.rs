@@ -153,7 +153,7 @@ fn derive(
         .filter_map(|key| {
             let promise = state.requests.get(&key)?.status.promise.clone();
             Some(Parent {
-                chain: vec![(key.clone(), promise)],
+                chain: vec![(key.clone(), promise.to_string())],
                 key,
             })
         })

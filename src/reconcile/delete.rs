@@ -77,7 +77,7 @@ impl Engine {
                 let map = self.records_mut(is_request);
                 let mut record = map.remove(&key).expect("listed above");
                 let promise_name = record.status.promise.clone();
-                if is_request && blocked.contains(&promise_name) {
+                if is_request && blocked.contains(promise_name.as_str()) {
                     map.insert(key, record);
                     continue;
                 }
@@ -147,7 +147,7 @@ impl Engine {
                             Some(_) if self.cancel.load(Ordering::SeqCst) => {
                                 // Shutting down: the deletion runs on the next start.
                                 if !is_request {
-                                    blocked.insert(promise_name.clone());
+                                    blocked.insert(promise_name.to_string());
                                 }
                                 let map = self.records_mut(is_request);
                                 map.insert(key, record);
@@ -177,7 +177,7 @@ impl Engine {
                                     && catalog_for.as_deref() != Some(promise_name.as_str())
                                 {
                                     self.set_catalog(all, [promise_name.as_str()], |_| false);
-                                    catalog_for = Some(promise_name.clone());
+                                    catalog_for = Some(promise_name.to_string());
                                 }
                                 let result = run::run_job(&self.runner, &job).await;
                                 report.pipelines_run += result.pipelines.len();
@@ -203,7 +203,7 @@ impl Engine {
                 }
                 if let Some(err) = delete_failed {
                     if !is_request {
-                        blocked.insert(promise_name.clone());
+                        blocked.insert(promise_name.to_string());
                     }
                     record.status.set_noting(
                         cond::DELETE_WORKFLOW_COMPLETED,
@@ -372,7 +372,7 @@ fn valid_request_from_record(
         },
         id,
         promise: promise.name().to_string(),
-        spec_digest: crate::validate::spec_digest(&object),
+        spec_digest: crate::validate::spec_digest(&object).into(),
         input_hash_memo: Default::default(),
         key_memo: Default::default(),
         object: crate::state::CompactValue::Value(object),

@@ -45,7 +45,7 @@ impl Engine {
                     let keys: BTreeSet<String> = entries
                         .into_iter()
                         .filter(|e| e.owner.destination == *name)
-                        .map(|e| e.owner.key)
+                        .map(|e| e.owner.key.clone())
                         .collect();
                     canaries.extend(keys.into_iter().map(|k| (store_key.clone(), Err(k))));
                 }
@@ -127,7 +127,13 @@ impl Engine {
                     pipeline: None,
                 };
                 rec.canary_key = Some(key);
-                out.push((store_key, Ok(PlacementWrite { owner, files })));
+                out.push((
+                    store_key,
+                    Ok(PlacementWrite {
+                        owner: owner.into(),
+                        files,
+                    }),
+                ));
             } else if let Some(k) = rec.canary_key.take() {
                 out.push((store_key, Err(k)));
             }
@@ -272,7 +278,7 @@ impl Engine {
                 match rec.placements.iter_mut().find(|p| p.key == e.owner.key) {
                     Some(p) => p.files.push(FileRecord {
                         path: e.path.clone(),
-                        sha256: e.sha256.clone().into(),
+                        sha256: e.sha256.to_string().into(),
                     }),
                     None => rec.placements.push(PlacementRecord {
                         key: e.owner.key.clone(),
@@ -281,12 +287,12 @@ impl Engine {
                         pipeline: pipeline.into(),
                         // The index keeps id5 only; the scheduler matches on the full id, so
                         // stickiness is restored through `destination` below.
-                        group_id: group_id_from_id5(&group_id),
+                        group_id: group_id_from_id5(&group_id).into(),
                         dir: String::new(),
                         misplaced: false,
                         files: vec![FileRecord {
                             path: e.path.clone(),
-                            sha256: e.sha256.clone().into(),
+                            sha256: e.sha256.to_string().into(),
                         }],
                     }),
                 }

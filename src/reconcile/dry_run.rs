@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use serde::Serialize;
 use statestores::{
-    ApplyOutcome, ChangeSet, Drift, DriftKind, Error, IndexEntry, Owner, StateStore, StoredFile,
+    ApplyOutcome, ChangeSet, Drift, DriftKind, Error, IndexEntry, Owner, Sha256Sum, StateStore,
+    StoredFile,
 };
 
 use crate::state::{StateDir, sha256_hex};
@@ -153,15 +154,13 @@ impl DryRunStore {
 }
 
 /// The index entry of `content` at `path` for `owner`.
-fn entry(path: &str, content: &[u8], owner: &Owner) -> IndexEntry {
-    let oid = gix::objs::compute_hash(gix::hash::Kind::Sha1, gix::objs::Kind::Blob, content)
-        .map(|o| o.to_string())
-        .unwrap_or_default();
+fn entry(path: &str, content: &[u8], owner: &Arc<Owner>) -> IndexEntry {
     IndexEntry {
         path: path.to_string(),
-        sha256: sha256_hex(content),
-        oid,
-        owner: owner.clone(),
+        sha256: Sha256Sum::of(content),
+        oid: gix::objs::compute_hash(gix::hash::Kind::Sha1, gix::objs::Kind::Blob, content)
+            .expect("sha1 hashing of an in-memory buffer cannot fail"),
+        owner: Arc::clone(owner),
     }
 }
 
@@ -230,7 +229,7 @@ impl StateStore for DryRunStore {
             .filter(|e| {
                 copy.files
                     .get(&e.path)
-                    .is_none_or(|c| sha256_hex(c) != e.sha256)
+                    .is_none_or(|c| Sha256Sum::of(c) != e.sha256)
             })
             .cloned()
             .collect();
@@ -238,14 +237,14 @@ impl StateStore for DryRunStore {
             let before = copy.files.get(&e.path).cloned();
             out.drift.push(Drift {
                 path: e.path.clone(),
-                owner: e.owner.clone(),
+                owner: Owner::clone(&e.owner),
                 kind: if before.is_some() {
                     DriftKind::Modified
                 } else {
                     DriftKind::Deleted
                 },
             });
-            let after = self.blobs.get_blob(&e.sha256).ok();
+            let after = self.blobs.get_blob(&e.sha256.to_string()).ok();
             if let Some(a) = &after {
                 copy.files.insert(e.path.clone(), a.clone());
             }
@@ -273,7 +272,7 @@ impl StateStore for DryRunStore {
                 let drifted = copy
                     .index
                     .get(&f.path)
-                    .is_some_and(|e| before.is_none_or(|b| sha256_hex(b) != e.sha256));
+                    .is_some_and(|e| before.is_none_or(|b| Sha256Sum::of(b) != e.sha256));
                 let change = match before {
                     Some(b) if *b == f.content => {
                         copy.index
@@ -288,7 +287,7 @@ impl StateStore for DryRunStore {
                     let e = &copy.index[&f.path];
                     out.drift.push(Drift {
                         path: f.path.clone(),
-                        owner: e.owner.clone(),
+                        owner: Owner::clone(&e.owner),
                         kind: if before.is_some() {
                             DriftKind::Modified
                         } else {
@@ -367,7 +366,7 @@ mod tests {
             Ok(self
                 .files
                 .iter()
-                .filter_map(|(p, c, o)| o.as_ref().map(|o| entry(p, c, &owner(o))))
+                .filter_map(|(p, c, o)| o.as_ref().map(|o| entry(p, c, &owner(o).into())))
                 .collect())
         }
         async fn apply(&self, _: &ChangeSet) -> Result<ApplyOutcome, Error> {
@@ -387,7 +386,7 @@ mod tests {
 
     fn write(key: &str, files: &[(&str, &str)]) -> PlacementWrite {
         PlacementWrite {
-            owner: owner(key),
+            owner: owner(key).into(),
             files: files
                 .iter()
                 .map(|(p, c)| FileWrite {
@@ -427,7 +426,7 @@ mod tests {
         {
             let mut guard = store.copy().await.unwrap();
             let copy = guard.as_mut().unwrap();
-            copy.index.get_mut("d/c/c.yaml").unwrap().sha256 = drifted_sha;
+            copy.index.get_mut("d/c/c.yaml").unwrap().sha256 = drifted_sha.parse().unwrap();
         }
         store.check().await.unwrap();
         let set = ChangeSet {

@@ -25,7 +25,7 @@ use crate::validate::to_yaml;
 
 use crate::model::Pipeline;
 use crate::pipeline::RunnerConfig;
-use crate::state::sha256_hex;
+use crate::state::{HashText, sha256_hex};
 use crate::validate::{ValidPromise, ValidRequest};
 
 use super::{parent_dir, promise_dir};
@@ -48,7 +48,7 @@ pub fn kratix_status(status: &ObjectStatus) -> Map<String, Value> {
         s.insert("message".into(), status.message.clone().into());
     }
     if let Some(st) = &status.status {
-        s.insert("status".into(), st.clone().into());
+        s.insert("status".into(), st.as_str().into());
     }
     if !status.conditions.is_empty() {
         s.insert(
@@ -65,14 +65,14 @@ pub fn kratix_status(status: &ObjectStatus) -> Map<String, Value> {
     if let Some(t) = &status.last_successful_configure_workflow_time {
         s.insert(
             "lastSuccessfulConfigureWorkflowTime".into(),
-            t.clone().into(),
+            t.as_str().into(),
         );
     }
     if let Some(v) = &status.promise_version {
-        s.insert("promiseVersion".into(), v.clone().into());
+        s.insert("promiseVersion".into(), v.as_str().into());
     }
     if let Some(v) = &status.resource_binding_version {
-        s.insert("resourceBindingVersion".into(), v.clone().into());
+        s.insert("resourceBindingVersion".into(), v.as_str().into());
     }
     if let Some(h) = &status.health_status {
         // Kratix's shape (kratix-lifecycle.md §1.2): `state` and `healthRecords`.
@@ -254,9 +254,12 @@ pub(super) fn promise_hash(
 /// The input hash of a request's configure workflow: the Promise's hash, the request's
 /// defaulted spec and `overrides` ([`override_fingerprint`] of the Promise's resource
 /// pipelines, computed once per Promise and pass).
-pub(super) fn request_hash(promise_hash: &str, r: &ValidRequest, overrides: &str) -> String {
-    let compute =
-        || sha256_hex(format!("{promise_hash}\n{}\n{overrides}", r.spec_digest).as_bytes());
+pub(super) fn request_hash(promise_hash: &str, r: &ValidRequest, overrides: &str) -> HashText {
+    let compute = || {
+        HashText::from(sha256_hex(
+            format!("{promise_hash}\n{}\n{overrides}", r.spec_digest).as_bytes(),
+        ))
+    };
     let (inputs, hash) = r.input_hash_memo.get_or_init(|| {
         let inputs = format!("{promise_hash}\n{overrides}");
         (inputs.as_str().into(), compute())

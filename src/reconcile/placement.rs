@@ -115,7 +115,7 @@ pub fn place_outputs(
                 if !kept_on_gone {
                     placed
                         .unscheduled
-                        .push((out.pipeline.clone(), g.directory.clone()));
+                        .push((out.pipeline.to_string(), g.directory.clone()));
                 }
                 continue;
             }
@@ -158,8 +158,8 @@ pub fn place_outputs(
                     key: owner_key(&d.info.name, promise, &scope, &out.pipeline, &g.id),
                     store: d.store.clone().into(),
                     destination: d.info.name.clone().into(),
-                    pipeline: out.pipeline.clone().into(),
-                    group_id: g.id.clone(),
+                    pipeline: out.pipeline.clone(),
+                    group_id: g.id.clone().into(),
                     dir,
                     misplaced: on.misplaced,
                     files,

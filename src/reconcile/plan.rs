@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::settings::Settings;
-use crate::state::ObjectRecord;
+use crate::state::{HashText, ObjectRecord};
 use crate::status::Phase;
 use crate::validate::{ValidConfig, ValidPromise, ValidRequest};
 
@@ -22,12 +22,12 @@ use crate::validate::{ValidConfig, ValidPromise, ValidRequest};
 /// time has come). A `suspend: true` without `retryAfter` waits for a spec change.
 pub(super) fn needs_run(
     record: &ObjectRecord,
-    hash: &str,
+    hash: &HashText,
     interval: Duration,
     backoff: bool,
 ) -> bool {
     let now = SystemTime::now();
-    if record.input_hash != hash {
+    if record.input_hash != *hash {
         return true;
     }
     if record.completed {
@@ -131,13 +131,13 @@ pub(super) struct RequestStep<'c> {
     /// Where it runs ([`super::versions`]); `None` for an unlabelled Promise.
     pub target: Option<&'c super::versions::Target>,
     /// Input hash of its configure workflow.
-    pub hash: String,
+    pub hash: HashText,
     /// Its steady key (the Promise's placement context).
     pub ctx: String,
     /// `file#document` it was read from.
     pub origin: String,
     /// Hash of its own `spec`.
-    pub spec_hash: String,
+    pub spec_hash: HashText,
     /// Every cached output of its last run is still in the blob cache (otherwise it re-runs).
     pub cached: bool,
     /// The decision.
@@ -211,12 +211,19 @@ pub(super) fn requests<'c>(
         let step = |decision, spec_hash, cached| {
             let steady = decision == Decision::Steady;
             let text = |s: &String| if steady { String::new() } else { s.clone() };
+            let hash_text = |h: &HashText| {
+                if steady {
+                    HashText::default()
+                } else {
+                    h.clone()
+                }
+            };
             RequestStep {
                 request: r,
                 promise: p,
                 revision,
                 target,
-                hash: text(&hash),
+                hash: hash_text(&hash),
                 ctx: text(ctx),
                 origin: text(&origin),
                 spec_hash,
@@ -234,7 +241,7 @@ pub(super) fn requests<'c>(
                     && !needs_run(rec, &hash, interval, backoff)
             })
         {
-            steps.push(step(Decision::Steady, String::new(), true));
+            steps.push(step(Decision::Steady, HashText::default(), true));
             continue;
         }
         // A record whose cached output left the blob cache re-runs to restore it.

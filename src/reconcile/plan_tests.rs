@@ -79,7 +79,7 @@ fn facts(available: bool, promise_hash: &str) -> PromiseFacts {
 fn reconciled(step: &RequestStep<'_>) -> ObjectRecord {
     let mut status = ObjectStatus::new(step.request.id.clone(), "app");
     status.source = step.origin.clone();
-    status.last_successful_configure_workflow_time = Some(crate::status::now_rfc3339());
+    status.last_successful_configure_workflow_time = Some(crate::status::now_rfc3339().into());
     ObjectRecord {
         input_hash: step.hash.clone(),
         completed: true,
@@ -92,7 +92,7 @@ fn reconciled(step: &RequestStep<'_>) -> ObjectRecord {
         failures: 0,
         retry_at: None,
         deleting: false,
-        steady: step.ctx.clone(),
+        steady: step.ctx.clone().into(),
         failed_upgrade: String::new(),
         status: status.into(),
     }

@@ -21,8 +21,8 @@ use super::{Engine, EngineError, Pass, inputs, parent_dir, promise_dir, records,
 use crate::events;
 use crate::model::{PROMISE_VERSION_LABEL, promise_key};
 use crate::pipeline::Action;
-use crate::state::{FileRecord, sha256_hex};
-use crate::status::{ConditionStatus as CS, EventType, cond};
+use crate::state::{FileRecord, HashText, sha256_hex};
+use crate::status::{ConditionStatus as CS, EventType, Text, cond};
 use crate::validate::{ValidConfig, ValidPromise, to_yaml};
 
 impl Engine {
@@ -107,10 +107,10 @@ impl Engine {
             events::note_spec(&mut record.status, **record.object != *p.promise.raw);
             let pipelines = p.promise.object.spec.workflows.promise.configure.clone();
             let interval = reconciliation_interval(p, &self.settings);
-            if needs_run(&record, &hash, interval, self.backoff) {
+            if needs_run(&record, &HashText::from(&hash), interval, self.backoff) {
                 if pipelines.is_empty() {
                     record.completed = true;
-                    record.input_hash = hash.clone();
+                    record.input_hash = HashText::from(&hash);
                     records::set_completed(&mut record.status, 0, "Promise configured");
                 } else if self.cancel.load(Ordering::SeqCst) {
                     // Shutting down: not started; the changed hash runs it on the next start.
@@ -175,14 +175,11 @@ impl Engine {
             records::note_unscheduled(&mut record.status, &placed.unscheduled, "promise");
             pass.desired.insert(pkey.clone(), placed.placements);
             let is_available = unmet.is_empty() && record.completed;
-            record.status.status = Some(
-                if is_available {
-                    "Available"
-                } else {
-                    "Unavailable"
-                }
-                .to_string(),
-            );
+            record.status.status = Some(Text::new(if is_available {
+                "Available"
+            } else {
+                "Unavailable"
+            }));
             if is_available {
                 record.status.set_noting(
                     cond::AVAILABLE,
@@ -251,7 +248,7 @@ impl Engine {
         let body = deps.iter().map(to_yaml).collect::<Vec<_>>().join("---\n");
         let sha = self.dir.put_blob(body.as_bytes())?;
         Ok(Some(OutputRecord {
-            pipeline: String::new(),
+            pipeline: Default::default(),
             files: vec![FileRecord {
                 path: format!("static/{}-dependencies.yaml", p.name()),
                 sha256: sha.into(),

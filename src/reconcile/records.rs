@@ -81,7 +81,7 @@ impl Engine {
                     record.completed = true;
                     record.input_hash = step.hash;
                     record.object = (&r.object).into();
-                    record.status.promise_version = step.promise.version().map(str::to_string);
+                    record.status.promise_version = step.promise.version().map(Text::new);
                     set_completed(&mut record.status, 0, "Resource requested");
                     if let Some(t) = step.target {
                         super::versions::admitted(record, t, true);
@@ -120,7 +120,7 @@ impl Engine {
                         ),
                     };
                     jobs.push((
-                        step.hash,
+                        step.hash.to_string(),
                         Arc::new(Job {
                             key: key.clone(),
                             promise,
@@ -287,7 +287,7 @@ impl Engine {
                 && record.retry_at.is_none()
                 && !record.deleting
             {
-                record.steady = k.clone();
+                record.steady = k.into();
             }
         }
         // Held objects: Failed with their file's error, listed first.
@@ -411,7 +411,7 @@ pub(super) fn set_completed(status: &mut ObjectStatus, n: u32, default_message: 
         "PipelinesExecutedSuccessfully",
         "Pipelines completed",
     );
-    status.last_successful_configure_workflow_time = Some(now_rfc3339());
+    status.last_successful_configure_workflow_time = Some(now_rfc3339().into());
     if status.message == "Pending"
         || status.message.is_empty()
         || status.message.starts_with("Failing")

@@ -127,11 +127,9 @@ impl Engine {
                         if let Some(t) = targets.get_mut(r.key())
                             && t.upgrading
                         {
-                            let applied = self
-                                .state
-                                .requests
-                                .get(r.key())
-                                .and_then(|x| x.status.promise_version.clone());
+                            let applied = self.state.requests.get(r.key()).and_then(|x| {
+                                x.status.promise_version.as_deref().map(str::to_string)
+                            });
                             let held = std::mem::take(t);
                             *t = versions::stay(
                                 held,
@@ -230,7 +228,7 @@ impl Engine {
                     .state
                     .requests
                     .get(key)
-                    .and_then(|x| x.status.promise_version.clone());
+                    .and_then(|x| x.status.promise_version.as_deref().map(str::to_string));
                 let held = std::mem::take(t);
                 *t = versions::stay(
                     held,

@@ -23,7 +23,7 @@ use crate::config::Located;
 use crate::model::{LATEST_VERSION, ResourceBinding};
 use crate::settings::BindingStrategy;
 use crate::state::{ObjectRecord, sha256_hex};
-use crate::status::{ConditionStatus as CS, EventType, cond};
+use crate::status::{ConditionStatus as CS, EventType, Text, cond};
 use crate::validate::{ValidPromise, ValidRequest};
 
 /// Reason of the condition and event when a binding names a version without a revision
@@ -66,7 +66,7 @@ pub(super) fn resolve(
     record: Option<&ObjectRecord>,
     revisions: &mut Revisions,
 ) -> Target {
-    let applied = record.and_then(|rec| rec.status.promise_version.clone());
+    let applied = record.and_then(|rec| rec.status.promise_version.as_deref().map(str::to_string));
     let mut t = Target::default();
     let binding = match bindings {
         [] => None,
@@ -86,9 +86,10 @@ pub(super) fn resolve(
         None => match strategy {
             BindingStrategy::Floating => LATEST_VERSION.to_string(),
             BindingStrategy::Pinned => record
-                .and_then(|rec| rec.status.resource_binding_version.clone())
-                .or(applied.clone())
-                .unwrap_or_else(|| current.to_string()),
+                .and_then(|rec| rec.status.resource_binding_version.as_deref())
+                .or(applied.as_deref())
+                .unwrap_or(current)
+                .to_string(),
         },
     };
     let wanted = if t.binding_version == LATEST_VERSION {
@@ -278,8 +279,8 @@ pub(super) fn ran(record: &mut ObjectRecord, t: &Target, completed: bool) {
         .iter()
         .any(|p| p.phase == crate::status::Phase::Failed);
     if completed {
-        record.status.promise_version = Some(t.version.clone());
-        record.status.resource_binding_version = Some(t.binding_version.clone());
+        record.status.promise_version = Some(Text::new(&t.version));
+        record.status.resource_binding_version = Some(Text::new(&t.binding_version));
         if t.upgrading {
             record.status.set(
                 cond::UPGRADE_SUCCEEDED,

@@ -197,7 +197,7 @@ impl Engine {
                 };
                 let set = sets.entry(pl.store.to_string()).or_default();
                 set.writes.push(PlacementWrite {
-                    owner: owner_for(okey, pl),
+                    owner: owner_for(okey, pl).into(),
                     files,
                 });
                 pass.touched
@@ -435,7 +435,7 @@ impl Engine {
                 let mut content = docs.join(layout::AGGREGATE_SEPARATOR);
                 content.push('\n');
                 set.writes.push(PlacementWrite {
-                    owner,
+                    owner: owner.into(),
                     files: vec![FileWrite {
                         path: layout::aggregated_path(&d.store_path, &d.path, &d.filename),
                         content: content.into_bytes(),

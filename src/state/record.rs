@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{ObjectRecord, StoredDocument};
+use super::{HashText, ObjectRecord, StoredDocument};
 use crate::status::ObjectStatus;
 
 impl ObjectRecord {
@@ -24,18 +24,27 @@ impl ObjectRecord {
         self.status.shrink_to_fit();
     }
 
-    /// Replaces the repeated strings of the record read back from `state.json` (its
-    /// placements' store, Destination and pipeline, its status's texts and lists) by the
+    /// Replaces the repeated strings of the record read back from `state.json` (its outputs'
+    /// pipeline, its placements' store, Destination, pipeline and group id, its status's texts
+    /// and lists) by the
     /// process's shared copies ([`ObjectStatus::share_texts`]), and has each placed file hold
     /// the content hash of its output file (one string for both, as a pass leaves them).
     pub fn share_texts(&mut self) {
+        for o in &mut self.outputs {
+            o.pipeline.share();
+        }
         let hashes: BTreeSet<&std::sync::Arc<str>> = self
             .outputs
             .iter()
             .flat_map(|o| o.files.iter().map(|f| &f.sha256))
             .collect();
         for p in &mut self.placements {
-            for t in [&mut p.store, &mut p.destination, &mut p.pipeline] {
+            for t in [
+                &mut p.store,
+                &mut p.destination,
+                &mut p.pipeline,
+                &mut p.group_id,
+            ] {
                 t.share();
             }
             for f in &mut p.files {
@@ -51,18 +60,18 @@ impl ObjectRecord {
     /// not completed, no object, outputs or placements.
     pub fn new(status: ObjectStatus) -> ObjectRecord {
         ObjectRecord {
-            input_hash: String::new(),
+            input_hash: HashText::default(),
             completed: false,
             object: StoredDocument::default(),
             promise: None,
             promise_dir: None,
             outputs: Vec::new(),
             placements: Vec::new(),
-            spec_hash: String::new(),
+            spec_hash: HashText::default(),
             failures: 0,
             retry_at: None,
             deleting: false,
-            steady: String::new(),
+            steady: HashText::default(),
             failed_upgrade: String::new(),
             status: status.into(),
         }

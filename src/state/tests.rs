@@ -154,7 +154,7 @@ fn journal_extends_the_snapshot() {
 
     // The journal outgrows the snapshot: a new snapshot, no journal.
     for round in 0..200 {
-        st.requests.get_mut("p/default/r4").unwrap().input_hash = format!("x{round}");
+        st.requests.get_mut("p/default/r4").unwrap().input_hash = format!("x{round}").into();
         dir.save_changes(&mut st, &dirty_requests(&["p/default/r4"]))
             .unwrap();
     }
@@ -182,7 +182,7 @@ fn a_pass_whose_journal_line_would_pass_4_mib_writes_a_snapshot() {
     // Five changed records: a 5 MiB line, shorter than the 10 MiB snapshot.
     let keys: Vec<String> = (0..5).map(|i| format!("p/default/r{i}")).collect();
     for k in &keys {
-        st.requests.get_mut(k).unwrap().input_hash = "b".repeat(1 << 20);
+        st.requests.get_mut(k).unwrap().input_hash = "b".repeat(1 << 20).into();
     }
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     dir.save_changes(&mut st, &dirty_requests(&keys)).unwrap();
@@ -350,4 +350,10 @@ fn a_record_read_back_shares_its_placed_hashes_texts_and_status_lists() {
         conditions(&b),
         "equal condition lists are one"
     );
+    let promise = |r: &ObjectRecord| r.status.promise.as_ptr();
+    assert_eq!(promise(&a), promise(&b), "one Promise name");
+    let group = |r: &ObjectRecord| r.placements[0].group_id.as_ptr();
+    assert_eq!(group(&a), group(&b), "one group id");
+    let pipeline = |r: &ObjectRecord| r.outputs[0].pipeline.as_ptr();
+    assert_eq!(pipeline(&a), pipeline(&b), "one pipeline name");
 }

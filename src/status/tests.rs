@@ -138,3 +138,21 @@ fn statuses_share_equal_condition_lists_and_an_unchanged_set_copies_nothing() {
     );
     assert_eq!(b.condition(cond::RECONCILED).unwrap().message, "Other");
 }
+
+#[test]
+fn compacted_fields_and_commits_are_sorted_without_spare_room() {
+    let mut s = ObjectStatus::new(redis("a"), "redis");
+    let map: Map<String, Value> = serde_json::from_str(r#"{"zeta": 1, "alpha": "x"}"#).unwrap();
+    s.fields = fields_from(map);
+    s.fields.insert("message".into(), Value::from("m"));
+    s.commits.insert("GitStateStore/b".into(), "c2".into());
+    s.commits.insert("GitStateStore/a".into(), "c1".into());
+    s.shrink_to_fit();
+    let fields = std::mem::take(&mut s.fields).into_tuple_vec();
+    assert_eq!(fields.capacity(), fields.len());
+    let keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["alpha", "message", "zeta"]);
+    let commits = std::mem::take(&mut s.commits).into_tuple_vec();
+    assert_eq!((commits.len(), commits.capacity()), (2, 2));
+    assert_eq!(&*commits[0].0, "GitStateStore/a");
+}

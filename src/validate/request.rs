@@ -355,7 +355,7 @@ fn admit_request(
             origin: o.clone(),
             id,
             promise: promise.name().to_string(),
-            spec_digest: spec_digest(&obj),
+            spec_digest: spec_digest(&obj).into(),
             input_hash_memo: Default::default(),
             key_memo: Default::default(),
             object: crate::state::CompactValue::new(obj),

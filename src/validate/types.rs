@@ -76,13 +76,13 @@ pub struct ValidRequest {
     /// Hex sha256 of `object.spec` as compact JSON (`null` when absent): what the engine's
     /// input hash covers, computed once per admission.
     #[serde(skip)]
-    pub spec_digest: String,
+    pub spec_digest: crate::state::HashText,
     /// The engine's input hash of this request with the Promise-side inputs it was computed
     /// for: `(promise inputs, hash)`. Requests are shared between passes, so an unchanged
     /// request is hashed once, not on every pass. The Promise inputs are the same text for
     /// every request of a Promise: shared ([`crate::status::Text`]).
     #[serde(skip)]
-    pub input_hash_memo: std::sync::OnceLock<(crate::status::Text, String)>,
+    pub input_hash_memo: std::sync::OnceLock<(crate::status::Text, crate::state::HashText)>,
     /// [`ValidRequest::key`], computed on first use.
     #[serde(skip)]
     pub key_memo: std::sync::OnceLock<String>,

@@ -111,7 +111,7 @@ impl Snapshot {
                 children.entry(p.clone()).or_default().push(k.clone());
             }
             by_promise
-                .entry(r.status.promise.clone())
+                .entry(r.status.promise.to_string())
                 .or_default()
                 .push(k.clone());
         }

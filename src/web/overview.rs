@@ -418,8 +418,8 @@ pub fn build(console: &Console, snap: &Snapshot, filter: &Filter) -> Overview {
                 status: p
                     .status
                     .status
-                    .clone()
-                    .unwrap_or_else(|| p.status.summary().to_string()),
+                    .as_deref()
+                    .map_or_else(|| p.status.summary().to_string(), str::to_string),
                 version: super::promise::version_of(p),
                 requests: keys.len(),
                 failed: keys

@@ -295,8 +295,8 @@ pub fn build(
         status: r
             .status
             .status
-            .clone()
-            .unwrap_or_else(|| r.status.summary().to_string()),
+            .as_deref()
+            .map_or_else(|| r.status.summary().to_string(), str::to_string),
         message: r.status.message.clone(),
         promise_version: version_of(r),
         conditions: r.status.conditions.to_vec(),

@@ -63,11 +63,11 @@ pub fn build(console: &Console, snap: &Snapshot, key: &str) -> Option<RequestVie
     Some(RequestView {
         version: snap.version.clone(),
         key: key.to_string(),
-        promise: s.promise.clone(),
+        promise: s.promise.to_string(),
         state: s.summary().to_string(),
         message: s.message.clone(),
         source: s.source.clone(),
-        promise_version: s.promise_version.clone(),
+        promise_version: s.promise_version.as_deref().map(str::to_string),
         conditions: s.conditions.to_vec(),
         pipelines: s.pipelines.to_vec(),
         health: s.health_status.as_deref().cloned(),

@@ -23,7 +23,7 @@ fn record(kind: &str, ns: Option<&str>, name: &str, promise: &str, state: &str) 
     };
     s.set("Reconciled", cs, "R", state);
     ObjectRecord {
-        input_hash: String::new(),
+        input_hash: Default::default(),
         completed: true,
         object: Arc::new(serde_json::json!({})).into(),
         ..ObjectRecord::new(s)

@@ -50,7 +50,7 @@
 //!             path: format!("worker-1/resources/default/redis/example/instance-configure/5058f/redis.yaml"),
 //!             content: b"apiVersion: v1\nkind: ConfigMap\n".to_vec(),
 //!         }],
-//!         owner,
+//!         owner: owner.into(),
 //!     }],
 //!     removals: vec![],
 //!     meta: CommitMeta { config_commit: Some("1a2b3c4d".into()), ..Default::default() },
@@ -112,7 +112,7 @@ pub mod spec;
 
 pub use error::Error;
 pub use git::{GitOptions, GitStateStore};
-pub use index::{IndexEntry, index_path, shard_of};
+pub use index::{IndexEntry, Sha256Sum, index_path, shard_of};
 pub use net::NetworkTimeouts;
 pub use plan::{validate_path, validate_relative_path};
 pub use s3::S3StateStore;
@@ -157,8 +157,8 @@ pub struct FileWrite {
 /// not listed here are deleted (Kratix: "remove the whole `<id5>/` dir, then write").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlacementWrite {
-    /// Who produces these files.
-    pub owner: Owner,
+    /// Who produces these files (shared with the index entries a plan makes of them).
+    pub owner: std::sync::Arc<Owner>,
     /// All files of that owner.
     pub files: Vec<FileWrite>,
 }

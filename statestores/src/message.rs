@@ -6,7 +6,9 @@
 //!
 //! - a subject from [`CommitMeta::subject_template`], default
 //!   `promised: {updated} updated, {deleted} deleted (config {config_short})`;
-//! - a body listing every changed placement and every repaired drift;
+//! - a body listing the changed placements and the repaired drift, each list cut after
+//!   [`BODY_LINES`] lines with a count of the rest (a cold pass over 10,000 requests wrote a
+//!   1 MB body nobody reads; the trailers still name every Promise and request);
 //! - git trailers: `Promised-Config-Commit: <sha>`, `Promised-Requested-By: <author>` and
 //!   `Promised-Signed-By: <principal> <key>` (the config commit's author and verified signer,
 //!   when known), one `Promised-Promise: <name>` per distinct
@@ -27,14 +29,29 @@ pub const DEFAULT_SUBJECT: &str =
 /// At most this many names in `{promises}` and `{requests}`; more are counted (`a, b, c +2`).
 pub const SUBJECT_NAMES: usize = 3;
 
+/// At most this many lines of changed placements in the body, and as many of restored files;
+/// a last line counts the rest (`- … and 9,906 more placements`).
+pub const BODY_LINES: usize = 100;
+
 /// `a, b, c` for a subject: the first [`SUBJECT_NAMES`] names, then `+N` for the rest.
-fn name_list<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
+fn name_list<T: std::fmt::Display>(names: impl ExactSizeIterator<Item = T>) -> String {
     let total = names.len();
-    let mut s = names.take(SUBJECT_NAMES).collect::<Vec<_>>().join(", ");
+    let mut s = names
+        .take(SUBJECT_NAMES)
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     if total > SUBJECT_NAMES {
         s.push_str(&format!(" +{}", total - SUBJECT_NAMES));
     }
     s
+}
+
+/// The line counting what a body list of `total` `what` left out after [`BODY_LINES`].
+fn more(m: &mut String, total: usize, what: &str) {
+    if total > BODY_LINES {
+        let _ = writeln!(m, "- … and {} more {what}", total - BODY_LINES);
+    }
 }
 
 /// Render the full commit message for `plan`.
@@ -61,15 +78,11 @@ pub fn render(meta: &CommitMeta, plan: &Plan<'_>) -> String {
         // Files that no Promise produced (Destination canaries, aggregates) have no promise.
         .filter(|p| !p.is_empty())
         .collect();
-    let resources: BTreeSet<String> = plan
+    // (Promise, `namespace/name`): written `<promise>/<namespace>/<name>`.
+    let resources: BTreeSet<(&str, &str)> = plan
         .changed
         .values()
-        .filter_map(|c| {
-            c.owner
-                .resource
-                .as_ref()
-                .map(|r| format!("{}/{}", c.owner.promise, r))
-        })
+        .filter_map(|c| Some((c.owner.promise.as_str(), c.owner.resource.as_deref()?)))
         .collect();
     let restored = plan.drift.len();
     let subject = meta
@@ -86,7 +99,7 @@ pub fn render(meta: &CommitMeta, plan: &Plan<'_>) -> String {
         .replace("{promises}", &name_list(promises.iter().copied()))
         .replace(
             "{requests}",
-            &name_list(resources.iter().map(String::as_str)),
+            &name_list(resources.iter().map(|(p, r)| format!("{p}/{r}"))),
         )
         .replace("{config_short}", &config_short)
         .replace("{config}", config);
@@ -101,7 +114,7 @@ pub fn render(meta: &CommitMeta, plan: &Plan<'_>) -> String {
     let mut m = String::new();
     m.push_str(&subject);
     m.push_str("\n\n");
-    for c in plan.changed.values() {
+    for c in plan.changed.values().take(BODY_LINES) {
         let verb = if c.removed { "removed" } else { "updated" };
         let _ = writeln!(
             m,
@@ -109,7 +122,8 @@ pub fn render(meta: &CommitMeta, plan: &Plan<'_>) -> String {
             c.owner.key, c.written, c.deleted
         );
     }
-    for d in &plan.drift {
+    more(&mut m, plan.changed.len(), "placements");
+    for d in plan.drift.iter().take(BODY_LINES) {
         let what = match d.kind {
             DriftKind::Modified => "modified",
             DriftKind::Deleted => "deleted",
@@ -120,6 +134,7 @@ pub fn render(meta: &CommitMeta, plan: &Plan<'_>) -> String {
             d.path, d.owner.key
         );
     }
+    more(&mut m, plan.drift.len(), "restored files");
     if let Some(note) = &meta.note {
         m.push('\n');
         m.push_str(note.trim_end());
@@ -145,8 +160,8 @@ pub fn render(meta: &CommitMeta, plan: &Plan<'_>) -> String {
     for p in promises {
         let _ = writeln!(m, "Promised-Promise: {p}");
     }
-    for r in resources {
-        let _ = writeln!(m, "Promised-Resource: {r}");
+    for (p, r) in resources {
+        let _ = writeln!(m, "Promised-Resource: {p}/{r}");
     }
     let images: BTreeSet<&str> = meta.images.iter().map(String::as_str).collect();
     for i in images {
@@ -202,7 +217,8 @@ mod tests {
                     promise: "redis".into(),
                     resource: Some("default/example".into()),
                     pipeline: None,
-                },
+                }
+                .into(),
                 written: 3,
                 deleted: 1,
                 removed: false,
@@ -281,7 +297,8 @@ mod tests {
                         promise: promise.into(),
                         resource: Some(req.into()),
                         pipeline: None,
-                    },
+                    }
+                    .into(),
                     written: 1,
                     deleted: 0,
                     removed: false,
@@ -322,5 +339,58 @@ mod tests {
             !none.contains("Requested-By") && !none.contains("Signed-By"),
             "{none}"
         );
+    }
+
+    #[test]
+    fn a_long_body_is_cut_with_a_count_and_every_request_keeps_its_trailer() {
+        let mut plan = Plan::default();
+        let n = BODY_LINES + 5;
+        for i in 0..n {
+            plan.changed.insert(
+                format!("k{i:04}"),
+                OwnerChange {
+                    owner: Owner {
+                        key: format!("k{i:04}"),
+                        destination: "d".into(),
+                        promise: "redis".into(),
+                        resource: Some(format!("default/r{i:04}")),
+                        pipeline: None,
+                    }
+                    .into(),
+                    written: 1,
+                    deleted: 0,
+                    removed: false,
+                },
+            );
+        }
+        for i in 0..BODY_LINES + 2 {
+            plan.drift.push(crate::Drift {
+                path: format!("d/x{i:04}.yaml"),
+                owner: Owner::clone(&plan.changed["k0000"].owner),
+                kind: DriftKind::Deleted,
+            });
+        }
+        let m = render(&CommitMeta::default(), &plan);
+        let lines: Vec<&str> = m.lines().collect();
+        let updated = lines.iter().filter(|l| l.starts_with("- updated ")).count();
+        let restored = lines
+            .iter()
+            .filter(|l| l.starts_with("- restored "))
+            .count();
+        assert_eq!((updated, restored), (BODY_LINES, BODY_LINES), "{m}");
+        assert_eq!(lines[2], "- updated k0000 (1 written, 0 deleted)");
+        assert_eq!(lines[2 + BODY_LINES], "- … and 5 more placements");
+        assert_eq!(lines[3 + 2 * BODY_LINES], "- … and 2 more restored files");
+        let requests: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("Promised-Resource: "))
+            .collect();
+        assert_eq!(requests.len(), n);
+        assert_eq!(requests[n - 1], format!("redis/default/r{:04}", n - 1));
+        // At or under the limit nothing is cut.
+        plan.changed.retain(|k, _| k.as_str() < "k0100");
+        plan.drift.truncate(BODY_LINES);
+        let m = render(&CommitMeta::default(), &plan);
+        assert!(!m.contains(" more "), "{m}");
     }
 }

@@ -171,7 +171,7 @@ fn placement(o: Owner, files: &[(&str, &str)]) -> PlacementWrite {
                 content: c.as_bytes().to_vec(),
             })
             .collect(),
-        owner: o,
+        owner: o.into(),
     }
 }
 
@@ -262,7 +262,7 @@ async fn batched_apply_is_one_commit<S: StateStore>(store: &S, fx: &Fixture) {
     assert!(
         owned
             .iter()
-            .all(|e| e.owner.destination == "worker-1" && e.sha256.len() == 64)
+            .all(|e| e.owner.destination == "worker-1" && e.sha256.to_string().len() == 64)
     );
 }
 

@@ -35,7 +35,8 @@ fn one_file() -> ChangeSet {
                 promise: "redis".into(),
                 resource: None,
                 pipeline: Some("configure".into()),
-            },
+            }
+            .into(),
             files: vec![FileWrite {
                 path: "worker-1/dependencies/redis/configure/5058f/crd.yaml".into(),
                 content: b"a: 1\n".to_vec(),

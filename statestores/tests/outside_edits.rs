@@ -29,7 +29,8 @@ fn one_file(content: &str) -> ChangeSet {
                 promise: "redis".into(),
                 resource: None,
                 pipeline: Some("configure".into()),
-            },
+            }
+            .into(),
             files: vec![FileWrite {
                 path: FILE.into(),
                 content: content.as_bytes().to_vec(),
@@ -127,7 +128,7 @@ async fn an_earlier_versions_index_file_is_read_and_replaced_by_shards() {
     let other_index = statestores::index_path("worker-1", statestores::shard_of(OTHER_KEY));
     let mut both = one_file("kind: CRD\n");
     let mut other = both.writes[0].clone();
-    other.owner.key = OTHER_KEY.into();
+    std::sync::Arc::make_mut(&mut other.owner).key = OTHER_KEY.into();
     other.files[0].path = OTHER.into();
     both.writes.push(other);
     store.apply(&both).await.unwrap();

@@ -40,7 +40,8 @@ fn files(contents: &[(&str, &str)]) -> ChangeSet {
                 promise: "redis".into(),
                 resource: None,
                 pipeline: Some("configure".into()),
-            },
+            }
+            .into(),
             files: contents
                 .iter()
                 .map(|(p, c)| FileWrite {

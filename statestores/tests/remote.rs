@@ -19,7 +19,8 @@ fn one_file(content: &str) -> ChangeSet {
                 promise: "redis".into(),
                 resource: None,
                 pipeline: Some("configure".into()),
-            },
+            }
+            .into(),
             files: vec![FileWrite {
                 path: "worker-1/dependencies/redis/configure/5058f/crd.yaml".into(),
                 content: content.as_bytes().to_vec(),

@@ -149,7 +149,7 @@ fn placement(o: Owner, files: &[(&str, &str)]) -> PlacementWrite {
                 content: c.as_bytes().to_vec(),
             })
             .collect(),
-        owner: o,
+        owner: o.into(),
     }
 }
 
@@ -214,7 +214,7 @@ async fn batched_apply_check_and_owned() {
     assert!(
         owned
             .iter()
-            .all(|e| e.owner.destination == "worker-1" && e.sha256.len() == 64)
+            .all(|e| e.owner.destination == "worker-1" && e.sha256.to_string().len() == 64)
     );
     assert_eq!(store.owned("").await.unwrap().len(), 4);
 }
@@ -447,7 +447,7 @@ async fn paths_into_the_metadata_directory_are_rejected() {
     let fx = fixture().await;
     let cs = ChangeSet {
         writes: vec![PlacementWrite {
-            owner: owner("worker-1", "redis", "a"),
+            owner: owner("worker-1", "redis", "a").into(),
             files: vec![FileWrite {
                 path: "destinations/.promised/index.json".into(),
                 content: b"{}".to_vec(),
@@ -498,7 +498,10 @@ fn big(new: bool) -> ChangeSet {
                 })
                 .collect()
         };
-        writes.push(PlacementWrite { owner: o, files });
+        writes.push(PlacementWrite {
+            owner: o.into(),
+            files,
+        });
     }
     ChangeSet {
         writes,

@@ -111,7 +111,8 @@ async fn child_scenario() {
                 promise: "p".into(),
                 resource: Some("ns/x".into()),
                 pipeline: None,
-            },
+            }
+            .into(),
             files: vec![FileWrite {
                 path: "d/x.yaml".into(),
                 content: b"x: 1\n".to_vec(),

@@ -473,7 +473,7 @@ impl GitStateStore {
                     files.remove(path);
                 }
                 for u in &p.upserts {
-                    files.insert(u.path.clone(), u.oid);
+                    files.insert(u.path.to_string(), u.oid);
                 }
                 let next = Verified {
                     head: commit,

@@ -291,7 +291,7 @@ pub fn build_commit(
     let err = repo_err(secrets);
     let mut reader = repo.clone();
     reader.object_cache_size_if_unset(16 * 1024 * 1024);
-    let mut objects = Objects::new(repo, plan.upserts.len());
+    let mut objects = Objects::new(repo);
     // New blobs, once each (the same content may sit at several paths; `Objects` skips an id
     // it has). `Upsert::oid` is the blob id of `content` (`Plan`'s invariant).
     for u in &plan.upserts {
@@ -332,7 +332,7 @@ pub fn build_commit(
     };
     let changes = tree::changes(
         plan.removes.iter().map(String::as_str),
-        plan.upserts.iter().map(|u| (u.path.as_str(), u.oid)),
+        plan.upserts.iter().map(|u| (&*u.path, u.oid)),
     );
     let built = tree::build(&reader, base_tree, &changes, &mut write_tree, &err)?;
     drop(changes);

@@ -158,7 +158,7 @@ impl S3StateStore {
             let indexed = by_path
                 .get(key.as_str())
                 .filter(|_| old.etags.get(key) == Some(etag))
-                .and_then(|e| ObjectId::from_hex(e.oid.as_bytes()).ok());
+                .map(|e| e.oid);
             let oid = match indexed {
                 Some(oid) => oid,
                 None => match desired.get(key.as_str()) {
@@ -234,9 +234,7 @@ impl S3StateStore {
         let mut etags: BTreeMap<String, String> = new_entries
             .iter()
             .filter_map(|e| {
-                let known = ObjectId::from_hex(e.oid.as_bytes())
-                    .ok()
-                    .is_some_and(|oid| head_files.get(&e.path) == Some(&oid));
+                let known = head_files.get(&e.path) == Some(&e.oid);
                 if known {
                     head.listing
                         .get(&e.path)
@@ -260,7 +258,7 @@ impl S3StateStore {
         if !upserts.is_empty() {
             let mut intent = old.clone();
             let mut pending: BTreeSet<String> = old.pending.iter().cloned().collect();
-            pending.extend(upserts.iter().map(|u| u.path.clone()));
+            pending.extend(upserts.iter().map(|u| u.path.to_string()));
             intent.pending = pending.into_iter().collect();
             match self.put_index(&intent, expected.as_deref()).await? {
                 Some(e) => expected = Some(e),
@@ -271,7 +269,7 @@ impl S3StateStore {
         // 2. Write.
         let items: Vec<(String, ObjectId, Option<Vec<u8>>)> = upserts
             .iter()
-            .map(|u| (u.path.clone(), u.oid, p.bytes(u).map(|c| c.to_vec())))
+            .map(|u| (u.path.to_string(), u.oid, p.bytes(u).map(|c| c.to_vec())))
             .collect();
         drop(upserts);
         let results: Vec<(String, String)> = futures::stream::iter(items)
@@ -385,7 +383,7 @@ impl S3StateStore {
         let Some(dir) = self.inner.cache.clone() else {
             return;
         };
-        let keep: BTreeSet<String> = entries.iter().map(|e| e.oid.clone()).collect();
+        let keep: BTreeSet<String> = entries.iter().map(|e| e.oid.to_string()).collect();
         let _ = tokio::task::spawn_blocking(move || {
             let Ok(rd) = std::fs::read_dir(&dir) else {
                 return;
