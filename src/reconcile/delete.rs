@@ -372,7 +372,7 @@ fn valid_request_from_record(
         },
         id,
         promise: promise.name().to_string(),
-        spec_digest: crate::validate::spec_digest(&object).into(),
+        spec_digest: crate::validate::spec_digest(&object),
         input_hash_memo: Default::default(),
         key_memo: Default::default(),
         object: crate::state::CompactValue::Value(object),

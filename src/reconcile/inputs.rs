@@ -256,9 +256,7 @@ pub(super) fn promise_hash(
 /// pipelines, computed once per Promise and pass).
 pub(super) fn request_hash(promise_hash: &str, r: &ValidRequest, overrides: &str) -> HashText {
     let compute = || {
-        HashText::from(sha256_hex(
-            format!("{promise_hash}\n{}\n{overrides}", r.spec_digest).as_bytes(),
-        ))
+        HashText::sha256_of(format!("{promise_hash}\n{}\n{overrides}", r.spec_digest).as_bytes())
     };
     let (inputs, hash) = r.input_hash_memo.get_or_init(|| {
         let inputs = format!("{promise_hash}\n{overrides}");

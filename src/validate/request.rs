@@ -355,7 +355,7 @@ fn admit_request(
             origin: o.clone(),
             id,
             promise: promise.name().to_string(),
-            spec_digest: spec_digest(&obj).into(),
+            spec_digest: spec_digest(&obj),
             input_hash_memo: Default::default(),
             key_memo: Default::default(),
             object: crate::state::CompactValue::new(obj),
@@ -366,9 +366,9 @@ fn admit_request(
 }
 
 /// Hex sha256 of `object.spec` as compact JSON (`null` when there is none).
-pub fn spec_digest(object: &Value) -> String {
+pub fn spec_digest(object: &Value) -> crate::state::HashText {
     let spec = object.get("spec").unwrap_or(&Value::Null);
-    crate::state::sha256_hex(spec.to_string().as_bytes())
+    crate::state::HashText::sha256_of(spec.to_string().as_bytes())
 }
 
 /// Admits one request that did not come from the config repo (a compound Promise's
