@@ -34,8 +34,9 @@ pub const INDEX_DIR: &str = ".promised/index";
 /// One file we own.
 ///
 /// Kept compact, since a store holds one per file it owns between applies and a plan builds
-/// a second set (10,000 entries were 5.5 MB as strings, 2 MB now): the digests are bytes,
-/// written as hex, and entries of one placement share one [`Owner`].
+/// a second set: the digests are bytes, written as hex, and entries of one placement share one
+/// [`Owner`] (with hex strings and an owner of five strings per entry, an entry held about
+/// 450 bytes besides its path; docs/benchmarks.md, "Memory", eighth round).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexEntry {
     /// Store-relative path.

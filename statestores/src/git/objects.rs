@@ -8,7 +8,7 @@
 //! objects had to be in memory to be counted for the pack header first. Here the ids are known
 //! (the plan's blob ids; a tree's id is hashed as it is serialised), so an object is compressed
 //! and appended as it is produced and only its id, offset and CRC-32 are kept, in a B-tree
-//! by id ([`PackIndex`], about 45 bytes an object): it tells a repeated object, and is already
+//! by id ([`PackIndex`], about 55 bytes an object): it tells a repeated object, and is already
 //! in the index's order (a hash set beside a list, sorted at the end, was 3.5 MB at 40,000
 //! objects). The object count in the header is written last, and the file is read back once
 //! for its SHA-1 trailer.
