@@ -97,12 +97,45 @@ pub fn remove_stale(work_dir: &Path) -> usize {
         if flock(&handle, FlockOperation::NonBlockingLockExclusive).is_err() {
             continue; // a live process holds it
         }
-        match std::fs::remove_dir_all(&path) {
-            Ok(()) => removed += 1,
+        match remove_dir(&path) {
+            Ok(true) => removed += 1,
+            Ok(false) => {}
             Err(err) => {
                 tracing::warn!(dir = %path.display(), error = %err, "cannot remove a stale run directory")
             }
         }
     }
     removed
+}
+
+/// Removes `path` and what it holds: `Ok(false)` when it was already gone. Another process
+/// may remove the same stale directory first, or its owner may remove it at exit after this
+/// one opened it: the directory is gone either way, which is no failure (parallel tests
+/// sharing `/dev/shm` logged a spurious warning).
+fn remove_dir(path: &Path) -> std::io::Result<bool> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_already_gone_is_not_a_failure() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join(format!("{PROCESS_DIR_PREFIX}x"));
+        assert!(matches!(remove_dir(&dir), Ok(false)));
+        std::fs::create_dir_all(dir.join("run")).unwrap();
+        std::fs::write(dir.join("run/f"), "x").unwrap();
+        assert!(matches!(remove_dir(&dir), Ok(true)));
+        assert!(!dir.exists());
+        // A stale directory is removed and counted; one gone is neither.
+        std::fs::create_dir(&dir).unwrap();
+        assert_eq!(remove_stale(d.path()), 1);
+        assert_eq!(remove_stale(d.path()), 0);
+    }
 }
