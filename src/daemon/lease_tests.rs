@@ -175,13 +175,7 @@ async fn a_refused_renewal_closes_the_gate_and_the_engine_writes_nothing() {
     assert_eq!(api.holder("promised").as_deref(), Some("b"));
     // The engine behind that gate refuses to write.
     super::gate_tests::engine_does_not_write_with(ga.clone()).await;
-    a.stop().await;
-    assert_eq!(
-        api.holder("promised").as_deref(),
-        Some("b"),
-        "a's stop did not clear b's hold"
-    );
-    assert_calls_allowed(&api);
+    stop_leaves_b_holding(a, &api, "a's stop did not clear b's hold").await;
 }
 
 /// `kube-lease-manager` believes it holds the Lease until it next writes it (it rereads the
@@ -197,13 +191,15 @@ async fn a_replica_that_lost_the_lease_does_not_release_it_on_stop() {
     // "b" takes the Lease behind a's back (and keeps it); a's next read closes its gate.
     api.take("promised", "b");
     until(&mut ga, false).await;
+    stop_leaves_b_holding(a, &api, "a's stop released b's Lease").await;
+}
+
+/// Stops replica `a` and checks that "b" still holds the Lease and that every call `a` made
+/// was one a replica may make.
+async fn stop_leaves_b_holding(a: Keeper, api: &FakeApi, why: &str) {
     a.stop().await;
-    assert_eq!(
-        api.holder("promised").as_deref(),
-        Some("b"),
-        "a's stop released b's Lease"
-    );
-    assert_calls_allowed(&api);
+    assert_eq!(api.holder("promised").as_deref(), Some("b"), "{why}");
+    assert_calls_allowed(api);
 }
 
 #[test]

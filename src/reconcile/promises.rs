@@ -137,8 +137,13 @@ impl Engine {
                         seconds: t.elapsed().as_secs_f64(),
                         succeeded: result.succeeded(),
                     });
-                    let absorbed =
-                        self.absorb_result(&mut record, &hash, &result, true, &mut pass.report);
+                    let absorbed = self.absorb_result(
+                        &mut record,
+                        &HashText::from(&hash),
+                        &result,
+                        true,
+                        &mut pass.report,
+                    );
                     record.shrink_to_fit();
                     absorbed?;
                     self.note_failure(&mut record);

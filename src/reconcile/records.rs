@@ -22,7 +22,7 @@ use super::{Engine, EngineError, MAX_LISTED_UNCHANGED, Pass, held, inputs, promi
 use crate::events;
 use crate::model::{ObjectRef, request_key};
 use crate::pipeline::Action;
-use crate::state::{ObjectRecord, State, StateDir};
+use crate::state::{HashText, ObjectRecord, State, StateDir};
 use crate::status::{
     ConditionStatus as CS, EventType, Landed, ObjectStatus, Text, cond, now_rfc3339,
 };
@@ -39,7 +39,7 @@ impl Engine {
         &mut self,
         pass: &mut Pass<'_>,
         steps: Vec<RequestStep<'_>>,
-    ) -> Vec<(String, Arc<Job>)> {
+    ) -> Vec<(HashText, Arc<Job>)> {
         let mut jobs = Vec::new();
         let mut shared = run::SharedJobInputs::default();
         let mut waiting: Vec<(String, String)> = Vec::new();
@@ -120,7 +120,7 @@ impl Engine {
                         ),
                     };
                     jobs.push((
-                        step.hash.to_string(),
+                        step.hash,
                         Arc::new(Job {
                             key: key.clone(),
                             promise,

@@ -22,7 +22,7 @@ use crate::events;
 use crate::model::Pipeline;
 use crate::pipeline::{self, Action, Outcome, RunnerConfig, WorkflowInput, WorkflowResult};
 use crate::scheduler::WorkflowSelector;
-use crate::state::{FileRecord, ObjectRecord};
+use crate::state::{FileRecord, HashText, ObjectRecord};
 use crate::status::{
     ConditionStatus as CS, EventType, Phase, PipelineStatus, Text, cond, now_rfc3339,
 };
@@ -132,7 +132,7 @@ impl Engine {
     pub(super) async fn run_requests(
         &mut self,
         pass: &mut Pass<'_>,
-        jobs: Vec<(String, Arc<Job>)>,
+        jobs: Vec<(HashText, Arc<Job>)>,
     ) -> Result<(), EngineError> {
         if !jobs.is_empty() {
             let running: HashSet<&str> = jobs.iter().map(|(_, j)| j.key.as_str()).collect();
@@ -244,7 +244,7 @@ impl Engine {
     pub(super) fn absorb_result(
         &self,
         record: &mut ObjectRecord,
-        hash: &str,
+        hash: &HashText,
         result: &WorkflowResult,
         promise_level: bool,
         report: &mut PassReport,
@@ -359,7 +359,7 @@ impl Engine {
             };
             crate::web::records::save_logs(self.dir.root(), &key, &result.pipelines);
         }
-        record.input_hash = hash.into();
+        record.input_hash = hash.clone();
         record.status.fields = crate::status::fields_from(result.merged_status.clone());
         if let Some(m) = record.status.fields.get("message").and_then(Value::as_str) {
             record.status.message = m.to_string();
